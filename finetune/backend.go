@@ -1,0 +1,198 @@
+package finetune
+
+// The Backend is the list of coarse ops the Phi-3 model is written over, in
+// the spirit of llm.c's *_forward / *_backward pairs. The model's forward and
+// backward (model.go) are written once against it; the CPU backend
+// (cpu_*.go) is the readable reference; cuda.Backend implements the same ops
+// on the GPU and is tested op by op against the CPU.
+//
+// Conventions every implementation follows:
+//   - Tensors are dense, row-major, and hold values in the backend's compute
+//     type; on the host side they are always exchanged as float32.
+//   - T is the number of tokens (batch x sequence, flattened), C the hidden
+//     size, I the intermediate size, V the vocabulary, H/K the query/KV head
+//     counts, D the head dimension, r the LoRA rank.
+//   - Backward ops ACCUMULATE (+=) into the gradients they produce (dx, LoRA
+//     grads), like llm.c; callers zero what must start at zero. Forward ops
+//     overwrite their outputs.
+//   - Ops never retain their arguments; they may run asynchronously (GPU),
+//     and only the calls that return host values synchronise.
+
+// DType names a storage or compute type.
+type DType int
+
+const (
+	F32 DType = iota
+	F16
+	BF16
+	U8
+	I32
+)
+
+func (d DType) String() string {
+	switch d {
+	case F32:
+		return "float32"
+	case F16:
+		return "float16"
+	case BF16:
+		return "bfloat16"
+	case U8:
+		return "uint8"
+	case I32:
+		return "int32"
+	}
+	return "unknown"
+}
+
+// Tensor is a backend-owned array. Its element type is the backend's compute
+// type unless it was allocated with AllocInt32 or AllocBytes.
+type Tensor interface {
+	Shape() []int
+	Numel() int
+}
+
+// Weight is a frozen base matrix [out, in]: dense (embeddings, lm_head, or a
+// linear layer that is not quantized) or NF4 with double quantization.
+type Weight interface {
+	Out() int
+	In() int
+	// Bytes is the weight's storage size, as get_memory_footprint counts it
+	// (packed NF4 codes count, their quantization state does not).
+	Bytes() int64
+}
+
+// LoRA is one adapter on a linear layer: y += scale * B(A(dropout(x))).
+type LoRA struct {
+	A, B         Tensor  // [r, in], [out, r]
+	GradA, GradB Tensor  // same shapes
+	Scale        float32 // lora_alpha / r
+	Dropout      float32 // probability in [0, 1)
+}
+
+// Linear is a frozen base weight with an optional LoRA adapter.
+type Linear struct {
+	Name string // Hugging Face module name, e.g. model.layers.0.self_attn.qkv_proj
+	W    Weight
+	LoRA *LoRA // nil when the module has no adapter
+}
+
+// AdamParams are one optimizer step's hyper-parameters (torch.optim.AdamW
+// semantics: decoupled weight decay, bias correction).
+type AdamParams struct {
+	LR, Beta1, Beta2, Eps, WeightDecay float32
+	Step                               int // 1-based step count after this update
+}
+
+// Adam8State is bitsandbytes' blockwise 8-bit optimizer state for one
+// parameter: two dynamically quantized moments (signed map for m, unsigned
+// for v) with one absmax per block of 256 (bitsandbytes' blocksize).
+type Adam8State struct {
+	M, V             Tensor // uint8 codes, Numel = parameter Numel
+	AbsmaxM, AbsmaxV Tensor // float32, one per 256 elements
+}
+
+// Backend is the set of coarse ops the model runs on.
+type Backend interface {
+	Name() string
+	// ComputeDType is the type activations and dequantized weights are
+	// rounded to (F32 on the CPU reference unless emulation is asked for).
+	ComputeDType() DType
+
+	// Memory.
+	Alloc(shape ...int) Tensor // zero-filled, compute type
+	AllocInt32(n int) Tensor   // zero-filled int32
+	AllocBytes(n int) Tensor   // zero-filled uint8
+	Upload(dst Tensor, src []float32)
+	UploadInt32(dst Tensor, src []int32)
+	Download(src Tensor) []float32 // synchronises
+	Zero(t Tensor)
+	Copy(dst, src Tensor)
+	Free(t Tensor)
+
+	// Frozen weights. data is row-major [out, in] in float32 (the caller
+	// converts from bf16/f16 storage). DenseWeight rounds to the compute type.
+	DenseWeight(data []float32, out, in int) (Weight, error)
+	// NF4Weight quantizes on the backend, bitsandbytes' algorithm: blocks of
+	// 64, nibble-packed codes (first element in the high nibble), and with
+	// doubleQuant the absmax values quantized again in blocks of 256.
+	NF4Weight(data []float32, out, in int, doubleQuant bool) (Weight, error)
+	// DequantizeWeight returns w as float32 [out*in] (tests, export, merge).
+	DequantizeWeight(w Weight) []float32
+	FreeWeight(w Weight)
+
+	// Embedding: out[t,:] = table[ids[t],:]. out [T,C], ids int32 [T].
+	EmbeddingForward(out, ids Tensor, table Weight)
+
+	// RMSNorm: out = x / sqrt(mean(x^2) + eps) * w.
+	// out, x [T,C]; w [C]; rstd [T] saved for backward.
+	RMSNormForward(out, rstd, x, w Tensor, eps float32)
+	// dx [T,C] += d(out)/dx . dout. The norm weight is frozen (no dw).
+	RMSNormBackward(dx, dout, x, w, rstd Tensor)
+
+	// Linear: out [T,out] = x [T,in] . W^T + scale * (dropout(x) . A^T) . B^T.
+	// h [T,r] saves dropout(x) . A^T for backward (ignored when l.LoRA is
+	// nil). The dropout mask is a pure function of (seed, element index), so
+	// backward regenerates it instead of storing it.
+	LinearForward(out, x Tensor, l *Linear, h Tensor, seed uint64)
+	// dx [T,in] += dout . W + scale * ((dout . B) . A) * mask;
+	// l.LoRA.GradB += scale * dout^T . h; l.LoRA.GradA += scale * (dout . B)^T . dropout(x).
+	// dx may be nil when the input gradient is not needed.
+	LinearBackward(dx, dout, x Tensor, l *Linear, h Tensor, seed uint64)
+
+	// RoPE in place on the q and k parts of a fused qkv [T,(H+2K)*D], with
+	// Hugging Face's rotate_half convention over the first rotaryDim
+	// features of each head. pos int32 [T].
+	RoPEForward(qkv, pos Tensor, nHead, nKV, headDim, rotaryDim int, theta float32)
+	// RoPEBackward rotates the q and k parts of dqkv back (in place).
+	RoPEBackward(dqkv, pos Tensor, nHead, nKV, headDim, rotaryDim int, theta float32)
+
+	// Causal attention for B rows of S tokens (T = B*S) with packed
+	// examples: query i may attend key j only if j <= i, j is in the same
+	// row, and j >= i - pos[i] (position ids restart at 0 for every
+	// example, so nothing attends across an example boundary); with
+	// window > 0 also j > i - window. out [T,H*D]; qkv [T,(H+2K)*D] after
+	// RoPE; lse [H,T] saves each query's log-sum-exp for backward.
+	AttentionForward(out, lse, qkv, pos Tensor, B, S, nHead, nKV, headDim, window int)
+	// dqkv [T,(H+2K)*D] += gradient of out w.r.t. qkv.
+	AttentionBackward(dqkv, dout, out, lse, qkv, pos Tensor, B, S, nHead, nKV, headDim, window int)
+
+	// SwiGLU from the fused gate_up [T,2I] (gate first, then up):
+	// out [T,I] = silu(gate) * up.
+	SwiGLUForward(out, gateUp Tensor)
+	// dgateUp [T,2I] += gradient of out w.r.t. gateUp.
+	SwiGLUBackward(dgateUp, dout, gateUp Tensor)
+
+	// Add: out = a + b (out may alias a or b).
+	Add(out, a, b Tensor)
+
+	// Logits: out [T,V] = x [T,C] . lmHead^T in float32.
+	Logits(out, x Tensor, lmHead Weight)
+	// CrossEntropy computes the logits of x against lmHead in chunks of
+	// tokens (never all T x V at once), the summed cross-entropy over the
+	// tokens whose target is not -100, and, when dx is not nil,
+	// dx [T,C] += gradScale * d(sum loss)/dx. targets int32 [T]. It returns
+	// the loss sum and the number of targets predicted correctly (argmax),
+	// for mean token accuracy. It synchronises.
+	CrossEntropy(dx, x Tensor, lmHead Weight, targets Tensor, gradScale float32) (lossSum float64, correct int)
+
+	// Optimizer ops. Scale multiplies t by s in place. SumSquares returns
+	// sum(t^2) in float64 (synchronises).
+	Scale(t Tensor, s float32)
+	SumSquares(t Tensor) float64
+	// AdamW updates p in place from g with fp32 moments m, v.
+	AdamW(p, g, m, v Tensor, hp AdamParams)
+	// AdamW8bit is bitsandbytes' blockwise 8-bit AdamW (optimizer_update_8bit_blockwise).
+	AdamW8bit(p, g Tensor, st *Adam8State, hp AdamParams)
+
+	// AttentionCached is the generation path for one sequence: it writes the
+	// k and v of qkv [T,(H+2K)*D] (after RoPE) into kCache, vCache
+	// [maxSeq,K*D] at positions start..start+T-1 and computes out [T,H*D]
+	// causally over the cache's first start+T positions.
+	AttentionCached(out, qkv, kCache, vCache Tensor, start, nHead, nKV, headDim, window int)
+
+	// Sync waits for queued work (a no-op on the CPU).
+	Sync() error
+	// Close frees everything the backend holds.
+	Close() error
+}

@@ -1,0 +1,50 @@
+package finetune
+
+import "math"
+
+// Counter-based random numbers: every value is a pure function of
+// (seed, index), so the CPU and CUDA backends draw identical dropout masks
+// without sharing state, backward regenerates the forward's mask, and a
+// resumed run draws what an uninterrupted one would. The CUDA kernels
+// implement the same two functions (cuda/kernels/rng.cuh).
+
+// Mix64 is SplitMix64's finaliser: a bijective 64-bit hash.
+func Mix64(x uint64) uint64 {
+	x += 0x9E3779B97F4A7C15
+	x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9
+	x = (x ^ (x >> 27)) * 0x94D049BB133111EB
+	return x ^ (x >> 31)
+}
+
+// Uniform returns a float32 in [0, 1) for (seed, index): the top 24 bits of
+// the hash, so every value is exactly representable.
+func Uniform(seed, index uint64) float32 {
+	return float32(Mix64(seed^Mix64(index))>>40) * (1.0 / (1 << 24))
+}
+
+// DropoutKeep reports whether element index survives dropout with
+// probability p under seed.
+func DropoutKeep(seed, index uint64, p float32) bool {
+	return Uniform(seed, index) >= p
+}
+
+// DeriveSeed makes an independent stream seed from a base seed and a tuple
+// of small integers (step, layer, module, ...).
+func DeriveSeed(base uint64, parts ...uint64) uint64 {
+	s := Mix64(base)
+	for _, p := range parts {
+		s = Mix64(s ^ Mix64(p+0x632BE59BD9B4E019))
+	}
+	return s
+}
+
+// Normal returns a standard normal float32 for (seed, index) by Box-Muller
+// over two uniform draws.
+func Normal(seed, index uint64) float32 {
+	u1 := float64(Mix64(seed^Mix64(2*index))>>11) * (1.0 / (1 << 53))
+	u2 := float64(Mix64(seed^Mix64(2*index+1))>>11) * (1.0 / (1 << 53))
+	if u1 < 1e-300 {
+		u1 = 1e-300
+	}
+	return float32(math.Sqrt(-2*math.Log(u1)) * math.Cos(2*math.Pi*u2))
+}
