@@ -1,0 +1,19 @@
+//go:build !unix
+
+package safetensors
+
+import (
+	"fmt"
+	"os"
+)
+
+var forceRead = true
+
+// mapFile reads the whole file where memory mapping is not implemented.
+func mapFile(path string) ([]byte, func([]byte) error, error) {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		return nil, nil, fmt.Errorf("open safetensors file %s: it is a directory", path)
+	}
+	b, err := readWhole(path)
+	return b, nil, err
+}
