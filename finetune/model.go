@@ -1,0 +1,566 @@
+package finetune
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+)
+
+// The Phi-3 decoder (Phi3ForCausalLM), written once over the Backend's ops.
+//
+// One layer, x the residual stream [T,C]:
+//
+//	ln1  = input_layernorm(x)
+//	qkv  = qkv_proj(ln1); RoPE on q, k          [T,(H+2K)*D]
+//	att  = attention(qkv)                        [T,H*D]
+//	res1 = x + o_proj(att)
+//	ln2  = post_attention_layernorm(res1)
+//	gu   = gate_up_proj(ln2)                     [T,2I] (gate, then up)
+//	act  = up * silu(gate)                       [T,I]
+//	out  = res1 + down_proj(act)
+//
+// then model.norm and lm_head. Phi-3's dropouts (embd_pdrop, resid_pdrop,
+// attention_dropout) are 0 in every released config and not implemented;
+// LoRA dropout is.
+
+// Layer is one decoder layer's frozen weights and adapters.
+type Layer struct {
+	InputNorm, PostAttnNorm Tensor // [C], float32
+	QKV, O, GateUp, Down    *Linear
+}
+
+// linears returns the layer's four linears in module order.
+func (l *Layer) linears() [numModules]*Linear {
+	return [numModules]*Linear{l.QKV, l.O, l.GateUp, l.Down}
+}
+
+// ModelOptions says how to build the model.
+type ModelOptions struct {
+	Quantize    bool // NF4 for the decoder linears (embeddings, lm_head stay dense)
+	DoubleQuant bool // quantize the NF4 absmax values again (bnb_4bit_use_double_quant)
+	LoRA        *LoRAConfig
+	// GradientCheckpointing keeps only each layer's input during a training
+	// forward and recomputes the layer in backward.
+	GradientCheckpointing bool
+}
+
+// Model is a Phi-3 causal LM on a backend.
+type Model struct {
+	Cfg       *Config
+	B         Backend
+	Embed     Weight // [V,C]
+	LMHead    Weight // [V,C]; the same Weight as Embed when tied
+	FinalNorm Tensor // [C]
+	Layers    []Layer
+
+	// GradientCheckpointing: see ModelOptions; may be changed between steps.
+	GradientCheckpointing bool
+	// NumItemsInBatch, when > 0, is the number of label tokens of the whole
+	// optimizer step: Backward then produces gradients of sum(loss) /
+	// NumItemsInBatch instead of the micro-batch's mean, so that gradient
+	// accumulation averages over all tokens of the step, as transformers
+	// >= 4.46 does with num_items_in_batch. The loss Forward returns stays
+	// the micro-batch mean.
+	NumItemsInBatch int
+
+	loraParams []NamedLoRA
+	bufs       *buffers
+	pending    *pendingBackward
+}
+
+// Batch is a micro-batch of B rows of S tokens; each field is [B*S].
+// Labels use IgnoreIndex (-100) for tokens that are not predicted; the
+// model shifts them itself (logits at s predict labels[s+1]).
+type Batch struct {
+	B, S        int
+	InputIDs    []int32
+	PositionIDs []int32
+	Labels      []int32
+}
+
+// NewModel builds a model from weights in Hugging Face naming; get returns
+// a tensor's float32 values and shape. Tests build models from memory with
+// it; LoadModel reads a checkpoint.
+func NewModel(b Backend, cfg *Config, get func(name string) ([]float32, []int, error), opts ModelOptions) (*Model, error) {
+	m := &Model{Cfg: cfg, B: b, GradientCheckpointing: opts.GradientCheckpointing}
+	var targets [numModules]bool
+	if opts.LoRA != nil {
+		var err error
+		if targets, err = opts.LoRA.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	C, I, V := cfg.HiddenSize, cfg.IntermediateSize, cfg.VocabSize
+	load := func(name string, shape ...int) ([]float32, error) {
+		data, got, err := get(name)
+		if err != nil {
+			return nil, fmt.Errorf("load weight %q: %w", name, err)
+		}
+		if !slices.Equal(got, shape) {
+			return nil, fmt.Errorf("load weight %q: shape %v, but the config (hidden %d, intermediate %d, heads %d/%d, vocab %d) needs %v",
+				name, got, C, I, cfg.NumHeads, cfg.NumKVHeads, V, shape)
+		}
+		if len(data) != numel(shape) {
+			return nil, fmt.Errorf("load weight %q: %d values for shape %v", name, len(data), shape)
+		}
+		return data, nil
+	}
+	dense := func(name string, out, in int) (Weight, error) {
+		data, err := load(name, out, in)
+		if err != nil {
+			return nil, err
+		}
+		w, err := b.DenseWeight(data, out, in)
+		if err != nil {
+			return nil, fmt.Errorf("load weight %q: %w", name, err)
+		}
+		return w, nil
+	}
+	norm := func(name string) (Tensor, error) {
+		data, err := load(name, C)
+		if err != nil {
+			return nil, err
+		}
+		t := b.Alloc(C)
+		b.Upload(t, data)
+		return t, nil
+	}
+	linear := func(layer, mod, out, in int) (*Linear, error) {
+		name := ModuleName(layer, mod)
+		data, err := load(name+".weight", out, in)
+		if err != nil {
+			return nil, err
+		}
+		var w Weight
+		if opts.Quantize {
+			w, err = b.NF4Weight(data, out, in, opts.DoubleQuant)
+		} else {
+			w, err = b.DenseWeight(data, out, in)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("load weight %q: %w", name+".weight", err)
+		}
+		l := &Linear{Name: name, W: w}
+		if opts.LoRA != nil && targets[mod] {
+			initLoRA(b, l, layer, mod, opts.LoRA)
+		}
+		return l, nil
+	}
+
+	var err error
+	if m.Embed, err = dense("model.embed_tokens.weight", V, C); err != nil {
+		return nil, err
+	}
+	if cfg.TieWordEmbeddings {
+		m.LMHead = m.Embed
+	} else if m.LMHead, err = dense("lm_head.weight", V, C); err != nil {
+		return nil, err
+	}
+	if m.FinalNorm, err = norm("model.norm.weight"); err != nil {
+		return nil, err
+	}
+	m.Layers = make([]Layer, cfg.NumLayers)
+	for i := range m.Layers {
+		l := &m.Layers[i]
+		p := fmt.Sprintf("model.layers.%d.", i)
+		if l.InputNorm, err = norm(p + "input_layernorm.weight"); err != nil {
+			return nil, err
+		}
+		if l.PostAttnNorm, err = norm(p + "post_attention_layernorm.weight"); err != nil {
+			return nil, err
+		}
+		if l.QKV, err = linear(i, modQKV, cfg.QKVOut(), C); err != nil {
+			return nil, err
+		}
+		if l.O, err = linear(i, modO, C, cfg.NumHeads*cfg.HeadDim()); err != nil {
+			return nil, err
+		}
+		if l.GateUp, err = linear(i, modGateUp, 2*I, C); err != nil {
+			return nil, err
+		}
+		if l.Down, err = linear(i, modDown, C, I); err != nil {
+			return nil, err
+		}
+		for mod, lin := range l.linears() {
+			if lin.LoRA == nil {
+				continue
+			}
+			lo := lin.LoRA
+			m.loraParams = append(m.loraParams,
+				NamedLoRA{Name: PEFTName(i, mod, "A"), Layer: i, Module: ModuleNames[mod], Param: lo.A, Grad: lo.GradA, Shape: lo.A.Shape()},
+				NamedLoRA{Name: PEFTName(i, mod, "B"), Layer: i, Module: ModuleNames[mod], Param: lo.B, Grad: lo.GradB, Shape: lo.B.Shape()})
+		}
+	}
+	return m, nil
+}
+
+// Free releases the model's weights and buffers on the backend.
+func (m *Model) Free() {
+	m.freeBuffers()
+	b := m.B
+	b.FreeWeight(m.Embed)
+	if m.LMHead != m.Embed {
+		b.FreeWeight(m.LMHead)
+	}
+	b.Free(m.FinalNorm)
+	for _, l := range m.Layers {
+		b.Free(l.InputNorm)
+		b.Free(l.PostAttnNorm)
+		for _, lin := range l.linears() {
+			b.FreeWeight(lin.W)
+			if lo := lin.LoRA; lo != nil {
+				b.Free(lo.A)
+				b.Free(lo.B)
+				b.Free(lo.GradA)
+				b.Free(lo.GradB)
+			}
+		}
+	}
+	m.loraParams = nil
+}
+
+// ---------------------------------------------------------------------------
+// Activation buffers
+
+// layerActs are one layer's saved activations (the layer's input lives in
+// buffers.inputs).
+type layerActs struct {
+	ln1, rstd1  Tensor             // [T,C], [T]
+	qkv         Tensor             // [T,(H+2K)*D], after RoPE
+	att, lse    Tensor             // [T,H*D], [H,T]
+	res1        Tensor             // [T,C] = x + o_proj(att)
+	ln2, rstd2  Tensor             // [T,C], [T]
+	gateUp, act Tensor             // [T,2I], [T,I]
+	h           [numModules]Tensor // LoRA's saved dropout(x).A^T [T,r], nil without adapter
+}
+
+// buffers are sized for one batch shape and training mode.
+type buffers struct {
+	T, B, S   int
+	train     bool
+	ckpt      bool
+	ids, pos  Tensor      // int32 [T]
+	targets   Tensor      // int32 [T]
+	inputs    []Tensor    // [L+1][T,C]: each layer's input, then the last layer's output (train); 2 ping-pong buffers (eval)
+	acts      []layerActs // L (train, no checkpointing) or 1
+	tmp       Tensor      // [T,C] o_proj / down_proj outputs
+	lnf, rstd Tensor      // [T,C], [T]: final norm
+	// gradients (train only)
+	dlnf, dres, dres1, dln, datt Tensor // [T,C]
+	dqkv                         Tensor // [T,(H+2K)*D]
+	dgu, dact                    Tensor // [T,2I], [T,I]
+	recompOut                    Tensor // [T,C] scratch output of a recomputed layer
+}
+
+func (m *Model) freeBuffers() {
+	bf := m.bufs
+	if bf == nil {
+		return
+	}
+	b := m.B
+	free := func(ts ...Tensor) {
+		for _, t := range ts {
+			if t != nil {
+				b.Free(t)
+			}
+		}
+	}
+	free(bf.ids, bf.pos, bf.targets, bf.tmp, bf.lnf, bf.rstd, bf.dlnf, bf.dres, bf.dres1, bf.dln, bf.datt, bf.dqkv, bf.dgu, bf.dact, bf.recompOut)
+	free(bf.inputs...)
+	for _, a := range bf.acts {
+		free(a.ln1, a.rstd1, a.qkv, a.att, a.lse, a.res1, a.ln2, a.rstd2, a.gateUp, a.act)
+		free(a.h[:]...)
+	}
+	m.bufs = nil
+}
+
+// ensureBuffers (re)allocates the buffers for B x S tokens.
+func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
+	ckpt := train && m.GradientCheckpointing
+	if bf := m.bufs; bf != nil && bf.B == B && bf.S == S && bf.train == train && bf.ckpt == ckpt {
+		return bf
+	}
+	m.freeBuffers()
+	b, c := m.B, m.Cfg
+	T, C, I, H := B*S, c.HiddenSize, c.IntermediateSize, c.NumHeads
+	bf := &buffers{T: T, B: B, S: S, train: train, ckpt: ckpt}
+	bf.ids, bf.pos, bf.targets = b.AllocInt32(T), b.AllocInt32(T), b.AllocInt32(T)
+	nIn, nActs := 2, 1
+	if train {
+		nIn = c.NumLayers + 1
+		if !ckpt {
+			nActs = c.NumLayers
+		}
+	}
+	for range nIn {
+		bf.inputs = append(bf.inputs, b.Alloc(T, C))
+	}
+	for k := range nActs {
+		a := layerActs{
+			ln1: b.Alloc(T, C), rstd1: b.Alloc(T),
+			qkv: b.Alloc(T, c.QKVOut()),
+			att: b.Alloc(T, H*c.HeadDim()), lse: b.Alloc(H, T),
+			res1: b.Alloc(T, C),
+			ln2:  b.Alloc(T, C), rstd2: b.Alloc(T),
+			gateUp: b.Alloc(T, 2*I), act: b.Alloc(T, I),
+		}
+		// The adapters' ranks come from layer k (every layer has the same
+		// targets, so any layer's shapes serve the shared set).
+		for mod, lin := range m.Layers[k].linears() {
+			if r := loraRank(lin); r > 0 {
+				a.h[mod] = b.Alloc(T, r)
+			}
+		}
+		bf.acts = append(bf.acts, a)
+	}
+	bf.tmp = b.Alloc(T, C)
+	bf.lnf, bf.rstd = b.Alloc(T, C), b.Alloc(T)
+	if train {
+		bf.dlnf, bf.dres, bf.dres1, bf.dln, bf.datt = b.Alloc(T, C), b.Alloc(T, C), b.Alloc(T, C), b.Alloc(T, C), b.Alloc(T, H*c.HeadDim())
+		bf.dqkv = b.Alloc(T, c.QKVOut())
+		bf.dgu, bf.dact = b.Alloc(T, 2*I), b.Alloc(T, I)
+		if ckpt {
+			bf.recompOut = b.Alloc(T, C)
+		}
+	}
+	m.bufs = bf
+	return bf
+}
+
+func loraRank(l *Linear) int {
+	if l.LoRA == nil {
+		return 0
+	}
+	return l.LoRA.A.Shape()[0]
+}
+
+// ---------------------------------------------------------------------------
+// Forward
+
+// pendingBackward is what a training forward leaves for Backward.
+type pendingBackward struct {
+	stepSeed uint64
+}
+
+// validate checks a batch against the model (user data: errors, not panics).
+func (m *Model) validate(batch *Batch, needLabels bool) error {
+	if batch == nil || batch.B <= 0 || batch.S <= 0 {
+		return errors.New("batch: B and S must be positive")
+	}
+	T := batch.B * batch.S
+	if len(batch.InputIDs) != T || len(batch.PositionIDs) != T {
+		return fmt.Errorf("batch: %d x %d tokens need %d input ids and position ids, got %d and %d", batch.B, batch.S, T, len(batch.InputIDs), len(batch.PositionIDs))
+	}
+	if needLabels && len(batch.Labels) != T {
+		return fmt.Errorf("batch: %d x %d tokens need %d labels, got %d", batch.B, batch.S, T, len(batch.Labels))
+	}
+	V := int32(m.Cfg.VocabSize)
+	for t, id := range batch.InputIDs {
+		if id < 0 || id >= V {
+			return fmt.Errorf("batch: input id %d at row %d, position %d is outside the vocabulary [0, %d)", id, t/batch.S, t%batch.S, V)
+		}
+		if p := batch.PositionIDs[t]; p < 0 {
+			return fmt.Errorf("batch: position id %d at row %d, position %d is negative", p, t/batch.S, t%batch.S)
+		}
+	}
+	if needLabels {
+		for t, l := range batch.Labels {
+			if l != IgnoreIndex && (l < 0 || l >= V) {
+				return fmt.Errorf("batch: label %d at row %d, position %d is neither %d nor in the vocabulary [0, %d)", l, t/batch.S, t%batch.S, IgnoreIndex, V)
+			}
+		}
+	}
+	return nil
+}
+
+// ShiftLabels returns the targets the logits at each position are scored
+// against: target[b,s] = labels[b,s+1], and IgnoreIndex at the last
+// position of each row (Hugging Face's shift in ForCausalLMLoss).
+func ShiftLabels(labels []int32, B, S int) []int32 {
+	t := make([]int32, B*S)
+	for b := range B {
+		for s := range S {
+			if s+1 < S {
+				t[b*S+s] = labels[b*S+s+1]
+			} else {
+				t[b*S+s] = IgnoreIndex
+			}
+		}
+	}
+	return t
+}
+
+// moduleSeed is the dropout seed of one module in one step.
+func moduleSeed(stepSeed uint64, layer, mod int) uint64 {
+	return DeriveSeed(stepSeed, uint64(layer), uint64(mod))
+}
+
+// noDropout returns l, or a copy of it whose adapter has no dropout (eval).
+func noDropout(l *Linear, train bool) *Linear {
+	if train || l.LoRA == nil || l.LoRA.Dropout == 0 {
+		return l
+	}
+	c, lo := *l, *l.LoRA
+	lo.Dropout = 0
+	c.LoRA = &lo
+	return &c
+}
+
+// layerForward runs layer li on x [T,C] into out [T,C], saving activations in a.
+func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, train bool, stepSeed uint64) {
+	b, c, l := m.B, m.Cfg, &m.Layers[li]
+	H, K, D := c.NumHeads, c.NumKVHeads, c.HeadDim()
+	lin := l.linears()
+	for k := range lin {
+		lin[k] = noDropout(lin[k], train)
+	}
+	b.RMSNormForward(a.ln1, a.rstd1, x, l.InputNorm, c.RMSNormEps)
+	b.LinearForward(a.qkv, a.ln1, lin[modQKV], a.h[modQKV], moduleSeed(stepSeed, li, modQKV))
+	b.RoPEForward(a.qkv, bf.pos, H, K, D, c.RotaryDim(), c.RopeTheta)
+	b.AttentionForward(a.att, a.lse, a.qkv, bf.pos, bf.B, bf.S, H, K, D, c.SlidingWindow)
+	b.LinearForward(bf.tmp, a.att, lin[modO], a.h[modO], moduleSeed(stepSeed, li, modO))
+	b.Add(a.res1, x, bf.tmp)
+	b.RMSNormForward(a.ln2, a.rstd2, a.res1, l.PostAttnNorm, c.RMSNormEps)
+	b.LinearForward(a.gateUp, a.ln2, lin[modGateUp], a.h[modGateUp], moduleSeed(stepSeed, li, modGateUp))
+	b.SwiGLUForward(a.act, a.gateUp)
+	b.LinearForward(bf.tmp, a.act, lin[modDown], a.h[modDown], moduleSeed(stepSeed, li, modDown))
+	b.Add(out, a.res1, bf.tmp)
+}
+
+// body uploads the batch and runs embeddings, the layers and the final
+// norm into bf.lnf.
+func (m *Model) body(batch *Batch, train bool, stepSeed uint64) *buffers {
+	b := m.B
+	bf := m.ensureBuffers(batch.B, batch.S, train)
+	b.UploadInt32(bf.ids, batch.InputIDs)
+	b.UploadInt32(bf.pos, batch.PositionIDs)
+	b.EmbeddingForward(bf.inputs[0], bf.ids, m.Embed)
+	x := bf.inputs[0]
+	for li := range m.Layers {
+		var out Tensor
+		if train {
+			out = bf.inputs[li+1]
+		} else {
+			out = bf.inputs[(li+1)%2]
+		}
+		a := &bf.acts[min(li, len(bf.acts)-1)]
+		m.layerForward(li, a, x, out, bf, train, stepSeed)
+		x = out
+	}
+	b.RMSNormForward(bf.lnf, bf.rstd, x, m.FinalNorm, m.Cfg.RMSNormEps)
+	return bf
+}
+
+// Forward runs the model on a batch and returns the mean cross-entropy over
+// the shifted, non-ignored labels, how many targets there were and how many
+// the argmax got right. With train, it keeps what Backward needs (LoRA
+// dropout is on, seeded per module by DeriveSeed(stepSeed, layer, module))
+// and computes the loss gradient at the last hidden state already. A batch
+// without any target returns loss 0.
+func (m *Model) Forward(batch *Batch, train bool, stepSeed uint64) (loss float64, ntokens int, correct int, err error) {
+	m.pending = nil
+	if err := m.validate(batch, true); err != nil {
+		return 0, 0, 0, err
+	}
+	if train && len(m.loraParams) == 0 {
+		return 0, 0, 0, errors.New("forward: training needs a LoRA adapter (the base model is frozen)")
+	}
+	targets := ShiftLabels(batch.Labels, batch.B, batch.S)
+	for _, t := range targets {
+		if t != IgnoreIndex {
+			ntokens++
+		}
+	}
+	bf := m.body(batch, train, stepSeed)
+	m.B.UploadInt32(bf.targets, targets)
+	var dlnf Tensor
+	var gradScale float32
+	if train {
+		dlnf = bf.dlnf
+		m.B.Zero(dlnf)
+		n := ntokens
+		if m.NumItemsInBatch > 0 {
+			n = m.NumItemsInBatch
+		}
+		if n > 0 {
+			gradScale = 1 / float32(n)
+		}
+	}
+	sum, correct := m.B.CrossEntropy(dlnf, bf.lnf, m.LMHead, bf.targets, gradScale)
+	if ntokens > 0 {
+		loss = sum / float64(ntokens)
+	}
+	if train {
+		m.pending = &pendingBackward{stepSeed: stepSeed}
+	}
+	return loss, ntokens, correct, nil
+}
+
+// Backward accumulates the LoRA gradients of the loss of the last training
+// Forward (its mean, or sum / NumItemsInBatch) into each adapter's GradA
+// and GradB. Call ZeroGrads before the first micro-batch of a step.
+func (m *Model) Backward() error {
+	if m.pending == nil {
+		return errors.New("backward: no training forward to differentiate (call Forward with train=true first, once per Backward)")
+	}
+	seed := m.pending.stepSeed
+	m.pending = nil
+	b, c, bf := m.B, m.Cfg, m.bufs
+	H, K, D := c.NumHeads, c.NumKVHeads, c.HeadDim()
+	L := len(m.Layers)
+	// Through the final norm: dres = d loss / d(last layer's output).
+	b.Zero(bf.dres)
+	b.RMSNormBackward(bf.dres, bf.dlnf, bf.inputs[L], m.FinalNorm, bf.rstd)
+	for li := L - 1; li >= 0; li-- {
+		l := &m.Layers[li]
+		x := bf.inputs[li]
+		var a *layerActs
+		if bf.ckpt {
+			a = &bf.acts[0]
+			m.layerForward(li, a, x, bf.recompOut, bf, true, seed)
+		} else {
+			a = &bf.acts[li]
+		}
+		lin := l.linears()
+		s := func(mod int) uint64 { return moduleSeed(seed, li, mod) }
+		// out = res1 + down(act): the residual passes dres through.
+		b.Copy(bf.dres1, bf.dres)
+		b.Zero(bf.dact)
+		b.LinearBackward(bf.dact, bf.dres, a.act, lin[modDown], a.h[modDown], s(modDown))
+		b.Zero(bf.dgu)
+		b.SwiGLUBackward(bf.dgu, bf.dact, a.gateUp)
+		b.Zero(bf.dln)
+		b.LinearBackward(bf.dln, bf.dgu, a.ln2, lin[modGateUp], a.h[modGateUp], s(modGateUp))
+		b.RMSNormBackward(bf.dres1, bf.dln, a.res1, l.PostAttnNorm, a.rstd2)
+		// res1 = x + o_proj(att)
+		b.Zero(bf.datt)
+		b.LinearBackward(bf.datt, bf.dres1, a.att, lin[modO], a.h[modO], s(modO))
+		b.Zero(bf.dqkv)
+		b.AttentionBackward(bf.dqkv, bf.datt, a.att, a.lse, a.qkv, bf.pos, bf.B, bf.S, H, K, D, c.SlidingWindow)
+		b.RoPEBackward(bf.dqkv, bf.pos, H, K, D, c.RotaryDim(), c.RopeTheta)
+		if li == 0 {
+			// The embeddings are frozen: only the adapter's gradients.
+			b.LinearBackward(nil, bf.dqkv, a.ln1, lin[modQKV], a.h[modQKV], s(modQKV))
+			break
+		}
+		b.Zero(bf.dln)
+		b.LinearBackward(bf.dln, bf.dqkv, a.ln1, lin[modQKV], a.h[modQKV], s(modQKV))
+		b.Copy(bf.dres, bf.dres1)
+		b.RMSNormBackward(bf.dres, bf.dln, x, l.InputNorm, a.rstd1)
+	}
+	return nil
+}
+
+// Logits returns the lm_head logits [T,V] of a batch (no dropout; labels
+// are not needed).
+func (m *Model) Logits(batch *Batch) ([]float32, error) {
+	m.pending = nil
+	if err := m.validate(batch, false); err != nil {
+		return nil, err
+	}
+	bf := m.body(batch, false, 0)
+	out := m.B.Alloc(bf.T, m.Cfg.VocabSize)
+	defer m.B.Free(out)
+	m.B.Logits(out, bf.lnf, m.LMHead)
+	return m.B.Download(out), nil
+}
