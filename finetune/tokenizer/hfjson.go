@@ -57,15 +57,22 @@ func parseTokenizerJSON(b []byte, path string) (*parsed, error) {
 	if isNull(f.Model) {
 		return nil, fmt.Errorf("%s: no \"model\"", path)
 	}
+	var head struct {
+		Type   string          `json:"type"`
+		Merges json.RawMessage `json:"merges"`
+	}
+	if err := json.Unmarshal(f.Model, &head); err != nil {
+		return nil, fmt.Errorf("%s: model: %w", path, err)
+	}
+	if head.Type == "" && head.Merges != nil {
+		head.Type = "BPE" // files from before the "type" tag
+	}
+	if head.Type != "BPE" {
+		return nil, fmt.Errorf("%s: model.type %q is not implemented (only BPE; WordPiece, WordLevel and Unigram are not)", path, head.Type)
+	}
 	var mb hfBPE
 	if err := json.Unmarshal(f.Model, &mb); err != nil {
 		return nil, fmt.Errorf("%s: model: %w", path, err)
-	}
-	if mb.Type == "" && mb.Merges != nil {
-		mb.Type = "BPE" // files from before the "type" tag
-	}
-	if mb.Type != "BPE" {
-		return nil, fmt.Errorf("%s: model.type %q is not implemented (only BPE; WordPiece, WordLevel and Unigram are not)", path, mb.Type)
 	}
 	if mb.Dropout != nil && *mb.Dropout > 0 {
 		return nil, fmt.Errorf("%s: model.dropout %g: BPE dropout is not implemented (tokenization here is deterministic)", path, *mb.Dropout)

@@ -72,6 +72,19 @@ func LoadWithOptions(dir string, opt Options) (*Tokenizer, error) {
 		p, err = parseTokenizerJSON(b, path)
 	case "tokenizer.model":
 		p, err = fromSentencePiece(b, path, cfg, haveCfg)
+		if err != nil {
+			break
+		}
+		// LlamaTokenizer's defaults name the special tokens a bare
+		// SentencePiece folder does not.
+		for _, d := range []struct {
+			name *tokenName
+			tok  string
+		}{{&cfg.BOSToken, "<s>"}, {&cfg.EOSToken, "</s>"}, {&cfg.UNKToken, "<unk>"}} {
+			if _, ok := p.model.tokenToID(d.tok); ok && !d.name.set {
+				*d.name = tokenName{set: true, content: d.tok}
+			}
+		}
 	default:
 		return nil, fmt.Errorf("tokenizer: Options.File %q: want tokenizer.json or tokenizer.model", opt.File)
 	}
