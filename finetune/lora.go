@@ -33,20 +33,21 @@ const (
 	numModules
 )
 
-// ModuleNames are the four decoder linears' names relative to a layer.
-var ModuleNames = [numModules]string{"self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"}
+// (LinearModules, in checkpoint.go, names them in this order.)
 
 // moduleLeaf is a module's last name component (qkv_proj, ...).
-func moduleLeaf(m int) string { return ModuleNames[m][strings.LastIndexByte(ModuleNames[m], '.')+1:] }
+func moduleLeaf(m int) string {
+	return LinearModules[m][strings.LastIndexByte(LinearModules[m], '.')+1:]
+}
 
-// ModuleName is the Hugging Face name of layer i's module m
+// moduleName is the Hugging Face name of layer i's module m
 // ("model.layers.3.self_attn.qkv_proj").
-func ModuleName(layer, m int) string { return fmt.Sprintf("model.layers.%d.%s", layer, ModuleNames[m]) }
+func moduleName(layer, m int) string { return LayerName(layer, LinearModules[m]) }
 
 // PEFTName is the adapter-file name of one LoRA matrix of a module, as
 // PEFT's save_pretrained writes it (which is "A" or "B").
 func PEFTName(layer, m int, which string) string {
-	return fmt.Sprintf("base_model.model.%s.lora_%s.weight", ModuleName(layer, m), which)
+	return fmt.Sprintf("base_model.model.%s.lora_%s.weight", moduleName(layer, m), which)
 }
 
 // Validate checks the configuration and returns which of the four modules
@@ -84,7 +85,7 @@ func (c *LoRAConfig) Validate() (targets [numModules]bool, err error) {
 		}
 		found := false
 		for m := range numModules {
-			full := ModuleNames[m]
+			full := LinearModules[m]
 			if t == full || t == moduleLeaf(m) {
 				targets[m] = true
 				found = true

@@ -78,6 +78,16 @@ type Batch struct {
 	Labels      []int32
 }
 
+// LoadModel builds a model from a checkpoint directory's weights
+// (converted to float32 one tensor at a time).
+func LoadModel(b Backend, ck *Checkpoint, opts ModelOptions) (*Model, error) {
+	m, err := NewModel(b, ck.Config, ck.Float32, opts)
+	if err != nil {
+		return nil, fmt.Errorf("load model %s: %w", ck.Dir, err)
+	}
+	return m, nil
+}
+
 // NewModel builds a model from weights in Hugging Face naming; get returns
 // a tensor's float32 values and shape. Tests build models from memory with
 // it; LoadModel reads a checkpoint.
@@ -126,7 +136,7 @@ func NewModel(b Backend, cfg *Config, get func(name string) ([]float32, []int, e
 		return t, nil
 	}
 	linear := func(layer, mod, out, in int) (*Linear, error) {
-		name := ModuleName(layer, mod)
+		name := moduleName(layer, mod)
 		data, err := load(name+".weight", out, in)
 		if err != nil {
 			return nil, err
@@ -187,8 +197,8 @@ func NewModel(b Backend, cfg *Config, get func(name string) ([]float32, []int, e
 			}
 			lo := lin.LoRA
 			m.loraParams = append(m.loraParams,
-				NamedLoRA{Name: PEFTName(i, mod, "A"), Layer: i, Module: ModuleNames[mod], Param: lo.A, Grad: lo.GradA, Shape: lo.A.Shape()},
-				NamedLoRA{Name: PEFTName(i, mod, "B"), Layer: i, Module: ModuleNames[mod], Param: lo.B, Grad: lo.GradB, Shape: lo.B.Shape()})
+				NamedLoRA{Name: PEFTName(i, mod, "A"), Layer: i, Module: LinearModules[mod], Param: lo.A, Grad: lo.GradA, Shape: lo.A.Shape()},
+				NamedLoRA{Name: PEFTName(i, mod, "B"), Layer: i, Module: LinearModules[mod], Param: lo.B, Grad: lo.GradB, Shape: lo.B.Shape()})
 		}
 	}
 	return m, nil
