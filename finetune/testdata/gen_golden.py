@@ -457,6 +457,7 @@ def build_variant(out_dir, quant, attn_impl, nf4_ref):
     assert len(lora) == 2 * 4 * LAYERS, sorted(lora)
     pmodel.peft_config["default"].base_model_name_or_path = ".."  # the model dir, relative to adapter/
     pmodel.save_pretrained(str(out_dir / "adapter"))
+    (out_dir / "adapter" / "README.md").unlink(missing_ok=True)  # PEFT's model-card template
     saved = load_file(str(out_dir / "adapter" / "adapter_model.safetensors"))
     assert set(saved) == set(lora), (sorted(saved), sorted(lora))
     for fname, p in lora.items():
