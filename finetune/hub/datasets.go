@@ -90,6 +90,10 @@ func (c *Client) listFiles(ctx context.Context, kind RepoKind, repo, revision st
 			return commit, files, nil
 		}
 	}
+	var se *StatusError
+	if errors.As(cause, &se) {
+		return "", nil, cause // the Hub's own answer says more than "not cached"
+	}
 	return "", nil, notCachedError(kind, repo, revision, "", c.CacheDir, c.Offline, cause)
 }
 

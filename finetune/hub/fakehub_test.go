@@ -388,8 +388,8 @@ func newFakeWithRepos(t *testing.T) (*fakeHub, map[string][]byte, []byte) {
 	fh.addRepo(Model, phi3Repo, phi3Commit, files, "tokenizer.json", "tokenizer.model")
 	csv := readShared(t, "yoda_sentences.csv")
 	fh.addRepo(Dataset, yodaRepo, yodaCommit, map[string][]byte{
-		"sentences.csv": csv,
-		"README.md":     []byte("---\nlicense: apache-2.0\n---\n# yoda_sentences\n"),
+		"sentences.csv":  csv,
+		"README.md":      []byte("---\nlicense: apache-2.0\n---\n# yoda_sentences\n"),
 		".gitattributes": []byte("*.parquet filter=lfs diff=lfs merge=lfs -text\n"),
 	})
 	return fh, files, csv

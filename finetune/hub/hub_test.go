@@ -265,7 +265,7 @@ func TestChecksumMismatchIsRejected(t *testing.T) {
 		file  string
 		check string
 	}{
-		{Model, phi3Repo, "tokenizer.json", "sha256"},   // LFS: ETag is the sha256
+		{Model, phi3Repo, "tokenizer.json", "sha256"},    // LFS: ETag is the sha256
 		{Dataset, yodaRepo, "sentences.csv", "git-sha1"}, // git: ETag is the blob id
 	} {
 		t.Run(tc.check, func(t *testing.T) {
@@ -640,6 +640,7 @@ func TestSplitFiles(t *testing.T) {
 		{"folders", []string{"data/training/a.parquet", "data/training/b.parquet", "data/test/c.parquet"}, "train", []string{"data/training/a.parquet", "data/training/b.parquet"}},
 		{"sharded", []string{"data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet", "data/test-00000-of-00001.parquet"}, "train", []string{"data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"}},
 		{"sharded custom split", []string{"data/train-00000-of-00001.parquet", "data/extra-00000-of-00001.parquet"}, "extra", []string{"data/extra-00000-of-00001.parquet"}},
+		{"sharded names win over folders", []string{"data/train-00000-of-00001.parquet", "test/notes.csv"}, "train", []string{"data/train-00000-of-00001.parquet"}},
 		{"custom split by name", []string{"train.json", "holdout.json"}, "holdout", []string{"holdout.json"}},
 		{"missing split among named ones", []string{"train.csv", "test.csv"}, "validation", nil},
 		{"hidden and metadata skipped", []string{".cache/x.csv", "__pycache__/y.json", "dataset_infos.json", "rows.JSONL"}, "train", []string{"rows.JSONL"}},
@@ -670,5 +671,18 @@ func TestGitBlobID(t *testing.T) {
 	v.Write([]byte("Hello, World?"))
 	if err := v.verify("hello", 13); !errors.Is(err, ErrChecksum) {
 		t.Errorf("altered content passed: %v", err)
+	}
+}
+
+func TestUnwritableCacheIsReported(t *testing.T) {
+	fh, _, _ := newFakeWithRepos(t)
+	c := fh.client(t)
+	// A cache "folder" below a regular file cannot be created, even by root.
+	blocker := filepath.Join(t.TempDir(), "not-a-folder")
+	os.WriteFile(blocker, nil, 0o644)
+	c.CacheDir = filepath.Join(blocker, "hub")
+	_, err := c.File(context.Background(), Model, phi3Repo, "", "tokenizer_config.json")
+	if err == nil || !strings.Contains(err.Error(), "HF_HUB_CACHE") || !strings.Contains(err.Error(), blocker) {
+		t.Errorf("unwritable cache: %v, want an error naming the folder and HF_HUB_CACHE", err)
 	}
 }

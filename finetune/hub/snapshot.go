@@ -42,7 +42,11 @@ func (c *Client) Snapshot(ctx context.Context, kind RepoKind, repo, revision str
 		if ctx.Err() != nil || (errors.As(err, &se) && se.notFoundHere()) {
 			return "", err
 		}
-		return c.cachedSnapshot(kind, repo, revision, allow, match, err)
+		dir, cerr := c.cachedSnapshot(kind, repo, revision, allow, match, err)
+		if cerr != nil && se != nil {
+			return "", err // the Hub's own answer says more than "not cached"
+		}
+		return dir, cerr
 	}
 	var files []string
 	for _, f := range info.files {
