@@ -1,0 +1,128 @@
+package data
+
+// Batch is one micro-batch of B rows of S tokens; each field is [B*S],
+// row-major. Its fields are finetune.Batch's, in the same order, so one
+// converts to the other with finetune.Batch(b). Labels are not shifted: the
+// model scores the logits at s against Labels[s+1], as transformers'
+// ForCausalLMLoss does. Position ids restart at 0 where a packed example
+// starts; attention must not cross such a boundary (TRL relies on
+// FlashAttention's varlen path deriving sequence boundaries from
+// position_ids).
+type Batch struct {
+	B, S        int
+	InputIDs    []int32
+	PositionIDs []int32
+	Labels      []int32
+}
+
+// Collator builds micro-batches as TRL 0.23.1's
+// DataCollatorForLanguageModeling.torch_call does (trl/trainer/
+// sft_trainer.py), with return_position_ids on (the FlashAttention setting;
+// without it TRL's padding-free batches would attend across examples):
+//
+//   - labels start as a copy of input_ids;
+//   - padding-free: the batch's sequences are concatenated into one row;
+//     position ids restart at 0 at each packed example (from seq_lengths,
+//     get_position_ids_from_packed_seq_lengths) or at each sequence when
+//     there are no seq_lengths; no padding but to PadToMultipleOf;
+//   - otherwise each row is right-padded to the longest row (rounded up to
+//     PadToMultipleOf) with the pad id, labels -100, position ids 0;
+//   - with completion-only loss, labels where completion_mask is 0 (the
+//     prompt, and padding) become -100.
+//
+// What TRL 0.23.1 does not do, this does not do either: the first token of
+// a packed example keeps its label (no labels[position_ids == 0] = -100;
+// that came with TRL PR #4170, after 0.23). The previous example's last
+// token is scored on it unless the completion mask hides it, which it
+// does for prompt/completion data, whose examples start with the prompt.
+type Collator struct {
+	Pad                int32
+	CompletionOnlyLoss bool
+	PaddingFree        bool
+	PadToMultipleOf    int
+}
+
+// NewCollator is the collator TRL 0.23.1's SFTTrainer builds for these
+// options and data: padding-free when asked or when packing with bfd, and
+// completion-only loss by default for prompt/completion data.
+func NewCollator(opt SFTOptions, typ Type, pad int32) Collator {
+	c := Collator{Pad: pad, PaddingFree: opt.paddingFree(), PadToMultipleOf: opt.PadToMultipleOf}
+	if opt.CompletionOnlyLoss != nil {
+		c.CompletionOnlyLoss = *opt.CompletionOnlyLoss
+	} else {
+		c.CompletionOnlyLoss = typ == TypePromptCompletion
+	}
+	return c
+}
+
+func (c Collator) roundUp(n int) int {
+	if m := c.PadToMultipleOf; m > 0 && n%m != 0 {
+		return n + m - n%m
+	}
+	return n
+}
+
+// Collate builds one micro-batch from sequences.
+func (c Collator) Collate(seqs []Sequence) Batch {
+	if c.PaddingFree {
+		total := 0
+		for _, s := range seqs {
+			total += len(s.InputIDs)
+		}
+		S := c.roundUp(total)
+		b := newBatch(1, S, c.Pad)
+		t := 0
+		for _, s := range seqs {
+			lengths := s.SeqLengths
+			if lengths == nil {
+				lengths = []int{len(s.InputIDs)}
+			}
+			for _, n := range lengths {
+				for p := 0; p < n; p++ {
+					b.PositionIDs[t+p] = int32(p)
+				}
+				t += n
+			}
+		}
+		t = 0
+		for _, s := range seqs {
+			c.fill(&b, t, s)
+			t += len(s.InputIDs)
+		}
+		return b
+	}
+	longest := 0
+	for _, s := range seqs {
+		longest = max(longest, len(s.InputIDs))
+	}
+	S := c.roundUp(longest)
+	b := newBatch(len(seqs), S, c.Pad)
+	for r, s := range seqs {
+		for p := range s.InputIDs {
+			b.PositionIDs[r*S+p] = int32(p)
+		}
+		c.fill(&b, r*S, s)
+	}
+	return b
+}
+
+// fill writes one sequence's ids and labels at offset off.
+func (c Collator) fill(b *Batch, off int, s Sequence) {
+	copy(b.InputIDs[off:], s.InputIDs)
+	for i, id := range s.InputIDs {
+		if c.CompletionOnlyLoss && s.CompletionMask != nil && s.CompletionMask[i] == 0 {
+			b.Labels[off+i] = IgnoreIndex
+		} else {
+			b.Labels[off+i] = id
+		}
+	}
+}
+
+func newBatch(B, S int, pad int32) Batch {
+	b := Batch{B: B, S: S, InputIDs: make([]int32, B*S), PositionIDs: make([]int32, B*S), Labels: make([]int32, B*S)}
+	for i := range b.InputIDs {
+		b.InputIDs[i] = pad
+		b.Labels[i] = IgnoreIndex
+	}
+	return b
+}
