@@ -304,3 +304,14 @@ func TestSentencePieceBPE(t *testing.T) {
 		t.Errorf("SpecialTokens = %+v", st)
 	}
 }
+
+func TestByteFallbackDecoder(t *testing.T) {
+	got := byteFallbackDec{}.decodeChain([]string{"a", "<0xE6>", "<0x97>", "b", "<0xE6>", "<0x97>", "<0xA5>", "<0xZZ>", "<0x0A>"})
+	want := []string{"a", "\uFFFD", "\uFFFD", "b", "日", "<0xZZ>", "\n"}
+	if !slices.Equal(got, want) {
+		t.Errorf("ByteFallback = %q, want %q", got, want)
+	}
+	if got := (stripDec{content: ' ', start: 1, stop: 1}).decodeChain([]string{"  a  ", " "}); !slices.Equal(got, []string{" a ", ""}) {
+		t.Errorf("Strip = %q", got)
+	}
+}
