@@ -1,13 +1,20 @@
 package finetune
 
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/ollama-tune/ollama-tune/finetune/optim"
+)
+
 // Optimizer ops of the CPU backend. The arithmetic lives in finetune/optim
-// (shared with the tests of every backend); these wrappers only unwrap the
-// tensors.
+// (the reference the CUDA kernels mirror); these wrappers unwrap tensors.
 
 // Scale multiplies t by s in place.
 func (b *CPUBackend) Scale(t Tensor, s float32) {
-	for k := range f32(t) {
-		f32(t)[k] *= s
+	x := f32(t)
+	for k := range x {
+		x[k] *= s
 	}
 }
 
@@ -20,12 +27,28 @@ func (b *CPUBackend) SumSquares(t Tensor) float64 {
 	return s
 }
 
-// AdamW updates p in place from g with float32 moments m, v.
+// optimParams converts the float32 hyper-parameters to optim's float64
+// ones through their shortest decimal form, so lr 1e-3 becomes the Python
+// float 0.001 torch computes with, not float32(1e-3) widened.
+func optimParams(hp AdamParams) optim.Params {
+	f := func(x float32) float64 {
+		v, _ := strconv.ParseFloat(strconv.FormatFloat(float64(x), 'g', -1, 32), 64)
+		return v
+	}
+	return optim.Params{LR: f(hp.LR), Beta1: f(hp.Beta1), Beta2: f(hp.Beta2), Eps: f(hp.Eps), WeightDecay: f(hp.WeightDecay), Step: hp.Step}
+}
+
+// AdamW updates p in place from g with float32 moments m, v
+// (torch.optim.AdamW).
 func (b *CPUBackend) AdamW(p, g, m, v Tensor, hp AdamParams) {
-	panic("cpu backend: AdamW waits for finetune/optim")
+	if err := optim.AdamW(f32(p), f32(g), f32(m), f32(v), optimParams(hp)); err != nil {
+		panic(fmt.Sprintf("cpu backend: AdamW: %v", err))
+	}
 }
 
 // AdamW8bit is bitsandbytes' blockwise 8-bit AdamW.
 func (b *CPUBackend) AdamW8bit(p, g Tensor, st *Adam8State, hp AdamParams) {
-	panic("cpu backend: AdamW8bit waits for finetune/optim")
+	if err := optim.AdamW8bit(f32(p), f32(g), u8(st.M), u8(st.V), f32(st.AbsmaxM), f32(st.AbsmaxV), optimParams(hp)); err != nil {
+		panic(fmt.Sprintf("cpu backend: AdamW8bit: %v", err))
+	}
 }
