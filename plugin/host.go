@@ -487,9 +487,15 @@ func HandleInterrupts(ctx context.Context, sigs <-chan os.Signal, c Canceller, n
 		}
 		if n == 0 {
 			say("interrupt: asking the trainer to save a checkpoint and stop (press Ctrl-C again to stop at once)")
-			if err := c.Cancel(ctx, CancelGraceful); err != nil {
-				say(fmt.Sprintf("graceful stop failed (%v); press Ctrl-C again to stop at once", err))
-			}
+			// Asynchronously: a plugin too stuck to answer must not keep the
+			// second Ctrl-C from killing it.
+			go func() {
+				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				defer cancel()
+				if err := c.Cancel(cctx, CancelGraceful); err != nil && ctx.Err() == nil {
+					say(fmt.Sprintf("graceful stop failed (%v); press Ctrl-C again to stop at once", firstLine(err)))
+				}
+			}()
 			continue
 		}
 		say("second interrupt: stopping the trainer now, without saving")

@@ -361,44 +361,88 @@ func TestInterruptTwiceStopsAtOnce(t *testing.T) {
 	<-handled
 	mu.Lock()
 	defer mu.Unlock()
-	if len(notes) != 2 || !strings.Contains(notes[0], "save a checkpoint") || !strings.Contains(notes[1], "now") {
+	if len(notes) < 2 || !strings.Contains(notes[0], "save a checkpoint") || !strings.Contains(notes[1], "stopping the trainer now") {
 		t.Errorf("notes = %q", notes)
 	}
 }
 
+// recordCanceller records cancels; its graceful cancel blocks until
+// release is closed (nil: never blocks), like a plugin too stuck to answer.
 type recordCanceller struct {
-	mu    sync.Mutex
-	modes []CancelMode
+	mu       sync.Mutex
+	modes    []CancelMode
+	graceful chan struct{} // closed when the graceful cancel arrives
+	release  chan struct{}
 }
 
-func (r *recordCanceller) Cancel(_ context.Context, m CancelMode) error {
+func newRecordCanceller(release chan struct{}) *recordCanceller {
+	return &recordCanceller{graceful: make(chan struct{}), release: release}
+}
+
+func (r *recordCanceller) Cancel(ctx context.Context, m CancelMode) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.modes = append(r.modes, m)
+	r.mu.Unlock()
+	if m == CancelGraceful {
+		close(r.graceful)
+		if r.release != nil {
+			select {
+			case <-r.release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
 	return nil
 }
 
+func (r *recordCanceller) got() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return fmt.Sprint(r.modes)
+}
+
 func TestHandleInterruptsEscalates(t *testing.T) {
-	sigs := make(chan os.Signal, 3)
-	rc := &recordCanceller{}
-	sigs <- os.Interrupt
-	sigs <- os.Interrupt
-	sigs <- os.Interrupt // a third is left for the default handler
-	HandleInterrupts(context.Background(), sigs, rc, nil)
-	if fmt.Sprint(rc.modes) != "[graceful immediate]" {
-		t.Errorf("modes = %v, want [graceful immediate]", rc.modes)
-	}
-	if len(sigs) != 1 {
-		t.Errorf("%d interrupts left, want 1", len(sigs))
+	for _, stuck := range []bool{false, true} {
+		var release chan struct{}
+		if stuck { // the graceful cancel never answers; the second interrupt must still kill
+			release = make(chan struct{})
+		}
+		rc := newRecordCanceller(release)
+		sigs := make(chan os.Signal, 3)
+		done := make(chan struct{})
+		go func() { HandleInterrupts(context.Background(), sigs, rc, nil); close(done) }()
+		sigs <- os.Interrupt
+		select {
+		case <-rc.graceful:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("stuck=%v: no graceful cancel after the first interrupt", stuck)
+		}
+		sigs <- os.Interrupt
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("stuck=%v: HandleInterrupts did not return after the second interrupt", stuck)
+		}
+		if rc.got() != "[graceful immediate]" {
+			t.Errorf("stuck=%v: modes = %s, want [graceful immediate]", stuck, rc.got())
+		}
+		sigs <- os.Interrupt // a third is left for the default handler
+		if len(sigs) != 1 {
+			t.Errorf("stuck=%v: the handler consumed a third interrupt", stuck)
+		}
+		if release != nil {
+			close(release)
+		}
 	}
 
 	// A finished run (ctx done) stops the handler without cancelling.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	rc = &recordCanceller{}
+	rc := newRecordCanceller(nil)
 	HandleInterrupts(ctx, make(chan os.Signal), rc, nil)
-	if len(rc.modes) != 0 {
-		t.Errorf("modes = %v after ctx done, want none", rc.modes)
+	if rc.got() != "[]" {
+		t.Errorf("modes = %s after ctx done, want none", rc.got())
 	}
 }
 
