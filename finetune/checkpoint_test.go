@@ -35,28 +35,37 @@ func TestCheckpointConfigFixtures(t *testing.T) {
 		t.Errorf("hub_phi3_mini.json parsed to\n%+v\nwant Phi3Mini4k()\n%+v", hub, want)
 	}
 
-	path := filepath.Join("testdata", "configs", "tf5_phi3_mini.json")
-	tf5, err := LoadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// transformers 5 may write sliding_window as null: take the file's
-	// value, checked independently, and everything else from Phi3Mini4k.
-	raw, _ := os.ReadFile(path)
-	var m map[string]any
-	if err := json.Unmarshal(raw, &m); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := m["rope_parameters"]; !ok {
-		t.Errorf("%s has no rope_parameters: not transformers 5's dialect", path)
-	}
-	want := Phi3Mini4k()
-	want.SlidingWindow = 0
-	if sw, ok := m["sliding_window"].(float64); ok {
-		want.SlidingWindow = int(sw)
-	}
-	if !reflect.DeepEqual(tf5, want) {
-		t.Errorf("tf5_phi3_mini.json parsed to\n%+v\nwant\n%+v", tf5, want)
+	// transformers 5.17's dialect: tf5_phi3_mini.json as a saved model
+	// carries it (sliding_window null), tf5_phi3_mini_cfgsave.json as
+	// Phi3Config.save_pretrained wrote it on the GPU machine
+	// (gen_tf5_config.py; sliding_window kept). The expected sliding window
+	// is read from each file independently; the rest is Phi3Mini4k.
+	for file, wantSW := range map[string]int{"tf5_phi3_mini.json": 0, "tf5_phi3_mini_cfgsave.json": 2047} {
+		path := filepath.Join("testdata", "configs", file)
+		tf5, err := LoadConfig(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := os.ReadFile(path)
+		var m map[string]any
+		if err := json.Unmarshal(raw, &m); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := m["rope_parameters"]; !ok {
+			t.Errorf("%s has no rope_parameters: not transformers 5's dialect", path)
+		}
+		if _, ok := m["rope_theta"]; ok {
+			t.Errorf("%s has a top-level rope_theta: not transformers 5's dialect", path)
+		}
+		sw, _ := m["sliding_window"].(float64)
+		if int(sw) != wantSW {
+			t.Errorf("%s: sliding_window %v, want %d", path, m["sliding_window"], wantSW)
+		}
+		want := Phi3Mini4k()
+		want.SlidingWindow = wantSW
+		if !reflect.DeepEqual(tf5, want) {
+			t.Errorf("%s parsed to\n%+v\nwant\n%+v", file, tf5, want)
+		}
 	}
 }
 
@@ -511,5 +520,61 @@ func TestCheckpointRandomWeightsErrors(t *testing.T) {
 	}
 	if _, _, err := RandomWeights(ckptTinyConfig(), 1)("model.layers.9.mlp.down_proj.weight"); err == nil {
 		t.Errorf("RandomWeights served a tensor of a layer the config lacks")
+	}
+}
+
+// TestCheckpointTransformersTiny loads a tiny Phi-3 that transformers 5.17
+// saved itself (testdata/gen_tf5_tiny.py) and compares every tensor with
+// the sums and leading values torch read from it.
+func TestCheckpointTransformersTiny(t *testing.T) {
+	dir := filepath.Join("testdata", "tf5_tiny")
+	raw, err := os.ReadFile(filepath.Join(dir, "expected.json"))
+	if os.IsNotExist(err) {
+		t.Skip("testdata/tf5_tiny is missing: run `python3 finetune/testdata/gen_tf5_tiny.py` on a machine with torch and transformers")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var exp struct {
+		Tensors map[string]struct {
+			Shape []int     `json:"shape"`
+			Sum   float64   `json:"sum"`
+			First []float32 `json:"first"`
+		} `json:"tensors"`
+	}
+	if err := json.Unmarshal(raw, &exp); err != nil {
+		t.Fatal(err)
+	}
+	ck, err := LoadCheckpoint(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ck.Close()
+	if c := ck.Config; c.HiddenSize != 32 || c.NumKVHeads != 2 || c.VocabSize != 128 || c.TorchDType != "bfloat16" {
+		t.Errorf("config %+v", c)
+	}
+	if len(exp.Tensors) != len(Phi3Tensors(ck.Config)) {
+		t.Errorf("transformers saved %d tensors, a Phi3ForCausalLM has %d", len(exp.Tensors), len(Phi3Tensors(ck.Config)))
+	}
+	for name, e := range exp.Tensors {
+		v, shape, err := ck.Float32(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(shape, e.Shape) {
+			t.Errorf("%s: shape %v, torch %v", name, shape, e.Shape)
+		}
+		var sum float64
+		for _, x := range v {
+			sum += float64(x)
+		}
+		if math.Abs(sum-e.Sum) > 1e-9*math.Max(1, math.Abs(e.Sum)) {
+			t.Errorf("%s: sum %.12g, torch %.12g", name, sum, e.Sum)
+		}
+		for i, x := range e.First {
+			if v[i] != x {
+				t.Errorf("%s[%d] = %g, torch %g", name, i, v[i], x)
+			}
+		}
 	}
 }

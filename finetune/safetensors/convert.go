@@ -148,14 +148,16 @@ func ToFloat32Into(dst []float32, t TensorInfo) error {
 		})
 	case BF16:
 		parallelFor(n, func(lo, hi int) {
-			for i := lo; i < hi; i++ {
-				dst[i] = BF16ToF32(le.Uint16(src[2*i:]))
+			d, s := dst[lo:hi], src[2*lo:2*hi]
+			for i := range d { // bounds-check-free form of BF16ToF32(le.Uint16(s[2*i:]))
+				d[i] = math.Float32frombits(uint32(s[2*i])<<16 | uint32(s[2*i+1])<<24)
 			}
 		})
 	case F16:
 		parallelFor(n, func(lo, hi int) {
-			for i := lo; i < hi; i++ {
-				dst[i] = F16ToF32(le.Uint16(src[2*i:]))
+			d, s := dst[lo:hi], src[2*lo:2*hi]
+			for i := range d {
+				d[i] = F16ToF32(uint16(s[2*i]) | uint16(s[2*i+1])<<8)
 			}
 		})
 	case F64:

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Regenerate tf5_phi3_mini.json with the installed transformers (5.x).
+"""Write tf5_phi3_mini_cfgsave.json with the installed transformers (5.x).
 
 hub_phi3_mini.json is config.json as microsoft/Phi-3-mini-4k-instruct ships
 it on the Hub (older transformers' dialect). This script loads it with
 transformers' own Phi3Config and saves it back with save_pretrained, which
-is exactly the dialect a model saved on the GPU machine carries
-(rope_parameters, dtype, ...). Run from the repository root:
+is the dialect a model saved on the GPU machine carries (rope_parameters,
+dtype, ...). A config saved on its own keeps sliding_window 2047; a whole
+model saved by transformers 5.17 writes sliding_window null, which is
+tf5_phi3_mini.json (hand-written from such a file). Run from the
+repository root:
 
     python3 finetune/testdata/configs/gen_tf5_config.py
 
@@ -29,8 +32,8 @@ try:
     cfg = Phi3Config.from_pretrained(tmp)
     out = tempfile.mkdtemp()
     cfg.save_pretrained(out)
-    shutil.copy(os.path.join(out, "config.json"), os.path.join(HERE, "tf5_phi3_mini.json"))
+    shutil.copy(os.path.join(out, "config.json"), os.path.join(HERE, "tf5_phi3_mini_cfgsave.json"))
     shutil.rmtree(out)
 finally:
     shutil.rmtree(tmp)
-print("wrote tf5_phi3_mini.json with transformers", transformers.__version__)
+print("wrote tf5_phi3_mini_cfgsave.json with transformers", transformers.__version__)
