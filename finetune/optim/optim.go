@@ -15,10 +15,12 @@
 // The CPU backend calls these functions; the CUDA kernels mirror them
 // operation for operation. Each float32 operation is written as its own
 // rounding (explicit float32 conversions keep the Go compiler from fusing
-// multiply-adds), so a kernel built without FMA contraction (nvcc
-// -fmad=false, or __fmul_rn/__fadd_rn) reproduces them bit for bit.
-// bitsandbytes itself is compiled with contraction and uses __powf and
-// __fdividef, so it agrees with this package to a few ulps, not bitwise.
+// multiply-adds), and where PyTorch's kernels fuse one (lerp, addcmul in
+// AdamW) it is an explicit fma32, so a kernel that uses __fmaf_rn there and
+// __fmul_rn/__fadd_rn/__fdiv_rn elsewhere reproduces them bit for bit.
+// AdamW is bit-identical to torch 2.11's CPU AdamW. bitsandbytes is
+// compiled with contraction and uses __powf and __fdividef, so AdamW8bit
+// and BnbAdam32 agree with it to a few ulps, not bitwise.
 package optim
 
 import (
