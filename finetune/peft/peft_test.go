@@ -170,7 +170,7 @@ func writeAdapter(t *testing.T, cfg func(string) string, tensors func([]safetens
 	return dir
 }
 
-func same(s string) string                                         { return s }
+func same(s string) string                                             { return s }
 func sameTensors(ts []safetensors.TensorInfo) []safetensors.TensorInfo { return ts }
 
 func TestReadErrors(t *testing.T) {
