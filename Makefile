@@ -25,6 +25,12 @@ vet:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./finetune/
 
+# Regenerate plugin/proto (needs protoc: apt-get install -y protobuf-compiler;
+# go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+# google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2).
+proto:
+	cd plugin/proto && PATH="$$PATH:$$($(GO) env GOPATH)/bin" $(GO) generate .
+
 fmt:
 	gofmt -l -w .
 
