@@ -35,10 +35,10 @@ func TestCheckpointConfigFixtures(t *testing.T) {
 		t.Errorf("hub_phi3_mini.json parsed to\n%+v\nwant Phi3Mini4k()\n%+v", hub, want)
 	}
 
-	// transformers 5.17's dialect: tf5_phi3_mini.json as a saved model
-	// carries it (sliding_window null), tf5_phi3_mini_cfgsave.json as
-	// Phi3Config.save_pretrained wrote it on the GPU machine
-	// (gen_tf5_config.py; sliding_window kept). The expected sliding window
+	// transformers 5.17's dialect: tf5_phi3_mini.json hand-written with
+	// sliding_window null (as the shared README reports for the full model
+	// save), tf5_phi3_mini_cfgsave.json as Phi3Config.save_pretrained wrote
+	// it on the GPU machine (gen_tf5_config.py; sliding_window kept). The expected sliding window
 	// is read from each file independently; the rest is Phi3Mini4k.
 	for file, wantSW := range map[string]int{"tf5_phi3_mini.json": 0, "tf5_phi3_mini_cfgsave.json": 2047} {
 		path := filepath.Join("testdata", "configs", file)

@@ -5,10 +5,11 @@ hub_phi3_mini.json is config.json as microsoft/Phi-3-mini-4k-instruct ships
 it on the Hub (older transformers' dialect). This script loads it with
 transformers' own Phi3Config and saves it back with save_pretrained, which
 is the dialect a model saved on the GPU machine carries (rope_parameters,
-dtype, ...). A config saved on its own keeps sliding_window 2047; a whole
-model saved by transformers 5.17 writes sliding_window null, which is
-tf5_phi3_mini.json (hand-written from such a file). Run from the
-repository root:
+dtype, ...). It keeps sliding_window 2047 (so did a whole tiny model saved
+by transformers 5.17, see gen_tf5_tiny.py); tf5_phi3_mini.json is the same
+dialect hand-written with sliding_window null, as /work/shared/README.md
+reports for the 7.64 GB save. Both must parse. Run from the repository
+root:
 
     python3 finetune/testdata/configs/gen_tf5_config.py
 
