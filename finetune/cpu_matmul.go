@@ -71,6 +71,7 @@ func dotKernel(out []float32, ldo, oOff int, x []float32, T int, w []float32, n,
 			w1 := w[(o+1)*K : (o+1)*K+K]
 			w2 := w[(o+2)*K : (o+2)*K+K]
 			w3 := w[(o+3)*K : (o+3)*K+K]
+			x1, w0, w1, w2, w3 := x1[:len(x0)], w0[:len(x0)], w1[:len(x0)], w2[:len(x0)], w3[:len(x0)] // bounds-check hints
 			var s00, s01, s02, s03, s10, s11, s12, s13 float32
 			for k, a := range x0 {
 				c := x1[k]
@@ -95,6 +96,7 @@ func dotKernel(out []float32, ldo, oOff int, x []float32, T int, w []float32, n,
 		}
 		for ; o < n; o++ {
 			w0 := w[o*K : o*K+K]
+			x1, w0 := x1[:len(x0)], w0[:len(x0)]
 			var s0, s1 float32
 			for k, a := range x0 {
 				s0 += a * w0[k]
@@ -112,6 +114,7 @@ func dotKernel(out []float32, ldo, oOff int, x []float32, T int, w []float32, n,
 			w1 := w[(o+1)*K : (o+1)*K+K]
 			w2 := w[(o+2)*K : (o+2)*K+K]
 			w3 := w[(o+3)*K : (o+3)*K+K]
+			w0, w1, w2, w3 = w0[:len(x0)], w1[:len(x0)], w2[:len(x0)], w3[:len(x0)]
 			var s0, s1, s2, s3 float32
 			for k, a := range x0 {
 				s0 += a * w0[k]
@@ -126,6 +129,7 @@ func dotKernel(out []float32, ldo, oOff int, x []float32, T int, w []float32, n,
 		}
 		for ; o < n; o++ {
 			w0 := w[o*K : o*K+K]
+			w0 = w0[:len(x0)]
 			var s0 float32
 			for k, a := range x0 {
 				s0 += a * w0[k]
@@ -175,7 +179,7 @@ func axpyKernel(dx, dout []float32, T, ldd, oOff int, w []float32, n, K int, alp
 			w3 := w[(o+3)*K : (o+3)*K+K]
 			a0, a1, a2, a3 := coef(t, o), coef(t, o+1), coef(t, o+2), coef(t, o+3)
 			c0, c1, c2, c3 := coef(t+1, o), coef(t+1, o+1), coef(t+1, o+2), coef(t+1, o+3)
-			d1 := d1[:len(d0)]
+			d1, w0, w1, w2, w3 := d1[:len(d0)], w0[:len(d0)], w1[:len(d0)], w2[:len(d0)], w3[:len(d0)]
 			for k := range d0 {
 				b0, b1, b2, b3 := w0[k], w1[k], w2[k], w3[k]
 				d0[k] += a0*b0 + a1*b1 + a2*b2 + a3*b3
@@ -185,6 +189,7 @@ func axpyKernel(dx, dout []float32, T, ldd, oOff int, w []float32, n, K int, alp
 		for ; o < n; o++ {
 			w0 := w[o*K : o*K+K]
 			a0, c0 := coef(t, o), coef(t+1, o)
+			d0, d1 := d0[:len(w0)], d1[:len(w0)]
 			for k, v := range w0 {
 				d0[k] += a0 * v
 				d1[k] += c0 * v
@@ -200,6 +205,7 @@ func axpyKernel(dx, dout []float32, T, ldd, oOff int, w []float32, n, K int, alp
 			w2 := w[(o+2)*K : (o+2)*K+K]
 			w3 := w[(o+3)*K : (o+3)*K+K]
 			a0, a1, a2, a3 := coef(t, o), coef(t, o+1), coef(t, o+2), coef(t, o+3)
+			w0, w1, w2, w3 = w0[:len(d0)], w1[:len(d0)], w2[:len(d0)], w3[:len(d0)]
 			for k := range d0 {
 				d0[k] += a0*w0[k] + a1*w1[k] + a2*w2[k] + a3*w3[k]
 			}
@@ -207,6 +213,7 @@ func axpyKernel(dx, dout []float32, T, ldd, oOff int, w []float32, n, K int, alp
 		for ; o < n; o++ {
 			w0 := w[o*K : o*K+K]
 			a0 := coef(t, o)
+			d0 := d0[:len(w0)]
 			for k, v := range w0 {
 				d0[k] += a0 * v
 			}
@@ -223,6 +230,7 @@ func (b *CPUBackend) matmulTN(out, a, bm []float32, T, N, M int, alpha float32) 
 			for t := 0; t < T; t++ {
 				c := alpha * a[t*N+n]
 				br := bm[t*M : t*M+M]
+				br = br[:len(row)]
 				for m, v := range br {
 					row[m] += c * v
 				}

@@ -64,7 +64,7 @@ type Model struct {
 	NumItemsInBatch int
 
 	loraParams []NamedLoRA
-	bufs       *buffers
+	bufs       [2]*buffers // [0] inference, [1] training: an eval between steps keeps the training buffers
 	pending    *pendingBackward
 }
 
@@ -206,7 +206,8 @@ func NewModel(b Backend, cfg *Config, get func(name string) ([]float32, []int, e
 
 // Free releases the model's weights and buffers on the backend.
 func (m *Model) Free() {
-	m.freeBuffers()
+	m.freeBuffers(0)
+	m.freeBuffers(1)
 	b := m.B
 	b.FreeWeight(m.Embed)
 	if m.LMHead != m.Embed {
@@ -262,8 +263,8 @@ type buffers struct {
 	recompOut                    Tensor // [T,C] scratch output of a recomputed layer
 }
 
-func (m *Model) freeBuffers() {
-	bf := m.bufs
+func (m *Model) freeBuffers(slot int) {
+	bf := m.bufs[slot]
 	if bf == nil {
 		return
 	}
@@ -281,16 +282,20 @@ func (m *Model) freeBuffers() {
 		free(a.ln1, a.rstd1, a.qkv, a.att, a.lse, a.res1, a.ln2, a.rstd2, a.gateUp, a.act)
 		free(a.h[:]...)
 	}
-	m.bufs = nil
+	m.bufs[slot] = nil
 }
 
 // ensureBuffers (re)allocates the buffers for B x S tokens.
 func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 	ckpt := train && m.GradientCheckpointing
-	if bf := m.bufs; bf != nil && bf.B == B && bf.S == S && bf.train == train && bf.ckpt == ckpt {
+	slot := 0
+	if train {
+		slot = 1
+	}
+	if bf := m.bufs[slot]; bf != nil && bf.B == B && bf.S == S && bf.ckpt == ckpt {
 		return bf
 	}
-	m.freeBuffers()
+	m.freeBuffers(slot)
 	b, c := m.B, m.Cfg
 	T, C, I, H := B*S, c.HiddenSize, c.IntermediateSize, c.NumHeads
 	bf := &buffers{T: T, B: B, S: S, train: train, ckpt: ckpt}
@@ -333,7 +338,7 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 			bf.recompOut = b.Alloc(T, C)
 		}
 	}
-	m.bufs = bf
+	m.bufs[slot] = bf
 	return bf
 }
 
@@ -515,7 +520,7 @@ func (m *Model) Backward() error {
 	}
 	seed := m.pending.stepSeed
 	m.pending = nil
-	b, c, bf := m.B, m.Cfg, m.bufs
+	b, c, bf := m.B, m.Cfg, m.bufs[1]
 	H, K, D := c.NumHeads, c.NumKVHeads, c.HeadDim()
 	L := len(m.Layers)
 	// Through the final norm: dres = d loss / d(last layer's output).
