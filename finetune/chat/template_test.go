@@ -1,6 +1,7 @@
 package chat
 
 import (
+	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"os"
@@ -273,109 +274,73 @@ func TestStrftimeNowAndGeneration(t *testing.T) {
 }
 
 // TestReferenceRenders compares every row of the GPU machine's reference
-// fixture (transformers' apply_chat_template(tokenize=False) on the 720 Yoda
-// rows) byte for byte. The fixture is written by another script; until it
-// exists the test skips.
+// fixture (finetune/tokenizer/testdata/reference.json, written by
+// gen_reference.py there: transformers' apply_chat_template(tokenize=False)
+// on the 720 Yoda rows) byte for byte: "text" is the conversation (user =
+// sentence, assistant = translation_extra) without a generation prompt,
+// "prompt" the user turn with one. Until the fixture exists the test skips.
 func TestReferenceRenders(t *testing.T) {
 	path := filepath.Join(repoRoot(t), "finetune", "tokenizer", "testdata", "reference.json")
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Skipf("no reference fixture yet (%v)", err)
 	}
-	rows, err := referenceRows(b)
-	if err != nil {
-		t.Skipf("%s: %v", path, err)
+	var ref struct {
+		Rows []struct {
+			I      int     `json:"i"`
+			Text   *string `json:"text"`
+			Prompt *string `json:"prompt"`
+		} `json:"rows"`
 	}
+	if err := json.Unmarshal(b, &ref); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	rows := yodaRows(t)
 	tpl := phi3(t)
 	checked := 0
-	for i, r := range rows {
-		for _, want := range r.renders {
-			got, err := tpl.Render(r.messages[:want.upto], want.gen)
+	for _, r := range ref.Rows {
+		if r.I < 0 || r.I >= len(rows) {
+			t.Fatalf("reference row index %d outside the %d CSV rows", r.I, len(rows))
+		}
+		conv := []Message{{"user", rows[r.I][0]}, {"assistant", rows[r.I][2]}}
+		if r.Text != nil {
+			got, err := tpl.Render(conv, false)
 			if err != nil {
-				t.Fatalf("row %d: %v", i+1, err)
+				t.Fatal(err)
 			}
-			if got != want.text {
-				t.Fatalf("row %d (%s):\n got %q\nwant %q", i+1, want.key, got, want.text)
+			if got != *r.Text {
+				t.Fatalf("row %d text:\n got %q\nwant %q", r.I, got, *r.Text)
+			}
+			checked++
+		}
+		if r.Prompt != nil {
+			got, err := tpl.Render(conv[:1], true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != *r.Prompt {
+				t.Fatalf("row %d prompt:\n got %q\nwant %q", r.I, got, *r.Prompt)
 			}
 			checked++
 		}
 	}
-	if checked == 0 {
-		t.Skipf("%s: no rendered text fields recognised", path)
+	if len(ref.Rows) != 720 || checked != 1440 {
+		t.Errorf("%d reference rows, %d renders checked; want 720 and 1440", len(ref.Rows), checked)
 	}
-	t.Logf("%d renders of %d rows match", checked, len(rows))
 }
 
-type refRender struct {
-	key  string
-	upto int // messages[:upto]
-	gen  bool
-	text string
-}
-
-type refRow struct {
-	messages []Message
-	renders  []refRender
-}
-
-// referenceRows reads the fixture leniently: a list of rows (top level or
-// under "rows"), each with "messages" or "prompt"/"completion" (strings or
-// message lists) and rendered texts under "text"/"chat_text"/"rendered"
-// (the whole conversation) and "prompt_text" (the prompt with the
-// generation prompt).
-func referenceRows(b []byte) ([]refRow, error) {
-	var top any
-	if err := json.Unmarshal(b, &top); err != nil {
-		return nil, err
+// yodaRows reads the shared Yoda CSV (sentence, translation,
+// translation_extra).
+func yodaRows(t *testing.T) [][]string {
+	t.Helper()
+	f, err := os.Open(filepath.Join(sharedData(t), "yoda_sentences.csv"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	list, ok := top.([]any)
-	if m, isMap := top.(map[string]any); isMap {
-		list, ok = m["rows"].([]any)
+	defer f.Close()
+	recs, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !ok {
-		return nil, errors.New("no row list at the top level or under \"rows\"")
-	}
-	toMsgs := func(v any, role string) []Message {
-		switch x := v.(type) {
-		case string:
-			return []Message{{role, x}}
-		case []any:
-			var ms []Message
-			for _, e := range x {
-				m, _ := e.(map[string]any)
-				r, _ := m["role"].(string)
-				c, _ := m["content"].(string)
-				ms = append(ms, Message{r, c})
-			}
-			return ms
-		}
-		return nil
-	}
-	var rows []refRow
-	for _, e := range list {
-		m, _ := e.(map[string]any)
-		var r refRow
-		var nPrompt int
-		if v, ok := m["messages"]; ok {
-			r.messages = toMsgs(v, "user")
-			nPrompt = len(r.messages) - 1
-		} else if p, ok := m["prompt"]; ok {
-			pm := toMsgs(p, "user")
-			r.messages = append(pm, toMsgs(m["completion"], "assistant")...)
-			nPrompt = len(pm)
-		}
-		if len(r.messages) == 0 {
-			continue
-		}
-		for _, k := range []string{"text", "chat_text", "rendered"} {
-			if s, ok := m[k].(string); ok {
-				r.renders = append(r.renders, refRender{k, len(r.messages), false, s})
-			}
-		}
-		if s, ok := m["prompt_text"].(string); ok && nPrompt > 0 {
-			r.renders = append(r.renders, refRender{"prompt_text", nPrompt, true, s})
-		}
-		rows = append(rows, r)
-	}
-	return rows, nil
+	return recs[1:]
 }
