@@ -470,3 +470,22 @@ func TestForwardLossMatchesLogits(t *testing.T) {
 		t.Fatalf("%d targets, want 11", n)
 	}
 }
+
+// TestEmulatedComputeDType: bf16/f16 rounding of the base weights moves
+// the logits a little (bf16 more than f16), never a lot.
+func TestEmulatedComputeDType(t *testing.T) {
+	batch := testBatch()
+	ref, _ := testModel(t, testBackend(), ModelOptions{Quantize: true, DoubleQuant: true, LoRA: allLinear(2, 4, 0)}).Logits(batch)
+	errs := map[DType]float64{}
+	for _, dt := range []DType{BF16, F16} {
+		m := testModel(t, NewCPUBackend(CPUOptions{ComputeDType: dt}), ModelOptions{Quantize: true, DoubleQuant: true, LoRA: allLinear(2, 4, 0)})
+		got, err := m.Logits(batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		errs[dt] = relErr(got, to64(ref))
+	}
+	if !(errs[BF16] > 1e-4 && errs[BF16] < 3e-2 && errs[F16] > 1e-6 && errs[F16] < errs[BF16]) {
+		t.Fatalf("relative logit change from fp32: bf16 %.3g, f16 %.3g", errs[BF16], errs[F16])
+	}
+}
