@@ -67,3 +67,43 @@ func EpochBatches(n, batchSize int, shuffle bool, seed uint64, epoch int) [][]in
 	}
 	return batches
 }
+
+// SFTData is a data set ready for the training loop: its sequences, the
+// collator that batches them and the plan.
+type SFTData struct {
+	Sequences []Sequence
+	Collator  Collator
+	Plan      Plan
+}
+
+// BuildSFT tokenizes, truncates or packs, and plans a data set in one call:
+// Tokenize, Prepare, NewCollator and NewPlan with the same options.
+func BuildSFT(ds *Dataset, tok Tokenizer, opt SFTOptions, batchSize, gradAccum int) (*SFTData, error) {
+	ex, st, err := Tokenize(ds, tok, opt)
+	if err != nil {
+		return nil, err
+	}
+	seqs, truncated, err := Prepare(ex, opt)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := NewPlan(st, seqs, truncated, batchSize, gradAccum)
+	if err != nil {
+		return nil, err
+	}
+	return &SFTData{Sequences: seqs, Collator: NewCollator(opt, ds.Type, tok.Pad()), Plan: plan}, nil
+}
+
+// Epoch returns the micro-batches of one epoch, collated: shuffled with the
+// seed and epoch for training, in order for evaluation.
+func (d *SFTData) Epoch(seed uint64, epoch int, shuffle bool) []Batch {
+	var out []Batch
+	for _, idx := range EpochBatches(len(d.Sequences), d.Plan.BatchSize, shuffle, seed, epoch) {
+		seqs := make([]Sequence, len(idx))
+		for i, j := range idx {
+			seqs[i] = d.Sequences[j]
+		}
+		out = append(out, d.Collator.Collate(seqs))
+	}
+	return out
+}

@@ -483,3 +483,40 @@ func TestPlan(t *testing.T) {
 		t.Error("batch size 0 accepted")
 	}
 }
+
+// BuildSFT and Epoch chain the steps: every sequence lands in exactly one
+// micro-batch of an epoch, and the order follows the seed.
+func TestBuildSFTEpoch(t *testing.T) {
+	var pairs []string
+	for i := 0; i < 10; i++ {
+		pairs = append(pairs, strings.Repeat("a", i+1), "c")
+	}
+	d, err := BuildSFT(pcDataset(pairs...), toyTokenizer{}, SFTOptions{Template: toyTemplate(t), MaxLength: 32, Packing: true}, 2, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batches := d.Epoch(42, 0, true)
+	if len(batches) != d.Plan.MicroBatches || d.Plan.Examples != 10 {
+		t.Fatalf("%d batches, plan %+v", len(batches), d.Plan)
+	}
+	tokens, starts := 0, 0
+	for _, b := range batches {
+		if b.B != 1 {
+			t.Errorf("packed batch with B=%d", b.B)
+		}
+		tokens += b.S
+		for _, p := range b.PositionIDs {
+			if p == 0 {
+				starts++
+			}
+		}
+	}
+	if tokens != d.Plan.SequenceTokens || starts != 10 {
+		t.Errorf("%d tokens, %d example starts; want %d, 10", tokens, starts, d.Plan.SequenceTokens)
+	}
+	again := d.Epoch(42, 0, true)
+	other := d.Epoch(42, 1, true)
+	if fmt.Sprint(again) != fmt.Sprint(batches) || fmt.Sprint(other) == fmt.Sprint(batches) {
+		t.Error("epoch order does not follow the seed and epoch")
+	}
+}

@@ -2,6 +2,8 @@ package data
 
 import (
 	"context"
+	"encoding/json"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -140,4 +142,61 @@ func truncatedTokens(ex []Tokenized, max int) int {
 		}
 	}
 	return n
+}
+
+// Against the GPU machine's reference (finetune/tokenizer/testdata/
+// reference.json: transformers' apply_chat_template(tokenize=False) per Yoda
+// row, tokenized by tokenizers' Tokenizer.from_file): every row's input ids
+// are the reference's "a" ids, and the completion starts after
+// len("prompt_a") tokens, the prompt rendered with the generation prompt.
+func TestYodaAgainstReference(t *testing.T) {
+	path := filepath.Join(repoRoot(t), "finetune", "tokenizer", "testdata", "reference.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Skipf("no reference fixture (%v)", err)
+	}
+	var ref struct {
+		Rows []struct {
+			I       int     `json:"i"`
+			A       []int32 `json:"a"`
+			PromptA []int32 `json:"prompt_a"`
+		} `json:"rows"`
+	}
+	if err := json.Unmarshal(b, &ref); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(sharedData(t), "phi3-tokenizer")
+	tk, err := tokenizer.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tpl, err := chat.FromTokenizerDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := Load(context.Background(), seedSource(filepath.Join(sharedData(t), "yoda_sentences.csv")), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex, _, err := Tokenize(ds, phi3Tokenizer{tk}, SFTOptions{Template: tpl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ref.Rows) != len(ex) {
+		t.Fatalf("%d reference rows, %d examples", len(ref.Rows), len(ex))
+	}
+	for _, r := range ref.Rows {
+		e := ex[r.I]
+		if !slices.Equal(e.InputIDs, r.A) {
+			t.Fatalf("row %d: ids %v, reference %v", r.I, e.InputIDs, r.A)
+		}
+		if !hasPrefix(r.A, r.PromptA) {
+			t.Fatalf("row %d: the reference prompt is not a prefix", r.I)
+		}
+		for j, m := range e.CompletionMask {
+			if (m == 1) != (j >= len(r.PromptA)) {
+				t.Fatalf("row %d: mask %v, completion should start at %d", r.I, e.CompletionMask, len(r.PromptA))
+			}
+		}
+	}
 }
