@@ -336,6 +336,18 @@ func (t *Tokenizer) BOS() int32 { return t.special.BOSID }
 // EOS is the eos_token id (Phi-3: <|endoftext|>, 32000), -1 if none.
 func (t *Tokenizer) EOS() int32 { return t.special.EOSID }
 
+// Pad is the padding id: pad_token when the config names one, else EOS
+// (what TRL does when a tokenizer has no pad token), else 0.
+func (t *Tokenizer) Pad() int32 {
+	if t.special.PADID >= 0 {
+		return t.special.PADID
+	}
+	if t.special.EOSID >= 0 {
+		return t.special.EOSID
+	}
+	return 0
+}
+
 // ChatTemplate is the Jinja chat template (chat_template.jinja, else
 // tokenizer_config.json's chat_template), "" if the folder has none.
 func (t *Tokenizer) ChatTemplate() string { return t.chat }
