@@ -7,14 +7,15 @@ import (
 	"runtime"
 	"strings"
 	"testing"
-	"text/tabwriter"
-	"time"
 )
 
 // CPU training-step benchmarks: one forward + backward of a QLoRA Phi-3
 // (NF4 + double quant base, LoRA r=8 on all four linears) on 2 x 64
-// tokens. `make bench` runs them; `go test -run TestPrintBenchTable
-// -benchtable ./finetune/` prints the table recorded in BENCHMARKS.md.
+// tokens. `make bench` runs them;
+//
+//	go test -run TestPrintBenchTable ./finetune/ -args -benchtable
+//
+// prints the table recorded in BENCHMARKS.md.
 
 var benchTable = flag.Bool("benchtable", false, "TestPrintBenchTable: run the CPU benchmarks and print a table")
 
@@ -90,19 +91,16 @@ func BenchmarkForwardBackward(b *testing.B) {
 // TestPrintBenchTable prints the benchmark table (only with -benchtable).
 func TestPrintBenchTable(t *testing.T) {
 	if !*benchTable {
-		t.Skip("run with -benchtable to print the CPU benchmark table")
+		t.Skip("print the CPU benchmark table with: go test -run TestPrintBenchTable ./finetune/ -args -benchtable")
 	}
 	var sb strings.Builder
-	tw := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', tabwriter.AlignRight|tabwriter.Debug)
-	fmt.Fprintf(tw, "config\tparams (base)\ttokens/step\tms/step\ttokens/s\t\n")
+	fmt.Fprintf(&sb, "| config | base params | tokens/step | ms/step | tokens/s |\n|---|---:|---:|---:|---:|\n")
 	for _, c := range benchCases() {
 		r := testing.Benchmark(func(b *testing.B) { runBenchCase(b, c) })
-		perStep := time.Duration(r.NsPerOp())
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t\n", c.name, baseParams(c.cfg), c.B*c.S,
-			float64(perStep)/1e6, r.Extra["tokens/s"])
+		fmt.Fprintf(&sb, "| %s | %d | %d | %.1f | %.1f |\n", c.name, baseParams(c.cfg), c.B*c.S,
+			float64(r.NsPerOp())/1e6, r.Extra["tokens/s"])
 	}
-	tw.Flush()
-	fmt.Fprintf(os.Stdout, "CPU forward+backward, NF4 base + LoRA r=8 all-linear, %s/%s, GOMAXPROCS %d, %d CPUs\n%s",
+	fmt.Fprintf(os.Stdout, "CPU forward+backward, NF4 base + LoRA r=8 all-linear, dropout 0.05, %s/%s, GOMAXPROCS %d, %d CPUs\n\n%s",
 		runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0), runtime.NumCPU(), sb.String())
 }
 
