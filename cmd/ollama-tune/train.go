@@ -1,0 +1,202 @@
+package main
+
+// train runs a fine-tune in a trainer plugin (a separate process, so a
+// crash of the trainer cannot take the host down) and draws its progress.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ollama-tune/ollama-tune/finetune"
+	"github.com/ollama-tune/ollama-tune/plugin"
+)
+
+func newTrainCmd() *cobra.Command {
+	var (
+		resume string
+		dryRun bool
+	)
+	cmd := &cobra.Command{
+		Use:   "train --config FILE [--resume [CHECKPOINT]] [--dry-run]",
+		Short: "Fine-tune a model (QLoRA) with a trainer plugin",
+		Long: `Fine-tune the configured model on the configured data set and write a PEFT
+LoRA adapter to training.output_dir.
+
+The run happens in a trainer plugin (ollama-tune-trainer-cuda or -cpu, chosen
+by the config key device: auto, cpu or cuda); its progress is drawn as a bar
+on a terminal and as log lines otherwise. Ctrl-C asks the trainer to save a
+checkpoint and stop; a second Ctrl-C stops it at once.
+
+--resume continues from the newest checkpoint in output_dir (or from the
+checkpoint folder given: --resume=DIR or --resume DIR). --dry-run validates
+the configuration, reads and packs the data and prints the plan (examples,
+tokens, sequences, steps, trainable parameters, estimated memory) without
+loading weights or training.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 && cmd.Flags().Changed("resume") && resume == finetune.ResumeLatest {
+				return nil // --resume DIR, with the space
+			}
+			return cobra.NoArgs(cmd, args)
+		},
+	}
+	cf := addConfigFlags(cmd)
+	fl := cmd.Flags()
+	fl.StringVar(&resume, "resume", "", "continue from the newest checkpoint in output_dir, or from the checkpoint folder given")
+	fl.Lookup("resume").NoOptDefVal = finetune.ResumeLatest
+	fl.BoolVar(&dryRun, "dry-run", false, "validate and print the plan without training")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 1 {
+			resume = args[0]
+		}
+		tc, err := cf.load()
+		if err != nil {
+			return err
+		}
+		if dryRun {
+			return printPlan(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), tc)
+		}
+		return runTrain(cmd.Context(), cmd.OutOrStdout(), cf.file, tc, resume)
+	}
+	return cmd
+}
+
+func init() { rootCmd.AddCommand(newTrainCmd()) }
+
+// printPlan resolves the job and prints finetune.Plan. A Hub model is
+// fetched without its weights: the plan needs config.json and the
+// tokenizer only.
+func printPlan(ctx context.Context, w, progress io.Writer, tc finetune.TrainConfig) error {
+	model := tc.Model
+	if _, err := os.Stat(model); err != nil && repoIDPattern.MatchString(model) {
+		dir, err := resolveDir(ctx, "model", model, append(append([]string{}, configFiles...), tokenizerFiles...), progress)
+		if err != nil {
+			return err
+		}
+		tc.Model = dir
+	}
+	job, err := finetune.NewJob(ctx, tc, finetune.JobOptions{Log: func(s string) { fmt.Fprintln(progress, s) }})
+	if err != nil {
+		return err
+	}
+	plan, err := finetune.Plan(ctx, job)
+	if err != nil {
+		return err
+	}
+	plan.Model = model
+	fmt.Fprint(w, plan.String())
+	fmt.Fprintf(w, "output:            %s\n", tc.Training.OutputDir)
+	_, err = fmt.Fprintln(w, "dry run: the configuration is valid; nothing was trained")
+	return err
+}
+
+// trainRunner is what runTraining needs of a launched plugin
+// (*plugin.Process is one; tests use a fake).
+type trainRunner interface {
+	plugin.Canceller
+	Train(ctx context.Context, req plugin.TrainRequest, onEvent func(plugin.Event)) (plugin.Finished, error)
+}
+
+// runTrain picks and launches the trainer plugin for the config's device
+// and runs the job in it, with Ctrl-C wired to graceful, then immediate,
+// cancellation.
+func runTrain(ctx context.Context, w io.Writer, cfgFile string, tc finetune.TrainConfig, resume string) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	req, err := trainRequest(tc, resume)
+	if err != nil {
+		return err
+	}
+	bins := plugin.Discover()
+	proc, _, why, err := plugin.Select(ctx, tc.Device, bins, plugin.Options{})
+	if err != nil {
+		return err
+	}
+	defer proc.Close()
+
+	view := newProgressView(w)
+	defer view.Close()
+	view.Note(why)
+
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt)
+	defer signal.Stop(sigs)
+	return runTraining(ctx, proc, req, sigs, view, resumeHint(cfgFile))
+}
+
+// resumeHint is the command that continues this job.
+func resumeHint(cfgFile string) string {
+	if cfgFile == "" {
+		return "ollama-tune train --resume"
+	}
+	return "ollama-tune train --config " + cfgFile + " --resume"
+}
+
+// trainRequest is the config as the plugin receives it, with local paths
+// made absolute (the plugin may not share the host's working directory).
+func trainRequest(tc finetune.TrainConfig, resume string) (plugin.TrainRequest, error) {
+	abs := func(p string) string {
+		if a, err := filepath.Abs(p); err == nil {
+			return a
+		}
+		return p
+	}
+	if _, err := os.Stat(tc.Model); err == nil {
+		tc.Model = abs(tc.Model)
+	}
+	if _, err := os.Stat(tc.Dataset.Path); err == nil {
+		tc.Dataset.Path = abs(tc.Dataset.Path)
+	}
+	tc.Training.OutputDir = abs(tc.Training.OutputDir)
+	if resume != "" && resume != finetune.ResumeLatest {
+		resume = abs(resume)
+	}
+	b, err := json.Marshal(tc)
+	if err != nil {
+		return plugin.TrainRequest{}, err
+	}
+	return plugin.TrainRequest{Config: b, OutputDir: tc.Training.OutputDir, Resume: resume}, nil
+}
+
+// runTraining streams one run into view, turning interrupts on sigs into
+// cancels, and explains how it ended.
+func runTraining(ctx context.Context, r trainRunner, req plugin.TrainRequest, sigs <-chan os.Signal, view progressView, hint string) error {
+	ictx, stop := context.WithCancel(ctx)
+	defer stop()
+	handled := make(chan struct{})
+	go func() {
+		defer close(handled)
+		plugin.HandleInterrupts(ictx, sigs, r, view.Note)
+	}()
+	_, err := r.Train(ctx, req, view.Event) // Finished is drawn as an event
+	stop()
+	<-handled
+	view.Close()
+	if err == nil {
+		return nil
+	}
+	var te *plugin.TrainError
+	var crash *plugin.CrashError
+	switch {
+	case errors.As(err, &crash):
+		return err // the crash report: how it died, its last log lines, the surviving checkpoint
+	case errors.As(err, &te) && te.Code == plugin.CodeCancelled:
+		if te.LastCheckpoint != "" {
+			return fmt.Errorf("training stopped: %s\ncontinue with: %s=%s", te.Message, hint, te.LastCheckpoint)
+		}
+		return fmt.Errorf("training stopped: %s (no checkpoint was saved)", te.Message)
+	case errors.As(err, &te) && te.Code == plugin.CodeOutOfMemory:
+		return fmt.Errorf("training ran out of memory: %s\nlower training.per_device_train_batch_size or training.max_seq_length, turn on training.auto_find_batch_size, or use another device", te.Message)
+	case errors.As(err, &te) && te.LastCheckpoint != "":
+		return fmt.Errorf("training failed: %w\ncontinue from the last checkpoint with: %s=%s", err, hint, te.LastCheckpoint)
+	}
+	return fmt.Errorf("training failed: %w", err)
+}
