@@ -1,0 +1,651 @@
+//go:build cuda
+
+// Package cuda is the GPU implementation of finetune.Backend on
+// gorgonia.org/cu (the CUDA driver API), with kernels written in CUDA C
+// (kernels/*.cu, compiled to the committed PTX that is embedded here) and
+// matrix products in cuBLAS, opened with dlopen.
+//
+// Every file carries the cuda build tag: gorgonia.org/cu's package init
+// exits the process when there is no GPU, so only the CUDA trainer may
+// import this package. The kernels mirror the CPU reference
+// (finetune/cpu_*.go) operation by operation, so each op is tested against
+// it; correctness first, speed is issue 8.
+//
+// Threads. A CUDA context is current per OS thread, and goroutines move
+// between threads: every method locks its goroutine to its thread and makes
+// the backend's context current for the duration of the call.
+//
+// Errors. The Backend interface's ops return no errors (they are internal
+// to the model). A failing op panics with a *Error, which wraps
+// ErrOutOfMemory when the GPU ran out of memory; Recover turns such a panic
+// back into an error at the trainer's boundary.
+package cuda
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"unsafe"
+
+	"gorgonia.org/cu"
+
+	"github.com/ollama-tune/ollama-tune/finetune"
+	"github.com/ollama-tune/ollama-tune/finetune/nf4"
+)
+
+// ErrOutOfMemory is wrapped by the error of any allocation the GPU could
+// not satisfy.
+var ErrOutOfMemory = errors.New("out of GPU memory")
+
+// Error is a failed CUDA operation.
+type Error struct {
+	Op  string // the backend method or step, e.g. "Alloc [1024 3072]"
+	Err error
+}
+
+func (e *Error) Error() string { return "cuda: " + e.Op + ": " + e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+// Recover turns a panic carrying a *Error (a failed op) into *errp; other
+// panics continue. Use it as `defer cuda.Recover(&err)` around model code.
+func Recover(errp *error) {
+	if p := recover(); p != nil {
+		if e, ok := p.(*Error); ok {
+			*errp = e
+			return
+		}
+		panic(p)
+	}
+}
+
+// Options configures a Backend.
+type Options struct {
+	// Device is the GPU ordinal (0 = the first).
+	Device int
+	// ComputeDType is F32 (default) or BF16. With BF16 the frozen base
+	// weights are stored (dense) or dequantized (NF4) in bfloat16 and the
+	// base and lm_head matrix products take bfloat16 inputs with float32
+	// accumulation and output; activations, LoRA, gradients and optimizer
+	// state stay float32.
+	ComputeDType finetune.DType
+}
+
+// minDriver is the oldest driver API version that JIT-compiles our PTX
+// (ISA 7.8, from CUDA 11.8).
+const minDriver = 11080
+
+// minCompute is the oldest compute capability the PTX targets (compute_80).
+const minCompute = 80
+
+// Backend runs the finetune ops on one GPU.
+type Backend struct {
+	opts   Options
+	dtype  finetune.DType
+	dev    cu.Device
+	ctx    cu.CUContext
+	stream cu.Stream
+	blas   *cublas
+	mods   []cu.Module
+	fns    map[string]cu.Function
+
+	info DeviceInfo
+
+	smap, umap cu.DevicePtr // bitsandbytes' signed and unsigned dynamic maps [256]float32
+	scratch    [numScratch]buffer
+
+	live, peak int64 // bytes held by tensors, weights and scratch
+	closed     bool
+}
+
+var _ finetune.Backend = (*Backend)(nil)
+
+// DeviceInfo describes the GPU a Backend runs on.
+type DeviceInfo struct {
+	Name                 string
+	Ordinal              int
+	TotalMemory          int64
+	ComputeMajor, Minor  int
+	DriverVersion        int // e.g. 13000 for CUDA 13.0
+	CublasVersion        int
+	CublasLibrary        string
+	Multiprocessors      int
+	MaxSharedMemPerBlock int
+}
+
+// Detail is a one-line summary ("sm_90, driver CUDA 13.0, 132 SMs").
+func (d DeviceInfo) Detail() string {
+	return fmt.Sprintf("sm_%d%d, driver CUDA %d.%d, %d SMs", d.ComputeMajor, d.Minor, d.DriverVersion/1000, d.DriverVersion%1000/10, d.Multiprocessors)
+}
+
+// New opens GPU opts.Device: its primary context, a stream, cuBLAS on that
+// stream and the kernels. It fails with a message that says what to do
+// when the driver is too old, the GPU too old, the ordinal out of range or
+// cuBLAS missing.
+func New(opts Options) (b *Backend, err error) {
+	switch opts.ComputeDType {
+	case finetune.F32, finetune.BF16:
+	default:
+		return nil, fmt.Errorf("cuda backend: compute dtype %v is not supported yet; use float32 or bfloat16", opts.ComputeDType)
+	}
+	if v := cu.Version(); v < minDriver {
+		return nil, fmt.Errorf("cuda backend: the NVIDIA driver supports CUDA %d.%d; ollama-tune needs a driver for CUDA 11.8 or newer (update the driver, or use device: cpu)", v/1000, v%1000/10)
+	}
+	n, err := cu.NumDevices()
+	if err != nil {
+		return nil, fmt.Errorf("cuda backend: count devices: %w", err)
+	}
+	if n == 0 {
+		return nil, errors.New("cuda backend: no CUDA GPU found; use device: cpu")
+	}
+	if opts.Device < 0 || opts.Device >= n {
+		return nil, fmt.Errorf("cuda backend: GPU %d does not exist (this machine has %d, numbered from 0)", opts.Device, n)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+
+	b = &Backend{opts: opts, dtype: opts.ComputeDType, fns: map[string]cu.Function{}}
+	if b.dev, err = cu.GetDevice(opts.Device); err != nil {
+		return nil, fmt.Errorf("cuda backend: GPU %d: %w", opts.Device, err)
+	}
+	if err := b.readInfo(); err != nil {
+		return nil, err
+	}
+	if cc := b.info.ComputeMajor*10 + b.info.Minor; cc < minCompute {
+		return nil, fmt.Errorf("cuda backend: %s has compute capability %d.%d; ollama-tune's kernels need 8.0 or newer (Ampere, Ada, Hopper); use device: cpu",
+			b.info.Name, b.info.ComputeMajor, b.info.Minor)
+	}
+	if b.ctx, err = b.dev.RetainPrimaryCtx(); err != nil {
+		return nil, fmt.Errorf("cuda backend: %s: create context: %w", b.info.Name, err)
+	}
+	defer func() {
+		if err != nil {
+			b.release()
+		}
+	}()
+	if err := cu.SetCurrentContext(b.ctx); err != nil {
+		return nil, fmt.Errorf("cuda backend: %s: set context: %w", b.info.Name, err)
+	}
+	if b.stream, err = cu.MakeStream(cu.NonBlocking); err != nil {
+		return nil, fmt.Errorf("cuda backend: %s: create stream: %w", b.info.Name, err)
+	}
+	if b.info.CublasLibrary, err = loadCublas(); err != nil {
+		return nil, fmt.Errorf("cuda backend: %w", err)
+	}
+	if b.blas, err = newCublas(uintptr(unsafe.Pointer(b.stream.C()))); err != nil {
+		return nil, fmt.Errorf("cuda backend: %w", err)
+	}
+	b.info.CublasVersion = b.blas.version
+	if err := b.loadKernels(); err != nil {
+		return nil, fmt.Errorf("cuda backend: %s: %w", b.info.Name, err)
+	}
+	if err := b.uploadTables(); err != nil {
+		return nil, fmt.Errorf("cuda backend: %s: %w", b.info.Name, err)
+	}
+	return b, nil
+}
+
+func (b *Backend) readInfo() error {
+	var err error
+	d := &b.info
+	d.Ordinal = b.opts.Device
+	d.DriverVersion = cu.Version()
+	if d.Name, err = b.dev.Name(); err != nil {
+		return fmt.Errorf("cuda backend: GPU %d: name: %w", b.opts.Device, err)
+	}
+	if d.TotalMemory, err = b.dev.TotalMem(); err != nil {
+		return fmt.Errorf("cuda backend: %s: total memory: %w", d.Name, err)
+	}
+	attrs := []struct {
+		a cu.DeviceAttribute
+		v *int
+	}{
+		{cu.ComputeCapabilityMajor, &d.ComputeMajor},
+		{cu.ComputeCapabilityMinor, &d.Minor},
+		{cu.MultiprocessorCount, &d.Multiprocessors},
+		{cu.MaxSharedMemoryPerBlock, &d.MaxSharedMemPerBlock},
+	}
+	for _, a := range attrs {
+		if *a.v, err = b.dev.Attribute(a.a); err != nil {
+			return fmt.Errorf("cuda backend: %s: attribute %v: %w", d.Name, a.a, err)
+		}
+	}
+	return nil
+}
+
+func (b *Backend) uploadTables() error {
+	sm, um := nf4.DynamicMap(true), nf4.DynamicMap(false)
+	var err error
+	if b.smap, err = b.rawAlloc(4*256, "signed dynamic map"); err != nil {
+		return err
+	}
+	if b.umap, err = b.rawAlloc(4*256, "unsigned dynamic map"); err != nil {
+		return err
+	}
+	if err := cu.MemcpyHtoDAsync(b.smap, unsafe.Pointer(&sm[0]), 4*256, b.stream); err != nil {
+		return fmt.Errorf("upload dynamic map: %w", err)
+	}
+	if err := cu.MemcpyHtoDAsync(b.umap, unsafe.Pointer(&um[0]), 4*256, b.stream); err != nil {
+		return fmt.Errorf("upload dynamic map: %w", err)
+	}
+	return b.stream.Synchronize()
+}
+
+// Info describes the backend's GPU.
+func (b *Backend) Info() DeviceInfo { return b.info }
+
+func (b *Backend) Name() string                 { return "cuda" }
+func (b *Backend) ComputeDType() finetune.DType { return b.dtype }
+
+// enter locks the goroutine to its thread and makes the context current;
+// the returned function undoes the lock. Use: defer b.enter(op)().
+func (b *Backend) enter(op string) func() {
+	runtime.LockOSThread()
+	if b.closed {
+		runtime.UnlockOSThread()
+		panic(&Error{Op: op, Err: errors.New("the backend is closed")})
+	}
+	if err := cu.SetCurrentContext(b.ctx); err != nil {
+		runtime.UnlockOSThread()
+		panic(&Error{Op: op, Err: fmt.Errorf("set context: %w", err)})
+	}
+	return runtime.UnlockOSThread
+}
+
+// check panics with a *Error for a failed driver or cuBLAS call.
+func check(op string, err error) {
+	if err != nil {
+		panic(&Error{Op: op, Err: err})
+	}
+}
+
+// Sync waits for the queued work and reports an asynchronous failure.
+func (b *Backend) Sync() (err error) {
+	defer Recover(&err)
+	defer b.enter("Sync")()
+	if err := b.stream.Synchronize(); err != nil {
+		return &Error{Op: "Sync", Err: err}
+	}
+	return nil
+}
+
+// Close frees the scratch buffers, the stream and cuBLAS, and releases the
+// context. Tensors and weights the caller still holds become invalid.
+func (b *Backend) Close() error {
+	if b.closed {
+		return nil
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := cu.SetCurrentContext(b.ctx); err != nil {
+		return &Error{Op: "Close", Err: err}
+	}
+	err := b.stream.Synchronize()
+	b.release()
+	b.closed = true
+	if err != nil {
+		return &Error{Op: "Close", Err: err}
+	}
+	return nil
+}
+
+// release frees what New created (with the context current).
+func (b *Backend) release() {
+	for k := range b.scratch {
+		if b.scratch[k].ptr != 0 {
+			cu.MemFree(b.scratch[k].ptr)
+			b.scratch[k] = buffer{}
+		}
+	}
+	for _, p := range []*cu.DevicePtr{&b.smap, &b.umap} {
+		if *p != 0 {
+			cu.MemFree(*p)
+			*p = 0
+		}
+	}
+	b.blas.destroy()
+	b.blas = nil
+	for _, m := range b.mods {
+		m.Unload()
+	}
+	b.mods = nil
+	if b.stream.C() != nil {
+		b.stream.Destroy()
+	}
+	if b.ctx != (cu.CUContext{}) {
+		b.dev.ReleasePrimaryCtx()
+		b.ctx = cu.CUContext{}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Memory
+
+// MemInfo returns the GPU's free and total memory (cuMemGetInfo).
+func (b *Backend) MemInfo() (free, total int64, err error) {
+	defer Recover(&err)
+	defer b.enter("MemInfo")()
+	return cu.MemInfo()
+}
+
+// Allocated returns the bytes this backend holds now and at most so far
+// (tensors, weights, scratch; not cuBLAS's workspace or the context).
+func (b *Backend) Allocated() (now, peak int64) { return b.live, b.peak }
+
+// rawAlloc allocates n bytes (n > 0), mapping out-of-memory to
+// ErrOutOfMemory with the sizes that explain it.
+func (b *Backend) rawAlloc(n int64, what string) (cu.DevicePtr, error) {
+	p, err := cu.MemAlloc(n)
+	if err != nil {
+		if errors.Is(err, cu.OutOfMemory) {
+			free, total, _ := cu.MemInfo()
+			return 0, fmt.Errorf("allocate %s for %s (%s free of %s; this backend holds %s): %w; use a smaller batch size or sequence length, gradient checkpointing, or device: cpu",
+				fmtBytes(n), what, fmtBytes(free), fmtBytes(total), fmtBytes(b.live), ErrOutOfMemory)
+		}
+		return 0, fmt.Errorf("allocate %s for %s: %w", fmtBytes(n), what, err)
+	}
+	b.live += n
+	b.peak = max(b.peak, b.live)
+	return p, nil
+}
+
+// rawFree frees p (n bytes) once the queued work that may use it is done.
+func (b *Backend) rawFree(p cu.DevicePtr, n int64) {
+	if p == 0 {
+		return
+	}
+	b.stream.Synchronize()
+	cu.MemFree(p)
+	b.live -= n
+}
+
+func fmtBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// elemKind is what a Tensor holds.
+type elemKind int
+
+const (
+	kindF32 elemKind = iota
+	kindI32
+	kindU8
+)
+
+func (k elemKind) size() int64 {
+	if k == kindU8 {
+		return 1
+	}
+	return 4
+}
+
+func (k elemKind) String() string {
+	return [...]string{"float32", "int32", "uint8"}[k]
+}
+
+// Tensor is a dense row-major array in GPU memory.
+type Tensor struct {
+	ptr   cu.DevicePtr
+	shape []int
+	n     int
+	kind  elemKind
+}
+
+func (t *Tensor) Shape() []int { return append([]int(nil), t.shape...) }
+func (t *Tensor) Numel() int   { return t.n }
+
+// Ptr is the tensor's device address (0 for an empty or freed tensor).
+func (t *Tensor) Ptr() cu.DevicePtr { return t.ptr }
+
+func (t *Tensor) bytes() int64 { return int64(t.n) * t.kind.size() }
+
+// tensor unwraps a finetune.Tensor of this backend (nil stays nil).
+func tensor(t finetune.Tensor, want elemKind, op string) *Tensor {
+	if t == nil {
+		return nil
+	}
+	ct, ok := t.(*Tensor)
+	if !ok {
+		panic(&Error{Op: op, Err: fmt.Errorf("expected a cuda tensor, got %T", t)})
+	}
+	if ct.kind != want {
+		panic(&Error{Op: op, Err: fmt.Errorf("expected a %v tensor, got %v %v", want, ct.kind, ct.shape)})
+	}
+	return ct
+}
+
+func (b *Backend) alloc(kind elemKind, shape []int, op string) *Tensor {
+	n := 1
+	for _, s := range shape {
+		if s < 0 {
+			panic(&Error{Op: op, Err: fmt.Errorf("negative dimension in shape %v", shape)})
+		}
+		n *= s
+	}
+	t := &Tensor{shape: append([]int(nil), shape...), n: n, kind: kind}
+	if n == 0 {
+		return t
+	}
+	p, err := b.rawAlloc(t.bytes(), fmt.Sprintf("a %v tensor %v", kind, shape))
+	check(op, err)
+	t.ptr = p
+	check(op, cu.MemsetD8Async(p, 0, t.bytes(), b.stream))
+	return t
+}
+
+// TryAlloc is Alloc that returns an out-of-memory error instead of
+// panicking, for callers that want to size buffers by trying.
+func (b *Backend) TryAlloc(shape ...int) (t finetune.Tensor, err error) {
+	defer Recover(&err)
+	return b.Alloc(shape...), nil
+}
+
+func (b *Backend) Alloc(shape ...int) finetune.Tensor {
+	defer b.enter("Alloc")()
+	return b.alloc(kindF32, shape, "Alloc")
+}
+
+func (b *Backend) AllocInt32(n int) finetune.Tensor {
+	defer b.enter("AllocInt32")()
+	return b.alloc(kindI32, []int{n}, "AllocInt32")
+}
+
+func (b *Backend) AllocBytes(n int) finetune.Tensor {
+	defer b.enter("AllocBytes")()
+	return b.alloc(kindU8, []int{n}, "AllocBytes")
+}
+
+func (b *Backend) upload(op string, dst cu.DevicePtr, src unsafe.Pointer, n int64) {
+	if n == 0 {
+		return
+	}
+	check(op, cu.MemcpyHtoDAsync(dst, src, n, b.stream))
+}
+
+func (b *Backend) Upload(dst finetune.Tensor, src []float32) {
+	defer b.enter("Upload")()
+	d := tensor(dst, kindF32, "Upload")
+	if len(src) != d.n {
+		panic(&Error{Op: "Upload", Err: fmt.Errorf("%d values into a tensor of %d", len(src), d.n)})
+	}
+	if d.n > 0 {
+		b.upload("Upload", d.ptr, unsafe.Pointer(&src[0]), d.bytes())
+	}
+}
+
+func (b *Backend) UploadInt32(dst finetune.Tensor, src []int32) {
+	defer b.enter("UploadInt32")()
+	d := tensor(dst, kindI32, "UploadInt32")
+	if len(src) != d.n {
+		panic(&Error{Op: "UploadInt32", Err: fmt.Errorf("%d values into a tensor of %d", len(src), d.n)})
+	}
+	if d.n > 0 {
+		b.upload("UploadInt32", d.ptr, unsafe.Pointer(&src[0]), d.bytes())
+	}
+}
+
+// download copies n bytes from p into dst and waits for them.
+func (b *Backend) download(op string, dst unsafe.Pointer, p cu.DevicePtr, n int64) {
+	if n == 0 {
+		return
+	}
+	check(op, cu.MemcpyDtoHAsync(dst, p, n, b.stream))
+	check(op, b.stream.Synchronize())
+}
+
+// Download returns a float32 copy of a tensor (int32 and uint8 tensors are
+// converted value by value, like the CPU backend). It synchronises.
+func (b *Backend) Download(src finetune.Tensor) []float32 {
+	defer b.enter("Download")()
+	s, ok := src.(*Tensor)
+	if !ok {
+		panic(&Error{Op: "Download", Err: fmt.Errorf("expected a cuda tensor, got %T", src)})
+	}
+	out := make([]float32, s.n)
+	if s.n == 0 {
+		check("Download", b.stream.Synchronize())
+		return out
+	}
+	switch s.kind {
+	case kindF32:
+		b.download("Download", unsafe.Pointer(&out[0]), s.ptr, s.bytes())
+	case kindI32:
+		v := make([]int32, s.n)
+		b.download("Download", unsafe.Pointer(&v[0]), s.ptr, s.bytes())
+		for k, x := range v {
+			out[k] = float32(x)
+		}
+	case kindU8:
+		v := make([]uint8, s.n)
+		b.download("Download", unsafe.Pointer(&v[0]), s.ptr, s.bytes())
+		for k, x := range v {
+			out[k] = float32(x)
+		}
+	}
+	return out
+}
+
+// DownloadBytes returns a uint8 tensor's bytes (8-bit optimizer state).
+func (b *Backend) DownloadBytes(src finetune.Tensor) []byte {
+	defer b.enter("DownloadBytes")()
+	s := tensor(src, kindU8, "DownloadBytes")
+	out := make([]byte, s.n)
+	if s.n > 0 {
+		b.download("DownloadBytes", unsafe.Pointer(&out[0]), s.ptr, s.bytes())
+	}
+	return out
+}
+
+// UploadBytes fills a uint8 tensor.
+func (b *Backend) UploadBytes(dst finetune.Tensor, src []byte) {
+	defer b.enter("UploadBytes")()
+	d := tensor(dst, kindU8, "UploadBytes")
+	if len(src) != d.n {
+		panic(&Error{Op: "UploadBytes", Err: fmt.Errorf("%d bytes into a tensor of %d", len(src), d.n)})
+	}
+	if d.n > 0 {
+		b.upload("UploadBytes", d.ptr, unsafe.Pointer(&src[0]), d.bytes())
+	}
+}
+
+func (b *Backend) Zero(t finetune.Tensor) {
+	defer b.enter("Zero")()
+	ct, ok := t.(*Tensor)
+	if !ok {
+		panic(&Error{Op: "Zero", Err: fmt.Errorf("expected a cuda tensor, got %T", t)})
+	}
+	if ct.n > 0 {
+		check("Zero", cu.MemsetD8Async(ct.ptr, 0, ct.bytes(), b.stream))
+	}
+}
+
+func (b *Backend) Copy(dst, src finetune.Tensor) {
+	defer b.enter("Copy")()
+	d, ok1 := dst.(*Tensor)
+	s, ok2 := src.(*Tensor)
+	if !ok1 || !ok2 {
+		panic(&Error{Op: "Copy", Err: fmt.Errorf("expected cuda tensors, got %T and %T", dst, src)})
+	}
+	if d.n != s.n || d.kind != s.kind {
+		panic(&Error{Op: "Copy", Err: fmt.Errorf("copy of %d %v into %d %v", s.n, s.kind, d.n, d.kind)})
+	}
+	if d.n > 0 {
+		check("Copy", cu.MemcpyDtoDAsync(d.ptr, s.ptr, d.bytes(), b.stream))
+	}
+}
+
+// Free releases a tensor's memory (after the queued work that uses it).
+func (b *Backend) Free(t finetune.Tensor) {
+	ct, ok := t.(*Tensor)
+	if !ok || ct == nil || ct.ptr == 0 || b.closed {
+		return
+	}
+	defer b.enter("Free")()
+	b.rawFree(ct.ptr, ct.bytes())
+	ct.ptr, ct.n = 0, 0
+}
+
+// ---------------------------------------------------------------------------
+// Scratch buffers: grow-only device buffers, one per role, reused by every
+// op (the stream runs ops in order, so one op's scratch is free when the
+// next starts).
+
+type scratchRole int
+
+const (
+	sWeight   scratchRole = iota // a dequantized or converted weight
+	sAct                         // bfloat16 copy of a GEMM's activation input
+	sUpload                      // float32 staging of uploaded weights
+	sDrop                        // dropout(x) for LoRA
+	sLoRAG                       // LoRA backward's dout . B
+	sLoRATmp                     // LoRA backward's masked input gradient
+	sAbsmax                      // NF4 absmax before double quantization
+	sCEIdx                       // cross-entropy: token indices, targets
+	sCEX                         // cross-entropy: gathered rows of x
+	sCELogits                    // cross-entropy: a chunk of logits
+	sCEDx                        // cross-entropy: a chunk's input gradient
+	sCELoss                      // cross-entropy: per-token losses, hits
+	sReduce                      // partial sums
+	sAttn                        // attention backward: rowsum(dO*O)
+	numScratch
+)
+
+type buffer struct {
+	ptr cu.DevicePtr
+	n   int64
+}
+
+// scratchBuf returns role's buffer with room for n bytes.
+func (b *Backend) scratchBuf(role scratchRole, n int64, op string) cu.DevicePtr {
+	s := &b.scratch[role]
+	if n <= s.n && s.ptr != 0 {
+		return s.ptr
+	}
+	if s.ptr != 0 {
+		b.rawFree(s.ptr, s.n)
+		*s = buffer{}
+	}
+	n = max(n, 256)
+	p, err := b.rawAlloc(n, "scratch")
+	check(op, err)
+	*s = buffer{ptr: p, n: n}
+	return p
+}
+
+// FreeScratch releases the scratch buffers (they grow back on demand).
+func (b *Backend) FreeScratch() {
+	defer b.enter("FreeScratch")()
+	for k := range b.scratch {
+		if b.scratch[k].ptr != 0 {
+			b.rawFree(b.scratch[k].ptr, b.scratch[k].n)
+			b.scratch[k] = buffer{}
+		}
+	}
+}

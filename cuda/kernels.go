@@ -1,0 +1,116 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"embed"
+	"fmt"
+	"math"
+	"path"
+	"strings"
+	"unsafe"
+
+	"gorgonia.org/cu"
+)
+
+// The kernels' PTX, compiled from kernels/*.cu by `make ptx` (nvcc
+// -arch=compute_80 -fmad=false) and committed, so building the plugin needs
+// no CUDA compiler; the driver JIT-compiles it for the GPU at hand.
+//
+//go:embed kernels/*.ptx
+var ptxFiles embed.FS
+
+// loadKernels loads every embedded module and indexes its kernels by name.
+func (b *Backend) loadKernels() error {
+	entries, err := ptxFiles.ReadDir("kernels")
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		name := path.Join("kernels", e.Name())
+		src, err := ptxFiles.ReadFile(name)
+		if err != nil {
+			return err
+		}
+		mod, err := cu.LoadData(string(src))
+		if err != nil {
+			return fmt.Errorf("load %s: %w (a driver too old for PTX ISA 7.8 fails here; update the NVIDIA driver)", name, err)
+		}
+		b.mods = append(b.mods, mod)
+		for _, fn := range ptxEntries(string(src)) {
+			f, err := mod.Function(fn)
+			if err != nil {
+				return fmt.Errorf("%s: kernel %s: %w", name, fn, err)
+			}
+			b.fns[fn] = f
+		}
+	}
+	return nil
+}
+
+// ptxEntries lists the kernels (.entry) a PTX module defines.
+func ptxEntries(ptx string) []string {
+	var names []string
+	for line := range strings.SplitSeq(ptx, "\n") {
+		line = strings.TrimSpace(line)
+		rest, ok := strings.CutPrefix(line, ".visible .entry ")
+		if !ok {
+			continue
+		}
+		if i := strings.IndexByte(rest, '('); i >= 0 {
+			rest = rest[:i]
+		}
+		names = append(names, strings.TrimSpace(rest))
+	}
+	return names
+}
+
+// Kernel arguments: every one is 8 bytes (see kernels/common.cuh).
+func ptrArg(p cu.DevicePtr) uint64 { return uint64(p) }
+func intArg(n int) uint64          { return uint64(int64(n)) }
+func f32Arg(x float32) uint64      { return math.Float64bits(float64(x)) }
+func f64Arg(x float64) uint64      { return math.Float64bits(x) }
+func boolArg(v bool) uint64 {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+// tptr is a tensor's device address as a kernel argument (0 for nil).
+func tptr(t *Tensor) uint64 {
+	if t == nil {
+		return 0
+	}
+	return uint64(t.ptr)
+}
+
+// launch runs kernel name on a grid of blocks of threads with smem bytes of
+// dynamic shared memory.
+func (b *Backend) launch(op, name string, grid [3]int, threads, smem int, args ...uint64) {
+	f, ok := b.fns[name]
+	if !ok {
+		panic(&Error{Op: op, Err: fmt.Errorf("kernel %s is not in the embedded PTX (run make ptx)", name)})
+	}
+	if grid[0] == 0 || grid[1] == 0 || grid[2] == 0 {
+		return
+	}
+	params := make([]unsafe.Pointer, len(args))
+	for k := range args {
+		params[k] = unsafe.Pointer(&args[k])
+	}
+	if err := f.Launch(grid[0], grid[1], grid[2], threads, 1, 1, smem, b.stream, params); err != nil {
+		panic(&Error{Op: op, Err: fmt.Errorf("launch %s grid %v x %d threads: %w", name, grid, threads, err)})
+	}
+}
+
+// launchN runs a grid-stride kernel over n items, 256 threads a block.
+func (b *Backend) launchN(op, name string, n int64, args ...uint64) {
+	if n <= 0 {
+		return
+	}
+	blocks := min((n+255)/256, 1<<20)
+	b.launch(op, name, [3]int{int(blocks), 1, 1}, 256, 0, args...)
+}
+
+func grid1(n int) [3]int { return [3]int{n, 1, 1} }
