@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -275,6 +276,45 @@ func TestTrainBarProgress(t *testing.T) {
 		"checkpoint at step 2: /out/checkpoint-2", "interrupt: asking", "(4/4", "finished after 4 steps"} {
 		if !strings.Contains(s, w) {
 			t.Errorf("bar output lacks %q:\n%q", w, s)
+		}
+	}
+}
+
+// The whole path: host, the real CPU trainer plugin over go-plugin, events
+// drawn as lines, the adapter written.
+func TestTrainWithCPUPlugin(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the CPU trainer plugin")
+	}
+	clearConfigEnv(t)
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go tool to build the plugin")
+	}
+	bin := t.TempDir()
+	if out, err := exec.Command(goTool, "build", "-o", filepath.Join(bin, plugin.BinaryPrefix+"cpu"), "../ollama-tune-trainer-cpu").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	t.Setenv(plugin.PluginsEnv, bin)
+	t.Setenv("OLLAMA_TUNE_LOG", "error")
+	model := tinyModelWithTokenizer(t)
+	out := filepath.Join(t.TempDir(), "adapter")
+	cfgPath := yodaConfig(t, model, "training:\n  logging_steps: 1\n  optim: adamw_torch\n")
+	got, _, err := runCmd(t, newTrainCmd(), "--config", cfgPath, "--max-steps", "2", "--output-dir", out, "--device", "cpu")
+	if err != nil && strings.Contains(err.Error(), string(plugin.CodeUnimplemented)) {
+		t.Skipf("the CPU plugin cannot train yet: %v", err)
+	}
+	if err != nil {
+		t.Fatalf("%v\noutput:\n%s", err, got)
+	}
+	for _, w := range []string{"device cpu: using", "training on", "step 1/2", "step 2/2", "finished after 2 steps"} {
+		if !strings.Contains(got, w) {
+			t.Errorf("output lacks %q:\n%s", w, got)
+		}
+	}
+	for _, f := range []string{"adapter_config.json", "adapter_model.safetensors"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			t.Errorf("adapter file: %v", err)
 		}
 	}
 }
