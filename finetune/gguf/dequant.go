@@ -85,7 +85,7 @@ func DequantizeParallel(t Type, src []byte, dst []float32) error {
 	return nil
 }
 
-func le16(b []byte) uint16 { return binary.LittleEndian.Uint16(b) }
+func le16(b []byte) uint16  { return binary.LittleEndian.Uint16(b) }
 func half(b []byte) float32 { return FP16ToFP32(binary.LittleEndian.Uint16(b)) }
 
 func dequantF32(src []byte, dst []float32) {
