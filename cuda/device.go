@@ -649,3 +649,47 @@ func (b *Backend) FreeScratch() {
 		}
 	}
 }
+
+// ListDevices describes every GPU, with its free memory (read through its
+// primary context), without loading kernels or cuBLAS.
+func ListDevices() ([]DeviceInfo, []int64, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	n, err := cu.NumDevices()
+	if err != nil {
+		return nil, nil, fmt.Errorf("cuda: count devices: %w", err)
+	}
+	var infos []DeviceInfo
+	var free []int64
+	for i := 0; i < n; i++ {
+		b := &Backend{opts: Options{Device: i}}
+		if b.dev, err = cu.GetDevice(i); err != nil {
+			return nil, nil, fmt.Errorf("cuda: GPU %d: %w", i, err)
+		}
+		if err := b.readInfo(); err != nil {
+			return nil, nil, err
+		}
+		var f int64
+		if ctx, err := b.dev.RetainPrimaryCtx(); err == nil {
+			if cu.SetCurrentContext(ctx) == nil {
+				f, _, _ = cu.MemInfo()
+			}
+			b.dev.ReleasePrimaryCtx()
+		}
+		infos = append(infos, b.info)
+		free = append(free, f)
+	}
+	return infos, free, nil
+}
+
+// NewFactory returns a function that opens a Backend on GPU device for a
+// compute dtype: the shape of the trainer's backend factory.
+func NewFactory(device int) func(compute finetune.DType) (finetune.Backend, error) {
+	return func(compute finetune.DType) (finetune.Backend, error) {
+		b, err := New(Options{Device: device, ComputeDType: compute})
+		if err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+}

@@ -1,0 +1,673 @@
+//go:build cuda
+
+package cuda
+
+// Each op against the CPU reference (finetune.NewCPUBackend) on fresh
+// random inputs of odd sizes. Forward outputs start poisoned with NaN, so
+// an element the kernel forgets to write fails the test; accumulating
+// outputs start from the same random values on both sides. fp32 must agree
+// to relative L2 error 1e-5, bf16 to 1e-2; NF4 codes and the optimizers,
+// which the kernels mirror operation by operation, must agree bit for bit.
+//
+// These tests need a GPU: build them here with scripts/test-gpu.sh and run
+// the binary on the GPU machine.
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"testing"
+	"unsafe"
+
+	"github.com/ollama-tune/ollama-tune/finetune"
+	"github.com/ollama-tune/ollama-tune/finetune/nf4"
+	"github.com/ollama-tune/ollama-tune/finetune/optim"
+)
+
+const (
+	tolF32  = 1e-5
+	tolBF16 = 1e-2
+)
+
+var (
+	gpu    *Backend // float32 compute
+	gpuB16 *Backend // bfloat16 compute
+	cpu    = finetune.NewCPUBackend(finetune.CPUOptions{})
+	cpuB16 = finetune.NewCPUBackend(finetune.CPUOptions{ComputeDType: finetune.BF16})
+)
+
+func TestMain(m *testing.M) {
+	var err error
+	if gpu, err = New(Options{}); err != nil {
+		fmt.Fprintln(os.Stderr, "cuda tests:", err)
+		os.Exit(1)
+	}
+	if gpuB16, err = New(Options{ComputeDType: finetune.BF16}); err != nil {
+		fmt.Fprintln(os.Stderr, "cuda tests:", err)
+		os.Exit(1)
+	}
+	info := gpu.Info()
+	fmt.Printf("cuda tests on %s (%s, %s, cuBLAS %d from %s)\n", info.Name, fmtBytes(info.TotalMemory), info.Detail(), info.CublasVersion, info.CublasLibrary)
+	code := m.Run()
+	gpuB16.Close()
+	gpu.Close()
+	os.Exit(code)
+}
+
+// randn returns n values scale * N(0,1) drawn with seed.
+func randn(n int, seed uint64, scale float32) []float32 {
+	x := make([]float32, n)
+	for k := range x {
+		x[k] = scale * finetune.Normal(seed, uint64(k))
+	}
+	return x
+}
+
+func nanSlice(n int) []float32 {
+	x := make([]float32, n)
+	for k := range x {
+		x[k] = float32(math.NaN())
+	}
+	return x
+}
+
+// relErr is ||got - want|| / ||want|| (infinite for a NaN).
+func relErr(got, want []float32) float64 {
+	if len(got) != len(want) {
+		return math.Inf(1)
+	}
+	var num, den float64
+	for k := range want {
+		d := float64(got[k]) - float64(want[k])
+		if math.IsNaN(d) {
+			return math.Inf(1)
+		}
+		num += d * d
+		den += float64(want[k]) * float64(want[k])
+	}
+	if den == 0 {
+		return math.Sqrt(num)
+	}
+	return math.Sqrt(num / den)
+}
+
+func checkRel(t *testing.T, what string, got, want []float32, tol float64) {
+	t.Helper()
+	e := relErr(got, want)
+	if !(e <= tol) {
+		t.Errorf("%s: relative error %.3g > %.3g (got[:4] %v, want[:4] %v)", what, e, tol, got[:min(4, len(got))], want[:min(4, len(want))])
+		return
+	}
+	t.Logf("%s: relative error %.2g", what, e)
+}
+
+func checkBits(t *testing.T, what string, got, want []float32) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Errorf("%s: %d values, want %d", what, len(got), len(want))
+		return
+	}
+	bad, first := 0, -1
+	for k := range want {
+		if math.Float32bits(got[k]) != math.Float32bits(want[k]) {
+			if first < 0 {
+				first = k
+			}
+			bad++
+		}
+	}
+	if bad > 0 {
+		t.Errorf("%s: %d of %d values differ in their bits (first at %d: %v, want %v)", what, bad, len(want), first, got[first], want[first])
+	}
+}
+
+// pair is one tensor on both backends.
+type pair struct {
+	c, g finetune.Tensor
+}
+
+// both allocates shape on cpu and g and fills them with data.
+func both(g finetune.Backend, c finetune.Backend, data []float32, shape ...int) pair {
+	p := pair{c.Alloc(shape...), g.Alloc(shape...)}
+	c.Upload(p.c, data)
+	g.Upload(p.g, data)
+	return p
+}
+
+func bothInt(g, c finetune.Backend, data []int32) pair {
+	p := pair{c.AllocInt32(len(data)), g.AllocInt32(len(data))}
+	c.UploadInt32(p.c, data)
+	g.UploadInt32(p.g, data)
+	return p
+}
+
+// compare downloads both sides of p and checks them.
+func compare(t *testing.T, g, c finetune.Backend, what string, p pair, tol float64) {
+	t.Helper()
+	checkRel(t, what, g.Download(p.g), c.Download(p.c), tol)
+}
+
+// ---------------------------------------------------------------------------
+
+func TestDeviceMemoryOps(t *testing.T) {
+	x := randn(1001, 1, 1)
+	a := gpu.Alloc(7, 143)
+	if got := gpu.Download(a); relErr(got, make([]float32, len(got))) != 0 {
+		t.Fatal("Alloc is not zero-filled")
+	}
+	gpu.Upload(a, x)
+	checkBits(t, "upload/download", gpu.Download(a), x)
+	c := gpu.Alloc(1001)
+	gpu.Copy(c, a)
+	checkBits(t, "copy", gpu.Download(c), x)
+	gpu.Zero(c)
+	checkBits(t, "zero", gpu.Download(c), make([]float32, 1001))
+	ids := gpu.AllocInt32(5)
+	gpu.UploadInt32(ids, []int32{-3, 0, 7, 1 << 20, -100})
+	checkBits(t, "int32", gpu.Download(ids), []float32{-3, 0, 7, 1 << 20, -100})
+	by := gpu.AllocBytes(3)
+	gpu.UploadBytes(by, []byte{0, 128, 255})
+	checkBits(t, "uint8", gpu.Download(by), []float32{0, 128, 255})
+	if s := a.Shape(); len(s) != 2 || s[0] != 7 || s[1] != 143 || a.Numel() != 1001 {
+		t.Errorf("shape %v numel %d", s, a.Numel())
+	}
+	for _, tt := range []finetune.Tensor{a, c, ids, by} {
+		gpu.Free(tt)
+	}
+	if err := gpu.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOutOfMemoryIsAnError(t *testing.T) {
+	_, total, err := gpu.MemInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = gpu.TryAlloc(int(total/4)+1<<20, 2) // more float32s than the GPU has bytes / 2
+	if err == nil {
+		t.Fatal("allocating more than the GPU's memory succeeded")
+	}
+	if !errors.Is(err, ErrOutOfMemory) {
+		t.Fatalf("error %v does not wrap ErrOutOfMemory", err)
+	}
+	t.Logf("as expected: %v", err)
+	// The backend still works afterwards.
+	x := gpu.Alloc(3)
+	gpu.Upload(x, []float32{1, 2, 3})
+	checkBits(t, "after OOM", gpu.Download(x), []float32{1, 2, 3})
+	gpu.Free(x)
+}
+
+// nf4Host downloads a GPU NF4 weight's storage in finetune/nf4's layout.
+func nf4Host(t *testing.T, w finetune.Weight) *nf4.Quantized {
+	t.Helper()
+	defer gpu.enter("test")()
+	cw := w.(*weight)
+	q := cw.q
+	n := cw.n()
+	nb := q.blocks(n)
+	out := &nf4.Quantized{Out: cw.out, In: cw.in, DoubleQuant: q.double, Codes: make([]byte, (n+1)/2)}
+	gpu.download("test", unsafe.Pointer(&out.Codes[0]), q.codes, (n+1)/2)
+	if !q.double {
+		out.Absmax = make([]float32, nb)
+		gpu.download("test", unsafe.Pointer(&out.Absmax[0]), q.absmax, 4*nb)
+		return out
+	}
+	na := (nb + nf4.AbsmaxBlockSize - 1) / nf4.AbsmaxBlockSize
+	out.AbsmaxCodes = make([]byte, nb)
+	out.AbsmaxScales = make([]float32, na)
+	out.AbsmaxOffset = q.offset
+	gpu.download("test", unsafe.Pointer(&out.AbsmaxCodes[0]), q.acodes, nb)
+	gpu.download("test", unsafe.Pointer(&out.AbsmaxScales[0]), q.ascales, 4*na)
+	return out
+}
+
+func TestNF4QuantizeIsBitIdentical(t *testing.T) {
+	shapes := [][2]int{{37, 45}, {300, 129}, {1, 1}, {3, 64}, {128, 771}}
+	for k, s := range shapes {
+		out, in := s[0], s[1]
+		data := randn(out*in, uint64(10+k), 0.05)
+		// An all-zero block, values exactly on NF4 thresholds (x absmax),
+		// and a large outlier.
+		if len(data) >= 200 {
+			for i := 64; i < 128; i++ {
+				data[i] = 0
+			}
+			data[130] = 1
+			data[131] = -0.8480964004993439
+			data[132] = 0.03979014977812767
+			data[133] = -0.045525018125772476
+			data[150] = 40
+		}
+		for _, dq := range []bool{false, true} {
+			name := fmt.Sprintf("[%d,%d] double %v", out, in, dq)
+			w, err := gpu.NF4Weight(data, out, in, dq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := nf4.Quantize(data, out, in, dq)
+			got := nf4Host(t, w)
+			if string(got.Codes) != string(want.Codes) {
+				t.Errorf("%s: codes differ from finetune/nf4", name)
+			}
+			if dq {
+				if got.AbsmaxOffset != want.AbsmaxOffset || string(got.AbsmaxCodes) != string(want.AbsmaxCodes) {
+					t.Errorf("%s: double-quant offset %v / codes differ (want %v)", name, got.AbsmaxOffset, want.AbsmaxOffset)
+				}
+				checkBits(t, name+" absmax scales", got.AbsmaxScales, want.AbsmaxScales)
+			} else {
+				checkBits(t, name+" absmax", got.Absmax, want.Absmax)
+			}
+			cw, err := cpu.NF4Weight(data, out, in, dq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkBits(t, name+" dequantized", gpu.DequantizeWeight(w), cpu.DequantizeWeight(cw))
+			// bf16 compute: the dequantized values rounded to bfloat16.
+			wb, err := gpuB16.NF4Weight(data, out, in, dq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cb, _ := cpuB16.NF4Weight(data, out, in, dq)
+			checkBits(t, name+" dequantized bf16", gpuB16.DequantizeWeight(wb), cpuB16.DequantizeWeight(cb))
+			gpu.FreeWeight(w)
+			gpuB16.FreeWeight(wb)
+		}
+	}
+	if _, err := gpu.NF4Weight([]float32{1, float32(math.Inf(1))}, 1, 2, true); err == nil {
+		t.Error("NF4Weight accepted an infinite value")
+	}
+	if _, err := gpu.NF4Weight([]float32{1, 2, 3}, 2, 2, true); err == nil {
+		t.Error("NF4Weight accepted 3 values for [2, 2]")
+	}
+}
+
+func TestDenseWeight(t *testing.T) {
+	data := randn(33*17, 3, 1)
+	w, err := gpu.DenseWeight(data, 33, 17)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkBits(t, "dense f32", gpu.DequantizeWeight(w), data)
+	wb, err := gpuB16.DenseWeight(data, 33, 17)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb, _ := cpuB16.DenseWeight(data, 33, 17)
+	checkBits(t, "dense bf16", gpuB16.DequantizeWeight(wb), cpuB16.DequantizeWeight(cb))
+	if w.Bytes() != 33*17*4 || wb.Bytes() != 33*17*2 || w.Out() != 33 || w.In() != 17 {
+		t.Errorf("Bytes %d / %d, shape [%d, %d]", w.Bytes(), wb.Bytes(), w.Out(), w.In())
+	}
+	gpu.FreeWeight(w)
+	gpuB16.FreeWeight(wb)
+}
+
+// weights returns the same weight on the CPU and the GPU backend.
+func weights(t *testing.T, g, c finetune.Backend, data []float32, out, in int, quant bool) (finetune.Weight, finetune.Weight) {
+	t.Helper()
+	if quant {
+		gw, err := g.NF4Weight(data, out, in, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cw, err := c.NF4Weight(data, out, in, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return gw, cw
+	}
+	gw, err := g.DenseWeight(data, out, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cw, err := c.DenseWeight(data, out, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return gw, cw
+}
+
+func TestEmbedding(t *testing.T) {
+	V, C, T := 29, 37, 11
+	table := randn(V*C, 4, 1)
+	ids := []int32{0, 28, 5, 5, 17, 1, 2, 28, 0, 13, 9}
+	for _, quant := range []bool{false, true} {
+		for _, bf := range []bool{false, true} {
+			g, c, tol := gpu, finetune.Backend(cpu), tolF32
+			if bf {
+				g, c = gpuB16, cpuB16
+			}
+			gw, cw := weights(t, g, c, table, V, C, quant)
+			id := bothInt(g, c, ids)
+			out := both(g, c, nanSlice(T*C), T, C)
+			g.EmbeddingForward(out.g, id.g, gw)
+			c.EmbeddingForward(out.c, id.c, cw)
+			compare(t, g, c, fmt.Sprintf("embedding nf4 %v bf16 %v", quant, bf), out, tol)
+		}
+	}
+}
+
+func TestRMSNorm(t *testing.T) {
+	T, C := 13, 301
+	x := both(gpu, cpu, randn(T*C, 5, 2), T, C)
+	w := both(gpu, cpu, randn(C, 6, 1), C)
+	out := both(gpu, cpu, nanSlice(T*C), T, C)
+	rstd := both(gpu, cpu, nanSlice(T), T)
+	gpu.RMSNormForward(out.g, rstd.g, x.g, w.g, 1e-5)
+	cpu.RMSNormForward(out.c, rstd.c, x.c, w.c, 1e-5)
+	compare(t, gpu, cpu, "rmsnorm out", out, tolF32)
+	compare(t, gpu, cpu, "rmsnorm rstd", rstd, tolF32)
+	dout := both(gpu, cpu, randn(T*C, 7, 1), T, C)
+	dx := both(gpu, cpu, randn(T*C, 8, 1), T, C) // accumulates
+	gpu.RMSNormBackward(dx.g, dout.g, x.g, w.g, rstd.g)
+	cpu.RMSNormBackward(dx.c, dout.c, x.c, w.c, rstd.c)
+	compare(t, gpu, cpu, "rmsnorm dx", dx, tolF32)
+}
+
+func TestRoPE(t *testing.T) {
+	H, K, D, T := 6, 2, 24, 19
+	pos := []int32{0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 100, 2047, 4095, 7}
+	for _, rot := range []int{24, 16} {
+		x := randn(T*(H+2*K)*D, 9, 1)
+		q := both(gpu, cpu, x, T, (H+2*K)*D)
+		p := bothInt(gpu, cpu, pos)
+		gpu.RoPEForward(q.g, p.g, H, K, D, rot, 10000)
+		cpu.RoPEForward(q.c, p.c, H, K, D, rot, 10000)
+		compare(t, gpu, cpu, fmt.Sprintf("rope fwd rot %d", rot), q, tolF32)
+		gpu.RoPEBackward(q.g, p.g, H, K, D, rot, 10000)
+		cpu.RoPEBackward(q.c, p.c, H, K, D, rot, 10000)
+		compare(t, gpu, cpu, fmt.Sprintf("rope bwd rot %d", rot), q, tolF32)
+		// Forward then backward is a rotation and its transpose: x again.
+		checkRel(t, "rope round trip", gpu.Download(q.g), x, 1e-5)
+	}
+}
+
+// packedPos returns position ids for B rows of S tokens packing examples
+// of the given lengths (cycled).
+func packedPos(B, S int, lens []int) []int32 {
+	pos := make([]int32, B*S)
+	k := 0
+	for r := 0; r < B; r++ {
+		p, n := 0, lens[k%len(lens)]
+		for s := 0; s < S; s++ {
+			if p == n {
+				k++
+				p, n = 0, lens[k%len(lens)]
+			}
+			pos[r*S+s] = int32(p)
+			p++
+		}
+		k++
+	}
+	return pos
+}
+
+func TestAttention(t *testing.T) {
+	for _, c := range []struct{ B, S, H, K, D, window int }{
+		{3, 37, 6, 2, 24, 0},
+		{2, 29, 4, 4, 16, 5},
+		{1, 300, 2, 1, 96, 0}, // more keys than a chunk of 256
+	} {
+		name := fmt.Sprintf("B%d S%d H%d K%d D%d w%d", c.B, c.S, c.H, c.K, c.D, c.window)
+		T, width := c.B*c.S, (c.H+2*c.K)*c.D
+		pos := bothInt(gpu, cpu, packedPos(c.B, c.S, []int{11, 5, 40, 3}))
+		qkv := both(gpu, cpu, randn(T*width, 11, 1), T, width)
+		out := both(gpu, cpu, nanSlice(T*c.H*c.D), T, c.H*c.D)
+		lse := both(gpu, cpu, nanSlice(c.H*T), c.H, T)
+		gpu.AttentionForward(out.g, lse.g, qkv.g, pos.g, c.B, c.S, c.H, c.K, c.D, c.window)
+		cpu.AttentionForward(out.c, lse.c, qkv.c, pos.c, c.B, c.S, c.H, c.K, c.D, c.window)
+		compare(t, gpu, cpu, name+" out", out, tolF32)
+		compare(t, gpu, cpu, name+" lse", lse, tolF32)
+		dout := both(gpu, cpu, randn(T*c.H*c.D, 12, 1), T, c.H*c.D)
+		dqkv := both(gpu, cpu, randn(T*width, 13, 1), T, width)
+		gpu.AttentionBackward(dqkv.g, dout.g, out.g, lse.g, qkv.g, pos.g, c.B, c.S, c.H, c.K, c.D, c.window)
+		cpu.AttentionBackward(dqkv.c, dout.c, out.c, lse.c, qkv.c, pos.c, c.B, c.S, c.H, c.K, c.D, c.window)
+		compare(t, gpu, cpu, name+" dqkv", dqkv, tolF32)
+	}
+}
+
+func TestAttentionCached(t *testing.T) {
+	H, K, D, maxSeq := 6, 3, 20, 40
+	width := (H + 2*K) * D
+	for _, window := range []int{0, 7} {
+		kc := both(gpu, cpu, nanSlice(maxSeq*K*D), maxSeq, K*D)
+		vc := both(gpu, cpu, nanSlice(maxSeq*K*D), maxSeq, K*D)
+		start := 0
+		for step, T := range []int{13, 1, 1, 5, 1} {
+			qkv := both(gpu, cpu, randn(T*width, uint64(20+step), 1), T, width)
+			out := both(gpu, cpu, nanSlice(T*H*D), T, H*D)
+			gpu.AttentionCached(out.g, qkv.g, kc.g, vc.g, start, H, K, D, window)
+			cpu.AttentionCached(out.c, qkv.c, kc.c, vc.c, start, H, K, D, window)
+			compare(t, gpu, cpu, fmt.Sprintf("cached w%d step %d", window, step), out, tolF32)
+			start += T
+		}
+	}
+}
+
+func TestSwiGLUAddScale(t *testing.T) {
+	T, I := 9, 107
+	gu := both(gpu, cpu, randn(T*2*I, 14, 3), T, 2*I)
+	out := both(gpu, cpu, nanSlice(T*I), T, I)
+	gpu.SwiGLUForward(out.g, gu.g)
+	cpu.SwiGLUForward(out.c, gu.c)
+	compare(t, gpu, cpu, "swiglu fwd", out, tolF32)
+	dout := both(gpu, cpu, randn(T*I, 15, 1), T, I)
+	dgu := both(gpu, cpu, randn(T*2*I, 16, 1), T, 2*I)
+	gpu.SwiGLUBackward(dgu.g, dout.g, gu.g)
+	cpu.SwiGLUBackward(dgu.c, dout.c, gu.c)
+	compare(t, gpu, cpu, "swiglu bwd", dgu, tolF32)
+
+	a := both(gpu, cpu, randn(1234, 17, 1), 1234)
+	b := both(gpu, cpu, randn(1234, 18, 1), 1234)
+	sum := both(gpu, cpu, nanSlice(1234), 1234)
+	gpu.Add(sum.g, a.g, b.g)
+	cpu.Add(sum.c, a.c, b.c)
+	checkBits(t, "add", gpu.Download(sum.g), cpu.Download(sum.c))
+	gpu.Add(a.g, a.g, b.g) // aliasing
+	cpu.Add(a.c, a.c, b.c)
+	checkBits(t, "add aliased", gpu.Download(a.g), cpu.Download(a.c))
+	gpu.Scale(a.g, 0.37)
+	cpu.Scale(a.c, 0.37)
+	checkBits(t, "scale", gpu.Download(a.g), cpu.Download(a.c))
+	big := randn(300001, 19, 1)
+	bg := both(gpu, cpu, big, len(big))
+	gs, cs := gpu.SumSquares(bg.g), cpu.SumSquares(bg.c)
+	if e := math.Abs(gs-cs) / cs; e > 1e-12 {
+		t.Errorf("sum of squares %v, cpu %v (rel %.2g)", gs, cs, e)
+	}
+}
+
+func TestLinear(t *testing.T) {
+	T, in, out, r := 21, 67, 45, 5
+	wdata := randn(out*in, 30, 0.2)
+	for _, c := range []struct {
+		quant, lora, bf16 bool
+		dropout           float32
+		nilDx             bool
+	}{
+		{false, false, false, 0, false},
+		{true, false, false, 0, false},
+		{true, true, false, 0, false},
+		{true, true, false, 0.1, false},
+		{false, true, false, 0.25, true},
+		{true, true, true, 0.1, false},
+		{false, true, true, 0, false},
+	} {
+		name := fmt.Sprintf("nf4 %v lora %v bf16 %v dropout %v nil dx %v", c.quant, c.lora, c.bf16, c.dropout, c.nilDx)
+		g, cb, tol := gpu, finetune.Backend(cpu), tolF32
+		if c.bf16 {
+			g, cb, tol = gpuB16, cpuB16, tolBF16
+		}
+		gw, cw := weights(t, g, cb, wdata, out, in, c.quant)
+		gl := &finetune.Linear{Name: "test", W: gw}
+		cl := &finetune.Linear{Name: "test", W: cw}
+		var hs pair
+		if c.lora {
+			A := both(g, cb, randn(r*in, 31, 0.3), r, in)
+			B := both(g, cb, randn(out*r, 32, 0.3), out, r)
+			gA := both(g, cb, randn(r*in, 33, 1), r, in)
+			gB := both(g, cb, randn(out*r, 34, 1), out, r)
+			gl.LoRA = &finetune.LoRA{A: A.g, B: B.g, GradA: gA.g, GradB: gB.g, Scale: 2, Dropout: c.dropout}
+			cl.LoRA = &finetune.LoRA{A: A.c, B: B.c, GradA: gA.c, GradB: gB.c, Scale: 2, Dropout: c.dropout}
+			hs = both(g, cb, nanSlice(T*r), T, r)
+		}
+		x := both(g, cb, randn(T*in, 35, 1), T, in)
+		y := both(g, cb, nanSlice(T*out), T, out)
+		const seed = 0xfeed
+		g.LinearForward(y.g, x.g, gl, hs.g, seed)
+		cb.LinearForward(y.c, x.c, cl, hs.c, seed)
+		compare(t, g, cb, name+" out", y, tol)
+		if c.lora {
+			compare(t, g, cb, name+" h", hs, tol)
+		}
+		dout := both(g, cb, randn(T*out, 36, 1), T, out)
+		dx := both(g, cb, randn(T*in, 37, 1), T, in)
+		if c.nilDx {
+			g.LinearBackward(nil, dout.g, x.g, gl, hs.g, seed)
+			cb.LinearBackward(nil, dout.c, x.c, cl, hs.c, seed)
+		} else {
+			g.LinearBackward(dx.g, dout.g, x.g, gl, hs.g, seed)
+			cb.LinearBackward(dx.c, dout.c, x.c, cl, hs.c, seed)
+			compare(t, g, cb, name+" dx", dx, tol)
+		}
+		if c.lora {
+			checkRel(t, name+" gradA", g.Download(gl.LoRA.GradA), cb.Download(cl.LoRA.GradA), tol)
+			checkRel(t, name+" gradB", g.Download(gl.LoRA.GradB), cb.Download(cl.LoRA.GradB), tol)
+		}
+	}
+}
+
+func TestLogitsAndCrossEntropy(t *testing.T) {
+	T, C, V := 23, 40, 1031
+	head := randn(V*C, 40, 0.3)
+	x := randn(T*C, 41, 1)
+	targets := make([]int32, T)
+	for k := range targets {
+		targets[k] = int32((k * 977) % V)
+		if k%4 == 1 {
+			targets[k] = finetune.IgnoreIndex
+		}
+	}
+	for _, bf := range []bool{false, true} {
+		g, cb, tol := gpu, finetune.Backend(cpu), tolF32
+		if bf {
+			g, cb, tol = gpuB16, cpuB16, tolBF16
+		}
+		gw, cw := weights(t, g, cb, head, V, C, false)
+		xs := both(g, cb, x, T, C)
+		lg := both(g, cb, nanSlice(T*V), T, V)
+		g.Logits(lg.g, xs.g, gw)
+		cb.Logits(lg.c, xs.c, cw)
+		compare(t, g, cb, fmt.Sprintf("logits bf16 %v", bf), lg, tol)
+
+		// Make some targets the argmax so "correct" counts something.
+		cl := cb.Download(lg.c)
+		tg := append([]int32(nil), targets...)
+		for k := 0; k < T; k += 3 {
+			best := 0
+			for v := range V {
+				if cl[k*V+v] > cl[k*V+best] {
+					best = v
+				}
+			}
+			tg[k] = int32(best)
+		}
+		tgt := bothInt(g, cb, tg)
+		dx := both(g, cb, randn(T*C, 42, 1), T, C)
+		gl, gc := g.CrossEntropy(dx.g, xs.g, gw, tgt.g, 0.125)
+		cl2, cc := cb.CrossEntropy(dx.c, xs.c, cw, tgt.c, 0.125)
+		if e := math.Abs(gl-cl2) / math.Abs(cl2); !(e <= tol) {
+			t.Errorf("bf16 %v: loss sum %v, cpu %v (rel %.2g)", bf, gl, cl2, e)
+		}
+		if !bf && gc != cc {
+			t.Errorf("correct %d, cpu %d", gc, cc)
+		}
+		compare(t, g, cb, fmt.Sprintf("cross-entropy dx bf16 %v", bf), dx, tol)
+		nl, nc := g.CrossEntropy(nil, xs.g, gw, tgt.g, 0)
+		if nl != gl || nc != gc {
+			t.Errorf("without dx: loss %v correct %d, with dx %v %d", nl, nc, gl, gc)
+		}
+		all := bothInt(g, cb, []int32{-100, -100})
+		two := both(g, cb, randn(2*C, 43, 1), 2, C)
+		if l, n := g.CrossEntropy(nil, two.g, gw, all.g, 1); l != 0 || n != 0 {
+			t.Errorf("all ignored: loss %v correct %d", l, n)
+		}
+	}
+}
+
+func TestAdamW(t *testing.T) {
+	n := 10007
+	p := both(gpu, cpu, randn(n, 50, 1), n)
+	m := both(gpu, cpu, make([]float32, n), n)
+	v := both(gpu, cpu, make([]float32, n), n)
+	for step := 1; step <= 4; step++ {
+		g := both(gpu, cpu, randn(n, uint64(60+step), 0.1), n)
+		for _, hp := range []finetune.AdamParams{
+			{LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01, Step: step},
+			{LR: 2e-4, Beta1: 0.3, Beta2: 0.95, Eps: 1e-6, WeightDecay: 0, Step: step}, // lerp from g
+		} {
+			gpu.AdamW(p.g, g.g, m.g, v.g, hp)
+			cpu.AdamW(p.c, g.c, m.c, v.c, hp)
+		}
+	}
+	checkBits(t, "adamw p", gpu.Download(p.g), cpu.Download(p.c))
+	checkBits(t, "adamw m", gpu.Download(m.g), cpu.Download(m.c))
+	checkBits(t, "adamw v", gpu.Download(v.g), cpu.Download(v.c))
+}
+
+func TestAdamW8bit(t *testing.T) {
+	n := 3*256 + 77 // a partial last block
+	nb := optim.Blocks8bit(n)
+	p := both(gpu, cpu, randn(n, 70, 1), n)
+	mk := func() (*finetune.Adam8State, *finetune.Adam8State) {
+		gs := &finetune.Adam8State{M: gpu.AllocBytes(n), V: gpu.AllocBytes(n), AbsmaxM: gpu.Alloc(nb), AbsmaxV: gpu.Alloc(nb)}
+		cs := &finetune.Adam8State{M: cpu.AllocBytes(n), V: cpu.AllocBytes(n), AbsmaxM: cpu.Alloc(nb), AbsmaxV: cpu.Alloc(nb)}
+		return gs, cs
+	}
+	gs, cs := mk()
+	for step := 1; step <= 5; step++ {
+		gr := randn(n, uint64(80+step), 0.1)
+		if step == 3 {
+			gr[5] = float32(math.Inf(1)) // a non-finite gradient resets that value's moments
+			gr[300] = float32(math.NaN())
+		}
+		g := both(gpu, cpu, gr, n)
+		hp := finetune.AdamParams{LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01, Step: step}
+		gpu.AdamW8bit(p.g, g.g, gs, hp)
+		cpu.AdamW8bit(p.c, g.c, cs, hp)
+	}
+	checkBits(t, "adamw8bit p", gpu.Download(p.g), cpu.Download(p.c))
+	checkBits(t, "adamw8bit m codes", gpu.Download(gs.M), cpu.Download(cs.M))
+	checkBits(t, "adamw8bit v codes", gpu.Download(gs.V), cpu.Download(cs.V))
+	checkBits(t, "adamw8bit absmax m", gpu.Download(gs.AbsmaxM), cpu.Download(cs.AbsmaxM))
+	checkBits(t, "adamw8bit absmax v", gpu.Download(gs.AbsmaxV), cpu.Download(cs.AbsmaxV))
+}
+
+func TestDropoutMaskMatchesRNG(t *testing.T) {
+	// The kernel's mask is finetune.DropoutKeep: with x = 1 the output is
+	// keepScale exactly where the CPU keeps the element.
+	n := 4099
+	x := make([]float32, n)
+	for k := range x {
+		x[k] = 1
+	}
+	xs := gpu.Alloc(n)
+	gpu.Upload(xs, x)
+	const p, seed = 0.3, 12345
+	var got []float32
+	func() {
+		defer gpu.enter("test")()
+		xd := gpu.dropout("test", xs.(*Tensor).ptr, int64(n), p, seed)
+		got = make([]float32, n)
+		gpu.download("test", unsafe.Pointer(&got[0]), xd, 4*int64(n))
+	}()
+	want := make([]float32, n)
+	for k := range want {
+		if finetune.DropoutKeep(seed, uint64(k), p) {
+			want[k] = keepScale(p)
+		}
+	}
+	checkBits(t, "dropout mask", got, want)
+}
