@@ -6,7 +6,7 @@ BIN     ?= bin
 PKGS    ?= ./...
 GOFLAGS ?=
 
-.PHONY: build test test-short bench vet fmt proto clean
+.PHONY: build test test-short bench vet fmt proto clean cuda-env ptx ptx-check test-gpu build-cuda vet-cuda
 
 build:
 	@mkdir -p $(BIN)
@@ -30,6 +30,32 @@ bench:
 # google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2).
 proto:
 	cd plugin/proto && PATH="$$PATH:$$($(GO) env GOPATH)/bin" $(GO) generate .
+
+# --- CUDA (build tag cuda). Headers, stubs and nvcc 11.8 come from Debian's
+# non-free packages, extracted into .cuda/ by scripts/cuda-headers.sh.
+CUDA_ENV = eval "$$(DEST=$(CURDIR)/.cuda bash scripts/cuda-headers.sh)" && export CGO_CFLAGS CGO_LDFLAGS NVCC
+
+# Compile cuda/kernels/*.cu to the committed PTX (compute_80).
+ptx:
+	bash scripts/cuda-ptx.sh
+
+# Fail if the committed PTX differs from what the .cu sources compile to.
+ptx-check:
+	bash scripts/cuda-ptx.sh --check
+
+# Vet and compile the cuda-tagged packages against the CUDA 11.8 headers.
+vet-cuda:
+	$(CUDA_ENV) && $(GO) vet -tags cuda ./cuda/... ./cmd/ollama-tune-trainer-cuda/... && \
+	  $(GO) test -count=1 -tags cuda ./cmd/ollama-tune-trainer-cuda/
+
+build-cuda:
+	@mkdir -p $(BIN)
+	$(CUDA_ENV) && $(GO) build -tags cuda -o $(BIN)/ollama-tune-trainer-cuda ./cmd/ollama-tune-trainer-cuda && \
+	  $(GO) build -tags cuda -o $(BIN)/ollama-tune-cuda-worker ./cmd/ollama-tune-trainer-cuda/worker
+
+# Build bin/cuda.test here; prints the command that runs it on a GPU machine.
+test-gpu:
+	bash scripts/test-gpu.sh
 
 fmt:
 	gofmt -l -w .
