@@ -34,6 +34,22 @@ import (
 // decides) or of architecture phi3, the special tokens strip the whitespace
 // on their right exactly as Phi-3's tokenizer.json says and llama.cpp does
 // (llama-vocab.cpp), so the ids equal the Hugging Face tokenizer's.
+// Special-token additions follow the file: tokenizer.ggml.add_bos_token
+// (llama.cpp's default, true, when absent) decides whether Encode(text,
+// true) prepends BOS.
+//
+// Chat templates. A GGUF carries the Jinja template of the checkpoint it
+// was converted from (tokenizer.chat_template); Ollama serves with its own
+// Go template from the model's template layer (ollamastore.Model.Template).
+// When training on a GGUF base, the GGUF's Jinja template is the one to
+// render the training data with (ChatTemplateRenderer): it belongs to the
+// weights being tuned, and it may differ from the tokenizer_config.json of
+// whatever Hugging Face folder is at hand (older Phi-3 templates start with
+// {{ bos_token }}). Serving keeps the base's Ollama template, which for
+// Phi-3 renders a user turn with the generation prompt as the same text,
+// "<|user|>\n…<|end|>\n<|assistant|>\n"; a job whose two templates render
+// a conversation differently should be refused or warned about where the
+// job is assembled.
 type GGUFBase struct {
 	Path     string
 	Arch     string // general.architecture: "phi3" or "llama"

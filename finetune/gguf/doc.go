@@ -17,7 +17,9 @@
 //
 // Dequantization reproduces ggml-quants.c's dequantize_row_* (and ggml's
 // software fp16 conversion) bit for bit: every product and sum is rounded
-// to float32 in the order the C code evaluates it, never fused.
+// to float32 in the order the C code evaluates it. (Every intermediate
+// product of those formulas is exact in float32, so a compiler that fuses
+// the final multiply-add into an FMA gets the same bits as well.)
 //
 // Writing GGUF files is the convert package's job; this package only has
 // the reference quantizers (QuantizeQ8_0, QuantizeQ4_0) that such a writer
