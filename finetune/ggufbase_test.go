@@ -116,7 +116,7 @@ func writeTestGGUF(t *testing.T, path string, kvs []gkv, ts []gtensor) {
 	}
 }
 
-func encodeAs(t *testing.T, typ gguf.Type, v []float32) []byte {
+func ggufEncode(t *testing.T, typ gguf.Type, v []float32) []byte {
 	t.Helper()
 	b, err := gguf.Quantize(typ, v)
 	if err != nil {
@@ -125,7 +125,7 @@ func encodeAs(t *testing.T, typ gguf.Type, v []float32) []byte {
 	return b
 }
 
-func randomValues(r *rand.Rand, n int, scale float64) []float32 {
+func ggufRandom(r *rand.Rand, n int, scale float64) []float32 {
 	v := make([]float32, n)
 	for i := range v {
 		v[i] = float32(r.NormFloat64() * scale)
@@ -133,9 +133,9 @@ func randomValues(r *rand.Rand, n int, scale float64) []float32 {
 	return v
 }
 
-// tinyVocab is a small SentencePiece vocabulary: <unk>, <s>, </s>, the
+// ggufTinyVocab is a small SentencePiece vocabulary: <unk>, <s>, </s>, the
 // 256 byte pieces and a few words.
-func tinyVocab() (tokens []string, scores []float32, types []int32) {
+func ggufTinyVocab() (tokens []string, scores []float32, types []int32) {
 	tokens = []string{"<unk>", "<s>", "</s>"}
 	scores = []float32{0, 0, 0}
 	types = []int32{tokenizer.PieceUnknown, tokenizer.PieceControl, tokenizer.PieceControl}
@@ -152,7 +152,7 @@ func tinyVocab() (tokens []string, scores []float32, types []int32) {
 	return
 }
 
-func tokenizerKVs(tokens []string, scores []float32, types []int32) []gkv {
+func ggufTokenizerKVs(tokens []string, scores []float32, types []int32) []gkv {
 	return []gkv{
 		{"tokenizer.ggml.model", "llama"}, {"tokenizer.ggml.pre", "default"},
 		{"tokenizer.ggml.tokens", tokens}, {"tokenizer.ggml.scores", scores}, {"tokenizer.ggml.token_type", types},
@@ -161,7 +161,7 @@ func tokenizerKVs(tokens []string, scores []float32, types []int32) []gkv {
 	}
 }
 
-func archKVs(arch string, cfg *Config) []gkv {
+func ggufArchKVs(arch string, cfg *Config) []gkv {
 	p := arch + "."
 	kv := []gkv{
 		{"general.architecture", arch}, {"general.file_type", uint32(7)},
@@ -209,7 +209,7 @@ func phi3GGUF(t *testing.T, path string, cfg *Config, extraKV []gkv, extraT []gt
 		for _, d := range s.Shape {
 			n *= d
 		}
-		v := randomValues(r, n, 0.1)
+		v := ggufRandom(r, n, 0.1)
 		if len(s.Shape) == 1 {
 			for i := range v {
 				v[i] += 1
@@ -219,7 +219,7 @@ func phi3GGUF(t *testing.T, path string, cfg *Config, extraKV []gkv, extraT []gt
 		if !ok {
 			typ = gguf.F32
 		}
-		data := encodeAs(t, typ, v)
+		data := ggufEncode(t, typ, v)
 		deq := make([]float32, n)
 		if err := gguf.Dequantize(typ, data, deq); err != nil {
 			t.Fatal(err)
@@ -227,8 +227,8 @@ func phi3GGUF(t *testing.T, path string, cfg *Config, extraKV []gkv, extraT []gt
 		want[s.Name] = deq
 		ts = append(ts, gtensor{g, typ, s.Shape, data})
 	}
-	tokens, scores, types := tinyVocab()
-	kvs := append(archKVs("phi3", cfg), tokenizerKVs(tokens, scores, types)...)
+	tokens, scores, types := ggufTinyVocab()
+	kvs := append(ggufArchKVs("phi3", cfg), ggufTokenizerKVs(tokens, scores, types)...)
 	writeTestGGUF(t, path, append(kvs, extraKV...), append(ts, extraT...))
 	return want
 }
@@ -248,13 +248,13 @@ func TestGGUFBasePhi3(t *testing.T) {
 	if got.TorchDType != "" {
 		t.Errorf("TorchDType %q for a Q8_0 embedding", got.TorchDType)
 	}
-	if !configsEqual(&got, cfg) {
+	if !ggufConfigsEqual(&got, cfg) {
 		t.Errorf("config\n got  %+v\n want %+v", got, *cfg)
 	}
 	if b.Arch != "phi3" || b.Name != "Tiny Phi3" || b.FileType != "Q8_0" {
 		t.Errorf("arch %q name %q file type %q", b.Arch, b.Name, b.FileType)
 	}
-	if !slices.Equal(b.Names(), specNames(cfg)) {
+	if !slices.Equal(b.Names(), ggufSpecNames(cfg)) {
 		t.Errorf("names %v", b.Names())
 	}
 	for _, s := range Phi3Tensors(cfg) {
@@ -262,7 +262,7 @@ func TestGGUFBasePhi3(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !slices.Equal(shape, s.Shape) || !bitsEqual(v, want[s.Name]) {
+		if !slices.Equal(shape, s.Shape) || !ggufBitsEqual(v, want[s.Name]) {
 			t.Errorf("%s: shape %v (want %v) or values differ", s.Name, shape, s.Shape)
 		}
 	}
@@ -288,7 +288,7 @@ func TestGGUFBasePhi3(t *testing.T) {
 		t.Fatal(err)
 	}
 	l2, _ := m2.Logits(batch)
-	if !bitsEqual(l1, l2) {
+	if !ggufBitsEqual(l1, l2) {
 		t.Error("logits of the GGUF model differ from the in-memory model's")
 	}
 
@@ -304,7 +304,7 @@ func TestGGUFBasePhi3(t *testing.T) {
 	}
 }
 
-func specNames(cfg *Config) []string {
+func ggufSpecNames(cfg *Config) []string {
 	var out []string
 	for _, s := range Phi3Tensors(cfg) {
 		out = append(out, s.Name)
@@ -312,13 +312,13 @@ func specNames(cfg *Config) []string {
 	return out
 }
 
-func configsEqual(a, b *Config) bool {
+func ggufConfigsEqual(a, b *Config) bool {
 	ja, _ := json.Marshal(a)
 	jb, _ := json.Marshal(b)
 	return string(ja) == string(jb)
 }
 
-func bitsEqual(a, b []float32) bool {
+func ggufBitsEqual(a, b []float32) bool {
 	if len(a) != len(b) {
 		return false
 	}
@@ -330,9 +330,9 @@ func bitsEqual(a, b []float32) bool {
 	return true
 }
 
-// permuteLlama is llama.cpp's convert_hf_to_gguf.py LlamaModel.permute:
+// ggufPermuteLlama is llama.cpp's convert_hf_to_gguf.py LlamaModel.permute:
 // w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2).reshape(rows, cols).
-func permuteLlama(w []float32, rows, cols, nHead int) []float32 {
+func ggufPermuteLlama(w []float32, rows, cols, nHead int) []float32 {
 	out := make([]float32, 0, len(w))
 	half := rows / nHead / 2
 	for h := 0; h < nHead; h++ {
@@ -356,39 +356,39 @@ func TestGGUFBaseLlama(t *testing.T) {
 	var ts []gtensor
 	add := func(hfName, g string, shape []int, v []float32) {
 		hf[hfName] = v
-		ts = append(ts, gtensor{g, gguf.F32, shape, encodeAs(t, gguf.F32, v)})
+		ts = append(ts, gtensor{g, gguf.F32, shape, ggufEncode(t, gguf.F32, v)})
 	}
-	emb := randomValues(r, cfg.VocabSize*C, 0.1)
+	emb := ggufRandom(r, cfg.VocabSize*C, 0.1)
 	add("model.embed_tokens.weight", "token_embd.weight", []int{cfg.VocabSize, C}, emb)
-	add("model.norm.weight", "output_norm.weight", []int{C}, randomValues(r, C, 1))
+	add("model.norm.weight", "output_norm.weight", []int{C}, ggufRandom(r, C, 1))
 	for i := 0; i < cfg.NumLayers; i++ {
 		blk := fmt.Sprintf("blk.%d.", i)
-		q := randomValues(r, cfg.NumHeads*D*C, 0.1)
-		k := randomValues(r, cfg.NumKVHeads*D*C, 0.1)
-		v := randomValues(r, cfg.NumKVHeads*D*C, 0.1)
-		gate, up := randomValues(r, I*C, 0.1), randomValues(r, I*C, 0.1)
+		q := ggufRandom(r, cfg.NumHeads*D*C, 0.1)
+		k := ggufRandom(r, cfg.NumKVHeads*D*C, 0.1)
+		v := ggufRandom(r, cfg.NumKVHeads*D*C, 0.1)
+		gate, up := ggufRandom(r, I*C, 0.1), ggufRandom(r, I*C, 0.1)
 		hf[LayerName(i, "self_attn.qkv_proj.weight")] = slices.Concat(q, k, v)
 		hf[LayerName(i, "mlp.gate_up_proj.weight")] = slices.Concat(gate, up)
 		ts = append(ts,
-			gtensor{blk + "attn_q.weight", gguf.F32, []int{cfg.NumHeads * D, C}, encodeAs(t, gguf.F32, permuteLlama(q, cfg.NumHeads*D, C, cfg.NumHeads))},
-			gtensor{blk + "attn_k.weight", gguf.F32, []int{cfg.NumKVHeads * D, C}, encodeAs(t, gguf.F32, permuteLlama(k, cfg.NumKVHeads*D, C, cfg.NumKVHeads))},
-			gtensor{blk + "attn_v.weight", gguf.F32, []int{cfg.NumKVHeads * D, C}, encodeAs(t, gguf.F32, v)},
-			gtensor{blk + "ffn_gate.weight", gguf.F32, []int{I, C}, encodeAs(t, gguf.F32, gate)},
-			gtensor{blk + "ffn_up.weight", gguf.F32, []int{I, C}, encodeAs(t, gguf.F32, up)})
-		add(LayerName(i, "input_layernorm.weight"), blk+"attn_norm.weight", []int{C}, randomValues(r, C, 1))
-		add(LayerName(i, "self_attn.o_proj.weight"), blk+"attn_output.weight", []int{C, C}, randomValues(r, C*C, 0.1))
-		add(LayerName(i, "post_attention_layernorm.weight"), blk+"ffn_norm.weight", []int{C}, randomValues(r, C, 1))
-		add(LayerName(i, "mlp.down_proj.weight"), blk+"ffn_down.weight", []int{C, I}, randomValues(r, C*I, 0.1))
+			gtensor{blk + "attn_q.weight", gguf.F32, []int{cfg.NumHeads * D, C}, ggufEncode(t, gguf.F32, ggufPermuteLlama(q, cfg.NumHeads*D, C, cfg.NumHeads))},
+			gtensor{blk + "attn_k.weight", gguf.F32, []int{cfg.NumKVHeads * D, C}, ggufEncode(t, gguf.F32, ggufPermuteLlama(k, cfg.NumKVHeads*D, C, cfg.NumKVHeads))},
+			gtensor{blk + "attn_v.weight", gguf.F32, []int{cfg.NumKVHeads * D, C}, ggufEncode(t, gguf.F32, v)},
+			gtensor{blk + "ffn_gate.weight", gguf.F32, []int{I, C}, ggufEncode(t, gguf.F32, gate)},
+			gtensor{blk + "ffn_up.weight", gguf.F32, []int{I, C}, ggufEncode(t, gguf.F32, up)})
+		add(LayerName(i, "input_layernorm.weight"), blk+"attn_norm.weight", []int{C}, ggufRandom(r, C, 1))
+		add(LayerName(i, "self_attn.o_proj.weight"), blk+"attn_output.weight", []int{C, C}, ggufRandom(r, C*C, 0.1))
+		add(LayerName(i, "post_attention_layernorm.weight"), blk+"ffn_norm.weight", []int{C}, ggufRandom(r, C, 1))
+		add(LayerName(i, "mlp.down_proj.weight"), blk+"ffn_down.weight", []int{C, I}, ggufRandom(r, C*I, 0.1))
 	}
-	tokens, scores, types := tinyVocab()
+	tokens, scores, types := ggufTinyVocab()
 	path := filepath.Join(t.TempDir(), "llama.gguf")
-	writeTestGGUF(t, path, append(archKVs("llama", cfg), tokenizerKVs(tokens, scores, types)...), ts)
+	writeTestGGUF(t, path, append(ggufArchKVs("llama", cfg), ggufTokenizerKVs(tokens, scores, types)...), ts)
 	b, err := LoadGGUFBase(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if !configsEqual(b.Config, cfg) {
+	if !ggufConfigsEqual(b.Config, cfg) {
 		t.Errorf("config\n got  %+v\n want %+v", *b.Config, *cfg)
 	}
 	for _, s := range Phi3Tensors(cfg) {
@@ -396,7 +396,7 @@ func TestGGUFBaseLlama(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !slices.Equal(shape, s.Shape) || !bitsEqual(v, hf[s.Name]) {
+		if !slices.Equal(shape, s.Shape) || !ggufBitsEqual(v, hf[s.Name]) {
 			t.Errorf("%s: shape %v (want %v) or values differ from the Hugging Face weight", s.Name, shape, s.Shape)
 		}
 	}
@@ -411,12 +411,12 @@ func TestUnpermuteRowsInvertsPermute(t *testing.T) {
 		w[i] = float32(i)
 	}
 	for _, heads := range []int{1, 2, 3, 6} {
-		if got := unpermuteRows(permuteLlama(w, 24, 3, heads), 24, 3, heads); !slices.Equal(got, w) {
+		if got := unpermuteRows(ggufPermuteLlama(w, 24, 3, heads), 24, 3, heads); !slices.Equal(got, w) {
 			t.Errorf("%d heads: %v", heads, got[:12])
 		}
 	}
 	// One head of 4 rows: GGUF rows are HF rows 0, 2, 1, 3.
-	if p := permuteLlama([]float32{0, 1, 2, 3}, 4, 1, 1); !slices.Equal(p, []float32{0, 2, 1, 3}) {
+	if p := ggufPermuteLlama([]float32{0, 1, 2, 3}, 4, 1, 1); !slices.Equal(p, []float32{0, 2, 1, 3}) {
 		t.Errorf("permute %v", p)
 	}
 }
@@ -448,8 +448,8 @@ func TestGGUFBaseErrors(t *testing.T) {
 
 	// Files written by hand: a wrong architecture, a missing tensor or key, a
 	// BPE vocabulary.
-	tokens, scores, types := tinyVocab()
-	tok := tokenizerKVs(tokens, scores, types)
+	tokens, scores, types := ggufTinyVocab()
+	tok := ggufTokenizerKVs(tokens, scores, types)
 	write := func(kvs []gkv, ts []gtensor) string {
 		n++
 		path := filepath.Join(dir, fmt.Sprintf("bad%d.gguf", n))
@@ -462,8 +462,8 @@ func TestGGUFBaseErrors(t *testing.T) {
 	}{
 		{append([]gkv{{"general.architecture", "gemma3"}}, tok...), `general.architecture is "gemma3"`},
 		{tok, `"general.architecture"`},
-		{archKVs("phi3", cfg)[:4], `"phi3.feed_forward_length"`},
-		{archKVs("phi3", cfg), `no tensor "token_embd.weight"`},
+		{ggufArchKVs("phi3", cfg)[:4], `"phi3.feed_forward_length"`},
+		{ggufArchKVs("phi3", cfg), `no tensor "token_embd.weight"`},
 	} {
 		path := write(c.kvs, nil)
 		if _, err := LoadGGUFBase(path); err == nil || !strings.Contains(err.Error(), c.want) {
@@ -569,10 +569,10 @@ func ggufSharedData(t *testing.T, rel ...string) string {
 	return filepath.Join(append([]string{root}, rel...)...)
 }
 
-// spmPieces reads the pieces of a SentencePiece model (ModelProto field 1:
+// ggufSPMPieces reads the pieces of a SentencePiece model (ModelProto field 1:
 // SentencePiece{piece 1, score 2, type 3}) with protowire, independently
 // of the tokenizer package.
-func spmPieces(t *testing.T, b []byte) (pieces []string, scores []float32, types []int32) {
+func ggufSPMPieces(t *testing.T, b []byte) (pieces []string, scores []float32, types []int32) {
 	t.Helper()
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -625,7 +625,7 @@ func phi3GGUFVocab(t *testing.T, llamaCpp bool) (tokens []string, scores []float
 	if err != nil {
 		t.Fatal(err)
 	}
-	pieces, pscores, ptypes := spmPieces(t, b)
+	pieces, pscores, ptypes := ggufSPMPieces(t, b)
 	var cfg struct {
 		Added map[string]struct {
 			Content string `json:"content"`
@@ -669,9 +669,9 @@ func phi3GGUFVocab(t *testing.T, llamaCpp bool) (tokens []string, scores []float
 	return
 }
 
-type yodaRow struct{ sentence, extra string }
+type ggufYodaRow struct{ sentence, extra string }
 
-func yodaCSV(t *testing.T) []yodaRow {
+func ggufYodaRows(t *testing.T) []ggufYodaRow {
 	f, err := os.Open(ggufSharedData(t, "yoda_sentences.csv"))
 	if err != nil {
 		t.Fatal(err)
@@ -681,9 +681,9 @@ func yodaCSV(t *testing.T) []yodaRow {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rows []yodaRow
+	var rows []ggufYodaRow
 	for _, r := range recs[1:] {
-		rows = append(rows, yodaRow{r[0], r[2]})
+		rows = append(rows, ggufYodaRow{r[0], r[2]})
 	}
 	return rows
 }
@@ -711,7 +711,7 @@ func TestGGUFTokenizerMatchesHF(t *testing.T) {
 	if err := json.Unmarshal(rb, &ref); err != nil || len(ref.Rows) != 720 {
 		t.Fatalf("reference.json: %v, %d rows", err, len(ref.Rows))
 	}
-	rows := yodaCSV(t)
+	rows := ggufYodaRows(t)
 	hfDir := ggufSharedData(t, "phi3-tokenizer")
 	hf, err := tokenizer.Load(hfDir)
 	if err != nil {
@@ -752,9 +752,9 @@ func TestGGUFTokenizerMatchesHF(t *testing.T) {
 			if len(s.Shape) == 2 {
 				typ = gguf.Q8_0
 			}
-			ts = append(ts, gtensor{g, typ, s.Shape, encodeAs(t, typ, randomValues(r, n, 0.02))})
+			ts = append(ts, gtensor{g, typ, s.Shape, ggufEncode(t, typ, ggufRandom(r, n, 0.02))})
 		}
-		kvs := append(archKVs("phi3", cfg), c.kv...)
+		kvs := append(ggufArchKVs("phi3", cfg), c.kv...)
 		kvs = append(kvs, gkv{"tokenizer.ggml.model", "llama"}, gkv{"tokenizer.ggml.pre", "default"},
 			gkv{"tokenizer.ggml.tokens", tokens}, gkv{"tokenizer.ggml.scores", scores}, gkv{"tokenizer.ggml.token_type", types},
 			gkv{"tokenizer.ggml.bos_token_id", uint32(1)}, gkv{"tokenizer.ggml.eos_token_id", uint32(32000)},
