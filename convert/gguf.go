@@ -1,16 +1,15 @@
 package convert
 
 import (
-	"encoding/binary"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/ollama/ollama/fs/ggml"
 
+	"github.com/ollama-tune/ollama-tune/finetune/gguf"
 	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
 )
 
@@ -82,9 +81,9 @@ func (d DType) encode(v []float32) ([]byte, error) {
 	case F16:
 		return safetensors.EncodeFloat32(safetensors.F16, v)
 	case Q8_0:
-		return QuantizeQ8_0(v)
+		return gguf.QuantizeQ8_0(v) // ggml's quantize_row_q8_0_ref
 	case Q4_0:
-		return QuantizeQ4_0(v)
+		return gguf.QuantizeQ4_0(v) // ggml's quantize_row_q4_0_ref
 	}
 	return nil, fmt.Errorf("cannot encode tensors as %q", d)
 }
@@ -167,69 +166,4 @@ func ReadGGUF(path string) (*ggml.GGML, error) {
 		return nil, fmt.Errorf("read GGUF %s: %w", path, err)
 	}
 	return g, nil
-}
-
-// QuantizeQ8_0 is ggml's quantize_row_q8_0_ref over whole blocks of 32:
-// d = max|x| / 127 stored as fp16, then 32 int8 round(x / d) (roundf,
-// half away from zero). Every float32 operation is rounded as the C code
-// rounds it (no fused multiply-add).
-func QuantizeQ8_0(x []float32) ([]byte, error) {
-	if len(x)%32 != 0 {
-		return nil, fmt.Errorf("q8_0: %d values is not a whole number of 32-value blocks", len(x))
-	}
-	out := make([]byte, len(x)/32*34)
-	for b := 0; b < len(x)/32; b++ {
-		blk := x[b*32 : b*32+32]
-		var amax float32
-		for _, v := range blk {
-			amax = max(amax, float32(math.Abs(float64(v))))
-		}
-		d := amax / 127
-		var id float32
-		if d != 0 {
-			id = 1 / d
-		}
-		o := out[b*34:]
-		binary.LittleEndian.PutUint16(o, safetensors.F32ToF16(d))
-		for j, v := range blk {
-			x0 := float32(v * id)
-			o[2+j] = byte(int8(math.Round(float64(x0))))
-		}
-	}
-	return out, nil
-}
-
-// QuantizeQ4_0 is ggml's quantize_row_q4_0_ref: per block of 32, the
-// value of largest magnitude m (the first one on ties) gives d = m / -8
-// (fp16); element j is min(15, trunc(x*id + 8.5)), the first 16 in the
-// low nibbles, the last 16 in the high nibbles.
-func QuantizeQ4_0(x []float32) ([]byte, error) {
-	if len(x)%32 != 0 {
-		return nil, fmt.Errorf("q4_0: %d values is not a whole number of 32-value blocks", len(x))
-	}
-	out := make([]byte, len(x)/32*18)
-	for b := 0; b < len(x)/32; b++ {
-		blk := x[b*32 : b*32+32]
-		var amax, mx float32
-		for _, v := range blk {
-			if a := float32(math.Abs(float64(v))); amax < a {
-				amax, mx = a, v
-			}
-		}
-		d := mx / -8
-		var id float32
-		if d != 0 {
-			id = 1 / d
-		}
-		o := out[b*18:]
-		binary.LittleEndian.PutUint16(o, safetensors.F32ToF16(d))
-		q := func(v float32) byte {
-			x0 := float32(v * id)
-			return byte(min(15, int8(float32(x0+8.5))))
-		}
-		for j := 0; j < 16; j++ {
-			o[2+j] = q(blk[j]) | q(blk[16+j])<<4
-		}
-	}
-	return out, nil
 }

@@ -110,21 +110,21 @@ func WriteModel(out string, opts ModelOptions) (*ModelResult, error) {
 
 	name := ModelName(opts.Name)
 	kv := ggml.KV{
-		"general.architecture":                     "phi3",
-		"general.name":                             name,
-		"general.file_type":                        typ.fileType(),
-		"general.quantization_version":             uint32(2),
-		"phi3.context_length":                      uint32(cfg.MaxPositionEmbeddings),
+		"general.architecture":                      "phi3",
+		"general.name":                              name,
+		"general.file_type":                         typ.fileType(),
+		"general.quantization_version":              uint32(2),
+		"phi3.context_length":                       uint32(cfg.MaxPositionEmbeddings),
 		"phi3.rope.scaling.original_context_length": uint32(cfg.MaxPositionEmbeddings),
-		"phi3.embedding_length":                    uint32(cfg.HiddenSize),
-		"phi3.feed_forward_length":                 uint32(cfg.IntermediateSize),
-		"phi3.block_count":                         uint32(cfg.NumLayers),
-		"phi3.attention.head_count":                uint32(cfg.NumHeads),
-		"phi3.attention.head_count_kv":             uint32(cfg.NumKVHeads),
-		"phi3.attention.layer_norm_rms_epsilon":    cfg.RMSNormEps,
-		"phi3.rope.dimension_count":                uint32(cfg.RotaryDim()),
-		"phi3.rope.freq_base":                      cfg.RopeTheta,
-		"phi3.attention.sliding_window":            uint32(max(cfg.SlidingWindow, 0)),
+		"phi3.embedding_length":                     uint32(cfg.HiddenSize),
+		"phi3.feed_forward_length":                  uint32(cfg.IntermediateSize),
+		"phi3.block_count":                          uint32(cfg.NumLayers),
+		"phi3.attention.head_count":                 uint32(cfg.NumHeads),
+		"phi3.attention.head_count_kv":              uint32(cfg.NumKVHeads),
+		"phi3.attention.layer_norm_rms_epsilon":     cfg.RMSNormEps,
+		"phi3.rope.dimension_count":                 uint32(cfg.RotaryDim()),
+		"phi3.rope.freq_base":                       cfg.RopeTheta,
+		"phi3.attention.sliding_window":             uint32(max(cfg.SlidingWindow, 0)),
 	}
 	if cfg.MaxPositionEmbeddings == 0 {
 		kv["phi3.context_length"] = uint32(4096)

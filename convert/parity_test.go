@@ -113,7 +113,7 @@ func TestServePromptParityPhi3(t *testing.T) {
 	if len(rows) != 720 {
 		t.Fatalf("%d rows, want 720", len(rows))
 	}
-	plain := NewLlamaTokenizer(v, "tiny")     // no rstrip attributes
+	plain := NewLlamaTokenizer(v, "tiny")      // no rstrip attributes
 	named := NewLlamaTokenizer(v, "phi3-yoda") // llama.cpp's Phi-3 rstrip
 	libraryTemplate := "{{ if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}{{ if .Prompt }}<|user|>\n{{ .Prompt }}<|end|>\n{{ end }}<|assistant|>\n{{ .Response }}<|end|>\n"
 	libDiffers := 0
