@@ -136,6 +136,20 @@ func newGGUFBase(f *gguf.File) (*GGUFBase, error) {
 	if tk.EOS() >= 0 {
 		cfg.EOSTokenIDs = []int{int(tk.EOS())}
 	}
+	// End of turn (Phi-3's <|end|>) and end of message stop generation too,
+	// as they do in llama.cpp.
+	for _, k := range []string{"tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"} {
+		if !f.Has(k) {
+			continue
+		}
+		id, err := f.Int(k)
+		if err != nil {
+			return nil, err
+		}
+		if id >= 0 && id < int64(tk.VocabSize()) && !slices.Contains(cfg.EOSTokenIDs, int(id)) {
+			cfg.EOSTokenIDs = append(cfg.EOSTokenIDs, int(id))
+		}
+	}
 	cfg.PadTokenID = int(tk.SpecialTokens().PADID)
 	return b, nil
 }

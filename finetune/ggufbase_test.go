@@ -730,7 +730,7 @@ func TestGGUFTokenizerMatchesHF(t *testing.T) {
 		llamaCpp bool
 		kv       []gkv
 	}{
-		{"llama.cpp layout, named Phi3", true, []gkv{{"general.name", "Phi3"}}},
+		{"llama.cpp layout, named Phi3", true, []gkv{{"general.name", "Phi3"}, {"tokenizer.ggml.eot_token_id", uint32(32007)}}},
 		{"Ollama layout, no name", false, nil},
 	} {
 		tokens, scores, types := phi3GGUFVocab(t, c.llamaCpp)
@@ -798,7 +798,11 @@ func TestGGUFTokenizerMatchesHF(t *testing.T) {
 		if total != 21801 {
 			t.Errorf("%s: %d tokens in all, the reference has 21,801", c.name, total)
 		}
-		if b.Config.PadTokenID != 0 || !slices.Equal(b.Config.EOSTokenIDs, []int{32000}) || b.Config.BOSTokenID != 1 {
+		eos := []int{32000}
+		if c.llamaCpp {
+			eos = []int{32000, 32007}
+		}
+		if b.Config.PadTokenID != 0 || !slices.Equal(b.Config.EOSTokenIDs, eos) || b.Config.BOSTokenID != 1 {
 			t.Errorf("%s: pad %d eos %v bos %d", c.name, b.Config.PadTokenID, b.Config.EOSTokenIDs, b.Config.BOSTokenID)
 		}
 		// Decoding a row gives its text back, special tokens skipped or not.
