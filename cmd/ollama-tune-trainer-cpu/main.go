@@ -22,11 +22,9 @@ import (
 // version is set at link time (-ldflags "-X main.version=v0.1.0").
 var version = "dev"
 
-// runner is the training loop this plugin serves.
-//
-// TODO(issue 5): set it to finetune's SFT loop on the CPU backend (a
-// plugin.Runner), e.g. from an init() in a sibling file. Until then Train
-// answers every request with Failed{unimplemented}.
+// runner is the training loop this plugin serves: finetune's SFT loop on
+// the CPU backend, set in runner.go. Without it Train answers every
+// request with Failed{unimplemented}.
 var runner plugin.Runner
 
 func main() {
@@ -114,22 +112,17 @@ func cpuModel() string {
 // generator serves Generate on the CPU backend, keeping the last model it
 // loaded (the host's checks ask several prompts of one model).
 type generator struct {
-	mu    sync.Mutex
-	dir   string
-	model *finetune.Model
-	tok   *tokenizer.Tokenizer // nil when the model directory has none
+	mu      sync.Mutex
+	dir     string
+	adapter string // the adapter folder applied, or ""
+	model   *finetune.Model
+	tok     *tokenizer.Tokenizer // nil when the model directory has none
 }
 
 func (g *generator) Generate(_ context.Context, req plugin.GenerateRequest) (plugin.GenerateResponse, error) {
-	if req.AdapterDir != "" {
-		// TODO: load the PEFT adapter (adapter_model.safetensors) into the
-		// model's LoRA slots once finetune reads adapters.
-		return plugin.GenerateResponse{}, plugin.Errorf(plugin.CodeUnimplemented,
-			"generate with adapter %s: the CPU trainer cannot load adapters yet", req.AdapterDir)
-	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if err := g.load(req.ModelDir); err != nil {
+	if err := g.load(req.ModelDir, req.AdapterDir); err != nil {
 		return plugin.GenerateResponse{}, err
 	}
 	prompt := req.PromptIDs
@@ -156,28 +149,24 @@ func (g *generator) Generate(_ context.Context, req plugin.GenerateRequest) (plu
 	return resp, nil
 }
 
-// load reads the model in dir unless it is the one already loaded. The base
-// stays dense fp32: generation checks compare against the merged model.
-func (g *generator) load(dir string) error {
+// load reads the model in dir, with the PEFT adapter in adapterDir when
+// given, unless it is the one already loaded. The base stays dense fp32:
+// generation checks compare against the merged model.
+func (g *generator) load(dir, adapterDir string) error {
 	if dir == "" {
 		return plugin.Errorf(plugin.CodeInvalidConfig, "generate: no model directory given")
 	}
-	if g.model != nil && g.dir == dir {
+	if g.model != nil && g.dir == dir && g.adapter == adapterDir {
 		return nil
 	}
-	g.model, g.tok, g.dir = nil, nil, ""
-	ck, err := finetune.LoadCheckpoint(dir)
-	if err != nil {
-		return plugin.Errorf(plugin.CodeInvalidConfig, "generate: %v", err)
-	}
-	defer ck.Close()
-	m, err := finetune.LoadModel(finetune.NewCPUBackend(finetune.CPUOptions{}), ck, finetune.ModelOptions{})
+	g.model, g.tok, g.dir, g.adapter = nil, nil, "", ""
+	m, err := loadForGenerate(dir, adapterDir)
 	if err != nil {
 		return plugin.Errorf(plugin.CodeInvalidConfig, "generate: %v", err)
 	}
 	if tok, err := tokenizer.Load(dir); err == nil {
 		g.tok = tok
 	}
-	g.model, g.dir = m, dir
+	g.model, g.dir, g.adapter = m, dir, adapterDir
 	return nil
 }

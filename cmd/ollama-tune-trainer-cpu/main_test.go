@@ -65,10 +65,11 @@ func TestServedThroughTheHost(t *testing.T) {
 		t.Errorf("memory: %+v", caps.Devices[0])
 	}
 
-	_, err = p.Train(ctx, plugin.TrainRequest{Config: []byte("{}"), OutputDir: t.TempDir()}, nil)
+	// The runner (runner.go) validates the config before anything else.
+	_, err = p.Train(ctx, plugin.TrainRequest{Config: []byte(`{"training": {"optim": "sgd"}}`), OutputDir: t.TempDir()}, nil)
 	var te *plugin.TrainError
-	if runner == nil && (!errors.As(err, &te) || te.Code != plugin.CodeUnimplemented || !strings.Contains(te.Message, "issue 5")) {
-		t.Errorf("Train without a runner: %v", err)
+	if !errors.As(err, &te) || te.Code != plugin.CodeInvalidConfig || !strings.Contains(te.Message, "training.optim") {
+		t.Errorf("Train with an invalid config: %v", err)
 	}
 
 	cfg := finetune.Phi3Mini4k()
@@ -100,9 +101,10 @@ func TestServedThroughTheHost(t *testing.T) {
 		t.Errorf("Generate through the plugin = %v, in process = %v", got.IDs, want)
 	}
 
+	// A model folder is not an adapter folder (runner_test.go generates with a real adapter).
 	_, err = p.Generate(ctx, plugin.GenerateRequest{ModelDir: dir, AdapterDir: dir, PromptIDs: prompt, MaxNewTokens: 1})
-	if plugin.CodeOf(err) != plugin.CodeUnimplemented {
-		t.Errorf("Generate with an adapter: %v", err)
+	if plugin.CodeOf(err) != plugin.CodeInvalidConfig || !strings.Contains(err.Error(), "adapter_config.json") {
+		t.Errorf("Generate with a folder that holds no adapter: %v", err)
 	}
 	_, err = p.Generate(ctx, plugin.GenerateRequest{ModelDir: filepath.Join(dir, "missing"), PromptIDs: prompt, MaxNewTokens: 1})
 	if plugin.CodeOf(err) != plugin.CodeInvalidConfig {

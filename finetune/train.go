@@ -1,0 +1,944 @@
+package finetune
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ollama-tune/ollama-tune/finetune/data"
+	"github.com/ollama-tune/ollama-tune/finetune/optim"
+)
+
+// The SFT loop: what transformers' Trainer with TRL's SFTTrainer does for
+// the seed notebook, on the Backend.
+//
+//	data     read, map columns, (shuffle), hold out eval_split, tokenize
+//	         with the chat template, pack (bfd) or truncate; epoch e visits
+//	         the sequences in data.EpochBatches(seed, e) order (the
+//	         RandomSampler's role), in micro-batches of
+//	         per_device_train_batch_size
+//	step     gradient_accumulation_steps micro-batches (fewer at the end of
+//	         an epoch, as the Trainer does); gradients are of
+//	         sum(token losses) / num_items_in_batch, the label tokens of the
+//	         whole step (Model.NumItemsInBatch), then clipped to
+//	         max_grad_norm (clip_grad_norm_), then one AdamW / 8-bit AdamW
+//	         update at the scheduler's rate for this step
+//	dropout  the LoRA dropout masks of micro-batch i of step g are drawn
+//	         from DeriveSeed(seed, g, i), so a resumed run draws the same
+//	log      every logging_steps: loss averaged over the steps since the
+//	         last log (the Trainer's tr_loss / steps), the last step's grad
+//	         norm, the learning rate the next step will use (the Trainer
+//	         logs after scheduler.step()), epoch progress, tokens/s, the
+//	         mean of the micro-batches' token accuracies (TRL); the last
+//	         step is logged too when its window is not empty
+//	eval     every eval_steps and at the end, on the held-out split:
+//	         token-weighted mean loss and accuracy
+//	save     every save_steps and at the last step: output_dir/checkpoint-N
+//	         (see train_checkpoint.go), keeping the newest save_total_limit
+//	outputs  once training has succeeded: see outputs.go
+//
+// The data position is a pure function of the global step (epoch = step /
+// steps per epoch), so a checkpoint needs only the step, the adapter, the
+// optimizer state and the logging history to continue bit for bit.
+
+// TrainEvent is what Train reports while it runs.
+type TrainEvent interface{ trainEvent() }
+
+// StartedEvent is the first event: the plan, and where training starts.
+type StartedEvent struct {
+	Plan        TrainPlan
+	StartStep   int    // > 0 when resumed
+	ResumedFrom string // the checkpoint folder, or ""
+	Device      string
+}
+
+// StepMetrics are the metrics of the steps since the last log.
+type StepMetrics struct {
+	Step  int     // optimizer steps done (1-based)
+	Epoch float64 // fractional epochs done
+	// Loss and MeanTokenAccuracy are averaged over the steps since the
+	// last logged step, this one included; at a logged step they are what
+	// metrics.jsonl records.
+	Loss              float64
+	MeanTokenAccuracy float64
+	GradNorm          float64 // this step's total gradient norm, before clipping
+	LearningRate      float64 // the rate the next step uses (as the Trainer logs it)
+	TokensPerSecond   float64 // over the steps since the last log
+	Tokens            int64   // tokens trained on so far (not counting padding)
+	// Logged marks a logging step (every logging_steps, and the last).
+	Logged bool
+}
+
+// StepEvent reports one optimizer step.
+type StepEvent struct{ StepMetrics }
+
+// EvalEvent reports an evaluation on the held-out split.
+type EvalEvent struct {
+	Step              int
+	Epoch             float64
+	Loss              float64
+	MeanTokenAccuracy float64
+}
+
+// CheckpointEvent says a checkpoint is complete on disk.
+type CheckpointEvent struct {
+	Step int
+	Path string
+}
+
+// LogEvent is a status line for the user.
+type LogEvent struct {
+	Level   string // debug, info, warn
+	Message string
+}
+
+func (StartedEvent) trainEvent()    {}
+func (StepEvent) trainEvent()       {}
+func (EvalEvent) trainEvent()       {}
+func (CheckpointEvent) trainEvent() {}
+func (LogEvent) trainEvent()        {}
+
+// Result is what a finished run produced.
+type Result struct {
+	OutputDir     string
+	Steps         int
+	FinalLoss     float64 // the last logged training loss
+	FinalEvalLoss float64 // NaN without an eval split
+	TrainLoss     float64 // mean loss over all steps of this run (the Trainer's train_loss)
+	History       []LogEntry
+	Plan          TrainPlan
+	Runtime       time.Duration
+}
+
+// ErrOutOfMemory is what backends wrap when an allocation or a kernel runs
+// out of device memory. Backend.Alloc returns no error, so a backend
+// reports it by panicking with an error that wraps ErrOutOfMemory (or by
+// returning one from Sync); Train recovers it, and with
+// auto_find_batch_size halves the micro-batch and retries the step.
+var ErrOutOfMemory = errors.New("out of memory")
+
+// CancelledError is returned when the context ends a run. It wraps the
+// context's error (errors.Is(err, context.Canceled) holds).
+type CancelledError struct {
+	Step       int    // optimizer steps completed
+	Checkpoint string // the checkpoint saved on the way out, or ""
+	Err        error
+}
+
+func (e *CancelledError) Error() string {
+	if e.Checkpoint != "" {
+		return fmt.Sprintf("training cancelled after step %d; checkpoint saved in %s (resume with --resume)", e.Step, e.Checkpoint)
+	}
+	return fmt.Sprintf("training cancelled after step %d; no checkpoint saved", e.Step)
+}
+
+func (e *CancelledError) Unwrap() error { return e.Err }
+
+// ---------------------------------------------------------------------------
+// Plan
+
+// TrainPlan is what a job amounts to, computed without training (the
+// CLI's --dry-run prints it).
+type TrainPlan struct {
+	Model    string // as configured
+	ModelDir string
+	Config   *Config
+	Data     data.Plan // the training split
+	// Held-out split (zero without eval_split).
+	EvalExamples, EvalSequences int
+	Skipped                     int // empty rows dropped
+	Epochs                      float64
+	TotalSteps, WarmupSteps     int
+	MicroBatchSize, GradAccum   int // as configured; auto_find_batch_size may halve/double them
+	EffectiveBatch              int
+	Optimizer                   string
+	TrainableParams             int64
+	TotalParams                 int64
+	// Memory estimates in bytes: the model as get_memory_footprint counts
+	// it after the kbit preparation (fp32 non-quantized weights, LoRA), the
+	// optimizer state, and the activations of one micro-batch of the
+	// longest sequences the model's buffers hold (with or without
+	// gradient checkpointing).
+	ModelBytes, OptimizerBytes, ActivationBytes, EstimatedBytes int64
+}
+
+// String formats the plan for people.
+func (p TrainPlan) String() string {
+	var b strings.Builder
+	gib := func(n int64) string { return fmt.Sprintf("%.2f GiB (%d bytes)", float64(n)/(1<<30), n) }
+	fmt.Fprintf(&b, "model:             %s (%s)\n", p.Model, p.ModelDir)
+	if p.Config != nil {
+		fmt.Fprintf(&b, "                   %d layers, hidden %d, intermediate %d, %d/%d heads, vocab %d\n",
+			p.Config.NumLayers, p.Config.HiddenSize, p.Config.IntermediateSize, p.Config.NumHeads, p.Config.NumKVHeads, p.Config.VocabSize)
+	}
+	fmt.Fprintf(&b, "examples:          %d for training", p.Data.Examples)
+	if p.EvalExamples > 0 {
+		fmt.Fprintf(&b, ", %d held out for evaluation", p.EvalExamples)
+	}
+	if p.Skipped > 0 {
+		fmt.Fprintf(&b, " (%d empty rows skipped)", p.Skipped)
+	}
+	fmt.Fprintf(&b, "\ntokens:            %d (%d truncated examples)\n", p.Data.Tokens, p.Data.Truncated)
+	fmt.Fprintf(&b, "sequences:         %d holding %d tokens", p.Data.Sequences, p.Data.SequenceTokens)
+	if p.EvalSequences > 0 {
+		fmt.Fprintf(&b, "; %d for evaluation", p.EvalSequences)
+	}
+	fmt.Fprintf(&b, "\nbatch:             %d sequences x %d accumulation steps = %d per optimizer step\n", p.MicroBatchSize, p.GradAccum, p.EffectiveBatch)
+	fmt.Fprintf(&b, "steps:             %d per epoch, %d in total (%g epochs), %d warm-up\n", p.Data.StepsPerEpoch, p.TotalSteps, p.Epochs, p.WarmupSteps)
+	fmt.Fprintf(&b, "optimizer:         %s\n", p.Optimizer)
+	pct := 0.0
+	if p.TotalParams > 0 {
+		pct = 100 * float64(p.TrainableParams) / float64(p.TotalParams)
+	}
+	fmt.Fprintf(&b, "parameters:        %d trainable of %d (%.4f%%)\n", p.TrainableParams, p.TotalParams, pct)
+	fmt.Fprintf(&b, "memory (estimate): %s\n", gib(p.EstimatedBytes))
+	fmt.Fprintf(&b, "  model:           %s\n", gib(p.ModelBytes))
+	fmt.Fprintf(&b, "  optimizer state: %s\n", gib(p.OptimizerBytes))
+	fmt.Fprintf(&b, "  activations:     %s\n", gib(p.ActivationBytes))
+	return b.String()
+}
+
+// Plan prepares the data and counts what training the job would do,
+// without loading weights or training.
+func Plan(ctx context.Context, job *Job) (TrainPlan, error) {
+	cfg, err := LoadConfig(job.ModelDir)
+	if err != nil {
+		return TrainPlan{}, err
+	}
+	prep, err := prepareData(ctx, job)
+	if err != nil {
+		return TrainPlan{}, err
+	}
+	return makePlan(job, cfg, prep)
+}
+
+func makePlan(job *Job, cfg *Config, prep *prepared) (TrainPlan, error) {
+	t := job.Config.Training
+	p := TrainPlan{
+		Model: job.Config.Model, ModelDir: job.ModelDir, Config: cfg, Data: prep.plan,
+		EvalExamples: prep.evalExamples, EvalSequences: len(prep.eval), Skipped: prep.skipped,
+		MicroBatchSize: t.PerDeviceTrainBatchSize, GradAccum: t.GradientAccumulationSteps,
+		EffectiveBatch: t.PerDeviceTrainBatchSize * t.GradientAccumulationSteps, Optimizer: t.Optim,
+	}
+	if t.MaxSteps > 0 {
+		p.TotalSteps = t.MaxSteps
+		p.Epochs = float64(t.MaxSteps) / float64(prep.plan.StepsPerEpoch)
+	} else {
+		p.TotalSteps = prep.plan.Steps(t.NumTrainEpochs)
+		p.Epochs = t.NumTrainEpochs
+	}
+	p.WarmupSteps = optim.WarmupSteps(p.TotalSteps, t.WarmupRatio, t.WarmupSteps)
+	l := job.Config.LoRA
+	p.TrainableParams = TrainableParams(cfg, l.R, l.TargetModules)
+	p.TotalParams = totalParams(cfg) + p.TrainableParams
+	p.ModelBytes = MemoryFootprint(cfg, job.Config.Quantization.LoadIn4bit, 4, &LoRAShape{Rank: l.R, Modules: l.TargetModules})
+	kind, err := optim.ParseOptimizer(t.Optim)
+	if err != nil {
+		return p, &ConfigError{Key: "training.optim", Problem: err.Error()}
+	}
+	for _, m := range expandedTargets(l.TargetModules) {
+		out, in := LinearShape(cfg, m)
+		for _, n := range []int{l.R * in, out * l.R} {
+			p.OptimizerBytes += int64(cfg.NumLayers) * optimizerStateBytes(kind, n)
+		}
+	}
+	longest := 0
+	for _, s := range prep.train {
+		longest = max(longest, len(s.InputIDs))
+	}
+	tokens := t.PerDeviceTrainBatchSize * longest
+	p.ActivationBytes = activationBytes(cfg, tokens, l.R, t.GradientCheckpointing)
+	p.EstimatedBytes = p.ModelBytes + p.OptimizerBytes + p.ActivationBytes
+	return p, nil
+}
+
+func expandedTargets(targets []string) []string {
+	ms, err := expandModules(targets)
+	if err != nil {
+		return nil
+	}
+	return ms
+}
+
+// totalParams counts the base model's parameters (PEFT's "all params"
+// without the adapter).
+func totalParams(cfg *Config) int64 {
+	var n int64
+	for _, s := range Phi3Tensors(cfg) {
+		n += int64(numel(s.Shape))
+	}
+	return n
+}
+
+// optimizerStateBytes is the state one parameter of n values needs.
+func optimizerStateBytes(kind optim.Kind, n int) int64 {
+	if kind.Is8bit() && optim.Uses8bit(n) {
+		return 2*int64(n) + 2*4*int64(optim.Blocks8bit(n))
+	}
+	return 8 * int64(n)
+}
+
+// activationBytes is what Model.ensureBuffers allocates for T tokens in
+// training (float32 and int32 values), plus the gradients, plus one
+// cross-entropy chunk of logits.
+func activationBytes(c *Config, T, r int, ckpt bool) int64 {
+	C, I, H, D, L := int64(c.HiddenSize), int64(c.IntermediateSize), int64(c.NumHeads), int64(c.HeadDim()), int64(c.NumLayers)
+	t := int64(T)
+	qkv := int64(c.QKVOut())
+	perLayer := t * (C + 1 + qkv + H*D + H + C + C + 1 + 2*I + I + 4*int64(r))
+	layers := L
+	if ckpt {
+		layers = 1
+	}
+	n := 3*t + (L+1)*t*C + layers*perLayer + t*C + t*C + t
+	n += 4*t*C + t*H*D + t*qkv + t*2*I + t*I
+	if ckpt {
+		n += t * C
+	}
+	n += min(t, 1024) * int64(c.VocabSize) // a chunk of logits
+	return 4 * n
+}
+
+// ---------------------------------------------------------------------------
+// Data
+
+// prepared is the tokenized, packed data of a job.
+type prepared struct {
+	train, eval  []data.Sequence
+	collator     data.Collator
+	plan         data.Plan
+	evalExamples int
+	skipped      int
+	files        []string
+	typ          data.Type
+	fingerprint  string // identifies the training sequences and their order's inputs
+}
+
+// prepareData reads, splits, tokenizes and packs the job's data set.
+func prepareData(ctx context.Context, job *Job) (*prepared, error) {
+	c := &job.Config
+	d := c.Dataset
+	src := data.Source{
+		Path: d.Path, Split: d.Split, Format: data.Format(d.Format),
+		Columns: d.Rename, Remove: d.Remove, Type: data.Type(d.Type),
+	}
+	ds, err := data.Load(ctx, src, job)
+	if err != nil {
+		return nil, err // the data package names the data set, file and row
+	}
+	if len(ds.Examples) == 0 {
+		where := d.Path
+		if len(ds.Files) > 0 {
+			where = strings.Join(ds.Files, ", ")
+		}
+		return nil, fmt.Errorf("dataset %s has no usable rows (%d empty rows skipped); check the file and the column mapping (rename %v)", where, len(ds.Skipped), d.Rename)
+	}
+	seed := uint64(c.Training.Seed)
+	examples := ds.Examples
+	if d.Shuffle {
+		examples = data.Shuffle(examples, seed)
+	}
+	var evalEx []data.Example
+	if d.EvalSplit > 0 {
+		if examples, evalEx, err = data.TrainTestSplit(examples, d.EvalSplit, seed); err != nil {
+			return nil, &ConfigError{Key: "dataset.eval_split", Problem: err.Error()}
+		}
+	}
+	tok := dataTokenizer{job.Tokenizer}
+	if job.Template == nil && tok.EOS() < 0 {
+		return nil, fmt.Errorf("tokenizer of %s has no eos_token; plain-text training appends it to every example (set eos_token in tokenizer_config.json)", job.ModelDir)
+	}
+	opt := data.SFTOptions{
+		Template: job.Template, MaxLength: c.Training.MaxSeqLength, Packing: c.Training.Packing,
+		PackingStrategy: c.Training.PackingStrategy, CompletionOnlyLoss: c.Training.CompletionOnlyLoss,
+	}
+	build := func(ex []data.Example) ([]data.Sequence, data.TokenizeStats, int, error) {
+		part := *ds
+		part.Examples = ex
+		toks, st, err := data.Tokenize(&part, tok, opt)
+		if err != nil {
+			return nil, st, 0, fmt.Errorf("dataset: %w", err)
+		}
+		seqs, truncated, err := data.Prepare(toks, opt)
+		if err != nil {
+			return nil, st, 0, fmt.Errorf("dataset: %w", err)
+		}
+		return seqs, st, truncated, nil
+	}
+	p := &prepared{skipped: len(ds.Skipped), files: ds.Files, typ: ds.Type, evalExamples: len(evalEx)}
+	var st data.TokenizeStats
+	var truncated int
+	if p.train, st, truncated, err = build(examples); err != nil {
+		return nil, err
+	}
+	if len(evalEx) > 0 {
+		if p.eval, _, _, err = build(evalEx); err != nil {
+			return nil, err
+		}
+	}
+	p.plan, err = data.NewPlan(st, p.train, truncated, c.Training.PerDeviceTrainBatchSize, c.Training.GradientAccumulationSteps)
+	if err != nil {
+		return nil, err
+	}
+	p.collator = data.NewCollator(opt, ds.Type, tok.Pad())
+	p.fingerprint = fingerprint(p.train, p.collator, c)
+	return p, nil
+}
+
+// fingerprint hashes what fixes the sequence of micro-batches: the
+// training sequences, the collator, the seed and the batch settings. A
+// checkpoint records it; resuming with other data or settings is refused.
+func fingerprint(seqs []data.Sequence, col data.Collator, c *TrainConfig) string {
+	h := sha256.New()
+	w := func(v ...int64) {
+		for _, x := range v {
+			binary.Write(h, binary.LittleEndian, x)
+		}
+	}
+	w(int64(len(seqs)), c.Training.Seed, int64(c.Training.PerDeviceTrainBatchSize), int64(c.Training.GradientAccumulationSteps))
+	w(int64(col.Pad), int64(col.PadToMultipleOf), b2i(col.CompletionOnlyLoss), b2i(col.PaddingFree))
+	for _, s := range seqs {
+		w(int64(len(s.InputIDs)), int64(len(s.CompletionMask)), int64(len(s.SeqLengths)))
+		binary.Write(h, binary.LittleEndian, s.InputIDs)
+		h.Write(s.CompletionMask)
+		for _, l := range s.SeqLengths {
+			w(int64(l))
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func b2i(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// ---------------------------------------------------------------------------
+// The trainer
+
+// trainer is one run's state.
+type trainer struct {
+	job   *Job
+	cfg   *TrainConfig
+	emit  func(TrainEvent)
+	prep  *prepared
+	plan  TrainPlan
+	b     Backend
+	m     *Model
+	lora  *LoRAConfig
+	opt   *optimizer
+	sched optim.Scheduler
+	seed  uint64
+
+	step    int // optimizer steps completed
+	microBS int // sequences per physical micro-batch (auto_find_batch_size may lower it)
+
+	epochCache struct {
+		epoch   int
+		batches [][]int
+	}
+
+	history []LogEntry
+	win     logWindow
+	tokens  int64 // tokens trained on, over the whole run (resumes included)
+	// this process's run, for train_loss and the runtime
+	runLossSum float64
+	runSteps   int
+	started    time.Time
+
+	lastSave int // step of the last checkpoint (-1: none)
+}
+
+// logWindow accumulates the steps since the last log.
+type logWindow struct {
+	LossSum  float64 `json:"loss_sum"`
+	Steps    int     `json:"steps"`
+	AccSum   float64 `json:"accuracy_sum"`
+	AccCount int     `json:"accuracy_count"`
+	Tokens   int64   `json:"tokens"`
+	start    time.Time
+	elapsed  time.Duration
+}
+
+// Train runs the job: it prepares the data, builds the model, trains,
+// checkpoints and writes the outputs (outputs.go), reporting progress to
+// emit (which may be nil). On a cancelled ctx it saves a checkpoint
+// (unless job.SaveOnCancel says not to) and returns a *CancelledError.
+func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error) {
+	if emit == nil {
+		emit = func(TrainEvent) {}
+	}
+	if err := job.Config.Validate(); err != nil {
+		return nil, err
+	}
+	outDir := job.outputDir()
+	if err := checkWritable(outDir); err != nil {
+		return nil, &ConfigError{Key: "training.output_dir", Problem: err.Error()}
+	}
+	resumeDir, err := findResume(outDir, job.Resume)
+	if err != nil {
+		return nil, err
+	}
+	if resumeDir == "" {
+		if ck := listCheckpoints(outDir); len(ck) > 0 {
+			return nil, fmt.Errorf("output_dir %s already holds checkpoints of an earlier run (%s); continue it with --resume, or choose another output_dir", outDir, filepath.Base(ck[len(ck)-1].dir))
+		}
+	}
+	prep, err := prepareData(ctx, job)
+	if err != nil {
+		return nil, err
+	}
+	ck, err := LoadCheckpoint(job.ModelDir)
+	if err != nil {
+		return nil, err
+	}
+	defer ck.Close()
+	plan, err := makePlan(job, ck.Config, prep)
+	if err != nil {
+		return nil, err
+	}
+	if tv := job.Tokenizer.VocabSize(); tv > ck.Config.VocabSize {
+		return nil, fmt.Errorf("model %s: the tokenizer has %d tokens but the model's vocabulary only %d; they do not belong together", job.ModelDir, tv, ck.Config.VocabSize)
+	}
+
+	tr := &trainer{job: job, cfg: &job.Config, emit: emit, prep: prep, plan: plan, seed: uint64(job.Config.Training.Seed),
+		microBS: job.Config.Training.PerDeviceTrainBatchSize, lastSave: -1}
+	tr.epochCache.epoch = -1
+	if tr.sched, err = optim.ParseScheduler(tr.cfg.Training.LRSchedulerType); err != nil {
+		return nil, &ConfigError{Key: "training.lr_scheduler_type", Problem: err.Error()}
+	}
+	if tr.b, err = job.backend(); err != nil {
+		return nil, err
+	}
+	defer tr.b.Close()
+	l := job.Config.LoRA
+	tr.lora = &LoRAConfig{R: l.R, Alpha: float32(l.LoRAAlpha), Dropout: float32(l.LoRADropout), TargetModules: l.TargetModules, Bias: l.Bias, Seed: tr.seed}
+	emit(LogEvent{Level: "info", Message: loadMessage(job)})
+	q := job.Config.Quantization
+	err = guard(tr.b, func() (err error) {
+		tr.m, err = LoadModel(tr.b, ck, ModelOptions{Quantize: q.LoadIn4bit, DoubleQuant: q.Bnb4bitUseDoubleQuant, LoRA: tr.lora, GradientCheckpointing: job.Config.Training.GradientCheckpointing})
+		if err != nil {
+			return err
+		}
+		tr.opt, err = newOptimizer(tr.b, tr.m.LoRAParams(), job.Config.Training.Optim)
+		return err
+	})
+	if tr.m != nil {
+		defer tr.m.Free()
+	}
+	if tr.opt != nil {
+		defer tr.opt.free()
+	}
+	if err != nil {
+		if errors.Is(err, ErrOutOfMemory) {
+			return nil, fmt.Errorf("loading the model and the optimizer state (about %.2f GiB): %w; the model does not fit this device", float64(plan.ModelBytes+plan.OptimizerBytes)/(1<<30), err)
+		}
+		return nil, err
+	}
+	if tr.opt.fallback32 {
+		emit(LogEvent{Level: "warn", Message: fmt.Sprintf("backend %s has no bitsandbytes 32-bit Adam op: parameters under %d values use torch AdamW instead (slightly different rounding)", tr.b.Name(), optim.Min8bitSize)})
+	}
+	if resumeDir != "" {
+		if err := tr.restore(resumeDir); err != nil {
+			return nil, err
+		}
+		emit(LogEvent{Level: "info", Message: fmt.Sprintf("resuming from %s at step %d of %d", resumeDir, tr.step, plan.TotalSteps)})
+	}
+	dev := job.DeviceName
+	if dev == "" {
+		dev = tr.b.Name()
+	}
+	emit(StartedEvent{Plan: plan, StartStep: tr.step, ResumedFrom: resumeDir, Device: dev})
+
+	tr.started = time.Now()
+	tr.win.start = time.Now()
+	total := plan.TotalSteps
+	for tr.step < total {
+		if ctx.Err() != nil {
+			return nil, tr.cancelled(ctx)
+		}
+		loss, acc, norm, tokens, err := tr.trainStep(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, tr.cancelled(ctx)
+			}
+			return nil, err
+		}
+		tr.step++
+		tr.tokens += tokens
+		tr.runLossSum += loss
+		tr.runSteps++
+		tr.win.LossSum += loss
+		tr.win.Steps++
+		tr.win.AccSum += acc.sum
+		tr.win.AccCount += acc.n
+		tr.win.Tokens += tokens
+		last := tr.step == total
+		logged := tr.step%tr.cfg.Training.LoggingSteps == 0 || last
+		sm := tr.metrics(norm, logged)
+		if logged {
+			tr.history = append(tr.history, sm.entry())
+			tr.win = logWindow{start: time.Now()}
+		}
+		emit(StepEvent{sm})
+		if len(prep.eval) > 0 && ((tr.cfg.Training.EvalSteps > 0 && tr.step%tr.cfg.Training.EvalSteps == 0) || last) {
+			if err := tr.evaluate(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil, tr.cancelled(ctx)
+				}
+				return nil, err
+			}
+		}
+		if s := tr.cfg.Training.SaveSteps; s > 0 && (tr.step%s == 0 || last) {
+			if _, err := tr.saveCheckpoint(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	res := &Result{OutputDir: outDir, Steps: tr.step, FinalLoss: math.NaN(), FinalEvalLoss: math.NaN(), Plan: plan, Runtime: time.Since(tr.started)}
+	if tr.runSteps > 0 {
+		res.TrainLoss = tr.runLossSum / float64(tr.runSteps)
+	}
+	for _, e := range tr.history {
+		if e.Loss != nil {
+			res.FinalLoss = *e.Loss
+		}
+		if e.EvalLoss != nil {
+			res.FinalEvalLoss = *e.EvalLoss
+		}
+	}
+	tr.history = append(tr.history, LogEntry{Step: tr.step, Epoch: tr.epochAt(tr.step), TrainLoss: ptr(res.TrainLoss), TrainRuntime: ptr(res.Runtime.Seconds())})
+	res.History = tr.history
+	if err := tr.writeOutputs(res); err != nil {
+		return nil, err
+	}
+	emit(LogEvent{Level: "info", Message: fmt.Sprintf("adapter written to %s", outDir)})
+	return res, nil
+}
+
+func loadMessage(job *Job) string {
+	q := job.Config.Quantization
+	if q.LoadIn4bit {
+		dq := ""
+		if q.Bnb4bitUseDoubleQuant {
+			dq = " with double quantization"
+		}
+		return fmt.Sprintf("loading %s and quantizing its linear layers to NF4%s", job.ModelDir, dq)
+	}
+	return fmt.Sprintf("loading %s", job.ModelDir)
+}
+
+// cancelled saves a checkpoint (unless told not to) and builds the error.
+func (tr *trainer) cancelled(ctx context.Context) error {
+	e := &CancelledError{Step: tr.step, Err: ctx.Err()}
+	save := tr.job.SaveOnCancel == nil || tr.job.SaveOnCancel(ctx)
+	switch {
+	case !save || tr.step == 0:
+	case tr.lastSave == tr.step:
+		e.Checkpoint = checkpointDir(tr.job.outputDir(), tr.step)
+	default:
+		dir, err := tr.saveCheckpoint()
+		if err != nil {
+			return errors.Join(e, fmt.Errorf("saving the checkpoint on cancel: %w", err))
+		}
+		e.Checkpoint = dir
+	}
+	return e
+}
+
+// epochAt is the fractional epoch after `step` optimizer steps (the
+// Trainer's epoch + micro-batches done / micro-batches per epoch).
+func (tr *trainer) epochAt(step int) float64 {
+	spe := tr.prep.plan.StepsPerEpoch
+	e, k := step/spe, step%spe
+	mb := tr.prep.plan.MicroBatches
+	done := min(k*tr.cfg.Training.GradientAccumulationSteps, mb)
+	return float64(e) + float64(done)/float64(mb)
+}
+
+// metrics builds the step's metrics from the window.
+func (tr *trainer) metrics(norm float64, logged bool) StepMetrics {
+	w := &tr.win
+	sm := StepMetrics{Step: tr.step, Epoch: tr.epochAt(tr.step), GradNorm: norm, Tokens: tr.tokens, Logged: logged}
+	if w.Steps > 0 {
+		sm.Loss = w.LossSum / float64(w.Steps)
+	}
+	if w.AccCount > 0 {
+		sm.MeanTokenAccuracy = w.AccSum / float64(w.AccCount)
+	}
+	// The rate of the next step, as the Trainer logs after scheduler.step().
+	sm.LearningRate = tr.lr(tr.step)
+	if el := w.elapsed + time.Since(w.start); el > 0 {
+		sm.TokensPerSecond = float64(w.Tokens) / el.Seconds()
+	}
+	return sm
+}
+
+// lr is the learning rate of 0-based step s.
+func (tr *trainer) lr(s int) float64 {
+	return tr.sched.LR(s, tr.plan.TotalSteps, tr.plan.WarmupSteps, tr.cfg.Training.LearningRate)
+}
+
+// epochBatches returns epoch e's logical micro-batches (sequence indexes).
+func (tr *trainer) epochBatches(e int) [][]int {
+	if tr.epochCache.epoch != e {
+		tr.epochCache.epoch = e
+		tr.epochCache.batches = data.EpochBatches(len(tr.prep.train), tr.cfg.Training.PerDeviceTrainBatchSize, true, tr.seed, e)
+	}
+	return tr.epochCache.batches
+}
+
+// stepBatches returns the physical micro-batches of 0-based step g: the
+// step's logical micro-batches (gradient_accumulation_steps of them, fewer
+// at an epoch's end), each cut into pieces of microBS sequences.
+func (tr *trainer) stepBatches(g int) [][]int {
+	spe := tr.prep.plan.StepsPerEpoch
+	batches := tr.epochBatches(g / spe)
+	ga := tr.cfg.Training.GradientAccumulationSteps
+	k := g % spe
+	lo, hi := min(k*ga, len(batches)), min((k+1)*ga, len(batches))
+	var out [][]int
+	for _, lb := range batches[lo:hi] {
+		for s := 0; s < len(lb); s += tr.microBS {
+			out = append(out, lb[s:min(s+tr.microBS, len(lb))])
+		}
+	}
+	return out
+}
+
+func (tr *trainer) collate(idx []int, from []data.Sequence) *Batch {
+	seqs := make([]data.Sequence, len(idx))
+	for i, k := range idx {
+		seqs[i] = from[k]
+	}
+	b := tr.prep.collator.Collate(seqs)
+	return &Batch{B: b.B, S: b.S, InputIDs: b.InputIDs, PositionIDs: b.PositionIDs, Labels: b.Labels}
+}
+
+// countTargets is the number of scored targets of a batch after the shift.
+func countTargets(b *Batch) int {
+	n := 0
+	for _, t := range ShiftLabels(b.Labels, b.B, b.S) {
+		if t != IgnoreIndex {
+			n++
+		}
+	}
+	return n
+}
+
+func countTokens(idx []int, from []data.Sequence) int64 {
+	var n int64
+	for _, k := range idx {
+		n += int64(len(from[k].InputIDs))
+	}
+	return n
+}
+
+type accuracy struct {
+	sum float64
+	n   int
+}
+
+// trainStep runs optimizer step tr.step (0-based): forward and backward
+// over its micro-batches, clipping, the optimizer update. It retries with
+// smaller micro-batches on out-of-memory when auto_find_batch_size is on.
+func (tr *trainer) trainStep(ctx context.Context) (loss float64, acc accuracy, norm float64, tokens int64, err error) {
+	for {
+		loss, acc, norm, tokens, err = tr.tryStep(ctx)
+		if err == nil || !errors.Is(err, ErrOutOfMemory) {
+			return
+		}
+		if err := tr.shrink(err); err != nil {
+			return 0, acc, 0, 0, err
+		}
+	}
+}
+
+// shrink halves the micro-batch after an out-of-memory error, or says why
+// it cannot.
+func (tr *trainer) shrink(cause error) error {
+	t := tr.cfg.Training
+	if !t.AutoFindBatchSize {
+		return fmt.Errorf("step %d with micro-batches of %d sequences: %w; lower training.per_device_train_batch_size (raising gradient_accumulation_steps keeps the effective batch) or max_seq_length, or set auto_find_batch_size: true", tr.step+1, tr.microBS, cause)
+	}
+	if tr.microBS <= 1 {
+		return fmt.Errorf("step %d: %w even with micro-batches of one sequence; lower max_seq_length or use a device with more memory", tr.step+1, cause)
+	}
+	old := tr.microBS
+	tr.microBS = (tr.microBS + 1) / 2
+	pieces := (t.PerDeviceTrainBatchSize + tr.microBS - 1) / tr.microBS
+	tr.emit(LogEvent{Level: "warn", Message: fmt.Sprintf("out of memory with micro-batches of %d sequences (auto_find_batch_size): retrying step %d with %d sequences and %d accumulation steps, the same %d sequences per optimizer step",
+		old, tr.step+1, tr.microBS, pieces*t.GradientAccumulationSteps, t.PerDeviceTrainBatchSize*t.GradientAccumulationSteps)})
+	return nil
+}
+
+// guard runs f, turning a panic that carries an ErrOutOfMemory error into
+// that error; other panics go on.
+func guard(b Backend, f func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if e, ok := r.(error); ok && errors.Is(e, ErrOutOfMemory) {
+				err = e
+				return
+			}
+			panic(r)
+		}
+	}()
+	if err := f(); err != nil {
+		return err
+	}
+	return b.Sync()
+}
+
+func (tr *trainer) tryStep(ctx context.Context) (loss float64, acc accuracy, norm float64, tokens int64, err error) {
+	g := tr.step
+	micro := tr.stepBatches(g)
+	batches := make([]*Batch, len(micro))
+	numItems := 0
+	for i, idx := range micro {
+		batches[i] = tr.collate(idx, tr.prep.train)
+		numItems += countTargets(batches[i])
+		tokens += countTokens(idx, tr.prep.train)
+	}
+	m := tr.m
+	var lossSum float64
+	err = guard(tr.b, func() error {
+		m.NumItemsInBatch = numItems
+		m.ZeroGrads()
+		for i, b := range batches {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			l, n, correct, err := m.Forward(b, true, DeriveSeed(tr.seed, uint64(g), uint64(i)))
+			if err != nil {
+				return fmt.Errorf("step %d: %w", g+1, err)
+			}
+			if err := m.Backward(); err != nil {
+				return fmt.Errorf("step %d: %w", g+1, err)
+			}
+			lossSum += l * float64(n)
+			if n > 0 {
+				acc.sum += float64(correct) / float64(n)
+				acc.n++
+			}
+		}
+		return nil
+	})
+	m.NumItemsInBatch = 0
+	if err != nil {
+		return 0, accuracy{}, 0, 0, err
+	}
+	if numItems > 0 {
+		loss = lossSum / float64(numItems)
+	}
+	// clip_grad_norm_ over all LoRA gradients.
+	var ss float64
+	for _, p := range tr.opt.params {
+		ss += tr.b.SumSquares(p.Grad)
+	}
+	norm, scale := optim.ClipScale(ss, tr.cfg.Training.MaxGradNorm)
+	if math.IsNaN(loss) || math.IsInf(loss, 0) || math.IsNaN(norm) || math.IsInf(norm, 0) {
+		return 0, accuracy{}, 0, 0, fmt.Errorf("step %d: the loss (%g) or the gradient norm (%g) is not finite; lower training.learning_rate or check the data", g+1, loss, norm)
+	}
+	if scale < 1 {
+		for _, p := range tr.opt.params {
+			tr.b.Scale(p.Grad, scale)
+		}
+	}
+	t := tr.cfg.Training
+	hp := AdamParams{
+		LR: float32(tr.lr(g)), Beta1: float32(t.AdamBeta1), Beta2: float32(t.AdamBeta2),
+		Eps: float32(t.AdamEpsilon), WeightDecay: float32(t.WeightDecay), Step: g + 1,
+	}
+	if err := guard(tr.b, func() error { tr.opt.update(hp); return nil }); err != nil {
+		return 0, accuracy{}, 0, 0, err
+	}
+	return loss, acc, norm, tokens, nil
+}
+
+// evaluate computes the loss and accuracy on the held-out split and logs them.
+func (tr *trainer) evaluate(ctx context.Context) error {
+	for {
+		loss, accSum, err := tr.tryEval(ctx)
+		if err == nil {
+			e := LogEntry{Step: tr.step, Epoch: tr.epochAt(tr.step), EvalLoss: ptr(loss), EvalMeanTokenAccuracy: ptr(accSum)}
+			tr.history = append(tr.history, e)
+			tr.emit(EvalEvent{Step: tr.step, Epoch: e.Epoch, Loss: loss, MeanTokenAccuracy: accSum})
+			return nil
+		}
+		if !errors.Is(err, ErrOutOfMemory) {
+			return err
+		}
+		if err := tr.shrink(err); err != nil {
+			return err
+		}
+	}
+}
+
+func (tr *trainer) tryEval(ctx context.Context) (loss, acc float64, err error) {
+	var sum float64
+	var n, correct int
+	err = guard(tr.b, func() error {
+		for _, idx := range data.EpochBatches(len(tr.prep.eval), tr.microBS, false, 0, 0) {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			b := tr.collate(idx, tr.prep.eval)
+			l, k, c, err := tr.m.Forward(b, false, 0)
+			if err != nil {
+				return fmt.Errorf("evaluation: %w", err)
+			}
+			sum += l * float64(k)
+			n += k
+			correct += c
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	if n == 0 {
+		return 0, 0, nil
+	}
+	return sum / float64(n), float64(correct) / float64(n), nil
+}
+
+// checkWritable reports an output folder that cannot be written, without
+// creating anything: the folder itself when it exists, else its nearest
+// existing parent.
+func checkWritable(dir string) error {
+	d := dir
+	for {
+		st, err := os.Stat(d)
+		if err == nil {
+			if !st.IsDir() {
+				return fmt.Errorf("%s is a file, not a folder", d)
+			}
+			break
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return fmt.Errorf("%s: %w", dir, err)
+		}
+		d = parent
+	}
+	f, err := os.CreateTemp(d, ".ollama-tune-probe-*")
+	if err != nil {
+		return fmt.Errorf("%s cannot be written: %w", dir, err)
+	}
+	f.Close()
+	os.Remove(f.Name())
+	return nil
+}
+
+func ptr(f float64) *float64 { return &f }

@@ -1,0 +1,116 @@
+package finetune
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/ollama-tune/ollama-tune/finetune/peft"
+)
+
+// The bridge between a Model's LoRA matrices and PEFT adapter folders
+// (finetune/peft knows the format, not the model).
+
+// PEFTBase describes cfg's adaptable linears for peft.Read: every decoder
+// linear of every layer, by Hugging Face module name, with its [out, in].
+func PEFTBase(cfg *Config) peft.Base {
+	b := peft.Base{}
+	for l := range cfg.NumLayers {
+		for _, m := range LinearModules {
+			out, in := LinearShape(cfg, m)
+			b[LayerName(l, m)] = peft.Shape{Out: out, In: in}
+		}
+	}
+	return b
+}
+
+// Adapter returns the model's LoRA matrices as a PEFT adapter whose config
+// says base (base_model_name_or_path) and the model's LoRA settings.
+func (m *Model) Adapter(base string, lc *LoRAConfig) (*peft.Adapter, error) {
+	if len(m.loraParams) == 0 {
+		return nil, fmt.Errorf("adapter: the model has no LoRA matrices")
+	}
+	targets, err := lc.Validate()
+	if err != nil {
+		return nil, err
+	}
+	var leaves []string
+	for mod, on := range targets {
+		if on {
+			leaves = append(leaves, moduleLeaf(mod))
+		}
+	}
+	a := &peft.Adapter{Config: peft.NewConfig(base, lc.R, shortFloat(lc.Alpha), shortFloat(lc.Dropout), leaves)}
+	for _, p := range m.loraParams {
+		a.Tensors = append(a.Tensors, peft.Tensor{Name: p.Name, Shape: slices.Clone(p.Shape), Data: m.B.Download(p.Param)})
+	}
+	return a, nil
+}
+
+// shortFloat widens a float32 setting through its shortest decimal form,
+// so lora_dropout 0.05 is written as 0.05, not 0.05000000074505806.
+func shortFloat(f float32) float64 { return float64(shortF32(f)) }
+
+// LoRAConfigOf is the LoRAConfig that builds a model able to hold the
+// adapter: its rank, alpha, dropout and the modules its matrices adapt.
+func LoRAConfigOf(a *peft.Adapter) (*LoRAConfig, error) {
+	mods, err := a.Modules()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var targets []string
+	for _, mod := range mods {
+		leaf := mod.Name[strings.LastIndexByte(mod.Name, '.')+1:]
+		if !seen[leaf] {
+			seen[leaf] = true
+			targets = append(targets, leaf)
+		}
+	}
+	lc := &LoRAConfig{
+		R: a.Config.R, Alpha: float32(a.Config.LoRAAlpha), Dropout: float32(a.Config.LoRADropout),
+		TargetModules: targets, Bias: a.Config.Bias,
+	}
+	if _, err := lc.Validate(); err != nil {
+		return nil, err
+	}
+	return lc, nil
+}
+
+// SetAdapter copies an adapter's matrices into the model's LoRA slots; the
+// model must have been built with LoRAConfigOf(a).
+func (m *Model) SetAdapter(a *peft.Adapter) error {
+	if len(a.Tensors) != len(m.loraParams) {
+		return fmt.Errorf("adapter has %d LoRA matrices, the model %d", len(a.Tensors), len(m.loraParams))
+	}
+	for _, t := range a.Tensors {
+		if err := m.SetLoRA(t.Name, t.Data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LoadModelWithAdapter builds the base model of ck with the PEFT adapter
+// in adapterDir applied (validated against the base: shapes, ranks,
+// modules). opts.LoRA is replaced by the adapter's settings.
+func LoadModelWithAdapter(b Backend, ck *Checkpoint, opts ModelOptions, adapterDir string) (*Model, error) {
+	a, err := peft.Read(adapterDir, PEFTBase(ck.Config))
+	if err != nil {
+		return nil, err
+	}
+	lc, err := LoRAConfigOf(a)
+	if err != nil {
+		return nil, fmt.Errorf("adapter %s: %w", adapterDir, err)
+	}
+	opts.LoRA = lc
+	m, err := LoadModel(b, ck, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.SetAdapter(a); err != nil {
+		m.Free()
+		return nil, fmt.Errorf("adapter %s: %w", adapterDir, err)
+	}
+	return m, nil
+}
