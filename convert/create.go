@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/ollama/ollama/api"
@@ -32,6 +33,8 @@ type CreateOptions struct {
 	// Route forces a route; "" chooses from the server's version.
 	Route  Route
 	System string
+	// Params are extra PARAMETER lines (name, value), e.g. temperature 0.
+	Params [][2]string
 	// Quant is the merged model's type (default F16); AdapterDType the
 	// adapter's ("" keeps the adapter file's).
 	Quant        DType
@@ -186,6 +189,7 @@ func Create(ctx context.Context, c *Client, o CreateOptions) (*CreateResult, err
 
 	// 3. The files and the Modelfile.
 	mf := Phi3Modelfile("", "", o.System)
+	mf.Params = o.Params
 	files := map[string]string{} // name in the request -> local file
 	var adapters map[string]string
 	from := ""
@@ -272,6 +276,14 @@ func Create(ctx context.Context, c *Client, o CreateOptions) (*CreateResult, err
 	}
 	req := &api.CreateRequest{Model: o.Name, From: from, Template: Phi3Template, System: o.System,
 		Parameters: map[string]any{"stop": Phi3Stops}}
+	for _, p := range o.Params {
+		v, err := strconv.ParseFloat(p[1], 64)
+		if err != nil {
+			req.Parameters[p[0]] = p[1]
+		} else {
+			req.Parameters[p[0]] = v
+		}
+	}
 	if req.Files, err = upload(files); err != nil {
 		return nil, err
 	}

@@ -242,11 +242,14 @@ func (c *Client) Generate(ctx context.Context, model, prompt string, maxTokens i
 		Model:  model,
 		Prompt: prompt,
 		Stream: &stream,
+		// Greedy, and no repetition penalty (Ollama's default is 1.1), so
+		// the answer is the argmax chain the trainer's greedy decoding gives.
 		Options: map[string]any{
-			"temperature": 0,
-			"top_k":       1,
-			"seed":        0,
-			"num_predict": maxTokens,
+			"temperature":    0,
+			"top_k":          1,
+			"repeat_penalty": 1,
+			"seed":           0,
+			"num_predict":    maxTokens,
 		},
 	}
 	var out Generated
