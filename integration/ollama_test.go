@@ -334,3 +334,39 @@ func createReq(name, digest string) *api.CreateRequest {
 	return &api.CreateRequest{Model: name, Files: map[string]string{"model.gguf": digest},
 		Template: convert.Phi3Template, Parameters: map[string]any{"stop": convert.Phi3Stops}}
 }
+
+// TestYodaDemoEndToEnd runs `ollama-tune yoda --demo` against the server:
+// it trains, creates yoda-demo and passes the served-output check, and the
+// model answers a demo prompt in Yoda form with the Modelfile's own
+// settings (what `ollama run yoda-demo` does).
+func TestYodaDemoEndToEnd(t *testing.T) {
+	gate(t)
+	srv := startOllama(t)
+	bin := filepath.Join(t.TempDir(), "ollama-tune")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/ollama-tune")
+	build.Dir = testutil.RepoRoot(t)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "yoda", "--demo", "--out", filepath.Join(t.TempDir(), "demo"))
+	cmd.Env = append(os.Environ(), "OLLAMA_HOST="+srv.URL.Host)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	t.Logf("yoda --demo in %s:\n%s", time.Since(start).Round(time.Second), out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), "served-output check passed") {
+		t.Fatal("no passing served-output check in the output")
+	}
+	stream := false
+	var got string
+	err = convert.NewClient(srv.URL, nil).API.Generate(context.Background(), &api.GenerateRequest{Model: "yoda-demo", Prompt: "Fear leads to anger.", Stream: &stream},
+		func(r api.GenerateResponse) error { got += r.Response; return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(got) != "To anger, fear leads." {
+		t.Errorf("yoda-demo with its Modelfile settings answered %q, want %q", got, "To anger, fear leads.")
+	}
+}
