@@ -369,3 +369,13 @@ func TestModelfileText(t *testing.T) {
 		t.Error(`SYSTEM with """ accepted`)
 	}
 }
+
+func TestClientHonoursOLLAMA_HOST(t *testing.T) {
+	f, c := newFakeOllama(t, "0.24.0")
+	_ = f
+	t.Setenv("OLLAMA_HOST", c.Base.Host)
+	v, err := NewClient(nil, nil).Version(context.Background())
+	if err != nil || v.Raw != "0.24.0" {
+		t.Fatalf("version via OLLAMA_HOST=%s: %v %v", c.Base.Host, v, err)
+	}
+}
