@@ -256,6 +256,20 @@ func TestOllamaEndToEnd(t *testing.T) {
 		if r.ServedIDs == nil || !r.PromptParity {
 			t.Errorf("prompt %d: served ids %v, training ids %v", i, r.ServedIDs, r.PromptIDs)
 		}
+		// The whole served sequence (prompt + answer, re-tokenized by
+		// llama.cpp) is the training prompt followed by the ids our greedy
+		// decoding produced.
+		want := append(slices.Clone(r.PromptIDs), r.WantIDs...)
+		if len(r.ServedIDs) != len(want) {
+			t.Errorf("prompt %d: served sequence %v, want %v", i, r.ServedIDs, want)
+		} else {
+			for j := range want {
+				if r.ServedIDs[j] != int(want[j]) {
+					t.Errorf("prompt %d: served sequence %v, want %v (first difference at %d)", i, r.ServedIDs, want, j)
+					break
+				}
+			}
+		}
 		if got := strings.TrimSpace(r.Got); got != rows[i][1] {
 			t.Errorf("prompt %q: Ollama answered %q, want the trained Yoda answer %q", r.Prompt, got, rows[i][1])
 		}
