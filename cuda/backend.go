@@ -110,9 +110,9 @@ func (b *Backend) DenseWeight(data []float32, out, in int) (w finetune.Weight, e
 }
 
 // NF4Weight quantizes data on the GPU with bitsandbytes' algorithm; the
-// codes are identical to finetune/nf4's. The double-quantization offset
-// (the mean of the absmax values) is computed on the host by nf4.Mean, the
-// correctly rounded mean the CPU reference uses.
+// codes are identical to finetune/nf4's, and so is the double-quantization
+// offset (the correctly rounded mean of the absmax values, computed exactly
+// on the device; see kernels/exactsum.cuh).
 func (b *Backend) NF4Weight(data []float32, out, in int, doubleQuant bool) (w finetune.Weight, err error) {
 	if err := checkWeightData(data, out, in); err != nil {
 		return nil, fmt.Errorf("cuda backend: nf4 %w", err)
@@ -125,6 +125,45 @@ func (b *Backend) NF4Weight(data []float32, out, in int, doubleQuant bool) (w fi
 	defer Recover(&err)
 	defer b.enter("NF4Weight")()
 	const op = "NF4Weight"
+	n := int64(out) * int64(in)
+	stage := b.scratchBuf(sUpload, 4*n, op)
+	b.upload(op, stage, unsafe.Pointer(&data[0]), 4*n)
+	offset := b.scratchBuf(sNF4Offset, 4, op)
+	cw := b.nf4FromDevice(op, stage, srcF32, out, in, doubleQuant, offset, 0)
+	if doubleQuant {
+		var off float32
+		b.download(op, unsafe.Pointer(&off), offset, 4)
+		cw.q.offset = off
+	}
+	return cw, nil
+}
+
+// srcKind is the element type of weight values staged on the device.
+type srcKind int
+
+const (
+	srcF32 srcKind = iota
+	srcBF16
+	srcF16
+)
+
+func (k srcKind) size() int64 {
+	if k == srcF32 {
+		return 4
+	}
+	return 2
+}
+
+func (k srcKind) String() string { return [...]string{"float32", "bfloat16", "float16"}[k] }
+
+// nf4FromDevice quantizes the out*in values of type kind at src (device
+// memory, left unchanged) into a new NF4 weight. With double quantization
+// the offset is computed on the device into the float32 at offset, and the
+// caller must copy it into the weight's offset field before the weight is
+// used (the loaders download all of a model's offsets at once). nonfinite,
+// when not 0, is an int32 set to 1 if a value is NaN or Inf. It panics with
+// a *Error on failure and frees what it allocated.
+func (b *Backend) nf4FromDevice(op string, src cu.DevicePtr, kind srcKind, out, in int, doubleQuant bool, offset, nonfinite cu.DevicePtr) *weight {
 	cw := &weight{out: out, in: in, q: &nf4Weight{double: doubleQuant}}
 	q := cw.q
 	n := cw.n()
@@ -142,26 +181,51 @@ func (b *Backend) NF4Weight(data []float32, out, in int, doubleQuant bool) (w fi
 		return p
 	}
 	q.codes = alloc((n + 1) / 2)
-	stage := b.scratchBuf(sUpload, 4*n, op)
-	b.upload(op, stage, unsafe.Pointer(&data[0]), 4*n)
-	absmax := b.scratchBuf(sAbsmax, 4*nb, op)
-	if !doubleQuant {
+	var absmax cu.DevicePtr
+	if doubleQuant {
+		absmax = b.scratchBuf(sAbsmax, 4*nb, op)
+	} else {
 		q.absmax = alloc(4 * nb)
 		absmax = q.absmax
 	}
-	b.launchN(op, "nf4_quantize", nb, ptrArg(stage), uint64(n), ptrArg(q.codes), ptrArg(absmax))
+	quant := [...]string{"nf4_quantize_f32", "nf4_quantize_bf16", "nf4_quantize_f16"}[kind]
+	b.launchN(op, quant, 32*nb, ptrArg(src), uint64(n), ptrArg(q.codes), ptrArg(absmax), ptrArg(nonfinite))
 	if doubleQuant {
-		host := make([]float32, nb)
-		b.download(op, unsafe.Pointer(&host[0]), absmax, 4*nb)
-		q.offset = nf4.Mean(host)
+		bins := b.scratchBuf(sBins, 256*8, op)
+		check(op, cu.MemsetD8Async(bins, 0, 256*8, b.stream))
+		b.launchN(op, "exact_sum_bins", nb, ptrArg(absmax), uint64(nb), ptrArg(bins))
+		b.launch(op, "exact_mean_from_bins", grid1(1), 32, 0, ptrArg(bins), uint64(nb), ptrArg(offset))
 		na := (nb + nf4.AbsmaxBlockSize - 1) / nf4.AbsmaxBlockSize
 		q.acodes = alloc(nb)
 		q.ascales = alloc(4 * na)
-		b.launch(op, "quantize_blockwise8", grid1(int(na)), 256, 0,
-			ptrArg(absmax), uint64(nb), f32Arg(q.offset), ptrArg(b.smap), ptrArg(q.acodes), ptrArg(q.ascales))
+		b.launch(op, "quantize_blockwise8_devoff", grid1(int(na)), 256, 0,
+			ptrArg(absmax), uint64(nb), ptrArg(offset), ptrArg(b.smap), ptrArg(q.acodes), ptrArg(q.ascales))
 	}
 	ok = true
-	return cw, nil
+	return cw
+}
+
+// denseFromDevice makes a dense weight from the out*in values of type kind
+// at src: a copy or a conversion into the compute type's storage.
+func (b *Backend) denseFromDevice(op string, src cu.DevicePtr, kind srcKind, out, in int) *weight {
+	cw := &weight{out: out, in: in, bf16: b.dtype == finetune.BF16}
+	n := cw.n()
+	p, err := b.rawAlloc(cw.Bytes(), fmt.Sprintf("a dense weight [%d, %d]", out, in))
+	check(op, err)
+	cw.dense = p
+	switch {
+	case cw.bf16 && kind == srcBF16, !cw.bf16 && kind == srcF32:
+		check(op, cu.MemcpyDtoDAsync(p, src, cw.Bytes(), b.stream))
+	case cw.bf16 && kind == srcF32:
+		b.launchN(op, "f32_to_bf16_kernel", n, ptrArg(p), ptrArg(src), uint64(n))
+	case cw.bf16 && kind == srcF16:
+		b.launchN(op, "f16_to_bf16_kernel", n, ptrArg(p), ptrArg(src), uint64(n))
+	case kind == srcBF16:
+		b.launchN(op, "bf16_to_f32_kernel", n, ptrArg(p), ptrArg(src), uint64(n))
+	default:
+		b.launchN(op, "f16_to_f32_kernel", n, ptrArg(p), ptrArg(src), uint64(n))
+	}
+	return cw
 }
 
 // nf4Args are the kernel arguments that describe an NF4 weight's state:
@@ -181,13 +245,16 @@ func (b *Backend) matrix(w *weight, op string) (p cu.DevicePtr, abType int) {
 		return w.dense, dataR32F
 	}
 	n := w.n()
+	// The dequantization kernels expand 32 values a thread, then the
+	// n % 32 left one a thread.
+	threads := max(n/32, n%32, 1)
 	if b.dtype == finetune.BF16 {
 		p = b.scratchBuf(sWeight, 2*n, op)
-		b.launchN(op, "nf4_dequant_bf16", n, append([]uint64{ptrArg(p), uint64(n), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
+		b.launchN(op, "nf4_dequant_bf16", threads, append([]uint64{ptrArg(p), uint64(n), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
 		return p, dataR16BF
 	}
 	p = b.scratchBuf(sWeight, 4*n, op)
-	b.launchN(op, "nf4_dequant_f32", n, append([]uint64{ptrArg(p), uint64(n), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
+	b.launchN(op, "nf4_dequant_f32", threads, append([]uint64{ptrArg(p), uint64(n), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
 	return p, dataR32F
 }
 
@@ -243,7 +310,15 @@ func (b *Backend) freeWeight(w *weight) {
 // the weight operand is bfloat16 (convertA: A is the float32 activation;
 // else B is). The result is float32.
 func (b *Backend) gemm(op string, g gemmArgs) {
-	check(op, b.blas.run(g))
+	if b.prof == nil {
+		check(op, b.blas.run(g))
+		return
+	}
+	t := "f32"
+	if g.abType == dataR16BF {
+		t = "bf16"
+	}
+	b.span(fmt.Sprintf("gemm %s %dx%dx%d", t, g.M, g.N, g.K), func() { check(op, b.blas.run(g)) })
 }
 
 // toBF16 converts n float32 values at p into the sAct scratch.

@@ -93,6 +93,10 @@ type Backend struct {
 	smap, umap cu.DevicePtr // bitsandbytes' signed and unsigned dynamic maps [256]float32
 	scratch    [numScratch]buffer
 
+	grads *gradTable // ClipGradNorm's table of the last gradients
+	prof     *profiler // non-nil between StartProfile and StopProfile
+	profPool *profiler // the last profile's events, for the next
+
 	live, peak int64 // bytes held by tensors, weights and scratch
 	closed     bool
 }
@@ -290,6 +294,16 @@ func (b *Backend) Close() error {
 
 // release frees what New created (with the context current).
 func (b *Backend) release() {
+	if b.grads != nil {
+		cu.MemFree(b.grads.mem)
+		b.grads = nil
+	}
+	for _, p := range []**profiler{&b.prof, &b.profPool} {
+		if *p != nil {
+			(*p).destroy()
+			*p = nil
+		}
+	}
 	for k := range b.scratch {
 		if b.scratch[k].ptr != 0 {
 			cu.MemFree(b.scratch[k].ptr)
@@ -330,6 +344,10 @@ func (b *Backend) MemInfo() (free, total int64, err error) {
 // Allocated returns the bytes this backend holds now and at most so far
 // (tensors, weights, scratch; not cuBLAS's workspace or the context).
 func (b *Backend) Allocated() (now, peak int64) { return b.live, b.peak }
+
+// ResetPeak starts Allocated's peak again from what is held now (a
+// benchmark measures training apart from loading).
+func (b *Backend) ResetPeak() { b.peak = b.live }
 
 // rawAlloc allocates n bytes (n > 0), mapping out-of-memory to
 // ErrOutOfMemory with the sizes that explain it.
@@ -562,7 +580,7 @@ func (b *Backend) Zero(t finetune.Tensor) {
 		panic(&Error{Op: "Zero", Err: fmt.Errorf("expected a cuda tensor, got %T", t)})
 	}
 	if ct.n > 0 {
-		check("Zero", cu.MemsetD8Async(ct.ptr, 0, ct.bytes(), b.stream))
+		b.span("memset", func() { check("Zero", cu.MemsetD8Async(ct.ptr, 0, ct.bytes(), b.stream)) })
 	}
 }
 
@@ -577,7 +595,7 @@ func (b *Backend) Copy(dst, src finetune.Tensor) {
 		panic(&Error{Op: "Copy", Err: fmt.Errorf("copy of %d %v into %d %v", s.n, s.kind, d.n, d.kind)})
 	}
 	if d.n > 0 {
-		check("Copy", cu.MemcpyDtoDAsync(d.ptr, s.ptr, d.bytes(), b.stream))
+		b.span("memcpy", func() { check("Copy", cu.MemcpyDtoDAsync(d.ptr, s.ptr, d.bytes(), b.stream)) })
 	}
 }
 
@@ -614,6 +632,8 @@ const (
 	sCELoss                      // cross-entropy: per-token losses, hits
 	sReduce                      // partial sums
 	sAttn                        // attention backward: rowsum(dO*O)
+	sNF4Offset                   // NF4Weight's double-quantization offset
+	sBins                        // the exact sum's bins (NF4 double quantization)
 	numScratch
 )
 

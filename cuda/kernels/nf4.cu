@@ -2,7 +2,10 @@
 // its double quantization) and dequantization, the CUDA twin of
 // finetune/nf4: the same float32 operations in the same order, so the codes
 // are identical to the CPU's byte for byte.
+#include <cuda_fp16.h>
+
 #include "common.cuh"
+#include "exactsum.cuh"
 
 // nf4_quantize_value is dQuantizeNF4: the tree of strict comparisons over
 // the midpoints between neighbouring code values. A value exactly on a
@@ -40,36 +43,59 @@ __device__ __forceinline__ unsigned char nf4_quantize_value(float x) {
     return 0b0000;
 }
 
-// nf4_quantize: one thread per 64-block of w [n]: absmax over the valid
-// values, its float32 reciprocal, x * reciprocal into the NF4 tree, two
-// codes a byte (first in the high nibble). A partial last block pads with 0.
-extern "C" __global__ void nf4_quantize(const float* w, i64 n, unsigned char* codes, float* absmax) {
+// Weights arrive as float32 (the host path), bfloat16 or float16 (raw
+// checkpoint bytes, or random weights drawn on the device); every source
+// value converts to float32 exactly, so the codes do not depend on it.
+__device__ __forceinline__ float load_f32(const float* p, i64 i) { return p[i]; }
+__device__ __forceinline__ float load_f32(const bf16_t* p, i64 i) { return bf16_to_f32(p[i]); }
+__device__ __forceinline__ float load_f32(const __half* p, i64 i) { return __half2float(p[i]); }
+
+__device__ __forceinline__ bool is_finite32(float x) { return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u; }
+
+// nf4_quantize_warp: one warp per 64-block of w [n], two values a lane
+// (lane l holds elements 2l and 2l+1, which share code byte l): the absmax
+// over the valid values (a warp maximum, exact in any order), its float32
+// reciprocal, x * reciprocal into the NF4 tree. A partial last block pads
+// with 0, like bitsandbytes. With nonfinite set, a NaN or Inf value sets
+// *nonfinite to 1 (the raw loaders check it once, at the end).
+template <typename T>
+__device__ __forceinline__ void nf4_quantize_warp(const T* w, i64 n, unsigned char* codes, float* absmax, int* nonfinite) {
     i64 nb = (n + 63) / 64;
-    FOR_N(b, nb) {
-        i64 lo = b * 64, hi = min(lo + 64, n);
-        float amax = 0.0f;
-        for (i64 i = lo; i < hi; i++) {
-            float a = fabsf(w[i]);
-            if (a > amax) amax = a;
-        }
-        absmax[b] = amax;
-        float r = __fdiv_rn(1.0f, amax);  // +Inf for an all-zero block: 0*Inf = NaN -> code 0
-        for (i64 i = lo; i < hi; i += 2) {
-            unsigned char h = nf4_quantize_value(__fmul_rn(w[i], r));
-            float pad = i + 1 < hi ? w[i + 1] : 0.0f;
-            codes[i / 2] = (unsigned char)(h << 4 | nf4_quantize_value(__fmul_rn(pad, r)));
-        }
+    int lane = threadIdx.x & 31;
+    i64 warp = (blockIdx.x * (i64)blockDim.x + threadIdx.x) >> 5;
+    i64 nwarps = ((i64)gridDim.x * blockDim.x) >> 5;
+    for (i64 b = warp; b < nb; b += nwarps) {
+        i64 i0 = b * 64 + 2 * lane;
+        float x0 = i0 < n ? load_f32(w, i0) : 0.0f;
+        float x1 = i0 + 1 < n ? load_f32(w, i0 + 1) : 0.0f;
+        if (nonfinite != 0 && !(is_finite32(x0) && is_finite32(x1))) atomicOr(nonfinite, 1);
+        float m = fmaxf(fabsf(x0), fabsf(x1));
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        if (lane == 0) absmax[b] = m;
+        float r = __fdiv_rn(1.0f, m);  // +Inf for an all-zero block: 0*Inf = NaN -> code 0
+        if (i0 < n)
+            codes[i0 >> 1] = (unsigned char)(nf4_quantize_value(__fmul_rn(x0, r)) << 4 | nf4_quantize_value(__fmul_rn(x1, r)));
     }
+}
+
+// nf4_quantize_f32 / _bf16 / _f16: launch 32 threads per 64-block.
+extern "C" __global__ void nf4_quantize_f32(const float* w, i64 n, unsigned char* codes, float* absmax, int* nonfinite) {
+    nf4_quantize_warp(w, n, codes, absmax, nonfinite);
+}
+extern "C" __global__ void nf4_quantize_bf16(const bf16_t* w, i64 n, unsigned char* codes, float* absmax, int* nonfinite) {
+    nf4_quantize_warp(w, n, codes, absmax, nonfinite);
+}
+extern "C" __global__ void nf4_quantize_f16(const __half* w, i64 n, unsigned char* codes, float* absmax, int* nonfinite) {
+    nf4_quantize_warp(w, n, codes, absmax, nonfinite);
 }
 
 // quantize_blockwise8: bitsandbytes' quantize_blockwise (General8bit) of
 // x - offset in blocks of 256 with the given dynamic code, one thread block
 // of 256 threads per block: absmax, the float32 reciprocal, the nearest
 // code. NF4's double quantization runs it on the absmax values.
-extern "C" __global__ void quantize_blockwise8(const float* x, i64 n, double offset_d, const float* code,
-                                               unsigned char* codes, float* absmax) {
+__device__ __forceinline__ void quantize_blockwise8_block(const float* x, i64 n, float offset, const float* code,
+                                                          unsigned char* codes, float* absmax) {
     __shared__ float red[32];
-    float offset = (float)offset_d;
     i64 i = blockIdx.x * (i64)256 + threadIdx.x;
     float v = 0.0f;
     if (i < n) v = __fsub_rn(x[i], offset);
@@ -79,18 +105,137 @@ extern "C" __global__ void quantize_blockwise8(const float* x, i64 n, double off
     if (i < n) codes[i] = quantize_dynamic(code, __fmul_rn(v, r));
 }
 
+extern "C" __global__ void quantize_blockwise8(const float* x, i64 n, double offset_d, const float* code,
+                                               unsigned char* codes, float* absmax) {
+    quantize_blockwise8_block(x, n, (float)offset_d, code, codes, absmax);
+}
+
+// quantize_blockwise8_devoff: the same with the offset read from device
+// memory (written by exact_mean_from_bins), so double quantization needs no
+// host round trip.
+extern "C" __global__ void quantize_blockwise8_devoff(const float* x, i64 n, const float* offset, const float* code,
+                                                      unsigned char* codes, float* absmax) {
+    quantize_blockwise8_block(x, n, *offset, code, codes, absmax);
+}
+
+// The double-quantization offset is the correctly rounded mean of the
+// absmax values (finetune/nf4.Mean): every finite float32 is m * 2^(e-150)
+// with an integer m < 2^24, so the values are summed exactly as integers in
+// one bin per biased exponent e (exact_sum_bins), and the bins are combined
+// into the float64 nearest to the exact sum (exact_mean_from_bins), which is
+// then divided by n and rounded to float32, as nf4.Mean does.
+//
+// bins [256] must start at zero; bins[255] counts NaN and Inf values.
+extern "C" __global__ void exact_sum_bins(const float* x, i64 n, u64* bins) {
+    __shared__ u64 sb[256];
+    for (int k = threadIdx.x; k < 256; k += blockDim.x) sb[k] = 0;
+    __syncthreads();
+    FOR_N(i, n) {
+        unsigned int bits = __float_as_uint(x[i]);
+        int e = (int)((bits >> 23) & 0xffu);
+        u64 m = bits & 0x7fffffu;
+        if (e == 255) {
+            m = 1;
+        } else if (e == 0) {
+            e = 1;
+        } else {
+            m |= 1u << 23;
+        }
+        if (e != 255 && (bits >> 31)) m = (u64)(-(long long)m);  // two's complement: the bins are signed sums
+        atomicAdd(&sb[e], m);
+    }
+    __syncthreads();
+    for (int k = threadIdx.x; k < 256; k += blockDim.x)
+        if (sb[k] != 0) atomicAdd(&bins[k], sb[k]);
+}
+
+// exact_mean_from_bins: one thread. out = float32(round64(sum) / n), NaN
+// when a value was not finite or a bin is negative (absmax values never
+// are); exactsum.cuh.
+extern "C" __global__ void exact_mean_from_bins(const u64* bins, i64 n, float* out) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    *out = exact_mean_bins(bins, n);
+}
+
 // nf4_dequant_f32 / _bf16: out[i] = Codebook[code_i] * absmax (rounded to
-// bfloat16 for the second).
+// bfloat16 for the second). Each thread expands 32 consecutive values (16
+// code bytes, half a 64-block, so one absmax): one 16-byte load, 16-byte
+// stores; the code book sits in shared memory (16 words, 16 banks: no
+// conflicts). A tail of n % 32 values goes one value a thread. codes and
+// out must be 16-byte aligned (cuMemAlloc gives 256).
 extern "C" __global__ void nf4_dequant_f32(float* out, i64 n, const unsigned char* codes, const float* absmax,
                                            const unsigned char* acodes, const float* ascales, const float* smap,
-                                           double offset) {
-    FOR_N(i, n) out[i] = nf4_value(i, codes, absmax, acodes, ascales, smap, (float)offset);
+                                           double offset_d) {
+    __shared__ float cb[16];
+    if (threadIdx.x < 16) cb[threadIdx.x] = NF4_CODE[threadIdx.x];
+    __syncthreads();
+    float offset = (float)offset_d;
+    i64 groups = n >> 5;
+    i64 stride = (i64)gridDim.x * blockDim.x;
+    for (i64 g = blockIdx.x * (i64)blockDim.x + threadIdx.x; g < groups; g += stride) {
+        uint4 c = reinterpret_cast<const uint4*>(codes)[g];
+        float a = nf4_absmax(g >> 1, absmax, acodes, ascales, smap, offset);
+        unsigned int w[4] = {c.x, c.y, c.z, c.w};
+        float4* o = reinterpret_cast<float4*>(out + (g << 5));
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            unsigned int x = w[q];  // code bytes 4q..4q+3 (little-endian), elements 8q..8q+7
+            float4 lo, hi;
+            lo.x = __fmul_rn(cb[(x >> 4) & 15u], a);
+            lo.y = __fmul_rn(cb[x & 15u], a);
+            lo.z = __fmul_rn(cb[(x >> 12) & 15u], a);
+            lo.w = __fmul_rn(cb[(x >> 8) & 15u], a);
+            hi.x = __fmul_rn(cb[(x >> 20) & 15u], a);
+            hi.y = __fmul_rn(cb[(x >> 16) & 15u], a);
+            hi.z = __fmul_rn(cb[(x >> 28) & 15u], a);
+            hi.w = __fmul_rn(cb[(x >> 24) & 15u], a);
+            o[2 * q] = lo;
+            o[2 * q + 1] = hi;
+        }
+    }
+    for (i64 i = (groups << 5) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) {
+        unsigned char c = codes[i >> 1];
+        if ((i & 1) == 0) c >>= 4;
+        out[i] = __fmul_rn(cb[c & 15], nf4_absmax(i >> 6, absmax, acodes, ascales, smap, offset));
+    }
+}
+
+// bf16_pair packs two values rounded to bfloat16, the first in the low half
+// (the lower address).
+__device__ __forceinline__ unsigned int bf16_pair(float a, float b) {
+    return (unsigned int)f32_to_bf16(a) | ((unsigned int)f32_to_bf16(b) << 16);
 }
 
 extern "C" __global__ void nf4_dequant_bf16(bf16_t* out, i64 n, const unsigned char* codes, const float* absmax,
                                             const unsigned char* acodes, const float* ascales, const float* smap,
-                                            double offset) {
-    FOR_N(i, n) out[i] = f32_to_bf16(nf4_value(i, codes, absmax, acodes, ascales, smap, (float)offset));
+                                            double offset_d) {
+    __shared__ float cb[16];
+    if (threadIdx.x < 16) cb[threadIdx.x] = NF4_CODE[threadIdx.x];
+    __syncthreads();
+    float offset = (float)offset_d;
+    i64 groups = n >> 5;
+    i64 stride = (i64)gridDim.x * blockDim.x;
+    for (i64 g = blockIdx.x * (i64)blockDim.x + threadIdx.x; g < groups; g += stride) {
+        uint4 c = reinterpret_cast<const uint4*>(codes)[g];
+        float a = nf4_absmax(g >> 1, absmax, acodes, ascales, smap, offset);
+        unsigned int w[4] = {c.x, c.y, c.z, c.w};
+        uint4* o = reinterpret_cast<uint4*>(out + (g << 5));
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            unsigned int x = w[q];  // code bytes 4q..4q+3, elements 8q..8q+7
+            uint4 v;
+            v.x = bf16_pair(__fmul_rn(cb[(x >> 4) & 15u], a), __fmul_rn(cb[x & 15u], a));
+            v.y = bf16_pair(__fmul_rn(cb[(x >> 12) & 15u], a), __fmul_rn(cb[(x >> 8) & 15u], a));
+            v.z = bf16_pair(__fmul_rn(cb[(x >> 20) & 15u], a), __fmul_rn(cb[(x >> 16) & 15u], a));
+            v.w = bf16_pair(__fmul_rn(cb[(x >> 28) & 15u], a), __fmul_rn(cb[(x >> 24) & 15u], a));
+            o[q] = v;
+        }
+    }
+    for (i64 i = (groups << 5) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) {
+        unsigned char c = codes[i >> 1];
+        if ((i & 1) == 0) c >>= 4;
+        out[i] = f32_to_bf16(__fmul_rn(cb[c & 15], nf4_absmax(i >> 6, absmax, acodes, ascales, smap, offset)));
+    }
 }
 
 extern "C" __global__ void f32_to_bf16_kernel(bf16_t* out, const float* in, i64 n) {

@@ -81,3 +81,63 @@ extern "C" __global__ void adamw8bit(float* p, const float* g, unsigned char* mc
     mc[i] = q1;
     vc[i] = quantize_dynamic(umap, __fdiv_rn(s2, max2));
 }
+
+// Gradient-norm clipping on the device (clip_grad_norm_ without a host
+// round trip), over a table of tensors: ptrs, ns (element counts), nblk
+// (SumSquares' block count for each, min(ceil(n/256), 1024)) and poff (each
+// tensor's first partial). The results are bit-identical to the host path
+// (SumSquares per tensor, summed in order, then optim.ClipScale and Scale).
+
+// sumsq_multi: grid (max nblk, tensors), 256 threads. Block x < nblk[t] of
+// tensor t computes SumSquares' partial x: the float64 sum of squares of
+// the elements it visits with the tensor's own grid stride, reduced as
+// sum_squares_partial reduces it.
+extern "C" __global__ void sumsq_multi(const u64* ptrs, const i64* ns, const i64* nblk, const i64* poff,
+                                       double* partials) {
+    __shared__ double red[32];
+    i64 t = blockIdx.y;
+    i64 nb = nblk[t];
+    if ((i64)blockIdx.x >= nb) return;  // the whole block leaves
+    const float* x = (const float*)ptrs[t];
+    i64 n = ns[t];
+    double s = 0.0;
+    for (i64 i = blockIdx.x * (i64)256 + threadIdx.x; i < n; i += nb * 256) s += (double)x[i] * (double)x[i];
+    s = block_sum_double(s, red);
+    if (threadIdx.x == 0) partials[poff[t] + blockIdx.x] = s;
+}
+
+// clip_finish: one block. Each tensor's partials are added in order (as
+// SumSquares adds them on the host), the tensors' sums in order, then
+// norm = sqrt(total) and coef = float32(max_norm) / (float32(norm) + 1e-6)
+// clamped to 1 (optim.ClipScale); max_norm <= 0 means no clipping.
+extern "C" __global__ void clip_finish(const double* partials, const i64* nblk, const i64* poff, i64 ntensors,
+                                       double* tsum, double max_norm, double* norm_out, float* coef_out) {
+    for (i64 t = threadIdx.x; t < ntensors; t += blockDim.x) {
+        double s = 0.0;
+        for (i64 k = 0; k < nblk[t]; k++) s += partials[poff[t] + k];
+        tsum[t] = s;
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    double ss = 0.0;
+    for (i64 t = 0; t < ntensors; t++) ss += tsum[t];
+    double norm = sqrt(ss);
+    float coef = 1.0f;
+    if (max_norm > 0.0) {
+        coef = __fdiv_rn((float)max_norm, __fadd_rn((float)norm, 1e-6f));
+        if (coef > 1.0f) coef = 1.0f;
+    }
+    *norm_out = norm;
+    *coef_out = coef;
+}
+
+// scale_multi: grid (blocks, tensors): x *= coef when coef < 1, as the
+// host path calls Scale only then.
+extern "C" __global__ void scale_multi(const u64* ptrs, const i64* ns, const float* coef) {
+    float c = *coef;
+    if (!(c < 1.0f)) return;
+    float* x = (float*)ptrs[blockIdx.y];
+    i64 n = ns[blockIdx.y];
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        x[i] = __fmul_rn(x[i], c);
+}

@@ -1,0 +1,516 @@
+//go:build cuda
+
+// Command ollama-tune-bench-gpu measures the CUDA trainer at Phi-3-mini
+// shapes (issue 8) and prints the table BENCHMARKS.md records:
+//
+//   - training: a synthetic Phi-3-mini (random weights drawn on the GPU,
+//     NF4 with double quantization), LoRA r=8 alpha 16 dropout 0.05 on
+//     qkv_proj, o_proj, gate_up_proj and down_proj, batches of 16 packed
+//     rows of 64 tokens, the tutorial's schedule (8-bit AdamW, linear decay
+//     from 3e-4 over 220 steps, gradients clipped to norm 1.0), with and
+//     without gradient checkpointing; s/step is the mean over -steps steps
+//     after -warmup steps, and the 220-step total is extrapolated from it;
+//   - loading (-load DIR): a bf16 safetensors checkpoint read from the page
+//     cache, uploaded as stored and quantized to NF4 on the GPU;
+//   - -profile: one more step with every kernel timed by CUDA events.
+//
+// Results are appended as JSON lines to -out; scripts/bench/baseline_hf.py
+// appends the transformers + peft baseline to the same file, and -table
+// prints the comparison. scripts/bench-gpu.sh builds this command and
+// prints how to run everything on a GPU machine.
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/ollama-tune/ollama-tune/cuda"
+	"github.com/ollama-tune/ollama-tune/finetune"
+	"github.com/ollama-tune/ollama-tune/finetune/optim"
+)
+
+// The tutorial's shapes and schedule (finetune.DefaultTrainConfig).
+const (
+	batchRows  = 16
+	seqLen     = 64
+	baseLR     = 3e-4
+	maxNorm    = 1.0
+	nParams    = 3.82e9 // Phi-3-mini's parameters, for MFU
+	peakTFLOPS = 790.0  // bf16 dense on an H100 (issue 8's definition)
+)
+
+// result is one line of the results file (baseline_hf.py writes the same).
+type result struct {
+	Impl          string    `json:"impl"` // "ollama-tune" or "transformers+peft"
+	Kind          string    `json:"kind"` // "train", "load" or "profile"
+	Device        string    `json:"device"`
+	Compute       string    `json:"compute,omitempty"`
+	Ckpt          bool      `json:"ckpt"`
+	Steps         int       `json:"steps,omitempty"`
+	Warmup        int       `json:"warmup,omitempty"`
+	TotalSteps    int       `json:"total_steps,omitempty"`
+	TokensPerStep int       `json:"tokens_per_step,omitempty"`
+	SPerStep      float64   `json:"s_per_step,omitempty"`
+	SPerStepMed   float64   `json:"s_per_step_median,omitempty"`
+	StepTimes     []float64 `json:"step_times,omitempty"`
+	PeakGiB       float64   `json:"peak_gib,omitempty"`
+	DeviceGiB     float64   `json:"device_gib,omitempty"` // in use on the GPU (cuMemGetInfo / mem_get_info), context included
+	LoadS         float64   `json:"load_s,omitempty"`
+	LoadGB        float64   `json:"load_gb,omitempty"`
+	SetupS        float64   `json:"setup_s,omitempty"` // building the synthetic model
+	Losses        []float64 `json:"losses,omitempty"`
+	GradNorms     []float64 `json:"grad_norms,omitempty"`
+	Profile       []profRow `json:"profile,omitempty"`
+	BusyMs        float64   `json:"busy_ms,omitempty"`
+	WallMs        float64   `json:"wall_ms,omitempty"`
+	Note          string    `json:"note,omitempty"`
+}
+
+type profRow struct {
+	Name  string  `json:"name"`
+	Calls int     `json:"calls"`
+	Ms    float64 `json:"ms"`
+}
+
+func main() {
+	steps := flag.Int("steps", 20, "timed training steps per run")
+	warmup := flag.Int("warmup", 3, "untimed steps before them")
+	total := flag.Int("total", 220, "steps of the tutorial run (the schedule's length; totals are extrapolated to it)")
+	ckptFlag := flag.String("ckpt", "on,off", "gradient checkpointing settings to run: on, off or on,off")
+	compute := flag.String("compute", "bf16", "compute dtype: bf16 or f32")
+	load := flag.String("load", "", "also time loading this checkpoint directory (bf16 safetensors) with NF4 quantization")
+	profile := flag.Bool("profile", false, "profile one extra step of each run, kernel by kernel")
+	out := flag.String("out", "", "append the results as JSON lines to this file")
+	table := flag.String("table", "", "print the comparison table of a results file and exit")
+	seed := flag.Uint64("seed", 42, "seed of the weights, the adapter and the batch")
+	flag.Parse()
+	if *table != "" {
+		if err := printTable(os.Stdout, *table, *total); err != nil {
+			fatal(err)
+		}
+		return
+	}
+	dt := finetune.BF16
+	switch *compute {
+	case "bf16":
+	case "f32", "float32":
+		dt = finetune.F32
+	default:
+		fatal(fmt.Errorf("-compute %q: use bf16 or f32", *compute))
+	}
+	var results []result
+	emit := func(r result) {
+		results = append(results, r)
+		if *out == "" {
+			return
+		}
+		if err := appendJSON(*out, r); err != nil {
+			fatal(err)
+		}
+	}
+	if *load != "" {
+		r, err := benchLoad(*load, dt)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "load benchmark:", err)
+		} else {
+			emit(r)
+		}
+	}
+	for _, c := range strings.Split(*ckptFlag, ",") {
+		var ckpt bool
+		switch strings.TrimSpace(c) {
+		case "on":
+			ckpt = true
+		case "off":
+		default:
+			fatal(fmt.Errorf("-ckpt %q: use on, off or on,off", *ckptFlag))
+		}
+		tr, prof, err := benchTrain(dt, ckpt, *steps, *warmup, *total, *seed, *profile)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "training benchmark (checkpointing %v): %v\n", ckpt, err)
+			continue
+		}
+		emit(tr)
+		if prof != nil {
+			emit(*prof)
+		}
+	}
+	if *out == "" {
+		f, err := os.CreateTemp("", "bench-*.jsonl")
+		if err != nil {
+			fatal(err)
+		}
+		defer os.Remove(f.Name())
+		f.Close()
+		for _, r := range results {
+			appendJSON(f.Name(), r)
+		}
+		printTable(os.Stdout, f.Name(), *total)
+	}
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "ollama-tune-bench-gpu:", err)
+	os.Exit(1)
+}
+
+func appendJSON(path string, r result) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if err := json.NewEncoder(f).Encode(r); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+func gib(n int64) float64 { return float64(n) / (1 << 30) }
+
+func tutorialLoRA(seed uint64) *finetune.LoRAConfig {
+	return &finetune.LoRAConfig{R: 8, Alpha: 16, Dropout: 0.05, Bias: "none", Seed: seed,
+		TargetModules: []string{"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}}
+}
+
+// benchLoad times LoadCheckpoint + LoadModel (NF4, double quantization)
+// of dir, from the page cache.
+func benchLoad(dir string, dt finetune.DType) (result, error) {
+	var bytes int64
+	if ents, err := os.ReadDir(dir); err == nil {
+		for _, e := range ents {
+			if strings.HasSuffix(e.Name(), ".safetensors") {
+				if fi, err := e.Info(); err == nil {
+					bytes += fi.Size()
+				}
+			}
+		}
+	}
+	b, err := cuda.New(cuda.Options{ComputeDType: dt})
+	if err != nil {
+		return result{}, err
+	}
+	defer b.Close()
+	if err := b.Sync(); err != nil {
+		return result{}, err
+	}
+	start := time.Now()
+	ck, err := finetune.LoadCheckpoint(dir)
+	if err != nil {
+		return result{}, err
+	}
+	defer ck.Close()
+	m, err := b.LoadModel(ck, finetune.ModelOptions{Quantize: true, DoubleQuant: true, LoRA: tutorialLoRA(1)})
+	if err != nil {
+		return result{}, err
+	}
+	if err := b.Sync(); err != nil {
+		return result{}, err
+	}
+	secs := time.Since(start).Seconds()
+	_, peak := b.Allocated()
+	m.Free()
+	r := result{Impl: "ollama-tune", Kind: "load", Device: deviceName(b), Compute: dt.String(), LoadS: secs, LoadGB: float64(bytes) / 1e9,
+		PeakGiB: gib(peak), Note: fmt.Sprintf("LoadCheckpoint + cuda LoadModel (bf16 bytes uploaded, NF4 double quant on the GPU) of %s, %.2f GB, page cache", dir, float64(bytes)/1e9)}
+	fmt.Printf("load: %.2f GB in %.2f s (%.1f GB/s), backend peak %.2f GiB\n", float64(bytes)/1e9, secs, float64(bytes)/1e9/secs, gib(peak))
+	return r, nil
+}
+
+func deviceName(b *cuda.Backend) string {
+	i := b.Info()
+	return fmt.Sprintf("%s (%s)", i.Name, i.Detail())
+}
+
+// syntheticBatch is 16 rows of 64 tokens packing examples of varied
+// lengths (position ids restart at each), every token a label.
+func syntheticBatch(V int, seed uint64) *finetune.Batch {
+	lens := []int{23, 41, 17, 64, 30, 9, 52, 35, 12, 47}
+	T := batchRows * seqLen
+	b := &finetune.Batch{B: batchRows, S: seqLen, InputIDs: make([]int32, T), PositionIDs: make([]int32, T), Labels: make([]int32, T)}
+	k := 0
+	for r := 0; r < batchRows; r++ {
+		p, n := 0, lens[k%len(lens)]
+		for s := 0; s < seqLen; s++ {
+			if p == n {
+				k++
+				p, n = 0, lens[k%len(lens)]
+			}
+			t := r*seqLen + s
+			b.InputIDs[t] = int32(finetune.Mix64(seed^uint64(t)) % uint64(min(V, 32000)))
+			b.Labels[t] = b.InputIDs[t]
+			b.PositionIDs[t] = int32(p)
+			p++
+		}
+		k++
+	}
+	return b
+}
+
+// benchTrain runs warmup+steps optimizer steps of the tutorial schedule.
+func benchTrain(dt finetune.DType, ckpt bool, steps, warmup, total int, seed uint64, profile bool) (res result, prof *result, err error) {
+	defer cuda.Recover(&err)
+	b, err := cuda.New(cuda.Options{ComputeDType: dt})
+	if err != nil {
+		return res, nil, err
+	}
+	defer b.Close()
+	free0, _, err := b.MemInfo()
+	if err != nil {
+		return res, nil, err
+	}
+	cfg := finetune.Phi3Mini4k()
+	start := time.Now()
+	m, err := b.RandomModel(cfg, seed, finetune.ModelOptions{Quantize: true, DoubleQuant: true, LoRA: tutorialLoRA(seed), GradientCheckpointing: ckpt})
+	if err != nil {
+		return res, nil, err
+	}
+	defer m.Free()
+	if err := b.Sync(); err != nil {
+		return res, nil, err
+	}
+	setup := time.Since(start).Seconds()
+	b.FreeScratch()
+	b.ResetPeak()
+	params := m.LoRAParams()
+	grads := make([]finetune.Tensor, len(params))
+	states := make([]*finetune.Adam8State, len(params))
+	moments := make([][2]finetune.Tensor, len(params))
+	for k, p := range params {
+		grads[k] = p.Grad
+		n := p.Numel()
+		if optim.Uses8bit(n) {
+			nb := optim.Blocks8bit(n)
+			states[k] = &finetune.Adam8State{M: b.AllocBytes(n), V: b.AllocBytes(n), AbsmaxM: b.Alloc(nb), AbsmaxV: b.Alloc(nb)}
+		} else {
+			moments[k] = [2]finetune.Tensor{b.Alloc(p.Shape...), b.Alloc(p.Shape...)}
+		}
+	}
+	batch := syntheticBatch(cfg.VocabSize, seed)
+	res = result{Impl: "ollama-tune", Kind: "train", Device: deviceName(b), Compute: dt.String(), Ckpt: ckpt, Steps: steps, Warmup: warmup,
+		TotalSteps: total, TokensPerStep: batchRows * seqLen, SetupS: setup,
+		Note: "synthetic Phi-3-mini drawn on the GPU, NF4 double quant, LoRA r=8 on 4 modules, paged_adamw_8bit (bitsandbytes 8-bit AdamW), linear lr 3e-4, clip 1.0"}
+	minFree := free0
+	step := func(g int) (float64, error) {
+		t0 := time.Now()
+		m.ZeroGrads()
+		loss, _, _, err := m.Forward(batch, true, finetune.DeriveSeed(seed, uint64(g), 0))
+		if err != nil {
+			return 0, err
+		}
+		if err := m.Backward(); err != nil {
+			return 0, err
+		}
+		b.ClipGradNorm(grads, maxNorm)
+		lr := baseLR * float64(max(0, total-g)) / float64(total)
+		hp := finetune.AdamParams{LR: float32(lr), Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0, Step: g + 1}
+		for k, p := range params {
+			if states[k] != nil {
+				b.AdamW8bit(p.Param, p.Grad, states[k], hp)
+			} else {
+				b.AdamW(p.Param, p.Grad, moments[k][0], moments[k][1], hp)
+			}
+		}
+		if err := b.Sync(); err != nil {
+			return 0, err
+		}
+		secs := time.Since(t0).Seconds()
+		norm, err := b.GradNorm()
+		if err != nil {
+			return 0, err
+		}
+		if math.IsNaN(loss) || math.IsNaN(norm) {
+			return 0, fmt.Errorf("step %d: loss %v, grad norm %v", g+1, loss, norm)
+		}
+		res.Losses = append(res.Losses, loss)
+		res.GradNorms = append(res.GradNorms, norm)
+		if free, _, err := b.MemInfo(); err == nil {
+			minFree = min(minFree, free)
+		}
+		return secs, nil
+	}
+	for g := 0; g < warmup+steps; g++ {
+		secs, err := step(g)
+		if err != nil {
+			return res, nil, err
+		}
+		if g >= warmup {
+			res.StepTimes = append(res.StepTimes, secs)
+		}
+		fmt.Printf("ckpt %-5v step %3d: %.4f s, loss %.4f, grad norm %.4f\n", ckpt, g+1, secs, res.Losses[g], res.GradNorms[g])
+	}
+	var sum float64
+	for _, s := range res.StepTimes {
+		sum += s
+	}
+	res.SPerStep = sum / float64(len(res.StepTimes))
+	sorted := slices.Clone(res.StepTimes)
+	sort.Float64s(sorted)
+	res.SPerStepMed = sorted[len(sorted)/2]
+	_, peak := b.Allocated()
+	res.PeakGiB = gib(peak)
+	res.DeviceGiB = gib(free0 - minFree)
+	fmt.Printf("ckpt %v: %.4f s/step (median %.4f), %.0f tokens/s, setup %.1f s, backend peak %.2f GiB, device in use %.2f GiB\n",
+		ckpt, res.SPerStep, res.SPerStepMed, float64(res.TokensPerStep)/res.SPerStep, setup, res.PeakGiB, res.DeviceGiB)
+	if !profile {
+		return res, nil, nil
+	}
+	b.StartProfile()
+	if _, err := step(warmup + steps); err != nil {
+		return res, nil, err
+	}
+	p, err := b.StopProfile()
+	if err != nil {
+		return res, nil, err
+	}
+	pr := result{Impl: "ollama-tune", Kind: "profile", Device: res.Device, Compute: res.Compute, Ckpt: ckpt, BusyMs: p.BusyMs, WallMs: p.WallMs}
+	for _, e := range p.Entries {
+		pr.Profile = append(pr.Profile, profRow{Name: e.Name, Calls: e.Calls, Ms: e.Ms})
+	}
+	printProfile(os.Stdout, pr)
+	return res, &pr, nil
+}
+
+// category groups the profile's names for the notes.
+func category(name string) string {
+	switch {
+	case strings.HasPrefix(name, "gemm bf16"):
+		return "base GEMMs (bf16, cuBLAS)"
+	case strings.HasPrefix(name, "gemm f32"):
+		return "LoRA GEMMs (fp32, cuBLAS)"
+	case strings.HasPrefix(name, "nf4_dequant"):
+		return "NF4 dequantization"
+	case strings.HasPrefix(name, "attn_"):
+		return "attention"
+	case name == "ce_rows" || name == "gather_rows" || name == "scatter_add_rows":
+		return "cross-entropy (softmax, gather/scatter)"
+	case name == "f32_to_bf16_kernel":
+		return "fp32 -> bf16 casts of GEMM inputs"
+	case name == "adamw8bit" || name == "adamw" || name == "sumsq_multi" || name == "clip_finish" || name == "scale_multi":
+		return "optimizer and clipping"
+	case name == "memset" || name == "memcpy":
+		return "memset / memcpy"
+	case strings.HasPrefix(name, "dropout"):
+		return "LoRA dropout"
+	}
+	return "norms, RoPE, SwiGLU, adds, embedding"
+}
+
+func printProfile(w io.Writer, p result) {
+	fmt.Fprintf(w, "\nprofile, checkpointing %v: GPU busy %.1f ms of %.1f ms (%.0f%%)\n", p.Ckpt, p.BusyMs, p.WallMs, 100*p.BusyMs/max(p.WallMs, 1e-9))
+	cats := map[string]float64{}
+	calls := map[string]int{}
+	for _, e := range p.Profile {
+		cats[category(e.Name)] += e.Ms
+		calls[category(e.Name)] += e.Calls
+	}
+	names := make([]string, 0, len(cats))
+	for c := range cats {
+		names = append(names, c)
+	}
+	sort.Slice(names, func(i, j int) bool { return cats[names[i]] > cats[names[j]] })
+	for _, c := range names {
+		fmt.Fprintf(w, "  %-42s %8.2f ms  %5d calls\n", c, cats[c], calls[c])
+	}
+	fmt.Fprintln(w, "  top kernels:")
+	for k, e := range p.Profile {
+		if k == 25 {
+			break
+		}
+		fmt.Fprintf(w, "    %-44s %8.2f ms  %5d calls\n", e.Name, e.Ms, e.Calls)
+	}
+}
+
+// printTable prints the markdown comparison of a results file.
+func printTable(w io.Writer, path string, total int) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var rs []result
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" {
+			continue
+		}
+		var r result
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		rs = append(rs, r)
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	loads := map[string]result{}
+	base := map[bool]result{}
+	var device string
+	for _, r := range rs {
+		switch r.Kind {
+		case "load":
+			loads[r.Impl] = r
+		case "train":
+			if r.Impl != "ollama-tune" {
+				base[r.Ckpt] = r
+			}
+			if device == "" && r.Impl == "ollama-tune" {
+				device = r.Device
+			}
+		}
+	}
+	if device == "" && len(rs) > 0 {
+		device = rs[0].Device
+	}
+	fmt.Fprintf(w, "Phi-3-mini shapes, batch 16 x 64 tokens, LoRA r=8 on qkv/o/gate_up/down; %s. s/step: mean of the timed steps after warm-up; total: s/step x %d (extrapolated); MFU: 4 x %.2fe9 FLOPs per token at %.0f TFLOP/s.\n\n",
+		device, total, nParams/1e9, peakTFLOPS)
+	fmt.Fprintln(w, "| run | s/step | total s (220 steps, extrapolated) | tokens/s | MFU | peak GiB | load+quantize s | speed-up vs baseline |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	for _, r := range rs {
+		if r.Kind != "train" || r.SPerStep <= 0 {
+			continue
+		}
+		name := "ollama-tune, NF4 + " + r.Compute
+		if r.Impl != "ollama-tune" {
+			name = r.Impl + ", " + r.Compute + " base"
+		}
+		if r.Ckpt {
+			name += ", grad. checkpointing"
+		} else {
+			name += ", no checkpointing"
+		}
+		tps := float64(r.TokensPerStep) / r.SPerStep
+		mfu := tps * 4 * nParams / (peakTFLOPS * 1e12)
+		ld := "-"
+		if l, ok := loads[r.Impl]; ok {
+			ld = fmt.Sprintf("%.2f", l.LoadS)
+		}
+		ratio := "-"
+		if bl, ok := base[r.Ckpt]; ok && bl.SPerStep > 0 {
+			ratio = fmt.Sprintf("%.2fx", bl.SPerStep/r.SPerStep)
+		}
+		fmt.Fprintf(w, "| %s | %.4f | %.1f | %.0f | %.1f%% | %.2f | %s | %s |\n", name, r.SPerStep, r.SPerStep*float64(total), tps, 100*mfu, r.PeakGiB, ld, ratio)
+	}
+	for _, r := range rs {
+		if r.Kind == "load" {
+			fmt.Fprintf(w, "\nload, %s: %.2f s for %.2f GB (%s)", r.Impl, r.LoadS, r.LoadGB, r.Note)
+		}
+	}
+	fmt.Fprintln(w)
+	for _, r := range rs {
+		if r.Kind == "profile" {
+			printProfile(w, r)
+		}
+	}
+	return nil
+}

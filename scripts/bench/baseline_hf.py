@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""The transformers + peft baseline of `make bench-gpu` (issue 8).
+
+A Phi-3-mini-4k-shaped Phi3ForCausalLM with random weights in bfloat16 on
+the GPU (no bitsandbytes: the base is bf16, not NF4), LoRA r=8, alpha 16,
+dropout 0.05 on qkv_proj, o_proj, gate_up_proj and down_proj, batches of
+16 x 64 tokens, torch.optim.AdamW (lr 3e-4, linear decay over 220 steps,
+no weight decay), gradients clipped to norm 1.0, bf16 autocast (what the
+Trainer does with bf16=True); with and without gradient checkpointing
+(non-reentrant). s/step is the mean over --steps steps after --warmup
+steps. With --load DIR it also times from_pretrained(DIR) onto the GPU in
+bf16. Results are appended as JSON lines (the schema of
+cmd/ollama-tune-bench-gpu) to --out.
+
+Needs: Python 3.12, PyTorch, transformers, peft, a CUDA GPU.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def phi3_config():
+    from transformers import Phi3Config
+
+    try:
+        return Phi3Config(sliding_window=2047)
+    except TypeError:
+        return Phi3Config()
+
+
+def build_model(cfg):
+    from transformers import Phi3ForCausalLM
+
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = Phi3ForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    model.config.use_cache = False
+    return model
+
+
+def batch(seed, V, B=16, S=64):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, min(V, 32000), (B, S), generator=g)
+    return ids.cuda(), ids.clone().cuda()
+
+
+def train(model, ckpt, steps, warmup, total, ids, labels, device_name):
+    if ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, (total - s) / total))
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    free0, _ = torch.cuda.mem_get_info()
+    min_free = free0
+    times, losses, norms = [], [], []
+    for g in range(warmup + steps):
+        t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(input_ids=ids, labels=labels)
+        out.loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        min_free = min(min_free, torch.cuda.mem_get_info()[0])
+        losses.append(float(out.loss))
+        norms.append(float(norm))
+        if g >= warmup:
+            times.append(dt)
+        log(f"hf ckpt {ckpt} step {g + 1}: {dt:.4f} s, loss {losses[-1]:.4f}, grad norm {norms[-1]:.4f}")
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    del opt, sched
+    s = sum(times) / len(times)
+    log(f"hf ckpt {ckpt}: {s:.4f} s/step (median {statistics.median(times):.4f}), {1024 / s:.0f} tokens/s, peak allocated {peak:.2f} GiB")
+    return {
+        "impl": "transformers+peft", "kind": "train", "device": device_name, "compute": "bfloat16", "ckpt": ckpt,
+        "steps": steps, "warmup": warmup, "total_steps": total, "tokens_per_step": ids.numel(),
+        "s_per_step": s, "s_per_step_median": statistics.median(times), "step_times": times,
+        "peak_gib": peak, "device_gib": (free0 - min_free) / 2**30 + torch.cuda.memory_allocated() / 2**30,
+        "losses": losses, "grad_norms": norms,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--total", type=int, default=220)
+    ap.add_argument("--ckpt", default="on,off")
+    ap.add_argument("--load", default="")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    import peft
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    device_name = torch.cuda.get_device_name(0)
+    versions = f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}"
+    log("baseline:", device_name, versions)
+
+    def emit(r):
+        r.setdefault("note", versions)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(r) + "\n")
+
+    t0 = time.perf_counter()
+    model = build_model(phi3_config())
+    log(f"model built on the GPU in {time.perf_counter() - t0:.1f} s, attention {model.config._attn_implementation}")
+    lc = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM",
+                    target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])
+    model = get_peft_model(model, lc)
+    model.print_trainable_parameters()
+    ids, labels = batch(42, model.config.vocab_size)
+    for c in args.ckpt.split(","):
+        ckpt = c.strip() == "on"
+        try:
+            emit(train(model, ckpt, args.steps, args.warmup, args.total, ids, labels, device_name))
+        except Exception as e:  # keep going: the other runs still count
+            log(f"hf ckpt {ckpt} failed: {e!r}")
+    del model
+    torch.cuda.empty_cache()
+
+    if args.load:
+        from transformers import Phi3ForCausalLM
+
+        size = sum(os.path.getsize(os.path.join(args.load, f)) for f in os.listdir(args.load) if f.endswith(".safetensors"))
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        try:
+            m = Phi3ForCausalLM.from_pretrained(args.load, dtype=torch.bfloat16, device_map="cuda")
+        except TypeError:
+            m = Phi3ForCausalLM.from_pretrained(args.load, torch_dtype=torch.bfloat16, device_map="cuda")
+        torch.cuda.synchronize()
+        secs = time.perf_counter() - t0
+        log(f"hf from_pretrained: {size / 1e9:.2f} GB in {secs:.2f} s")
+        emit({"impl": "transformers+peft", "kind": "load", "device": device_name, "load_s": secs, "load_gb": size / 1e9,
+              "note": f"Phi3ForCausalLM.from_pretrained(dtype=bfloat16, device_map='cuda'), unquantized, page cache; {versions}"})
+        del m
+
+
+if __name__ == "__main__":
+    sys.exit(main())

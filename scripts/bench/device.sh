@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The GPU half of `make bench-gpu` (scripts/bench-gpu.sh builds bin/gpu/
+# here and prints how to run this there). On a machine with an NVIDIA GPU,
+# PyTorch, transformers and peft, from the repository root:
+#
+#   OUT=/some/dir bash scripts/bench/device.sh
+#
+# 1. the CUDA backend's correctness tests (bin/gpu/cuda.test), while a
+#    random Phi-3-mini checkpoint is written with save_pretrained (7.64 GB
+#    bf16, into $CKPT, default /tmp/phi3-random);
+# 2. our trainer: load+quantize of that checkpoint, then training with and
+#    without gradient checkpointing, one profiled step each;
+# 3. the transformers + peft baseline (scripts/bench/baseline_hf.py) and
+#    transformers' own load of the checkpoint;
+# 4. the table (also in $OUT/table.md).
+# Logs: $OUT/{gpu.txt,tests.log,ckpt.log,ours.log,hf.log,results.jsonl,table.md}.
+set -u
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$PWD/out/bench-gpu}
+CKPT=${CKPT:-/tmp/phi3-random}
+STEPS=${STEPS:-20}
+WARMUP=${WARMUP:-3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+: > "$OUT/results.jsonl"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1
+cat "$OUT/gpu.txt"
+t0=$(date +%s)
+
+rm -rf "$CKPT"
+python3 scripts/bench/make_ckpt.py "$CKPT" > "$OUT/ckpt.log" 2>&1 &
+ckpt_pid=$!
+(cd cuda && timeout 120 ../bin/gpu/cuda.test -test.v -test.timeout 115s) > "$OUT/tests.log" 2>&1
+echo "cuda tests: exit $? after $(( $(date +%s) - t0 )) s; $(grep -c '^--- FAIL' "$OUT/tests.log") failed, $(grep -c '^--- PASS' "$OUT/tests.log") passed"
+grep -E '^(--- FAIL|FAIL|ok|PASS)' "$OUT/tests.log" | head -20
+wait $ckpt_pid
+echo "checkpoint: $(tail -1 "$OUT/ckpt.log") ($(du -sh "$CKPT" 2>/dev/null | cut -f1))"
+cat "$CKPT"/*.safetensors > /dev/null 2>&1   # from the page cache, as issue 8 measures
+
+timeout 110 bin/gpu/ollama-tune-bench-gpu -steps "$STEPS" -warmup "$WARMUP" -load "$CKPT" -profile -out "$OUT/results.jsonl" > "$OUT/ours.log" 2>&1
+echo "ours: exit $? after $(( $(date +%s) - t0 )) s"
+grep -E '^(load|ckpt (true|false):)|training benchmark|load benchmark|panic' "$OUT/ours.log"
+
+timeout 110 python3 scripts/bench/baseline_hf.py --steps "$STEPS" --warmup "$WARMUP" --load "$CKPT" --out "$OUT/results.jsonl" > "$OUT/hf.log" 2>&1
+echo "baseline: exit $? after $(( $(date +%s) - t0 )) s"
+grep -E 's/step|from_pretrained|failed|Error' "$OUT/hf.log" | tail -6
+
+bin/gpu/ollama-tune-bench-gpu -table "$OUT/results.jsonl" > "$OUT/table.md" 2>&1
+cat "$OUT/table.md"
