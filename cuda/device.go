@@ -93,9 +93,9 @@ type Backend struct {
 	smap, umap cu.DevicePtr // bitsandbytes' signed and unsigned dynamic maps [256]float32
 	scratch    [numScratch]buffer
 
-	grads *gradTable // ClipGradNorm's table of the last gradients
-	prof     *profiler // non-nil between StartProfile and StopProfile
-	profPool *profiler // the last profile's events, for the next
+	grads    *gradTable // ClipGradNorm's table of the last gradients
+	prof     *profiler  // non-nil between StartProfile and StopProfile
+	profPool *profiler  // the last profile's events, for the next
 
 	live, peak int64 // bytes held by tensors, weights and scratch
 	closed     bool
@@ -618,22 +618,22 @@ func (b *Backend) Free(t finetune.Tensor) {
 type scratchRole int
 
 const (
-	sWeight   scratchRole = iota // a dequantized or converted weight
-	sAct                         // bfloat16 copy of a GEMM's activation input
-	sUpload                      // float32 staging of uploaded weights
-	sDrop                        // dropout(x) for LoRA
-	sLoRAG                       // LoRA backward's dout . B
-	sLoRATmp                     // LoRA backward's masked input gradient
-	sAbsmax                      // NF4 absmax before double quantization
-	sCEIdx                       // cross-entropy: token indices, targets
-	sCEX                         // cross-entropy: gathered rows of x
-	sCELogits                    // cross-entropy: a chunk of logits
-	sCEDx                        // cross-entropy: a chunk's input gradient
-	sCELoss                      // cross-entropy: per-token losses, hits
-	sReduce                      // partial sums
-	sAttn                        // attention backward: rowsum(dO*O)
-	sNF4Offset                   // NF4Weight's double-quantization offset
-	sBins                        // the exact sum's bins (NF4 double quantization)
+	sWeight    scratchRole = iota // a dequantized or converted weight
+	sAct                          // bfloat16 copy of a GEMM's activation input
+	sUpload                       // float32 staging of uploaded weights
+	sDrop                         // dropout(x) for LoRA
+	sLoRAG                        // LoRA backward's dout . B
+	sLoRATmp                      // LoRA backward's masked input gradient
+	sAbsmax                       // NF4 absmax before double quantization
+	sCEIdx                        // cross-entropy: token indices, targets
+	sCEX                          // cross-entropy: gathered rows of x
+	sCELogits                     // cross-entropy: a chunk of logits
+	sCEDx                         // cross-entropy: a chunk's input gradient
+	sCELoss                       // cross-entropy: per-token losses, hits
+	sReduce                       // partial sums
+	sAttn                         // attention backward: rowsum(dO*O)
+	sNF4Offset                    // NF4Weight's double-quantization offset
+	sBins                         // the exact sum's bins (NF4 double quantization)
 	numScratch
 )
 
