@@ -416,9 +416,34 @@ func (b *Backend) LinearForward(out, x finetune.Tensor, l *finetune.Linear, h fi
 	}
 	lo, r := l.LoRA, loraRank(l)
 	A, B, hs := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op), tensor(h, kindF32, op)
-	xd := b.dropout(op, xs.ptr, int64(xs.n), lo.Dropout, seed)
-	b.sgemm(op, false, true, T, r, w.in, 1, xd, w.in, A.ptr, w.in, 0, hs.ptr, r)
+	if b.fast && r <= loraMaxR {
+		// h = dropout(x) . A^T in one pass over x.
+		b.launch(op, "lora_rowdot", grid1(T), 256, 0, ptrArg(hs.ptr), ptrArg(xs.ptr), ptrArg(A.ptr), intArg(T), intArg(w.in), intArg(r),
+			intArg(w.in), 1, seed, f32Arg(lo.Dropout), f32Arg(keepScale(lo.Dropout)))
+	} else {
+		xd := b.dropout(op, xs.ptr, int64(xs.n), lo.Dropout, seed)
+		b.sgemm(op, false, true, T, r, w.in, 1, xd, w.in, A.ptr, w.in, 0, hs.ptr, r)
+	}
 	b.sgemm(op, false, true, T, w.out, r, lo.Scale, hs.ptr, r, B.ptr, r, 1, o.ptr, w.out)
+}
+
+// loraMaxR is the largest rank the fused LoRA kernels take (kernels/lora.cu).
+const loraMaxR = 16
+
+// loraChunk is the tokens per partial sum of the fused LoRA backward.
+const loraChunk = 64
+
+// loraColdot accumulates G(j,k) += scale * sum_t a[t,j] * xd[t,k] for a
+// [T,r] and x [T,K] (xd its dropout with p, seed; p = 0: x itself), G(j,k)
+// at G + 4*(j*gsj + k*gsk).
+func (b *Backend) loraColdot(op string, G, a, x cu.DevicePtr, T, K, r, gsj, gsk int, scale, p float32, seed uint64) {
+	nc := (T + loraChunk - 1) / loraChunk
+	part := b.scratchBuf(sLoRAPart, 4*int64(nc)*int64(r)*int64(K), op)
+	gx := (K + 255) / 256
+	b.launch(op, "lora_coldot_partial", [3]int{gx, nc, 1}, 256, 0, ptrArg(part), ptrArg(a), ptrArg(x), intArg(T), intArg(K), intArg(r),
+		intArg(loraChunk), seed, f32Arg(p), f32Arg(keepScale(p)))
+	b.launch(op, "lora_coldot_finish", [3]int{gx, r, 1}, 256, 0, ptrArg(G), ptrArg(part), intArg(nc), intArg(K), intArg(r),
+		intArg(gsj), intArg(gsk), f32Arg(scale))
 }
 
 // LinearBackward: dx += dout . W + scale * ((dout . B) . A) * mask;
@@ -441,11 +466,25 @@ func (b *Backend) LinearBackward(dx, dout, x finetune.Tensor, l *finetune.Linear
 	A, B := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op)
 	gA, gB := tensor(lo.GradA, kindF32, op), tensor(lo.GradB, kindF32, op)
 	n := int64(T) * int64(w.in)
+	g := b.scratchBuf(sLoRAG, 4*int64(T)*int64(r), op)
+	if b.fast && r <= loraMaxR {
+		// GradB [out,r] += scale * dout^T . h
+		b.loraColdot(op, gB.ptr, hs.ptr, do.ptr, T, w.out, r, 1, r, lo.Scale, 0, 0)
+		// g [T,r] = dout . B
+		b.launch(op, "lora_rowdot", grid1(T), 256, 0, ptrArg(g), ptrArg(do.ptr), ptrArg(B.ptr), intArg(T), intArg(w.out), intArg(r),
+			1, intArg(r), 0, f32Arg(0), f32Arg(1))
+		// GradA [r,in] += scale * g^T . dropout(x)
+		b.loraColdot(op, gA.ptr, g, xs.ptr, T, w.in, r, w.in, 1, lo.Scale, lo.Dropout, seed)
+		if d != nil {
+			b.launch(op, "lora_dx", [3]int{(w.in + 255) / 256, min(T, 65535), 1}, 256, 0, ptrArg(d.ptr), ptrArg(g), ptrArg(A.ptr),
+				intArg(T), intArg(w.in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), f32Arg(keepScale(lo.Dropout)))
+		}
+		return
+	}
 	xd := b.dropout(op, xs.ptr, n, lo.Dropout, seed)
 	// GradB [out,r] += scale * dout^T . h
 	b.sgemm(op, true, false, w.out, r, T, lo.Scale, do.ptr, w.out, hs.ptr, r, 1, gB.ptr, r)
 	// g [T,r] = dout . B
-	g := b.scratchBuf(sLoRAG, 4*int64(T)*int64(r), op)
 	b.sgemm(op, false, false, T, r, w.out, 1, do.ptr, w.out, B.ptr, r, 0, g, r)
 	// GradA [r,in] += scale * g^T . dropout(x)
 	b.sgemm(op, true, false, r, w.in, T, lo.Scale, g, r, xd, w.in, 1, gA.ptr, w.in)

@@ -24,6 +24,7 @@ package cuda
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"unsafe"
 
@@ -68,6 +69,11 @@ type Options struct {
 	// accumulation and output; activations, LoRA, gradients and optimizer
 	// state stay float32.
 	ComputeDType finetune.DType
+	// ReferenceKernels turns off the fused fast paths (LoRA products with
+	// their dropout, small-sequence attention) and runs the original
+	// one-op-at-a-time kernels, for A/B benchmarks and tests. The
+	// environment variable OLLAMA_TUNE_CUDA_REFERENCE=1 does the same.
+	ReferenceKernels bool
 }
 
 // minDriver is the oldest driver API version that JIT-compiles our PTX
@@ -96,6 +102,8 @@ type Backend struct {
 	grads    *gradTable // ClipGradNorm's table of the last gradients
 	prof     *profiler  // non-nil between StartProfile and StopProfile
 	profPool *profiler  // the last profile's events, for the next
+
+	fast bool // fused fast paths on (see Options.ReferenceKernels)
 
 	live, peak int64 // bytes held by tensors, weights and scratch
 	closed     bool
@@ -147,7 +155,8 @@ func New(opts Options) (b *Backend, err error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	b = &Backend{opts: opts, dtype: opts.ComputeDType, fns: map[string]cu.Function{}}
+	b = &Backend{opts: opts, dtype: opts.ComputeDType, fns: map[string]cu.Function{},
+		fast: !opts.ReferenceKernels && os.Getenv("OLLAMA_TUNE_CUDA_REFERENCE") != "1"}
 	if b.dev, err = cu.GetDevice(opts.Device); err != nil {
 		return nil, fmt.Errorf("cuda backend: GPU %d: %w", opts.Device, err)
 	}
@@ -233,6 +242,9 @@ func (b *Backend) uploadTables() error {
 	}
 	return b.stream.Synchronize()
 }
+
+// FastKernels reports whether the fused fast paths are on.
+func (b *Backend) FastKernels() bool { return b.fast }
 
 // Info describes the backend's GPU.
 func (b *Backend) Info() DeviceInfo { return b.info }
@@ -634,6 +646,7 @@ const (
 	sAttn                         // attention backward: rowsum(dO*O)
 	sNF4Offset                    // NF4Weight's double-quantization offset
 	sBins                         // the exact sum's bins (NF4 double quantization)
+	sLoRAPart                     // fused LoRA backward: per-chunk column sums
 	numScratch
 )
 

@@ -480,7 +480,20 @@ func TestSwiGLUAddScale(t *testing.T) {
 }
 
 func TestLinear(t *testing.T) {
-	T, in, out, r := 21, 67, 45, 5
+	for _, fast := range []bool{true, false} {
+		gpu.fast, gpuB16.fast = fast, fast
+		t.Run(fmt.Sprintf("fused %v", fast), func(t *testing.T) {
+			// T spans several of the fused backward's 64-token chunks and a
+			// partial one; r = 20 is above the fused kernels' rank limit.
+			for _, sz := range []struct{ T, in, out, r int }{{21, 67, 45, 5}, {203, 300, 129, 8}, {37, 40, 33, 20}} {
+				testLinear(t, sz.T, sz.in, sz.out, sz.r)
+			}
+		})
+	}
+	gpu.fast, gpuB16.fast = true, true
+}
+
+func testLinear(t *testing.T, T, in, out, r int) {
 	wdata := randn(out*in, 30, 0.2)
 	for _, c := range []struct {
 		quant, lora, bf16 bool
@@ -495,7 +508,7 @@ func TestLinear(t *testing.T) {
 		{true, true, true, 0.1, false},
 		{false, true, true, 0, false},
 	} {
-		name := fmt.Sprintf("nf4 %v lora %v bf16 %v dropout %v nil dx %v", c.quant, c.lora, c.bf16, c.dropout, c.nilDx)
+		name := fmt.Sprintf("[%d,%d]x%d r%d nf4 %v lora %v bf16 %v dropout %v nil dx %v", out, in, T, r, c.quant, c.lora, c.bf16, c.dropout, c.nilDx)
 		g, cb, tol := gpu, finetune.Backend(cpu), tolF32
 		if c.bf16 {
 			g, cb, tol = gpuB16, cpuB16, tolBF16

@@ -54,6 +54,7 @@ type result struct {
 	Kind          string    `json:"kind"` // "train", "load" or "profile"
 	Device        string    `json:"device"`
 	Compute       string    `json:"compute,omitempty"`
+	Kernels       string    `json:"kernels,omitempty"` // "fused" or "reference" (cuda.Options.ReferenceKernels)
 	Ckpt          bool      `json:"ckpt"`
 	Steps         int       `json:"steps,omitempty"`
 	Warmup        int       `json:"warmup,omitempty"`
@@ -92,6 +93,7 @@ func main() {
 	out := flag.String("out", "", "append the results as JSON lines to this file")
 	table := flag.String("table", "", "print the comparison table of a results file and exit")
 	seed := flag.Uint64("seed", 42, "seed of the weights, the adapter and the batch")
+	reference := flag.Bool("reference", false, "run the reference kernels (cuda.Options.ReferenceKernels), for A/B comparisons")
 	flag.Parse()
 	if *table != "" {
 		if err := printTable(os.Stdout, *table, *total); err != nil {
@@ -118,7 +120,7 @@ func main() {
 		}
 	}
 	if *load != "" {
-		r, err := benchLoad(*load, dt)
+		r, err := benchLoad(*load, dt, *reference)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "load benchmark:", err)
 		} else {
@@ -134,7 +136,7 @@ func main() {
 		default:
 			fatal(fmt.Errorf("-ckpt %q: use on, off or on,off", *ckptFlag))
 		}
-		tr, prof, err := benchTrain(dt, ckpt, *steps, *warmup, *total, *seed, *profile)
+		tr, prof, err := benchTrain(dt, ckpt, *reference, *steps, *warmup, *total, *seed, *profile)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "training benchmark (checkpointing %v): %v\n", ckpt, err)
 			continue
@@ -184,7 +186,7 @@ func tutorialLoRA(seed uint64) *finetune.LoRAConfig {
 
 // benchLoad times LoadCheckpoint + LoadModel (NF4, double quantization)
 // of dir, from the page cache.
-func benchLoad(dir string, dt finetune.DType) (result, error) {
+func benchLoad(dir string, dt finetune.DType, reference bool) (result, error) {
 	var bytes int64
 	if ents, err := os.ReadDir(dir); err == nil {
 		for _, e := range ents {
@@ -195,7 +197,7 @@ func benchLoad(dir string, dt finetune.DType) (result, error) {
 			}
 		}
 	}
-	b, err := cuda.New(cuda.Options{ComputeDType: dt})
+	b, err := cuda.New(cuda.Options{ComputeDType: dt, ReferenceKernels: reference})
 	if err != nil {
 		return result{}, err
 	}
@@ -223,6 +225,13 @@ func benchLoad(dir string, dt finetune.DType) (result, error) {
 		PeakGiB: gib(peak), Note: fmt.Sprintf("LoadCheckpoint + cuda LoadModel (bf16 bytes uploaded, NF4 double quant on the GPU) of %s, %.2f GB, page cache", dir, float64(bytes)/1e9)}
 	fmt.Printf("load: %.2f GB in %.2f s (%.1f GB/s), backend peak %.2f GiB\n", float64(bytes)/1e9, secs, float64(bytes)/1e9/secs, gib(peak))
 	return r, nil
+}
+
+func kernelsName(b *cuda.Backend) string {
+	if b.FastKernels() {
+		return "fused"
+	}
+	return "reference"
 }
 
 func deviceName(b *cuda.Backend) string {
@@ -256,9 +265,9 @@ func syntheticBatch(V int, seed uint64) *finetune.Batch {
 }
 
 // benchTrain runs warmup+steps optimizer steps of the tutorial schedule.
-func benchTrain(dt finetune.DType, ckpt bool, steps, warmup, total int, seed uint64, profile bool) (res result, prof *result, err error) {
+func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total int, seed uint64, profile bool) (res result, prof *result, err error) {
 	defer cuda.Recover(&err)
-	b, err := cuda.New(cuda.Options{ComputeDType: dt})
+	b, err := cuda.New(cuda.Options{ComputeDType: dt, ReferenceKernels: reference})
 	if err != nil {
 		return res, nil, err
 	}
@@ -295,7 +304,7 @@ func benchTrain(dt finetune.DType, ckpt bool, steps, warmup, total int, seed uin
 		}
 	}
 	batch := syntheticBatch(cfg.VocabSize, seed)
-	res = result{Impl: "ollama-tune", Kind: "train", Device: deviceName(b), Compute: dt.String(), Ckpt: ckpt, Steps: steps, Warmup: warmup,
+	res = result{Impl: "ollama-tune", Kind: "train", Device: deviceName(b), Compute: dt.String(), Kernels: kernelsName(b), Ckpt: ckpt, Steps: steps, Warmup: warmup,
 		TotalSteps: total, TokensPerStep: batchRows * seqLen, SetupS: setup,
 		Note: "synthetic Phi-3-mini drawn on the GPU, NF4 double quant, LoRA r=8 on 4 modules, paged_adamw_8bit (bitsandbytes 8-bit AdamW), linear lr 3e-4, clip 1.0"}
 	minFree := free0
@@ -358,8 +367,8 @@ func benchTrain(dt finetune.DType, ckpt bool, steps, warmup, total int, seed uin
 	_, peak := b.Allocated()
 	res.PeakGiB = gib(peak)
 	res.DeviceGiB = gib(free0 - minFree)
-	fmt.Printf("ckpt %v: %.4f s/step (median %.4f), %.0f tokens/s, setup %.1f s, backend peak %.2f GiB, device in use %.2f GiB\n",
-		ckpt, res.SPerStep, res.SPerStepMed, float64(res.TokensPerStep)/res.SPerStep, setup, res.PeakGiB, res.DeviceGiB)
+	fmt.Printf("ckpt %v: %s %s kernels: %.4f s/step (median %.4f), %.0f tokens/s, setup %.1f s, backend peak %.2f GiB, device in use %.2f GiB\n",
+		ckpt, res.Compute, res.Kernels, res.SPerStep, res.SPerStepMed, float64(res.TokensPerStep)/res.SPerStep, setup, res.PeakGiB, res.DeviceGiB)
 	if !profile {
 		return res, nil, nil
 	}
@@ -371,7 +380,7 @@ func benchTrain(dt finetune.DType, ckpt bool, steps, warmup, total int, seed uin
 	if err != nil {
 		return res, nil, err
 	}
-	pr := result{Impl: "ollama-tune", Kind: "profile", Device: res.Device, Compute: res.Compute, Ckpt: ckpt, BusyMs: p.BusyMs, WallMs: p.WallMs}
+	pr := result{Impl: "ollama-tune", Kind: "profile", Device: res.Device, Compute: res.Compute, Kernels: res.Kernels, Ckpt: ckpt, BusyMs: p.BusyMs, WallMs: p.WallMs}
 	for _, e := range p.Entries {
 		pr.Profile = append(pr.Profile, profRow{Name: e.Name, Calls: e.Calls, Ms: e.Ms})
 	}
@@ -405,7 +414,7 @@ func category(name string) string {
 }
 
 func printProfile(w io.Writer, p result) {
-	fmt.Fprintf(w, "\nprofile, checkpointing %v: GPU busy %.1f ms of %.1f ms (%.0f%%)\n", p.Ckpt, p.BusyMs, p.WallMs, 100*p.BusyMs/max(p.WallMs, 1e-9))
+	fmt.Fprintf(w, "\nprofile, %s %s kernels, checkpointing %v: GPU busy %.1f ms of %.1f ms (%.0f%%)\n", p.Compute, p.Kernels, p.Ckpt, p.BusyMs, p.WallMs, 100*p.BusyMs/max(p.WallMs, 1e-9))
 	cats := map[string]float64{}
 	calls := map[string]int{}
 	for _, e := range p.Profile {
@@ -481,6 +490,9 @@ func printTable(w io.Writer, path string, total int) error {
 			continue
 		}
 		name := "ollama-tune, NF4 + " + r.Compute
+		if r.Kernels == "reference" {
+			name += " (reference kernels)"
+		}
 		if r.Impl != "ollama-tune" {
 			name = r.Impl + ", " + r.Compute + " base"
 		}

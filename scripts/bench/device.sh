@@ -9,7 +9,8 @@
 #    random Phi-3-mini checkpoint is written with save_pretrained (7.64 GB
 #    bf16, into $CKPT, default /tmp/phi3-random);
 # 2. our trainer: load+quantize of that checkpoint, then training with and
-#    without gradient checkpointing, one profiled step each;
+#    without gradient checkpointing, one profiled step each; then A/B runs
+#    with the reference kernels (bf16) and with float32 compute;
 # 3. the transformers + peft baseline (scripts/bench/baseline_hf.py) and
 #    transformers' own load of the checkpoint;
 # 4. the table (also in $OUT/table.md).
@@ -37,9 +38,17 @@ wait $ckpt_pid
 echo "checkpoint: $(tail -1 "$OUT/ckpt.log") ($(du -sh "$CKPT" 2>/dev/null | cut -f1))"
 cat "$CKPT"/*.safetensors > /dev/null 2>&1   # from the page cache, as issue 8 measures
 
-timeout 110 bin/gpu/ollama-tune-bench-gpu -steps "$STEPS" -warmup "$WARMUP" -load "$CKPT" -profile -out "$OUT/results.jsonl" > "$OUT/ours.log" 2>&1
-echo "ours: exit $? after $(( $(date +%s) - t0 )) s"
-grep -E '^(load|ckpt (true|false):)|training benchmark|load benchmark|panic' "$OUT/ours.log"
+B=bin/gpu/ollama-tune-bench-gpu
+{
+  timeout 80 $B -steps "$STEPS" -warmup "$WARMUP" -load "$CKPT" -profile -out "$OUT/results.jsonl"
+  echo "ours: exit $? after $(( $(date +%s) - t0 )) s"
+  # A/B: the same with the reference (unfused) kernels, and float32 compute.
+  timeout 30 $B -ckpt on -reference -steps 8 -warmup 2 -profile -out "$OUT/results.jsonl"
+  echo "ours, reference kernels: exit $? after $(( $(date +%s) - t0 )) s"
+  timeout 30 $B -ckpt on -compute f32 -reference -steps 4 -warmup 1 -out "$OUT/results.jsonl"
+  echo "ours, float32 reference: exit $? after $(( $(date +%s) - t0 )) s"
+} > "$OUT/ours.log" 2>&1
+grep -E '^(load|ckpt (true|false):|ours)|training benchmark|load benchmark|panic' "$OUT/ours.log"
 
 timeout 110 python3 scripts/bench/baseline_hf.py --steps "$STEPS" --warmup "$WARMUP" --load "$CKPT" --out "$OUT/results.jsonl" > "$OUT/hf.log" 2>&1
 echo "baseline: exit $? after $(( $(date +%s) - t0 )) s"
