@@ -380,6 +380,7 @@ func (tr *trainer) restore(dir string) error {
 	tr.history = st.LogHistory
 	tr.tokens = ri.Tokens
 	tr.win = ri.Window
+	tr.win.Tokens = 0 // tokens/s restarts with this process's clock
 	if ri.MicroBatchSize > 0 && ri.MicroBatchSize < tr.microBS {
 		tr.microBS = ri.MicroBatchSize
 	}

@@ -28,6 +28,16 @@ type sftRunner struct {
 // JSON) over the seed's defaults; unknown keys are errors.
 func decodeConfig(raw []byte) (finetune.TrainConfig, error) {
 	cfg := finetune.DefaultTrainConfig()
+	// JSON merges an object into an existing map: a rename mapping that is
+	// given replaces the default one instead.
+	var probe struct {
+		Dataset struct {
+			Rename json.RawMessage `json:"rename"`
+		} `json:"dataset"`
+	}
+	if json.Unmarshal(raw, &probe) == nil && probe.Dataset.Rename != nil {
+		cfg.Dataset.Rename = nil
+	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&cfg); err != nil {

@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,6 +12,7 @@ import (
 
 	"github.com/ollama-tune/ollama-tune/finetune"
 	"github.com/ollama-tune/ollama-tune/finetune/testutil"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil/tinymodel"
 	"github.com/ollama-tune/ollama-tune/plugin"
 )
 
@@ -21,38 +20,10 @@ import (
 // tokenizer files.
 func tinyModel(t *testing.T) string {
 	t.Helper()
-	tokDir := testutil.SharedData(t, "phi3-tokenizer")
 	cfg := finetune.Phi3Mini4k()
 	cfg.HiddenSize, cfg.IntermediateSize, cfg.NumLayers, cfg.NumHeads, cfg.NumKVHeads = 32, 64, 1, 4, 4
 	cfg.SlidingWindow = 0
-	dir := testutil.TinyCheckpoint(t, cfg, 3, finetune.F32)
-	for _, f := range []string{"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"} {
-		b, err := os.ReadFile(filepath.Join(tokDir, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(filepath.Join(dir, f), b, 0o644)
-	}
-	return dir
-}
-
-// yodaCSV writes the first n Yoda sentences to a CSV file.
-func yodaCSV(t *testing.T, n int) string {
-	t.Helper()
-	f, err := os.Open(testutil.SharedData(t, "yoda_sentences.csv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	rows, err := csv.NewReader(f).ReadAll()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "yoda.csv")
-	out, _ := os.Create(path)
-	csv.NewWriter(out).WriteAll(rows[:n+1])
-	out.Close()
-	return path
+	return tinymodel.Dir(t, cfg, 3, finetune.F32)
 }
 
 // TestRunnerTrainsAndGenerates runs the plugin's runner in process on a
@@ -62,7 +33,7 @@ func TestRunnerTrainsAndGenerates(t *testing.T) {
 	model := tinyModel(t)
 	cfg := finetune.DefaultTrainConfig()
 	cfg.Model = model
-	cfg.Dataset.Path = yodaCSV(t, 6)
+	cfg.Dataset.Path = testutil.YodaCSV(t, 6)
 	cfg.Training.MaxSteps, cfg.Training.NumTrainEpochs = 2, 0
 	cfg.Training.PerDeviceTrainBatchSize, cfg.Training.LoggingSteps, cfg.Training.SaveSteps = 2, 1, 1
 	cfg.Training.LearningRate = 1e-2
@@ -120,6 +91,16 @@ func TestRunnerTrainsAndGenerates(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("base %v, with adapter %v", base.IDs, resp.IDs)
+}
+
+func TestDecodeConfig(t *testing.T) {
+	cfg, err := decodeConfig([]byte(`{"dataset": {"rename": {"question": "prompt", "answer": "completion"}}, "training": {"learning_rate": 0.001}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(cfg.Dataset.Rename) != "map[answer:completion question:prompt]" || cfg.Training.LearningRate != 0.001 || cfg.Training.Optim != "paged_adamw_8bit" {
+		t.Errorf("decoded %+v", cfg)
+	}
 }
 
 func TestRunnerErrors(t *testing.T) {
