@@ -74,6 +74,11 @@ type Options struct {
 	// one-op-at-a-time kernels, for A/B benchmarks and tests. The
 	// environment variable OLLAMA_TUNE_CUDA_REFERENCE=1 does the same.
 	ReferenceKernels bool
+	// DequantCache is how many weight shapes keep their last dequantized
+	// values on the GPU (see matrix): 0 means 4, one decoder layer's worth;
+	// a negative value turns the cache off (one shared buffer, the least
+	// memory).
+	DequantCache int
 }
 
 // minDriver is the oldest driver API version that JIT-compiles our PTX
@@ -104,6 +109,10 @@ type Backend struct {
 	profPool *profiler  // the last profile's events, for the next
 
 	fast bool // fused fast paths on (see Options.ReferenceKernels)
+
+	dequant      []*dequantSlot // the dequantization cache (backend.go)
+	dequantMax   int
+	dequantClock uint64
 
 	live, peak int64 // bytes held by tensors, weights and scratch
 	closed     bool
@@ -157,6 +166,12 @@ func New(opts Options) (b *Backend, err error) {
 
 	b = &Backend{opts: opts, dtype: opts.ComputeDType, fns: map[string]cu.Function{},
 		fast: !opts.ReferenceKernels && os.Getenv("OLLAMA_TUNE_CUDA_REFERENCE") != "1"}
+	switch {
+	case opts.DequantCache == 0:
+		b.dequantMax = 4
+	case opts.DequantCache > 0:
+		b.dequantMax = opts.DequantCache
+	}
 	if b.dev, err = cu.GetDevice(opts.Device); err != nil {
 		return nil, fmt.Errorf("cuda backend: GPU %d: %w", opts.Device, err)
 	}
@@ -316,6 +331,10 @@ func (b *Backend) release() {
 			*p = nil
 		}
 	}
+	for _, s := range b.dequant {
+		cu.MemFree(s.ptr)
+	}
+	b.dequant = nil
 	for k := range b.scratch {
 		if b.scratch[k].ptr != 0 {
 			cu.MemFree(b.scratch[k].ptr)
@@ -672,9 +691,11 @@ func (b *Backend) scratchBuf(role scratchRole, n int64, op string) cu.DevicePtr 
 	return p
 }
 
-// FreeScratch releases the scratch buffers (they grow back on demand).
+// FreeScratch releases the scratch buffers and the dequantization cache
+// (they grow back on demand).
 func (b *Backend) FreeScratch() {
 	defer b.enter("FreeScratch")()
+	b.freeDequantCache()
 	for k := range b.scratch {
 		if b.scratch[k].ptr != 0 {
 			b.rawFree(b.scratch[k].ptr, b.scratch[k].n)
