@@ -1,13 +1,12 @@
 package convert
 
 import (
-	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/ollama-tune/ollama-tune/finetune"
 	"github.com/ollama-tune/ollama-tune/finetune/peft"
-	"github.com/ollama-tune/ollama-tune/finetune/testutil"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil/tinymodel"
 )
 
 // tinyConfig is a small Phi-3 with the real vocabulary size (so the real
@@ -24,26 +23,7 @@ func tinyConfig() *finetune.Config {
 // Phi-3 tokenizer files beside it (skips without the shared data).
 func tinyModelDir(t *testing.T, dtype finetune.DType) string {
 	t.Helper()
-	tokDir := testutil.SharedData(t, "phi3-tokenizer")
-	dir := testutil.TinyCheckpoint(t, tinyConfig(), 7, dtype)
-	copyTokenizer(t, tokDir, dir)
-	return dir
-}
-
-func copyTokenizer(t *testing.T, from, to string) {
-	t.Helper()
-	for _, f := range []string{"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"} {
-		b, err := os.ReadFile(filepath.Join(from, f))
-		if err != nil {
-			if os.IsNotExist(err) {
-				continue
-			}
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(to, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	return tinymodel.Dir(t, tinyConfig(), 7, dtype)
 }
 
 // randomAdapter is a PEFT adapter of rank r on every linear of every layer

@@ -1,8 +1,6 @@
 package convert
 
 import (
-	"encoding/csv"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -100,16 +98,7 @@ func TestServePromptParityPhi3(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.Open(testutil.SharedData(t, "yoda_sentences.csv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	rows, err := csv.NewReader(f).ReadAll()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rows = rows[1:]
+	rows := testutil.YodaRows(t)
 	if len(rows) != 720 {
 		t.Fatalf("%d rows, want 720", len(rows))
 	}

@@ -3,7 +3,6 @@ package finetune
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/ollama-tune/ollama-tune/finetune/chat"
 	"github.com/ollama-tune/ollama-tune/finetune/gguf"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil"
 	"github.com/ollama-tune/ollama-tune/finetune/tokenizer"
 )
 
@@ -547,28 +547,6 @@ func TestGGUFBaseUnsupportedQuant(t *testing.T) {
 // ---------------------------------------------------------------------------
 // The Phi-3 tokenizer through a GGUF.
 
-func ggufSharedData(t *testing.T, rel ...string) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		if filepath.Dir(dir) == dir {
-			t.Skip("no go.mod above the test directory")
-		}
-		dir = filepath.Dir(dir)
-	}
-	root := filepath.Join(dir, "..", "shared", "data")
-	if _, err := os.Stat(root); err != nil {
-		t.Skipf("shared data folder %s is absent", root)
-	}
-	return filepath.Join(append([]string{root}, rel...)...)
-}
-
 // ggufSPMPieces reads the pieces of a SentencePiece model (ModelProto field 1:
 // SentencePiece{piece 1, score 2, type 3}) with protowire, independently
 // of the tokenizer package.
@@ -620,7 +598,7 @@ func ggufSPMPieces(t *testing.T, b []byte) (pieces []string, scores []float32, t
 // Ollama's convert/tokenizer_spm.go: tokenizer.model's pieces with their
 // types, then the added tokens past them as USER_DEFINED, 32,011 tokens.
 func phi3GGUFVocab(t *testing.T, llamaCpp bool) (tokens []string, scores []float32, types []int32) {
-	dir := ggufSharedData(t, "phi3-tokenizer")
+	dir := testutil.SharedData(t, "phi3-tokenizer")
 	b, err := os.ReadFile(filepath.Join(dir, "tokenizer.model"))
 	if err != nil {
 		t.Fatal(err)
@@ -672,17 +650,8 @@ func phi3GGUFVocab(t *testing.T, llamaCpp bool) (tokens []string, scores []float
 type ggufYodaRow struct{ sentence, extra string }
 
 func ggufYodaRows(t *testing.T) []ggufYodaRow {
-	f, err := os.Open(ggufSharedData(t, "yoda_sentences.csv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	recs, err := csv.NewReader(f).ReadAll()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var rows []ggufYodaRow
-	for _, r := range recs[1:] {
+	for _, r := range testutil.YodaRows(t) {
 		rows = append(rows, ggufYodaRow{r[0], r[2]})
 	}
 	return rows
@@ -712,7 +681,7 @@ func TestGGUFTokenizerMatchesHF(t *testing.T) {
 		t.Fatalf("reference.json: %v, %d rows", err, len(ref.Rows))
 	}
 	rows := ggufYodaRows(t)
-	hfDir := ggufSharedData(t, "phi3-tokenizer")
+	hfDir := testutil.SharedData(t, "phi3-tokenizer")
 	hf, err := tokenizer.Load(hfDir)
 	if err != nil {
 		t.Fatal(err)

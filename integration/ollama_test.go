@@ -25,6 +25,7 @@ import (
 	"github.com/ollama-tune/ollama-tune/finetune"
 	"github.com/ollama-tune/ollama-tune/finetune/peft"
 	"github.com/ollama-tune/ollama-tune/finetune/testutil"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil/tinymodel"
 )
 
 func gate(t *testing.T) {
@@ -122,17 +123,8 @@ func tail(s string, n int) string {
 // yodaRows are the first n rows of the shared Yoda data set.
 func yodaRows(t *testing.T, n int) [][2]string {
 	t.Helper()
-	f, err := os.Open(testutil.SharedData(t, "yoda_sentences.csv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	rows, err := csv.NewReader(f).ReadAll()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out [][2]string
-	for _, r := range rows[1 : n+1] {
+	for _, r := range testutil.YodaRows(t)[:n] {
 		out = append(out, [2]string{r[0], r[2]}) // sentence, translation_extra (the seed's completion)
 	}
 	return out
@@ -145,21 +137,7 @@ func tinyBase(t *testing.T) string {
 		HiddenSize: 128, IntermediateSize: 256, NumLayers: 2, NumHeads: 4, NumKVHeads: 4, VocabSize: 32064,
 		RMSNormEps: 1e-5, RopeTheta: 10000, PartialRotaryFactor: 1, MaxPositionEmbeddings: 4096,
 		HiddenAct: "silu", TorchDType: "float32", BOSTokenID: 1, EOSTokenIDs: []int{32000, 32007}, PadTokenID: 32000}
-	dir := filepath.Join(t.TempDir(), "tiny-phi3")
-	if err := finetune.WriteRandomCheckpoint(dir, cfg, 11, finetune.F32); err != nil {
-		t.Fatal(err)
-	}
-	tok := testutil.SharedData(t, "phi3-tokenizer")
-	for _, f := range []string{"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"} {
-		b, err := os.ReadFile(filepath.Join(tok, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
+	return tinymodel.Dir(t, cfg, 11, finetune.F32)
 }
 
 // trainAdapter fine-tunes the tiny base on rows with our trainer (dense

@@ -14,6 +14,7 @@ import (
 	"github.com/ollama-tune/ollama-tune/finetune"
 	"github.com/ollama-tune/ollama-tune/finetune/llama2c"
 	"github.com/ollama-tune/ollama-tune/finetune/testutil"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil/tinymodel"
 )
 
 // runCmd executes a freshly built command in-process with args and returns
@@ -81,16 +82,7 @@ func tinyPhi3Config() *finetune.Config {
 // shared Phi-3 tokenizer files copied in.
 func tinyModelWithTokenizer(t *testing.T) string {
 	t.Helper()
-	tokDir := testutil.SharedData(t, "phi3-tokenizer")
-	dir := testutil.TinyCheckpoint(t, tinyPhi3Config(), 7, finetune.F32)
-	entries, err := os.ReadDir(tokDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		copyFile(t, filepath.Join(tokDir, e.Name()), filepath.Join(dir, e.Name()))
-	}
-	return dir
+	return tinymodel.Dir(t, tinyPhi3Config(), 7, finetune.F32)
 }
 
 func copyFile(t *testing.T, src, dst string) {

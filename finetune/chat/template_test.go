@@ -1,7 +1,6 @@
 package chat
 
 import (
-	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"os"
@@ -9,51 +8,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ollama-tune/ollama-tune/finetune/testutil"
 )
-
-// sharedData returns ../shared/data next to the repository root (the folder
-// holding go.mod), or skips the test when it is absent.
-func sharedData(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skip("no go.mod above the test directory")
-		}
-		dir = parent
-	}
-	data := filepath.Join(dir, "..", "shared", "data")
-	if _, err := os.Stat(data); err != nil {
-		t.Skipf("shared data not found at %s", data)
-	}
-	return data
-}
-
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, _ := os.Getwd()
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = parent
-	}
-}
 
 func phi3(t *testing.T) *Template {
 	t.Helper()
-	tpl, err := FromTokenizerDir(filepath.Join(sharedData(t), "phi3-tokenizer"))
+	tpl, err := FromTokenizerDir(testutil.SharedData(t, "phi3-tokenizer"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,7 +241,7 @@ func TestStrftimeNowAndGeneration(t *testing.T) {
 // sentence, assistant = translation_extra) without a generation prompt,
 // "prompt" the user turn with one. Until the fixture exists the test skips.
 func TestReferenceRenders(t *testing.T) {
-	path := filepath.Join(repoRoot(t), "finetune", "tokenizer", "testdata", "reference.json")
+	path := filepath.Join(testutil.RepoRoot(t), "finetune", "tokenizer", "testdata", "reference.json")
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Skipf("no reference fixture yet (%v)", err)
@@ -295,7 +256,7 @@ func TestReferenceRenders(t *testing.T) {
 	if err := json.Unmarshal(b, &ref); err != nil {
 		t.Fatalf("%s: %v", path, err)
 	}
-	rows := yodaRows(t)
+	rows := testutil.YodaRows(t)
 	tpl := phi3(t)
 	checked := 0
 	for _, r := range ref.Rows {
@@ -327,20 +288,4 @@ func TestReferenceRenders(t *testing.T) {
 	if len(ref.Rows) != 720 || checked != 1440 {
 		t.Errorf("%d reference rows, %d renders checked; want 720 and 1440", len(ref.Rows), checked)
 	}
-}
-
-// yodaRows reads the shared Yoda CSV (sentence, translation,
-// translation_extra).
-func yodaRows(t *testing.T) [][]string {
-	t.Helper()
-	f, err := os.Open(filepath.Join(sharedData(t), "yoda_sentences.csv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	recs, err := csv.NewReader(f).ReadAll()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return recs[1:]
 }

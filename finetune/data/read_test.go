@@ -8,37 +8,9 @@ import (
 	"testing"
 
 	"github.com/parquet-go/parquet-go"
+
+	"github.com/ollama-tune/ollama-tune/finetune/testutil"
 )
-
-// repoRoot is the folder holding go.mod above the test's directory.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = parent
-	}
-}
-
-// sharedData is ../shared/data beside the repository; the test skips when it
-// is absent.
-func sharedData(t *testing.T) string {
-	t.Helper()
-	d := filepath.Join(repoRoot(t), "..", "shared", "data")
-	if _, err := os.Stat(d); err != nil {
-		t.Skipf("shared data not found at %s", d)
-	}
-	return d
-}
 
 func writeFile(t *testing.T, name, body string) string {
 	t.Helper()
@@ -125,7 +97,7 @@ func TestCSVErrors(t *testing.T) {
 // The Yoda sentences: 720 rows, header sentence,translation,translation_extra,
 // some fields quoted because they hold commas.
 func TestYodaCSV(t *testing.T) {
-	tb, err := ReadFile(filepath.Join(sharedData(t), "yoda_sentences.csv"), FormatAuto)
+	tb, err := ReadFile(testutil.SharedData(t, "yoda_sentences.csv"), FormatAuto)
 	if err != nil {
 		t.Fatal(err)
 	}

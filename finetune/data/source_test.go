@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ollama-tune/ollama-tune/finetune/testutil"
 )
 
 // seedSource is the seed notebook's mapping of the Yoda sentences.
@@ -21,7 +23,7 @@ func seedSource(path string) Source {
 }
 
 func TestLoadYodaAsTheSeedDoes(t *testing.T) {
-	path := filepath.Join(sharedData(t), "yoda_sentences.csv")
+	path := testutil.SharedData(t, "yoda_sentences.csv")
 	ds, err := Load(context.Background(), seedSource(path), nil)
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/ollama-tune/ollama-tune/finetune/chat"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil"
 	"github.com/ollama-tune/ollama-tune/finetune/tokenizer"
 )
 
@@ -21,7 +22,7 @@ func (p phi3Tokenizer) Pad() int32 { return p.SpecialTokens().PADID }
 // 720 Yoda rows as user/assistant prompt/completion, Phi-3's template,
 // max_seq_length 64, bfd packing, batch 16.
 func TestYodaPipeline(t *testing.T) {
-	dir := filepath.Join(sharedData(t), "phi3-tokenizer")
+	dir := testutil.SharedData(t, "phi3-tokenizer")
 	tk, err := tokenizer.Load(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -31,7 +32,7 @@ func TestYodaPipeline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ds, err := Load(context.Background(), seedSource(filepath.Join(sharedData(t), "yoda_sentences.csv")), nil)
+	ds, err := Load(context.Background(), seedSource(testutil.SharedData(t, "yoda_sentences.csv")), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +151,7 @@ func truncatedTokens(ex []Tokenized, max int) int {
 // are the reference's "a" ids, and the completion starts after
 // len("prompt_a") tokens, the prompt rendered with the generation prompt.
 func TestYodaAgainstReference(t *testing.T) {
-	path := filepath.Join(repoRoot(t), "finetune", "tokenizer", "testdata", "reference.json")
+	path := filepath.Join(testutil.RepoRoot(t), "finetune", "tokenizer", "testdata", "reference.json")
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Skipf("no reference fixture (%v)", err)
@@ -165,7 +166,7 @@ func TestYodaAgainstReference(t *testing.T) {
 	if err := json.Unmarshal(b, &ref); err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(sharedData(t), "phi3-tokenizer")
+	dir := testutil.SharedData(t, "phi3-tokenizer")
 	tk, err := tokenizer.Load(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -174,7 +175,7 @@ func TestYodaAgainstReference(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ds, err := Load(context.Background(), seedSource(filepath.Join(sharedData(t), "yoda_sentences.csv")), nil)
+	ds, err := Load(context.Background(), seedSource(testutil.SharedData(t, "yoda_sentences.csv")), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,12 +10,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ollama-tune/ollama-tune/finetune/testutil"
 )
 
 // The fake Hub imitates huggingface.co's endpoints as huggingface_hub sees
@@ -328,33 +329,9 @@ func (fh *fakeHub) serveBody(w http.ResponseWriter, r *http.Request, f *fakeFile
 	}
 }
 
-// sharedData is ../shared/data relative to the module root.
-func sharedData(t *testing.T) string {
+func readShared(t *testing.T, rel ...string) []byte {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skip("go.mod not found above the test's folder")
-		}
-		dir = parent
-	}
-	data := filepath.Join(dir, "..", "shared", "data")
-	if _, err := os.Stat(data); err != nil {
-		t.Skipf("shared data %s absent", data)
-	}
-	return data
-}
-
-func readShared(t *testing.T, rel string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(sharedData(t), rel))
+	b, err := os.ReadFile(testutil.SharedData(t, rel...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -376,7 +353,7 @@ const (
 func phi3Files(t *testing.T) map[string][]byte {
 	files := map[string][]byte{nestedFile: []byte(nestedBytes)}
 	for _, f := range []string{"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"} {
-		files[f] = readShared(t, filepath.Join("phi3-tokenizer", f))
+		files[f] = readShared(t, "phi3-tokenizer", f)
 	}
 	return files
 }

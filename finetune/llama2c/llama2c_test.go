@@ -16,6 +16,7 @@ import (
 	"github.com/ollama-tune/ollama-tune/finetune"
 	"github.com/ollama-tune/ollama-tune/finetune/llama2c"
 	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil"
 )
 
 // The greedy continuation every test here checks: BOS, then 120 tokens.
@@ -26,34 +27,11 @@ const newTokens = 120
 // the sequences are not compared (and the test says so).
 const nearTie = 1e-4
 
-// repoRoot walks up from the test's directory to the folder holding go.mod.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test's directory")
-		}
-		dir = parent
-	}
-}
-
 // stories returns a path under ../shared/data/stories260K, skipping the
 // test when the shared data folder is absent.
 func stories(t *testing.T, name string) string {
 	t.Helper()
-	data := filepath.Join(repoRoot(t), "..", "shared", "data")
-	if _, err := os.Stat(data); errors.Is(err, fs.ErrNotExist) {
-		t.Skipf("shared data folder %s is absent", data)
-	}
-	return filepath.Join(data, "stories260K", name)
+	return testutil.SharedData(t, "stories260K", name)
 }
 
 func readStories(t *testing.T) *llama2c.Model {
@@ -321,7 +299,7 @@ type greedyGolden struct {
 
 func loadGreedyGolden(t *testing.T) *greedyGolden {
 	t.Helper()
-	p := filepath.Join(repoRoot(t), "finetune", "testdata", "golden", "stories260k", "greedy.json")
+	p := filepath.Join(testutil.RepoRoot(t), "finetune", "testdata", "golden", "stories260k", "greedy.json")
 	b, err := os.ReadFile(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		t.Skipf("%s is missing: run finetune/testdata/gen_stories_greedy.py on a machine with transformers (see finetune/testdata/README.md) and commit its output", p)
@@ -418,7 +396,7 @@ func TestEngineGreedyStories260K(t *testing.T) {
 // with transformers' for the first 8 positions of the golden sequence.
 func TestEngineLogitsStories260K(t *testing.T) {
 	g := loadGreedyGolden(t)
-	p := filepath.Join(repoRoot(t), "finetune", "testdata", "golden", "stories260k", "logits_first8.safetensors")
+	p := filepath.Join(testutil.RepoRoot(t), "finetune", "testdata", "golden", "stories260k", "logits_first8.safetensors")
 	f, err := safetensors.Open(p)
 	if err != nil {
 		t.Fatal(err)

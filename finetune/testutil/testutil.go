@@ -1,18 +1,18 @@
 // Package testutil holds small helpers for tests across the repository:
-// finding the repository root and the read-only shared data next to it,
-// and writing tiny random Phi-3 checkpoints.
+// finding the repository root and the read-only shared data next to it.
 //
-// Package finetune's own in-package tests cannot import this package
-// (testutil imports finetune); they call finetune.WriteRandomCheckpoint
-// directly.
+// It imports nothing of this module, so every package's tests can use it,
+// package finetune's and those of the packages finetune imports (chat,
+// tokenizer, data, ...) included. Helpers that need finetune itself live in
+// testutil/tinymodel.
 package testutil
 
 import (
+	"encoding/csv"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
-
-	"github.com/ollama-tune/ollama-tune/finetune"
 )
 
 // RepoRoot walks up from the test's working directory (its package
@@ -36,9 +36,10 @@ func RepoRoot(t testing.TB) string {
 }
 
 // SharedData is the path of rel under the shared data folder
-// (../shared/data from the repository root). The test is skipped when that
-// folder is absent (a checkout without the shared data); a missing file
-// inside a present folder fails it, since that is a real error.
+// (../shared/data from the repository root); with no rel it is the folder
+// itself. The test is skipped when that folder is absent (a checkout
+// without the shared data); a missing file inside a present folder fails
+// it, since that is a real error.
 func SharedData(t testing.TB, rel ...string) string {
 	t.Helper()
 	root := filepath.Join(RepoRoot(t), "..", "shared", "data")
@@ -52,14 +53,49 @@ func SharedData(t testing.TB, rel ...string) string {
 	return p
 }
 
-// TinyCheckpoint writes a random Phi-3 checkpoint for cfg (see
-// finetune.WriteRandomCheckpoint) into a fresh temporary directory and
-// returns it.
-func TinyCheckpoint(t testing.TB, cfg *finetune.Config, seed uint64, dtype finetune.DType) string {
+// YodaHeader is the header row of the shared yoda_sentences.csv.
+var YodaHeader = []string{"sentence", "translation", "translation_extra"}
+
+// YodaRows are the data rows of the shared yoda_sentences.csv, each
+// {sentence, translation, translation_extra}; the header is checked and
+// dropped.
+func YodaRows(t testing.TB) [][]string {
 	t.Helper()
-	dir := t.TempDir()
-	if err := finetune.WriteRandomCheckpoint(dir, cfg, seed, dtype); err != nil {
+	p := SharedData(t, "yoda_sentences.csv")
+	f, err := os.Open(p)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return dir
+	defer f.Close()
+	recs, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatalf("%s: %v", p, err)
+	}
+	if len(recs) == 0 || !slices.Equal(recs[0], YodaHeader) {
+		t.Fatalf("%s: header %v, want %v", p, recs[:min(len(recs), 1)], YodaHeader)
+	}
+	return recs[1:]
+}
+
+// YodaCSV writes the header and the first n rows of the shared
+// yoda_sentences.csv to a CSV file in a fresh temporary folder and returns
+// its path: a small data set in the seed's format.
+func YodaCSV(t testing.TB, n int) string {
+	t.Helper()
+	rows := YodaRows(t)
+	if n > len(rows) {
+		t.Fatalf("YodaCSV: %d rows asked, the data set has %d", n, len(rows))
+	}
+	path := filepath.Join(t.TempDir(), "yoda.csv")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := csv.NewWriter(f).WriteAll(append([][]string{YodaHeader}, rows[:n]...)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

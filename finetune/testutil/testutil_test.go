@@ -1,11 +1,12 @@
 package testutil_test
 
 import (
+	"encoding/csv"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
-	"github.com/ollama-tune/ollama-tune/finetune"
 	"github.com/ollama-tune/ollama-tune/finetune/testutil"
 )
 
@@ -25,21 +26,44 @@ func TestSharedData(t *testing.T) {
 	if st, err := os.Stat(p); err != nil || st.Size() == 0 {
 		t.Errorf("%s: %v", p, err)
 	}
+	if root := testutil.SharedData(t); root != filepath.Dir(filepath.Dir(p)) {
+		t.Errorf("SharedData() = %s, want the folder above %s", root, filepath.Dir(p))
+	}
 }
 
-func TestTinyCheckpoint(t *testing.T) {
-	cfg := &finetune.Config{
-		Architecture: "Phi3ForCausalLM", ModelType: "phi3", HiddenSize: 32, IntermediateSize: 48,
-		NumLayers: 1, NumHeads: 2, NumKVHeads: 2, VocabSize: 64, RMSNormEps: 1e-5, RopeTheta: 10000,
-		PartialRotaryFactor: 1, MaxPositionEmbeddings: 64, HiddenAct: "silu", PadTokenID: -1,
+func TestYodaRows(t *testing.T) {
+	rows := testutil.YodaRows(t)
+	if len(rows) != 720 {
+		t.Fatalf("%d rows, want 720", len(rows))
 	}
-	dir := testutil.TinyCheckpoint(t, cfg, 5, finetune.BF16)
-	ck, err := finetune.LoadCheckpoint(dir)
+	for i, r := range rows {
+		if len(r) != 3 || r[0] == "" || r[2] == "" {
+			t.Fatalf("row %d: %q", i, r)
+		}
+	}
+	if rows[0][0] == testutil.YodaHeader[0] {
+		t.Error("the header was not dropped")
+	}
+}
+
+func TestYodaCSV(t *testing.T) {
+	p := testutil.YodaCSV(t, 3)
+	f, err := os.Open(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ck.Close()
-	if ck.Config.TorchDType != "bfloat16" || ck.Config.HiddenSize != 32 {
-		t.Errorf("config %+v", ck.Config)
+	defer f.Close()
+	recs, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := testutil.YodaRows(t)
+	if len(recs) != 4 || !slices.Equal(recs[0], testutil.YodaHeader) {
+		t.Fatalf("%s: %d records, header %v", p, len(recs), recs[0])
+	}
+	for i := range 3 {
+		if !slices.Equal(recs[i+1], rows[i]) {
+			t.Errorf("row %d: %q, want %q", i, recs[i+1], rows[i])
+		}
 	}
 }
