@@ -29,9 +29,9 @@ cat "$OUT/gpu.txt"
 t0=$(date +%s)
 
 rm -rf "$CKPT"
-python3 scripts/bench/make_ckpt.py "$CKPT" > "$OUT/ckpt.log" 2>&1 &
+timeout 150 python3 scripts/bench/make_ckpt.py "$CKPT" > "$OUT/ckpt.log" 2>&1 &
 ckpt_pid=$!
-(cd cuda && timeout 120 ../bin/gpu/cuda.test -test.v -test.timeout 115s) > "$OUT/tests.log" 2>&1
+(cd cuda && timeout 100 ../bin/gpu/cuda.test -test.v -test.timeout 95s) > "$OUT/tests.log" 2>&1
 echo "cuda tests: exit $? after $(( $(date +%s) - t0 )) s; $(grep -c '^--- FAIL' "$OUT/tests.log") failed, $(grep -c '^--- PASS' "$OUT/tests.log") passed"
 grep -E '^(--- FAIL|FAIL|ok|PASS)' "$OUT/tests.log" | head -20
 wait $ckpt_pid
@@ -40,17 +40,17 @@ cat "$CKPT"/*.safetensors > /dev/null 2>&1   # from the page cache, as issue 8 m
 
 B=bin/gpu/ollama-tune-bench-gpu
 {
-  timeout 80 $B -steps "$STEPS" -warmup "$WARMUP" -load "$CKPT" -profile -out "$OUT/results.jsonl"
+  timeout 70 $B -steps "$STEPS" -warmup "$WARMUP" -load "$CKPT" -profile -out "$OUT/results.jsonl"
   echo "ours: exit $? after $(( $(date +%s) - t0 )) s"
   # A/B: the same with the reference (unfused) kernels, and float32 compute.
-  timeout 30 $B -ckpt on -reference -steps 8 -warmup 2 -profile -out "$OUT/results.jsonl"
+  timeout 25 $B -ckpt on -reference -steps 8 -warmup 2 -profile -out "$OUT/results.jsonl"
   echo "ours, reference kernels: exit $? after $(( $(date +%s) - t0 )) s"
-  timeout 30 $B -ckpt on -compute f32 -reference -steps 4 -warmup 1 -out "$OUT/results.jsonl"
+  timeout 25 $B -ckpt on -compute f32 -reference -steps 4 -warmup 1 -out "$OUT/results.jsonl"
   echo "ours, float32 reference: exit $? after $(( $(date +%s) - t0 )) s"
 } > "$OUT/ours.log" 2>&1
 grep -E '^(load|ckpt (true|false):|ours)|training benchmark|load benchmark|panic' "$OUT/ours.log"
 
-timeout 110 python3 scripts/bench/baseline_hf.py --steps "$STEPS" --warmup "$WARMUP" --load "$CKPT" --out "$OUT/results.jsonl" > "$OUT/hf.log" 2>&1
+timeout 100 python3 scripts/bench/baseline_hf.py --steps "$STEPS" --warmup "$WARMUP" --load "$CKPT" --out "$OUT/results.jsonl" > "$OUT/hf.log" 2>&1
 echo "baseline: exit $? after $(( $(date +%s) - t0 )) s"
 grep -E 's/step|from_pretrained|failed|Error' "$OUT/hf.log" | tail -6
 
