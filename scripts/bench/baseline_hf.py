@@ -126,7 +126,7 @@ def main():
 
     t0 = time.perf_counter()
     model = build_model(phi3_config())
-    log(f"model built on the GPU in {time.perf_counter() - t0:.1f} s, attention {model.config._attn_implementation}")
+    log(f"model built on the GPU in {time.perf_counter() - t0:.1f} s, attention {getattr(model.config, '_attn_implementation', '?')}")
     lc = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM",
                     target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])
     model = get_peft_model(model, lc)
@@ -147,10 +147,10 @@ def main():
         size = sum(os.path.getsize(os.path.join(args.load, f)) for f in os.listdir(args.load) if f.endswith(".safetensors"))
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        try:
-            m = Phi3ForCausalLM.from_pretrained(args.load, dtype=torch.bfloat16, device_map="cuda")
-        except TypeError:
-            m = Phi3ForCausalLM.from_pretrained(args.load, torch_dtype=torch.bfloat16, device_map="cuda")
+        # transformers 5 names the argument dtype; 4.x called it torch_dtype
+        # (and would pass an unknown dtype= on to the config silently).
+        kw = {"dtype": torch.bfloat16} if int(transformers.__version__.split(".")[0]) >= 5 else {"torch_dtype": torch.bfloat16}
+        m = Phi3ForCausalLM.from_pretrained(args.load, device_map="cuda", **kw)
         torch.cuda.synchronize()
         secs = time.perf_counter() - t0
         log(f"hf from_pretrained: {size / 1e9:.2f} GB in {secs:.2f} s")
