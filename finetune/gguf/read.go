@@ -8,6 +8,8 @@ import (
 	"math/bits"
 	"slices"
 	"sort"
+
+	"github.com/ollama-tune/ollama-tune/internal/mmapfile"
 )
 
 // Magic is the first four bytes of every GGUF file.
@@ -140,37 +142,35 @@ type File struct {
 
 	kv      map[string]int
 	tensors map[string]int
-	buf     []byte
-	unmap   func([]byte) error
+	buf     []byte         // the whole file
+	mapped  *mmapfile.Data // what holds buf when Open read it; nil after Parse
 }
 
 // Open memory-maps path (reading it into memory where mapping fails) and
 // validates its header, metadata and tensor table.
 func Open(path string) (*File, error) {
-	buf, unmap, err := mapFile(path)
+	d, err := openFile(path)
 	if err != nil {
+		return nil, fmt.Errorf("open GGUF file: %w", err)
+	}
+	f, err := Parse(path, d.Bytes)
+	if err != nil {
+		d.Close()
 		return nil, err
 	}
-	f, err := Parse(path, buf)
-	if err != nil {
-		if unmap != nil {
-			unmap(buf)
-		}
-		return nil, err
-	}
-	f.unmap = unmap
+	f.mapped = d
 	return f, nil
 }
+
+// openFile is mmapfile.Open; tests of the read fallback swap it.
+var openFile = mmapfile.Open
 
 // Close releases the memory map. Slices from TensorData must not be used
 // afterwards.
 func (f *File) Close() error {
-	buf, unmap := f.buf, f.unmap
-	f.buf, f.unmap = nil, nil
-	if unmap != nil && buf != nil {
-		return unmap(buf)
-	}
-	return nil
+	d := f.mapped
+	f.buf, f.mapped = nil, nil
+	return d.Close()
 }
 
 // reader walks the header with bounds checks; every failure names the

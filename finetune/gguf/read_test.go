@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/ollama-tune/ollama-tune/internal/mmapfile"
 )
 
 // allKVs has one scalar and one array of every GGUF value type.
@@ -169,14 +171,15 @@ func TestOpenFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, fr := range []bool{false, true} {
-		old := forceRead
-		forceRead = fr
+		if fr {
+			openFile = mmapfile.Read
+		}
 		f, err := Open(path)
-		forceRead = old
+		openFile = mmapfile.Open
 		if err != nil {
 			t.Fatal(err)
 		}
-		if mapped := f.unmap != nil; mapped == fr {
+		if mapped := f.mapped.Mapped(); mapped == fr {
 			t.Errorf("forceRead=%v: mapped=%v", fr, mapped)
 		}
 		x, _, err := f.Float32("x")

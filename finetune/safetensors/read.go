@@ -6,11 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"sort"
 	"strconv"
 	"unicode/utf8"
+
+	"github.com/ollama-tune/ollama-tune/internal/mmapfile"
 )
 
 // MaxHeaderSize is the largest header accepted, the reference
@@ -45,9 +46,9 @@ type entry struct {
 // use until Close.
 type File struct {
 	path     string
-	buf      []byte // the whole file: a read-only memory map, or read into memory
-	unmap    func([]byte) error
-	data     []byte // buf after the header
+	buf      []byte         // the whole file
+	mapped   *mmapfile.Data // what holds buf when Open read it; nil after Parse
+	data     []byte         // buf after the header
 	tensors  map[string]entry
 	names    []string
 	metadata map[string]string
@@ -56,33 +57,25 @@ type File struct {
 // Open memory-maps path (reading it into memory where mapping fails) and
 // validates its header.
 func Open(path string) (*File, error) {
-	buf, unmap, err := mapFile(path)
+	d, err := openFile(path)
 	if err != nil {
+		return nil, fmt.Errorf("open safetensors file: %w", err)
+	}
+	f, err := parse(path, d.Bytes)
+	if err != nil {
+		d.Close()
 		return nil, err
 	}
-	f, err := parse(path, buf)
-	if err != nil {
-		if unmap != nil {
-			unmap(buf)
-		}
-		return nil, err
-	}
-	f.unmap = unmap
+	f.mapped = d
 	return f, nil
 }
+
+// openFile is mmapfile.Open; tests of the read fallback swap it.
+var openFile = mmapfile.Open
 
 // Parse validates an in-memory safetensors image; name is used in errors.
 // The returned File's tensors alias buf.
 func Parse(name string, buf []byte) (*File, error) { return parse(name, buf) }
-
-// readWhole is the fallback when a file cannot be memory-mapped.
-func readWhole(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read safetensors file: %w", err)
-	}
-	return b, nil
-}
 
 func parse(path string, buf []byte) (*File, error) {
 	bad := func(tensor, format string, args ...any) error {
@@ -338,12 +331,10 @@ func (f *File) Tensor(name string) (TensorInfo, error) {
 
 // Close releases the memory map. Tensors' Data must not be used after it.
 func (f *File) Close() error {
-	buf, unmap := f.buf, f.unmap
-	f.buf, f.data, f.unmap = nil, nil, nil
-	if buf != nil && unmap != nil {
-		if err := unmap(buf); err != nil {
-			return fmt.Errorf("close safetensors file %s: %w", f.path, err)
-		}
+	d := f.mapped
+	f.buf, f.data, f.mapped = nil, nil, nil
+	if err := d.Close(); err != nil {
+		return fmt.Errorf("close safetensors file %s: %w", f.path, err)
 	}
 	return nil
 }

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ollama-tune/ollama-tune/internal/mmapfile"
 )
 
 func f32Bytes(vals ...float32) []byte {
@@ -128,14 +130,16 @@ func TestWriteRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, mmap := range []bool{true, false} {
-		forceRead = !mmap
+		if !mmap {
+			openFile = mmapfile.Read
+		}
 		f, err := Open(path)
-		forceRead = false
+		openFile = mmapfile.Open
 		if err != nil {
 			t.Fatal(err)
 		}
-		if (f.unmap != nil) != mmap {
-			t.Errorf("mmap=%v: file mapped = %v", mmap, f.unmap != nil)
+		if f.mapped.Mapped() != mmap {
+			t.Errorf("mmap=%v: file mapped = %v", mmap, f.mapped.Mapped())
 		}
 		if f.Len() != len(ts) {
 			t.Errorf("Len = %d, want %d", f.Len(), len(ts))
