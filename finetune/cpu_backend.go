@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/ollama-tune/ollama-tune/finetune/nf4"
+	"github.com/ollama-tune/ollama-tune/internal/parallel"
 )
 
 // The CPU backend is the readable reference every other backend is tested
@@ -367,33 +368,11 @@ func RoundF16(f float32) float32 {
 // ---------------------------------------------------------------------------
 // Parallelism
 
-// parallelFor splits [0, n) into at most b.threads contiguous ranges and
-// runs fn on each in its own goroutine. Ranges are multiples of grain
-// (except the last) so kernels that block rows keep their blocking.
+// parallelFor runs fn over [0, n) on at most b.threads goroutines, in
+// ranges that are multiples of grain (except the last) so kernels that
+// block rows keep their blocking (parallel.ForWorkers).
 func (b *CPUBackend) parallelFor(n, grain int, fn func(lo, hi int)) {
-	if n <= 0 {
-		return
-	}
-	if grain < 1 {
-		grain = 1
-	}
-	chunks := (n + grain - 1) / grain
-	workers := min(b.threads, chunks)
-	if workers <= 1 {
-		fn(0, n)
-		return
-	}
-	per := (chunks + workers - 1) / workers * grain
-	var wg sync.WaitGroup
-	for lo := 0; lo < n; lo += per {
-		hi := min(lo+per, n)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fn(lo, hi)
-		}()
-	}
-	wg.Wait()
+	parallel.ForWorkers(b.threads, n, grain, fn)
 }
 
 // scratchPool recycles the per-goroutine buffers NF4 tiles are dequantized

@@ -6,11 +6,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 
 	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
+	"github.com/ollama-tune/ollama-tune/internal/parallel"
 )
 
 // Random Phi-3 checkpoints for tests, demos and benchmarks: deterministic
@@ -66,31 +65,13 @@ func RandomWeights(cfg *Config, seed uint64) func(name string) ([]float32, []int
 			n *= d
 		}
 		v := make([]float32, n)
-		parallelChunks(n, func(lo, hi int) { fillRandom(v[lo:hi], seed, name, lo) })
+		parallel.For(n, randomGrain, func(lo, hi int) { fillRandom(v[lo:hi], seed, name, lo) })
 		return v, append([]int(nil), shape...), nil
 	}
 }
 
-// parallelChunks runs body over [0,n) in chunks on every CPU.
-func parallelChunks(n int, body func(lo, hi int)) {
-	const grain = 1 << 16
-	workers := runtime.GOMAXPROCS(0)
-	if n <= grain || workers == 1 {
-		body(0, n)
-		return
-	}
-	chunk := max(grain, (n+workers-1)/workers)
-	var wg sync.WaitGroup
-	for lo := 0; lo < n; lo += chunk {
-		hi := min(lo+chunk, n)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			body(lo, hi)
-		}()
-	}
-	wg.Wait()
-}
+// randomGrain is the smallest piece of a random tensor worth a goroutine.
+const randomGrain = 1 << 16
 
 // storageDType maps a DType to safetensors' name and config.json's
 // torch_dtype.
@@ -141,7 +122,7 @@ func WriteRandomCheckpoint(dir string, cfg *Config, seed uint64, dtype DType) er
 			n := headers[i].Numel()
 			for off := 0; off < n; off += chunk {
 				part := buf[:min(chunk, n-off)]
-				parallelChunks(len(part), func(lo, hi int) { fillRandom(part[lo:hi], seed, specs[i].Name, off+lo) })
+				parallel.For(len(part), randomGrain, func(lo, hi int) { fillRandom(part[lo:hi], seed, specs[i].Name, off+lo) })
 				b, err := safetensors.EncodeFloat32(sdt, part)
 				if err != nil {
 					return err

@@ -4,8 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
-	"runtime"
-	"sync"
+
+	"github.com/ollama-tune/ollama-tune/internal/parallel"
 )
 
 // dequantizers are ggml-quants.c's dequantize_row_* for whole blocks: src
@@ -62,26 +62,16 @@ func Dequantize(t Type, src []byte, dst []float32) error {
 // DequantizeParallel is Dequantize split over GOMAXPROCS goroutines on
 // block boundaries (the result is the same: blocks are independent).
 func DequantizeParallel(t Type, src []byte, dst []float32) error {
-	workers := runtime.GOMAXPROCS(0)
 	const minChunk = 1 << 16 // elements; smaller jobs are not worth a goroutine
-	if workers < 2 || len(dst) < 2*minChunk || !CanDequantize(t) || len(dst)%t.BlockSize() != 0 ||
+	if len(dst) < 2*minChunk || !CanDequantize(t) || len(dst)%t.BlockSize() != 0 ||
 		int64(len(src)) != t.RowBytes(int64(len(dst))) {
 		return Dequantize(t, src, dst)
 	}
 	bs, ts := t.BlockSize(), t.TypeSize()
-	blocks := len(dst) / bs
-	per := (blocks + workers - 1) / workers
 	fn := dequantizers[t]
-	var wg sync.WaitGroup
-	for b0 := 0; b0 < blocks; b0 += per {
-		b1 := min(b0+per, blocks)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fn(src[b0*ts:b1*ts], dst[b0*bs:b1*bs])
-		}()
-	}
-	wg.Wait()
+	parallel.For(len(dst)/bs, max(1, minChunk/bs), func(b0, b1 int) {
+		fn(src[b0*ts:b1*ts], dst[b0*bs:b1*bs])
+	})
 	return nil
 }
 

@@ -4,6 +4,8 @@ import (
 	"math"
 	"math/big"
 	"sort"
+
+	"github.com/ollama-tune/ollama-tune/internal/parallel"
 )
 
 // DynamicMap is bitsandbytes' create_dynamic_map(signed, max_exponent_bits=7,
@@ -119,7 +121,7 @@ func QuantizeBlockwise8(x []float32, code *[256]float32, blocksize int) (codes [
 	nb := (len(x) + blocksize - 1) / blocksize
 	codes = make([]byte, len(x))
 	absmax = make([]float32, nb)
-	parallelFor(nb, max(1, 16384/blocksize), func(b0, b1 int) {
+	parallel.For(nb, max(1, 16384/blocksize), func(b0, b1 int) {
 		for b := b0; b < b1; b++ {
 			lo, hi := b*blocksize, min((b+1)*blocksize, len(x))
 			var amax float32

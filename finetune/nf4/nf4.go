@@ -23,8 +23,8 @@ package nf4
 import (
 	"fmt"
 	"math"
-	"runtime"
-	"sync"
+
+	"github.com/ollama-tune/ollama-tune/internal/parallel"
 )
 
 // BlockSize is the number of weights that share one absmax (bitsandbytes'
@@ -169,7 +169,7 @@ func Quantize(w []float32, out, in int, doubleQuant bool) *Quantized {
 	nb := NumBlocks(n)
 	q := &Quantized{Out: out, In: in, DoubleQuant: doubleQuant, Codes: make([]byte, (n+1)/2)}
 	absmax := make([]float32, nb)
-	parallelFor(nb, 256, func(b0, b1 int) {
+	parallel.For(nb, 256, func(b0, b1 int) {
 		for b := b0; b < b1; b++ {
 			quantizeBlock(q.Codes, absmax, w, b)
 		}
@@ -241,7 +241,7 @@ func (q *Quantized) BlockAbsmax(b int) float32 {
 // rounds to the output type).
 func (q *Quantized) Dequantize(dst []float32) {
 	n := q.Out * q.In
-	parallelFor(NumBlocks(n), 256, func(b0, b1 int) {
+	parallel.For(NumBlocks(n), 256, func(b0, b1 int) {
 		q.dequantizeRange(dst[b0*BlockSize:min(b1*BlockSize, n)], b0*BlockSize)
 	})
 }
@@ -286,23 +286,3 @@ func (q *Quantized) StateBytes() int64 {
 }
 
 func abs32(x float32) float32 { return math.Float32frombits(math.Float32bits(x) &^ (1 << 31)) }
-
-// parallelFor splits [0, n) into chunks of at least grain items over
-// GOMAXPROCS goroutines.
-func parallelFor(n, grain int, f func(lo, hi int)) {
-	workers := runtime.GOMAXPROCS(0)
-	if n <= grain || workers == 1 {
-		f(0, n)
-		return
-	}
-	chunk := max(grain, (n+workers-1)/workers)
-	var wg sync.WaitGroup
-	for lo := 0; lo < n; lo += chunk {
-		wg.Add(1)
-		go func(lo, hi int) {
-			defer wg.Done()
-			f(lo, hi)
-		}(lo, min(lo+chunk, n))
-	}
-	wg.Wait()
-}

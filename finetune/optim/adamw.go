@@ -3,6 +3,8 @@ package optim
 import (
 	"fmt"
 	"math"
+
+	"github.com/ollama-tune/ollama-tune/internal/parallel"
 )
 
 // AdamW is one torch.optim.AdamW update of p from g with fp32 moments m, v
@@ -42,7 +44,7 @@ func AdamW(p, g, m, v []float32, hp Params) error {
 	b2, w2 := float32(hp.Beta2), float32(1-hp.Beta2)
 	eps := float32(hp.Eps)
 	decoupled := hp.WeightDecay != 0
-	parallelFor(len(p), 1<<14, func(lo, hi int) {
+	parallel.For(len(p), 1<<14, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			pi, gi, mi := p[i], g[i], m[i]
 			if decoupled {
@@ -79,7 +81,7 @@ func BnbAdam32(p, g, m, v []float32, hp Params) error {
 		return err
 	}
 	k := newBnbConsts(hp)
-	parallelFor(len(p), 1<<14, func(lo, hi int) {
+	parallel.For(len(p), 1<<14, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			gi := g[i]
 			mi := float32(m[i]*k.b1) + float32(k.w1*gi)

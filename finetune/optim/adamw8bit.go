@@ -5,6 +5,7 @@ import (
 	"math"
 
 	"github.com/ollama-tune/ollama-tune/finetune/nf4"
+	"github.com/ollama-tune/ollama-tune/internal/parallel"
 )
 
 // The moments' codes: the first moment (signed) in bitsandbytes' signed
@@ -69,7 +70,7 @@ func AdamW8bit(p, g []float32, m, v []byte, absmaxM, absmaxV []float32, hp Param
 		return err
 	}
 	k := newBnbConsts(hp)
-	parallelFor(Blocks8bit(n), 16, func(b0, b1 int) {
+	parallel.For(Blocks8bit(n), 16, func(b0, b1 int) {
 		var s1, s2 [BlockSize8bit]float32
 		for b := b0; b < b1; b++ {
 			adam8bitBlock(p, g, m, v, absmaxM, absmaxV, b, &k, &s1, &s2)

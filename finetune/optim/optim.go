@@ -25,9 +25,7 @@ package optim
 
 import (
 	"fmt"
-	"runtime"
 	"strings"
-	"sync"
 )
 
 // Params are one update's hyper-parameters. They are float64 because
@@ -93,23 +91,3 @@ func Uses8bit(numel int) bool { return numel >= Min8bitSize }
 
 // Blocks8bit is the number of absmax values per moment for numel values.
 func Blocks8bit(numel int) int { return (numel + BlockSize8bit - 1) / BlockSize8bit }
-
-// parallelFor splits [0, n) into chunks of at least grain items over
-// GOMAXPROCS goroutines.
-func parallelFor(n, grain int, f func(lo, hi int)) {
-	workers := runtime.GOMAXPROCS(0)
-	if n <= grain || workers == 1 {
-		f(0, n)
-		return
-	}
-	chunk := max(grain, (n+workers-1)/workers)
-	var wg sync.WaitGroup
-	for lo := 0; lo < n; lo += chunk {
-		wg.Add(1)
-		go func(lo, hi int) {
-			defer wg.Done()
-			f(lo, hi)
-		}(lo, min(lo+chunk, n))
-	}
-	wg.Wait()
-}

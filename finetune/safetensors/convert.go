@@ -4,8 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
-	"runtime"
-	"sync"
+
+	"github.com/ollama-tune/ollama-tune/internal/parallel"
 )
 
 // BF16ToF32 widens a bfloat16 (its bit pattern) to float32. Exact: bf16 is
@@ -89,30 +89,9 @@ func F32ToF16(f float32) uint16 {
 	return sign | uint16(half)
 }
 
-// parallelFor splits [0,n) into chunks over the CPUs when n is large enough
-// to be worth it (converting a 100M-element embedding is ~0.1 s per core).
-func parallelFor(n int, body func(lo, hi int)) {
-	const grain = 1 << 20
-	workers := runtime.GOMAXPROCS(0)
-	if n < 2*grain || workers == 1 {
-		body(0, n)
-		return
-	}
-	chunk := (n + workers - 1) / workers
-	if chunk < grain {
-		chunk = grain
-	}
-	var wg sync.WaitGroup
-	for lo := 0; lo < n; lo += chunk {
-		hi := min(lo+chunk, n)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			body(lo, hi)
-		}()
-	}
-	wg.Wait()
-}
+// convertGrain is the smallest piece of a conversion worth a goroutine
+// (converting a 100M-element embedding is ~0.1 s per core).
+const convertGrain = 1 << 20
 
 // ToFloat32 converts a floating-point tensor (F32, F16, BF16, F64) to a new
 // float32 slice. F16 and BF16 widen exactly; F64 rounds to nearest.
@@ -141,27 +120,27 @@ func ToFloat32Into(dst []float32, t TensorInfo) error {
 	le := binary.LittleEndian
 	switch t.DType {
 	case F32:
-		parallelFor(n, func(lo, hi int) {
+		parallel.For(n, convertGrain, func(lo, hi int) {
 			for i := lo; i < hi; i++ {
 				dst[i] = math.Float32frombits(le.Uint32(src[4*i:]))
 			}
 		})
 	case BF16:
-		parallelFor(n, func(lo, hi int) {
+		parallel.For(n, convertGrain, func(lo, hi int) {
 			d, s := dst[lo:hi], src[2*lo:2*hi]
 			for i := range d { // bounds-check-free form of BF16ToF32(le.Uint16(s[2*i:]))
 				d[i] = math.Float32frombits(uint32(s[2*i])<<16 | uint32(s[2*i+1])<<24)
 			}
 		})
 	case F16:
-		parallelFor(n, func(lo, hi int) {
+		parallel.For(n, convertGrain, func(lo, hi int) {
 			d, s := dst[lo:hi], src[2*lo:2*hi]
 			for i := range d {
 				d[i] = F16ToF32(uint16(s[2*i]) | uint16(s[2*i+1])<<8)
 			}
 		})
 	case F64:
-		parallelFor(n, func(lo, hi int) {
+		parallel.For(n, convertGrain, func(lo, hi int) {
 			for i := lo; i < hi; i++ {
 				dst[i] = float32(math.Float64frombits(le.Uint64(src[8*i:])))
 			}
@@ -235,7 +214,7 @@ func EncodeFloat32(dtype DType, src []float32) ([]byte, error) {
 	}
 	out := make([]byte, len(src)*size)
 	le := binary.LittleEndian
-	parallelFor(len(src), func(lo, hi int) {
+	parallel.For(len(src), convertGrain, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			switch dtype {
 			case F32:
