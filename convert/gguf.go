@@ -11,6 +11,7 @@ import (
 
 	"github.com/ollama-tune/ollama-tune/finetune/gguf"
 	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
+	"github.com/ollama-tune/ollama-tune/internal/atomicfile"
 )
 
 // GGUF files are written with Ollama's own writer (fs/ggml.WriteGGUF, the
@@ -115,42 +116,11 @@ func ggufShape(shape ...int) []uint64 {
 // in the same folder, synced and renamed, so a reader never sees half a
 // file and a failure leaves the old file in place. Ollama's writer orders
 // the tensors by block, then by name.
-func writeGGUFFile(path string, kv ggml.KV, ts []*ggml.Tensor) (err error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+func writeGGUFFile(path string, kv ggml.KV, ts []*ggml.Tensor) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err := ggml.WriteGGUF(f, kv, ts); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Chmod(tmp, 0o644); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+	return atomicfile.Write(path, func(f *os.File) error { return ggml.WriteGGUF(f, kv, ts) })
 }
 
 // ReadGGUF decodes a GGUF file's metadata and tensor list with Ollama's

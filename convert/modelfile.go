@@ -9,6 +9,8 @@ import (
 
 	"github.com/ollama/ollama/api"
 	"github.com/ollama/ollama/template"
+
+	"github.com/ollama-tune/ollama-tune/internal/atomicfile"
 )
 
 // Phi3Template is the Ollama TEMPLATE for a Phi-3 fine-tune. It has no
@@ -88,7 +90,10 @@ func (m *Modelfile) Write(path string) error {
 	if err := m.Check(); err != nil {
 		return err
 	}
-	return writeFileAtomic(path, []byte(m.String()))
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return atomicfile.WriteFile(path, []byte(m.String()))
 }
 
 // RenderPrompt renders a user prompt (and optional system prompt) with an
@@ -109,39 +114,4 @@ func RenderPrompt(tmpl, system, prompt string) (string, error) {
 		return "", fmt.Errorf("render template: %w", err)
 	}
 	return b.String(), nil
-}
-
-// writeFileAtomic writes data to a temporary file beside path, syncs it and
-// renames it over path.
-func writeFileAtomic(path string, data []byte) (err error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Chmod(f.Name(), 0o644); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
+	"github.com/ollama-tune/ollama-tune/internal/atomicfile"
 	"github.com/ollama-tune/ollama-tune/internal/parallel"
 )
 
@@ -107,7 +108,7 @@ func WriteRandomCheckpoint(dir string, cfg *Config, seed uint64, dtype DType) er
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("random checkpoint: %w", err)
 	}
-	if err := writeCheckpointFile(filepath.Join(dir, "config.json"), js); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, "config.json"), js); err != nil {
 		return err
 	}
 	specs := Phi3Tensors(&c)
@@ -133,31 +134,4 @@ func WriteRandomCheckpoint(dir string, cfg *Config, seed uint64, dtype DType) er
 			}
 			return nil
 		})
-}
-
-// writeCheckpointFile writes a small file atomically: temp file in the same
-// directory, sync, rename.
-func writeCheckpointFile(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Chmod(0o644)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

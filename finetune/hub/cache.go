@@ -5,11 +5,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/ollama-tune/ollama-tune/internal/atomicfile"
 )
 
 // The cache layout is huggingface_hub's, so both tools share one cache:
@@ -74,7 +75,10 @@ func writeRef(storage, rev, commit string) error {
 	if err := os.MkdirAll(filepath.Dir(ref), 0o755); err != nil {
 		return fmt.Errorf("hub: write ref %s: %w", ref, err)
 	}
-	return writeFileAtomic(ref, []byte(commit))
+	if err := atomicfile.WriteFile(ref, []byte(commit)); err != nil {
+		return fmt.Errorf("hub: %w", err)
+	}
+	return nil
 }
 
 // lookupCached returns the snapshot path of file at rev when the cache holds
@@ -104,9 +108,9 @@ func linkPointer(blob, pointer string) error {
 	if err != nil {
 		rel = blob
 	}
-	tmp := pointer + ".tmp-" + randomSuffix()
+	tmp := pointer + atomicfile.TempMarker + randomSuffix()
 	if err := os.Symlink(rel, tmp); err != nil {
-		if err := copyFileAtomic(blob, pointer); err != nil {
+		if err := atomicfile.Copy(blob, pointer); err != nil {
 			return fmt.Errorf("hub: symlinks unavailable in %s and copy failed: %w", dir, err)
 		}
 		return nil
@@ -124,60 +128,6 @@ func randomSuffix() string {
 	return hex.EncodeToString(b[:])
 }
 
-// writeFileAtomic writes a temp file beside path, syncs it and renames it.
-func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("hub: write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp, 0o644)
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("hub: write %s: %w", path, err)
-	}
-	return nil
-}
-
-func copyFileAtomic(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = io.Copy(f, in)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, dst)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
-}
-
 // snapshotFiles lists the files of a cached snapshot folder, repo-relative
 // with forward slashes, skipping our own temporary names.
 func snapshotFiles(dir string) ([]string, error) {
@@ -186,7 +136,7 @@ func snapshotFiles(dir string) ([]string, error) {
 		if err != nil {
 			return err
 		}
-		if d.IsDir() || strings.Contains(d.Name(), ".tmp-") {
+		if d.IsDir() || strings.Contains(d.Name(), atomicfile.TempMarker) {
 			return nil
 		}
 		if fi, err := os.Stat(p); err != nil || !fi.Mode().IsRegular() {

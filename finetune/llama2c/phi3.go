@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
+	"github.com/ollama-tune/ollama-tune/internal/atomicfile"
 )
 
 // Token ids of llama2.c's tokenizers (Llama 2's SentencePiece convention).
@@ -179,36 +180,8 @@ func (m *Model) WritePhi3(dir string) error {
 	if err := safetensors.Write(filepath.Join(dir, "model.safetensors"), tensors, meta); err != nil {
 		return fmt.Errorf("write Phi-3 checkpoint %s: %w", dir, err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, "config.json"), cfg); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, "config.json"), cfg); err != nil {
 		return fmt.Errorf("write Phi-3 checkpoint %s: %w", dir, err)
-	}
-	return nil
-}
-
-// writeFileAtomic writes data to a temporary file beside path, syncs it and
-// renames it over path, so a reader never sees half a file.
-func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp, 0o644)
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
 }

@@ -9,9 +9,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
+
+	"github.com/ollama-tune/ollama-tune/internal/atomicfile"
 )
 
 // Write stores tensors and metadata as a safetensors file at path. The file
@@ -43,46 +44,14 @@ func Write(path string, tensors []TensorInfo, metadata map[string]string) error 
 // write exactly the bytes of headers[i]. fill is called once per tensor in
 // file order, so a converter can hold one tensor at a time (an 8 GB model
 // never sits in memory twice).
-func WriteFunc(path string, headers []TensorInfo, metadata map[string]string, fill func(i int, w io.Writer) error) (err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
+func WriteFunc(path string, headers []TensorInfo, metadata map[string]string, fill func(i int, w io.Writer) error) error {
+	return atomicfile.Write(path, func(f *os.File) error {
+		bw := bufio.NewWriterSize(f, 4<<20)
+		if err := encode(bw, headers, metadata, fill); err != nil {
+			return err
 		}
-	}()
-	bw := bufio.NewWriterSize(tmp, 4<<20)
-	if err := encode(bw, headers, metadata, fill); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := bw.Flush(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("write %s: sync: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	// Make the rename durable; not all systems can sync a directory.
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+		return bw.Flush()
+	})
 }
 
 // Encode writes a safetensors image of tensors to w (Write without the
