@@ -194,7 +194,7 @@ func (m *bpeModel) mergeWord(w string) []int32 {
 		add(m.unkID, unkLen)
 	}
 
-	var h mergeHeap
+	var h queue[mergeItem]
 	for i := 0; i+1 < len(syms); i++ {
 		if mg, ok := m.merges[pairKey(syms[i].id, syms[i+1].id)]; ok {
 			h.push(mergeItem{pos: int32(i), rank: mg.rank, newID: mg.newID})
@@ -241,53 +241,13 @@ func (m *bpeModel) mergeWord(w string) []int32 {
 
 type mergeItem struct{ pos, rank, newID int32 }
 
-// mergeHeap is a binary min-heap on (rank, pos), the order of tokenizers'
-// Merge: lowest rank first, then leftmost.
-type mergeHeap struct{ a []mergeItem }
-
-func (h *mergeHeap) len() int { return len(h.a) }
-
-func less(x, y mergeItem) bool {
+// before orders the merge queue as tokenizers' Merge does: lowest rank
+// first, then leftmost.
+func (x mergeItem) before(y mergeItem) bool {
 	if x.rank != y.rank {
 		return x.rank < y.rank
 	}
 	return x.pos < y.pos
-}
-
-func (h *mergeHeap) push(it mergeItem) {
-	h.a = append(h.a, it)
-	i := len(h.a) - 1
-	for i > 0 {
-		p := (i - 1) / 2
-		if !less(h.a[i], h.a[p]) {
-			break
-		}
-		h.a[i], h.a[p] = h.a[p], h.a[i]
-		i = p
-	}
-}
-
-func (h *mergeHeap) pop() mergeItem {
-	top := h.a[0]
-	last := len(h.a) - 1
-	h.a[0] = h.a[last]
-	h.a = h.a[:last]
-	i := 0
-	for {
-		l, r, small := 2*i+1, 2*i+2, i
-		if l < last && less(h.a[l], h.a[small]) {
-			small = l
-		}
-		if r < last && less(h.a[r], h.a[small]) {
-			small = r
-		}
-		if small == i {
-			break
-		}
-		h.a[i], h.a[small] = h.a[small], h.a[i]
-		i = small
-	}
-	return top
 }
 
 // wordCache remembers the ids of short words, like tokenizers' BPE cache

@@ -282,7 +282,7 @@ func (m *spModel) encode(text string) []int32 {
 		syms = append(syms, s)
 	}
 
-	var agenda pairHeap
+	var agenda queue[spPair]
 	revMerge := map[string][2]string{}
 	maybeAdd := func(left, right int) {
 		if left == -1 || right == -1 || syms[left].freeze || syms[right].freeze {
@@ -349,51 +349,11 @@ func (m *spModel) encode(text string) []int32 {
 	return ids
 }
 
-// pairHeap is a max-heap on score, then the leftmost pair
-// (SymbolPairComparator in bpe_model.cc).
-type pairHeap struct{ a []spPair }
-
-func (h *pairHeap) len() int { return len(h.a) }
-
-func better(x, y spPair) bool {
+// before orders the agenda as SymbolPairComparator in bpe_model.cc does:
+// highest score first, then the leftmost pair.
+func (x spPair) before(y spPair) bool {
 	if x.score != y.score {
 		return x.score > y.score
 	}
 	return x.left < y.left
-}
-
-func (h *pairHeap) push(p spPair) {
-	h.a = append(h.a, p)
-	i := len(h.a) - 1
-	for i > 0 {
-		q := (i - 1) / 2
-		if !better(h.a[i], h.a[q]) {
-			break
-		}
-		h.a[i], h.a[q] = h.a[q], h.a[i]
-		i = q
-	}
-}
-
-func (h *pairHeap) pop() spPair {
-	top := h.a[0]
-	last := len(h.a) - 1
-	h.a[0] = h.a[last]
-	h.a = h.a[:last]
-	i := 0
-	for {
-		l, r, best := 2*i+1, 2*i+2, i
-		if l < last && better(h.a[l], h.a[best]) {
-			best = l
-		}
-		if r < last && better(h.a[r], h.a[best]) {
-			best = r
-		}
-		if best == i {
-			break
-		}
-		h.a[i], h.a[best] = h.a[best], h.a[i]
-		i = best
-	}
-	return top
 }
