@@ -142,46 +142,23 @@ func (d metaspaceDec) decodeChain(tokens []string) []string {
 }
 
 func parseDecoder(raw json.RawMessage, where string) (decoder, error) {
-	if isNull(raw) {
-		return nil, nil
+	c, err := readComponent(raw, where)
+	if c == nil || err != nil {
+		return nil, err
 	}
-	var t typed
-	if err := json.Unmarshal(raw, &t); err != nil {
-		return nil, fmt.Errorf("%s: %w", where, err)
-	}
-	where = fmt.Sprintf("%s (type %s)", where, t.Type)
-	switch t.Type {
+	switch c.Type {
 	case "Sequence":
-		var v struct {
-			Decoders []json.RawMessage `json:"decoders"`
-		}
-		if err := json.Unmarshal(raw, &v); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
-		}
-		var seq decoderSeq
-		for i, r := range v.Decoders {
-			d, err := parseDecoder(r, fmt.Sprintf("%s.decoders[%d]", where, i))
-			if err != nil {
-				return nil, err
-			}
-			if d != nil {
-				seq = append(seq, d)
-			}
-		}
-		return seq, nil
-	case "Replace":
-		var v struct {
-			Pattern jsonPattern `json:"pattern"`
-			Content string      `json:"content"`
-		}
-		if err := json.Unmarshal(raw, &v); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
-		}
-		lit, re, err := v.Pattern.compile(where)
+		seq, err := parseSequence(c, "decoders", parseDecoder)
 		if err != nil {
 			return nil, err
 		}
-		return replaceDec{replaceNorm{literal: lit, re: re, content: v.Content}}, nil
+		return decoderSeq(seq), nil
+	case "Replace":
+		r, err := parseReplace(c)
+		if err != nil {
+			return nil, err
+		}
+		return replaceDec{r}, nil
 	case "ByteFallback":
 		return byteFallbackDec{}, nil
 	case "Fuse":
@@ -192,34 +169,23 @@ func parseDecoder(raw json.RawMessage, where string) (decoder, error) {
 			Start   int    `json:"start"`
 			Stop    int    `json:"stop"`
 		}
-		if err := json.Unmarshal(raw, &v); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
+		if err := c.decode(&v); err != nil {
+			return nil, err
 		}
 		if utf8.RuneCountInString(v.Content) != 1 {
-			return nil, fmt.Errorf("%s: content %q must be one character", where, v.Content)
+			return nil, fmt.Errorf("%s: content %q must be one character", c.where, v.Content)
 		}
 		r, _ := utf8.DecodeRuneInString(v.Content)
 		return stripDec{content: r, start: v.Start, stop: v.Stop}, nil
 	case "Metaspace":
-		var v struct {
-			Replacement    string `json:"replacement"`
-			PrependScheme  string `json:"prepend_scheme"`
-			AddPrefixSpace *bool  `json:"add_prefix_space"`
-		}
-		if err := json.Unmarshal(raw, &v); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
-		}
-		scheme, err := parsePrependScheme(v.PrependScheme, v.AddPrefixSpace)
+		replacement, scheme, _, err := parseMetaspace(c)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
+			return nil, err
 		}
-		if v.Replacement == "" {
-			v.Replacement = metaspace
-		}
-		r, _ := utf8.DecodeRuneInString(v.Replacement)
+		r, _ := utf8.DecodeRuneInString(replacement)
 		return metaspaceDec{replacement: r, scheme: scheme}, nil
 	}
-	return nil, fmt.Errorf("%s: decoder type %q is not implemented (supported: Sequence, Replace, ByteFallback, Fuse, Strip, Metaspace)", where, t.Type)
+	return nil, c.unsupported("decoder", "Sequence, Replace, ByteFallback, Fuse, Strip, Metaspace")
 }
 
 // llamaDecoder is the decoder transformers gives Llama-style tokenizers:

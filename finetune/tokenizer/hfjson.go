@@ -157,15 +157,11 @@ func (p *postProcessor) apply(ids []int32) []int32 {
 }
 
 func parsePostProcessor(raw json.RawMessage, where string) (*postProcessor, error) {
-	if isNull(raw) {
-		return nil, nil
+	c, err := readComponent(raw, where)
+	if c == nil || err != nil {
+		return nil, err
 	}
-	var t typed
-	if err := json.Unmarshal(raw, &t); err != nil {
-		return nil, fmt.Errorf("%s: %w", where, err)
-	}
-	where = fmt.Sprintf("%s (type %s)", where, t.Type)
-	switch t.Type {
+	switch c.Type {
 	case "TemplateProcessing":
 		var v struct {
 			Single []struct {
@@ -180,8 +176,8 @@ func parsePostProcessor(raw json.RawMessage, where string) (*postProcessor, erro
 				IDs []int32 `json:"ids"`
 			} `json:"special_tokens"`
 		}
-		if err := json.Unmarshal(raw, &v); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
+		if err := c.decode(&v); err != nil {
+			return nil, err
 		}
 		p := &postProcessor{}
 		seen := false
@@ -189,13 +185,13 @@ func parsePostProcessor(raw json.RawMessage, where string) (*postProcessor, erro
 			switch {
 			case it.Sequence != nil:
 				if seen {
-					return nil, fmt.Errorf("%s: single[%d]: the sequence appears twice", where, i)
+					return nil, fmt.Errorf("%s: single[%d]: the sequence appears twice", c.where, i)
 				}
 				seen = true
 			case it.SpecialToken != nil:
 				st, ok := v.SpecialTokens[it.SpecialToken.ID]
 				if !ok {
-					return nil, fmt.Errorf("%s: single[%d]: special token %q is not in special_tokens", where, i, it.SpecialToken.ID)
+					return nil, fmt.Errorf("%s: single[%d]: special token %q is not in special_tokens", c.where, i, it.SpecialToken.ID)
 				}
 				if seen {
 					p.after = append(p.after, st.IDs...)
@@ -203,7 +199,7 @@ func parsePostProcessor(raw json.RawMessage, where string) (*postProcessor, erro
 					p.before = append(p.before, st.IDs...)
 				}
 			default:
-				return nil, fmt.Errorf("%s: single[%d]: want Sequence or SpecialToken", where, i)
+				return nil, fmt.Errorf("%s: single[%d]: want Sequence or SpecialToken", c.where, i)
 			}
 		}
 		return p, nil
@@ -212,32 +208,26 @@ func parsePostProcessor(raw json.RawMessage, where string) (*postProcessor, erro
 			Sep [2]json.RawMessage `json:"sep"`
 			Cls [2]json.RawMessage `json:"cls"`
 		}
-		if err := json.Unmarshal(raw, &v); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
+		if err := c.decode(&v); err != nil {
+			return nil, err
 		}
 		var sep, cls int32
 		if err := json.Unmarshal(v.Sep[1], &sep); err != nil {
-			return nil, fmt.Errorf("%s: sep: %w", where, err)
+			return nil, fmt.Errorf("%s: sep: %w", c.where, err)
 		}
 		if err := json.Unmarshal(v.Cls[1], &cls); err != nil {
-			return nil, fmt.Errorf("%s: cls: %w", where, err)
+			return nil, fmt.Errorf("%s: cls: %w", c.where, err)
 		}
 		return &postProcessor{before: []int32{cls}, after: []int32{sep}}, nil
 	case "ByteLevel":
 		return nil, nil // only adjusts offsets
 	case "Sequence":
-		var v struct {
-			Processors []json.RawMessage `json:"processors"`
-		}
-		if err := json.Unmarshal(raw, &v); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
+		seq, err := parseSequence(c, "processors", parsePostProcessor)
+		if err != nil {
+			return nil, err
 		}
 		out := &postProcessor{}
-		for i, r := range v.Processors {
-			p, err := parsePostProcessor(r, fmt.Sprintf("%s.processors[%d]", where, i))
-			if err != nil {
-				return nil, err
-			}
+		for _, p := range seq {
 			if p != nil {
 				out.before = append(append([]int32{}, p.before...), out.before...)
 				out.after = append(out.after, p.after...)
@@ -245,5 +235,5 @@ func parsePostProcessor(raw json.RawMessage, where string) (*postProcessor, erro
 		}
 		return out, nil
 	}
-	return nil, fmt.Errorf("%s: post_processor type %q is not implemented (supported: TemplateProcessing, BertProcessing, RobertaProcessing, ByteLevel, Sequence)", where, t.Type)
+	return nil, c.unsupported("post_processor", "TemplateProcessing, BertProcessing, RobertaProcessing, ByteLevel, Sequence")
 }

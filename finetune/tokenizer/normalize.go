@@ -126,60 +126,33 @@ func (p jsonPattern) compile(where string) (literal string, re *regexp.Regexp, e
 	return "", nil, fmt.Errorf("%s: pattern needs a \"String\" or a \"Regex\"", where)
 }
 
-type typed struct {
-	Type string `json:"type"`
-}
-
 // parseNormalizer reads tokenizer.json's "normalizer"; null gives nil.
 func parseNormalizer(raw json.RawMessage, where string) (normalizer, error) {
-	if isNull(raw) {
-		return nil, nil
+	c, err := readComponent(raw, where)
+	if c == nil || err != nil {
+		return nil, err
 	}
-	var t typed
-	if err := json.Unmarshal(raw, &t); err != nil {
-		return nil, fmt.Errorf("%s: %w", where, err)
-	}
-	where = fmt.Sprintf("%s (type %s)", where, t.Type)
-	switch t.Type {
+	switch c.Type {
 	case "Sequence":
-		var v struct {
-			Normalizers []json.RawMessage `json:"normalizers"`
+		seq, err := parseSequence(c, "normalizers", parseNormalizer)
+		if err != nil {
+			return nil, err
 		}
-		if err := json.Unmarshal(raw, &v); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
-		}
-		var seq normalizerSeq
-		for i, r := range v.Normalizers {
-			n, err := parseNormalizer(r, fmt.Sprintf("%s.normalizers[%d]", where, i))
-			if err != nil {
-				return nil, err
-			}
-			if n != nil {
-				seq = append(seq, n)
-			}
-		}
-		return seq, nil
+		return normalizerSeq(seq), nil
 	case "Prepend":
 		var v struct {
 			Prepend string `json:"prepend"`
 		}
-		if err := json.Unmarshal(raw, &v); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
+		if err := c.decode(&v); err != nil {
+			return nil, err
 		}
 		return prependNorm{v.Prepend}, nil
 	case "Replace":
-		var v struct {
-			Pattern jsonPattern `json:"pattern"`
-			Content string      `json:"content"`
-		}
-		if err := json.Unmarshal(raw, &v); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
-		}
-		lit, re, err := v.Pattern.compile(where)
+		r, err := parseReplace(c)
 		if err != nil {
 			return nil, err
 		}
-		return replaceNorm{literal: lit, re: re, content: v.Content}, nil
+		return r, nil
 	case "NFC":
 		return unicodeNorm{norm.NFC}, nil
 	case "NFD":
@@ -195,12 +168,12 @@ func parseNormalizer(raw json.RawMessage, where string) (normalizer, error) {
 			Left  bool `json:"strip_left"`
 			Right bool `json:"strip_right"`
 		}
-		if err := json.Unmarshal(raw, &v); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
+		if err := c.decode(&v); err != nil {
+			return nil, err
 		}
 		return stripNorm{v.Left, v.Right}, nil
 	}
-	return nil, fmt.Errorf("%s: normalizer type %q is not implemented (supported: Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD, Lowercase, Strip)", where, t.Type)
+	return nil, c.unsupported("normalizer", "Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD, Lowercase, Strip")
 }
 
 // prependScheme is Metaspace's prepend_scheme.
@@ -290,57 +263,23 @@ func (q preTokenizerSeq) preTokenize(piece string, atStart bool, dst []string) [
 }
 
 func parsePreTokenizer(raw json.RawMessage, where string) (preTokenizer, error) {
-	if isNull(raw) {
-		return nil, nil
+	c, err := readComponent(raw, where)
+	if c == nil || err != nil {
+		return nil, err
 	}
-	var t typed
-	if err := json.Unmarshal(raw, &t); err != nil {
-		return nil, fmt.Errorf("%s: %w", where, err)
-	}
-	where = fmt.Sprintf("%s (type %s)", where, t.Type)
-	switch t.Type {
+	switch c.Type {
 	case "Metaspace":
-		var v struct {
-			Replacement    string `json:"replacement"`
-			PrependScheme  string `json:"prepend_scheme"`
-			AddPrefixSpace *bool  `json:"add_prefix_space"`
-			Split          *bool  `json:"split"`
-		}
-		if err := json.Unmarshal(raw, &v); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
-		}
-		scheme, err := parsePrependScheme(v.PrependScheme, v.AddPrefixSpace)
+		replacement, scheme, split, err := parseMetaspace(c)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
+			return nil, err
 		}
-		if v.Replacement == "" {
-			v.Replacement = metaspace
-		}
-		split := v.Split == nil || *v.Split
-		return metaspacePre{replacement: v.Replacement, scheme: scheme, split: split}, nil
+		return metaspacePre{replacement: replacement, scheme: scheme, split: split}, nil
 	case "Sequence":
-		var v struct {
-			PreTokenizers []json.RawMessage `json:"pretokenizers"`
+		seq, err := parseSequence(c, "pretokenizers", parsePreTokenizer)
+		if err != nil {
+			return nil, err
 		}
-		if err := json.Unmarshal(raw, &v); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
-		}
-		var seq preTokenizerSeq
-		for i, r := range v.PreTokenizers {
-			p, err := parsePreTokenizer(r, fmt.Sprintf("%s.pretokenizers[%d]", where, i))
-			if err != nil {
-				return nil, err
-			}
-			if p != nil {
-				seq = append(seq, p)
-			}
-		}
-		return seq, nil
+		return preTokenizerSeq(seq), nil
 	}
-	return nil, fmt.Errorf("%s: pre_tokenizer type %q is not implemented (supported: null, Metaspace, Sequence)", where, t.Type)
-}
-
-func isNull(raw json.RawMessage) bool {
-	s := strings.TrimSpace(string(raw))
-	return s == "" || s == "null"
+	return nil, c.unsupported("pre_tokenizer", "null, Metaspace, Sequence")
 }
