@@ -258,9 +258,10 @@ func (b *Backend) matrix(w *weight, op string) (p cu.DevicePtr, abType int) {
 	} else {
 		p = b.scratchBuf(sWeight, elem*n, op)
 	}
-	// The dequantization kernels expand 32 values a thread, then the
-	// n % 32 left one a thread.
-	threads := max(n/32, n%32, 1)
+	// The dequantization kernels expand 8 (bf16) or 4 (f32) values a
+	// thread, then the rest one a thread.
+	per := 16 / elem
+	threads := max(n/per, n%per, 1)
 	b.launchN(op, kernel, threads, append([]uint64{ptrArg(p), uint64(n), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
 	return p, abType
 }
@@ -391,7 +392,7 @@ func (b *Backend) gemm(op string, g gemmArgs) {
 // toBF16 converts n float32 values at p into the sAct scratch.
 func (b *Backend) toBF16(op string, p cu.DevicePtr, n int64) cu.DevicePtr {
 	dst := b.scratchBuf(sAct, 2*n, op)
-	b.launchN(op, "f32_to_bf16_kernel", n, ptrArg(dst), ptrArg(p), uint64(n))
+	b.launchN(op, "f32_to_bf16_v4", max(n/4, n%4, 1), ptrArg(dst), ptrArg(p), uint64(n))
 	return dst
 }
 
@@ -483,10 +484,9 @@ func (b *Backend) LinearForward(out, x finetune.Tensor, l *finetune.Linear, h fi
 	}
 	lo, r := l.LoRA, loraRank(l)
 	A, B, hs := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op), tensor(h, kindF32, op)
-	if b.fast && r <= loraMaxR {
+	if b.fastLoRA && r <= loraMaxR {
 		// h = dropout(x) . A^T in one pass over x.
-		b.launch(op, "lora_rowdot", grid1(T), 256, 0, ptrArg(hs.ptr), ptrArg(xs.ptr), ptrArg(A.ptr), intArg(T), intArg(w.in), intArg(r),
-			intArg(w.in), 1, seed, f32Arg(lo.Dropout), f32Arg(keepScale(lo.Dropout)))
+		b.loraRowdot(op, hs.ptr, xs.ptr, A.ptr, T, w.in, r, w.in, 1, lo.Dropout, seed)
 	} else {
 		xd := b.dropout(op, xs.ptr, int64(xs.n), lo.Dropout, seed)
 		b.sgemm(op, false, true, T, r, w.in, 1, xd, w.in, A.ptr, w.in, 0, hs.ptr, r)
@@ -497,8 +497,24 @@ func (b *Backend) LinearForward(out, x finetune.Tensor, l *finetune.Linear, h fi
 // loraMaxR is the largest rank the fused LoRA kernels take (kernels/lora.cu).
 const loraMaxR = 16
 
-// loraChunk is the tokens per partial sum of the fused LoRA backward.
-const loraChunk = 64
+// loraChunk is the tokens per partial sum of the fused LoRA backward (at
+// most 64, kernels/lora.cu).
+const loraChunk = 32
+
+// dropThreshold is ceil(p * 2^24): Uniform(seed, i) >= p exactly when the
+// hash's top 24 bits are >= it (kernels/lora.cu).
+func dropThreshold(p float32) uint64 { return uint64(math.Ceil(float64(p) * (1 << 24))) }
+
+// loraRowdot computes y [T,r] = dropout(x) . W(j,k)^T over x [T,K], with
+// W(j,k) at W + 4*(j*wsj + k*wsi).
+func (b *Backend) loraRowdot(op string, y, x, W cu.DevicePtr, T, K, r, wsj, wsi int, p float32, seed uint64) {
+	kernel, rows := "lora_rowdot8", 4
+	if r > 8 {
+		kernel, rows = "lora_rowdot16", 2
+	}
+	b.launch(op, kernel, grid1((T+rows-1)/rows), 256, 0, ptrArg(y), ptrArg(x), ptrArg(W), intArg(T), intArg(K), intArg(r),
+		intArg(wsj), intArg(wsi), seed, f32Arg(p), dropThreshold(p), f32Arg(keepScale(p)))
+}
 
 // loraColdot accumulates G(j,k) += scale * sum_t a[t,j] * xd[t,k] for a
 // [T,r] and x [T,K] (xd its dropout with p, seed; p = 0: x itself), G(j,k)
@@ -508,7 +524,7 @@ func (b *Backend) loraColdot(op string, G, a, x cu.DevicePtr, T, K, r, gsj, gsk 
 	part := b.scratchBuf(sLoRAPart, 4*int64(nc)*int64(r)*int64(K), op)
 	gx := (K + 255) / 256
 	b.launch(op, "lora_coldot_partial", [3]int{gx, nc, 1}, 256, 0, ptrArg(part), ptrArg(a), ptrArg(x), intArg(T), intArg(K), intArg(r),
-		intArg(loraChunk), seed, f32Arg(p), f32Arg(keepScale(p)))
+		intArg(loraChunk), seed, f32Arg(p), dropThreshold(p), f32Arg(keepScale(p)))
 	b.launch(op, "lora_coldot_finish", [3]int{gx, r, 1}, 256, 0, ptrArg(G), ptrArg(part), intArg(nc), intArg(K), intArg(r),
 		intArg(gsj), intArg(gsk), f32Arg(scale))
 }
@@ -534,17 +550,17 @@ func (b *Backend) LinearBackward(dx, dout, x finetune.Tensor, l *finetune.Linear
 	gA, gB := tensor(lo.GradA, kindF32, op), tensor(lo.GradB, kindF32, op)
 	n := int64(T) * int64(w.in)
 	g := b.scratchBuf(sLoRAG, 4*int64(T)*int64(r), op)
-	if b.fast && r <= loraMaxR {
+	if b.fastLoRA && r <= loraMaxR {
 		// GradB [out,r] += scale * dout^T . h
 		b.loraColdot(op, gB.ptr, hs.ptr, do.ptr, T, w.out, r, 1, r, lo.Scale, 0, 0)
 		// g [T,r] = dout . B
-		b.launch(op, "lora_rowdot", grid1(T), 256, 0, ptrArg(g), ptrArg(do.ptr), ptrArg(B.ptr), intArg(T), intArg(w.out), intArg(r),
-			1, intArg(r), 0, f32Arg(0), f32Arg(1))
+		b.loraRowdot(op, g, do.ptr, B.ptr, T, w.out, r, 1, r, 0, 0)
 		// GradA [r,in] += scale * g^T . dropout(x)
 		b.loraColdot(op, gA.ptr, g, xs.ptr, T, w.in, r, w.in, 1, lo.Scale, lo.Dropout, seed)
 		if d != nil {
-			b.launch(op, "lora_dx", [3]int{(w.in + 255) / 256, min(T, 65535), 1}, 256, 0, ptrArg(d.ptr), ptrArg(g), ptrArg(A.ptr),
-				intArg(T), intArg(w.in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), f32Arg(keepScale(lo.Dropout)))
+			b.launch(op, "lora_dx", [3]int{(w.in + 255) / 256, min(T, 64), 1}, 256, 0, ptrArg(d.ptr), ptrArg(g), ptrArg(A.ptr),
+				intArg(T), intArg(w.in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), dropThreshold(lo.Dropout),
+				f32Arg(keepScale(lo.Dropout)))
 		}
 		return
 	}
@@ -611,9 +627,15 @@ func (b *Backend) rope(op string, qkv, pos finetune.Tensor, nHead, nKV, headDim,
 	if x.n != T*width || rotaryDim > headDim || rotaryDim%2 != 0 {
 		panic(&Error{Op: op, Err: fmt.Errorf("qkv %v for %d tokens of %d+2x%d heads of %d (rotary %d)", x.shape, T, nHead, nKV, headDim, rotaryDim)})
 	}
-	n := int64(T) * int64(nHead+nKV) * int64(rotaryDim/2)
-	b.launchN(op, "rope", n, ptrArg(x.ptr), ptrArg(ps.ptr), intArg(T), intArg(nHead+nKV), intArg(headDim), intArg(width),
-		intArg(rotaryDim), f32Arg(theta), boolArg(inverse))
+	half := rotaryDim / 2
+	if T == 0 || half == 0 {
+		return
+	}
+	// The angles' cos and sin once per token, then the rotation.
+	cs := b.scratchBuf(sRope, 8*int64(T)*int64(half), op)
+	b.launchN(op, "rope_table", int64(T)*int64(half), ptrArg(cs), ptrArg(ps.ptr), intArg(T), intArg(half), intArg(rotaryDim), f32Arg(theta))
+	b.launch(op, "rope_apply", [3]int{((nHead+nKV)*half + 255) / 256, min(T, 65535), 1}, 256, 0, ptrArg(x.ptr), ptrArg(cs), intArg(T),
+		intArg(nHead+nKV), intArg(headDim), intArg(width), intArg(half), boolArg(inverse))
 }
 
 func (b *Backend) RoPEForward(qkv, pos finetune.Tensor, nHead, nKV, headDim, rotaryDim int, theta float32) {
@@ -689,6 +711,16 @@ func (b *Backend) attnSmem(op string, n, D int) int {
 	return smem
 }
 
+// shortAttn says whether rows of S tokens with head dimension D take the
+// one-block-per-(head, row) kernels (attn_fwd_s64, attn_bwd_s64), and
+// their dynamic shared memory: the row's keys or values [S][D+1] and the
+// probabilities [S][S+1] in float32, within the 48 KiB a block gets
+// without opting in to more.
+func (b *Backend) shortAttn(S, D int) (smem int, ok bool) {
+	smem = 4 * (S*(D+1) + S*(S+1))
+	return smem, b.fastAttn && S <= 64 && D <= 128 && smem <= min(b.info.MaxSharedMemPerBlock, 48<<10)
+}
+
 func (b *Backend) checkAttn(op string, qkv, pos *Tensor, B, S, H, K, D int) {
 	if H <= 0 || K <= 0 || H%K != 0 || D <= 0 {
 		panic(&Error{Op: op, Err: fmt.Errorf("%d query heads, %d KV heads of %d: the query heads must be a multiple of the KV heads", H, K, D)})
@@ -703,6 +735,11 @@ func (b *Backend) AttentionForward(out, lse, qkv, pos finetune.Tensor, B, S, nHe
 	defer b.enter(op)()
 	o, ls, x, ps := tensor(out, kindF32, op), tensor(lse, kindF32, op), tensor(qkv, kindF32, op), tensor(pos, kindI32, op)
 	b.checkAttn(op, x, ps, B, S, nHead, nKV, headDim)
+	if smem, ok := b.shortAttn(S, headDim); ok {
+		b.launch(op, "attn_fwd_s64", [3]int{nHead, B, 1}, 256, smem, ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr), ptrArg(ps.ptr),
+			intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window), f32Arg(attnScale(headDim)))
+		return
+	}
 	smem := b.attnSmem(op, S, headDim)
 	b.launch(op, "attn_fwd", [3]int{S, nHead, B}, attnThreads, smem, ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr), ptrArg(ps.ptr),
 		intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window), f32Arg(attnScale(headDim)))
@@ -719,6 +756,10 @@ func (b *Backend) AttentionBackward(dqkv, dout, out, lse, qkv, pos finetune.Tens
 	b.launchN(op, "attn_bwd_di", int64(T)*int64(nHead), ptrArg(di), ptrArg(do.ptr), ptrArg(o.ptr), intArg(T), intArg(nHead), intArg(headDim))
 	args := []uint64{ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(ls.ptr), ptrArg(di), ptrArg(x.ptr), ptrArg(ps.ptr),
 		intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window), f32Arg(attnScale(headDim))}
+	if smem, ok := b.shortAttn(S, headDim); ok {
+		b.launch(op, "attn_bwd_s64", [3]int{nKV, B, 1}, 256, smem, args...)
+		return
+	}
 	b.launch(op, "attn_bwd_dq", [3]int{S, nHead, B}, attnThreads, 0, args...)
 	b.launch(op, "attn_bwd_dkdv", [3]int{S, nKV, B}, attnThreads, 0, args...)
 }

@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 	"unsafe"
 
 	"gorgonia.org/cu"
@@ -70,9 +71,10 @@ type Options struct {
 	// state stay float32.
 	ComputeDType finetune.DType
 	// ReferenceKernels turns off the fused fast paths (LoRA products with
-	// their dropout, small-sequence attention) and runs the original
-	// one-op-at-a-time kernels, for A/B benchmarks and tests. The
-	// environment variable OLLAMA_TUNE_CUDA_REFERENCE=1 does the same.
+	// their dropout, attention over rows of at most 64 tokens) and runs the
+	// original one-op-at-a-time kernels, for A/B benchmarks and tests. The
+	// environment variable OLLAMA_TUNE_CUDA_REFERENCE=1 does the same;
+	// =lora or =attention turns off one of them.
 	ReferenceKernels bool
 	// DequantCache is how many weight shapes keep their last dequantized
 	// values on the GPU (see matrix): 0 means 4, one decoder layer's worth;
@@ -108,7 +110,7 @@ type Backend struct {
 	prof     *profiler  // non-nil between StartProfile and StopProfile
 	profPool *profiler  // the last profile's events, for the next
 
-	fast bool // fused fast paths on (see Options.ReferenceKernels)
+	fastLoRA, fastAttn bool // fused fast paths on (see Options.ReferenceKernels)
 
 	dequant      []*dequantSlot // the dequantization cache (backend.go)
 	dequantMax   int
@@ -164,8 +166,8 @@ func New(opts Options) (b *Backend, err error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	b = &Backend{opts: opts, dtype: opts.ComputeDType, fns: map[string]cu.Function{},
-		fast: !opts.ReferenceKernels && os.Getenv("OLLAMA_TUNE_CUDA_REFERENCE") != "1"}
+	b = &Backend{opts: opts, dtype: opts.ComputeDType, fns: map[string]cu.Function{}}
+	b.fastLoRA, b.fastAttn = fastPaths(opts)
 	switch {
 	case opts.DequantCache == 0:
 		b.dequantMax = 4
@@ -258,8 +260,27 @@ func (b *Backend) uploadTables() error {
 	return b.stream.Synchronize()
 }
 
-// FastKernels reports whether the fused fast paths are on.
-func (b *Backend) FastKernels() bool { return b.fast }
+// fastPaths says which fused fast paths opts and the environment leave on.
+func fastPaths(opts Options) (lora, attn bool) {
+	if opts.ReferenceKernels {
+		return false, false
+	}
+	lora, attn = true, true
+	for _, v := range strings.Split(os.Getenv("OLLAMA_TUNE_CUDA_REFERENCE"), ",") {
+		switch strings.TrimSpace(v) {
+		case "1", "all":
+			lora, attn = false, false
+		case "lora":
+			lora = false
+		case "attention":
+			attn = false
+		}
+	}
+	return lora, attn
+}
+
+// FastKernels reports whether any fused fast path is on.
+func (b *Backend) FastKernels() bool { return b.fastLoRA || b.fastAttn }
 
 // Info describes the backend's GPU.
 func (b *Backend) Info() DeviceInfo { return b.info }
@@ -666,6 +687,7 @@ const (
 	sNF4Offset                    // NF4Weight's double-quantization offset
 	sBins                         // the exact sum's bins (NF4 double quantization)
 	sLoRAPart                     // fused LoRA backward: per-chunk column sums
+	sRope                         // RoPE: cos and sin per token and frequency
 	numScratch
 )
 

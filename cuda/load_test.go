@@ -262,7 +262,7 @@ func TestProfile(t *testing.T) {
 		t.Logf("%-40s %3d calls %.3f ms", e.Name, e.Calls, e.Ms)
 	}
 	// The weight is dequantized once: the cache keeps it (Options.DequantCache).
-	want := map[string]int{"nf4_dequant_bf16": 1, "f32_to_bf16_kernel": 3, fmt.Sprintf("gemm bf16 %dx%dx%d", T, out, in): 3, "memset": 3}
+	want := map[string]int{"nf4_dequant_bf16": 1, "f32_to_bf16_v4": 3, fmt.Sprintf("gemm bf16 %dx%dx%d", T, out, in): 3, "memset": 3}
 	for name, n := range want {
 		if calls[name] != n {
 			t.Errorf("%s: %d calls, want %d (profile %v)", name, calls[name], n, calls)

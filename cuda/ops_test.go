@@ -405,27 +405,35 @@ func packedPos(B, S int, lens []int) []int32 {
 }
 
 func TestAttention(t *testing.T) {
-	for _, c := range []struct{ B, S, H, K, D, window int }{
-		{3, 37, 6, 2, 24, 0},
-		{2, 29, 4, 4, 16, 5},
-		{1, 300, 2, 1, 96, 0}, // more keys than a chunk of 256
-	} {
-		name := fmt.Sprintf("B%d S%d H%d K%d D%d w%d", c.B, c.S, c.H, c.K, c.D, c.window)
-		T, width := c.B*c.S, (c.H+2*c.K)*c.D
-		pos := bothInt(gpu, cpu, packedPos(c.B, c.S, []int{11, 5, 40, 3}))
-		qkv := both(gpu, cpu, randn(T*width, 11, 1), T, width)
-		out := both(gpu, cpu, nanSlice(T*c.H*c.D), T, c.H*c.D)
-		lse := both(gpu, cpu, nanSlice(c.H*T), c.H, T)
-		gpu.AttentionForward(out.g, lse.g, qkv.g, pos.g, c.B, c.S, c.H, c.K, c.D, c.window)
-		cpu.AttentionForward(out.c, lse.c, qkv.c, pos.c, c.B, c.S, c.H, c.K, c.D, c.window)
-		compare(t, gpu, cpu, name+" out", out, tolF32)
-		compare(t, gpu, cpu, name+" lse", lse, tolF32)
-		dout := both(gpu, cpu, randn(T*c.H*c.D, 12, 1), T, c.H*c.D)
-		dqkv := both(gpu, cpu, randn(T*width, 13, 1), T, width)
-		gpu.AttentionBackward(dqkv.g, dout.g, out.g, lse.g, qkv.g, pos.g, c.B, c.S, c.H, c.K, c.D, c.window)
-		cpu.AttentionBackward(dqkv.c, dout.c, out.c, lse.c, qkv.c, pos.c, c.B, c.S, c.H, c.K, c.D, c.window)
-		compare(t, gpu, cpu, name+" dqkv", dqkv, tolF32)
+	for _, fast := range []bool{true, false} {
+		gpu.fastAttn = fast
+		for _, c := range []struct{ B, S, H, K, D, window int }{
+			{3, 37, 6, 2, 24, 0},
+			{2, 29, 4, 4, 16, 5},
+			{1, 300, 2, 1, 96, 0}, // more keys than a chunk of 256
+			{4, 64, 8, 8, 96, 0},  // Phi-3-mini's head shape, a full 64-token row
+			{3, 33, 4, 2, 96, 9},  // keys past 32: the second key a lane
+			{2, 64, 4, 2, 128, 0}, // too much shared memory for the short-row kernels
+			{2, 1, 2, 1, 8, 0},
+		} {
+			name := fmt.Sprintf("fast %v B%d S%d H%d K%d D%d w%d", fast, c.B, c.S, c.H, c.K, c.D, c.window)
+			T, width := c.B*c.S, (c.H+2*c.K)*c.D
+			pos := bothInt(gpu, cpu, packedPos(c.B, c.S, []int{11, 5, 40, 3}))
+			qkv := both(gpu, cpu, randn(T*width, 11, 1), T, width)
+			out := both(gpu, cpu, nanSlice(T*c.H*c.D), T, c.H*c.D)
+			lse := both(gpu, cpu, nanSlice(c.H*T), c.H, T)
+			gpu.AttentionForward(out.g, lse.g, qkv.g, pos.g, c.B, c.S, c.H, c.K, c.D, c.window)
+			cpu.AttentionForward(out.c, lse.c, qkv.c, pos.c, c.B, c.S, c.H, c.K, c.D, c.window)
+			compare(t, gpu, cpu, name+" out", out, tolF32)
+			compare(t, gpu, cpu, name+" lse", lse, tolF32)
+			dout := both(gpu, cpu, randn(T*c.H*c.D, 12, 1), T, c.H*c.D)
+			dqkv := both(gpu, cpu, randn(T*width, 13, 1), T, width)
+			gpu.AttentionBackward(dqkv.g, dout.g, out.g, lse.g, qkv.g, pos.g, c.B, c.S, c.H, c.K, c.D, c.window)
+			cpu.AttentionBackward(dqkv.c, dout.c, out.c, lse.c, qkv.c, pos.c, c.B, c.S, c.H, c.K, c.D, c.window)
+			compare(t, gpu, cpu, name+" dqkv", dqkv, tolF32)
+		}
 	}
+	gpu.fastAttn = true
 }
 
 func TestAttentionCached(t *testing.T) {
@@ -481,16 +489,17 @@ func TestSwiGLUAddScale(t *testing.T) {
 
 func TestLinear(t *testing.T) {
 	for _, fast := range []bool{true, false} {
-		gpu.fast, gpuB16.fast = fast, fast
+		gpu.fastLoRA, gpuB16.fastLoRA = fast, fast
 		t.Run(fmt.Sprintf("fused %v", fast), func(t *testing.T) {
-			// T spans several of the fused backward's 64-token chunks and a
-			// partial one; r = 20 is above the fused kernels' rank limit.
-			for _, sz := range []struct{ T, in, out, r int }{{21, 67, 45, 5}, {203, 300, 129, 8}, {37, 40, 33, 20}} {
+			// T spans several of the fused backward's token chunks and a
+			// partial one; r = 12 takes the rank-16 kernels, r = 20 is above
+			// the fused kernels' limit.
+			for _, sz := range []struct{ T, in, out, r int }{{21, 67, 45, 5}, {203, 300, 129, 8}, {45, 70, 61, 12}, {37, 40, 33, 20}} {
 				testLinear(t, sz.T, sz.in, sz.out, sz.r)
 			}
 		})
 	}
-	gpu.fast, gpuB16.fast = true, true
+	gpu.fastLoRA, gpuB16.fastLoRA = true, true
 }
 
 func testLinear(t *testing.T, T, in, out, r int) {
@@ -683,4 +692,19 @@ func TestDropoutMaskMatchesRNG(t *testing.T) {
 		}
 	}
 	checkBits(t, "dropout mask", got, want)
+}
+
+// The fused LoRA kernels test dropout as top24(hash) >= dropThreshold(p),
+// which must keep exactly what finetune.DropoutKeep keeps.
+func TestDropThresholdMatchesRNG(t *testing.T) {
+	for _, p := range []float32{0.05, 0.1, 0.25, 0.5, 1e-7, 0.3333333, 0.999999} {
+		thr := dropThreshold(p)
+		for i := uint64(0); i < 200000; i++ {
+			const seed = 987654321
+			got := finetune.Mix64(seed^finetune.Mix64(i))>>40 >= thr
+			if want := finetune.DropoutKeep(seed, i, p); got != want {
+				t.Fatalf("p %v index %d: threshold test keeps %v, DropoutKeep %v", p, i, got, want)
+			}
+		}
+	}
 }

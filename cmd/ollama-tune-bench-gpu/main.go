@@ -401,7 +401,9 @@ func category(name string) string {
 		return "attention"
 	case name == "ce_rows" || name == "gather_rows" || name == "scatter_add_rows":
 		return "cross-entropy (softmax, gather/scatter)"
-	case name == "f32_to_bf16_kernel":
+	case strings.HasPrefix(name, "lora_"):
+		return "LoRA (fused kernels)"
+	case strings.HasPrefix(name, "f32_to_bf16"):
 		return "fp32 -> bf16 casts of GEMM inputs"
 	case name == "adamw8bit" || name == "adamw" || name == "sumsq_multi" || name == "clip_finish" || name == "scale_multi":
 		return "optimizer and clipping"

@@ -244,3 +244,314 @@ extern "C" __global__ void attn_bwd_dkdv(float* dqkv, const float* dout, const f
         dqkv[tj * width + voff + d] = av[r];
     }
 }
+
+// ---------------------------------------------------------------------------
+// Short rows (S <= 64): one thread block per (head, row) instead of one per
+// query. The block keeps the row's keys (or values) in shared memory,
+// padded to D+1 floats a row so that 32 lanes reading 32 keys hit 32
+// banks, and the S x S probabilities (stride S+1). Warp w owns query rows
+// 8w..8w+7; in the score phases lane l owns keys l and l+32, in the
+// product phases lane l owns features l, l+32, l+64, l+96. Dot products
+// over the head dimension run in d order, like the CPU's; sums over keys or
+// queries run in index order in float32.
+#define AS_ROWS 8
+#define AS_MAXC 4  // features per lane: head dims up to 128
+
+// as_lo is the first key query i of a row may see.
+__device__ __forceinline__ int as_lo(int i, const int* pos_row, i64 window) {
+    int lo = max(0, i - pos_row[i]);
+    if (window > 0) lo = max(lo, (int)(i - window + 1));
+    return lo;
+}
+
+// as_load_rows copies S rows of D floats (row j at src + j*stride) into
+// dst [S][D+1].
+__device__ __forceinline__ void as_load_rows(float* dst, const float* src, i64 stride, int S, int D) {
+    for (int x = threadIdx.x; x < S * D; x += blockDim.x) {
+        int j = x / D, d = x - j * D;
+        dst[j * (D + 1) + d] = src[j * stride + d];
+    }
+}
+
+// as_scores: acc[r][c] = q_{i0+r} . key_{lane+32c} over d (float32, d
+// order), keys from shared memory ks [S][D+1]; rows past S read row S-1.
+__device__ __forceinline__ void as_scores(float acc[AS_ROWS][2], const float* qbase, i64 qstride, const float* ks, int i0,
+                                          int S, int D, int lane, bool two) {
+    const float* q[AS_ROWS];
+#pragma unroll
+    for (int r = 0; r < AS_ROWS; r++) {
+        q[r] = qbase + (i64)min(i0 + r, S - 1) * qstride;
+        acc[r][0] = 0.0f;
+        acc[r][1] = 0.0f;
+    }
+    const int j0 = min(lane, S - 1), j1 = min(lane + 32, S - 1);
+    for (int d = 0; d < D; d++) {
+        float k0 = ks[j0 * (D + 1) + d];
+        float k1 = two ? ks[j1 * (D + 1) + d] : 0.0f;
+#pragma unroll
+        for (int r = 0; r < AS_ROWS; r++) {
+            float qv = q[r][d];
+            acc[r][0] = __fadd_rn(acc[r][0], __fmul_rn(qv, k0));
+            acc[r][1] = __fadd_rn(acc[r][1], __fmul_rn(qv, k1));
+        }
+    }
+}
+
+// attn_fwd_s64: grid (H, B), 256 threads, dynamic shared memory
+// 4*(S*(D+1) + S*(S+1)) bytes. Same outputs as attn_fwd.
+extern "C" __global__ void attn_fwd_s64(float* out, float* lse, const float* qkv, const int* pos, i64 B, i64 S_, i64 H, i64 K,
+                                        i64 D_, i64 window, double scale_d) {
+    extern __shared__ float sm[];
+    const int S = (int)S_, D = (int)D_;
+    float* ks = sm;               // [S][D+1]
+    float* P = sm + S * (D + 1);  // [S][S+1]
+    const float scale = (float)scale_d;
+    const i64 h = blockIdx.x, b = blockIdx.y;
+    const i64 T = B * S, width = (H + 2 * K) * D, kvh = h / (H / K);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const float* base = qkv + b * S * width;
+    const int* prow = pos + b * S;
+    as_load_rows(ks, base + (H + kvh) * D, width, S, D);
+    __syncthreads();
+    const int i0 = warp * AS_ROWS;
+    if (i0 >= S) return;  // no block-wide barrier below
+    const int imax = min(i0 + AS_ROWS, S) - 1;
+    const bool two = imax >= 32;
+    float acc[AS_ROWS][2];
+    as_scores(acc, base + h * D, width, ks, i0, S, D, lane, two);
+    const float ninf = -__int_as_float(0x7f800000);
+#pragma unroll
+    for (int r = 0; r < AS_ROWS; r++) {
+        int i = i0 + r;
+        if (i >= S) break;
+        int lo = as_lo(i, prow, window);
+        int j0 = lane, j1 = lane + 32;
+        float s0 = (j0 >= lo && j0 <= i) ? __fmul_rn(acc[r][0], scale) : ninf;
+        float s1 = (j1 >= lo && j1 <= i) ? __fmul_rn(acc[r][1], scale) : ninf;
+        float m = fmaxf(s0, s1);
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        double e0 = j0 <= i && j0 >= lo ? exp((double)__fsub_rn(s0, m)) : 0.0;
+        double e1 = j1 <= i && j1 >= lo ? exp((double)__fsub_rn(s1, m)) : 0.0;
+        double sum = e0 + e1;
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (j0 < S) P[i * (S + 1) + j0] = (float)(e0 / sum);
+        if (j1 < S) P[i * (S + 1) + j1] = (float)(e1 / sum);
+        if (lane == 0) lse[h * T + b * S + i] = __fadd_rn(m, (float)log(sum));
+    }
+    __syncwarp();
+    float o[AS_ROWS][AS_MAXC];
+#pragma unroll
+    for (int r = 0; r < AS_ROWS; r++)
+#pragma unroll
+        for (int c = 0; c < AS_MAXC; c++) o[r][c] = 0.0f;
+    const float* vb = base + (H + K + kvh) * D;
+    for (int j = 0; j <= imax; j++) {
+        float v[AS_MAXC];
+#pragma unroll
+        for (int c = 0; c < AS_MAXC; c++) {
+            int d = lane + 32 * c;
+            v[c] = d < D ? vb[(i64)j * width + d] : 0.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < AS_ROWS; r++) {
+            float p = (i0 + r < S) ? P[(i0 + r) * (S + 1) + j] : 0.0f;
+#pragma unroll
+            for (int c = 0; c < AS_MAXC; c++) o[r][c] = __fadd_rn(o[r][c], __fmul_rn(p, v[c]));
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < AS_ROWS; r++) {
+        int i = i0 + r;
+        if (i >= S) break;
+        float* ot = out + (b * S + i) * H * D + h * D;
+#pragma unroll
+        for (int c = 0; c < AS_MAXC; c++) {
+            int d = lane + 32 * c;
+            if (d < D) ot[d] = o[r][c];
+        }
+    }
+}
+
+// attn_bwd_s64: grid (K, B), 256 threads, the same shared memory as
+// attn_fwd_s64. For each query head h of KV head kvh (in order), with the
+// row's keys or values in shared memory as each phase needs them:
+//   P    = exp(q.k*scale - lse) where visible, else 0     (S x S, shared)
+//   dV  += P^T dO
+//   dS   = P * (dO.v - di) * scale                         (over P)
+//   dQ  += dS K,  dK += dS^T Q
+// di = rowsum(dO * O) comes from attn_bwd_di. Same result as attn_bwd_dq
+// and attn_bwd_dkdv up to the order of float32 sums.
+extern "C" __global__ void attn_bwd_s64(float* dqkv, const float* dout, const float* lse, const float* di,
+                                        const float* qkv, const int* pos, i64 B, i64 S_, i64 H, i64 K, i64 D_, i64 window,
+                                        double scale_d) {
+    extern __shared__ float sm[];
+    const int S = (int)S_, D = (int)D_;
+    float* kv = sm;               // [S][D+1]: keys, then values, then keys
+    float* P = sm + S * (D + 1);  // [S][S+1]: P, then dS
+    const float scale = (float)scale_d;
+    const i64 kvh = blockIdx.x, b = blockIdx.y;
+    const i64 T = B * S, width = (H + 2 * K) * D, HD = H * D, group = H / K;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const i64 koff = (H + kvh) * D, voff = (H + K + kvh) * D;
+    const float* base = qkv + b * S * width;
+    float* dbase = dqkv + b * S * width;
+    const float* dobase = dout + b * S * HD;
+    const int* prow = pos + b * S;
+    const int i0 = warp * AS_ROWS;
+    const bool active = i0 < S;
+    const int imax = min(i0 + AS_ROWS, S) - 1;
+    const bool two = imax >= 32;
+    for (i64 g = 0; g < group; g++) {
+        const i64 h = kvh * group + g;
+        __syncthreads();  // the previous head's readers of kv and P are done
+        as_load_rows(kv, base + koff, width, S, D);
+        __syncthreads();
+        // P for this warp's query rows.
+        if (active) {
+            float acc[AS_ROWS][2];
+            as_scores(acc, base + h * D, width, kv, i0, S, D, lane, two);
+#pragma unroll
+            for (int r = 0; r < AS_ROWS; r++) {
+                int i = i0 + r;
+                if (i >= S) break;
+                int lo = as_lo(i, prow, window);
+                float l = lse[h * T + b * S + i];
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    int j = lane + 32 * c;
+                    if (j >= S) continue;
+                    float p = 0.0f;
+                    if (j >= lo && j <= i) p = (float)exp((double)__fsub_rn(__fmul_rn(acc[r][c], scale), l));
+                    P[i * (S + 1) + j] = p;
+                }
+            }
+        }
+        __syncthreads();
+        // dV for this warp's key rows j = i0..: sum over queries i >= i0.
+        if (active) {
+            float a[AS_ROWS][AS_MAXC];
+#pragma unroll
+            for (int r = 0; r < AS_ROWS; r++)
+#pragma unroll
+                for (int c = 0; c < AS_MAXC; c++) a[r][c] = 0.0f;
+            for (int i = i0; i < S; i++) {
+                float dov[AS_MAXC];
+#pragma unroll
+                for (int c = 0; c < AS_MAXC; c++) {
+                    int d = lane + 32 * c;
+                    dov[c] = d < D ? dobase[(i64)i * HD + h * D + d] : 0.0f;
+                }
+#pragma unroll
+                for (int r = 0; r < AS_ROWS; r++) {
+                    float p = (i0 + r < S) ? P[i * (S + 1) + i0 + r] : 0.0f;
+#pragma unroll
+                    for (int c = 0; c < AS_MAXC; c++) a[r][c] = __fadd_rn(a[r][c], __fmul_rn(p, dov[c]));
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < AS_ROWS; r++) {
+                int j = i0 + r;
+                if (j >= S) break;
+#pragma unroll
+                for (int c = 0; c < AS_MAXC; c++) {
+                    int d = lane + 32 * c;
+                    if (d < D) {
+                        float* gp = dbase + (i64)j * width + voff + d;
+                        *gp = __fadd_rn(*gp, a[r][c]);
+                    }
+                }
+            }
+        }
+        __syncthreads();  // everyone is done with the keys and with P as P
+        as_load_rows(kv, base + voff, width, S, D);
+        __syncthreads();
+        // dS over P: dp = dO_i . v_j in d order.
+        if (active) {
+            float acc[AS_ROWS][2];
+            as_scores(acc, dobase + h * D, HD, kv, i0, S, D, lane, two);
+#pragma unroll
+            for (int r = 0; r < AS_ROWS; r++) {
+                int i = i0 + r;
+                if (i >= S) break;
+                float dI = di[h * T + b * S + i];
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    int j = lane + 32 * c;
+                    if (j >= S) continue;
+                    float p = P[i * (S + 1) + j];
+                    P[i * (S + 1) + j] = __fmul_rn(__fmul_rn(p, __fsub_rn(acc[r][c], dI)), scale);
+                }
+            }
+        }
+        __syncthreads();  // dS complete; the values are no longer needed
+        as_load_rows(kv, base + koff, width, S, D);
+        __syncthreads();
+        if (active) {
+            // dQ for this warp's query rows: sum over keys j <= imax in order.
+            float a[AS_ROWS][AS_MAXC];
+#pragma unroll
+            for (int r = 0; r < AS_ROWS; r++)
+#pragma unroll
+                for (int c = 0; c < AS_MAXC; c++) a[r][c] = 0.0f;
+            for (int j = 0; j <= imax; j++) {
+                float kk[AS_MAXC];
+#pragma unroll
+                for (int c = 0; c < AS_MAXC; c++) {
+                    int d = lane + 32 * c;
+                    kk[c] = d < D ? kv[j * (D + 1) + d] : 0.0f;
+                }
+#pragma unroll
+                for (int r = 0; r < AS_ROWS; r++) {
+                    float ds = (i0 + r < S) ? P[(i0 + r) * (S + 1) + j] : 0.0f;
+#pragma unroll
+                    for (int c = 0; c < AS_MAXC; c++) a[r][c] = __fadd_rn(a[r][c], __fmul_rn(ds, kk[c]));
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < AS_ROWS; r++) {
+                int i = i0 + r;
+                if (i >= S) break;
+#pragma unroll
+                for (int c = 0; c < AS_MAXC; c++) {
+                    int d = lane + 32 * c;
+                    if (d < D) {
+                        float* gp = dbase + (i64)i * width + h * D + d;
+                        *gp = __fadd_rn(*gp, a[r][c]);
+                    }
+                }
+            }
+            // dK for this warp's key rows: sum over queries i >= i0 in order.
+#pragma unroll
+            for (int r = 0; r < AS_ROWS; r++)
+#pragma unroll
+                for (int c = 0; c < AS_MAXC; c++) a[r][c] = 0.0f;
+            for (int i = i0; i < S; i++) {
+                float qv[AS_MAXC];
+#pragma unroll
+                for (int c = 0; c < AS_MAXC; c++) {
+                    int d = lane + 32 * c;
+                    qv[c] = d < D ? base[(i64)i * width + h * D + d] : 0.0f;
+                }
+#pragma unroll
+                for (int r = 0; r < AS_ROWS; r++) {
+                    float ds = (i0 + r < S) ? P[i * (S + 1) + i0 + r] : 0.0f;
+#pragma unroll
+                    for (int c = 0; c < AS_MAXC; c++) a[r][c] = __fadd_rn(a[r][c], __fmul_rn(ds, qv[c]));
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < AS_ROWS; r++) {
+                int j = i0 + r;
+                if (j >= S) break;
+#pragma unroll
+                for (int c = 0; c < AS_MAXC; c++) {
+                    int d = lane + 32 * c;
+                    if (d < D) {
+                        float* gp = dbase + (i64)j * width + koff + d;
+                        *gp = __fadd_rn(*gp, a[r][c]);
+                    }
+                }
+            }
+        }
+    }
+}

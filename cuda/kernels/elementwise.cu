@@ -135,3 +135,40 @@ extern "C" __global__ void rope(float* qkv, const int* pos, i64 T, i64 nrot, i64
         }
     }
 }
+
+// rope_table: cs [T][half] = (cos, sin) of each token's angles, computed
+// exactly as rope computes them; rope_apply rotates with the table, so the
+// transcendental functions run T*half times instead of T*heads*half.
+extern "C" __global__ void rope_table(float2* cs, const int* pos, i64 T, i64 half, i64 rot_dim, double theta) {
+    FOR_N(k, T * half) {
+        i64 i = k % half, t = k / half;
+        float e = __fdiv_rn((float)(2 * i), (float)rot_dim);
+        float inv = __fdiv_rn(1.0f, (float)pow(theta, (double)e));
+        double a = (double)__fmul_rn((float)pos[t], inv);
+        cs[k] = make_float2((float)cos(a), (float)sin(a));
+    }
+}
+
+// rope_apply: grid (ceil(nrot*half/256), rows); token t = blockIdx.y,
+// stepping by gridDim.y; x indexes (head, i) pairs of the nrot rotated
+// heads.
+extern "C" __global__ void rope_apply(float* qkv, const float2* cs, i64 T, i64 nrot, i64 D, i64 width, i64 half_,
+                                      i64 inverse) {
+    int half = (int)half_;
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= nrot * half) return;
+    int h = x / half, i = x - h * half;
+    for (i64 t = blockIdx.y; t < T; t += gridDim.y) {
+        float2 v = cs[t * half + i];
+        float c = v.x, s = v.y;
+        float* p = qkv + t * width + (i64)h * D;
+        float x1 = p[i], x2 = p[i + half];
+        if (inverse) {
+            p[i] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
+            p[i + half] = __fsub_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
+        } else {
+            p[i] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
+            p[i + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
+        }
+    }
+}

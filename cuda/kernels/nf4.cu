@@ -158,11 +158,12 @@ extern "C" __global__ void exact_mean_from_bins(const u64* bins, i64 n, float* o
 }
 
 // nf4_dequant_f32 / _bf16: out[i] = Codebook[code_i] * absmax (rounded to
-// bfloat16 for the second). Each thread expands 32 consecutive values (16
-// code bytes, half a 64-block, so one absmax): one 16-byte load, 16-byte
-// stores; the code book sits in shared memory (16 words, 16 banks: no
-// conflicts). A tail of n % 32 values goes one value a thread. codes and
-// out must be 16-byte aligned (cuMemAlloc gives 256).
+// bfloat16 for the second). Thread g expands one 16-byte store's worth of
+// values (8 bfloat16 from 4 code bytes, or 4 float32 from 2), so a warp's
+// loads and stores are contiguous; the code book sits in shared memory (16
+// words, 16 banks: no conflicts). A tail of n % 8 (n % 4) values goes one
+// value a thread. codes and out must be 16-byte aligned (cuMemAlloc gives
+// 256).
 extern "C" __global__ void nf4_dequant_f32(float* out, i64 n, const unsigned char* codes, const float* absmax,
                                            const unsigned char* acodes, const float* ascales, const float* smap,
                                            double offset_d) {
@@ -170,30 +171,19 @@ extern "C" __global__ void nf4_dequant_f32(float* out, i64 n, const unsigned cha
     if (threadIdx.x < 16) cb[threadIdx.x] = NF4_CODE[threadIdx.x];
     __syncthreads();
     float offset = (float)offset_d;
-    i64 groups = n >> 5;
+    i64 groups = n >> 2;
     i64 stride = (i64)gridDim.x * blockDim.x;
     for (i64 g = blockIdx.x * (i64)blockDim.x + threadIdx.x; g < groups; g += stride) {
-        uint4 c = reinterpret_cast<const uint4*>(codes)[g];
-        float a = nf4_absmax(g >> 1, absmax, acodes, ascales, smap, offset);
-        unsigned int w[4] = {c.x, c.y, c.z, c.w};
-        float4* o = reinterpret_cast<float4*>(out + (g << 5));
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-            unsigned int x = w[q];  // code bytes 4q..4q+3 (little-endian), elements 8q..8q+7
-            float4 lo, hi;
-            lo.x = __fmul_rn(cb[(x >> 4) & 15u], a);
-            lo.y = __fmul_rn(cb[x & 15u], a);
-            lo.z = __fmul_rn(cb[(x >> 12) & 15u], a);
-            lo.w = __fmul_rn(cb[(x >> 8) & 15u], a);
-            hi.x = __fmul_rn(cb[(x >> 20) & 15u], a);
-            hi.y = __fmul_rn(cb[(x >> 16) & 15u], a);
-            hi.z = __fmul_rn(cb[(x >> 28) & 15u], a);
-            hi.w = __fmul_rn(cb[(x >> 24) & 15u], a);
-            o[2 * q] = lo;
-            o[2 * q + 1] = hi;
-        }
+        unsigned int x = reinterpret_cast<const unsigned short*>(codes)[g];  // bytes 2g (low), 2g+1
+        float a = nf4_absmax(g >> 4, absmax, acodes, ascales, smap, offset);
+        float4 v;
+        v.x = __fmul_rn(cb[(x >> 4) & 15u], a);
+        v.y = __fmul_rn(cb[x & 15u], a);
+        v.z = __fmul_rn(cb[(x >> 12) & 15u], a);
+        v.w = __fmul_rn(cb[(x >> 8) & 15u], a);
+        reinterpret_cast<float4*>(out)[g] = v;
     }
-    for (i64 i = (groups << 5) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) {
+    for (i64 i = (groups << 2) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) {
         unsigned char c = codes[i >> 1];
         if ((i & 1) == 0) c >>= 4;
         out[i] = __fmul_rn(cb[c & 15], nf4_absmax(i >> 6, absmax, acodes, ascales, smap, offset));
@@ -213,25 +203,19 @@ extern "C" __global__ void nf4_dequant_bf16(bf16_t* out, i64 n, const unsigned c
     if (threadIdx.x < 16) cb[threadIdx.x] = NF4_CODE[threadIdx.x];
     __syncthreads();
     float offset = (float)offset_d;
-    i64 groups = n >> 5;
+    i64 groups = n >> 3;
     i64 stride = (i64)gridDim.x * blockDim.x;
     for (i64 g = blockIdx.x * (i64)blockDim.x + threadIdx.x; g < groups; g += stride) {
-        uint4 c = reinterpret_cast<const uint4*>(codes)[g];
-        float a = nf4_absmax(g >> 1, absmax, acodes, ascales, smap, offset);
-        unsigned int w[4] = {c.x, c.y, c.z, c.w};
-        uint4* o = reinterpret_cast<uint4*>(out + (g << 5));
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-            unsigned int x = w[q];  // code bytes 4q..4q+3, elements 8q..8q+7
-            uint4 v;
-            v.x = bf16_pair(__fmul_rn(cb[(x >> 4) & 15u], a), __fmul_rn(cb[x & 15u], a));
-            v.y = bf16_pair(__fmul_rn(cb[(x >> 12) & 15u], a), __fmul_rn(cb[(x >> 8) & 15u], a));
-            v.z = bf16_pair(__fmul_rn(cb[(x >> 20) & 15u], a), __fmul_rn(cb[(x >> 16) & 15u], a));
-            v.w = bf16_pair(__fmul_rn(cb[(x >> 28) & 15u], a), __fmul_rn(cb[(x >> 24) & 15u], a));
-            o[q] = v;
-        }
+        unsigned int x = reinterpret_cast<const unsigned int*>(codes)[g];  // bytes 4g..4g+3, little-endian
+        float a = nf4_absmax(g >> 3, absmax, acodes, ascales, smap, offset);
+        uint4 v;
+        v.x = bf16_pair(__fmul_rn(cb[(x >> 4) & 15u], a), __fmul_rn(cb[x & 15u], a));
+        v.y = bf16_pair(__fmul_rn(cb[(x >> 12) & 15u], a), __fmul_rn(cb[(x >> 8) & 15u], a));
+        v.z = bf16_pair(__fmul_rn(cb[(x >> 20) & 15u], a), __fmul_rn(cb[(x >> 16) & 15u], a));
+        v.w = bf16_pair(__fmul_rn(cb[(x >> 28) & 15u], a), __fmul_rn(cb[(x >> 24) & 15u], a));
+        reinterpret_cast<uint4*>(out)[g] = v;
     }
-    for (i64 i = (groups << 5) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) {
+    for (i64 i = (groups << 3) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) {
         unsigned char c = codes[i >> 1];
         if ((i & 1) == 0) c >>= 4;
         out[i] = f32_to_bf16(__fmul_rn(cb[c & 15], nf4_absmax(i >> 6, absmax, acodes, ascales, smap, offset)));
@@ -240,6 +224,22 @@ extern "C" __global__ void nf4_dequant_bf16(bf16_t* out, i64 n, const unsigned c
 
 extern "C" __global__ void f32_to_bf16_kernel(bf16_t* out, const float* in, i64 n) {
     FOR_N(i, n) out[i] = f32_to_bf16(in[i]);
+}
+
+// f32_to_bf16_v4: the same, four values a thread (one 16-byte load, one
+// 8-byte store), then the n % 4 left one a thread. in and out must be 16-
+// and 8-byte aligned.
+extern "C" __global__ void f32_to_bf16_v4(bf16_t* out, const float* in, i64 n) {
+    i64 groups = n >> 2;
+    i64 stride = (i64)gridDim.x * blockDim.x;
+    for (i64 g = blockIdx.x * (i64)blockDim.x + threadIdx.x; g < groups; g += stride) {
+        float4 v = reinterpret_cast<const float4*>(in)[g];
+        uint2 o;
+        o.x = bf16_pair(v.x, v.y);
+        o.y = bf16_pair(v.z, v.w);
+        reinterpret_cast<uint2*>(out)[g] = o;
+    }
+    for (i64 i = (groups << 2) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) out[i] = f32_to_bf16(in[i]);
 }
 
 extern "C" __global__ void bf16_to_f32_kernel(float* out, const bf16_t* in, i64 n) {
