@@ -12,10 +12,8 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 
-	"github.com/ollama-tune/ollama-tune/finetune"
-	"github.com/ollama-tune/ollama-tune/finetune/tokenizer"
+	"github.com/ollama-tune/ollama-tune/internal/trainerplugin"
 	"github.com/ollama-tune/ollama-tune/plugin"
 )
 
@@ -23,23 +21,12 @@ import (
 var version = "dev"
 
 // runner is the training loop this plugin serves: finetune's SFT loop on
-// the CPU backend, set in runner.go. Without it Train answers every
-// request with Failed{unimplemented}.
+// the CPU backend, set in runner.go.
 var runner plugin.Runner
 
 func main() {
-	r := runner
-	if r == nil {
-		r = plugin.RunnerFunc(func(context.Context, plugin.TrainRequest, func(plugin.Event)) error {
-			return plugin.Errorf(plugin.CodeUnimplemented, "not implemented yet: the SFT loop lands with issue 5")
-		})
-	}
-	gen := &generator{}
-	plugin.Serve(&plugin.RunnerTrainer{
-		Caps:      capabilities,
-		Runner:    r,
-		Generator: gen.Generate,
-	})
+	gen := &trainerplugin.Generator{Load: loadForGenerate}
+	trainerplugin.Serve(capabilities, runner, gen.Generate)
 }
 
 // capabilities describes this machine: one "device", the CPU, with the
@@ -107,66 +94,4 @@ func cpuModel() string {
 		}
 	}
 	return "cpu"
-}
-
-// generator serves Generate on the CPU backend, keeping the last model it
-// loaded (the host's checks ask several prompts of one model).
-type generator struct {
-	mu      sync.Mutex
-	dir     string
-	adapter string // the adapter folder applied, or ""
-	model   *finetune.Model
-	tok     *tokenizer.Tokenizer // nil when the model directory has none
-}
-
-func (g *generator) Generate(_ context.Context, req plugin.GenerateRequest) (plugin.GenerateResponse, error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if err := g.load(req.ModelDir, req.AdapterDir); err != nil {
-		return plugin.GenerateResponse{}, err
-	}
-	prompt := req.PromptIDs
-	if len(prompt) == 0 {
-		if g.tok == nil {
-			return plugin.GenerateResponse{}, plugin.Errorf(plugin.CodeInvalidConfig,
-				"generate: %s has no tokenizer, so the prompt must be given as token ids", req.ModelDir)
-		}
-		prompt = g.tok.Encode(req.Prompt, false)
-	}
-	ids, err := g.model.Generate(prompt, finetune.GenerateOptions{
-		MaxNewTokens: req.MaxNewTokens,
-		Temperature:  float32(req.Temperature),
-		TopP:         float32(req.TopP),
-		Seed:         req.Seed,
-	})
-	if err != nil {
-		return plugin.GenerateResponse{}, plugin.Errorf(plugin.CodeInvalidConfig, "%v", err)
-	}
-	resp := plugin.GenerateResponse{IDs: ids}
-	if g.tok != nil {
-		resp.Text = g.tok.Decode(ids, true)
-	}
-	return resp, nil
-}
-
-// load reads the model in dir, with the PEFT adapter in adapterDir when
-// given, unless it is the one already loaded. The base stays dense fp32:
-// generation checks compare against the merged model.
-func (g *generator) load(dir, adapterDir string) error {
-	if dir == "" {
-		return plugin.Errorf(plugin.CodeInvalidConfig, "generate: no model directory given")
-	}
-	if g.model != nil && g.dir == dir && g.adapter == adapterDir {
-		return nil
-	}
-	g.model, g.tok, g.dir, g.adapter = nil, nil, "", ""
-	m, err := loadForGenerate(dir, adapterDir)
-	if err != nil {
-		return plugin.Errorf(plugin.CodeInvalidConfig, "generate: %v", err)
-	}
-	if tok, err := tokenizer.Load(dir); err == nil {
-		g.tok = tok
-	}
-	g.model, g.dir, g.adapter = m, dir, adapterDir
-	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/ollama-tune/ollama-tune/finetune"
 	"github.com/ollama-tune/ollama-tune/finetune/testutil"
 	"github.com/ollama-tune/ollama-tune/finetune/testutil/tinymodel"
+	"github.com/ollama-tune/ollama-tune/internal/trainerplugin"
 	"github.com/ollama-tune/ollama-tune/plugin"
 )
 
@@ -65,7 +66,7 @@ func TestRunnerTrainsAndGenerates(t *testing.T) {
 	}
 
 	prompt := []int32{32010, 450, 29773, 305, 508, 7297, 32007, 32001}
-	g := &generator{}
+	g := &trainerplugin.Generator{Load: loadForGenerate}
 	resp, err := g.Generate(context.Background(), plugin.GenerateRequest{ModelDir: model, AdapterDir: out, PromptIDs: prompt, MaxNewTokens: 6})
 	if err != nil {
 		t.Fatal(err)

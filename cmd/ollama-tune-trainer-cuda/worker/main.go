@@ -11,11 +11,10 @@ package main
 
 import (
 	"context"
-	"sync"
 
 	"github.com/ollama-tune/ollama-tune/cuda"
 	"github.com/ollama-tune/ollama-tune/finetune"
-	"github.com/ollama-tune/ollama-tune/finetune/tokenizer"
+	"github.com/ollama-tune/ollama-tune/internal/trainerplugin"
 	"github.com/ollama-tune/ollama-tune/plugin"
 )
 
@@ -30,18 +29,9 @@ var version = "dev"
 var runner plugin.Runner
 
 func main() {
-	r := runner
-	if r == nil {
-		r = plugin.RunnerFunc(func(context.Context, plugin.TrainRequest, func(plugin.Event)) error {
-			return plugin.Errorf(plugin.CodeUnimplemented, "not implemented yet: the SFT loop lands with issue 5")
-		})
-	}
-	gen := &generator{}
-	plugin.Serve(&plugin.RunnerTrainer{
-		Caps:      capabilities,
-		Runner:    r,
-		Generator: gen.Generate,
-	})
+	w := &worker{}
+	w.gen.Load = w.load
+	trainerplugin.Serve(capabilities, runner, w.generate)
 }
 
 // capabilities lists the GPUs (name, memory, compute capability, driver).
@@ -69,88 +59,43 @@ func capabilities(context.Context) (plugin.Capabilities, error) {
 	return caps, nil
 }
 
-// generator serves Generate on GPU 0, keeping the last model it loaded.
-type generator struct {
-	mu    sync.Mutex
-	b     *cuda.Backend
-	dir   string
-	model *finetune.Model
-	tok   *tokenizer.Tokenizer
+// worker serves Generate on GPU 0: trainerplugin.Generator, on a backend
+// made on first use.
+type worker struct {
+	b   *cuda.Backend
+	gen trainerplugin.Generator
 }
 
-func (g *generator) Generate(_ context.Context, req plugin.GenerateRequest) (resp plugin.GenerateResponse, err error) {
+func (w *worker) generate(ctx context.Context, req plugin.GenerateRequest) (resp plugin.GenerateResponse, err error) {
 	if req.AdapterDir != "" {
 		return resp, plugin.Errorf(plugin.CodeUnimplemented,
 			"generate with adapter %s: the CUDA trainer cannot load adapters yet", req.AdapterDir)
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	// A failed CUDA op panics with a *cuda.Error; Recover (deferred
+	// directly, so that its recover sees the panic) turns it into err, and
+	// the function deferred before it gives that a plugin code.
 	defer func() {
-		var cerr error
-		cuda.Recover(&cerr)
-		if cerr != nil {
-			err = plugin.Errorf(plugin.CodeDevice, "generate: %v", cerr)
+		if _, ok := err.(*cuda.Error); ok {
+			err = plugin.Errorf(plugin.CodeDevice, "generate: %v", err)
 		}
 	}()
-	if err := g.load(req.ModelDir); err != nil {
-		return resp, err
-	}
-	prompt := req.PromptIDs
-	if len(prompt) == 0 {
-		if g.tok == nil {
-			return resp, plugin.Errorf(plugin.CodeInvalidConfig,
-				"generate: %s has no tokenizer, so the prompt must be given as token ids", req.ModelDir)
-		}
-		prompt = g.tok.Encode(req.Prompt, false)
-	}
-	ids, err := g.model.Generate(prompt, finetune.GenerateOptions{
-		MaxNewTokens: req.MaxNewTokens,
-		Temperature:  float32(req.Temperature),
-		TopP:         float32(req.TopP),
-		Seed:         req.Seed,
-	})
-	if err != nil {
-		return resp, plugin.Errorf(plugin.CodeInvalidConfig, "%v", err)
-	}
-	resp.IDs = ids
-	if g.tok != nil {
-		resp.Text = g.tok.Decode(ids, true)
-	}
-	return resp, nil
+	defer cuda.Recover(&err)
+	return w.gen.Generate(ctx, req)
 }
 
-// load reads the model in dir onto the GPU (dense fp32 base) unless it is
-// the one already loaded.
-func (g *generator) load(dir string) error {
-	if dir == "" {
-		return plugin.Errorf(plugin.CodeInvalidConfig, "generate: no model directory given")
-	}
-	if g.model != nil && g.dir == dir {
-		return nil
-	}
-	if g.model != nil {
-		g.model.Free()
-	}
-	g.model, g.tok, g.dir = nil, nil, ""
-	if g.b == nil {
+// load reads the model in dir onto the GPU (dense fp32 base).
+func (w *worker) load(dir, _ string) (*finetune.Model, error) {
+	if w.b == nil {
 		b, err := cuda.New(cuda.Options{})
 		if err != nil {
-			return plugin.Errorf(plugin.CodeDevice, "generate: %v", err)
+			return nil, plugin.Errorf(plugin.CodeDevice, "generate: %v", err)
 		}
-		g.b = b
+		w.b = b
 	}
 	ck, err := finetune.LoadCheckpoint(dir)
 	if err != nil {
-		return plugin.Errorf(plugin.CodeInvalidConfig, "generate: %v", err)
+		return nil, err
 	}
 	defer ck.Close()
-	m, err := finetune.LoadModel(g.b, ck, finetune.ModelOptions{})
-	if err != nil {
-		return plugin.Errorf(plugin.CodeInvalidConfig, "generate: %v", err)
-	}
-	if tok, err := tokenizer.Load(dir); err == nil {
-		g.tok = tok
-	}
-	g.model, g.dir = m, dir
-	return nil
+	return finetune.LoadModel(w.b, ck, finetune.ModelOptions{})
 }
