@@ -343,6 +343,29 @@ func compareGreedy(t *testing.T, what string, got, want []int32, margins []float
 	}
 }
 
+// engineModel writes m as a Phi-3 checkpoint and loads it into the engine
+// (CPU backend, fp32, no quantization, no LoRA), freed when the test ends.
+func engineModel(t *testing.T, m *llama2c.Model) *finetune.Model {
+	t.Helper()
+	dir := t.TempDir()
+	if err := m.WritePhi3(dir); err != nil {
+		t.Fatal(err)
+	}
+	ck, err := finetune.LoadCheckpoint(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ck.Close()
+	b := finetune.NewCPUBackend(finetune.CPUOptions{})
+	t.Cleanup(func() { b.Close() })
+	model, err := finetune.LoadModel(b, ck, finetune.ModelOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(model.Free)
+	return model
+}
+
 // TestTransformersAgreesWithLlama2c: the converted checkpoint, run by
 // transformers (the golden file), continues BOS exactly as llama2.c's own
 // forward does on the original file. This checks the converter against two
@@ -362,22 +385,7 @@ func TestTransformersAgreesWithLlama2c(t *testing.T) {
 // there).
 func TestEngineGreedyStories260K(t *testing.T) {
 	m := readStories(t)
-	dir := t.TempDir()
-	if err := m.WritePhi3(dir); err != nil {
-		t.Fatal(err)
-	}
-	ck, err := finetune.LoadCheckpoint(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ck.Close()
-	b := finetune.NewCPUBackend(finetune.CPUOptions{})
-	defer b.Close()
-	model, err := finetune.LoadModel(b, ck, finetune.ModelOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer model.Free()
+	model := engineModel(t, m)
 	got, err := model.Generate([]int32{1}, finetune.GenerateOptions{MaxNewTokens: newTokens, Temperature: 0, IgnoreEOS: true})
 	if err != nil {
 		t.Fatal(err)
@@ -414,22 +422,7 @@ func TestEngineLogitsStories260K(t *testing.T) {
 		t.Fatalf("%s: logits shape %v, want [8 512]", p, ti.Shape)
 	}
 	m := readStories(t)
-	dir := t.TempDir()
-	if err := m.WritePhi3(dir); err != nil {
-		t.Fatal(err)
-	}
-	ck, err := finetune.LoadCheckpoint(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ck.Close()
-	b := finetune.NewCPUBackend(finetune.CPUOptions{})
-	defer b.Close()
-	model, err := finetune.LoadModel(b, ck, finetune.ModelOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer model.Free()
+	model := engineModel(t, m)
 	ids := append([]int32{1}, g.IDs[:7]...)
 	pos := []int32{0, 1, 2, 3, 4, 5, 6, 7}
 	got, err := model.Logits(&finetune.Batch{B: 1, S: 8, InputIDs: ids, PositionIDs: pos})
