@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -379,7 +380,7 @@ func TestWritePhi3Layout(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if ti.DType != safetensors.F32 || !equalInts(ti.Shape, shape) {
+			if ti.DType != safetensors.F32 || !slices.Equal(ti.Shape, shape) {
 				t.Fatalf("%s: %s %v, want F32 %v", name, ti.DType, ti.Shape, shape)
 			}
 			v, err := safetensors.ToFloat32(ti)
@@ -427,16 +428,4 @@ func TestWritePhi3Layout(t *testing.T) {
 		}
 		f.Close()
 	}
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -66,7 +67,7 @@ func TestPythonReferenceFile(t *testing.T) {
 			t.Fatal(err)
 		}
 		all = append(all, got)
-		if got.DType != want.DType || !equalInts(got.Shape, want.Shape) {
+		if got.DType != want.DType || !slices.Equal(got.Shape, want.Shape) {
 			t.Errorf("%s: %s %v, want %s %v", name, got.DType, got.Shape, want.DType, want.Shape)
 			continue
 		}

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -155,7 +156,7 @@ func TestWriteRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got.DType != want.DType || !equalInts(got.Shape, want.Shape) || !bytes.Equal(got.Data, want.Data) {
+			if got.DType != want.DType || !slices.Equal(got.Shape, want.Shape) || !bytes.Equal(got.Data, want.Data) {
 				t.Errorf("tensor %q: got %s %v %d bytes, want %s %v %d bytes", want.Name, got.DType, got.Shape, len(got.Data), want.DType, want.Shape, len(want.Data))
 			}
 		}
@@ -182,18 +183,6 @@ func TestWriteRoundTrip(t *testing.T) {
 	if n := int(raw[0]) | int(raw[1])<<8 | int(raw[2])<<16; n%8 != 0 {
 		t.Errorf("header length %d is not a multiple of 8", n)
 	}
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func TestWriteIsAtomicOnFailure(t *testing.T) {
