@@ -100,10 +100,8 @@ func runCreate(cmd *cobra.Command, name string, f *createFlags) error {
 	if o.Quant, err = convert.ParseDType(f.quant); err != nil {
 		return fmt.Errorf("--quant: %w", err)
 	}
-	if f.dtype != "" {
-		if o.AdapterDType, err = convert.ParseDType(f.dtype); err != nil {
-			return fmt.Errorf("--dtype: %w", err)
-		}
+	if o.AdapterDType, err = parseAdapterDType(f.dtype, "--route merged"); err != nil {
+		return err
 	}
 	if o.BaseWeights == "" {
 		o.BaseWeights = localBaseOf(f.adapter)

@@ -67,15 +67,9 @@ func runExport(cmd *cobra.Command, f *exportFlags) error {
 		if f.adapter == "" {
 			return errors.New("export: --adapter is required (or --merge --base DIR to write a base model)")
 		}
-		var dt convert.DType
-		if f.dtype != "" {
-			var err error
-			if dt, err = convert.ParseDType(f.dtype); err != nil {
-				return fmt.Errorf("--dtype: %w", err)
-			}
-			if dt != convert.F32 && dt != convert.F16 {
-				return fmt.Errorf("--dtype %s: a LoRA adapter is written as f32 or f16 (lora_b rows are r long, too short for q8_0 blocks); use --merge --quant %s for a quantized model", f.dtype, f.dtype)
-			}
+		dt, err := parseAdapterDType(f.dtype, "--merge")
+		if err != nil {
+			return err
 		}
 		base := f.base
 		if base != "" && !isLocal(base) && repoIDPattern.MatchString(base) {
@@ -130,4 +124,21 @@ func runExport(cmd *cobra.Command, f *exportFlags) error {
 func isLocal(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+// parseAdapterDType reads --dtype, the type of a GGUF LoRA adapter's
+// tensors: "" (the adapter file's own), f32 or f16. mergeFlags are the
+// command's flags for a merged model, which a quantized type calls for.
+func parseAdapterDType(s, mergeFlags string) (convert.DType, error) {
+	if s == "" {
+		return "", nil
+	}
+	dt, err := convert.ParseDType(s)
+	if err != nil {
+		return "", fmt.Errorf("--dtype: %w", err)
+	}
+	if dt != convert.F32 && dt != convert.F16 {
+		return "", fmt.Errorf("--dtype %s: a LoRA adapter is written as f32 or f16 (lora_b rows are r long, too short for q8_0 blocks); use %s --quant %s for a quantized model", s, mergeFlags, s)
+	}
+	return dt, nil
 }

@@ -60,8 +60,14 @@ func TestExportCommand(t *testing.T) {
 	if err != nil || !strings.Contains(stdout, "merged into 8 linears, q8_0") {
 		t.Fatalf("export --merge: %v\n%s", err, stdout)
 	}
-	if _, _, err := runCmd(t, newExportCmd(), "--adapter", adapter, "--out", out, "--dtype", "q4_0"); err == nil || !strings.Contains(err.Error(), "f32 or f16") {
+	if _, _, err := runCmd(t, newExportCmd(), "--adapter", adapter, "--out", out, "--dtype", "q4_0"); err == nil || !strings.Contains(err.Error(), "f32 or f16") ||
+		!strings.Contains(err.Error(), "use --merge --quant q4_0") {
 		t.Errorf("--dtype q4_0: %v", err)
+	}
+	// create reads --dtype the same way, before it touches any file.
+	if _, _, err := runCmd(t, newCreateCmd(), "tiny", "--adapter", adapter, "--modelfile-only", "--dtype", "q8_0"); err == nil ||
+		!strings.Contains(err.Error(), "f32 or f16") || !strings.Contains(err.Error(), "use --route merged --quant q8_0") {
+		t.Errorf("create --dtype q8_0: %v", err)
 	}
 	if _, _, err := runCmd(t, newExportCmd(), "--merge", "--out", out); err == nil || !strings.Contains(err.Error(), "--base is required") {
 		t.Errorf("--merge without --base: %v", err)
