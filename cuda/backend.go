@@ -656,6 +656,15 @@ func lastDim(t *Tensor) int {
 	return t.shape[len(t.shape)-1]
 }
 
+// swigluGrid covers I features by T tokens (kernels/elementwise.cu); a
+// zero dimension launches nothing.
+func swigluGrid(T, I int) [3]int {
+	if T == 0 || I == 0 {
+		return [3]int{0, 0, 0}
+	}
+	return [3]int{(I + 255) / 256, min(T, 65535), 1}
+}
+
 func (b *Backend) SwiGLUForward(out, gateUp finetune.Tensor) {
 	const op = "SwiGLUForward"
 	defer b.enter(op)()
@@ -665,7 +674,7 @@ func (b *Backend) SwiGLUForward(out, gateUp finetune.Tensor) {
 	if gu.n != 2*o.n {
 		panic(&Error{Op: op, Err: fmt.Errorf("gate_up %v for out %v", gu.shape, o.shape)})
 	}
-	b.launchN(op, "swiglu_fwd", int64(o.n), ptrArg(o.ptr), ptrArg(gu.ptr), intArg(T), intArg(I))
+	b.launch(op, "swiglu_fwd", swigluGrid(T, I), 256, 0, ptrArg(o.ptr), ptrArg(gu.ptr), intArg(T), intArg(I))
 }
 
 func (b *Backend) SwiGLUBackward(dgateUp, dout, gateUp finetune.Tensor) {
@@ -677,7 +686,7 @@ func (b *Backend) SwiGLUBackward(dgateUp, dout, gateUp finetune.Tensor) {
 	if gu.n != 2*do.n || dgu.n != gu.n {
 		panic(&Error{Op: op, Err: fmt.Errorf("dgate_up %v, gate_up %v for dout %v", dgu.shape, gu.shape, do.shape)})
 	}
-	b.launchN(op, "swiglu_bwd", int64(do.n), ptrArg(dgu.ptr), ptrArg(do.ptr), ptrArg(gu.ptr), intArg(T), intArg(I))
+	b.launch(op, "swiglu_bwd", swigluGrid(T, I), 256, 0, ptrArg(dgu.ptr), ptrArg(do.ptr), ptrArg(gu.ptr), intArg(T), intArg(I))
 }
 
 func (b *Backend) Add(out, a, bt finetune.Tensor) {

@@ -282,6 +282,9 @@ func fastPaths(opts Options) (lora, attn bool) {
 // FastKernels reports whether any fused fast path is on.
 func (b *Backend) FastKernels() bool { return b.fastLoRA || b.fastAttn }
 
+// FastPaths reports which fused fast paths are on.
+func (b *Backend) FastPaths() (lora, attention bool) { return b.fastLoRA, b.fastAttn }
+
 // Info describes the backend's GPU.
 func (b *Backend) Info() DeviceInfo { return b.info }
 

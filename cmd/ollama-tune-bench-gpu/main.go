@@ -228,8 +228,13 @@ func benchLoad(dir string, dt finetune.DType, reference bool) (result, error) {
 }
 
 func kernelsName(b *cuda.Backend) string {
-	if b.FastKernels() {
+	switch lora, attn := b.FastPaths(); {
+	case lora && attn:
 		return "fused"
+	case lora:
+		return "fused LoRA, reference attention"
+	case attn:
+		return "reference LoRA, fused attention"
 	}
 	return "reference"
 }
@@ -492,8 +497,8 @@ func printTable(w io.Writer, path string, total int) error {
 			continue
 		}
 		name := "ollama-tune, NF4 + " + r.Compute
-		if r.Kernels == "reference" {
-			name += " (reference kernels)"
+		if r.Kernels != "" && r.Kernels != "fused" {
+			name += " (" + r.Kernels + " kernels)"
 		}
 		if r.Impl != "ollama-tune" {
 			name = r.Impl + ", " + r.Compute + " base"

@@ -43,21 +43,26 @@ __device__ __forceinline__ float sigmoidf_ref(float x) { return (float)(1.0 / (1
 // silu as torch's float32 kernel: x / (1 + exp(-x)).
 __device__ __forceinline__ float siluf_ref(float x) { return __fdiv_rn(x, __fadd_rn(1.0f, (float)exp(-(double)x))); }
 
-// swiglu_fwd: out [T,I] = up * silu(gate) from gate_up [T,2I].
+// swiglu_fwd: out [T,I] = up * silu(gate) from gate_up [T,2I]. Grid
+// (ceil(I/256), rows): feature i = blockIdx.x*256 + threadIdx.x, tokens
+// blockIdx.y, + gridDim.y, ... (no 64-bit division per element).
 extern "C" __global__ void swiglu_fwd(float* out, const float* gu, i64 T, i64 I) {
-    FOR_N(k, T * I) {
-        i64 t = k / I, i = k % I;
+    i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x;
+    if (i >= I) return;
+    for (i64 t = blockIdx.y; t < T; t += gridDim.y) {
         float g = gu[t * 2 * I + i], u = gu[t * 2 * I + I + i];
-        out[k] = __fmul_rn(u, siluf_ref(g));
+        out[t * I + i] = __fmul_rn(u, siluf_ref(g));
     }
 }
 
 // swiglu_bwd: d up += dout * silu(g); d gate += dout * up * s * (1 + g*(1-s)).
+// The same grid as swiglu_fwd.
 extern "C" __global__ void swiglu_bwd(float* dgu, const float* dout, const float* gu, i64 T, i64 I) {
-    FOR_N(k, T * I) {
-        i64 t = k / I, i = k % I;
+    i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x;
+    if (i >= I) return;
+    for (i64 t = blockIdx.y; t < T; t += gridDim.y) {
         i64 gi = t * 2 * I + i, ui = gi + I;
-        float g = gu[gi], u = gu[ui], d = dout[k];
+        float g = gu[gi], u = gu[ui], d = dout[t * I + i];
         float s = sigmoidf_ref(g);
         dgu[ui] = __fadd_rn(dgu[ui], __fmul_rn(d, siluf_ref(g)));
         float f = __fadd_rn(1.0f, __fmul_rn(g, __fsub_rn(1.0f, s)));

@@ -10,7 +10,8 @@
 #    bf16, into $CKPT, default /tmp/phi3-random);
 # 2. our trainer: load+quantize of that checkpoint, then training with and
 #    without gradient checkpointing, one profiled step each; then A/B runs
-#    with the reference kernels (bf16) and with float32 compute;
+#    with the reference kernels (all, or one fused path at a time) and with
+#    float32 compute;
 # 3. the transformers + peft baseline (scripts/bench/baseline_hf.py) and
 #    transformers' own load of the checkpoint;
 # 4. the table (also in $OUT/table.md).
@@ -42,11 +43,16 @@ B=bin/gpu/ollama-tune-bench-gpu
 {
   timeout 70 $B -steps "$STEPS" -warmup "$WARMUP" -load "$CKPT" -profile -out "$OUT/results.jsonl"
   echo "ours: exit $? after $(( $(date +%s) - t0 )) s"
-  # A/B: the same with the reference (unfused) kernels, and float32 compute.
+  # A/B: the same with the reference (unfused) kernels, each fused path
+  # alone, and float32 compute.
   timeout 25 $B -ckpt on -reference -steps 8 -warmup 2 -profile -out "$OUT/results.jsonl"
   echo "ours, reference kernels: exit $? after $(( $(date +%s) - t0 )) s"
-  timeout 25 $B -ckpt on -compute f32 -reference -steps 4 -warmup 1 -out "$OUT/results.jsonl"
-  echo "ours, float32 reference: exit $? after $(( $(date +%s) - t0 )) s"
+  for k in lora attention; do
+    OLLAMA_TUNE_CUDA_REFERENCE=$k timeout 20 $B -ckpt on -steps 6 -warmup 2 -out "$OUT/results.jsonl"
+    echo "ours, reference $k: exit $? after $(( $(date +%s) - t0 )) s"
+  done
+  timeout 25 $B -ckpt on -compute f32 -steps 4 -warmup 1 -out "$OUT/results.jsonl"
+  echo "ours, float32: exit $? after $(( $(date +%s) - t0 )) s"
 } > "$OUT/ours.log" 2>&1
 grep -E '^(load|ckpt (true|false):|ours)|training benchmark|load benchmark|panic' "$OUT/ours.log"
 
