@@ -232,18 +232,23 @@ func (b *CPUBackend) Free(t Tensor) {
 // Frozen weights
 
 // cpuWeight is a frozen [out, in] matrix: dense float32 (already rounded to
-// the compute dtype) or NF4 codes dequantized a tile of rows at a time.
+// the compute dtype), or NF4 codes or GGUF blocks (cpu_gguf.go) dequantized
+// a tile of rows at a time.
 type cpuWeight struct {
 	out, in int
 	dense   []float32
 	q       *nf4.Quantized
-	round   func(float32) float32 // applied to dequantized NF4 values
+	g       *GGUFMatrix
+	round   func(float32) float32 // applied to dequantized NF4 and GGUF values
 }
 
 func (w *cpuWeight) Out() int { return w.out }
 func (w *cpuWeight) In() int  { return w.in }
 
 func (w *cpuWeight) Bytes() int64 {
+	if w.g != nil {
+		return w.g.Bytes()
+	}
 	if w.q != nil {
 		return w.q.PackedBytes()
 	}
@@ -258,7 +263,11 @@ func (w *cpuWeight) rows(scratch []float32, row0, n int) []float32 {
 		return w.dense[row0*w.in : (row0+n)*w.in]
 	}
 	dst := scratch[:n*w.in]
-	w.q.DequantizeRows(dst, row0, n)
+	if w.g != nil {
+		w.g.DequantizeRows(dst, row0, n)
+	} else {
+		w.q.DequantizeRows(dst, row0, n)
+	}
 	if w.round != nil {
 		for k, v := range dst {
 			dst[k] = w.round(v)
@@ -320,7 +329,7 @@ func (b *CPUBackend) DequantizeWeight(w Weight) []float32 {
 
 func (b *CPUBackend) FreeWeight(w Weight) {
 	if cw, ok := w.(*cpuWeight); ok {
-		cw.dense, cw.q = nil, nil
+		cw.dense, cw.q, cw.g = nil, nil, nil
 	}
 }
 

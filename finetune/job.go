@@ -9,17 +9,18 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"sync"
 
 	"github.com/ollama-tune/ollama-tune/finetune/chat"
 	"github.com/ollama-tune/ollama-tune/finetune/hub"
+	"github.com/ollama-tune/ollama-tune/finetune/ollamastore"
 	"github.com/ollama-tune/ollama-tune/finetune/tokenizer"
 )
 
 // A Job is one fine-tune with its inputs resolved: the validated
-// configuration, the base model as a local folder, its tokenizer and chat
-// template, and how to make the backend. NewJob builds it from a
+// configuration, the base model as a local folder (or the GGUF blob of an
+// Ollama model, job_ollama.go), its tokenizer and chat template, and how
+// to make the backend. NewJob builds it from a
 // TrainConfig; Plan and Train run it.
 
 // BackendFactory makes the backend a job trains on, for the compute dtype
@@ -42,8 +43,12 @@ const ResumeLatest = "latest"
 
 // Job is a resolved fine-tuning job.
 type Job struct {
-	Config    TrainConfig
-	ModelDir  string // local folder: config.json, safetensors weights, tokenizer files
+	Config   TrainConfig
+	ModelDir string // local folder: config.json, safetensors weights, tokenizer files ("" for an Ollama model)
+	// GGUF is the base's GGUF blob when the model is ollama://NAME, and
+	// Ollama the model it was resolved from (nil otherwise).
+	GGUF      string
+	Ollama    *ollamastore.Model
 	Tokenizer *tokenizer.Tokenizer
 	Template  *chat.Template // nil when the tokenizer has no chat template (plain-text training)
 	// NewBackend makes the backend; nil means CPUBackendFactory.
@@ -63,6 +68,12 @@ type Job struct {
 	// wrapWriter, when set, wraps every file Train writes (tests simulate
 	// a full disk with it).
 	wrapWriter func(name string, w io.Writer) io.Writer
+
+	// Of a GGUF base, read by NewJob: its configuration, the bytes of its
+	// decoder linears and its general.file_type.
+	ggufConfig      *Config
+	ggufLinearBytes int64
+	ggufFileType    string
 }
 
 // JobOptions are what NewJob needs besides the configuration.
@@ -75,14 +86,19 @@ type JobOptions struct {
 	// Log receives status lines while the job is resolved (downloads);
 	// nil discards them.
 	Log func(msg string)
+	// Ollama finds ollama://NAME models; nil uses the store in
+	// OLLAMA_MODELS (default ~/.ollama/models), then the server at
+	// OLLAMA_HOST.
+	Ollama *ollamastore.Resolver
 }
 
 var hubIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$`)
 
 // NewJob validates cfg and resolves its inputs: the model folder (a local
 // folder, or a Hugging Face model id fetched into the Hub cache), the
-// tokenizer and chat template found in it. The data set is read by Plan
-// and Train.
+// tokenizer and chat template found in it; or, for ollama://NAME, the
+// model's GGUF blob with its tokenizer and chat template (job_ollama.go).
+// The data set is read by Plan and Train.
 func NewJob(ctx context.Context, cfg TrainConfig, opts JobOptions) (*Job, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -90,6 +106,12 @@ func NewJob(ctx context.Context, cfg TrainConfig, opts JobOptions) (*Job, error)
 	j := &Job{
 		Config: cfg, NewBackend: opts.NewBackend, Hub: opts.Hub, Resume: opts.Resume,
 		SaveOnCancel: opts.SaveOnCancel, DeviceName: opts.DeviceName,
+	}
+	if IsOllamaModel(cfg.Model) {
+		if err := j.resolveOllama(ctx, opts.Ollama, opts.Log); err != nil {
+			return nil, err
+		}
+		return j, nil
 	}
 	dir, err := j.resolveModel(ctx, opts.Log)
 	if err != nil {
@@ -106,9 +128,6 @@ func NewJob(ctx context.Context, cfg TrainConfig, opts JobOptions) (*Job, error)
 // as a Hub model id (downloading config, weights and tokenizer files).
 func (j *Job) resolveModel(ctx context.Context, log func(string)) (string, error) {
 	name := j.Config.Model
-	if strings.HasPrefix(name, "ollama://") {
-		return "", &ConfigError{Key: "model", Problem: fmt.Sprintf("%q: reading models from the Ollama store is not implemented yet; give a Hugging Face model id or a local folder", name)}
-	}
 	st, err := os.Stat(name)
 	switch {
 	case err == nil && st.IsDir():
@@ -201,6 +220,15 @@ func (t dataTokenizer) Pad() int32 {
 		return sp.PADID
 	}
 	return t.EOS()
+}
+
+// modelSource names where the base's weights are: the model folder, or
+// the GGUF blob.
+func (j *Job) modelSource() string {
+	if j.GGUF != "" {
+		return j.GGUF
+	}
+	return j.ModelDir
 }
 
 // outputDir is the configured output folder.

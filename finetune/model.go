@@ -42,6 +42,11 @@ type ModelOptions struct {
 	// GradientCheckpointing keeps only each layer's input during a training
 	// forward and recomputes the layer in backward.
 	GradientCheckpointing bool
+	// LinearWeight, when set, makes the frozen weight of each decoder
+	// linear (by Hugging Face name, ".weight" included) instead of the
+	// getter's values through DenseWeight or NF4Weight: a GGUF base keeps
+	// its blocks this way (quantization.keep_gguf).
+	LinearWeight func(name string, out, in int) (Weight, error)
 }
 
 // Model is a Phi-3 causal LM on a backend.
@@ -137,15 +142,24 @@ func NewModel(b Backend, cfg *Config, get func(name string) ([]float32, []int, e
 	}
 	linear := func(layer, mod, out, in int) (*Linear, error) {
 		name := moduleName(layer, mod)
-		data, err := load(name+".weight", out, in)
-		if err != nil {
-			return nil, err
-		}
 		var w Weight
-		if opts.Quantize {
-			w, err = b.NF4Weight(data, out, in, opts.DoubleQuant)
-		} else {
-			w, err = b.DenseWeight(data, out, in)
+		var err error
+		switch {
+		case opts.LinearWeight != nil:
+			if w, err = opts.LinearWeight(name+".weight", out, in); err == nil && (w.Out() != out || w.In() != in) {
+				b.FreeWeight(w)
+				err = fmt.Errorf("shape [%d, %d], but the config needs [%d, %d]", w.Out(), w.In(), out, in)
+			}
+		default:
+			var data []float32
+			if data, err = load(name+".weight", out, in); err != nil {
+				return nil, err
+			}
+			if opts.Quantize {
+				w, err = b.NF4Weight(data, out, in, opts.DoubleQuant)
+			} else {
+				w, err = b.DenseWeight(data, out, in)
+			}
 		}
 		if err != nil {
 			return nil, fmt.Errorf("load weight %q: %w", name+".weight", err)

@@ -53,6 +53,9 @@ func (tr *trainer) writeOutputs(res *Result) error {
 		return fmt.Errorf("write outputs to %s: %w", out, err)
 	}
 	for _, name := range TokenizerFiles {
+		if tr.job.ModelDir == "" {
+			break // a GGUF base: its tokenizer is inside the blob
+		}
 		src := filepath.Join(tr.job.ModelDir, name)
 		if _, err := os.Stat(src); errors.Is(err, fs.ErrNotExist) {
 			continue

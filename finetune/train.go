@@ -209,9 +209,12 @@ func (p TrainPlan) String() string {
 // Plan prepares the data and counts what training the job would do,
 // without loading weights or training.
 func Plan(ctx context.Context, job *Job) (TrainPlan, error) {
-	cfg, err := LoadConfig(job.ModelDir)
-	if err != nil {
-		return TrainPlan{}, err
+	cfg := job.ggufConfig
+	if cfg == nil {
+		var err error
+		if cfg, err = LoadConfig(job.ModelDir); err != nil {
+			return TrainPlan{}, err
+		}
 	}
 	prep, err := prepareData(ctx, job)
 	if err != nil {
@@ -223,7 +226,7 @@ func Plan(ctx context.Context, job *Job) (TrainPlan, error) {
 func makePlan(job *Job, cfg *Config, prep *prepared) (TrainPlan, error) {
 	t := job.Config.Training
 	p := TrainPlan{
-		Model: job.Config.Model, ModelDir: job.ModelDir, Config: cfg, Data: prep.plan,
+		Model: job.Config.Model, ModelDir: job.modelSource(), Config: cfg, Data: prep.plan,
 		EvalExamples: prep.evalExamples, EvalSequences: len(prep.eval), Skipped: prep.skipped,
 		MicroBatchSize: t.PerDeviceTrainBatchSize, GradAccum: t.GradientAccumulationSteps,
 		EffectiveBatch: t.PerDeviceTrainBatchSize * t.GradientAccumulationSteps, Optimizer: t.Optim,
@@ -240,6 +243,15 @@ func makePlan(job *Job, cfg *Config, prep *prepared) (TrainPlan, error) {
 	p.TrainableParams = TrainableParams(cfg, l.R, l.TargetModules)
 	p.TotalParams = totalParams(cfg) + p.TrainableParams
 	p.ModelBytes = MemoryFootprint(cfg, job.Config.Quantization.LoadIn4bit, 4, &LoRAShape{Rank: l.R, Modules: l.TargetModules})
+	if job.Config.Quantization.KeepGGUF && job.GGUF != "" {
+		// The decoder linears stay as the file's blocks instead of float32.
+		var dense int64
+		for _, m := range LinearModules {
+			out, in := LinearShape(cfg, m)
+			dense += 4 * int64(out) * int64(in) * int64(cfg.NumLayers)
+		}
+		p.ModelBytes += job.ggufLinearBytes - dense
+	}
 	kind, err := optim.ParseOptimizer(t.Optim)
 	if err != nil {
 		return p, &ConfigError{Key: "training.optim", Problem: err.Error()}
@@ -354,7 +366,7 @@ func prepareData(ctx context.Context, job *Job) (*prepared, error) {
 	}
 	tok := dataTokenizer{job.Tokenizer}
 	if job.Template == nil && tok.EOS() < 0 {
-		return nil, fmt.Errorf("tokenizer of %s has no eos_token; plain-text training appends it to every example (set eos_token in tokenizer_config.json)", job.ModelDir)
+		return nil, fmt.Errorf("tokenizer of %s has no eos_token; plain-text training appends it to every example (set eos_token in tokenizer_config.json)", job.modelSource())
 	}
 	opt := data.SFTOptions{
 		Template: job.Template, MaxLength: c.Training.MaxSeqLength, Packing: c.Training.Packing,
@@ -498,17 +510,30 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 	if err != nil {
 		return nil, err
 	}
-	ck, err := LoadCheckpoint(job.ModelDir)
+	// The base: a checkpoint folder, or a GGUF blob (kept open while the
+	// model lives: keep_gguf weights read its blocks).
+	var ck *Checkpoint
+	var gb *GGUFBase
+	var baseCfg *Config
+	if job.GGUF != "" {
+		if gb, err = LoadGGUFBase(job.GGUF); err != nil {
+			return nil, fmt.Errorf("model %s: %w", job.Config.Model, err)
+		}
+		defer gb.Close()
+		baseCfg = gb.Config
+	} else {
+		if ck, err = LoadCheckpoint(job.ModelDir); err != nil {
+			return nil, err
+		}
+		defer ck.Close()
+		baseCfg = ck.Config
+	}
+	plan, err := makePlan(job, baseCfg, prep)
 	if err != nil {
 		return nil, err
 	}
-	defer ck.Close()
-	plan, err := makePlan(job, ck.Config, prep)
-	if err != nil {
-		return nil, err
-	}
-	if tv := job.Tokenizer.VocabSize(); tv > ck.Config.VocabSize {
-		return nil, fmt.Errorf("model %s: the tokenizer has %d tokens but the model's vocabulary only %d; they do not belong together", job.ModelDir, tv, ck.Config.VocabSize)
+	if tv := job.Tokenizer.VocabSize(); tv > baseCfg.VocabSize {
+		return nil, fmt.Errorf("model %s: the tokenizer has %d tokens but the model's vocabulary only %d; they do not belong together", job.modelSource(), tv, baseCfg.VocabSize)
 	}
 
 	tr := &trainer{job: job, cfg: &job.Config, emit: emit, prep: prep, plan: plan, seed: uint64(job.Config.Training.Seed),
@@ -526,7 +551,12 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 	emit(LogEvent{Level: "info", Message: loadMessage(job)})
 	q := job.Config.Quantization
 	err = guard(tr.b, func() (err error) {
-		tr.m, err = LoadModel(tr.b, ck, ModelOptions{Quantize: q.LoadIn4bit, DoubleQuant: q.Bnb4bitUseDoubleQuant, LoRA: tr.lora, GradientCheckpointing: job.Config.Training.GradientCheckpointing})
+		mo := ModelOptions{Quantize: q.LoadIn4bit, DoubleQuant: q.Bnb4bitUseDoubleQuant, LoRA: tr.lora, GradientCheckpointing: job.Config.Training.GradientCheckpointing}
+		if gb != nil {
+			tr.m, err = LoadGGUFModel(tr.b, gb, mo, q.KeepGGUF)
+		} else {
+			tr.m, err = LoadModel(tr.b, ck, mo)
+		}
 		if err != nil {
 			return err
 		}
@@ -628,14 +658,21 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 
 func loadMessage(job *Job) string {
 	q := job.Config.Quantization
-	if q.LoadIn4bit {
+	src := job.modelSource()
+	if job.GGUF != "" {
+		src = fmt.Sprintf("%s (GGUF %s)", job.Config.Model, strings.TrimSpace(job.ggufFileType+" "+job.GGUF))
+	}
+	switch {
+	case q.KeepGGUF:
+		return fmt.Sprintf("loading %s, keeping its linear layers in their GGUF quantization", src)
+	case q.LoadIn4bit:
 		dq := ""
 		if q.Bnb4bitUseDoubleQuant {
 			dq = " with double quantization"
 		}
-		return fmt.Sprintf("loading %s and quantizing its linear layers to NF4%s", job.ModelDir, dq)
+		return fmt.Sprintf("loading %s and quantizing its linear layers to NF4%s", src, dq)
 	}
-	return fmt.Sprintf("loading %s", job.ModelDir)
+	return fmt.Sprintf("loading %s", src)
 }
 
 // cancelled saves a checkpoint (unless told not to) and builds the error.

@@ -197,6 +197,11 @@ func (tr *trainer) adapterFiles() ([]peft.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	if tr.job.GGUF != "" {
+		// The base's blob, which `ollama-tune create` builds the served
+		// model FROM and checks against (job_ollama.go).
+		a.Config.Revision = BlobDigest(tr.job.GGUF)
+	}
 	cfgJSON, err := a.Config.Marshal()
 	if err != nil {
 		return nil, err

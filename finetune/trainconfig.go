@@ -26,6 +26,12 @@ type QuantizationConfig struct {
 	Bnb4bitQuantType      string `mapstructure:"bnb_4bit_quant_type" json:"bnb_4bit_quant_type" yaml:"bnb_4bit_quant_type"`
 	Bnb4bitUseDoubleQuant bool   `mapstructure:"bnb_4bit_use_double_quant" json:"bnb_4bit_use_double_quant" yaml:"bnb_4bit_use_double_quant"`
 	Bnb4bitComputeDType   string `mapstructure:"bnb_4bit_compute_dtype" json:"bnb_4bit_compute_dtype" yaml:"bnb_4bit_compute_dtype"`
+	// KeepGGUF trains on a GGUF base (model: ollama://NAME) with its linear
+	// layers kept in the file's own quantization, dequantized a few rows at
+	// a time as the matmuls need them, instead of re-quantized to NF4
+	// (load_in_4bit) or expanded to the compute dtype. Not a
+	// BitsAndBytesConfig key; it excludes load_in_4bit.
+	KeepGGUF bool `mapstructure:"keep_gguf" json:"keep_gguf,omitempty" yaml:"keep_gguf"`
 }
 
 // LoRASettings mirrors peft's LoraConfig.
@@ -159,6 +165,12 @@ func (c *TrainConfig) Validate() error {
 		add(oneOf("quantization.bnb_4bit_quant_type", q.Bnb4bitQuantType, "nf4"))
 	}
 	add(oneOf("quantization.bnb_4bit_compute_dtype", q.Bnb4bitComputeDType, "float32", "bfloat16", "float16"))
+	if q.KeepGGUF && q.LoadIn4bit {
+		bad("quantization.keep_gguf", "is true and so is load_in_4bit; choose one: keep_gguf keeps the GGUF base's own quantization, load_in_4bit re-quantizes it to NF4 (set load_in_4bit: false to keep the GGUF blocks)")
+	}
+	if q.KeepGGUF && !strings.HasPrefix(strings.TrimSpace(c.Model), "ollama://") {
+		bad("quantization.keep_gguf", "is true but model %q is not a GGUF base; keep_gguf needs model: ollama://NAME", c.Model)
+	}
 
 	l := c.LoRA
 	if l.R <= 0 {
