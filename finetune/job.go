@@ -74,6 +74,8 @@ type Job struct {
 	ggufConfig      *Config
 	ggufLinearBytes int64
 	ggufFileType    string
+	// serving checks the data's first prompts against the Ollama TEMPLATE.
+	serving *servingCheck
 }
 
 // JobOptions are what NewJob needs besides the configuration.

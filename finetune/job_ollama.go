@@ -12,6 +12,7 @@ import (
 	ollamatemplate "github.com/ollama/ollama/template"
 
 	"github.com/ollama-tune/ollama-tune/finetune/chat"
+	"github.com/ollama-tune/ollama-tune/finetune/data"
 	"github.com/ollama-tune/ollama-tune/finetune/gguf"
 	"github.com/ollama-tune/ollama-tune/finetune/ollamastore"
 	"github.com/ollama-tune/ollama-tune/finetune/peft"
@@ -108,13 +109,19 @@ func (j *Job) resolveOllama(ctx context.Context, r *ollamastore.Resolver, log fu
 	if err != nil {
 		return fmt.Errorf("model %s: %w", ref, err)
 	}
-	if err := CheckServingTemplate(b, tmpl, m.Template); err != nil {
+	sc, err := newServingCheck(b, tmpl, m.Template)
+	if err != nil {
 		return fmt.Errorf("model %s: %w", ref, err)
+	}
+	for _, msgs := range servingProbes {
+		if err := sc.check(msgs); err != nil {
+			return fmt.Errorf("model %s: %w", ref, err)
+		}
 	}
 	if m.System != "" && log != nil {
 		log(fmt.Sprintf("note: %s has a default SYSTEM message, which Ollama puts before every prompt that has none; a fine-tune created from it keeps it, so train with it in the data or expect the served prompts to differ", ref))
 	}
-	j.Ollama, j.GGUF = m, m.GGUF
+	j.Ollama, j.GGUF, j.serving = m, m.GGUF, sc
 	j.Tokenizer, j.Template = b.Tokenizer, tmpl
 	j.ggufConfig = b.Config
 	j.ggufLinearBytes = b.LinearBytes()
@@ -157,35 +164,90 @@ var servingProbes = [][]chat.Message{
 // showing both when the ids differ. A conversation with a system message
 // is skipped when the training template refuses system messages.
 func CheckServingTemplate(b *GGUFBase, train *chat.Template, serving string) error {
-	if strings.TrimSpace(serving) == "" {
-		return errors.New("the Ollama model has no TEMPLATE, so Ollama would send prompts to it as raw text, never in the chat format the adapter is trained in; create the base with the TEMPLATE of its chat format and train on that")
-	}
-	st, err := ollamatemplate.Parse(serving)
-	if err != nil {
-		return fmt.Errorf("the Ollama model's TEMPLATE: %w", err)
-	}
-	serveTok, err := llamaCppTokenizer(b)
+	sc, err := newServingCheck(b, train, serving)
 	if err != nil {
 		return err
 	}
 	for _, msgs := range servingProbes {
-		trainText, err := train.Render(msgs, true)
-		if err != nil {
-			var re *chat.RaiseError
-			if errors.As(err, &re) && msgs[0].Role == "system" {
-				continue // the template has no system role; nor will the data
+		if err := sc.check(msgs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// servingCheck compares the training and the serving rendering of
+// conversations; the job keeps one to check the first examples of its
+// data too (prompt turns as the server would get them).
+type servingCheck struct {
+	train         *chat.Template
+	serving       *ollamatemplate.Template
+	tok, serveTok *tokenizer.Tokenizer
+	name          string
+}
+
+func newServingCheck(b *GGUFBase, train *chat.Template, serving string) (*servingCheck, error) {
+	if strings.TrimSpace(serving) == "" {
+		return nil, errors.New("the Ollama model has no TEMPLATE, so Ollama would send prompts to it as raw text, never in the chat format the adapter is trained in; create the base with the TEMPLATE of its chat format and train on that")
+	}
+	st, err := ollamatemplate.Parse(serving)
+	if err != nil {
+		return nil, fmt.Errorf("the Ollama model's TEMPLATE: %w", err)
+	}
+	serveTok, err := llamaCppTokenizer(b)
+	if err != nil {
+		return nil, err
+	}
+	return &servingCheck{train: train, serving: st, tok: b.Tokenizer, serveTok: serveTok, name: b.Name}, nil
+}
+
+// check compares one conversation, rendered with the generation prompt.
+// A conversation the training template refuses (raise_exception: a system
+// message it has no role for) is not checked: training refuses it too.
+func (sc *servingCheck) check(msgs []chat.Message) error {
+	trainText, err := sc.train.Render(msgs, true)
+	if err != nil {
+		var re *chat.RaiseError
+		if errors.As(err, &re) {
+			return nil
+		}
+		return fmt.Errorf("render %v with the chat template: %w", msgs, err)
+	}
+	servedText, err := renderOllama(sc.serving, msgs)
+	if err != nil {
+		return fmt.Errorf("render %v with the Ollama TEMPLATE: %w", msgs, err)
+	}
+	trainIDs := sc.tok.Encode(trainText, false)
+	servedIDs := sc.serveTok.Encode(servedText, true)
+	if k := firstDifference(trainIDs, servedIDs); k >= 0 {
+		return &ServingMismatchError{Messages: msgs, TrainText: trainText, ServedText: servedText,
+			TrainIDs: trainIDs, ServedIDs: servedIDs, At: k, Name: sc.name}
+	}
+	return nil
+}
+
+// checkExamples checks the prompts of the first examples of the data (the
+// turns before the last assistant turn), as Ollama will get them.
+func (sc *servingCheck) checkExamples(examples []data.Example) error {
+	for i := range examples[:min(len(examples), 3)] {
+		ex := &examples[i]
+		var msgs []chat.Message
+		switch {
+		case ex.Conversational() && ex.PromptTurns > 0:
+			msgs = ex.Messages[:ex.PromptTurns]
+		case ex.Conversational():
+			msgs = ex.Messages
+			for len(msgs) > 0 && msgs[len(msgs)-1].Role == "assistant" {
+				msgs = msgs[:len(msgs)-1]
 			}
-			return fmt.Errorf("render %v with the chat template: %w", msgs, err)
+		case ex.Prompt != "":
+			msgs = []chat.Message{{Role: "user", Content: ex.Prompt}}
 		}
-		servedText, err := renderOllama(st, msgs)
-		if err != nil {
-			return fmt.Errorf("render %v with the Ollama TEMPLATE: %w", msgs, err)
+		if len(msgs) == 0 {
+			continue
 		}
-		trainIDs := b.Tokenizer.Encode(trainText, false)
-		servedIDs := serveTok.Encode(servedText, true)
-		if k := firstDifference(trainIDs, servedIDs); k >= 0 {
-			return &ServingMismatchError{Messages: msgs, TrainText: trainText, ServedText: servedText,
-				TrainIDs: trainIDs, ServedIDs: servedIDs, At: k, Name: b.Name}
+		if err := sc.check(msgs); err != nil {
+			return fmt.Errorf("%v: %w", ex.Pos, err)
 		}
 	}
 	return nil

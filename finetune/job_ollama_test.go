@@ -672,3 +672,35 @@ func TestBlobDigest(t *testing.T) {
 		}
 	}
 }
+
+// TestServingCheckOnData: the first prompts of the data are checked too.
+// A prompt starting with a space is tokenized after <|user|> with that
+// space stripped in training (the token's rstrip) but kept by llama.cpp for
+// a GGUF whose name does not say Phi-3.
+func TestServingCheckOnData(t *testing.T) {
+	cfg := ollamaTinyConfig()
+	cfg.NumLayers = 1
+	dir := t.TempDir()
+	models := filepath.Join(dir, "models")
+	p := filepath.Join(dir, "tiny.gguf")
+	writeOllamaGGUF(t, p, cfg, RandomWeights(cfg, 1), nil, "tiny")
+	ollamaStore(t, models, "tiny", p, testPhi3Template)
+	plan := func(data string) error {
+		c := ollamaTrainConfig("ollama://tiny", data, filepath.Join(dir, "out"))
+		j, err := NewJob(context.Background(), c, JobOptions{Ollama: &ollamastore.Resolver{ModelsDir: models, NoAPI: true}})
+		if err != nil {
+			return err
+		}
+		_, err = Plan(context.Background(), j)
+		return err
+	}
+	if err := plan(testutil.YodaCSV(t, 4)); err != nil {
+		t.Fatalf("Yoda rows: %v", err)
+	}
+	spaced := filepath.Join(dir, "spaced.csv")
+	os.WriteFile(spaced, []byte("sentence,translation,translation_extra\nHello there.,There hello.,There hello.\n\" Fear leads to anger.\",\"To anger, fear leads.\",\"To anger, fear leads.\"\n"), 0o644)
+	err := plan(spaced)
+	if err == nil || !strings.Contains(err.Error(), spaced) || !strings.Contains(err.Error(), "row 2") || !strings.Contains(err.Error(), "first difference at token 1") {
+		t.Errorf("a prompt with a leading space: %v", err)
+	}
+}

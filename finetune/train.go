@@ -353,6 +353,11 @@ func prepareData(ctx context.Context, job *Job) (*prepared, error) {
 		}
 		return nil, fmt.Errorf("dataset %s has no usable rows (%d empty rows skipped); check the file and the column mapping (rename %v)", where, len(ds.Skipped), d.Rename)
 	}
+	if job.serving != nil {
+		if err := job.serving.checkExamples(ds.Examples); err != nil {
+			return nil, fmt.Errorf("dataset: %w", err)
+		}
+	}
 	seed := uint64(c.Training.Seed)
 	examples := ds.Examples
 	if d.Shuffle {
