@@ -414,7 +414,7 @@ func phi3Steps(t *testing.T, dt finetune.DType) {
 	cfg := finetune.Phi3Mini4k()
 	lc := &finetune.LoRAConfig{R: 8, Alpha: 16, Dropout: 0.05, TargetModules: []string{"all-linear"}, Bias: "none", Seed: 1}
 	start := time.Now()
-	m, err := finetune.NewModel(b, cfg, finetune.RandomWeights(cfg, 1), finetune.ModelOptions{Quantize: true, DoubleQuant: true, LoRA: lc, GradientCheckpointing: true})
+	m, err := b.RandomModel(cfg, 1, finetune.ModelOptions{Quantize: true, DoubleQuant: true, LoRA: lc, GradientCheckpointing: true})
 	if err != nil {
 		t.Fatal(err)
 	}
