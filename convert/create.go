@@ -33,6 +33,11 @@ type CreateOptions struct {
 	// Route forces a route; "" chooses from the server's version.
 	Route  Route
 	System string
+	// Template is the TEMPLATE the model is served with; "" is
+	// Phi3Template. An adapter trained on an Ollama model's GGUF is served
+	// with that model's own TEMPLATE, which training checked against the
+	// chat template it rendered the data with.
+	Template string
 	// Params are extra PARAMETER lines (name, value), e.g. temperature 0.
 	Params [][2]string
 	// Quant is the merged model's type (default F16); AdapterDType the
@@ -190,6 +195,9 @@ func Create(ctx context.Context, c *Client, o CreateOptions) (*CreateResult, err
 	// 3. The files and the Modelfile.
 	mf := Phi3Modelfile("", "", o.System)
 	mf.Params = o.Params
+	if o.Template != "" {
+		mf.Template = o.Template
+	}
 	files := map[string]string{} // name in the request -> local file
 	var adapters map[string]string
 	from := ""
@@ -274,7 +282,7 @@ func Create(ctx context.Context, c *Client, o CreateOptions) (*CreateResult, err
 		}
 		return out, nil
 	}
-	req := &api.CreateRequest{Model: o.Name, From: from, Template: Phi3Template, System: o.System,
+	req := &api.CreateRequest{Model: o.Name, From: from, Template: mf.Template, System: o.System,
 		Parameters: map[string]any{"stop": Phi3Stops}}
 	for _, p := range o.Params {
 		v, err := strconv.ParseFloat(p[1], 64)

@@ -2,6 +2,7 @@ package convert
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,6 +14,7 @@ import (
 	"github.com/ollama/ollama/fs/ggml"
 
 	"github.com/ollama-tune/ollama-tune/finetune"
+	"github.com/ollama-tune/ollama-tune/finetune/ollamastore"
 	"github.com/ollama-tune/ollama-tune/finetune/peft"
 	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
 )
@@ -118,6 +120,20 @@ func FindBase(adapterDir, base string) (*Base, error) {
 		}
 		if c, ok := knownBases[strings.ToLower(name)]; ok {
 			return &Base{Arch: Phi3, Config: hfConfigOf(c), Source: name + " (built-in shape)"}, nil
+		}
+		if strings.HasPrefix(name, ollamastore.Scheme) {
+			// Trained on the GGUF of an Ollama model: its blob, from the
+			// store or the server (OLLAMA_MODELS, OLLAMA_HOST).
+			m, err := ollamastore.Resolve(context.Background(), name)
+			if err != nil {
+				return nil, fmt.Errorf("adapter %s: base %s: %w", adapterDir, name, err)
+			}
+			b, err := baseFromGGUF(m.GGUF)
+			if err != nil {
+				return nil, err
+			}
+			b.Source = name + " (" + m.GGUF + ")"
+			return b, nil
 		}
 	}
 	return nil, fmt.Errorf("adapter %s: cannot find its base model to check the shapes against (adapter_config.json's base_model_name_or_path is %q, not a local folder); pass --base with the base model's folder, config.json or GGUF file", adapterDir, name)

@@ -589,7 +589,7 @@ func addConfigFlags(cmd *cobra.Command) *configFlags {
 	fl.StringVarP(&f.file, "config", "c", "", "fine-tune configuration (YAML), e.g. examples/yoda.yaml; OLLAMA_TUNE_<GROUP>_<KEY> variables and flags override it")
 	fl.StringArrayVar(&f.sets, "set", nil, "set a config key, e.g. --set training.learning_rate=2e-4 (repeatable; lists as a,b; maps as old=new,...)")
 	fl.StringVar(&f.outputDir, "output-dir", "", "training.output_dir: where the adapter is written")
-	fl.StringVar(&f.model, "model", "", "model: a Hugging Face repo id or a local model directory")
+	fl.StringVar(&f.model, "model", "", "model: a Hugging Face repo id, a local model directory, or ollama://NAME (a model Ollama has)")
 	fl.StringVar(&f.device, "device", "", "device: auto, cpu or cuda")
 	fl.IntVar(&f.maxSteps, "max-steps", 0, "training.max_steps: stop after this many optimizer steps (overrides num_train_epochs)")
 	return f

@@ -10,11 +10,15 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ollama-tune/ollama-tune/convert"
+	"github.com/ollama-tune/ollama-tune/finetune"
+	"github.com/ollama-tune/ollama-tune/finetune/ollamastore"
 	"github.com/ollama-tune/ollama-tune/finetune/peft"
 )
 
@@ -45,6 +49,12 @@ Phi-3 template and stop tokens.
 --base is an Ollama model name (it must be pulled already), a GGUF file, or
 the safetensors folder of the base (written as an F16 GGUF for you).
 
+An adapter trained on an Ollama model (model: ollama://NAME, or train --base
+NAME) is created FROM that model, whose weights must still be the blob it
+was trained on (adapter_config.json's revision), with that model's own
+TEMPLATE; the served-output check runs this program's decoding on the same
+GGUF blob with the adapter. --base may be left out.
+
 Then the served-output check runs: each --prompt goes through /api/generate
 at temperature 0 and through this program's own greedy decoding with the
 adapter (CPU, on --base-weights), and any difference is reported loudly: it
@@ -59,7 +69,7 @@ library's phi3:mini) can change greedy answers by itself.
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.adapter, "adapter", "", "PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
-	fl.StringVar(&f.base, "base", "phi3:mini", "base model: Ollama model name, GGUF file, or safetensors folder")
+	fl.StringVar(&f.base, "base", "phi3:mini", "base model: Ollama model name, GGUF file, or safetensors folder (default for an adapter trained on ollama://NAME: that model)")
 	fl.StringVar(&f.baseWeights, "base-weights", "", "the base's safetensors folder (merged route, served-output check); default --base when it is a folder, else the adapter's base_model_name_or_path when it is a local folder")
 	fl.StringVar(&f.tokenizer, "tokenizer", "", "tokenizer folder the adapter was trained with (default: the base weights folder)")
 	fl.StringVar(&f.route, "route", "auto", "auto (from the server version), adapter, or merged")
@@ -103,14 +113,158 @@ func runCreate(cmd *cobra.Command, name string, f *createFlags) error {
 	if o.AdapterDType, err = parseAdapterDType(f.dtype, "--route merged"); err != nil {
 		return err
 	}
+	c := convert.NewClient(nil, nil)
+	if ref, revision := ollamaBaseOf(f.adapter); ref != "" {
+		if cmd.Flags().Changed("base") && !sameOllamaModel(f.base, ref) {
+			return fmt.Errorf("create: the adapter in %s was trained on %s; --base %s would serve it on other weights. Leave --base out (or pass the same model)", f.adapter, ref, f.base)
+		}
+		if f.baseWeights != "" || f.tokenizer != "" {
+			return fmt.Errorf("create: the adapter in %s was trained on the GGUF of %s, which is the base for serving and for the check; --base-weights and --tokenizer do not apply", f.adapter, ref)
+		}
+		res, err := createOnOllamaBase(ctx, c, o, ref, revision)
+		if err != nil {
+			return err
+		}
+		return reportCreate(cmd.OutOrStdout(), name, res, f.modelfileOnly)
+	}
 	if o.BaseWeights == "" {
 		o.BaseWeights = localBaseOf(f.adapter)
 	}
-	res, err := convert.Create(ctx, convert.NewClient(nil, nil), o)
+	res, err := convert.Create(ctx, c, o)
 	if err != nil {
 		return err
 	}
 	return reportCreate(cmd.OutOrStdout(), name, res, f.modelfileOnly)
+}
+
+// ollamaBaseOf is the ollama:// base an adapter was trained on and the
+// blob digest it recorded as its revision; "" when its base is not an
+// Ollama model.
+func ollamaBaseOf(adapterDir string) (ref, revision string) {
+	cfg, err := peft.ReadConfig(filepath.Join(adapterDir, peft.ConfigName))
+	if err != nil || !finetune.IsOllamaModel(cfg.BaseModelNameOrPath) {
+		return "", ""
+	}
+	return strings.TrimSpace(cfg.BaseModelNameOrPath), cfg.Revision
+}
+
+// sameOllamaModel reports whether two references name one Ollama model
+// (phi3:mini and ollama://registry.ollama.ai/library/phi3:mini do).
+func sameOllamaModel(a, b string) bool {
+	na, err1 := ollamastore.ParseName(a)
+	nb, err2 := ollamastore.ParseName(b)
+	return err1 == nil && err2 == nil && strings.EqualFold(na.String(), nb.String())
+}
+
+// createOnOllamaBase creates o.Name from an adapter trained on the Ollama
+// model ref: FROM that model, after checking that its weights are the blob
+// the adapter was trained on (locally and, unless --modelfile-only, on the
+// server), with the model's own TEMPLATE (checked again against the GGUF's
+// chat template, which rendered the training data), and runs the
+// served-output check against this program's greedy decoding on the same
+// GGUF with the adapter.
+func createOnOllamaBase(ctx context.Context, c *convert.Client, o convert.CreateOptions, ref, revision string) (*convert.CreateResult, error) {
+	r := ollamastore.Resolver{Host: c.Base}
+	m, err := r.Resolve(ctx, ref)
+	if err != nil {
+		return nil, fmt.Errorf("create: the adapter was trained on %s: %w", ref, err)
+	}
+	changed := func(where, digest string) error {
+		return fmt.Errorf("create: the adapter was trained on %s with the weights %s, but %s now holds %s (pulled or created again since?); served on other weights the adapter answers differently: train again on the model as it is now", ref, revision, where, digest)
+	}
+	if d := finetune.BlobDigest(m.GGUF); revision != "" && d != revision {
+		return nil, changed(m.GGUF, d)
+	}
+	if !o.ModelfileOnly {
+		show, err := c.Show(ctx, m.Name.Short())
+		if err != nil {
+			return nil, fmt.Errorf("create: %w", err)
+		}
+		if show == nil {
+			return nil, fmt.Errorf("create: the Ollama server at %s has no model %s, which the adapter was trained on (found in %s); create it there first", c.Base, m.Name.Short(), m.GGUF)
+		}
+		if d := modelfileBlob(show.Modelfile); revision != "" && d != revision {
+			return nil, changed("the server at "+c.Base.String(), d)
+		}
+	}
+	base, err := finetune.LoadGGUFBase(m.GGUF)
+	if err != nil {
+		return nil, fmt.Errorf("create: %s: %w", ref, err)
+	}
+	defer base.Close()
+	tmpl, err := base.ChatTemplateRenderer()
+	if err != nil {
+		return nil, fmt.Errorf("create: %s: %w", ref, err)
+	}
+	if err := finetune.CheckServingTemplate(base, tmpl, m.Template); err != nil {
+		return nil, fmt.Errorf("create: %s: %w", ref, err)
+	}
+	o.Base, o.Template = m.Name.Short(), m.Template
+	o.BaseWeights, o.TokenizerDir = "", ""
+	noCheck := o.NoCheck
+	o.NoCheck = true // run below, on the GGUF
+	res, err := convert.Create(ctx, c, o)
+	if err != nil || o.ModelfileOnly || noCheck {
+		return res, err
+	}
+	prompts := o.Prompts
+	if len(prompts) == 0 {
+		prompts = convert.DefaultPrompts
+	}
+	system := o.System
+	if system == "" {
+		system = m.System // what Ollama puts before a prompt without one
+	}
+	gr := &ggufReference{base: base, adapterDir: o.AdapterDir}
+	defer gr.Close()
+	res.Check, err = convert.ServedOutputCheck(ctx, c, convert.CheckOptions{Model: o.Name, Prompts: prompts, MaxTokens: o.MaxTokens,
+		System: system, Tokenizer: base.Tokenizer, Template: tmpl, Reference: gr})
+	return res, err
+}
+
+// modelfileBlob is the digest of the blob a Modelfile from /api/show is
+// FROM ("FROM /…/blobs/sha256-…"), "" when it names none.
+func modelfileBlob(modelfile string) string {
+	for _, line := range strings.Split(modelfile, "\n") {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "FROM "); ok {
+			return finetune.BlobDigest(strings.TrimSpace(rest))
+		}
+	}
+	return ""
+}
+
+// ggufReference is the served-output check's reference for a GGUF base:
+// the base dequantized (dense float32, as CPUReference loads a checkpoint)
+// with the adapter, on the CPU backend, loaded on first use.
+type ggufReference struct {
+	base       *finetune.GGUFBase
+	adapterDir string
+
+	once sync.Once
+	m    *finetune.Model
+	err  error
+}
+
+func (r *ggufReference) Greedy(ctx context.Context, prompt []int32, maxNew int, stop []int32) ([]int32, error) {
+	r.once.Do(func() {
+		r.m, r.err = finetune.LoadGGUFModelWithAdapter(finetune.NewCPUBackend(finetune.CPUOptions{}), r.base, finetune.ModelOptions{}, r.adapterDir)
+	})
+	if r.err != nil {
+		return nil, r.err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if stop == nil {
+		stop = []int32{}
+	}
+	return r.m.Generate(prompt, finetune.GenerateOptions{MaxNewTokens: maxNew, StopIDs: stop})
+}
+
+func (r *ggufReference) Close() {
+	if r.m != nil {
+		r.m.Free()
+	}
 }
 
 // localBaseOf is the adapter's base_model_name_or_path when it is a local

@@ -12,10 +12,12 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ollama-tune/ollama-tune/finetune"
+	"github.com/ollama-tune/ollama-tune/finetune/ollamastore"
 	"github.com/ollama-tune/ollama-tune/plugin"
 )
 
@@ -23,6 +25,7 @@ func newTrainCmd() *cobra.Command {
 	var (
 		resume string
 		dryRun bool
+		base   string
 	)
 	cmd := &cobra.Command{
 		Use:   "train --config FILE [--resume [CHECKPOINT]] [--dry-run]",
@@ -39,7 +42,15 @@ checkpoint and stop; a second Ctrl-C stops it at once.
 checkpoint folder given: --resume=DIR or --resume DIR). --dry-run validates
 the configuration, reads and packs the data and prints the plan (examples,
 tokens, sequences, steps, trainable parameters, estimated memory) without
-loading weights or training.`,
+loading weights or training.
+
+--base NAME trains on the Ollama model NAME as Ollama has it (model:
+ollama://NAME): its GGUF blob from the store (OLLAMA_MODELS) or the server
+(OLLAMA_HOST), with the tokenizer and chat template inside it; nothing is
+downloaded. quantization.load_in_4bit re-quantizes its weights to NF4,
+quantization.keep_gguf keeps them in the file's own quantization.
+ollama-tune create NAME --adapter DIR then serves the adapter on that very
+blob.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 && cmd.Flags().Changed("resume") && resume == finetune.ResumeLatest {
 				return nil // --resume DIR, with the space
@@ -52,9 +63,23 @@ loading weights or training.`,
 	fl.StringVar(&resume, "resume", "", "continue from the newest checkpoint in output_dir, or from the checkpoint folder given")
 	fl.Lookup("resume").NoOptDefVal = finetune.ResumeLatest
 	fl.BoolVar(&dryRun, "dry-run", false, "validate and print the plan without training")
+	fl.StringVar(&base, "base", "", "train on the Ollama model NAME (phi3:mini): the same as model: ollama://NAME")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if len(args) == 1 {
 			resume = args[0]
+		}
+		if base != "" {
+			// --base NAME is --model ollama://NAME, set before the config
+			// is validated (keep_gguf needs an ollama:// model).
+			if cmd.Flags().Changed("model") {
+				return fmt.Errorf("--base %s and --model %s: give one base model", base, cmd.Flag("model").Value)
+			}
+			if _, err := ollamastore.ParseName(base); err != nil {
+				return fmt.Errorf("--base: %w", err)
+			}
+			if err := cmd.Flags().Set("model", finetune.OllamaScheme+strings.TrimPrefix(base, finetune.OllamaScheme)); err != nil {
+				return err
+			}
 		}
 		tc, err := cf.load()
 		if err != nil {

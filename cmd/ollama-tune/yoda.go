@@ -49,6 +49,12 @@ FILE), train the LoRA adapter with a trainer plugin, export it, create the
 Ollama model "yoda" (the route follows the server's version), run the
 served-output check, and print the ollama run line to try.
 
+--base NAME (an Ollama model such as phi3:mini) without --model trains on
+that model as Ollama has it, its GGUF blob (the same as --model
+ollama://NAME): no download, and the adapter is served on the very weights
+it was trained on. With --model as well, the adapter trained on --model is
+served on --base.
+
 --demo runs the same pipeline offline in about a minute on a CPU: a tiny
 Phi-3 the project makes (seeded), a tokenizer it generates (byte fallback,
 characters, the words of the pairs, Phi-3's special tokens) and a few dozen
@@ -67,8 +73,8 @@ finish.`,
 	fl := cmd.Flags()
 	fl.BoolVar(&f.demo, "demo", false, "run offline on the embedded tiny model and data (about a minute on a CPU)")
 	fl.StringVar(&f.name, "name", "", `Ollama model name (default "yoda", "yoda-demo" with --demo)`)
-	fl.StringVar(&f.base, "base", "", "base for Ollama: an Ollama model name (phi3:mini) or GGUF file; default: the trained model's own weights as an F16 GGUF, which the served-output check can match exactly")
-	fl.StringVar(&f.model, "model", "", "base model folder or Hugging Face repo id (default: the seed's microsoft/Phi-3-mini-4k-instruct)")
+	fl.StringVar(&f.base, "base", "", "an Ollama model name (phi3:mini): without --model, train on its GGUF and serve on it; or a GGUF file to serve on; default: the trained model's own weights as an F16 GGUF, which the served-output check can match exactly")
+	fl.StringVar(&f.model, "model", "", "base model folder, Hugging Face repo id or ollama://NAME (default: the seed's microsoft/Phi-3-mini-4k-instruct)")
 	fl.StringVar(&f.data, "data", "", "data set file or Hugging Face data set id (default: the seed's dvgodoy/yoda_sentences)")
 	fl.StringVar(&f.out, "out", "", `output folder (default "./phi3-mini-yoda-adapter", "./yoda-demo" with --demo)`)
 	fl.StringVar(&f.route, "route", "auto", "auto (from the server version), adapter, or merged")
@@ -102,12 +108,20 @@ func runYoda(cmd *cobra.Command, f *yodaFlags) error {
 	if name == "" {
 		name = "yoda"
 	}
-	fmt.Fprintf(w, "1/4 base model %s\n", tc.Model)
-	modelDir, err := resolveDir(ctx, "model", tc.Model, append(slices.Clone(weightFiles), tokenizerFiles...), errw)
-	if err != nil {
-		return err
+	if f.model == "" && f.base != "" && !isLocal(f.base) {
+		tc.Model = finetune.OllamaScheme + strings.TrimPrefix(f.base, finetune.OllamaScheme) // train on what Ollama has
 	}
-	tc.Model = modelDir
+	modelDir := ""
+	if finetune.IsOllamaModel(tc.Model) {
+		fmt.Fprintf(w, "1/4 base model %s: the GGUF Ollama has, with its tokenizer and chat template\n", tc.Model)
+	} else {
+		fmt.Fprintf(w, "1/4 base model %s\n", tc.Model)
+		dir, err := resolveDir(ctx, "model", tc.Model, append(slices.Clone(weightFiles), tokenizerFiles...), errw)
+		if err != nil {
+			return err
+		}
+		tc.Model, modelDir = dir, dir
+	}
 	adapterDir := tc.Training.OutputDir
 	if f.skipTraining {
 		fmt.Fprintf(w, "2/4 training skipped: using the adapter in %s\n", adapterDir)
@@ -193,7 +207,13 @@ func createAndCheck(ctx context.Context, w, errw io.Writer, name, adapterDir, mo
 		}
 	}
 	o.ModelfileOnly = !reachable
-	res, err := convert.Create(ctx, c, o)
+	var res *convert.CreateResult
+	var err error
+	if ref, revision := ollamaBaseOf(adapterDir); ref != "" {
+		res, err = createOnOllamaBase(ctx, c, o, ref, revision)
+	} else {
+		res, err = convert.Create(ctx, c, o)
+	}
 	if err != nil {
 		return err
 	}
