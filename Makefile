@@ -32,7 +32,7 @@ vet:
 
 # CPU forward+backward tokens/s for the tiny and the mid-size config.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./finetune/
+	$(GO) test -count=1 -run TestPrintBenchTable ./finetune/ -v -args -benchtable | grep -v '^=== RUN\|^--- \|^PASS\|^ok'
 
 # Regenerate plugin/proto (needs protoc: apt-get install -y protobuf-compiler;
 # go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
