@@ -105,6 +105,8 @@ type Backend interface {
 	AllocBytes(n int) Tensor   // zero-filled uint8
 	Upload(dst Tensor, src []float32)
 	UploadInt32(dst Tensor, src []int32)
+	// UploadBytes fills a uint8 tensor (resuming 8-bit optimizer state).
+	UploadBytes(dst Tensor, src []uint8)
 	Download(src Tensor) []float32 // synchronises
 	Zero(t Tensor)
 	Copy(dst, src Tensor)
@@ -184,6 +186,11 @@ type Backend interface {
 	AdamW(p, g, m, v Tensor, hp AdamParams)
 	// AdamW8bit is bitsandbytes' blockwise 8-bit AdamW (optimizer_update_8bit_blockwise).
 	AdamW8bit(p, g Tensor, st *Adam8State, hp AdamParams)
+	// BnbAdamW32 is bitsandbytes' 32-bit Adam kernel (kOptimizer32bit2State,
+	// optim.BnbAdam32), which the 8-bit optimizers apply to parameters
+	// under optim.Min8bitSize values: p updated in place from g with fp32
+	// moments m, v, weight decay after the update.
+	BnbAdamW32(p, g, m, v Tensor, hp AdamParams)
 
 	// AttentionCached is the generation path for one sequence: it writes the
 	// k and v of qkv [T,(H+2K)*D] (after RoPE) into kCache, vCache
@@ -195,4 +202,28 @@ type Backend interface {
 	Sync() error
 	// Close frees everything the backend holds.
 	Close() error
+}
+
+// Optional interfaces. A backend may do some of the trainer's work its own
+// way; Train uses these when the backend implements them, and the CPU
+// path (finetune.LoadModel; SumSquares, optim.ClipScale and Scale) is the
+// reference their results must equal.
+
+// ModelLoader builds a model from a checkpoint the backend's own way (the
+// CUDA backend uploads the stored bf16 bytes and quantizes on the GPU)
+// with LoadModel's result: the same weights, NF4 codes and adapters.
+type ModelLoader interface {
+	LoadModel(ck *Checkpoint, opts ModelOptions) (*Model, error)
+}
+
+// GradClipper clips gradients on the device, without the host round trip
+// per gradient that SumSquares takes: ClipGradNorm is
+// torch.nn.utils.clip_grad_norm_ (the total norm, summed in float64 in
+// the order of grads, then every gradient scaled by optim.ClipScale's
+// coefficient when the norm exceeds maxNorm; maxNorm <= 0 only measures),
+// and GradNorm returns the norm the last ClipGradNorm computed
+// (synchronising).
+type GradClipper interface {
+	ClipGradNorm(grads []Tensor, maxNorm float64)
+	GradNorm() (float64, error)
 }

@@ -299,7 +299,10 @@ func (m *Model) freeBuffers(slot int) {
 	m.bufs[slot] = nil
 }
 
-// ensureBuffers (re)allocates the buffers for B x S tokens.
+// ensureBuffers (re)allocates the buffers for B x S tokens. An allocation
+// that fails (a backend panics with ErrOutOfMemory) frees what this call
+// allocated before the panic goes on, so auto_find_batch_size can retry
+// with a smaller batch on a device that holds nothing of the failed try.
 func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 	ckpt := train && m.GradientCheckpointing
 	slot := 0
@@ -311,9 +314,28 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 	}
 	m.freeBuffers(slot)
 	b, c := m.B, m.Cfg
+	var allocated []Tensor
+	done := false
+	defer func() {
+		if !done {
+			for _, t := range allocated {
+				b.Free(t)
+			}
+		}
+	}()
+	alloc := func(shape ...int) Tensor {
+		t := b.Alloc(shape...)
+		allocated = append(allocated, t)
+		return t
+	}
+	allocInt32 := func(n int) Tensor {
+		t := b.AllocInt32(n)
+		allocated = append(allocated, t)
+		return t
+	}
 	T, C, I, H := B*S, c.HiddenSize, c.IntermediateSize, c.NumHeads
 	bf := &buffers{T: T, B: B, S: S, train: train, ckpt: ckpt}
-	bf.ids, bf.pos, bf.targets = b.AllocInt32(T), b.AllocInt32(T), b.AllocInt32(T)
+	bf.ids, bf.pos, bf.targets = allocInt32(T), allocInt32(T), allocInt32(T)
 	nIn, nActs := 2, 1
 	if train {
 		nIn = c.NumLayers + 1
@@ -322,37 +344,38 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 		}
 	}
 	for range nIn {
-		bf.inputs = append(bf.inputs, b.Alloc(T, C))
+		bf.inputs = append(bf.inputs, alloc(T, C))
 	}
 	for k := range nActs {
 		a := layerActs{
-			ln1: b.Alloc(T, C), rstd1: b.Alloc(T),
-			qkv: b.Alloc(T, c.QKVOut()),
-			att: b.Alloc(T, H*c.HeadDim()), lse: b.Alloc(H, T),
-			res1: b.Alloc(T, C),
-			ln2:  b.Alloc(T, C), rstd2: b.Alloc(T),
-			gateUp: b.Alloc(T, 2*I), act: b.Alloc(T, I),
+			ln1: alloc(T, C), rstd1: alloc(T),
+			qkv: alloc(T, c.QKVOut()),
+			att: alloc(T, H*c.HeadDim()), lse: alloc(H, T),
+			res1: alloc(T, C),
+			ln2:  alloc(T, C), rstd2: alloc(T),
+			gateUp: alloc(T, 2*I), act: alloc(T, I),
 		}
 		// The adapters' ranks come from layer k (every layer has the same
 		// targets, so any layer's shapes serve the shared set).
 		for mod, lin := range m.Layers[k].linears() {
 			if r := loraRank(lin); r > 0 {
-				a.h[mod] = b.Alloc(T, r)
+				a.h[mod] = alloc(T, r)
 			}
 		}
 		bf.acts = append(bf.acts, a)
 	}
-	bf.tmp = b.Alloc(T, C)
-	bf.lnf, bf.rstd = b.Alloc(T, C), b.Alloc(T)
+	bf.tmp = alloc(T, C)
+	bf.lnf, bf.rstd = alloc(T, C), alloc(T)
 	if train {
-		bf.dlnf, bf.dres, bf.dres1, bf.dln, bf.datt = b.Alloc(T, C), b.Alloc(T, C), b.Alloc(T, C), b.Alloc(T, C), b.Alloc(T, H*c.HeadDim())
-		bf.dqkv = b.Alloc(T, c.QKVOut())
-		bf.dgu, bf.dact = b.Alloc(T, 2*I), b.Alloc(T, I)
+		bf.dlnf, bf.dres, bf.dres1, bf.dln, bf.datt = alloc(T, C), alloc(T, C), alloc(T, C), alloc(T, C), alloc(T, H*c.HeadDim())
+		bf.dqkv = alloc(T, c.QKVOut())
+		bf.dgu, bf.dact = alloc(T, 2*I), alloc(T, I)
 		if ckpt {
-			bf.recompOut = b.Alloc(T, C)
+			bf.recompOut = alloc(T, C)
 		}
 	}
 	m.bufs[slot] = bf
+	done = true
 	return bf
 }
 

@@ -557,9 +557,12 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 	q := job.Config.Quantization
 	err = guard(tr.b, func() (err error) {
 		mo := ModelOptions{Quantize: q.LoadIn4bit, DoubleQuant: q.Bnb4bitUseDoubleQuant, LoRA: tr.lora, GradientCheckpointing: job.Config.Training.GradientCheckpointing}
-		if gb != nil {
+		switch ml, own := tr.b.(ModelLoader); {
+		case gb != nil:
 			tr.m, err = LoadGGUFModel(tr.b, gb, mo, q.KeepGGUF)
-		} else {
+		case own:
+			tr.m, err = ml.LoadModel(ck, mo) // e.g. quantized on the GPU
+		default:
 			tr.m, err = LoadModel(tr.b, ck, mo)
 		}
 		if err != nil {
@@ -579,9 +582,6 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 			return nil, fmt.Errorf("loading the model and the optimizer state (about %.2f GiB): %w; the model does not fit this device", float64(plan.ModelBytes+plan.OptimizerBytes)/(1<<30), err)
 		}
 		return nil, err
-	}
-	if tr.opt.fallback32 {
-		emit(LogEvent{Level: "warn", Message: fmt.Sprintf("backend %s has no bitsandbytes 32-bit Adam op: parameters under %d values use torch AdamW instead (slightly different rounding)", tr.b.Name(), optim.Min8bitSize)})
 	}
 	if resumeDir != "" {
 		if err := tr.restore(resumeDir); err != nil {
@@ -883,19 +883,11 @@ func (tr *trainer) tryStep(ctx context.Context) (loss float64, acc accuracy, nor
 	if numItems > 0 {
 		loss = lossSum / float64(numItems)
 	}
-	// clip_grad_norm_ over all LoRA gradients.
-	var ss float64
-	for _, p := range tr.opt.params {
-		ss += tr.b.SumSquares(p.Grad)
+	if norm, err = tr.clipGradients(); err != nil {
+		return 0, accuracy{}, 0, 0, fmt.Errorf("step %d: clipping the gradients: %w", g+1, err)
 	}
-	norm, scale := optim.ClipScale(ss, tr.cfg.Training.MaxGradNorm)
 	if math.IsNaN(loss) || math.IsInf(loss, 0) || math.IsNaN(norm) || math.IsInf(norm, 0) {
 		return 0, accuracy{}, 0, 0, fmt.Errorf("step %d: the loss (%g) or the gradient norm (%g) is not finite; lower training.learning_rate or check the data", g+1, loss, norm)
-	}
-	if scale < 1 {
-		for _, p := range tr.opt.params {
-			tr.b.Scale(p.Grad, scale)
-		}
 	}
 	t := tr.cfg.Training
 	hp := AdamParams{
@@ -906,6 +898,35 @@ func (tr *trainer) tryStep(ctx context.Context) (loss float64, acc accuracy, nor
 		return 0, accuracy{}, 0, 0, err
 	}
 	return loss, acc, norm, tokens, nil
+}
+
+// clipGradients is clip_grad_norm_ over all LoRA gradients: it returns
+// their total norm and scales them to training.max_grad_norm when it is
+// above. A GradClipper does it on the device; otherwise SumSquares per
+// gradient, optim.ClipScale and Scale (the reference).
+func (tr *trainer) clipGradients() (norm float64, err error) {
+	maxNorm := tr.cfg.Training.MaxGradNorm
+	if c, ok := tr.b.(GradClipper); ok {
+		grads := make([]Tensor, len(tr.opt.params))
+		for i, p := range tr.opt.params {
+			grads[i] = p.Grad
+		}
+		if err := guard(tr.b, func() error { c.ClipGradNorm(grads, maxNorm); return nil }); err != nil {
+			return 0, err
+		}
+		return c.GradNorm()
+	}
+	var ss float64
+	for _, p := range tr.opt.params {
+		ss += tr.b.SumSquares(p.Grad)
+	}
+	norm, scale := optim.ClipScale(ss, maxNorm)
+	if scale < 1 && !math.IsNaN(norm) && !math.IsInf(norm, 0) {
+		for _, p := range tr.opt.params {
+			tr.b.Scale(p.Grad, scale)
+		}
+	}
+	return norm, nil
 }
 
 // evaluate computes the loss and accuracy on the held-out split and logs them.

@@ -418,12 +418,8 @@ func (tr *trainer) restoreOptimizer(path string) error {
 		o.b.Upload(dst, v)
 		return nil
 	}
-	up, canBytes := o.b.(ByteUploader)
 	for i, p := range o.params {
 		if st := o.st8[i]; st != nil {
-			if !canBytes {
-				return fmt.Errorf("backend %s cannot upload bytes, so it cannot restore 8-bit optimizer state", o.b.Name())
-			}
 			for _, s := range []struct {
 				suffix string
 				t      Tensor
@@ -435,7 +431,7 @@ func (tr *trainer) restoreOptimizer(path string) error {
 				if ti.DType != safetensors.U8 || len(ti.Data) != s.t.Numel() {
 					return fmt.Errorf("%s: tensor %q is %s %v, want U8 with %d values", path, ti.Name, ti.DType, ti.Shape, s.t.Numel())
 				}
-				up.UploadBytes(s.t, bytes.Clone(ti.Data))
+				o.b.UploadBytes(s.t, bytes.Clone(ti.Data))
 			}
 			if err := getF(p.Name+".absmax1", st.AbsmaxM); err != nil {
 				return err

@@ -10,20 +10,6 @@ import (
 // per LoRA matrix, as transformers builds it for optim = adamw_torch,
 // adamw_8bit or paged_adamw_8bit.
 
-// BnbAdam32Backend is implemented by backends that have bitsandbytes'
-// 32-bit Adam kernel, which the 8-bit optimizers apply to parameters under
-// optim.Min8bitSize values. A backend without it gets torch's AdamW for
-// those parameters (a few ulps apart; Train says so once).
-type BnbAdam32Backend interface {
-	BnbAdamW32(p, g, m, v Tensor, hp AdamParams)
-}
-
-// ByteUploader is implemented by backends that can fill a uint8 tensor
-// from the host; resuming an 8-bit optimizer's state needs it.
-type ByteUploader interface {
-	UploadBytes(dst Tensor, src []uint8)
-}
-
 // BnbAdamW32 is bitsandbytes' 32-bit Adam kernel on the CPU (optim.BnbAdam32).
 func (b *CPUBackend) BnbAdamW32(p, g, m, v Tensor, hp AdamParams) {
 	if err := optim.BnbAdam32(f32(p), f32(g), f32(m), f32(v), optimParams(hp)); err != nil {
@@ -49,9 +35,6 @@ type optimizer struct {
 	// parameters of the 8-bit optimizers), or 8-bit state.
 	m, v []Tensor
 	st8  []*Adam8State
-	// fallback32: the backend lacks BnbAdam32Backend; small parameters of
-	// an 8-bit optimizer use AdamW.
-	fallback32 bool
 }
 
 func newOptimizer(b Backend, params []NamedLoRA, name string) (*optimizer, error) {
@@ -69,24 +52,20 @@ func newOptimizer(b Backend, params []NamedLoRA, name string) (*optimizer, error
 			continue
 		}
 		o.m[i], o.v[i] = b.Alloc(p.Shape...), b.Alloc(p.Shape...)
-		if kind.Is8bit() {
-			if _, ok := b.(BnbAdam32Backend); !ok {
-				o.fallback32 = true
-			}
-		}
 	}
 	return o, nil
 }
 
 // update applies one step to every parameter from its (clipped) gradient.
 func (o *optimizer) update(hp AdamParams) {
-	bnb, _ := o.b.(BnbAdam32Backend)
 	for i, p := range o.params {
 		switch {
 		case o.st8[i] != nil:
 			o.b.AdamW8bit(p.Param, p.Grad, o.st8[i], hp)
-		case o.kind.Is8bit() && bnb != nil:
-			bnb.BnbAdamW32(p.Param, p.Grad, o.m[i], o.v[i], hp)
+		case o.kind.Is8bit():
+			// bitsandbytes' 8-bit optimizers keep 32-bit state (and its
+			// kernel) for parameters under optim.Min8bitSize values.
+			o.b.BnbAdamW32(p.Param, p.Grad, o.m[i], o.v[i], hp)
 		default:
 			o.b.AdamW(p.Param, p.Grad, o.m[i], o.v[i], hp)
 		}

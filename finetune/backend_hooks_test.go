@@ -1,0 +1,162 @@
+package finetune
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"testing"
+
+	"github.com/ollama-tune/ollama-tune/finetune/optim"
+	"github.com/ollama-tune/ollama-tune/finetune/peft"
+)
+
+// hookBackend is the CPU backend with the optional ModelLoader and
+// GradClipper interfaces, implemented the reference way, counting calls.
+type hookBackend struct {
+	*CPUBackend
+	loads, clips int
+	norm         float64
+}
+
+func (b *hookBackend) LoadModel(ck *Checkpoint, opts ModelOptions) (*Model, error) {
+	b.loads++
+	return LoadModel(b, ck, opts)
+}
+
+func (b *hookBackend) ClipGradNorm(grads []Tensor, maxNorm float64) {
+	b.clips++
+	var ss float64
+	for _, g := range grads {
+		ss += b.SumSquares(g)
+	}
+	norm, scale := optim.ClipScale(ss, maxNorm)
+	b.norm = norm
+	if scale < 1 {
+		for _, g := range grads {
+			b.Scale(g, scale)
+		}
+	}
+}
+
+func (b *hookBackend) GradNorm() (float64, error) { return b.norm, nil }
+
+// TestBackendHooks: Train loads the model through a backend's ModelLoader
+// and clips through its GradClipper, and a backend whose hooks compute what
+// the reference computes trains to the same adapter, byte for byte, with
+// the same logged gradient norms (clipping is active: max_grad_norm is far
+// below the norms). The 8-bit optimizer's small parameters take the
+// Backend's BnbAdamW32.
+func TestBackendHooks(t *testing.T) {
+	model := tinyModelDir(t, smallModel.cfg, 21)
+	run := func(b Backend) (*Result, []float64) {
+		c := smallJob(t, model, filepath.Join(t.TempDir(), "out"), 10)
+		c.Training.MaxSteps, c.Training.SaveSteps, c.Training.LoggingSteps = 3, 0, 1
+		c.Training.MaxGradNorm = 1e-3
+		c.Training.Optim = "adamw_8bit"
+		j := newTestJob(t, c, "")
+		j.NewBackend = func(DType) (Backend, error) { return b, nil }
+		var norms []float64
+		res, err := Train(context.Background(), j, func(e TrainEvent) {
+			if s, ok := e.(StepEvent); ok {
+				norms = append(norms, s.GradNorm)
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res, norms
+	}
+	ref, refNorms := run(NewCPUBackend(CPUOptions{}))
+	hb := &hookBackend{CPUBackend: NewCPUBackend(CPUOptions{})}
+	got, gotNorms := run(hb)
+	if hb.loads != 1 || hb.clips != 3 {
+		t.Errorf("the hooks ran %d loads and %d clips, want 1 and 3", hb.loads, hb.clips)
+	}
+	if fmt.Sprint(gotNorms) != fmt.Sprint(refNorms) || len(refNorms) != 3 || !(refNorms[0] > 1e-2) {
+		t.Errorf("grad norms %v with the hooks, %v without", gotNorms, refNorms)
+	}
+	if !bytes.Equal(readFile(t, filepath.Join(got.OutputDir, peft.WeightsName)), readFile(t, filepath.Join(ref.OutputDir, peft.WeightsName))) {
+		t.Error("the adapter trained through the hooks differs from the reference")
+	}
+}
+
+// liveBackend is the CPU backend that fails allocations of more than limit
+// values with ErrOutOfMemory, as a GPU would, and counts live tensors.
+type liveBackend struct {
+	*CPUBackend
+	limit int
+	live  map[Tensor]bool
+}
+
+func (b *liveBackend) track(t Tensor) Tensor { b.live[t] = true; return t }
+
+func (b *liveBackend) Alloc(shape ...int) Tensor {
+	if n := numel(shape); n > b.limit {
+		panic(fmt.Errorf("fake backend: allocating %v: %w", shape, ErrOutOfMemory))
+	}
+	return b.track(b.CPUBackend.Alloc(shape...))
+}
+
+func (b *liveBackend) AllocInt32(n int) Tensor { return b.track(b.CPUBackend.AllocInt32(n)) }
+func (b *liveBackend) AllocBytes(n int) Tensor { return b.track(b.CPUBackend.AllocBytes(n)) }
+func (b *liveBackend) Free(t Tensor)           { delete(b.live, t); b.CPUBackend.Free(t) }
+
+// TestEnsureBuffersFreesOnOOM: a training forward whose activation buffers
+// do not fit fails with ErrOutOfMemory and leaves the backend holding what
+// it held before (the buffers allocated before the failing one are freed);
+// a smaller batch then fits and runs.
+func TestEnsureBuffersFreesOnOOM(t *testing.T) {
+	cfg := tinyPhi3(32, 512, 2, 4)
+	b := &liveBackend{CPUBackend: NewCPUBackend(CPUOptions{}), limit: 1 << 30, live: map[Tensor]bool{}}
+	m, err := NewModel(b, cfg, RandomWeights(cfg, 5), ModelOptions{LoRA: &LoRAConfig{R: 4, Alpha: 8, TargetModules: []string{"all-linear"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := len(b.live)
+	batch := func(B, S int) *Batch {
+		bt := &Batch{B: B, S: S}
+		for k := range B * S {
+			bt.InputIDs = append(bt.InputIDs, int32(k%100))
+			bt.PositionIDs = append(bt.PositionIDs, int32(k%S))
+			bt.Labels = append(bt.Labels, int32(k%50))
+		}
+		return bt
+	}
+	// gate_up [T, 2*512] is the largest buffer: 4 x 16 tokens need 65536
+	// values, 1 x 16 need 16384.
+	b.limit = 32768
+	err = func() (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				e, _ := r.(error)
+				if !errors.Is(e, ErrOutOfMemory) {
+					panic(r)
+				}
+				err = e
+			}
+		}()
+		_, _, _, err = m.Forward(batch(4, 16), true, 1)
+		return err
+	}()
+	if !errors.Is(err, ErrOutOfMemory) {
+		t.Fatalf("forward of 4 x 16 tokens: %v, want out of memory", err)
+	}
+	if len(b.live) != held {
+		t.Errorf("after the failed forward the backend holds %d tensors, before it %d", len(b.live), held)
+	}
+	if _, _, _, err := m.Forward(batch(1, 16), true, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Backward(); err != nil {
+		t.Fatal(err)
+	}
+	if len(b.live) <= held {
+		t.Errorf("the 1 x 16 forward holds no buffers (%d tensors)", len(b.live))
+	}
+	m.Free()
+	if len(b.live) != 0 {
+		t.Errorf("after Free the backend holds %d tensors", len(b.live))
+	}
+}
