@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -94,16 +93,6 @@ func TestRunnerTrainsAndGenerates(t *testing.T) {
 	t.Logf("base %v, with adapter %v", base.IDs, resp.IDs)
 }
 
-func TestDecodeConfig(t *testing.T) {
-	cfg, err := decodeConfig([]byte(`{"dataset": {"rename": {"question": "prompt", "answer": "completion"}}, "training": {"learning_rate": 0.001}}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fmt.Sprint(cfg.Dataset.Rename) != "map[answer:completion question:prompt]" || cfg.Training.LearningRate != 0.001 || cfg.Training.Optim != "paged_adamw_8bit" {
-		t.Errorf("decoded %+v", cfg)
-	}
-}
-
 func TestRunnerErrors(t *testing.T) {
 	ignore := func(plugin.Event) {}
 	err := runner.Run(context.Background(), plugin.TrainRequest{Config: []byte(`{"training": {"learning_rat": 1}}`)}, ignore)
@@ -116,14 +105,5 @@ func TestRunnerErrors(t *testing.T) {
 	err = runner.Run(context.Background(), plugin.TrainRequest{Config: raw}, ignore)
 	if plugin.CodeOf(err) != plugin.CodeInvalidConfig || !strings.Contains(err.Error(), "no such folder") {
 		t.Errorf("missing model: %v", err)
-	}
-	if code := plugin.CodeOf(trainError(fmt.Errorf("step 3: %w", finetune.ErrOutOfMemory), true)); code != plugin.CodeOutOfMemory {
-		t.Errorf("out of memory maps to %s", code)
-	}
-	if code := plugin.CodeOf(trainError(&finetune.CancelledError{Step: 2, Err: context.Canceled}, true)); code != plugin.CodeCancelled {
-		t.Errorf("cancel maps to %s", code)
-	}
-	if code := plugin.CodeOf(trainError(io.ErrUnexpectedEOF, true)); code != plugin.CodeInternal {
-		t.Errorf("a failure during training maps to %s", code)
 	}
 }
