@@ -46,10 +46,9 @@ import (
 // weights being tuned, and it may differ from the tokenizer_config.json of
 // whatever Hugging Face folder is at hand (older Phi-3 templates start with
 // {{ bos_token }}). Serving keeps the base's Ollama template, which for
-// Phi-3 renders a user turn with the generation prompt as the same text,
-// "<|user|>\n…<|end|>\n<|assistant|>\n"; a job whose two templates render
-// a conversation differently should be refused or warned about where the
-// job is assembled.
+// Phi-3 renders a user turn with the generation prompt as the same ids;
+// NewJob refuses a job whose two templates give a conversation different
+// ids (CheckServingTemplate, job_ollama.go).
 type GGUFBase struct {
 	Path     string
 	Arch     string // general.architecture: "phi3" or "llama"
