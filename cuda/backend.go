@@ -18,13 +18,45 @@ import (
 // ---------------------------------------------------------------------------
 // Frozen weights
 
-// weight is a frozen [out, in] matrix: dense (float32, or bfloat16 under
-// BF16 compute) or NF4 in bitsandbytes' layout.
+// weight is a frozen [out, in] matrix: dense (float32, or the 16-bit
+// compute type under BF16 or F16 compute) or NF4 in bitsandbytes' layout.
 type weight struct {
 	out, in int
 	dense   cu.DevicePtr
-	bf16    bool // dense holds bfloat16
+	half    halfKind // the 16-bit type dense holds, or halfNone (float32)
 	q       *nf4Weight
+}
+
+// halfKind is the 16-bit type of the frozen weights and of the GEMM
+// inputs under a 16-bit compute dtype (finetune.CPUBackend emulates the
+// same roundings).
+type halfKind int
+
+const (
+	halfNone halfKind = iota // float32 compute
+	halfBF16
+	halfF16
+)
+
+// halfOf is the 16-bit type of a compute dtype.
+func halfOf(d finetune.DType) halfKind {
+	switch d {
+	case finetune.BF16:
+		return halfBF16
+	case finetune.F16:
+		return halfF16
+	}
+	return halfNone
+}
+
+// kernel suffix, cuBLAS data type and name of a 16-bit type.
+func (h halfKind) suffix() string { return [...]string{"f32", "bf16", "f16"}[h] }
+func (h halfKind) blasType() int  { return [...]int{dataR32F, dataR16BF, dataR16F}[h] }
+func (h halfKind) elem() int64 {
+	if h == halfNone {
+		return 4
+	}
+	return 2
 }
 
 // nf4Weight is NF4 storage on the GPU: packed codes and either one float32
@@ -50,10 +82,7 @@ func (w *weight) Bytes() int64 {
 	if w.q != nil {
 		return (w.n() + 1) / 2
 	}
-	if w.bf16 {
-		return 2 * w.n()
-	}
-	return 4 * w.n()
+	return w.half.elem() * w.n()
 }
 
 func (q *nf4Weight) blocks(n int64) int64 { return (n + nf4.BlockSize - 1) / nf4.BlockSize }
@@ -79,17 +108,18 @@ func checkWeightData(data []float32, out, in int) error {
 	return nil
 }
 
-// DenseWeight uploads data, rounded to bfloat16 under BF16 compute.
+// DenseWeight uploads data, rounded to bfloat16 (float16) under BF16 (F16)
+// compute.
 func (b *Backend) DenseWeight(data []float32, out, in int) (w finetune.Weight, err error) {
 	if err := checkWeightData(data, out, in); err != nil {
 		return nil, fmt.Errorf("cuda backend: dense %w", err)
 	}
 	defer Recover(&err)
 	defer b.enter("DenseWeight")()
-	cw := &weight{out: out, in: in, bf16: b.dtype == finetune.BF16}
+	cw := &weight{out: out, in: in, half: b.half}
 	what := fmt.Sprintf("a dense weight [%d, %d]", out, in)
 	n := cw.n()
-	if !cw.bf16 {
+	if cw.half == halfNone {
 		p, err := b.rawAlloc(4*n, what)
 		if err != nil {
 			return nil, &Error{Op: "DenseWeight", Err: err}
@@ -105,7 +135,7 @@ func (b *Backend) DenseWeight(data []float32, out, in int) (w finetune.Weight, e
 	cw.dense = p
 	stage := b.scratchBuf(sUpload, 4*n, "DenseWeight")
 	b.upload("DenseWeight", stage, unsafe.Pointer(&data[0]), 4*n)
-	b.launchN("DenseWeight", "f32_to_bf16_kernel", n, ptrArg(p), ptrArg(stage), uint64(n))
+	b.launchN("DenseWeight", "f32_to_"+cw.half.suffix()+"_kernel", n, ptrArg(p), ptrArg(stage), uint64(n))
 	return cw, nil
 }
 
@@ -208,22 +238,17 @@ func (b *Backend) nf4FromDevice(op string, src cu.DevicePtr, kind srcKind, out, 
 // denseFromDevice makes a dense weight from the out*in values of type kind
 // at src: a copy or a conversion into the compute type's storage.
 func (b *Backend) denseFromDevice(op string, src cu.DevicePtr, kind srcKind, out, in int) *weight {
-	cw := &weight{out: out, in: in, bf16: b.dtype == finetune.BF16}
+	cw := &weight{out: out, in: in, half: b.half}
 	n := cw.n()
 	p, err := b.rawAlloc(cw.Bytes(), fmt.Sprintf("a dense weight [%d, %d]", out, in))
 	check(op, err)
 	cw.dense = p
-	switch {
-	case cw.bf16 && kind == srcBF16, !cw.bf16 && kind == srcF32:
+	from := [...]string{srcF32: "f32", srcBF16: "bf16", srcF16: "f16"}[kind]
+	if to := cw.half.suffix(); from == to {
 		check(op, cu.MemcpyDtoDAsync(p, src, cw.Bytes(), b.stream))
-	case cw.bf16 && kind == srcF32:
-		b.launchN(op, "f32_to_bf16_kernel", n, ptrArg(p), ptrArg(src), uint64(n))
-	case cw.bf16 && kind == srcF16:
-		b.launchN(op, "f16_to_bf16_kernel", n, ptrArg(p), ptrArg(src), uint64(n))
-	case kind == srcBF16:
-		b.launchN(op, "bf16_to_f32_kernel", n, ptrArg(p), ptrArg(src), uint64(n))
-	default:
-		b.launchN(op, "f16_to_f32_kernel", n, ptrArg(p), ptrArg(src), uint64(n))
+	} else {
+		// f32_to_bf16, f32_to_f16, bf16_to_f32, bf16_to_f16, f16_to_f32, f16_to_bf16.
+		b.launchN(op, from+"_to_"+to+"_kernel", n, ptrArg(p), ptrArg(src), uint64(n))
 	}
 	return cw
 }
@@ -236,20 +261,14 @@ func (b *Backend) nf4Args(q *nf4Weight) []uint64 {
 
 // matrix returns w as a dense device matrix in the GEMM input type:
 // the weight itself when dense, else its NF4 values dequantized (rounded
-// to bfloat16 under BF16 compute) into the dequantization cache's slot
-// for its shape, or into the sWeight scratch.
+// to the 16-bit type under BF16 or F16 compute) into the dequantization
+// cache's slot for its shape, or into the sWeight scratch.
 func (b *Backend) matrix(w *weight, op string) (p cu.DevicePtr, abType int) {
 	if w.q == nil {
-		if w.bf16 {
-			return w.dense, dataR16BF
-		}
-		return w.dense, dataR32F
+		return w.dense, w.half.blasType()
 	}
 	n := w.n()
-	elem, abType, kernel := int64(4), dataR32F, "nf4_dequant_f32"
-	if b.dtype == finetune.BF16 {
-		elem, abType, kernel = 2, dataR16BF, "nf4_dequant_bf16"
-	}
+	elem, abType, kernel := b.half.elem(), b.half.blasType(), "nf4_dequant_"+b.half.suffix()
 	if s := b.dequantSlot(w, elem*n, op); s != nil {
 		if s.w == w {
 			return s.ptr, abType // still there from the last use
@@ -258,7 +277,7 @@ func (b *Backend) matrix(w *weight, op string) (p cu.DevicePtr, abType int) {
 	} else {
 		p = b.scratchBuf(sWeight, elem*n, op)
 	}
-	// The dequantization kernels expand 8 (bf16) or 4 (f32) values a
+	// The dequantization kernels expand 8 (16-bit) or 4 (f32) values a
 	// thread, then the rest one a thread.
 	per := 16 / elem
 	threads := max(n/per, n%per, 1)
@@ -336,7 +355,11 @@ func (b *Backend) DequantizeWeight(w finetune.Weight) []float32 {
 	bits := make([]uint16, n)
 	b.download(op, unsafe.Pointer(&bits[0]), p, 2*n)
 	for k, v := range bits {
-		out[k] = math.Float32frombits(uint32(v) << 16)
+		if t == dataR16F {
+			out[k] = halfToFloat32(v)
+		} else {
+			out[k] = math.Float32frombits(uint32(v) << 16)
+		}
 	}
 	return out
 }
@@ -374,34 +397,37 @@ func (b *Backend) freeWeight(w *weight) {
 // ---------------------------------------------------------------------------
 // GEMMs
 
-// gemm runs g, converting the activation operand to bfloat16 first when
-// the weight operand is bfloat16 (convertA: A is the float32 activation;
-// else B is). The result is float32.
+// gemm runs g (operands of type g.abType, float32 result).
 func (b *Backend) gemm(op string, g gemmArgs) {
 	if b.prof == nil {
 		check(op, b.blas.run(g))
 		return
 	}
-	t := "f32"
-	if g.abType == dataR16BF {
-		t = "bf16"
-	}
+	t := map[int]string{dataR32F: "f32", dataR16BF: "bf16", dataR16F: "f16"}[g.abType]
 	b.span(fmt.Sprintf("gemm %s %dx%dx%d", t, g.M, g.N, g.K), func() { check(op, b.blas.run(g)) })
 }
 
-// toBF16 converts n float32 values at p into the sAct scratch.
-func (b *Backend) toBF16(op string, p cu.DevicePtr, n int64) cu.DevicePtr {
+// toHalf converts n float32 values at p to the GEMM input type t (a 16-bit
+// type) in the sAct scratch; a float32 t leaves p as it is.
+func (b *Backend) toHalf(op string, p cu.DevicePtr, n int64, t int) cu.DevicePtr {
+	kernel := ""
+	switch t {
+	case dataR16BF:
+		kernel = "f32_to_bf16_v4"
+	case dataR16F:
+		kernel = "f32_to_f16_v4"
+	default:
+		return p
+	}
 	dst := b.scratchBuf(sAct, 2*n, op)
-	b.launchN(op, "f32_to_bf16_v4", max(n/4, n%4, 1), ptrArg(dst), ptrArg(p), uint64(n))
+	b.launchN(op, kernel, max(n/4, n%4, 1), ptrArg(dst), ptrArg(p), uint64(n))
 	return dst
 }
 
 // xwT computes out[T,O] = alpha * x[T,I] . W[O,I]^T + beta * out.
 func (b *Backend) xwT(op string, out, x cu.DevicePtr, T int, w *weight, alpha, beta float32) {
 	wp, t := b.matrix(w, op)
-	if t == dataR16BF {
-		x = b.toBF16(op, x, int64(T)*int64(w.in))
-	}
+	x = b.toHalf(op, x, int64(T)*int64(w.in), t)
 	b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in, alpha: alpha, beta: beta,
 		A: uintptr(x), lda: w.in, B: uintptr(wp), ldb: w.in, C: uintptr(out), ldc: w.out, abType: t})
 }
@@ -409,9 +435,7 @@ func (b *Backend) xwT(op string, out, x cu.DevicePtr, T int, w *weight, alpha, b
 // dW accumulates dx[T,I] += alpha * dout[T,O] . W[O,I].
 func (b *Backend) dW(op string, dx, dout cu.DevicePtr, T int, w *weight, alpha float32) {
 	wp, t := b.matrix(w, op)
-	if t == dataR16BF {
-		dout = b.toBF16(op, dout, int64(T)*int64(w.out))
-	}
+	dout = b.toHalf(op, dout, int64(T)*int64(w.out), t)
 	b.gemm(op, gemmArgs{M: T, N: w.in, K: w.out, alpha: alpha, beta: 1,
 		A: uintptr(dout), lda: w.out, B: uintptr(wp), ldb: w.in, C: uintptr(dx), ldc: w.in, abType: t})
 }
@@ -438,11 +462,9 @@ func (b *Backend) EmbeddingForward(out, ids finetune.Tensor, table finetune.Weig
 	case w.q != nil:
 		args := []uint64{ptrArg(o.ptr), ptrArg(id.ptr), intArg(T), intArg(C), intArg(V), ptrArg(w.q.codes)}
 		args = append(args, b.nf4Args(w.q)...)
-		b.launchN(op, "embedding_nf4", n, append(args, boolArg(b.dtype == finetune.BF16))...)
-	case w.bf16:
-		b.launchN(op, "embedding_bf16", n, ptrArg(o.ptr), ptrArg(id.ptr), ptrArg(w.dense), intArg(T), intArg(C), intArg(V))
+		b.launchN(op, "embedding_nf4", n, append(args, intArg(int(b.half)))...)
 	default:
-		b.launchN(op, "embedding_f32", n, ptrArg(o.ptr), ptrArg(id.ptr), ptrArg(w.dense), intArg(T), intArg(C), intArg(V))
+		b.launchN(op, "embedding_"+w.half.suffix(), n, ptrArg(o.ptr), ptrArg(id.ptr), ptrArg(w.dense), intArg(T), intArg(C), intArg(V))
 	}
 }
 
@@ -959,16 +981,64 @@ func (b *Backend) AdamW8bit(p, g finetune.Tensor, st *finetune.Adam8State, hp fi
 	if hp.Step < 1 {
 		panic(&Error{Op: op, Err: fmt.Errorf("step %d: the first update is step 1", hp.Step)})
 	}
+	k := newBnbConsts(hp)
+	b.launch(op, "adamw8bit", grid1(nb), 256, 0, ptrArg(ps.ptr), ptrArg(gs.ptr), ptrArg(mc.ptr), ptrArg(vc.ptr),
+		ptrArg(am.ptr), ptrArg(av.ptr), intArg(n), ptrArg(b.smap), ptrArg(b.umap), f32Arg(k.b1), f32Arg(k.b2), f32Arg(k.w1), f32Arg(k.w2),
+		f32Arg(k.stepSize), f32Arg(k.epsC2), boolArg(k.decay), f32Arg(k.decayFactor))
+}
+
+// BnbAdamW32 is bitsandbytes' 32-bit Adam (kOptimizer32bit2State), which
+// the 8-bit optimizers apply to parameters under optim.Min8bitSize values;
+// bit-identical to finetune/optim.BnbAdam32.
+func (b *Backend) BnbAdamW32(p, g, m, v finetune.Tensor, hp finetune.AdamParams) {
+	const op = "BnbAdamW32"
+	defer b.enter(op)()
+	ps, gs, ms, vs := tensor(p, kindF32, op), tensor(g, kindF32, op), tensor(m, kindF32, op), tensor(v, kindF32, op)
+	if gs.n != ps.n || ms.n != ps.n || vs.n != ps.n {
+		panic(&Error{Op: op, Err: fmt.Errorf("parameter has %d values but gradient %d, first moment %d, second moment %d", ps.n, gs.n, ms.n, vs.n)})
+	}
+	if hp.Step < 1 {
+		panic(&Error{Op: op, Err: fmt.Errorf("step %d: the first update is step 1", hp.Step)})
+	}
+	k := newBnbConsts(hp)
+	b.launchN(op, "bnb_adam32", int64(ps.n), ptrArg(ps.ptr), ptrArg(gs.ptr), ptrArg(ms.ptr), ptrArg(vs.ptr), intArg(ps.n),
+		f32Arg(k.b1), f32Arg(k.b2), f32Arg(k.w1), f32Arg(k.w2), f32Arg(k.stepSize), f32Arg(k.epsC2), boolArg(k.decay), f32Arg(k.decayFactor))
+}
+
+// bnbConsts are the float32 scalars of bitsandbytes' Adam kernels,
+// computed as finetune/optim's newBnbConsts computes them.
+type bnbConsts struct {
+	b1, b2, w1, w2  float32 // beta1, beta2, 1-beta1, 1-beta2
+	stepSize, epsC2 float32 // -lr*c2/c1, c2*eps
+	decay           bool
+	decayFactor     float32 // 1 - lr*wd
+}
+
+func newBnbConsts(hp finetune.AdamParams) bnbConsts {
 	q := optimParams(hp)
 	lr, b1, b2 := float32(q.LR), float32(q.Beta1), float32(q.Beta2)
 	eps, wd := float32(q.Eps), float32(q.WeightDecay)
 	pow32 := func(x float32, n int) float32 { return float32(math.Pow(float64(x), float64(n))) }
 	c1 := 1 - pow32(b1, q.Step)
 	c2 := float32(math.Sqrt(float64(1 - pow32(b2, q.Step))))
-	stepSize := float32(-lr*c2) / c1
-	epsC2 := c2 * eps
-	decayFactor := 1 - float32(lr*wd)
-	b.launch(op, "adamw8bit", grid1(nb), 256, 0, ptrArg(ps.ptr), ptrArg(gs.ptr), ptrArg(mc.ptr), ptrArg(vc.ptr),
-		ptrArg(am.ptr), ptrArg(av.ptr), intArg(n), ptrArg(b.smap), ptrArg(b.umap), f32Arg(b1), f32Arg(b2), f32Arg(1-b1), f32Arg(1-b2),
-		f32Arg(stepSize), f32Arg(epsC2), boolArg(wd > 0), f32Arg(decayFactor))
+	return bnbConsts{b1: b1, b2: b2, w1: 1 - b1, w2: 1 - b2, stepSize: float32(-lr*c2) / c1, epsC2: c2 * eps,
+		decay: wd > 0, decayFactor: 1 - float32(lr*wd)}
+}
+
+// halfToFloat32 widens IEEE half bits to float32 (exactly).
+func halfToFloat32(h uint16) float32 {
+	sign := uint32(h>>15) << 31
+	exp := int(h>>10) & 0x1f
+	frac := uint32(h) & 0x3ff
+	switch {
+	case exp == 0x1f: // Inf, NaN
+		return math.Float32frombits(sign | 0x7f800000 | frac<<13)
+	case exp == 0: // zero or subnormal: frac * 2^-24
+		v := float32(frac) * 0x1p-24
+		if sign != 0 {
+			v = -v
+		}
+		return v
+	}
+	return math.Float32frombits(sign | uint32(exp-15+127)<<23 | frac<<13)
 }

@@ -97,6 +97,7 @@ const (
 
 	dataR32F  = 0  // CUDA_R_32F
 	dataR16BF = 14 // CUDA_R_16BF
+	dataR16F  = 2  // CUDA_R_16F
 
 	blasCompute32F  = 68 // CUBLAS_COMPUTE_32F
 	blasGemmDefault = -1 // CUBLAS_GEMM_DEFAULT
@@ -179,7 +180,7 @@ type gemmArgs struct {
 	alpha, beta    float32
 	A, B, C        uintptr
 	lda, ldb, ldc  int
-	abType         int // dataR32F or dataR16BF for A and B; C is always float32
+	abType         int // dataR32F, dataR16BF or dataR16F for A and B; C is always float32
 }
 
 // run issues the GEMM. cuBLAS is column-major: a row-major C = A.B is the
@@ -203,11 +204,17 @@ func (b *cublas) run(g gemmArgs) error {
 			C.uintptr_t(g.B), C.int(g.abType), C.int(g.ldb), C.uintptr_t(g.A), C.int(g.abType), C.int(g.lda), C.float(g.beta),
 			C.uintptr_t(g.C), dataR32F, C.int(g.ldc), blasCompute32F, blasGemmDefault)
 	}
+	if st == blasStatusAllocFailed {
+		return fmt.Errorf("cuBLAS GEMM %dx%dx%d (types %d): CUBLAS_STATUS_ALLOC_FAILED: %w", g.M, g.N, g.K, g.abType, ErrOutOfMemory)
+	}
 	if st != 0 {
 		return fmt.Errorf("cuBLAS GEMM %dx%dx%d (types %d): status %d%s", g.M, g.N, g.K, g.abType, int(st), blasStatusHint(int(st)))
 	}
 	return nil
 }
+
+// blasStatusAllocFailed is CUBLAS_STATUS_ALLOC_FAILED.
+const blasStatusAllocFailed = 3
 
 func blasStatusHint(st int) string {
 	switch st {

@@ -36,8 +36,11 @@ import (
 )
 
 // ErrOutOfMemory is wrapped by the error of any allocation the GPU could
-// not satisfy.
-var ErrOutOfMemory = errors.New("out of GPU memory")
+// not satisfy (and of a kernel launch or cuBLAS call that ran out of
+// memory). It wraps finetune.ErrOutOfMemory, so the trainer recognises a
+// GPU out-of-memory: auto_find_batch_size halves the micro-batch, and the
+// plugin reports its out_of_memory failure.
+var ErrOutOfMemory = fmt.Errorf("out of GPU memory: %w", finetune.ErrOutOfMemory)
 
 // Error is a failed CUDA operation.
 type Error struct {
@@ -64,11 +67,13 @@ func Recover(errp *error) {
 type Options struct {
 	// Device is the GPU ordinal (0 = the first).
 	Device int
-	// ComputeDType is F32 (default) or BF16. With BF16 the frozen base
-	// weights are stored (dense) or dequantized (NF4) in bfloat16 and the
-	// base and lm_head matrix products take bfloat16 inputs with float32
-	// accumulation and output; activations, LoRA, gradients and optimizer
-	// state stay float32.
+	// ComputeDType is F32 (default), BF16 or F16. With BF16 (F16) the
+	// frozen base weights are stored (dense) or dequantized (NF4) in
+	// bfloat16 (float16) and the base and lm_head matrix products take
+	// bfloat16 (float16) inputs with float32 accumulation and output;
+	// activations, LoRA, gradients and optimizer state stay float32. Under
+	// F16 an activation beyond float16's range (65504) becomes infinite in
+	// the product's input, as in bitsandbytes with float16 compute.
 	ComputeDType finetune.DType
 	// ReferenceKernels turns off the fused fast paths (LoRA products with
 	// their dropout, attention over rows of at most 64 tokens) and runs the
@@ -94,6 +99,7 @@ const minCompute = 80
 type Backend struct {
 	opts   Options
 	dtype  finetune.DType
+	half   halfKind // the 16-bit type of dtype, or halfNone
 	dev    cu.Device
 	ctx    cu.CUContext
 	stream cu.Stream
@@ -120,7 +126,11 @@ type Backend struct {
 	closed     bool
 }
 
-var _ finetune.Backend = (*Backend)(nil)
+var (
+	_ finetune.Backend     = (*Backend)(nil)
+	_ finetune.ModelLoader = (*Backend)(nil)
+	_ finetune.GradClipper = (*Backend)(nil)
+)
 
 // DeviceInfo describes the GPU a Backend runs on.
 type DeviceInfo struct {
@@ -146,9 +156,9 @@ func (d DeviceInfo) Detail() string {
 // cuBLAS missing.
 func New(opts Options) (b *Backend, err error) {
 	switch opts.ComputeDType {
-	case finetune.F32, finetune.BF16:
+	case finetune.F32, finetune.BF16, finetune.F16:
 	default:
-		return nil, fmt.Errorf("cuda backend: compute dtype %v is not supported yet; use float32 or bfloat16", opts.ComputeDType)
+		return nil, fmt.Errorf("cuda backend: compute dtype %v is not supported; use float32, bfloat16 or float16", opts.ComputeDType)
 	}
 	if v := cu.Version(); v < minDriver {
 		return nil, fmt.Errorf("cuda backend: the NVIDIA driver supports CUDA %d.%d; ollama-tune needs a driver for CUDA 11.8 or newer (update the driver, or use device: cpu)", v/1000, v%1000/10)
@@ -166,7 +176,7 @@ func New(opts Options) (b *Backend, err error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	b = &Backend{opts: opts, dtype: opts.ComputeDType, fns: map[string]cu.Function{}}
+	b = &Backend{opts: opts, dtype: opts.ComputeDType, half: halfOf(opts.ComputeDType), fns: map[string]cu.Function{}}
 	b.fastLoRA, b.fastAttn = fastPaths(opts)
 	switch {
 	case opts.DequantCache == 0:
@@ -306,11 +316,20 @@ func (b *Backend) enter(op string) func() {
 	return runtime.UnlockOSThread
 }
 
-// check panics with a *Error for a failed driver or cuBLAS call.
+// check panics with a *Error for a failed driver or cuBLAS call; an
+// out-of-memory result wraps ErrOutOfMemory.
 func check(op string, err error) {
 	if err != nil {
-		panic(&Error{Op: op, Err: err})
+		panic(&Error{Op: op, Err: oom(err)})
 	}
+}
+
+// oom wraps ErrOutOfMemory into a driver error that is CUDA_ERROR_OUT_OF_MEMORY.
+func oom(err error) error {
+	if errors.Is(err, cu.OutOfMemory) && !errors.Is(err, ErrOutOfMemory) {
+		return fmt.Errorf("%w (%w)", err, ErrOutOfMemory)
+	}
+	return err
 }
 
 // Sync waits for the queued work and reports an asynchronous failure.

@@ -104,7 +104,7 @@ func (b *Backend) launch(op, name string, grid [3]int, threads, smem int, args .
 		e0 = b.prof.mark(b.stream)
 	}
 	if err := f.Launch(grid[0], grid[1], grid[2], threads, 1, 1, smem, b.stream, params); err != nil {
-		panic(&Error{Op: op, Err: fmt.Errorf("launch %s grid %v x %d threads: %w", name, grid, threads, err)})
+		panic(&Error{Op: op, Err: oom(fmt.Errorf("launch %s grid %v x %d threads: %w", name, grid, threads, err))})
 	}
 	if b.prof != nil {
 		b.prof.spans = append(b.prof.spans, profSpan{name: name, start: e0, end: b.prof.mark(b.stream)})

@@ -72,7 +72,7 @@ func TestLoadModelUploadsRawBytes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, g := range []*Backend{gpu, gpuB16} {
+		for _, g := range []*Backend{gpu, gpuB16, gpuF16} {
 			for _, quant := range []bool{true, false} {
 				t.Run(fmt.Sprintf("%v compute %v nf4 %v", dt, g.ComputeDType(), quant), func(t *testing.T) {
 					opts := finetune.ModelOptions{Quantize: quant, DoubleQuant: true, LoRA: lc}

@@ -28,14 +28,33 @@ import (
 const (
 	tolF32  = 1e-5
 	tolBF16 = 1e-2
+	tolF16  = 1e-2
 )
 
 var (
 	gpu    *Backend // float32 compute
 	gpuB16 *Backend // bfloat16 compute
+	gpuF16 *Backend // float16 compute
 	cpu    = finetune.NewCPUBackend(finetune.CPUOptions{})
 	cpuB16 = finetune.NewCPUBackend(finetune.CPUOptions{ComputeDType: finetune.BF16})
+	cpuF16 = finetune.NewCPUBackend(finetune.CPUOptions{ComputeDType: finetune.F16})
 )
+
+// dtypeCase is one compute dtype: the GPU backend, its CPU reference (which
+// emulates the 16-bit weights) and the per-op tolerance.
+type dtypeCase struct {
+	name string
+	g    *Backend
+	c    finetune.Backend
+	tol  float64
+}
+
+func dtypeCases() []dtypeCase {
+	return []dtypeCase{{"f32", gpu, cpu, tolF32}, {"bf16", gpuB16, cpuB16, tolBF16}, {"f16", gpuF16, cpuF16, tolF16}}
+}
+
+// caseOf is the dtypeCase of a 16-bit type (halfNone: float32).
+func caseOf(h halfKind) dtypeCase { return dtypeCases()[h] }
 
 func TestMain(m *testing.M) {
 	var err error
@@ -47,9 +66,14 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "cuda tests:", err)
 		os.Exit(1)
 	}
+	if gpuF16, err = New(Options{ComputeDType: finetune.F16}); err != nil {
+		fmt.Fprintln(os.Stderr, "cuda tests:", err)
+		os.Exit(1)
+	}
 	info := gpu.Info()
 	fmt.Printf("cuda tests on %s (%s, %s, cuBLAS %d from %s)\n", info.Name, fmtBytes(info.TotalMemory), info.Detail(), info.CublasVersion, info.CublasLibrary)
 	code := m.Run()
+	gpuF16.Close()
 	gpuB16.Close()
 	gpu.Close()
 	os.Exit(code)
@@ -189,8 +213,8 @@ func TestOutOfMemoryIsAnError(t *testing.T) {
 	if err == nil {
 		t.Fatal("allocating more than the GPU's memory succeeded")
 	}
-	if !errors.Is(err, ErrOutOfMemory) {
-		t.Fatalf("error %v does not wrap ErrOutOfMemory", err)
+	if !errors.Is(err, ErrOutOfMemory) || !errors.Is(err, finetune.ErrOutOfMemory) {
+		t.Fatalf("error %v does not wrap ErrOutOfMemory and finetune.ErrOutOfMemory", err)
 	}
 	t.Logf("as expected: %v", err)
 	// The backend still works afterwards.
@@ -272,8 +296,16 @@ func TestNF4QuantizeIsBitIdentical(t *testing.T) {
 			}
 			cb, _ := cpuB16.NF4Weight(data, out, in, dq)
 			checkBits(t, name+" dequantized bf16", gpuB16.DequantizeWeight(wb), cpuB16.DequantizeWeight(cb))
+			// f16 compute: rounded to IEEE half.
+			wh, err := gpuF16.NF4Weight(data, out, in, dq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ch, _ := cpuF16.NF4Weight(data, out, in, dq)
+			checkBits(t, name+" dequantized f16", gpuF16.DequantizeWeight(wh), cpuF16.DequantizeWeight(ch))
 			gpu.FreeWeight(w)
 			gpuB16.FreeWeight(wb)
+			gpuF16.FreeWeight(wh)
 		}
 	}
 	if _, err := gpu.NF4Weight([]float32{1, float32(math.Inf(1))}, 1, 2, true); err == nil {
@@ -297,6 +329,18 @@ func TestDenseWeight(t *testing.T) {
 	}
 	cb, _ := cpuB16.DenseWeight(data, 33, 17)
 	checkBits(t, "dense bf16", gpuB16.DequantizeWeight(wb), cpuB16.DequantizeWeight(cb))
+	// float16: subnormals, overflow to infinity and ties included.
+	hdata := append(append([]float32(nil), data...), 1e-6, -3e-7, 70000, -65520, 65519, 2049, 2051)
+	wh, err := gpuF16.DenseWeight(hdata, 1, len(hdata))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, _ := cpuF16.DenseWeight(hdata, 1, len(hdata))
+	checkBits(t, "dense f16", gpuF16.DequantizeWeight(wh), cpuF16.DequantizeWeight(ch))
+	if wh.Bytes() != int64(2*len(hdata)) {
+		t.Errorf("f16 Bytes %d", wh.Bytes())
+	}
+	gpuF16.FreeWeight(wh)
 	if w.Bytes() != 33*17*4 || wb.Bytes() != 33*17*2 || w.Out() != 33 || w.In() != 17 {
 		t.Errorf("Bytes %d / %d, shape [%d, %d]", w.Bytes(), wb.Bytes(), w.Out(), w.In())
 	}
@@ -334,17 +378,14 @@ func TestEmbedding(t *testing.T) {
 	table := randn(V*C, 4, 1)
 	ids := []int32{0, 28, 5, 5, 17, 1, 2, 28, 0, 13, 9}
 	for _, quant := range []bool{false, true} {
-		for _, bf := range []bool{false, true} {
-			g, c, tol := gpu, finetune.Backend(cpu), tolF32
-			if bf {
-				g, c = gpuB16, cpuB16
-			}
+		for _, dc := range dtypeCases() {
+			g, c := dc.g, dc.c
 			gw, cw := weights(t, g, c, table, V, C, quant)
 			id := bothInt(g, c, ids)
 			out := both(g, c, nanSlice(T*C), T, C)
 			g.EmbeddingForward(out.g, id.g, gw)
 			c.EmbeddingForward(out.c, id.c, cw)
-			compare(t, g, c, fmt.Sprintf("embedding nf4 %v bf16 %v", quant, bf), out, tol)
+			compare(t, g, c, fmt.Sprintf("embedding nf4 %v %s", quant, dc.name), out, tolF32)
 		}
 	}
 }
@@ -489,7 +530,7 @@ func TestSwiGLUAddScale(t *testing.T) {
 
 func TestLinear(t *testing.T) {
 	for _, fast := range []bool{true, false} {
-		gpu.fastLoRA, gpuB16.fastLoRA = fast, fast
+		gpu.fastLoRA, gpuB16.fastLoRA, gpuF16.fastLoRA = fast, fast, fast
 		t.Run(fmt.Sprintf("fused %v", fast), func(t *testing.T) {
 			// T spans several of the fused backward's token chunks and a
 			// partial one; r = 12 takes the rank-16 kernels, r = 20 is above
@@ -499,29 +540,31 @@ func TestLinear(t *testing.T) {
 			}
 		})
 	}
-	gpu.fastLoRA, gpuB16.fastLoRA = true, true
+	gpu.fastLoRA, gpuB16.fastLoRA, gpuF16.fastLoRA = true, true, true
 }
 
 func testLinear(t *testing.T, T, in, out, r int) {
 	wdata := randn(out*in, 30, 0.2)
 	for _, c := range []struct {
-		quant, lora, bf16 bool
-		dropout           float32
-		nilDx             bool
+		quant, lora bool
+		half        halfKind
+		dropout     float32
+		nilDx       bool
 	}{
-		{false, false, false, 0, false},
-		{true, false, false, 0, false},
-		{true, true, false, 0, false},
-		{true, true, false, 0.1, false},
-		{false, true, false, 0.25, true},
-		{true, true, true, 0.1, false},
-		{false, true, true, 0, false},
+		{false, false, halfNone, 0, false},
+		{true, false, halfNone, 0, false},
+		{true, true, halfNone, 0, false},
+		{true, true, halfNone, 0.1, false},
+		{false, true, halfNone, 0.25, true},
+		{true, true, halfBF16, 0.1, false},
+		{false, true, halfBF16, 0, false},
+		{true, true, halfF16, 0.1, false},
+		{false, true, halfF16, 0, false},
+		{true, false, halfF16, 0, true},
 	} {
-		name := fmt.Sprintf("[%d,%d]x%d r%d nf4 %v lora %v bf16 %v dropout %v nil dx %v", out, in, T, r, c.quant, c.lora, c.bf16, c.dropout, c.nilDx)
-		g, cb, tol := gpu, finetune.Backend(cpu), tolF32
-		if c.bf16 {
-			g, cb, tol = gpuB16, cpuB16, tolBF16
-		}
+		dc := caseOf(c.half)
+		name := fmt.Sprintf("[%d,%d]x%d r%d nf4 %v lora %v %s dropout %v nil dx %v", out, in, T, r, c.quant, c.lora, dc.name, c.dropout, c.nilDx)
+		g, cb, tol := dc.g, dc.c, dc.tol
 		gw, cw := weights(t, g, cb, wdata, out, in, c.quant)
 		gl := &finetune.Linear{Name: "test", W: gw}
 		cl := &finetune.Linear{Name: "test", W: cw}
@@ -572,17 +615,15 @@ func TestLogitsAndCrossEntropy(t *testing.T) {
 			targets[k] = finetune.IgnoreIndex
 		}
 	}
-	for _, bf := range []bool{false, true} {
-		g, cb, tol := gpu, finetune.Backend(cpu), tolF32
-		if bf {
-			g, cb, tol = gpuB16, cpuB16, tolBF16
-		}
+	for _, dc := range dtypeCases() {
+		g, cb, tol := dc.g, dc.c, dc.tol
+		bf := dc.g != gpu // a 16-bit compute type
 		gw, cw := weights(t, g, cb, head, V, C, false)
 		xs := both(g, cb, x, T, C)
 		lg := both(g, cb, nanSlice(T*V), T, V)
 		g.Logits(lg.g, xs.g, gw)
 		cb.Logits(lg.c, xs.c, cw)
-		compare(t, g, cb, fmt.Sprintf("logits bf16 %v", bf), lg, tol)
+		compare(t, g, cb, "logits "+dc.name, lg, tol)
 
 		// Make some targets the argmax so "correct" counts something.
 		cl := cb.Download(lg.c)
@@ -601,12 +642,12 @@ func TestLogitsAndCrossEntropy(t *testing.T) {
 		gl, gc := g.CrossEntropy(dx.g, xs.g, gw, tgt.g, 0.125)
 		cl2, cc := cb.CrossEntropy(dx.c, xs.c, cw, tgt.c, 0.125)
 		if e := math.Abs(gl-cl2) / math.Abs(cl2); !(e <= tol) {
-			t.Errorf("bf16 %v: loss sum %v, cpu %v (rel %.2g)", bf, gl, cl2, e)
+			t.Errorf("%s: loss sum %v, cpu %v (rel %.2g)", dc.name, gl, cl2, e)
 		}
 		if !bf && gc != cc {
 			t.Errorf("correct %d, cpu %d", gc, cc)
 		}
-		compare(t, g, cb, fmt.Sprintf("cross-entropy dx bf16 %v", bf), dx, tol)
+		compare(t, g, cb, "cross-entropy dx "+dc.name, dx, tol)
 		nl, nc := g.CrossEntropy(nil, xs.g, gw, tgt.g, 0)
 		if nl != gl || nc != gc {
 			t.Errorf("without dx: loss %v correct %d, with dx %v %d", nl, nc, gl, gc)
@@ -637,6 +678,32 @@ func TestAdamW(t *testing.T) {
 	checkBits(t, "adamw p", gpu.Download(p.g), cpu.Download(p.c))
 	checkBits(t, "adamw m", gpu.Download(m.g), cpu.Download(m.c))
 	checkBits(t, "adamw v", gpu.Download(v.g), cpu.Download(v.c))
+}
+
+// TestBnbAdamW32: bitsandbytes' 32-bit Adam, which the 8-bit optimizers
+// use for parameters under 4096 values, bit for bit the CPU's, with and
+// without weight decay.
+func TestBnbAdamW32(t *testing.T) {
+	n := 4095
+	p := both(gpu, cpu, randn(n, 51, 1), n)
+	m := both(gpu, cpu, make([]float32, n), n)
+	v := both(gpu, cpu, make([]float32, n), n)
+	for step := 1; step <= 4; step++ {
+		g := both(gpu, cpu, randn(n, uint64(90+step), 0.1), n)
+		for _, hp := range []finetune.AdamParams{
+			{LR: 3e-4, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01, Step: step},
+			{LR: 2e-3, Beta1: 0.8, Beta2: 0.95, Eps: 1e-6, WeightDecay: 0, Step: step},
+		} {
+			gpu.BnbAdamW32(p.g, g.g, m.g, v.g, hp)
+			cpu.BnbAdamW32(p.c, g.c, m.c, v.c, hp)
+		}
+	}
+	checkBits(t, "bnb adam32 p", gpu.Download(p.g), cpu.Download(p.c))
+	checkBits(t, "bnb adam32 m", gpu.Download(m.g), cpu.Download(m.c))
+	checkBits(t, "bnb adam32 v", gpu.Download(v.g), cpu.Download(v.c))
+	if relErr(cpu.Download(p.c), randn(n, 51, 1)) == 0 {
+		t.Error("the parameters did not move")
+	}
 }
 
 func TestAdamW8bit(t *testing.T) {

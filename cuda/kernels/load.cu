@@ -31,3 +31,9 @@ extern "C" __global__ void f16_to_f32_kernel(float* out, const __half* in, i64 n
 extern "C" __global__ void f16_to_bf16_kernel(bf16_t* out, const __half* in, i64 n) {
     FOR_N(i, n) out[i] = f32_to_bf16(__half2float(in[i]));
 }
+
+// bf16_to_f16_kernel: a bfloat16 checkpoint under float16 compute (through
+// float32, exactly, then rounded to half as finetune.RoundF16 does).
+extern "C" __global__ void bf16_to_f16_kernel(__half* out, const bf16_t* in, i64 n) {
+    FOR_N(i, n) out[i] = __float2half_rn(bf16_to_f32(in[i]));
+}

@@ -246,8 +246,62 @@ extern "C" __global__ void bf16_to_f32_kernel(float* out, const bf16_t* in, i64 
     FOR_N(i, n) out[i] = bf16_to_f32(in[i]);
 }
 
+// float16 compute (bnb_4bit_compute_dtype: float16): the same kernels with
+// IEEE half rounding (round to nearest even, subnormals kept, overflow to
+// infinity: finetune.RoundF16).
+
+// f16_pair packs two values rounded to float16, the first in the low half.
+__device__ __forceinline__ unsigned int f16_pair(float a, float b) {
+    return (unsigned int)__half_as_ushort(__float2half_rn(a)) | ((unsigned int)__half_as_ushort(__float2half_rn(b)) << 16);
+}
+
+extern "C" __global__ void nf4_dequant_f16(__half* out, i64 n, const unsigned char* codes, const float* absmax,
+                                           const unsigned char* acodes, const float* ascales, const float* smap,
+                                           double offset_d) {
+    __shared__ float cb[16];
+    if (threadIdx.x < 16) cb[threadIdx.x] = NF4_CODE[threadIdx.x];
+    __syncthreads();
+    float offset = (float)offset_d;
+    i64 groups = n >> 3;
+    i64 stride = (i64)gridDim.x * blockDim.x;
+    for (i64 g = blockIdx.x * (i64)blockDim.x + threadIdx.x; g < groups; g += stride) {
+        unsigned int x = reinterpret_cast<const unsigned int*>(codes)[g];
+        float a = nf4_absmax(g >> 3, absmax, acodes, ascales, smap, offset);
+        uint4 v;
+        v.x = f16_pair(__fmul_rn(cb[(x >> 4) & 15u], a), __fmul_rn(cb[x & 15u], a));
+        v.y = f16_pair(__fmul_rn(cb[(x >> 12) & 15u], a), __fmul_rn(cb[(x >> 8) & 15u], a));
+        v.z = f16_pair(__fmul_rn(cb[(x >> 20) & 15u], a), __fmul_rn(cb[(x >> 16) & 15u], a));
+        v.w = f16_pair(__fmul_rn(cb[(x >> 28) & 15u], a), __fmul_rn(cb[(x >> 24) & 15u], a));
+        reinterpret_cast<uint4*>(out)[g] = v;
+    }
+    for (i64 i = (groups << 3) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) {
+        unsigned char c = codes[i >> 1];
+        if ((i & 1) == 0) c >>= 4;
+        out[i] = __float2half_rn(__fmul_rn(cb[c & 15], nf4_absmax(i >> 6, absmax, acodes, ascales, smap, offset)));
+    }
+}
+
+extern "C" __global__ void f32_to_f16_kernel(__half* out, const float* in, i64 n) {
+    FOR_N(i, n) out[i] = __float2half_rn(in[i]);
+}
+
+// f32_to_f16_v4: four values a thread, as f32_to_bf16_v4.
+extern "C" __global__ void f32_to_f16_v4(__half* out, const float* in, i64 n) {
+    i64 groups = n >> 2;
+    i64 stride = (i64)gridDim.x * blockDim.x;
+    for (i64 g = blockIdx.x * (i64)blockDim.x + threadIdx.x; g < groups; g += stride) {
+        float4 v = reinterpret_cast<const float4*>(in)[g];
+        uint2 o;
+        o.x = f16_pair(v.x, v.y);
+        o.y = f16_pair(v.z, v.w);
+        reinterpret_cast<uint2*>(out)[g] = o;
+    }
+    for (i64 i = (groups << 2) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) out[i] = __float2half_rn(in[i]);
+}
+
 // Embedding lookups: out [T,C] = table[ids[t], :], from a dense float32,
-// a dense bfloat16 or an NF4 table. An id outside [0, V) gives NaN (the
+// bfloat16 or float16 table, or an NF4 one (its values rounded to the
+// compute type: round_to 0 float32, 1 bfloat16, 2 float16). An id outside [0, V) gives NaN (the
 // model validates ids before they get here).
 extern "C" __global__ void embedding_f32(float* out, const int* ids, const float* table, i64 T, i64 C, i64 V) {
     FOR_N(k, T * C) {
@@ -265,16 +319,25 @@ extern "C" __global__ void embedding_bf16(float* out, const int* ids, const bf16
     }
 }
 
+extern "C" __global__ void embedding_f16(float* out, const int* ids, const __half* table, i64 T, i64 C, i64 V) {
+    FOR_N(k, T * C) {
+        i64 t = k / C, c = k % C;
+        int id = ids[t];
+        out[k] = (id >= 0 && id < V) ? __half2float(table[(i64)id * C + c]) : __int_as_float(0x7fc00000);
+    }
+}
+
 extern "C" __global__ void embedding_nf4(float* out, const int* ids, i64 T, i64 C, i64 V, const unsigned char* codes,
                                          const float* absmax, const unsigned char* acodes, const float* ascales,
-                                         const float* smap, double offset, i64 round_bf16) {
+                                         const float* smap, double offset, i64 round_to) {
     FOR_N(k, T * C) {
         i64 t = k / C, c = k % C;
         int id = ids[t];
         float v = __int_as_float(0x7fc00000);
         if (id >= 0 && id < V) {
             v = nf4_value((i64)id * C + c, codes, absmax, acodes, ascales, smap, (float)offset);
-            if (round_bf16) v = bf16_to_f32(f32_to_bf16(v));
+            if (round_to == 1) v = bf16_to_f32(f32_to_bf16(v));
+            if (round_to == 2) v = __half2float(__float2half_rn(v));
         }
         out[k] = v;
     }

@@ -141,3 +141,26 @@ extern "C" __global__ void scale_multi(const u64* ptrs, const i64* ns, const flo
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
         x[i] = __fmul_rn(x[i], c);
 }
+
+// bnb_adam32: bitsandbytes' 32-bit Adam (kOptimizer32bit2State, ADAM),
+// which its 8-bit optimizers apply to parameters under 4096 values
+// (finetune/optim.BnbAdam32); p, g, m, v [n], weight decay after the
+// update:
+//   m = m*b1 + w1*g, v = v*b2 + w2*(g*g),
+//   p = p + step_size * (m / (sqrt(v) + eps_c2)), p = p * decay_factor.
+extern "C" __global__ void bnb_adam32(float* p, const float* g, float* m, float* v, i64 n, double b1_d, double b2_d,
+                                      double w1_d, double w2_d, double step_size_d, double eps_c2_d, i64 decay,
+                                      double decay_factor_d) {
+    float b1 = (float)b1_d, b2 = (float)b2_d, w1 = (float)w1_d, w2 = (float)w2_d;
+    float step_size = (float)step_size_d, eps_c2 = (float)eps_c2_d, decay_factor = (float)decay_factor_d;
+    FOR_N(i, n) {
+        float gi = g[i];
+        float mi = __fadd_rn(__fmul_rn(m[i], b1), __fmul_rn(w1, gi));
+        float vi = __fadd_rn(__fmul_rn(v[i], b2), __fmul_rn(w2, __fmul_rn(gi, gi)));
+        float pi = __fadd_rn(p[i], __fmul_rn(step_size, __fdiv_rn(mi, __fadd_rn(__fsqrt_rn(vi), eps_c2))));
+        if (decay) pi = __fmul_rn(pi, decay_factor);
+        p[i] = pi;
+        m[i] = mi;
+        v[i] = vi;
+    }
+}

@@ -19,6 +19,10 @@ import (
 type SFTRunner struct {
 	NewBackend finetune.BackendFactory
 	Device     string // the device name the Started event carries
+	// IsDeviceError, when set, says which errors are the device's (a
+	// failed CUDA op): they fail the run with CodeDevice rather than
+	// CodeInternal. Out of memory is always CodeOutOfMemory.
+	IsDeviceError func(error) bool
 }
 
 // DecodeConfig reads the job configuration the host sends (TrainConfig as
@@ -75,6 +79,9 @@ func (r SFTRunner) Run(ctx context.Context, req plugin.TrainRequest, emit func(p
 		}
 	})
 	if err != nil {
+		if r.IsDeviceError != nil && r.IsDeviceError(err) && !errors.Is(err, finetune.ErrOutOfMemory) {
+			return plugin.Errorf(plugin.CodeDevice, "%v", err)
+		}
 		return TrainError(err, started)
 	}
 	emit(plugin.Finished{AdapterDir: res.OutputDir, FinalLoss: res.FinalLoss, Steps: int64(res.Steps)})

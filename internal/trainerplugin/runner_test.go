@@ -2,12 +2,17 @@ package trainerplugin
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/ollama-tune/ollama-tune/finetune"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil/tinymodel"
 	"github.com/ollama-tune/ollama-tune/plugin"
 )
 
@@ -49,6 +54,50 @@ func TestTrainError(t *testing.T) {
 		var te *plugin.TrainError
 		if c.want != plugin.CodeCancelled && !errors.As(got, &te) {
 			t.Errorf("%v: %T is not a *plugin.TrainError", c.err, got)
+		}
+	}
+}
+
+// errDevice stands for a failed CUDA op.
+var errDevice = errors.New("device lost (simulated)")
+
+// TestSFTRunnerErrorCodes runs the runner on a tiny model with backend
+// factories that fail: the compute dtype reaches the factory, a device
+// failure is CodeDevice, an out-of-memory (the GPU's sentinel) is
+// CodeOutOfMemory, and a *plugin.TrainError keeps its code.
+func TestSFTRunnerErrorCodes(t *testing.T) {
+	cfg := finetune.Phi3Mini4k()
+	cfg.HiddenSize, cfg.IntermediateSize, cfg.NumLayers, cfg.NumHeads, cfg.NumKVHeads = 32, 64, 1, 4, 4
+	cfg.SlidingWindow = 0
+	tc := finetune.DefaultTrainConfig()
+	tc.Model = tinymodel.Dir(t, cfg, 3, finetune.F32)
+	tc.Dataset.Path = testutil.YodaCSV(t, 4)
+	tc.Training.MaxSteps, tc.Training.NumTrainEpochs = 1, 0
+	tc.Quantization.Bnb4bitComputeDType = "float16"
+	raw, err := json.Marshal(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	isDevice := func(err error) bool { return errors.Is(err, errDevice) }
+	for _, c := range []struct {
+		fail error
+		want plugin.ErrorCode
+	}{
+		{fmt.Errorf("cuda: New: %w", errDevice), plugin.CodeDevice},
+		{fmt.Errorf("cuda: Alloc: %w", gpuOOM), plugin.CodeOutOfMemory},
+		{plugin.Errorf(plugin.CodeUnimplemented, "not here"), plugin.CodeUnimplemented},
+	} {
+		var got finetune.DType = -1
+		r := SFTRunner{IsDeviceError: isDevice, NewBackend: func(d finetune.DType) (finetune.Backend, error) {
+			got = d
+			return nil, c.fail
+		}}
+		err := r.Run(context.Background(), plugin.TrainRequest{Config: raw, OutputDir: filepath.Join(t.TempDir(), "out")}, func(plugin.Event) {})
+		if code := plugin.CodeOf(err); code != c.want || !strings.Contains(err.Error(), strings.TrimPrefix(c.fail.Error(), "unimplemented: ")) {
+			t.Errorf("factory error %v: run fails with %v (code %s), want %s", c.fail, err, code, c.want)
+		}
+		if got != finetune.F16 {
+			t.Errorf("the factory got compute dtype %v, want float16", got)
 		}
 	}
 }

@@ -75,6 +75,18 @@ func (g *Generator) Generate(_ context.Context, req plugin.GenerateRequest) (plu
 	return resp, nil
 }
 
+// Release frees the model the generator keeps (a trainer plugin calls it
+// before training, so the model does not hold device memory the run
+// needs); the next Generate loads it again.
+func (g *Generator) Release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.model != nil {
+		g.model.Free()
+	}
+	g.model, g.tok, g.dir, g.adapter = nil, nil, "", ""
+}
+
 // load makes the model of dir with the adapter of adapterDir the current
 // one, unless it already is; the model it replaces is freed.
 func (g *Generator) load(dir, adapterDir string) error {

@@ -67,6 +67,14 @@ func TestGenerator(t *testing.T) {
 	if calls != 1 {
 		t.Errorf("Load called %d times for one model, want 1", calls)
 	}
+	// Release frees the kept model; the next Generate loads it again.
+	g.Release()
+	if g.model != nil {
+		t.Error("Release kept the model")
+	}
+	if again, err := g.Generate(ctx, plugin.GenerateRequest{ModelDir: dir, PromptIDs: prompt, MaxNewTokens: 5}); err != nil || !slices.Equal(again.IDs, want) || calls != 2 {
+		t.Errorf("after Release: %v, %v after %d loads; want %v after 2", again.IDs, err, calls, want)
+	}
 
 	// Errors: each has the plugin code the host acts on.
 	if _, err := g.Generate(ctx, plugin.GenerateRequest{PromptIDs: prompt}); plugin.CodeOf(err) != plugin.CodeInvalidConfig {
@@ -91,7 +99,7 @@ func TestGenerator(t *testing.T) {
 	if plugin.CodeOf(err) != plugin.CodeInvalidConfig || !strings.Contains(err.Error(), "has no tokenizer") {
 		t.Errorf("a text prompt without a tokenizer: %v", err)
 	}
-	if calls != 3 {
-		t.Errorf("Load called %d times for three loads, want 3", calls)
+	if calls != 4 {
+		t.Errorf("Load called %d times for four loads, want 4", calls)
 	}
 }

@@ -3,14 +3,17 @@
 // Command ollama-tune-cuda-worker is the half of the CUDA trainer plugin
 // that links the NVIDIA driver (through gorgonia.org/cu, package cuda).
 // ollama-tune-trainer-cuda execs it once its driver probe has found a
-// usable GPU; it serves the plugin contract like the CPU plugin does, on
-// package cuda's backend. Build it with
+// usable GPU; it serves the plugin contract like the CPU plugin does
+// (trainerplugin.SFTRunner and Generator), on package cuda's backend on
+// GPU 0. Build it with
 //
 //	go build -tags cuda -o bin/ollama-tune-cuda-worker ./cmd/ollama-tune-trainer-cuda/worker
 package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 
 	"github.com/ollama-tune/ollama-tune/cuda"
 	"github.com/ollama-tune/ollama-tune/finetune"
@@ -21,17 +24,13 @@ import (
 // version is set at link time (-ldflags "-X main.version=v0.1.0").
 var version = "dev"
 
-// runner is the training loop this plugin serves.
-//
-// TODO(issue 5): set it to finetune's SFT loop with cuda.NewFactory(0) as
-// the job's backend factory, as the CPU plugin does with its backend. Until
-// then Train answers every request with Failed{unimplemented}.
-var runner plugin.Runner
+// device is the GPU this plugin trains and generates on.
+const device = 0
 
 func main() {
 	w := &worker{}
 	w.gen.Load = w.load
-	trainerplugin.Serve(capabilities, runner, w.generate)
+	trainerplugin.Serve(capabilities, plugin.RunnerFunc(w.train), w.generate)
 }
 
 // capabilities lists the GPUs (name, memory, compute capability, driver).
@@ -42,9 +41,12 @@ func capabilities(context.Context) (plugin.Capabilities, error) {
 	}
 	caps := plugin.Capabilities{
 		Backend: "cuda",
-		// bf16: bfloat16 weights and GEMM inputs, float32 accumulation,
-		// activations and LoRA; fp16 is not implemented yet.
-		ComputeDTypes:  []plugin.DType{{Name: "fp32"}, {Name: "bf16"}},
+		// bf16, fp16: 16-bit weights and GEMM inputs (cuBLAS), float32
+		// accumulation, activations, LoRA and optimizer state.
+		ComputeDTypes: []plugin.DType{{Name: "fp32"}, {Name: "bf16"}, {Name: "fp16"}},
+		// The 8-bit optimizers are bitsandbytes' blockwise kernels (with
+		// its 32-bit Adam for parameters under 4096 values); the paged one
+		// keeps its state in GPU memory, which a LoRA's state fits.
 		Optimizers:     []string{"adamw_torch", "adamw_8bit", "paged_adamw_8bit"},
 		TrainerVersion: version,
 	}
@@ -59,11 +61,58 @@ func capabilities(context.Context) (plugin.Capabilities, error) {
 	return caps, nil
 }
 
-// worker serves Generate on GPU 0: trainerplugin.Generator, on a backend
-// made on first use.
+// worker serves Train and Generate on GPU 0: trainerplugin.SFTRunner on a
+// backend made for each job, and trainerplugin.Generator on a backend made
+// on first use.
 type worker struct {
 	b   *cuda.Backend
 	gen trainerplugin.Generator
+}
+
+// train runs a fine-tune with finetune's SFT loop on a cuda.Backend made
+// for the job's compute dtype (bnb_4bit_compute_dtype); the model is
+// loaded with cuda.Backend.LoadModel (NF4 quantized on the GPU) and the
+// gradients clipped on the device (the backend's finetune.ModelLoader and
+// finetune.GradClipper). The GPU running out of memory is the contract's
+// out_of_memory failure (and, with auto_find_batch_size, a smaller
+// micro-batch first); any other failed CUDA op is a device failure.
+func (w *worker) train(ctx context.Context, req plugin.TrainRequest, emit func(plugin.Event)) (err error) {
+	defer func() {
+		var ce *cuda.Error
+		switch {
+		case errors.Is(err, finetune.ErrOutOfMemory) && plugin.CodeOf(err) != plugin.CodeOutOfMemory:
+			err = plugin.Errorf(plugin.CodeOutOfMemory, "%v", err)
+		case errors.As(err, &ce):
+			err = plugin.Errorf(plugin.CodeDevice, "%v", err)
+		}
+	}()
+	defer cuda.Recover(&err) // a failed CUDA op outside the trainer's guard
+	// The model Generate keeps would take GPU memory from training.
+	w.gen.Release()
+	r := trainerplugin.SFTRunner{NewBackend: newBackend, Device: deviceName(), IsDeviceError: func(err error) bool {
+		var ce *cuda.Error
+		return errors.As(err, &ce)
+	}}
+	return r.Run(ctx, req, emit)
+}
+
+// newBackend opens GPU 0 for a job's compute dtype; a failure is the
+// device's (driver, GPU, cuBLAS).
+func newBackend(compute finetune.DType) (finetune.Backend, error) {
+	b, err := cuda.New(cuda.Options{Device: device, ComputeDType: compute})
+	if err != nil {
+		return nil, plugin.Errorf(plugin.CodeDevice, "%v", err)
+	}
+	return b, nil
+}
+
+// deviceName names GPU 0 for the Started event ("cuda" when it cannot be read).
+func deviceName() string {
+	infos, _, err := cuda.ListDevices()
+	if err != nil || len(infos) <= device {
+		return "cuda"
+	}
+	return fmt.Sprintf("%s (cuda:%d, %s)", infos[device].Name, device, infos[device].Detail())
 }
 
 func (w *worker) generate(ctx context.Context, req plugin.GenerateRequest) (resp plugin.GenerateResponse, err error) {
@@ -86,7 +135,7 @@ func (w *worker) generate(ctx context.Context, req plugin.GenerateRequest) (resp
 // load reads the model in dir onto the GPU (dense fp32 base).
 func (w *worker) load(dir, _ string) (*finetune.Model, error) {
 	if w.b == nil {
-		b, err := cuda.New(cuda.Options{})
+		b, err := cuda.New(cuda.Options{Device: device})
 		if err != nil {
 			return nil, plugin.Errorf(plugin.CodeDevice, "generate: %v", err)
 		}
@@ -97,5 +146,5 @@ func (w *worker) load(dir, _ string) (*finetune.Model, error) {
 		return nil, err
 	}
 	defer ck.Close()
-	return finetune.LoadModel(w.b, ck, finetune.ModelOptions{})
+	return w.b.LoadModel(ck, finetune.ModelOptions{})
 }
