@@ -352,9 +352,11 @@ func LoadGGUFModel(b Backend, base *GGUFBase, opts ModelOptions, keepGGUF bool) 
 	return m, nil
 }
 
-// LoadGGUFModelWithAdapter builds the GGUF base's model (dense) with the
-// PEFT adapter in adapterDir applied, validated against the base.
-func LoadGGUFModelWithAdapter(b Backend, base *GGUFBase, opts ModelOptions, adapterDir string) (*Model, error) {
+// LoadGGUFModelWithAdapter builds the GGUF base's model (dense, or with
+// the linears kept as blocks: the same values in a fraction of the
+// memory) with the PEFT adapter in adapterDir applied, validated against
+// the base.
+func LoadGGUFModelWithAdapter(b Backend, base *GGUFBase, opts ModelOptions, keepGGUF bool, adapterDir string) (*Model, error) {
 	a, err := peft.Read(adapterDir, PEFTBase(base.Config))
 	if err != nil {
 		return nil, err
@@ -364,7 +366,7 @@ func LoadGGUFModelWithAdapter(b Backend, base *GGUFBase, opts ModelOptions, adap
 		return nil, fmt.Errorf("adapter %s: %w", adapterDir, err)
 	}
 	opts.LoRA = lc
-	m, err := LoadGGUFModel(b, base, opts, false)
+	m, err := LoadGGUFModel(b, base, opts, keepGGUF)
 	if err != nil {
 		return nil, err
 	}

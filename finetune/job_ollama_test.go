@@ -250,6 +250,42 @@ func TestOllamaJobTrainsLikeTheFolder(t *testing.T) {
 			t.Errorf("%s written for a GGUF base", f)
 		}
 	}
+
+	// The adapter on the GGUF base, dense or kept as blocks, generates
+	// what it generates on the folder.
+	gb, err := LoadGGUFBase(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gb.Close()
+	ck, err := LoadCheckpoint(folder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ck.Close()
+	be := NewCPUBackend(CPUOptions{})
+	prompt := oj.Tokenizer.Encode("<|user|>Hello there.<|end|><|assistant|>", false)
+	gen := func(m *Model, err error) []int32 {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Free()
+		ids, err := m.Generate(prompt, GenerateOptions{MaxNewTokens: 8, StopIDs: []int32{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	want := gen(LoadModelWithAdapter(be, ck, ModelOptions{}, ores.OutputDir))
+	for _, keep := range []bool{false, true} {
+		if got := gen(LoadGGUFModelWithAdapter(be, gb, ModelOptions{}, keep, ores.OutputDir)); len(want) != 8 || !slices.Equal(got, want) {
+			t.Errorf("keep_gguf %v: generated %v, the folder model %v", keep, got, want)
+		}
+	}
+	if _, err := LoadGGUFModelWithAdapter(be, gb, ModelOptions{}, false, t.TempDir()); err == nil {
+		t.Error("an empty adapter folder loaded")
+	}
 }
 
 // quantTypes stores the linears in four GGUF types.

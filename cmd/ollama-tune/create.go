@@ -234,8 +234,10 @@ func modelfileBlob(modelfile string) string {
 }
 
 // ggufReference is the served-output check's reference for a GGUF base:
-// the base dequantized (dense float32, as CPUReference loads a checkpoint)
-// with the adapter, on the CPU backend, loaded on first use.
+// the base's weights dequantized to float32 with the adapter, on the CPU
+// backend, loaded on first use. The linears stay GGUF blocks dequantized
+// as the matmuls need them (the same values as a dense copy, without
+// holding phi3:mini in float32).
 type ggufReference struct {
 	base       *finetune.GGUFBase
 	adapterDir string
@@ -247,7 +249,7 @@ type ggufReference struct {
 
 func (r *ggufReference) Greedy(ctx context.Context, prompt []int32, maxNew int, stop []int32) ([]int32, error) {
 	r.once.Do(func() {
-		r.m, r.err = finetune.LoadGGUFModelWithAdapter(finetune.NewCPUBackend(finetune.CPUOptions{}), r.base, finetune.ModelOptions{}, r.adapterDir)
+		r.m, r.err = finetune.LoadGGUFModelWithAdapter(finetune.NewCPUBackend(finetune.CPUOptions{}), r.base, finetune.ModelOptions{}, true, r.adapterDir)
 	})
 	if r.err != nil {
 		return nil, r.err
