@@ -40,7 +40,14 @@ import (
 // memory). It wraps finetune.ErrOutOfMemory, so the trainer recognises a
 // GPU out-of-memory: auto_find_batch_size halves the micro-batch, and the
 // plugin reports its out_of_memory failure.
-var ErrOutOfMemory = fmt.Errorf("out of GPU memory: %w", finetune.ErrOutOfMemory)
+var ErrOutOfMemory error = gpuOOM{}
+
+// gpuOOM is ErrOutOfMemory: "out of GPU memory", which is (errors.Is)
+// finetune.ErrOutOfMemory too.
+type gpuOOM struct{}
+
+func (gpuOOM) Error() string        { return "out of GPU memory" }
+func (gpuOOM) Is(target error) bool { return target == finetune.ErrOutOfMemory }
 
 // Error is a failed CUDA operation.
 type Error struct {
@@ -86,6 +93,11 @@ type Options struct {
 	// a negative value turns the cache off (one shared buffer, the least
 	// memory).
 	DequantCache int
+	// MemoryLimit, when > 0, caps the bytes the backend holds (tensors,
+	// weights, scratch: what Allocated counts): an allocation beyond it
+	// fails with ErrOutOfMemory as if the GPU were full, to share a GPU or
+	// to test the out-of-memory path (auto_find_batch_size) on a large one.
+	MemoryLimit int64
 }
 
 // minDriver is the oldest driver API version that JIT-compiles our PTX
@@ -426,6 +438,10 @@ func (b *Backend) ResetPeak() { b.peak = b.live }
 // rawAlloc allocates n bytes (n > 0), mapping out-of-memory to
 // ErrOutOfMemory with the sizes that explain it.
 func (b *Backend) rawAlloc(n int64, what string) (cu.DevicePtr, error) {
+	if lim := b.opts.MemoryLimit; lim > 0 && b.live+n > lim {
+		return 0, fmt.Errorf("allocate %s for %s (this backend holds %s of its %s limit, Options.MemoryLimit): %w; use a smaller batch size or sequence length, or gradient checkpointing",
+			fmtBytes(n), what, fmtBytes(b.live), fmtBytes(lim), ErrOutOfMemory)
+	}
 	p, err := cu.MemAlloc(n)
 	if err != nil {
 		if errors.Is(err, cu.OutOfMemory) {

@@ -389,18 +389,23 @@ func TestModelMatchesCPU(t *testing.T) {
 // TestPhi3MiniSteps trains a Phi-3-mini-shaped model with random weights
 // (NF4 double-quant base, LoRA r=8 on all four linears, batch 16 x 64) for
 // 5 steps with gradient checkpointing and reports s/step and peak memory.
-// It takes minutes: set OLLAMA_TUNE_CUDA_PHI3=1 (fp32), =bf16 or =all.
+// It takes minutes: set OLLAMA_TUNE_CUDA_PHI3=1 (fp32), =bf16, =f16, =half
+// (bf16 and f16) or =all.
 func TestPhi3MiniSteps(t *testing.T) {
 	mode := os.Getenv("OLLAMA_TUNE_CUDA_PHI3")
 	if mode == "" || testing.Short() {
-		t.Skip("set OLLAMA_TUNE_CUDA_PHI3=1 (fp32), bf16 or all to train a Phi-3-mini-shaped model for 5 steps")
+		t.Skip("set OLLAMA_TUNE_CUDA_PHI3=1 (fp32), bf16, f16, half or all to train a Phi-3-mini-shaped model for 5 steps")
 	}
 	var dtypes []finetune.DType
 	switch mode {
 	case "bf16":
 		dtypes = []finetune.DType{finetune.BF16}
+	case "f16":
+		dtypes = []finetune.DType{finetune.F16}
+	case "half":
+		dtypes = []finetune.DType{finetune.BF16, finetune.F16}
 	case "all":
-		dtypes = []finetune.DType{finetune.F32, finetune.BF16}
+		dtypes = []finetune.DType{finetune.F32, finetune.BF16, finetune.F16}
 	default:
 		dtypes = []finetune.DType{finetune.F32}
 	}

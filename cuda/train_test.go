@@ -10,9 +10,13 @@ package cuda
 // data are convert/demo's (embedded, so the test needs no shared data).
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"math"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/ollama-tune/ollama-tune/convert/demo"
@@ -156,4 +160,89 @@ func TestTrainMatchesCPU(t *testing.T) {
 			t.Errorf("%s compute: losses %v %v %v, float32's first %v", compute, s[0].Loss, s[1].Loss, s[2].Loss, gpuSteps[0].Loss)
 		}
 	}
+}
+
+// limitFactory opens GPU 0 for each job with a memory limit (0: none) and
+// keeps the last backend, to read its peak.
+func limitFactory(limit int64, last **Backend) finetune.BackendFactory {
+	return func(compute finetune.DType) (finetune.Backend, error) {
+		b, err := New(Options{ComputeDType: compute, MemoryLimit: limit})
+		*last = b
+		return b, err
+	}
+}
+
+// TestAutoFindBatchSizeOnGPU: the GPU running out of memory is
+// finetune.ErrOutOfMemory to the trainer. With a memory limit
+// (Options.MemoryLimit, the same error path as a full GPU) between what
+// micro-batches of 4 and of 8 sequences need, auto_find_batch_size halves
+// the micro-batch and trains to the adapter of a 4 x 2 run, byte for byte;
+// without it the run fails with ErrOutOfMemory and says what to do.
+func TestAutoFindBatchSizeOnGPU(t *testing.T) {
+	dir := t.TempDir()
+	model, data := filepath.Join(dir, "base"), filepath.Join(dir, "data.csv")
+	if err := demo.WriteBaseModel(model); err != nil {
+		t.Fatal(err)
+	}
+	if err := demo.WriteDataset(data); err != nil {
+		t.Fatal(err)
+	}
+	job := func(name string, bs, ga int, auto bool) finetune.TrainConfig {
+		// One step: its micro-batches are the largest each run makes, so the
+		// peaks below bound what step 1 needs.
+		c := demoJob(model, data, filepath.Join(dir, name), "bfloat16", 1)
+		c.Training.PerDeviceTrainBatchSize, c.Training.GradientAccumulationSteps = bs, ga
+		c.Training.AutoFindBatchSize, c.Training.SaveSteps = auto, 0
+		c.Training.GradientCheckpointing = false // activations scale with the batch
+		return c
+	}
+	var b *Backend
+	ref, _ := trainDemo(t, job("ref", 4, 2, false), limitFactory(0, &b), "")
+	_, peak4 := b.Allocated()
+	trainDemo(t, job("big", 8, 1, false), limitFactory(0, &b), "")
+	_, peak8 := b.Allocated()
+	t.Logf("peak: %d bytes with micro-batches of 4, %d of 8", peak4, peak8)
+	if peak8 <= peak4 {
+		t.Fatalf("micro-batches of 8 (%d bytes) need no more than of 4 (%d)", peak8, peak4)
+	}
+	limit := peak4 + (peak8-peak4)/4
+
+	c := job("auto", 8, 1, true)
+	j, err := finetune.NewJob(context.Background(), c, finetune.JobOptions{NewBackend: limitFactory(limit, &b)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var warns []string
+	res, err := finetune.Train(context.Background(), j, func(e finetune.TrainEvent) {
+		if l, ok := e.(finetune.LogEvent); ok && l.Level == "warn" {
+			warns = append(warns, l.Message)
+		}
+	})
+	if err != nil {
+		t.Fatalf("auto_find_batch_size under a %d-byte limit: %v", limit, err)
+	}
+	if len(warns) != 1 || !strings.Contains(warns[0], "retrying step 1 with 4 sequences and 2 accumulation steps") {
+		t.Errorf("warnings %q", warns)
+	}
+	got, err := os.ReadFile(filepath.Join(res.OutputDir, peft.WeightsName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(filepath.Join(ref.OutputDir, peft.WeightsName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Error("auto_find_batch_size 8 -> 4 differs from a 4 x 2 run")
+	}
+
+	j, err = finetune.NewJob(context.Background(), job("fail", 8, 1, false), finetune.JobOptions{NewBackend: limitFactory(limit, &b)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = finetune.Train(context.Background(), j, nil)
+	if !errors.Is(err, finetune.ErrOutOfMemory) || !errors.Is(err, ErrOutOfMemory) || !strings.Contains(err.Error(), "auto_find_batch_size") {
+		t.Errorf("without auto_find_batch_size: %v", err)
+	}
+	t.Logf("as expected: %v", err)
 }

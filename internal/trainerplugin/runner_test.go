@@ -30,7 +30,7 @@ func TestDecodeConfig(t *testing.T) {
 }
 
 // gpuOOM is how the CUDA backend reports an allocation it could not make:
-// its own sentinel, which wraps finetune.ErrOutOfMemory.
+// its own sentinel, which errors.Is finetune.ErrOutOfMemory.
 var gpuOOM = fmt.Errorf("out of GPU memory: %w", finetune.ErrOutOfMemory)
 
 func TestTrainError(t *testing.T) {
