@@ -25,6 +25,7 @@ type weight struct {
 	dense   cu.DevicePtr
 	half    halfKind // the 16-bit type dense holds, or halfNone (float32)
 	q       *nf4Weight
+	g       *ggufWeight // GGUF blocks (gguf.go)
 }
 
 // halfKind is the 16-bit type of the frozen weights and of the GEMM
@@ -79,6 +80,9 @@ func (w *weight) n() int64 { return int64(w.out) * int64(w.in) }
 // Bytes is the storage size: the packed codes of an NF4 weight, the
 // elements of a dense one.
 func (w *weight) Bytes() int64 {
+	if w.g != nil {
+		return w.g.bytes
+	}
 	if w.q != nil {
 		return (w.n() + 1) / 2
 	}
@@ -92,7 +96,7 @@ func cudaW(w finetune.Weight, op string) *weight {
 	if !ok || cw == nil {
 		panic(&Error{Op: op, Err: fmt.Errorf("expected a cuda weight, got %T", w)})
 	}
-	if cw.dense == 0 && cw.q == nil {
+	if cw.dense == 0 && cw.q == nil && cw.g == nil {
 		panic(&Error{Op: op, Err: fmt.Errorf("weight [%d, %d] was freed", cw.out, cw.in)})
 	}
 	return cw
@@ -264,6 +268,9 @@ func (b *Backend) nf4Args(q *nf4Weight) []uint64 {
 // to the 16-bit type under BF16 or F16 compute) into the dequantization
 // cache's slot for its shape, or into the sWeight scratch.
 func (b *Backend) matrix(w *weight, op string) (p cu.DevicePtr, abType int) {
+	if w.g != nil {
+		return b.ggufMatrix(w, op)
+	}
 	if w.q == nil {
 		return w.dense, w.half.blasType()
 	}
@@ -380,6 +387,7 @@ func (b *Backend) freeWeight(w *weight) {
 			s.w = nil
 		}
 	}
+	b.freeGGUF(w)
 	if w.dense != 0 {
 		b.rawFree(w.dense, w.Bytes())
 		w.dense = 0
