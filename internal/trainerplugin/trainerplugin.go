@@ -1,7 +1,8 @@
 // Package trainerplugin holds what the trainer plugins (the CPU plugin,
 // cmd/ollama-tune-trainer-cpu, and the CUDA worker,
 // cmd/ollama-tune-trainer-cuda/worker) share around the plugin contract:
-// serving it, and answering Generate with a finetune model.
+// serving it, training with finetune's SFT loop on a backend factory
+// (SFTRunner, runner.go), and answering Generate with a finetune model.
 package trainerplugin
 
 import (
