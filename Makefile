@@ -56,6 +56,7 @@ ptx-check:
 vet-cuda:
 	$(CUDA_ENV) && $(GO) vet -tags cuda ./cuda/... ./cmd/ollama-tune-trainer-cuda/... ./cmd/ollama-tune-bench-gpu/... && \
 	  $(GO) test -count=1 -tags cuda ./cmd/ollama-tune-trainer-cuda/
+	bash scripts/cuda-compat13-check.sh
 
 build-cuda:
 	@mkdir -p $(BIN)
