@@ -2,50 +2,18 @@ package finetune
 
 import (
 	"context"
-	"encoding/csv"
-	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
 	"io"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil"
 )
 
-// Helpers of the training tests (package finetune cannot import testutil,
-// which imports finetune).
-
-// trainRepoRoot walks up from the test's directory to the folder holding go.mod.
-func trainRepoRoot(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test's directory")
-		}
-		dir = parent
-	}
-}
-
-// trainSharedData is ../shared/data/<rel> from the repository root; the
-// test is skipped when the shared data folder is absent.
-func trainSharedData(t testing.TB, rel ...string) string {
-	t.Helper()
-	root := filepath.Join(trainRepoRoot(t), "..", "shared", "data")
-	if st, err := os.Stat(root); err != nil || !st.IsDir() {
-		t.Skipf("shared data folder %s is absent", root)
-	}
-	p := filepath.Join(append([]string{root}, rel...)...)
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("shared data: %v", err)
-	}
-	return p
-}
+// Helpers of the training tests. The repository root, the shared data and
+// the Yoda CSV come from testutil; tinymodel cannot be used here (it
+// imports finetune), hence tinyModelDir.
 
 // copyFile copies src to dst.
 func copyFile(t testing.TB, src, dst string) {
@@ -80,7 +48,7 @@ func tinyPhi3(hidden, inter, layers, heads int) *Config {
 // tinyModelDir writes a random tiny Phi-3 with the Phi-3 tokenizer files.
 func tinyModelDir(t testing.TB, cfg *Config, seed uint64) string {
 	t.Helper()
-	tokDir := trainSharedData(t, "phi3-tokenizer")
+	tokDir := testutil.SharedData(t, "phi3-tokenizer")
 	dir := filepath.Join(t.TempDir(), "base")
 	if err := WriteRandomCheckpoint(dir, cfg, seed, F32); err != nil {
 		t.Fatal(err)
@@ -89,33 +57,6 @@ func tinyModelDir(t testing.TB, cfg *Config, seed uint64) string {
 		copyFile(t, filepath.Join(tokDir, f), filepath.Join(dir, f))
 	}
 	return dir
-}
-
-// yodaRows writes the header and the first n rows of the Yoda sentences
-// to a CSV file and returns its path and the rows.
-func yodaRows(t testing.TB, n int) (string, [][]string) {
-	t.Helper()
-	f, err := os.Open(trainSharedData(t, "yoda_sentences.csv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	rows, err := csv.NewReader(f).ReadAll()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rows = rows[:n+1]
-	path := filepath.Join(t.TempDir(), "yoda.csv")
-	out, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := csv.NewWriter(out)
-	w.WriteAll(rows)
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return path, rows[1:]
 }
 
 // tinyJobConfig is the seed's configuration scaled to a tiny model.

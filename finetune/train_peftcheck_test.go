@@ -10,6 +10,7 @@ import (
 	"github.com/ollama-tune/ollama-tune/finetune/chat"
 	"github.com/ollama-tune/ollama-tune/finetune/peft"
 	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil"
 )
 
 // PEFTCheckEnv names a folder into which TestPEFTCheckExport writes what
@@ -31,7 +32,7 @@ func TestPEFTCheckExport(t *testing.T) {
 	cfg := tinyPhi3(48, 96, 2, 4)
 	cfg.NumKVHeads = 2
 	model := tinyModelDir(t, cfg, 21)
-	csvPath, rows := yodaRows(t, 12)
+	csvPath, rows := testutil.YodaCSV(t, 12), testutil.YodaRows(t)[:12]
 	c := tinyJobConfig(model, csvPath, filepath.Join(t.TempDir(), "adapter"))
 	c.Quantization.LoadIn4bit = false
 	c.LoRA.LoRADropout = 0.1

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/ollama-tune/ollama-tune/finetune/peft"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil"
 )
 
 // smallJob is a quick job on a tiny Phi-3 (hidden 32, intermediate 512 so
@@ -23,7 +24,7 @@ import (
 // accumulation 2, LoRA dropout on, 8-bit AdamW, gradient checkpointing.
 func smallJob(t testing.TB, model, out string, rows int) TrainConfig {
 	t.Helper()
-	csvPath, _ := yodaRows(t, rows)
+	csvPath := testutil.YodaCSV(t, rows)
 	c := tinyJobConfig(model, csvPath, out)
 	c.LoRA.R, c.LoRA.LoRAAlpha = 8, 16
 	c.Training.PerDeviceTrainBatchSize = 2
@@ -138,7 +139,7 @@ func TestTrainResumeBitwise(t *testing.T) {
 	other.Training.OutputDir = filepath.Join(root, "other")
 	os.MkdirAll(other.Training.OutputDir, 0o755)
 	os.CopyFS(filepath.Join(other.Training.OutputDir, "checkpoint-3"), os.DirFS(filepath.Join(full.Training.OutputDir, "checkpoint-3")))
-	other.Dataset.Path, _ = yodaRows(t, 15)
+	other.Dataset.Path = testutil.YodaCSV(t, 15)
 	if _, err := Train(context.Background(), newTestJob(t, other, ResumeLatest), nil); err == nil || !strings.Contains(err.Error(), "training data differ") {
 		t.Errorf("resume with other data: %v", err)
 	}
@@ -531,11 +532,11 @@ func TestPlanSeed(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(dir, "config.json"), js, 0o644)
-	tokDir := trainSharedData(t, "phi3-tokenizer")
+	tokDir := testutil.SharedData(t, "phi3-tokenizer")
 	for _, f := range []string{"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"} {
 		copyFile(t, filepath.Join(tokDir, f), filepath.Join(dir, f))
 	}
-	c := tinyJobConfig(dir, trainSharedData(t, "yoda_sentences.csv"), filepath.Join(t.TempDir(), "out"))
+	c := tinyJobConfig(dir, testutil.SharedData(t, "yoda_sentences.csv"), filepath.Join(t.TempDir(), "out"))
 	c.Training.PackingStrategy = "wrapped"
 	p, err := Plan(context.Background(), newTestJob(t, c, ""))
 	if err != nil {

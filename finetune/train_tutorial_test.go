@@ -9,6 +9,7 @@ import (
 
 	"github.com/ollama-tune/ollama-tune/finetune/chat"
 	"github.com/ollama-tune/ollama-tune/finetune/data"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil"
 )
 
 // The seed notebook's tutorial, end to end, on a tiny random Phi-3 that a
@@ -45,7 +46,7 @@ func TestTutorialTinyPhi3(t *testing.T) {
 	cfg := tinyPhi3(64, 128, 2, 4)
 	model := tinyModelDir(t, cfg, 1)
 	scaleWeight(t, model, "model.norm.weight", 8)
-	csvPath, rows := yodaRows(t, tutorialRows)
+	csvPath, rows := testutil.YodaCSV(t, tutorialRows), testutil.YodaRows(t)[:tutorialRows]
 
 	c := tinyJobConfig(model, csvPath, filepath.Join(t.TempDir(), "phi3-mini-yoda-adapter"))
 	c.LoRA.R, c.LoRA.LoRAAlpha = 16, 32
