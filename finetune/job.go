@@ -213,17 +213,6 @@ func (j *Job) backend() (Backend, error) {
 	return b, nil
 }
 
-// dataTokenizer adapts the tokenizer to data.Tokenizer: the pad id is the
-// tokenizer's pad token, else its EOS (what TRL falls back to).
-type dataTokenizer struct{ *tokenizer.Tokenizer }
-
-func (t dataTokenizer) Pad() int32 {
-	if sp := t.SpecialTokens(); sp.PAD != "" && sp.PADID >= 0 {
-		return sp.PADID
-	}
-	return t.EOS()
-}
-
 // modelSource names where the base's weights are: the model folder, or
 // the GGUF blob.
 func (j *Job) modelSource() string {

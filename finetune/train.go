@@ -329,83 +329,33 @@ type prepared struct {
 	plan         data.Plan
 	evalExamples int
 	skipped      int
-	files        []string
-	typ          data.Type
 	fingerprint  string // identifies the training sequences and their order's inputs
 }
 
 // prepareData reads, splits, tokenizes and packs the job's data set.
 func prepareData(ctx context.Context, job *Job) (*prepared, error) {
 	c := &job.Config
-	d := c.Dataset
-	src := data.Source{
-		Path: d.Path, Split: d.Split, Format: data.Format(d.Format),
-		Columns: d.Rename, Remove: d.Remove, Type: data.Type(d.Type),
-	}
-	ds, err := data.Load(ctx, src, job)
+	ds, err := LoadDataset(ctx, c, job)
 	if err != nil {
-		return nil, err // the data package names the data set, file and row
-	}
-	if len(ds.Examples) == 0 {
-		where := d.Path
-		if len(ds.Files) > 0 {
-			where = strings.Join(ds.Files, ", ")
-		}
-		return nil, fmt.Errorf("dataset %s has no usable rows (%d empty rows skipped); check the file and the column mapping (rename %v)", where, len(ds.Skipped), d.Rename)
+		return nil, err
 	}
 	if job.serving != nil {
 		if err := job.serving.checkExamples(ds.Examples); err != nil {
 			return nil, fmt.Errorf("dataset: %w", err)
 		}
 	}
-	seed := uint64(c.Training.Seed)
-	examples := ds.Examples
-	if d.Shuffle {
-		examples = data.Shuffle(examples, seed)
-	}
-	var evalEx []data.Example
-	if d.EvalSplit > 0 {
-		if examples, evalEx, err = data.TrainTestSplit(examples, d.EvalSplit, seed); err != nil {
-			return nil, &ConfigError{Key: "dataset.eval_split", Problem: err.Error()}
-		}
-	}
-	tok := dataTokenizer{job.Tokenizer}
-	if job.Template == nil && tok.EOS() < 0 {
+	if job.Template == nil && job.Tokenizer.EOS() < 0 {
 		return nil, fmt.Errorf("tokenizer of %s has no eos_token; plain-text training appends it to every example (set eos_token in tokenizer_config.json)", job.modelSource())
 	}
-	opt := data.SFTOptions{
-		Template: job.Template, MaxLength: c.Training.MaxSeqLength, Packing: c.Training.Packing,
-		PackingStrategy: c.Training.PackingStrategy, CompletionOnlyLoss: c.Training.CompletionOnlyLoss,
-	}
-	build := func(ex []data.Example) ([]data.Sequence, data.TokenizeStats, int, error) {
-		part := *ds
-		part.Examples = ex
-		toks, st, err := data.Tokenize(&part, tok, opt)
-		if err != nil {
-			return nil, st, 0, fmt.Errorf("dataset: %w", err)
-		}
-		seqs, truncated, err := data.Prepare(toks, opt)
-		if err != nil {
-			return nil, st, 0, fmt.Errorf("dataset: %w", err)
-		}
-		return seqs, st, truncated, nil
-	}
-	p := &prepared{skipped: len(ds.Skipped), files: ds.Files, typ: ds.Type, evalExamples: len(evalEx)}
-	var st data.TokenizeStats
-	var truncated int
-	if p.train, st, truncated, err = build(examples); err != nil {
-		return nil, err
-	}
-	if len(evalEx) > 0 {
-		if p.eval, _, _, err = build(evalEx); err != nil {
-			return nil, err
-		}
-	}
-	p.plan, err = data.NewPlan(st, p.train, truncated, c.Training.PerDeviceTrainBatchSize, c.Training.GradientAccumulationSteps)
+	td, err := PrepareData(ds, c, job.Tokenizer, job.Template)
 	if err != nil {
 		return nil, err
 	}
-	p.collator = data.NewCollator(opt, ds.Type, tok.Pad())
+	// Keep the sequences, not the examples and their tokens.
+	p := &prepared{
+		train: td.TrainSeqs, eval: td.EvalSeqs, collator: td.Collator, plan: td.Plan,
+		evalExamples: len(td.Eval), skipped: len(ds.Skipped),
+	}
 	p.fingerprint = fingerprint(p.train, p.collator, c)
 	return p, nil
 }

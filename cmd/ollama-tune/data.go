@@ -104,25 +104,13 @@ type batchReport struct {
 	PositionIDs [][]int32 `json:"position_ids"`
 }
 
-// padTokenizer adapts the tokenizer to data.Tokenizer: the pad token, else
-// EOS (TRL's fallback), as the trainer does.
-type padTokenizer struct{ *tokenizer.Tokenizer }
-
-func (t padTokenizer) Pad() int32 {
-	if sp := t.SpecialTokens(); sp.PAD != "" && sp.PADID >= 0 {
-		return sp.PADID
-	}
-	return t.EOS()
-}
-
-// inspectData runs the data pipeline of a training job (the steps of
-// finetune's prepareData: load, shuffle, split, tokenize, pack, plan).
+// inspectData runs the data pipeline of a training job (finetune's
+// LoadDataset and PrepareData: load, shuffle, split, tokenize, pack, plan).
 func inspectData(ctx context.Context, tc finetune.TrainConfig, tokName string, exampleIdx int, showBatch bool, progress io.Writer) (*dataReport, error) {
 	tk, dir, err := loadTokenizer(ctx, tokName, progress)
 	if err != nil {
 		return nil, err
 	}
-	tok := padTokenizer{tk}
 	var tmpl *chat.Template
 	if tk.ChatTemplate() != "" {
 		if tmpl, err = chat.FromTokenizerDir(dir); err != nil {
@@ -130,64 +118,22 @@ func inspectData(ctx context.Context, tc finetune.TrainConfig, tokName string, e
 		}
 	}
 
-	d := tc.Dataset
-	src := data.Source{Path: d.Path, Split: d.Split, Format: data.Format(d.Format), Columns: d.Rename, Remove: d.Remove, Type: data.Type(d.Type)}
 	var resolver data.Resolver
 	if c, done, err := newHubClient(progress); err == nil {
 		defer done()
 		resolver = hubResolver{c}
 	}
-	ds, err := data.Load(ctx, src, resolver)
+	ds, err := finetune.LoadDataset(ctx, &tc, resolver)
 	if err != nil {
-		return nil, fmt.Errorf("dataset: %w", err)
+		return nil, err
 	}
-	if len(ds.Examples) == 0 {
-		return nil, fmt.Errorf("dataset %s has no usable rows (%d empty rows skipped); check the file and the column mapping (rename %v)", d.Path, len(ds.Skipped), d.Rename)
+	td, err := finetune.PrepareData(ds, &tc, tk, tmpl)
+	if err != nil {
+		return nil, err
 	}
-	seed := uint64(tc.Training.Seed)
-	examples := ds.Examples
-	if d.Shuffle {
-		examples = data.Shuffle(examples, seed)
-	}
-	var evalEx []data.Example
-	if d.EvalSplit > 0 {
-		if examples, evalEx, err = data.TrainTestSplit(examples, d.EvalSplit, seed); err != nil {
-			return nil, &finetune.ConfigError{Key: "dataset.eval_split", Problem: err.Error()}
-		}
-	}
+	examples, toks, seqs, plan := td.Train, td.TrainTokens, td.TrainSeqs, td.Plan
 	if exampleIdx < 0 || exampleIdx >= len(examples) {
 		return nil, fmt.Errorf("--example %d: the training split has examples 0 to %d", exampleIdx, len(examples)-1)
-	}
-	opt := data.SFTOptions{
-		Template: tmpl, MaxLength: tc.Training.MaxSeqLength, Packing: tc.Training.Packing,
-		PackingStrategy: tc.Training.PackingStrategy, CompletionOnlyLoss: tc.Training.CompletionOnlyLoss,
-	}
-	build := func(ex []data.Example) ([]data.Tokenized, []data.Sequence, data.TokenizeStats, int, error) {
-		part := *ds
-		part.Examples = ex
-		toks, st, err := data.Tokenize(&part, tok, opt)
-		if err != nil {
-			return nil, nil, st, 0, fmt.Errorf("dataset: %w", err)
-		}
-		seqs, truncated, err := data.Prepare(toks, opt)
-		if err != nil {
-			return nil, nil, st, 0, fmt.Errorf("dataset: %w", err)
-		}
-		return toks, seqs, st, truncated, nil
-	}
-	toks, seqs, st, truncated, err := build(examples)
-	if err != nil {
-		return nil, err
-	}
-	var evalSeqs []data.Sequence
-	if len(evalEx) > 0 {
-		if _, evalSeqs, _, _, err = build(evalEx); err != nil {
-			return nil, err
-		}
-	}
-	plan, err := data.NewPlan(st, seqs, truncated, tc.Training.PerDeviceTrainBatchSize, tc.Training.GradientAccumulationSteps)
-	if err != nil {
-		return nil, err
 	}
 	total := plan.Steps(tc.Training.NumTrainEpochs)
 	if tc.Training.MaxSteps > 0 {
@@ -196,7 +142,7 @@ func inspectData(ctx context.Context, tc finetune.TrainConfig, tokName string, e
 	rep := &dataReport{
 		Examples: plan.Examples, Tokens: plan.Tokens, Sequences: plan.Sequences, StepsPerEpoch: plan.StepsPerEpoch,
 		TotalSteps: total, SequenceTokens: plan.SequenceTokens, Truncated: plan.Truncated,
-		EvalExamples: len(evalEx), EvalSequences: len(evalSeqs), SkippedRows: len(ds.Skipped),
+		EvalExamples: len(td.Eval), EvalSequences: len(td.EvalSeqs), SkippedRows: len(ds.Skipped),
 		PromptMismatches: plan.PromptMismatches, Type: string(ds.Type), Files: ds.Files,
 	}
 	ex := &examples[exampleIdx]
@@ -213,12 +159,12 @@ func inspectData(ctx context.Context, tc finetune.TrainConfig, tokName string, e
 	if showBatch {
 		// The trainer's first micro-batch: epoch 0's seeded order, the first
 		// per_device_train_batch_size sequences.
-		idx := data.EpochBatches(len(seqs), tc.Training.PerDeviceTrainBatchSize, true, seed, 0)[0]
+		idx := data.EpochBatches(len(seqs), tc.Training.PerDeviceTrainBatchSize, true, uint64(tc.Training.Seed), 0)[0]
 		picked := make([]data.Sequence, len(idx))
 		for i, k := range idx {
 			picked[i] = seqs[k]
 		}
-		b := data.NewCollator(opt, ds.Type, tok.Pad()).Collate(picked)
+		b := td.Collator.Collate(picked)
 		rep.Batch = &batchReport{Sequences: idx}
 		for r := 0; r < b.B; r++ {
 			row := func(x []int32) []int32 { return x[r*b.S : (r+1)*b.S] }
