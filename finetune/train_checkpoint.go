@@ -13,6 +13,7 @@ import (
 
 	"github.com/ollama-tune/ollama-tune/finetune/peft"
 	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
+	"github.com/ollama-tune/ollama-tune/internal/atomicfile"
 )
 
 // Training checkpoints: output_dir/checkpoint-N/ after N optimizer steps,
@@ -267,7 +268,7 @@ func (tr *trainer) saveCheckpoint() (string, error) {
 		os.RemoveAll(tmp)
 		return "", fmt.Errorf("checkpoint %s: %w", dir, err)
 	}
-	syncDir(out)
+	atomicfile.SyncDir(out)
 	tr.lastSave = tr.step
 	tr.emit(CheckpointEvent{Step: tr.step, Path: dir})
 	if limit := t.SaveTotalLimit; limit > 0 {
@@ -282,13 +283,6 @@ func (tr *trainer) saveCheckpoint() (string, error) {
 		}
 	}
 	return dir, nil
-}
-
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
 }
 
 // encodeOptimizer writes optimizer.safetensors.

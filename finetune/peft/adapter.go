@@ -14,6 +14,7 @@ import (
 	"strconv"
 
 	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
+	"github.com/ollama-tune/ollama-tune/internal/atomicfile"
 )
 
 // Tensor is one LoRA matrix, float32, row-major.
@@ -338,11 +339,11 @@ func WriteFiles(dir string, files []File) (err error) {
 				return err
 			}
 		}
-		syncDir(tmp)
+		atomicfile.SyncDir(tmp)
 		if err := os.Rename(tmp, dir); err != nil {
 			return err
 		}
-		syncDir(parent)
+		atomicfile.SyncDir(parent)
 		return nil
 	} else if statErr != nil {
 		return statErr
@@ -372,7 +373,7 @@ func WriteFiles(dir string, files []File) (err error) {
 			return err
 		}
 	}
-	syncDir(dir)
+	atomicfile.SyncDir(dir)
 	return nil
 }
 
@@ -397,11 +398,4 @@ func writeSynced(path string, write func(io.Writer) error) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
-}
-
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
 }

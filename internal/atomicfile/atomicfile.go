@@ -51,12 +51,18 @@ func Write(path string, fill func(f *os.File) error) (err error) {
 	if err := os.Rename(f.Name(), path); err != nil {
 		return err
 	}
-	// Make the rename durable; not every system can sync a folder.
+	SyncDir(dir)
+	return nil
+}
+
+// SyncDir syncs the folder dir, so that the renames and new entries in it
+// survive a crash. Not every system can sync a folder; a failure is
+// ignored, as there is nothing the caller could do about it.
+func SyncDir(dir string) {
 	if d, err := os.Open(dir); err == nil {
 		d.Sync()
 		d.Close()
 	}
-	return nil
 }
 
 // WriteFile is Write with data as the content.
