@@ -2,8 +2,6 @@ package finetune
 
 import (
 	"context"
-	"io"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -14,26 +12,6 @@ import (
 // Helpers of the training tests. The repository root, the shared data and
 // the Yoda CSV come from testutil; tinymodel cannot be used here (it
 // imports finetune), hence tinyModelDir.
-
-// copyFile copies src to dst.
-func copyFile(t testing.TB, src, dst string) {
-	t.Helper()
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // tinyPhi3 is a small Phi-3 shape with Phi-3's real vocabulary (32064), so
 // the Phi-3 tokenizer works with it.
@@ -54,7 +32,7 @@ func tinyModelDir(t testing.TB, cfg *Config, seed uint64) string {
 		t.Fatal(err)
 	}
 	for _, f := range []string{"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "tokenizer.model"} {
-		copyFile(t, filepath.Join(tokDir, f), filepath.Join(dir, f))
+		testutil.CopyFile(t, filepath.Join(tokDir, f), filepath.Join(dir, f))
 	}
 	return dir
 }

@@ -133,7 +133,7 @@ func TestPEFTCheckExport(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range []string{peft.ConfigName, peft.WeightsName} {
-		copyFile(t, filepath.Join(res.OutputDir, f), filepath.Join(dir, "adapter", f))
+		testutil.CopyFile(t, filepath.Join(res.OutputDir, f), filepath.Join(dir, "adapter", f))
 	}
 	i64 := func(v []int32) []int64 {
 		out := make([]int64, len(v))

@@ -534,7 +534,7 @@ func TestPlanSeed(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "config.json"), js, 0o644)
 	tokDir := testutil.SharedData(t, "phi3-tokenizer")
 	for _, f := range []string{"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"} {
-		copyFile(t, filepath.Join(tokDir, f), filepath.Join(dir, f))
+		testutil.CopyFile(t, filepath.Join(tokDir, f), filepath.Join(dir, f))
 	}
 	c := tinyJobConfig(dir, testutil.SharedData(t, "yoda_sentences.csv"), filepath.Join(t.TempDir(), "out"))
 	c.Training.PackingStrategy = "wrapped"

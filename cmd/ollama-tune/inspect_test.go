@@ -32,7 +32,7 @@ func TestInspectPhi3Mini(t *testing.T) {
 
 	// transformers 5's config.json dialect describes the same model.
 	dir := t.TempDir()
-	copyFile(t, filepath.Join(testutil.RepoRoot(t), "finetune", "testdata", "configs", "tf5_phi3_mini.json"), filepath.Join(dir, "config.json"))
+	testutil.CopyFile(t, filepath.Join(testutil.RepoRoot(t), "finetune", "testdata", "configs", "tf5_phi3_mini.json"), filepath.Join(dir, "config.json"))
 	got, _, err = runCmd(t, newInspectCmd(), "--model", dir)
 	if err != nil {
 		t.Fatal(err)

@@ -67,3 +67,18 @@ func TestYodaCSV(t *testing.T) {
 		}
 	}
 }
+
+func TestCopyFile(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	if err := os.WriteFile(src, []byte("content"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, []byte("a longer old content"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	testutil.CopyFile(t, src, dst)
+	if b, err := os.ReadFile(dst); err != nil || string(b) != "content" {
+		t.Errorf("copy reads %q, %v; want %q", b, err, "content")
+	}
+}

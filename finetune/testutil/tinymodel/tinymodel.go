@@ -35,13 +35,7 @@ func Dir(t testing.TB, cfg *finetune.Config, seed uint64, dtype finetune.DType) 
 		if e.IsDir() {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(tokDir, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, e.Name()), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		testutil.CopyFile(t, filepath.Join(tokDir, e.Name()), filepath.Join(dir, e.Name()))
 	}
 	return dir
 }
