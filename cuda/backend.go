@@ -508,6 +508,10 @@ func (b *Backend) LinearForward(out, x finetune.Tensor, l *finetune.Linear, h fi
 	if xs.n != T*w.in || o.n != T*w.out {
 		panic(&Error{Op: op, Err: fmt.Errorf("%s: x has %d values and out %d for a [%d, %d] weight", l.Name, xs.n, o.n, w.out, w.in)})
 	}
+	if l.LoRA != nil && b.loraBF16(w) {
+		b.linearForwardBF16(op, o.ptr, xs.ptr, T, w, l, tensor(h, kindF32, op), seed)
+		return
+	}
 	b.xwT(op, o.ptr, xs.ptr, T, w, 1, 0)
 	if l.LoRA == nil {
 		return
@@ -568,6 +572,10 @@ func (b *Backend) LinearBackward(dx, dout, x finetune.Tensor, l *finetune.Linear
 	do := tensor(dout, kindF32, op)
 	T := do.n / w.out
 	d := tensor(dx, kindF32, op)
+	if l.LoRA != nil && b.loraBF16(w) {
+		b.linearBackwardBF16(op, d, do.ptr, tensor(x, kindF32, op), T, w, l, tensor(h, kindF32, op), seed)
+		return
+	}
 	if d != nil {
 		b.dW(op, d.ptr, do.ptr, T, w, 1)
 	}

@@ -129,6 +129,7 @@ type Backend struct {
 	profPool *profiler  // the last profile's events, for the next
 
 	fastLoRA, fastAttn bool // fused fast paths on (see Options.ReferenceKernels)
+	tcLoRA             bool // LoRA products as bfloat16 GEMMs under BF16 (lora_bf16.go)
 
 	dequant      []*dequantSlot // the dequantization cache (backend.go)
 	dequantMax   int
@@ -190,6 +191,7 @@ func New(opts Options) (b *Backend, err error) {
 
 	b = &Backend{opts: opts, dtype: opts.ComputeDType, half: halfOf(opts.ComputeDType), fns: map[string]cu.Function{}}
 	b.fastLoRA, b.fastAttn = fastPaths(opts)
+	b.tcLoRA = b.fastLoRA && !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lora-tc")
 	switch {
 	case opts.DequantCache == 0:
 		b.dequantMax = 4
@@ -300,6 +302,22 @@ func fastPaths(opts Options) (lora, attn bool) {
 	}
 	return lora, attn
 }
+
+// envHas says whether the comma-separated list in the environment
+// variable name holds v. OLLAMA_TUNE_CUDA_REFERENCE=lora-tc keeps the fused
+// float32 LoRA kernels under BF16 compute (the tensor-core path's A/B).
+func envHas(name, v string) bool {
+	for _, f := range strings.Split(os.Getenv(name), ",") {
+		if strings.TrimSpace(f) == v {
+			return true
+		}
+	}
+	return false
+}
+
+// TensorCoreLoRA reports whether LoRA's products run as bfloat16 GEMMs
+// under BF16 compute (else the fused float32 kernels).
+func (b *Backend) TensorCoreLoRA() bool { return b.tcLoRA && b.half == halfBF16 }
 
 // FastKernels reports whether any fused fast path is on.
 func (b *Backend) FastKernels() bool { return b.fastLoRA || b.fastAttn }
@@ -726,6 +744,8 @@ const (
 	sBins                         // the exact sum's bins (NF4 double quantization)
 	sLoRAPart                     // fused LoRA backward: per-chunk column sums
 	sRope                         // RoPE: cos and sin per token and frequency
+	sLoRAX                        // LoRA under BF16: bfloat16 dropout(x)
+	sLoRAHalf                     // LoRA under BF16: bfloat16 A, B, h, dout . B
 	numScratch
 )
 

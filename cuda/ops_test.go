@@ -558,6 +558,7 @@ func testLinear(t *testing.T, T, in, out, r int) {
 		{false, true, halfNone, 0.25, true},
 		{true, true, halfBF16, 0.1, false},
 		{false, true, halfBF16, 0, false},
+		{true, true, halfBF16, 0.25, true}, // the tensor-core LoRA's backward without dx
 		{true, true, halfF16, 0.1, false},
 		{false, true, halfF16, 0, false},
 		{true, false, halfF16, 0, true},

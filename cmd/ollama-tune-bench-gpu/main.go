@@ -30,6 +30,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -229,6 +230,8 @@ func benchLoad(dir string, dt finetune.DType, reference bool) (result, error) {
 
 func kernelsName(b *cuda.Backend) string {
 	switch lora, attn := b.FastPaths(); {
+	case lora && attn && b.TensorCoreLoRA():
+		return "fused, LoRA on tensor cores"
 	case lora && attn:
 		return "fused"
 	case lora:
@@ -396,6 +399,8 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 // category groups the profile's names for the notes.
 func category(name string) string {
 	switch {
+	case strings.HasPrefix(name, "gemm bf16") && loraShape(name):
+		return "LoRA GEMMs (bf16, cuBLAS)"
 	case strings.HasPrefix(name, "gemm bf16"):
 		return "base GEMMs (bf16, cuBLAS)"
 	case strings.HasPrefix(name, "gemm f32"):
@@ -418,6 +423,22 @@ func category(name string) string {
 		return "LoRA dropout"
 	}
 	return "norms, RoPE, SwiGLU, adds, embedding"
+}
+
+// loraShape says whether a "gemm T MxNxK" span is a LoRA product: one of
+// its dimensions is a rank (at most 16), where the base GEMMs' are all
+// model widths or token counts.
+func loraShape(name string) bool {
+	f := strings.Fields(name)
+	if len(f) != 3 {
+		return false
+	}
+	for _, d := range strings.Split(f[2], "x") {
+		if n, err := strconv.Atoi(d); err == nil && n <= 16 {
+			return true
+		}
+	}
+	return false
 }
 
 func printProfile(w io.Writer, p result) {

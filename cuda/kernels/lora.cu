@@ -158,3 +158,33 @@ extern "C" __global__ void lora_dx(float* dx, const float* g, const float* A, i6
         dx[idx] = __fadd_rn(dx[idx], v);
     }
 }
+
+// lora_split_bf16: the bfloat16 GEMM inputs of LoRA under BF16 compute
+// (the tensor-core path of LinearForward / LinearBackward), from one read
+// of x [n] (float32, 16-byte aligned): xh = bf16(x) when xh is not null
+// (the base GEMM's input), xdh = bf16(dropout(x)) when xdh is not null
+// (lora_drop's rule and index, then rounded). Four values a thread, then
+// the n % 4 left one a thread.
+__device__ __forceinline__ unsigned int lora_bf16_pair(float a, float b) {
+    return (unsigned int)f32_to_bf16(a) | ((unsigned int)f32_to_bf16(b) << 16);
+}
+
+extern "C" __global__ void lora_split_bf16(bf16_t* xh, bf16_t* xdh, const float* x, i64 n, u64 seed, double p_d, u64 thr,
+                                           double ks_d) {
+    const float p = (float)p_d, ks = (float)ks_d;
+    const i64 groups = n >> 2, stride = (i64)gridDim.x * blockDim.x;
+    for (i64 g = blockIdx.x * (i64)blockDim.x + threadIdx.x; g < groups; g += stride) {
+        float4 v = reinterpret_cast<const float4*>(x)[g];
+        if (xh) reinterpret_cast<uint2*>(xh)[g] = make_uint2(lora_bf16_pair(v.x, v.y), lora_bf16_pair(v.z, v.w));
+        if (xdh) {
+            const i64 i = g << 2;
+            float a = lora_drop(v.x, seed, i, p, thr, ks), b = lora_drop(v.y, seed, i + 1, p, thr, ks);
+            float c = lora_drop(v.z, seed, i + 2, p, thr, ks), d = lora_drop(v.w, seed, i + 3, p, thr, ks);
+            reinterpret_cast<uint2*>(xdh)[g] = make_uint2(lora_bf16_pair(a, b), lora_bf16_pair(c, d));
+        }
+    }
+    for (i64 i = (groups << 2) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) {
+        if (xh) xh[i] = f32_to_bf16(x[i]);
+        if (xdh) xdh[i] = f32_to_bf16(lora_drop(x[i], seed, i, p, thr, ks));
+    }
+}

@@ -47,7 +47,9 @@ B=bin/gpu/ollama-tune-bench-gpu
   # alone, and float32 compute.
   timeout 20 $B -ckpt on -reference -steps 8 -warmup 2 -profile -out "$OUT/results.jsonl"
   echo "ours, reference kernels: exit $? after $(( $(date +%s) - t0 )) s"
-  for k in lora attention; do
+  # lora-tc: the fused float32 LoRA kernels instead of the tensor-core
+  # GEMMs under bf16 (v2's default).
+  for k in lora-tc lora attention; do
     OLLAMA_TUNE_CUDA_REFERENCE=$k timeout 15 $B -ckpt on -steps 6 -warmup 2 -out "$OUT/results.jsonl"
     echo "ours, reference $k: exit $? after $(( $(date +%s) - t0 )) s"
   done
