@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
+	"github.com/ollama-tune/ollama-tune/internal/pyjson"
 )
 
 // LinearModules are the four linear modules of a Phi-3 decoder layer, named
@@ -319,13 +320,7 @@ func (c *Checkpoint) Close() error {
 // config.json we write reads as floats to transformers' strict dataclasses.
 type pyFloat float64
 
-func (f pyFloat) MarshalJSON() ([]byte, error) {
-	s := strconv.FormatFloat(float64(f), 'g', -1, 64)
-	if !strings.ContainsAny(s, ".eEnN") {
-		s += ".0"
-	}
-	return []byte(s), nil
-}
+func (f pyFloat) MarshalJSON() ([]byte, error) { return []byte(pyjson.Float(float64(f))), nil }
 
 // f32 to the shortest float64 that prints as the float32 does (1e-5, not
 // 9.999999747378752e-06).

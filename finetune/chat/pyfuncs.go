@@ -2,17 +2,16 @@ package chat
 
 import (
 	"fmt"
-	"math"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nikolalohinski/gonja/v2/exec"
 	"github.com/nikolalohinski/gonja/v2/nodes"
 	"github.com/nikolalohinski/gonja/v2/parser"
 	"github.com/nikolalohinski/gonja/v2/tokens"
+	"github.com/ollama-tune/ollama-tune/internal/pyjson"
 )
 
 // The helpers transformers adds to its jinja2 environment
@@ -200,9 +199,9 @@ func (j *jsonEncoder) encode(b *strings.Builder, v *exec.Value, level int) error
 	case v.IsInteger():
 		b.WriteString(strconv.Itoa(v.Integer()))
 	case v.IsFloat():
-		b.WriteString(pyFloat(v.Float()))
+		b.WriteString(pyjson.Float(v.Float()))
 	case v.IsString():
-		j.str(b, v.String())
+		pyjson.WriteString(b, v.String(), j.ensureASCII)
 	case v.IsDict():
 		type kv struct {
 			k string
@@ -234,7 +233,7 @@ func (j *jsonEncoder) encode(b *strings.Builder, v *exec.Value, level int) error
 				b.WriteString(j.itemSep)
 			}
 			j.newline(b, level+1)
-			j.str(b, it.k)
+			pyjson.WriteString(b, it.k, j.ensureASCII)
 			b.WriteString(j.keySep)
 			if err := j.encode(b, it.v, level+1); err != nil {
 				return err
@@ -264,87 +263,6 @@ func (j *jsonEncoder) encode(b *strings.Builder, v *exec.Value, level int) error
 		return fmt.Errorf("tojson: Object of type %T is not JSON serializable", v.Interface())
 	}
 	return nil
-}
-
-// str writes s as Python's json module does.
-func (j *jsonEncoder) str(b *strings.Builder, s string) {
-	b.WriteByte('"')
-	for _, r := range s {
-		switch r {
-		case '"':
-			b.WriteString(`\"`)
-		case '\\':
-			b.WriteString(`\\`)
-		case '\n':
-			b.WriteString(`\n`)
-		case '\r':
-			b.WriteString(`\r`)
-		case '\t':
-			b.WriteString(`\t`)
-		case '\b':
-			b.WriteString(`\b`)
-		case '\f':
-			b.WriteString(`\f`)
-		default:
-			switch {
-			case r < 0x20:
-				fmt.Fprintf(b, `\u%04x`, r)
-			case j.ensureASCII && r > 0x7e:
-				if r == utf8.RuneError {
-					fmt.Fprintf(b, `\u%04x`, r)
-				} else if r >= 0x10000 {
-					r -= 0x10000
-					fmt.Fprintf(b, `\u%04x\u%04x`, 0xd800+(r>>10), 0xdc00+(r&0x3ff))
-				} else {
-					fmt.Fprintf(b, `\u%04x`, r)
-				}
-			default:
-				b.WriteRune(r)
-			}
-		}
-	}
-	b.WriteByte('"')
-}
-
-// pyFloat formats f as Python's repr(float): the shortest digits that round
-// trip, fixed notation for exponents in [-4, 16), else d.ddde+XX.
-func pyFloat(f float64) string {
-	switch {
-	case math.IsNaN(f):
-		return "NaN"
-	case math.IsInf(f, 1):
-		return "Infinity"
-	case math.IsInf(f, -1):
-		return "-Infinity"
-	}
-	s := strconv.FormatFloat(f, 'e', -1, 64) // d.ddde±XX
-	mant, expStr, _ := strings.Cut(s, "e")
-	exp, _ := strconv.Atoi(expStr)
-	neg := strings.HasPrefix(mant, "-")
-	mant = strings.TrimPrefix(mant, "-")
-	digits := strings.Replace(mant, ".", "", 1)
-	sign := ""
-	if neg {
-		sign = "-"
-	}
-	if exp < -4 || exp >= 16 {
-		m := digits[:1]
-		if len(digits) > 1 {
-			m += "." + digits[1:]
-		}
-		es := "+"
-		if exp < 0 {
-			es, exp = "-", -exp
-		}
-		return fmt.Sprintf("%s%se%s%02d", sign, m, es, exp)
-	}
-	if exp < 0 {
-		return sign + "0." + strings.Repeat("0", -exp-1) + digits
-	}
-	if len(digits) <= exp+1 {
-		return sign + digits + strings.Repeat("0", exp+1-len(digits)) + ".0"
-	}
-	return sign + digits[:exp+1] + "." + digits[exp+1:]
 }
 
 // generationBlock is transformers' {% generation %}...{% endgeneration %}:

@@ -124,23 +124,6 @@ func TestNewConfigMarshal(t *testing.T) {
 	}
 }
 
-func TestPyFloat(t *testing.T) {
-	tenth, fifth := 0.1, 0.2
-	for f, want := range map[float64]string{
-		0: "0.0", 0.05: "0.05", 1e-5: "1e-05", 0.0001: "0.0001", 1: "1.0", 16: "16.0",
-		1e16: "1e+16", 1e15: "1000000000000000.0", tenth + fifth: "0.30000000000000004", -2.5e-7: "-2.5e-07",
-	} {
-		if got := formatPyFloat(f); got != want {
-			t.Errorf("formatPyFloat(%v) = %s, Python's repr is %s", f, got, want)
-		}
-	}
-	var b bytes.Buffer
-	writePyString(&b, "é<&>\"\\\n\U0001F600")
-	if got := b.String(); got != `"\u00e9<&>\"\\\n\ud83d\ude00"` {
-		t.Errorf("string: %s", got)
-	}
-}
-
 // writeAdapter writes a modified copy of the golden adapter into a new
 // folder: cfg edits the config JSON text, tensors the tensor list.
 func writeAdapter(t *testing.T, cfg func(string) string, tensors func([]safetensors.TensorInfo) []safetensors.TensorInfo) string {

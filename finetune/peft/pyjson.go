@@ -3,11 +3,11 @@ package peft
 import (
 	"bytes"
 	"fmt"
-	"math"
 	"sort"
 	"strconv"
 	"strings"
-	"unicode/utf16"
+
+	"github.com/ollama-tune/ollama-tune/internal/pyjson"
 )
 
 // A small JSON writer that reproduces Python's json.dumps(obj, indent=2,
@@ -23,34 +23,6 @@ type pyFloat float64
 // pyInt is an integer-valued number that PEFT keeps as a Python int
 // (lora_alpha 16, not 16.0).
 type pyInt int64
-
-func formatPyFloat(f float64) string {
-	switch {
-	case math.IsNaN(f):
-		return "NaN"
-	case math.IsInf(f, 1):
-		return "Infinity"
-	case math.IsInf(f, -1):
-		return "-Infinity"
-	case f == 0:
-		if math.Signbit(f) {
-			return "-0.0"
-		}
-		return "0.0"
-	}
-	// repr uses scientific notation when the decimal exponent is < -4 or
-	// >= 16, else positional with at least one fractional digit.
-	e := strconv.FormatFloat(f, 'e', -1, 64) // shortest digits: 1e-05, 1.5e+16
-	exp, _ := strconv.Atoi(e[strings.IndexByte(e, 'e')+1:])
-	if exp < -4 || exp >= 16 {
-		return e
-	}
-	s := strconv.FormatFloat(f, 'f', -1, 64)
-	if !strings.ContainsAny(s, ".") {
-		s += ".0"
-	}
-	return s
-}
 
 // writePyJSON appends v at the given indent level.
 func writePyJSON(b *bytes.Buffer, v any, level int) error {
@@ -72,9 +44,9 @@ func writePyJSON(b *bytes.Buffer, v any, level int) error {
 	case pyInt:
 		b.WriteString(strconv.FormatInt(int64(x), 10))
 	case pyFloat:
-		b.WriteString(formatPyFloat(float64(x)))
+		b.WriteString(pyjson.Float(float64(x)))
 	case string:
-		writePyString(b, x)
+		pyjson.WriteString(b, x, true)
 	case []string:
 		if len(x) == 0 {
 			b.WriteString("[]")
@@ -86,7 +58,7 @@ func writePyJSON(b *bytes.Buffer, v any, level int) error {
 				b.WriteByte(',')
 			}
 			nl(level + 1)
-			writePyString(b, s)
+			pyjson.WriteString(b, s, true)
 		}
 		nl(level)
 		b.WriteByte(']')
@@ -123,7 +95,7 @@ func writePyJSON(b *bytes.Buffer, v any, level int) error {
 				b.WriteByte(',')
 			}
 			nl(level + 1)
-			writePyString(b, k)
+			pyjson.WriteString(b, k, true)
 			b.WriteString(": ")
 			if err := writePyJSON(b, x[k], level+1); err != nil {
 				return err
@@ -135,39 +107,4 @@ func writePyJSON(b *bytes.Buffer, v any, level int) error {
 		return fmt.Errorf("pyjson: cannot encode %T", v)
 	}
 	return nil
-}
-
-// writePyString writes s as json.dumps does with ensure_ascii=True.
-func writePyString(b *bytes.Buffer, s string) {
-	b.WriteByte('"')
-	for _, r := range s {
-		switch {
-		case r == '"':
-			b.WriteString(`\"`)
-		case r == '\\':
-			b.WriteString(`\\`)
-		case r == '\n':
-			b.WriteString(`\n`)
-		case r == '\r':
-			b.WriteString(`\r`)
-		case r == '\t':
-			b.WriteString(`\t`)
-		case r == '\b':
-			b.WriteString(`\b`)
-		case r == '\f':
-			b.WriteString(`\f`)
-		case r < 0x20 || (r >= 0x7f && r < 0x10000):
-			if r == 0x7f {
-				b.WriteByte(0x7f) // DEL is ASCII; Python leaves it
-				continue
-			}
-			fmt.Fprintf(b, `\u%04x`, r)
-		case r >= 0x10000:
-			r1, r2 := utf16.EncodeRune(r)
-			fmt.Fprintf(b, `\u%04x\u%04x`, r1, r2)
-		default:
-			b.WriteRune(r)
-		}
-	}
-	b.WriteByte('"')
 }
