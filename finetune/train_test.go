@@ -392,24 +392,6 @@ func TestAutoFindBatchSize(t *testing.T) {
 	}
 }
 
-// failingWriter fails after n bytes, like a full disk.
-type failingWriter struct {
-	w io.Writer
-	n int
-}
-
-var errDiskFull = errors.New("no space left on device (simulated)")
-
-func (f *failingWriter) Write(p []byte) (int, error) {
-	if len(p) > f.n {
-		k, _ := f.w.Write(p[:f.n])
-		f.n = 0
-		return k, errDiskFull
-	}
-	f.n -= len(p)
-	return f.w.Write(p)
-}
-
 // snapshot lists the files of a folder with their contents.
 func snapshot(t testing.TB, dir string) string {
 	t.Helper()
@@ -462,7 +444,7 @@ func TestTrainBadInput(t *testing.T) {
 		{"full disk", nil, func(j *Job) {
 			j.wrapWriter = func(name string, w io.Writer) io.Writer {
 				if name == "loss.png" {
-					return &failingWriter{w: w, n: 100}
+					return testutil.FullDisk(w, 100)
 				}
 				return w
 			}
@@ -470,7 +452,7 @@ func TestTrainBadInput(t *testing.T) {
 		{"full disk in a checkpoint", func(c *TrainConfig) { c.Training.SaveSteps = 1 }, func(j *Job) {
 			j.wrapWriter = func(name string, w io.Writer) io.Writer {
 				if name == optimizerFile {
-					return &failingWriter{w: w, n: 10}
+					return testutil.FullDisk(w, 10)
 				}
 				return w
 			}

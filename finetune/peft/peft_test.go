@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil"
 )
 
 // The golden adapter was written by peft 0.21's save_pretrained for the
@@ -231,29 +232,11 @@ func TestReadErrors(t *testing.T) {
 	}
 }
 
-// failAfter fails once n bytes have been written, like a full disk.
-type failAfter struct {
-	w io.Writer
-	n int
-}
-
-var errDiskFull = errors.New("no space left on device (simulated)")
-
-func (f *failAfter) Write(p []byte) (int, error) {
-	if len(p) > f.n {
-		k, _ := f.w.Write(p[:f.n])
-		f.n = 0
-		return k, errDiskFull
-	}
-	f.n -= len(p)
-	return f.w.Write(p)
-}
-
 func TestWriteFilesAllOrNothing(t *testing.T) {
 	files := func(fail bool) []File {
 		second := func(w io.Writer) error {
 			if fail {
-				w = &failAfter{w: w, n: 10}
+				w = testutil.FullDisk(w, 10)
 			}
 			_, err := w.Write(bytes.Repeat([]byte("b"), 100))
 			return err
@@ -266,7 +249,7 @@ func TestWriteFilesAllOrNothing(t *testing.T) {
 	// A folder that does not exist stays absent.
 	parent := t.TempDir()
 	dir := filepath.Join(parent, "out")
-	if err := WriteFiles(dir, files(true)); !errors.Is(err, errDiskFull) {
+	if err := WriteFiles(dir, files(true)); !errors.Is(err, testutil.ErrDiskFull) {
 		t.Fatalf("err = %v", err)
 	}
 	if entries, _ := os.ReadDir(parent); len(entries) != 0 {
@@ -278,7 +261,7 @@ func TestWriteFilesAllOrNothing(t *testing.T) {
 	}
 	os.WriteFile(filepath.Join(dir, "one"), []byte("old one"), 0o644)
 	os.WriteFile(filepath.Join(dir, "two"), []byte("old two"), 0o644)
-	if err := WriteFiles(dir, files(true)); !errors.Is(err, errDiskFull) {
+	if err := WriteFiles(dir, files(true)); !errors.Is(err, testutil.ErrDiskFull) {
 		t.Fatalf("err = %v", err)
 	}
 	for name, want := range map[string]string{"one": "old one", "two": "old two"} {

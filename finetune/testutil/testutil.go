@@ -1,5 +1,6 @@
 // Package testutil holds small helpers for tests across the repository:
-// finding the repository root and the read-only shared data next to it.
+// finding the repository root and the read-only shared data next to it,
+// copying a file, a writer that fails like a full disk.
 //
 // It imports nothing of this module, so every package's tests can use it,
 // package finetune's and those of the packages finetune imports (chat,
@@ -9,6 +10,7 @@ package testutil
 
 import (
 	"encoding/csv"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -120,4 +122,27 @@ func CopyFile(t testing.TB, src, dst string) {
 	if err := out.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// ErrDiskFull is the error a FullDisk writer fails with.
+var ErrDiskFull = errors.New("no space left on device (simulated)")
+
+// FullDisk wraps w so that it takes n bytes, then fails with ErrDiskFull,
+// like a full disk: the write that crosses the limit still writes the
+// bytes up to it.
+func FullDisk(w io.Writer, n int) io.Writer { return &fullDisk{w: w, n: n} }
+
+type fullDisk struct {
+	w io.Writer
+	n int
+}
+
+func (f *fullDisk) Write(p []byte) (int, error) {
+	if len(p) > f.n {
+		k, _ := f.w.Write(p[:f.n])
+		f.n = 0
+		return k, ErrDiskFull
+	}
+	f.n -= len(p)
+	return f.w.Write(p)
 }

@@ -1,7 +1,9 @@
 package testutil_test
 
 import (
+	"bytes"
 	"encoding/csv"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -80,5 +82,22 @@ func TestCopyFile(t *testing.T) {
 	testutil.CopyFile(t, src, dst)
 	if b, err := os.ReadFile(dst); err != nil || string(b) != "content" {
 		t.Errorf("copy reads %q, %v; want %q", b, err, "content")
+	}
+}
+
+func TestFullDisk(t *testing.T) {
+	var b bytes.Buffer
+	w := testutil.FullDisk(&b, 5)
+	if n, err := w.Write([]byte("abc")); n != 3 || err != nil {
+		t.Fatalf("first write: %d, %v", n, err)
+	}
+	if n, err := w.Write([]byte("defg")); n != 2 || !errors.Is(err, testutil.ErrDiskFull) {
+		t.Fatalf("write over the limit: %d, %v; want 2, ErrDiskFull", n, err)
+	}
+	if n, err := w.Write([]byte("h")); n != 0 || !errors.Is(err, testutil.ErrDiskFull) {
+		t.Fatalf("write on a full disk: %d, %v", n, err)
+	}
+	if b.String() != "abcde" {
+		t.Errorf("wrote %q, want %q", b.String(), "abcde")
 	}
 }
