@@ -507,13 +507,11 @@ func TestGGUFBaseErrors(t *testing.T) {
 	}
 }
 
-// TestGGUFBaseUnsupportedQuant: a weight in a type without a dequantizer
-// fails when read, naming the file, the tensor and the type.
-func TestGGUFBaseUnsupportedQuant(t *testing.T) {
-	cfg := ggufTinyConfig()
-	cfg.HiddenSize, cfg.IntermediateSize = 256, 256
-	path := filepath.Join(t.TempDir(), "iq.gguf")
-	phi3GGUF(t, path, cfg, nil, nil)
+// ggufToIQ2XXS rewrites the GGUF file at path with the tensor name stored
+// as IQ2_XXS (zero blocks: a type without a dequantizer), the rest as it
+// was. The tensor's rows must be whole IQ2_XXS blocks (256 values).
+func ggufToIQ2XXS(t *testing.T, path, name string) {
+	t.Helper()
 	f, err := gguf.Open(path)
 	if err != nil {
 		t.Fatal(err)
@@ -522,8 +520,8 @@ func TestGGUFBaseUnsupportedQuant(t *testing.T) {
 	var kvs []gkv
 	for _, ti := range f.Tensors {
 		_, data, _ := f.TensorData(ti.Name)
-		if ti.Name == "blk.0.ffn_down.weight" {
-			ti.Type, data = gguf.IQ2_XXS, make([]byte, 66*256)
+		if ti.Name == name {
+			ti.Type, data = gguf.IQ2_XXS, make([]byte, gguf.IQ2_XXS.RowBytes(ti.Elements()))
 		}
 		ts = append(ts, gtensor{ti.Name, ti.Type, ti.Shape(), slices.Clone(data)})
 	}
@@ -532,6 +530,16 @@ func TestGGUFBaseUnsupportedQuant(t *testing.T) {
 	}
 	f.Close()
 	writeTestGGUF(t, path, kvs, ts)
+}
+
+// TestGGUFBaseUnsupportedQuant: a weight in a type without a dequantizer
+// fails when read, naming the file, the tensor and the type.
+func TestGGUFBaseUnsupportedQuant(t *testing.T) {
+	cfg := ggufTinyConfig()
+	cfg.HiddenSize, cfg.IntermediateSize = 256, 256
+	path := filepath.Join(t.TempDir(), "iq.gguf")
+	phi3GGUF(t, path, cfg, nil, nil)
+	ggufToIQ2XXS(t, path, "blk.0.ffn_down.weight")
 	b, err := LoadGGUFBase(path)
 	if err != nil {
 		t.Fatal(err)

@@ -15,7 +15,6 @@ import (
 	"github.com/ollama-tune/ollama-tune/finetune/data"
 	"github.com/ollama-tune/ollama-tune/finetune/gguf"
 	"github.com/ollama-tune/ollama-tune/finetune/ollamastore"
-	"github.com/ollama-tune/ollama-tune/finetune/peft"
 	"github.com/ollama-tune/ollama-tune/finetune/tokenizer"
 )
 
@@ -357,22 +356,5 @@ func LoadGGUFModel(b Backend, base *GGUFBase, opts ModelOptions, keepGGUF bool) 
 // memory) with the PEFT adapter in adapterDir applied, validated against
 // the base.
 func LoadGGUFModelWithAdapter(b Backend, base *GGUFBase, opts ModelOptions, keepGGUF bool, adapterDir string) (*Model, error) {
-	a, err := peft.Read(adapterDir, PEFTBase(base.Config))
-	if err != nil {
-		return nil, err
-	}
-	lc, err := LoRAConfigOf(a)
-	if err != nil {
-		return nil, fmt.Errorf("adapter %s: %w", adapterDir, err)
-	}
-	opts.LoRA = lc
-	m, err := LoadGGUFModel(b, base, opts, keepGGUF)
-	if err != nil {
-		return nil, err
-	}
-	if err := m.SetAdapter(a); err != nil {
-		m.Free()
-		return nil, fmt.Errorf("adapter %s: %w", adapterDir, err)
-	}
-	return m, nil
+	return loadWithAdapter(base.Config, opts, adapterDir, func(opts ModelOptions) (*Model, error) { return LoadGGUFModel(b, base, opts, keepGGUF) })
 }

@@ -574,24 +574,7 @@ func TestOllamaJobErrors(t *testing.T) {
 		return gguf.F32
 	}, "Phi3")
 	// Turn the Q8_0 down_proj into an IQ2_XXS tensor of the same size class.
-	f, err := gguf.Open(iq)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ts []gtensor
-	var kvs []gkv
-	for _, ti := range f.Tensors {
-		_, data, _ := f.TensorData(ti.Name)
-		if ti.Name == "blk.0.ffn_down.weight" {
-			ti.Type, data = gguf.IQ2_XXS, make([]byte, gguf.IQ2_XXS.RowBytes(ti.Elements()))
-		}
-		ts = append(ts, gtensor{ti.Name, ti.Type, ti.Shape(), slices.Clone(data)})
-	}
-	for _, kv := range f.KVs {
-		kvs = append(kvs, gkv{kv.Key, kv.Value})
-	}
-	f.Close()
-	writeTestGGUF(t, iq, kvs, ts)
+	ggufToIQ2XXS(t, iq, "blk.0.ffn_down.weight")
 	ollamaStore(t, models, "iq", iq, testPhi3Template)
 	gemma := filepath.Join(dir, "gemma.gguf")
 	writeTestGGUF(t, gemma, []gkv{{"general.architecture", "gemma"}}, nil)

@@ -95,7 +95,14 @@ func (m *Model) SetAdapter(a *peft.Adapter) error {
 // in adapterDir applied (validated against the base: shapes, ranks,
 // modules). opts.LoRA is replaced by the adapter's settings.
 func LoadModelWithAdapter(b Backend, ck *Checkpoint, opts ModelOptions, adapterDir string) (*Model, error) {
-	a, err := peft.Read(adapterDir, PEFTBase(ck.Config))
+	return loadWithAdapter(ck.Config, opts, adapterDir, func(opts ModelOptions) (*Model, error) { return LoadModel(b, ck, opts) })
+}
+
+// loadWithAdapter reads the adapter in adapterDir for a base of cfg, builds
+// the model with load (opts.LoRA set to the adapter's settings) and copies
+// the adapter's matrices into it.
+func loadWithAdapter(cfg *Config, opts ModelOptions, adapterDir string, load func(ModelOptions) (*Model, error)) (*Model, error) {
+	a, err := peft.Read(adapterDir, PEFTBase(cfg))
 	if err != nil {
 		return nil, err
 	}
@@ -104,7 +111,7 @@ func LoadModelWithAdapter(b Backend, ck *Checkpoint, opts ModelOptions, adapterD
 		return nil, fmt.Errorf("adapter %s: %w", adapterDir, err)
 	}
 	opts.LoRA = lc
-	m, err := LoadModel(b, ck, opts)
+	m, err := load(opts)
 	if err != nil {
 		return nil, err
 	}
