@@ -24,33 +24,37 @@ type Reference interface {
 	Greedy(ctx context.Context, prompt []int32, maxNew int, stop []int32) ([]int32, error)
 }
 
-// CPUReference runs the base checkpoint with the adapter on the CPU
-// backend in this process (loaded on first use).
-type CPUReference struct {
-	BaseDir    string
-	AdapterDir string // "" for the base alone
+// ModelReference generates greedily with the model Load builds, on first
+// use; Close frees it. A reference for any base: a checkpoint folder
+// (NewCPUReference), a GGUF file (finetune.LoadGGUFModelWithAdapter).
+type ModelReference struct {
+	Load func() (*finetune.Model, error)
 
 	once sync.Once
 	m    *finetune.Model
 	err  error
 }
 
-// Greedy implements Reference.
-func (r *CPUReference) Greedy(ctx context.Context, prompt []int32, maxNew int, stop []int32) ([]int32, error) {
-	r.once.Do(func() {
-		ck, err := finetune.LoadCheckpoint(r.BaseDir)
+// NewCPUReference runs the base checkpoint in baseDir with the adapter in
+// adapterDir ("" for the base alone) on the CPU backend in this process.
+func NewCPUReference(baseDir, adapterDir string) *ModelReference {
+	return &ModelReference{Load: func() (*finetune.Model, error) {
+		ck, err := finetune.LoadCheckpoint(baseDir)
 		if err != nil {
-			r.err = err
-			return
+			return nil, err
 		}
 		defer ck.Close()
 		b := finetune.NewCPUBackend(finetune.CPUOptions{})
-		if r.AdapterDir == "" {
-			r.m, r.err = finetune.LoadModel(b, ck, finetune.ModelOptions{})
-		} else {
-			r.m, r.err = finetune.LoadModelWithAdapter(b, ck, finetune.ModelOptions{}, r.AdapterDir)
+		if adapterDir == "" {
+			return finetune.LoadModel(b, ck, finetune.ModelOptions{})
 		}
-	})
+		return finetune.LoadModelWithAdapter(b, ck, finetune.ModelOptions{}, adapterDir)
+	}}
+}
+
+// Greedy implements Reference.
+func (r *ModelReference) Greedy(ctx context.Context, prompt []int32, maxNew int, stop []int32) ([]int32, error) {
+	r.once.Do(func() { r.m, r.err = r.Load() })
 	if r.err != nil {
 		return nil, r.err
 	}
@@ -64,7 +68,7 @@ func (r *CPUReference) Greedy(ctx context.Context, prompt []int32, maxNew int, s
 }
 
 // Close frees the model.
-func (r *CPUReference) Close() {
+func (r *ModelReference) Close() {
 	if r.m != nil {
 		r.m.Free()
 	}

@@ -321,7 +321,7 @@ func Create(ctx context.Context, c *Client, o CreateOptions) (*CreateResult, err
 	}
 	ref := o.Reference
 	if ref == nil {
-		cr := &CPUReference{BaseDir: o.BaseWeights, AdapterDir: o.AdapterDir}
+		cr := NewCPUReference(o.BaseWeights, o.AdapterDir)
 		defer cr.Close()
 		ref = cr
 	}

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -215,7 +214,12 @@ func createOnOllamaBase(ctx context.Context, c *convert.Client, o convert.Create
 	if system == "" {
 		system = m.System // what Ollama puts before a prompt without one
 	}
-	gr := &ggufReference{base: base, adapterDir: o.AdapterDir}
+	// The reference: the GGUF base with the adapter on the CPU backend. The
+	// linears stay GGUF blocks dequantized as the matmuls need them (the
+	// same values as a dense copy, without holding phi3:mini in float32).
+	gr := &convert.ModelReference{Load: func() (*finetune.Model, error) {
+		return finetune.LoadGGUFModelWithAdapter(finetune.NewCPUBackend(finetune.CPUOptions{}), base, finetune.ModelOptions{}, true, o.AdapterDir)
+	}}
 	defer gr.Close()
 	res.Check, err = convert.ServedOutputCheck(ctx, c, convert.CheckOptions{Model: o.Name, Prompts: prompts, MaxTokens: o.MaxTokens,
 		System: system, Tokenizer: base.Tokenizer, Template: tmpl, Reference: gr})
@@ -231,42 +235,6 @@ func modelfileBlob(modelfile string) string {
 		}
 	}
 	return ""
-}
-
-// ggufReference is the served-output check's reference for a GGUF base:
-// the base's weights dequantized to float32 with the adapter, on the CPU
-// backend, loaded on first use. The linears stay GGUF blocks dequantized
-// as the matmuls need them (the same values as a dense copy, without
-// holding phi3:mini in float32).
-type ggufReference struct {
-	base       *finetune.GGUFBase
-	adapterDir string
-
-	once sync.Once
-	m    *finetune.Model
-	err  error
-}
-
-func (r *ggufReference) Greedy(ctx context.Context, prompt []int32, maxNew int, stop []int32) ([]int32, error) {
-	r.once.Do(func() {
-		r.m, r.err = finetune.LoadGGUFModelWithAdapter(finetune.NewCPUBackend(finetune.CPUOptions{}), r.base, finetune.ModelOptions{}, true, r.adapterDir)
-	})
-	if r.err != nil {
-		return nil, r.err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if stop == nil {
-		stop = []int32{}
-	}
-	return r.m.Generate(prompt, finetune.GenerateOptions{MaxNewTokens: maxNew, StopIDs: stop})
-}
-
-func (r *ggufReference) Close() {
-	if r.m != nil {
-		r.m.Free()
-	}
 }
 
 // localBaseOf is the adapter's base_model_name_or_path when it is a local

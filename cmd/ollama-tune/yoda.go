@@ -311,7 +311,7 @@ func showAnswers(ctx context.Context, w io.Writer, modelDir, adapterDir string, 
 	if err != nil {
 		return err
 	}
-	ref := &convert.CPUReference{BaseDir: modelDir, AdapterDir: adapterDir}
+	ref := convert.NewCPUReference(modelDir, adapterDir)
 	defer ref.Close()
 	var stop []int32
 	for _, s := range convert.Phi3Stops {
