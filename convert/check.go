@@ -39,16 +39,7 @@ type ModelReference struct {
 // adapterDir ("" for the base alone) on the CPU backend in this process.
 func NewCPUReference(baseDir, adapterDir string) *ModelReference {
 	return &ModelReference{Load: func() (*finetune.Model, error) {
-		ck, err := finetune.LoadCheckpoint(baseDir)
-		if err != nil {
-			return nil, err
-		}
-		defer ck.Close()
-		b := finetune.NewCPUBackend(finetune.CPUOptions{})
-		if adapterDir == "" {
-			return finetune.LoadModel(b, ck, finetune.ModelOptions{})
-		}
-		return finetune.LoadModelWithAdapter(b, ck, finetune.ModelOptions{}, adapterDir)
+		return finetune.LoadCheckpointModel(finetune.NewCPUBackend(finetune.CPUOptions{}), baseDir, finetune.ModelOptions{}, adapterDir)
 	}}
 }
 

@@ -91,6 +91,22 @@ func (m *Model) SetAdapter(a *peft.Adapter) error {
 	return nil
 }
 
+// LoadCheckpointModel builds the model of the checkpoint folder dir on b,
+// with the PEFT adapter in adapterDir applied (LoadModelWithAdapter), or
+// the base alone when adapterDir is "". The checkpoint's files are closed
+// when it returns.
+func LoadCheckpointModel(b Backend, dir string, opts ModelOptions, adapterDir string) (*Model, error) {
+	ck, err := LoadCheckpoint(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer ck.Close()
+	if adapterDir == "" {
+		return LoadModel(b, ck, opts)
+	}
+	return LoadModelWithAdapter(b, ck, opts, adapterDir)
+}
+
 // LoadModelWithAdapter builds the base model of ck with the PEFT adapter
 // in adapterDir applied (validated against the base: shapes, ranks,
 // modules). opts.LoRA is replaced by the adapter's settings.

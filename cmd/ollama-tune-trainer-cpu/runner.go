@@ -15,14 +15,5 @@ func init() {
 // loadForGenerate builds the base model of dir (dense fp32), with the PEFT
 // adapter in adapterDir applied when it is not "".
 func loadForGenerate(dir, adapterDir string) (*finetune.Model, error) {
-	ck, err := finetune.LoadCheckpoint(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer ck.Close()
-	b := finetune.NewCPUBackend(finetune.CPUOptions{})
-	if adapterDir == "" {
-		return finetune.LoadModel(b, ck, finetune.ModelOptions{})
-	}
-	return finetune.LoadModelWithAdapter(b, ck, finetune.ModelOptions{}, adapterDir)
+	return finetune.LoadCheckpointModel(finetune.NewCPUBackend(finetune.CPUOptions{}), dir, finetune.ModelOptions{}, adapterDir)
 }

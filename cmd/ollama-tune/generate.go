@@ -177,15 +177,6 @@ func stopIDs(cfg *finetune.Config, tok *tokenizer.Tokenizer) []int32 {
 // PEFT adapter in adapterDir ("" for none) in its LoRA slots (the model is
 // built with the adapter's rank, alpha and target modules).
 func loadGenerateModel(dir, adapterDir string, nf4 bool) (*finetune.Model, error) {
-	ck, err := finetune.LoadCheckpoint(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer ck.Close()
-	b := finetune.NewCPUBackend(finetune.CPUOptions{})
 	opts := finetune.ModelOptions{Quantize: nf4, DoubleQuant: nf4}
-	if adapterDir == "" {
-		return finetune.LoadModel(b, ck, opts)
-	}
-	return finetune.LoadModelWithAdapter(b, ck, opts, adapterDir)
+	return finetune.LoadCheckpointModel(finetune.NewCPUBackend(finetune.CPUOptions{}), dir, opts, adapterDir)
 }

@@ -20,12 +20,7 @@ func cpuLoad(calls *int) func(dir, adapterDir string) (*finetune.Model, error) {
 		if adapterDir != "" {
 			return nil, errors.New("no adapters in this test")
 		}
-		ck, err := finetune.LoadCheckpoint(dir)
-		if err != nil {
-			return nil, err
-		}
-		defer ck.Close()
-		return finetune.LoadModel(finetune.NewCPUBackend(finetune.CPUOptions{}), ck, finetune.ModelOptions{})
+		return finetune.LoadCheckpointModel(finetune.NewCPUBackend(finetune.CPUOptions{}), dir, finetune.ModelOptions{}, "")
 	}
 }
 
