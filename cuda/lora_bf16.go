@@ -50,8 +50,8 @@ func (b *Backend) loraSplit(op string, xh, xdh, x cu.DevicePtr, n int64, p float
 
 // linearForwardBF16 is LinearForward with LoRA under BF16 compute: one
 // pass over x makes the base GEMM's input and the LoRA's, then
-// out = x . W^T, h = dropout(x) . A^T (both bfloat16 GEMMs) and
-// out += scale * h . B^T (float32).
+// h = dropout(x) . A^T (bfloat16 GEMM), out = scale * h . B^T (float32)
+// and out += x . W^T (bfloat16 GEMM, beta 1).
 func (b *Backend) linearForwardBF16(op string, out, x cu.DevicePtr, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
 	lo, r := l.LoRA, loraRank(l)
 	A, B := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op)
@@ -65,14 +65,18 @@ func (b *Backend) linearForwardBF16(op string, out, x cu.DevicePtr, T int, w *we
 	} else {
 		b.loraSplit(op, xh, 0, x, n, 0, 0)
 	}
-	b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in, alpha: 1, A: uintptr(xh), lda: w.in, B: uintptr(wp), ldb: w.in,
-		C: uintptr(out), ldc: w.out, abType: t})
 	a16, _, _, _ := b.loraHalfBufs(op, T, w.in, w.out, r)
 	b.bf16Of(op, a16, A.ptr, int64(r)*int64(w.in))
 	// h [T,r] = dropout(x) . A^T
 	b.gemm(op, gemmArgs{transB: true, M: T, N: r, K: w.in, alpha: 1, A: uintptr(xdh), lda: w.in, B: uintptr(a16), ldb: w.in,
 		C: uintptr(hs.ptr), ldc: r, abType: dataR16BF})
-	b.sgemm(op, false, true, T, w.out, r, lo.Scale, hs.ptr, r, B.ptr, r, 1, out, w.out)
+	// The up-projection goes first and overwrites out (beta 0: a write,
+	// no read); the base GEMM then adds into it (beta 1), where reading
+	// C costs little next to its K = in products (v4: saves the fp32
+	// read of out that a read-modify-write up-projection afterwards made).
+	b.sgemm(op, false, true, T, w.out, r, lo.Scale, hs.ptr, r, B.ptr, r, 0, out, w.out)
+	b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in, alpha: 1, beta: 1, A: uintptr(xh), lda: w.in, B: uintptr(wp), ldb: w.in,
+		C: uintptr(out), ldc: w.out, abType: t})
 }
 
 // linearBackwardBF16 is LinearBackward with LoRA under BF16 compute: dout
