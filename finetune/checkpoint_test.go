@@ -161,7 +161,7 @@ func TestCheckpointNamesAndShapes(t *testing.T) {
 
 // ckptRewrite loads every tensor of dir/model.safetensors into memory,
 // lets edit change the list, and writes it back.
-func ckptRewrite(t *testing.T, dir string, edit func([]safetensors.TensorInfo) []safetensors.TensorInfo) {
+func ckptRewrite(t testing.TB, dir string, edit func([]safetensors.TensorInfo) []safetensors.TensorInfo) {
 	t.Helper()
 	path := filepath.Join(dir, safetensors.SingleFileName)
 	f, err := safetensors.Open(path)

@@ -65,16 +65,11 @@ func collectEvents() (func(TrainEvent), *[]TrainEvent) {
 // scaleWeight multiplies one tensor of dir/model.safetensors by factor.
 func scaleWeight(t testing.TB, dir, name string, factor float32) {
 	t.Helper()
-	path := filepath.Join(dir, safetensors.SingleFileName)
-	f, err := safetensors.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ts []safetensors.TensorInfo
-	found := false
-	for _, n := range f.Names() {
-		ti, _ := f.Tensor(n)
-		if n == name {
+	ckptRewrite(t, dir, func(ts []safetensors.TensorInfo) []safetensors.TensorInfo {
+		for i, ti := range ts {
+			if ti.Name != name {
+				continue
+			}
 			v, err := safetensors.ToFloat32(ti)
 			if err != nil {
 				t.Fatal(err)
@@ -82,20 +77,12 @@ func scaleWeight(t testing.TB, dir, name string, factor float32) {
 			for k := range v {
 				v[k] *= factor
 			}
-			if ti, err = safetensors.FromFloat32(n, ti.DType, ti.Shape, v); err != nil {
+			if ts[i], err = safetensors.FromFloat32(name, ti.DType, ti.Shape, v); err != nil {
 				t.Fatal(err)
 			}
-			found = true
-		} else {
-			ti.Data = append([]byte(nil), ti.Data...)
+			return ts
 		}
-		ts = append(ts, ti)
-	}
-	f.Close()
-	if !found {
-		t.Fatalf("%s has no tensor %s", path, name)
-	}
-	if err := safetensors.Write(path, ts, map[string]string{"format": "pt"}); err != nil {
-		t.Fatal(err)
-	}
+		t.Fatalf("%s/%s has no tensor %s", dir, safetensors.SingleFileName, name)
+		return nil
+	})
 }
