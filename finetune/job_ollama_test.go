@@ -2,8 +2,6 @@ package finetune
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/ollama-tune/ollama-tune/finetune/gguf"
 	"github.com/ollama-tune/ollama-tune/finetune/ollamastore"
+	"github.com/ollama-tune/ollama-tune/finetune/ollamastore/storetest"
 	"github.com/ollama-tune/ollama-tune/finetune/peft"
 	"github.com/ollama-tune/ollama-tune/finetune/testutil"
 )
@@ -85,53 +84,6 @@ func writeOllamaGGUF(t *testing.T, path string, cfg *Config, get func(string) ([
 	writeTestGGUF(t, path, append(kvs, extraKV...), ts)
 }
 
-// ollamaStore lays out an Ollama model store: the GGUF and the template as
-// blobs, and the manifest of name. It returns the model blob's path.
-func ollamaStore(t *testing.T, modelsDir, name, ggufPath, template string) string {
-	t.Helper()
-	blob := func(b []byte) (string, string) {
-		sum := sha256.Sum256(b)
-		digest := "sha256:" + hex.EncodeToString(sum[:])
-		p, err := ollamastore.BlobPath(modelsDir, digest)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return digest, p
-	}
-	g, err := os.ReadFile(ggufPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gd, gp := blob(g)
-	layers := []ollamastore.Layer{{MediaType: ollamastore.MediaModel, Digest: gd, Size: int64(len(g))}}
-	if template != "" {
-		td, _ := blob([]byte(template))
-		layers = append(layers, ollamastore.Layer{MediaType: ollamastore.MediaTemplate, Digest: td, Size: int64(len(template))})
-	}
-	cd, _ := blob([]byte("{}"))
-	man := ollamastore.Manifest{SchemaVersion: 2, MediaType: "application/vnd.docker.distribution.manifest.v2+json",
-		Config: ollamastore.Layer{MediaType: "application/vnd.docker.container.image.v1+json", Digest: cd, Size: 2}, Layers: layers}
-	n, err := ollamastore.ParseName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mp := n.ManifestPath(modelsDir)
-	if err := os.MkdirAll(filepath.Dir(mp), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b, _ := json.Marshal(man)
-	if err := os.WriteFile(mp, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return gp
-}
-
 // ollamaTrainConfig trains a few steps with dropout and gradient
 // checkpointing, dense float32 unless the caller changes it.
 func ollamaTrainConfig(model, data, out string) TrainConfig {
@@ -191,7 +143,7 @@ func TestOllamaJobTrainsLikeTheFolder(t *testing.T) {
 	ggufPath := filepath.Join(dir, "tiny.gguf")
 	writeOllamaGGUF(t, ggufPath, cfg, RandomWeights(cfg, seed), nil, "Phi3")
 	models := filepath.Join(dir, "models")
-	blob := ollamaStore(t, models, "tiny-phi3", ggufPath, testPhi3Template)
+	blob := storetest.Put(t, models, "tiny-phi3", ggufPath, testPhi3Template)
 	data := testutil.YodaCSV(t, 8)
 	ctx := context.Background()
 
@@ -314,7 +266,7 @@ func TestKeepGGUFTrainsLikeDense(t *testing.T) {
 	ggufPath := filepath.Join(dir, "q.gguf")
 	writeOllamaGGUF(t, ggufPath, cfg, RandomWeights(cfg, 9), quantTypes, "Phi3")
 	models := filepath.Join(dir, "models")
-	ollamaStore(t, models, "tiny-q:v1", ggufPath, testPhi3Template)
+	storetest.Put(t, models, "tiny-q:v1", ggufPath, testPhi3Template)
 	data := testutil.YodaCSV(t, 8)
 	ctx := context.Background()
 	run := func(name string, q QuantizationConfig) ([]float64, TrainPlan) {
@@ -559,11 +511,11 @@ func TestOllamaJobErrors(t *testing.T) {
 	models := filepath.Join(dir, "models")
 	good := filepath.Join(dir, "good.gguf")
 	writeOllamaGGUF(t, good, cfg, RandomWeights(cfg, 1), nil, "Phi3")
-	ollamaStore(t, models, "good", good, testPhi3Template)
+	storetest.Put(t, models, "good", good, testPhi3Template)
 	unnamed := filepath.Join(dir, "unnamed.gguf")
 	writeOllamaGGUF(t, unnamed, cfg, RandomWeights(cfg, 1), nil, "tiny")
-	ollamaStore(t, models, "newlines", unnamed, testPhi3NewlineTemplate)
-	ollamaStore(t, models, "notemplate", good, "")
+	storetest.Put(t, models, "newlines", unnamed, testPhi3NewlineTemplate)
+	storetest.Put(t, models, "notemplate", good, "")
 	iq := filepath.Join(dir, "iq.gguf")
 	iqCfg := *cfg
 	iqCfg.IntermediateSize = 256 // rows of whole IQ2_XXS blocks
@@ -575,13 +527,13 @@ func TestOllamaJobErrors(t *testing.T) {
 	}, "Phi3")
 	// Turn the Q8_0 down_proj into an IQ2_XXS tensor of the same size class.
 	ggufToIQ2XXS(t, iq, "blk.0.ffn_down.weight")
-	ollamaStore(t, models, "iq", iq, testPhi3Template)
+	storetest.Put(t, models, "iq", iq, testPhi3Template)
 	gemma := filepath.Join(dir, "gemma.gguf")
 	writeTestGGUF(t, gemma, []gkv{{"general.architecture", "gemma"}}, nil)
-	ollamaStore(t, models, "gemma", gemma, testPhi3Template)
+	storetest.Put(t, models, "gemma", gemma, testPhi3Template)
 	other := filepath.Join(dir, "other.gguf")
 	writeOllamaGGUF(t, other, cfg, RandomWeights(cfg, 2), nil, "Phi3")
-	if err := os.Remove(ollamaStore(t, models, "gone", other, testPhi3Template)); err != nil {
+	if err := os.Remove(storetest.Put(t, models, "gone", other, testPhi3Template)); err != nil {
 		t.Fatal(err)
 	}
 
@@ -650,7 +602,7 @@ func TestOllamaJobThroughTheServer(t *testing.T) {
 	serverStore := filepath.Join(dir, "server-models")
 	p := filepath.Join(dir, "m.gguf")
 	writeOllamaGGUF(t, p, cfg, RandomWeights(cfg, 1), nil, "Phi3")
-	blob := ollamaStore(t, serverStore, "me/tiny:v2", p, testPhi3Template)
+	blob := storetest.Put(t, serverStore, "me/tiny:v2", p, testPhi3Template)
 	var asked string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
@@ -703,7 +655,7 @@ func TestServingCheckOnData(t *testing.T) {
 	models := filepath.Join(dir, "models")
 	p := filepath.Join(dir, "tiny.gguf")
 	writeOllamaGGUF(t, p, cfg, RandomWeights(cfg, 1), nil, "tiny")
-	ollamaStore(t, models, "tiny", p, testPhi3Template)
+	storetest.Put(t, models, "tiny", p, testPhi3Template)
 	plan := func(data string) error {
 		c := ollamaTrainConfig("ollama://tiny", data, filepath.Join(dir, "out"))
 		j, err := NewJob(context.Background(), c, JobOptions{Ollama: &ollamastore.Resolver{ModelsDir: models, NoAPI: true}})

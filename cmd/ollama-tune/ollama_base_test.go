@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,45 +10,10 @@ import (
 
 	"github.com/ollama-tune/ollama-tune/convert"
 	"github.com/ollama-tune/ollama-tune/finetune"
-	"github.com/ollama-tune/ollama-tune/finetune/ollamastore"
+	"github.com/ollama-tune/ollama-tune/finetune/ollamastore/storetest"
 	"github.com/ollama-tune/ollama-tune/finetune/peft"
 	"github.com/ollama-tune/ollama-tune/finetune/testutil"
 )
-
-// putOllamaModel lays out name in the Ollama store modelsDir: the GGUF and
-// the template as blobs and the manifest. It returns the model blob.
-func putOllamaModel(t *testing.T, modelsDir, name, ggufPath, template string) string {
-	t.Helper()
-	blob := func(b []byte) (string, string) {
-		sum := sha256.Sum256(b)
-		d := "sha256:" + hex.EncodeToString(sum[:])
-		p, err := ollamastore.BlobPath(modelsDir, d)
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return d, p
-	}
-	g, err := os.ReadFile(ggufPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gd, gp := blob(g)
-	td, _ := blob([]byte(template))
-	cd, _ := blob([]byte("{}"))
-	man, _ := json.Marshal(ollamastore.Manifest{SchemaVersion: 2, Config: ollamastore.Layer{Digest: cd, Size: 2}, Layers: []ollamastore.Layer{
-		{MediaType: ollamastore.MediaModel, Digest: gd, Size: int64(len(g))},
-		{MediaType: ollamastore.MediaTemplate, Digest: td, Size: int64(len(template))}}})
-	n, _ := ollamastore.ParseName(name)
-	os.MkdirAll(filepath.Dir(n.ManifestPath(modelsDir)), 0o755)
-	if err := os.WriteFile(n.ManifestPath(modelsDir), man, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return gp
-}
 
 // ollamaEnv points the store at a temporary folder and OLLAMA_HOST at a
 // port nothing listens on.
@@ -81,7 +43,7 @@ func TestTrainAndCreateOnOllamaBase(t *testing.T) {
 	if _, err := convert.WriteModel(ggufPath, convert.ModelOptions{BaseDir: dir, Type: convert.F32, Name: "tiny"}); err != nil {
 		t.Fatal(err)
 	}
-	blob := putOllamaModel(t, models, "tiny", ggufPath, convert.Phi3Template)
+	blob := storetest.Put(t, models, "tiny", ggufPath, convert.Phi3Template)
 
 	cfgPath := yodaConfig(t, "unused", "")
 	got, _, err := runCmd(t, newTrainCmd(), "--config", cfgPath, "--base", "tiny", "--dry-run")
@@ -154,7 +116,7 @@ func TestTrainAndCreateOnOllamaBase(t *testing.T) {
 	if _, err := convert.WriteModel(other, convert.ModelOptions{BaseDir: dir, Type: convert.F16, Name: "tiny"}); err != nil {
 		t.Fatal(err)
 	}
-	putOllamaModel(t, models, "tiny", other, convert.Phi3Template)
+	storetest.Put(t, models, "tiny", other, convert.Phi3Template)
 	if _, _, err := runCmd(t, newCreateCmd(), "x", "--adapter", adapter, "--modelfile-only"); err == nil ||
 		!strings.Contains(err.Error(), finetune.BlobDigest(blob)) || !strings.Contains(err.Error(), "train again") {
 		t.Errorf("changed base: %v", err)
