@@ -15,7 +15,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,6 +24,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ollama-tune/ollama-tune/finetune"
+	"github.com/ollama-tune/ollama-tune/internal/pyjson"
 )
 
 func newInspectCmd() *cobra.Command {
@@ -175,40 +175,6 @@ func commas(n int64) string {
 	return b.String()
 }
 
-// pyFloat formats f as Python's repr(float): the shortest digits that read
-// back as f, in fixed notation for exponents -4..15 (with ".0" when
-// integral) and in scientific notation otherwise ("1e-05").
-func pyFloat(f float64) string {
-	switch {
-	case math.IsNaN(f):
-		return "nan"
-	case math.IsInf(f, 1):
-		return "inf"
-	case math.IsInf(f, -1):
-		return "-inf"
-	case f == 0:
-		if math.Signbit(f) {
-			return "-0.0"
-		}
-		return "0.0"
-	}
-	exp := int(math.Floor(math.Log10(math.Abs(f))))
-	// Log10 can be off by one near powers of ten; take the exponent from the
-	// shortest scientific form instead.
-	sci := strconv.FormatFloat(f, 'e', -1, 64)
-	if i := strings.IndexByte(sci, 'e'); i >= 0 {
-		exp, _ = strconv.Atoi(sci[i+1:])
-	}
-	if exp < -4 || exp >= 16 {
-		return sci // Go writes at least two exponent digits, as Python does
-	}
-	s := strconv.FormatFloat(f, 'f', -1, 64)
-	if !strings.ContainsAny(s, ".") {
-		s += ".0"
-	}
-	return s
-}
-
 // ---- torch's module repr ----
 
 // module is a node of an nn.Module tree: its class name, extra_repr and
@@ -303,7 +269,7 @@ func linearExtra(in, out int) string {
 }
 
 func dropout(p float64) *module {
-	return leaf("Dropout", fmt.Sprintf("p=%s, inplace=False", pyFloat(p)))
+	return leaf("Dropout", fmt.Sprintf("p=%s, inplace=False", pyjson.Repr(p)))
 }
 
 // phi3Tree builds the module tree of Phi3ForCausalLM (transformers 4.56),
@@ -347,7 +313,7 @@ func phi3Tree(cfg *finetune.Config, eps, residPdrop float64, quantized bool, lor
 			add("lora_magnitude_vector", leaf("ModuleDict", ""))
 	}
 	norm := func() *module {
-		return leaf("Phi3RMSNorm", fmt.Sprintf("(%d,), eps=%s", cfg.HiddenSize, pyFloat(eps)))
+		return leaf("Phi3RMSNorm", fmt.Sprintf("(%d,), eps=%s", cfg.HiddenSize, pyjson.Repr(eps)))
 	}
 	act := "SiLU" // ACT2FN["silu"] is nn.SiLU
 	if cfg.HiddenAct != "" && cfg.HiddenAct != "silu" && cfg.HiddenAct != "swish" {

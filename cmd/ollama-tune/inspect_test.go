@@ -109,17 +109,6 @@ func TestInspectErrors(t *testing.T) {
 	}
 }
 
-func TestPyFloat(t *testing.T) {
-	for f, want := range map[float64]string{
-		1e-05: "1e-05", 0.05: "0.05", 0: "0.0", 1: "1.0", 123: "123.0", 1e-4: "0.0001",
-		1.5e-7: "1.5e-07", 1e16: "1e+16", 1e15: "1000000000000000.0", 0.1: "0.1", 2.5e-5: "2.5e-05",
-	} {
-		if got := pyFloat(f); got != want {
-			t.Errorf("pyFloat(%g) = %q, want %q", f, got, want)
-		}
-	}
-}
-
 func TestCommas(t *testing.T) {
 	for n, want := range map[int64]string{0: "0", 999: "999", 1000: "1,000", 12582912: "12,582,912", -1234567: "-1,234,567"} {
 		if got := commas(n); got != want {

@@ -1,5 +1,5 @@
-// Package pyjson writes numbers and strings as Python's json module writes
-// them, for output that must match Python's byte for byte: PEFT's
+// Package pyjson writes numbers and strings as Python's json module (and
+// repr) writes them, for output that must match Python's byte for byte: PEFT's
 // adapter_config.json, a config.json transformers reads, Jinja's tojson in
 // chat templates.
 package pyjson
@@ -13,11 +13,8 @@ import (
 	"unicode/utf16"
 )
 
-// Float formats f as Python's repr(float) (what json.dumps writes): the
-// shortest digits that round trip, in positional notation with at least
-// one fractional digit (0.0, 16.0, 0.0001) when the decimal exponent is in
-// [-4, 16), else scientific with a two-digit exponent (1e-05, 1.5e+16);
-// NaN, Infinity and -Infinity as json.dumps writes them.
+// Float formats f as json.dumps writes a float: Repr's digits, with NaN,
+// Infinity and -Infinity for the values JSON has no number for.
 func Float(f float64) string {
 	switch {
 	case math.IsNaN(f):
@@ -26,6 +23,22 @@ func Float(f float64) string {
 		return "Infinity"
 	case math.IsInf(f, -1):
 		return "-Infinity"
+	}
+	return Repr(f)
+}
+
+// Repr formats f as Python's repr(float): the shortest digits that round
+// trip, in positional notation with at least one fractional digit (0.0,
+// 16.0, 0.0001) when the decimal exponent is in [-4, 16), else scientific
+// with a two-digit exponent (1e-05, 1.5e+16); nan, inf and -inf.
+func Repr(f float64) string {
+	switch {
+	case math.IsNaN(f):
+		return "nan"
+	case math.IsInf(f, 1):
+		return "inf"
+	case math.IsInf(f, -1):
+		return "-inf"
 	case f == 0:
 		if math.Signbit(f) {
 			return "-0.0"

@@ -6,8 +6,8 @@ import (
 	"testing"
 )
 
-// The wanted strings are what Python 3.12 prints for repr(f) and
-// json.dumps(s) / json.dumps(s, ensure_ascii=False).
+// The wanted strings are what Python 3.12 prints for json.dumps(f),
+// repr(f), json.dumps(s) and json.dumps(s, ensure_ascii=False).
 
 func TestFloat(t *testing.T) {
 	tenth, fifth := 0.1, 0.2
@@ -18,6 +18,18 @@ func TestFloat(t *testing.T) {
 	} {
 		if got := Float(f); got != want {
 			t.Errorf("Float(%v) = %s, Python's repr is %s", f, got, want)
+		}
+	}
+}
+
+func TestRepr(t *testing.T) {
+	for f, want := range map[float64]string{
+		1e-05: "1e-05", 0.05: "0.05", 0: "0.0", 1: "1.0", 123: "123.0", 1e-4: "0.0001", 1.5e-7: "1.5e-07",
+		1e16: "1e+16", 1e15: "1000000000000000.0", 0.1: "0.1", 2.5e-5: "2.5e-05",
+		math.Inf(1): "inf", math.Inf(-1): "-inf", math.NaN(): "nan",
+	} {
+		if got := Repr(f); got != want {
+			t.Errorf("Repr(%v) = %s, Python's repr is %s", f, got, want)
 		}
 	}
 }
