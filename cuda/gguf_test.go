@@ -19,6 +19,7 @@ import (
 
 	"github.com/ollama-tune/ollama-tune/finetune"
 	"github.com/ollama-tune/ollama-tune/finetune/gguf"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil/tinymodel"
 )
 
 // ggufHalves are the byte offsets of the fp16 fields (d, dmin or m) in a
@@ -348,13 +349,7 @@ func ggufTinyModel(t *testing.T, b finetune.Backend, cfg *finetune.Config, mats 
 	if err != nil {
 		t.Fatal(err)
 	}
-	for k, p := range m.LoRAParams() {
-		if strings.Contains(p.Name, "lora_B") {
-			if err := m.SetLoRA(p.Name, randn(p.Numel(), uint64(100+k), 0.2)); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	tinymodel.RandomLoRAB(t, m)
 	return m
 }
 
@@ -365,18 +360,7 @@ func ggufTinyModel(t *testing.T, b finetune.Backend, cfg *finetune.Config, mats 
 func TestGGUFModelMatchesCPU(t *testing.T) {
 	cfg := ggufTinyConfig()
 	mats := ggufTinyMatrices(t, cfg)
-	B, S := 2, 24
-	pos := packedPos(B, S, []int{9, 17, 5})
-	ids := make([]int32, B*S)
-	labels := make([]int32, B*S)
-	for k := range ids {
-		ids[k] = int32((k*131 + 7) % cfg.VocabSize)
-		labels[k] = ids[k]
-		if pos[k] < 2 {
-			labels[k] = finetune.IgnoreIndex
-		}
-	}
-	batch := &finetune.Batch{B: B, S: S, InputIDs: ids, PositionIDs: pos, Labels: labels}
+	batch := tinymodel.PackedBatch(2, 24, cfg.VocabSize, []int{9, 17, 5})
 	for _, ckpt := range []bool{false, true} {
 		t.Run(fmt.Sprintf("ckpt %v", ckpt), func(t *testing.T) {
 			gm, cm := ggufTinyModel(t, gpu, cfg, mats), ggufTinyModel(t, cpu, cfg, mats)

@@ -7,216 +7,30 @@ package cuda
 // a Phi-3-mini-shaped training run that reports speed and memory.
 
 import (
-	"encoding/json"
 	"fmt"
 	"math"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ollama-tune/ollama-tune/finetune"
-	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil/golden"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil/tinymodel"
 )
 
-// goldenDir is finetune's golden fixture directory.
-func goldenDir(t *testing.T, variant string) string {
-	dir := filepath.Join("..", "finetune", "testdata", "golden", variant)
-	if _, err := os.Stat(filepath.Join(dir, "golden.safetensors")); err != nil {
-		t.Fatalf("golden fixture %s: %v (run the test binary from the cuda/ directory of a checkout)", dir, err)
-	}
-	return dir
-}
-
-func goldenF32(t *testing.T, f *safetensors.File, name string) []float32 {
-	t.Helper()
-	ti, err := f.Tensor(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := safetensors.ToFloat32(ti)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
-}
-
-func goldenI32(t *testing.T, f *safetensors.File, name string) ([]int32, []int) {
-	t.Helper()
-	ti, err := f.Tensor(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := safetensors.Int64s(ti)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := make([]int32, len(v))
-	for k, x := range v {
-		out[k] = int32(x)
-	}
-	return out, ti.Shape
-}
-
-// loadGolden builds the fixture's model with its PEFT adapter on b.
-func loadGolden(t *testing.T, b finetune.Backend, dir string, quant bool) *finetune.Model {
-	t.Helper()
-	ck, err := finetune.LoadCheckpoint(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ck.Close()
-	raw, err := os.ReadFile(filepath.Join(dir, "adapter", "adapter_config.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ac struct {
-		R             int      `json:"r"`
-		Alpha         float32  `json:"lora_alpha"`
-		Dropout       float32  `json:"lora_dropout"`
-		TargetModules []string `json:"target_modules"`
-		Bias          string   `json:"bias"`
-	}
-	if err := json.Unmarshal(raw, &ac); err != nil {
-		t.Fatal(err)
-	}
-	lc := &finetune.LoRAConfig{R: ac.R, Alpha: ac.Alpha, Dropout: ac.Dropout, TargetModules: ac.TargetModules, Bias: ac.Bias}
-	m, err := finetune.LoadModel(b, ck, finetune.ModelOptions{Quantize: quant, DoubleQuant: true, LoRA: lc})
-	if err != nil {
-		t.Fatal(err)
-	}
-	af, err := safetensors.Open(filepath.Join(dir, "adapter", "adapter_model.safetensors"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer af.Close()
-	for _, name := range af.Names() {
-		if err := m.SetLoRA(name, goldenF32(t, af, name)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return m
-}
-
-// findLinear returns the model's linear whose weight is called name.
-func findLinear(t *testing.T, m *finetune.Model, name string) *finetune.Linear {
-	t.Helper()
-	for i := range m.Layers {
-		l := &m.Layers[i]
-		for _, lin := range []*finetune.Linear{l.QKV, l.O, l.GateUp, l.Down} {
-			if lin.Name+".weight" == name {
-				return lin
-			}
-		}
-	}
-	t.Fatalf("no linear layer has weight %q", name)
-	return nil
-}
-
-// TestGolden runs finetune's golden test on the GPU: logits, loss and
-// every LoRA gradient (with and without checkpointing), and 3 clipped
-// AdamW steps, against transformers + peft to relative L2 error 1e-5, and
-// NF4 dequantization bit-identical to what the reference ran with.
+// TestGolden runs finetune's golden test on the GPU (golden.Run): logits,
+// loss and every LoRA gradient (with and without checkpointing), and 3
+// clipped AdamW steps, against transformers + peft to relative L2 error
+// 1e-5, and NF4 dequantization bit-identical to what the reference ran with.
 func TestGolden(t *testing.T) {
-	const tol = 1e-5
-	for _, variant := range []string{"tiny", "tiny_fp32"} {
+	for _, variant := range golden.Variants {
 		t.Run(variant, func(t *testing.T) {
-			dir := goldenDir(t, variant)
-			gf, err := safetensors.Open(filepath.Join(dir, "golden.safetensors"))
-			if err != nil {
-				t.Fatal(err)
+			dir, ok := golden.Dir(t, variant)
+			if !ok {
+				t.Fatalf("golden fixture %s is missing (run the test binary from the cuda/ directory of a checkout)", dir)
 			}
-			defer gf.Close()
-			quant := gf.Metadata()["quant"] == "nf4"
-			m := loadGolden(t, gpu, dir, quant)
-			defer m.Free()
-			if quant {
-				n := 0
-				for _, name := range gf.Names() {
-					base, ok := strings.CutPrefix(name, "nf4.")
-					if !ok {
-						continue
-					}
-					n++
-					checkBits(t, "nf4 "+base, gpu.DequantizeWeight(findLinear(t, m, base).W), goldenF32(t, gf, name))
-				}
-				if n != 4*m.Cfg.NumLayers {
-					t.Fatalf("%d nf4.* tensors in the fixture, want %d", n, 4*m.Cfg.NumLayers)
-				}
-			}
-			ids, shape := goldenI32(t, gf, "input_ids")
-			pos, _ := goldenI32(t, gf, "position_ids")
-			labels, _ := goldenI32(t, gf, "labels")
-			batch := &finetune.Batch{B: shape[0], S: shape[1], InputIDs: ids, PositionIDs: pos, Labels: labels}
-			logits, err := m.Logits(batch)
-			if err != nil {
-				t.Fatal(err)
-			}
-			checkRel(t, "logits", logits, goldenF32(t, gf, "logits"), tol)
-			wantLoss := float64(goldenF32(t, gf, "loss")[0])
-			for _, ckpt := range []bool{false, true} {
-				m.GradientCheckpointing = ckpt
-				m.ZeroGrads()
-				loss, _, _, err := m.Forward(batch, true, 1)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := m.Backward(); err != nil {
-					t.Fatal(err)
-				}
-				if e := math.Abs(loss-wantLoss) / math.Abs(wantLoss); e > tol {
-					t.Errorf("checkpointing %v: loss %.9f, reference %.9f (rel %.2g)", ckpt, loss, wantLoss, e)
-				}
-				for _, p := range m.LoRAParams() {
-					checkRel(t, fmt.Sprintf("ckpt %v grad %s", ckpt, p.Name), gpu.Download(p.Grad), goldenF32(t, gf, "grad."+p.Name), tol)
-				}
-			}
-			m.GradientCheckpointing = false
-			hp := finetune.AdamParams{LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01}
-			params := m.LoRAParams()
-			mom := make([][2]finetune.Tensor, len(params))
-			for k, p := range params {
-				mom[k] = [2]finetune.Tensor{gpu.Alloc(p.Shape...), gpu.Alloc(p.Shape...)}
-			}
-			wantLosses, wantNorms := goldenF32(t, gf, "adamw.loss"), goldenF32(t, gf, "adamw.grad_norm")
-			for step := 1; step <= 3; step++ {
-				m.ZeroGrads()
-				loss, _, _, err := m.Forward(batch, true, uint64(step))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := m.Backward(); err != nil {
-					t.Fatal(err)
-				}
-				var ss float64
-				for _, p := range params {
-					ss += gpu.SumSquares(p.Grad)
-				}
-				norm := math.Sqrt(ss)
-				if e := math.Abs(loss-float64(wantLosses[step-1])) / float64(wantLosses[step-1]); e > tol {
-					t.Errorf("AdamW step %d: loss %.9f, reference %.9f", step, loss, wantLosses[step-1])
-				}
-				if e := math.Abs(norm-float64(wantNorms[step-1])) / float64(wantNorms[step-1]); e > tol {
-					t.Errorf("AdamW step %d: grad norm %.9f, reference %.9f", step, norm, wantNorms[step-1])
-				}
-				if coef := float32(1.0 / (norm + 1e-6)); coef < 1 {
-					for _, p := range params {
-						gpu.Scale(p.Grad, coef)
-					}
-				}
-				hp.Step = step
-				for k, p := range params {
-					gpu.AdamW(p.Param, p.Grad, mom[k][0], mom[k][1], hp)
-				}
-			}
-			for _, p := range params {
-				checkRel(t, "after AdamW "+p.Name, gpu.Download(p.Param), goldenF32(t, gf, "adamw."+p.Name), tol)
-			}
-			for _, mm := range mom {
-				gpu.Free(mm[0])
-				gpu.Free(mm[1])
-			}
+			golden.Run(t, gpu, dir)
 		})
 	}
 }
@@ -251,31 +65,12 @@ func smallModel(t *testing.T, b finetune.Backend, quant bool, dropout float32) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	for k, p := range m.LoRAParams() {
-		if strings.Contains(p.Name, "lora_B") {
-			if err := m.SetLoRA(p.Name, randn(p.Numel(), uint64(100+k), 0.2)); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	tinymodel.RandomLoRAB(t, m)
 	return m
 }
 
 // smallBatch: 3 rows of 24 with packed examples; prompt tokens ignored.
-func smallBatch(V int) *finetune.Batch {
-	B, S := 3, 24
-	pos := packedPos(B, S, []int{7, 13, 30, 4})
-	ids := make([]int32, B*S)
-	labels := make([]int32, B*S)
-	for k := range ids {
-		ids[k] = int32((k*131 + 7) % V)
-		labels[k] = ids[k]
-		if pos[k] < 2 {
-			labels[k] = finetune.IgnoreIndex
-		}
-	}
-	return &finetune.Batch{B: B, S: S, InputIDs: ids, PositionIDs: pos, Labels: labels}
-}
+func smallBatch(V int) *finetune.Batch { return tinymodel.PackedBatch(3, 24, V, []int{7, 13, 30, 4}) }
 
 // TestModelMatchesCPU trains the same random model on both backends:
 // loss, every LoRA gradient, two AdamW steps, logits and greedy generation.
@@ -459,16 +254,7 @@ func phi3Steps(t *testing.T, dt finetune.DType) {
 		if err := m.Backward(); err != nil {
 			t.Fatal(err)
 		}
-		var ss float64
-		for _, p := range params {
-			ss += b.SumSquares(p.Grad)
-		}
-		norm := math.Sqrt(ss)
-		if coef := float32(1.0 / (norm + 1e-6)); coef < 1 {
-			for _, p := range params {
-				b.Scale(p.Grad, coef)
-			}
-		}
+		norm := golden.ClipGradNorm(b, params, 1)
 		hp := finetune.AdamParams{LR: 2e-4, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0, Step: step}
 		for k, p := range params {
 			b.AdamW(p.Param, p.Grad, mom[k][0], mom[k][1], hp)

@@ -23,6 +23,8 @@ import (
 	"github.com/ollama-tune/ollama-tune/finetune"
 	"github.com/ollama-tune/ollama-tune/finetune/nf4"
 	"github.com/ollama-tune/ollama-tune/finetune/optim"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil/golden"
+	"github.com/ollama-tune/ollama-tune/finetune/testutil/tinymodel"
 )
 
 const (
@@ -96,55 +98,13 @@ func nanSlice(n int) []float32 {
 	return x
 }
 
-// relErr is ||got - want|| / ||want|| (infinite for a NaN).
-func relErr(got, want []float32) float64 {
-	if len(got) != len(want) {
-		return math.Inf(1)
-	}
-	var num, den float64
-	for k := range want {
-		d := float64(got[k]) - float64(want[k])
-		if math.IsNaN(d) {
-			return math.Inf(1)
-		}
-		num += d * d
-		den += float64(want[k]) * float64(want[k])
-	}
-	if den == 0 {
-		return math.Sqrt(num)
-	}
-	return math.Sqrt(num / den)
-}
-
-func checkRel(t *testing.T, what string, got, want []float32, tol float64) {
-	t.Helper()
-	e := relErr(got, want)
-	if !(e <= tol) {
-		t.Errorf("%s: relative error %.3g > %.3g (got[:4] %v, want[:4] %v)", what, e, tol, got[:min(4, len(got))], want[:min(4, len(want))])
-		return
-	}
-	t.Logf("%s: relative error %.2g", what, e)
-}
-
-func checkBits(t *testing.T, what string, got, want []float32) {
-	t.Helper()
-	if len(got) != len(want) {
-		t.Errorf("%s: %d values, want %d", what, len(got), len(want))
-		return
-	}
-	bad, first := 0, -1
-	for k := range want {
-		if math.Float32bits(got[k]) != math.Float32bits(want[k]) {
-			if first < 0 {
-				first = k
-			}
-			bad++
-		}
-	}
-	if bad > 0 {
-		t.Errorf("%s: %d of %d values differ in their bits (first at %d: %v, want %v)", what, bad, len(want), first, got[first], want[first])
-	}
-}
+// The comparisons are golden's, which package finetune's golden test uses
+// too: relative L2 error (logged when within tol) and float32 bits.
+var (
+	relErr    = golden.RelErr
+	checkRel  = golden.CheckRel
+	checkBits = golden.CheckBits
+)
 
 // pair is one tensor on both backends.
 type pair struct {
@@ -427,23 +387,7 @@ func TestRoPE(t *testing.T) {
 
 // packedPos returns position ids for B rows of S tokens packing examples
 // of the given lengths (cycled).
-func packedPos(B, S int, lens []int) []int32 {
-	pos := make([]int32, B*S)
-	k := 0
-	for r := 0; r < B; r++ {
-		p, n := 0, lens[k%len(lens)]
-		for s := 0; s < S; s++ {
-			if p == n {
-				k++
-				p, n = 0, lens[k%len(lens)]
-			}
-			pos[r*S+s] = int32(p)
-			p++
-		}
-		k++
-	}
-	return pos
-}
+var packedPos = tinymodel.PackedPos
 
 func TestAttention(t *testing.T) {
 	for _, fast := range []bool{true, false} {

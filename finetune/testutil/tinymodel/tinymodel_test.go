@@ -1,6 +1,7 @@
 package tinymodel_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -31,5 +32,27 @@ func TestDir(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "chat_template.jinja")); err != nil {
 		t.Error(err)
+	}
+}
+
+func TestPackedBatch(t *testing.T) {
+	b := tinymodel.PackedBatch(2, 5, 11, []int{3, 4})
+	// Row 0: an example of 3, then one of 4 cut after 2; row 1 starts the
+	// next (3) afresh and a 4 follows.
+	wantPos := []int32{0, 1, 2, 0, 1, 0, 1, 2, 0, 1}
+	if fmt.Sprint(b.PositionIDs) != fmt.Sprint(wantPos) {
+		t.Errorf("positions %v, want %v", b.PositionIDs, wantPos)
+	}
+	for k, id := range b.InputIDs {
+		if want := int32((k*131 + 7) % 11); id != want {
+			t.Errorf("id %d is %d, want %d", k, id, want)
+		}
+		if want := id; wantPos[k] < 2 {
+			if b.Labels[k] != finetune.IgnoreIndex {
+				t.Errorf("label %d (a prompt token) is %d", k, b.Labels[k])
+			}
+		} else if b.Labels[k] != want {
+			t.Errorf("label %d is %d, want %d", k, b.Labels[k], want)
+		}
 	}
 }
