@@ -274,15 +274,12 @@ func TestGGUFWeightErrors(t *testing.T) {
 	}
 }
 
-// ggufTinyConfig: sizes that are whole k-quant blocks (256), four heads of
-// 64 and two KV heads.
+// ggufTinyConfig: smallConfig with sizes that are whole k-quant blocks
+// (256), four heads of 64 and two KV heads.
 func ggufTinyConfig() *finetune.Config {
-	return &finetune.Config{
-		Architecture: "Phi3ForCausalLM", ModelType: "phi3",
-		HiddenSize: 256, IntermediateSize: 256, NumLayers: 2, NumHeads: 4, NumKVHeads: 2,
-		VocabSize: 301, RMSNormEps: 1e-5, RopeTheta: 10000, PartialRotaryFactor: 1,
-		MaxPositionEmbeddings: 128, SlidingWindow: 9, HiddenAct: "silu", EOSTokenIDs: []int{2}, PadTokenID: -1,
-	}
+	cfg := smallConfig()
+	cfg.HiddenSize, cfg.IntermediateSize, cfg.NumLayers, cfg.NumHeads, cfg.NumKVHeads = 256, 256, 2, 4, 2
+	return cfg
 }
 
 // ggufTinyMatrices are the tiny model's linears as GGUF blocks of all
@@ -367,54 +364,16 @@ func TestGGUFModelMatchesCPU(t *testing.T) {
 			defer gm.Free()
 			defer cm.Free()
 			gm.GradientCheckpointing, cm.GradientCheckpointing = ckpt, ckpt
-			gp, cp := gm.LoRAParams(), cm.LoRAParams()
-			gmom := make([][2]finetune.Tensor, len(gp))
-			cmom := make([][2]finetune.Tensor, len(cp))
-			for k := range gp {
-				gmom[k] = [2]finetune.Tensor{gpu.Alloc(gp[k].Shape...), gpu.Alloc(gp[k].Shape...)}
-				cmom[k] = [2]finetune.Tensor{cpu.Alloc(cp[k].Shape...), cpu.Alloc(cp[k].Shape...)}
-			}
-			defer func() {
-				for k := range gmom {
-					gpu.Free(gmom[k][0])
-					gpu.Free(gmom[k][1])
-				}
-			}()
+			w := newTwin(gm, cm)
+			defer w.free()
 			for step := 1; step <= 2; step++ {
-				gm.ZeroGrads()
-				cm.ZeroGrads()
-				gl, gn, gc, err := gm.Forward(batch, true, uint64(step))
-				if err != nil {
-					t.Fatal(err)
-				}
-				cl, cn, cc, err := cm.Forward(batch, true, uint64(step))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if e := math.Abs(gl-cl) / cl; !(e <= tolF32) || gn != cn || gc != cc {
-					t.Errorf("step %d: loss %.9f over %d tokens (%d correct), cpu %.9f over %d (%d) (rel %.2g)", step, gl, gn, gc, cl, cn, cc, e)
-				}
-				if math.IsNaN(cl) || cl <= 0 {
+				if cl := w.forward(t, step, batch, tolF32, true); math.IsNaN(cl) || cl <= 0 {
 					t.Fatalf("step %d: cpu loss %v; the model's weights are out of range", step, cl)
 				}
-				if err := gm.Backward(); err != nil {
-					t.Fatal(err)
-				}
-				if err := cm.Backward(); err != nil {
-					t.Fatal(err)
-				}
-				for k := range gp {
-					checkRel(t, fmt.Sprintf("step %d grad %s", step, gp[k].Name), gpu.Download(gp[k].Grad), cpu.Download(cp[k].Grad), tolF32)
-				}
-				hp := finetune.AdamParams{LR: 1e-2, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01, Step: step}
-				for k := range gp {
-					gpu.AdamW(gp[k].Param, gp[k].Grad, gmom[k][0], gmom[k][1], hp)
-					cpu.AdamW(cp[k].Param, cp[k].Grad, cmom[k][0], cmom[k][1], hp)
-				}
+				w.backward(t, step, tolF32)
+				w.adamW(step)
 			}
-			for k := range gp {
-				checkRel(t, "after AdamW "+gp[k].Name, gpu.Download(gp[k].Param), cpu.Download(cp[k].Param), tolF32)
-			}
+			w.checkParams(t, tolF32)
 		})
 	}
 }

@@ -106,53 +106,17 @@ func TestModelMatchesCPU(t *testing.T) {
 			defer gm.Free()
 			gm.GradientCheckpointing, cm.GradientCheckpointing = c.ckpt, c.ckpt
 			batch := smallBatch(gm.Cfg.VocabSize)
-			gp, cp := gm.LoRAParams(), cm.LoRAParams()
-			gmom := make([][2]finetune.Tensor, len(gp))
-			cmom := make([][2]finetune.Tensor, len(cp))
-			for k := range gp {
-				gmom[k] = [2]finetune.Tensor{g.Alloc(gp[k].Shape...), g.Alloc(gp[k].Shape...)}
-				cmom[k] = [2]finetune.Tensor{cb.Alloc(cp[k].Shape...), cb.Alloc(cp[k].Shape...)}
-			}
+			w := newTwin(gm, cm)
+			defer w.free()
 			for step := 1; step <= steps; step++ {
-				gm.ZeroGrads()
-				cm.ZeroGrads()
-				gl, gn, gc, err := gm.Forward(batch, true, uint64(step))
-				if err != nil {
-					t.Fatal(err)
-				}
-				cl, cn, cc, err := cm.Forward(batch, true, uint64(step))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if e := math.Abs(gl-cl) / cl; !(e <= lossTol) || gn != cn {
-					t.Errorf("step %d: loss %.9f over %d tokens, cpu %.9f over %d (rel %.2g)", step, gl, gn, cl, cn, e)
-				}
-				if c.half == halfNone && gc != cc {
-					t.Errorf("step %d: %d correct, cpu %d", step, gc, cc)
-				}
-				if err := gm.Backward(); err != nil {
-					t.Fatal(err)
-				}
-				if err := cm.Backward(); err != nil {
-					t.Fatal(err)
-				}
-				for k := range gp {
-					checkRel(t, fmt.Sprintf("step %d grad %s", step, gp[k].Name), g.Download(gp[k].Grad), cb.Download(cp[k].Grad), tol)
-				}
+				w.forward(t, step, batch, lossTol, c.half == halfNone)
+				w.backward(t, step, tol)
 				if c.half != halfNone {
 					break // compare the logits of the same (untrained) adapter below
 				}
-				hp := finetune.AdamParams{LR: 1e-2, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01, Step: step}
-				for k := range gp {
-					g.AdamW(gp[k].Param, gp[k].Grad, gmom[k][0], gmom[k][1], hp)
-					cb.AdamW(cp[k].Param, cp[k].Grad, cmom[k][0], cmom[k][1], hp)
-				}
+				w.adamW(step)
 			}
-			for k := range gp {
-				checkRel(t, "after AdamW "+gp[k].Name, g.Download(gp[k].Param), cb.Download(cp[k].Param), tol)
-				g.Free(gmom[k][0])
-				g.Free(gmom[k][1])
-			}
+			w.checkParams(t, tol)
 			gl, err := gm.Logits(batch)
 			if err != nil {
 				t.Fatal(err)
@@ -178,6 +142,89 @@ func TestModelMatchesCPU(t *testing.T) {
 				t.Errorf("greedy generation %v, cpu %v", gg, cg)
 			}
 		})
+	}
+}
+
+// twin is one model on the GPU and the same model on a CPU backend, each
+// with its LoRA parameters' AdamW moments, trained side by side.
+type twin struct {
+	gm, cm     *finetune.Model
+	gp, cp     []finetune.NamedLoRA
+	gmom, cmom [][2]finetune.Tensor
+}
+
+func newTwin(gm, cm *finetune.Model) *twin {
+	w := &twin{gm: gm, cm: cm, gp: gm.LoRAParams(), cp: cm.LoRAParams()}
+	w.gmom = make([][2]finetune.Tensor, len(w.gp))
+	w.cmom = make([][2]finetune.Tensor, len(w.cp))
+	for k := range w.gp {
+		w.gmom[k] = [2]finetune.Tensor{gm.B.Alloc(w.gp[k].Shape...), gm.B.Alloc(w.gp[k].Shape...)}
+		w.cmom[k] = [2]finetune.Tensor{cm.B.Alloc(w.cp[k].Shape...), cm.B.Alloc(w.cp[k].Shape...)}
+	}
+	return w
+}
+
+// free gives back the GPU moments.
+func (w *twin) free() {
+	for _, m := range w.gmom {
+		w.gm.B.Free(m[0])
+		w.gm.B.Free(m[1])
+	}
+}
+
+// forward zeroes the gradients and runs the training forward pass of step
+// on both: the losses must agree to lossTol and the token counts exactly,
+// the counts of correct predictions too where correct is set. It returns
+// the CPU's loss.
+func (w *twin) forward(t *testing.T, step int, batch *finetune.Batch, lossTol float64, correct bool) float64 {
+	t.Helper()
+	w.gm.ZeroGrads()
+	w.cm.ZeroGrads()
+	gl, gn, gc, err := w.gm.Forward(batch, true, uint64(step))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, cn, cc, err := w.cm.Forward(batch, true, uint64(step))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := math.Abs(gl-cl) / cl; !(e <= lossTol) || gn != cn {
+		t.Errorf("step %d: loss %.9f over %d tokens, cpu %.9f over %d (rel %.2g)", step, gl, gn, cl, cn, e)
+	}
+	if correct && gc != cc {
+		t.Errorf("step %d: %d correct, cpu %d", step, gc, cc)
+	}
+	return cl
+}
+
+// backward runs both backward passes: every LoRA gradient must agree to tol.
+func (w *twin) backward(t *testing.T, step int, tol float64) {
+	t.Helper()
+	if err := w.gm.Backward(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.cm.Backward(); err != nil {
+		t.Fatal(err)
+	}
+	for k := range w.gp {
+		checkRel(t, fmt.Sprintf("step %d grad %s", step, w.gp[k].Name), w.gm.B.Download(w.gp[k].Grad), w.cm.B.Download(w.cp[k].Grad), tol)
+	}
+}
+
+// adamW takes an AdamW step on both (lr 1e-2, weight decay 0.01).
+func (w *twin) adamW(step int) {
+	hp := finetune.AdamParams{LR: 1e-2, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01, Step: step}
+	for k := range w.gp {
+		w.gm.B.AdamW(w.gp[k].Param, w.gp[k].Grad, w.gmom[k][0], w.gmom[k][1], hp)
+		w.cm.B.AdamW(w.cp[k].Param, w.cp[k].Grad, w.cmom[k][0], w.cmom[k][1], hp)
+	}
+}
+
+// checkParams: every LoRA parameter must agree to tol after the steps.
+func (w *twin) checkParams(t *testing.T, tol float64) {
+	t.Helper()
+	for k := range w.gp {
+		checkRel(t, "after AdamW "+w.gp[k].Name, w.gm.B.Download(w.gp[k].Param), w.cm.B.Download(w.cp[k].Param), tol)
 	}
 }
 
