@@ -322,7 +322,7 @@ func WriteFiles(dir string, files []File) (err error) {
 		if err := os.MkdirAll(parent, 0o755); err != nil {
 			return err
 		}
-		tmp, mkErr := os.MkdirTemp(parent, "."+filepath.Base(dir)+".tmp-*")
+		tmp, mkErr := os.MkdirTemp(parent, "."+filepath.Base(dir)+atomicfile.TempMarker+"*")
 		if mkErr != nil {
 			return mkErr
 		}
@@ -357,7 +357,7 @@ func WriteFiles(dir string, files []File) (err error) {
 		}
 	}()
 	for _, f := range files {
-		t, err := os.CreateTemp(dir, "."+f.name+".tmp-*")
+		t, err := os.CreateTemp(dir, "."+f.name+atomicfile.TempMarker+"*")
 		if err != nil {
 			return err
 		}
