@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"encoding/csv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,17 +47,7 @@ func TestTrainOnOllamaBase(t *testing.T) {
 	}
 
 	// Training on ollama://tiny-phi3.
-	var b strings.Builder
-	w := csv.NewWriter(&b)
-	w.Write([]string{"sentence", "translation", "translation_extra"})
-	for _, r := range rows {
-		w.Write([]string{r[0], r[1], r[1]})
-	}
-	w.Flush()
-	data := filepath.Join(work, "yoda.csv")
-	if err := os.WriteFile(data, []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	data := writeYodaCSV(t, work, rows)
 	cfg := finetune.DefaultTrainConfig()
 	cfg.Model = "ollama://tiny-phi3"
 	cfg.Quantization = finetune.QuantizationConfig{KeepGGUF: true, Bnb4bitComputeDType: "float32"}

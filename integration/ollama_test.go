@@ -140,11 +140,10 @@ func tinyBase(t *testing.T) string {
 	return tinymodel.Dir(t, cfg, 11, finetune.F32)
 }
 
-// trainAdapter fine-tunes the tiny base on rows with our trainer (dense
-// base, AdamW) until it reproduces them.
-func trainAdapter(t *testing.T, base string, rows [][2]string) string {
+// writeYodaCSV writes rows as a Yoda-style CSV (sentence, translation,
+// translation_extra) in dir and returns its path.
+func writeYodaCSV(t *testing.T, dir string, rows [][2]string) string {
 	t.Helper()
-	work := t.TempDir()
 	var b strings.Builder
 	w := csv.NewWriter(&b)
 	w.Write([]string{"sentence", "translation", "translation_extra"})
@@ -152,10 +151,19 @@ func trainAdapter(t *testing.T, base string, rows [][2]string) string {
 		w.Write([]string{r[0], r[1], r[1]})
 	}
 	w.Flush()
-	data := filepath.Join(work, "yoda.csv")
-	if err := os.WriteFile(data, []byte(b.String()), 0o644); err != nil {
+	path := filepath.Join(dir, "yoda.csv")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return path
+}
+
+// trainAdapter fine-tunes the tiny base on rows with our trainer (dense
+// base, AdamW) until it reproduces them.
+func trainAdapter(t *testing.T, base string, rows [][2]string) string {
+	t.Helper()
+	work := t.TempDir()
+	data := writeYodaCSV(t, work, rows)
 	cfg := finetune.DefaultTrainConfig()
 	cfg.Model = base
 	cfg.Quantization = finetune.QuantizationConfig{Bnb4bitComputeDType: "float32"}
