@@ -377,7 +377,9 @@ func WriteFiles(dir string, files []File) (err error) {
 	return nil
 }
 
-// writeSynced writes path (created or truncated) with write, then syncs it.
+// writeSynced writes path (created or truncated) with write, makes it 0644
+// as atomicfile.Write does (os.CreateTemp made WriteFiles' temporary files
+// 0600, which the rename would have kept), then syncs it.
 func writeSynced(path string, write func(io.Writer) error) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
@@ -387,6 +389,9 @@ func writeSynced(path string, write func(io.Writer) error) error {
 	err = write(bw)
 	if err == nil {
 		err = bw.Flush()
+	}
+	if err == nil {
+		err = f.Chmod(0o644)
 	}
 	if err == nil {
 		err = f.Sync()

@@ -277,6 +277,13 @@ func TestWriteFilesAllOrNothing(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(dir, "one")); string(b) != "new one" {
 		t.Errorf("one = %q", b)
 	}
+	// Replaced files are readable by others (an Ollama server running as
+	// its own user), not os.CreateTemp's 0600.
+	for _, name := range []string{"one", "two"} {
+		if fi, err := os.Stat(filepath.Join(dir, name)); err != nil || fi.Mode().Perm() != 0o644 {
+			t.Errorf("%s after a rewrite: %v, err %v; want -rw-r--r--", name, fi.Mode(), err)
+		}
+	}
 	checkNoTemps(t, dir)
 }
 
