@@ -1,10 +1,10 @@
 package convert
 
 import (
-	"errors"
 	"fmt"
 	"math"
 
+	"github.com/ollama-tune/ollama-tune/finetune/tokenizer"
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
@@ -28,83 +28,21 @@ type SPPiece struct {
 }
 
 // ParseSentencePiece reads the pieces of a tokenizer.model file (a
-// serialized sentencepiece ModelProto). Only the vocabulary is needed to
-// write a GGUF vocabulary, so the trainer and normalizer specs are skipped.
+// serialized sentencepiece ModelProto) with finetune/tokenizer's parser,
+// and checks every piece type is one GGUF knows.
 func ParseSentencePiece(b []byte) ([]SPPiece, error) {
-	var pieces []SPPiece
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return nil, fmt.Errorf("sentencepiece model: %w", protowire.ParseError(n))
-		}
-		b = b[n:]
-		if num == 1 && typ == protowire.BytesType {
-			msg, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return nil, fmt.Errorf("sentencepiece model: piece %d: %w", len(pieces), protowire.ParseError(n))
-			}
-			p, err := parsePiece(msg)
-			if err != nil {
-				return nil, fmt.Errorf("sentencepiece model: piece %d: %w", len(pieces), err)
-			}
-			pieces = append(pieces, p)
-			b = b[n:]
-			continue
-		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			return nil, fmt.Errorf("sentencepiece model: field %d: %w", num, protowire.ParseError(n))
-		}
-		b = b[n:]
+	read, err := tokenizer.ReadSentencePiecePieces(b)
+	if err != nil {
+		return nil, err
 	}
-	if len(pieces) == 0 {
-		return nil, errors.New("sentencepiece model: no pieces (is this a tokenizer.model file?)")
+	pieces := make([]SPPiece, len(read))
+	for i, p := range read {
+		if p.Type < TokenNormal || p.Type > TokenByte {
+			return nil, fmt.Errorf("sentencepiece model: piece %d: piece %q has unknown type %d", i, p.Piece, p.Type)
+		}
+		pieces[i] = SPPiece{Piece: p.Piece, Score: p.Score, Type: p.Type}
 	}
 	return pieces, nil
-}
-
-func parsePiece(b []byte) (SPPiece, error) {
-	p := SPPiece{Type: TokenNormal} // the proto's default
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return p, protowire.ParseError(n)
-		}
-		b = b[n:]
-		switch {
-		case num == 1 && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return p, protowire.ParseError(n)
-			}
-			p.Piece = string(v)
-			b = b[n:]
-		case num == 2 && typ == protowire.Fixed32Type:
-			v, n := protowire.ConsumeFixed32(b)
-			if n < 0 {
-				return p, protowire.ParseError(n)
-			}
-			p.Score = math.Float32frombits(v)
-			b = b[n:]
-		case num == 3 && typ == protowire.VarintType:
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return p, protowire.ParseError(n)
-			}
-			p.Type = int32(v)
-			b = b[n:]
-		default:
-			n := protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return p, protowire.ParseError(n)
-			}
-			b = b[n:]
-		}
-	}
-	if p.Type < TokenNormal || p.Type > TokenByte {
-		return p, fmt.Errorf("piece %q has unknown type %d", p.Piece, p.Type)
-	}
-	return p, nil
 }
 
 // EncodeSentencePiece serializes pieces as a minimal ModelProto: the
