@@ -274,7 +274,6 @@ type buffers struct {
 	dlnf, dres, dres1, dln, datt Tensor // [T,C]
 	dqkv                         Tensor // [T,(H+2K)*D]
 	dgu, dact                    Tensor // [T,2I], [T,I]
-	recompOut                    Tensor // [T,C] scratch output of a recomputed layer
 }
 
 func (m *Model) freeBuffers(slot int) {
@@ -290,7 +289,7 @@ func (m *Model) freeBuffers(slot int) {
 			}
 		}
 	}
-	free(bf.ids, bf.pos, bf.targets, bf.tmp, bf.lnf, bf.rstd, bf.dlnf, bf.dres, bf.dres1, bf.dln, bf.datt, bf.dqkv, bf.dgu, bf.dact, bf.recompOut)
+	free(bf.ids, bf.pos, bf.targets, bf.tmp, bf.lnf, bf.rstd, bf.dlnf, bf.dres, bf.dres1, bf.dln, bf.datt, bf.dqkv, bf.dgu, bf.dact)
 	free(bf.inputs...)
 	for _, a := range bf.acts {
 		free(a.ln1, a.rstd1, a.qkv, a.att, a.lse, a.res1, a.ln2, a.rstd2, a.gateUp, a.act)
@@ -370,9 +369,6 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 		bf.dlnf, bf.dres, bf.dres1, bf.dln, bf.datt = alloc(T, C), alloc(T, C), alloc(T, C), alloc(T, C), alloc(T, H*c.HeadDim())
 		bf.dqkv = alloc(T, c.QKVOut())
 		bf.dgu, bf.dact = alloc(T, 2*I), alloc(T, I)
-		if ckpt {
-			bf.recompOut = alloc(T, C)
-		}
 	}
 	m.bufs[slot] = bf
 	done = true
@@ -459,6 +455,10 @@ func noDropout(l *Linear, train bool) *Linear {
 }
 
 // layerForward runs layer li on x [T,C] into out [T,C], saving activations in a.
+// A nil out is gradient checkpointing's recompute in Backward, which needs
+// the saved activations but not the layer's output: down_proj runs only
+// for its adapter's h (the base matmul comes with it), and the residual add
+// not at all.
 func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, train bool, stepSeed uint64) {
 	b, c, l := m.B, m.Cfg, &m.Layers[li]
 	H, K, D := c.NumHeads, c.NumKVHeads, c.HeadDim()
@@ -475,8 +475,13 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 	b.RMSNormForward(a.ln2, a.rstd2, a.res1, l.PostAttnNorm, c.RMSNormEps)
 	b.LinearForward(a.gateUp, a.ln2, lin[modGateUp], a.h[modGateUp], moduleSeed(stepSeed, li, modGateUp))
 	b.SwiGLUForward(a.act, a.gateUp)
+	if out == nil && a.h[modDown] == nil {
+		return
+	}
 	b.LinearForward(bf.tmp, a.act, lin[modDown], a.h[modDown], moduleSeed(stepSeed, li, modDown))
-	b.Add(out, a.res1, bf.tmp)
+	if out != nil {
+		b.Add(out, a.res1, bf.tmp)
+	}
 }
 
 // body uploads the batch and runs embeddings, the layers and the final
@@ -569,7 +574,7 @@ func (m *Model) Backward() error {
 		var a *layerActs
 		if bf.ckpt {
 			a = &bf.acts[0]
-			m.layerForward(li, a, x, bf.recompOut, bf, true, seed)
+			m.layerForward(li, a, x, nil, bf, true, seed)
 		} else {
 			a = &bf.acts[li]
 		}
