@@ -82,7 +82,22 @@ type generator struct {
 	m              *Model
 	kCache, vCache []Tensor // per layer [maxSeq, K*D]
 	pos            int      // tokens already in the cache
-	tmp            []Tensor // buffers of the current step, freed after it
+	// The step buffers, sized for T tokens: every one-token step after the
+	// prefill reuses them instead of allocating and freeing a dozen
+	// tensors per generated token.
+	T    int
+	tmp  []Tensor // all of the step buffers, for free
+	bufs stepBuffers
+}
+
+// stepBuffers are one step's activations (forward ops overwrite them).
+type stepBuffers struct {
+	ids, pos               Tensor // int32 [T]
+	x, ln, tmp, rstd       Tensor // [T,C] x3, [T]
+	qkv, att, gu, act      Tensor
+	hs                     map[int]Tensor // LoRA's h [T,r] by rank
+	last, lnLast, rstdLast Tensor         // the last token's row [1,C] (T > 1), its norm, [1]
+	logits                 Tensor         // [1,V]
 }
 
 func (m *Model) newGenerator(maxSeq int) *generator {
@@ -100,6 +115,14 @@ func (g *generator) free() {
 		g.m.B.Free(g.kCache[k])
 		g.m.B.Free(g.vCache[k])
 	}
+	g.freeStep()
+}
+
+func (g *generator) freeStep() {
+	for _, t := range g.tmp {
+		g.m.B.Free(t)
+	}
+	g.tmp, g.T, g.bufs = g.tmp[:0], 0, stepBuffers{}
 }
 
 func (g *generator) alloc(shape ...int) Tensor {
@@ -108,42 +131,54 @@ func (g *generator) alloc(shape ...int) Tensor {
 	return t
 }
 
+// stepBuffers returns the buffers of a T-token step, allocated on the
+// first step of that size.
+func (g *generator) stepBuffers(T int) *stepBuffers {
+	if g.T == T {
+		return &g.bufs
+	}
+	g.freeStep()
+	m, b, c := g.m, g.m.B, g.m.Cfg
+	C, I, H, D := c.HiddenSize, c.IntermediateSize, c.NumHeads, c.HeadDim()
+	s := &g.bufs
+	s.ids, s.pos = b.AllocInt32(T), b.AllocInt32(T)
+	g.tmp = append(g.tmp, s.ids, s.pos)
+	s.x, s.ln, s.tmp, s.rstd = g.alloc(T, C), g.alloc(T, C), g.alloc(T, C), g.alloc(T)
+	s.qkv, s.att = g.alloc(T, c.QKVOut()), g.alloc(T, H*D)
+	s.gu, s.act = g.alloc(T, 2*I), g.alloc(T, I)
+	s.hs = map[int]Tensor{}
+	for li := range m.Layers {
+		for _, l := range m.Layers[li].linears() {
+			if r := loraRank(l); r > 0 && s.hs[r] == nil {
+				s.hs[r] = g.alloc(T, r)
+			}
+		}
+	}
+	if T > 1 {
+		s.last = g.alloc(1, C)
+	}
+	s.lnLast, s.rstdLast = g.alloc(1, C), g.alloc(1)
+	s.logits = g.alloc(1, c.VocabSize)
+	g.T = T
+	return s
+}
+
 // step runs tokens (at positions pos..pos+T-1) through the model, appends
 // their keys and values to the caches and, with wantLogits, returns the
 // last token's logits [V].
 func (g *generator) step(tokens []int32, wantLogits bool) []float32 {
 	m, b, c := g.m, g.m.B, g.m.Cfg
-	defer func() {
-		for _, t := range g.tmp {
-			b.Free(t)
-		}
-		g.tmp = g.tmp[:0]
-	}()
-	T, C, I, H, K, D := len(tokens), c.HiddenSize, c.IntermediateSize, c.NumHeads, c.NumKVHeads, c.HeadDim()
-	ids, pos := b.AllocInt32(T), b.AllocInt32(T)
-	g.tmp = append(g.tmp, ids, pos)
+	T, H, K, D := len(tokens), c.NumHeads, c.NumKVHeads, c.HeadDim()
+	s := g.stepBuffers(T)
 	p := make([]int32, T)
 	for k := range p {
 		p[k] = int32(g.pos + k)
 	}
-	b.UploadInt32(ids, tokens)
-	b.UploadInt32(pos, p)
-	x, ln, tmp := g.alloc(T, C), g.alloc(T, C), g.alloc(T, C)
-	rstd := g.alloc(T)
-	qkv, att := g.alloc(T, c.QKVOut()), g.alloc(T, H*D)
-	gu, act := g.alloc(T, 2*I), g.alloc(T, I)
-	hs := map[int]Tensor{}
-	h := func(l *Linear) Tensor {
-		r := loraRank(l)
-		if r == 0 {
-			return nil
-		}
-		if hs[r] == nil {
-			hs[r] = g.alloc(T, r)
-		}
-		return hs[r]
-	}
-	b.EmbeddingForward(x, ids, m.Embed)
+	b.UploadInt32(s.ids, tokens)
+	b.UploadInt32(s.pos, p)
+	x, ln, tmp, rstd := s.x, s.ln, s.tmp, s.rstd
+	h := func(l *Linear) Tensor { return s.hs[loraRank(l)] }
+	b.EmbeddingForward(x, s.ids, m.Embed)
 	for li := range m.Layers {
 		l := &m.Layers[li]
 		lin := l.linears()
@@ -151,15 +186,15 @@ func (g *generator) step(tokens []int32, wantLogits bool) []float32 {
 			lin[k] = noDropout(lin[k], false)
 		}
 		b.RMSNormForward(ln, rstd, x, l.InputNorm, c.RMSNormEps)
-		b.LinearForward(qkv, ln, lin[modQKV], h(lin[modQKV]), 0)
-		b.RoPEForward(qkv, pos, H, K, D, c.RotaryDim(), c.RopeTheta)
-		b.AttentionCached(att, qkv, g.kCache[li], g.vCache[li], g.pos, H, K, D, c.SlidingWindow)
-		b.LinearForward(tmp, att, lin[modO], h(lin[modO]), 0)
+		b.LinearForward(s.qkv, ln, lin[modQKV], h(lin[modQKV]), 0)
+		b.RoPEForward(s.qkv, s.pos, H, K, D, c.RotaryDim(), c.RopeTheta)
+		b.AttentionCached(s.att, s.qkv, g.kCache[li], g.vCache[li], g.pos, H, K, D, c.SlidingWindow)
+		b.LinearForward(tmp, s.att, lin[modO], h(lin[modO]), 0)
 		b.Add(x, x, tmp)
 		b.RMSNormForward(ln, rstd, x, l.PostAttnNorm, c.RMSNormEps)
-		b.LinearForward(gu, ln, lin[modGateUp], h(lin[modGateUp]), 0)
-		b.SwiGLUForward(act, gu)
-		b.LinearForward(tmp, act, lin[modDown], h(lin[modDown]), 0)
+		b.LinearForward(s.gu, ln, lin[modGateUp], h(lin[modGateUp]), 0)
+		b.SwiGLUForward(s.act, s.gu)
+		b.LinearForward(tmp, s.act, lin[modDown], h(lin[modDown]), 0)
 		b.Add(x, x, tmp)
 	}
 	g.pos += T
@@ -167,13 +202,14 @@ func (g *generator) step(tokens []int32, wantLogits bool) []float32 {
 		return nil
 	}
 	// Only the last token's logits are needed: feed its row alone.
-	last := g.alloc(1, C)
-	b.Upload(last, b.Download(x)[(T-1)*C:])
-	lnLast, rstdLast := g.alloc(1, C), g.alloc(1)
-	b.RMSNormForward(lnLast, rstdLast, last, m.FinalNorm, c.RMSNormEps)
-	logits := g.alloc(1, c.VocabSize)
-	b.Logits(logits, lnLast, m.LMHead)
-	return b.Download(logits)
+	last := x
+	if T > 1 {
+		last = s.last
+		b.Upload(last, b.Download(x)[(T-1)*c.HiddenSize:])
+	}
+	b.RMSNormForward(s.lnLast, s.rstdLast, last, m.FinalNorm, c.RMSNormEps)
+	b.Logits(s.logits, s.lnLast, m.LMHead)
+	return b.Download(s.logits)
 }
 
 // sampleToken picks the next token from logits [V]: argmax when
