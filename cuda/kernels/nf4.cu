@@ -196,7 +196,31 @@ __device__ __forceinline__ unsigned int bf16_pair(float a, float b) {
     return (unsigned int)f32_to_bf16(a) | ((unsigned int)f32_to_bf16(b) << 16);
 }
 
-extern "C" __global__ void nf4_dequant_bf16(bf16_t* out, i64 n, const unsigned char* codes, const float* absmax,
+// f16_pair packs two values rounded to float16, the first in the low half.
+__device__ __forceinline__ unsigned int f16_pair(float a, float b) {
+    return (unsigned int)__half_as_ushort(__float2half_rn(a)) | ((unsigned int)__half_as_ushort(__float2half_rn(b)) << 16);
+}
+
+// The compute type a kernel below writes: bfloat16 (round to nearest even,
+// NaN kept: f32_to_bf16) or float16 (bnb_4bit_compute_dtype: float16; IEEE
+// half rounding, subnormals kept, overflow to infinity: finetune.RoundF16).
+// one rounds a value; pair packs two, the first in the low half.
+struct BF16Out {
+    typedef bf16_t T;
+    static __device__ __forceinline__ T one(float v) { return f32_to_bf16(v); }
+    static __device__ __forceinline__ unsigned int pair(float a, float b) { return bf16_pair(a, b); }
+};
+struct F16Out {
+    typedef __half T;
+    static __device__ __forceinline__ T one(float v) { return __float2half_rn(v); }
+    static __device__ __forceinline__ unsigned int pair(float a, float b) { return f16_pair(a, b); }
+};
+
+// nf4_dequant: out[i] = NF4 value i rounded to O, eight values a thread (one
+// 4-byte code load, one 16-byte store; out 16-byte aligned), then the n % 8
+// left one a thread.
+template <class O>
+__device__ __forceinline__ void nf4_dequant(typename O::T* out, i64 n, const unsigned char* codes, const float* absmax,
                                             const unsigned char* acodes, const float* ascales, const float* smap,
                                             double offset_d) {
     __shared__ float cb[16];
@@ -209,95 +233,63 @@ extern "C" __global__ void nf4_dequant_bf16(bf16_t* out, i64 n, const unsigned c
         unsigned int x = reinterpret_cast<const unsigned int*>(codes)[g];  // bytes 4g..4g+3, little-endian
         float a = nf4_absmax(g >> 3, absmax, acodes, ascales, smap, offset);
         uint4 v;
-        v.x = bf16_pair(__fmul_rn(cb[(x >> 4) & 15u], a), __fmul_rn(cb[x & 15u], a));
-        v.y = bf16_pair(__fmul_rn(cb[(x >> 12) & 15u], a), __fmul_rn(cb[(x >> 8) & 15u], a));
-        v.z = bf16_pair(__fmul_rn(cb[(x >> 20) & 15u], a), __fmul_rn(cb[(x >> 16) & 15u], a));
-        v.w = bf16_pair(__fmul_rn(cb[(x >> 28) & 15u], a), __fmul_rn(cb[(x >> 24) & 15u], a));
+        v.x = O::pair(__fmul_rn(cb[(x >> 4) & 15u], a), __fmul_rn(cb[x & 15u], a));
+        v.y = O::pair(__fmul_rn(cb[(x >> 12) & 15u], a), __fmul_rn(cb[(x >> 8) & 15u], a));
+        v.z = O::pair(__fmul_rn(cb[(x >> 20) & 15u], a), __fmul_rn(cb[(x >> 16) & 15u], a));
+        v.w = O::pair(__fmul_rn(cb[(x >> 28) & 15u], a), __fmul_rn(cb[(x >> 24) & 15u], a));
         reinterpret_cast<uint4*>(out)[g] = v;
     }
     for (i64 i = (groups << 3) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) {
         unsigned char c = codes[i >> 1];
         if ((i & 1) == 0) c >>= 4;
-        out[i] = f32_to_bf16(__fmul_rn(cb[c & 15], nf4_absmax(i >> 6, absmax, acodes, ascales, smap, offset)));
+        out[i] = O::one(__fmul_rn(cb[c & 15], nf4_absmax(i >> 6, absmax, acodes, ascales, smap, offset)));
     }
+}
+
+// f32_to_v4: out[i] = in[i] rounded to O, four values a thread (one 16-byte
+// load, one 8-byte store), then the n % 4 left one a thread. in and out must
+// be 16- and 8-byte aligned.
+template <class O>
+__device__ __forceinline__ void f32_to_v4(typename O::T* out, const float* in, i64 n) {
+    i64 groups = n >> 2;
+    i64 stride = (i64)gridDim.x * blockDim.x;
+    for (i64 g = blockIdx.x * (i64)blockDim.x + threadIdx.x; g < groups; g += stride) {
+        float4 v = reinterpret_cast<const float4*>(in)[g];
+        uint2 o;
+        o.x = O::pair(v.x, v.y);
+        o.y = O::pair(v.z, v.w);
+        reinterpret_cast<uint2*>(out)[g] = o;
+    }
+    for (i64 i = (groups << 2) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) out[i] = O::one(in[i]);
+}
+
+extern "C" __global__ void nf4_dequant_bf16(bf16_t* out, i64 n, const unsigned char* codes, const float* absmax,
+                                            const unsigned char* acodes, const float* ascales, const float* smap,
+                                            double offset_d) {
+    nf4_dequant<BF16Out>(out, n, codes, absmax, acodes, ascales, smap, offset_d);
+}
+
+extern "C" __global__ void nf4_dequant_f16(__half* out, i64 n, const unsigned char* codes, const float* absmax,
+                                           const unsigned char* acodes, const float* ascales, const float* smap,
+                                           double offset_d) {
+    nf4_dequant<F16Out>(out, n, codes, absmax, acodes, ascales, smap, offset_d);
 }
 
 extern "C" __global__ void f32_to_bf16_kernel(bf16_t* out, const float* in, i64 n) {
     FOR_N(i, n) out[i] = f32_to_bf16(in[i]);
 }
 
-// f32_to_bf16_v4: the same, four values a thread (one 16-byte load, one
-// 8-byte store), then the n % 4 left one a thread. in and out must be 16-
-// and 8-byte aligned.
-extern "C" __global__ void f32_to_bf16_v4(bf16_t* out, const float* in, i64 n) {
-    i64 groups = n >> 2;
-    i64 stride = (i64)gridDim.x * blockDim.x;
-    for (i64 g = blockIdx.x * (i64)blockDim.x + threadIdx.x; g < groups; g += stride) {
-        float4 v = reinterpret_cast<const float4*>(in)[g];
-        uint2 o;
-        o.x = bf16_pair(v.x, v.y);
-        o.y = bf16_pair(v.z, v.w);
-        reinterpret_cast<uint2*>(out)[g] = o;
-    }
-    for (i64 i = (groups << 2) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) out[i] = f32_to_bf16(in[i]);
-}
+extern "C" __global__ void f32_to_bf16_v4(bf16_t* out, const float* in, i64 n) { f32_to_v4<BF16Out>(out, in, n); }
 
 extern "C" __global__ void bf16_to_f32_kernel(float* out, const bf16_t* in, i64 n) {
     FOR_N(i, n) out[i] = bf16_to_f32(in[i]);
-}
-
-// float16 compute (bnb_4bit_compute_dtype: float16): the same kernels with
-// IEEE half rounding (round to nearest even, subnormals kept, overflow to
-// infinity: finetune.RoundF16).
-
-// f16_pair packs two values rounded to float16, the first in the low half.
-__device__ __forceinline__ unsigned int f16_pair(float a, float b) {
-    return (unsigned int)__half_as_ushort(__float2half_rn(a)) | ((unsigned int)__half_as_ushort(__float2half_rn(b)) << 16);
-}
-
-extern "C" __global__ void nf4_dequant_f16(__half* out, i64 n, const unsigned char* codes, const float* absmax,
-                                           const unsigned char* acodes, const float* ascales, const float* smap,
-                                           double offset_d) {
-    __shared__ float cb[16];
-    if (threadIdx.x < 16) cb[threadIdx.x] = NF4_CODE[threadIdx.x];
-    __syncthreads();
-    float offset = (float)offset_d;
-    i64 groups = n >> 3;
-    i64 stride = (i64)gridDim.x * blockDim.x;
-    for (i64 g = blockIdx.x * (i64)blockDim.x + threadIdx.x; g < groups; g += stride) {
-        unsigned int x = reinterpret_cast<const unsigned int*>(codes)[g];
-        float a = nf4_absmax(g >> 3, absmax, acodes, ascales, smap, offset);
-        uint4 v;
-        v.x = f16_pair(__fmul_rn(cb[(x >> 4) & 15u], a), __fmul_rn(cb[x & 15u], a));
-        v.y = f16_pair(__fmul_rn(cb[(x >> 12) & 15u], a), __fmul_rn(cb[(x >> 8) & 15u], a));
-        v.z = f16_pair(__fmul_rn(cb[(x >> 20) & 15u], a), __fmul_rn(cb[(x >> 16) & 15u], a));
-        v.w = f16_pair(__fmul_rn(cb[(x >> 28) & 15u], a), __fmul_rn(cb[(x >> 24) & 15u], a));
-        reinterpret_cast<uint4*>(out)[g] = v;
-    }
-    for (i64 i = (groups << 3) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) {
-        unsigned char c = codes[i >> 1];
-        if ((i & 1) == 0) c >>= 4;
-        out[i] = __float2half_rn(__fmul_rn(cb[c & 15], nf4_absmax(i >> 6, absmax, acodes, ascales, smap, offset)));
-    }
 }
 
 extern "C" __global__ void f32_to_f16_kernel(__half* out, const float* in, i64 n) {
     FOR_N(i, n) out[i] = __float2half_rn(in[i]);
 }
 
-// f32_to_f16_v4: four values a thread, as f32_to_bf16_v4.
-extern "C" __global__ void f32_to_f16_v4(__half* out, const float* in, i64 n) {
-    i64 groups = n >> 2;
-    i64 stride = (i64)gridDim.x * blockDim.x;
-    for (i64 g = blockIdx.x * (i64)blockDim.x + threadIdx.x; g < groups; g += stride) {
-        float4 v = reinterpret_cast<const float4*>(in)[g];
-        uint2 o;
-        o.x = f16_pair(v.x, v.y);
-        o.y = f16_pair(v.z, v.w);
-        reinterpret_cast<uint2*>(out)[g] = o;
-    }
-    for (i64 i = (groups << 2) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) out[i] = __float2half_rn(in[i]);
-}
+extern "C" __global__ void f32_to_f16_v4(__half* out, const float* in, i64 n) { f32_to_v4<F16Out>(out, in, n); }
 
 // Embedding lookups: out [T,C] = table[ids[t], :], from a dense float32,
 // bfloat16 or float16 table, or an NF4 one (its values rounded to the
