@@ -297,6 +297,51 @@ __device__ __forceinline__ void as_scores(float acc[AS_ROWS][2], const float* qb
     }
 }
 
+// as_weighted: a[r][c] = sum over m of w(r, m) * src[m*stride + lane+32c]
+// for this warp's rows r (i0+r), m from m0 to m1 in order (float32), with
+// w(r, m) = P[i0+r][m], or P[m][i0+r] when transposed; rows past S weigh 0.
+// P is [S][S+1] in shared memory.
+template <bool transposed>
+__device__ __forceinline__ void as_weighted(float a[AS_ROWS][AS_MAXC], const float* P, int S, int i0, int m0, int m1,
+                                            const float* src, i64 stride, int D, int lane) {
+#pragma unroll
+    for (int r = 0; r < AS_ROWS; r++)
+#pragma unroll
+        for (int c = 0; c < AS_MAXC; c++) a[r][c] = 0.0f;
+    for (int m = m0; m <= m1; m++) {
+        float v[AS_MAXC];
+#pragma unroll
+        for (int c = 0; c < AS_MAXC; c++) {
+            int d = lane + 32 * c;
+            v[c] = d < D ? src[(i64)m * stride + d] : 0.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < AS_ROWS; r++) {
+            float w = (i0 + r < S) ? (transposed ? P[m * (S + 1) + i0 + r] : P[(i0 + r) * (S + 1) + m]) : 0.0f;
+#pragma unroll
+            for (int c = 0; c < AS_MAXC; c++) a[r][c] = __fadd_rn(a[r][c], __fmul_rn(w, v[c]));
+        }
+    }
+}
+
+// as_add_rows: dst[(i0+r)*stride + lane+32c] += a[r][c] for the rows below S.
+__device__ __forceinline__ void as_add_rows(float* dst, i64 stride, const float a[AS_ROWS][AS_MAXC], int i0, int S, int D,
+                                            int lane) {
+#pragma unroll
+    for (int r = 0; r < AS_ROWS; r++) {
+        int i = i0 + r;
+        if (i >= S) break;
+#pragma unroll
+        for (int c = 0; c < AS_MAXC; c++) {
+            int d = lane + 32 * c;
+            if (d < D) {
+                float* gp = dst + (i64)i * stride + d;
+                *gp = __fadd_rn(*gp, a[r][c]);
+            }
+        }
+    }
+}
+
 // attn_fwd_s64: grid (H, B), 256 threads, dynamic shared memory
 // 4*(S*(D+1) + S*(S+1)) bytes. Same outputs as attn_fwd.
 extern "C" __global__ void attn_fwd_s64(float* out, float* lse, const float* qkv, const int* pos, i64 B, i64 S_, i64 H, i64 K,
@@ -340,25 +385,7 @@ extern "C" __global__ void attn_fwd_s64(float* out, float* lse, const float* qkv
     }
     __syncwarp();
     float o[AS_ROWS][AS_MAXC];
-#pragma unroll
-    for (int r = 0; r < AS_ROWS; r++)
-#pragma unroll
-        for (int c = 0; c < AS_MAXC; c++) o[r][c] = 0.0f;
-    const float* vb = base + (H + K + kvh) * D;
-    for (int j = 0; j <= imax; j++) {
-        float v[AS_MAXC];
-#pragma unroll
-        for (int c = 0; c < AS_MAXC; c++) {
-            int d = lane + 32 * c;
-            v[c] = d < D ? vb[(i64)j * width + d] : 0.0f;
-        }
-#pragma unroll
-        for (int r = 0; r < AS_ROWS; r++) {
-            float p = (i0 + r < S) ? P[(i0 + r) * (S + 1) + j] : 0.0f;
-#pragma unroll
-            for (int c = 0; c < AS_MAXC; c++) o[r][c] = __fadd_rn(o[r][c], __fmul_rn(p, v[c]));
-        }
-    }
+    as_weighted<false>(o, P, S, i0, 0, imax, base + (H + K + kvh) * D, width, D, lane);
 #pragma unroll
     for (int r = 0; r < AS_ROWS; r++) {
         int i = i0 + r;
@@ -430,37 +457,8 @@ extern "C" __global__ void attn_bwd_s64(float* dqkv, const float* dout, const fl
         // dV for this warp's key rows j = i0..: sum over queries i >= i0.
         if (active) {
             float a[AS_ROWS][AS_MAXC];
-#pragma unroll
-            for (int r = 0; r < AS_ROWS; r++)
-#pragma unroll
-                for (int c = 0; c < AS_MAXC; c++) a[r][c] = 0.0f;
-            for (int i = i0; i < S; i++) {
-                float dov[AS_MAXC];
-#pragma unroll
-                for (int c = 0; c < AS_MAXC; c++) {
-                    int d = lane + 32 * c;
-                    dov[c] = d < D ? dobase[(i64)i * HD + h * D + d] : 0.0f;
-                }
-#pragma unroll
-                for (int r = 0; r < AS_ROWS; r++) {
-                    float p = (i0 + r < S) ? P[i * (S + 1) + i0 + r] : 0.0f;
-#pragma unroll
-                    for (int c = 0; c < AS_MAXC; c++) a[r][c] = __fadd_rn(a[r][c], __fmul_rn(p, dov[c]));
-                }
-            }
-#pragma unroll
-            for (int r = 0; r < AS_ROWS; r++) {
-                int j = i0 + r;
-                if (j >= S) break;
-#pragma unroll
-                for (int c = 0; c < AS_MAXC; c++) {
-                    int d = lane + 32 * c;
-                    if (d < D) {
-                        float* gp = dbase + (i64)j * width + voff + d;
-                        *gp = __fadd_rn(*gp, a[r][c]);
-                    }
-                }
-            }
+            as_weighted<true>(a, P, S, i0, i0, S - 1, dobase + h * D, HD, D, lane);
+            as_add_rows(dbase + voff, width, a, i0, S, D, lane);
         }
         __syncthreads();  // everyone is done with the keys and with P as P
         as_load_rows(kv, base + voff, width, S, D);
@@ -489,69 +487,11 @@ extern "C" __global__ void attn_bwd_s64(float* dqkv, const float* dout, const fl
         if (active) {
             // dQ for this warp's query rows: sum over keys j <= imax in order.
             float a[AS_ROWS][AS_MAXC];
-#pragma unroll
-            for (int r = 0; r < AS_ROWS; r++)
-#pragma unroll
-                for (int c = 0; c < AS_MAXC; c++) a[r][c] = 0.0f;
-            for (int j = 0; j <= imax; j++) {
-                float kk[AS_MAXC];
-#pragma unroll
-                for (int c = 0; c < AS_MAXC; c++) {
-                    int d = lane + 32 * c;
-                    kk[c] = d < D ? kv[j * (D + 1) + d] : 0.0f;
-                }
-#pragma unroll
-                for (int r = 0; r < AS_ROWS; r++) {
-                    float ds = (i0 + r < S) ? P[(i0 + r) * (S + 1) + j] : 0.0f;
-#pragma unroll
-                    for (int c = 0; c < AS_MAXC; c++) a[r][c] = __fadd_rn(a[r][c], __fmul_rn(ds, kk[c]));
-                }
-            }
-#pragma unroll
-            for (int r = 0; r < AS_ROWS; r++) {
-                int i = i0 + r;
-                if (i >= S) break;
-#pragma unroll
-                for (int c = 0; c < AS_MAXC; c++) {
-                    int d = lane + 32 * c;
-                    if (d < D) {
-                        float* gp = dbase + (i64)i * width + h * D + d;
-                        *gp = __fadd_rn(*gp, a[r][c]);
-                    }
-                }
-            }
+            as_weighted<false>(a, P, S, i0, 0, imax, kv, D + 1, D, lane);
+            as_add_rows(dbase + h * D, width, a, i0, S, D, lane);
             // dK for this warp's key rows: sum over queries i >= i0 in order.
-#pragma unroll
-            for (int r = 0; r < AS_ROWS; r++)
-#pragma unroll
-                for (int c = 0; c < AS_MAXC; c++) a[r][c] = 0.0f;
-            for (int i = i0; i < S; i++) {
-                float qv[AS_MAXC];
-#pragma unroll
-                for (int c = 0; c < AS_MAXC; c++) {
-                    int d = lane + 32 * c;
-                    qv[c] = d < D ? base[(i64)i * width + h * D + d] : 0.0f;
-                }
-#pragma unroll
-                for (int r = 0; r < AS_ROWS; r++) {
-                    float ds = (i0 + r < S) ? P[i * (S + 1) + i0 + r] : 0.0f;
-#pragma unroll
-                    for (int c = 0; c < AS_MAXC; c++) a[r][c] = __fadd_rn(a[r][c], __fmul_rn(ds, qv[c]));
-                }
-            }
-#pragma unroll
-            for (int r = 0; r < AS_ROWS; r++) {
-                int j = i0 + r;
-                if (j >= S) break;
-#pragma unroll
-                for (int c = 0; c < AS_MAXC; c++) {
-                    int d = lane + 32 * c;
-                    if (d < D) {
-                        float* gp = dbase + (i64)j * width + koff + d;
-                        *gp = __fadd_rn(*gp, a[r][c]);
-                    }
-                }
-            }
+            as_weighted<true>(a, P, S, i0, i0, S - 1, base + h * D, width, D, lane);
+            as_add_rows(dbase + koff, width, a, i0, S, D, lane);
         }
     }
 }
