@@ -13,6 +13,7 @@ import (
 	"github.com/ollama-tune/ollama-tune/finetune"
 	"github.com/ollama-tune/ollama-tune/finetune/nf4"
 	"github.com/ollama-tune/ollama-tune/finetune/optim"
+	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
 )
 
 // ---------------------------------------------------------------------------
@@ -361,12 +362,12 @@ func (b *Backend) DequantizeWeight(w finetune.Weight) []float32 {
 	}
 	bits := make([]uint16, n)
 	b.download(op, unsafe.Pointer(&bits[0]), p, 2*n)
+	widen := safetensors.BF16ToF32
+	if t == dataR16F {
+		widen = safetensors.F16ToF32
+	}
 	for k, v := range bits {
-		if t == dataR16F {
-			out[k] = halfToFloat32(v)
-		} else {
-			out[k] = math.Float32frombits(uint32(v) << 16)
-		}
+		out[k] = widen(v)
 	}
 	return out
 }
@@ -1039,22 +1040,4 @@ func newBnbConsts(hp finetune.AdamParams) bnbConsts {
 	c2 := float32(math.Sqrt(float64(1 - pow32(b2, q.Step))))
 	return bnbConsts{b1: b1, b2: b2, w1: 1 - b1, w2: 1 - b2, stepSize: float32(-lr*c2) / c1, epsC2: c2 * eps,
 		decay: wd > 0, decayFactor: 1 - float32(lr*wd)}
-}
-
-// halfToFloat32 widens IEEE half bits to float32 (exactly).
-func halfToFloat32(h uint16) float32 {
-	sign := uint32(h>>15) << 31
-	exp := int(h>>10) & 0x1f
-	frac := uint32(h) & 0x3ff
-	switch {
-	case exp == 0x1f: // Inf, NaN
-		return math.Float32frombits(sign | 0x7f800000 | frac<<13)
-	case exp == 0: // zero or subnormal: frac * 2^-24
-		v := float32(frac) * 0x1p-24
-		if sign != 0 {
-			v = -v
-		}
-		return v
-	}
-	return math.Float32frombits(sign | uint32(exp-15+127)<<23 | frac<<13)
 }
