@@ -5,7 +5,6 @@ package cuda
 import (
 	"fmt"
 	"math"
-	"strconv"
 	"unsafe"
 
 	"gorgonia.org/cu"
@@ -941,17 +940,6 @@ func (b *Backend) SumSquares(t finetune.Tensor) float64 {
 	return s
 }
 
-// optimParams converts the float32 hyper-parameters to float64 through
-// their shortest decimal form, as the CPU backend does (lr 1e-3 becomes the
-// Python float 0.001 torch computes with).
-func optimParams(hp finetune.AdamParams) optim.Params {
-	f := func(x float32) float64 {
-		v, _ := strconv.ParseFloat(strconv.FormatFloat(float64(x), 'g', -1, 32), 64)
-		return v
-	}
-	return optim.Params{LR: f(hp.LR), Beta1: f(hp.Beta1), Beta2: f(hp.Beta2), Eps: f(hp.Eps), WeightDecay: f(hp.WeightDecay), Step: hp.Step}
-}
-
 // AdamW is torch.optim.AdamW; the scalars are computed here exactly as
 // finetune/optim.AdamW computes them.
 func (b *Backend) AdamW(p, g, m, v finetune.Tensor, hp finetune.AdamParams) {
@@ -964,7 +952,7 @@ func (b *Backend) AdamW(p, g, m, v finetune.Tensor, hp finetune.AdamParams) {
 	if hp.Step < 1 {
 		panic(&Error{Op: op, Err: fmt.Errorf("step %d: the first update is step 1", hp.Step)})
 	}
-	q := optimParams(hp)
+	q := hp.OptimParams()
 	t := float64(q.Step)
 	bc1 := 1 - math.Pow(q.Beta1, t)
 	bc2 := 1 - math.Pow(q.Beta2, t)
@@ -1032,7 +1020,7 @@ type bnbConsts struct {
 }
 
 func newBnbConsts(hp finetune.AdamParams) bnbConsts {
-	q := optimParams(hp)
+	q := hp.OptimParams()
 	lr, b1, b2 := float32(q.LR), float32(q.Beta1), float32(q.Beta2)
 	eps, wd := float32(q.Eps), float32(q.WeightDecay)
 	pow32 := func(x float32, n int) float32 { return float32(math.Pow(float64(x), float64(n))) }

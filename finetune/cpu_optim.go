@@ -27,10 +27,11 @@ func (b *CPUBackend) SumSquares(t Tensor) float64 {
 	return s
 }
 
-// optimParams converts the float32 hyper-parameters to optim's float64
+// OptimParams converts the float32 hyper-parameters to optim's float64
 // ones through their shortest decimal form, so lr 1e-3 becomes the Python
-// float 0.001 torch computes with, not float32(1e-3) widened.
-func optimParams(hp AdamParams) optim.Params {
+// float 0.001 torch computes with, not float32(1e-3) widened. Every backend
+// derives its optimizer scalars from these.
+func (hp AdamParams) OptimParams() optim.Params {
 	f := func(x float32) float64 {
 		v, _ := strconv.ParseFloat(strconv.FormatFloat(float64(x), 'g', -1, 32), 64)
 		return v
@@ -41,14 +42,14 @@ func optimParams(hp AdamParams) optim.Params {
 // AdamW updates p in place from g with float32 moments m, v
 // (torch.optim.AdamW).
 func (b *CPUBackend) AdamW(p, g, m, v Tensor, hp AdamParams) {
-	if err := optim.AdamW(f32(p), f32(g), f32(m), f32(v), optimParams(hp)); err != nil {
+	if err := optim.AdamW(f32(p), f32(g), f32(m), f32(v), hp.OptimParams()); err != nil {
 		panic(fmt.Sprintf("cpu backend: AdamW: %v", err))
 	}
 }
 
 // AdamW8bit is bitsandbytes' blockwise 8-bit AdamW.
 func (b *CPUBackend) AdamW8bit(p, g Tensor, st *Adam8State, hp AdamParams) {
-	if err := optim.AdamW8bit(f32(p), f32(g), u8(st.M), u8(st.V), f32(st.AbsmaxM), f32(st.AbsmaxV), optimParams(hp)); err != nil {
+	if err := optim.AdamW8bit(f32(p), f32(g), u8(st.M), u8(st.V), f32(st.AbsmaxM), f32(st.AbsmaxV), hp.OptimParams()); err != nil {
 		panic(fmt.Sprintf("cpu backend: AdamW8bit: %v", err))
 	}
 }

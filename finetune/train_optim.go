@@ -12,7 +12,7 @@ import (
 
 // BnbAdamW32 is bitsandbytes' 32-bit Adam kernel on the CPU (optim.BnbAdam32).
 func (b *CPUBackend) BnbAdamW32(p, g, m, v Tensor, hp AdamParams) {
-	if err := optim.BnbAdam32(f32(p), f32(g), f32(m), f32(v), optimParams(hp)); err != nil {
+	if err := optim.BnbAdam32(f32(p), f32(g), f32(m), f32(v), hp.OptimParams()); err != nil {
 		panic(fmt.Sprintf("cpu backend: BnbAdamW32: %v", err))
 	}
 }
