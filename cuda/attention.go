@@ -1,0 +1,102 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/ollama-tune/ollama-tune/finetune"
+)
+
+// ---------------------------------------------------------------------------
+// Attention
+
+const attnThreads = 128
+
+// attnScale is 1/sqrt(D) in float32, as the CPU computes it.
+func attnScale(D int) float32 { return float32(1 / math.Sqrt(float64(D))) }
+
+// attnSmem is the dynamic shared memory for the scores of n keys.
+func (b *Backend) attnSmem(op string, n, D int) int {
+	if D > 4*attnThreads {
+		panic(&Error{Op: op, Err: fmt.Errorf("head dimension %d is above the kernels' %d", D, 4*attnThreads)})
+	}
+	smem := 4 * n
+	// The kernels' static shared memory is about 3 KiB.
+	if limit := b.info.MaxSharedMemPerBlock - 4096; smem > limit {
+		panic(&Error{Op: op, Err: fmt.Errorf("%d keys need %d bytes of shared memory for their scores, above %d: sequences this long need the tiled attention of issue 8", n, smem, limit)})
+	}
+	return smem
+}
+
+// shortAttn says whether rows of S tokens with head dimension D take the
+// one-block-per-(head, row) kernels (attn_fwd_s64, attn_bwd_s64), and
+// their dynamic shared memory: the row's keys or values [S][D+1] and the
+// probabilities [S][S+1] in float32, within the 48 KiB a block gets
+// without opting in to more.
+func (b *Backend) shortAttn(S, D int) (smem int, ok bool) {
+	smem = 4 * (S*(D+1) + S*(S+1))
+	return smem, b.fastAttn && S <= 64 && D <= 128 && smem <= min(b.info.MaxSharedMemPerBlock, 48<<10)
+}
+
+func (b *Backend) checkAttn(op string, qkv, pos *Tensor, B, S, H, K, D int) {
+	if H <= 0 || K <= 0 || H%K != 0 || D <= 0 {
+		panic(&Error{Op: op, Err: fmt.Errorf("%d query heads, %d KV heads of %d: the query heads must be a multiple of the KV heads", H, K, D)})
+	}
+	if qkv.n != B*S*(H+2*K)*D || (pos != nil && pos.n != B*S) {
+		panic(&Error{Op: op, Err: fmt.Errorf("qkv %v for %d x %d tokens of %d+2x%d heads of %d", qkv.shape, B, S, H, K, D)})
+	}
+}
+
+func (b *Backend) AttentionForward(out, lse, qkv, pos finetune.Tensor, B, S, nHead, nKV, headDim, window int) {
+	const op = "AttentionForward"
+	defer b.enter(op)()
+	o, ls, x, ps := tensor(out, kindF32, op), tensor(lse, kindF32, op), tensor(qkv, kindF32, op), tensor(pos, kindI32, op)
+	b.checkAttn(op, x, ps, B, S, nHead, nKV, headDim)
+	if smem, ok := b.shortAttn(S, headDim); ok {
+		b.launch(op, "attn_fwd_s64", [3]int{nHead, B, 1}, 256, smem, ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr), ptrArg(ps.ptr),
+			intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window), f32Arg(attnScale(headDim)))
+		return
+	}
+	smem := b.attnSmem(op, S, headDim)
+	b.launch(op, "attn_fwd", [3]int{S, nHead, B}, attnThreads, smem, ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr), ptrArg(ps.ptr),
+		intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window), f32Arg(attnScale(headDim)))
+}
+
+func (b *Backend) AttentionBackward(dqkv, dout, out, lse, qkv, pos finetune.Tensor, B, S, nHead, nKV, headDim, window int) {
+	const op = "AttentionBackward"
+	defer b.enter(op)()
+	dx, do, o := tensor(dqkv, kindF32, op), tensor(dout, kindF32, op), tensor(out, kindF32, op)
+	ls, x, ps := tensor(lse, kindF32, op), tensor(qkv, kindF32, op), tensor(pos, kindI32, op)
+	b.checkAttn(op, x, ps, B, S, nHead, nKV, headDim)
+	T := B * S
+	di := b.scratchBuf(sAttn, 4*int64(T)*int64(nHead), op)
+	b.launchN(op, "attn_bwd_di", int64(T)*int64(nHead), ptrArg(di), ptrArg(do.ptr), ptrArg(o.ptr), intArg(T), intArg(nHead), intArg(headDim))
+	args := []uint64{ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(ls.ptr), ptrArg(di), ptrArg(x.ptr), ptrArg(ps.ptr),
+		intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window), f32Arg(attnScale(headDim))}
+	if smem, ok := b.shortAttn(S, headDim); ok {
+		b.launch(op, "attn_bwd_s64", [3]int{nKV, B, 1}, 256, smem, args...)
+		return
+	}
+	b.launch(op, "attn_bwd_dq", [3]int{S, nHead, B}, attnThreads, 0, args...)
+	b.launch(op, "attn_bwd_dkdv", [3]int{S, nKV, B}, attnThreads, 0, args...)
+}
+
+func (b *Backend) AttentionCached(out, qkv, kCache, vCache finetune.Tensor, start, nHead, nKV, headDim, window int) {
+	const op = "AttentionCached"
+	defer b.enter(op)()
+	o, x := tensor(out, kindF32, op), tensor(qkv, kindF32, op)
+	kc, vc := tensor(kCache, kindF32, op), tensor(vCache, kindF32, op)
+	width := (nHead + 2*nKV) * headDim
+	T := x.n / width
+	b.checkAttn(op, x, nil, 1, T, nHead, nKV, headDim)
+	if kc.n < (start+T)*nKV*headDim || vc.n != kc.n {
+		panic(&Error{Op: op, Err: fmt.Errorf("caches %v, %v cannot hold %d+%d positions", kc.shape, vc.shape, start, T)})
+	}
+	b.launchN(op, "attn_cache_store", int64(T)*int64(nKV*headDim), ptrArg(kc.ptr), ptrArg(vc.ptr), ptrArg(x.ptr),
+		intArg(T), intArg(nHead), intArg(nKV), intArg(headDim), intArg(start))
+	smem := b.attnSmem(op, start+T, headDim)
+	b.launch(op, "attn_cached", [3]int{T, nHead, 1}, attnThreads, smem, ptrArg(o.ptr), ptrArg(x.ptr), ptrArg(kc.ptr), ptrArg(vc.ptr),
+		intArg(nHead), intArg(nKV), intArg(headDim), intArg(start), intArg(window), f32Arg(attnScale(headDim)))
+}

@@ -1,0 +1,192 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"fmt"
+	"math"
+
+	"gorgonia.org/cu"
+
+	"github.com/ollama-tune/ollama-tune/finetune"
+)
+
+// ---------------------------------------------------------------------------
+// Embedding, Linear, Logits
+
+func (b *Backend) EmbeddingForward(out, ids finetune.Tensor, table finetune.Weight) {
+	const op = "EmbeddingForward"
+	defer b.enter(op)()
+	o, id, w := tensor(out, kindF32, op), tensor(ids, kindI32, op), cudaW(table, op)
+	T, C, V := id.n, w.in, w.out
+	if o.n != T*C {
+		panic(&Error{Op: op, Err: fmt.Errorf("output has %d values, want %d x %d", o.n, T, C)})
+	}
+	n := int64(T) * int64(C)
+	switch {
+	case w.q != nil:
+		args := []uint64{ptrArg(o.ptr), ptrArg(id.ptr), intArg(T), intArg(C), intArg(V), ptrArg(w.q.codes)}
+		args = append(args, b.nf4Args(w.q)...)
+		b.launchN(op, "embedding_nf4", n, append(args, intArg(int(b.half)))...)
+	default:
+		b.launchN(op, "embedding_"+w.half.suffix(), n, ptrArg(o.ptr), ptrArg(id.ptr), ptrArg(w.dense), intArg(T), intArg(C), intArg(V))
+	}
+}
+
+func loraRank(l *finetune.Linear) int {
+	if l.LoRA == nil {
+		return 0
+	}
+	return l.LoRA.A.Shape()[0]
+}
+
+// keepScale is dropout's 1/(1-p) in float32, as the CPU computes it.
+func keepScale(p float32) float32 { return 1 / (1 - p) }
+
+// dropout returns dropout(x) for x [n]: x itself when p == 0, else the
+// masked, rescaled copy in the sDrop scratch.
+func (b *Backend) dropout(op string, x cu.DevicePtr, n int64, p float32, seed uint64) cu.DevicePtr {
+	if p == 0 {
+		return x
+	}
+	xd := b.scratchBuf(sDrop, 4*n, op)
+	b.launchN(op, "dropout_fwd", n, ptrArg(xd), ptrArg(x), uint64(n), seed, f32Arg(p), f32Arg(keepScale(p)))
+	return xd
+}
+
+// LinearForward: out [T,out] = x . W^T + scale * (dropout(x) . A^T) . B^T,
+// h [T,r] = dropout(x) . A^T.
+func (b *Backend) LinearForward(out, x finetune.Tensor, l *finetune.Linear, h finetune.Tensor, seed uint64) {
+	const op = "LinearForward"
+	defer b.enter(op)()
+	w := cudaW(l.W, op)
+	o, xs := tensor(out, kindF32, op), tensor(x, kindF32, op)
+	T := xs.n / w.in
+	if xs.n != T*w.in || o.n != T*w.out {
+		panic(&Error{Op: op, Err: fmt.Errorf("%s: x has %d values and out %d for a [%d, %d] weight", l.Name, xs.n, o.n, w.out, w.in)})
+	}
+	if l.LoRA != nil && b.loraBF16(w) {
+		b.linearForwardBF16(op, o.ptr, xs.ptr, T, w, l, tensor(h, kindF32, op), seed)
+		return
+	}
+	b.xwT(op, o.ptr, xs.ptr, T, w, 1, 0)
+	if l.LoRA == nil {
+		return
+	}
+	lo, r := l.LoRA, loraRank(l)
+	A, B, hs := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op), tensor(h, kindF32, op)
+	if b.fastLoRA && r <= loraMaxR {
+		// h = dropout(x) . A^T in one pass over x.
+		b.loraRowdot(op, hs.ptr, xs.ptr, A.ptr, T, w.in, r, w.in, 1, lo.Dropout, seed)
+	} else {
+		xd := b.dropout(op, xs.ptr, int64(xs.n), lo.Dropout, seed)
+		b.sgemm(op, false, true, T, r, w.in, 1, xd, w.in, A.ptr, w.in, 0, hs.ptr, r)
+	}
+	b.sgemm(op, false, true, T, w.out, r, lo.Scale, hs.ptr, r, B.ptr, r, 1, o.ptr, w.out)
+}
+
+// loraMaxR is the largest rank the fused LoRA kernels take (kernels/lora.cu).
+const loraMaxR = 16
+
+// loraChunk is the tokens per partial sum of the fused LoRA backward (at
+// most 64, kernels/lora.cu).
+const loraChunk = 32
+
+// dropThreshold is ceil(p * 2^24): Uniform(seed, i) >= p exactly when the
+// hash's top 24 bits are >= it (kernels/lora.cu).
+func dropThreshold(p float32) uint64 { return uint64(math.Ceil(float64(p) * (1 << 24))) }
+
+// loraRowdot computes y [T,r] = dropout(x) . W(j,k)^T over x [T,K], with
+// W(j,k) at W + 4*(j*wsj + k*wsi).
+func (b *Backend) loraRowdot(op string, y, x, W cu.DevicePtr, T, K, r, wsj, wsi int, p float32, seed uint64) {
+	kernel, rows := "lora_rowdot8", 4
+	if r > 8 {
+		kernel, rows = "lora_rowdot16", 2
+	}
+	b.launch(op, kernel, grid1((T+rows-1)/rows), 256, 0, ptrArg(y), ptrArg(x), ptrArg(W), intArg(T), intArg(K), intArg(r),
+		intArg(wsj), intArg(wsi), seed, f32Arg(p), dropThreshold(p), f32Arg(keepScale(p)))
+}
+
+// loraColdot accumulates G(j,k) += scale * sum_t a[t,j] * xd[t,k] for a
+// [T,r] and x [T,K] (xd its dropout with p, seed; p = 0: x itself), G(j,k)
+// at G + 4*(j*gsj + k*gsk).
+func (b *Backend) loraColdot(op string, G, a, x cu.DevicePtr, T, K, r, gsj, gsk int, scale, p float32, seed uint64) {
+	nc := (T + loraChunk - 1) / loraChunk
+	part := b.scratchBuf(sLoRAPart, 4*int64(nc)*int64(r)*int64(K), op)
+	gx := (K + 255) / 256
+	b.launch(op, "lora_coldot_partial", [3]int{gx, nc, 1}, 256, 0, ptrArg(part), ptrArg(a), ptrArg(x), intArg(T), intArg(K), intArg(r),
+		intArg(loraChunk), seed, f32Arg(p), dropThreshold(p), f32Arg(keepScale(p)))
+	b.launch(op, "lora_coldot_finish", [3]int{gx, r, 1}, 256, 0, ptrArg(G), ptrArg(part), intArg(nc), intArg(K), intArg(r),
+		intArg(gsj), intArg(gsk), f32Arg(scale))
+}
+
+// LinearBackward: dx += dout . W + scale * ((dout . B) . A) * mask;
+// GradB += scale * dout^T . h; GradA += scale * (dout . B)^T . dropout(x).
+func (b *Backend) LinearBackward(dx, dout, x finetune.Tensor, l *finetune.Linear, h finetune.Tensor, seed uint64) {
+	const op = "LinearBackward"
+	defer b.enter(op)()
+	w := cudaW(l.W, op)
+	do := tensor(dout, kindF32, op)
+	T := do.n / w.out
+	d := tensor(dx, kindF32, op)
+	if l.LoRA != nil && b.loraBF16(w) {
+		b.linearBackwardBF16(op, d, do.ptr, tensor(x, kindF32, op), T, w, l, tensor(h, kindF32, op), seed)
+		return
+	}
+	if d != nil {
+		b.dW(op, d.ptr, do.ptr, T, w, 1)
+	}
+	if l.LoRA == nil {
+		return
+	}
+	lo, r := l.LoRA, loraRank(l)
+	xs, hs := tensor(x, kindF32, op), tensor(h, kindF32, op)
+	A, B := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op)
+	gA, gB := tensor(lo.GradA, kindF32, op), tensor(lo.GradB, kindF32, op)
+	n := int64(T) * int64(w.in)
+	g := b.scratchBuf(sLoRAG, 4*int64(T)*int64(r), op)
+	if b.fastLoRA && r <= loraMaxR {
+		// GradB [out,r] += scale * dout^T . h
+		b.loraColdot(op, gB.ptr, hs.ptr, do.ptr, T, w.out, r, 1, r, lo.Scale, 0, 0)
+		// g [T,r] = dout . B
+		b.loraRowdot(op, g, do.ptr, B.ptr, T, w.out, r, 1, r, 0, 0)
+		// GradA [r,in] += scale * g^T . dropout(x)
+		b.loraColdot(op, gA.ptr, g, xs.ptr, T, w.in, r, w.in, 1, lo.Scale, lo.Dropout, seed)
+		if d != nil {
+			b.launch(op, "lora_dx", [3]int{(w.in + 255) / 256, min(T, 64), 1}, 256, 0, ptrArg(d.ptr), ptrArg(g), ptrArg(A.ptr),
+				intArg(T), intArg(w.in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), dropThreshold(lo.Dropout),
+				f32Arg(keepScale(lo.Dropout)))
+		}
+		return
+	}
+	xd := b.dropout(op, xs.ptr, n, lo.Dropout, seed)
+	// GradB [out,r] += scale * dout^T . h
+	b.sgemm(op, true, false, w.out, r, T, lo.Scale, do.ptr, w.out, hs.ptr, r, 1, gB.ptr, r)
+	// g [T,r] = dout . B
+	b.sgemm(op, false, false, T, r, w.out, 1, do.ptr, w.out, B.ptr, r, 0, g, r)
+	// GradA [r,in] += scale * g^T . dropout(x)
+	b.sgemm(op, true, false, r, w.in, T, lo.Scale, g, r, xd, w.in, 1, gA.ptr, w.in)
+	if d == nil {
+		return
+	}
+	if lo.Dropout == 0 {
+		b.sgemm(op, false, false, T, w.in, r, lo.Scale, g, r, A.ptr, w.in, 1, d.ptr, w.in)
+		return
+	}
+	tmp := b.scratchBuf(sLoRATmp, 4*n, op)
+	b.sgemm(op, false, false, T, w.in, r, lo.Scale, g, r, A.ptr, w.in, 0, tmp, w.in)
+	b.launchN(op, "dropout_bwd_acc", n, ptrArg(d.ptr), ptrArg(tmp), uint64(n), seed, f32Arg(lo.Dropout), f32Arg(keepScale(lo.Dropout)))
+}
+
+// Logits: out [T,V] = x [T,C] . lmHead^T.
+func (b *Backend) Logits(out, x finetune.Tensor, lmHead finetune.Weight) {
+	const op = "Logits"
+	defer b.enter(op)()
+	w := cudaW(lmHead, op)
+	o, xs := tensor(out, kindF32, op), tensor(x, kindF32, op)
+	T := xs.n / w.in
+	if o.n != T*w.out {
+		panic(&Error{Op: op, Err: fmt.Errorf("output has %d values, want %d x %d", o.n, T, w.out)})
+	}
+	b.xwT(op, o.ptr, xs.ptr, T, w, 1, 0)
+}
