@@ -268,28 +268,63 @@ func (b *Backend) nf4Args(q *nf4Weight) []uint64 {
 // to the 16-bit type under BF16 or F16 compute) into the dequantization
 // cache's slot for its shape, or into the sWeight scratch.
 func (b *Backend) matrix(w *weight, op string) (p cu.DevicePtr, abType int) {
+	p, abType, _ = b.matrixLD(w, op, w.in)
+	return p, abType
+}
+
+// foldLD is the row stride of an NF4 weight's bfloat16 dequantization that
+// leaves room for r more columns (the LoRA up-projection's B, folded into
+// the base GEMM under BF16 compute: linearForwardBF16), or 0 when the
+// weight cannot take them (a dense or GGUF weight, another compute type,
+// or in % 8 != 0, which the strided dequantization needs).
+func (b *Backend) foldLD(w *weight, r int) int {
+	if w.q == nil || w.g != nil || b.half != halfBF16 || w.in%8 != 0 || r <= 0 || !loraFold {
+		return 0
+	}
+	return (w.in + r + 7) &^ 7
+}
+
+// matrixLD is matrix with the rows of an NF4 weight's dequantization ld
+// values apart (ld >= w.in; the columns w.in .. ld-1 are left as they
+// are, for the caller); it returns the stride it used (w.in for a dense
+// or GGUF weight). ld != w.in needs foldLD's conditions.
+func (b *Backend) matrixLD(w *weight, op string, ld int) (p cu.DevicePtr, abType, ldOut int) {
 	if w.g != nil {
-		return b.ggufMatrix(w, op)
+		p, abType = b.ggufMatrix(w, op)
+		return p, abType, w.in
 	}
 	if w.q == nil {
-		return w.dense, w.half.blasType()
+		return w.dense, w.half.blasType(), w.in
+	}
+	if ld < w.in {
+		ld = w.in
 	}
 	n := w.n()
 	elem, abType, kernel := b.half.elem(), b.half.blasType(), "nf4_dequant_"+b.half.suffix()
-	if s := b.dequantSlot(w, elem*n, op); s != nil {
+	bytes := elem * int64(w.out) * int64(ld)
+	if s := b.dequantSlotLD(w, ld, bytes, op); s != nil {
 		if s.w == w {
-			return s.ptr, abType // still there from the last use
+			return s.ptr, abType, ld // still there from the last use
 		}
 		s.w, p = w, s.ptr
 	} else {
-		p = b.scratchBuf(sWeight, elem*n, op)
+		p = b.scratchBuf(sWeight, bytes, op)
+	}
+	if ld != w.in && b.half == halfBF16 && w.in%8 == 0 && ld%8 == 0 {
+		// Two groups of eight values a thread, rows ld apart.
+		b.launchN(op, "nf4_dequant_ld_bf16", max((n/8+1)/2, 1), append([]uint64{ptrArg(p), uint64(n), intArg(w.in), intArg(ld),
+			ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
+		return p, abType, ld
+	}
+	if ld != w.in {
+		panic(&Error{Op: op, Err: fmt.Errorf("weight [%d, %d]: no strided dequantization to a row stride of %d", w.out, w.in, ld)})
 	}
 	// The dequantization kernels expand 8 (16-bit) or 4 (f32) values a
 	// thread, then the rest one a thread.
 	per := 16 / elem
 	threads := max(n/per, n%per, 1)
 	b.launchN(op, kernel, threads, append([]uint64{ptrArg(p), uint64(n), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
-	return p, abType
+	return p, abType, ld
 }
 
 // The dequantization cache keeps the last dequantized weight of each
@@ -301,23 +336,29 @@ func (b *Backend) matrix(w *weight, op string) (p cu.DevicePtr, abType int) {
 // so the cache never synchronises.
 type dequantSlot struct {
 	out, in int
+	ld      int // row stride (matrixLD)
 	ptr     cu.DevicePtr
 	bytes   int64
 	w       *weight // whose values the slot holds, or nil
 	used    uint64  // b.dequantClock at the last use
 }
 
-// dequantSlot returns the cache slot for w's shape, making one when
+// dequantSlot returns the cache slot for w's shape and row stride ld, making one when
 // needed; a new shape beyond the limit replaces the least recently used
 // (which synchronises, but a training step uses the same few shapes over
 // and over). nil when the cache is off.
 func (b *Backend) dequantSlot(w *weight, bytes int64, op string) *dequantSlot {
+	return b.dequantSlotLD(w, w.in, bytes, op)
+}
+
+// dequantSlotLD is dequantSlot for a dequantization with row stride ld.
+func (b *Backend) dequantSlotLD(w *weight, ld int, bytes int64, op string) *dequantSlot {
 	if b.dequantMax <= 0 {
 		return nil
 	}
 	b.dequantClock++
 	for _, s := range b.dequant {
-		if s.out == w.out && s.in == w.in {
+		if s.out == w.out && s.in == w.in && s.ld == ld {
 			s.used = b.dequantClock
 			return s
 		}
@@ -334,7 +375,7 @@ func (b *Backend) dequantSlot(w *weight, bytes int64, op string) *dequantSlot {
 	}
 	p, err := b.rawAlloc(bytes, fmt.Sprintf("the dequantization cache's [%d, %d] slot", w.out, w.in))
 	check(op, err)
-	s := &dequantSlot{out: w.out, in: w.in, ptr: p, bytes: bytes, used: b.dequantClock}
+	s := &dequantSlot{out: w.out, in: w.in, ld: ld, ptr: p, bytes: bytes, used: b.dequantClock}
 	b.dequant = append(b.dequant, s)
 	return s
 }

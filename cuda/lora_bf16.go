@@ -3,6 +3,8 @@
 package cuda
 
 import (
+	"fmt"
+
 	"gorgonia.org/cu"
 
 	"github.com/ollama-tune/ollama-tune/finetune"
@@ -36,66 +38,121 @@ func (b *Backend) loraHalfBufs(op string, T, in, out, r int) (a16, b16, h16, g16
 	return p, p + cu.DevicePtr(na), p + cu.DevicePtr(na+nb), p + cu.DevicePtr(na+nb+nt)
 }
 
-// bf16Of writes n float32 values at src, rounded to bfloat16, to dst.
-func (b *Backend) bf16Of(op string, dst, src cu.DevicePtr, n int64) {
-	b.launchN(op, "f32_to_bf16_v4", max(n/4, n%4, 1), ptrArg(dst), ptrArg(src), uint64(n))
+// loraFold says whether linearForwardBF16 folds the up-projection into the
+// base GEMM (v5); OLLAMA_TUNE_CUDA_REFERENCE=lora-fold turns it off (v4's
+// float32 up-projection and beta-1 base GEMM).
+var loraFold = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lora-fold")
+
+// prepJob is one small conversion that lora_prep_bf16 does alongside its
+// main pass: dst[i*ld + j] = bf16(scale * src[i*cols + j]) for src [rows,
+// cols] float32 and dst bfloat16.
+type prepJob struct {
+	dst, src       cu.DevicePtr
+	rows, cols, ld int
+	scale          float32
 }
 
-// loraSplit writes bf16(x) to xh and bf16(dropout(x)) to xdh (either may
-// be 0: not written) for x [n], in one pass (kernels/lora.cu).
-func (b *Backend) loraSplit(op string, xh, xdh, x cu.DevicePtr, n int64, p float32, seed uint64) {
-	b.launchN(op, "lora_split_bf16", max(n/4, n%4, 1), ptrArg(xh), ptrArg(xdh), ptrArg(x), uint64(n), seed, f32Arg(p),
-		dropThreshold(p), f32Arg(keepScale(p)))
+// loraPrep runs lora_prep_bf16 (kernels/lora.cu): from one read of x [n]
+// (rows of cols values) it writes bf16(x) to xh with row stride ldx and
+// bf16(dropout(x)) to xdh, contiguous (either may be 0: not written; n 0:
+// no main pass), the keep decisions as bytes to mask (0: not written; needs
+// xdh and p > 0), and does up to two jobs in the same launch, which spares
+// a launch per small cast (A, B, h, dout . B: ~640 a step in v4).
+func (b *Backend) loraPrep(op string, xh, xdh, mask, x cu.DevicePtr, n int64, cols, ldx int, p float32, seed uint64, jobs ...prepJob) {
+	if len(jobs) > 2 {
+		panic(&Error{Op: op, Err: fmt.Errorf("lora_prep_bf16 takes 2 jobs, got %d", len(jobs))})
+	}
+	if ldx != cols && (cols%4 != 0 || ldx%4 != 0) {
+		panic(&Error{Op: op, Err: fmt.Errorf("lora_prep_bf16: row stride %d for rows of %d values", ldx, cols)})
+	}
+	if n == 0 {
+		cols, ldx = 1, 1
+	}
+	threads := max(n/4, n%4, 1)
+	if mask != 0 && (xdh == 0 || p == 0) {
+		panic(&Error{Op: op, Err: fmt.Errorf("lora_prep_bf16: a dropout mask needs xdh and p > 0")})
+	}
+	args := []uint64{ptrArg(xh), ptrArg(xdh), ptrArg(mask), ptrArg(x), uint64(n), intArg(cols), intArg(ldx), seed, f32Arg(p),
+		dropThreshold(p), f32Arg(keepScale(p))}
+	for k := 0; k < 2; k++ {
+		if k < len(jobs) && jobs[k].rows > 0 && jobs[k].cols > 0 {
+			j := jobs[k]
+			threads = max(threads, int64(j.rows)*int64(j.cols))
+			args = append(args, ptrArg(j.dst), ptrArg(j.src), intArg(j.rows), intArg(j.cols), intArg(j.ld), f32Arg(j.scale))
+		} else {
+			args = append(args, 0, 0, 0, 1, 1, f32Arg(1))
+		}
+	}
+	b.launchN(op, "lora_prep_bf16", threads, args...)
 }
 
-// linearForwardBF16 is LinearForward with LoRA under BF16 compute: one
-// pass over x makes the base GEMM's input and the LoRA's, then
-// h = dropout(x) . A^T (bfloat16 GEMM), out = scale * h . B^T (float32)
-// and out += x . W^T (bfloat16 GEMM, beta 1).
+// linearForwardBF16 is LinearForward with LoRA under BF16 compute. One
+// launch (lora_prep_bf16) reads x once for the base GEMM's input and the
+// LoRA's and rounds A; h = dropout(x) . A^T (bfloat16 GEMM, float32 h).
+// Folded (v5, an NF4 weight with in % 8 == 0): out = [x | s.h] . [W | B]^T,
+// one bfloat16 GEMM over K = in + r, with W dequantized into rows of ld >=
+// in + r values, bf16(B) written into its columns in .. in+r-1 by the
+// first launch and bf16(scale * h) into x's by a second; no float32
+// up-projection and no beta-1 read of out. Else (v4): out = scale * h .
+// B^T (float32), then out += x . W^T (bfloat16 GEMM, beta 1).
 func (b *Backend) linearForwardBF16(op string, out, x cu.DevicePtr, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
 	lo, r := l.LoRA, loraRank(l)
 	A, B := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op)
-	wp, t := b.matrix(w, op)
+	fold := b.foldLD(w, r)
+	wp, t, ld := b.matrixLD(w, op, max(fold, w.in))
+	fold = min(fold, ld) // 0 unless folding
 	n := int64(T) * int64(w.in)
-	xh := b.scratchBuf(sAct, 2*n, op)
-	xdh := xh
+	xh := b.scratchBuf(sAct, 2*int64(T)*int64(ld), op)
+	xdh, xdld, xdArg := xh, ld, cu.DevicePtr(0)
 	if lo.Dropout > 0 {
-		xdh = b.scratchBuf(sLoRAX, 2*n, op)
-		b.loraSplit(op, xh, xdh, x, n, lo.Dropout, seed)
-	} else {
-		b.loraSplit(op, xh, 0, x, n, 0, 0)
+		xdh, xdld = b.scratchBuf(sLoRAX, 2*n, op), w.in
+		xdArg = xdh
 	}
 	a16, _, _, _ := b.loraHalfBufs(op, T, w.in, w.out, r)
-	b.bf16Of(op, a16, A.ptr, int64(r)*int64(w.in))
+	jobs := []prepJob{{dst: a16, src: A.ptr, rows: r, cols: w.in, ld: w.in, scale: 1}}
+	if fold != 0 {
+		jobs = append(jobs, prepJob{dst: wp + cu.DevicePtr(2*w.in), src: B.ptr, rows: w.out, cols: r, ld: ld, scale: 1})
+	}
+	b.loraPrep(op, xh, xdArg, 0, x, n, w.in, ld, lo.Dropout, seed, jobs...)
 	// h [T,r] = dropout(x) . A^T
-	b.gemm(op, gemmArgs{transB: true, M: T, N: r, K: w.in, alpha: 1, A: uintptr(xdh), lda: w.in, B: uintptr(a16), ldb: w.in,
+	b.gemm(op, gemmArgs{transB: true, M: T, N: r, K: w.in, alpha: 1, A: uintptr(xdh), lda: xdld, B: uintptr(a16), ldb: w.in,
 		C: uintptr(hs.ptr), ldc: r, abType: dataR16BF})
+	if fold != 0 {
+		b.loraPrep(op, 0, 0, 0, 0, 0, 1, 1, 0, 0, prepJob{dst: xh + cu.DevicePtr(2*w.in), src: hs.ptr, rows: T, cols: r, ld: ld, scale: lo.Scale})
+		b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in + r, alpha: 1, A: uintptr(xh), lda: ld, B: uintptr(wp), ldb: ld,
+			C: uintptr(out), ldc: w.out, abType: t})
+		return
+	}
 	// The up-projection goes first and overwrites out (beta 0: a write,
 	// no read); the base GEMM then adds into it (beta 1), where reading
 	// C costs little next to its K = in products (v4: saves the fp32
 	// read of out that a read-modify-write up-projection afterwards made).
 	b.sgemm(op, false, true, T, w.out, r, lo.Scale, hs.ptr, r, B.ptr, r, 0, out, w.out)
-	b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in, alpha: 1, beta: 1, A: uintptr(xh), lda: w.in, B: uintptr(wp), ldb: w.in,
+	b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in, alpha: 1, beta: 1, A: uintptr(xh), lda: ld, B: uintptr(wp), ldb: ld,
 		C: uintptr(out), ldc: w.out, abType: t})
 }
 
 // linearBackwardBF16 is LinearBackward with LoRA under BF16 compute: dout
-// is rounded to bfloat16 once for dx += dout . W, GradB += scale *
-// dout^T . h and g = dout . B; then GradA += scale * g^T . dropout(x),
-// all bfloat16 GEMMs; dx's LoRA term is float32 (lora_dx).
+// is rounded to bfloat16 once (with h and B, in one launch) for dx += dout
+// . W, GradB += scale * dout^T . h and g = dout . B; then GradA += scale *
+// g^T . dropout(x) (bf16(dropout(x)) and bf16(g) from one launch), all
+// bfloat16 GEMMs; dx's LoRA term is float32 (lora_dx).
 func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs *Tensor, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
 	lo, r := l.LoRA, loraRank(l)
 	A, B := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op)
 	gA, gB := tensor(lo.GradA, kindF32, op), tensor(lo.GradB, kindF32, op)
-	dh := b.toHalf(op, dout, int64(T)*int64(w.out), dataR16BF)
+	_, b16, h16, g16 := b.loraHalfBufs(op, T, w.in, w.out, r)
+	nout := int64(T) * int64(w.out)
+	dh := b.scratchBuf(sAct, 2*nout, op)
+	b.loraPrep(op, dh, 0, 0, dout, nout, w.out, w.out, 0, 0,
+		prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1},
+		prepJob{dst: b16, src: B.ptr, rows: w.out, cols: r, ld: r, scale: 1})
 	if d != nil {
-		wp, t := b.matrix(w, op)
-		b.gemm(op, gemmArgs{M: T, N: w.in, K: w.out, alpha: 1, beta: 1, A: uintptr(dh), lda: w.out, B: uintptr(wp), ldb: w.in,
+		// The forward's stride, so that the dequantization cache hits.
+		wp, t, ld := b.matrixLD(w, op, max(b.foldLD(w, r), w.in))
+		b.gemm(op, gemmArgs{M: T, N: w.in, K: w.out, alpha: 1, beta: 1, A: uintptr(dh), lda: w.out, B: uintptr(wp), ldb: ld,
 			C: uintptr(d.ptr), ldc: w.in, abType: t})
 	}
-	_, b16, h16, g16 := b.loraHalfBufs(op, T, w.in, w.out, r)
-	b.bf16Of(op, h16, hs.ptr, int64(T)*int64(r))
-	b.bf16Of(op, b16, B.ptr, int64(w.out)*int64(r))
 	// GradB [out,r] += scale * dout^T . h
 	b.gemm(op, gemmArgs{transA: true, M: w.out, N: r, K: T, alpha: lo.Scale, beta: 1, A: uintptr(dh), lda: w.out,
 		B: uintptr(h16), ldb: r, C: uintptr(gB.ptr), ldc: r, abType: dataR16BF})
@@ -103,11 +160,17 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs
 	g := b.scratchBuf(sLoRAG, 4*int64(T)*int64(r), op)
 	b.gemm(op, gemmArgs{M: T, N: r, K: w.out, alpha: 1, A: uintptr(dh), lda: w.out, B: uintptr(b16), ldb: r,
 		C: uintptr(g), ldc: r, abType: dataR16BF})
-	b.bf16Of(op, g16, g, int64(T)*int64(r))
 	// GradA [r,in] += scale * g^T . dropout(x)
 	n := int64(T) * int64(w.in)
 	xdh := b.scratchBuf(sLoRAX, 2*n, op)
-	b.loraSplit(op, 0, xdh, xs.ptr, n, lo.Dropout, seed)
+	// With dropout, the same pass keeps its mask (a byte a value) for
+	// lora_dx, which then need not hash every value again. Its buffer is
+	// sLoRATmp's, which this path uses only when lora_dx does not run.
+	var mask cu.DevicePtr
+	if d != nil && lo.Dropout > 0 && r <= loraMaxR {
+		mask = b.scratchBuf(sLoRATmp, n, op)
+	}
+	b.loraPrep(op, 0, xdh, mask, xs.ptr, n, w.in, w.in, lo.Dropout, seed, prepJob{dst: g16, src: g, rows: T, cols: r, ld: r, scale: 1})
 	b.gemm(op, gemmArgs{transA: true, M: r, N: w.in, K: T, alpha: lo.Scale, beta: 1, A: uintptr(g16), lda: r,
 		B: uintptr(xdh), ldb: w.in, C: uintptr(gA.ptr), ldc: w.in, abType: dataR16BF})
 	if d == nil {
@@ -117,7 +180,7 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs
 	if r <= loraMaxR {
 		b.launch(op, "lora_dx", [3]int{(w.in + 255) / 256, min(T, 64), 1}, 256, 0, ptrArg(d.ptr), ptrArg(g), ptrArg(A.ptr),
 			intArg(T), intArg(w.in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), dropThreshold(lo.Dropout),
-			f32Arg(keepScale(lo.Dropout)))
+			f32Arg(keepScale(lo.Dropout)), ptrArg(mask))
 		return
 	}
 	if lo.Dropout == 0 {

@@ -20,9 +20,12 @@ import (
 	"testing"
 	"unsafe"
 
+	"gorgonia.org/cu"
+
 	"github.com/ollama-tune/ollama-tune/finetune"
 	"github.com/ollama-tune/ollama-tune/finetune/nf4"
 	"github.com/ollama-tune/ollama-tune/finetune/optim"
+	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
 	"github.com/ollama-tune/ollama-tune/finetune/testutil/golden"
 	"github.com/ollama-tune/ollama-tune/finetune/testutil/tinymodel"
 )
@@ -479,12 +482,23 @@ func TestLinear(t *testing.T) {
 			// T spans several of the fused backward's token chunks and a
 			// partial one; r = 12 takes the rank-16 kernels, r = 20 is above
 			// the fused kernels' limit.
-			for _, sz := range []struct{ T, in, out, r int }{{21, 67, 45, 5}, {203, 300, 129, 8}, {45, 70, 61, 12}, {37, 40, 33, 20}} {
+			// Under BF16 an NF4 weight with in % 8 == 0 folds the
+			// up-projection into the base GEMM: [33, 64] with r = 8 (row
+			// stride 72) and [37, 40] with r = 20 (60 columns, stride 64).
+			for _, sz := range []struct{ T, in, out, r int }{{21, 67, 45, 5}, {203, 300, 129, 8}, {45, 70, 61, 12}, {37, 40, 33, 20}, {33, 64, 72, 8}} {
 				testLinear(t, sz.T, sz.in, sz.out, sz.r)
 			}
 		})
 	}
 	gpu.fastLoRA, gpuB16.fastLoRA, gpuF16.fastLoRA = true, true, true
+	// v4's unfolded path (OLLAMA_TUNE_CUDA_REFERENCE=lora-fold).
+	t.Run("no fold", func(t *testing.T) {
+		defer func(v bool) { loraFold = v }(loraFold)
+		loraFold = false
+		for _, sz := range []struct{ T, in, out, r int }{{37, 40, 33, 20}, {33, 64, 72, 8}} {
+			testLinear(t, sz.T, sz.in, sz.out, sz.r)
+		}
+	})
 }
 
 func testLinear(t *testing.T, T, in, out, r int) {
@@ -716,6 +730,120 @@ func TestDropThresholdMatchesRNG(t *testing.T) {
 			got := finetune.Mix64(seed^finetune.Mix64(i))>>40 >= thr
 			if want := finetune.DropoutKeep(seed, i, p); got != want {
 				t.Fatalf("p %v index %d: threshold test keeps %v, DropoutKeep %v", p, i, got, want)
+			}
+		}
+	}
+}
+
+// lora_prep_bf16 (the BF16 LoRA's one pass over x): bf16(x) at a row
+// stride, bf16(dropout(x)) and the keep bytes exactly as finetune's
+// DropoutKeep, and the side jobs, bit for bit; padding and the columns a
+// job skips stay as they were.
+func TestDropoutLoRAPrep(t *testing.T) {
+	const p, seed = 0.3, 777
+	ks := keepScale(p)
+	for _, c := range []struct{ rows, cols, ldx int }{{7, 36, 44}, {9, 37, 37}, {5, 64, 64}} {
+		n := c.rows * c.cols
+		x := randn(n, 95, 1)
+		a := randn(3*5, 96, 1)
+		nx, nd, nm, nj := c.rows*c.ldx, n, n, 3*6
+		xs, as := gpu.Alloc(n), gpu.Alloc(len(a))
+		gpu.Upload(xs, x)
+		gpu.Upload(as, a)
+		// one buffer: xh, xdh, mask, job destination (each 256-aligned)
+		off := []int64{0, align256(2 * int64(nx)), 0, 0}
+		off[2] = off[1] + align256(2*int64(nd))
+		off[3] = off[2] + align256(int64(nm))
+		total := off[3] + align256(2*int64(nj))
+		var xh, xdh, job []uint16
+		var mask []uint8
+		func() {
+			defer gpu.enter("test")()
+			buf, err := gpu.rawAlloc(total, "test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer gpu.rawFree(buf, total)
+			check("test", cu.MemsetD8Async(buf, 0xAB, total, gpu.stream))
+			ptr := func(k int) cu.DevicePtr { return buf + cu.DevicePtr(off[k]) }
+			gpu.loraPrep("test", ptr(0), ptr(1), ptr(2), xs.(*Tensor).ptr, int64(n), c.cols, c.ldx, p, seed,
+				prepJob{dst: ptr(3) + 2, src: as.(*Tensor).ptr, rows: 3, cols: 5, ld: 6, scale: 2})
+			xh, xdh, job = make([]uint16, nx), make([]uint16, nd), make([]uint16, nj)
+			mask = make([]uint8, nm)
+			gpu.download("test", unsafe.Pointer(&xh[0]), ptr(0), 2*int64(nx))
+			gpu.download("test", unsafe.Pointer(&xdh[0]), ptr(1), 2*int64(nd))
+			gpu.download("test", unsafe.Pointer(&mask[0]), ptr(2), int64(nm))
+			gpu.download("test", unsafe.Pointer(&job[0]), ptr(3), 2*int64(nj))
+		}()
+		gpu.Free(xs)
+		gpu.Free(as)
+		name := fmt.Sprintf("%d x %d stride %d", c.rows, c.cols, c.ldx)
+		for r := 0; r < c.rows; r++ {
+			for j := 0; j < c.ldx; j++ {
+				want := uint16(0xABAB)
+				if j < c.cols {
+					want = safetensors.F32ToBF16(x[r*c.cols+j])
+				}
+				if got := xh[r*c.ldx+j]; got != want {
+					t.Fatalf("%s: xh[%d,%d] = %#x, want %#x", name, r, j, got, want)
+				}
+			}
+		}
+		for i := range n {
+			keep := finetune.DropoutKeep(seed, uint64(i), p)
+			var v float32
+			if keep {
+				v = x[i] * ks
+			}
+			if got, want := xdh[i], safetensors.F32ToBF16(v); got != want {
+				t.Fatalf("%s: xdh[%d] = %#x, want %#x", name, i, got, want)
+			}
+			if got := mask[i] != 0; got != keep || mask[i] > 1 {
+				t.Fatalf("%s: mask[%d] = %d, DropoutKeep %v", name, i, mask[i], keep)
+			}
+		}
+		for k := range nj {
+			want := uint16(0xABAB)
+			if e := k - 1; e >= 0 && e/6 < 3 && e%6 < 5 {
+				want = safetensors.F32ToBF16(2 * a[(e/6)*5+e%6])
+			}
+			if job[k] != want {
+				t.Fatalf("%s: job output %d = %#x, want %#x", name, k, job[k], want)
+			}
+		}
+	}
+}
+
+// nf4_dequant_ld_bf16 (the folded LoRA's dequantization, rows ld apart)
+// writes what nf4_dequant_bf16 writes, bit for bit, with and without
+// double quantization, for an odd number of eight-value groups.
+func TestNF4DequantStrided(t *testing.T) {
+	for _, dq := range []bool{false, true} {
+		out, in, ld := 37, 72, 88
+		w, err := gpuB16.NF4Weight(randn(out*in, 97, 0.2), out, in, dq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var plain, strided []uint16
+		func() {
+			defer gpuB16.enter("test")()
+			cw := w.(*weight)
+			p, _ := gpuB16.matrix(cw, "test")
+			plain = make([]uint16, out*in)
+			gpuB16.download("test", unsafe.Pointer(&plain[0]), p, 2*int64(out*in))
+			ps, _, got := gpuB16.matrixLD(cw, "test", ld)
+			if got != ld {
+				t.Fatalf("matrixLD used stride %d, want %d", got, ld)
+			}
+			strided = make([]uint16, out*ld)
+			gpuB16.download("test", unsafe.Pointer(&strided[0]), ps, 2*int64(out*ld))
+		}()
+		gpuB16.FreeWeight(w)
+		for r := 0; r < out; r++ {
+			for j := 0; j < in; j++ {
+				if plain[r*in+j] != strided[r*ld+j] {
+					t.Fatalf("double quant %v: [%d,%d] = %#x strided, %#x plain", dq, r, j, strided[r*ld+j], plain[r*in+j])
+				}
 			}
 		}
 	}

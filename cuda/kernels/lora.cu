@@ -13,6 +13,11 @@
 #include "common.cuh"
 #include "rng.cuh"
 
+// lora_keep is lora_drop's keep test (for p > 0).
+__device__ __forceinline__ bool lora_keep(u64 seed, i64 idx, u64 thr) {
+    return (mix64(seed ^ mix64((u64)idx)) >> 40) >= thr;
+}
+
 __device__ __forceinline__ float lora_drop(float v, u64 seed, i64 idx, float p, u64 thr, float ks) {
     if (p > 0.0f) return (mix64(seed ^ mix64((u64)idx)) >> 40) >= thr ? __fmul_rn(v, ks) : 0.0f;
     return v;
@@ -136,9 +141,11 @@ extern "C" __global__ void lora_coldot_finish(float* G, const float* part, i64 n
 // given g = dout . B [T,r]: v = scale * sum_j g[t,j] * A[j,k], then
 // dx += v * keep_scale where the forward kept x[t,k] (dx += v without
 // dropout). Grid (ceil(K/256), rows): a thread keeps its column of A in
-// registers and visits the tokens blockIdx.y, + gridDim.y, ...
+// registers and visits the tokens blockIdx.y, + gridDim.y, ... mask, when
+// not null, holds the keep decisions (1 kept, 0 dropped; lora_prep_bf16's
+// mask) instead of hashing them again.
 extern "C" __global__ void lora_dx(float* dx, const float* g, const float* A, i64 T, i64 K, i64 r, double scale_d,
-                                   u64 seed, double p_d, u64 thr, double ks_d) {
+                                   u64 seed, double p_d, u64 thr, double ks_d, const unsigned char* mask) {
     const float scale = (float)scale_d, p = (float)p_d, ks = (float)ks_d;
     const i64 k = blockIdx.x * (i64)blockDim.x + threadIdx.x;
     if (k >= K) return;
@@ -147,7 +154,7 @@ extern "C" __global__ void lora_dx(float* dx, const float* g, const float* A, i6
     for (int j = 0; j < 16; j++) a[j] = j < r ? A[j * K + k] : 0.0f;
     for (i64 t = blockIdx.y; t < T; t += gridDim.y) {
         i64 idx = t * K + k;
-        if (p > 0.0f && (mix64(seed ^ mix64((u64)idx)) >> 40) < thr) continue;
+        if (p > 0.0f && (mask ? mask[idx] == 0 : (mix64(seed ^ mix64((u64)idx)) >> 40) < thr)) continue;
         const float* gt = g + t * r;
         float s = 0.0f;
 #pragma unroll
@@ -159,32 +166,79 @@ extern "C" __global__ void lora_dx(float* dx, const float* g, const float* A, i6
     }
 }
 
-// lora_split_bf16: the bfloat16 GEMM inputs of LoRA under BF16 compute
-// (the tensor-core path of LinearForward / LinearBackward), from one read
-// of x [n] (float32, 16-byte aligned): xh = bf16(x) when xh is not null
-// (the base GEMM's input), xdh = bf16(dropout(x)) when xdh is not null
-// (lora_drop's rule and index, then rounded). Four values a thread, then
-// the n % 4 left one a thread.
+// lora_bf16_pair packs two values rounded to bfloat16, the first in the low
+// half (the lower address).
 __device__ __forceinline__ unsigned int lora_bf16_pair(float a, float b) {
     return (unsigned int)f32_to_bf16(a) | ((unsigned int)f32_to_bf16(b) << 16);
 }
 
-extern "C" __global__ void lora_split_bf16(bf16_t* xh, bf16_t* xdh, const float* x, i64 n, u64 seed, double p_d, u64 thr,
-                                           double ks_d) {
+// lora_prep_bf16: the bfloat16 GEMM inputs of LoRA under BF16 compute (the
+// tensor-core path of LinearForward / LinearBackward) from one read of x,
+// with up to two small conversion jobs in the same launch (issue 8, v5:
+// v4's per-call casts of A, B, h and dout . B were ~640 launches a step).
+//   main: x [n] float32 = rows of cols values; xh[t*ldx + c] = bf16(x[t,c])
+//         when xh is not null; xdh[i] = bf16(dropout(x))[i] (contiguous,
+//         lora_drop's rule and flat index i = t*cols + c) when xdh is not
+//         null. ldx == cols, or cols % 4 == 0 and ldx % 4 == 0.
+//   mask: when not null (with xdh, and only when p > 0), mask[i] = 1 where
+//         dropout keeps x[i], else 0 (4-byte aligned), for lora_dx.
+//   job k (nk = rows_k * cols_k values, 0: none): dst_k[r*ld_k + c] =
+//         bf16(scale_k * src_k[r*cols_k + c]) (scale_k 1: exactly bf16(src)).
+// The four-value groups of the main part go one a thread, then the n % 4
+// left one a thread, then the jobs' values one a thread.
+__device__ __forceinline__ void lora_prep_job(bf16_t* dst, const float* src, i64 rows, i64 cols, i64 ld, float scale,
+                                              i64 tid, i64 stride) {
+    const i64 nk = rows * cols;
+    for (i64 e = tid; e < nk; e += stride) {
+        const i64 r = e / cols, c = e - r * cols;
+        dst[r * ld + c] = f32_to_bf16(__fmul_rn(scale, src[e]));
+    }
+}
+
+extern "C" __global__ void lora_prep_bf16(bf16_t* xh, bf16_t* xdh, unsigned char* mask, const float* x, i64 n, i64 cols,
+                                          i64 ldx, u64 seed, double p_d, u64 thr, double ks_d, bf16_t* dst0, const float* src0, i64 rows0,
+                                          i64 cols0, i64 ld0, double scale0, bf16_t* dst1, const float* src1, i64 rows1,
+                                          i64 cols1, i64 ld1, double scale1) {
     const float p = (float)p_d, ks = (float)ks_d;
     const i64 groups = n >> 2, stride = (i64)gridDim.x * blockDim.x;
-    for (i64 g = blockIdx.x * (i64)blockDim.x + threadIdx.x; g < groups; g += stride) {
+    const i64 tid = blockIdx.x * (i64)blockDim.x + threadIdx.x;
+    const bool strided = ldx != cols;
+    for (i64 g = tid; g < groups; g += stride) {
         float4 v = reinterpret_cast<const float4*>(x)[g];
-        if (xh) reinterpret_cast<uint2*>(xh)[g] = make_uint2(lora_bf16_pair(v.x, v.y), lora_bf16_pair(v.z, v.w));
+        const i64 i = g << 2;
+        if (xh) {
+            uint2 o = make_uint2(lora_bf16_pair(v.x, v.y), lora_bf16_pair(v.z, v.w));
+            if (strided) {
+                const i64 t = i / cols;
+                *reinterpret_cast<uint2*>(xh + t * ldx + (i - t * cols)) = o;
+            } else {
+                reinterpret_cast<uint2*>(xh)[g] = o;
+            }
+        }
         if (xdh) {
-            const i64 i = g << 2;
-            float a = lora_drop(v.x, seed, i, p, thr, ks), b = lora_drop(v.y, seed, i + 1, p, thr, ks);
-            float c = lora_drop(v.z, seed, i + 2, p, thr, ks), d = lora_drop(v.w, seed, i + 3, p, thr, ks);
-            reinterpret_cast<uint2*>(xdh)[g] = make_uint2(lora_bf16_pair(a, b), lora_bf16_pair(c, d));
+            if (mask) {
+                const bool k0 = lora_keep(seed, i, thr), k1 = lora_keep(seed, i + 1, thr);
+                const bool k2 = lora_keep(seed, i + 2, thr), k3 = lora_keep(seed, i + 3, thr);
+                float a = k0 ? __fmul_rn(v.x, ks) : 0.0f, b = k1 ? __fmul_rn(v.y, ks) : 0.0f;
+                float c = k2 ? __fmul_rn(v.z, ks) : 0.0f, d = k3 ? __fmul_rn(v.w, ks) : 0.0f;
+                reinterpret_cast<uint2*>(xdh)[g] = make_uint2(lora_bf16_pair(a, b), lora_bf16_pair(c, d));
+                reinterpret_cast<unsigned int*>(mask)[g] =
+                    (unsigned int)k0 | (unsigned int)k1 << 8 | (unsigned int)k2 << 16 | (unsigned int)k3 << 24;
+            } else {
+                float a = lora_drop(v.x, seed, i, p, thr, ks), b = lora_drop(v.y, seed, i + 1, p, thr, ks);
+                float c = lora_drop(v.z, seed, i + 2, p, thr, ks), d = lora_drop(v.w, seed, i + 3, p, thr, ks);
+                reinterpret_cast<uint2*>(xdh)[g] = make_uint2(lora_bf16_pair(a, b), lora_bf16_pair(c, d));
+            }
         }
     }
-    for (i64 i = (groups << 2) + blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) {
-        if (xh) xh[i] = f32_to_bf16(x[i]);
+    for (i64 i = (groups << 2) + tid; i < n; i += stride) {
+        if (xh) {
+            const i64 t = i / cols;
+            xh[t * ldx + (i - t * cols)] = f32_to_bf16(x[i]);
+        }
         if (xdh) xdh[i] = f32_to_bf16(lora_drop(x[i], seed, i, p, thr, ks));
+        if (mask) mask[i] = lora_keep(seed, i, thr) ? 1 : 0;
     }
+    if (dst0) lora_prep_job(dst0, src0, rows0, cols0, ld0, (float)scale0, tid, stride);
+    if (dst1) lora_prep_job(dst1, src1, rows1, cols1, ld1, (float)scale1, tid, stride);
 }
