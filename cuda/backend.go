@@ -281,6 +281,9 @@ func (b *Backend) foldLD(w *weight, r int) int {
 	if w.q == nil || w.g != nil || b.half != halfBF16 || w.in%8 != 0 || r <= 0 || !loraFold {
 		return 0
 	}
+	if loraPad64A || loraPad64K {
+		return (w.in + r + 63) &^ 63
+	}
 	return (w.in + r + 7) &^ 7
 }
 
@@ -311,8 +314,12 @@ func (b *Backend) matrixLD(w *weight, op string, ld int) (p cu.DevicePtr, abType
 		p = b.scratchBuf(sWeight, bytes, op)
 	}
 	if ld != w.in && b.half == halfBF16 && w.in%8 == 0 && ld%8 == 0 {
-		// Two groups of eight values a thread, rows ld apart.
-		b.launchN(op, "nf4_dequant_ld_bf16", max((n/8+1)/2, 1), append([]uint64{ptrArg(p), uint64(n), intArg(w.in), intArg(ld),
+		// One (deq2: two) groups of eight values a thread, rows ld apart.
+		kernel, threads := "nf4_dequant_ld1_bf16", max(n/8, 1)
+		if loraDeq2 {
+			kernel, threads = "nf4_dequant_ld_bf16", max((n/8+1)/2, 1)
+		}
+		b.launchN(op, kernel, threads, append([]uint64{ptrArg(p), uint64(n), intArg(w.in), intArg(ld),
 			ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
 		return p, abType, ld
 	}

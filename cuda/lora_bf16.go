@@ -43,12 +43,28 @@ func (b *Backend) loraHalfBufs(op string, T, in, out, r int) (a16, b16, h16, g16
 // float32 up-projection and beta-1 base GEMM).
 var loraFold = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lora-fold")
 
+// Development switches for A/B runs on the GPU (OLLAMA_TUNE_LORA_DEV, a
+// comma-separated list): pad64a (fold row stride a multiple of 64, K = in +
+// r), pad64k (the same stride and K = stride, zero-padded), nomask (lora_dx
+// hashes again), dx1 (lora_dx instead of lora_dx4), prepnolb (lora_prep_bf16
+// without launch bounds), deq2 (two groups a thread in the strided
+// dequantization).
+var (
+	loraPad64A   = envHas("OLLAMA_TUNE_LORA_DEV", "pad64a")
+	loraPad64K   = envHas("OLLAMA_TUNE_LORA_DEV", "pad64k")
+	loraNoMask   = envHas("OLLAMA_TUNE_LORA_DEV", "nomask")
+	loraDx1      = envHas("OLLAMA_TUNE_LORA_DEV", "dx1")
+	loraPrepNoLB = envHas("OLLAMA_TUNE_LORA_DEV", "prepnolb")
+	loraDeq2     = envHas("OLLAMA_TUNE_LORA_DEV", "deq2")
+)
+
 // prepJob is one small conversion that lora_prep_bf16 does alongside its
 // main pass: dst[i*ld + j] = bf16(scale * src[i*cols + j]) for src [rows,
 // cols] float32 and dst bfloat16.
 type prepJob struct {
 	dst, src       cu.DevicePtr
 	rows, cols, ld int
+	wcols          int // columns written (>= cols; the rest +0), 0: cols
 	scale          float32
 }
 
@@ -77,13 +93,18 @@ func (b *Backend) loraPrep(op string, xh, xdh, mask, x cu.DevicePtr, n int64, co
 	for k := 0; k < 2; k++ {
 		if k < len(jobs) && jobs[k].rows > 0 && jobs[k].cols > 0 {
 			j := jobs[k]
-			threads = max(threads, int64(j.rows)*int64(j.cols))
-			args = append(args, ptrArg(j.dst), ptrArg(j.src), intArg(j.rows), intArg(j.cols), intArg(j.ld), f32Arg(j.scale))
+			wc := max(j.wcols, j.cols)
+			threads = max(threads, int64(j.rows)*int64(wc))
+			args = append(args, ptrArg(j.dst), ptrArg(j.src), intArg(j.rows), intArg(j.cols), intArg(wc), intArg(j.ld), f32Arg(j.scale))
 		} else {
-			args = append(args, 0, 0, 0, 1, 1, f32Arg(1))
+			args = append(args, 0, 0, 0, 1, 1, 1, f32Arg(1))
 		}
 	}
-	b.launchN(op, "lora_prep_bf16", threads, args...)
+	kernel := "lora_prep_bf16_lb"
+	if loraPrepNoLB {
+		kernel = "lora_prep_bf16"
+	}
+	b.launchN(op, kernel, threads, args...)
 }
 
 // linearForwardBF16 is LinearForward with LoRA under BF16 compute. One
@@ -109,17 +130,22 @@ func (b *Backend) linearForwardBF16(op string, out, x cu.DevicePtr, T int, w *we
 		xdArg = xdh
 	}
 	a16, _, _, _ := b.loraHalfBufs(op, T, w.in, w.out, r)
+	// K of the folded GEMM: in + r, or the whole stride (zero-padded).
+	K, wc := w.in+r, r
+	if loraPad64K {
+		K, wc = ld, ld-w.in
+	}
 	jobs := []prepJob{{dst: a16, src: A.ptr, rows: r, cols: w.in, ld: w.in, scale: 1}}
 	if fold != 0 {
-		jobs = append(jobs, prepJob{dst: wp + cu.DevicePtr(2*w.in), src: B.ptr, rows: w.out, cols: r, ld: ld, scale: 1})
+		jobs = append(jobs, prepJob{dst: wp + cu.DevicePtr(2*w.in), src: B.ptr, rows: w.out, cols: r, wcols: wc, ld: ld, scale: 1})
 	}
 	b.loraPrep(op, xh, xdArg, 0, x, n, w.in, ld, lo.Dropout, seed, jobs...)
 	// h [T,r] = dropout(x) . A^T
 	b.gemm(op, gemmArgs{transB: true, M: T, N: r, K: w.in, alpha: 1, A: uintptr(xdh), lda: xdld, B: uintptr(a16), ldb: w.in,
 		C: uintptr(hs.ptr), ldc: r, abType: dataR16BF})
 	if fold != 0 {
-		b.loraPrep(op, 0, 0, 0, 0, 0, 1, 1, 0, 0, prepJob{dst: xh + cu.DevicePtr(2*w.in), src: hs.ptr, rows: T, cols: r, ld: ld, scale: lo.Scale})
-		b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in + r, alpha: 1, A: uintptr(xh), lda: ld, B: uintptr(wp), ldb: ld,
+		b.loraPrep(op, 0, 0, 0, 0, 0, 1, 1, 0, 0, prepJob{dst: xh + cu.DevicePtr(2*w.in), src: hs.ptr, rows: T, cols: r, wcols: wc, ld: ld, scale: lo.Scale})
+		b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: K, alpha: 1, A: uintptr(xh), lda: ld, B: uintptr(wp), ldb: ld,
 			C: uintptr(out), ldc: w.out, abType: t})
 		return
 	}
@@ -167,7 +193,7 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs
 	// lora_dx, which then need not hash every value again. Its buffer is
 	// sLoRATmp's, which this path uses only when lora_dx does not run.
 	var mask cu.DevicePtr
-	if d != nil && lo.Dropout > 0 && r <= loraMaxR {
+	if d != nil && lo.Dropout > 0 && r <= loraMaxR && !loraNoMask {
 		mask = b.scratchBuf(sLoRATmp, n, op)
 	}
 	b.loraPrep(op, 0, xdh, mask, xs.ptr, n, w.in, w.in, lo.Dropout, seed, prepJob{dst: g16, src: g, rows: T, cols: r, ld: r, scale: 1})
@@ -178,7 +204,11 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs
 	}
 	// dx += scale * (g . A) * mask / (1-p), in float32.
 	if r <= loraMaxR {
-		b.launch(op, "lora_dx", [3]int{(w.in + 255) / 256, min(T, 64), 1}, 256, 0, ptrArg(d.ptr), ptrArg(g), ptrArg(A.ptr),
+		kernel, rows := "lora_dx4", min((T+3)/4, 64)
+		if loraDx1 {
+			kernel, rows = "lora_dx", min(T, 64)
+		}
+		b.launch(op, kernel, [3]int{(w.in + 255) / 256, rows, 1}, 256, 0, ptrArg(d.ptr), ptrArg(g), ptrArg(A.ptr),
 			intArg(T), intArg(w.in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), dropThreshold(lo.Dropout),
 			f32Arg(keepScale(lo.Dropout)), ptrArg(mask))
 		return

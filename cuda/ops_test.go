@@ -738,7 +738,7 @@ func TestDropThresholdMatchesRNG(t *testing.T) {
 // lora_prep_bf16 (the BF16 LoRA's one pass over x): bf16(x) at a row
 // stride, bf16(dropout(x)) and the keep bytes exactly as finetune's
 // DropoutKeep, and the side jobs, bit for bit; padding and the columns a
-// job skips stay as they were.
+// job skips stay as they were, its padding columns are +0.
 func TestDropoutLoRAPrep(t *testing.T) {
 	const p, seed = 0.3, 777
 	ks := keepScale(p)
@@ -746,7 +746,7 @@ func TestDropoutLoRAPrep(t *testing.T) {
 		n := c.rows * c.cols
 		x := randn(n, 95, 1)
 		a := randn(3*5, 96, 1)
-		nx, nd, nm, nj := c.rows*c.ldx, n, n, 3*6
+		nx, nd, nm, nj := c.rows*c.ldx, n, n, 3*6+2
 		xs, as := gpu.Alloc(n), gpu.Alloc(len(a))
 		gpu.Upload(xs, x)
 		gpu.Upload(as, a)
@@ -767,7 +767,7 @@ func TestDropoutLoRAPrep(t *testing.T) {
 			check("test", cu.MemsetD8Async(buf, 0xAB, total, gpu.stream))
 			ptr := func(k int) cu.DevicePtr { return buf + cu.DevicePtr(off[k]) }
 			gpu.loraPrep("test", ptr(0), ptr(1), ptr(2), xs.(*Tensor).ptr, int64(n), c.cols, c.ldx, p, seed,
-				prepJob{dst: ptr(3) + 2, src: as.(*Tensor).ptr, rows: 3, cols: 5, ld: 6, scale: 2})
+				prepJob{dst: ptr(3) + 2, src: as.(*Tensor).ptr, rows: 3, cols: 5, wcols: 6, ld: 6, scale: 2})
 			xh, xdh, job = make([]uint16, nx), make([]uint16, nd), make([]uint16, nj)
 			mask = make([]uint8, nm)
 			gpu.download("test", unsafe.Pointer(&xh[0]), ptr(0), 2*int64(nx))
@@ -806,6 +806,8 @@ func TestDropoutLoRAPrep(t *testing.T) {
 			want := uint16(0xABAB)
 			if e := k - 1; e >= 0 && e/6 < 3 && e%6 < 5 {
 				want = safetensors.F32ToBF16(2 * a[(e/6)*5+e%6])
+			} else if e >= 0 && e/6 < 3 {
+				want = 0 // the job's zero padding
 			}
 			if job[k] != want {
 				t.Fatalf("%s: job output %d = %#x, want %#x", name, k, job[k], want)

@@ -182,23 +182,26 @@ __device__ __forceinline__ unsigned int lora_bf16_pair(float a, float b) {
 //         null. ldx == cols, or cols % 4 == 0 and ldx % 4 == 0.
 //   mask: when not null (with xdh, and only when p > 0), mask[i] = 1 where
 //         dropout keeps x[i], else 0 (4-byte aligned), for lora_dx.
-//   job k (nk = rows_k * cols_k values, 0: none): dst_k[r*ld_k + c] =
-//         bf16(scale_k * src_k[r*cols_k + c]) (scale_k 1: exactly bf16(src)).
+//   job k (rows_k * wcols_k values, dst_k null: none; wcols_k >= cols_k):
+//         dst_k[r*ld_k + c] = bf16(scale_k * src_k[r*cols_k + c]) for c <
+//         cols_k (scale_k 1: exactly bf16(src)), +0 for cols_k <= c < wcols_k
+//         (zero padding).
 // The four-value groups of the main part go one a thread, then the n % 4
 // left one a thread, then the jobs' values one a thread.
-__device__ __forceinline__ void lora_prep_job(bf16_t* dst, const float* src, i64 rows, i64 cols, i64 ld, float scale,
-                                              i64 tid, i64 stride) {
-    const i64 nk = rows * cols;
+__device__ __forceinline__ void lora_prep_job(bf16_t* dst, const float* src, i64 rows, i64 cols, i64 wcols, i64 ld,
+                                              float scale, i64 tid, i64 stride) {
+    const i64 nk = rows * wcols;
     for (i64 e = tid; e < nk; e += stride) {
-        const i64 r = e / cols, c = e - r * cols;
-        dst[r * ld + c] = f32_to_bf16(__fmul_rn(scale, src[e]));
+        const i64 r = e / wcols, c = e - r * wcols;
+        dst[r * ld + c] = c < cols ? f32_to_bf16(__fmul_rn(scale, src[r * cols + c])) : (bf16_t)0;
     }
 }
 
-extern "C" __global__ void lora_prep_bf16(bf16_t* xh, bf16_t* xdh, unsigned char* mask, const float* x, i64 n, i64 cols,
-                                          i64 ldx, u64 seed, double p_d, u64 thr, double ks_d, bf16_t* dst0, const float* src0, i64 rows0,
-                                          i64 cols0, i64 ld0, double scale0, bf16_t* dst1, const float* src1, i64 rows1,
-                                          i64 cols1, i64 ld1, double scale1) {
+__device__ __forceinline__ void lora_prep_body(bf16_t* xh, bf16_t* xdh, unsigned char* mask, const float* x, i64 n, i64 cols,
+                                               i64 ldx, u64 seed, double p_d, u64 thr, double ks_d, bf16_t* dst0,
+                                               const float* src0, i64 rows0, i64 cols0, i64 wcols0, i64 ld0, double scale0,
+                                               bf16_t* dst1, const float* src1, i64 rows1, i64 cols1, i64 wcols1, i64 ld1,
+                                               double scale1) {
     const float p = (float)p_d, ks = (float)ks_d;
     const i64 groups = n >> 2, stride = (i64)gridDim.x * blockDim.x;
     const i64 tid = blockIdx.x * (i64)blockDim.x + threadIdx.x;
@@ -239,6 +242,60 @@ extern "C" __global__ void lora_prep_bf16(bf16_t* xh, bf16_t* xdh, unsigned char
         if (xdh) xdh[i] = f32_to_bf16(lora_drop(x[i], seed, i, p, thr, ks));
         if (mask) mask[i] = lora_keep(seed, i, thr) ? 1 : 0;
     }
-    if (dst0) lora_prep_job(dst0, src0, rows0, cols0, ld0, (float)scale0, tid, stride);
-    if (dst1) lora_prep_job(dst1, src1, rows1, cols1, ld1, (float)scale1, tid, stride);
+    if (dst0) lora_prep_job(dst0, src0, rows0, cols0, wcols0, ld0, (float)scale0, tid, stride);
+    if (dst1) lora_prep_job(dst1, src1, rows1, cols1, wcols1, ld1, (float)scale1, tid, stride);
+}
+
+#define LORA_PREP_PARAMS                                                                                                \
+    bf16_t *xh, bf16_t *xdh, unsigned char *mask, const float *x, i64 n, i64 cols, i64 ldx, u64 seed, double p_d,       \
+        u64 thr, double ks_d, bf16_t *dst0, const float *src0, i64 rows0, i64 cols0, i64 wcols0, i64 ld0, double scale0, \
+        bf16_t *dst1, const float *src1, i64 rows1, i64 cols1, i64 wcols1, i64 ld1, double scale1
+#define LORA_PREP_ARGS                                                                                               \
+    xh, xdh, mask, x, n, cols, ldx, seed, p_d, thr, ks_d, dst0, src0, rows0, cols0, wcols0, ld0, scale0, dst1, src1, \
+        rows1, cols1, wcols1, ld1, scale1
+
+extern "C" __global__ void lora_prep_bf16(LORA_PREP_PARAMS) { lora_prep_body(LORA_PREP_ARGS); }
+
+// lora_prep_bf16_lb: the same, compiled for 8 blocks of 256 threads an SM
+// (at most 32 registers: full occupancy for a memory-bound pass).
+extern "C" __global__ void __launch_bounds__(256, 8) lora_prep_bf16_lb(LORA_PREP_PARAMS) { lora_prep_body(LORA_PREP_ARGS); }
+
+// lora_dx4: lora_dx (the same sums in the same order, so the same bits)
+// with four tokens an iteration, their loads issued before any store
+// (restrict: dx does not alias g, A or mask), for more bytes in flight.
+// Grid (ceil(K/256), rows): a thread visits the tokens 4*blockIdx.y .. +3,
+// then + 4*gridDim.y, ...
+extern "C" __global__ void lora_dx4(float* __restrict__ dx, const float* __restrict__ g, const float* __restrict__ A, i64 T,
+                                    i64 K, i64 r, double scale_d, u64 seed, double p_d, u64 thr, double ks_d,
+                                    const unsigned char* __restrict__ mask) {
+    const float scale = (float)scale_d, p = (float)p_d, ks = (float)ks_d;
+    const i64 k = blockIdx.x * (i64)blockDim.x + threadIdx.x;
+    if (k >= K) return;
+    float a[16];
+#pragma unroll
+    for (int j = 0; j < 16; j++) a[j] = j < r ? A[j * K + k] : 0.0f;
+    for (i64 t0 = 4 * (i64)blockIdx.y; t0 < T; t0 += 4 * (i64)gridDim.y) {
+        bool keep[4];
+        float d[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const i64 t = t0 + u, idx = t * K + k;
+            keep[u] = t < T;
+            if (keep[u] && p > 0.0f)
+                keep[u] = mask ? mask[idx] != 0 : (mix64(seed ^ mix64((u64)idx)) >> 40) >= thr;
+            d[u] = keep[u] ? dx[idx] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            if (!keep[u]) continue;
+            const float* gt = g + (t0 + u) * r;
+            float s = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 16; j++)
+                if (j < r) s = __fadd_rn(s, __fmul_rn(gt[j], a[j]));
+            float v = __fmul_rn(scale, s);
+            if (p > 0.0f) v = __fmul_rn(v, ks);
+            dx[(t0 + u) * K + k] = __fadd_rn(d[u], v);
+        }
+    }
 }

@@ -321,6 +321,33 @@ extern "C" __global__ void nf4_dequant_ld_bf16(bf16_t* out, i64 n, i64 cols, i64
     nf4_dequant_ld<BF16Out>(out, n, cols, ld, codes, absmax, acodes, ascales, smap, offset_d);
 }
 
+#define NF4F(v) cb[(v) & 15u]
+
+// nf4_dequant_ld1_bf16: nf4_dequant_ld's layout with one group of eight
+// values a thread (nf4_dequant's loop); launch n/8 threads.
+extern "C" __global__ void nf4_dequant_ld1_bf16(bf16_t* __restrict__ out, i64 n, i64 cols, i64 ld,
+                                                const unsigned char* __restrict__ codes, const float* absmax,
+                                                const unsigned char* acodes, const float* ascales, const float* smap,
+                                                double offset_d) {
+    __shared__ float cb[16];
+    if (threadIdx.x < 16) cb[threadIdx.x] = NF4_CODE[threadIdx.x];
+    __syncthreads();
+    const float offset = (float)offset_d;
+    const i64 groups = n >> 3, gpr = cols >> 3;
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    for (i64 g = blockIdx.x * (i64)blockDim.x + threadIdx.x; g < groups; g += stride) {
+        const unsigned int x = reinterpret_cast<const unsigned int*>(codes)[g];
+        const float a = nf4_absmax(g >> 3, absmax, acodes, ascales, smap, offset);
+        uint4 v;
+        v.x = bf16_pair(__fmul_rn(NF4F(x >> 4), a), __fmul_rn(NF4F(x), a));
+        v.y = bf16_pair(__fmul_rn(NF4F(x >> 12), a), __fmul_rn(NF4F(x >> 8), a));
+        v.z = bf16_pair(__fmul_rn(NF4F(x >> 20), a), __fmul_rn(NF4F(x >> 16), a));
+        v.w = bf16_pair(__fmul_rn(NF4F(x >> 28), a), __fmul_rn(NF4F(x >> 24), a));
+        const i64 r = g / gpr;
+        *reinterpret_cast<uint4*>(out + r * ld + ((g - r * gpr) << 3)) = v;
+    }
+}
+
 extern "C" __global__ void nf4_dequant_f16(__half* out, i64 n, const unsigned char* codes, const float* absmax,
                                            const unsigned char* acodes, const float* ascales, const float* smap,
                                            double offset_d) {
