@@ -276,15 +276,15 @@ func (b *Backend) matrix(w *weight, op string) (p cu.DevicePtr, abType int) {
 // leaves room for r more columns (the LoRA up-projection's B, folded into
 // the base GEMM under BF16 compute: linearForwardBF16), or 0 when the
 // weight cannot take them (a dense or GGUF weight, another compute type,
-// or in % 8 != 0, which the strided dequantization needs).
+// or in % 8 != 0, which the strided dequantization needs). The GEMM's K
+// is in + r; the columns in + r .. ld-1 are never read.
 func (b *Backend) foldLD(w *weight, r int) int {
 	if w.q == nil || w.g != nil || b.half != halfBF16 || w.in%8 != 0 || r <= 0 || !loraFold {
 		return 0
 	}
-	if loraPad64A || loraPad64K {
-		return (w.in + r + 63) &^ 63
-	}
-	return (w.in + r + 7) &^ 7
+	// A multiple of 64 values (128-byte rows): a stride of in + r rounded
+	// to 8 made cuBLAS's K = in + r GEMMs ~1.5 ms a step slower (v5).
+	return (w.in + r + 63) &^ 63
 }
 
 // matrixLD is matrix with the rows of an NF4 weight's dequantization ld
@@ -314,13 +314,11 @@ func (b *Backend) matrixLD(w *weight, op string, ld int) (p cu.DevicePtr, abType
 		p = b.scratchBuf(sWeight, bytes, op)
 	}
 	if ld != w.in && b.half == halfBF16 && w.in%8 == 0 && ld%8 == 0 {
-		// One (deq2: two) groups of eight values a thread, rows ld apart.
-		kernel, threads := "nf4_dequant_ld1_bf16", max(n/8, 1)
-		if loraDeq2 {
-			kernel, threads = "nf4_dequant_ld_bf16", max((n/8+1)/2, 1)
-		}
-		b.launchN(op, kernel, threads, append([]uint64{ptrArg(p), uint64(n), intArg(w.in), intArg(ld),
-			ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
+		// Rows ld apart: thread x of block (bx, by) expands eight values,
+		// group 128*bx + x of rows by, by + gridDim.y, ...
+		gpr := w.in / 8
+		b.launch(op, "nf4_dequant_ld_bf16", [3]int{(gpr + 127) / 128, min(w.out, 65535), 1}, 128, 0,
+			append([]uint64{ptrArg(p), intArg(w.out), intArg(w.in), intArg(ld), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
 		return p, abType, ld
 	}
 	if ld != w.in {

@@ -155,7 +155,7 @@ func (b *Backend) LinearBackward(dx, dout, x finetune.Tensor, l *finetune.Linear
 		if d != nil {
 			b.launch(op, "lora_dx", [3]int{(w.in + 255) / 256, min(T, 64), 1}, 256, 0, ptrArg(d.ptr), ptrArg(g), ptrArg(A.ptr),
 				intArg(T), intArg(w.in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), dropThreshold(lo.Dropout),
-				f32Arg(keepScale(lo.Dropout)), 0) // no mask: hash each value
+				f32Arg(keepScale(lo.Dropout)))
 		}
 		return
 	}

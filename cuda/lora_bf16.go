@@ -15,9 +15,10 @@ import (
 // bandwidth; here the low-rank products are bfloat16 cuBLAS GEMMs with
 // float32 accumulation and output, as bitsandbytes + peft run them under
 // bf16 autocast. The GEMMs' inputs are dropout(x), dout, A, B, h and
-// dout . B rounded to bfloat16; h, the gradients and dx stay float32, and
-// the up-projection scale * h . B^T stays a float32 GEMM (its cost is the
-// read and write of out, not the product). Float32 and float16 compute
+// dout . B rounded to bfloat16; h, the gradients and dx stay float32. The
+// up-projection scale * h . B^T rides in the base GEMM (v5: [x | s.h] .
+// [W | B]^T, bfloat16 h and B, as under autocast), or, unfolded, is a
+// float32 GEMM written before the base GEMM adds in. Float32 and float16 compute
 // keep the float32 kernels: float32 for exactness, float16 because
 // gradients without loss scaling would underflow in its range.
 
@@ -43,66 +44,48 @@ func (b *Backend) loraHalfBufs(op string, T, in, out, r int) (a16, b16, h16, g16
 // float32 up-projection and beta-1 base GEMM).
 var loraFold = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lora-fold")
 
-// Development switches for A/B runs on the GPU (OLLAMA_TUNE_LORA_DEV, a
-// comma-separated list): pad64a (fold row stride a multiple of 64, K = in +
-// r), pad64k (the same stride and K = stride, zero-padded), nomask (lora_dx
-// hashes again), dx1 (lora_dx instead of lora_dx4), prepnolb (lora_prep_bf16
-// without launch bounds), deq2 (two groups a thread in the strided
-// dequantization).
-var (
-	loraPad64A   = envHas("OLLAMA_TUNE_LORA_DEV", "pad64a")
-	loraPad64K   = envHas("OLLAMA_TUNE_LORA_DEV", "pad64k")
-	loraNoMask   = envHas("OLLAMA_TUNE_LORA_DEV", "nomask")
-	loraDx1      = envHas("OLLAMA_TUNE_LORA_DEV", "dx1")
-	loraPrepNoLB = envHas("OLLAMA_TUNE_LORA_DEV", "prepnolb")
-	loraDeq2     = envHas("OLLAMA_TUNE_LORA_DEV", "deq2")
-)
-
 // prepJob is one small conversion that lora_prep_bf16 does alongside its
 // main pass: dst[i*ld + j] = bf16(scale * src[i*cols + j]) for src [rows,
 // cols] float32 and dst bfloat16.
 type prepJob struct {
 	dst, src       cu.DevicePtr
 	rows, cols, ld int
-	wcols          int // columns written (>= cols; the rest +0), 0: cols
 	scale          float32
 }
 
 // loraPrep runs lora_prep_bf16 (kernels/lora.cu): from one read of x [n]
 // (rows of cols values) it writes bf16(x) to xh with row stride ldx and
 // bf16(dropout(x)) to xdh, contiguous (either may be 0: not written; n 0:
-// no main pass), the keep decisions as bytes to mask (0: not written; needs
-// xdh and p > 0), and does up to two jobs in the same launch, which spares
+// no main pass), and does up to two jobs in the same launch, which spares
 // a launch per small cast (A, B, h, dout . B: ~640 a step in v4).
-func (b *Backend) loraPrep(op string, xh, xdh, mask, x cu.DevicePtr, n int64, cols, ldx int, p float32, seed uint64, jobs ...prepJob) {
+func (b *Backend) loraPrep(op string, xh, xdh, x cu.DevicePtr, n int64, cols, ldx int, p float32, seed uint64, jobs ...prepJob) {
 	if len(jobs) > 2 {
 		panic(&Error{Op: op, Err: fmt.Errorf("lora_prep_bf16 takes 2 jobs, got %d", len(jobs))})
 	}
-	if ldx != cols && (cols%4 != 0 || ldx%4 != 0) {
-		panic(&Error{Op: op, Err: fmt.Errorf("lora_prep_bf16: row stride %d for rows of %d values", ldx, cols)})
+	if ldx != cols && (cols%4 != 0 || ldx%4 != 0 || n/int64(cols)*int64(ldx) >= 1<<31) {
+		panic(&Error{Op: op, Err: fmt.Errorf("lora_prep_bf16: row stride %d for %d rows of %d values", ldx, n/int64(cols), cols)})
 	}
 	if n == 0 {
 		cols, ldx = 1, 1
 	}
 	threads := max(n/4, n%4, 1)
-	if mask != 0 && (xdh == 0 || p == 0) {
-		panic(&Error{Op: op, Err: fmt.Errorf("lora_prep_bf16: a dropout mask needs xdh and p > 0")})
-	}
-	args := []uint64{ptrArg(xh), ptrArg(xdh), ptrArg(mask), ptrArg(x), uint64(n), intArg(cols), intArg(ldx), seed, f32Arg(p),
+	args := []uint64{ptrArg(xh), ptrArg(xdh), ptrArg(x), uint64(n), intArg(cols), intArg(ldx), seed, f32Arg(p),
 		dropThreshold(p), f32Arg(keepScale(p))}
 	for k := 0; k < 2; k++ {
 		if k < len(jobs) && jobs[k].rows > 0 && jobs[k].cols > 0 {
 			j := jobs[k]
-			wc := max(j.wcols, j.cols)
-			threads = max(threads, int64(j.rows)*int64(wc))
-			args = append(args, ptrArg(j.dst), ptrArg(j.src), intArg(j.rows), intArg(j.cols), intArg(wc), intArg(j.ld), f32Arg(j.scale))
+			if j.ld < j.cols || int64(j.rows)*int64(j.ld) >= 1<<31 {
+				panic(&Error{Op: op, Err: fmt.Errorf("lora_prep_bf16: a job of %d rows of %d values, stride %d", j.rows, j.cols, j.ld)})
+			}
+			threads = max(threads, int64(j.rows)*int64(j.cols))
+			args = append(args, ptrArg(j.dst), ptrArg(j.src), intArg(j.rows), intArg(j.cols), intArg(j.ld), f32Arg(j.scale))
 		} else {
-			args = append(args, 0, 0, 0, 1, 1, 1, f32Arg(1))
+			args = append(args, 0, 0, 0, 1, 1, f32Arg(1))
 		}
 	}
-	kernel := "lora_prep_bf16_lb"
-	if loraPrepNoLB {
-		kernel = "lora_prep_bf16"
+	kernel := "lora_prep_bf16"
+	if ldx != cols {
+		kernel = "lora_prep_bf16_ld"
 	}
 	b.launchN(op, kernel, threads, args...)
 }
@@ -130,22 +113,17 @@ func (b *Backend) linearForwardBF16(op string, out, x cu.DevicePtr, T int, w *we
 		xdArg = xdh
 	}
 	a16, _, _, _ := b.loraHalfBufs(op, T, w.in, w.out, r)
-	// K of the folded GEMM: in + r, or the whole stride (zero-padded).
-	K, wc := w.in+r, r
-	if loraPad64K {
-		K, wc = ld, ld-w.in
-	}
 	jobs := []prepJob{{dst: a16, src: A.ptr, rows: r, cols: w.in, ld: w.in, scale: 1}}
 	if fold != 0 {
-		jobs = append(jobs, prepJob{dst: wp + cu.DevicePtr(2*w.in), src: B.ptr, rows: w.out, cols: r, wcols: wc, ld: ld, scale: 1})
+		jobs = append(jobs, prepJob{dst: wp + cu.DevicePtr(2*w.in), src: B.ptr, rows: w.out, cols: r, ld: ld, scale: 1})
 	}
-	b.loraPrep(op, xh, xdArg, 0, x, n, w.in, ld, lo.Dropout, seed, jobs...)
+	b.loraPrep(op, xh, xdArg, x, n, w.in, ld, lo.Dropout, seed, jobs...)
 	// h [T,r] = dropout(x) . A^T
 	b.gemm(op, gemmArgs{transB: true, M: T, N: r, K: w.in, alpha: 1, A: uintptr(xdh), lda: xdld, B: uintptr(a16), ldb: w.in,
 		C: uintptr(hs.ptr), ldc: r, abType: dataR16BF})
 	if fold != 0 {
-		b.loraPrep(op, 0, 0, 0, 0, 0, 1, 1, 0, 0, prepJob{dst: xh + cu.DevicePtr(2*w.in), src: hs.ptr, rows: T, cols: r, wcols: wc, ld: ld, scale: lo.Scale})
-		b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: K, alpha: 1, A: uintptr(xh), lda: ld, B: uintptr(wp), ldb: ld,
+		b.loraPrep(op, 0, 0, 0, 0, 1, 1, 0, 0, prepJob{dst: xh + cu.DevicePtr(2*w.in), src: hs.ptr, rows: T, cols: r, ld: ld, scale: lo.Scale})
+		b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in + r, alpha: 1, A: uintptr(xh), lda: ld, B: uintptr(wp), ldb: ld,
 			C: uintptr(out), ldc: w.out, abType: t})
 		return
 	}
@@ -170,7 +148,7 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs
 	_, b16, h16, g16 := b.loraHalfBufs(op, T, w.in, w.out, r)
 	nout := int64(T) * int64(w.out)
 	dh := b.scratchBuf(sAct, 2*nout, op)
-	b.loraPrep(op, dh, 0, 0, dout, nout, w.out, w.out, 0, 0,
+	b.loraPrep(op, dh, 0, dout, nout, w.out, w.out, 0, 0,
 		prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1},
 		prepJob{dst: b16, src: B.ptr, rows: w.out, cols: r, ld: r, scale: 1})
 	if d != nil {
@@ -189,14 +167,7 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs
 	// GradA [r,in] += scale * g^T . dropout(x)
 	n := int64(T) * int64(w.in)
 	xdh := b.scratchBuf(sLoRAX, 2*n, op)
-	// With dropout, the same pass keeps its mask (a byte a value) for
-	// lora_dx, which then need not hash every value again. Its buffer is
-	// sLoRATmp's, which this path uses only when lora_dx does not run.
-	var mask cu.DevicePtr
-	if d != nil && lo.Dropout > 0 && r <= loraMaxR && !loraNoMask {
-		mask = b.scratchBuf(sLoRATmp, n, op)
-	}
-	b.loraPrep(op, 0, xdh, mask, xs.ptr, n, w.in, w.in, lo.Dropout, seed, prepJob{dst: g16, src: g, rows: T, cols: r, ld: r, scale: 1})
+	b.loraPrep(op, 0, xdh, xs.ptr, n, w.in, w.in, lo.Dropout, seed, prepJob{dst: g16, src: g, rows: T, cols: r, ld: r, scale: 1})
 	b.gemm(op, gemmArgs{transA: true, M: r, N: w.in, K: T, alpha: lo.Scale, beta: 1, A: uintptr(g16), lda: r,
 		B: uintptr(xdh), ldb: w.in, C: uintptr(gA.ptr), ldc: w.in, abType: dataR16BF})
 	if d == nil {
@@ -204,13 +175,10 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs
 	}
 	// dx += scale * (g . A) * mask / (1-p), in float32.
 	if r <= loraMaxR {
-		kernel, rows := "lora_dx4", min((T+3)/4, 64)
-		if loraDx1 {
-			kernel, rows = "lora_dx", min(T, 64)
-		}
-		b.launch(op, kernel, [3]int{(w.in + 255) / 256, rows, 1}, 256, 0, ptrArg(d.ptr), ptrArg(g), ptrArg(A.ptr),
+		// lora_dx4: lora_dx's bits, four tokens an iteration.
+		b.launch(op, "lora_dx4", [3]int{(w.in + 255) / 256, min((T+3)/4, 64), 1}, 256, 0, ptrArg(d.ptr), ptrArg(g), ptrArg(A.ptr),
 			intArg(T), intArg(w.in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), dropThreshold(lo.Dropout),
-			f32Arg(keepScale(lo.Dropout)), ptrArg(mask))
+			f32Arg(keepScale(lo.Dropout)))
 		return
 	}
 	if lo.Dropout == 0 {

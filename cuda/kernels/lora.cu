@@ -13,7 +13,7 @@
 #include "common.cuh"
 #include "rng.cuh"
 
-// lora_keep is lora_drop's keep test (for p > 0).
+// lora_keep is lora_drop's keep test (for p > 0; lora_dx4).
 __device__ __forceinline__ bool lora_keep(u64 seed, i64 idx, u64 thr) {
     return (mix64(seed ^ mix64((u64)idx)) >> 40) >= thr;
 }
@@ -141,11 +141,9 @@ extern "C" __global__ void lora_coldot_finish(float* G, const float* part, i64 n
 // given g = dout . B [T,r]: v = scale * sum_j g[t,j] * A[j,k], then
 // dx += v * keep_scale where the forward kept x[t,k] (dx += v without
 // dropout). Grid (ceil(K/256), rows): a thread keeps its column of A in
-// registers and visits the tokens blockIdx.y, + gridDim.y, ... mask, when
-// not null, holds the keep decisions (1 kept, 0 dropped; lora_prep_bf16's
-// mask) instead of hashing them again.
+// registers and visits the tokens blockIdx.y, + gridDim.y, ...
 extern "C" __global__ void lora_dx(float* dx, const float* g, const float* A, i64 T, i64 K, i64 r, double scale_d,
-                                   u64 seed, double p_d, u64 thr, double ks_d, const unsigned char* mask) {
+                                   u64 seed, double p_d, u64 thr, double ks_d) {
     const float scale = (float)scale_d, p = (float)p_d, ks = (float)ks_d;
     const i64 k = blockIdx.x * (i64)blockDim.x + threadIdx.x;
     if (k >= K) return;
@@ -154,7 +152,7 @@ extern "C" __global__ void lora_dx(float* dx, const float* g, const float* A, i6
     for (int j = 0; j < 16; j++) a[j] = j < r ? A[j * K + k] : 0.0f;
     for (i64 t = blockIdx.y; t < T; t += gridDim.y) {
         i64 idx = t * K + k;
-        if (p > 0.0f && (mask ? mask[idx] == 0 : (mix64(seed ^ mix64((u64)idx)) >> 40) < thr)) continue;
+        if (p > 0.0f && (mix64(seed ^ mix64((u64)idx)) >> 40) < thr) continue;
         const float* gt = g + t * r;
         float s = 0.0f;
 #pragma unroll
@@ -172,102 +170,91 @@ __device__ __forceinline__ unsigned int lora_bf16_pair(float a, float b) {
     return (unsigned int)f32_to_bf16(a) | ((unsigned int)f32_to_bf16(b) << 16);
 }
 
-// lora_prep_bf16: the bfloat16 GEMM inputs of LoRA under BF16 compute (the
-// tensor-core path of LinearForward / LinearBackward) from one read of x,
-// with up to two small conversion jobs in the same launch (issue 8, v5:
+// lora_prep_bf16 / _ld: the bfloat16 GEMM inputs of LoRA under BF16 compute
+// (the tensor-core path of LinearForward / LinearBackward) from one read of
+// x, with up to two small conversion jobs in the same launch (issue 8, v5:
 // v4's per-call casts of A, B, h and dout . B were ~640 launches a step).
 //   main: x [n] float32 = rows of cols values; xh[t*ldx + c] = bf16(x[t,c])
 //         when xh is not null; xdh[i] = bf16(dropout(x))[i] (contiguous,
 //         lora_drop's rule and flat index i = t*cols + c) when xdh is not
-//         null. ldx == cols, or cols % 4 == 0 and ldx % 4 == 0.
-//   mask: when not null (with xdh, and only when p > 0), mask[i] = 1 where
-//         dropout keeps x[i], else 0 (4-byte aligned), for lora_dx.
-//   job k (rows_k * wcols_k values, dst_k null: none; wcols_k >= cols_k):
-//         dst_k[r*ld_k + c] = bf16(scale_k * src_k[r*cols_k + c]) for c <
-//         cols_k (scale_k 1: exactly bf16(src)), +0 for cols_k <= c < wcols_k
-//         (zero padding).
+//         null. lora_prep_bf16: ldx == cols (xh contiguous too);
+//         lora_prep_bf16_ld: cols % 4 == 0 and ldx % 4 == 0.
+//   job k (rows_k * cols_k values, dst_k null: none): dst_k[r*ld_k + c] =
+//         bf16(scale_k * src_k[r*cols_k + c]) (scale_k 1: exactly bf16(src)).
 // The four-value groups of the main part go one a thread, then the n % 4
-// left one a thread, then the jobs' values one a thread.
-__device__ __forceinline__ void lora_prep_job(bf16_t* dst, const float* src, i64 rows, i64 cols, i64 wcols, i64 ld,
-                                              float scale, i64 tid, i64 stride) {
-    const i64 nk = rows * wcols;
+// left one a thread, then the jobs' values one a thread. Two entry points
+// rather than a run-time test: the strided index arithmetic costs
+// registers, and occupancy sets this memory-bound pass's speed.
+__device__ __forceinline__ void lora_prep_job(bf16_t* dst, const float* src, i64 rows, i64 cols, i64 ld, float scale,
+                                              i64 tid, i64 stride) {
+    // 32-bit index arithmetic (the host checks rows * ld < 2^31): a 64-bit
+    // division here cost the whole kernel registers, hence occupancy.
+    const unsigned int nk = (unsigned int)(rows * cols), cu = (unsigned int)cols, ldu = (unsigned int)ld;
     for (i64 e = tid; e < nk; e += stride) {
-        const i64 r = e / wcols, c = e - r * wcols;
-        dst[r * ld + c] = c < cols ? f32_to_bf16(__fmul_rn(scale, src[r * cols + c])) : (bf16_t)0;
+        const unsigned int eu = (unsigned int)e, r = eu / cu, c = eu - r * cu;
+        dst[r * ldu + c] = f32_to_bf16(__fmul_rn(scale, src[eu]));
     }
 }
 
-__device__ __forceinline__ void lora_prep_body(bf16_t* xh, bf16_t* xdh, unsigned char* mask, const float* x, i64 n, i64 cols,
-                                               i64 ldx, u64 seed, double p_d, u64 thr, double ks_d, bf16_t* dst0,
-                                               const float* src0, i64 rows0, i64 cols0, i64 wcols0, i64 ld0, double scale0,
-                                               bf16_t* dst1, const float* src1, i64 rows1, i64 cols1, i64 wcols1, i64 ld1,
-                                               double scale1) {
+template <bool STRIDED>
+__device__ __forceinline__ void lora_prep_body(bf16_t* xh, bf16_t* xdh, const float* x, i64 n, i64 cols, i64 ldx, u64 seed,
+                                               double p_d, u64 thr, double ks_d, bf16_t* dst0, const float* src0,
+                                               i64 rows0, i64 cols0, i64 ld0, double scale0, bf16_t* dst1,
+                                               const float* src1, i64 rows1, i64 cols1, i64 ld1, double scale1) {
     const float p = (float)p_d, ks = (float)ks_d;
     const i64 groups = n >> 2, stride = (i64)gridDim.x * blockDim.x;
     const i64 tid = blockIdx.x * (i64)blockDim.x + threadIdx.x;
-    const bool strided = ldx != cols;
     for (i64 g = tid; g < groups; g += stride) {
         float4 v = reinterpret_cast<const float4*>(x)[g];
         const i64 i = g << 2;
         if (xh) {
             uint2 o = make_uint2(lora_bf16_pair(v.x, v.y), lora_bf16_pair(v.z, v.w));
-            if (strided) {
-                const i64 t = i / cols;
-                *reinterpret_cast<uint2*>(xh + t * ldx + (i - t * cols)) = o;
+            if (STRIDED) {  // 32-bit: the host checks n < 2^31 and rows * ldx < 2^31
+                const unsigned int t = (unsigned int)i / (unsigned int)cols;
+                *reinterpret_cast<uint2*>(xh + t * (unsigned int)ldx + ((unsigned int)i - t * (unsigned int)cols)) = o;
             } else {
                 reinterpret_cast<uint2*>(xh)[g] = o;
             }
         }
         if (xdh) {
-            if (mask) {
-                const bool k0 = lora_keep(seed, i, thr), k1 = lora_keep(seed, i + 1, thr);
-                const bool k2 = lora_keep(seed, i + 2, thr), k3 = lora_keep(seed, i + 3, thr);
-                float a = k0 ? __fmul_rn(v.x, ks) : 0.0f, b = k1 ? __fmul_rn(v.y, ks) : 0.0f;
-                float c = k2 ? __fmul_rn(v.z, ks) : 0.0f, d = k3 ? __fmul_rn(v.w, ks) : 0.0f;
-                reinterpret_cast<uint2*>(xdh)[g] = make_uint2(lora_bf16_pair(a, b), lora_bf16_pair(c, d));
-                reinterpret_cast<unsigned int*>(mask)[g] =
-                    (unsigned int)k0 | (unsigned int)k1 << 8 | (unsigned int)k2 << 16 | (unsigned int)k3 << 24;
-            } else {
-                float a = lora_drop(v.x, seed, i, p, thr, ks), b = lora_drop(v.y, seed, i + 1, p, thr, ks);
-                float c = lora_drop(v.z, seed, i + 2, p, thr, ks), d = lora_drop(v.w, seed, i + 3, p, thr, ks);
-                reinterpret_cast<uint2*>(xdh)[g] = make_uint2(lora_bf16_pair(a, b), lora_bf16_pair(c, d));
-            }
+            float a = lora_drop(v.x, seed, i, p, thr, ks), b = lora_drop(v.y, seed, i + 1, p, thr, ks);
+            float c = lora_drop(v.z, seed, i + 2, p, thr, ks), d = lora_drop(v.w, seed, i + 3, p, thr, ks);
+            reinterpret_cast<uint2*>(xdh)[g] = make_uint2(lora_bf16_pair(a, b), lora_bf16_pair(c, d));
         }
     }
     for (i64 i = (groups << 2) + tid; i < n; i += stride) {
         if (xh) {
-            const i64 t = i / cols;
-            xh[t * ldx + (i - t * cols)] = f32_to_bf16(x[i]);
+            if (STRIDED) {
+                const unsigned int t = (unsigned int)i / (unsigned int)cols;
+                xh[t * (unsigned int)ldx + ((unsigned int)i - t * (unsigned int)cols)] = f32_to_bf16(x[i]);
+            } else {
+                xh[i] = f32_to_bf16(x[i]);
+            }
         }
         if (xdh) xdh[i] = f32_to_bf16(lora_drop(x[i], seed, i, p, thr, ks));
-        if (mask) mask[i] = lora_keep(seed, i, thr) ? 1 : 0;
     }
-    if (dst0) lora_prep_job(dst0, src0, rows0, cols0, wcols0, ld0, (float)scale0, tid, stride);
-    if (dst1) lora_prep_job(dst1, src1, rows1, cols1, wcols1, ld1, (float)scale1, tid, stride);
+    if (dst0) lora_prep_job(dst0, src0, rows0, cols0, ld0, (float)scale0, tid, stride);
+    if (dst1) lora_prep_job(dst1, src1, rows1, cols1, ld1, (float)scale1, tid, stride);
 }
 
-#define LORA_PREP_PARAMS                                                                                                \
-    bf16_t *xh, bf16_t *xdh, unsigned char *mask, const float *x, i64 n, i64 cols, i64 ldx, u64 seed, double p_d,       \
-        u64 thr, double ks_d, bf16_t *dst0, const float *src0, i64 rows0, i64 cols0, i64 wcols0, i64 ld0, double scale0, \
-        bf16_t *dst1, const float *src1, i64 rows1, i64 cols1, i64 wcols1, i64 ld1, double scale1
-#define LORA_PREP_ARGS                                                                                               \
-    xh, xdh, mask, x, n, cols, ldx, seed, p_d, thr, ks_d, dst0, src0, rows0, cols0, wcols0, ld0, scale0, dst1, src1, \
-        rows1, cols1, wcols1, ld1, scale1
+#define LORA_PREP_PARAMS                                                                                              \
+    bf16_t *xh, bf16_t *xdh, const float *x, i64 n, i64 cols, i64 ldx, u64 seed, double p_d, u64 thr, double ks_d,   \
+        bf16_t *dst0, const float *src0, i64 rows0, i64 cols0, i64 ld0, double scale0, bf16_t *dst1, const float *src1, \
+        i64 rows1, i64 cols1, i64 ld1, double scale1
+#define LORA_PREP_ARGS                                                                                                \
+    xh, xdh, x, n, cols, ldx, seed, p_d, thr, ks_d, dst0, src0, rows0, cols0, ld0, scale0, dst1, src1, rows1, cols1, ld1, \
+        scale1
 
-extern "C" __global__ void lora_prep_bf16(LORA_PREP_PARAMS) { lora_prep_body(LORA_PREP_ARGS); }
-
-// lora_prep_bf16_lb: the same, compiled for 8 blocks of 256 threads an SM
-// (at most 32 registers: full occupancy for a memory-bound pass).
-extern "C" __global__ void __launch_bounds__(256, 8) lora_prep_bf16_lb(LORA_PREP_PARAMS) { lora_prep_body(LORA_PREP_ARGS); }
+extern "C" __global__ void lora_prep_bf16(LORA_PREP_PARAMS) { lora_prep_body<false>(LORA_PREP_ARGS); }
+extern "C" __global__ void lora_prep_bf16_ld(LORA_PREP_PARAMS) { lora_prep_body<true>(LORA_PREP_ARGS); }
 
 // lora_dx4: lora_dx (the same sums in the same order, so the same bits)
 // with four tokens an iteration, their loads issued before any store
-// (restrict: dx does not alias g, A or mask), for more bytes in flight.
-// Grid (ceil(K/256), rows): a thread visits the tokens 4*blockIdx.y .. +3,
-// then + 4*gridDim.y, ...
+// (restrict: dx does not alias g or A), for more bytes in flight (v5: 1 ms
+// a step less than lora_dx). Grid (ceil(K/256), rows): a thread visits the
+// tokens 4*blockIdx.y .. +3, then + 4*gridDim.y, ...
 extern "C" __global__ void lora_dx4(float* __restrict__ dx, const float* __restrict__ g, const float* __restrict__ A, i64 T,
-                                    i64 K, i64 r, double scale_d, u64 seed, double p_d, u64 thr, double ks_d,
-                                    const unsigned char* __restrict__ mask) {
+                                    i64 K, i64 r, double scale_d, u64 seed, double p_d, u64 thr, double ks_d) {
     const float scale = (float)scale_d, p = (float)p_d, ks = (float)ks_d;
     const i64 k = blockIdx.x * (i64)blockDim.x + threadIdx.x;
     if (k >= K) return;
@@ -280,9 +267,7 @@ extern "C" __global__ void lora_dx4(float* __restrict__ dx, const float* __restr
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             const i64 t = t0 + u, idx = t * K + k;
-            keep[u] = t < T;
-            if (keep[u] && p > 0.0f)
-                keep[u] = mask ? mask[idx] != 0 : (mix64(seed ^ mix64((u64)idx)) >> 40) >= thr;
+            keep[u] = t < T && (p <= 0.0f || lora_keep(seed, idx, thr));
             d[u] = keep[u] ? dx[idx] : 0.0f;
         }
 #pragma unroll

@@ -269,15 +269,15 @@ extern "C" __global__ void nf4_dequant_bf16(bf16_t* out, i64 n, const unsigned c
     nf4_dequant<BF16Out>(out, n, codes, absmax, acodes, ascales, smap, offset_d);
 }
 
-// nf4_dequant_ld: nf4_dequant for a weight of rows of cols values stored
-// with a row stride of ld values (row r at out + r*ld; the columns cols ..
-// ld-1 are not written: the LoRA up-projection's B goes there, issue 8
-// v5). cols % 8 == 0 and ld % 8 == 0, so every group of eight values lies
-// in one row and its 16-byte store is aligned. Two groups a thread (g and
-// g + stride: a warp's accesses stay contiguous), both loads issued before
-// either store, for twice the bytes in flight.
-template <class O>
-__device__ __forceinline__ void nf4_dequant_ld(typename O::T* __restrict__ out, i64 n, i64 cols, i64 ld,
+// nf4_dequant_ld_bf16: nf4_dequant to bfloat16 for a weight of rows of
+// cols values stored with a row stride of ld values (row r at out + r*ld;
+// the columns cols .. ld-1 are not written: the folded LoRA's B goes there,
+// issue 8 v5). cols % 8 == 0 and ld % 8 == 0, so every group of eight
+// values lies in one row and its 16-byte store is aligned. Grid
+// (ceil(cols/8 / blockDim.x), up to rows): thread x of a block expands
+// group blockIdx.x * blockDim.x + x of rows blockIdx.y, + gridDim.y, ...
+// (no division per group).
+extern "C" __global__ void nf4_dequant_ld_bf16(bf16_t* __restrict__ out, i64 rows, i64 cols, i64 ld,
                                                const unsigned char* __restrict__ codes, const float* absmax,
                                                const unsigned char* acodes, const float* ascales, const float* smap,
                                                double offset_d) {
@@ -285,66 +285,18 @@ __device__ __forceinline__ void nf4_dequant_ld(typename O::T* __restrict__ out, 
     if (threadIdx.x < 16) cb[threadIdx.x] = NF4_CODE[threadIdx.x];
     __syncthreads();
     const float offset = (float)offset_d;
-    const i64 groups = n >> 3, gpr = cols >> 3;
-    const i64 stride = (i64)gridDim.x * blockDim.x;
-    const unsigned int* c32 = reinterpret_cast<const unsigned int*>(codes);
-    for (i64 g = blockIdx.x * (i64)blockDim.x + threadIdx.x; g < groups; g += 2 * stride) {
-        const i64 g1 = g + stride;
-        const bool has1 = g1 < groups;
-        const unsigned int x0 = c32[g];
-        const unsigned int x1 = has1 ? c32[g1] : 0u;
-        const float a0 = nf4_absmax(g >> 3, absmax, acodes, ascales, smap, offset);
-        const float a1 = has1 ? nf4_absmax(g1 >> 3, absmax, acodes, ascales, smap, offset) : 0.0f;
-        uint4 v;
-        v.x = O::pair(__fmul_rn(cb[(x0 >> 4) & 15u], a0), __fmul_rn(cb[x0 & 15u], a0));
-        v.y = O::pair(__fmul_rn(cb[(x0 >> 12) & 15u], a0), __fmul_rn(cb[(x0 >> 8) & 15u], a0));
-        v.z = O::pair(__fmul_rn(cb[(x0 >> 20) & 15u], a0), __fmul_rn(cb[(x0 >> 16) & 15u], a0));
-        v.w = O::pair(__fmul_rn(cb[(x0 >> 28) & 15u], a0), __fmul_rn(cb[(x0 >> 24) & 15u], a0));
-        i64 r = g / gpr;
-        *reinterpret_cast<uint4*>(out + r * ld + ((g - r * gpr) << 3)) = v;
-        if (has1) {
-            v.x = O::pair(__fmul_rn(cb[(x1 >> 4) & 15u], a1), __fmul_rn(cb[x1 & 15u], a1));
-            v.y = O::pair(__fmul_rn(cb[(x1 >> 12) & 15u], a1), __fmul_rn(cb[(x1 >> 8) & 15u], a1));
-            v.z = O::pair(__fmul_rn(cb[(x1 >> 20) & 15u], a1), __fmul_rn(cb[(x1 >> 16) & 15u], a1));
-            v.w = O::pair(__fmul_rn(cb[(x1 >> 28) & 15u], a1), __fmul_rn(cb[(x1 >> 24) & 15u], a1));
-            r = g1 / gpr;
-            *reinterpret_cast<uint4*>(out + r * ld + ((g1 - r * gpr) << 3)) = v;
-        }
-    }
-}
-
-// nf4_dequant_ld_bf16: nf4_dequant_ld to bfloat16; launch ceil(n/16)
-// threads (two groups of eight each).
-extern "C" __global__ void nf4_dequant_ld_bf16(bf16_t* out, i64 n, i64 cols, i64 ld, const unsigned char* codes,
-                                               const float* absmax, const unsigned char* acodes, const float* ascales,
-                                               const float* smap, double offset_d) {
-    nf4_dequant_ld<BF16Out>(out, n, cols, ld, codes, absmax, acodes, ascales, smap, offset_d);
-}
-
-#define NF4F(v) cb[(v) & 15u]
-
-// nf4_dequant_ld1_bf16: nf4_dequant_ld's layout with one group of eight
-// values a thread (nf4_dequant's loop); launch n/8 threads.
-extern "C" __global__ void nf4_dequant_ld1_bf16(bf16_t* __restrict__ out, i64 n, i64 cols, i64 ld,
-                                                const unsigned char* __restrict__ codes, const float* absmax,
-                                                const unsigned char* acodes, const float* ascales, const float* smap,
-                                                double offset_d) {
-    __shared__ float cb[16];
-    if (threadIdx.x < 16) cb[threadIdx.x] = NF4_CODE[threadIdx.x];
-    __syncthreads();
-    const float offset = (float)offset_d;
-    const i64 groups = n >> 3, gpr = cols >> 3;
-    const i64 stride = (i64)gridDim.x * blockDim.x;
-    for (i64 g = blockIdx.x * (i64)blockDim.x + threadIdx.x; g < groups; g += stride) {
-        const unsigned int x = reinterpret_cast<const unsigned int*>(codes)[g];
+    const i64 gpr = cols >> 3, c = blockIdx.x * (i64)blockDim.x + threadIdx.x;
+    if (c >= gpr) return;
+    for (i64 r = blockIdx.y; r < rows; r += gridDim.y) {
+        const i64 g = r * gpr + c;
+        const unsigned int x = reinterpret_cast<const unsigned int*>(codes)[g];  // bytes 4g..4g+3, little-endian
         const float a = nf4_absmax(g >> 3, absmax, acodes, ascales, smap, offset);
         uint4 v;
-        v.x = bf16_pair(__fmul_rn(NF4F(x >> 4), a), __fmul_rn(NF4F(x), a));
-        v.y = bf16_pair(__fmul_rn(NF4F(x >> 12), a), __fmul_rn(NF4F(x >> 8), a));
-        v.z = bf16_pair(__fmul_rn(NF4F(x >> 20), a), __fmul_rn(NF4F(x >> 16), a));
-        v.w = bf16_pair(__fmul_rn(NF4F(x >> 28), a), __fmul_rn(NF4F(x >> 24), a));
-        const i64 r = g / gpr;
-        *reinterpret_cast<uint4*>(out + r * ld + ((g - r * gpr) << 3)) = v;
+        v.x = bf16_pair(__fmul_rn(cb[(x >> 4) & 15u], a), __fmul_rn(cb[x & 15u], a));
+        v.y = bf16_pair(__fmul_rn(cb[(x >> 12) & 15u], a), __fmul_rn(cb[(x >> 8) & 15u], a));
+        v.z = bf16_pair(__fmul_rn(cb[(x >> 20) & 15u], a), __fmul_rn(cb[(x >> 16) & 15u], a));
+        v.w = bf16_pair(__fmul_rn(cb[(x >> 28) & 15u], a), __fmul_rn(cb[(x >> 24) & 15u], a));
+        *reinterpret_cast<uint4*>(out + r * ld + (c << 3)) = v;
     }
 }
 
