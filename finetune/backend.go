@@ -227,3 +227,13 @@ type GradClipper interface {
 	ClipGradNorm(grads []Tensor, maxNorm float64)
 	GradNorm() (float64, error)
 }
+
+// LoRAHForwarder computes only the adapter half of LinearForward's saved
+// state: h [T,r] = dropout(x) . A^T, the same values LinearForward writes
+// to h, without the base product x . W^T. Gradient checkpointing's
+// recompute needs down_proj's h but not its output (the layer's output is
+// already checkpointed), so a backend that implements it saves one
+// dequantization and the largest-K matmul of every recomputed layer.
+type LoRAHForwarder interface {
+	LoRAHForward(h, x Tensor, l *Linear, seed uint64)
+}

@@ -59,11 +59,20 @@ func (b *CPUBackend) LinearForward(out, x Tensor, l *Linear, h Tensor, seed uint
 	if l.LoRA == nil {
 		return
 	}
-	lo, r := l.LoRA, loraDims(l)
-	hs := f32(h)
-	xd := dropoutInput(xs, lo.Dropout, seed)
-	b.matmulWT(hs, xd, T, denseView(f32(lo.A), r, w.in), 1, false) // h [T,r]
-	b.matmulWT(o, hs, T, denseView(f32(lo.B), w.out, r), lo.Scale, true)
+	b.LoRAHForward(h, x, l, seed)
+	b.matmulWT(o, f32(h), T, denseView(f32(l.LoRA.B), w.out, loraDims(l)), l.LoRA.Scale, true)
+}
+
+// LoRAHForward: h [T,r] = dropout(x) . A^T, LinearForward's saved h
+// without the base product (finetune.LoRAHForwarder).
+func (b *CPUBackend) LoRAHForward(h, x Tensor, l *Linear, seed uint64) {
+	if l.LoRA == nil {
+		panic(fmt.Sprintf("cpu backend: LoRAHForward: %s has no adapter", l.Name))
+	}
+	in, r := l.W.In(), loraDims(l)
+	xs := f32(x)
+	xd := dropoutInput(xs, l.LoRA.Dropout, seed)
+	b.matmulWT(f32(h), xd, len(xs)/in, denseView(f32(l.LoRA.A), r, in), 1, false)
 }
 
 // LinearBackward: dx [T,in] += dout . W + scale * ((dout . B) . A) * mask;

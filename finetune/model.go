@@ -457,8 +457,8 @@ func noDropout(l *Linear, train bool) *Linear {
 // layerForward runs layer li on x [T,C] into out [T,C], saving activations in a.
 // A nil out is gradient checkpointing's recompute in Backward, which needs
 // the saved activations but not the layer's output: down_proj runs only
-// for its adapter's h (the base matmul comes with it), and the residual add
-// not at all.
+// for its adapter's h (LoRAHForward where the backend has it, else
+// LinearForward with its base matmul), and the residual add not at all.
 func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, train bool, stepSeed uint64) {
 	b, c, l := m.B, m.Cfg, &m.Layers[li]
 	H, K, D := c.NumHeads, c.NumKVHeads, c.HeadDim()
@@ -475,8 +475,14 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 	b.RMSNormForward(a.ln2, a.rstd2, a.res1, l.PostAttnNorm, c.RMSNormEps)
 	b.LinearForward(a.gateUp, a.ln2, lin[modGateUp], a.h[modGateUp], moduleSeed(stepSeed, li, modGateUp))
 	b.SwiGLUForward(a.act, a.gateUp)
-	if out == nil && a.h[modDown] == nil {
-		return
+	if out == nil {
+		if a.h[modDown] == nil {
+			return
+		}
+		if hf, ok := b.(LoRAHForwarder); ok {
+			hf.LoRAHForward(a.h[modDown], a.act, lin[modDown], moduleSeed(stepSeed, li, modDown))
+			return
+		}
 	}
 	b.LinearForward(bf.tmp, a.act, lin[modDown], a.h[modDown], moduleSeed(stepSeed, li, modDown))
 	if out != nil {
