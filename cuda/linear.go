@@ -85,6 +85,41 @@ func (b *Backend) LinearForward(out, x finetune.Tensor, l *finetune.Linear, h fi
 	b.sgemm(op, false, true, T, w.out, r, lo.Scale, hs.ptr, r, B.ptr, r, 1, o.ptr, w.out)
 }
 
+var _ finetune.LoRAHForwarder = (*Backend)(nil)
+
+// LoRAHForward: h [T,r] = dropout(x) . A^T, LinearForward's saved h alone
+// (finetune.LoRAHForwarder), for checkpointing's recompute of down_proj:
+// the same kernels and products as LinearForward's h step, so the same
+// bits, without dequantizing W or the base GEMM.
+func (b *Backend) LoRAHForward(h, x finetune.Tensor, l *finetune.Linear, seed uint64) {
+	const op = "LoRAHForward"
+	defer b.enter(op)()
+	if l.LoRA == nil {
+		panic(&Error{Op: op, Err: fmt.Errorf("%s has no adapter", l.Name)})
+	}
+	w := cudaW(l.W, op)
+	lo, r := l.LoRA, loraRank(l)
+	xs, hs, A := tensor(x, kindF32, op), tensor(h, kindF32, op), tensor(lo.A, kindF32, op)
+	T := xs.n / w.in
+	if xs.n != T*w.in || hs.n != T*r {
+		panic(&Error{Op: op, Err: fmt.Errorf("%s: x has %d values and h %d for a [%d, %d] weight of rank %d", l.Name, xs.n, hs.n, w.out, w.in, r)})
+	}
+	n := int64(T) * int64(w.in)
+	switch {
+	case b.loraBF16(w):
+		a16, _, _, _ := b.loraHalfBufs(op, T, w.in, w.out, r)
+		xdh := b.scratchBuf(sLoRAX, 2*n, op)
+		b.loraPrep(op, 0, xdh, xs.ptr, n, w.in, w.in, lo.Dropout, seed, prepJob{dst: a16, src: A.ptr, rows: r, cols: w.in, ld: w.in, scale: 1})
+		b.gemm(op, gemmArgs{transB: true, M: T, N: r, K: w.in, alpha: 1, A: uintptr(xdh), lda: w.in, B: uintptr(a16), ldb: w.in,
+			C: uintptr(hs.ptr), ldc: r, abType: dataR16BF})
+	case b.fastLoRA && r <= loraMaxR:
+		b.loraRowdot(op, hs.ptr, xs.ptr, A.ptr, T, w.in, r, w.in, 1, lo.Dropout, seed)
+	default:
+		xd := b.dropout(op, xs.ptr, n, lo.Dropout, seed)
+		b.sgemm(op, false, true, T, r, w.in, 1, xd, w.in, A.ptr, w.in, 0, hs.ptr, r)
+	}
+}
+
 // loraMaxR is the largest rank the fused LoRA kernels take (kernels/lora.cu).
 const loraMaxR = 16
 
