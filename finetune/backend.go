@@ -237,3 +237,10 @@ type GradClipper interface {
 type LoRAHForwarder interface {
 	LoRAHForward(h, x Tensor, l *Linear, seed uint64)
 }
+
+// MultiAdamW8bit applies AdamW8bit to several parameters at once (the CUDA
+// backend: one launch a step instead of one per LoRA matrix). The result
+// must equal AdamW8bit on each parameter in turn, bit for bit.
+type MultiAdamW8bit interface {
+	AdamW8bitMulti(ps, gs []Tensor, sts []*Adam8State, hp AdamParams)
+}

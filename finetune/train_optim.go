@@ -58,10 +58,27 @@ func newOptimizer(b Backend, params []NamedLoRA, name string) (*optimizer, error
 
 // update applies one step to every parameter from its (clipped) gradient.
 func (o *optimizer) update(hp AdamParams) {
+	multi, _ := o.b.(MultiAdamW8bit)
+	if multi != nil {
+		// The 8-bit states in one call; the parameters are independent,
+		// so the order does not matter.
+		var ps, gs []Tensor
+		var sts []*Adam8State
+		for i, p := range o.params {
+			if o.st8[i] != nil {
+				ps, gs, sts = append(ps, p.Param), append(gs, p.Grad), append(sts, o.st8[i])
+			}
+		}
+		if len(ps) > 0 {
+			multi.AdamW8bitMulti(ps, gs, sts, hp)
+		}
+	}
 	for i, p := range o.params {
 		switch {
 		case o.st8[i] != nil:
-			o.b.AdamW8bit(p.Param, p.Grad, o.st8[i], hp)
+			if multi == nil {
+				o.b.AdamW8bit(p.Param, p.Grad, o.st8[i], hp)
+			}
 		case o.kind.Is8bit():
 			// bitsandbytes' 8-bit optimizers keep 32-bit state (and its
 			// kernel) for parameters under optim.Min8bitSize values.

@@ -30,17 +30,15 @@ extern "C" __global__ void adamw(float* p, const float* g, float* m, float* v, i
 
 __device__ __forceinline__ bool finite32(float x) { return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u; }
 
-// adamw8bit: one block of 256 threads per 256-value block
-// (kOptimizerStatic8bit2StateBlockwise, finetune/optim adam8bitBlock).
-// smap, umap: the signed and unsigned dynamic maps.
-extern "C" __global__ void adamw8bit(float* p, const float* g, unsigned char* mc, unsigned char* vc, float* absm,
-                                     float* absv, i64 n, const float* smap, const float* umap, double b1_d,
-                                     double b2_d, double w1_d, double w2_d, double step_size_d, double eps_c2_d,
-                                     i64 decay, double decay_factor_d) {
+// adam8_block updates 256-value block b of one parameter: bitsandbytes'
+// kOptimizerStatic8bit2StateBlockwise (finetune/optim adam8bitBlock). The
+// whole thread block calls it. smap, umap: the signed and unsigned
+// dynamic maps.
+__device__ __forceinline__ void adam8_block(float* p, const float* g, unsigned char* mc, unsigned char* vc, float* absm,
+                                            float* absv, i64 n, i64 b, const float* smap, const float* umap, float b1,
+                                            float b2, float w1, float w2, float step_size, float eps_c2, bool decay,
+                                            float decay_factor) {
     __shared__ float red[32];
-    float b1 = (float)b1_d, b2 = (float)b2_d, w1 = (float)w1_d, w2 = (float)w2_d;
-    float step_size = (float)step_size_d, eps_c2 = (float)eps_c2_d, decay_factor = (float)decay_factor_d;
-    i64 b = blockIdx.x;
     i64 i = b * 256 + threadIdx.x;
     bool valid = i < n;
     float gj = 0.0f;
@@ -80,6 +78,32 @@ extern "C" __global__ void adamw8bit(float* p, const float* g, unsigned char* mc
     }
     mc[i] = q1;
     vc[i] = quantize_dynamic(umap, __fdiv_rn(s2, max2));
+}
+
+// adamw8bit: one block of 256 threads per 256-value block of one parameter.
+extern "C" __global__ void adamw8bit(float* p, const float* g, unsigned char* mc, unsigned char* vc, float* absm,
+                                     float* absv, i64 n, const float* smap, const float* umap, double b1_d,
+                                     double b2_d, double w1_d, double w2_d, double step_size_d, double eps_c2_d,
+                                     i64 decay, double decay_factor_d) {
+    adam8_block(p, g, mc, vc, absm, absv, n, blockIdx.x, smap, umap, (float)b1_d, (float)b2_d, (float)w1_d,
+                (float)w2_d, (float)step_size_d, (float)eps_c2_d, decay != 0, (float)decay_factor_d);
+}
+
+// adamw8bit_multi: adamw8bit over a table of k parameters in one launch
+// (one launch a step instead of one per LoRA matrix): grid (the largest
+// block count, k); block x of parameter y is adamw8bit's block x. The
+// table holds k values each of p, g, m codes, v codes, m absmax, v absmax
+// (addresses) and n, in that order.
+extern "C" __global__ void adamw8bit_multi(const u64* table, i64 k, const float* smap, const float* umap, double b1_d,
+                                           double b2_d, double w1_d, double w2_d, double step_size_d,
+                                           double eps_c2_d, i64 decay, double decay_factor_d) {
+    i64 t = blockIdx.y;
+    i64 n = (i64)table[6 * k + t];
+    if ((i64)blockIdx.x * 256 >= n) return;  // the whole block leaves
+    adam8_block((float*)table[t], (const float*)table[k + t], (unsigned char*)table[2 * k + t],
+                (unsigned char*)table[3 * k + t], (float*)table[4 * k + t], (float*)table[5 * k + t], n, blockIdx.x,
+                smap, umap, (float)b1_d, (float)b2_d, (float)w1_d, (float)w2_d, (float)step_size_d,
+                (float)eps_c2_d, decay != 0, (float)decay_factor_d);
 }
 
 // Gradient-norm clipping on the device (clip_grad_norm_ without a host
