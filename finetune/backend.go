@@ -227,3 +227,12 @@ type GradClipper interface {
 	ClipGradNorm(grads []Tensor, maxNorm float64)
 	GradNorm() (float64, error)
 }
+
+// AddRMSNormer fuses the residual add and the RMSNorm after it:
+// AddRMSNormForward(sum, out, rstd, a, b, w, eps) is Add(sum, a, b) then
+// RMSNormForward(out, rstd, sum, w, eps), with the same results (out must
+// not alias a, b or sum). The model uses it when the backend has it; the
+// CPU backend has not, so its two ops stay the reference.
+type AddRMSNormer interface {
+	AddRMSNormForward(sum, out, rstd, a, b, w Tensor, eps float32)
+}
