@@ -517,7 +517,7 @@ func (b *Backend) CrossEntropy(dx, x finetune.Tensor, lmHead finetune.Weight, ta
 		ic, tc := idxP+cu.DevicePtr(4*c0), tgtP+cu.DevicePtr(4*c0)
 		b.launchN(op, "gather_rows", int64(n)*int64(C), ptrArg(xc), ptrArg(xs.ptr), ptrArg(ic), intArg(n), intArg(C))
 		b.xwT(op, logits, xc, n, w, 1, 0)
-		b.launch(op, "ce_rows", grid1(n), 256, 0, ptrArg(logits), ptrArg(tc), intArg(V),
+		b.launch(op, "ce_rows", grid1(n), 512, 0, ptrArg(logits), ptrArg(tc), intArg(V),
 			ptrArg(lossP+cu.DevicePtr(8*c0)), ptrArg(hitP+cu.DevicePtr(4*c0)), boolArg(d != nil), f32Arg(gradScale))
 		if d == nil {
 			continue

@@ -4,6 +4,7 @@ package cuda
 
 import (
 	"fmt"
+	"os"
 
 	"gorgonia.org/cu"
 
@@ -55,8 +56,22 @@ func (b *Backend) RMSNormBackward(dx, dout, x, w, rstd finetune.Tensor) {
 		panic(&Error{Op: op, Err: fmt.Errorf("dx %v, dout %v, x %v, w %v, rstd %v do not agree", d.shape, do.shape, xs.shape, ws.shape, rs.shape)})
 	}
 	acc := b.takeZero(d) != 0 // every row and column of dx is written
-	b.launch(op, "rmsnorm_bwd", grid1(rs.n), 256, 0, ptrArg(d.ptr), ptrArg(do.ptr), ptrArg(xs.ptr), ptrArg(ws.ptr), ptrArg(rs.ptr), intArg(ws.n),
+	b.launch(op, b.rmsBwd, grid1(rs.n), 256, 0, ptrArg(d.ptr), ptrArg(do.ptr), ptrArg(xs.ptr), ptrArg(ws.ptr), ptrArg(rs.ptr), intArg(ws.n),
 		boolArg(acc))
+}
+
+// rmsBwdKernel is RMSNormBackward's kernel: rmsnorm_bwd keeps x and dout
+// in registers between its two passes, rmsnorm_bwd_nc reads them again
+// (fewer registers); OLLAMA_TUNE_CUDA_RMSBWD=cache or =nocache picks one
+// for A/B runs.
+func rmsBwdKernel() string {
+	switch os.Getenv("OLLAMA_TUNE_CUDA_RMSBWD") {
+	case "cache":
+		return "rmsnorm_bwd"
+	case "nocache":
+		return "rmsnorm_bwd_nc"
+	}
+	return "rmsnorm_bwd"
 }
 
 func (b *Backend) rope(op string, qkv, pos finetune.Tensor, nHead, nKV, headDim, rotaryDim int, theta float32, inverse bool) {

@@ -401,17 +401,26 @@ func TestRMSNorm(t *testing.T) {
 		compare(t, gpu, cpu, fmt.Sprintf("rmsnorm out C%d", C), out, tolF32)
 		compare(t, gpu, cpu, fmt.Sprintf("rmsnorm rstd C%d", C), rstd, tolF32)
 		dout := both(gpu, cpu, randn(T*C, 7, 1), T, C)
-		dx := both(gpu, cpu, randn(T*C, 8, 1), T, C) // accumulates
-		gpu.RMSNormBackward(dx.g, dout.g, x.g, w.g, rstd.g)
-		cpu.RMSNormBackward(dx.c, dout.c, x.c, w.c, rstd.c)
-		compare(t, gpu, cpu, fmt.Sprintf("rmsnorm dx C%d", C), dx, tolF32)
-		// Into a pending Zero over NaN: the kernel must write, not add.
-		dz := both(gpu, cpu, nanSlice(T*C), T, C)
-		gpu.Zero(dz.g)
-		cpu.Zero(dz.c)
-		gpu.RMSNormBackward(dz.g, dout.g, x.g, w.g, rstd.g)
-		cpu.RMSNormBackward(dz.c, dout.c, x.c, w.c, rstd.c)
-		compare(t, gpu, cpu, fmt.Sprintf("rmsnorm dx into zero C%d", C), dz, tolF32)
+		var dx, dz pair
+		for _, kernel := range []string{"rmsnorm_bwd", "rmsnorm_bwd_nc"} {
+			gpu.rmsBwd = kernel
+			dx = both(gpu, cpu, randn(T*C, 8, 1), T, C) // accumulates
+			gpu.RMSNormBackward(dx.g, dout.g, x.g, w.g, rstd.g)
+			cpu.RMSNormBackward(dx.c, dout.c, x.c, w.c, rstd.c)
+			compare(t, gpu, cpu, fmt.Sprintf("%s dx C%d", kernel, C), dx, tolF32)
+			// Into a pending Zero over NaN: the kernel must write, not add.
+			dz = both(gpu, cpu, nanSlice(T*C), T, C)
+			gpu.Zero(dz.g)
+			cpu.Zero(dz.c)
+			gpu.RMSNormBackward(dz.g, dout.g, x.g, w.g, rstd.g)
+			cpu.RMSNormBackward(dz.c, dout.c, x.c, w.c, rstd.c)
+			compare(t, gpu, cpu, fmt.Sprintf("%s dx into zero C%d", kernel, C), dz, tolF32)
+			if kernel == "rmsnorm_bwd" {
+				gpu.Free(dx.g)
+				gpu.Free(dz.g)
+			}
+		}
+		gpu.rmsBwd = rmsBwdKernel()
 
 		// The fused residual add: Add then RMSNormForward, bit for bit.
 		y := both(gpu, cpu, randn(T*C, 9, 1), T, C)
@@ -665,7 +674,14 @@ func testLinear(t *testing.T, T, in, out, r int) {
 }
 
 func TestLogitsAndCrossEntropy(t *testing.T) {
-	T, C, V := 23, 40, 1031
+	// V 1031: ce_rows' scalar loops; 1032: its 16-byte loads.
+	for _, V := range []int{1031, 1032} {
+		testLogitsAndCrossEntropy(t, V)
+	}
+}
+
+func testLogitsAndCrossEntropy(t *testing.T, V int) {
+	T, C := 23, 40
 	head := randn(V*C, 40, 0.3)
 	x := randn(T*C, 41, 1)
 	targets := make([]int32, T)
@@ -677,13 +693,14 @@ func TestLogitsAndCrossEntropy(t *testing.T) {
 	}
 	for _, dc := range dtypeCases() {
 		g, cb, tol := dc.g, dc.c, dc.tol
+		name := fmt.Sprintf("%s V%d", dc.name, V)
 		bf := dc.g != gpu // a 16-bit compute type
 		gw, cw := weights(t, g, cb, head, V, C, false)
 		xs := both(g, cb, x, T, C)
 		lg := both(g, cb, nanSlice(T*V), T, V)
 		g.Logits(lg.g, xs.g, gw)
 		cb.Logits(lg.c, xs.c, cw)
-		compare(t, g, cb, "logits "+dc.name, lg, tol)
+		compare(t, g, cb, "logits "+name, lg, tol)
 
 		// Make some targets the argmax so "correct" counts something.
 		cl := cb.Download(lg.c)
@@ -702,12 +719,12 @@ func TestLogitsAndCrossEntropy(t *testing.T) {
 		gl, gc := g.CrossEntropy(dx.g, xs.g, gw, tgt.g, 0.125)
 		cl2, cc := cb.CrossEntropy(dx.c, xs.c, cw, tgt.c, 0.125)
 		if e := math.Abs(gl-cl2) / math.Abs(cl2); !(e <= tol) {
-			t.Errorf("%s: loss sum %v, cpu %v (rel %.2g)", dc.name, gl, cl2, e)
+			t.Errorf("%s: loss sum %v, cpu %v (rel %.2g)", name, gl, cl2, e)
 		}
 		if !bf && gc != cc {
 			t.Errorf("correct %d, cpu %d", gc, cc)
 		}
-		compare(t, g, cb, "cross-entropy dx "+dc.name, dx, tol)
+		compare(t, g, cb, "cross-entropy dx "+name, dx, tol)
 		nl, nc := g.CrossEntropy(nil, xs.g, gw, tgt.g, 0)
 		if nl != gl || nc != gc {
 			t.Errorf("without dx: loss %v correct %d, with dx %v %d", nl, nc, gl, gc)

@@ -105,10 +105,14 @@ extern "C" __global__ void add_rmsnorm_fwd(float* sum, float* out, float* rstd, 
 }
 
 // rmsnorm_bwd: dx (+)= rstd*w*dout + c*x with c = -rstd^3 * sum(w*dout*x) / C;
-// acc = 0 writes dx without reading it (a pending Zero, device.go).
-extern "C" __global__ void rmsnorm_bwd(float* dx, const float* dout, const float* x, const float* w, const float* rstd,
-                                       i64 C, i64 acc) {
-    __shared__ double red[32];
+// acc = 0 writes dx without reading it (a pending Zero, device.go). One
+// block per row; rows of a multiple of 4 go 16 bytes a load, with (CACHE)
+// the first 4 vectors of x and dout a thread kept in registers for the
+// second pass, or (!CACHE) read again (from L1/L2: fewer registers, more
+// blocks resident).
+template <bool CACHE>
+__device__ __forceinline__ void rmsnorm_bwd_row(float* dx, const float* dout, const float* x, const float* w,
+                                                const float* rstd, i64 C, i64 acc, double* red) {
     i64 t = blockIdx.x;
     const float* xt = x + t * C;
     const float* dt = dout + t * C;
@@ -120,8 +124,9 @@ extern "C" __global__ void rmsnorm_bwd(float* dx, const float* dout, const float
         float4* o4 = (float4*)d;
         float4 xv[4], dv[4];
         double s = 0.0;
+        const int NC = CACHE ? 4 : 0;
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < NC; j++) {
             i64 k = threadIdx.x + (i64)j * blockDim.x;
             if (k < C4) {
                 float4 a = x4[k], g = d4[k], ww = w4[k];
@@ -131,7 +136,7 @@ extern "C" __global__ void rmsnorm_bwd(float* dx, const float* dout, const float
                      (double)ww.z * (double)g.z * (double)a.z + (double)ww.w * (double)g.w * (double)a.w;
             }
         }
-        for (i64 k = threadIdx.x + 4 * (i64)blockDim.x; k < C4; k += blockDim.x) {
+        for (i64 k = threadIdx.x + NC * (i64)blockDim.x; k < C4; k += blockDim.x) {
             float4 a = x4[k], g = d4[k], ww = w4[k];
             s += (double)ww.x * (double)g.x * (double)a.x + (double)ww.y * (double)g.y * (double)a.y +
                  (double)ww.z * (double)g.z * (double)a.z + (double)ww.w * (double)g.w * (double)a.w;
@@ -151,11 +156,11 @@ extern "C" __global__ void rmsnorm_bwd(float* dx, const float* dout, const float
         o4[k] = y;                                                                                                \
     } while (0)
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < NC; j++) {
             i64 k = threadIdx.x + (i64)j * blockDim.x;
             if (k < C4) RMS_BWD_V4(k, xv[j], dv[j]);
         }
-        for (i64 k = threadIdx.x + 4 * (i64)blockDim.x; k < C4; k += blockDim.x) {
+        for (i64 k = threadIdx.x + NC * (i64)blockDim.x; k < C4; k += blockDim.x) {
             float4 a = x4[k], g = d4[k];
             RMS_BWD_V4(k, a, g);
         }
@@ -171,6 +176,18 @@ extern "C" __global__ void rmsnorm_bwd(float* dx, const float* dout, const float
         float y = __fadd_rn(__fmul_rn(__fmul_rn(r, w[k]), dt[k]), __fmul_rn(c, xt[k]));
         d[k] = acc ? __fadd_rn(d[k], y) : y;
     }
+}
+
+extern "C" __global__ void rmsnorm_bwd(float* dx, const float* dout, const float* x, const float* w, const float* rstd,
+                                       i64 C, i64 acc) {
+    __shared__ double red[32];
+    rmsnorm_bwd_row<true>(dx, dout, x, w, rstd, C, acc, red);
+}
+
+extern "C" __global__ void rmsnorm_bwd_nc(float* dx, const float* dout, const float* x, const float* w,
+                                          const float* rstd, i64 C, i64 acc) {
+    __shared__ double red[32];
+    rmsnorm_bwd_row<false>(dx, dout, x, w, rstd, C, acc, red);
 }
 
 // SwiGLU in float32: e = expf(-g) (within 2 ulp of the CPU's float64 exp
