@@ -136,6 +136,7 @@ type Backend struct {
 	dequantClock uint64
 
 	rmsBwd string    // RMSNormBackward's kernel (elementwise.go: rmsBwdKernel)
+	rmsFwd string    // RMSNormForward's kernel suffix (rmsFwdSuffix)
 	gen    uint64    // the last write generation handed out (Tensor.gen)
 	ropeCS ropeCache // RoPE's cos/sin table of the last positions (elementwise.go)
 
@@ -196,7 +197,7 @@ func New(opts Options) (b *Backend, err error) {
 	b = &Backend{opts: opts, dtype: opts.ComputeDType, half: halfOf(opts.ComputeDType), fns: map[string]cu.Function{}}
 	b.fastLoRA, b.fastAttn = fastPaths(opts)
 	b.tcLoRA = b.fastLoRA && !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lora-tc")
-	b.rmsBwd = rmsBwdKernel()
+	b.rmsBwd, b.rmsFwd = rmsBwdKernel(), rmsFwdSuffix()
 	switch {
 	case opts.DequantCache == 0:
 		b.dequantMax = 4

@@ -23,7 +23,7 @@ func (b *Backend) RMSNormForward(out, rstd, x, w finetune.Tensor, eps float32) {
 	if xs.n != rs.n*C || o.n != xs.n {
 		panic(&Error{Op: op, Err: fmt.Errorf("x %v, out %v, rstd %v, w %v do not agree", xs.shape, o.shape, rs.shape, ws.shape)})
 	}
-	b.launch(op, "rmsnorm_fwd", grid1(rs.n), 256, 0, ptrArg(o.ptr), ptrArg(rs.ptr), ptrArg(xs.ptr), ptrArg(ws.ptr), intArg(C), f32Arg(eps))
+	b.launch(op, "rmsnorm_fwd"+b.rmsFwd, grid1(rs.n), 256, 0, ptrArg(o.ptr), ptrArg(rs.ptr), ptrArg(xs.ptr), ptrArg(ws.ptr), intArg(C), f32Arg(eps))
 }
 
 // AddRMSNormForward is finetune.AddRMSNormer: sum = a + b, then
@@ -42,7 +42,7 @@ func (b *Backend) AddRMSNormForward(sum, out, rstd, a, bt, w finetune.Tensor, ep
 	if o == as || o == bs || o == s {
 		panic(&Error{Op: op, Err: fmt.Errorf("out must not alias a, b or sum")})
 	}
-	b.launch(op, "add_rmsnorm_fwd", grid1(rs.n), 256, 0, ptrArg(s.ptr), ptrArg(o.ptr), ptrArg(rs.ptr), ptrArg(as.ptr), ptrArg(bs.ptr),
+	b.launch(op, "add_rmsnorm_fwd"+b.rmsFwd, grid1(rs.n), 256, 0, ptrArg(s.ptr), ptrArg(o.ptr), ptrArg(rs.ptr), ptrArg(as.ptr), ptrArg(bs.ptr),
 		ptrArg(ws.ptr), intArg(C), f32Arg(eps))
 }
 
@@ -60,18 +60,28 @@ func (b *Backend) RMSNormBackward(dx, dout, x, w, rstd finetune.Tensor) {
 		boolArg(acc))
 }
 
-// rmsBwdKernel is RMSNormBackward's kernel: rmsnorm_bwd keeps x and dout
-// in registers between its two passes, rmsnorm_bwd_nc reads them again
-// (fewer registers); OLLAMA_TUNE_CUDA_RMSBWD=cache or =nocache picks one
-// for A/B runs.
-func rmsBwdKernel() string {
-	switch os.Getenv("OLLAMA_TUNE_CUDA_RMSBWD") {
-	case "cache":
-		return "rmsnorm_bwd"
-	case "nocache":
-		return "rmsnorm_bwd_nc"
+// rmsBwdKernel is RMSNormBackward's kernel: rmsnorm_bwd_nc (the default)
+// reads x and dout again in its second pass, rmsnorm_bwd keeps them in
+// registers (more registers a thread, fewer blocks resident: slower on an
+// H100 at Phi-3's C = 3072, 1.64 ms a checkpointed step against 1.51 for
+// the old scalar kernel); OLLAMA_TUNE_CUDA_RMSBWD=cache or =nocache picks
+// one for A/B runs.
+//
+// rmsFwdSuffix is the same choice for rmsnorm_fwd and add_rmsnorm_fwd
+// ("" keeps the row in registers, "_nc" reads it again):
+// OLLAMA_TUNE_CUDA_RMSFWD=cache or =nocache.
+func rmsFwdSuffix() string {
+	if os.Getenv("OLLAMA_TUNE_CUDA_RMSFWD") == "nocache" {
+		return "_nc"
 	}
-	return "rmsnorm_bwd"
+	return ""
+}
+
+func rmsBwdKernel() string {
+	if os.Getenv("OLLAMA_TUNE_CUDA_RMSBWD") == "cache" {
+		return "rmsnorm_bwd"
+	}
+	return "rmsnorm_bwd_nc"
 }
 
 func (b *Backend) rope(op string, qkv, pos finetune.Tensor, nHead, nKV, headDim, rotaryDim int, theta float32, inverse bool) {

@@ -390,16 +390,20 @@ func TestEmbedding(t *testing.T) {
 func TestRMSNorm(t *testing.T) {
 	// 301: the scalar loops; 384 and 4104: 16-byte vectors, 4104 past the
 	// 4 vectors a thread kept in registers.
-	for _, C := range []int{301, 384, 4104} {
-		T := 13
+	for _, k := range []struct {
+		C   int
+		fwd string
+	}{{301, ""}, {384, ""}, {4104, ""}, {384, "_nc"}, {4104, "_nc"}} {
+		C, T := k.C, 13
+		gpu.rmsFwd = k.fwd
 		x := both(gpu, cpu, randn(T*C, 5, 2), T, C)
 		w := both(gpu, cpu, randn(C, 6, 1), C)
 		out := both(gpu, cpu, nanSlice(T*C), T, C)
 		rstd := both(gpu, cpu, nanSlice(T), T)
 		gpu.RMSNormForward(out.g, rstd.g, x.g, w.g, 1e-5)
 		cpu.RMSNormForward(out.c, rstd.c, x.c, w.c, 1e-5)
-		compare(t, gpu, cpu, fmt.Sprintf("rmsnorm out C%d", C), out, tolF32)
-		compare(t, gpu, cpu, fmt.Sprintf("rmsnorm rstd C%d", C), rstd, tolF32)
+		compare(t, gpu, cpu, fmt.Sprintf("rmsnorm out%s C%d", k.fwd, C), out, tolF32)
+		compare(t, gpu, cpu, fmt.Sprintf("rmsnorm rstd%s C%d", k.fwd, C), rstd, tolF32)
 		dout := both(gpu, cpu, randn(T*C, 7, 1), T, C)
 		var dx, dz pair
 		for _, kernel := range []string{"rmsnorm_bwd", "rmsnorm_bwd_nc"} {
@@ -430,9 +434,9 @@ func TestRMSNorm(t *testing.T) {
 		gpu.AddRMSNormForward(sum.g, out2.g, rstd2.g, x.g, y.g, w.g, 1e-5)
 		cpu.Add(sum.c, x.c, y.c)
 		cpu.RMSNormForward(out2.c, rstd2.c, sum.c, w.c, 1e-5)
-		compare(t, gpu, cpu, fmt.Sprintf("add+rmsnorm sum C%d", C), sum, tolF32)
-		compare(t, gpu, cpu, fmt.Sprintf("add+rmsnorm out C%d", C), out2, tolF32)
-		compare(t, gpu, cpu, fmt.Sprintf("add+rmsnorm rstd C%d", C), rstd2, tolF32)
+		compare(t, gpu, cpu, fmt.Sprintf("add+rmsnorm sum%s C%d", k.fwd, C), sum, tolF32)
+		compare(t, gpu, cpu, fmt.Sprintf("add+rmsnorm out%s C%d", k.fwd, C), out2, tolF32)
+		compare(t, gpu, cpu, fmt.Sprintf("add+rmsnorm rstd%s C%d", k.fwd, C), rstd2, tolF32)
 		gpu.Add(out.g, x.g, y.g)
 		checkBits(t, "add+rmsnorm sum = Add", gpu.Download(sum.g), gpu.Download(out.g))
 		gpu.RMSNormForward(out.g, rstd.g, sum.g, w.g, 1e-5)
@@ -442,6 +446,7 @@ func TestRMSNorm(t *testing.T) {
 			gpu.Free(p.g)
 		}
 	}
+	gpu.rmsFwd = rmsFwdSuffix()
 }
 
 func TestRoPE(t *testing.T) {

@@ -10,9 +10,10 @@
 // for one row of C values, by one block; with ADD the row is x = a + b
 // (float32), which is stored into sum first (the fused residual add).
 // Rows of a multiple of 4 values go 16 bytes a load (a tensor's rows are
-// 16-byte aligned then), the first 4 of each thread's vectors kept in
-// registers for the second pass; any other C takes the scalar loops.
-template <bool ADD>
+// 16-byte aligned then), with CACHE the first 4 of each thread's vectors
+// kept in registers for the second pass, else read again; any other C
+// takes the scalar loops.
+template <bool ADD, bool CACHE>
 __device__ __forceinline__ void rmsnorm_row(float* ot, float* rstd_t, float* st, const float* at, const float* bt,
                                             const float* w, i64 C, float eps, double* red) {
     double ss = 0.0;
@@ -22,8 +23,9 @@ __device__ __forceinline__ void rmsnorm_row(float* ot, float* rstd_t, float* st,
         const float4* b4 = (const float4*)bt;
         float4* s4 = (float4*)st;
         float4 v[4];
+        const int NC = CACHE ? 4 : 0;
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < NC; j++) {
             i64 k = threadIdx.x + (i64)j * blockDim.x;
             if (k < C4) {
                 float4 x = a4[k];
@@ -37,7 +39,7 @@ __device__ __forceinline__ void rmsnorm_row(float* ot, float* rstd_t, float* st,
                       (double)x.w * (double)x.w;
             }
         }
-        for (i64 k = threadIdx.x + 4 * (i64)blockDim.x; k < C4; k += blockDim.x) {
+        for (i64 k = threadIdx.x + NC * (i64)blockDim.x; k < C4; k += blockDim.x) {
             float4 x = a4[k];
             if (ADD) {
                 float4 y = b4[k];
@@ -54,7 +56,7 @@ __device__ __forceinline__ void rmsnorm_row(float* ot, float* rstd_t, float* st,
         const float4* w4 = (const float4*)w;
         float4* o4 = (float4*)ot;
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < NC; j++) {
             i64 k = threadIdx.x + (i64)j * blockDim.x;
             if (k < C4) {
                 float4 x = v[j], g = w4[k];
@@ -64,7 +66,7 @@ __device__ __forceinline__ void rmsnorm_row(float* ot, float* rstd_t, float* st,
         }
         // (with ADD, the row's sum was written by this same thread above)
         const float4* x4 = ADD ? (const float4*)st : a4;
-        for (i64 k = threadIdx.x + 4 * (i64)blockDim.x; k < C4; k += blockDim.x) {
+        for (i64 k = threadIdx.x + NC * (i64)blockDim.x; k < C4; k += blockDim.x) {
             float4 x = x4[k], g = w4[k];
             o4[k] = make_float4(__fmul_rn(g.x, __fmul_rn(x.x, r)), __fmul_rn(g.y, __fmul_rn(x.y, r)),
                                 __fmul_rn(g.z, __fmul_rn(x.z, r)), __fmul_rn(g.w, __fmul_rn(x.w, r)));
@@ -92,7 +94,15 @@ __device__ __forceinline__ void rmsnorm_row(float* ot, float* rstd_t, float* st,
 extern "C" __global__ void rmsnorm_fwd(float* out, float* rstd, const float* x, const float* w, i64 C, double eps_d) {
     __shared__ double red[32];
     i64 t = blockIdx.x;
-    rmsnorm_row<false>(out + t * C, rstd + t, 0, x + t * C, 0, w, C, (float)eps_d, red);
+    rmsnorm_row<false, true>(out + t * C, rstd + t, 0, x + t * C, 0, w, C, (float)eps_d, red);
+}
+
+// rmsnorm_fwd_nc: rmsnorm_fwd reading x again in its second pass.
+extern "C" __global__ void rmsnorm_fwd_nc(float* out, float* rstd, const float* x, const float* w, i64 C,
+                                          double eps_d) {
+    __shared__ double red[32];
+    i64 t = blockIdx.x;
+    rmsnorm_row<false, false>(out + t * C, rstd + t, 0, x + t * C, 0, w, C, (float)eps_d, red);
 }
 
 // add_rmsnorm_fwd: sum = a + b, then rmsnorm_fwd of sum (the residual add
@@ -101,7 +111,16 @@ extern "C" __global__ void add_rmsnorm_fwd(float* sum, float* out, float* rstd, 
                                            const float* w, i64 C, double eps_d) {
     __shared__ double red[32];
     i64 t = blockIdx.x;
-    rmsnorm_row<true>(out + t * C, rstd + t, sum + t * C, a + t * C, b + t * C, w, C, (float)eps_d, red);
+    rmsnorm_row<true, true>(out + t * C, rstd + t, sum + t * C, a + t * C, b + t * C, w, C, (float)eps_d, red);
+}
+
+// add_rmsnorm_fwd_nc: add_rmsnorm_fwd reading the sum again (each thread
+// its own values) in its second pass.
+extern "C" __global__ void add_rmsnorm_fwd_nc(float* sum, float* out, float* rstd, const float* a, const float* b,
+                                              const float* w, i64 C, double eps_d) {
+    __shared__ double red[32];
+    i64 t = blockIdx.x;
+    rmsnorm_row<true, false>(out + t * C, rstd + t, sum + t * C, a + t * C, b + t * C, w, C, (float)eps_d, red);
 }
 
 // rmsnorm_bwd: dx (+)= rstd*w*dout + c*x with c = -rstd^3 * sum(w*dout*x) / C;
