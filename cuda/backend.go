@@ -507,8 +507,9 @@ func (b *Backend) sgemm(op string, transA, transB bool, M, N, K int, alpha float
 // time; any chunking gives the same numbers, since rows are independent).
 const ceChunkBytes = 64 << 20
 
-// CrossEntropy: see finetune.Backend. The targets are read back to pick
-// the predicted tokens; the per-token losses come back in float64 and are
+// CrossEntropy: see finetune.Backend. The targets are taken from their
+// last UploadInt32 (Tensor.host) or read back, to pick the predicted
+// tokens; the per-token losses come back in float64 and are
 // summed on the host in token order, as the CPU does.
 func (b *Backend) CrossEntropy(dx, x finetune.Tensor, lmHead finetune.Weight, targets finetune.Tensor, gradScale float32) (lossSum float64, correct int) {
 	const op = "CrossEntropy"
@@ -521,9 +522,13 @@ func (b *Backend) CrossEntropy(dx, x finetune.Tensor, lmHead finetune.Weight, ta
 	if xs.n != T*C || (d != nil && d.n != xs.n) {
 		panic(&Error{Op: op, Err: fmt.Errorf("x %v for %d targets and lm_head [%d, %d]", xs.shape, T, V, C)})
 	}
-	host := make([]int32, T)
-	if T > 0 {
-		b.download(op, unsafe.Pointer(&host[0]), tg.ptr, 4*int64(T))
+	// The targets as last uploaded (no round trip), else read back.
+	host := tg.host
+	if len(host) != T {
+		host = make([]int32, T)
+		if T > 0 {
+			b.download(op, unsafe.Pointer(&host[0]), tg.ptr, 4*int64(T))
+		}
 	}
 	var idx, tgt []int32 // predicted tokens and their targets
 	for t, v := range host {
@@ -558,7 +563,7 @@ func (b *Backend) CrossEntropy(dx, x finetune.Tensor, lmHead finetune.Weight, ta
 		ic, tc := idxP+cu.DevicePtr(4*c0), tgtP+cu.DevicePtr(4*c0)
 		b.launchN(op, "gather_rows", int64(n)*int64(C), ptrArg(xc), ptrArg(xs.ptr), ptrArg(ic), intArg(n), intArg(C))
 		b.xwT(op, logits, xc, n, w, 1, 0)
-		b.launch(op, "ce_rows", grid1(n), 256, 0, ptrArg(logits), ptrArg(tc), intArg(V),
+		b.launch(op, "ce_rows", grid1(n), 512, 0, ptrArg(logits), ptrArg(tc), intArg(V),
 			ptrArg(lossP+cu.DevicePtr(8*c0)), ptrArg(hitP+cu.DevicePtr(4*c0)), boolArg(d != nil), f32Arg(gradScale))
 		if d == nil {
 			continue

@@ -136,6 +136,11 @@ type Backend struct {
 	dequantMax   int
 	dequantClock uint64
 
+	rmsBwd string    // RMSNormBackward's kernel (elementwise.go: rmsBwdKernel)
+	rmsFwd string    // RMSNormForward's kernel suffix (rmsFwdSuffix)
+	gen    uint64    // the last write generation handed out (Tensor.gen)
+	ropeCS ropeCache // RoPE's cos/sin table of the last positions (elementwise.go)
+
 	live, peak int64 // bytes held by tensors, weights and scratch
 	closed     bool
 }
@@ -193,6 +198,7 @@ func New(opts Options) (b *Backend, err error) {
 	b = &Backend{opts: opts, dtype: opts.ComputeDType, half: halfOf(opts.ComputeDType), fns: map[string]cu.Function{}}
 	b.fastLoRA, b.fastAttn = fastPaths(opts)
 	b.tcLoRA = b.fastLoRA && !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lora-tc")
+	b.rmsBwd, b.rmsFwd = rmsBwdKernel(), rmsFwdSuffix()
 	switch {
 	case opts.DequantCache == 0:
 		b.dequantMax = 4
@@ -413,6 +419,10 @@ func (b *Backend) release() {
 		cu.MemFree(s.ptr)
 	}
 	b.dequant = nil
+	if b.ropeCS.buf.ptr != 0 {
+		cu.MemFree(b.ropeCS.buf.ptr)
+		b.ropeCS = ropeCache{}
+	}
 	for k := range b.scratch {
 		if b.scratch[k].ptr != 0 {
 			cu.MemFree(b.scratch[k].ptr)
@@ -527,18 +537,55 @@ type Tensor struct {
 	shape []int
 	n     int
 	kind  elemKind
+
+	// zero, when not nil, is the backend of a pending Zero: the memory
+	// holds garbage that stands for zeros until tensor() materialises them
+	// (one memset) or an op that opts in (takeZero) overwrites it.
+	zero *Backend
+	// gen is a write generation, unique over the backend's life, handed out
+	// by touch at every write the host side makes (alloc, upload, Zero,
+	// Copy): (ptr, gen) names the tensor's contents for caches keyed on an
+	// int32 tensor (RoPE's table of the positions). No kernel writes a
+	// Tensor of int32; one that does must call touch.
+	gen uint64
+	// host is the values of the last UploadInt32, kept while gen is
+	// unchanged (small int32 tensors only), so CrossEntropy can read the
+	// targets without a round trip.
+	host []int32
 }
 
 func (t *Tensor) Shape() []int { return append([]int(nil), t.shape...) }
 func (t *Tensor) Numel() int   { return t.n }
 
-// Ptr is the tensor's device address (0 for an empty or freed tensor).
-func (t *Tensor) Ptr() cu.DevicePtr { return t.ptr }
+// Ptr is the tensor's device address (0 for an empty or freed tensor),
+// with a pending Zero materialised (the caller may read it directly).
+func (t *Tensor) Ptr() cu.DevicePtr {
+	if b := t.zero; b != nil {
+		defer b.enter("Ptr")()
+		b.fillZero(t, "Ptr")
+	}
+	return t.ptr
+}
 
 func (t *Tensor) bytes() int64 { return int64(t.n) * t.kind.size() }
 
-// tensor unwraps a finetune.Tensor of this backend (nil stays nil).
-func tensor(t finetune.Tensor, want elemKind, op string) *Tensor {
+// touch gives t a new write generation and drops its host copy.
+func (b *Backend) touch(t *Tensor) {
+	b.gen++
+	t.gen = b.gen
+	t.host = nil
+}
+
+// fillZero materialises t's pending Zero: one memset, queued now.
+func (b *Backend) fillZero(t *Tensor, op string) {
+	t.zero = nil
+	if t.n > 0 && t.ptr != 0 {
+		b.span("memset", func() { check(op, cu.MemsetD8Async(t.ptr, 0, t.bytes(), b.stream)) })
+	}
+}
+
+// unwrap is tensor without materialising a pending Zero.
+func unwrap(t finetune.Tensor, want elemKind, op string) *Tensor {
 	if t == nil {
 		return nil
 	}
@@ -548,6 +595,60 @@ func tensor(t finetune.Tensor, want elemKind, op string) *Tensor {
 	}
 	if ct.kind != want {
 		panic(&Error{Op: op, Err: fmt.Errorf("expected a %v tensor, got %v %v", want, ct.kind, ct.shape)})
+	}
+	return ct
+}
+
+// tensor unwraps a finetune.Tensor of this backend (nil stays nil). It is
+// the universal accessor: a pending Zero is materialised here (a memset
+// queued before the op's own work), so an op that knows nothing of lazy
+// zeroing reads and accumulates into real zeros. Call it within enter.
+func tensor(t finetune.Tensor, want elemKind, op string) *Tensor {
+	ct := unwrap(t, want, op)
+	if ct != nil && ct.zero != nil {
+		ct.zero.fillZero(ct, op)
+	}
+	return ct
+}
+
+// Lazy zeroing. The model zeroes a gradient buffer and then accumulates
+// into it (finetune's Backward convention); Zero only marks the tensor,
+// and an op that writes EVERY element of an output it would accumulate
+// into can opt in: it unwraps the output with accTensor (or unwrap, then
+// takeZero), gets beta 0 when a Zero is pending, and then writes
+// out = result instead of out = out + result (a GEMM: beta 0 instead of 1,
+// which cuBLAS never reads C for). That saves the memset and the read of
+// the zeros. Rules for an op that opts in:
+//   - unwrap its INPUTS with tensor() first, and the output last: if the
+//     output aliases an input, the input's tensor() has materialised the
+//     zeros already and takeZero returns 1;
+//   - call takeZero after the op's argument checks, right before the work
+//     is queued, and honour beta for every element of the output; an op
+//     that writes only part of the output must use tensor() instead.
+
+// takeZero returns 0 and clears t's pending Zero if it has one (the op
+// must then overwrite every element of t), else 1 (accumulate).
+func (b *Backend) takeZero(t *Tensor) (beta float32) {
+	if t == nil || t.zero == nil {
+		return 1
+	}
+	t.zero = nil
+	return 0
+}
+
+// accTensor unwraps an accumulating output: the tensor and takeZero's beta.
+// See the rules above: unwrap the op's inputs first.
+func (b *Backend) accTensor(t finetune.Tensor, want elemKind, op string) (*Tensor, float32) {
+	ct := unwrap(t, want, op)
+	return ct, b.takeZero(ct)
+}
+
+// outTensor unwraps an output the op overwrites entirely (a forward op's
+// out): a pending Zero is dropped unmaterialised. Unwrap the inputs first.
+func outTensor(t finetune.Tensor, want elemKind, op string) *Tensor {
+	ct := unwrap(t, want, op)
+	if ct != nil {
+		ct.zero = nil
 	}
 	return ct
 }
@@ -567,6 +668,7 @@ func (b *Backend) alloc(kind elemKind, shape []int, op string) *Tensor {
 	p, err := b.rawAlloc(t.bytes(), fmt.Sprintf("a %v tensor %v", kind, shape))
 	check(op, err)
 	t.ptr = p
+	b.touch(t)
 	check(op, cu.MemsetD8Async(p, 0, t.bytes(), b.stream))
 	return t
 }
@@ -602,10 +704,12 @@ func (b *Backend) upload(op string, dst cu.DevicePtr, src unsafe.Pointer, n int6
 
 func (b *Backend) Upload(dst finetune.Tensor, src []float32) {
 	defer b.enter("Upload")()
-	d := tensor(dst, kindF32, "Upload")
+	d := unwrap(dst, kindF32, "Upload")
 	if len(src) != d.n {
 		panic(&Error{Op: "Upload", Err: fmt.Errorf("%d values into a tensor of %d", len(src), d.n)})
 	}
+	d.zero = nil // overwritten entirely
+	b.touch(d)
 	if d.n > 0 {
 		b.upload("Upload", d.ptr, unsafe.Pointer(&src[0]), d.bytes())
 	}
@@ -613,14 +717,23 @@ func (b *Backend) Upload(dst finetune.Tensor, src []float32) {
 
 func (b *Backend) UploadInt32(dst finetune.Tensor, src []int32) {
 	defer b.enter("UploadInt32")()
-	d := tensor(dst, kindI32, "UploadInt32")
+	d := unwrap(dst, kindI32, "UploadInt32")
 	if len(src) != d.n {
 		panic(&Error{Op: "UploadInt32", Err: fmt.Errorf("%d values into a tensor of %d", len(src), d.n)})
 	}
+	d.zero = nil // overwritten entirely
+	b.touch(d)
 	if d.n > 0 {
 		b.upload("UploadInt32", d.ptr, unsafe.Pointer(&src[0]), d.bytes())
 	}
+	if d.n <= maxHostCopy {
+		d.host = append(d.host[:0:0], src...)
+	}
 }
+
+// maxHostCopy bounds the int32 tensors whose uploaded values are kept on
+// the host (Tensor.host): a batch's targets, positions and ids.
+const maxHostCopy = 1 << 16
 
 // download copies n bytes from p into dst and waits for them.
 func (b *Backend) download(op string, dst unsafe.Pointer, p cu.DevicePtr, n int64) {
@@ -638,6 +751,9 @@ func (b *Backend) Download(src finetune.Tensor) []float32 {
 	s, ok := src.(*Tensor)
 	if !ok {
 		panic(&Error{Op: "Download", Err: fmt.Errorf("expected a cuda tensor, got %T", src)})
+	}
+	if s.zero != nil {
+		b.fillZero(s, "Download")
 	}
 	out := make([]float32, s.n)
 	if s.n == 0 {
@@ -677,23 +793,30 @@ func (b *Backend) DownloadBytes(src finetune.Tensor) []byte {
 // UploadBytes fills a uint8 tensor.
 func (b *Backend) UploadBytes(dst finetune.Tensor, src []byte) {
 	defer b.enter("UploadBytes")()
-	d := tensor(dst, kindU8, "UploadBytes")
+	d := unwrap(dst, kindU8, "UploadBytes")
 	if len(src) != d.n {
 		panic(&Error{Op: "UploadBytes", Err: fmt.Errorf("%d bytes into a tensor of %d", len(src), d.n)})
 	}
+	d.zero = nil // overwritten entirely
+	b.touch(d)
 	if d.n > 0 {
 		b.upload("UploadBytes", d.ptr, unsafe.Pointer(&src[0]), d.bytes())
 	}
 }
 
+// Zero marks t as zero: no GPU work yet. The zeros are materialised (one
+// memset) by the first op that reads t through tensor(), or never, when
+// the first op to touch t opts in with takeZero and overwrites it (see
+// lazy zeroing above).
 func (b *Backend) Zero(t finetune.Tensor) {
 	defer b.enter("Zero")()
 	ct, ok := t.(*Tensor)
 	if !ok {
 		panic(&Error{Op: "Zero", Err: fmt.Errorf("expected a cuda tensor, got %T", t)})
 	}
-	if ct.n > 0 {
-		b.span("memset", func() { check("Zero", cu.MemsetD8Async(ct.ptr, 0, ct.bytes(), b.stream)) })
+	b.touch(ct)
+	if ct.n > 0 && ct.ptr != 0 {
+		ct.zero = b
 	}
 }
 
@@ -707,7 +830,16 @@ func (b *Backend) Copy(dst, src finetune.Tensor) {
 	if d.n != s.n || d.kind != s.kind {
 		panic(&Error{Op: "Copy", Err: fmt.Errorf("copy of %d %v into %d %v", s.n, s.kind, d.n, d.kind)})
 	}
-	if d.n > 0 {
+	b.touch(d)
+	if s.zero != nil {
+		// A copy of zeros is a pending Zero too (d == s stays pending).
+		if d.n > 0 {
+			d.zero = b
+		}
+		return
+	}
+	d.zero = nil // overwritten entirely
+	if d.n > 0 && d != s {
 		b.span("memcpy", func() { check("Copy", cu.MemcpyDtoDAsync(d.ptr, s.ptr, d.bytes(), b.stream)) })
 	}
 }
@@ -720,7 +852,8 @@ func (b *Backend) Free(t finetune.Tensor) {
 	}
 	defer b.enter("Free")()
 	b.rawFree(ct.ptr, ct.bytes())
-	ct.ptr, ct.n = 0, 0
+	ct.ptr, ct.n, ct.zero = 0, 0, nil
+	b.touch(ct)
 }
 
 // ---------------------------------------------------------------------------
@@ -748,7 +881,7 @@ const (
 	sNF4Offset                    // NF4Weight's double-quantization offset
 	sBins                         // the exact sum's bins (NF4 double quantization)
 	sLoRAPart                     // fused LoRA backward: per-chunk column sums
-	sRope                         // RoPE: cos and sin per token and frequency
+	sRope                         // unused (RoPE's table is Backend.rope, elementwise.go)
 	sLoRAX                        // LoRA under BF16: bfloat16 dropout(x)
 	sLoRAHalf                     // LoRA under BF16: bfloat16 A, B, h, dout . B
 	numScratch
@@ -781,6 +914,7 @@ func (b *Backend) scratchBuf(role scratchRole, n int64, op string) cu.DevicePtr 
 func (b *Backend) FreeScratch() {
 	defer b.enter("FreeScratch")()
 	b.freeDequantCache()
+	b.freeRopeCache()
 	for k := range b.scratch {
 		if b.scratch[k].ptr != 0 {
 			b.rawFree(b.scratch[k].ptr, b.scratch[k].n)

@@ -159,7 +159,44 @@ func TestDeviceMemoryOps(t *testing.T) {
 	if s := a.Shape(); len(s) != 2 || s[0] != 7 || s[1] != 143 || a.Numel() != 1001 {
 		t.Errorf("shape %v numel %d", s, a.Numel())
 	}
-	for _, tt := range []finetune.Tensor{a, c, ids, by} {
+	// Lazy zeroing: a Zero is pending until something reads the tensor;
+	// every reader sees zeros, whatever the memory held.
+	zeros := make([]float32, 1001)
+	gpu.Upload(c, x)
+	gpu.Zero(c)
+	d := gpu.Alloc(1001)
+	gpu.Upload(d, x)
+	gpu.Copy(d, c) // a copy of a pending Zero
+	checkBits(t, "copy of zero", gpu.Download(d), zeros)
+	checkBits(t, "zero after copy", gpu.Download(c), zeros)
+	gpu.Upload(c, x)
+	gpu.Zero(c)
+	gpu.Scale(c, 2) // an op that reads through tensor()
+	checkBits(t, "scale of zero", gpu.Download(c), zeros)
+	gpu.Upload(c, x)
+	gpu.Zero(c)
+	gpu.Add(d, c, c)
+	checkBits(t, "add of zeros", gpu.Download(d), zeros)
+	gpu.Upload(c, x)
+	gpu.Zero(c)
+	gpu.Upload(c, x) // an upload replaces the pending Zero
+	checkBits(t, "upload after zero", gpu.Download(c), x)
+	gpu.Zero(c)
+	if c.(*Tensor).Ptr() == 0 || c.(*Tensor).zero != nil {
+		t.Error("Ptr left the Zero pending")
+	}
+	checkBits(t, "zero via Ptr", gpu.Download(c), zeros)
+	gpu.Zero(c)
+	gpu.Copy(d, a) // a copy over a tensor replaces whatever it held
+	checkBits(t, "copy over", gpu.Download(d), x)
+	gpu.Zero(ids)
+	checkBits(t, "int32 zero", gpu.Download(ids), make([]float32, 5))
+	if ids.(*Tensor).host != nil {
+		t.Error("Zero kept the int32 host copy")
+	}
+	gpu.Zero(c)
+	gpu.Free(c) // a pending Zero is dropped
+	for _, tt := range []finetune.Tensor{a, d, ids, by} {
 		gpu.Free(tt)
 	}
 	if err := gpu.Sync(); err != nil {
@@ -354,20 +391,65 @@ func TestEmbedding(t *testing.T) {
 }
 
 func TestRMSNorm(t *testing.T) {
-	T, C := 13, 301
-	x := both(gpu, cpu, randn(T*C, 5, 2), T, C)
-	w := both(gpu, cpu, randn(C, 6, 1), C)
-	out := both(gpu, cpu, nanSlice(T*C), T, C)
-	rstd := both(gpu, cpu, nanSlice(T), T)
-	gpu.RMSNormForward(out.g, rstd.g, x.g, w.g, 1e-5)
-	cpu.RMSNormForward(out.c, rstd.c, x.c, w.c, 1e-5)
-	compare(t, gpu, cpu, "rmsnorm out", out, tolF32)
-	compare(t, gpu, cpu, "rmsnorm rstd", rstd, tolF32)
-	dout := both(gpu, cpu, randn(T*C, 7, 1), T, C)
-	dx := both(gpu, cpu, randn(T*C, 8, 1), T, C) // accumulates
-	gpu.RMSNormBackward(dx.g, dout.g, x.g, w.g, rstd.g)
-	cpu.RMSNormBackward(dx.c, dout.c, x.c, w.c, rstd.c)
-	compare(t, gpu, cpu, "rmsnorm dx", dx, tolF32)
+	// 301: the scalar loops; 384 and 4104: 16-byte vectors, 4104 past the
+	// 4 vectors a thread kept in registers.
+	for _, k := range []struct {
+		C   int
+		fwd string
+	}{{301, ""}, {384, ""}, {4104, ""}, {384, "_nc"}, {4104, "_nc"}} {
+		C, T := k.C, 13
+		gpu.rmsFwd = k.fwd
+		x := both(gpu, cpu, randn(T*C, 5, 2), T, C)
+		w := both(gpu, cpu, randn(C, 6, 1), C)
+		out := both(gpu, cpu, nanSlice(T*C), T, C)
+		rstd := both(gpu, cpu, nanSlice(T), T)
+		gpu.RMSNormForward(out.g, rstd.g, x.g, w.g, 1e-5)
+		cpu.RMSNormForward(out.c, rstd.c, x.c, w.c, 1e-5)
+		compare(t, gpu, cpu, fmt.Sprintf("rmsnorm out%s C%d", k.fwd, C), out, tolF32)
+		compare(t, gpu, cpu, fmt.Sprintf("rmsnorm rstd%s C%d", k.fwd, C), rstd, tolF32)
+		dout := both(gpu, cpu, randn(T*C, 7, 1), T, C)
+		var dx, dz pair
+		for _, kernel := range []string{"rmsnorm_bwd", "rmsnorm_bwd_nc"} {
+			gpu.rmsBwd = kernel
+			dx = both(gpu, cpu, randn(T*C, 8, 1), T, C) // accumulates
+			gpu.RMSNormBackward(dx.g, dout.g, x.g, w.g, rstd.g)
+			cpu.RMSNormBackward(dx.c, dout.c, x.c, w.c, rstd.c)
+			compare(t, gpu, cpu, fmt.Sprintf("%s dx C%d", kernel, C), dx, tolF32)
+			// Into a pending Zero over NaN: the kernel must write, not add.
+			dz = both(gpu, cpu, nanSlice(T*C), T, C)
+			gpu.Zero(dz.g)
+			cpu.Zero(dz.c)
+			gpu.RMSNormBackward(dz.g, dout.g, x.g, w.g, rstd.g)
+			cpu.RMSNormBackward(dz.c, dout.c, x.c, w.c, rstd.c)
+			compare(t, gpu, cpu, fmt.Sprintf("%s dx into zero C%d", kernel, C), dz, tolF32)
+			if kernel == "rmsnorm_bwd" {
+				gpu.Free(dx.g)
+				gpu.Free(dz.g)
+			}
+		}
+		gpu.rmsBwd = rmsBwdKernel()
+
+		// The fused residual add: Add then RMSNormForward, bit for bit.
+		y := both(gpu, cpu, randn(T*C, 9, 1), T, C)
+		sum := both(gpu, cpu, nanSlice(T*C), T, C)
+		out2 := both(gpu, cpu, nanSlice(T*C), T, C)
+		rstd2 := both(gpu, cpu, nanSlice(T), T)
+		gpu.AddRMSNormForward(sum.g, out2.g, rstd2.g, x.g, y.g, w.g, 1e-5)
+		cpu.Add(sum.c, x.c, y.c)
+		cpu.RMSNormForward(out2.c, rstd2.c, sum.c, w.c, 1e-5)
+		compare(t, gpu, cpu, fmt.Sprintf("add+rmsnorm sum%s C%d", k.fwd, C), sum, tolF32)
+		compare(t, gpu, cpu, fmt.Sprintf("add+rmsnorm out%s C%d", k.fwd, C), out2, tolF32)
+		compare(t, gpu, cpu, fmt.Sprintf("add+rmsnorm rstd%s C%d", k.fwd, C), rstd2, tolF32)
+		gpu.Add(out.g, x.g, y.g)
+		checkBits(t, "add+rmsnorm sum = Add", gpu.Download(sum.g), gpu.Download(out.g))
+		gpu.RMSNormForward(out.g, rstd.g, sum.g, w.g, 1e-5)
+		checkBits(t, "add+rmsnorm out = RMSNormForward", gpu.Download(out2.g), gpu.Download(out.g))
+		checkBits(t, "add+rmsnorm rstd = RMSNormForward", gpu.Download(rstd2.g), gpu.Download(rstd.g))
+		for _, p := range []pair{x, w, out, rstd, dout, dx, dz, y, sum, out2, rstd2} {
+			gpu.Free(p.g)
+		}
+	}
+	gpu.rmsFwd = rmsFwdSuffix()
 }
 
 func TestRoPE(t *testing.T) {
@@ -385,6 +467,28 @@ func TestRoPE(t *testing.T) {
 		compare(t, gpu, cpu, fmt.Sprintf("rope bwd rot %d", rot), q, tolF32)
 		// Forward then backward is a rotation and its transpose: x again.
 		checkRel(t, "rope round trip", gpu.Download(q.g), x, 1e-5)
+	}
+	// The table is cached per positions tensor: a re-upload of other
+	// positions into the same tensor, or the same values in another one,
+	// must be seen. rot 18: the scalar rope_apply (half 9).
+	x := randn(T*(H+2*K)*D, 10, 1)
+	p := bothInt(gpu, cpu, pos)
+	for k, rot := range []int{24, 24, 18, 24} {
+		if k == 1 {
+			shifted := make([]int32, len(pos))
+			for i, v := range pos {
+				shifted[i] = v + 3
+			}
+			gpu.UploadInt32(p.g, shifted)
+			cpu.UploadInt32(p.c, shifted)
+		}
+		if k == 3 {
+			p = bothInt(gpu, cpu, pos)
+		}
+		q := both(gpu, cpu, x, T, (H+2*K)*D)
+		gpu.RoPEForward(q.g, p.g, H, K, D, rot, 10000)
+		cpu.RoPEForward(q.c, p.c, H, K, D, rot, 10000)
+		compare(t, gpu, cpu, fmt.Sprintf("rope cache %d rot %d", k, rot), q, tolF32)
 	}
 }
 
@@ -454,6 +558,25 @@ func TestSwiGLUAddScale(t *testing.T) {
 	gpu.SwiGLUBackward(dgu.g, dout.g, gu.g)
 	cpu.SwiGLUBackward(dgu.c, dout.c, gu.c)
 	compare(t, gpu, cpu, "swiglu bwd", dgu, tolF32)
+	// 108: the 16-byte kernels; a pending Zero over NaN: written, not added.
+	for _, I := range []int{107, 108} {
+		gu := both(gpu, cpu, randn(T*2*I, 24, 6), T, 2*I)
+		out := both(gpu, cpu, nanSlice(T*I), T, I)
+		gpu.SwiGLUForward(out.g, gu.g)
+		cpu.SwiGLUForward(out.c, gu.c)
+		compare(t, gpu, cpu, fmt.Sprintf("swiglu fwd I%d", I), out, tolF32)
+		dout := both(gpu, cpu, randn(T*I, 25, 1), T, I)
+		dgu := both(gpu, cpu, randn(T*2*I, 26, 1), T, 2*I)
+		gpu.SwiGLUBackward(dgu.g, dout.g, gu.g)
+		cpu.SwiGLUBackward(dgu.c, dout.c, gu.c)
+		compare(t, gpu, cpu, fmt.Sprintf("swiglu bwd I%d", I), dgu, tolF32)
+		dz := both(gpu, cpu, nanSlice(T*2*I), T, 2*I)
+		gpu.Zero(dz.g)
+		cpu.Zero(dz.c)
+		gpu.SwiGLUBackward(dz.g, dout.g, gu.g)
+		cpu.SwiGLUBackward(dz.c, dout.c, gu.c)
+		compare(t, gpu, cpu, fmt.Sprintf("swiglu bwd into zero I%d", I), dz, tolF32)
+	}
 
 	a := both(gpu, cpu, randn(1234, 17, 1), 1234)
 	b := both(gpu, cpu, randn(1234, 18, 1), 1234)
@@ -464,6 +587,12 @@ func TestSwiGLUAddScale(t *testing.T) {
 	gpu.Add(a.g, a.g, b.g) // aliasing
 	cpu.Add(a.c, a.c, b.c)
 	checkBits(t, "add aliased", gpu.Download(a.g), cpu.Download(a.c))
+	a4 := both(gpu, cpu, randn(1232, 27, 1), 1232) // add_f32_v4
+	b4 := both(gpu, cpu, randn(1232, 28, 1), 1232)
+	s4 := both(gpu, cpu, nanSlice(1232), 1232)
+	gpu.Add(s4.g, a4.g, b4.g)
+	cpu.Add(s4.c, a4.c, b4.c)
+	checkBits(t, "add v4", gpu.Download(s4.g), cpu.Download(s4.c))
 	gpu.Scale(a.g, 0.37)
 	cpu.Scale(a.c, 0.37)
 	checkBits(t, "scale", gpu.Download(a.g), cpu.Download(a.c))
@@ -564,7 +693,14 @@ func testLinear(t *testing.T, T, in, out, r int) {
 }
 
 func TestLogitsAndCrossEntropy(t *testing.T) {
-	T, C, V := 23, 40, 1031
+	// V 1031: ce_rows' scalar loops; 1032: its 16-byte loads.
+	for _, V := range []int{1031, 1032} {
+		testLogitsAndCrossEntropy(t, V)
+	}
+}
+
+func testLogitsAndCrossEntropy(t *testing.T, V int) {
+	T, C := 23, 40
 	head := randn(V*C, 40, 0.3)
 	x := randn(T*C, 41, 1)
 	targets := make([]int32, T)
@@ -576,13 +712,14 @@ func TestLogitsAndCrossEntropy(t *testing.T) {
 	}
 	for _, dc := range dtypeCases() {
 		g, cb, tol := dc.g, dc.c, dc.tol
+		name := fmt.Sprintf("%s V%d", dc.name, V)
 		bf := dc.g != gpu // a 16-bit compute type
 		gw, cw := weights(t, g, cb, head, V, C, false)
 		xs := both(g, cb, x, T, C)
 		lg := both(g, cb, nanSlice(T*V), T, V)
 		g.Logits(lg.g, xs.g, gw)
 		cb.Logits(lg.c, xs.c, cw)
-		compare(t, g, cb, "logits "+dc.name, lg, tol)
+		compare(t, g, cb, "logits "+name, lg, tol)
 
 		// Make some targets the argmax so "correct" counts something.
 		cl := cb.Download(lg.c)
@@ -601,16 +738,26 @@ func TestLogitsAndCrossEntropy(t *testing.T) {
 		gl, gc := g.CrossEntropy(dx.g, xs.g, gw, tgt.g, 0.125)
 		cl2, cc := cb.CrossEntropy(dx.c, xs.c, cw, tgt.c, 0.125)
 		if e := math.Abs(gl-cl2) / math.Abs(cl2); !(e <= tol) {
-			t.Errorf("%s: loss sum %v, cpu %v (rel %.2g)", dc.name, gl, cl2, e)
+			t.Errorf("%s: loss sum %v, cpu %v (rel %.2g)", name, gl, cl2, e)
 		}
 		if !bf && gc != cc {
 			t.Errorf("correct %d, cpu %d", gc, cc)
 		}
-		compare(t, g, cb, "cross-entropy dx "+dc.name, dx, tol)
+		compare(t, g, cb, "cross-entropy dx "+name, dx, tol)
 		nl, nc := g.CrossEntropy(nil, xs.g, gw, tgt.g, 0)
 		if nl != gl || nc != gc {
 			t.Errorf("without dx: loss %v correct %d, with dx %v %d", nl, nc, gl, gc)
 		}
+		// Targets written on the device (no host copy): read back.
+		tg2 := g.AllocInt32(T)
+		g.Copy(tg2, tgt.g)
+		if tg2.(*Tensor).host != nil {
+			t.Error("Copy kept a host copy of the targets")
+		}
+		if nl, nc := g.CrossEntropy(nil, xs.g, gw, tg2, 0); nl != gl || nc != gc {
+			t.Errorf("device targets: loss %v correct %d, uploaded %v %d", nl, nc, gl, gc)
+		}
+		g.Free(tg2)
 		all := bothInt(g, cb, []int32{-100, -100})
 		two := both(g, cb, randn(2*C, 43, 1), 2, C)
 		if l, n := g.CrossEntropy(nil, two.g, gw, all.g, 1); l != 0 || n != 0 {

@@ -244,3 +244,12 @@ type LoRAHForwarder interface {
 type MultiAdamW8bit interface {
 	AdamW8bitMulti(ps, gs []Tensor, sts []*Adam8State, hp AdamParams)
 }
+
+// AddRMSNormer fuses the residual add and the RMSNorm after it:
+// AddRMSNormForward(sum, out, rstd, a, b, w, eps) is Add(sum, a, b) then
+// RMSNormForward(out, rstd, sum, w, eps), with the same results (out must
+// not alias a, b or sum). The model uses it when the backend has it; the
+// CPU backend has not, so its two ops stay the reference.
+type AddRMSNormer interface {
+	AddRMSNormForward(sum, out, rstd, a, b, w Tensor, eps float32)
+}

@@ -271,9 +271,9 @@ type buffers struct {
 	tmp       Tensor      // [T,C] o_proj / down_proj outputs
 	lnf, rstd Tensor      // [T,C], [T]: final norm
 	// gradients (train only)
-	dlnf, dres, dres1, dln, datt Tensor // [T,C]
-	dqkv                         Tensor // [T,(H+2K)*D]
-	dgu, dact                    Tensor // [T,2I], [T,I]
+	dlnf, dres, dln, datt Tensor // [T,C]
+	dqkv                  Tensor // [T,(H+2K)*D]
+	dgu, dact             Tensor // [T,2I], [T,I]
 }
 
 func (m *Model) freeBuffers(slot int) {
@@ -289,7 +289,7 @@ func (m *Model) freeBuffers(slot int) {
 			}
 		}
 	}
-	free(bf.ids, bf.pos, bf.targets, bf.tmp, bf.lnf, bf.rstd, bf.dlnf, bf.dres, bf.dres1, bf.dln, bf.datt, bf.dqkv, bf.dgu, bf.dact)
+	free(bf.ids, bf.pos, bf.targets, bf.tmp, bf.lnf, bf.rstd, bf.dlnf, bf.dres, bf.dln, bf.datt, bf.dqkv, bf.dgu, bf.dact)
 	free(bf.inputs...)
 	for _, a := range bf.acts {
 		free(a.ln1, a.rstd1, a.qkv, a.att, a.lse, a.res1, a.ln2, a.rstd2, a.gateUp, a.act)
@@ -366,7 +366,7 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 	bf.tmp = alloc(T, C)
 	bf.lnf, bf.rstd = alloc(T, C), alloc(T)
 	if train {
-		bf.dlnf, bf.dres, bf.dres1, bf.dln, bf.datt = alloc(T, C), alloc(T, C), alloc(T, C), alloc(T, C), alloc(T, H*c.HeadDim())
+		bf.dlnf, bf.dres, bf.dln, bf.datt = alloc(T, C), alloc(T, C), alloc(T, C), alloc(T, H*c.HeadDim())
 		bf.dqkv = alloc(T, c.QKVOut())
 		bf.dgu, bf.dact = alloc(T, 2*I), alloc(T, I)
 	}
@@ -471,8 +471,12 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 	b.RoPEForward(a.qkv, bf.pos, H, K, D, c.RotaryDim(), c.RopeTheta)
 	b.AttentionForward(a.att, a.lse, a.qkv, bf.pos, bf.B, bf.S, H, K, D, c.SlidingWindow)
 	b.LinearForward(bf.tmp, a.att, lin[modO], a.h[modO], moduleSeed(stepSeed, li, modO))
-	b.Add(a.res1, x, bf.tmp)
-	b.RMSNormForward(a.ln2, a.rstd2, a.res1, l.PostAttnNorm, c.RMSNormEps)
+	if f, ok := b.(AddRMSNormer); ok {
+		f.AddRMSNormForward(a.res1, a.ln2, a.rstd2, x, bf.tmp, l.PostAttnNorm, c.RMSNormEps)
+	} else {
+		b.Add(a.res1, x, bf.tmp)
+		b.RMSNormForward(a.ln2, a.rstd2, a.res1, l.PostAttnNorm, c.RMSNormEps)
+	}
 	b.LinearForward(a.gateUp, a.ln2, lin[modGateUp], a.h[modGateUp], moduleSeed(stepSeed, li, modGateUp))
 	b.SwiGLUForward(a.act, a.gateUp)
 	if out == nil {
@@ -586,18 +590,19 @@ func (m *Model) Backward() error {
 		}
 		lin := l.linears()
 		s := func(mod int) uint64 { return moduleSeed(seed, li, mod) }
-		// out = res1 + down(act): the residual passes dres through.
-		b.Copy(bf.dres1, bf.dres)
+		// out = res1 + down(act): the residual passes dres through, so
+		// dres becomes d res1 in place once down_proj's backward has read
+		// it (and d x in place after o_proj's and qkv_proj's).
 		b.Zero(bf.dact)
 		b.LinearBackward(bf.dact, bf.dres, a.act, lin[modDown], a.h[modDown], s(modDown))
 		b.Zero(bf.dgu)
 		b.SwiGLUBackward(bf.dgu, bf.dact, a.gateUp)
 		b.Zero(bf.dln)
 		b.LinearBackward(bf.dln, bf.dgu, a.ln2, lin[modGateUp], a.h[modGateUp], s(modGateUp))
-		b.RMSNormBackward(bf.dres1, bf.dln, a.res1, l.PostAttnNorm, a.rstd2)
+		b.RMSNormBackward(bf.dres, bf.dln, a.res1, l.PostAttnNorm, a.rstd2)
 		// res1 = x + o_proj(att)
 		b.Zero(bf.datt)
-		b.LinearBackward(bf.datt, bf.dres1, a.att, lin[modO], a.h[modO], s(modO))
+		b.LinearBackward(bf.datt, bf.dres, a.att, lin[modO], a.h[modO], s(modO))
 		b.Zero(bf.dqkv)
 		b.AttentionBackward(bf.dqkv, bf.datt, a.att, a.lse, a.qkv, bf.pos, bf.B, bf.S, H, K, D, c.SlidingWindow)
 		b.RoPEBackward(bf.dqkv, bf.pos, H, K, D, c.RotaryDim(), c.RopeTheta)
@@ -608,7 +613,6 @@ func (m *Model) Backward() error {
 		}
 		b.Zero(bf.dln)
 		b.LinearBackward(bf.dln, bf.dqkv, a.ln1, lin[modQKV], a.h[modQKV], s(modQKV))
-		b.Copy(bf.dres, bf.dres1)
 		b.RMSNormBackward(bf.dres, bf.dln, x, l.InputNorm, a.rstd1)
 	}
 	return nil
