@@ -163,11 +163,15 @@ func (b *Backend) LinearBackward(dx, dout, x finetune.Tensor, l *finetune.Linear
 	w := cudaW(l.W, op)
 	do := tensor(dout, kindF32, op)
 	T := do.n / w.out
-	d := tensor(dx, kindF32, op)
 	if l.LoRA != nil && b.loraBF16(w) {
-		b.linearBackwardBF16(op, d, do.ptr, tensor(x, kindF32, op), T, w, l, tensor(h, kindF32, op), seed)
+		// dx is unwrapped last and left to linearBackwardBF16's takeZero:
+		// a pending Zero becomes the dx GEMM's beta 0 (lazy zeroing,
+		// device.go).
+		xs, hs := tensor(x, kindF32, op), tensor(h, kindF32, op)
+		b.linearBackwardBF16(op, unwrap(dx, kindF32, op), do.ptr, xs, T, w, l, hs, seed)
 		return
 	}
+	d := tensor(dx, kindF32, op)
 	if d != nil {
 		b.dW(op, d.ptr, do.ptr, T, w, 1)
 	}

@@ -144,7 +144,12 @@ func (b *Backend) linearForwardBF16(op string, out, x cu.DevicePtr, T int, w *we
 func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs *Tensor, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
 	lo, r := l.LoRA, loraRank(l)
 	A, B := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op)
-	gA, gB := tensor(lo.GradA, kindF32, op), tensor(lo.GradB, kindF32, op)
+	// The outputs last (lazy zeroing, device.go): a pending Zero of a
+	// gradient or of dx (unwrapped by the caller) becomes beta 0 in the
+	// GEMM that writes every element of it first.
+	gA, betaA := b.accTensor(lo.GradA, kindF32, op)
+	gB, betaB := b.accTensor(lo.GradB, kindF32, op)
+	betaD := b.takeZero(d)
 	_, b16, h16, g16 := b.loraHalfBufs(op, T, w.in, w.out, r)
 	nout := int64(T) * int64(w.out)
 	dh := b.scratchBuf(sAct, 2*nout, op)
@@ -154,11 +159,11 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs
 	if d != nil {
 		// The forward's stride, so that the dequantization cache hits.
 		wp, t, ld := b.matrixLD(w, op, max(b.foldLD(w, r), w.in))
-		b.gemm(op, gemmArgs{M: T, N: w.in, K: w.out, alpha: 1, beta: 1, A: uintptr(dh), lda: w.out, B: uintptr(wp), ldb: ld,
+		b.gemm(op, gemmArgs{M: T, N: w.in, K: w.out, alpha: 1, beta: betaD, A: uintptr(dh), lda: w.out, B: uintptr(wp), ldb: ld,
 			C: uintptr(d.ptr), ldc: w.in, abType: t})
 	}
 	// GradB [out,r] += scale * dout^T . h
-	b.gemm(op, gemmArgs{transA: true, M: w.out, N: r, K: T, alpha: lo.Scale, beta: 1, A: uintptr(dh), lda: w.out,
+	b.gemm(op, gemmArgs{transA: true, M: w.out, N: r, K: T, alpha: lo.Scale, beta: betaB, A: uintptr(dh), lda: w.out,
 		B: uintptr(h16), ldb: r, C: uintptr(gB.ptr), ldc: r, abType: dataR16BF})
 	// g [T,r] = dout . B
 	g := b.scratchBuf(sLoRAG, 4*int64(T)*int64(r), op)
@@ -168,7 +173,7 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs
 	n := int64(T) * int64(w.in)
 	xdh := b.scratchBuf(sLoRAX, 2*n, op)
 	b.loraPrep(op, 0, xdh, xs.ptr, n, w.in, w.in, lo.Dropout, seed, prepJob{dst: g16, src: g, rows: T, cols: r, ld: r, scale: 1})
-	b.gemm(op, gemmArgs{transA: true, M: r, N: w.in, K: T, alpha: lo.Scale, beta: 1, A: uintptr(g16), lda: r,
+	b.gemm(op, gemmArgs{transA: true, M: r, N: w.in, K: T, alpha: lo.Scale, beta: betaA, A: uintptr(g16), lda: r,
 		B: uintptr(xdh), ldb: w.in, C: uintptr(gA.ptr), ldc: w.in, abType: dataR16BF})
 	if d == nil {
 		return

@@ -52,3 +52,49 @@ func TestLoRAHForwardIsLinearForwardsH(t *testing.T) {
 	}
 	gpu.fastLoRA, gpuB16.fastLoRA, gpuF16.fastLoRA = true, true, true
 }
+
+// LinearBackward into a pending Zero (lazy zeroing: the GEMMs' beta 0)
+// must give the same backward as into uploaded zeros, for dx and both
+// LoRA gradients, on every compute type (to float32 rounding: cuBLAS may
+// pick another kernel for beta 0).
+func TestLinearBackwardIntoPendingZero(t *testing.T) {
+	const T, in, out, r = 33, 64, 72, 8
+	for _, half := range []halfKind{halfNone, halfBF16, halfF16} {
+		g := caseOf(half).g
+		w, err := g.NF4Weight(randn(out*in, 50, 0.2), out, in, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		A, B := g.Alloc(r, in), g.Alloc(out, r)
+		g.Upload(A, randn(r*in, 51, 0.3))
+		g.Upload(B, randn(out*r, 52, 0.3))
+		x, dout, h := g.Alloc(T, in), g.Alloc(T, out), g.Alloc(T, r)
+		g.Upload(x, randn(T*in, 53, 1))
+		g.Upload(dout, randn(T*out, 54, 1))
+		run := func(lazy bool) [][]float32 {
+			dx, gA, gB := g.Alloc(T, in), g.Alloc(r, in), g.Alloc(out, r)
+			for _, z := range []finetune.Tensor{dx, gA, gB} {
+				if lazy {
+					g.Zero(z)
+				} else {
+					g.Upload(z, make([]float32, z.Numel()))
+				}
+			}
+			l := &finetune.Linear{Name: "test", W: w, LoRA: &finetune.LoRA{A: A, B: B, GradA: gA, GradB: gB, Scale: 2, Dropout: 0.1}}
+			g.LinearForward(g.Alloc(T, out), x, l, h, 7)
+			g.LinearBackward(dx, dout, x, l, h, 7)
+			// A second backward accumulates onto the first.
+			g.LinearBackward(dx, dout, x, l, h, 7)
+			res := [][]float32{g.Download(dx), g.Download(gA), g.Download(gB)}
+			for _, z := range []finetune.Tensor{dx, gA, gB} {
+				g.Free(z)
+			}
+			return res
+		}
+		want, got := run(false), run(true)
+		for k, name := range []string{"dx", "gradA", "gradB"} {
+			checkRel(t, caseOf(half).name+" "+name, got[k], want[k], 1e-6)
+		}
+		g.FreeWeight(w)
+	}
+}
