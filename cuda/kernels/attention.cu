@@ -246,252 +246,294 @@ extern "C" __global__ void attn_bwd_dkdv(float* dqkv, const float* dout, const f
 }
 
 // ---------------------------------------------------------------------------
-// Short rows (S <= 64): one thread block per (head, row) instead of one per
-// query. The block keeps the row's keys (or values) in shared memory,
-// padded to D+1 floats a row so that 32 lanes reading 32 keys hit 32
-// banks, and the S x S probabilities (stride S+1). Warp w owns query rows
-// 8w..8w+7; in the score phases lane l owns keys l and l+32, in the
-// product phases lane l owns features l, l+32, l+64, l+96. Dot products
-// over the head dimension run in d order, like the CPU's; sums over keys or
-// queries run in index order in float32.
-#define AS_ROWS 8
-#define AS_MAXC 4  // features per lane: head dims up to 128
+// Short rows (S <= 64, D <= 128): one thread block of 256 threads per
+// (head, row) in the forward, per (KV head, row) in the backward, working on
+// 64 x 64 tiles held in shared memory, with every product register-tiled.
+//
+// Thread (ty, tx) = (threadIdx.x / 16, threadIdx.x % 16) owns rows
+// 4ty..4ty+3 of every 64-row result; warp w holds rows 8w..8w+7.
+//   Score-like products (S = Q K^T, dP = dO V^T), 64 x 64 over the head
+//   dimension: the thread owns columns 4tx..4tx+3, a 4x4 tile. Both operands
+//   are staged transposed, [d][row] with rows padded to AT_LD floats, in
+//   chunks of AT_DC dimensions, so that each step d reads a float4 of each
+//   operand (the q float4 is a broadcast, the k float4s of 16 lanes are 256
+//   consecutive bytes) for 16 fmaf.
+//   Value-like products (O = P V, dV = P^T dO, dK = dS^T Q, dQ = dS K),
+//   64 x D over the 64 rows of the other side: the thread owns columns
+//   tx + 16c; the 64 x 64 weights sit in shared memory laid out so that the
+//   thread's four rows are one float4, the other operand is staged in
+//   column chunks of AT_VC, and each step reads 1 float4 and 6 floats for 24
+//   fmaf. The weights are exactly 0 above the causal diagonal, so the loop
+//   over the other side stops (or starts) at the warp's own diagonal: no
+//   branch inside a warp, and about half the work of the full square.
+// The softmax of a row runs in float32 across the 16 lanes of a half-warp
+// (shuffles), with one expf per visible score and one logf per row.
+// Sums run in a different order than the CPU's (and fused), well within
+// float32's 1e-5 of the CPU reference. Rows and columns past S are zero.
+#define AT_THREADS 256
+#define AT_S 64   // rows of a tile: S <= 64
+#define AT_LD 68  // padded row of a transposed or weight tile (float4-aligned)
+#define AT_DC 32  // head dimensions a chunk in the score-like products
+#define AT_VC 96  // columns a chunk in the value-like products (Phi-3's D in one)
+#define AT_NC (AT_VC / 16)
+// One block's shared memory: the weights [64][AT_LD] and a value chunk
+// [64][AT_VC] (42 KiB, under the 48 KiB a block gets without opting in); the
+// score phase's four transposed chunks [AT_DC][AT_LD] fit inside.
+#define AT_SMEM (AT_S * AT_LD + AT_S * AT_VC)
 
-// as_lo is the first key query i of a row may see.
-__device__ __forceinline__ int as_lo(int i, const int* pos_row, i64 window) {
+// at_lo is the first key query i of a row may see.
+__device__ __forceinline__ int at_lo(int i, const int* pos_row, i64 window) {
     int lo = max(0, i - pos_row[i]);
     if (window > 0) lo = max(lo, (int)(i - window + 1));
     return lo;
 }
 
-// as_load_rows copies S rows of D floats (row j at src + j*stride) into
-// dst [S][D+1].
-__device__ __forceinline__ void as_load_rows(float* dst, const float* src, i64 stride, int S, int D) {
-    for (int x = threadIdx.x; x < S * D; x += blockDim.x) {
-        int j = x / D, d = x - j * D;
-        dst[j * (D + 1) + d] = src[j * stride + d];
+// at_stage_t: dst[dd][i] = src[i*stride + d0+dd] for dd < AT_DC, i < 64, and
+// 0 where i >= S or d0+dd >= D. A warp reads 32 consecutive floats of a row.
+__device__ __forceinline__ void at_stage_t(float* dst, const float* src, i64 stride, int S, int D, int d0) {
+    for (int x = threadIdx.x; x < AT_S * AT_DC; x += AT_THREADS) {
+        int i = x / AT_DC, dd = x % AT_DC, d = d0 + dd;
+        dst[dd * AT_LD + i] = (i < S && d < D) ? src[(i64)i * stride + d] : 0.0f;
     }
 }
 
-// as_scores: acc[r][c] = q_{i0+r} . key_{lane+32c} over d (float32, d
-// order), keys from shared memory ks [S][D+1]; rows past S read row S-1.
-__device__ __forceinline__ void as_scores(float acc[AS_ROWS][2], const float* qbase, i64 qstride, const float* ks, int i0,
-                                          int S, int D, int lane, bool two) {
-    const float* q[AS_ROWS];
-#pragma unroll
-    for (int r = 0; r < AS_ROWS; r++) {
-        q[r] = qbase + (i64)min(i0 + r, S - 1) * qstride;
-        acc[r][0] = 0.0f;
-        acc[r][1] = 0.0f;
-    }
-    const int j0 = min(lane, S - 1), j1 = min(lane + 32, S - 1);
-    for (int d = 0; d < D; d++) {
-        float k0 = ks[j0 * (D + 1) + d];
-        float k1 = two ? ks[j1 * (D + 1) + d] : 0.0f;
-#pragma unroll
-        for (int r = 0; r < AS_ROWS; r++) {
-            float qv = q[r][d];
-            acc[r][0] = __fadd_rn(acc[r][0], __fmul_rn(qv, k0));
-            acc[r][1] = __fadd_rn(acc[r][1], __fmul_rn(qv, k1));
-        }
+// at_stage_rows: dst[m][cc] = src[m*stride + d0+cc] for m < 64, cc < AT_VC,
+// and 0 where m >= S or cc >= cw.
+__device__ __forceinline__ void at_stage_rows(float* dst, const float* src, i64 stride, int S, int d0, int cw) {
+    for (int x = threadIdx.x; x < AT_S * AT_VC; x += AT_THREADS) {
+        int m = x / AT_VC, cc = x % AT_VC;
+        dst[x] = (m < S && cc < cw) ? src[(i64)m * stride + d0 + cc] : 0.0f;
     }
 }
 
-// as_weighted: a[r][c] = sum over m of w(r, m) * src[m*stride + lane+32c]
-// for this warp's rows r (i0+r), m from m0 to m1 in order (float32), with
-// w(r, m) = P[i0+r][m], or P[m][i0+r] when transposed; rows past S weigh 0.
-// P is [S][S+1] in shared memory.
-template <bool transposed>
-__device__ __forceinline__ void as_weighted(float a[AS_ROWS][AS_MAXC], const float* P, int S, int i0, int m0, int m1,
-                                            const float* src, i64 stride, int D, int lane) {
+// at_dot: acc[r][c] += sum over dd < AT_DC of aT[dd][4ty+r] * bT[dd][4tx+c].
+__device__ __forceinline__ void at_dot(float acc[4][4], const float* aT, const float* bT, int ty, int tx) {
+#pragma unroll 8
+    for (int dd = 0; dd < AT_DC; dd++) {
+        float4 a4 = *(const float4*)&aT[dd * AT_LD + 4 * ty];
+        float4 b4 = *(const float4*)&bT[dd * AT_LD + 4 * tx];
+        float a[4] = {a4.x, a4.y, a4.z, a4.w}, b[4] = {b4.x, b4.y, b4.z, b4.w};
 #pragma unroll
-    for (int r = 0; r < AS_ROWS; r++)
+        for (int r = 0; r < 4; r++)
 #pragma unroll
-        for (int c = 0; c < AS_MAXC; c++) a[r][c] = 0.0f;
-    for (int m = m0; m <= m1; m++) {
-        float v[AS_MAXC];
-#pragma unroll
-        for (int c = 0; c < AS_MAXC; c++) {
-            int d = lane + 32 * c;
-            v[c] = d < D ? src[(i64)m * stride + d] : 0.0f;
-        }
-#pragma unroll
-        for (int r = 0; r < AS_ROWS; r++) {
-            float w = (i0 + r < S) ? (transposed ? P[m * (S + 1) + i0 + r] : P[(i0 + r) * (S + 1) + m]) : 0.0f;
-#pragma unroll
-            for (int c = 0; c < AS_MAXC; c++) a[r][c] = __fadd_rn(a[r][c], __fmul_rn(w, v[c]));
-        }
+            for (int c = 0; c < 4; c++) acc[r][c] = fmaf(a[r], b[c], acc[r][c]);
     }
 }
 
-// as_add_rows: dst[(i0+r)*stride + lane+32c] += a[r][c] for the rows below S.
-__device__ __forceinline__ void as_add_rows(float* dst, i64 stride, const float a[AS_ROWS][AS_MAXC], int i0, int S, int D,
-                                            int lane) {
+// at_wsum: for the block's rows n = 4ty+r < S and columns d < D,
+//   dst[n*dstride + d] (+)= sum over m0 <= m <= m1 of W[m][n] * src[m*sstride + d]
+// with W [64][AT_LD] in shared memory (complete before the call) and src
+// staged through Y [64][AT_VC] a column chunk at a time. m0 and m1 must be
+// the same across each warp. Called by the whole block.
+template <bool add>
+__device__ __forceinline__ void at_wsum(float* dst, i64 dstride, const float* W, float* Y, const float* src, i64 sstride,
+                                        int S, int D, int m0, int m1, int ty, int tx) {
+    for (int d0 = 0; d0 < D; d0 += AT_VC) {
+        const int cw = min(AT_VC, D - d0);
+        __syncthreads();  // W is written, and the last chunk's readers of Y are done
+        at_stage_rows(Y, src, sstride, S, d0, cw);
+        __syncthreads();
+        float a[4][AT_NC];
 #pragma unroll
-    for (int r = 0; r < AS_ROWS; r++) {
-        int i = i0 + r;
-        if (i >= S) break;
+        for (int r = 0; r < 4; r++)
 #pragma unroll
-        for (int c = 0; c < AS_MAXC; c++) {
-            int d = lane + 32 * c;
-            if (d < D) {
-                float* gp = dst + (i64)i * stride + d;
-                *gp = __fadd_rn(*gp, a[r][c]);
+            for (int c = 0; c < AT_NC; c++) a[r][c] = 0.0f;
+        for (int m = m0; m <= m1; m++) {
+            float4 w4 = *(const float4*)&W[m * AT_LD + 4 * ty];
+            float w[4] = {w4.x, w4.y, w4.z, w4.w};
+#pragma unroll
+            for (int c = 0; c < AT_NC; c++) {
+                float y = Y[m * AT_VC + tx + 16 * c];
+#pragma unroll
+                for (int r = 0; r < 4; r++) a[r][c] = fmaf(w[r], y, a[r][c]);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            int n = 4 * ty + r;
+            if (n >= S) break;
+#pragma unroll
+            for (int c = 0; c < AT_NC; c++) {
+                int cc = tx + 16 * c;
+                if (cc < cw) {
+                    float* g = dst + (i64)n * dstride + d0 + cc;
+                    *g = add ? __fadd_rn(*g, a[r][c]) : a[r][c];
+                }
             }
         }
     }
 }
 
-// attn_fwd_s64: grid (H, B), 256 threads, dynamic shared memory
-// 4*(S*(D+1) + S*(S+1)) bytes. Same outputs as attn_fwd.
-extern "C" __global__ void attn_fwd_s64(float* out, float* lse, const float* qkv, const int* pos, i64 B, i64 S_, i64 H, i64 K,
-                                        i64 D_, i64 window, double scale_d) {
-    extern __shared__ float sm[];
+// at_store4 writes v into W at [row][col..col+3] (col a multiple of 4).
+__device__ __forceinline__ void at_store4(float* W, int row, int col, float a, float b, float c, float d) {
+    *(float4*)&W[row * AT_LD + col] = make_float4(a, b, c, d);
+}
+
+// attn_fwd_t64: grid (H, B), AT_THREADS threads. Same outputs as attn_fwd.
+extern "C" __global__ void __launch_bounds__(AT_THREADS) attn_fwd_t64(float* out, float* lse, const float* qkv,
+                                                                      const int* pos, i64 B, i64 S_, i64 H, i64 K,
+                                                                      i64 D_, i64 window, double scale_d) {
+    __shared__ __align__(16) float sm[AT_SMEM];
+    float* qT = sm;                   // score phase: Q^T chunk [AT_DC][AT_LD]
+    float* kT = sm + AT_DC * AT_LD;   //              K^T chunk
+    float* pT = sm;                   // then P^T [64][AT_LD]
+    float* vs = sm + AT_S * AT_LD;    // and a value chunk [64][AT_VC]
     const int S = (int)S_, D = (int)D_;
-    float* ks = sm;               // [S][D+1]
-    float* P = sm + S * (D + 1);  // [S][S+1]
     const float scale = (float)scale_d;
     const i64 h = blockIdx.x, b = blockIdx.y;
     const i64 T = B * S, width = (H + 2 * K) * D, kvh = h / (H / K);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4, w = threadIdx.x >> 5;
     const float* base = qkv + b * S * width;
     const int* prow = pos + b * S;
-    as_load_rows(ks, base + (H + kvh) * D, width, S, D);
-    __syncthreads();
-    const int i0 = warp * AS_ROWS;
-    if (i0 >= S) return;  // no block-wide barrier below
-    const int imax = min(i0 + AS_ROWS, S) - 1;
-    const bool two = imax >= 32;
-    float acc[AS_ROWS][2];
-    as_scores(acc, base + h * D, width, ks, i0, S, D, lane, two);
+
+    float acc[4][4];
+#pragma unroll
+    for (int r = 0; r < 4; r++)
+#pragma unroll
+        for (int c = 0; c < 4; c++) acc[r][c] = 0.0f;
+    for (int d0 = 0; d0 < D; d0 += AT_DC) {
+        __syncthreads();
+        at_stage_t(qT, base + h * D, width, S, D, d0);
+        at_stage_t(kT, base + (H + kvh) * D, width, S, D, d0);
+        __syncthreads();
+        at_dot(acc, qT, kT, ty, tx);
+    }
+
+    // Softmax of rows 4ty+r over the 16 lanes tx of this half-warp.
     const float ninf = -__int_as_float(0x7f800000);
+    float p[4][4];
 #pragma unroll
-    for (int r = 0; r < AS_ROWS; r++) {
-        int i = i0 + r;
-        if (i >= S) break;
-        int lo = as_lo(i, prow, window);
-        int j0 = lane, j1 = lane + 32;
-        float s0 = (j0 >= lo && j0 <= i) ? __fmul_rn(acc[r][0], scale) : ninf;
-        float s1 = (j1 >= lo && j1 <= i) ? __fmul_rn(acc[r][1], scale) : ninf;
-        float m = fmaxf(s0, s1);
-        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        double e0 = j0 <= i && j0 >= lo ? exp((double)__fsub_rn(s0, m)) : 0.0;
-        double e1 = j1 <= i && j1 >= lo ? exp((double)__fsub_rn(s1, m)) : 0.0;
-        double sum = e0 + e1;
-        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        if (j0 < S) P[i * (S + 1) + j0] = (float)(e0 / sum);
-        if (j1 < S) P[i * (S + 1) + j1] = (float)(e1 / sum);
-        if (lane == 0) lse[h * T + b * S + i] = __fadd_rn(m, (float)log(sum));
-    }
-    __syncwarp();
-    float o[AS_ROWS][AS_MAXC];
-    as_weighted<false>(o, P, S, i0, 0, imax, base + (H + K + kvh) * D, width, D, lane);
+    for (int r = 0; r < 4; r++) {
+        const int i = 4 * ty + r;
+        const bool live = i < S;
+        const int lo = live ? at_lo(i, prow, window) : 0;
+        float s[4], m = ninf;
 #pragma unroll
-    for (int r = 0; r < AS_ROWS; r++) {
-        int i = i0 + r;
-        if (i >= S) break;
-        float* ot = out + (b * S + i) * H * D + h * D;
-#pragma unroll
-        for (int c = 0; c < AS_MAXC; c++) {
-            int d = lane + 32 * c;
-            if (d < D) ot[d] = o[r][c];
+        for (int c = 0; c < 4; c++) {
+            int j = 4 * tx + c;
+            s[c] = (live && j >= lo && j <= i) ? __fmul_rn(acc[r][c], scale) : ninf;
+            m = fmaxf(m, s[c]);
         }
+        for (int o = 1; o < 16; o <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        // A live row sees key i, so m is finite there; a dead row keeps p = 0.
+        float sum = 0.0f;
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            p[r][c] = s[c] != ninf ? expf(__fsub_rn(s[c], m)) : 0.0f;
+            sum = __fadd_rn(sum, p[r][c]);
+        }
+        for (int o = 1; o < 16; o <<= 1) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, o));
+#pragma unroll
+        for (int c = 0; c < 4; c++) p[r][c] = live ? __fdiv_rn(p[r][c], sum) : 0.0f;
+        if (live && tx == 0) lse[h * T + b * S + i] = __fadd_rn(m, logf(sum));
     }
+
+    // O = P V: the weights W[j][i] = P[i][j], keys up to the warp's last row.
+    __syncthreads();  // the score phase's readers of qT, kT are done
+#pragma unroll
+    for (int c = 0; c < 4; c++) at_store4(pT, 4 * tx + c, 4 * ty, p[0][c], p[1][c], p[2][c], p[3][c]);
+    at_wsum<false>(out + b * S * H * D + h * D, H * D, pT, vs, base + (H + K + kvh) * D, width, S, D, 0,
+                   min(8 * w + 7, S - 1), ty, tx);
 }
 
-// attn_bwd_s64: grid (K, B), 256 threads, the same shared memory as
-// attn_fwd_s64. For each query head h of KV head kvh (in order), with the
-// row's keys or values in shared memory as each phase needs them:
-//   P    = exp(q.k*scale - lse) where visible, else 0     (S x S, shared)
-//   dV  += P^T dO
-//   dS   = P * (dO.v - di) * scale                         (over P)
-//   dQ  += dS K,  dK += dS^T Q
-// di = rowsum(dO * O) comes from attn_bwd_di. Same result as attn_bwd_dq
-// and attn_bwd_dkdv up to the order of float32 sums.
-extern "C" __global__ void attn_bwd_s64(float* dqkv, const float* dout, const float* lse, const float* di,
-                                        const float* qkv, const int* pos, i64 B, i64 S_, i64 H, i64 K, i64 D_, i64 window,
-                                        double scale_d) {
-    extern __shared__ float sm[];
+// attn_bwd_t64: grid (K, B), AT_THREADS threads; for each query head h of
+// KV head kvh in turn (their dK, dV sums meet in this block):
+//   di   = rowsum(dO * O)                     (folded in: no attn_bwd_di)
+//   P    = exp(q.k*scale - lse) where visible, else 0;  dP = dO V^T
+//   dS   = P * (dP - di) * scale              (P, dS stay in registers)
+//   dV  += P^T dO,  dK += dS^T Q,  dQ += dS K (each through the weights tile)
+// Same result as attn_bwd_di + attn_bwd_dq + attn_bwd_dkdv up to the order
+// of float32 sums. Four blocks a multiprocessor (64 registers, a few spills
+// outside the loops) take the 512 blocks of a Phi-3-mini layer in one wave.
+extern "C" __global__ void __launch_bounds__(AT_THREADS, 4) attn_bwd_t64(float* dqkv, const float* dout, const float* out,
+                                                                      const float* lse, const float* qkv,
+                                                                      const int* pos, i64 B, i64 S_, i64 H, i64 K,
+                                                                      i64 D_, i64 window, double scale_d) {
+    __shared__ __align__(16) float sm[AT_SMEM];
+    __shared__ float lse_s[AT_S], di_s[AT_S];
+    float* qT = sm;  // score phase: Q^T, K^T, dO^T, V^T chunks [AT_DC][AT_LD]
+    float* kT = sm + AT_DC * AT_LD;
+    float* doT = sm + 2 * AT_DC * AT_LD;
+    float* vT = sm + 3 * AT_DC * AT_LD;
+    float* W = sm;                // then the weights [64][AT_LD]: P, dS, dS^T
+    float* Y = sm + AT_S * AT_LD;  // and an operand chunk [64][AT_VC]
     const int S = (int)S_, D = (int)D_;
-    float* kv = sm;               // [S][D+1]: keys, then values, then keys
-    float* P = sm + S * (D + 1);  // [S][S+1]: P, then dS
     const float scale = (float)scale_d;
     const i64 kvh = blockIdx.x, b = blockIdx.y;
     const i64 T = B * S, width = (H + 2 * K) * D, HD = H * D, group = H / K;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const i64 koff = (H + kvh) * D, voff = (H + K + kvh) * D;
+    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const float* base = qkv + b * S * width;
     float* dbase = dqkv + b * S * width;
     const float* dobase = dout + b * S * HD;
+    const float* obase = out + b * S * HD;
     const int* prow = pos + b * S;
-    const int i0 = warp * AS_ROWS;
-    const bool active = i0 < S;
-    const int imax = min(i0 + AS_ROWS, S) - 1;
-    const bool two = imax >= 32;
+    int lo[4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) lo[r] = 4 * ty + r < S ? at_lo(4 * ty + r, prow, window) : 0;
+    // Keys past the warp's last row (dQ) and queries before its first (dV, dK)
+    // have zero weight.
+    const int jmax = min(8 * w + 7, S - 1), imin = 8 * w;
+
     for (i64 g = 0; g < group; g++) {
         const i64 h = kvh * group + g;
-        __syncthreads();  // the previous head's readers of kv and P are done
-        as_load_rows(kv, base + koff, width, S, D);
-        __syncthreads();
-        // P for this warp's query rows.
-        if (active) {
-            float acc[AS_ROWS][2];
-            as_scores(acc, base + h * D, width, kv, i0, S, D, lane, two);
-#pragma unroll
-            for (int r = 0; r < AS_ROWS; r++) {
-                int i = i0 + r;
-                if (i >= S) break;
-                int lo = as_lo(i, prow, window);
-                float l = lse[h * T + b * S + i];
-#pragma unroll
-                for (int c = 0; c < 2; c++) {
-                    int j = lane + 32 * c;
-                    if (j >= S) continue;
-                    float p = 0.0f;
-                    if (j >= lo && j <= i) p = (float)exp((double)__fsub_rn(__fmul_rn(acc[r][c], scale), l));
-                    P[i * (S + 1) + j] = p;
-                }
+        __syncthreads();  // the previous head's readers of sm, lse_s, di_s are done
+        // di and lse of rows 8w..8w+7, a warp a row, lanes over d.
+        for (int rr = 0; rr < 8; rr++) {
+            const int i = 8 * w + rr;
+            float s = 0.0f;
+            if (i < S)
+                for (int d = lane; d < D; d += 32) s = fmaf(dobase[i * HD + h * D + d], obase[i * HD + h * D + d], s);
+            for (int o = 16; o > 0; o >>= 1) s = __fadd_rn(s, __shfl_xor_sync(0xffffffffu, s, o));
+            if (lane == 0) {
+                di_s[i] = s;
+                lse_s[i] = i < S ? lse[h * T + b * S + i] : 0.0f;
             }
         }
-        __syncthreads();
-        // dV for this warp's key rows j = i0..: sum over queries i >= i0.
-        if (active) {
-            float a[AS_ROWS][AS_MAXC];
-            as_weighted<true>(a, P, S, i0, i0, S - 1, dobase + h * D, HD, D, lane);
-            as_add_rows(dbase + voff, width, a, i0, S, D, lane);
+        float sacc[4][4], pacc[4][4];
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) sacc[r][c] = pacc[r][c] = 0.0f;
+        for (int d0 = 0; d0 < D; d0 += AT_DC) {
+            __syncthreads();
+            at_stage_t(qT, base + h * D, width, S, D, d0);
+            at_stage_t(kT, base + koff, width, S, D, d0);
+            at_stage_t(doT, dobase + h * D, HD, S, D, d0);
+            at_stage_t(vT, base + voff, width, S, D, d0);
+            __syncthreads();
+            at_dot(sacc, qT, kT, ty, tx);
+            at_dot(pacc, doT, vT, ty, tx);
         }
-        __syncthreads();  // everyone is done with the keys and with P as P
-        as_load_rows(kv, base + voff, width, S, D);
-        __syncthreads();
-        // dS over P: dp = dO_i . v_j in d order.
-        if (active) {
-            float acc[AS_ROWS][2];
-            as_scores(acc, dobase + h * D, HD, kv, i0, S, D, lane, two);
+        // P and dS of the thread's 4x4 tile (rows i, keys j).
+        float p[4][4], ds[4][4];
 #pragma unroll
-            for (int r = 0; r < AS_ROWS; r++) {
-                int i = i0 + r;
-                if (i >= S) break;
-                float dI = di[h * T + b * S + i];
+        for (int r = 0; r < 4; r++) {
+            const int i = 4 * ty + r;
+            const float l = lse_s[i], dI = di_s[i];
 #pragma unroll
-                for (int c = 0; c < 2; c++) {
-                    int j = lane + 32 * c;
-                    if (j >= S) continue;
-                    float p = P[i * (S + 1) + j];
-                    P[i * (S + 1) + j] = __fmul_rn(__fmul_rn(p, __fsub_rn(acc[r][c], dI)), scale);
-                }
+            for (int c = 0; c < 4; c++) {
+                const int j = 4 * tx + c;
+                float pp = 0.0f;
+                if (i < S && j >= lo[r] && j <= i) pp = expf(__fsub_rn(__fmul_rn(sacc[r][c], scale), l));
+                p[r][c] = pp;
+                ds[r][c] = __fmul_rn(__fmul_rn(pp, __fsub_rn(pacc[r][c], dI)), scale);
             }
         }
-        __syncthreads();  // dS complete; the values are no longer needed
-        as_load_rows(kv, base + koff, width, S, D);
+        // dV[j] += sum_i P[i][j] dO_i: weights W[i][j] = P[i][j].
+        __syncthreads();  // the score phase's readers are done
+#pragma unroll
+        for (int r = 0; r < 4; r++) at_store4(W, 4 * ty + r, 4 * tx, p[r][0], p[r][1], p[r][2], p[r][3]);
+        at_wsum<true>(dbase + voff, width, W, Y, dobase + h * D, HD, S, D, imin, S - 1, ty, tx);
+        // dK[j] += sum_i dS[i][j] q_i: W[i][j] = dS[i][j].
         __syncthreads();
-        if (active) {
-            // dQ for this warp's query rows: sum over keys j <= imax in order.
-            float a[AS_ROWS][AS_MAXC];
-            as_weighted<false>(a, P, S, i0, 0, imax, kv, D + 1, D, lane);
-            as_add_rows(dbase + h * D, width, a, i0, S, D, lane);
-            // dK for this warp's key rows: sum over queries i >= i0 in order.
-            as_weighted<true>(a, P, S, i0, i0, S - 1, base + h * D, width, D, lane);
-            as_add_rows(dbase + koff, width, a, i0, S, D, lane);
-        }
+#pragma unroll
+        for (int r = 0; r < 4; r++) at_store4(W, 4 * ty + r, 4 * tx, ds[r][0], ds[r][1], ds[r][2], ds[r][3]);
+        at_wsum<true>(dbase + koff, width, W, Y, base + h * D, width, S, D, imin, S - 1, ty, tx);
+        // dQ[i] += sum_j dS[i][j] k_j: W[j][i] = dS[i][j].
+        __syncthreads();
+#pragma unroll
+        for (int c = 0; c < 4; c++) at_store4(W, 4 * tx + c, 4 * ty, ds[0][c], ds[1][c], ds[2][c], ds[3][c]);
+        at_wsum<true>(dbase + h * D, width, W, Y, base + koff, width, S, D, 0, jmax, ty, tx);
     }
 }
