@@ -402,6 +402,7 @@ func TestAttention(t *testing.T) {
 			{2, 1, 2, 1, 8, 0},
 			{2, 64, 6, 2, 100, 17}, // grouped heads, a window, a head dimension not a multiple of 16
 			{1, 50, 3, 1, 40, 0},
+			{2, 40, 4, 2, 30, 3}, // a head dimension not a multiple of 4: 4-byte copies
 			{2, 65, 2, 1, 32, 0}, // one token past the tiled kernels
 		} {
 			name := fmt.Sprintf("fast %v B%d S%d H%d K%d D%d w%d", fast, c.B, c.S, c.H, c.K, c.D, c.window)

@@ -255,17 +255,21 @@ extern "C" __global__ void attn_bwd_dkdv(float* dqkv, const float* dout, const f
 //   Score-like products (S = Q K^T, dP = dO V^T), 64 x 64 over the head
 //   dimension: the thread owns columns 4tx..4tx+3, a 4x4 tile. Both operands
 //   are staged transposed, [d][row] with rows padded to AT_LD floats, in
-//   chunks of AT_DC dimensions, so that each step d reads a float4 of each
+//   chunks of the head dimension, so that each step d reads a float4 of each
 //   operand (the q float4 is a broadcast, the k float4s of 16 lanes are 256
 //   consecutive bytes) for 16 fmaf.
 //   Value-like products (O = P V, dV = P^T dO, dK = dS^T Q, dQ = dS K),
 //   64 x D over the 64 rows of the other side: the thread owns columns
-//   tx + 16c; the 64 x 64 weights sit in shared memory laid out so that the
-//   thread's four rows are one float4, the other operand is staged in
-//   column chunks of AT_VC, and each step reads 1 float4 and 6 floats for 24
+//   tx + 16c; the 64 x 64 weights W sit in shared memory laid out so that
+//   the thread's four rows are one float4, the other operand is staged in
+//   column chunks of AT_VC, and each step reads 1 float4 and 3 floats for 12
 //   fmaf. The weights are exactly 0 above the causal diagonal, so the loop
 //   over the other side stops (or starts) at the warp's own diagonal: no
 //   branch inside a warp, and about half the work of the full square.
+// A Phi-3-mini layer is 512 blocks, one wave at four blocks a multiprocessor,
+// so the blocks would all load, then all compute, in step: every operand
+// chunk is therefore copied with cp.async (no registers) into one of two
+// buffers while the block computes on the other.
 // The softmax of a row runs in float32 across the 16 lanes of a half-warp
 // (shuffles), with one expf per visible score and one logf per row.
 // Sums run in a different order than the CPU's (and fused), well within
@@ -273,13 +277,33 @@ extern "C" __global__ void attn_bwd_dkdv(float* dqkv, const float* dout, const f
 #define AT_THREADS 256
 #define AT_S 64   // rows of a tile: S <= 64
 #define AT_LD 68  // padded row of a transposed or weight tile (float4-aligned)
-#define AT_DC 32  // head dimensions a chunk in the score-like products
-#define AT_VC 96  // columns a chunk in the value-like products (Phi-3's D in one)
+#define AT_VC 48  // columns of a value-like operand chunk
 #define AT_NC (AT_VC / 16)
-// One block's shared memory: the weights [64][AT_LD] and a value chunk
-// [64][AT_VC] (42 KiB, under the 48 KiB a block gets without opting in); the
-// score phase's four transposed chunks [AT_DC][AT_LD] fit inside.
-#define AT_SMEM (AT_S * AT_LD + AT_S * AT_VC)
+#define AT_W (AT_S * AT_LD)   // floats of the weights tile
+#define AT_Y (AT_S * AT_VC)   // floats of an operand chunk
+// One block's shared memory: the weights and two operand chunks (41 KiB,
+// under the 48 KiB a block gets without opting in). The score phase's two
+// buffers of transposed chunks, AT_W floats each, fit in the same space.
+#define AT_SMEM (AT_W + 2 * AT_Y)
+
+// cp.async helpers (sm_80): a 4- or 16-byte copy from global to shared memory
+// that bypasses the registers; commit closes a group, wait<n> waits until at most
+// n groups are in flight (a __syncthreads must follow before other threads
+// read the data).
+__device__ __forceinline__ void cp_async4(float* dst, const float* src) {
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async16(float* dst, const float* src) {
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int n>
+__device__ __forceinline__ void cp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory");
+}
+// end of cp.async helpers
 
 // at_lo is the first key query i of a row may see.
 __device__ __forceinline__ int at_lo(int i, const int* pos_row, i64 window) {
@@ -288,28 +312,51 @@ __device__ __forceinline__ int at_lo(int i, const int* pos_row, i64 window) {
     return lo;
 }
 
-// at_stage_t: dst[dd][i] = src[i*stride + d0+dd] for dd < AT_DC, i < 64, and
-// 0 where i >= S or d0+dd >= D. A warp reads 32 consecutive floats of a row.
-__device__ __forceinline__ void at_stage_t(float* dst, const float* src, i64 stride, int S, int D, int d0) {
-    for (int x = threadIdx.x; x < AT_S * AT_DC; x += AT_THREADS) {
-        int i = x / AT_DC, dd = x % AT_DC, d = d0 + dd;
-        dst[dd * AT_LD + i] = (i < S && d < D) ? src[(i64)i * stride + d] : 0.0f;
+// at_issue_t starts copying dst[dd][i] = src[i*stride + d0+dd] for dd < dc,
+// i < 64, and stores 0 where i >= S or d0+dd >= D. A warp reads dc
+// consecutive floats of a row or two.
+template <int dc>
+__device__ __forceinline__ void at_issue_t(float* dst, const float* src, i64 stride, int S, int D, int d0) {
+#pragma unroll 4
+    for (int x = threadIdx.x; x < AT_S * dc; x += AT_THREADS) {
+        int i = x / dc, dd = x % dc, d = d0 + dd;
+        if (i < S && d < D)
+            cp_async4(&dst[dd * AT_LD + i], src + (i64)i * stride + d);
+        else
+            dst[dd * AT_LD + i] = 0.0f;
     }
 }
 
-// at_stage_rows: dst[m][cc] = src[m*stride + d0+cc] for m < 64, cc < AT_VC,
-// and 0 where m >= S or cc >= cw.
-__device__ __forceinline__ void at_stage_rows(float* dst, const float* src, i64 stride, int S, int d0, int cw) {
-    for (int x = threadIdx.x; x < AT_S * AT_VC; x += AT_THREADS) {
+// at_issue_rows starts copying dst[m][cc] = src[m*stride + d0+cc] for m < 64,
+// cc < AT_VC, and stores 0 where m >= S or cc >= cw. With v4 (src, stride,
+// d0 and cw multiples of 4 floats) the copies are 16 bytes wide.
+__device__ __forceinline__ void at_issue_rows(float* dst, const float* src, i64 stride, int S, int d0, int cw, bool v4) {
+    if (v4) {
+#pragma unroll
+        for (int x = threadIdx.x; x < AT_Y / 4; x += AT_THREADS) {
+            int m = x / (AT_VC / 4), cc = 4 * (x % (AT_VC / 4));
+            if (m < S && cc < cw)
+                cp_async16(&dst[4 * x], src + (i64)m * stride + d0 + cc);
+            else
+                *(float4*)&dst[4 * x] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+        return;
+    }
+#pragma unroll 4
+    for (int x = threadIdx.x; x < AT_Y; x += AT_THREADS) {
         int m = x / AT_VC, cc = x % AT_VC;
-        dst[x] = (m < S && cc < cw) ? src[(i64)m * stride + d0 + cc] : 0.0f;
+        if (m < S && cc < cw)
+            cp_async4(&dst[x], src + (i64)m * stride + d0 + cc);
+        else
+            dst[x] = 0.0f;
     }
 }
 
-// at_dot: acc[r][c] += sum over dd < AT_DC of aT[dd][4ty+r] * bT[dd][4tx+c].
+// at_dot: acc[r][c] += sum over dd < dc of aT[dd][4ty+r] * bT[dd][4tx+c].
+template <int dc>
 __device__ __forceinline__ void at_dot(float acc[4][4], const float* aT, const float* bT, int ty, int tx) {
 #pragma unroll 8
-    for (int dd = 0; dd < AT_DC; dd++) {
+    for (int dd = 0; dd < dc; dd++) {
         float4 a4 = *(const float4*)&aT[dd * AT_LD + 4 * ty];
         float4 b4 = *(const float4*)&bT[dd * AT_LD + 4 * tx];
         float a[4] = {a4.x, a4.y, a4.z, a4.w}, b[4] = {b4.x, b4.y, b4.z, b4.w};
@@ -320,84 +367,101 @@ __device__ __forceinline__ void at_dot(float acc[4][4], const float* aT, const f
     }
 }
 
-// at_wsum: for the block's rows n = 4ty+r < S and columns d < D,
-//   dst[n*dstride + d] (+)= sum over m0 <= m <= m1 of W[m][n] * src[m*sstride + d]
-// with W [64][AT_LD] in shared memory (complete before the call) and src
-// staged through Y [64][AT_VC] a column chunk at a time. m0 and m1 must be
-// the same across each warp. Called by the whole block.
+// at_wsum: for the block's rows n = 4ty+r < S and chunk columns cc < cw,
+//   dst[n*dstride + cc] (+)= sum over m0 <= m <= m1 of W[m][n] * Y[m][cc]
+// with W [64][AT_LD] and Y [64][AT_VC] in shared memory. m0 and m1 must be
+// the same across each warp.
 template <bool add>
-__device__ __forceinline__ void at_wsum(float* dst, i64 dstride, const float* W, float* Y, const float* src, i64 sstride,
-                                        int S, int D, int m0, int m1, int ty, int tx) {
-    for (int d0 = 0; d0 < D; d0 += AT_VC) {
-        const int cw = min(AT_VC, D - d0);
-        __syncthreads();  // W is written, and the last chunk's readers of Y are done
-        at_stage_rows(Y, src, sstride, S, d0, cw);
-        __syncthreads();
-        float a[4][AT_NC];
+__device__ __forceinline__ void at_wsum(float* dst, i64 dstride, const float* W, const float* Y, int S, int cw, int m0,
+                                        int m1, int ty, int tx) {
+    float a[4][AT_NC];
 #pragma unroll
-        for (int r = 0; r < 4; r++)
+    for (int r = 0; r < 4; r++)
 #pragma unroll
-            for (int c = 0; c < AT_NC; c++) a[r][c] = 0.0f;
-        for (int m = m0; m <= m1; m++) {
-            float4 w4 = *(const float4*)&W[m * AT_LD + 4 * ty];
-            float w[4] = {w4.x, w4.y, w4.z, w4.w};
+        for (int c = 0; c < AT_NC; c++) a[r][c] = 0.0f;
+#pragma unroll 2
+    for (int m = m0; m <= m1; m++) {
+        float4 w4 = *(const float4*)&W[m * AT_LD + 4 * ty];
+        float w[4] = {w4.x, w4.y, w4.z, w4.w};
 #pragma unroll
-            for (int c = 0; c < AT_NC; c++) {
-                float y = Y[m * AT_VC + tx + 16 * c];
+        for (int c = 0; c < AT_NC; c++) {
+            float y = Y[m * AT_VC + tx + 16 * c];
 #pragma unroll
-                for (int r = 0; r < 4; r++) a[r][c] = fmaf(w[r], y, a[r][c]);
-            }
+            for (int r = 0; r < 4; r++) a[r][c] = fmaf(w[r], y, a[r][c]);
         }
+    }
 #pragma unroll
-        for (int r = 0; r < 4; r++) {
-            int n = 4 * ty + r;
-            if (n >= S) break;
+    for (int r = 0; r < 4; r++) {
+        int n = 4 * ty + r;
+        if (n >= S) break;
 #pragma unroll
-            for (int c = 0; c < AT_NC; c++) {
-                int cc = tx + 16 * c;
-                if (cc < cw) {
-                    float* g = dst + (i64)n * dstride + d0 + cc;
-                    *g = add ? __fadd_rn(*g, a[r][c]) : a[r][c];
-                }
+        for (int c = 0; c < AT_NC; c++) {
+            int cc = tx + 16 * c;
+            if (cc < cw) {
+                float* g = dst + (i64)n * dstride + cc;
+                *g = add ? __fadd_rn(*g, a[r][c]) : a[r][c];
             }
         }
     }
 }
 
-// at_store4 writes v into W at [row][col..col+3] (col a multiple of 4).
+// at_store4 writes a, b, c, d into W at [row][col..col+3] (col a multiple of 4).
 __device__ __forceinline__ void at_store4(float* W, int row, int col, float a, float b, float c, float d) {
     *(float4*)&W[row * AT_LD + col] = make_float4(a, b, c, d);
 }
 
+// The forward's score chunks: Q^T and K^T, 32 dimensions each, in a buffer
+// of AT_W floats.
+#define AT_FDC 32
+__device__ __forceinline__ void at_fwd_issue(float* buf, const float* q, const float* k, i64 width, int S, int D, int d0) {
+    at_issue_t<AT_FDC>(buf, q, width, S, D, d0);
+    at_issue_t<AT_FDC>(buf + AT_FDC * AT_LD, k, width, S, D, d0);
+    cp_commit();
+}
+
 // attn_fwd_t64: grid (H, B), AT_THREADS threads. Same outputs as attn_fwd.
-extern "C" __global__ void __launch_bounds__(AT_THREADS) attn_fwd_t64(float* out, float* lse, const float* qkv,
+extern "C" __global__ void __launch_bounds__(AT_THREADS, 4) attn_fwd_t64(float* out, float* lse, const float* qkv,
                                                                       const int* pos, i64 B, i64 S_, i64 H, i64 K,
                                                                       i64 D_, i64 window, double scale_d) {
     __shared__ __align__(16) float sm[AT_SMEM];
-    float* qT = sm;                   // score phase: Q^T chunk [AT_DC][AT_LD]
-    float* kT = sm + AT_DC * AT_LD;   //              K^T chunk
-    float* pT = sm;                   // then P^T [64][AT_LD]
-    float* vs = sm + AT_S * AT_LD;    // and a value chunk [64][AT_VC]
+    float* pT = sm;         // P^T [64][AT_LD] (after the score chunks in sm, sm + AT_W)
+    float* Y0 = sm + AT_W;  // value chunks [64][AT_VC]
     const int S = (int)S_, D = (int)D_;
     const float scale = (float)scale_d;
     const i64 h = blockIdx.x, b = blockIdx.y;
     const i64 T = B * S, width = (H + 2 * K) * D, kvh = h / (H / K);
     const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4, w = threadIdx.x >> 5;
     const float* base = qkv + b * S * width;
+    const float* q = base + h * D;
+    const float* k = base + (H + kvh) * D;
+    const float* v = base + (H + K + kvh) * D;
     const int* prow = pos + b * S;
+    const bool v4 = (D & 3) == 0 && ((size_t)qkv & 15) == 0;
 
+    // S = Q K^T, chunk c+1 in flight while chunk c is multiplied.
     float acc[4][4];
 #pragma unroll
     for (int r = 0; r < 4; r++)
 #pragma unroll
         for (int c = 0; c < 4; c++) acc[r][c] = 0.0f;
-    for (int d0 = 0; d0 < D; d0 += AT_DC) {
+    const int na = (D + AT_FDC - 1) / AT_FDC;
+    at_fwd_issue(sm, q, k, width, S, D, 0);
+    for (int c = 0; c < na; c++) {
+        const float* buf = sm + (c & 1) * AT_W;
+        if (c + 1 < na) {
+            at_fwd_issue(sm + ((c + 1) & 1) * AT_W, q, k, width, S, D, (c + 1) * AT_FDC);
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
         __syncthreads();
-        at_stage_t(qT, base + h * D, width, S, D, d0);
-        at_stage_t(kT, base + (H + kvh) * D, width, S, D, d0);
-        __syncthreads();
-        at_dot(acc, qT, kT, ty, tx);
+        at_dot<AT_FDC>(acc, buf, buf + AT_FDC * AT_LD, ty, tx);
+        __syncthreads();  // done with buf before it is refilled
     }
+    // The first value chunk loads during the softmax.
+    const int nv = (D + AT_VC - 1) / AT_VC;
+    at_issue_rows(Y0, v, width, S, 0, min(AT_VC, D), v4);
+    cp_commit();
 
     // Softmax of rows 4ty+r over the 16 lanes tx of this half-warp.
     const float ninf = -__int_as_float(0x7f800000);
@@ -427,13 +491,36 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS) attn_fwd_t64(float* out
         for (int c = 0; c < 4; c++) p[r][c] = live ? __fdiv_rn(p[r][c], sum) : 0.0f;
         if (live && tx == 0) lse[h * T + b * S + i] = __fadd_rn(m, logf(sum));
     }
-
     // O = P V: the weights W[j][i] = P[i][j], keys up to the warp's last row.
-    __syncthreads();  // the score phase's readers of qT, kT are done
 #pragma unroll
     for (int c = 0; c < 4; c++) at_store4(pT, 4 * tx + c, 4 * ty, p[0][c], p[1][c], p[2][c], p[3][c]);
-    at_wsum<false>(out + b * S * H * D + h * D, H * D, pT, vs, base + (H + K + kvh) * D, width, S, D, 0,
-                   min(8 * w + 7, S - 1), ty, tx);
+    float* o = out + b * S * H * D + h * D;
+    for (int c = 0; c < nv; c++) {
+        if (c + 1 < nv) {
+            at_issue_rows(sm + AT_W + ((c + 1) & 1) * AT_Y, v, width, S, (c + 1) * AT_VC, min(AT_VC, D - (c + 1) * AT_VC),
+                          v4);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
+        __syncthreads();
+        at_wsum<false>(o + c * AT_VC, H * D, pT, sm + AT_W + (c & 1) * AT_Y, S, min(AT_VC, D - c * AT_VC), 0,
+                       min(8 * w + 7, S - 1), ty, tx);
+        __syncthreads();
+    }
+}
+
+// The backward's score chunks: Q^T, K^T, dO^T and V^T, 16 dimensions each,
+// in a buffer of AT_W floats.
+#define AT_BDC 16
+__device__ __forceinline__ void at_bwd_issue(float* buf, const float* q, const float* k, const float* dO, const float* v,
+                                             i64 width, i64 HD, int S, int D, int d0) {
+    at_issue_t<AT_BDC>(buf, q, width, S, D, d0);
+    at_issue_t<AT_BDC>(buf + AT_BDC * AT_LD, k, width, S, D, d0);
+    at_issue_t<AT_BDC>(buf + 2 * AT_BDC * AT_LD, dO, HD, S, D, d0);
+    at_issue_t<AT_BDC>(buf + 3 * AT_BDC * AT_LD, v, width, S, D, d0);
+    cp_commit();
 }
 
 // attn_bwd_t64: grid (K, B), AT_THREADS threads; for each query head h of
@@ -441,22 +528,19 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS) attn_fwd_t64(float* out
 //   di   = rowsum(dO * O)                     (folded in: no attn_bwd_di)
 //   P    = exp(q.k*scale - lse) where visible, else 0;  dP = dO V^T
 //   dS   = P * (dP - di) * scale              (P, dS stay in registers)
-//   dV  += P^T dO,  dK += dS^T Q,  dQ += dS K (each through the weights tile)
+//   dV  += P^T dO,  dK += dS^T Q,  dQ += dS K (each through the weights tile,
+//                                              column chunk by column chunk)
 // Same result as attn_bwd_di + attn_bwd_dq + attn_bwd_dkdv up to the order
-// of float32 sums. Four blocks a multiprocessor (64 registers, a few spills
-// outside the loops) take the 512 blocks of a Phi-3-mini layer in one wave.
+// of float32 sums. Four blocks a multiprocessor (64 registers) take the 512
+// blocks of a Phi-3-mini layer in one wave (three, at 80 registers, ran 1.5x
+// slower).
 extern "C" __global__ void __launch_bounds__(AT_THREADS, 4) attn_bwd_t64(float* dqkv, const float* dout, const float* out,
-                                                                      const float* lse, const float* qkv,
-                                                                      const int* pos, i64 B, i64 S_, i64 H, i64 K,
-                                                                      i64 D_, i64 window, double scale_d) {
+                                                                         const float* lse, const float* qkv,
+                                                                         const int* pos, i64 B, i64 S_, i64 H, i64 K,
+                                                                         i64 D_, i64 window, double scale_d) {
     __shared__ __align__(16) float sm[AT_SMEM];
     __shared__ float lse_s[AT_S], di_s[AT_S];
-    float* qT = sm;  // score phase: Q^T, K^T, dO^T, V^T chunks [AT_DC][AT_LD]
-    float* kT = sm + AT_DC * AT_LD;
-    float* doT = sm + 2 * AT_DC * AT_LD;
-    float* vT = sm + 3 * AT_DC * AT_LD;
-    float* W = sm;                // then the weights [64][AT_LD]: P, dS, dS^T
-    float* Y = sm + AT_S * AT_LD;  // and an operand chunk [64][AT_VC]
+    float* W = sm;  // the weights [64][AT_LD]: P, dS, dS^T (after the score chunks)
     const int S = (int)S_, D = (int)D_;
     const float scale = (float)scale_d;
     const i64 kvh = blockIdx.x, b = blockIdx.y;
@@ -474,38 +558,53 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS, 4) attn_bwd_t64(float* 
     // Keys past the warp's last row (dQ) and queries before its first (dV, dK)
     // have zero weight.
     const int jmax = min(8 * w + 7, S - 1), imin = 8 * w;
+    const int na = (D + AT_BDC - 1) / AT_BDC, nv = (D + AT_VC - 1) / AT_VC;
+    const bool v4 = (D & 3) == 0 && (((size_t)qkv | (size_t)dout) & 15) == 0;
 
     for (i64 g = 0; g < group; g++) {
         const i64 h = kvh * group + g;
-        __syncthreads();  // the previous head's readers of sm, lse_s, di_s are done
+        const float* q = base + h * D;
+        const float* dO = dobase + h * D;
+        // The previous head ended with a barrier: sm, lse_s, di_s are free.
+        at_bwd_issue(sm, q, base + koff, dO, base + voff, width, HD, S, D, 0);
         // di and lse of rows 8w..8w+7, a warp a row, lanes over d.
         for (int rr = 0; rr < 8; rr++) {
             const int i = 8 * w + rr;
             float s = 0.0f;
             if (i < S)
-                for (int d = lane; d < D; d += 32) s = fmaf(dobase[i * HD + h * D + d], obase[i * HD + h * D + d], s);
+                for (int d = lane; d < D; d += 32) s = fmaf(dO[i * HD + d], obase[i * HD + h * D + d], s);
             for (int o = 16; o > 0; o >>= 1) s = __fadd_rn(s, __shfl_xor_sync(0xffffffffu, s, o));
             if (lane == 0) {
                 di_s[i] = s;
                 lse_s[i] = i < S ? lse[h * T + b * S + i] : 0.0f;
             }
         }
+        // S = Q K^T and dP = dO V^T, chunk c+1 in flight while chunk c is multiplied.
         float sacc[4][4], pacc[4][4];
 #pragma unroll
         for (int r = 0; r < 4; r++)
 #pragma unroll
             for (int c = 0; c < 4; c++) sacc[r][c] = pacc[r][c] = 0.0f;
-        for (int d0 = 0; d0 < D; d0 += AT_DC) {
+        for (int c = 0; c < na; c++) {
+            const float* buf = sm + (c & 1) * AT_W;
+            if (c + 1 < na) {
+                at_bwd_issue(sm + ((c + 1) & 1) * AT_W, q, base + koff, dO, base + voff, width, HD, S, D,
+                             (c + 1) * AT_BDC);
+                cp_wait<1>();
+            } else {
+                cp_wait<0>();
+            }
             __syncthreads();
-            at_stage_t(qT, base + h * D, width, S, D, d0);
-            at_stage_t(kT, base + koff, width, S, D, d0);
-            at_stage_t(doT, dobase + h * D, HD, S, D, d0);
-            at_stage_t(vT, base + voff, width, S, D, d0);
-            __syncthreads();
-            at_dot(sacc, qT, kT, ty, tx);
-            at_dot(pacc, doT, vT, ty, tx);
+            at_dot<AT_BDC>(sacc, buf, buf + AT_BDC * AT_LD, ty, tx);
+            at_dot<AT_BDC>(pacc, buf + 2 * AT_BDC * AT_LD, buf + 3 * AT_BDC * AT_LD, ty, tx);
+            __syncthreads();  // done with buf before it is refilled
         }
-        // P and dS of the thread's 4x4 tile (rows i, keys j).
+        // Three products, dV (weights P, operand dO), dK (dS, Q) and dQ (dS^T,
+        // K), nv column chunks each: step s+1's chunk loads during step s.
+        // The first one loads while P and dS are computed.
+        const int nsteps = 3 * nv;
+        at_issue_rows(sm + AT_W, dO, HD, S, 0, min(AT_VC, D), v4);
+        cp_commit();
         float p[4][4], ds[4][4];
 #pragma unroll
         for (int r = 0; r < 4; r++) {
@@ -520,20 +619,36 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS, 4) attn_bwd_t64(float* 
                 ds[r][c] = __fmul_rn(__fmul_rn(pp, __fsub_rn(pacc[r][c], dI)), scale);
             }
         }
-        // dV[j] += sum_i P[i][j] dO_i: weights W[i][j] = P[i][j].
-        __syncthreads();  // the score phase's readers are done
+        for (int s = 0; s < nsteps; s++) {
+            const int ph = s / nv, c = s - ph * nv;
+            if (c == 0) {  // a new product: its weights (the last step ended with a barrier)
+                if (ph == 0) {  // W[i][j] = P[i][j]
 #pragma unroll
-        for (int r = 0; r < 4; r++) at_store4(W, 4 * ty + r, 4 * tx, p[r][0], p[r][1], p[r][2], p[r][3]);
-        at_wsum<true>(dbase + voff, width, W, Y, dobase + h * D, HD, S, D, imin, S - 1, ty, tx);
-        // dK[j] += sum_i dS[i][j] q_i: W[i][j] = dS[i][j].
-        __syncthreads();
+                    for (int r = 0; r < 4; r++) at_store4(W, 4 * ty + r, 4 * tx, p[r][0], p[r][1], p[r][2], p[r][3]);
+                } else if (ph == 1) {  // W[i][j] = dS[i][j]
 #pragma unroll
-        for (int r = 0; r < 4; r++) at_store4(W, 4 * ty + r, 4 * tx, ds[r][0], ds[r][1], ds[r][2], ds[r][3]);
-        at_wsum<true>(dbase + koff, width, W, Y, base + h * D, width, S, D, imin, S - 1, ty, tx);
-        // dQ[i] += sum_j dS[i][j] k_j: W[j][i] = dS[i][j].
-        __syncthreads();
+                    for (int r = 0; r < 4; r++) at_store4(W, 4 * ty + r, 4 * tx, ds[r][0], ds[r][1], ds[r][2], ds[r][3]);
+                } else {  // W[j][i] = dS[i][j]
 #pragma unroll
-        for (int c = 0; c < 4; c++) at_store4(W, 4 * tx + c, 4 * ty, ds[0][c], ds[1][c], ds[2][c], ds[3][c]);
-        at_wsum<true>(dbase + h * D, width, W, Y, base + koff, width, S, D, 0, jmax, ty, tx);
+                    for (int c4 = 0; c4 < 4; c4++)
+                        at_store4(W, 4 * tx + c4, 4 * ty, ds[0][c4], ds[1][c4], ds[2][c4], ds[3][c4]);
+                }
+            }
+            if (s + 1 < nsteps) {
+                const int ph1 = (s + 1) / nv, c1 = (s + 1) - ph1 * nv;
+                const float* src = ph1 == 0 ? dO : ph1 == 1 ? q : base + koff;
+                at_issue_rows(sm + AT_W + ((s + 1) & 1) * AT_Y, src, ph1 == 0 ? HD : width, S, c1 * AT_VC,
+                              min(AT_VC, D - c1 * AT_VC), v4);
+                cp_commit();
+                cp_wait<1>();
+            } else {
+                cp_wait<0>();
+            }
+            __syncthreads();
+            float* dst = (ph == 0 ? dbase + voff : ph == 1 ? dbase + koff : dbase + h * D) + c * AT_VC;
+            at_wsum<true>(dst, width, W, sm + AT_W + (s & 1) * AT_Y, S, min(AT_VC, D - c * AT_VC),
+                          ph == 2 ? 0 : imin, ph == 2 ? jmax : S - 1, ty, tx);
+            __syncthreads();  // done with W and this chunk before they are refilled
+        }
     }
 }
