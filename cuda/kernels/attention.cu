@@ -370,7 +370,8 @@ __device__ __forceinline__ void at_dot(float acc[4][4], const float* aT, const f
 // at_wsum: for the block's rows n = 4ty+r < S and chunk columns cc < cw,
 //   dst[n*dstride + cc] (+)= sum over m0 <= m <= m1 of W[m][n] * Y[m][cc]
 // with W [64][AT_LD] and Y [64][AT_VC] in shared memory. m0 and m1 must be
-// the same across each warp.
+// the same across each warp. When adding, the old values are loaded before
+// the sums, so that their latency hides behind them.
 template <bool add>
 __device__ __forceinline__ void at_wsum(float* dst, i64 dstride, const float* W, const float* Y, int S, int cw, int m0,
                                         int m1, int ty, int tx) {
@@ -378,7 +379,15 @@ __device__ __forceinline__ void at_wsum(float* dst, i64 dstride, const float* W,
 #pragma unroll
     for (int r = 0; r < 4; r++)
 #pragma unroll
-        for (int c = 0; c < AT_NC; c++) a[r][c] = 0.0f;
+        for (int c = 0; c < AT_NC; c++) {
+            int n = 4 * ty + r, cc = tx + 16 * c;
+            a[r][c] = add && n < S && cc < cw ? dst[(i64)n * dstride + cc] : 0.0f;
+        }
+    float acc[4][AT_NC];
+#pragma unroll
+    for (int r = 0; r < 4; r++)
+#pragma unroll
+        for (int c = 0; c < AT_NC; c++) acc[r][c] = 0.0f;
 #pragma unroll 2
     for (int m = m0; m <= m1; m++) {
         float4 w4 = *(const float4*)&W[m * AT_LD + 4 * ty];
@@ -387,7 +396,7 @@ __device__ __forceinline__ void at_wsum(float* dst, i64 dstride, const float* W,
         for (int c = 0; c < AT_NC; c++) {
             float y = Y[m * AT_VC + tx + 16 * c];
 #pragma unroll
-            for (int r = 0; r < 4; r++) a[r][c] = fmaf(w[r], y, a[r][c]);
+            for (int r = 0; r < 4; r++) acc[r][c] = fmaf(w[r], y, acc[r][c]);
         }
     }
 #pragma unroll
@@ -397,13 +406,16 @@ __device__ __forceinline__ void at_wsum(float* dst, i64 dstride, const float* W,
 #pragma unroll
         for (int c = 0; c < AT_NC; c++) {
             int cc = tx + 16 * c;
-            if (cc < cw) {
-                float* g = dst + (i64)n * dstride + cc;
-                *g = add ? __fadd_rn(*g, a[r][c]) : a[r][c];
-            }
+            if (cc < cw) dst[(i64)n * dstride + cc] = add ? __fadd_rn(a[r][c], acc[r][c]) : acc[r][c];
         }
     }
 }
+
+// at_band is the 8-row band of warp w. Warps w and w+4 share a scheduler
+// (warp % 4), and the value-like products' work grows (or shrinks) with the
+// band, so warps 0..3 take bands 0..3 and warps 4..7 bands 7..4: each
+// scheduler gets bands k and 7-k, the same work.
+__device__ __forceinline__ int at_band(int w) { return w < 4 ? w : 11 - w; }
 
 // at_store4 writes a, b, c, d into W at [row][col..col+3] (col a multiple of 4).
 __device__ __forceinline__ void at_store4(float* W, int row, int col, float a, float b, float c, float d) {
@@ -430,7 +442,8 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS, 4) attn_fwd_t64(float* 
     const float scale = (float)scale_d;
     const i64 h = blockIdx.x, b = blockIdx.y;
     const i64 T = B * S, width = (H + 2 * K) * D, kvh = h / (H / K);
-    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4, w = threadIdx.x >> 5;
+    const int band = at_band(threadIdx.x >> 5);
+    const int tx = threadIdx.x & 15, ty = 2 * band + ((threadIdx.x >> 4) & 1);
     const float* base = qkv + b * S * width;
     const float* q = base + h * D;
     const float* k = base + (H + kvh) * D;
@@ -506,7 +519,7 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS, 4) attn_fwd_t64(float* 
         }
         __syncthreads();
         at_wsum<false>(o + c * AT_VC, H * D, pT, sm + AT_W + (c & 1) * AT_Y, S, min(AT_VC, D - c * AT_VC), 0,
-                       min(8 * w + 7, S - 1), ty, tx);
+                       min(8 * band + 7, S - 1), ty, tx);
         __syncthreads();
     }
 }
@@ -546,7 +559,8 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS, 4) attn_bwd_t64(float* 
     const i64 kvh = blockIdx.x, b = blockIdx.y;
     const i64 T = B * S, width = (H + 2 * K) * D, HD = H * D, group = H / K;
     const i64 koff = (H + kvh) * D, voff = (H + K + kvh) * D;
-    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int band = at_band(threadIdx.x >> 5), lane = threadIdx.x & 31;
+    const int tx = threadIdx.x & 15, ty = 2 * band + (lane >> 4);
     const float* base = qkv + b * S * width;
     float* dbase = dqkv + b * S * width;
     const float* dobase = dout + b * S * HD;
@@ -557,7 +571,7 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS, 4) attn_bwd_t64(float* 
     for (int r = 0; r < 4; r++) lo[r] = 4 * ty + r < S ? at_lo(4 * ty + r, prow, window) : 0;
     // Keys past the warp's last row (dQ) and queries before its first (dV, dK)
     // have zero weight.
-    const int jmax = min(8 * w + 7, S - 1), imin = 8 * w;
+    const int jmax = min(8 * band + 7, S - 1), imin = 8 * band;
     const int na = (D + AT_BDC - 1) / AT_BDC, nv = (D + AT_VC - 1) / AT_VC;
     const bool v4 = (D & 3) == 0 && (((size_t)qkv | (size_t)dout) & 15) == 0;
 
@@ -567,16 +581,30 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS, 4) attn_bwd_t64(float* 
         const float* dO = dobase + h * D;
         // The previous head ended with a barrier: sm, lse_s, di_s are free.
         at_bwd_issue(sm, q, base + koff, dO, base + voff, width, HD, S, D, 0);
-        // di and lse of rows 8w..8w+7, a warp a row, lanes over d.
-        for (int rr = 0; rr < 8; rr++) {
-            const int i = 8 * w + rr;
-            float s = 0.0f;
-            if (i < S)
-                for (int d = lane; d < D; d += 32) s = fmaf(dO[i * HD + d], obase[i * HD + h * D + d], s);
-            for (int o = 16; o > 0; o >>= 1) s = __fadd_rn(s, __shfl_xor_sync(0xffffffffu, s, o));
-            if (lane == 0) {
-                di_s[i] = s;
-                lse_s[i] = i < S ? lse[h * T + b * S + i] : 0.0f;
+        // di and lse of the warp's rows 8band..8band+7, lanes over d (D <= 128):
+        // every load is issued before the sums need it.
+        {
+            float di[8];
+#pragma unroll
+            for (int rr = 0; rr < 8; rr++) di[rr] = 0.0f;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const int d = lane + 32 * k;
+#pragma unroll
+                for (int rr = 0; rr < 8; rr++) {
+                    const int i = 8 * band + rr;
+                    if (i < S && d < D) di[rr] = fmaf(dO[i * HD + d], obase[i * HD + h * D + d], di[rr]);
+                }
+            }
+#pragma unroll
+            for (int rr = 0; rr < 8; rr++) {
+                float x = di[rr];
+                for (int o = 16; o > 0; o >>= 1) x = __fadd_rn(x, __shfl_xor_sync(0xffffffffu, x, o));
+                const int i = 8 * band + rr;
+                if (lane == rr) {
+                    di_s[i] = x;
+                    lse_s[i] = i < S ? lse[h * T + b * S + i] : 0.0f;
+                }
             }
         }
         // S = Q K^T and dP = dO V^T, chunk c+1 in flight while chunk c is multiplied.
