@@ -31,13 +31,10 @@ func (b *Backend) attnSmem(op string, n, D int) int {
 }
 
 // shortAttn says whether rows of S tokens with head dimension D take the
-// one-block-per-(head, row) kernels (attn_fwd_s64, attn_bwd_s64), and
-// their dynamic shared memory: the row's keys or values [S][D+1] and the
-// probabilities [S][S+1] in float32, within the 48 KiB a block gets
-// without opting in to more.
-func (b *Backend) shortAttn(S, D int) (smem int, ok bool) {
-	smem = 4 * (S*(D+1) + S*(S+1))
-	return smem, b.fastAttn && S <= 64 && D <= 128 && smem <= min(b.info.MaxSharedMemPerBlock, 48<<10)
+// tiled one-block-per-(head, row) kernels (attn_fwd_t64, attn_bwd_t64:
+// 64 x 64 tiles, D up to 128, 42 KiB of static shared memory).
+func (b *Backend) shortAttn(S, D int) bool {
+	return b.fastAttn && S <= 64 && D <= 128
 }
 
 func (b *Backend) checkAttn(op string, qkv, pos *Tensor, B, S, H, K, D int) {
@@ -54,8 +51,8 @@ func (b *Backend) AttentionForward(out, lse, qkv, pos finetune.Tensor, B, S, nHe
 	defer b.enter(op)()
 	o, ls, x, ps := tensor(out, kindF32, op), tensor(lse, kindF32, op), tensor(qkv, kindF32, op), tensor(pos, kindI32, op)
 	b.checkAttn(op, x, ps, B, S, nHead, nKV, headDim)
-	if smem, ok := b.shortAttn(S, headDim); ok {
-		b.launch(op, "attn_fwd_s64", [3]int{nHead, B, 1}, 256, smem, ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr), ptrArg(ps.ptr),
+	if b.shortAttn(S, headDim) {
+		b.launch(op, "attn_fwd_t64", [3]int{nHead, B, 1}, 256, 0, ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr), ptrArg(ps.ptr),
 			intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window), f32Arg(attnScale(headDim)))
 		return
 	}
@@ -70,15 +67,18 @@ func (b *Backend) AttentionBackward(dqkv, dout, out, lse, qkv, pos finetune.Tens
 	dx, do, o := tensor(dqkv, kindF32, op), tensor(dout, kindF32, op), tensor(out, kindF32, op)
 	ls, x, ps := tensor(lse, kindF32, op), tensor(qkv, kindF32, op), tensor(pos, kindI32, op)
 	b.checkAttn(op, x, ps, B, S, nHead, nKV, headDim)
+	if b.shortAttn(S, headDim) {
+		// di = rowsum(dO * O) is computed inside, for each head.
+		b.launch(op, "attn_bwd_t64", [3]int{nKV, B, 1}, 256, 0, ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(o.ptr), ptrArg(ls.ptr),
+			ptrArg(x.ptr), ptrArg(ps.ptr), intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window),
+			f32Arg(attnScale(headDim)))
+		return
+	}
 	T := B * S
 	di := b.scratchBuf(sAttn, 4*int64(T)*int64(nHead), op)
 	b.launchN(op, "attn_bwd_di", int64(T)*int64(nHead), ptrArg(di), ptrArg(do.ptr), ptrArg(o.ptr), intArg(T), intArg(nHead), intArg(headDim))
 	args := []uint64{ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(ls.ptr), ptrArg(di), ptrArg(x.ptr), ptrArg(ps.ptr),
 		intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window), f32Arg(attnScale(headDim))}
-	if smem, ok := b.shortAttn(S, headDim); ok {
-		b.launch(op, "attn_bwd_s64", [3]int{nKV, B, 1}, 256, smem, args...)
-		return
-	}
 	b.launch(op, "attn_bwd_dq", [3]int{S, nHead, B}, attnThreads, 0, args...)
 	b.launch(op, "attn_bwd_dkdv", [3]int{S, nKV, B}, attnThreads, 0, args...)
 }

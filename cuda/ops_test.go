@@ -505,8 +505,12 @@ func TestAttention(t *testing.T) {
 			{1, 300, 2, 1, 96, 0}, // more keys than a chunk of 256
 			{4, 64, 8, 8, 96, 0},  // Phi-3-mini's head shape, a full 64-token row
 			{3, 33, 4, 2, 96, 9},  // keys past 32: the second key a lane
-			{2, 64, 4, 2, 128, 0}, // too much shared memory for the short-row kernels
+			{2, 64, 4, 2, 128, 0}, // the tiled kernels' largest head: two column chunks
 			{2, 1, 2, 1, 8, 0},
+			{2, 64, 6, 2, 100, 17}, // grouped heads, a window, a head dimension not a multiple of 16
+			{1, 50, 3, 1, 40, 0},
+			{2, 40, 4, 2, 30, 3}, // a head dimension not a multiple of 4: 4-byte copies
+			{2, 65, 2, 1, 32, 0}, // one token past the tiled kernels
 		} {
 			name := fmt.Sprintf("fast %v B%d S%d H%d K%d D%d w%d", fast, c.B, c.S, c.H, c.K, c.D, c.window)
 			T, width := c.B*c.S, (c.H+2*c.K)*c.D
@@ -526,6 +530,46 @@ func TestAttention(t *testing.T) {
 		}
 	}
 	gpu.fastAttn = true
+}
+
+// BenchmarkAttention times AttentionForward and AttentionBackward at the
+// Phi-3-mini training shape (16 rows of 64 tokens, 32 heads of 96), the
+// fast (tiled) kernels and the reference ones.
+func BenchmarkAttention(b *testing.B) {
+	B, S, H, K, D := 16, 64, 32, 32, 96
+	T, width := B*S, (H+2*K)*D
+	up := func(data []float32, shape ...int) finetune.Tensor {
+		x := gpu.Alloc(shape...)
+		gpu.Upload(x, data)
+		return x
+	}
+	pos := gpu.AllocInt32(T)
+	gpu.UploadInt32(pos, packedPos(B, S, []int{64}))
+	qkv := up(randn(T*width, 11, 1), T, width)
+	out := up(nanSlice(T*H*D), T, H*D)
+	lse := up(nanSlice(H*T), H, T)
+	dout := up(randn(T*H*D, 12, 1), T, H*D)
+	dqkv := up(randn(T*width, 13, 1), T, width)
+	defer func() { gpu.fastAttn = true }()
+	for _, fast := range []bool{true, false} {
+		gpu.fastAttn = fast
+		b.Run(fmt.Sprintf("fwd fast=%v", fast), func(b *testing.B) {
+			for range b.N {
+				gpu.AttentionForward(out, lse, qkv, pos, B, S, H, K, D, 0)
+			}
+			if err := gpu.Sync(); err != nil {
+				b.Fatal(err)
+			}
+		})
+		b.Run(fmt.Sprintf("bwd fast=%v", fast), func(b *testing.B) {
+			for range b.N {
+				gpu.AttentionBackward(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, 0)
+			}
+			if err := gpu.Sync(); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
 }
 
 func TestAttentionCached(t *testing.T) {

@@ -246,252 +246,437 @@ extern "C" __global__ void attn_bwd_dkdv(float* dqkv, const float* dout, const f
 }
 
 // ---------------------------------------------------------------------------
-// Short rows (S <= 64): one thread block per (head, row) instead of one per
-// query. The block keeps the row's keys (or values) in shared memory,
-// padded to D+1 floats a row so that 32 lanes reading 32 keys hit 32
-// banks, and the S x S probabilities (stride S+1). Warp w owns query rows
-// 8w..8w+7; in the score phases lane l owns keys l and l+32, in the
-// product phases lane l owns features l, l+32, l+64, l+96. Dot products
-// over the head dimension run in d order, like the CPU's; sums over keys or
-// queries run in index order in float32.
-#define AS_ROWS 8
-#define AS_MAXC 4  // features per lane: head dims up to 128
+// Short rows (S <= 64, D <= 128): one thread block of 256 threads per
+// (head, row) in the forward, per (KV head, row) in the backward, working on
+// 64 x 64 tiles held in shared memory, with every product register-tiled.
+//
+// Thread (ty, tx) = (threadIdx.x / 16, threadIdx.x % 16) owns rows
+// 4ty..4ty+3 of every 64-row result; warp w holds rows 8w..8w+7.
+//   Score-like products (S = Q K^T, dP = dO V^T), 64 x 64 over the head
+//   dimension: the thread owns columns 4tx..4tx+3, a 4x4 tile. Both operands
+//   are staged transposed, [d][row] with rows padded to AT_LD floats, in
+//   chunks of the head dimension, so that each step d reads a float4 of each
+//   operand (the q float4 is a broadcast, the k float4s of 16 lanes are 256
+//   consecutive bytes) for 16 fmaf.
+//   Value-like products (O = P V, dV = P^T dO, dK = dS^T Q, dQ = dS K),
+//   64 x D over the 64 rows of the other side: the thread owns columns
+//   tx + 16c; the 64 x 64 weights W sit in shared memory laid out so that
+//   the thread's four rows are one float4, the other operand is staged in
+//   column chunks of AT_VC, and each step reads 1 float4 and 3 floats for 12
+//   fmaf. The weights are exactly 0 above the causal diagonal, so the loop
+//   over the other side stops (or starts) at the warp's own diagonal: no
+//   branch inside a warp, and about half the work of the full square.
+// A Phi-3-mini layer is 512 blocks, one wave at four blocks a multiprocessor,
+// so the blocks would all load, then all compute, in step: every operand
+// chunk is therefore copied with cp.async (no registers) into one of two
+// buffers while the block computes on the other.
+// The softmax of a row runs in float32 across the 16 lanes of a half-warp
+// (shuffles), with one expf per visible score and one logf per row.
+// Sums run in a different order than the CPU's (and fused), well within
+// float32's 1e-5 of the CPU reference. Rows and columns past S are zero.
+#define AT_THREADS 256
+#define AT_S 64   // rows of a tile: S <= 64
+#define AT_LD 68  // padded row of a transposed or weight tile (float4-aligned)
+#define AT_VC 48  // columns of a value-like operand chunk
+#define AT_NC (AT_VC / 16)
+#define AT_W (AT_S * AT_LD)   // floats of the weights tile
+#define AT_Y (AT_S * AT_VC)   // floats of an operand chunk
+// One block's shared memory: the weights and two operand chunks (41 KiB,
+// under the 48 KiB a block gets without opting in). The score phase's two
+// buffers of transposed chunks, AT_W floats each, fit in the same space.
+#define AT_SMEM (AT_W + 2 * AT_Y)
 
-// as_lo is the first key query i of a row may see.
-__device__ __forceinline__ int as_lo(int i, const int* pos_row, i64 window) {
+// cp.async helpers (sm_80): a 4- or 16-byte copy from global to shared memory
+// that bypasses the registers; commit closes a group, wait<n> waits until at most
+// n groups are in flight (a __syncthreads must follow before other threads
+// read the data).
+__device__ __forceinline__ void cp_async4(float* dst, const float* src) {
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async16(float* dst, const float* src) {
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int n>
+__device__ __forceinline__ void cp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory");
+}
+// end of cp.async helpers
+
+// at_lo is the first key query i of a row may see.
+__device__ __forceinline__ int at_lo(int i, const int* pos_row, i64 window) {
     int lo = max(0, i - pos_row[i]);
     if (window > 0) lo = max(lo, (int)(i - window + 1));
     return lo;
 }
 
-// as_load_rows copies S rows of D floats (row j at src + j*stride) into
-// dst [S][D+1].
-__device__ __forceinline__ void as_load_rows(float* dst, const float* src, i64 stride, int S, int D) {
-    for (int x = threadIdx.x; x < S * D; x += blockDim.x) {
-        int j = x / D, d = x - j * D;
-        dst[j * (D + 1) + d] = src[j * stride + d];
+// at_issue_t starts copying dst[dd][i] = src[i*stride + d0+dd] for dd < dc,
+// i < 64, and stores 0 where i >= S or d0+dd >= D. A warp reads dc
+// consecutive floats of a row or two.
+template <int dc>
+__device__ __forceinline__ void at_issue_t(float* dst, const float* src, i64 stride, int S, int D, int d0) {
+#pragma unroll 4
+    for (int x = threadIdx.x; x < AT_S * dc; x += AT_THREADS) {
+        int i = x / dc, dd = x % dc, d = d0 + dd;
+        if (i < S && d < D)
+            cp_async4(&dst[dd * AT_LD + i], src + (i64)i * stride + d);
+        else
+            dst[dd * AT_LD + i] = 0.0f;
     }
 }
 
-// as_scores: acc[r][c] = q_{i0+r} . key_{lane+32c} over d (float32, d
-// order), keys from shared memory ks [S][D+1]; rows past S read row S-1.
-__device__ __forceinline__ void as_scores(float acc[AS_ROWS][2], const float* qbase, i64 qstride, const float* ks, int i0,
-                                          int S, int D, int lane, bool two) {
-    const float* q[AS_ROWS];
+// at_issue_rows starts copying dst[m][cc] = src[m*stride + d0+cc] for m < 64,
+// cc < AT_VC, and stores 0 where m >= S or cc >= cw. With v4 (src, stride,
+// d0 and cw multiples of 4 floats) the copies are 16 bytes wide.
+__device__ __forceinline__ void at_issue_rows(float* dst, const float* src, i64 stride, int S, int d0, int cw, bool v4) {
+    if (v4) {
 #pragma unroll
-    for (int r = 0; r < AS_ROWS; r++) {
-        q[r] = qbase + (i64)min(i0 + r, S - 1) * qstride;
-        acc[r][0] = 0.0f;
-        acc[r][1] = 0.0f;
-    }
-    const int j0 = min(lane, S - 1), j1 = min(lane + 32, S - 1);
-    for (int d = 0; d < D; d++) {
-        float k0 = ks[j0 * (D + 1) + d];
-        float k1 = two ? ks[j1 * (D + 1) + d] : 0.0f;
-#pragma unroll
-        for (int r = 0; r < AS_ROWS; r++) {
-            float qv = q[r][d];
-            acc[r][0] = __fadd_rn(acc[r][0], __fmul_rn(qv, k0));
-            acc[r][1] = __fadd_rn(acc[r][1], __fmul_rn(qv, k1));
+        for (int x = threadIdx.x; x < AT_Y / 4; x += AT_THREADS) {
+            int m = x / (AT_VC / 4), cc = 4 * (x % (AT_VC / 4));
+            if (m < S && cc < cw)
+                cp_async16(&dst[4 * x], src + (i64)m * stride + d0 + cc);
+            else
+                *(float4*)&dst[4 * x] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
+        return;
+    }
+#pragma unroll 4
+    for (int x = threadIdx.x; x < AT_Y; x += AT_THREADS) {
+        int m = x / AT_VC, cc = x % AT_VC;
+        if (m < S && cc < cw)
+            cp_async4(&dst[x], src + (i64)m * stride + d0 + cc);
+        else
+            dst[x] = 0.0f;
     }
 }
 
-// as_weighted: a[r][c] = sum over m of w(r, m) * src[m*stride + lane+32c]
-// for this warp's rows r (i0+r), m from m0 to m1 in order (float32), with
-// w(r, m) = P[i0+r][m], or P[m][i0+r] when transposed; rows past S weigh 0.
-// P is [S][S+1] in shared memory.
-template <bool transposed>
-__device__ __forceinline__ void as_weighted(float a[AS_ROWS][AS_MAXC], const float* P, int S, int i0, int m0, int m1,
-                                            const float* src, i64 stride, int D, int lane) {
+// at_dot: acc[r][c] += sum over dd < dc of aT[dd][4ty+r] * bT[dd][4tx+c].
+template <int dc>
+__device__ __forceinline__ void at_dot(float acc[4][4], const float* aT, const float* bT, int ty, int tx) {
+#pragma unroll 8
+    for (int dd = 0; dd < dc; dd++) {
+        float4 a4 = *(const float4*)&aT[dd * AT_LD + 4 * ty];
+        float4 b4 = *(const float4*)&bT[dd * AT_LD + 4 * tx];
+        float a[4] = {a4.x, a4.y, a4.z, a4.w}, b[4] = {b4.x, b4.y, b4.z, b4.w};
 #pragma unroll
-    for (int r = 0; r < AS_ROWS; r++)
+        for (int r = 0; r < 4; r++)
 #pragma unroll
-        for (int c = 0; c < AS_MAXC; c++) a[r][c] = 0.0f;
+            for (int c = 0; c < 4; c++) acc[r][c] = fmaf(a[r], b[c], acc[r][c]);
+    }
+}
+
+// at_wsum: for the block's rows n = 4ty+r < S and chunk columns cc < cw,
+//   dst[n*dstride + cc] (+)= sum over m0 <= m <= m1 of W[m][n] * Y[m][cc]
+// with W [64][AT_LD] and Y [64][AT_VC] in shared memory. m0 and m1 must be
+// the same across each warp. When adding, the old values are loaded before
+// the sums, so that their latency hides behind them.
+template <bool add>
+__device__ __forceinline__ void at_wsum(float* dst, i64 dstride, const float* W, const float* Y, int S, int cw, int m0,
+                                        int m1, int ty, int tx) {
+    float a[4][AT_NC];
+#pragma unroll
+    for (int r = 0; r < 4; r++)
+#pragma unroll
+        for (int c = 0; c < AT_NC; c++) {
+            int n = 4 * ty + r, cc = tx + 16 * c;
+            a[r][c] = add && n < S && cc < cw ? dst[(i64)n * dstride + cc] : 0.0f;
+        }
+    float acc[4][AT_NC];
+#pragma unroll
+    for (int r = 0; r < 4; r++)
+#pragma unroll
+        for (int c = 0; c < AT_NC; c++) acc[r][c] = 0.0f;
+#pragma unroll 2
     for (int m = m0; m <= m1; m++) {
-        float v[AS_MAXC];
+        float4 w4 = *(const float4*)&W[m * AT_LD + 4 * ty];
+        float w[4] = {w4.x, w4.y, w4.z, w4.w};
 #pragma unroll
-        for (int c = 0; c < AS_MAXC; c++) {
-            int d = lane + 32 * c;
-            v[c] = d < D ? src[(i64)m * stride + d] : 0.0f;
+        for (int c = 0; c < AT_NC; c++) {
+            float y = Y[m * AT_VC + tx + 16 * c];
+#pragma unroll
+            for (int r = 0; r < 4; r++) acc[r][c] = fmaf(w[r], y, acc[r][c]);
         }
+    }
 #pragma unroll
-        for (int r = 0; r < AS_ROWS; r++) {
-            float w = (i0 + r < S) ? (transposed ? P[m * (S + 1) + i0 + r] : P[(i0 + r) * (S + 1) + m]) : 0.0f;
+    for (int r = 0; r < 4; r++) {
+        int n = 4 * ty + r;
+        if (n >= S) break;
 #pragma unroll
-            for (int c = 0; c < AS_MAXC; c++) a[r][c] = __fadd_rn(a[r][c], __fmul_rn(w, v[c]));
+        for (int c = 0; c < AT_NC; c++) {
+            int cc = tx + 16 * c;
+            if (cc < cw) dst[(i64)n * dstride + cc] = add ? __fadd_rn(a[r][c], acc[r][c]) : acc[r][c];
         }
     }
 }
 
-// as_add_rows: dst[(i0+r)*stride + lane+32c] += a[r][c] for the rows below S.
-__device__ __forceinline__ void as_add_rows(float* dst, i64 stride, const float a[AS_ROWS][AS_MAXC], int i0, int S, int D,
-                                            int lane) {
-#pragma unroll
-    for (int r = 0; r < AS_ROWS; r++) {
-        int i = i0 + r;
-        if (i >= S) break;
-#pragma unroll
-        for (int c = 0; c < AS_MAXC; c++) {
-            int d = lane + 32 * c;
-            if (d < D) {
-                float* gp = dst + (i64)i * stride + d;
-                *gp = __fadd_rn(*gp, a[r][c]);
-            }
-        }
-    }
+// at_band is the 8-row band of warp w. Warps w and w+4 share a scheduler
+// (warp % 4), and the value-like products' work grows (or shrinks) with the
+// band, so warps 0..3 take bands 0..3 and warps 4..7 bands 7..4: each
+// scheduler gets bands k and 7-k, the same work.
+__device__ __forceinline__ int at_band(int w) { return w < 4 ? w : 11 - w; }
+
+// at_store4 writes a, b, c, d into W at [row][col..col+3] (col a multiple of 4).
+__device__ __forceinline__ void at_store4(float* W, int row, int col, float a, float b, float c, float d) {
+    *(float4*)&W[row * AT_LD + col] = make_float4(a, b, c, d);
 }
 
-// attn_fwd_s64: grid (H, B), 256 threads, dynamic shared memory
-// 4*(S*(D+1) + S*(S+1)) bytes. Same outputs as attn_fwd.
-extern "C" __global__ void attn_fwd_s64(float* out, float* lse, const float* qkv, const int* pos, i64 B, i64 S_, i64 H, i64 K,
-                                        i64 D_, i64 window, double scale_d) {
-    extern __shared__ float sm[];
+// The forward's score chunks: Q^T and K^T, 32 dimensions each, in a buffer
+// of AT_W floats.
+#define AT_FDC 32
+__device__ __forceinline__ void at_fwd_issue(float* buf, const float* q, const float* k, i64 width, int S, int D, int d0) {
+    at_issue_t<AT_FDC>(buf, q, width, S, D, d0);
+    at_issue_t<AT_FDC>(buf + AT_FDC * AT_LD, k, width, S, D, d0);
+    cp_commit();
+}
+
+// attn_fwd_t64: grid (H, B), AT_THREADS threads. Same outputs as attn_fwd.
+extern "C" __global__ void __launch_bounds__(AT_THREADS, 4) attn_fwd_t64(float* out, float* lse, const float* qkv,
+                                                                      const int* pos, i64 B, i64 S_, i64 H, i64 K,
+                                                                      i64 D_, i64 window, double scale_d) {
+    __shared__ __align__(16) float sm[AT_SMEM];
+    float* pT = sm;         // P^T [64][AT_LD] (after the score chunks in sm, sm + AT_W)
+    float* Y0 = sm + AT_W;  // value chunks [64][AT_VC]
     const int S = (int)S_, D = (int)D_;
-    float* ks = sm;               // [S][D+1]
-    float* P = sm + S * (D + 1);  // [S][S+1]
     const float scale = (float)scale_d;
     const i64 h = blockIdx.x, b = blockIdx.y;
     const i64 T = B * S, width = (H + 2 * K) * D, kvh = h / (H / K);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int band = at_band(threadIdx.x >> 5);
+    const int tx = threadIdx.x & 15, ty = 2 * band + ((threadIdx.x >> 4) & 1);
     const float* base = qkv + b * S * width;
+    const float* q = base + h * D;
+    const float* k = base + (H + kvh) * D;
+    const float* v = base + (H + K + kvh) * D;
     const int* prow = pos + b * S;
-    as_load_rows(ks, base + (H + kvh) * D, width, S, D);
-    __syncthreads();
-    const int i0 = warp * AS_ROWS;
-    if (i0 >= S) return;  // no block-wide barrier below
-    const int imax = min(i0 + AS_ROWS, S) - 1;
-    const bool two = imax >= 32;
-    float acc[AS_ROWS][2];
-    as_scores(acc, base + h * D, width, ks, i0, S, D, lane, two);
-    const float ninf = -__int_as_float(0x7f800000);
+    const bool v4 = (D & 3) == 0 && ((size_t)qkv & 15) == 0;
+
+    // S = Q K^T, chunk c+1 in flight while chunk c is multiplied.
+    float acc[4][4];
 #pragma unroll
-    for (int r = 0; r < AS_ROWS; r++) {
-        int i = i0 + r;
-        if (i >= S) break;
-        int lo = as_lo(i, prow, window);
-        int j0 = lane, j1 = lane + 32;
-        float s0 = (j0 >= lo && j0 <= i) ? __fmul_rn(acc[r][0], scale) : ninf;
-        float s1 = (j1 >= lo && j1 <= i) ? __fmul_rn(acc[r][1], scale) : ninf;
-        float m = fmaxf(s0, s1);
-        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        double e0 = j0 <= i && j0 >= lo ? exp((double)__fsub_rn(s0, m)) : 0.0;
-        double e1 = j1 <= i && j1 >= lo ? exp((double)__fsub_rn(s1, m)) : 0.0;
-        double sum = e0 + e1;
-        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        if (j0 < S) P[i * (S + 1) + j0] = (float)(e0 / sum);
-        if (j1 < S) P[i * (S + 1) + j1] = (float)(e1 / sum);
-        if (lane == 0) lse[h * T + b * S + i] = __fadd_rn(m, (float)log(sum));
-    }
-    __syncwarp();
-    float o[AS_ROWS][AS_MAXC];
-    as_weighted<false>(o, P, S, i0, 0, imax, base + (H + K + kvh) * D, width, D, lane);
+    for (int r = 0; r < 4; r++)
 #pragma unroll
-    for (int r = 0; r < AS_ROWS; r++) {
-        int i = i0 + r;
-        if (i >= S) break;
-        float* ot = out + (b * S + i) * H * D + h * D;
-#pragma unroll
-        for (int c = 0; c < AS_MAXC; c++) {
-            int d = lane + 32 * c;
-            if (d < D) ot[d] = o[r][c];
+        for (int c = 0; c < 4; c++) acc[r][c] = 0.0f;
+    const int na = (D + AT_FDC - 1) / AT_FDC;
+    at_fwd_issue(sm, q, k, width, S, D, 0);
+    for (int c = 0; c < na; c++) {
+        const float* buf = sm + (c & 1) * AT_W;
+        if (c + 1 < na) {
+            at_fwd_issue(sm + ((c + 1) & 1) * AT_W, q, k, width, S, D, (c + 1) * AT_FDC);
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
         }
+        __syncthreads();
+        at_dot<AT_FDC>(acc, buf, buf + AT_FDC * AT_LD, ty, tx);
+        __syncthreads();  // done with buf before it is refilled
+    }
+    // The first value chunk loads during the softmax.
+    const int nv = (D + AT_VC - 1) / AT_VC;
+    at_issue_rows(Y0, v, width, S, 0, min(AT_VC, D), v4);
+    cp_commit();
+
+    // Softmax of rows 4ty+r over the 16 lanes tx of this half-warp.
+    const float ninf = -__int_as_float(0x7f800000);
+    float p[4][4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        const int i = 4 * ty + r;
+        const bool live = i < S;
+        const int lo = live ? at_lo(i, prow, window) : 0;
+        float s[4], m = ninf;
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            int j = 4 * tx + c;
+            s[c] = (live && j >= lo && j <= i) ? __fmul_rn(acc[r][c], scale) : ninf;
+            m = fmaxf(m, s[c]);
+        }
+        for (int o = 1; o < 16; o <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        // A live row sees key i, so m is finite there; a dead row keeps p = 0.
+        float sum = 0.0f;
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            p[r][c] = s[c] != ninf ? expf(__fsub_rn(s[c], m)) : 0.0f;
+            sum = __fadd_rn(sum, p[r][c]);
+        }
+        for (int o = 1; o < 16; o <<= 1) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, o));
+#pragma unroll
+        for (int c = 0; c < 4; c++) p[r][c] = live ? __fdiv_rn(p[r][c], sum) : 0.0f;
+        if (live && tx == 0) lse[h * T + b * S + i] = __fadd_rn(m, logf(sum));
+    }
+    // O = P V: the weights W[j][i] = P[i][j], keys up to the warp's last row.
+#pragma unroll
+    for (int c = 0; c < 4; c++) at_store4(pT, 4 * tx + c, 4 * ty, p[0][c], p[1][c], p[2][c], p[3][c]);
+    float* o = out + b * S * H * D + h * D;
+    for (int c = 0; c < nv; c++) {
+        if (c + 1 < nv) {
+            at_issue_rows(sm + AT_W + ((c + 1) & 1) * AT_Y, v, width, S, (c + 1) * AT_VC, min(AT_VC, D - (c + 1) * AT_VC),
+                          v4);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
+        __syncthreads();
+        at_wsum<false>(o + c * AT_VC, H * D, pT, sm + AT_W + (c & 1) * AT_Y, S, min(AT_VC, D - c * AT_VC), 0,
+                       min(8 * band + 7, S - 1), ty, tx);
+        __syncthreads();
     }
 }
 
-// attn_bwd_s64: grid (K, B), 256 threads, the same shared memory as
-// attn_fwd_s64. For each query head h of KV head kvh (in order), with the
-// row's keys or values in shared memory as each phase needs them:
-//   P    = exp(q.k*scale - lse) where visible, else 0     (S x S, shared)
-//   dV  += P^T dO
-//   dS   = P * (dO.v - di) * scale                         (over P)
-//   dQ  += dS K,  dK += dS^T Q
-// di = rowsum(dO * O) comes from attn_bwd_di. Same result as attn_bwd_dq
-// and attn_bwd_dkdv up to the order of float32 sums.
-extern "C" __global__ void attn_bwd_s64(float* dqkv, const float* dout, const float* lse, const float* di,
-                                        const float* qkv, const int* pos, i64 B, i64 S_, i64 H, i64 K, i64 D_, i64 window,
-                                        double scale_d) {
-    extern __shared__ float sm[];
+// The backward's score chunks: Q^T, K^T, dO^T and V^T, 16 dimensions each,
+// in a buffer of AT_W floats.
+#define AT_BDC 16
+__device__ __forceinline__ void at_bwd_issue(float* buf, const float* q, const float* k, const float* dO, const float* v,
+                                             i64 width, i64 HD, int S, int D, int d0) {
+    at_issue_t<AT_BDC>(buf, q, width, S, D, d0);
+    at_issue_t<AT_BDC>(buf + AT_BDC * AT_LD, k, width, S, D, d0);
+    at_issue_t<AT_BDC>(buf + 2 * AT_BDC * AT_LD, dO, HD, S, D, d0);
+    at_issue_t<AT_BDC>(buf + 3 * AT_BDC * AT_LD, v, width, S, D, d0);
+    cp_commit();
+}
+
+// attn_bwd_t64: grid (K, B), AT_THREADS threads; for each query head h of
+// KV head kvh in turn (their dK, dV sums meet in this block):
+//   di   = rowsum(dO * O)                     (folded in: no attn_bwd_di)
+//   P    = exp(q.k*scale - lse) where visible, else 0;  dP = dO V^T
+//   dS   = P * (dP - di) * scale              (P, dS stay in registers)
+//   dV  += P^T dO,  dK += dS^T Q,  dQ += dS K (each through the weights tile,
+//                                              column chunk by column chunk)
+// Same result as attn_bwd_di + attn_bwd_dq + attn_bwd_dkdv up to the order
+// of float32 sums. Four blocks a multiprocessor (64 registers) take the 512
+// blocks of a Phi-3-mini layer in one wave (three, at 80 registers, ran 1.5x
+// slower).
+extern "C" __global__ void __launch_bounds__(AT_THREADS, 4) attn_bwd_t64(float* dqkv, const float* dout, const float* out,
+                                                                         const float* lse, const float* qkv,
+                                                                         const int* pos, i64 B, i64 S_, i64 H, i64 K,
+                                                                         i64 D_, i64 window, double scale_d) {
+    __shared__ __align__(16) float sm[AT_SMEM];
+    __shared__ float lse_s[AT_S], di_s[AT_S];
+    float* W = sm;  // the weights [64][AT_LD]: P, dS, dS^T (after the score chunks)
     const int S = (int)S_, D = (int)D_;
-    float* kv = sm;               // [S][D+1]: keys, then values, then keys
-    float* P = sm + S * (D + 1);  // [S][S+1]: P, then dS
     const float scale = (float)scale_d;
     const i64 kvh = blockIdx.x, b = blockIdx.y;
     const i64 T = B * S, width = (H + 2 * K) * D, HD = H * D, group = H / K;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const i64 koff = (H + kvh) * D, voff = (H + K + kvh) * D;
+    const int band = at_band(threadIdx.x >> 5), lane = threadIdx.x & 31;
+    const int tx = threadIdx.x & 15, ty = 2 * band + (lane >> 4);
     const float* base = qkv + b * S * width;
     float* dbase = dqkv + b * S * width;
     const float* dobase = dout + b * S * HD;
+    const float* obase = out + b * S * HD;
     const int* prow = pos + b * S;
-    const int i0 = warp * AS_ROWS;
-    const bool active = i0 < S;
-    const int imax = min(i0 + AS_ROWS, S) - 1;
-    const bool two = imax >= 32;
+    int lo[4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) lo[r] = 4 * ty + r < S ? at_lo(4 * ty + r, prow, window) : 0;
+    // Keys past the warp's last row (dQ) and queries before its first (dV, dK)
+    // have zero weight.
+    const int jmax = min(8 * band + 7, S - 1), imin = 8 * band;
+    const int na = (D + AT_BDC - 1) / AT_BDC, nv = (D + AT_VC - 1) / AT_VC;
+    const bool v4 = (D & 3) == 0 && (((size_t)qkv | (size_t)dout) & 15) == 0;
+
     for (i64 g = 0; g < group; g++) {
         const i64 h = kvh * group + g;
-        __syncthreads();  // the previous head's readers of kv and P are done
-        as_load_rows(kv, base + koff, width, S, D);
-        __syncthreads();
-        // P for this warp's query rows.
-        if (active) {
-            float acc[AS_ROWS][2];
-            as_scores(acc, base + h * D, width, kv, i0, S, D, lane, two);
+        const float* q = base + h * D;
+        const float* dO = dobase + h * D;
+        // The previous head ended with a barrier: sm, lse_s, di_s are free.
+        at_bwd_issue(sm, q, base + koff, dO, base + voff, width, HD, S, D, 0);
+        // di and lse of the warp's rows 8band..8band+7, lanes over d (D <= 128):
+        // every load is issued before the sums need it.
+        {
+            float di[8];
 #pragma unroll
-            for (int r = 0; r < AS_ROWS; r++) {
-                int i = i0 + r;
-                if (i >= S) break;
-                int lo = as_lo(i, prow, window);
-                float l = lse[h * T + b * S + i];
+            for (int rr = 0; rr < 8; rr++) di[rr] = 0.0f;
 #pragma unroll
-                for (int c = 0; c < 2; c++) {
-                    int j = lane + 32 * c;
-                    if (j >= S) continue;
-                    float p = 0.0f;
-                    if (j >= lo && j <= i) p = (float)exp((double)__fsub_rn(__fmul_rn(acc[r][c], scale), l));
-                    P[i * (S + 1) + j] = p;
+            for (int k = 0; k < 4; k++) {
+                const int d = lane + 32 * k;
+#pragma unroll
+                for (int rr = 0; rr < 8; rr++) {
+                    const int i = 8 * band + rr;
+                    if (i < S && d < D) di[rr] = fmaf(dO[i * HD + d], obase[i * HD + h * D + d], di[rr]);
+                }
+            }
+#pragma unroll
+            for (int rr = 0; rr < 8; rr++) {
+                float x = di[rr];
+                for (int o = 16; o > 0; o >>= 1) x = __fadd_rn(x, __shfl_xor_sync(0xffffffffu, x, o));
+                const int i = 8 * band + rr;
+                if (lane == rr) {
+                    di_s[i] = x;
+                    lse_s[i] = i < S ? lse[h * T + b * S + i] : 0.0f;
                 }
             }
         }
-        __syncthreads();
-        // dV for this warp's key rows j = i0..: sum over queries i >= i0.
-        if (active) {
-            float a[AS_ROWS][AS_MAXC];
-            as_weighted<true>(a, P, S, i0, i0, S - 1, dobase + h * D, HD, D, lane);
-            as_add_rows(dbase + voff, width, a, i0, S, D, lane);
+        // S = Q K^T and dP = dO V^T, chunk c+1 in flight while chunk c is multiplied.
+        float sacc[4][4], pacc[4][4];
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) sacc[r][c] = pacc[r][c] = 0.0f;
+        for (int c = 0; c < na; c++) {
+            const float* buf = sm + (c & 1) * AT_W;
+            if (c + 1 < na) {
+                at_bwd_issue(sm + ((c + 1) & 1) * AT_W, q, base + koff, dO, base + voff, width, HD, S, D,
+                             (c + 1) * AT_BDC);
+                cp_wait<1>();
+            } else {
+                cp_wait<0>();
+            }
+            __syncthreads();
+            at_dot<AT_BDC>(sacc, buf, buf + AT_BDC * AT_LD, ty, tx);
+            at_dot<AT_BDC>(pacc, buf + 2 * AT_BDC * AT_LD, buf + 3 * AT_BDC * AT_LD, ty, tx);
+            __syncthreads();  // done with buf before it is refilled
         }
-        __syncthreads();  // everyone is done with the keys and with P as P
-        as_load_rows(kv, base + voff, width, S, D);
-        __syncthreads();
-        // dS over P: dp = dO_i . v_j in d order.
-        if (active) {
-            float acc[AS_ROWS][2];
-            as_scores(acc, dobase + h * D, HD, kv, i0, S, D, lane, two);
+        // Three products, dV (weights P, operand dO), dK (dS, Q) and dQ (dS^T,
+        // K), nv column chunks each: step s+1's chunk loads during step s.
+        // The first one loads while P and dS are computed.
+        const int nsteps = 3 * nv;
+        at_issue_rows(sm + AT_W, dO, HD, S, 0, min(AT_VC, D), v4);
+        cp_commit();
+        float p[4][4], ds[4][4];
 #pragma unroll
-            for (int r = 0; r < AS_ROWS; r++) {
-                int i = i0 + r;
-                if (i >= S) break;
-                float dI = di[h * T + b * S + i];
+        for (int r = 0; r < 4; r++) {
+            const int i = 4 * ty + r;
+            const float l = lse_s[i], dI = di_s[i];
 #pragma unroll
-                for (int c = 0; c < 2; c++) {
-                    int j = lane + 32 * c;
-                    if (j >= S) continue;
-                    float p = P[i * (S + 1) + j];
-                    P[i * (S + 1) + j] = __fmul_rn(__fmul_rn(p, __fsub_rn(acc[r][c], dI)), scale);
-                }
+            for (int c = 0; c < 4; c++) {
+                const int j = 4 * tx + c;
+                float pp = 0.0f;
+                if (i < S && j >= lo[r] && j <= i) pp = expf(__fsub_rn(__fmul_rn(sacc[r][c], scale), l));
+                p[r][c] = pp;
+                ds[r][c] = __fmul_rn(__fmul_rn(pp, __fsub_rn(pacc[r][c], dI)), scale);
             }
         }
-        __syncthreads();  // dS complete; the values are no longer needed
-        as_load_rows(kv, base + koff, width, S, D);
-        __syncthreads();
-        if (active) {
-            // dQ for this warp's query rows: sum over keys j <= imax in order.
-            float a[AS_ROWS][AS_MAXC];
-            as_weighted<false>(a, P, S, i0, 0, imax, kv, D + 1, D, lane);
-            as_add_rows(dbase + h * D, width, a, i0, S, D, lane);
-            // dK for this warp's key rows: sum over queries i >= i0 in order.
-            as_weighted<true>(a, P, S, i0, i0, S - 1, base + h * D, width, D, lane);
-            as_add_rows(dbase + koff, width, a, i0, S, D, lane);
+        for (int s = 0; s < nsteps; s++) {
+            const int ph = s / nv, c = s - ph * nv;
+            if (c == 0) {  // a new product: its weights (the last step ended with a barrier)
+                if (ph == 0) {  // W[i][j] = P[i][j]
+#pragma unroll
+                    for (int r = 0; r < 4; r++) at_store4(W, 4 * ty + r, 4 * tx, p[r][0], p[r][1], p[r][2], p[r][3]);
+                } else if (ph == 1) {  // W[i][j] = dS[i][j]
+#pragma unroll
+                    for (int r = 0; r < 4; r++) at_store4(W, 4 * ty + r, 4 * tx, ds[r][0], ds[r][1], ds[r][2], ds[r][3]);
+                } else {  // W[j][i] = dS[i][j]
+#pragma unroll
+                    for (int c4 = 0; c4 < 4; c4++)
+                        at_store4(W, 4 * tx + c4, 4 * ty, ds[0][c4], ds[1][c4], ds[2][c4], ds[3][c4]);
+                }
+            }
+            if (s + 1 < nsteps) {
+                const int ph1 = (s + 1) / nv, c1 = (s + 1) - ph1 * nv;
+                const float* src = ph1 == 0 ? dO : ph1 == 1 ? q : base + koff;
+                at_issue_rows(sm + AT_W + ((s + 1) & 1) * AT_Y, src, ph1 == 0 ? HD : width, S, c1 * AT_VC,
+                              min(AT_VC, D - c1 * AT_VC), v4);
+                cp_commit();
+                cp_wait<1>();
+            } else {
+                cp_wait<0>();
+            }
+            __syncthreads();
+            float* dst = (ph == 0 ? dbase + voff : ph == 1 ? dbase + koff : dbase + h * D) + c * AT_VC;
+            at_wsum<true>(dst, width, W, sm + AT_W + (s & 1) * AT_Y, S, min(AT_VC, D - c * AT_VC),
+                          ph == 2 ? 0 : imin, ph == 2 ? jmax : S - 1, ty, tx);
+            __syncthreads();  // done with W and this chunk before they are refilled
         }
     }
 }
