@@ -329,13 +329,18 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 		b.ClipGradNorm(grads, maxNorm)
 		lr := baseLR * float64(max(0, total-g)) / float64(total)
 		hp := finetune.AdamParams{LR: float32(lr), Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0, Step: g + 1}
+		// As the trainer's optimizer does: the 8-bit states in one
+		// launch (finetune.MultiAdamW8bit), the rest one by one.
+		var ps8, gs8 []finetune.Tensor
+		var sts8 []*finetune.Adam8State
 		for k, p := range params {
 			if states[k] != nil {
-				b.AdamW8bit(p.Param, p.Grad, states[k], hp)
+				ps8, gs8, sts8 = append(ps8, p.Param), append(gs8, p.Grad), append(sts8, states[k])
 			} else {
 				b.AdamW(p.Param, p.Grad, moments[k][0], moments[k][1], hp)
 			}
 		}
+		b.AdamW8bitMulti(ps8, gs8, sts8, hp)
 		if err := b.Sync(); err != nil {
 			return 0, err
 		}
@@ -415,7 +420,7 @@ func category(name string) string {
 		return "LoRA (fused kernels)"
 	case strings.HasPrefix(name, "f32_to_bf16"):
 		return "fp32 -> bf16 casts of GEMM inputs"
-	case name == "adamw8bit" || name == "adamw" || name == "sumsq_multi" || name == "clip_finish" || name == "scale_multi":
+	case name == "adamw8bit" || name == "adamw8bit_multi" || name == "adamw" || name == "sumsq_multi" || name == "clip_finish" || name == "scale_multi":
 		return "optimizer and clipping"
 	case name == "memset" || name == "memcpy":
 		return "memset / memcpy"
