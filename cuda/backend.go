@@ -317,6 +317,11 @@ func (b *Backend) matrixLD(w *weight, op string, ld int) (p cu.DevicePtr, abType
 		// Rows ld apart: thread x of block (bx, by) expands eight values,
 		// group 128*bx + x of rows by, by + gridDim.y, ...
 		gpr := w.in / 8
+		if deqWarpItems && int64(w.out)*int64(gpr)+128 < 1<<32 {
+			b.launch(op, "nf4_dequant_ld_bf16_w", b.deqLDGrid(w.out, gpr), 256, 0,
+				append([]uint64{ptrArg(p), intArg(w.out), intArg(w.in), intArg(ld), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
+			return p, abType, ld
+		}
 		b.launch(op, "nf4_dequant_ld_bf16", [3]int{(gpr + 127) / 128, min(w.out, 65535), 1}, 128, 0,
 			append([]uint64{ptrArg(p), intArg(w.out), intArg(w.in), intArg(ld), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
 		return p, abType, ld
@@ -330,6 +335,32 @@ func (b *Backend) matrixLD(w *weight, op string, ld int) (p cu.DevicePtr, abType
 	threads := max(n/per, n%per, 1)
 	b.launchN(op, kernel, threads, append([]uint64{ptrArg(p), uint64(n), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
 	return p, abType, ld
+}
+
+// deqWarpItems says whether matrixLD's strided bfloat16 dequantization
+// runs nf4_dequant_ld_bf16_w (persistent warps over 128-group row items,
+// four 16-byte stores a lane) rather than nf4_dequant_ld_bf16 (one group a
+// thread); OLLAMA_TUNE_CUDA_REFERENCE=deq-ld turns it off.
+var deqWarpItems = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "deq-ld")
+
+// deqLDMaxBlocks caps nf4_dequant_ld_bf16_w's grid (0: the GPU's resident
+// maximum); tests set it to make the warps stride.
+var deqLDMaxBlocks = 0
+
+// deqLDGrid is nf4_dequant_ld_bf16_w's grid for rows of gpr groups: at
+// most 8 blocks of 8 warps an SM (the kernel takes 32 registers, so all
+// are resident), with the items spread evenly: each warp strides over the
+// same number of items, give or take one, and the grid shrinks instead of
+// leaving a short last round.
+func (b *Backend) deqLDGrid(rows, gpr int) [3]int {
+	items := int64(rows) * int64((gpr+127)/128)
+	maxBlocks := int64(8 * max(b.info.Multiprocessors, 1))
+	if deqLDMaxBlocks > 0 {
+		maxBlocks = int64(deqLDMaxBlocks)
+	}
+	rounds := (items + 8*maxBlocks - 1) / (8 * maxBlocks)
+	warps := (items + rounds - 1) / rounds
+	return [3]int{int((warps + 7) / 8), 1, 1}
 }
 
 // The dequantization cache keeps the last dequantized weight of each

@@ -1001,8 +1001,20 @@ func TestDropoutLoRAPrep(t *testing.T) {
 // writes what nf4_dequant_bf16 writes, bit for bit, with and without
 // double quantization.
 func TestNF4DequantStrided(t *testing.T) {
-	for _, dq := range []bool{false, true} {
-		out, in, ld := 37, 1032, 1088 // 129 groups a row: two blocks of 128 threads, one nearly idle
+	defer func(v bool, m int) { deqWarpItems, deqLDMaxBlocks = v, m }(deqWarpItems, deqLDMaxBlocks)
+	for _, c := range []struct {
+		out, in, ld, maxBlocks int
+		warpItems, dq          bool
+	}{
+		// 129 groups a row: two blocks of 128 threads (one nearly idle), or
+		// two warp items (one of a single group); 64-blocks straddle rows.
+		{37, 1032, 1088, 0, false, false}, {37, 1032, 1088, 0, false, true},
+		{37, 1032, 1088, 0, true, false}, {37, 1032, 1088, 0, true, true},
+		// Warps striding over many items (grid capped at 3 blocks).
+		{37, 1032, 1088, 3, true, true}, {200, 3072, 3136, 3, true, true}, {96, 520, 576, 2, true, false},
+	} {
+		deqWarpItems, deqLDMaxBlocks = c.warpItems, c.maxBlocks
+		out, in, ld, dq := c.out, c.in, c.ld, c.dq
 		w, err := gpuB16.NF4Weight(randn(out*in, 97, 0.2), out, in, dq)
 		if err != nil {
 			t.Fatal(err)
@@ -1025,7 +1037,7 @@ func TestNF4DequantStrided(t *testing.T) {
 		for r := 0; r < out; r++ {
 			for j := 0; j < in; j++ {
 				if plain[r*in+j] != strided[r*ld+j] {
-					t.Fatalf("double quant %v: [%d,%d] = %#x strided, %#x plain", dq, r, j, strided[r*ld+j], plain[r*in+j])
+					t.Fatalf("%+v: [%d,%d] = %#x strided, %#x plain", c, r, j, strided[r*ld+j], plain[r*in+j])
 				}
 			}
 		}

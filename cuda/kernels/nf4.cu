@@ -300,6 +300,67 @@ extern "C" __global__ void nf4_dequant_ld_bf16(bf16_t* __restrict__ out, i64 row
     }
 }
 
+// nf4_dequant_ld_bf16_w: nf4_dequant_ld_bf16's values (bit for bit), laid
+// out for bandwidth. The work is rows * ceil(gpr/128) warp items (gpr =
+// cols/8 groups of eight values a row); item j of row r is the groups
+// 128j .. 128j+127 of that row, and lane l expands groups 128j + l + 32k,
+// k = 0..3: four 4-byte code loads and four 16-byte stores, each contiguous
+// across the warp, all loads issued before the first store. The absmax of
+// the at most 17 64-blocks an item touches are computed once, one a lane,
+// and shuffled to the lanes that need them. Persistent warps stride over
+// the items (grid sized to the GPU by the host, a multiple of 32 threads a
+// block); the flat group index rows*gpr must fit in 32 bits (the host
+// checks). Item -> row is one 32-bit division a warp item.
+extern "C" __global__ void __launch_bounds__(256) nf4_dequant_ld_bf16_w(
+    bf16_t* __restrict__ out, i64 rows_, i64 cols, i64 ld, const unsigned char* __restrict__ codes,
+    const float* __restrict__ absmax, const unsigned char* __restrict__ acodes, const float* __restrict__ ascales,
+    const float* __restrict__ smap, double offset_d) {
+    __shared__ float cb[16];
+    if (threadIdx.x < 16) cb[threadIdx.x] = NF4_CODE[threadIdx.x];
+    __syncthreads();
+    const float offset = (float)offset_d;
+    const unsigned rows = (unsigned)rows_, gpr = (unsigned)(cols >> 3);
+    const unsigned nchunk = (gpr + 127u) >> 7, items = rows * nchunk;
+    const unsigned nblocks = (rows * gpr + 7u) >> 3;
+    const unsigned lane = threadIdx.x & 31u;
+    const unsigned nwarps = (gridDim.x * blockDim.x) >> 5;
+    const unsigned* code32 = reinterpret_cast<const unsigned*>(codes);
+    for (unsigned w = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; w < items; w += nwarps) {
+        const unsigned r = w / nchunk, c0 = (w - r * nchunk) << 7;
+        const unsigned g0 = r * gpr + c0;  // the item's first flat group
+        unsigned x[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const unsigned c = c0 + lane + 32u * k;
+            x[k] = c < gpr ? __ldg(code32 + g0 + lane + 32u * k) : 0u;
+        }
+        const unsigned b0 = g0 >> 3, bl = b0 + lane;
+        float am = 0.0f;
+        if (lane < 17u && bl < nblocks) {
+            if (acodes == 0) {
+                am = __ldg(absmax + bl);
+            } else {
+                am = __fadd_rn(__fmul_rn(__ldg(smap + __ldg(acodes + bl)), __ldg(ascales + (bl >> 8))), offset);
+            }
+        }
+        bf16_t* orow = out + (i64)r * ld;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const unsigned c = c0 + lane + 32u * k;
+            const float a = __shfl_sync(0xffffffffu, am, ((g0 + lane + 32u * k) >> 3) - b0);
+            if (c < gpr) {
+                const unsigned y = x[k];
+                uint4 v;
+                v.x = bf16_pair(__fmul_rn(cb[(y >> 4) & 15u], a), __fmul_rn(cb[y & 15u], a));
+                v.y = bf16_pair(__fmul_rn(cb[(y >> 12) & 15u], a), __fmul_rn(cb[(y >> 8) & 15u], a));
+                v.z = bf16_pair(__fmul_rn(cb[(y >> 20) & 15u], a), __fmul_rn(cb[(y >> 16) & 15u], a));
+                v.w = bf16_pair(__fmul_rn(cb[(y >> 28) & 15u], a), __fmul_rn(cb[(y >> 24) & 15u], a));
+                *reinterpret_cast<uint4*>(orow + ((size_t)c << 3)) = v;
+            }
+        }
+    }
+}
+
 extern "C" __global__ void nf4_dequant_f16(__half* out, i64 n, const unsigned char* codes, const float* absmax,
                                            const unsigned char* acodes, const float* ascales, const float* smap,
                                            double offset_d) {
