@@ -5,6 +5,7 @@ package cuda
 import (
 	"fmt"
 	"math"
+	"os"
 	"unsafe"
 
 	"gorgonia.org/cu"
@@ -317,8 +318,9 @@ func (b *Backend) matrixLD(w *weight, op string, ld int) (p cu.DevicePtr, abType
 		// Rows ld apart: thread x of block (bx, by) expands eight values,
 		// group 128*bx + x of rows by, by + gridDim.y, ...
 		gpr := w.in / 8
-		if deqWarpItems && int64(w.out)*int64(gpr)+128 < 1<<32 {
-			b.launch(op, "nf4_dequant_ld_bf16_w", b.deqLDGrid(w.out, gpr), 256, 0,
+		if deqWarpItems && int64(w.out)*int64(gpr)+256 < 1<<32 {
+			name, grid := b.deqLDKernel(w.out, gpr)
+			b.launch(op, name, grid, 256, 0,
 				append([]uint64{ptrArg(p), intArg(w.out), intArg(w.in), intArg(ld), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
 			return p, abType, ld
 		}
@@ -338,29 +340,48 @@ func (b *Backend) matrixLD(w *weight, op string, ld int) (p cu.DevicePtr, abType
 }
 
 // deqWarpItems says whether matrixLD's strided bfloat16 dequantization
-// runs nf4_dequant_ld_bf16_w (persistent warps over 128-group row items,
-// four 16-byte stores a lane) rather than nf4_dequant_ld_bf16 (one group a
-// thread); OLLAMA_TUNE_CUDA_REFERENCE=deq-ld turns it off.
+// runs nf4_dequant_ld_bf16_w or _w2 (persistent warps over 128-group row
+// items, four 16-byte stores a lane; deqLDItems) rather than
+// nf4_dequant_ld_bf16 (one group a thread); OLLAMA_TUNE_CUDA_REFERENCE=deq-ld
+// turns it off.
 var deqWarpItems = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "deq-ld")
 
-// deqLDMaxBlocks caps nf4_dequant_ld_bf16_w's grid (0: the GPU's resident
-// maximum); tests set it to make the warps stride.
+// deqLDItems is how many items a warp of the strided dequantization takes
+// at a time: 1 (nf4_dequant_ld_bf16_w, 32 registers, 8 blocks of 256
+// threads an SM) or 2 (nf4_dequant_ld_bf16_w2, 48 registers, 5 blocks).
+// OLLAMA_TUNE_CUDA_DEQ=w2 picks 2.
+var deqLDItems = func() int {
+	if os.Getenv("OLLAMA_TUNE_CUDA_DEQ") == "w2" {
+		return 2
+	}
+	return 1
+}()
+
+// deqLDMaxBlocks caps the strided dequantization's grid (0: the GPU's
+// resident maximum); tests set it to make the warps stride, and a negative
+// value gives every warp one round (a grid as large as the work).
 var deqLDMaxBlocks = 0
 
-// deqLDGrid is nf4_dequant_ld_bf16_w's grid for rows of gpr groups: at
-// most 8 blocks of 8 warps an SM (the kernel takes 32 registers, so all
-// are resident), with the items spread evenly: each warp strides over the
-// same number of items, give or take one, and the grid shrinks instead of
-// leaving a short last round.
-func (b *Backend) deqLDGrid(rows, gpr int) [3]int {
-	items := int64(rows) * int64((gpr+127)/128)
-	maxBlocks := int64(8 * max(b.info.Multiprocessors, 1))
+// deqLDKernel is the strided dequantization kernel and its grid for rows
+// of gpr groups: at most the blocks that are resident at once, with the
+// items spread evenly: each warp strides over the same number of rounds,
+// give or take one, and the grid shrinks instead of leaving a short last
+// round.
+func (b *Backend) deqLDKernel(rows, gpr int) (string, [3]int) {
+	name, perSM, items := "nf4_dequant_ld_bf16_w", int64(8), int64(deqLDItems)
+	if items == 2 {
+		name, perSM = "nf4_dequant_ld_bf16_w2", 5
+	}
+	units := (int64(rows)*int64((gpr+127)/128) + items - 1) / items // a warp's work a round
+	maxBlocks := perSM * int64(max(b.info.Multiprocessors, 1))
 	if deqLDMaxBlocks > 0 {
 		maxBlocks = int64(deqLDMaxBlocks)
+	} else if deqLDMaxBlocks < 0 {
+		maxBlocks = (units + 7) / 8
 	}
-	rounds := (items + 8*maxBlocks - 1) / (8 * maxBlocks)
-	warps := (items + rounds - 1) / rounds
-	return [3]int{int((warps + 7) / 8), 1, 1}
+	rounds := (units + 8*maxBlocks - 1) / (8 * maxBlocks)
+	warps := (units + rounds - 1) / rounds
+	return name, [3]int{int((warps + 7) / 8), 1, 1}
 }
 
 // The dequantization cache keeps the last dequantized weight of each
