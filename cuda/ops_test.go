@@ -1104,6 +1104,24 @@ func TestNF4DequantLDSpeed(t *testing.T) {
 			totals[vi] += 2 * us
 			t.Logf("[%5d,%5d] %-24s %7.2f us/call (events), wall %7.2f us/call, %.2f TB/s", out, in, v.name, us, 1000*p.WallMs/reps, bytes/us/1e6)
 		}
+		// The floor: a memset of the output's bytes (padding included).
+		var ptr cu.DevicePtr
+		func() {
+			defer gpuB16.enter("test")()
+			ptr, _, _ = gpuB16.matrixLD(w.(*weight), "test", ld)
+		}()
+		gpuB16.StartProfile()
+		func() {
+			defer gpuB16.enter("test")()
+			wb := int64(out) * int64(ld) * 2
+			for i := 0; i < reps; i++ {
+				gpuB16.span("memset", func() { check("test", cu.MemsetD32Async(ptr, 0, wb/4, gpuB16.stream)) })
+			}
+		}()
+		if p, err := gpuB16.StopProfile(); err == nil {
+			us := 1000 * p.BusyMs / reps
+			t.Logf("[%5d,%5d] %-24s %7.2f us/call (events), %.2f TB/s written", out, in, "memset of the output", us, float64(out)*float64(ld)*2/us/1e6)
+		}
 		gpuB16.FreeWeight(w)
 	}
 	for vi, v := range variants {
