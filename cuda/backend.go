@@ -340,39 +340,34 @@ func (b *Backend) matrixLD(w *weight, op string, ld int) (p cu.DevicePtr, abType
 }
 
 // deqWarpItems says whether matrixLD's strided bfloat16 dequantization
-// runs nf4_dequant_ld_bf16_w or _w2 (persistent warps over 128-group row
-// items, four 16-byte stores a lane; deqLDItems) rather than
+// runs nf4_dequant_ld_bf16_w (warps over 128-group row items, four
+// 16-byte stores a lane, the absmax once a 64-block) rather than
 // nf4_dequant_ld_bf16 (one group a thread); OLLAMA_TUNE_CUDA_REFERENCE=deq-ld
 // turns it off.
 var deqWarpItems = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "deq-ld")
 
-// deqLDItems is how many items a warp of the strided dequantization takes
-// at a time: 1 (nf4_dequant_ld_bf16_w, 32 registers, 8 blocks of 256
-// threads an SM) or 2 (nf4_dequant_ld_bf16_w2, 48 registers, 5 blocks).
-// OLLAMA_TUNE_CUDA_DEQ=w2 picks 2.
-var deqLDItems = func() int {
-	if os.Getenv("OLLAMA_TUNE_CUDA_DEQ") == "w2" {
-		return 2
+// deqLDMaxBlocks caps nf4_dequant_ld_bf16_w's grid: a negative value (the
+// default) gives every warp one item (a grid as large as the work), 0 the
+// blocks resident at once (persistent warps, OLLAMA_TUNE_CUDA_DEQ=persist),
+// a positive value that many blocks (tests, to make the warps stride). On
+// the H100 one item a warp dequantized Phi-3-mini's four weight shapes 9%
+// faster than persistent warps (233 vs 254 us for two passes of each;
+// TestNF4DequantLDSpeed): the block scheduler balances the SMs better than
+// a fixed number of rounds a warp.
+var deqLDMaxBlocks = func() int {
+	if os.Getenv("OLLAMA_TUNE_CUDA_DEQ") == "persist" {
+		return 0
 	}
-	return 1
+	return -1
 }()
 
-// deqLDMaxBlocks caps the strided dequantization's grid (0: the GPU's
-// resident maximum); tests set it to make the warps stride, and a negative
-// value gives every warp one round (a grid as large as the work).
-var deqLDMaxBlocks = 0
-
 // deqLDKernel is the strided dequantization kernel and its grid for rows
-// of gpr groups: at most the blocks that are resident at once, with the
-// items spread evenly: each warp strides over the same number of rounds,
-// give or take one, and the grid shrinks instead of leaving a short last
-// round.
+// of gpr groups (deqLDMaxBlocks). With a cap the items are spread evenly:
+// each warp strides over the same number of rounds, give or take one, and
+// the grid shrinks instead of leaving a short last round.
 func (b *Backend) deqLDKernel(rows, gpr int) (string, [3]int) {
-	name, perSM, items := "nf4_dequant_ld_bf16_w", int64(8), int64(deqLDItems)
-	if items == 2 {
-		name, perSM = "nf4_dequant_ld_bf16_w2", 5
-	}
-	units := (int64(rows)*int64((gpr+127)/128) + items - 1) / items // a warp's work a round
+	const perSM = 8                             // 32 registers, 256 threads a block: 2048 threads an SM
+	units := int64(rows) * int64((gpr+127)/128) // warp items
 	maxBlocks := perSM * int64(max(b.info.Multiprocessors, 1))
 	if deqLDMaxBlocks > 0 {
 		maxBlocks = int64(deqLDMaxBlocks)
@@ -381,7 +376,7 @@ func (b *Backend) deqLDKernel(rows, gpr int) (string, [3]int) {
 	}
 	rounds := (units + 8*maxBlocks - 1) / (8 * maxBlocks)
 	warps := (units + rounds - 1) / rounds
-	return name, [3]int{int((warps + 7) / 8), 1, 1}
+	return "nf4_dequant_ld_bf16_w", [3]int{int((warps + 7) / 8), 1, 1}
 }
 
 // The dequantization cache keeps the last dequantized weight of each

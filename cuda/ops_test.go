@@ -997,31 +997,29 @@ func TestDropoutLoRAPrep(t *testing.T) {
 	}
 }
 
-// nf4_dequant_ld_bf16 (the folded LoRA's dequantization, rows ld apart)
-// writes what nf4_dequant_bf16 writes, bit for bit, with and without
+// nf4_dequant_ld_bf16 and nf4_dequant_ld_bf16_w (the folded LoRA's
+// dequantization, rows ld apart; the second with each grid deqLDKernel
+// makes) write what nf4_dequant_bf16 writes, bit for bit, with and without
 // double quantization.
 func TestNF4DequantStrided(t *testing.T) {
-	defer func(v bool, m, n int) { deqWarpItems, deqLDMaxBlocks, deqLDItems = v, m, n }(deqWarpItems, deqLDMaxBlocks, deqLDItems)
+	defer func(v bool, m int) { deqWarpItems, deqLDMaxBlocks = v, m }(deqWarpItems, deqLDMaxBlocks)
 	type strided struct {
 		out, in, ld, maxBlocks int
 		warpItems, dq          bool
-		items                  int
 	}
 	cases := []strided{
 		// 129 groups a row: two blocks of 128 threads (one nearly idle), or
 		// two warp items (one of a single group); 64-blocks straddle rows.
-		{37, 1032, 1088, 0, false, false, 1}, {37, 1032, 1088, 0, false, true, 1},
-	}
-	for _, items := range []int{1, 2} {
-		cases = append(cases,
-			strided{37, 1032, 1088, 0, true, false, items}, strided{37, 1032, 1088, 0, true, true, items},
-			strided{37, 1032, 1088, -1, true, true, items},
-			// Warps striding over many items (grid capped at 2 or 3 blocks).
-			strided{37, 1032, 1088, 3, true, true, items}, strided{200, 3072, 3136, 3, true, true, items},
-			strided{96, 520, 576, 2, true, false, items}, strided{33, 8192, 8256, 2, true, true, items})
+		{37, 1032, 1088, 0, false, false}, {37, 1032, 1088, 0, false, true},
+		// One item a warp (the default) and persistent warps.
+		{37, 1032, 1088, -1, true, false}, {37, 1032, 1088, -1, true, true},
+		{37, 1032, 1088, 0, true, false}, {37, 1032, 1088, 0, true, true},
+		// Warps striding over many items (grid capped at 2 or 3 blocks).
+		{37, 1032, 1088, 3, true, true}, {200, 3072, 3136, 3, true, true},
+		{96, 520, 576, 2, true, false}, {33, 8192, 8256, 2, true, true},
 	}
 	for _, c := range cases {
-		deqWarpItems, deqLDMaxBlocks, deqLDItems = c.warpItems, c.maxBlocks, c.items
+		deqWarpItems, deqLDMaxBlocks = c.warpItems, c.maxBlocks
 		out, in, ld, dq := c.out, c.in, c.ld, c.dq
 		w, err := gpuB16.NF4Weight(randn(out*in, 97, 0.2), out, in, dq)
 		if err != nil {
@@ -1059,17 +1057,15 @@ func TestNF4DequantLDSpeed(t *testing.T) {
 	if os.Getenv("OLLAMA_TUNE_DEQ_BENCH") == "" {
 		t.Skip("set OLLAMA_TUNE_DEQ_BENCH=1")
 	}
-	defer func(v bool, m, n, d int) { deqWarpItems, deqLDMaxBlocks, deqLDItems, gpuB16.dequantMax = v, m, n, d }(
-		deqWarpItems, deqLDMaxBlocks, deqLDItems, gpuB16.dequantMax)
+	defer func(v bool, m, d int) { deqWarpItems, deqLDMaxBlocks, gpuB16.dequantMax = v, m, d }(
+		deqWarpItems, deqLDMaxBlocks, gpuB16.dequantMax)
 	gpuB16.dequantMax = 0 // every call dequantizes
 	type variant struct {
 		name      string
 		warp      bool
 		maxBlocks int
-		items     int
 	}
-	variants := []variant{{"ld (one group a thread)", false, 0, 1}, {"w persistent", true, 0, 1},
-		{"w one round", true, -1, 1}, {"w2 persistent", true, 0, 2}, {"w2 one round", true, -1, 2}}
+	variants := []variant{{"ld (one group a thread)", false, 0}, {"w persistent", true, 0}, {"w one item a warp", true, -1}}
 	const reps = 20
 	totals := make([]float64, len(variants))
 	for _, sh := range [][2]int{{9216, 3072}, {3072, 3072}, {16384, 3072}, {3072, 8192}} {
@@ -1086,7 +1082,7 @@ func TestNF4DequantLDSpeed(t *testing.T) {
 		}
 		bytes := float64(out)*float64(in)*2 + float64(out)*float64(in)/2 + float64(out)*float64(in)/64
 		for vi, v := range variants {
-			deqWarpItems, deqLDMaxBlocks, deqLDItems = v.warp, v.maxBlocks, v.items
+			deqWarpItems, deqLDMaxBlocks = v.warp, v.maxBlocks
 			run := func(n int) {
 				defer gpuB16.enter("test")()
 				for i := 0; i < n; i++ {

@@ -317,12 +317,14 @@ __device__ __forceinline__ unsigned int bf16_pair_rn(float a, float b) {
 // 128j .. 128j+127 of that row, and lane l expands groups 128j + l + 32k,
 // k = 0..3: four 4-byte code loads and four 16-byte stores, each contiguous
 // across the warp. A warp takes ITEMS items at a time (w, w + nwarps, ...)
-// and issues all their loads before the first store. The absmax of the at
-// most 17 64-blocks an item touches are computed once, one a lane, and
-// shuffled to the lanes that need them. Persistent warps stride over the
-// items (grid sized to the GPU by the host, 256 threads a block); the flat
-// group index rows*gpr must fit in 32 bits (the host checks). Item -> row
-// is one 32-bit division a warp item.
+// and issues all their loads before the first store (ITEMS = 2, 48
+// registers, measured no faster on the H100 than 1, 32 registers, so only
+// 1 is built). The absmax of the at most 17 64-blocks an item touches are
+// computed once, one a lane, and shuffled to the lanes that need them.
+// Warps stride over the items (256 threads a block; the host's grid gives
+// each warp one item by default: deqLDKernel); the flat group index
+// rows*gpr must fit in 32 bits (the host checks). Item -> row is one
+// 32-bit division a warp item.
 template <int ITEMS>
 __device__ __forceinline__ void nf4_dequant_ld_warp(bf16_t* __restrict__ out, i64 rows_, i64 cols, i64 ld,
                                                     const unsigned char* __restrict__ codes,
@@ -400,10 +402,6 @@ __device__ __forceinline__ void nf4_dequant_ld_warp(bf16_t* __restrict__ out, i6
         const float *__restrict__ ascales, const float *__restrict__ smap, double offset_d
 extern "C" __global__ void __launch_bounds__(256) nf4_dequant_ld_bf16_w(NF4_LD_ARGS) {
     nf4_dequant_ld_warp<1>(out, rows, cols, ld, codes, absmax, acodes, ascales, smap, offset_d);
-}
-// nf4_dequant_ld_bf16_w2: two items a warp at a time.
-extern "C" __global__ void __launch_bounds__(256) nf4_dequant_ld_bf16_w2(NF4_LD_ARGS) {
-    nf4_dequant_ld_warp<2>(out, rows, cols, ld, codes, absmax, acodes, ascales, smap, offset_d);
 }
 
 extern "C" __global__ void nf4_dequant_f16(__half* out, i64 n, const unsigned char* codes, const float* absmax,
