@@ -997,12 +997,30 @@ func TestDropoutLoRAPrep(t *testing.T) {
 	}
 }
 
-// nf4_dequant_ld_bf16 (the folded LoRA's dequantization, rows ld apart)
-// writes what nf4_dequant_bf16 writes, bit for bit, with and without
+// nf4_dequant_ld_bf16 and nf4_dequant_ld_bf16_w (the folded LoRA's
+// dequantization, rows ld apart; the second with each grid deqLDKernel
+// makes) write what nf4_dequant_bf16 writes, bit for bit, with and without
 // double quantization.
 func TestNF4DequantStrided(t *testing.T) {
-	for _, dq := range []bool{false, true} {
-		out, in, ld := 37, 1032, 1088 // 129 groups a row: two blocks of 128 threads, one nearly idle
+	defer func(v bool, m int) { deqWarpItems, deqLDMaxBlocks = v, m }(deqWarpItems, deqLDMaxBlocks)
+	type strided struct {
+		out, in, ld, maxBlocks int
+		warpItems, dq          bool
+	}
+	cases := []strided{
+		// 129 groups a row: two blocks of 128 threads (one nearly idle), or
+		// two warp items (one of a single group); 64-blocks straddle rows.
+		{37, 1032, 1088, 0, false, false}, {37, 1032, 1088, 0, false, true},
+		// One item a warp (the default) and persistent warps.
+		{37, 1032, 1088, -1, true, false}, {37, 1032, 1088, -1, true, true},
+		{37, 1032, 1088, 0, true, false}, {37, 1032, 1088, 0, true, true},
+		// Warps striding over many items (grid capped at 2 or 3 blocks).
+		{37, 1032, 1088, 3, true, true}, {200, 3072, 3136, 3, true, true},
+		{96, 520, 576, 2, true, false}, {33, 8192, 8256, 2, true, true},
+	}
+	for _, c := range cases {
+		deqWarpItems, deqLDMaxBlocks = c.warpItems, c.maxBlocks
+		out, in, ld, dq := c.out, c.in, c.ld, c.dq
 		w, err := gpuB16.NF4Weight(randn(out*in, 97, 0.2), out, in, dq)
 		if err != nil {
 			t.Fatal(err)
@@ -1025,9 +1043,84 @@ func TestNF4DequantStrided(t *testing.T) {
 		for r := 0; r < out; r++ {
 			for j := 0; j < in; j++ {
 				if plain[r*in+j] != strided[r*ld+j] {
-					t.Fatalf("double quant %v: [%d,%d] = %#x strided, %#x plain", dq, r, j, strided[r*ld+j], plain[r*in+j])
+					t.Fatalf("%+v: [%d,%d] = %#x strided, %#x plain", c, r, j, strided[r*ld+j], plain[r*in+j])
 				}
 			}
 		}
+	}
+}
+
+// TestNF4DequantLDSpeed times the strided bfloat16 dequantization of
+// Phi-3-mini's four NF4 weight shapes (double quantization, the folded
+// LoRA's row stride) for each kernel variant. OLLAMA_TUNE_DEQ_BENCH=1 runs it.
+func TestNF4DequantLDSpeed(t *testing.T) {
+	if os.Getenv("OLLAMA_TUNE_DEQ_BENCH") == "" {
+		t.Skip("set OLLAMA_TUNE_DEQ_BENCH=1")
+	}
+	defer func(v bool, m, d int) { deqWarpItems, deqLDMaxBlocks, gpuB16.dequantMax = v, m, d }(
+		deqWarpItems, deqLDMaxBlocks, gpuB16.dequantMax)
+	gpuB16.dequantMax = 0 // every call dequantizes
+	type variant struct {
+		name      string
+		warp      bool
+		maxBlocks int
+	}
+	variants := []variant{{"ld (one group a thread)", false, 0}, {"w persistent", true, 0}, {"w one item a warp", true, -1}}
+	const reps = 20
+	totals := make([]float64, len(variants))
+	for _, sh := range [][2]int{{9216, 3072}, {3072, 3072}, {16384, 3072}, {3072, 8192}} {
+		out, in := sh[0], sh[1]
+		ld := (in + 8 + 63) &^ 63
+		tile := randn(in*64, 5, 0.02)
+		vals := make([]float32, out*in)
+		for k := 0; k < len(vals); k += len(tile) {
+			copy(vals[k:], tile)
+		}
+		w, err := gpuB16.NF4Weight(vals, out, in, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bytes := float64(out)*float64(in)*2 + float64(out)*float64(in)/2 + float64(out)*float64(in)/64
+		for vi, v := range variants {
+			deqWarpItems, deqLDMaxBlocks = v.warp, v.maxBlocks
+			run := func(n int) {
+				defer gpuB16.enter("test")()
+				for i := 0; i < n; i++ {
+					gpuB16.matrixLD(w.(*weight), "test", ld)
+				}
+			}
+			run(3)
+			gpuB16.StartProfile()
+			run(reps)
+			p, err := gpuB16.StopProfile()
+			if err != nil {
+				t.Fatal(err)
+			}
+			us := 1000 * p.BusyMs / reps
+			totals[vi] += 2 * us
+			t.Logf("[%5d,%5d] %-24s %7.2f us/call (events), wall %7.2f us/call, %.2f TB/s", out, in, v.name, us, 1000*p.WallMs/reps, bytes/us/1e6)
+		}
+		// The floor: a memset of the output's bytes (padding included).
+		var ptr cu.DevicePtr
+		func() {
+			defer gpuB16.enter("test")()
+			ptr, _, _ = gpuB16.matrixLD(w.(*weight), "test", ld)
+		}()
+		gpuB16.StartProfile()
+		func() {
+			defer gpuB16.enter("test")()
+			wb := int64(out) * int64(ld) * 2
+			for i := 0; i < reps; i++ {
+				gpuB16.span("memset", func() { check("test", cu.MemsetD32Async(ptr, 0, wb/4, gpuB16.stream)) })
+			}
+		}()
+		if p, err := gpuB16.StopProfile(); err == nil {
+			us := 1000 * p.BusyMs / reps
+			t.Logf("[%5d,%5d] %-24s %7.2f us/call (events), %.2f TB/s written", out, in, "memset of the output", us, float64(out)*float64(ld)*2/us/1e6)
+		}
+		gpuB16.FreeWeight(w)
+	}
+	for vi, v := range variants {
+		t.Logf("%-24s two passes of the four shapes: %7.1f us (x 31 layers %.2f ms)", v.name, totals[vi], totals[vi]*31/1000)
 	}
 }

@@ -300,6 +300,110 @@ extern "C" __global__ void nf4_dequant_ld_bf16(bf16_t* __restrict__ out, i64 row
     }
 }
 
+// bf16_pair_rn is bf16_pair for values that are not NaN, in one
+// instruction (cvt.rn.bf16x2.f32: round to nearest even, subnormals kept,
+// overflow to infinity, as f32_to_bf16 does); a NaN would come out as the
+// canonical 0x7fff instead of f32_to_bf16's quieted payload, so callers
+// keep bf16_pair for those.
+__device__ __forceinline__ unsigned int bf16_pair_rn(float a, float b) {
+    unsigned int d;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(b), "f"(a));
+    return d;
+}
+
+// nf4_dequant_ld_bf16_w: nf4_dequant_ld_bf16's values (bit for bit), laid
+// out for bandwidth. The work is rows * ceil(gpr/128) warp items (gpr =
+// cols/8 groups of eight values a row); item j of row r is the groups
+// 128j .. 128j+127 of that row, and lane l expands groups 128j + l + 32k,
+// k = 0..3: four 4-byte code loads and four 16-byte stores, each contiguous
+// across the warp. A warp takes ITEMS items at a time (w, w + nwarps, ...)
+// and issues all their loads before the first store (ITEMS = 2, 48
+// registers, measured no faster on the H100 than 1, 32 registers, so only
+// 1 is built). The absmax of the at most 17 64-blocks an item touches are
+// computed once, one a lane, and shuffled to the lanes that need them.
+// Warps stride over the items (256 threads a block; the host's grid gives
+// each warp one item by default: deqLDKernel); the flat group index
+// rows*gpr must fit in 32 bits (the host checks). Item -> row is one
+// 32-bit division a warp item.
+template <int ITEMS>
+__device__ __forceinline__ void nf4_dequant_ld_warp(bf16_t* __restrict__ out, i64 rows_, i64 cols, i64 ld,
+                                                    const unsigned char* __restrict__ codes,
+                                                    const float* __restrict__ absmax,
+                                                    const unsigned char* __restrict__ acodes,
+                                                    const float* __restrict__ ascales, const float* __restrict__ smap,
+                                                    double offset_d) {
+    __shared__ float cb[16];
+    if (threadIdx.x < 16) cb[threadIdx.x] = NF4_CODE[threadIdx.x];
+    __syncthreads();
+    const float offset = (float)offset_d;
+    const unsigned rows = (unsigned)rows_, gpr = (unsigned)(cols >> 3);
+    const unsigned nchunk = (gpr + 127u) >> 7, items = rows * nchunk;
+    const unsigned nblocks = (rows * gpr + 7u) >> 3;
+    const unsigned lane = threadIdx.x & 31u;
+    const unsigned nwarps = (gridDim.x * blockDim.x) >> 5;
+    const unsigned* code32 = reinterpret_cast<const unsigned*>(codes);
+    for (unsigned w0 = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; w0 < items; w0 += ITEMS * nwarps) {
+        unsigned x[ITEMS][4], g0[ITEMS], c0[ITEMS], rr[ITEMS];
+        float am[ITEMS];
+#pragma unroll
+        for (int it = 0; it < ITEMS; it++) {
+            const unsigned w = w0 + it * nwarps;  // warp-uniform
+            const unsigned r = w / nchunk;
+            rr[it] = r;
+            c0[it] = w < items ? (w - r * nchunk) << 7 : gpr;  // gpr: nothing to do
+            g0[it] = r * gpr + c0[it];
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const unsigned c = c0[it] + lane + 32u * k;
+                x[it][k] = c < gpr ? __ldg(code32 + g0[it] + lane + 32u * k) : 0u;
+            }
+            const unsigned bl = (g0[it] >> 3) + lane;
+            am[it] = 0.0f;
+            if (w < items && lane < 17u && bl < nblocks) {
+                if (acodes == 0) {
+                    am[it] = __ldg(absmax + bl);
+                } else {
+                    am[it] = __fadd_rn(__fmul_rn(__ldg(smap + __ldg(acodes + bl)), __ldg(ascales + (bl >> 8))), offset);
+                }
+            }
+        }
+#pragma unroll
+        for (int it = 0; it < ITEMS; it++) {
+            bf16_t* orow = out + (i64)rr[it] * ld;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const unsigned c = c0[it] + lane + 32u * k;
+                const float a = __shfl_sync(0xffffffffu, am[it], ((g0[it] + lane + 32u * k) >> 3) - (g0[it] >> 3));
+                if (c < gpr) {
+                    const unsigned y = x[it][k];
+                    uint4 v;
+                    if (fabsf(a) < __int_as_float(0x7f800000)) {
+                        // a finite absmax: every product is finite or zero, never NaN.
+                        v.x = bf16_pair_rn(__fmul_rn(cb[(y >> 4) & 15u], a), __fmul_rn(cb[y & 15u], a));
+                        v.y = bf16_pair_rn(__fmul_rn(cb[(y >> 12) & 15u], a), __fmul_rn(cb[(y >> 8) & 15u], a));
+                        v.z = bf16_pair_rn(__fmul_rn(cb[(y >> 20) & 15u], a), __fmul_rn(cb[(y >> 16) & 15u], a));
+                        v.w = bf16_pair_rn(__fmul_rn(cb[(y >> 28) & 15u], a), __fmul_rn(cb[(y >> 24) & 15u], a));
+                    } else {
+                        v.x = bf16_pair(__fmul_rn(cb[(y >> 4) & 15u], a), __fmul_rn(cb[y & 15u], a));
+                        v.y = bf16_pair(__fmul_rn(cb[(y >> 12) & 15u], a), __fmul_rn(cb[(y >> 8) & 15u], a));
+                        v.z = bf16_pair(__fmul_rn(cb[(y >> 20) & 15u], a), __fmul_rn(cb[(y >> 16) & 15u], a));
+                        v.w = bf16_pair(__fmul_rn(cb[(y >> 28) & 15u], a), __fmul_rn(cb[(y >> 24) & 15u], a));
+                    }
+                    *reinterpret_cast<uint4*>(orow + ((size_t)c << 3)) = v;
+                }
+            }
+        }
+    }
+}
+
+#define NF4_LD_ARGS                                                                                            \
+    bf16_t *__restrict__ out, i64 rows, i64 cols, i64 ld, const unsigned char *__restrict__ codes,             \
+        const float *__restrict__ absmax, const unsigned char *__restrict__ acodes,                            \
+        const float *__restrict__ ascales, const float *__restrict__ smap, double offset_d
+extern "C" __global__ void __launch_bounds__(256) nf4_dequant_ld_bf16_w(NF4_LD_ARGS) {
+    nf4_dequant_ld_warp<1>(out, rows, cols, ld, codes, absmax, acodes, ascales, smap, offset_d);
+}
+
 extern "C" __global__ void nf4_dequant_f16(__half* out, i64 n, const unsigned char* codes, const float* absmax,
                                            const unsigned char* acodes, const float* ascales, const float* smap,
                                            double offset_d) {
