@@ -44,6 +44,14 @@ func (b *Backend) loraHalfBufs(op string, T, in, out, r int) (a16, b16, h16, g16
 // float32 up-projection and beta-1 base GEMM).
 var loraFold = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lora-fold")
 
+// loraDxV4 says whether linearBackwardBF16 takes lora_dx_v4 where it can
+// (v6); OLLAMA_TUNE_CUDA_REFERENCE=lora-dx4 keeps v5's lora_dx4 (the same
+// bits).
+var loraDxV4 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lora-dx4")
+
+// loraDxTT is lora_dx_v4's tokens a thread (LORA_DX_TT, kernels/lora.cu).
+const loraDxTT = 8
+
 // prepJob is one small conversion that lora_prep_bf16 does alongside its
 // main pass: dst[i*ld + j] = bf16(scale * src[i*cols + j]) for src [rows,
 // cols] float32 and dst bfloat16.
@@ -179,6 +187,14 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs
 		return
 	}
 	// dx += scale * (g . A) * mask / (1-p), in float32.
+	if r <= 8 && w.in%4 == 0 && d.ptr%16 == 0 && A.ptr%16 == 0 && loraDxV4 {
+		// lora_dx_v4: lora_dx's bits, four columns (one dropout group) a
+		// thread, one hash a group.
+		b.launch(op, "lora_dx_v4", [3]int{(w.in/4 + 127) / 128, (T + loraDxTT - 1) / loraDxTT, 1}, 128, 0, ptrArg(d.ptr), ptrArg(g),
+			ptrArg(A.ptr), intArg(T), intArg(w.in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), dropThreshold(lo.Dropout),
+			f32Arg(keepScale(lo.Dropout)))
+		return
+	}
 	if r <= loraMaxR {
 		// lora_dx4: lora_dx's bits, four tokens an iteration.
 		b.launch(op, "lora_dx4", [3]int{(w.in + 255) / 256, min((T+3)/4, 64), 1}, 256, 0, ptrArg(d.ptr), ptrArg(g), ptrArg(A.ptr),
