@@ -4,6 +4,8 @@ package cuda
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 
 	"gorgonia.org/cu"
 
@@ -49,8 +51,24 @@ var loraFold = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lora-fold")
 // bits).
 var loraDxV4 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lora-dx4")
 
-// loraDxTT is lora_dx_v4's tokens a thread (LORA_DX_TT, kernels/lora.cu).
-const loraDxTT = 8
+// loraDxTT is lora_dx_v4's tokens a thread (a multiple of 4;
+// OLLAMA_TUNE_LORA_DX_TT=8, 12, 16, ... sets it, for measurements). v6,
+// H100, the Phi-3-mini step: 4 took 2.42 ms a step, 8 2.53, 16 2.55.
+var loraDxTT = envMul4("OLLAMA_TUNE_LORA_DX_TT", 4)
+
+// loraPrepW8 says whether loraPrep takes the eight-values-a-thread kernels
+// (lora_prep_bf16_w8, _ld_w8) where the shapes allow (v6);
+// OLLAMA_TUNE_CUDA_REFERENCE=lora-prep4 keeps four a thread (the same bits).
+var loraPrepW8 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lora-prep4")
+
+// envMul4 is the positive multiple of 4 in the environment variable name,
+// else def.
+func envMul4(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 && v%4 == 0 {
+		return v
+	}
+	return def
+}
 
 // prepJob is one small conversion that lora_prep_bf16 does alongside its
 // main pass: dst[i*ld + j] = bf16(scale * src[i*cols + j]) for src [rows,
@@ -76,7 +94,11 @@ func (b *Backend) loraPrep(op string, xh, xdh, x cu.DevicePtr, n int64, cols, ld
 	if n == 0 {
 		cols, ldx = 1, 1
 	}
+	w8 := loraPrepW8 && cols%8 == 0 && ldx%8 == 0 && xh%16 == 0 && xdh%16 == 0 && x%16 == 0
 	threads := max(n/4, n%4, 1)
+	if w8 {
+		threads = max(n/8, n%8, 1)
+	}
 	args := []uint64{ptrArg(xh), ptrArg(xdh), ptrArg(x), uint64(n), intArg(cols), intArg(ldx), seed, f32Arg(p),
 		dropThreshold(p), f32Arg(keepScale(p))}
 	for k := 0; k < 2; k++ {
@@ -94,6 +116,9 @@ func (b *Backend) loraPrep(op string, xh, xdh, x cu.DevicePtr, n int64, cols, ld
 	kernel := "lora_prep_bf16"
 	if ldx != cols {
 		kernel = "lora_prep_bf16_ld"
+	}
+	if w8 {
+		kernel += "_w8"
 	}
 	b.launchN(op, kernel, threads, args...)
 }
@@ -192,7 +217,7 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs
 		// thread, one hash a group.
 		b.launch(op, "lora_dx_v4", [3]int{(w.in/4 + 127) / 128, (T + loraDxTT - 1) / loraDxTT, 1}, 128, 0, ptrArg(d.ptr), ptrArg(g),
 			ptrArg(A.ptr), intArg(T), intArg(w.in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), dropThreshold(lo.Dropout),
-			f32Arg(keepScale(lo.Dropout)))
+			f32Arg(keepScale(lo.Dropout)), intArg(loraDxTT))
 		return
 	}
 	if r <= loraMaxR {

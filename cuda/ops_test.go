@@ -934,9 +934,9 @@ func TestDropThresholdMatchesRNG(t *testing.T) {
 // bit for bit the host's float32 arithmetic below.
 func TestDropoutLoRADx(t *testing.T) {
 	for _, c := range []struct {
-		T, K, r int
-		p       float32
-	}{{37, 68, 8, 0.3}, {37, 68, 5, 0.3}, {9, 1028, 8, 0.05}, {21, 64, 3, 0}, {13, 516, 8, 0.5}} {
+		T, K, r, tt int
+		p           float32
+	}{{37, 68, 8, 8, 0.3}, {37, 68, 5, 4, 0.3}, {9, 1028, 8, 8, 0.05}, {21, 64, 3, 12, 0}, {13, 516, 8, 16, 0.5}, {40, 132, 8, loraDxTT, 0.05}} {
 		n := c.T * c.K
 		dx0, g, a := randn(n, 51, 1), randn(c.T*c.r, 52, 1), randn(c.r*c.K, 53, 1)
 		const scale, seed = float32(1.7), uint64(4242)
@@ -969,12 +969,14 @@ func TestDropoutLoRADx(t *testing.T) {
 				defer gpu.enter("test")()
 				grid := [3]int{(c.K + 255) / 256, min((c.T+3)/4, 64), 1}
 				threads := 256
+				args := []uint64{ptrArg(dxs.(*Tensor).ptr), ptrArg(gs.(*Tensor).ptr), ptrArg(as.(*Tensor).ptr), intArg(c.T),
+					intArg(c.K), intArg(c.r), f32Arg(scale), seed, f32Arg(c.p), dropThreshold(c.p), f32Arg(ks)}
 				if kernel == "lora_dx_v4" {
-					grid, threads = [3]int{(c.K/4 + 127) / 128, (c.T + loraDxTT - 1) / loraDxTT, 1}, 128
+					tt := c.tt
+					grid, threads = [3]int{(c.K/4 + 127) / 128, (c.T + tt - 1) / tt, 1}, 128
+					args = append(args, intArg(tt))
 				}
-				gpu.launch("test", kernel, grid, threads, 0, ptrArg(dxs.(*Tensor).ptr), ptrArg(gs.(*Tensor).ptr),
-					ptrArg(as.(*Tensor).ptr), intArg(c.T), intArg(c.K), intArg(c.r), f32Arg(scale), seed, f32Arg(c.p),
-					dropThreshold(c.p), f32Arg(ks))
+				gpu.launch("test", kernel, grid, threads, 0, args...)
 			}()
 			checkBits(t, fmt.Sprintf("%s T%d K%d r%d p%v", kernel, c.T, c.K, c.r, c.p), gpu.Download(dxs), want)
 			gpu.Free(dxs)
@@ -991,7 +993,8 @@ func TestDropoutLoRADx(t *testing.T) {
 func TestDropoutLoRAPrep(t *testing.T) {
 	const p, seed = 0.3, 777
 	ks := keepScale(p)
-	for _, c := range []struct{ rows, cols, ldx int }{{7, 36, 44}, {9, 37, 37}, {5, 64, 64}, {3, 12, 16}} {
+	// 64 / 64, 40 / 48 and 24 / 24: eight values a thread (lora_prep_bf16_w8, _ld_w8).
+	for _, c := range []struct{ rows, cols, ldx int }{{7, 36, 44}, {9, 37, 37}, {5, 64, 64}, {3, 12, 16}, {6, 40, 48}, {11, 24, 24}} {
 		n := c.rows * c.cols
 		x := randn(n, 95, 1)
 		a := randn(3*5, 96, 1)
