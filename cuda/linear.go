@@ -4,7 +4,6 @@ package cuda
 
 import (
 	"fmt"
-	"math"
 
 	"gorgonia.org/cu"
 
@@ -127,9 +126,10 @@ const loraMaxR = 16
 // most 64, kernels/lora.cu).
 const loraChunk = 32
 
-// dropThreshold is ceil(p * 2^24): Uniform(seed, i) >= p exactly when the
-// hash's top 24 bits are >= it (kernels/lora.cu).
-func dropThreshold(p float32) uint64 { return uint64(math.Ceil(float64(p) * (1 << 24))) }
+// dropThreshold is finetune.DropoutThreshold(p), ceil(p * 2^16):
+// finetune.DropoutKeep(seed, i, p) exactly when i's 16-bit field of its
+// group's hash is >= it (kernels/rng.cuh).
+func dropThreshold(p float32) uint64 { return finetune.DropoutThreshold(p) }
 
 // loraRowdot computes y [T,r] = dropout(x) . W(j,k)^T over x [T,K], with
 // W(j,k) at W + 4*(j*wsj + k*wsi).

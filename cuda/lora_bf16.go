@@ -4,6 +4,8 @@ package cuda
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 
 	"gorgonia.org/cu"
 
@@ -44,6 +46,30 @@ func (b *Backend) loraHalfBufs(op string, T, in, out, r int) (a16, b16, h16, g16
 // float32 up-projection and beta-1 base GEMM).
 var loraFold = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lora-fold")
 
+// loraDxV4 says whether linearBackwardBF16 takes lora_dx_v4 where it can
+// (v6); OLLAMA_TUNE_CUDA_REFERENCE=lora-dx4 keeps v5's lora_dx4 (the same
+// bits).
+var loraDxV4 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lora-dx4")
+
+// loraDxTT is lora_dx_v4's tokens a thread (a multiple of 4;
+// OLLAMA_TUNE_LORA_DX_TT=8, 12, 16, ... sets it, for measurements). v6,
+// H100, the Phi-3-mini step: 4 took 2.42 ms a step, 8 2.53, 16 2.55.
+var loraDxTT = envMul4("OLLAMA_TUNE_LORA_DX_TT", 4)
+
+// loraPrepW8 says whether loraPrep takes the eight-values-a-thread kernels
+// (lora_prep_bf16_w8, _ld_w8) where the shapes allow (v6);
+// OLLAMA_TUNE_CUDA_REFERENCE=lora-prep4 keeps four a thread (the same bits).
+var loraPrepW8 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lora-prep4")
+
+// envMul4 is the positive multiple of 4 in the environment variable name,
+// else def.
+func envMul4(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 && v%4 == 0 {
+		return v
+	}
+	return def
+}
+
 // prepJob is one small conversion that lora_prep_bf16 does alongside its
 // main pass: dst[i*ld + j] = bf16(scale * src[i*cols + j]) for src [rows,
 // cols] float32 and dst bfloat16.
@@ -68,7 +94,11 @@ func (b *Backend) loraPrep(op string, xh, xdh, x cu.DevicePtr, n int64, cols, ld
 	if n == 0 {
 		cols, ldx = 1, 1
 	}
+	w8 := loraPrepW8 && cols%8 == 0 && ldx%8 == 0 && xh%16 == 0 && xdh%16 == 0 && x%16 == 0
 	threads := max(n/4, n%4, 1)
+	if w8 {
+		threads = max(n/8, n%8, 1)
+	}
 	args := []uint64{ptrArg(xh), ptrArg(xdh), ptrArg(x), uint64(n), intArg(cols), intArg(ldx), seed, f32Arg(p),
 		dropThreshold(p), f32Arg(keepScale(p))}
 	for k := 0; k < 2; k++ {
@@ -86,6 +116,9 @@ func (b *Backend) loraPrep(op string, xh, xdh, x cu.DevicePtr, n int64, cols, ld
 	kernel := "lora_prep_bf16"
 	if ldx != cols {
 		kernel = "lora_prep_bf16_ld"
+	}
+	if w8 {
+		kernel += "_w8"
 	}
 	b.launchN(op, kernel, threads, args...)
 }
@@ -179,6 +212,14 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs
 		return
 	}
 	// dx += scale * (g . A) * mask / (1-p), in float32.
+	if r <= 8 && w.in%4 == 0 && d.ptr%16 == 0 && A.ptr%16 == 0 && loraDxV4 {
+		// lora_dx_v4: lora_dx's bits, four columns (one dropout group) a
+		// thread, one hash a group.
+		b.launch(op, "lora_dx_v4", [3]int{(w.in/4 + 127) / 128, (T + loraDxTT - 1) / loraDxTT, 1}, 128, 0, ptrArg(d.ptr), ptrArg(g),
+			ptrArg(A.ptr), intArg(T), intArg(w.in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), dropThreshold(lo.Dropout),
+			f32Arg(keepScale(lo.Dropout)), intArg(loraDxTT))
+		return
+	}
 	if r <= loraMaxR {
 		// lora_dx4: lora_dx's bits, four tokens an iteration.
 		b.launch(op, "lora_dx4", [3]int{(w.in + 255) / 256, min((T+3)/4, 64), 1}, 256, 0, ptrArg(d.ptr), ptrArg(g), ptrArg(A.ptr),

@@ -911,17 +911,77 @@ func TestDropoutMaskMatchesRNG(t *testing.T) {
 	checkBits(t, "dropout mask", got, want)
 }
 
-// The fused LoRA kernels test dropout as top24(hash) >= dropThreshold(p),
-// which must keep exactly what finetune.DropoutKeep keeps.
+// The fused LoRA kernels test dropout as field >= dropThreshold(p) (the
+// 16-bit field of index i in the hash of its group i/4), which must keep
+// exactly what finetune.DropoutKeep keeps.
 func TestDropThresholdMatchesRNG(t *testing.T) {
-	for _, p := range []float32{0.05, 0.1, 0.25, 0.5, 1e-7, 0.3333333, 0.999999} {
+	for _, p := range []float32{0, 0.05, 0.1, 0.25, 0.5, 1e-7, 0.3333333, 0.999999, 1} {
 		thr := dropThreshold(p)
 		for i := uint64(0); i < 200000; i++ {
 			const seed = 987654321
-			got := finetune.Mix64(seed^finetune.Mix64(i))>>40 >= thr
+			field := finetune.Mix64(seed^finetune.Mix64(i/4)) >> (16 * (i % 4)) & 0xFFFF
+			got := field >= thr
 			if want := finetune.DropoutKeep(seed, i, p); got != want {
 				t.Fatalf("p %v index %d: threshold test keeps %v, DropoutKeep %v", p, i, got, want)
 			}
+		}
+	}
+}
+
+// lora_dx_v4 (four columns, one dropout group, a thread) and lora_dx4 (one
+// column a thread, the fallback) both write dx + scale * (g . A) * mask *
+// keep_scale with the mask of finetune.DropoutKeep and the sums in j order,
+// bit for bit the host's float32 arithmetic below.
+func TestDropoutLoRADx(t *testing.T) {
+	for _, c := range []struct {
+		T, K, r, tt int
+		p           float32
+	}{{37, 68, 8, 8, 0.3}, {37, 68, 5, 4, 0.3}, {9, 1028, 8, 8, 0.05}, {21, 64, 3, 12, 0}, {13, 516, 8, 16, 0.5}, {40, 132, 8, loraDxTT, 0.05}} {
+		n := c.T * c.K
+		dx0, g, a := randn(n, 51, 1), randn(c.T*c.r, 52, 1), randn(c.r*c.K, 53, 1)
+		const scale, seed = float32(1.7), uint64(4242)
+		ks := keepScale(c.p)
+		want := make([]float32, n)
+		for tk := 0; tk < c.T; tk++ {
+			for k := 0; k < c.K; k++ {
+				i := tk*c.K + k
+				want[i] = dx0[i]
+				if c.p > 0 && !finetune.DropoutKeep(seed, uint64(i), c.p) {
+					continue
+				}
+				var sum float32
+				for j := 0; j < c.r; j++ {
+					sum = float32(sum + float32(g[tk*c.r+j]*a[j*c.K+k]))
+				}
+				v := float32(scale * sum)
+				if c.p > 0 {
+					v = float32(v * ks)
+				}
+				want[i] = float32(dx0[i] + v)
+			}
+		}
+		for _, kernel := range []string{"lora_dx4", "lora_dx_v4"} {
+			dxs, gs, as := gpu.Alloc(n), gpu.Alloc(len(g)), gpu.Alloc(len(a))
+			gpu.Upload(dxs, dx0)
+			gpu.Upload(gs, g)
+			gpu.Upload(as, a)
+			func() {
+				defer gpu.enter("test")()
+				grid := [3]int{(c.K + 255) / 256, min((c.T+3)/4, 64), 1}
+				threads := 256
+				args := []uint64{ptrArg(dxs.(*Tensor).ptr), ptrArg(gs.(*Tensor).ptr), ptrArg(as.(*Tensor).ptr), intArg(c.T),
+					intArg(c.K), intArg(c.r), f32Arg(scale), seed, f32Arg(c.p), dropThreshold(c.p), f32Arg(ks)}
+				if kernel == "lora_dx_v4" {
+					tt := c.tt
+					grid, threads = [3]int{(c.K/4 + 127) / 128, (c.T + tt - 1) / tt, 1}, 128
+					args = append(args, intArg(tt))
+				}
+				gpu.launch("test", kernel, grid, threads, 0, args...)
+			}()
+			checkBits(t, fmt.Sprintf("%s T%d K%d r%d p%v", kernel, c.T, c.K, c.r, c.p), gpu.Download(dxs), want)
+			gpu.Free(dxs)
+			gpu.Free(gs)
+			gpu.Free(as)
 		}
 	}
 }
@@ -933,7 +993,8 @@ func TestDropThresholdMatchesRNG(t *testing.T) {
 func TestDropoutLoRAPrep(t *testing.T) {
 	const p, seed = 0.3, 777
 	ks := keepScale(p)
-	for _, c := range []struct{ rows, cols, ldx int }{{7, 36, 44}, {9, 37, 37}, {5, 64, 64}, {3, 12, 16}} {
+	// 64 / 64, 40 / 48 and 24 / 24: eight values a thread (lora_prep_bf16_w8, _ld_w8).
+	for _, c := range []struct{ rows, cols, ldx int }{{7, 36, 44}, {9, 37, 37}, {5, 64, 64}, {3, 12, 16}, {6, 40, 48}, {11, 24, 24}} {
 		n := c.rows * c.cols
 		x := randn(n, 95, 1)
 		a := randn(3*5, 96, 1)

@@ -6,7 +6,7 @@ import "math"
 // (seed, index), so the CPU and CUDA backends draw identical dropout masks
 // without sharing state, backward regenerates the forward's mask, and a
 // resumed run draws what an uninterrupted one would. The CUDA kernels
-// implement the same two functions (cuda/kernels/rng.cuh).
+// implement Mix64, Uniform and DropoutKeep too (cuda/kernels/rng.cuh).
 
 // Mix64 is SplitMix64's finaliser: a bijective 64-bit hash.
 func Mix64(x uint64) uint64 {
@@ -23,9 +23,36 @@ func Uniform(seed, index uint64) float32 {
 }
 
 // DropoutKeep reports whether element index survives dropout with
-// probability p under seed.
+// probability p under seed. It is the single definition of the dropout
+// mask; every CUDA kernel that draws one (cuda/kernels/rng.cuh:
+// dropout_keep, lora.cu) implements it bit for bit.
+//
+// One hash serves an aligned group of four indices (issue 8, v6: the hash
+// was most of the instructions of the memory-bound LoRA passes): h =
+// Mix64(seed ^ Mix64(index / 4)), and index takes the 16-bit field u =
+// (h >> (16 * (index % 4))) & 0xFFFF, kept iff u / 2^16 >= p, i.e. iff u >=
+// DropoutThreshold(p). The four fields of a hash are disjoint bits of a
+// good 64-bit mix, so the elements of a group are as independent as those
+// of different groups. The threshold has a resolution of 2^-16: the keep
+// probability is exactly 1 - DropoutThreshold(p)/2^16, which lies in
+// (1-p-2^-16, 1-p].
 func DropoutKeep(seed, index uint64, p float32) bool {
-	return Uniform(seed, index) >= p
+	h := Mix64(seed ^ Mix64(index>>2))
+	u := uint32(h>>(16*(index&3))) & 0xFFFF
+	return float32(u)*(1.0/(1<<16)) >= p
+}
+
+// DropoutThreshold is ceil(p * 2^16) (0 for p <= 0, 2^16 for p >= 1 or NaN):
+// DropoutKeep keeps index exactly when its 16-bit field is >= it (the
+// integer test the CUDA kernels make).
+func DropoutThreshold(p float32) uint64 {
+	switch {
+	case p <= 0:
+		return 0
+	case !(p < 1): // NaN too: DropoutKeep's comparison is then false
+		return 1 << 16
+	}
+	return uint64(math.Ceil(float64(p) * (1 << 16)))
 }
 
 // DeriveSeed makes an independent stream seed from a base seed and a tuple

@@ -7,20 +7,29 @@
 //
 // Notation: xd = dropout(x) = keep(seed, t*K+k) ? x * keep_scale : 0 when
 // p > 0, else x (dropout_fwd's rule, the same index). keep is
-// Uniform(seed, i) >= p, tested here as the exactly equivalent integer
-// comparison top24(hash) >= thr with thr = ceil(p * 2^24) (computed on the
-// host), which spares an integer-to-float conversion per value.
+// finetune.DropoutKeep (rng.cuh: the 16-bit field of index i in the hash of
+// its group of four, i / 4), tested here as the exactly equivalent integer
+// comparison field >= thr with thr = ceil(p * 2^16) (computed on the host:
+// finetune.DropoutThreshold), which spares an integer-to-float conversion
+// per value. The kernels that take four consecutive values of one group
+// (lora_prep_bf16's float4s, lora_dx_v4) hash once per group.
 #include "common.cuh"
 #include "rng.cuh"
 
 // lora_keep is lora_drop's keep test (for p > 0; lora_dx4).
 __device__ __forceinline__ bool lora_keep(u64 seed, i64 idx, u64 thr) {
-    return (mix64(seed ^ mix64((u64)idx)) >> 40) >= thr;
+    return dropout_field(dropout_hash(seed, (u64)idx), (u64)idx) >= thr;
 }
 
 __device__ __forceinline__ float lora_drop(float v, u64 seed, i64 idx, float p, u64 thr, float ks) {
-    if (p > 0.0f) return (mix64(seed ^ mix64((u64)idx)) >> 40) >= thr ? __fmul_rn(v, ks) : 0.0f;
+    if (p > 0.0f) return lora_keep(seed, idx, thr) ? __fmul_rn(v, ks) : 0.0f;
     return v;
+}
+
+// lora_drop_field is lora_drop given the value's 16-bit field (j = 0..3:
+// the j-th value of its group, whose hash is h).
+__device__ __forceinline__ float lora_drop_field(float v, u64 h, int j, unsigned int thr, float ks) {
+    return ((unsigned int)(h >> (16 * j)) & 0xFFFFu) >= thr ? __fmul_rn(v, ks) : 0.0f;  // j constant: a shift
 }
 
 // lora_rowdot8 / 16: y [T,r], y[t,j] = sum_k xd[t,k] * W(j,k) with
@@ -152,7 +161,7 @@ extern "C" __global__ void lora_dx(float* dx, const float* g, const float* A, i6
     for (int j = 0; j < 16; j++) a[j] = j < r ? A[j * K + k] : 0.0f;
     for (i64 t = blockIdx.y; t < T; t += gridDim.y) {
         i64 idx = t * K + k;
-        if (p > 0.0f && (mix64(seed ^ mix64((u64)idx)) >> 40) < thr) continue;
+        if (p > 0.0f && !lora_keep(seed, idx, thr)) continue;
         const float* gt = g + t * r;
         float s = 0.0f;
 #pragma unroll
@@ -165,9 +174,17 @@ extern "C" __global__ void lora_dx(float* dx, const float* g, const float* A, i6
 }
 
 // lora_bf16_pair packs two values rounded to bfloat16, the first in the low
-// half (the lower address).
+// half (the lower address): f32_to_bf16's bits. The hardware conversion
+// (one instruction for the pair, round to nearest even, subnormals kept)
+// agrees with it on every value but NaN, whose payload f32_to_bf16 keeps
+// and the hardware does not, so a pair holding a NaN goes the slow way
+// (v6: the integer rounding was ~7 instructions a value of this
+// memory-bound pass).
 __device__ __forceinline__ unsigned int lora_bf16_pair(float a, float b) {
-    return (unsigned int)f32_to_bf16(a) | ((unsigned int)f32_to_bf16(b) << 16);
+    unsigned int r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+    if (a != a || b != b) r = (unsigned int)f32_to_bf16(a) | ((unsigned int)f32_to_bf16(b) << 16);
+    return r;
 }
 
 // lora_prep_bf16 / _ld: the bfloat16 GEMM inputs of LoRA under BF16 compute
@@ -181,10 +198,14 @@ __device__ __forceinline__ unsigned int lora_bf16_pair(float a, float b) {
 //         lora_prep_bf16_ld: cols % 4 == 0 and ldx % 4 == 0.
 //   job k (rows_k * cols_k values, dst_k null: none): dst_k[r*ld_k + c] =
 //         bf16(scale_k * src_k[r*cols_k + c]) (scale_k 1: exactly bf16(src)).
-// The four-value groups of the main part go one a thread, then the n % 4
-// left one a thread, then the jobs' values one a thread. Two entry points
+// The four-value groups of the main part go one a thread (the _w8 entry
+// points, v6: eight values, two dropout groups, a thread, for cols % 8 ==
+// 0, ldx % 8 == 0 and 16-byte aligned pointers), then the values left one
+// a thread, then the jobs' values one a thread. Separate entry points
 // rather than a run-time test: the strided index arithmetic costs
-// registers, and occupancy sets this memory-bound pass's speed.
+// registers, and occupancy sets this memory-bound pass's speed. v6, H100,
+// the Phi-3-mini step: 12.2 ms a step (v5) -> 10.0 (one hash a dropout
+// group, the hardware bf16 pair conversion) -> 9.6 (_w8).
 __device__ __forceinline__ void lora_prep_job(bf16_t* dst, const float* src, i64 rows, i64 cols, i64 ld, float scale,
                                               i64 tid, i64 stride) {
     // 32-bit index arithmetic (the host checks rows * ld < 2^31): a 64-bit
@@ -196,14 +217,52 @@ __device__ __forceinline__ void lora_prep_job(bf16_t* dst, const float* src, i64
     }
 }
 
-template <bool STRIDED>
+// lora_prep_drop4 is dropout of the four values of group q (one hash).
+__device__ __forceinline__ float4 lora_prep_drop4(float4 v, u64 seed, u64 q, unsigned int thr, float ks) {
+    const u64 h = mix64(seed ^ mix64(q));
+    return make_float4(lora_drop_field(v.x, h, 0, thr, ks), lora_drop_field(v.y, h, 1, thr, ks),
+                       lora_drop_field(v.z, h, 2, thr, ks), lora_drop_field(v.w, h, 3, thr, ks));
+}
+
+template <bool STRIDED, bool W8>
 __device__ __forceinline__ void lora_prep_body(bf16_t* xh, bf16_t* xdh, const float* x, i64 n, i64 cols, i64 ldx, u64 seed,
                                                double p_d, u64 thr, double ks_d, bf16_t* dst0, const float* src0,
                                                i64 rows0, i64 cols0, i64 ld0, double scale0, bf16_t* dst1,
                                                const float* src1, i64 rows1, i64 cols1, i64 ld1, double scale1) {
     const float p = (float)p_d, ks = (float)ks_d;
-    const i64 groups = n >> 2, stride = (i64)gridDim.x * blockDim.x;
+    const i64 stride = (i64)gridDim.x * blockDim.x;
     const i64 tid = blockIdx.x * (i64)blockDim.x + threadIdx.x;
+    const unsigned int t32 = (unsigned int)thr;  // <= 2^16
+    // W8 (v6): eight values a thread, two 16-byte loads issued together and
+    // 16-byte stores (the host checks cols % 8 == 0, ldx % 8 == 0 and
+    // 16-byte aligned pointers): more bytes in flight a thread.
+    const i64 groups = W8 ? n >> 3 : n >> 2;
+    if (W8)
+        for (i64 g = tid; g < groups; g += stride) {
+            const float4 v0 = reinterpret_cast<const float4*>(x)[2 * g], v1 = reinterpret_cast<const float4*>(x)[2 * g + 1];
+            const i64 i = g << 3;
+            if (xh) {
+                uint4 o = make_uint4(lora_bf16_pair(v0.x, v0.y), lora_bf16_pair(v0.z, v0.w), lora_bf16_pair(v1.x, v1.y),
+                                     lora_bf16_pair(v1.z, v1.w));
+                if (STRIDED) {  // 32-bit: the host checks n < 2^31 and rows * ldx < 2^31
+                    const unsigned int t = (unsigned int)i / (unsigned int)cols;
+                    // one 16-byte store (written plainly, nvcc splits it in four)
+                    bf16_t* dst = xh + t * (unsigned int)ldx + ((unsigned int)i - t * (unsigned int)cols);
+                    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "r"(o.x), "r"(o.y), "r"(o.z), "r"(o.w)
+                                 : "memory");
+                } else {
+                    reinterpret_cast<uint4*>(xh)[g] = o;
+                }
+            }
+            if (xdh) {
+                // values i .. i+7: the dropout groups 2g and 2g+1
+                float4 a = v0, b = v1;
+                if (p > 0.0f) a = lora_prep_drop4(v0, seed, (u64)(2 * g), t32, ks), b = lora_prep_drop4(v1, seed, (u64)(2 * g + 1), t32, ks);
+                reinterpret_cast<uint4*>(xdh)[g] = make_uint4(lora_bf16_pair(a.x, a.y), lora_bf16_pair(a.z, a.w),
+                                                              lora_bf16_pair(b.x, b.y), lora_bf16_pair(b.z, b.w));
+            }
+        }
+    else
     for (i64 g = tid; g < groups; g += stride) {
         float4 v = reinterpret_cast<const float4*>(x)[g];
         const i64 i = g << 2;
@@ -217,12 +276,12 @@ __device__ __forceinline__ void lora_prep_body(bf16_t* xh, bf16_t* xdh, const fl
             }
         }
         if (xdh) {
-            float a = lora_drop(v.x, seed, i, p, thr, ks), b = lora_drop(v.y, seed, i + 1, p, thr, ks);
-            float c = lora_drop(v.z, seed, i + 2, p, thr, ks), d = lora_drop(v.w, seed, i + 3, p, thr, ks);
-            reinterpret_cast<uint2*>(xdh)[g] = make_uint2(lora_bf16_pair(a, b), lora_bf16_pair(c, d));
+            // i = 4g: the four values are group g's, one hash.
+            const float4 a = p > 0.0f ? lora_prep_drop4(v, seed, (u64)g, t32, ks) : v;
+            reinterpret_cast<uint2*>(xdh)[g] = make_uint2(lora_bf16_pair(a.x, a.y), lora_bf16_pair(a.z, a.w));
         }
     }
-    for (i64 i = (groups << 2) + tid; i < n; i += stride) {
+    for (i64 i = groups * (W8 ? 8 : 4) + tid; i < n; i += stride) {
         if (xh) {
             if (STRIDED) {
                 const unsigned int t = (unsigned int)i / (unsigned int)cols;
@@ -245,10 +304,13 @@ __device__ __forceinline__ void lora_prep_body(bf16_t* xh, bf16_t* xdh, const fl
     xh, xdh, x, n, cols, ldx, seed, p_d, thr, ks_d, dst0, src0, rows0, cols0, ld0, scale0, dst1, src1, rows1, cols1, ld1, \
         scale1
 
-extern "C" __global__ void lora_prep_bf16(LORA_PREP_PARAMS) { lora_prep_body<false>(LORA_PREP_ARGS); }
-extern "C" __global__ void lora_prep_bf16_ld(LORA_PREP_PARAMS) { lora_prep_body<true>(LORA_PREP_ARGS); }
+extern "C" __global__ void lora_prep_bf16(LORA_PREP_PARAMS) { lora_prep_body<false, false>(LORA_PREP_ARGS); }
+extern "C" __global__ void lora_prep_bf16_ld(LORA_PREP_PARAMS) { lora_prep_body<true, false>(LORA_PREP_ARGS); }
+extern "C" __global__ void lora_prep_bf16_w8(LORA_PREP_PARAMS) { lora_prep_body<false, true>(LORA_PREP_ARGS); }
+extern "C" __global__ void lora_prep_bf16_ld_w8(LORA_PREP_PARAMS) { lora_prep_body<true, true>(LORA_PREP_ARGS); }
 
 // lora_dx4: lora_dx (the same sums in the same order, so the same bits)
+// for any K (lora_dx_v4 when K % 4 == 0 and r <= 8)
 // with four tokens an iteration, their loads issued before any store
 // (restrict: dx does not alias g or A), for more bytes in flight (v5: 1 ms
 // a step less than lora_dx). Grid (ceil(K/256), rows): a thread visits the
@@ -281,6 +343,72 @@ extern "C" __global__ void lora_dx4(float* __restrict__ dx, const float* __restr
             float v = __fmul_rn(scale, s);
             if (p > 0.0f) v = __fmul_rn(v, ks);
             dx[(t0 + u) * K + k] = __fadd_rn(d[u], v);
+        }
+    }
+}
+
+// lora_dx_v4: lora_dx (the same sums in the same order, so the same bits)
+// for K % 4 == 0 and r <= 8, four consecutive columns a thread: one float4
+// of dx a token is one dropout group (k % 4 == 0, so t*K + k is too), so
+// one hash serves four values (lora_dx4 hashed each value twice: the
+// instructions, not the bytes, set its speed). A thread keeps A's 4 x r
+// values in registers and does tt tokens (a multiple of 4), four at a
+// time with their loads issued before any store. Grid (ceil(K/4/128),
+// ceil(T/tt)), 128 threads.
+extern "C" __global__ void __launch_bounds__(128) lora_dx_v4(float* __restrict__ dx, const float* __restrict__ g,
+                                                             const float* __restrict__ A, i64 T, i64 K, i64 r,
+                                                             double scale_d, u64 seed, double p_d, u64 thr,
+                                                             double ks_d, i64 tt) {
+    const float scale = (float)scale_d, p = (float)p_d, ks = (float)ks_d;
+    const i64 q = blockIdx.x * (i64)blockDim.x + threadIdx.x, k = 4 * q;
+    if (k >= K) return;
+    const int rr = (int)r;
+    float4 a[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+        a[j] = j < rr ? *reinterpret_cast<const float4*>(A + j * K + k) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const i64 tb = (i64)blockIdx.y * tt, te = min(T, tb + tt);
+    for (i64 t0 = tb; t0 < te; t0 += 4) {
+        float4 d[4];
+        u64 h[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const i64 t = t0 + u;
+            if (t < te) {
+                d[u] = *reinterpret_cast<const float4*>(dx + t * K + k);
+                h[u] = p > 0.0f ? mix64(seed ^ mix64((u64)((t * K + k) >> 2))) : 0;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const i64 t = t0 + u;
+            if (t >= te) break;
+            const float* gt = g + t * r;
+            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                if (j < rr) {
+                    const float gj = gt[j];
+                    s0 = __fadd_rn(s0, __fmul_rn(gj, a[j].x));
+                    s1 = __fadd_rn(s1, __fmul_rn(gj, a[j].y));
+                    s2 = __fadd_rn(s2, __fmul_rn(gj, a[j].z));
+                    s3 = __fadd_rn(s3, __fmul_rn(gj, a[j].w));
+                }
+            float v0 = __fmul_rn(scale, s0), v1 = __fmul_rn(scale, s1), v2 = __fmul_rn(scale, s2),
+                  v3 = __fmul_rn(scale, s3);
+            float4 o = d[u];
+            if (p > 0.0f) {
+                // dropped: dx unchanged (the same bits written back)
+                const u64 hu = h[u];
+                const unsigned int t32 = (unsigned int)thr, lo = (unsigned int)hu, hi = (unsigned int)(hu >> 32);
+                if ((lo & 0xFFFFu) >= t32) o.x = __fadd_rn(o.x, __fmul_rn(v0, ks));
+                if ((lo >> 16) >= t32) o.y = __fadd_rn(o.y, __fmul_rn(v1, ks));
+                if ((hi & 0xFFFFu) >= t32) o.z = __fadd_rn(o.z, __fmul_rn(v2, ks));
+                if ((hi >> 16) >= t32) o.w = __fadd_rn(o.w, __fmul_rn(v3, ks));
+            } else {
+                o.x = __fadd_rn(o.x, v0), o.y = __fadd_rn(o.y, v1), o.z = __fadd_rn(o.z, v2), o.w = __fadd_rn(o.w, v3);
+            }
+            *reinterpret_cast<float4*>(dx + t * K + k) = o;
         }
     }
 }

@@ -17,7 +17,21 @@ __device__ __forceinline__ float uniform01(unsigned long long seed, unsigned lon
     return (float)(mix64(seed ^ mix64(index)) >> 40) * (1.0f / 16777216.0f);
 }
 
-// dropout_keep is finetune.DropoutKeep.
+// dropout_hash / dropout_field / dropout_keep are finetune.DropoutKeep (the
+// single definition, documented there): one hash per aligned group of four
+// indices, h = mix64(seed ^ mix64(index / 4)), and index's 16-bit field
+// (h >> (16 * (index % 4))) & 0xFFFF, kept iff field / 2^16 >= p, i.e. iff
+// field >= ceil(p * 2^16) (finetune.DropoutThreshold; the fused kernels
+// take that integer threshold). A kernel that handles the four values of a
+// group together computes the hash once.
+__device__ __forceinline__ unsigned long long dropout_hash(unsigned long long seed, unsigned long long index) {
+    return mix64(seed ^ mix64(index >> 2));
+}
+
+__device__ __forceinline__ unsigned int dropout_field(unsigned long long h, unsigned long long index) {
+    return (unsigned int)(h >> (16 * (unsigned int)(index & 3))) & 0xFFFFu;
+}
+
 __device__ __forceinline__ bool dropout_keep(unsigned long long seed, unsigned long long index, float p) {
-    return uniform01(seed, index) >= p;
+    return (float)dropout_field(dropout_hash(seed, index), index) * (1.0f / 65536.0f) >= p;
 }
