@@ -26,6 +26,12 @@ var (
 	skinnyTall = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "skinny") && !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "skinny-tall")
 )
 
+// skinnyFence picks how a tile's last block learns that the other splits'
+// partial sums are visible (sk_splits): 0, thread 0's acq_rel atomic after
+// the block's barrier; 1 (OLLAMA_TUNE_CUDA_REFERENCE=skinny-fence), every
+// thread's __threadfence first.
+var skinnyFence = boolArg(envHas("OLLAMA_TUNE_CUDA_REFERENCE", "skinny-fence"))
+
 // skinnyForce, when > 0, replaces the kernels' choice of k (rows) or t
 // (tall) per warp: tests time the alternatives.
 var skinnyForce int
@@ -115,7 +121,7 @@ func (b *Backend) trySkinny(op string, g gemmArgs) bool {
 		cnt := b.skinnyCnt(tiles, op)
 		b.skinnyLaunch(op, "skinny_rows", g, [3]int{tiles, splits, 1}, ptrArg(cu.DevicePtr(g.C)), ptrArg(cu.DevicePtr(g.A)),
 			ptrArg(cu.DevicePtr(g.B)), ptrArg(part), ptrArg(cnt), intArg(g.M), intArg(g.K), intArg(g.N), intArg(g.lda),
-			intArg(g.ldb), uint64(wtrans), intArg(g.ldc), intArg(kw), f32Arg(g.alpha), f32Arg(g.beta))
+			intArg(g.ldb), uint64(wtrans), intArg(g.ldc), intArg(kw), f32Arg(g.alpha), f32Arg(g.beta), skinnyFence)
 		return true
 	case g.transA && !g.transB && (g.N <= skinnyMaxR || g.M <= skinnyMaxR) && skinnyTall:
 		// C = A^T . B with A [K,M], B [K,N]: the big operand Y [K, big]
@@ -149,7 +155,7 @@ func (b *Backend) trySkinny(op string, g gemmArgs) bool {
 		cnt := b.skinnyCnt(tiles, op)
 		b.skinnyLaunch(op, "skinny_tall", g, [3]int{tiles, splits, 1}, ptrArg(cu.DevicePtr(g.C)), ptrArg(cu.DevicePtr(y)),
 			ptrArg(cu.DevicePtr(s)), ptrArg(part), ptrArg(cnt), intArg(g.K), intArg(big), intArg(r), intArg(ldy),
-			intArg(lds), intArg(cn), intArg(cj), intArg(tw), f32Arg(g.alpha), f32Arg(g.beta))
+			intArg(lds), intArg(cn), intArg(cj), intArg(tw), f32Arg(g.alpha), f32Arg(g.beta), skinnyFence)
 		return true
 	}
 	return false

@@ -198,26 +198,32 @@ func TestSkinnyGEMM(t *testing.T) {
 		}
 		want := c.ref(a, bm, c0)
 		s := newSkinnyBufs(g, c, a, bm)
-		var outs [3][]float32
-		for v, skinny := range []bool{true, true, false} {
+		// Both fences (sk_splits), each twice, then cuBLAS.
+		var outs [5][]float32
+		fence := skinnyFence
+		for v := range outs {
+			skinnyFence = uint64(v / 2)
 			g.Upload(s.c, c0)
-			took, err := skinnyRun(g, s.args, skinny)
+			took, err := skinnyRun(g, s.args, v < 4)
 			if err != nil {
 				t.Fatalf("%s: %v", c.name, err)
 			}
-			if skinny && !took {
+			if v < 4 && !took {
 				t.Fatalf("%s: trySkinny did not take it", c.name)
 			}
 			outs[v] = g.Download(s.c)
 		}
+		skinnyFence = fence
 		s.free(g)
-		got, blas := outs[0], outs[2]
+		got, blas := outs[0], outs[4]
 		for k := range got {
 			if k%c.ldc >= c.N && got[k] != pad {
 				t.Fatalf("%s: C[%d] (padding) = %v, want it untouched", c.name, k, got[k])
 			}
-			if math.Float32bits(got[k]) != math.Float32bits(outs[1][k]) {
-				t.Fatalf("%s: C[%d] = %v, then %v on the same inputs", c.name, k, got[k], outs[1][k])
+			for v := 1; v < 4; v++ {
+				if math.Float32bits(got[k]) != math.Float32bits(outs[v][k]) {
+					t.Fatalf("%s: C[%d] = %v, then %v on the same inputs (run %d)", c.name, k, got[k], outs[v][k], v)
+				}
 			}
 		}
 		eS, eB := c.relL2(got, want), c.relL2(blas, want)
@@ -278,7 +284,7 @@ func TestSkinnyTiming(t *testing.T) {
 	g := gpuB16
 	var lines []string
 	for _, c := range skinnyCases() {
-		if c.M*c.N < 8*3072 || strings.Contains(c.name, "lda 3080") || (c.beta == 0 && strings.HasPrefix(c.name, "gradA")) {
+		if strings.Contains(c.name, "odd") || strings.Contains(c.name, "splits") || strings.Contains(c.name, "lda 3080") || (c.beta == 0 && strings.HasPrefix(c.name, "gradA")) {
 			continue
 		}
 		rowsA, rowsB := c.dims()
@@ -326,7 +332,11 @@ func TestSkinnyTiming(t *testing.T) {
 		}
 		blas := timeIt(false, 0)
 		auto := timeIt(true, 0)
-		line := fmt.Sprintf("%-26s floor %5.2f us  cuBLAS %6.2f us  skinny %6.2f us (x%.2f)  alternatives:", c.name, big/3.35e12*1e6, blas, auto, blas/auto)
+		fence := skinnyFence
+		skinnyFence = 1 - fence
+		other := timeIt(true, 0)
+		skinnyFence = fence
+		line := fmt.Sprintf("%-26s floor %5.2f us  cuBLAS %6.2f us  skinny %6.2f us (x%.2f; other fence %.2f)  alternatives:", c.name, big/3.35e12*1e6, blas, auto, blas/auto, other)
 		alts := []int{128, 256, 512}
 		if c.transA {
 			alts = []int{32, 64, 128, 256}

@@ -42,36 +42,51 @@ __device__ __forceinline__ unsigned sk_word(const uint4& v, int i) {
 // sk_splits combines the launch's splits: every block stores its R*128
 // values (thread t holds elements t + 128*r) to part[split][tile][...];
 // the last block of the tile to finish sums them in split order into v and
-// returns true (it writes C); the others return false.
+// returns true (it writes C); the others return false. fence 1: every
+// thread's __threadfence before thread 0's atomic (the CUDA samples'
+// pattern); 0: the barrier, then thread 0's acq_rel atomic (CUTLASS's
+// semaphore: the release is cumulative over the barrier).
 template <int R>
-__device__ __forceinline__ bool sk_splits(float (&v)[R], float* part, unsigned* cnt) {
+__device__ __forceinline__ bool sk_splits(float (&v)[R], float* part, unsigned* cnt, i64 fence) {
     const int S = gridDim.y;
     if (S == 1) return true;
     const i64 E = (i64)R * 128;
     float* mine = part + ((i64)blockIdx.y * gridDim.x + blockIdx.x) * E;
 #pragma unroll
     for (int r = 0; r < R; r++) mine[threadIdx.x + 128 * r] = v[r];
-    __threadfence();
+    if (fence) __threadfence();
     __syncthreads();
     __shared__ int last;
-    if (threadIdx.x == 0) last = atomicAdd(cnt + blockIdx.x, 1u) == (unsigned)(S - 1);
+    if (threadIdx.x == 0) {
+        unsigned prev;
+        if (fence) {
+            prev = atomicAdd(cnt + blockIdx.x, 1u);
+        } else {
+            asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(prev) : "l"(cnt + blockIdx.x) : "memory");
+        }
+        last = prev == (unsigned)(S - 1);
+    }
     __syncthreads();
     if (!last) return false;
-    __threadfence();
+    if (fence) __threadfence();
+    // Split-major loads (R at a time, 4 splits unrolled): few round trips.
+    const float* base = part + (i64)blockIdx.x * E + threadIdx.x;
+    const i64 stride = (i64)gridDim.x * E;
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-        float s = 0.0f;
-        for (int q = 0; q < S; q++) s += __ldcg(part + ((i64)q * gridDim.x + blockIdx.x) * E + threadIdx.x + 128 * r);
-        v[r] = s;
+    for (int r = 0; r < R; r++) v[r] = 0.0f;
+#pragma unroll 4
+    for (int q = 0; q < S; q++) {
+#pragma unroll
+        for (int r = 0; r < R; r++) v[r] += __ldcg(base + q * stride + 128 * r);
     }
     if (threadIdx.x == 0) cnt[blockIdx.x] = 0;
     return true;
 }
 
-__device__ __forceinline__ void sk_store(float* p, float v, float alpha, float beta) {
-    float o = alpha * v;
-    if (beta != 0.0f) o = fmaf(beta, *p, o);
-    *p = o;
+// sk_out is alpha v + beta c (c not read when beta is 0).
+__device__ __forceinline__ float sk_out(float v, float c, float alpha, float beta) {
+    const float o = alpha * v;
+    return beta != 0.0f ? fmaf(beta, c, o) : o;
 }
 
 // skinny_rows: grid (ceil(M/16), splits), 128 threads. Block (x, y) takes
@@ -83,7 +98,8 @@ __device__ __forceinline__ void sk_store(float* p, float v, float alpha, float b
 // transposed chunk in shared memory).
 extern "C" __global__ void __launch_bounds__(128) skinny_rows(float* C, const bf16_t* Y, const bf16_t* W, float* part,
                                                             unsigned* cnt, i64 M, i64 K, i64 n, i64 ldy, i64 ldw,
-                                                            i64 wtrans, i64 ldc, i64 KW, double alpha_, double beta_) {
+                                                            i64 wtrans, i64 ldc, i64 KW, double alpha_, double beta_,
+                                                            i64 fence) {
     __shared__ __align__(16) bf16_t wsm[SK_WARPS][8 * SK_WSTR];
     __shared__ float red[SK_WARPS][128];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
@@ -97,6 +113,12 @@ extern "C" __global__ void __launch_bounds__(128) skinny_rows(float* C, const bf
     bf16_t* ws = wsm[w];
     const uint4 z = make_uint4(0, 0, 0, 0);
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    // C's old value (beta != 0) is read now, off the critical path.
+    const float alpha = (float)alpha_, beta = (float)beta_;
+    const i64 orow = (i64)blockIdx.x * 16 + (threadIdx.x >> 3);
+    const int oj = threadIdx.x & 7;
+    const bool ook = orow < M && oj < n;
+    const float cold = (beta != 0.0f && ook) ? C[orow * ldc + oj] : 0.0f;
     for (i64 kb = k0; kb < k0 + KW && kb < K; kb += 128) {
         uint4 u0[4], u1[4], wf[4], wr[4];
 #pragma unroll
@@ -149,10 +171,8 @@ extern "C" __global__ void __launch_bounds__(128) skinny_rows(float* C, const bf
     v[0] = red[0][threadIdx.x];
 #pragma unroll
     for (int q = 1; q < SK_WARPS; q++) v[0] += red[q][threadIdx.x];
-    if (!sk_splits<1>(v, part, cnt)) return;
-    const i64 row = (i64)blockIdx.x * 16 + (threadIdx.x >> 3);
-    const int j = threadIdx.x & 7;
-    if (row < M && j < n) sk_store(C + row * ldc + j, v[0], (float)alpha_, (float)beta_);
+    if (!sk_splits<1>(v, part, cnt, fence)) return;
+    if (ook) C[orow * ldc + oj] = sk_out(v[0], cold, alpha, beta);
 }
 
 // skinny_tall: grid (ceil(N/128), splits), 128 threads. Block (x, y) takes
@@ -164,7 +184,8 @@ extern "C" __global__ void __launch_bounds__(128) skinny_rows(float* C, const bf
 // 2c, 2c+1, 2c+8, 2c+9 and pairs the rows' values with byte permutes.
 extern "C" __global__ void __launch_bounds__(128) skinny_tall(float* C, const bf16_t* Y, const bf16_t* Sm, float* part,
                                                             unsigned* cnt, i64 T, i64 N, i64 n, i64 ldy, i64 lds,
-                                                            i64 cn, i64 cj, i64 TW, double alpha_, double beta_) {
+                                                            i64 cn, i64 cj, i64 TW, double alpha_, double beta_,
+                                                            i64 fence) {
     __shared__ float red[SK_WARPS][1024];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
     const i64 col0 = (i64)blockIdx.x * 128;
@@ -175,6 +196,19 @@ extern "C" __global__ void __launch_bounds__(128) skinny_tall(float* C, const bf
     float acc[8][4];
 #pragma unroll
     for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+    // Thread t finishes elements t + 128r in C's order: j-major where
+    // columns are contiguous (cn == 1), else column-major. C's old values
+    // (beta != 0) are read now, off the critical path.
+    const float alpha = (float)alpha_, beta = (float)beta_;
+    const bool jmajor = cn == 1;
+    float cold[8];
+#pragma unroll
+    for (int r = 0; r < 8; r++) {
+        const int eo = threadIdx.x + 128 * r;
+        const int lc = jmajor ? (eo & 127) : (eo >> 3), j = jmajor ? (eo >> 7) : (eo & 7);
+        const i64 col = col0 + lc;
+        cold[r] = (beta != 0.0f && col < N && j < n) ? C[col * cn + j * cj] : 0.0f;
+    }
     for (i64 tb = t0; tb < t0 + TW && tb < T; tb += 32) {
         uint4 ya[2][4], yb[2][4];
         unsigned sv[2][4];
@@ -217,9 +251,6 @@ extern "C" __global__ void __launch_bounds__(128) skinny_tall(float* C, const bf
         red[w][(64 + 8 * g + i) * 8 + 2 * c + 1] = acc[i][3];
     }
     __syncthreads();
-    // Thread t finishes elements t + 128r in C's order: j-major where
-    // columns are contiguous (cn == 1), else column-major.
-    const bool jmajor = cn == 1;
     float v[8];
 #pragma unroll
     for (int r = 0; r < 8; r++) {
@@ -230,12 +261,12 @@ extern "C" __global__ void __launch_bounds__(128) skinny_tall(float* C, const bf
         for (int q = 1; q < SK_WARPS; q++) s += red[q][lc * 8 + j];
         v[r] = s;
     }
-    if (!sk_splits<8>(v, part, cnt)) return;
+    if (!sk_splits<8>(v, part, cnt, fence)) return;
 #pragma unroll
     for (int r = 0; r < 8; r++) {
         const int eo = threadIdx.x + 128 * r;
         const int lc = jmajor ? (eo & 127) : (eo >> 3), j = jmajor ? (eo >> 7) : (eo & 7);
         const i64 col = col0 + lc;
-        if (col < N && j < n) sk_store(C + col * cn + j * cj, v[r], (float)alpha_, (float)beta_);
+        if (col < N && j < n) C[col * cn + j * cj] = sk_out(v[r], cold[r], alpha, beta);
     }
 }
