@@ -10,8 +10,18 @@ package cuda
 // takes 2-5). gemm() offers every GEMM to trySkinny first; it takes the
 // bfloat16 shapes below with r <= 8 and the alignment the kernels' 16-byte
 // loads need, and leaves the rest to cuBLAS. The sums are float32 in a
-// fixed order (deterministic); OLLAMA_TUNE_CUDA_REFERENCE=skinny turns the
-// hook off (cuBLAS for all), skinny-rows or skinny-tall one kernel.
+// fixed order (deterministic).
+//
+// Switches: OLLAMA_TUNE_CUDA_REFERENCE=skinny turns the hook off (cuBLAS
+// for all), skinny-rows the rows kernel (h and g, on by default). The tall
+// kernel (GradB, GradA) is off by default: on the H100 (2026-11-27) it was
+// slower than cuBLAS at 3 of the 5 LoRA shapes and no faster at the other
+// two, and the step ran slower with it; OLLAMA_TUNE_CUDA_SKINNY=tall turns
+// it on (tests do).
+// Measured there, per call alone (cuBLAS -> rows kernel): 1024x8x3072
+// 11.5 -> 6.0 us, 1024x8x9216 16.6 -> 12.7, 1024x8x8192 11.6 -> 11.5,
+// 1024x8x16384 18.1 -> 18.0; the checkpointed step 0.0773-0.0777 -> 0.0764
+// s (median).
 
 import (
 	"fmt"
@@ -23,7 +33,7 @@ import (
 
 var (
 	skinnyRows = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "skinny") && !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "skinny-rows")
-	skinnyTall = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "skinny") && !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "skinny-tall")
+	skinnyTall = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "skinny") && envHas("OLLAMA_TUNE_CUDA_SKINNY", "tall")
 )
 
 // skinnyFence picks how a tile's last block learns that the other splits'

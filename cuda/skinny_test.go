@@ -174,6 +174,14 @@ func skinnyRun(g *Backend, args gemmArgs, skinny bool) (took bool, err error) {
 	return took, nil
 }
 
+// skinnyAll turns both kernels on (the tall one is off by default) and
+// returns the function that restores the switches.
+func skinnyAll() func() {
+	rows, tall := skinnyRows, skinnyTall
+	skinnyRows, skinnyTall = true, true
+	return func() { skinnyRows, skinnyTall = rows, tall }
+}
+
 // TestSkinnyGEMM compares the skinny kernels with a float64 reference on
 // the same bfloat16 inputs (relative L2 <= 1e-6) and with cuBLAS, at the
 // LoRA's shapes and odd ones: alpha, beta 0 (C poisoned with NaN) and 1,
@@ -181,6 +189,7 @@ func skinnyRun(g *Backend, args gemmArgs, skinny bool) (took bool, err error) {
 // for bit the same result twice.
 func TestSkinnyGEMM(t *testing.T) {
 	g := gpuB16
+	defer skinnyAll()()
 	for ci, c := range skinnyCases() {
 		rowsA, rowsB := c.dims()
 		a := bf16Round(randn(rowsA*c.lda, uint64(300+ci), 1))
@@ -267,9 +276,8 @@ func TestSkinnyDeclines(t *testing.T) {
 			t.Errorf("%s: trySkinny took it", tc.name)
 		}
 	}
-	rows, tall := skinnyRows, skinnyTall
+	defer skinnyAll()()
 	skinnyRows, skinnyTall = false, false
-	defer func() { skinnyRows, skinnyTall = rows, tall }()
 	if g.trySkinny("test", base) {
 		t.Errorf("switched off: trySkinny took it")
 	}
@@ -282,6 +290,7 @@ func TestSkinnyDeclines(t *testing.T) {
 // TB/s (H100 SXM's HBM3).
 func TestSkinnyTiming(t *testing.T) {
 	g := gpuB16
+	defer skinnyAll()()
 	var lines []string
 	for _, c := range skinnyCases() {
 		if strings.Contains(c.name, "odd") || strings.Contains(c.name, "splits") || strings.Contains(c.name, "lda 3080") || (c.beta == 0 && strings.HasPrefix(c.name, "gradA")) {
