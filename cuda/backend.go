@@ -500,6 +500,9 @@ func (b *Backend) freeWeight(w *weight) {
 
 // gemm runs g (operands of type g.abType, float32 result).
 func (b *Backend) gemm(op string, g gemmArgs) {
+	if b.trySkinny(op, g) { // r <= 8 bfloat16 products (skinny.go)
+		return
+	}
 	if b.prof == nil {
 		check(op, b.blas.run(g))
 		return
