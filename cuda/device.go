@@ -124,10 +124,12 @@ type Backend struct {
 	smap, umap cu.DevicePtr // bitsandbytes' signed and unsigned dynamic maps [256]float32
 	scratch    [numScratch]buffer
 
-	grads    *gradTable  // ClipGradNorm's table of the last gradients
-	adam8    *adam8Table // AdamW8bitMulti's table of the last parameters
-	prof     *profiler   // non-nil between StartProfile and StopProfile
-	profPool *profiler   // the last profile's events, for the next
+	grads *gradTable  // ClipGradNorm's table of the last gradients
+	adam8 *adam8Table // AdamW8bitMulti's table of the last parameters
+	// skinnyCounters are the skinny GEMMs' arrival counters (skinny.go).
+	skinnyCounters buffer
+	prof           *profiler // non-nil between StartProfile and StopProfile
+	profPool       *profiler // the last profile's events, for the next
 
 	fastLoRA, fastAttn bool // fused fast paths on (see Options.ReferenceKernels)
 	tcLoRA             bool // LoRA products as bfloat16 GEMMs under BF16 (lora_bf16.go)
@@ -408,6 +410,10 @@ func (b *Backend) release() {
 	if b.adam8 != nil {
 		cu.MemFree(b.adam8.mem)
 		b.adam8 = nil
+	}
+	if b.skinnyCounters.ptr != 0 {
+		cu.MemFree(b.skinnyCounters.ptr)
+		b.skinnyCounters = buffer{}
 	}
 	for _, p := range []**profiler{&b.prof, &b.profPool} {
 		if *p != nil {

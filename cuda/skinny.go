@@ -25,7 +25,6 @@ package cuda
 
 import (
 	"fmt"
-	"sync"
 	"unsafe"
 
 	"gorgonia.org/cu"
@@ -52,25 +51,11 @@ const skinnyMaxR = 8
 // skinnyWarps is the kernels' warps a block (SK_WARPS).
 const skinnyWarps = 4
 
-// skinnyCounters holds each backend's per-tile arrival counters (zero
-// between launches: the last block of a tile resets its own).
-var skinnyCounters struct {
-	sync.Mutex
-	m map[*Backend]*buffer
-}
-
-// skinnyCnt returns room for n zeroed uint32 counters.
+// skinnyCnt returns room for n zeroed uint32 counters: the backend's
+// per-tile arrival counters (zero between launches: the last block of a
+// tile resets its own), freed with the backend.
 func (b *Backend) skinnyCnt(n int, op string) cu.DevicePtr {
-	skinnyCounters.Lock()
-	defer skinnyCounters.Unlock()
-	if skinnyCounters.m == nil {
-		skinnyCounters.m = map[*Backend]*buffer{}
-	}
-	s := skinnyCounters.m[b]
-	if s == nil {
-		s = &buffer{}
-		skinnyCounters.m[b] = s
-	}
+	s := &b.skinnyCounters
 	need := 4 * int64(n)
 	if s.ptr != 0 && need <= s.n {
 		return s.ptr
