@@ -512,24 +512,60 @@ func TestAttention(t *testing.T) {
 			{2, 40, 4, 2, 30, 3}, // a head dimension not a multiple of 4: 4-byte copies
 			{2, 65, 2, 1, 32, 0}, // one token past the tiled kernels
 		} {
-			name := fmt.Sprintf("fast %v B%d S%d H%d K%d D%d w%d", fast, c.B, c.S, c.H, c.K, c.D, c.window)
-			T, width := c.B*c.S, (c.H+2*c.K)*c.D
-			pos := bothInt(gpu, cpu, packedPos(c.B, c.S, []int{11, 5, 40, 3}))
-			qkv := both(gpu, cpu, randn(T*width, 11, 1), T, width)
-			out := both(gpu, cpu, nanSlice(T*c.H*c.D), T, c.H*c.D)
-			lse := both(gpu, cpu, nanSlice(c.H*T), c.H, T)
-			gpu.AttentionForward(out.g, lse.g, qkv.g, pos.g, c.B, c.S, c.H, c.K, c.D, c.window)
-			cpu.AttentionForward(out.c, lse.c, qkv.c, pos.c, c.B, c.S, c.H, c.K, c.D, c.window)
-			compare(t, gpu, cpu, name+" out", out, tolF32)
-			compare(t, gpu, cpu, name+" lse", lse, tolF32)
-			dout := both(gpu, cpu, randn(T*c.H*c.D, 12, 1), T, c.H*c.D)
-			dqkv := both(gpu, cpu, randn(T*width, 13, 1), T, width)
-			gpu.AttentionBackward(dqkv.g, dout.g, out.g, lse.g, qkv.g, pos.g, c.B, c.S, c.H, c.K, c.D, c.window)
-			cpu.AttentionBackward(dqkv.c, dout.c, out.c, lse.c, qkv.c, pos.c, c.B, c.S, c.H, c.K, c.D, c.window)
-			compare(t, gpu, cpu, name+" dqkv", dqkv, tolF32)
+			for _, layout := range []string{"packed", "wrapped", "mid-start"} {
+				testAttention(t, fast, layout, c.B, c.S, c.H, c.K, c.D, c.window)
+			}
 		}
 	}
 	gpu.fastAttn = true
+}
+
+// attnPos returns position ids for B rows of S tokens: "packed" restarts
+// at every example (bfd packing), "wrapped" counts 0..S-1 in every row
+// (trl's wrapped packing: one causal row), "mid-start" starts each row in
+// the middle of an example (positions 20+r.., then a restart).
+func attnPos(layout string, B, S int) []int32 {
+	switch layout {
+	case "wrapped", "mid-start":
+		pos := make([]int32, B*S)
+		for r := range B {
+			p := 0
+			if layout == "mid-start" {
+				p = 20 + r
+			}
+			for s := range S {
+				if layout == "mid-start" && s == S/2 {
+					p = 0
+				}
+				pos[r*S+s] = int32(p)
+				p++
+			}
+		}
+		return pos
+	}
+	return packedPos(B, S, []int{11, 5, 40, 3})
+}
+
+func testAttention(t *testing.T, fast bool, layout string, B, S, H, K, D, window int) {
+	t.Helper()
+	name := fmt.Sprintf("fast %v %s B%d S%d H%d K%d D%d w%d", fast, layout, B, S, H, K, D, window)
+	T, width := B*S, (H+2*K)*D
+	pos := bothInt(gpu, cpu, attnPos(layout, B, S))
+	qkv := both(gpu, cpu, randn(T*width, 11, 1), T, width)
+	out := both(gpu, cpu, nanSlice(T*H*D), T, H*D)
+	lse := both(gpu, cpu, nanSlice(H*T), H, T)
+	gpu.AttentionForward(out.g, lse.g, qkv.g, pos.g, B, S, H, K, D, window)
+	cpu.AttentionForward(out.c, lse.c, qkv.c, pos.c, B, S, H, K, D, window)
+	compare(t, gpu, cpu, name+" out", out, tolF32)
+	compare(t, gpu, cpu, name+" lse", lse, tolF32)
+	dout := both(gpu, cpu, randn(T*H*D, 12, 1), T, H*D)
+	dqkv := both(gpu, cpu, randn(T*width, 13, 1), T, width)
+	gpu.AttentionBackward(dqkv.g, dout.g, out.g, lse.g, qkv.g, pos.g, B, S, H, K, D, window)
+	cpu.AttentionBackward(dqkv.c, dout.c, out.c, lse.c, qkv.c, pos.c, B, S, H, K, D, window)
+	compare(t, gpu, cpu, name+" dqkv", dqkv, tolF32)
+	for _, p := range []pair{pos, qkv, out, lse, dout, dqkv} {
+		gpu.Free(p.g)
+	}
 }
 
 // BenchmarkAttention times AttentionForward and AttentionBackward at the

@@ -60,6 +60,9 @@ type Model struct {
 
 	// GradientCheckpointing: see ModelOptions; may be changed between steps.
 	GradientCheckpointing bool
+	// CheckFinite makes Forward and Backward stop at the first non-finite
+	// activation or gradient (finite.go; OLLAMA_TUNE_CHECK_FINITE=1 too).
+	CheckFinite bool
 	// NumItemsInBatch, when > 0, is the number of label tokens of the whole
 	// optimizer step: Backward then produces gradients of sum(loss) /
 	// NumItemsInBatch instead of the micro-batch's mean, so that gradient
@@ -69,7 +72,8 @@ type Model struct {
 	NumItemsInBatch int
 
 	loraParams []NamedLoRA
-	bufs       [2]*buffers // [0] inference, [1] training: an eval between steps keeps the training buffers
+	fc         *finiteCheck // the pass's finite checks, when on
+	bufs       [2]*buffers  // [0] inference, [1] training: an eval between steps keeps the training buffers
 	pending    *pendingBackward
 }
 
@@ -388,6 +392,7 @@ func loraRank(l *Linear) int {
 // pendingBackward is what a training forward leaves for Backward.
 type pendingBackward struct {
 	stepSeed uint64
+	batch    *Batch // for the finite checks' messages
 }
 
 // validate checks a batch against the model (user data: errors, not panics).
@@ -466,19 +471,32 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 	for k := range lin {
 		lin[k] = noDropout(lin[k], train)
 	}
+	chk := func(what string, t Tensor) {
+		if m.fc != nil {
+			m.fc.check(fmt.Sprintf("layer %d %s", li, what), t)
+		}
+	}
 	b.RMSNormForward(a.ln1, a.rstd1, x, l.InputNorm, c.RMSNormEps)
+	chk("input_layernorm", a.ln1)
 	b.LinearForward(a.qkv, a.ln1, lin[modQKV], a.h[modQKV], moduleSeed(stepSeed, li, modQKV))
+	chk("qkv_proj", a.qkv)
 	b.RoPEForward(a.qkv, bf.pos, H, K, D, c.RotaryDim(), c.RopeTheta)
+	chk("rope", a.qkv)
 	b.AttentionForward(a.att, a.lse, a.qkv, bf.pos, bf.B, bf.S, H, K, D, c.SlidingWindow)
+	chk("attention", a.att)
 	b.LinearForward(bf.tmp, a.att, lin[modO], a.h[modO], moduleSeed(stepSeed, li, modO))
+	chk("o_proj", bf.tmp)
 	if f, ok := b.(AddRMSNormer); ok {
 		f.AddRMSNormForward(a.res1, a.ln2, a.rstd2, x, bf.tmp, l.PostAttnNorm, c.RMSNormEps)
 	} else {
 		b.Add(a.res1, x, bf.tmp)
 		b.RMSNormForward(a.ln2, a.rstd2, a.res1, l.PostAttnNorm, c.RMSNormEps)
 	}
+	chk("post_attention_layernorm", a.ln2)
 	b.LinearForward(a.gateUp, a.ln2, lin[modGateUp], a.h[modGateUp], moduleSeed(stepSeed, li, modGateUp))
+	chk("gate_up_proj", a.gateUp)
 	b.SwiGLUForward(a.act, a.gateUp)
+	chk("swiglu", a.act)
 	if out == nil {
 		if a.h[modDown] == nil {
 			return
@@ -489,8 +507,10 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 		}
 	}
 	b.LinearForward(bf.tmp, a.act, lin[modDown], a.h[modDown], moduleSeed(stepSeed, li, modDown))
+	chk("down_proj", bf.tmp)
 	if out != nil {
 		b.Add(out, a.res1, bf.tmp)
+		chk("output", out)
 	}
 }
 
@@ -538,7 +558,10 @@ func (m *Model) Forward(batch *Batch, train bool, stepSeed uint64) (loss float64
 			ntokens++
 		}
 	}
+	m.fc = m.newFiniteCheck(batch)
+	defer func() { m.fc = nil }()
 	bf := m.body(batch, train, stepSeed)
+	m.fc.check("final norm", bf.lnf)
 	m.B.UploadInt32(bf.targets, targets)
 	var dlnf Tensor
 	var gradScale float32
@@ -557,8 +580,12 @@ func (m *Model) Forward(batch *Batch, train bool, stepSeed uint64) (loss float64
 	if ntokens > 0 {
 		loss = sum / float64(ntokens)
 	}
+	m.fc.check("d loss / d final norm", dlnf)
+	if m.fc != nil && m.fc.err != nil {
+		return 0, 0, 0, fmt.Errorf("forward: %w", m.fc.err)
+	}
 	if train {
-		m.pending = &pendingBackward{stepSeed: stepSeed}
+		m.pending = &pendingBackward{stepSeed: stepSeed, batch: batch}
 	}
 	return loss, ntokens, correct, nil
 }
@@ -571,6 +598,8 @@ func (m *Model) Backward() error {
 		return errors.New("backward: no training forward to differentiate (call Forward with train=true first, once per Backward)")
 	}
 	seed := m.pending.stepSeed
+	m.fc = m.newFiniteCheck(m.pending.batch)
+	defer func() { m.fc = nil }()
 	m.pending = nil
 	b, c, bf := m.B, m.Cfg, m.bufs[1]
 	H, K, D := c.NumHeads, c.NumKVHeads, c.HeadDim()
@@ -594,17 +623,29 @@ func (m *Model) Backward() error {
 		// dres becomes d res1 in place once down_proj's backward has read
 		// it (and d x in place after o_proj's and qkv_proj's).
 		b.Zero(bf.dact)
+		chk := func(what string, t Tensor) {
+			if m.fc != nil {
+				m.fc.check(fmt.Sprintf("backward, layer %d: %s", li, what), t)
+			}
+		}
+		chk("d output", bf.dres)
 		b.LinearBackward(bf.dact, bf.dres, a.act, lin[modDown], a.h[modDown], s(modDown))
+		chk("d swiglu", bf.dact)
 		b.Zero(bf.dgu)
 		b.SwiGLUBackward(bf.dgu, bf.dact, a.gateUp)
+		chk("d gate_up_proj", bf.dgu)
 		b.Zero(bf.dln)
 		b.LinearBackward(bf.dln, bf.dgu, a.ln2, lin[modGateUp], a.h[modGateUp], s(modGateUp))
+		chk("d post_attention_layernorm", bf.dln)
 		b.RMSNormBackward(bf.dres, bf.dln, a.res1, l.PostAttnNorm, a.rstd2)
+		chk("d residual", bf.dres)
 		// res1 = x + o_proj(att)
 		b.Zero(bf.datt)
 		b.LinearBackward(bf.datt, bf.dres, a.att, lin[modO], a.h[modO], s(modO))
+		chk("d attention", bf.datt)
 		b.Zero(bf.dqkv)
 		b.AttentionBackward(bf.dqkv, bf.datt, a.att, a.lse, a.qkv, bf.pos, bf.B, bf.S, H, K, D, c.SlidingWindow)
+		chk("d qkv_proj (before rope)", bf.dqkv)
 		b.RoPEBackward(bf.dqkv, bf.pos, H, K, D, c.RotaryDim(), c.RopeTheta)
 		if li == 0 {
 			// The embeddings are frozen: only the adapter's gradients.
@@ -614,6 +655,9 @@ func (m *Model) Backward() error {
 		b.Zero(bf.dln)
 		b.LinearBackward(bf.dln, bf.dqkv, a.ln1, lin[modQKV], a.h[modQKV], s(modQKV))
 		b.RMSNormBackward(bf.dres, bf.dln, x, l.InputNorm, a.rstd1)
+	}
+	if m.fc != nil && m.fc.err != nil {
+		return fmt.Errorf("backward: %w", m.fc.err)
 	}
 	return nil
 }

@@ -837,7 +837,7 @@ func (tr *trainer) tryStep(ctx context.Context) (loss float64, acc accuracy, nor
 		return 0, accuracy{}, 0, 0, fmt.Errorf("step %d: clipping the gradients: %w", g+1, err)
 	}
 	if math.IsNaN(loss) || math.IsInf(loss, 0) || math.IsNaN(norm) || math.IsInf(norm, 0) {
-		return 0, accuracy{}, 0, 0, fmt.Errorf("step %d: the loss (%g) or the gradient norm (%g) is not finite; lower training.learning_rate or check the data", g+1, loss, norm)
+		return 0, accuracy{}, 0, 0, fmt.Errorf("step %d: the loss (%g) or the gradient norm (%g) is not finite%s; lower training.learning_rate or check the data (OLLAMA_TUNE_CHECK_FINITE=1 names the first non-finite activation)", g+1, loss, norm, tr.nonFiniteGrads())
 	}
 	t := tr.cfg.Training
 	hp := AdamParams{
@@ -955,3 +955,32 @@ func checkWritable(dir string) error {
 }
 
 func ptr(f float64) *float64 { return &f }
+
+// nonFiniteGrads names the LoRA gradients holding a non-finite value (", in
+// NAME, ..." or ""), for the error of a non-finite gradient norm.
+func (tr *trainer) nonFiniteGrads() string {
+	var names []string
+	n := 0
+	_ = guard(tr.b, func() error {
+		for _, p := range tr.opt.params {
+			for _, x := range tr.b.Download(p.Grad) {
+				if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+					if len(names) < 4 {
+						names = append(names, p.Name)
+					}
+					n++
+					break
+				}
+			}
+		}
+		return nil
+	})
+	if n == 0 {
+		return ""
+	}
+	more := ""
+	if n > len(names) {
+		more = fmt.Sprintf(" and %d more", n-len(names))
+	}
+	return fmt.Sprintf(" (in the gradients of %s%s)", strings.Join(names, ", "), more)
+}

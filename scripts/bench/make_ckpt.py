@@ -25,6 +25,15 @@ def main():
     with torch.device("cuda"):
         model = Phi3ForCausalLM(cfg)
     torch.set_default_dtype(torch.float32)
+    # transformers zeroes the pad token's embedding row (padding_idx). A
+    # trained Phi-3 has no zero row; with one, a row that starts with
+    # <|endoftext|> (wrapped packing) keeps an exactly-zero hidden state
+    # through every layer, and each RMSNorm's backward multiplies its
+    # gradient by 1/sqrt(eps) ~ 316: the gradient overflows by layer ~14
+    # (found with OLLAMA_TUNE_CHECK_FINITE=1). Draw it like the others.
+    with torch.no_grad():
+        emb = model.model.embed_tokens.weight
+        emb[cfg.pad_token_id].normal_(0, cfg.initializer_range)
     model.save_pretrained(out)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", flush=True)
 
