@@ -356,6 +356,10 @@ func prepareData(ctx context.Context, job *Job) (*prepared, error) {
 		train: td.TrainSeqs, eval: td.EvalSeqs, collator: td.Collator, plan: td.Plan,
 		evalExamples: len(td.Eval), skipped: len(ds.Skipped),
 	}
+	// Padding-free micro-batches as one row per packed sequence: TRL's
+	// tokens, attention and targets in rows the CUDA backend's short-row
+	// kernels take (data.Collator.RowPerSequence).
+	p.collator.RowPerSequence = true
 	p.fingerprint = fingerprint(p.train, p.collator, c)
 	return p, nil
 }
@@ -371,7 +375,7 @@ func fingerprint(seqs []data.Sequence, col data.Collator, c *TrainConfig) string
 		}
 	}
 	w(int64(len(seqs)), c.Training.Seed, int64(c.Training.PerDeviceTrainBatchSize), int64(c.Training.GradientAccumulationSteps))
-	w(int64(col.Pad), int64(col.PadToMultipleOf), b2i(col.CompletionOnlyLoss), b2i(col.PaddingFree))
+	w(int64(col.Pad), int64(col.PadToMultipleOf), b2i(col.CompletionOnlyLoss), b2i(col.PaddingFree), b2i(col.RowPerSequence))
 	for _, s := range seqs {
 		w(int64(len(s.InputIDs)), int64(len(s.CompletionMask)), int64(len(s.SeqLengths)))
 		binary.Write(h, binary.LittleEndian, s.InputIDs)

@@ -40,6 +40,20 @@ type Collator struct {
 	CompletionOnlyLoss bool
 	PaddingFree        bool
 	PadToMultipleOf    int
+	// RowPerSequence lays a padding-free batch out as one row per
+	// sequence instead of TRL's single flattened row, with the same
+	// tokens, position ids, attention (it never crosses an example: the
+	// position ids restart) and scored targets: each row is right-padded
+	// to the longest, and where the flattened row scores a sequence's last
+	// token on the next sequence's first label (not hidden by
+	// completion-only loss), the row gets one more slot carrying it. The loss and gradients are the
+	// flattened row's up to the order of float sums (and the dropout
+	// masks, drawn by position in the batch); rows of at most
+	// max_seq_length tokens take the CUDA backend's short-row attention
+	// kernels, where one row of ~1,000 tokens falls back to the per-query
+	// ones. The trainer uses it; `ollama-tune data --show-batch` shows
+	// TRL's layout.
+	RowPerSequence bool
 }
 
 // NewCollator is the collator TRL 0.23.1's SFTTrainer builds for these
@@ -64,6 +78,9 @@ func (c Collator) roundUp(n int) int {
 
 // Collate builds one micro-batch from sequences.
 func (c Collator) Collate(seqs []Sequence) Batch {
+	if c.PaddingFree && c.RowPerSequence {
+		return c.collateRows(seqs)
+	}
 	if c.PaddingFree {
 		total := 0
 		for _, s := range seqs {
@@ -106,15 +123,61 @@ func (c Collator) Collate(seqs []Sequence) Batch {
 	return b
 }
 
+// collateRows is the padding-free batch as one row per sequence
+// (Collator.RowPerSequence).
+func (c Collator) collateRows(seqs []Sequence) Batch {
+	// carry[r] is the target the flattened row scores sequence r's last
+	// token on; a row needs the extra slot only when it is scored.
+	carry := make([]int32, len(seqs))
+	longest := 0
+	for r, s := range seqs {
+		carry[r] = IgnoreIndex
+		if r+1 < len(seqs) && len(seqs[r+1].InputIDs) > 0 {
+			carry[r] = c.label(seqs[r+1], 0)
+		}
+		n := len(s.InputIDs)
+		if carry[r] != IgnoreIndex {
+			n++
+		}
+		longest = max(longest, n)
+	}
+	S := c.roundUp(longest)
+	b := newBatch(len(seqs), S, c.Pad)
+	for r, s := range seqs {
+		off := r * S
+		lengths := s.SeqLengths
+		if lengths == nil {
+			lengths = []int{len(s.InputIDs)}
+		}
+		t := off
+		for _, n := range lengths {
+			for p := 0; p < n; p++ {
+				b.PositionIDs[t+p] = int32(p)
+			}
+			t += n
+		}
+		c.fill(&b, off, s)
+		if carry[r] != IgnoreIndex {
+			b.Labels[off+len(s.InputIDs)] = carry[r]
+		}
+	}
+	return b
+}
+
+// label is the label of token i of s (IgnoreIndex where completion-only
+// loss hides it).
+func (c Collator) label(s Sequence, i int) int32 {
+	if c.CompletionOnlyLoss && s.CompletionMask != nil && s.CompletionMask[i] == 0 {
+		return IgnoreIndex
+	}
+	return s.InputIDs[i]
+}
+
 // fill writes one sequence's ids and labels at offset off.
 func (c Collator) fill(b *Batch, off int, s Sequence) {
 	copy(b.InputIDs[off:], s.InputIDs)
-	for i, id := range s.InputIDs {
-		if c.CompletionOnlyLoss && s.CompletionMask != nil && s.CompletionMask[i] == 0 {
-			b.Labels[off+i] = IgnoreIndex
-		} else {
-			b.Labels[off+i] = id
-		}
+	for i := range s.InputIDs {
+		b.Labels[off+i] = c.label(s, i)
 	}
 }
 

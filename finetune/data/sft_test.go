@@ -426,6 +426,58 @@ func TestCollatePacked(t *testing.T) {
 	}
 }
 
+// RowPerSequence: one row per packed sequence with the flattened row's
+// tokens, position ids and scored targets; the extra slot of each row
+// carries the next sequence's first label (the target TRL's flattened row
+// scores the last token on), with and without completion-only loss.
+func TestCollateRowPerSequence(t *testing.T) {
+	seqs := []Sequence{
+		{InputIDs: i32(1, 2, 3, 9), CompletionMask: u8(0, 1, 0, 1), SeqLengths: []int{3, 1}},
+		{InputIDs: i32(6, 7, 8), CompletionMask: u8(0, 1, 1), SeqLengths: []int{3}},
+		{InputIDs: i32(4, 5), CompletionMask: u8(0, 1), SeqLengths: []int{1, 1}},
+	}
+	for _, completionOnly := range []bool{true, false} {
+		c := Collator{Pad: 0, PaddingFree: true, CompletionOnlyLoss: completionOnly}
+		flat := c.Collate(seqs)
+		c.RowPerSequence = true
+		rows := c.Collate(seqs)
+		// Completion-only hides the next sequences' first tokens: no row
+		// needs the extra slot; without it, row 0 (4 tokens) carries 6.
+		wantS := map[bool]int{true: 4, false: 5}[completionOnly]
+		if rows.B != 3 || rows.S != wantS {
+			t.Fatalf("completion-only %v: rows layout %dx%d, want 3x%d", completionOnly, rows.B, rows.S, wantS)
+		}
+		if !slices.Equal(rows.PositionIDs[:4], i32(0, 1, 2, 0)) || !slices.Equal(rows.PositionIDs[2*wantS:2*wantS+2], i32(0, 0)) {
+			t.Errorf("positions %v", rows.PositionIDs)
+		}
+		// scored (token, position, target) triples, in order.
+		scored := func(b Batch) [][3]int32 {
+			var out [][3]int32
+			for r := range b.B {
+				for s := 0; s+1 < b.S; s++ {
+					k := r*b.S + s
+					if b.Labels[k+1] != IgnoreIndex {
+						out = append(out, [3]int32{b.InputIDs[k], b.PositionIDs[k], b.Labels[k+1]})
+					}
+				}
+			}
+			return out
+		}
+		f, g := scored(flat), scored(rows)
+		if !slices.Equal(f, g) {
+			t.Errorf("completion-only %v: scored %v in rows, %v in the flattened row", completionOnly, g, f)
+		}
+		if len(f) == 0 {
+			t.Fatal("nothing scored")
+		}
+	}
+	// The row's length is rounded up like the flattened row's.
+	c := Collator{PaddingFree: true, RowPerSequence: true, PadToMultipleOf: 8}
+	if b := c.Collate(seqs); b.S != 8 {
+		t.Errorf("multiple of 8: S %d", b.S)
+	}
+}
+
 func TestSFTOptionErrors(t *testing.T) {
 	for _, c := range []struct {
 		opt  SFTOptions
