@@ -88,6 +88,11 @@ func tptr(t *Tensor) uint64 {
 // launch runs kernel name on a grid of blocks of threads with smem bytes of
 // dynamic shared memory.
 func (b *Backend) launch(op, name string, grid [3]int, threads, smem int, args ...uint64) {
+	b.launchAs(op, name, name, grid, threads, smem, args...)
+}
+
+// launchAs is launch with the name the profiler records the launch under.
+func (b *Backend) launchAs(op, name, span string, grid [3]int, threads, smem int, args ...uint64) {
 	f, ok := b.fns[name]
 	if !ok {
 		panic(&Error{Op: op, Err: fmt.Errorf("kernel %s is not in the embedded PTX (run make ptx)", name)})
@@ -107,7 +112,7 @@ func (b *Backend) launch(op, name string, grid [3]int, threads, smem int, args .
 		panic(&Error{Op: op, Err: oom(fmt.Errorf("launch %s grid %v x %d threads: %w", name, grid, threads, err))})
 	}
 	if b.prof != nil {
-		b.prof.spans = append(b.prof.spans, profSpan{name: name, start: e0, end: b.prof.mark(b.stream)})
+		b.prof.spans = append(b.prof.spans, profSpan{name: span, start: e0, end: b.prof.mark(b.stream)})
 	}
 }
 

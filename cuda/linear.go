@@ -192,9 +192,7 @@ func (b *Backend) LinearBackward(dx, dout, x finetune.Tensor, l *finetune.Linear
 		// GradA [r,in] += scale * g^T . dropout(x)
 		b.loraColdot(op, gA.ptr, g, xs.ptr, T, w.in, r, w.in, 1, lo.Scale, lo.Dropout, seed)
 		if d != nil {
-			b.launch(op, "lora_dx", [3]int{(w.in + 255) / 256, min(T, 64), 1}, 256, 0, ptrArg(d.ptr), ptrArg(g), ptrArg(A.ptr),
-				intArg(T), intArg(w.in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), dropThreshold(lo.Dropout),
-				f32Arg(keepScale(lo.Dropout)))
+			b.loraDx(op, d, g, A, T, w.in, lo, r, seed)
 		}
 		return
 	}
@@ -208,13 +206,32 @@ func (b *Backend) LinearBackward(dx, dout, x finetune.Tensor, l *finetune.Linear
 	if d == nil {
 		return
 	}
-	if lo.Dropout == 0 {
-		b.sgemm(op, false, false, T, w.in, r, lo.Scale, g, r, A.ptr, w.in, 1, d.ptr, w.in)
-		return
+	b.loraDx(op, d, g, A, T, w.in, lo, r, seed)
+}
+
+// loraDx adds dx's LoRA term for g = dout . B [T,r]: dx [T,in] += scale *
+// (g . A) * mask / (1-p), in float32. The fused kernels, where they take
+// the rank, give lora_dx's bits: lora_dx_v4 (four columns, one dropout
+// group, a thread) or lora_dx4; else a float32 GEMM and, with dropout,
+// dropout_bwd_acc.
+func (b *Backend) loraDx(op string, d *Tensor, g cu.DevicePtr, A *Tensor, T, in int, lo *finetune.LoRA, r int, seed uint64) {
+	switch {
+	case b.fastLoRA && loraDxV4 && r <= 8 && in%4 == 0 && d.ptr%16 == 0 && A.ptr%16 == 0:
+		b.launch(op, "lora_dx_v4", [3]int{(in/4 + 127) / 128, (T + loraDxTT - 1) / loraDxTT, 1}, 128, 0, ptrArg(d.ptr), ptrArg(g),
+			ptrArg(A.ptr), intArg(T), intArg(in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), dropThreshold(lo.Dropout),
+			f32Arg(keepScale(lo.Dropout)), intArg(loraDxTT))
+	case b.fastLoRA && r <= loraMaxR:
+		b.launch(op, "lora_dx4", [3]int{(in + 255) / 256, min((T+3)/4, 64), 1}, 256, 0, ptrArg(d.ptr), ptrArg(g), ptrArg(A.ptr),
+			intArg(T), intArg(in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), dropThreshold(lo.Dropout),
+			f32Arg(keepScale(lo.Dropout)))
+	case lo.Dropout == 0:
+		b.sgemm(op, false, false, T, in, r, lo.Scale, g, r, A.ptr, in, 1, d.ptr, in)
+	default:
+		n := int64(T) * int64(in)
+		tmp := b.scratchBuf(sLoRATmp, 4*n, op)
+		b.sgemm(op, false, false, T, in, r, lo.Scale, g, r, A.ptr, in, 0, tmp, in)
+		b.launchN(op, "dropout_bwd_acc", n, ptrArg(d.ptr), ptrArg(tmp), uint64(n), seed, f32Arg(lo.Dropout), f32Arg(keepScale(lo.Dropout)))
 	}
-	tmp := b.scratchBuf(sLoRATmp, 4*n, op)
-	b.sgemm(op, false, false, T, w.in, r, lo.Scale, g, r, A.ptr, w.in, 0, tmp, w.in)
-	b.launchN(op, "dropout_bwd_acc", n, ptrArg(d.ptr), ptrArg(tmp), uint64(n), seed, f32Arg(lo.Dropout), f32Arg(keepScale(lo.Dropout)))
 }
 
 // Logits: out [T,V] = x [T,C] . lmHead^T.

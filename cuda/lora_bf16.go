@@ -173,7 +173,7 @@ func (b *Backend) linearForwardBF16(op string, out, x cu.DevicePtr, T int, w *we
 // is rounded to bfloat16 once (with h and B, in one launch) for dx += dout
 // . W, GradB += scale * dout^T . h and g = dout . B; then GradA += scale *
 // g^T . dropout(x) (bf16(dropout(x)) and bf16(g) from one launch), all
-// bfloat16 GEMMs; dx's LoRA term is float32 (lora_dx).
+// bfloat16 GEMMs; dx's LoRA term is float32 (loraDx).
 func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs *Tensor, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
 	lo, r := l.LoRA, loraRank(l)
 	A, B := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op)
@@ -212,26 +212,5 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs
 		return
 	}
 	// dx += scale * (g . A) * mask / (1-p), in float32.
-	if r <= 8 && w.in%4 == 0 && d.ptr%16 == 0 && A.ptr%16 == 0 && loraDxV4 {
-		// lora_dx_v4: lora_dx's bits, four columns (one dropout group) a
-		// thread, one hash a group.
-		b.launch(op, "lora_dx_v4", [3]int{(w.in/4 + 127) / 128, (T + loraDxTT - 1) / loraDxTT, 1}, 128, 0, ptrArg(d.ptr), ptrArg(g),
-			ptrArg(A.ptr), intArg(T), intArg(w.in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), dropThreshold(lo.Dropout),
-			f32Arg(keepScale(lo.Dropout)), intArg(loraDxTT))
-		return
-	}
-	if r <= loraMaxR {
-		// lora_dx4: lora_dx's bits, four tokens an iteration.
-		b.launch(op, "lora_dx4", [3]int{(w.in + 255) / 256, min((T+3)/4, 64), 1}, 256, 0, ptrArg(d.ptr), ptrArg(g), ptrArg(A.ptr),
-			intArg(T), intArg(w.in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), dropThreshold(lo.Dropout),
-			f32Arg(keepScale(lo.Dropout)))
-		return
-	}
-	if lo.Dropout == 0 {
-		b.sgemm(op, false, false, T, w.in, r, lo.Scale, g, r, A.ptr, w.in, 1, d.ptr, w.in)
-		return
-	}
-	tmp := b.scratchBuf(sLoRATmp, 4*n, op)
-	b.sgemm(op, false, false, T, w.in, r, lo.Scale, g, r, A.ptr, w.in, 0, tmp, w.in)
-	b.launchN(op, "dropout_bwd_acc", n, ptrArg(d.ptr), ptrArg(tmp), uint64(n), seed, f32Arg(lo.Dropout), f32Arg(keepScale(lo.Dropout)))
+	b.loraDx(op, d, g, A, T, w.in, lo, r, seed)
 }

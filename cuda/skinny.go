@@ -25,7 +25,6 @@ package cuda
 
 import (
 	"fmt"
-	"unsafe"
 
 	"gorgonia.org/cu"
 )
@@ -85,6 +84,23 @@ func skinnyPick(tiles, k int, sizes ...int) int {
 	return sizes[len(sizes)-1]
 }
 
+// skinnySplit chooses the reduction length a warp covers (skinnyPick over
+// sizes, or skinnyForce) for tiles output tiles of tileFloats partial
+// values over a reduction of k, and returns it with the number of splits
+// (blocks a tile), the partial sums' room in the sReduce scratch (0 for
+// one split) and the tiles' arrival counters.
+func (b *Backend) skinnySplit(op string, tiles, k, tileFloats int, sizes ...int) (w, splits int, part, cnt cu.DevicePtr) {
+	w = skinnyPick(tiles, k, sizes...)
+	if skinnyForce > 0 {
+		w = skinnyForce
+	}
+	splits = (k + skinnyWarps*w - 1) / (skinnyWarps * w)
+	if splits > 1 {
+		part = b.scratchBuf(sReduce, 4*int64(splits)*int64(tiles)*int64(tileFloats), op)
+	}
+	return w, splits, part, b.skinnyCnt(tiles, op)
+}
+
 // trySkinny runs g with a skinny kernel and returns true, or returns false
 // (g is not one of its shapes; cuBLAS runs it).
 func (b *Backend) trySkinny(op string, g gemmArgs) bool {
@@ -104,16 +120,7 @@ func (b *Backend) trySkinny(op string, g gemmArgs) bool {
 			return false
 		}
 		tiles := (g.M + 15) / 16
-		kw := skinnyPick(tiles, g.K, 512, 256, 128)
-		if skinnyForce > 0 {
-			kw = skinnyForce
-		}
-		splits := (g.K + skinnyWarps*kw - 1) / (skinnyWarps * kw)
-		var part cu.DevicePtr
-		if splits > 1 {
-			part = b.scratchBuf(sReduce, 4*int64(splits)*int64(tiles)*128, op)
-		}
-		cnt := b.skinnyCnt(tiles, op)
+		kw, splits, part, cnt := b.skinnySplit(op, tiles, g.K, 128, 512, 256, 128)
 		b.skinnyLaunch(op, "skinny_rows", g, [3]int{tiles, splits, 1}, ptrArg(cu.DevicePtr(g.C)), ptrArg(cu.DevicePtr(g.A)),
 			ptrArg(cu.DevicePtr(g.B)), ptrArg(part), ptrArg(cnt), intArg(g.M), intArg(g.K), intArg(g.N), intArg(g.lda),
 			intArg(g.ldb), uint64(wtrans), intArg(g.ldc), intArg(kw), f32Arg(g.alpha), f32Arg(g.beta), skinnyFence)
@@ -138,16 +145,7 @@ func (b *Backend) trySkinny(op string, g gemmArgs) bool {
 			return false
 		}
 		tiles := (big + 127) / 128
-		tw := skinnyPick(tiles, g.K, 256, 128, 64, 32)
-		if skinnyForce > 0 {
-			tw = skinnyForce
-		}
-		splits := (g.K + skinnyWarps*tw - 1) / (skinnyWarps * tw)
-		var part cu.DevicePtr
-		if splits > 1 {
-			part = b.scratchBuf(sReduce, 4*int64(splits)*int64(tiles)*1024, op)
-		}
-		cnt := b.skinnyCnt(tiles, op)
+		tw, splits, part, cnt := b.skinnySplit(op, tiles, g.K, 1024, 256, 128, 64, 32)
 		b.skinnyLaunch(op, "skinny_tall", g, [3]int{tiles, splits, 1}, ptrArg(cu.DevicePtr(g.C)), ptrArg(cu.DevicePtr(y)),
 			ptrArg(cu.DevicePtr(s)), ptrArg(part), ptrArg(cnt), intArg(g.K), intArg(big), intArg(r), intArg(ldy),
 			intArg(lds), intArg(cn), intArg(cj), intArg(tw), f32Arg(g.alpha), f32Arg(g.beta), skinnyFence)
@@ -159,22 +157,9 @@ func (b *Backend) trySkinny(op string, g gemmArgs) bool {
 // skinnyLaunch launches kernel name (128 threads a block); the profile
 // names it "skinny bf16 MxNxK" after g, like gemm's "gemm bf16 MxNxK".
 func (b *Backend) skinnyLaunch(op, name string, g gemmArgs, grid [3]int, args ...uint64) {
-	f, ok := b.fns[name]
-	if !ok {
-		panic(&Error{Op: op, Err: fmt.Errorf("kernel %s is not in the embedded PTX (run make ptx)", name)})
-	}
-	params := make([]unsafe.Pointer, len(args))
-	for k := range args {
-		params[k] = unsafe.Pointer(&args[k])
-	}
-	var e0 int
+	span := name
 	if b.prof != nil {
-		e0 = b.prof.mark(b.stream)
+		span = fmt.Sprintf("skinny bf16 %dx%dx%d", g.M, g.N, g.K)
 	}
-	if err := f.Launch(grid[0], grid[1], grid[2], 128, 1, 1, 0, b.stream, params); err != nil {
-		panic(&Error{Op: op, Err: oom(fmt.Errorf("launch %s grid %v: %w", name, grid, err))})
-	}
-	if b.prof != nil {
-		b.prof.spans = append(b.prof.spans, profSpan{name: fmt.Sprintf("skinny bf16 %dx%dx%d", g.M, g.N, g.K), start: e0, end: b.prof.mark(b.stream)})
-	}
+	b.launchAs(op, name, span, grid, 128, 0, args...)
 }

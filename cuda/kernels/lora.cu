@@ -146,33 +146,6 @@ extern "C" __global__ void lora_coldot_finish(float* G, const float* part, i64 n
     *g = __fadd_rn(*g, __fmul_rn(scale, s));
 }
 
-// lora_dx: dx [T,K] += the gradient through x of scale * (xd . A^T) . B^T,
-// given g = dout . B [T,r]: v = scale * sum_j g[t,j] * A[j,k], then
-// dx += v * keep_scale where the forward kept x[t,k] (dx += v without
-// dropout). Grid (ceil(K/256), rows): a thread keeps its column of A in
-// registers and visits the tokens blockIdx.y, + gridDim.y, ...
-extern "C" __global__ void lora_dx(float* dx, const float* g, const float* A, i64 T, i64 K, i64 r, double scale_d,
-                                   u64 seed, double p_d, u64 thr, double ks_d) {
-    const float scale = (float)scale_d, p = (float)p_d, ks = (float)ks_d;
-    const i64 k = blockIdx.x * (i64)blockDim.x + threadIdx.x;
-    if (k >= K) return;
-    float a[16];
-#pragma unroll
-    for (int j = 0; j < 16; j++) a[j] = j < r ? A[j * K + k] : 0.0f;
-    for (i64 t = blockIdx.y; t < T; t += gridDim.y) {
-        i64 idx = t * K + k;
-        if (p > 0.0f && !lora_keep(seed, idx, thr)) continue;
-        const float* gt = g + t * r;
-        float s = 0.0f;
-#pragma unroll
-        for (int j = 0; j < 16; j++)
-            if (j < r) s = __fadd_rn(s, __fmul_rn(gt[j], a[j]));
-        float v = __fmul_rn(scale, s);
-        if (p > 0.0f) v = __fmul_rn(v, ks);
-        dx[idx] = __fadd_rn(dx[idx], v);
-    }
-}
-
 // lora_bf16_pair packs two values rounded to bfloat16, the first in the low
 // half (the lower address): f32_to_bf16's bits. The hardware conversion
 // (one instruction for the pair, round to nearest even, subnormals kept)
@@ -309,12 +282,14 @@ extern "C" __global__ void lora_prep_bf16_ld(LORA_PREP_PARAMS) { lora_prep_body<
 extern "C" __global__ void lora_prep_bf16_w8(LORA_PREP_PARAMS) { lora_prep_body<false, true>(LORA_PREP_ARGS); }
 extern "C" __global__ void lora_prep_bf16_ld_w8(LORA_PREP_PARAMS) { lora_prep_body<true, true>(LORA_PREP_ARGS); }
 
-// lora_dx4: lora_dx (the same sums in the same order, so the same bits)
-// for any K (lora_dx_v4 when K % 4 == 0 and r <= 8)
-// with four tokens an iteration, their loads issued before any store
-// (restrict: dx does not alias g or A), for more bytes in flight (v5: 1 ms
-// a step less than lora_dx). Grid (ceil(K/256), rows): a thread visits the
-// tokens 4*blockIdx.y .. +3, then + 4*gridDim.y, ...
+// lora_dx4: dx [T,K] += the gradient through x of scale * (xd . A^T) .
+// B^T, given g = dout . B [T,r]: v = scale * sum_j g[t,j] * A[j,k] (in j
+// order), then dx += v * keep_scale where the forward kept x[t,k] (dx += v
+// without dropout). For any K and r <= 16 (lora_dx_v4 when K % 4 == 0 and
+// r <= 8, the same bits). A thread keeps its column of A in registers and
+// takes four tokens an iteration, their loads issued before any store
+// (restrict: dx does not alias g or A). Grid (ceil(K/256), rows): a
+// thread visits the tokens 4*blockIdx.y .. +3, then + 4*gridDim.y, ...
 extern "C" __global__ void lora_dx4(float* __restrict__ dx, const float* __restrict__ g, const float* __restrict__ A, i64 T,
                                     i64 K, i64 r, double scale_d, u64 seed, double p_d, u64 thr, double ks_d) {
     const float scale = (float)scale_d, p = (float)p_d, ks = (float)ks_d;
@@ -347,7 +322,7 @@ extern "C" __global__ void lora_dx4(float* __restrict__ dx, const float* __restr
     }
 }
 
-// lora_dx_v4: lora_dx (the same sums in the same order, so the same bits)
+// lora_dx_v4: lora_dx4 (the same sums in the same order, so the same bits)
 // for K % 4 == 0 and r <= 8, four consecutive columns a thread: one float4
 // of dx a token is one dropout group (k % 4 == 0, so t*K + k is too), so
 // one hash serves four values (lora_dx4 hashed each value twice: the
