@@ -408,6 +408,8 @@ func category(name string) string {
 		return "LoRA GEMMs (bf16, cuBLAS)"
 	case strings.HasPrefix(name, "gemm bf16"):
 		return "base GEMMs (bf16, cuBLAS)"
+	case strings.HasPrefix(name, "skinny bf16"):
+		return "LoRA GEMMs (bf16, skinny kernels)"
 	case strings.HasPrefix(name, "gemm f32"):
 		return "LoRA GEMMs (fp32, cuBLAS)"
 	case strings.HasPrefix(name, "nf4_dequant"):
