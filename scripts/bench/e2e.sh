@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The real job end to end on a GPU machine, timed: `ollama-tune train
+# -c examples/yoda.yaml` through the CUDA trainer plugin (host, plugin and
+# worker processes) on a random Phi-3-mini checkpoint written there with
+# save_pretrained, with the Phi-3 tokenizer and the 720-row Yoda CSV;
+# bnb_4bit_compute_dtype bfloat16, everything else as the example. Measured,
+# not extrapolated: the wall time of the whole command (load + NF4
+# quantization, tokenization and packing, training, adapter writes).
+#
+#   scripts/bench/e2e.sh build   # here: bin/e2e/e2e.txz (the three binaries) and
+#                                # bin/e2e/data.tgz (from ../shared/data)
+#   scripts/bench/e2e.sh run     # there, from the repository root, with bin/e2e
+#                                # carried; OUT=dir keeps the logs
+#
+# run: (1) the tutorial's layout, packing_strategy wrapped (220 steps of 16
+# rows x 64); (2) TRL 0.23.1's default bfd packing (230 steps); each prints
+# its wall time, a few step lines and the adapter folder. BENCHMARKS.md,
+# "The real CLI end to end", records its results. Needs PyTorch and
+# transformers there (for the checkpoint), no Go.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+W=bin/e2e
+
+build() {
+  set -e
+  if [ -z "${CGO_CFLAGS:-}" ]; then
+    eval "$(DEST="$PWD/.cuda" bash scripts/cuda-headers.sh)"
+    export CGO_CFLAGS CGO_LDFLAGS NVCC
+  fi
+  local tmp
+  tmp=$(mktemp -d)
+  mkdir -p "$tmp/e2e" "$W"
+  go build -tags cuda -ldflags='-s -w' -o "$tmp/e2e/" ./cmd/ollama-tune-trainer-cuda
+  go build -tags cuda -ldflags='-s -w' -o "$tmp/e2e/ollama-tune-cuda-worker" ./cmd/ollama-tune-trainer-cuda/worker
+  go build -ldflags='-s -w' -o "$tmp/e2e/" ./cmd/ollama-tune
+  tar -C "$tmp" -cf - e2e | xz -T0 -6 > "$W/e2e.txz"
+  tar -C ../shared/data -czf "$W/data.tgz" phi3-tokenizer yoda_sentences.csv
+  rm -rf "$tmp"
+  ls -la "$W"
+  echo "carry $W; on the GPU machine: bash scripts/bench/e2e.sh run"
+}
+
+run() {
+  local O=${OUT:-/tmp/e2e-out} T=/tmp/e2e-bench
+  mkdir -p "$O" "$T"
+  tar -C "$T" -xJf "$W/e2e.txz" && tar -C "$T" -xzf "$W/data.tgz" || return 1
+  local ck=$T/phi3-random
+  timeout 150 python3 scripts/bench/make_ckpt.py "$ck" > "$O/ckpt.log" 2>&1 || { echo "checkpoint failed"; tail -3 "$O/ckpt.log"; return 1; }
+  cp "$T"/phi3-tokenizer/* "$ck/"
+  local H=$T/e2e
+  "$H/ollama-tune" plugins 2>&1 | tail -2
+  one() { # name, extra flags
+    local name=$1
+    shift
+    local t0
+    t0=$(date +%s.%N)
+    OLLAMA_TUNE_PLUGINS=$H timeout 200 "$H/ollama-tune" train -c examples/yoda.yaml --model "$ck" \
+      --set dataset.path="$T/yoda_sentences.csv" --set quantization.bnb_4bit_compute_dtype=bfloat16 \
+      --set training.logging_steps=20 --output-dir "$T/out-$name" "$@" > "$O/$name.log" 2>&1
+    local rc=$?
+    echo "== $name: exit $rc after $(python3 -c "import time; print(round(time.time() - $t0, 2))") s wall"
+    grep -E '^step (1|20|100|200|220|230)/|finished|steps of|training on|not finite' "$O/$name.log" | cut -c1-200
+  }
+  one tutorial-wrapped --set training.packing_strategy=wrapped
+  one trl-default-bfd
+}
+
+case "${1:-}" in
+build) build ;;
+run) run ;;
+*)
+  echo "usage: $0 build|run" >&2
+  exit 2
+  ;;
+esac
