@@ -132,8 +132,12 @@ def main():
     model = get_peft_model(model, lc)
     model.print_trainable_parameters()
     ids, labels = batch(42, model.config.vocab_size)
+    # Every run starts from the same untrained adapter (the runs share the
+    # model; without this the second trained on the first one's adapter).
+    init = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
     for c in args.ckpt.split(","):
         ckpt = c.strip() == "on"
+        model.load_state_dict(init, strict=False)
         try:
             emit(train(model, ckpt, args.steps, args.warmup, args.total, ids, labels, device_name))
         except Exception as e:  # keep going: the other runs still count
