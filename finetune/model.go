@@ -85,6 +85,21 @@ type Batch struct {
 	InputIDs    []int32
 	PositionIDs []int32
 	Labels      []int32
+	// NextLabels, when not nil, holds for each row the label that follows
+	// it ([B]): the target its last position is scored on, IgnoreIndex
+	// for none (ShiftLabels' default). A row-per-sequence layout of a
+	// padding-free batch uses it (data.Collator.RowPerSequence).
+	NextLabels []int32
+}
+
+// Targets are the labels each position is scored on: ShiftLabels, then a
+// row's last position takes NextLabels' entry.
+func (b *Batch) Targets() []int32 {
+	t := ShiftLabels(b.Labels, b.B, b.S)
+	for r, l := range b.NextLabels {
+		t[r*b.S+b.S-1] = l
+	}
+	return t
 }
 
 // LoadModel builds a model from a checkpoint directory's weights
@@ -422,6 +437,14 @@ func (m *Model) validate(batch *Batch, needLabels bool) error {
 				return fmt.Errorf("batch: label %d at row %d, position %d is neither %d nor in the vocabulary [0, %d)", l, t/batch.S, t%batch.S, IgnoreIndex, V)
 			}
 		}
+		if batch.NextLabels != nil && len(batch.NextLabels) != batch.B {
+			return fmt.Errorf("batch: %d rows need %d next labels, got %d", batch.B, batch.B, len(batch.NextLabels))
+		}
+		for r, l := range batch.NextLabels {
+			if l != IgnoreIndex && (l < 0 || l >= V) {
+				return fmt.Errorf("batch: the label after row %d, %d, is neither %d nor in the vocabulary [0, %d)", r, l, IgnoreIndex, V)
+			}
+		}
 	}
 	return nil
 }
@@ -552,7 +575,7 @@ func (m *Model) Forward(batch *Batch, train bool, stepSeed uint64) (loss float64
 	if train && len(m.loraParams) == 0 {
 		return 0, 0, 0, errors.New("forward: training needs a LoRA adapter (the base model is frozen)")
 	}
-	targets := ShiftLabels(batch.Labels, batch.B, batch.S)
+	targets := batch.Targets()
 	for _, t := range targets {
 		if t != IgnoreIndex {
 			ntokens++

@@ -1,6 +1,7 @@
 package finetune
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/ollama-tune/ollama-tune/finetune/data"
@@ -36,5 +37,29 @@ func TestRowPerSequenceEqualsFlattenedRow(t *testing.T) {
 			}
 			checkRel(t, name, g2[name], want, 1e-5)
 		}
+	}
+}
+
+// A batch's NextLabels must have one entry a row, each IgnoreIndex or in
+// the vocabulary: a clear error otherwise.
+func TestBatchNextLabelsAreValidated(t *testing.T) {
+	m := testModel(t, testBackend(), ModelOptions{LoRA: allLinear(2, 4, 0)})
+	for _, c := range []struct {
+		next []int32
+		frag string
+	}{
+		{[]int32{5}, "need 2 next labels, got 1"},
+		{[]int32{5, 1 << 20}, "the label after row 1"},
+	} {
+		b := testBatch()
+		b.NextLabels = c.next
+		if _, _, _, err := m.Forward(b, false, 0); err == nil || !strings.Contains(err.Error(), c.frag) {
+			t.Errorf("next labels %v: %v, want %q", c.next, err, c.frag)
+		}
+	}
+	b := testBatch()
+	b.NextLabels = []int32{5, IgnoreIndex}
+	if got := b.Targets(); got[7] != 5 || got[15] != IgnoreIndex {
+		t.Errorf("targets %v: the last of row 0 should be 5", got)
 	}
 }

@@ -718,13 +718,13 @@ func (tr *trainer) collate(idx []int, from []data.Sequence) *Batch {
 		seqs[i] = from[k]
 	}
 	b := tr.prep.collator.Collate(seqs)
-	return &Batch{B: b.B, S: b.S, InputIDs: b.InputIDs, PositionIDs: b.PositionIDs, Labels: b.Labels}
+	return &Batch{B: b.B, S: b.S, InputIDs: b.InputIDs, PositionIDs: b.PositionIDs, Labels: b.Labels, NextLabels: b.NextLabels}
 }
 
 // countTargets is the number of scored targets of a batch after the shift.
 func countTargets(b *Batch) int {
 	n := 0
-	for _, t := range ShiftLabels(b.Labels, b.B, b.S) {
+	for _, t := range b.Targets() {
 		if t != IgnoreIndex {
 			n++
 		}

@@ -13,6 +13,9 @@ type Batch struct {
 	InputIDs    []int32
 	PositionIDs []int32
 	Labels      []int32
+	// NextLabels, when not nil, is each row's following label [B]: the
+	// target of the row's last position (Collator.RowPerSequence).
+	NextLabels []int32
 }
 
 // Collator builds micro-batches as TRL 0.23.1's
@@ -46,7 +49,8 @@ type Collator struct {
 	// position ids restart) and scored targets: each row is right-padded
 	// to the longest, and where the flattened row scores a sequence's last
 	// token on the next sequence's first label (not hidden by
-	// completion-only loss), the row gets one more slot carrying it. The loss and gradients are the
+	// completion-only loss), the row's first pad slot carries that label,
+	// or Batch.NextLabels does when the row is full. The loss and gradients are the
 	// flattened row's up to the order of float sums (and the dropout
 	// masks, drawn by position in the batch); rows of at most
 	// max_seq_length tokens take the CUDA backend's short-row attention
@@ -127,7 +131,7 @@ func (c Collator) Collate(seqs []Sequence) Batch {
 // (Collator.RowPerSequence).
 func (c Collator) collateRows(seqs []Sequence) Batch {
 	// carry[r] is the target the flattened row scores sequence r's last
-	// token on; a row needs the extra slot only when it is scored.
+	// token on.
 	carry := make([]int32, len(seqs))
 	longest := 0
 	for r, s := range seqs {
@@ -135,11 +139,7 @@ func (c Collator) collateRows(seqs []Sequence) Batch {
 		if r+1 < len(seqs) && len(seqs[r+1].InputIDs) > 0 {
 			carry[r] = c.label(seqs[r+1], 0)
 		}
-		n := len(s.InputIDs)
-		if carry[r] != IgnoreIndex {
-			n++
-		}
-		longest = max(longest, n)
+		longest = max(longest, len(s.InputIDs))
 	}
 	S := c.roundUp(longest)
 	b := newBatch(len(seqs), S, c.Pad)
@@ -157,8 +157,18 @@ func (c Collator) collateRows(seqs []Sequence) Batch {
 			t += n
 		}
 		c.fill(&b, off, s)
-		if carry[r] != IgnoreIndex {
+		switch {
+		case carry[r] == IgnoreIndex:
+		case len(s.InputIDs) < S:
 			b.Labels[off+len(s.InputIDs)] = carry[r]
+		default:
+			if b.NextLabels == nil {
+				b.NextLabels = make([]int32, len(seqs))
+				for k := range b.NextLabels {
+					b.NextLabels[k] = IgnoreIndex
+				}
+			}
+			b.NextLabels[r] = carry[r]
 		}
 	}
 	return b

@@ -427,37 +427,48 @@ func TestCollatePacked(t *testing.T) {
 }
 
 // RowPerSequence: one row per packed sequence with the flattened row's
-// tokens, position ids and scored targets; the extra slot of each row
-// carries the next sequence's first label (the target TRL's flattened row
-// scores the last token on), with and without completion-only loss.
+// tokens, position ids and scored targets. Where the flattened row scores
+// a sequence's last token on the next sequence's first label, a shorter
+// row carries that label in its first pad slot and a full row in
+// NextLabels; with completion-only loss the prompts hide them all.
 func TestCollateRowPerSequence(t *testing.T) {
 	seqs := []Sequence{
 		{InputIDs: i32(1, 2, 3, 9), CompletionMask: u8(0, 1, 0, 1), SeqLengths: []int{3, 1}},
 		{InputIDs: i32(6, 7, 8), CompletionMask: u8(0, 1, 1), SeqLengths: []int{3}},
 		{InputIDs: i32(4, 5), CompletionMask: u8(0, 1), SeqLengths: []int{1, 1}},
+		{InputIDs: i32(11), CompletionMask: u8(0), SeqLengths: []int{1}},
 	}
 	for _, completionOnly := range []bool{true, false} {
 		c := Collator{Pad: 0, PaddingFree: true, CompletionOnlyLoss: completionOnly}
 		flat := c.Collate(seqs)
 		c.RowPerSequence = true
 		rows := c.Collate(seqs)
-		// Completion-only hides the next sequences' first tokens: no row
-		// needs the extra slot; without it, row 0 (4 tokens) carries 6.
-		wantS := map[bool]int{true: 4, false: 5}[completionOnly]
-		if rows.B != 3 || rows.S != wantS {
-			t.Fatalf("completion-only %v: rows layout %dx%d, want 3x%d", completionOnly, rows.B, rows.S, wantS)
+		if rows.B != 4 || rows.S != 4 {
+			t.Fatalf("completion-only %v: rows layout %dx%d, want 4x4", completionOnly, rows.B, rows.S)
 		}
-		if !slices.Equal(rows.PositionIDs[:4], i32(0, 1, 2, 0)) || !slices.Equal(rows.PositionIDs[2*wantS:2*wantS+2], i32(0, 0)) {
+		if !slices.Equal(rows.PositionIDs[:4], i32(0, 1, 2, 0)) || !slices.Equal(rows.PositionIDs[8:10], i32(0, 0)) {
 			t.Errorf("positions %v", rows.PositionIDs)
+		}
+		if completionOnly && rows.NextLabels != nil {
+			t.Errorf("completion-only: next labels %v, want none", rows.NextLabels)
+		}
+		if !completionOnly && (!slices.Equal(rows.NextLabels, i32(6, -100, -100, -100)) || rows.Labels[4+3] != 4 || rows.Labels[8+2] != 11) {
+			t.Errorf("carried labels: next %v, labels %v", rows.NextLabels, rows.Labels)
 		}
 		// scored (token, position, target) triples, in order.
 		scored := func(b Batch) [][3]int32 {
 			var out [][3]int32
 			for r := range b.B {
-				for s := 0; s+1 < b.S; s++ {
+				for s := 0; s < b.S; s++ {
 					k := r*b.S + s
-					if b.Labels[k+1] != IgnoreIndex {
-						out = append(out, [3]int32{b.InputIDs[k], b.PositionIDs[k], b.Labels[k+1]})
+					target := int32(IgnoreIndex)
+					if s+1 < b.S {
+						target = b.Labels[k+1]
+					} else if b.NextLabels != nil {
+						target = b.NextLabels[r]
+					}
+					if target != IgnoreIndex {
+						out = append(out, [3]int32{b.InputIDs[k], b.PositionIDs[k], target})
 					}
 				}
 			}
