@@ -666,18 +666,44 @@ func (b *Backend) SumSquares(t finetune.Tensor) float64 {
 	return s
 }
 
+// adamTensors unwraps an AdamW update's parameter, gradient and fp32
+// moments, checking their sizes and the step.
+func adamTensors(op string, p, g, m, v finetune.Tensor, hp finetune.AdamParams) (ps, gs, ms, vs *Tensor) {
+	ps, gs, ms, vs = tensor(p, kindF32, op), tensor(g, kindF32, op), tensor(m, kindF32, op), tensor(v, kindF32, op)
+	if gs.n != ps.n || ms.n != ps.n || vs.n != ps.n {
+		panic(&Error{Op: op, Err: fmt.Errorf("parameter has %d values but gradient %d, first moment %d, second moment %d", ps.n, gs.n, ms.n, vs.n)})
+	}
+	checkStep(op, hp)
+	return ps, gs, ms, vs
+}
+
+// adam8Tensors unwraps an 8-bit AdamW update's parameter, gradient, moment
+// codes and absmax values (in that order), checking their sizes and the
+// step.
+func adam8Tensors(op string, p, g finetune.Tensor, st *finetune.Adam8State, hp finetune.AdamParams) [6]*Tensor {
+	t := [6]*Tensor{tensor(p, kindF32, op), tensor(g, kindF32, op), tensor(st.M, kindU8, op), tensor(st.V, kindU8, op),
+		tensor(st.AbsmaxM, kindF32, op), tensor(st.AbsmaxV, kindF32, op)}
+	n, nb := t[0].n, optim.Blocks8bit(t[0].n)
+	if t[1].n != n || t[2].n != n || t[3].n != n || t[4].n != nb || t[5].n != nb {
+		panic(&Error{Op: op, Err: fmt.Errorf("parameter has %d values: gradient %d, codes %d and %d, absmax %d and %d (want %d)",
+			n, t[1].n, t[2].n, t[3].n, t[4].n, t[5].n, nb)})
+	}
+	checkStep(op, hp)
+	return t
+}
+
+func checkStep(op string, hp finetune.AdamParams) {
+	if hp.Step < 1 {
+		panic(&Error{Op: op, Err: fmt.Errorf("step %d: the first update is step 1", hp.Step)})
+	}
+}
+
 // AdamW is torch.optim.AdamW; the scalars are computed here exactly as
 // finetune/optim.AdamW computes them.
 func (b *Backend) AdamW(p, g, m, v finetune.Tensor, hp finetune.AdamParams) {
 	const op = "AdamW"
 	defer b.enter(op)()
-	ps, gs, ms, vs := tensor(p, kindF32, op), tensor(g, kindF32, op), tensor(m, kindF32, op), tensor(v, kindF32, op)
-	if gs.n != ps.n || ms.n != ps.n || vs.n != ps.n {
-		panic(&Error{Op: op, Err: fmt.Errorf("parameter has %d values but gradient %d, first moment %d, second moment %d", ps.n, gs.n, ms.n, vs.n)})
-	}
-	if hp.Step < 1 {
-		panic(&Error{Op: op, Err: fmt.Errorf("step %d: the first update is step 1", hp.Step)})
-	}
+	ps, gs, ms, vs := adamTensors(op, p, g, m, v, hp)
 	q := hp.OptimParams()
 	t := float64(q.Step)
 	bc1 := 1 - math.Pow(q.Beta1, t)
@@ -701,19 +727,11 @@ func (b *Backend) AdamW(p, g, m, v finetune.Tensor, hp finetune.AdamParams) {
 func (b *Backend) AdamW8bit(p, g finetune.Tensor, st *finetune.Adam8State, hp finetune.AdamParams) {
 	const op = "AdamW8bit"
 	defer b.enter(op)()
-	ps, gs := tensor(p, kindF32, op), tensor(g, kindF32, op)
-	mc, vc := tensor(st.M, kindU8, op), tensor(st.V, kindU8, op)
-	am, av := tensor(st.AbsmaxM, kindF32, op), tensor(st.AbsmaxV, kindF32, op)
+	t := adam8Tensors(op, p, g, st, hp)
+	ps, gs, mc, vc, am, av := t[0], t[1], t[2], t[3], t[4], t[5]
 	n := ps.n
-	nb := optim.Blocks8bit(n)
-	if gs.n != n || mc.n != n || vc.n != n || am.n != nb || av.n != nb {
-		panic(&Error{Op: op, Err: fmt.Errorf("parameter has %d values: gradient %d, codes %d and %d, absmax %d and %d (want %d)", n, gs.n, mc.n, vc.n, am.n, av.n, nb)})
-	}
-	if hp.Step < 1 {
-		panic(&Error{Op: op, Err: fmt.Errorf("step %d: the first update is step 1", hp.Step)})
-	}
 	k := newBnbConsts(hp)
-	b.launch(op, "adamw8bit", grid1(nb), 256, 0, ptrArg(ps.ptr), ptrArg(gs.ptr), ptrArg(mc.ptr), ptrArg(vc.ptr),
+	b.launch(op, "adamw8bit", grid1(optim.Blocks8bit(n)), 256, 0, ptrArg(ps.ptr), ptrArg(gs.ptr), ptrArg(mc.ptr), ptrArg(vc.ptr),
 		ptrArg(am.ptr), ptrArg(av.ptr), intArg(n), ptrArg(b.smap), ptrArg(b.umap), f32Arg(k.b1), f32Arg(k.b2), f32Arg(k.w1), f32Arg(k.w2),
 		f32Arg(k.stepSize), f32Arg(k.epsC2), boolArg(k.decay), f32Arg(k.decayFactor))
 }
@@ -724,13 +742,7 @@ func (b *Backend) AdamW8bit(p, g finetune.Tensor, st *finetune.Adam8State, hp fi
 func (b *Backend) BnbAdamW32(p, g, m, v finetune.Tensor, hp finetune.AdamParams) {
 	const op = "BnbAdamW32"
 	defer b.enter(op)()
-	ps, gs, ms, vs := tensor(p, kindF32, op), tensor(g, kindF32, op), tensor(m, kindF32, op), tensor(v, kindF32, op)
-	if gs.n != ps.n || ms.n != ps.n || vs.n != ps.n {
-		panic(&Error{Op: op, Err: fmt.Errorf("parameter has %d values but gradient %d, first moment %d, second moment %d", ps.n, gs.n, ms.n, vs.n)})
-	}
-	if hp.Step < 1 {
-		panic(&Error{Op: op, Err: fmt.Errorf("step %d: the first update is step 1", hp.Step)})
-	}
+	ps, gs, ms, vs := adamTensors(op, p, g, m, v, hp)
 	k := newBnbConsts(hp)
 	b.launchN(op, "bnb_adam32", int64(ps.n), ptrArg(ps.ptr), ptrArg(gs.ptr), ptrArg(ms.ptr), ptrArg(vs.ptr), intArg(ps.n),
 		f32Arg(k.b1), f32Arg(k.b2), f32Arg(k.w1), f32Arg(k.w2), f32Arg(k.stepSize), f32Arg(k.epsC2), boolArg(k.decay), f32Arg(k.decayFactor))

@@ -708,30 +708,26 @@ func (b *Backend) upload(op string, dst cu.DevicePtr, src unsafe.Pointer, n int6
 	check(op, cu.MemcpyHtoDAsync(dst, src, n, b.stream))
 }
 
-func (b *Backend) Upload(dst finetune.Tensor, src []float32) {
-	defer b.enter("Upload")()
-	d := unwrap(dst, kindF32, "Upload")
-	if len(src) != d.n {
-		panic(&Error{Op: "Upload", Err: fmt.Errorf("%d values into a tensor of %d", len(src), d.n)})
+// uploadAll overwrites all of d with n host values at src (the Upload
+// ops): no pending Zero left, a new write generation.
+func (b *Backend) uploadAll(op string, d *Tensor, src unsafe.Pointer, n int) {
+	if n != d.n {
+		panic(&Error{Op: op, Err: fmt.Errorf("%d values into a tensor of %d", n, d.n)})
 	}
 	d.zero = nil // overwritten entirely
 	b.touch(d)
-	if d.n > 0 {
-		b.upload("Upload", d.ptr, unsafe.Pointer(&src[0]), d.bytes())
-	}
+	b.upload(op, d.ptr, src, d.bytes())
+}
+
+func (b *Backend) Upload(dst finetune.Tensor, src []float32) {
+	defer b.enter("Upload")()
+	b.uploadAll("Upload", unwrap(dst, kindF32, "Upload"), unsafe.Pointer(unsafe.SliceData(src)), len(src))
 }
 
 func (b *Backend) UploadInt32(dst finetune.Tensor, src []int32) {
 	defer b.enter("UploadInt32")()
 	d := unwrap(dst, kindI32, "UploadInt32")
-	if len(src) != d.n {
-		panic(&Error{Op: "UploadInt32", Err: fmt.Errorf("%d values into a tensor of %d", len(src), d.n)})
-	}
-	d.zero = nil // overwritten entirely
-	b.touch(d)
-	if d.n > 0 {
-		b.upload("UploadInt32", d.ptr, unsafe.Pointer(&src[0]), d.bytes())
-	}
+	b.uploadAll("UploadInt32", d, unsafe.Pointer(unsafe.SliceData(src)), len(src))
 	if d.n <= maxHostCopy {
 		d.host = append(d.host[:0:0], src...)
 	}
@@ -799,15 +795,7 @@ func (b *Backend) DownloadBytes(src finetune.Tensor) []byte {
 // UploadBytes fills a uint8 tensor.
 func (b *Backend) UploadBytes(dst finetune.Tensor, src []byte) {
 	defer b.enter("UploadBytes")()
-	d := unwrap(dst, kindU8, "UploadBytes")
-	if len(src) != d.n {
-		panic(&Error{Op: "UploadBytes", Err: fmt.Errorf("%d bytes into a tensor of %d", len(src), d.n)})
-	}
-	d.zero = nil // overwritten entirely
-	b.touch(d)
-	if d.n > 0 {
-		b.upload("UploadBytes", d.ptr, unsafe.Pointer(&src[0]), d.bytes())
-	}
+	b.uploadAll("UploadBytes", unwrap(dst, kindU8, "UploadBytes"), unsafe.Pointer(unsafe.SliceData(src)), len(src))
 }
 
 // Zero marks t as zero: no GPU work yet. The zeros are materialised (one

@@ -77,23 +77,13 @@ func (b *Backend) AdamW8bitMulti(ps, gs []finetune.Tensor, sts []*finetune.Adam8
 	if len(gs) != len(ps) || len(sts) != len(ps) {
 		panic(&Error{Op: op, Err: fmt.Errorf("%d parameters, %d gradients, %d states", len(ps), len(gs), len(sts))})
 	}
-	if hp.Step < 1 {
-		panic(&Error{Op: op, Err: fmt.Errorf("step %d: the first update is step 1", hp.Step)})
-	}
+	checkStep(op, hp)
 	if len(ps) == 0 {
 		return
 	}
 	rows := make([][6]*Tensor, len(ps))
 	for i := range ps {
-		st := sts[i]
-		r := [6]*Tensor{tensor(ps[i], kindF32, op), tensor(gs[i], kindF32, op), tensor(st.M, kindU8, op), tensor(st.V, kindU8, op),
-			tensor(st.AbsmaxM, kindF32, op), tensor(st.AbsmaxV, kindF32, op)}
-		n, nb := r[0].n, optim.Blocks8bit(r[0].n)
-		if r[1].n != n || r[2].n != n || r[3].n != n || r[4].n != nb || r[5].n != nb {
-			panic(&Error{Op: op, Err: fmt.Errorf("parameter %d has %d values: gradient %d, codes %d and %d, absmax %d and %d (want %d)",
-				i, n, r[1].n, r[2].n, r[3].n, r[4].n, r[5].n, nb)})
-		}
-		rows[i] = r
+		rows[i] = adam8Tensors(op, ps[i], gs[i], sts[i], hp)
 	}
 	t := b.adam8TableFor(op, rows)
 	k := newBnbConsts(hp)
