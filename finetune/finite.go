@@ -30,6 +30,9 @@ func (m *Model) newFiniteCheck(batch *Batch) *finiteCheck {
 	return &finiteCheck{m: m, batch: batch}
 }
 
+// nonFinite reports a NaN or an infinity.
+func nonFinite(x float32) bool { return math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) }
+
 // check records t (rows of the batch's tokens) when it is the first
 // tensor of the pass with a non-finite value.
 func (fc *finiteCheck) check(what string, t Tensor) {
@@ -37,35 +40,35 @@ func (fc *finiteCheck) check(what string, t Tensor) {
 		return
 	}
 	v := fc.m.B.Download(t)
-	bad, first := 0, -1
+	T := fc.batch.B * fc.batch.S
+	w := 0 // values a token, when t is one row a token
+	if T > 0 && len(v)%T == 0 {
+		w = len(v) / T
+	}
+	bad, first, last := 0, -1, -1
+	var tokens []string // the first few tokens holding one, as row/position
 	for k, x := range v {
-		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-			if first < 0 {
-				first = k
-			}
-			bad++
+		if !nonFinite(x) {
+			continue
+		}
+		if first < 0 {
+			first = k
+		}
+		bad++
+		if w > 0 && k/w != last && len(tokens) < 8 {
+			last = k / w
+			tokens = append(tokens, fmt.Sprintf("%d/%d", last/fc.batch.S, last%fc.batch.S))
 		}
 	}
 	if bad == 0 {
 		return
 	}
-	T := fc.batch.B * fc.batch.S
 	msg := fmt.Sprintf("%s: %d of %d values are not finite; the first, %v, at index %d", what, bad, len(v), v[first], first)
-	if T > 0 && len(v)%T == 0 {
-		w := len(v) / T
+	if w > 0 {
 		tok := first / w
-		r, s := tok/fc.batch.S, tok%fc.batch.S
-		msg += fmt.Sprintf(" (row %d, position %d: token id %d, position id %d, label %d; feature %d of %d)", r, s,
-			fc.batch.InputIDs[tok], fc.batch.PositionIDs[tok], fc.batch.Labels[tok], first%w, w)
-		var rows []string
-		seen := map[int]bool{}
-		for k, x := range v {
-			if (math.IsNaN(float64(x)) || math.IsInf(float64(x), 0)) && !seen[k/w] && len(rows) < 8 {
-				seen[k/w] = true
-				rows = append(rows, fmt.Sprintf("%d/%d", (k/w)/fc.batch.S, (k/w)%fc.batch.S))
-			}
-		}
-		msg += "; rows/positions " + strings.Join(rows, ", ")
+		msg += fmt.Sprintf(" (row %d, position %d: token id %d, position id %d, label %d; feature %d of %d); rows/positions %s",
+			tok/fc.batch.S, tok%fc.batch.S, fc.batch.InputIDs[tok], fc.batch.PositionIDs[tok], fc.batch.Labels[tok], first%w, w,
+			strings.Join(tokens, ", "))
 	}
 	fc.err = fmt.Errorf("non-finite values (OLLAMA_TUNE_CHECK_FINITE): %s", msg)
 }

@@ -968,7 +968,7 @@ func (tr *trainer) nonFiniteGrads() string {
 	_ = guard(tr.b, func() error {
 		for _, p := range tr.opt.params {
 			for _, x := range tr.b.Download(p.Grad) {
-				if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+				if nonFinite(x) {
 					if len(names) < 4 {
 						names = append(names, p.Name)
 					}
