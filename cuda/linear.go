@@ -105,6 +105,8 @@ func (b *Backend) LoRAHForward(h, x finetune.Tensor, l *finetune.Linear, seed ui
 	}
 	n := int64(T) * int64(w.in)
 	switch {
+	case b.loraBF16(w) && canLoRARows(xs.ptr, A.ptr, T, w.in, r):
+		b.loraRows(op, false, 0, 0, hs.ptr, 0, 0, 1, xs.ptr, A.ptr, T, w.in, r, lo.Dropout, seed, prepJob{})
 	case b.loraBF16(w):
 		a16, _, _, _ := b.loraHalfBufs(op, T, w.in, w.out, r)
 		xdh := b.scratchBuf(sLoRAX, 2*n, op)

@@ -123,6 +123,57 @@ func (b *Backend) loraPrep(op string, xh, xdh, x cu.DevicePtr, n int64, cols, ld
 	b.launchN(op, kernel, threads, args...)
 }
 
+// loraRowsOn says whether the row kernels (lora_rows_bf16[_t], v7) fuse
+// the rank-r product into the rounding pass where the shapes allow;
+// OLLAMA_TUNE_CUDA_REFERENCE=lora-rows keeps v6's prep pass + skinny GEMM
+// + fold-column launch.
+var loraRowsOn = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lora-rows")
+
+// loraRowsRows and loraRowsThreads are the row kernels' rows and threads a
+// block (LR_ROWS, LR_WARPS x 32).
+const (
+	loraRowsRows    = 8
+	loraRowsThreads = 16 * 32
+)
+
+// canLoRARows says whether the row kernels take Y [T,K] against a rank-r
+// W: K % 8 == 0, r <= 8, 16-byte aligned Y and W (whose rows are then
+// too), and 32-bit friendly sizes. The answer depends on the operands
+// alone, so LoRAHForward and LinearForward agree on it (the same h).
+func canLoRARows(Y, W cu.DevicePtr, T, K, r int) bool {
+	return loraRowsOn && K%8 == 0 && K > 0 && r >= 1 && r <= 8 && Y%16 == 0 && W%16 == 0 && int64(T)*int64(K) < 1<<40
+}
+
+// loraRows runs lora_rows_bf16 (wt false: W is A [r,K], P = h =
+// dropout(Y) . A^T) or lora_rows_bf16_t (wt true: W is B [K,r], P = g = Y .
+// B): from one read of Y [T,K] it writes bf16(Y) to yh (row stride ldyh,
+// a multiple of 8, 16-byte aligned; 0: not written), P [T,r] float32 and
+// bf16(scale16 * P) to p16 (row stride ldp; 0: not written), and does job
+// (dst 0: none) in the same launch. The caller checked canLoRARows.
+func (b *Backend) loraRows(op string, wt bool, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, scale16 float32,
+	Y, W cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob) {
+	if yh != 0 && (yh%16 != 0 || ldyh%8 != 0 || ldyh < K) {
+		panic(&Error{Op: op, Err: fmt.Errorf("lora_rows_bf16: bfloat16 copy at row stride %d for %d columns", ldyh, K)})
+	}
+	if job.dst != 0 && (job.ld < job.cols || int64(job.rows)*int64(job.ld) >= 1<<31) {
+		panic(&Error{Op: op, Err: fmt.Errorf("lora_rows_bf16: a job of %d rows of %d values, stride %d", job.rows, job.cols, job.ld)})
+	}
+	if job.dst == 0 {
+		job = prepJob{rows: 0, cols: 1, ld: 1, scale: 1}
+	}
+	kernel := "lora_rows_bf16"
+	if wt {
+		kernel = "lora_rows_bf16_t"
+	}
+	span := kernel
+	if b.prof != nil {
+		span = fmt.Sprintf("%s %dx%d", kernel, T, K)
+	}
+	b.launchAs(op, kernel, span, grid1((T+loraRowsRows-1)/loraRowsRows), loraRowsThreads, 0, ptrArg(yh), intArg(ldyh), ptrArg(P), ptrArg(p16),
+		intArg(ldp), f32Arg(scale16), ptrArg(Y), ptrArg(W), intArg(T), intArg(K), intArg(r), seed, f32Arg(p), dropThreshold(p),
+		f32Arg(keepScale(p)), ptrArg(job.dst), ptrArg(job.src), intArg(job.rows), intArg(job.cols), intArg(job.ld), f32Arg(job.scale))
+}
+
 // linearForwardBF16 is LinearForward with LoRA under BF16 compute. One
 // launch (lora_prep_bf16) reads x once for the base GEMM's input and the
 // LoRA's and rounds A; h = dropout(x) . A^T (bfloat16 GEMM, float32 h).
@@ -144,6 +195,26 @@ func (b *Backend) linearForwardBF16(op string, out, x cu.DevicePtr, T int, w *we
 	if lo.Dropout > 0 {
 		xdh, xdld = b.scratchBuf(sLoRAX, 2*n, op), w.in
 		xdArg = xdh
+	}
+	if canLoRARows(x, A.ptr, T, w.in, r) {
+		// v7: xh, h and the fold columns' bf16(s.h) from one pass over x
+		// (bf16(B) into W's fold columns rides along).
+		var job prepJob
+		var p16 cu.DevicePtr
+		if fold != 0 {
+			job = prepJob{dst: wp + cu.DevicePtr(2*w.in), src: B.ptr, rows: w.out, cols: r, ld: ld, scale: 1}
+			p16 = xh + cu.DevicePtr(2*w.in)
+		}
+		b.loraRows(op, false, xh, ld, hs.ptr, p16, ld, lo.Scale, x, A.ptr, T, w.in, r, lo.Dropout, seed, job)
+		if fold != 0 {
+			b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in + r, alpha: 1, A: uintptr(xh), lda: ld, B: uintptr(wp), ldb: ld,
+				C: uintptr(out), ldc: w.out, abType: t})
+			return
+		}
+		b.sgemm(op, false, true, T, w.out, r, lo.Scale, hs.ptr, r, B.ptr, r, 0, out, w.out)
+		b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in, alpha: 1, beta: 1, A: uintptr(xh), lda: ld, B: uintptr(wp), ldb: ld,
+			C: uintptr(out), ldc: w.out, abType: t})
+		return
 	}
 	a16, _, _, _ := b.loraHalfBufs(op, T, w.in, w.out, r)
 	jobs := []prepJob{{dst: a16, src: A.ptr, rows: r, cols: w.in, ld: w.in, scale: 1}}
@@ -186,9 +257,18 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs
 	_, b16, h16, g16 := b.loraHalfBufs(op, T, w.in, w.out, r)
 	nout := int64(T) * int64(w.out)
 	dh := b.scratchBuf(sAct, 2*nout, op)
-	b.loraPrep(op, dh, 0, dout, nout, w.out, w.out, 0, 0,
+	g := b.scratchBuf(sLoRAG, 4*int64(T)*int64(r), op)
+	rows := canLoRARows(dout, B.ptr, T, w.out, r)
+	if rows {
+		// v7: dh, g = dout . B and bf16(g) from one pass over dout; h's
+		// rounding rides along.
+		b.loraRows(op, true, dh, w.out, g, g16, r, 1, dout, B.ptr, T, w.out, r, 0, 0,
+			prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1})
+	} else {
+		b.loraPrep(op, dh, 0, dout, nout, w.out, w.out, 0, 0,
 		prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1},
 		prepJob{dst: b16, src: B.ptr, rows: w.out, cols: r, ld: r, scale: 1})
+	}
 	if d != nil {
 		// The forward's stride, so that the dequantization cache hits.
 		wp, t, ld := b.matrixLD(w, op, max(b.foldLD(w, r), w.in))
@@ -198,14 +278,17 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs
 	// GradB [out,r] += scale * dout^T . h
 	b.gemm(op, gemmArgs{transA: true, M: w.out, N: r, K: T, alpha: lo.Scale, beta: betaB, A: uintptr(dh), lda: w.out,
 		B: uintptr(h16), ldb: r, C: uintptr(gB.ptr), ldc: r, abType: dataR16BF})
-	// g [T,r] = dout . B
-	g := b.scratchBuf(sLoRAG, 4*int64(T)*int64(r), op)
-	b.gemm(op, gemmArgs{M: T, N: r, K: w.out, alpha: 1, A: uintptr(dh), lda: w.out, B: uintptr(b16), ldb: r,
-		C: uintptr(g), ldc: r, abType: dataR16BF})
 	// GradA [r,in] += scale * g^T . dropout(x)
 	n := int64(T) * int64(w.in)
 	xdh := b.scratchBuf(sLoRAX, 2*n, op)
-	b.loraPrep(op, 0, xdh, xs.ptr, n, w.in, w.in, lo.Dropout, seed, prepJob{dst: g16, src: g, rows: T, cols: r, ld: r, scale: 1})
+	if rows {
+		b.loraPrep(op, 0, xdh, xs.ptr, n, w.in, w.in, lo.Dropout, seed)
+	} else {
+		// g [T,r] = dout . B
+		b.gemm(op, gemmArgs{M: T, N: r, K: w.out, alpha: 1, A: uintptr(dh), lda: w.out, B: uintptr(b16), ldb: r,
+			C: uintptr(g), ldc: r, abType: dataR16BF})
+		b.loraPrep(op, 0, xdh, xs.ptr, n, w.in, w.in, lo.Dropout, seed, prepJob{dst: g16, src: g, rows: T, cols: r, ld: r, scale: 1})
+	}
 	b.gemm(op, gemmArgs{transA: true, M: r, N: w.in, K: T, alpha: lo.Scale, beta: betaA, A: uintptr(g16), lda: r,
 		B: uintptr(xdh), ldb: w.in, C: uintptr(gA.ptr), ldc: w.in, abType: dataR16BF})
 	if d == nil {

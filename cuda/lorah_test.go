@@ -16,7 +16,7 @@ import (
 func TestLoRAHForwardIsLinearForwardsH(t *testing.T) {
 	for _, fast := range []bool{true, false} {
 		gpu.fastLoRA, gpuB16.fastLoRA, gpuF16.fastLoRA = fast, fast, fast
-		for _, sz := range []struct{ T, in, out, r int }{{33, 64, 72, 8}, {21, 67, 45, 5}, {37, 40, 33, 20}} {
+		for _, sz := range []struct{ T, in, out, r int }{{33, 64, 72, 8}, {21, 67, 45, 5}, {37, 40, 33, 20}, {10, 4168, 24, 5}} {
 			for _, half := range []halfKind{halfNone, halfBF16, halfF16} {
 				for _, p := range []float32{0, 0.1} {
 					dc := caseOf(half)

@@ -694,12 +694,24 @@ func TestLinear(t *testing.T) {
 			// Under BF16 an NF4 weight with in % 8 == 0 folds the
 			// up-projection into the base GEMM: [33, 64] with r = 8 (row
 			// stride 72) and [37, 40] with r = 20 (60 columns, stride 64).
-			for _, sz := range []struct{ T, in, out, r int }{{21, 67, 45, 5}, {203, 300, 129, 8}, {45, 70, 61, 12}, {37, 40, 33, 20}, {33, 64, 72, 8}} {
+			// [4104, 4168] x 9 r 5: the row kernels (in, out % 8 == 0, r <=
+			// 8) with a partial 32-column chunk, more chunks than warps, a
+			// partial block of rows and a rank below 8.
+			for _, sz := range []struct{ T, in, out, r int }{{21, 67, 45, 5}, {203, 300, 129, 8}, {45, 70, 61, 12}, {37, 40, 33, 20}, {33, 64, 72, 8},
+				{9, 4168, 4104, 5}} {
 				testLinear(t, sz.T, sz.in, sz.out, sz.r)
 			}
 		})
 	}
 	gpu.fastLoRA, gpuB16.fastLoRA, gpuF16.fastLoRA = true, true, true
+	// v6's prep pass + skinny GEMM (OLLAMA_TUNE_CUDA_REFERENCE=lora-rows).
+	t.Run("no rows", func(t *testing.T) {
+		defer func(v bool) { loraRowsOn = v }(loraRowsOn)
+		loraRowsOn = false
+		for _, sz := range []struct{ T, in, out, r int }{{33, 64, 72, 8}} {
+			testLinear(t, sz.T, sz.in, sz.out, sz.r)
+		}
+	})
 	// v4's unfolded path (OLLAMA_TUNE_CUDA_REFERENCE=lora-fold).
 	t.Run("no fold", func(t *testing.T) {
 		defer func(v bool) { loraFold = v }(loraFold)
@@ -955,7 +967,7 @@ func TestDropThresholdMatchesRNG(t *testing.T) {
 		thr := dropThreshold(p)
 		for i := uint64(0); i < 200000; i++ {
 			const seed = 987654321
-			field := finetune.Mix64(seed^finetune.Mix64(i/4)) >> (16 * (i % 4)) & 0xFFFF
+			field := finetune.Mix64(seed+(i/4)*0x9E3779B97F4A7C15) >> (16 * (i % 4)) & 0xFFFF
 			got := field >= thr
 			if want := finetune.DropoutKeep(seed, i, p); got != want {
 				t.Fatalf("p %v index %d: threshold test keeps %v, DropoutKeep %v", p, i, got, want)

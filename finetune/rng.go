@@ -29,7 +29,7 @@ func Uniform(seed, index uint64) float32 {
 //
 // One hash serves an aligned group of four indices (issue 8, v6: the hash
 // was most of the instructions of the memory-bound LoRA passes): h =
-// Mix64(seed ^ Mix64(index / 4)), and index takes the 16-bit field u =
+// DropoutGroupHash(seed, index / 4), and index takes the 16-bit field u =
 // (h >> (16 * (index % 4))) & 0xFFFF, kept iff u / 2^16 >= p, i.e. iff u >=
 // DropoutThreshold(p). The four fields of a hash are disjoint bits of a
 // good 64-bit mix, so the elements of a group are as independent as those
@@ -37,9 +37,20 @@ func Uniform(seed, index uint64) float32 {
 // probability is exactly 1 - DropoutThreshold(p)/2^16, which lies in
 // (1-p-2^-16, 1-p].
 func DropoutKeep(seed, index uint64, p float32) bool {
-	h := Mix64(seed ^ Mix64(index>>2))
+	h := DropoutGroupHash(seed, index>>2)
 	u := uint32(h>>(16*(index&3))) & 0xFFFF
 	return float32(u)*(1.0/(1<<16)) >= p
+}
+
+// DropoutGroupHash is the hash of dropout group g (indices 4g .. 4g+3)
+// under seed: SplitMix64's output for the state seed + g * its increment,
+// Mix64(seed + g * 0x9E3779B97F4A7C15), the generator's own stream, which
+// passes BigCrush. Issue 8, v7: one Mix64 where v6 took two (Mix64(seed ^
+// Mix64(g))); the dropout passes were bound by these instructions. Seeds
+// come from DeriveSeed (a hash), so two modules' streams overlap only if
+// their seeds differ by a small multiple of the increment (chance ~2^-40).
+func DropoutGroupHash(seed, g uint64) uint64 {
+	return Mix64(seed + g*0x9E3779B97F4A7C15)
 }
 
 // DropoutThreshold is ceil(p * 2^16) (0 for p <= 0, 2^16 for p >= 1 or NaN):

@@ -16,7 +16,7 @@ func TestDropoutThreshold(t *testing.T) {
 		}
 		for i := uint64(0); i < 100000; i++ {
 			const seed = 0x1234abcd
-			field := Mix64(seed^Mix64(i/4)) >> (16 * (i % 4)) & 0xFFFF
+			field := Mix64(seed+(i/4)*0x9E3779B97F4A7C15) >> (16 * (i % 4)) & 0xFFFF
 			if got, want := field >= thr, DropoutKeep(seed, i, p); got != want {
 				t.Fatalf("p %v index %d: field %d >= %d is %v, DropoutKeep %v", p, i, field, thr, got, want)
 			}

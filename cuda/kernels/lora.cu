@@ -192,7 +192,7 @@ __device__ __forceinline__ void lora_prep_job(bf16_t* dst, const float* src, i64
 
 // lora_prep_drop4 is dropout of the four values of group q (one hash).
 __device__ __forceinline__ float4 lora_prep_drop4(float4 v, u64 seed, u64 q, unsigned int thr, float ks) {
-    const u64 h = mix64(seed ^ mix64(q));
+    const u64 h = dropout_group_hash(seed, q);
     return make_float4(lora_drop_field(v.x, h, 0, thr, ks), lora_drop_field(v.y, h, 1, thr, ks),
                        lora_drop_field(v.z, h, 2, thr, ks), lora_drop_field(v.w, h, 3, thr, ks));
 }
@@ -351,7 +351,7 @@ extern "C" __global__ void __launch_bounds__(128) lora_dx_v4(float* __restrict__
             const i64 t = t0 + u;
             if (t < te) {
                 d[u] = *reinterpret_cast<const float4*>(dx + t * K + k);
-                h[u] = p > 0.0f ? mix64(seed ^ mix64((u64)((t * K + k) >> 2))) : 0;
+                h[u] = p > 0.0f ? dropout_group_hash(seed, (u64)((t * K + k) >> 2)) : 0;
             }
         }
 #pragma unroll
@@ -387,3 +387,141 @@ extern "C" __global__ void __launch_bounds__(128) lora_dx_v4(float* __restrict__
         }
     }
 }
+
+// lora_rows_bf16 / _t (issue 8, v7): LoRA's skinny product fused into the
+// pass that rounds its big operand to bfloat16. From one read of Y [T,K]
+// float32 (x in the forward, dout in the backward):
+//   yh[t*ldyh + k] = bf16(Y[t,k])                      (yh null: not written)
+//   P[t,j] = sum_k bf16(drop(Y[t,k])) * bf16(W(j,k))    (float32, j < r <= 8)
+//   p16[t*ldp + j] = bf16(scale16 * P[t,j])            (p16 null: not written)
+// with W(j,k) = W[j*K + k] (lora_rows_bf16: A [r,K], P = h) or W[k*r + j]
+// (lora_rows_bf16_t: B [K,r] read as B^T, P = g = dout . B), drop lora_drop's
+// rule at the flat index t*K + k (p 0: none), plus one prepJob-like
+// conversion spread over the grid (jdst[i*jld + c] = bf16(jscale *
+// jsrc[i*jcols + c])). It replaces lora_prep_bf16's pass, the skinny GEMM
+// that reread the rounded copy, and the small launch that rounded s.h into
+// the fold columns (v6: three launches, ~26 us for a 1024 x 3072 x).
+//
+// Block b takes the 8 rows 8b .. 8b+7 (the MMA's rows 0-7; rows 8-15 are
+// zero), 16 warps; warp w the 32-column chunks w, w+16, w+32, ...; lane
+// (g = lane/4, c = lane%4) row 8b+g, columns 8c .. 8c+7 of a chunk: two
+// 16-byte loads, two dropout groups (one hash each), one 16-byte store of
+// bf16(Y), and two mma.sync.m16n8k16 (bf16 in, float32 out) whose k slots
+// 2c, 2c+1, 2c+8, 2c+9 stand for the values 8c .. 8c+3 and then 8c+4 ..
+// 8c+7, W's fragment loaded in the same order (skinny_rows' pairing). The
+// products are exact; each MMA's sum is added into float32 registers, the
+// warps' sums then in warp order: a fixed order, so the same bits for the
+// same shapes (LoRAHForward gives LinearForward's h exactly). The host
+// checks K % 8 == 0, r <= 8, 16-byte aligned Y, W and yh rows.
+#define LR_ROWS 8
+#define LR_WARPS 16
+#define LR_BATCH 4
+
+__device__ __forceinline__ void lr_mma(float d[4], unsigned a0, unsigned a2, unsigned b0, unsigned b1) {
+    const float z = 0.0f;
+    const unsigned zero = 0u;
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a0), "r"(zero), "r"(a2), "r"(zero), "r"(b0), "r"(b1), "f"(z), "f"(z), "f"(z), "f"(z));
+}
+
+// lr_pair rounds a and b to bfloat16 with one instruction (a in the low
+// half): operands of a product, where a NaN's payload does not matter.
+__device__ __forceinline__ unsigned int lr_pair(float a, float b) {
+    unsigned int u;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(u) : "f"(b), "f"(a));
+    return u;
+}
+
+template <bool WT>
+__device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh, float* __restrict__ P,
+                                               bf16_t* __restrict__ p16, i64 ldp, double scale16_d,
+                                               const float* __restrict__ Y, const float* __restrict__ W, i64 T, i64 K,
+                                               i64 r, u64 seed, double p_d, u64 thr, double ks_d, bf16_t* jdst,
+                                               const float* jsrc, i64 jrows, i64 jcols, i64 jld, double jscale) {
+    __shared__ float red[LR_WARPS][LR_ROWS * 8];
+    const float p = (float)p_d, ks = (float)ks_d;
+    const unsigned int t32 = (unsigned int)thr;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+    const i64 t = (i64)blockIdx.x * LR_ROWS + g;
+    const bool okt = t < T, okg = g < (int)r;
+    const float* yrow = Y + (okt ? t : 0) * K;
+    float acc[2] = {0.0f, 0.0f};
+    const i64 nch = (K + 31) >> 5;
+    // LR_BATCH chunks a round, their loads issued before any is used (the
+    // pass is latency-bound otherwise: 128 blocks, one a multiprocessor).
+    for (i64 q0 = w; q0 < nch; q0 += LR_WARPS * LR_BATCH) {
+        float4 ya[LR_BATCH], yb[LR_BATCH];
+        unsigned wf[LR_BATCH][4];
+#pragma unroll
+        for (int u = 0; u < LR_BATCH; u++) {
+            const i64 k = ((q0 + u * LR_WARPS) << 5) + 8 * c;
+            const bool okk = q0 + u * LR_WARPS < nch && k < K;  // K % 8 == 0: all 8 values or none
+            ya[u] = yb[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (okt && okk) ya[u] = reinterpret_cast<const float4*>(yrow + k)[0], yb[u] = reinterpret_cast<const float4*>(yrow + k)[1];
+            // W's 8 values of column g at k .. k+7, rounded to bf16 pairs.
+            wf[u][0] = wf[u][1] = wf[u][2] = wf[u][3] = 0;
+            if (okg && okk) {
+                if (WT) {
+                    const float* wc = W + k * r + g;
+                    wf[u][0] = lr_pair(__ldg(wc), __ldg(wc + r)), wf[u][1] = lr_pair(__ldg(wc + 2 * r), __ldg(wc + 3 * r));
+                    wf[u][2] = lr_pair(__ldg(wc + 4 * r), __ldg(wc + 5 * r)), wf[u][3] = lr_pair(__ldg(wc + 6 * r), __ldg(wc + 7 * r));
+                } else {
+                    const float4* wr = reinterpret_cast<const float4*>(W + g * K + k);
+                    const float4 wa = __ldg(wr), wb = __ldg(wr + 1);
+                    wf[u][0] = lr_pair(wa.x, wa.y), wf[u][1] = lr_pair(wa.z, wa.w);
+                    wf[u][2] = lr_pair(wb.x, wb.y), wf[u][3] = lr_pair(wb.z, wb.w);
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < LR_BATCH; u++) {
+            const i64 k = ((q0 + u * LR_WARPS) << 5) + 8 * c;
+            float4 a = ya[u], b = yb[u];
+            if (okt && q0 + u * LR_WARPS < nch && k < K) {
+                if (yh)
+                    *reinterpret_cast<uint4*>(yh + t * ldyh + k) = make_uint4(
+                        lora_bf16_pair(a.x, a.y), lora_bf16_pair(a.z, a.w), lora_bf16_pair(b.x, b.y), lora_bf16_pair(b.z, b.w));
+                if (p > 0.0f) {
+                    const u64 grp = (u64)((t * K + k) >> 2);
+                    a = lora_prep_drop4(a, seed, grp, t32, ks), b = lora_prep_drop4(b, seed, grp + 1, t32, ks);
+                }
+            }
+            float d[4];
+            lr_mma(d, lr_pair(a.x, a.y), lr_pair(a.z, a.w), wf[u][0], wf[u][1]);
+            acc[0] += d[0], acc[1] += d[1];
+            lr_mma(d, lr_pair(b.x, b.y), lr_pair(b.z, b.w), wf[u][2], wf[u][3]);
+            acc[0] += d[0], acc[1] += d[1];
+        }
+    }
+    // acc: (row g, j 2c), (row g, j 2c+1); element e = row*8 + j.
+    red[w][g * 8 + 2 * c] = acc[0];
+    red[w][g * 8 + 2 * c + 1] = acc[1];
+    __syncthreads();
+    if (threadIdx.x < LR_ROWS * 8) {
+        const int row = threadIdx.x >> 3, j = threadIdx.x & 7;
+        float sum = red[0][threadIdx.x];
+#pragma unroll
+        for (int v = 1; v < LR_WARPS; v++) sum += red[v][threadIdx.x];
+        const i64 tt = (i64)blockIdx.x * LR_ROWS + row;
+        if (tt < T && j < (int)r) {
+            P[tt * r + j] = sum;
+            if (p16) p16[tt * ldp + j] = f32_to_bf16(__fmul_rn((float)scale16_d, sum));
+        }
+    }
+    if (jdst) {
+        const i64 tid = blockIdx.x * (i64)blockDim.x + threadIdx.x, stride = (i64)gridDim.x * blockDim.x;
+        lora_prep_job(jdst, jsrc, jrows, jcols, jld, (float)jscale, tid, stride);
+    }
+}
+
+#define LORA_ROWS_PARAMS                                                                                              \
+    bf16_t *yh, i64 ldyh, float *P, bf16_t *p16, i64 ldp, double scale16, const float *Y, const float *W, i64 T, i64 K, \
+        i64 r, u64 seed, double p_d, u64 thr, double ks_d, bf16_t *jdst, const float *jsrc, i64 jrows, i64 jcols,     \
+        i64 jld, double jscale
+#define LORA_ROWS_ARGS \
+    yh, ldyh, P, p16, ldp, scale16, Y, W, T, K, r, seed, p_d, thr, ks_d, jdst, jsrc, jrows, jcols, jld, jscale
+
+extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_bf16(LORA_ROWS_PARAMS) { lora_rows_body<false>(LORA_ROWS_ARGS); }
+extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_bf16_t(LORA_ROWS_PARAMS) { lora_rows_body<true>(LORA_ROWS_ARGS); }

@@ -17,15 +17,21 @@ __device__ __forceinline__ float uniform01(unsigned long long seed, unsigned lon
     return (float)(mix64(seed ^ mix64(index)) >> 40) * (1.0f / 16777216.0f);
 }
 
-// dropout_hash / dropout_field / dropout_keep are finetune.DropoutKeep (the
-// single definition, documented there): one hash per aligned group of four
-// indices, h = mix64(seed ^ mix64(index / 4)), and index's 16-bit field
-// (h >> (16 * (index % 4))) & 0xFFFF, kept iff field / 2^16 >= p, i.e. iff
-// field >= ceil(p * 2^16) (finetune.DropoutThreshold; the fused kernels
-// take that integer threshold). A kernel that handles the four values of a
-// group together computes the hash once.
+// dropout_group_hash / dropout_hash / dropout_field / dropout_keep are
+// finetune.DropoutKeep (the single definition, documented there): one hash
+// per aligned group of four indices, h = mix64(seed + (index / 4) *
+// 0x9E3779B97F4A7C15) (SplitMix64's output for the state seed + (index/4)
+// steps), and index's 16-bit field (h >> (16 * (index % 4))) & 0xFFFF, kept
+// iff field / 2^16 >= p, i.e. iff field >= ceil(p * 2^16)
+// (finetune.DropoutThreshold; the fused kernels take that integer
+// threshold). A kernel that handles the four values of a group together
+// computes the hash once.
+__device__ __forceinline__ unsigned long long dropout_group_hash(unsigned long long seed, unsigned long long group) {
+    return mix64(seed + group * 0x9E3779B97F4A7C15ULL);
+}
+
 __device__ __forceinline__ unsigned long long dropout_hash(unsigned long long seed, unsigned long long index) {
-    return mix64(seed ^ mix64(index >> 2));
+    return dropout_group_hash(seed, index >> 2);
 }
 
 __device__ __forceinline__ unsigned int dropout_field(unsigned long long h, unsigned long long index) {
