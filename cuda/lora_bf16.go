@@ -266,8 +266,8 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs
 			prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1})
 	} else {
 		b.loraPrep(op, dh, 0, dout, nout, w.out, w.out, 0, 0,
-		prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1},
-		prepJob{dst: b16, src: B.ptr, rows: w.out, cols: r, ld: r, scale: 1})
+			prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1},
+			prepJob{dst: b16, src: B.ptr, rows: w.out, cols: r, ld: r, scale: 1})
 	}
 	if d != nil {
 		// The forward's stride, so that the dequantization cache hits.
