@@ -635,8 +635,13 @@ func (m *Model) Backward() error {
 		x := bf.inputs[li]
 		var a *layerActs
 		if bf.ckpt {
+			// Checkpointing recomputes the layer's activations from its
+			// input, except the last layer's: the forward ran it last, so
+			// they are still in acts[0] (issue 8: 1/32 of the recompute).
 			a = &bf.acts[0]
-			m.layerForward(li, a, x, nil, bf, true, seed)
+			if li != L-1 {
+				m.layerForward(li, a, x, nil, bf, true, seed)
+			}
 		} else {
 			a = &bf.acts[li]
 		}
