@@ -64,16 +64,23 @@ func (b *Backend) AttentionForward(out, lse, qkv, pos finetune.Tensor, B, S, nHe
 func (b *Backend) AttentionBackward(dqkv, dout, out, lse, qkv, pos finetune.Tensor, B, S, nHead, nKV, headDim, window int) {
 	const op = "AttentionBackward"
 	defer b.enter(op)()
-	dx, do, o := tensor(dqkv, kindF32, op), tensor(dout, kindF32, op), tensor(out, kindF32, op)
+	do, o := tensor(dout, kindF32, op), tensor(out, kindF32, op)
 	ls, x, ps := tensor(lse, kindF32, op), tensor(qkv, kindF32, op), tensor(pos, kindI32, op)
 	b.checkAttn(op, x, ps, B, S, nHead, nKV, headDim)
 	if b.shortAttn(S, headDim) {
-		// di = rowsum(dO * O) is computed inside, for each head.
+		// di = rowsum(dO * O) is computed inside, for each head. A pending
+		// Zero of dqkv (lazy zeroing) becomes an overwrite: the kernel
+		// writes every element of the B rows.
+		dx, beta := b.accTensor(dqkv, kindF32, op)
+		if dx.n != B*S*(nHead+2*nKV)*headDim {
+			panic(&Error{Op: op, Err: fmt.Errorf("dqkv has %d values, want %d x %d", dx.n, B*S, (nHead+2*nKV)*headDim)})
+		}
 		b.launch(op, "attn_bwd_t64", [3]int{nKV, B, 1}, 256, 0, ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(o.ptr), ptrArg(ls.ptr),
 			ptrArg(x.ptr), ptrArg(ps.ptr), intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window),
-			f32Arg(attnScale(headDim)))
+			f32Arg(attnScale(headDim)), boolArg(beta != 0))
 		return
 	}
+	dx := tensor(dqkv, kindF32, op)
 	T := B * S
 	di := b.scratchBuf(sAttn, 4*int64(T)*int64(nHead), op)
 	b.launchN(op, "attn_bwd_di", int64(T)*int64(nHead), ptrArg(di), ptrArg(do.ptr), ptrArg(o.ptr), intArg(T), intArg(nHead), intArg(headDim))

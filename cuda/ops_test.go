@@ -563,6 +563,12 @@ func testAttention(t *testing.T, fast bool, layout string, B, S, H, K, D, window
 	gpu.AttentionBackward(dqkv.g, dout.g, out.g, lse.g, qkv.g, pos.g, B, S, H, K, D, window)
 	cpu.AttentionBackward(dqkv.c, dout.c, out.c, lse.c, qkv.c, pos.c, B, S, H, K, D, window)
 	compare(t, gpu, cpu, name+" dqkv", dqkv, tolF32)
+	// Into a pending Zero (the model's case): the tiled kernel overwrites.
+	gpu.Zero(dqkv.g)
+	cpu.Zero(dqkv.c)
+	gpu.AttentionBackward(dqkv.g, dout.g, out.g, lse.g, qkv.g, pos.g, B, S, H, K, D, window)
+	cpu.AttentionBackward(dqkv.c, dout.c, out.c, lse.c, qkv.c, pos.c, B, S, H, K, D, window)
+	compare(t, gpu, cpu, name+" dqkv into a zero", dqkv, tolF32)
 	for _, p := range []pair{pos, qkv, out, lse, dout, dqkv} {
 		gpu.Free(p.g)
 	}

@@ -544,13 +544,14 @@ __device__ __forceinline__ void at_bwd_issue(float* buf, const float* q, const f
 //   dV  += P^T dO,  dK += dS^T Q,  dQ += dS K (each through the weights tile,
 //                                              column chunk by column chunk)
 // Same result as attn_bwd_di + attn_bwd_dq + attn_bwd_dkdv up to the order
-// of float32 sums. Four blocks a multiprocessor (64 registers) take the 512
+// of float32 sums. accum 1 adds into dqkv; 0 overwrites it (every element
+// of the B rows is written by exactly one block). Four blocks a multiprocessor (64 registers) take the 512
 // blocks of a Phi-3-mini layer in one wave (three, at 80 registers, ran 1.5x
 // slower).
 extern "C" __global__ void __launch_bounds__(AT_THREADS, 4) attn_bwd_t64(float* dqkv, const float* dout, const float* out,
                                                                          const float* lse, const float* qkv,
                                                                          const int* pos, i64 B, i64 S_, i64 H, i64 K,
-                                                                         i64 D_, i64 window, double scale_d) {
+                                                                         i64 D_, i64 window, double scale_d, i64 accum) {
     __shared__ __align__(16) float sm[AT_SMEM];
     __shared__ float lse_s[AT_S], di_s[AT_S];
     float* W = sm;  // the weights [64][AT_LD]: P, dS, dS^T (after the score chunks)
@@ -674,8 +675,14 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS, 4) attn_bwd_t64(float* 
             }
             __syncthreads();
             float* dst = (ph == 0 ? dbase + voff : ph == 1 ? dbase + koff : dbase + h * D) + c * AT_VC;
-            at_wsum<true>(dst, width, W, sm + AT_W + (s & 1) * AT_Y, S, min(AT_VC, D - c * AT_VC),
-                          ph == 2 ? 0 : imin, ph == 2 ? jmax : S - 1, ty, tx);
+            // accum 0 (a pending zero, v7): the block writes dQ of its heads
+            // and the first head's dK, dV, then adds the group's others.
+            if (accum || (ph < 2 && g > 0))
+                at_wsum<true>(dst, width, W, sm + AT_W + (s & 1) * AT_Y, S, min(AT_VC, D - c * AT_VC),
+                              ph == 2 ? 0 : imin, ph == 2 ? jmax : S - 1, ty, tx);
+            else
+                at_wsum<false>(dst, width, W, sm + AT_W + (s & 1) * AT_Y, S, min(AT_VC, D - c * AT_VC),
+                               ph == 2 ? 0 : imin, ph == 2 ? jmax : S - 1, ty, tx);
             __syncthreads();  // done with W and this chunk before they are refilled
         }
     }
