@@ -200,7 +200,11 @@ func (b *Backend) SwiGLUForward(out, gateUp finetune.Tensor) {
 func (b *Backend) SwiGLUBackward(dgateUp, dout, gateUp finetune.Tensor) {
 	const op = "SwiGLUBackward"
 	defer b.enter(op)()
-	do, gu := tensor(dout, kindF32, op), tensor(gateUp, kindF32, op)
+	b.swigluBackward(op, dgateUp, tensor(dout, kindF32, op), tensor(gateUp, kindF32, op))
+}
+
+// swigluBackward is SwiGLUBackward's body, for do and gu unwrapped.
+func (b *Backend) swigluBackward(op string, dgateUp finetune.Tensor, do, gu *Tensor) {
 	dgu := unwrap(dgateUp, kindF32, op) // last: see lazy zeroing (device.go)
 	I := lastDim(do)
 	T := do.n / max(I, 1)

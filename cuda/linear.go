@@ -162,6 +162,11 @@ func (b *Backend) loraColdot(op string, G, a, x cu.DevicePtr, T, K, r, gsj, gsk 
 func (b *Backend) LinearBackward(dx, dout, x finetune.Tensor, l *finetune.Linear, h finetune.Tensor, seed uint64) {
 	const op = "LinearBackward"
 	defer b.enter(op)()
+	b.linearBackward(op, dx, dout, x, l, h, seed)
+}
+
+// linearBackward is LinearBackward's body.
+func (b *Backend) linearBackward(op string, dx, dout, x finetune.Tensor, l *finetune.Linear, h finetune.Tensor, seed uint64) {
 	w := cudaW(l.W, op)
 	do := tensor(dout, kindF32, op)
 	T := do.n / w.out
@@ -170,7 +175,7 @@ func (b *Backend) LinearBackward(dx, dout, x finetune.Tensor, l *finetune.Linear
 		// a pending Zero becomes the dx GEMM's beta 0 (lazy zeroing,
 		// device.go).
 		xs, hs := tensor(x, kindF32, op), tensor(h, kindF32, op)
-		b.linearBackwardBF16(op, unwrap(dx, kindF32, op), do.ptr, xs, T, w, l, hs, seed)
+		b.linearBackwardBF16(op, unwrap(dx, kindF32, op), do.ptr, nil, xs, T, w, l, hs, seed)
 		return
 	}
 	d := tensor(dx, kindF32, op)
@@ -209,6 +214,45 @@ func (b *Backend) LinearBackward(dx, dout, x finetune.Tensor, l *finetune.Linear
 		return
 	}
 	b.loraDx(op, d, g, A, T, w.in, lo, r, seed)
+}
+
+var _ finetune.SwiGLULinearBackwarder = (*Backend)(nil)
+
+// SwiGLULinearBackward (finetune.SwiGLULinearBackwarder): SwiGLUBackward
+// then LinearBackward of gate_up_proj. Where dgateUp is a pending Zero and
+// the row kernels take the shapes (BF16 LoRA, in the fast path),
+// lora_rows_swiglu_bf16_t computes d gate_up in registers from dact and
+// gateUp and writes only its bf16 copy (the dx and GradB GEMMs' operand)
+// and g = d gate_up . B: dgateUp keeps its pending Zero. Elsewhere the two
+// ops run as they are (any dgateUp: they add into it).
+func (b *Backend) SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x finetune.Tensor, l *finetune.Linear, h finetune.Tensor, seed uint64) {
+	const op = "SwiGLULinearBackward"
+	defer b.enter(op)()
+	w := cudaW(l.W, op)
+	do, gu := tensor(dact, kindF32, op), tensor(gateUp, kindF32, op)
+	I := lastDim(do)
+	T := do.n / max(I, 1)
+	dgu := unwrap(dgateUp, kindF32, op)
+	if dgu != nil && dgu.zero != nil && dgu.n == gu.n && l.LoRA != nil && b.loraBF16(w) && swigluRows && w.out == 2*I && I%8 == 0 &&
+		gu.n == 2*do.n && gu.ptr%16 == 0 && canLoRARows(do.ptr, tensor(l.LoRA.B, kindF32, op).ptr, T, I, loraRank(l)) {
+		xs, hs := tensor(x, kindF32, op), tensor(h, kindF32, op)
+		b.linearBackwardBF16(op, unwrap(dx, kindF32, op), 0, &swigluSrc{dact: do.ptr, gu: gu.ptr, I: I}, xs, T, w, l, hs, seed)
+		return
+	}
+	b.swigluBackward(op, dgateUp, do, gu)
+	b.linearBackward(op, dx, dgateUp, x, l, h, seed)
+}
+
+// swigluRows says whether SwiGLULinearBackward fuses (v7);
+// OLLAMA_TUNE_CUDA_REFERENCE=swiglu-rows runs SwiGLUBackward and
+// LinearBackward instead.
+var swigluRows = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "swiglu-rows")
+
+// swigluSrc is linearBackwardBF16's dout given as SwiGLU's backward of
+// dact [T,I] at gu [T,2I] (lora_rows_swiglu_bf16_t computes it).
+type swigluSrc struct {
+	dact, gu cu.DevicePtr
+	I        int
 }
 
 // loraDx adds dx's LoRA term for g = dout . B [T,r]: dx [T,in] += scale *

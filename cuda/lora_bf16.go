@@ -174,6 +174,23 @@ func (b *Backend) loraRows(op string, wt bool, yh cu.DevicePtr, ldyh int, P, p16
 		f32Arg(keepScale(p)), ptrArg(job.dst), ptrArg(job.src), intArg(job.rows), intArg(job.cols), intArg(job.ld), f32Arg(job.scale))
 }
 
+// loraRowsSwiGLU runs lora_rows_swiglu_bf16_t: dh [T,2I] = bf16(d
+// gate_up), g [T,r] = d gate_up . B and g16 = bf16(g), for d gate_up the
+// SwiGLU backward of sw, plus job, in one launch.
+func (b *Backend) loraRowsSwiGLU(op string, dh, g, g16 cu.DevicePtr, sw *swigluSrc, B cu.DevicePtr, T, r int, job prepJob) {
+	if job.ld < job.cols || int64(job.rows)*int64(job.ld) >= 1<<31 {
+		panic(&Error{Op: op, Err: fmt.Errorf("lora_rows_swiglu_bf16_t: a job of %d rows of %d values, stride %d", job.rows, job.cols, job.ld)})
+	}
+	const kernel = "lora_rows_swiglu_bf16_t"
+	span := kernel
+	if b.prof != nil {
+		span = fmt.Sprintf("%s %dx%d", kernel, T, 2*sw.I)
+	}
+	b.launchAs(op, kernel, span, grid1((T+loraRowsRows-1)/loraRowsRows), loraRowsThreads, 0, ptrArg(dh), intArg(2*sw.I), ptrArg(g),
+		ptrArg(g16), intArg(r), ptrArg(sw.dact), ptrArg(sw.gu), ptrArg(B), intArg(T), intArg(sw.I), intArg(r),
+		ptrArg(job.dst), ptrArg(job.src), intArg(job.rows), intArg(job.cols), intArg(job.ld), f32Arg(job.scale))
+}
+
 // linearForwardBF16 is LinearForward with LoRA under BF16 compute. One
 // launch (lora_prep_bf16) reads x once for the base GEMM's input and the
 // LoRA's and rounds A; h = dropout(x) . A^T (bfloat16 GEMM, float32 h).
@@ -245,7 +262,11 @@ func (b *Backend) linearForwardBF16(op string, out, x cu.DevicePtr, T int, w *we
 // . W, GradB += scale * dout^T . h and g = dout . B; then GradA += scale *
 // g^T . dropout(x) (bf16(dropout(x)) and bf16(g) from one launch), all
 // bfloat16 GEMMs; dx's LoRA term is float32 (loraDx).
-func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs *Tensor, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
+//
+// With sw (SwiGLULinearBackward), dout is SwiGLU's backward, computed by
+// lora_rows_swiglu_bf16_t from sw's dact and gate_up (the caller checked
+// that the row kernels take the shapes); dout is then unused.
+func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, sw *swigluSrc, xs *Tensor, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
 	lo, r := l.LoRA, loraRank(l)
 	A, B := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op)
 	// The outputs last (lazy zeroing, device.go): a pending Zero of a
@@ -258,13 +279,16 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, xs
 	nout := int64(T) * int64(w.out)
 	dh := b.scratchBuf(sAct, 2*nout, op)
 	g := b.scratchBuf(sLoRAG, 4*int64(T)*int64(r), op)
-	rows := canLoRARows(dout, B.ptr, T, w.out, r)
-	if rows {
+	rows := sw != nil || canLoRARows(dout, B.ptr, T, w.out, r)
+	switch {
+	case sw != nil:
+		b.loraRowsSwiGLU(op, dh, g, g16, sw, B.ptr, T, r, prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1})
+	case rows:
 		// v7: dh, g = dout . B and bf16(g) from one pass over dout; h's
 		// rounding rides along.
 		b.loraRows(op, true, dh, w.out, g, g16, r, 1, dout, B.ptr, T, w.out, r, 0, 0,
 			prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1})
-	} else {
+	default:
 		b.loraPrep(op, dh, 0, dout, nout, w.out, w.out, 0, 0,
 			prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1},
 			prepJob{dst: b16, src: B.ptr, rows: w.out, cols: r, ld: r, scale: 1})

@@ -98,3 +98,72 @@ func TestLinearBackwardIntoPendingZero(t *testing.T) {
 		g.FreeWeight(w)
 	}
 }
+
+// SwiGLULinearBackward must give SwiGLUBackward + LinearBackward's dx and
+// LoRA gradients: fused (lora_rows_swiglu_bf16_t, BF16 with I % 8 == 0 and
+// d gate_up a pending Zero),
+// against the two ops on the GPU and on the CPU, into pending zeros and
+// accumulating; and the two ops themselves where it does not fuse (float32
+// compute, I % 8 != 0).
+func TestSwiGLULinearBackward(t *testing.T) {
+	for _, c := range []struct {
+		T, I, in, r int
+		half        halfKind
+	}{
+		{33, 40, 64, 8, halfBF16},  // fused; a partial row block and 32-feature chunk
+		{9, 2056, 40, 5, halfBF16}, // fused; more chunks than warps, rank 5
+		{21, 30, 64, 8, halfBF16},  // I % 8 != 0: the two ops
+		{17, 36, 64, 8, halfNone},  // float32: the two ops
+	} {
+		dc := caseOf(c.half)
+		g, cb := dc.g, dc.c
+		out := 2 * c.I
+		name := fmt.Sprintf("%s T%d I%d in%d r%d", dc.name, c.T, c.I, c.in, c.r)
+		gw, cw := weights(t, g, cb, randn(out*c.in, 60, 0.2), out, c.in, true)
+		A := both(g, cb, randn(c.r*c.in, 61, 0.3), c.r, c.in)
+		B := both(g, cb, randn(out*c.r, 62, 0.3), out, c.r)
+		x := both(g, cb, randn(c.T*c.in, 63, 1), c.T, c.in)
+		gu := both(g, cb, randn(c.T*out, 64, 2), c.T, out)
+		dact := both(g, cb, randn(c.T*c.I, 65, 1), c.T, c.I)
+		h := both(g, cb, randn(c.T*c.r, 66, 1), c.T, c.r)
+		const seed = 0x5eed
+		run := func(be finetune.Backend, W finetune.Weight, A, B, x, gu, dact, h finetune.Tensor, fused bool) [][]float32 {
+			dx, gA, gB, dgu := be.Alloc(c.T, c.in), be.Alloc(c.r, c.in), be.Alloc(out, c.r), be.Alloc(c.T, out)
+			for _, z := range []finetune.Tensor{dx, gA, gB, dgu} {
+				be.Zero(z)
+			}
+			l := &finetune.Linear{Name: "gate_up_proj", W: W, LoRA: &finetune.LoRA{A: A, B: B, GradA: gA, GradB: gB, Scale: 2, Dropout: 0.1}}
+			for range 2 { // the second accumulates onto the first
+				be.Zero(dgu) // the contract: d gate_up starts at zero
+				if fused {
+					be.(finetune.SwiGLULinearBackwarder).SwiGLULinearBackward(dx, dgu, dact, gu, x, l, h, seed)
+				} else {
+					be.SwiGLUBackward(dgu, dact, gu)
+					be.LinearBackward(dx, dgu, x, l, h, seed)
+				}
+			}
+			if fused {
+				// Fused, d gate_up is never written: its pending Zero stays.
+				if pending := dgu.(*Tensor).zero != nil; pending != (c.half == halfBF16 && c.I%8 == 0) {
+					t.Fatalf("%s: fused %v, want %v", name, pending, !pending)
+				}
+			}
+			res := [][]float32{be.Download(dx), be.Download(gA), be.Download(gB)}
+			for _, z := range []finetune.Tensor{dx, gA, gB, dgu} {
+				be.Free(z)
+			}
+			return res
+		}
+		fused := run(g, gw, A.g, B.g, x.g, gu.g, dact.g, h.g, true)
+		twoOps := run(g, gw, A.g, B.g, x.g, gu.g, dact.g, h.g, false)
+		cpuRef := run(cb, cw, A.c, B.c, x.c, gu.c, dact.c, h.c, false)
+		for k, what := range []string{"dx", "gradA", "gradB"} {
+			checkRel(t, name+" "+what+" vs the two ops", fused[k], twoOps[k], dc.tol)
+			checkRel(t, name+" "+what+" vs cpu", fused[k], cpuRef[k], dc.tol)
+		}
+		for _, p := range []pair{A, B, x, gu, dact, h} {
+			g.Free(p.g)
+		}
+		g.FreeWeight(gw)
+	}
+}

@@ -245,6 +245,20 @@ type MultiAdamW8bit interface {
 	AdamW8bitMulti(ps, gs []Tensor, sts []*Adam8State, hp AdamParams)
 }
 
+// SwiGLULinearBackwarder fuses SwiGLU's backward into the backward of the
+// linear that produced its input (gate_up_proj): with dgateUp zeroed (Zero)
+// on entry, SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x, l, h, seed)
+// is SwiGLUBackward(dgateUp, dact, gateUp) then LinearBackward(dx,
+// dgateUp, x, l, h, seed), with the same dx and LoRA gradients up to
+// float32 rounding; dgateUp is scratch: afterwards it holds d gate_up or
+// still its zeros (the CUDA backend then never materialises d gate_up in
+// float32; issue 8). The model uses it when the backend has it and no
+// finiteness check needs d gate_up; the CPU backend has not, so its two
+// ops stay the reference.
+type SwiGLULinearBackwarder interface {
+	SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x Tensor, l *Linear, h Tensor, seed uint64)
+}
+
 // AddRMSNormer fuses the residual add and the RMSNorm after it:
 // AddRMSNormForward(sum, out, rstd, a, b, w, eps) is Add(sum, a, b) then
 // RMSNormForward(out, rstd, sum, w, eps), with the same results (out must

@@ -660,10 +660,14 @@ func (m *Model) Backward() error {
 		b.LinearBackward(bf.dact, bf.dres, a.act, lin[modDown], a.h[modDown], s(modDown))
 		chk("d swiglu", bf.dact)
 		b.Zero(bf.dgu)
-		b.SwiGLUBackward(bf.dgu, bf.dact, a.gateUp)
-		chk("d gate_up_proj", bf.dgu)
 		b.Zero(bf.dln)
-		b.LinearBackward(bf.dln, bf.dgu, a.ln2, lin[modGateUp], a.h[modGateUp], s(modGateUp))
+		if f, ok := b.(SwiGLULinearBackwarder); ok && m.fc == nil {
+			f.SwiGLULinearBackward(bf.dln, bf.dgu, bf.dact, a.gateUp, a.ln2, lin[modGateUp], a.h[modGateUp], s(modGateUp))
+		} else {
+			b.SwiGLUBackward(bf.dgu, bf.dact, a.gateUp)
+			chk("d gate_up_proj", bf.dgu)
+			b.LinearBackward(bf.dln, bf.dgu, a.ln2, lin[modGateUp], a.h[modGateUp], s(modGateUp))
+		}
 		chk("d post_attention_layernorm", bf.dln)
 		b.RMSNormBackward(bf.dres, bf.dln, a.res1, l.PostAttnNorm, a.rstd2)
 		chk("d residual", bf.dres)

@@ -4,6 +4,7 @@
 // are reduced in float64 here too, in a different order, which changes
 // nothing once rounded to float32 but for rare ties).
 #include "common.cuh"
+#include "swiglu.cuh"
 #include "rng.cuh"
 
 // rmsnorm_row: rstd = 1/sqrt(float32(mean(x^2)) + eps), out = w * (x * rstd)
@@ -207,22 +208,6 @@ extern "C" __global__ void rmsnorm_bwd_nc(float* dx, const float* dout, const fl
                                           const float* rstd, i64 C, i64 acc) {
     __shared__ double red[32];
     rmsnorm_bwd_row<false>(dx, dout, x, w, rstd, C, acc, red);
-}
-
-// SwiGLU in float32: e = expf(-g) (within 2 ulp of the CPU's float64 exp
-// rounded to float32), silu(g) = g / (1 + e) as torch's float32 kernel,
-// sigmoid(g) = 1 / (1 + e). Far within tolF32 of the CPU reference's
-// float64 sigmoid; an overflowing e gives silu -0 and sigmoid 0, as there.
-struct swiglu_grad {
-    float du, dg;
-};
-__device__ __forceinline__ float silu_f(float g) { return __fdiv_rn(g, __fadd_rn(1.0f, expf(-g))); }
-// d up = d * silu(g); d gate = d * u * s * (1 + g*(1-s)).
-__device__ __forceinline__ swiglu_grad swiglu_grad_f(float g, float u, float d) {
-    float den = __fadd_rn(1.0f, expf(-g));
-    float s = __fdiv_rn(1.0f, den);
-    float f = __fadd_rn(1.0f, __fmul_rn(g, __fsub_rn(1.0f, s)));
-    return {__fmul_rn(d, __fdiv_rn(g, den)), __fmul_rn(__fmul_rn(__fmul_rn(d, u), s), f)};
 }
 
 // swiglu_fwd: out [T,I] = up * silu(gate) from gate_up [T,2I]. Grid

@@ -15,6 +15,7 @@
 // (lora_prep_bf16's float4s, lora_dx_v4) hash once per group.
 #include "common.cuh"
 #include "rng.cuh"
+#include "swiglu.cuh"
 
 // lora_keep is lora_drop's keep test (for p > 0; lora_dx4).
 __device__ __forceinline__ bool lora_keep(u64 seed, i64 idx, u64 thr) {
@@ -434,13 +435,49 @@ __device__ __forceinline__ unsigned int lr_pair(float a, float b) {
     return u;
 }
 
+// lr_wt_frag loads W(., k .. k+7) of column g from B [K,r] (row k holds
+// W(., k)) as four bf16 pairs in the MMA's k order (lora_rows_bf16_t's).
+__device__ __forceinline__ void lr_wt_frag(unsigned f[4], const float* W, i64 k, i64 r, int g) {
+    const float* wc = W + k * r + g;
+    f[0] = lr_pair(__ldg(wc), __ldg(wc + r)), f[1] = lr_pair(__ldg(wc + 2 * r), __ldg(wc + 3 * r));
+    f[2] = lr_pair(__ldg(wc + 4 * r), __ldg(wc + 5 * r)), f[3] = lr_pair(__ldg(wc + 6 * r), __ldg(wc + 7 * r));
+}
+
+// lr_finish ends a row kernel: the block's warps add their MMA sums (acc:
+// lane (g, c) holds (row g, j 2c) and (row g, j 2c+1)) in warp order, and
+// threads 0..63 write P [T,r] and bf16(scale16 * P) to p16 (row stride ldp;
+// null: not written); then the block's share of the conversion job.
+__device__ __forceinline__ void lr_finish(const float acc[2], float* __restrict__ P, bf16_t* __restrict__ p16, i64 ldp,
+                                          float scale16, i64 T, int r, bf16_t* jdst, const float* jsrc, i64 jrows,
+                                          i64 jcols, i64 jld, double jscale) {
+    __shared__ float red[LR_WARPS][LR_ROWS * 8];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+    red[w][g * 8 + 2 * c] = acc[0];
+    red[w][g * 8 + 2 * c + 1] = acc[1];
+    __syncthreads();
+    if (threadIdx.x < LR_ROWS * 8) {
+        const int row = threadIdx.x >> 3, j = threadIdx.x & 7;
+        float sum = red[0][threadIdx.x];
+#pragma unroll
+        for (int v = 1; v < LR_WARPS; v++) sum += red[v][threadIdx.x];
+        const i64 tt = (i64)blockIdx.x * LR_ROWS + row;
+        if (tt < T && j < r) {
+            P[tt * r + j] = sum;
+            if (p16) p16[tt * ldp + j] = f32_to_bf16(__fmul_rn(scale16, sum));
+        }
+    }
+    if (jdst) {
+        const i64 tid = blockIdx.x * (i64)blockDim.x + threadIdx.x, stride = (i64)gridDim.x * blockDim.x;
+        lora_prep_job(jdst, jsrc, jrows, jcols, jld, (float)jscale, tid, stride);
+    }
+}
+
 template <bool WT>
 __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh, float* __restrict__ P,
                                                bf16_t* __restrict__ p16, i64 ldp, double scale16_d,
                                                const float* __restrict__ Y, const float* __restrict__ W, i64 T, i64 K,
                                                i64 r, u64 seed, double p_d, u64 thr, double ks_d, bf16_t* jdst,
                                                const float* jsrc, i64 jrows, i64 jcols, i64 jld, double jscale) {
-    __shared__ float red[LR_WARPS][LR_ROWS * 8];
     const float p = (float)p_d, ks = (float)ks_d;
     const unsigned int t32 = (unsigned int)thr;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
@@ -464,9 +501,7 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
             wf[u][0] = wf[u][1] = wf[u][2] = wf[u][3] = 0;
             if (okg && okk) {
                 if (WT) {
-                    const float* wc = W + k * r + g;
-                    wf[u][0] = lr_pair(__ldg(wc), __ldg(wc + r)), wf[u][1] = lr_pair(__ldg(wc + 2 * r), __ldg(wc + 3 * r));
-                    wf[u][2] = lr_pair(__ldg(wc + 4 * r), __ldg(wc + 5 * r)), wf[u][3] = lr_pair(__ldg(wc + 6 * r), __ldg(wc + 7 * r));
+                    lr_wt_frag(wf[u], W, k, r, g);
                 } else {
                     const float4* wr = reinterpret_cast<const float4*>(W + g * K + k);
                     const float4 wa = __ldg(wr), wb = __ldg(wr + 1);
@@ -495,25 +530,7 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
             acc[0] += d[0], acc[1] += d[1];
         }
     }
-    // acc: (row g, j 2c), (row g, j 2c+1); element e = row*8 + j.
-    red[w][g * 8 + 2 * c] = acc[0];
-    red[w][g * 8 + 2 * c + 1] = acc[1];
-    __syncthreads();
-    if (threadIdx.x < LR_ROWS * 8) {
-        const int row = threadIdx.x >> 3, j = threadIdx.x & 7;
-        float sum = red[0][threadIdx.x];
-#pragma unroll
-        for (int v = 1; v < LR_WARPS; v++) sum += red[v][threadIdx.x];
-        const i64 tt = (i64)blockIdx.x * LR_ROWS + row;
-        if (tt < T && j < (int)r) {
-            P[tt * r + j] = sum;
-            if (p16) p16[tt * ldp + j] = f32_to_bf16(__fmul_rn((float)scale16_d, sum));
-        }
-    }
-    if (jdst) {
-        const i64 tid = blockIdx.x * (i64)blockDim.x + threadIdx.x, stride = (i64)gridDim.x * blockDim.x;
-        lora_prep_job(jdst, jsrc, jrows, jcols, jld, (float)jscale, tid, stride);
-    }
+    lr_finish(acc, P, p16, ldp, (float)scale16_d, T, (int)r, jdst, jsrc, jrows, jcols, jld, jscale);
 }
 
 #define LORA_ROWS_PARAMS                                                                                              \
@@ -525,3 +542,82 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
 
 extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_bf16(LORA_ROWS_PARAMS) { lora_rows_body<false>(LORA_ROWS_ARGS); }
 extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_bf16_t(LORA_ROWS_PARAMS) { lora_rows_body<true>(LORA_ROWS_ARGS); }
+
+// lr_swiglu8 is swiglu_bwd's d gate (dg) and d up (du) of 8 features.
+__device__ __forceinline__ void lr_swiglu8(float dg[8], float du[8], float4 d0, float4 d1, float4 g0, float4 g1, float4 u0,
+                                           float4 u1) {
+    const float d[8] = {d0.x, d0.y, d0.z, d0.w, d1.x, d1.y, d1.z, d1.w};
+    const float gg[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+    const float uu[8] = {u0.x, u0.y, u0.z, u0.w, u1.x, u1.y, u1.z, u1.w};
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const swiglu_grad r = swiglu_grad_f(gg[i], uu[i], d[i]);
+        dg[i] = r.dg, du[i] = r.du;
+    }
+}
+
+// lora_rows_swiglu_bf16_t (issue 8, v7): lora_rows_bf16_t for dout = d
+// gate_up, the SwiGLU backward of dact [T,I] at gate_up gu [T,2I] (gate in
+// columns 0..I-1, up in I..2I-1), computed in registers with swiglu_bwd's
+// math: yh [T, ldyh >= 2I] gets bf16(d gate) in columns 0..I-1 and bf16(d
+// up) in I..2I-1, P [T,r] = d gate_up . B for B [2I,r], p16 = bf16(P); the
+// float32 d gate_up is never written (swiglu_bwd wrote 4 bytes a value and
+// the row kernel read them back). Lane (g, c) takes features k .. k+7 of
+// its row: d gate's MMAs pair them with B's rows k .., d up's with rows I+k
+// ... Two chunks a round (six 16-byte loads each). The host checks I % 8
+// == 0 and 16-byte alignment.
+extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_swiglu_bf16_t(
+    bf16_t* __restrict__ yh, i64 ldyh, float* __restrict__ P, bf16_t* __restrict__ p16, i64 ldp,
+    const float* __restrict__ dact, const float* __restrict__ gu, const float* __restrict__ W, i64 T, i64 I, i64 r,
+    bf16_t* jdst, const float* jsrc, i64 jrows, i64 jcols, i64 jld, double jscale) {
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+    const i64 t = (i64)blockIdx.x * LR_ROWS + g;
+    const bool okt = t < T, okg = g < (int)r;
+    const float* drow = dact + (okt ? t : 0) * I;
+    const float* grow = gu + (okt ? t : 0) * 2 * I;
+    float acc[2] = {0.0f, 0.0f};
+    const i64 nch = (I + 31) >> 5;
+    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (i64 q0 = w; q0 < nch; q0 += LR_WARPS * 2) {
+        float4 d0[2], d1[2], g0[2], g1[2], u0[2], u1[2];
+        unsigned wg[2][4], wu[2][4];
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            const i64 k = ((q0 + u * LR_WARPS) << 5) + 8 * c;
+            const bool okk = q0 + u * LR_WARPS < nch && k < I;
+            d0[u] = d1[u] = g0[u] = g1[u] = u0[u] = u1[u] = z;
+            if (okt && okk) {
+                const float4 *dp = reinterpret_cast<const float4*>(drow + k), *gp = reinterpret_cast<const float4*>(grow + k),
+                             *up = reinterpret_cast<const float4*>(grow + I + k);
+                d0[u] = dp[0], d1[u] = dp[1], g0[u] = gp[0], g1[u] = gp[1], u0[u] = up[0], u1[u] = up[1];
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++) wg[u][i] = wu[u][i] = 0;
+            if (okg && okk) lr_wt_frag(wg[u], W, k, r, g), lr_wt_frag(wu[u], W, I + k, r, g);
+        }
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            const i64 k = ((q0 + u * LR_WARPS) << 5) + 8 * c;
+            float dg[8], du[8];
+            lr_swiglu8(dg, du, d0[u], d1[u], g0[u], g1[u], u0[u], u1[u]);
+            const unsigned a0 = lora_bf16_pair(dg[0], dg[1]), a1 = lora_bf16_pair(dg[2], dg[3]),
+                           a2 = lora_bf16_pair(dg[4], dg[5]), a3 = lora_bf16_pair(dg[6], dg[7]);
+            const unsigned b0 = lora_bf16_pair(du[0], du[1]), b1 = lora_bf16_pair(du[2], du[3]),
+                           b2 = lora_bf16_pair(du[4], du[5]), b3 = lora_bf16_pair(du[6], du[7]);
+            if (okt && q0 + u * LR_WARPS < nch && k < I) {
+                *reinterpret_cast<uint4*>(yh + t * ldyh + k) = make_uint4(a0, a1, a2, a3);
+                *reinterpret_cast<uint4*>(yh + t * ldyh + I + k) = make_uint4(b0, b1, b2, b3);
+            }
+            float d[4];
+            lr_mma(d, a0, a1, wg[u][0], wg[u][1]);
+            acc[0] += d[0], acc[1] += d[1];
+            lr_mma(d, a2, a3, wg[u][2], wg[u][3]);
+            acc[0] += d[0], acc[1] += d[1];
+            lr_mma(d, b0, b1, wu[u][0], wu[u][1]);
+            acc[0] += d[0], acc[1] += d[1];
+            lr_mma(d, b2, b3, wu[u][2], wu[u][3]);
+            acc[0] += d[0], acc[1] += d[1];
+        }
+    }
+    lr_finish(acc, P, p16, ldp, 1.0f, T, (int)r, jdst, jsrc, jrows, jcols, jld, jscale);
+}
