@@ -184,7 +184,11 @@ func (b *Backend) SwiGLUForward(out, gateUp finetune.Tensor) {
 	const op = "SwiGLUForward"
 	defer b.enter(op)()
 	gu := tensor(gateUp, kindF32, op)
-	o := outTensor(out, kindF32, op)
+	b.swigluForward(op, outTensor(out, kindF32, op), gu)
+}
+
+// swigluForward is SwiGLUForward's body, for o and gu unwrapped.
+func (b *Backend) swigluForward(op string, o, gu *Tensor) {
 	I := lastDim(o)
 	T := o.n / max(I, 1)
 	if gu.n != 2*o.n {

@@ -58,6 +58,11 @@ func (b *Backend) dropout(op string, x cu.DevicePtr, n int64, p float32, seed ui
 func (b *Backend) LinearForward(out, x finetune.Tensor, l *finetune.Linear, h finetune.Tensor, seed uint64) {
 	const op = "LinearForward"
 	defer b.enter(op)()
+	b.linearForward(op, out, x, l, h, seed)
+}
+
+// linearForward is LinearForward's body.
+func (b *Backend) linearForward(op string, out, x finetune.Tensor, l *finetune.Linear, h finetune.Tensor, seed uint64) {
 	w := cudaW(l.W, op)
 	o, xs := tensor(out, kindF32, op), tensor(x, kindF32, op)
 	T := xs.n / w.in
@@ -65,7 +70,7 @@ func (b *Backend) LinearForward(out, x finetune.Tensor, l *finetune.Linear, h fi
 		panic(&Error{Op: op, Err: fmt.Errorf("%s: x has %d values and out %d for a [%d, %d] weight", l.Name, xs.n, o.n, w.out, w.in)})
 	}
 	if l.LoRA != nil && b.loraBF16(w) {
-		b.linearForwardBF16(op, o.ptr, xs.ptr, T, w, l, tensor(h, kindF32, op), seed)
+		b.linearForwardBF16(op, o.ptr, xs.ptr, 0, T, w, l, tensor(h, kindF32, op), seed)
 		return
 	}
 	b.xwT(op, o.ptr, xs.ptr, T, w, 1, 0)
@@ -93,6 +98,11 @@ var _ finetune.LoRAHForwarder = (*Backend)(nil)
 func (b *Backend) LoRAHForward(h, x finetune.Tensor, l *finetune.Linear, seed uint64) {
 	const op = "LoRAHForward"
 	defer b.enter(op)()
+	b.loraHForward(op, h, x, l, seed)
+}
+
+// loraHForward is LoRAHForward's body.
+func (b *Backend) loraHForward(op string, h, x finetune.Tensor, l *finetune.Linear, seed uint64) {
 	if l.LoRA == nil {
 		panic(&Error{Op: op, Err: fmt.Errorf("%s has no adapter", l.Name)})
 	}
@@ -216,6 +226,49 @@ func (b *Backend) linearBackward(op string, dx, dout, x finetune.Tensor, l *fine
 	b.loraDx(op, d, g, A, T, w.in, lo, r, seed)
 }
 
+var _ finetune.SwiGLULinearForwarder = (*Backend)(nil)
+
+// SwiGLULinearForward (finetune.SwiGLULinearForwarder): SwiGLUForward into
+// act, then down_proj's LinearForward into out (or, out nil, its
+// LoRAHForward). Where the row kernels take the shapes (BF16 LoRA, in the
+// fast path), lora_rows_swiglu_bf16 computes act from gate_up, writes it
+// and does the row pass over it in one launch (the same bits as the two
+// ops: swiglu_fwd's math, lora_rows_bf16's sums); elsewhere the ops run as
+// they are.
+func (b *Backend) SwiGLULinearForward(out, act, gateUp finetune.Tensor, l *finetune.Linear, h finetune.Tensor, seed uint64) {
+	const op = "SwiGLULinearForward"
+	defer b.enter(op)()
+	w := cudaW(l.W, op)
+	gu := tensor(gateUp, kindF32, op)
+	ac := outTensor(act, kindF32, op)
+	I := lastDim(ac)
+	T := ac.n / max(I, 1)
+	if l.LoRA != nil && b.loraBF16(w) && swigluRows && w.in == I && I%8 == 0 && gu.n == 2*ac.n && gu.ptr%16 == 0 &&
+		ac.ptr%16 == 0 && canLoRARows(gu.ptr, tensor(l.LoRA.A, kindF32, op).ptr, T, I, loraRank(l)) {
+		hs := tensor(h, kindF32, op)
+		if hs.n != T*loraRank(l) {
+			panic(&Error{Op: op, Err: fmt.Errorf("%s: h has %d values, want %d x %d", l.Name, hs.n, T, loraRank(l))})
+		}
+		if out == nil {
+			lo := l.LoRA
+			b.loraRowsAct(op, ac.ptr, 0, 0, hs.ptr, 0, 0, 1, gu.ptr, tensor(lo.A, kindF32, op).ptr, T, I, loraRank(l), lo.Dropout, seed, prepJob{})
+			return
+		}
+		o := outTensor(out, kindF32, op)
+		if o.n != T*w.out {
+			panic(&Error{Op: op, Err: fmt.Errorf("%s: out has %d values, want %d x %d", l.Name, o.n, T, w.out)})
+		}
+		b.linearForwardBF16(op, o.ptr, ac.ptr, gu.ptr, T, w, l, hs, seed)
+		return
+	}
+	b.swigluForward(op, ac, gu)
+	if out == nil {
+		b.loraHForward(op, h, act, l, seed)
+		return
+	}
+	b.linearForward(op, out, act, l, h, seed)
+}
+
 var _ finetune.SwiGLULinearBackwarder = (*Backend)(nil)
 
 // SwiGLULinearBackward (finetune.SwiGLULinearBackwarder): SwiGLUBackward
@@ -243,9 +296,9 @@ func (b *Backend) SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x finetune.Ten
 	b.linearBackward(op, dx, dgateUp, x, l, h, seed)
 }
 
-// swigluRows says whether SwiGLULinearBackward fuses (v7);
-// OLLAMA_TUNE_CUDA_REFERENCE=swiglu-rows runs SwiGLUBackward and
-// LinearBackward instead.
+// swigluRows says whether SwiGLULinearForward and SwiGLULinearBackward
+// fuse (v7); OLLAMA_TUNE_CUDA_REFERENCE=swiglu-rows runs the two ops
+// instead.
 var swigluRows = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "swiglu-rows")
 
 // swigluSrc is linearBackwardBF16's dout given as SwiGLU's backward of

@@ -152,6 +152,23 @@ func canLoRARows(Y, W cu.DevicePtr, T, K, r int) bool {
 // (dst 0: none) in the same launch. The caller checked canLoRARows.
 func (b *Backend) loraRows(op string, wt bool, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, scale16 float32,
 	Y, W cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob) {
+	kernel := "lora_rows_bf16"
+	if wt {
+		kernel = "lora_rows_bf16_t"
+	}
+	b.loraRowsLaunch(op, kernel, yh, ldyh, P, p16, ldp, scale16, Y, W, T, K, r, p, seed, job)
+}
+
+// loraRowsAct runs lora_rows_swiglu_bf16: loraRows (A [r,K]) over act =
+// SwiGLU(gu), gu [T,2K], also writing act [T,K] in float32.
+func (b *Backend) loraRowsAct(op string, act, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, scale16 float32,
+	gu, A cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob) {
+	b.loraRowsLaunch(op, "lora_rows_swiglu_bf16", yh, ldyh, P, p16, ldp, scale16, gu, A, T, K, r, p, seed, job, ptrArg(act))
+}
+
+// loraRowsLaunch launches a row kernel with LORA_ROWS_PARAMS and extra.
+func (b *Backend) loraRowsLaunch(op, kernel string, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, scale16 float32,
+	Y, W cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob, extra ...uint64) {
 	if yh != 0 && (yh%16 != 0 || ldyh%8 != 0 || ldyh < K) {
 		panic(&Error{Op: op, Err: fmt.Errorf("lora_rows_bf16: bfloat16 copy at row stride %d for %d columns", ldyh, K)})
 	}
@@ -161,17 +178,14 @@ func (b *Backend) loraRows(op string, wt bool, yh cu.DevicePtr, ldyh int, P, p16
 	if job.dst == 0 {
 		job = prepJob{rows: 0, cols: 1, ld: 1, scale: 1}
 	}
-	kernel := "lora_rows_bf16"
-	if wt {
-		kernel = "lora_rows_bf16_t"
-	}
 	span := kernel
 	if b.prof != nil {
 		span = fmt.Sprintf("%s %dx%d", kernel, T, K)
 	}
-	b.launchAs(op, kernel, span, grid1((T+loraRowsRows-1)/loraRowsRows), loraRowsThreads, 0, ptrArg(yh), intArg(ldyh), ptrArg(P), ptrArg(p16),
-		intArg(ldp), f32Arg(scale16), ptrArg(Y), ptrArg(W), intArg(T), intArg(K), intArg(r), seed, f32Arg(p), dropThreshold(p),
-		f32Arg(keepScale(p)), ptrArg(job.dst), ptrArg(job.src), intArg(job.rows), intArg(job.cols), intArg(job.ld), f32Arg(job.scale))
+	args := []uint64{ptrArg(yh), intArg(ldyh), ptrArg(P), ptrArg(p16), intArg(ldp), f32Arg(scale16), ptrArg(Y), ptrArg(W), intArg(T),
+		intArg(K), intArg(r), seed, f32Arg(p), dropThreshold(p), f32Arg(keepScale(p)), ptrArg(job.dst), ptrArg(job.src),
+		intArg(job.rows), intArg(job.cols), intArg(job.ld), f32Arg(job.scale)}
+	b.launchAs(op, kernel, span, grid1((T+loraRowsRows-1)/loraRowsRows), loraRowsThreads, 0, append(args, extra...)...)
 }
 
 // loraRowsSwiGLU runs lora_rows_swiglu_bf16_t: dh [T,2I] = bf16(d
@@ -200,7 +214,11 @@ func (b *Backend) loraRowsSwiGLU(op string, dh, g, g16 cu.DevicePtr, sw *swigluS
 // first launch and bf16(scale * h) into x's by a second; no float32
 // up-projection and no beta-1 read of out. Else (v4): out = scale * h .
 // B^T (float32), then out += x . W^T (bfloat16 GEMM, beta 1).
-func (b *Backend) linearForwardBF16(op string, out, x cu.DevicePtr, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
+//
+// With gu != 0 (SwiGLULinearForward), x is SwiGLU's output, written here
+// from gu [T,2 in] by lora_rows_swiglu_bf16 (the caller checked that the
+// row kernels take the shapes).
+func (b *Backend) linearForwardBF16(op string, out, x, gu cu.DevicePtr, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
 	lo, r := l.LoRA, loraRank(l)
 	A, B := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op)
 	fold := b.foldLD(w, r)
@@ -213,7 +231,7 @@ func (b *Backend) linearForwardBF16(op string, out, x cu.DevicePtr, T int, w *we
 		xdh, xdld = b.scratchBuf(sLoRAX, 2*n, op), w.in
 		xdArg = xdh
 	}
-	if canLoRARows(x, A.ptr, T, w.in, r) {
+	if gu != 0 || canLoRARows(x, A.ptr, T, w.in, r) {
 		// v7: xh, h and the fold columns' bf16(s.h) from one pass over x
 		// (bf16(B) into W's fold columns rides along).
 		var job prepJob
@@ -222,7 +240,11 @@ func (b *Backend) linearForwardBF16(op string, out, x cu.DevicePtr, T int, w *we
 			job = prepJob{dst: wp + cu.DevicePtr(2*w.in), src: B.ptr, rows: w.out, cols: r, ld: ld, scale: 1}
 			p16 = xh + cu.DevicePtr(2*w.in)
 		}
-		b.loraRows(op, false, xh, ld, hs.ptr, p16, ld, lo.Scale, x, A.ptr, T, w.in, r, lo.Dropout, seed, job)
+		if gu != 0 {
+			b.loraRowsAct(op, x, xh, ld, hs.ptr, p16, ld, lo.Scale, gu, A.ptr, T, w.in, r, lo.Dropout, seed, job)
+		} else {
+			b.loraRows(op, false, xh, ld, hs.ptr, p16, ld, lo.Scale, x, A.ptr, T, w.in, r, lo.Dropout, seed, job)
+		}
 		if fold != 0 {
 			b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in + r, alpha: 1, A: uintptr(xh), lda: ld, B: uintptr(wp), ldb: ld,
 				C: uintptr(out), ldc: w.out, abType: t})

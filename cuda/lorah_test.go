@@ -167,3 +167,70 @@ func TestSwiGLULinearBackward(t *testing.T) {
 		g.FreeWeight(gw)
 	}
 }
+
+// SwiGLULinearForward must give SwiGLUForward + LinearForward (or, out nil,
+// + LoRAHForward) bit for bit on the GPU, fused (lora_rows_swiglu_bf16,
+// BF16 with I % 8 == 0) or not, and the CPU's to its tolerance.
+func TestSwiGLULinearForward(t *testing.T) {
+	for _, c := range []struct {
+		T, I, out, r int
+		half         halfKind
+	}{
+		{33, 40, 24, 8, halfBF16},  // fused; a partial row block and 32-feature chunk
+		{9, 2056, 16, 5, halfBF16}, // fused; more chunks than warps, rank 5
+		{21, 30, 24, 8, halfBF16},  // I % 8 != 0: the two ops
+		{17, 40, 24, 8, halfNone},  // float32: the two ops
+	} {
+		dc := caseOf(c.half)
+		g, cb := dc.g, dc.c
+		name := fmt.Sprintf("%s T%d I%d out%d r%d", dc.name, c.T, c.I, c.out, c.r)
+		gw, cw := weights(t, g, cb, randn(c.out*c.I, 70, 0.2), c.out, c.I, true)
+		A := both(g, cb, randn(c.r*c.I, 71, 0.3), c.r, c.I)
+		B := both(g, cb, randn(c.out*c.r, 72, 0.3), c.out, c.r)
+		gu := both(g, cb, randn(c.T*2*c.I, 73, 2), c.T, 2*c.I)
+		const seed = 0xf00d
+		run := func(be finetune.Backend, W finetune.Weight, A, B, gu finetune.Tensor, fused, withOut bool) [][]float32 {
+			act, h := be.Alloc(c.T, c.I), be.Alloc(c.T, c.r)
+			var y finetune.Tensor
+			if withOut {
+				y = be.Alloc(c.T, c.out)
+			}
+			l := &finetune.Linear{Name: "down_proj", W: W, LoRA: &finetune.LoRA{A: A, B: B, Scale: 2, Dropout: 0.1}}
+			switch {
+			case fused:
+				be.(finetune.SwiGLULinearForwarder).SwiGLULinearForward(y, act, gu, l, h, seed)
+			case withOut:
+				be.SwiGLUForward(act, gu)
+				be.LinearForward(y, act, l, h, seed)
+			default:
+				be.SwiGLUForward(act, gu)
+				be.(finetune.LoRAHForwarder).LoRAHForward(h, act, l, seed)
+			}
+			res := [][]float32{be.Download(act), be.Download(h)}
+			if withOut {
+				res = append(res, be.Download(y))
+				be.Free(y)
+			}
+			be.Free(act)
+			be.Free(h)
+			return res
+		}
+		for _, withOut := range []bool{true, false} {
+			fused := run(g, gw, A.g, B.g, gu.g, true, withOut)
+			twoOps := run(g, gw, A.g, B.g, gu.g, false, withOut)
+			cpuRef := run(cb, cw, A.c, B.c, gu.c, false, withOut)
+			for k, what := range []string{"act", "h", "out"}[:len(fused)] {
+				for i := range fused[k] {
+					if math.Float32bits(fused[k][i]) != math.Float32bits(twoOps[k][i]) {
+						t.Fatalf("%s out %v: %s[%d] = %v fused, %v from the two ops", name, withOut, what, i, fused[k][i], twoOps[k][i])
+					}
+				}
+				checkRel(t, fmt.Sprintf("%s out %v %s vs cpu", name, withOut, what), fused[k], cpuRef[k], dc.tol)
+			}
+		}
+		for _, p := range []pair{A, B, gu} {
+			g.Free(p.g)
+		}
+		g.FreeWeight(gw)
+	}
+}

@@ -245,6 +245,17 @@ type MultiAdamW8bit interface {
 	AdamW8bitMulti(ps, gs []Tensor, sts []*Adam8State, hp AdamParams)
 }
 
+// SwiGLULinearForwarder fuses SwiGLU into the linear that consumes its
+// output (down_proj): SwiGLULinearForward(out, act, gateUp, l, h, seed) is
+// SwiGLUForward(act, gateUp) then LinearForward(out, act, l, h, seed), or,
+// with out nil, LoRAHForward(h, act, l, seed) (checkpointing's recompute,
+// so a backend with this has LoRAHForward too); the same results. The
+// model uses it when the backend has it, down_proj has an adapter and no
+// finiteness check is on; the CPU backend has not.
+type SwiGLULinearForwarder interface {
+	SwiGLULinearForward(out, act, gateUp Tensor, l *Linear, h Tensor, seed uint64)
+}
+
 // SwiGLULinearBackwarder fuses SwiGLU's backward into the backward of the
 // linear that produced its input (gate_up_proj): with dgateUp zeroed (Zero)
 // on entry, SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x, l, h, seed)

@@ -518,6 +518,18 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 	chk("post_attention_layernorm", a.ln2)
 	b.LinearForward(a.gateUp, a.ln2, lin[modGateUp], a.h[modGateUp], moduleSeed(stepSeed, li, modGateUp))
 	chk("gate_up_proj", a.gateUp)
+	if f, ok := b.(SwiGLULinearForwarder); ok && m.fc == nil && a.h[modDown] != nil {
+		// act and down_proj in one (out nil: only its adapter's h).
+		var o Tensor
+		if out != nil {
+			o = bf.tmp
+		}
+		f.SwiGLULinearForward(o, a.act, a.gateUp, lin[modDown], a.h[modDown], moduleSeed(stepSeed, li, modDown))
+		if out != nil {
+			b.Add(out, a.res1, bf.tmp)
+		}
+		return
+	}
 	b.SwiGLUForward(a.act, a.gateUp)
 	chk("swiglu", a.act)
 	if out == nil {

@@ -472,31 +472,41 @@ __device__ __forceinline__ void lr_finish(const float acc[2], float* __restrict_
     }
 }
 
-template <bool WT>
+// SW (lora_rows_swiglu_bf16, v7): Y is gate_up [T,2K] (gate in columns
+// 0..K-1, up in K..2K-1) and the rows' values are SwiGLU's output, act =
+// up * silu(gate) (swiglu_fwd's math, the same bits), also written to act
+// [T,K] in float32: SwiGLUForward and the down projection's row pass in one.
+template <bool WT, bool SW>
 __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh, float* __restrict__ P,
                                                bf16_t* __restrict__ p16, i64 ldp, double scale16_d,
                                                const float* __restrict__ Y, const float* __restrict__ W, i64 T, i64 K,
                                                i64 r, u64 seed, double p_d, u64 thr, double ks_d, bf16_t* jdst,
-                                               const float* jsrc, i64 jrows, i64 jcols, i64 jld, double jscale) {
+                                               const float* jsrc, i64 jrows, i64 jcols, i64 jld, double jscale,
+                                               float* __restrict__ act) {
+    constexpr int BATCH = SW ? 2 : LR_BATCH;
     const float p = (float)p_d, ks = (float)ks_d;
     const unsigned int t32 = (unsigned int)thr;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
     const i64 t = (i64)blockIdx.x * LR_ROWS + g;
     const bool okt = t < T, okg = g < (int)r;
-    const float* yrow = Y + (okt ? t : 0) * K;
+    const float* yrow = Y + (okt ? t : 0) * (SW ? 2 * K : K);
     float acc[2] = {0.0f, 0.0f};
     const i64 nch = (K + 31) >> 5;
-    // LR_BATCH chunks a round, their loads issued before any is used (the
+    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    // BATCH chunks a round, their loads issued before any is used (the
     // pass is latency-bound otherwise: 128 blocks, one a multiprocessor).
-    for (i64 q0 = w; q0 < nch; q0 += LR_WARPS * LR_BATCH) {
-        float4 ya[LR_BATCH], yb[LR_BATCH];
-        unsigned wf[LR_BATCH][4];
+    for (i64 q0 = w; q0 < nch; q0 += LR_WARPS * BATCH) {
+        float4 ya[BATCH], yb[BATCH], ua[BATCH], ub[BATCH];
+        unsigned wf[BATCH][4];
 #pragma unroll
-        for (int u = 0; u < LR_BATCH; u++) {
+        for (int u = 0; u < BATCH; u++) {
             const i64 k = ((q0 + u * LR_WARPS) << 5) + 8 * c;
             const bool okk = q0 + u * LR_WARPS < nch && k < K;  // K % 8 == 0: all 8 values or none
-            ya[u] = yb[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (okt && okk) ya[u] = reinterpret_cast<const float4*>(yrow + k)[0], yb[u] = reinterpret_cast<const float4*>(yrow + k)[1];
+            ya[u] = yb[u] = ua[u] = ub[u] = z;
+            if (okt && okk) {
+                ya[u] = reinterpret_cast<const float4*>(yrow + k)[0], yb[u] = reinterpret_cast<const float4*>(yrow + k)[1];
+                if (SW) ua[u] = reinterpret_cast<const float4*>(yrow + K + k)[0], ub[u] = reinterpret_cast<const float4*>(yrow + K + k)[1];
+            }
             // W's 8 values of column g at k .. k+7, rounded to bf16 pairs.
             wf[u][0] = wf[u][1] = wf[u][2] = wf[u][3] = 0;
             if (okg && okk) {
@@ -511,10 +521,21 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
             }
         }
 #pragma unroll
-        for (int u = 0; u < LR_BATCH; u++) {
+        for (int u = 0; u < BATCH; u++) {
             const i64 k = ((q0 + u * LR_WARPS) << 5) + 8 * c;
             float4 a = ya[u], b = yb[u];
+            if (SW) {
+                const float4 ga = ya[u], gb = yb[u], pa = ua[u], pb = ub[u];
+                a = make_float4(__fmul_rn(pa.x, silu_f(ga.x)), __fmul_rn(pa.y, silu_f(ga.y)), __fmul_rn(pa.z, silu_f(ga.z)),
+                                __fmul_rn(pa.w, silu_f(ga.w)));
+                b = make_float4(__fmul_rn(pb.x, silu_f(gb.x)), __fmul_rn(pb.y, silu_f(gb.y)), __fmul_rn(pb.z, silu_f(gb.z)),
+                                __fmul_rn(pb.w, silu_f(gb.w)));
+            }
             if (okt && q0 + u * LR_WARPS < nch && k < K) {
+                if (SW) {
+                    float4* ap = reinterpret_cast<float4*>(act + t * K + k);
+                    ap[0] = a, ap[1] = b;
+                }
                 if (yh)
                     *reinterpret_cast<uint4*>(yh + t * ldyh + k) = make_uint4(
                         lora_bf16_pair(a.x, a.y), lora_bf16_pair(a.z, a.w), lora_bf16_pair(b.x, b.y), lora_bf16_pair(b.z, b.w));
@@ -522,6 +543,8 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
                     const u64 grp = (u64)((t * K + k) >> 2);
                     a = lora_prep_drop4(a, seed, grp, t32, ks), b = lora_prep_drop4(b, seed, grp + 1, t32, ks);
                 }
+            } else {
+                a = b = z;  // rows past T (SW: silu(0) * 0 is 0 anyway)
             }
             float d[4];
             lr_mma(d, lr_pair(a.x, a.y), lr_pair(a.z, a.w), wf[u][0], wf[u][1]);
@@ -540,8 +563,15 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
 #define LORA_ROWS_ARGS \
     yh, ldyh, P, p16, ldp, scale16, Y, W, T, K, r, seed, p_d, thr, ks_d, jdst, jsrc, jrows, jcols, jld, jscale
 
-extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_bf16(LORA_ROWS_PARAMS) { lora_rows_body<false>(LORA_ROWS_ARGS); }
-extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_bf16_t(LORA_ROWS_PARAMS) { lora_rows_body<true>(LORA_ROWS_ARGS); }
+extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_bf16(LORA_ROWS_PARAMS) {
+    lora_rows_body<false, false>(LORA_ROWS_ARGS, nullptr);
+}
+extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_bf16_t(LORA_ROWS_PARAMS) {
+    lora_rows_body<true, false>(LORA_ROWS_ARGS, nullptr);
+}
+extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_swiglu_bf16(LORA_ROWS_PARAMS, float* act) {
+    lora_rows_body<false, true>(LORA_ROWS_ARGS, act);
+}
 
 // lr_swiglu8 is swiglu_bwd's d gate (dg) and d up (du) of 8 features.
 __device__ __forceinline__ void lr_swiglu8(float dg[8], float du[8], float4 d0, float4 d1, float4 g0, float4 g1, float4 u0,
