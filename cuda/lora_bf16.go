@@ -205,15 +205,18 @@ func (b *Backend) loraRowsSwiGLU(op string, dh, g, g16 cu.DevicePtr, sw *swigluS
 		ptrArg(job.dst), ptrArg(job.src), intArg(job.rows), intArg(job.cols), intArg(job.ld), f32Arg(job.scale))
 }
 
-// linearForwardBF16 is LinearForward with LoRA under BF16 compute. One
-// launch (lora_prep_bf16) reads x once for the base GEMM's input and the
-// LoRA's and rounds A; h = dropout(x) . A^T (bfloat16 GEMM, float32 h).
+// linearForwardBF16 is LinearForward with LoRA under BF16 compute. Where
+// the row kernels take the shapes (v7), one launch (lora_rows_bf16) reads
+// x once and writes the base GEMM's bfloat16 input, h = dropout(x) . A^T
+// (bfloat16 products, float32 h) and bf16(scale * h); else (v5/v6) one
+// launch (lora_prep_bf16) writes the bfloat16 x and dropout(x) and rounds
+// A, a bfloat16 GEMM makes h, and a second launch rounds scale * h.
 // Folded (v5, an NF4 weight with in % 8 == 0): out = [x | s.h] . [W | B]^T,
 // one bfloat16 GEMM over K = in + r, with W dequantized into rows of ld >=
 // in + r values, bf16(B) written into its columns in .. in+r-1 by the
-// first launch and bf16(scale * h) into x's by a second; no float32
-// up-projection and no beta-1 read of out. Else (v4): out = scale * h .
-// B^T (float32), then out += x . W^T (bfloat16 GEMM, beta 1).
+// first launch and bf16(scale * h) into x's; no float32 up-projection and
+// no beta-1 read of out. Else (v4): out = scale * h . B^T (float32), then
+// out += x . W^T (bfloat16 GEMM, beta 1).
 //
 // With gu != 0 (SwiGLULinearForward), x is SwiGLU's output, written here
 // from gu [T,2 in] by lora_rows_swiglu_bf16 (the caller checked that the
@@ -224,13 +227,7 @@ func (b *Backend) linearForwardBF16(op string, out, x, gu cu.DevicePtr, T int, w
 	fold := b.foldLD(w, r)
 	wp, t, ld := b.matrixLD(w, op, max(fold, w.in))
 	fold = min(fold, ld) // 0 unless folding
-	n := int64(T) * int64(w.in)
 	xh := b.scratchBuf(sAct, 2*int64(T)*int64(ld), op)
-	xdh, xdld, xdArg := xh, ld, cu.DevicePtr(0)
-	if lo.Dropout > 0 {
-		xdh, xdld = b.scratchBuf(sLoRAX, 2*n, op), w.in
-		xdArg = xdh
-	}
 	if gu != 0 || canLoRARows(x, A.ptr, T, w.in, r) {
 		// v7: xh, h and the fold columns' bf16(s.h) from one pass over x
 		// (bf16(B) into W's fold columns rides along).
@@ -254,6 +251,12 @@ func (b *Backend) linearForwardBF16(op string, out, x, gu cu.DevicePtr, T int, w
 		b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in, alpha: 1, beta: 1, A: uintptr(xh), lda: ld, B: uintptr(wp), ldb: ld,
 			C: uintptr(out), ldc: w.out, abType: t})
 		return
+	}
+	n := int64(T) * int64(w.in)
+	xdh, xdld, xdArg := xh, ld, cu.DevicePtr(0)
+	if lo.Dropout > 0 {
+		xdh, xdld = b.scratchBuf(sLoRAX, 2*n, op), w.in
+		xdArg = xdh
 	}
 	a16, _, _, _ := b.loraHalfBufs(op, T, w.in, w.out, r)
 	jobs := []prepJob{{dst: a16, src: A.ptr, rows: r, cols: w.in, ld: w.in, scale: 1}}
@@ -280,10 +283,11 @@ func (b *Backend) linearForwardBF16(op string, out, x, gu cu.DevicePtr, T int, w
 }
 
 // linearBackwardBF16 is LinearBackward with LoRA under BF16 compute: dout
-// is rounded to bfloat16 once (with h and B, in one launch) for dx += dout
-// . W, GradB += scale * dout^T . h and g = dout . B; then GradA += scale *
-// g^T . dropout(x) (bf16(dropout(x)) and bf16(g) from one launch), all
-// bfloat16 GEMMs; dx's LoRA term is float32 (loraDx).
+// is rounded to bfloat16 once for dx += dout . W and GradB += scale *
+// dout^T . h, in the launch that computes g = dout . B and rounds g and h
+// (v7, lora_rows_bf16_t; else lora_prep_bf16 and a bfloat16 GEMM for g);
+// then GradA += scale * g^T . dropout(x) (bf16(dropout(x)) from one
+// launch), all bfloat16 GEMMs; dx's LoRA term is float32 (loraDx).
 //
 // With sw (SwiGLULinearBackward), dout is SwiGLU's backward, computed by
 // lora_rows_swiglu_bf16_t from sw's dact and gate_up (the caller checked
