@@ -242,33 +242,27 @@ func (b *Backend) linearForwardBF16(op string, out, x, gu cu.DevicePtr, T int, w
 		} else {
 			b.loraRows(op, false, xh, ld, hs.ptr, p16, ld, lo.Scale, x, A.ptr, T, w.in, r, lo.Dropout, seed, job)
 		}
-		if fold != 0 {
-			b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in + r, alpha: 1, A: uintptr(xh), lda: ld, B: uintptr(wp), ldb: ld,
-				C: uintptr(out), ldc: w.out, abType: t})
-			return
+	} else {
+		n := int64(T) * int64(w.in)
+		xdh, xdld, xdArg := xh, ld, cu.DevicePtr(0)
+		if lo.Dropout > 0 {
+			xdh, xdld = b.scratchBuf(sLoRAX, 2*n, op), w.in
+			xdArg = xdh
 		}
-		b.sgemm(op, false, true, T, w.out, r, lo.Scale, hs.ptr, r, B.ptr, r, 0, out, w.out)
-		b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in, alpha: 1, beta: 1, A: uintptr(xh), lda: ld, B: uintptr(wp), ldb: ld,
-			C: uintptr(out), ldc: w.out, abType: t})
-		return
+		a16, _, _, _ := b.loraHalfBufs(op, T, w.in, w.out, r)
+		jobs := []prepJob{{dst: a16, src: A.ptr, rows: r, cols: w.in, ld: w.in, scale: 1}}
+		if fold != 0 {
+			jobs = append(jobs, prepJob{dst: wp + cu.DevicePtr(2*w.in), src: B.ptr, rows: w.out, cols: r, ld: ld, scale: 1})
+		}
+		b.loraPrep(op, xh, xdArg, x, n, w.in, ld, lo.Dropout, seed, jobs...)
+		// h [T,r] = dropout(x) . A^T
+		b.gemm(op, gemmArgs{transB: true, M: T, N: r, K: w.in, alpha: 1, A: uintptr(xdh), lda: xdld, B: uintptr(a16), ldb: w.in,
+			C: uintptr(hs.ptr), ldc: r, abType: dataR16BF})
+		if fold != 0 {
+			b.loraPrep(op, 0, 0, 0, 0, 1, 1, 0, 0, prepJob{dst: xh + cu.DevicePtr(2*w.in), src: hs.ptr, rows: T, cols: r, ld: ld, scale: lo.Scale})
+		}
 	}
-	n := int64(T) * int64(w.in)
-	xdh, xdld, xdArg := xh, ld, cu.DevicePtr(0)
-	if lo.Dropout > 0 {
-		xdh, xdld = b.scratchBuf(sLoRAX, 2*n, op), w.in
-		xdArg = xdh
-	}
-	a16, _, _, _ := b.loraHalfBufs(op, T, w.in, w.out, r)
-	jobs := []prepJob{{dst: a16, src: A.ptr, rows: r, cols: w.in, ld: w.in, scale: 1}}
 	if fold != 0 {
-		jobs = append(jobs, prepJob{dst: wp + cu.DevicePtr(2*w.in), src: B.ptr, rows: w.out, cols: r, ld: ld, scale: 1})
-	}
-	b.loraPrep(op, xh, xdArg, x, n, w.in, ld, lo.Dropout, seed, jobs...)
-	// h [T,r] = dropout(x) . A^T
-	b.gemm(op, gemmArgs{transB: true, M: T, N: r, K: w.in, alpha: 1, A: uintptr(xdh), lda: xdld, B: uintptr(a16), ldb: w.in,
-		C: uintptr(hs.ptr), ldc: r, abType: dataR16BF})
-	if fold != 0 {
-		b.loraPrep(op, 0, 0, 0, 0, 1, 1, 0, 0, prepJob{dst: xh + cu.DevicePtr(2*w.in), src: hs.ptr, rows: T, cols: r, ld: ld, scale: lo.Scale})
 		b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in + r, alpha: 1, A: uintptr(xh), lda: ld, B: uintptr(wp), ldb: ld,
 			C: uintptr(out), ldc: w.out, abType: t})
 		return

@@ -101,10 +101,9 @@ func TestLinearBackwardIntoPendingZero(t *testing.T) {
 
 // SwiGLULinearBackward must give SwiGLUBackward + LinearBackward's dx and
 // LoRA gradients: fused (lora_rows_swiglu_bf16_t, BF16 with I % 8 == 0 and
-// d gate_up a pending Zero),
-// against the two ops on the GPU and on the CPU, into pending zeros and
-// accumulating; and the two ops themselves where it does not fuse (float32
-// compute, I % 8 != 0).
+// d gate_up a pending Zero) against the two ops on the GPU and on the CPU,
+// into pending zeros and accumulating; and the two ops themselves where it
+// does not fuse (float32 compute, I % 8 != 0).
 func TestSwiGLULinearBackward(t *testing.T) {
 	for _, c := range []struct {
 		T, I, in, r int
