@@ -160,3 +160,68 @@ func TestEnsureBuffersFreesOnOOM(t *testing.T) {
 		t.Errorf("after Free the backend holds %d tensors", len(b.live))
 	}
 }
+
+// fusedBackend is the CPU backend with the optional fused SwiGLU ops,
+// implemented as their contracts define them (the two ops each), counting
+// calls: it checks the model's use of the hooks (checkpointing's recompute
+// takes the out-nil form, the forward adds the residual after it, d
+// gate_up starts at zero), not the CUDA kernels (cuda's tests do).
+type fusedBackend struct {
+	*CPUBackend
+	fwd, fwdH, bwd int
+}
+
+func (b *fusedBackend) SwiGLULinearForward(out, act, gateUp Tensor, l *Linear, h Tensor, seed uint64) {
+	b.SwiGLUForward(act, gateUp)
+	if out == nil {
+		b.fwdH++
+		b.LoRAHForward(h, act, l, seed)
+		return
+	}
+	b.fwd++
+	b.LinearForward(out, act, l, h, seed)
+}
+
+func (b *fusedBackend) SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x Tensor, l *Linear, h Tensor, seed uint64) {
+	b.bwd++
+	b.SwiGLUBackward(dgateUp, dact, gateUp)
+	b.LinearBackward(dx, dgateUp, x, l, h, seed)
+}
+
+// TestFusedSwiGLUHooks: training through a backend with the fused SwiGLU
+// hooks gives the reference adapter byte for byte, with and without
+// gradient checkpointing, and the hooks ran where the model should call
+// them: every layer's forward, the recompute of every layer but the last,
+// every layer's backward.
+func TestFusedSwiGLUHooks(t *testing.T) {
+	model := tinyModelDir(t, smallModel.cfg, 22)
+	L := smallModel.cfg.NumLayers
+	for _, ckpt := range []bool{false, true} {
+		run := func(b Backend) *Result {
+			c := smallJob(t, model, filepath.Join(t.TempDir(), "out"), 10)
+			c.Training.MaxSteps, c.Training.SaveSteps, c.Training.GradientAccumulationSteps = 2, 0, 1
+			c.Training.GradientCheckpointing = ckpt
+			j := newTestJob(t, c, "")
+			j.NewBackend = func(DType) (Backend, error) { return b, nil }
+			res, err := Train(context.Background(), j, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return res
+		}
+		ref := run(NewCPUBackend(CPUOptions{}))
+		fb := &fusedBackend{CPUBackend: NewCPUBackend(CPUOptions{})}
+		got := run(fb)
+		wantH := 0
+		if ckpt {
+			wantH = 2 * (L - 1)
+		}
+		if fb.fwd != 2*L || fb.fwdH != wantH || fb.bwd != 2*L {
+			t.Errorf("checkpointing %v: %d forwards, %d recomputes, %d backwards through the hooks, want %d, %d, %d",
+				ckpt, fb.fwd, fb.fwdH, fb.bwd, 2*L, wantH, 2*L)
+		}
+		if !bytes.Equal(readFile(t, filepath.Join(got.OutputDir, peft.WeightsName)), readFile(t, filepath.Join(ref.OutputDir, peft.WeightsName))) {
+			t.Errorf("checkpointing %v: the adapter trained through the hooks differs from the reference", ckpt)
+		}
+	}
+}
