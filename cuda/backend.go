@@ -303,16 +303,34 @@ func (b *Backend) matrixLD(w *weight, op string, ld int) (p cu.DevicePtr, abType
 	if ld < w.in {
 		ld = w.in
 	}
-	n := w.n()
-	elem, abType, kernel := b.half.elem(), b.half.blasType(), "nf4_dequant_"+b.half.suffix()
+	elem, abType := b.half.elem(), b.half.blasType()
 	bytes := elem * int64(w.out) * int64(ld)
 	if s := b.dequantSlotLD(w, ld, bytes, op); s != nil {
+		b.awaitSlot(s, op) // a prefetch of w (or of another weight: before overwriting)
 		if s.w == w {
-			return s.ptr, abType, ld // still there from the last use
+			return s.ptr, abType, ld // still there from the last use, or prefetched
 		}
 		s.w, p = w, s.ptr
 	} else {
 		p = b.scratchBuf(sWeight, bytes, op)
+	}
+	b.dequantInto(op, w, p, ld, false)
+	return p, abType, ld
+}
+
+// dequantLDOK says whether dequantInto can write w at row stride ld.
+func (b *Backend) dequantLDOK(w *weight, ld int) bool {
+	return ld == w.in || b.half == halfBF16 && w.in%8 == 0 && ld%8 == 0
+}
+
+// dequantInto queues NF4 weight w's dequantization into p at row stride
+// ld, on the main stream, or (side) on the side stream (PrefetchLinears).
+func (b *Backend) dequantInto(op string, w *weight, p cu.DevicePtr, ld int, side bool) {
+	n := w.n()
+	elem, kernel := b.half.elem(), "nf4_dequant_"+b.half.suffix()
+	launch := b.launch
+	if side {
+		launch = b.launchSide
 	}
 	if ld != w.in && b.half == halfBF16 && w.in%8 == 0 && ld%8 == 0 {
 		// Rows ld apart: thread x of block (bx, by) expands eight values,
@@ -320,13 +338,13 @@ func (b *Backend) matrixLD(w *weight, op string, ld int) (p cu.DevicePtr, abType
 		gpr := w.in / 8
 		if deqWarpItems && int64(w.out)*int64(gpr)+256 < 1<<32 {
 			name, grid := b.deqLDKernel(w.out, gpr)
-			b.launch(op, name, grid, 256, 0,
+			launch(op, name, grid, 256, 0,
 				append([]uint64{ptrArg(p), intArg(w.out), intArg(w.in), intArg(ld), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
-			return p, abType, ld
+			return
 		}
-		b.launch(op, "nf4_dequant_ld_bf16", [3]int{(gpr + 127) / 128, min(w.out, 65535), 1}, 128, 0,
+		launch(op, "nf4_dequant_ld_bf16", [3]int{(gpr + 127) / 128, min(w.out, 65535), 1}, 128, 0,
 			append([]uint64{ptrArg(p), intArg(w.out), intArg(w.in), intArg(ld), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
-		return p, abType, ld
+		return
 	}
 	if ld != w.in {
 		panic(&Error{Op: op, Err: fmt.Errorf("weight [%d, %d]: no strided dequantization to a row stride of %d", w.out, w.in, ld)})
@@ -335,8 +353,8 @@ func (b *Backend) matrixLD(w *weight, op string, ld int) (p cu.DevicePtr, abType
 	// thread, then the rest one a thread.
 	per := 16 / elem
 	threads := max(n/per, n%per, 1)
-	b.launchN(op, kernel, threads, append([]uint64{ptrArg(p), uint64(n), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
-	return p, abType, ld
+	launch(op, kernel, [3]int{int(min((threads+255)/256, 1<<20)), 1, 1}, 256, 0,
+		append([]uint64{ptrArg(p), uint64(n), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
 }
 
 // deqWarpItems says whether matrixLD's strided bfloat16 dequantization
@@ -391,8 +409,35 @@ type dequantSlot struct {
 	ld      int // row stride (matrixLD)
 	ptr     cu.DevicePtr
 	bytes   int64
-	w       *weight // whose values the slot holds, or nil
+	w       *weight // whose values the slot holds (or will, once ready), or nil
 	used    uint64  // b.dequantClock at the last use
+	// ready is recorded on the side stream after PrefetchLinears queued
+	// w's dequantization there; pending until the main stream has waited
+	// for it (before it reads or overwrites the slot).
+	ready   cu.Event
+	hasEv   bool
+	pending bool
+}
+
+// awaitSlot makes the main stream wait for s's prefetch, if one is pending.
+func (b *Backend) awaitSlot(s *dequantSlot, op string) {
+	if s.pending {
+		check(op, b.stream.Wait(s.ready, 0))
+		s.pending = false
+	}
+}
+
+// dropSlot frees s's memory and event, first waiting on the host for a
+// prefetch still writing it.
+func (b *Backend) dropSlot(s *dequantSlot) {
+	if s.pending {
+		s.ready.Synchronize()
+		s.pending = false
+	}
+	if s.hasEv {
+		cu.DestroyEvent(&s.ready)
+		s.hasEv = false
+	}
 }
 
 // dequantSlot returns the cache slot for w's shape and row stride ld, making one when
@@ -422,6 +467,7 @@ func (b *Backend) dequantSlotLD(w *weight, ld int, bytes int64, op string) *dequ
 				lru = k
 			}
 		}
+		b.dropSlot(b.dequant[lru])
 		b.rawFree(b.dequant[lru].ptr, b.dequant[lru].bytes)
 		b.dequant = append(b.dequant[:lru], b.dequant[lru+1:]...)
 	}
@@ -435,6 +481,7 @@ func (b *Backend) dequantSlotLD(w *weight, ld int, bytes int64, op string) *dequ
 // freeDequantCache releases the cache's slots.
 func (b *Backend) freeDequantCache() {
 	for _, s := range b.dequant {
+		b.dropSlot(s)
 		b.rawFree(s.ptr, s.bytes)
 	}
 	b.dequant = nil

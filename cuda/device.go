@@ -137,6 +137,7 @@ type Backend struct {
 	dequant      []*dequantSlot // the dequantization cache (backend.go)
 	dequantMax   int
 	dequantClock uint64
+	side         sideStream // PrefetchLinears' stream (prefetch.go)
 
 	rmsBwd string    // RMSNormBackward's kernel (elementwise.go: rmsBwdKernel)
 	rmsFwd string    // RMSNormForward's kernel suffix (rmsFwdSuffix)
@@ -422,9 +423,11 @@ func (b *Backend) release() {
 		}
 	}
 	for _, s := range b.dequant {
+		b.dropSlot(s)
 		cu.MemFree(s.ptr)
 	}
 	b.dequant = nil
+	b.releaseSide()
 	if b.ropeCS.buf.ptr != 0 {
 		cu.MemFree(b.ropeCS.buf.ptr)
 		b.ropeCS = ropeCache{}

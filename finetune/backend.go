@@ -245,6 +245,16 @@ type MultiAdamW8bit interface {
 	AdamW8bitMulti(ps, gs []Tensor, sts []*Adam8State, hp AdamParams)
 }
 
+// WeightPrefetcher takes a hint: the model will use these linears next, so
+// a backend may start preparing their weights now (the CUDA backend
+// dequantizes NF4 weights on a second stream while the queued work runs;
+// issue 8). It must not change any result. The model gives it each
+// layer's o_proj, gate_up_proj and down_proj when the layer starts, and
+// the next layer's qkv_proj when one ends.
+type WeightPrefetcher interface {
+	PrefetchLinears(ls ...*Linear)
+}
+
 // SwiGLULinearForwarder fuses SwiGLU into the linear that consumes its
 // output (down_proj): SwiGLULinearForward(out, act, gateUp, l, h, seed) is
 // SwiGLUForward(act, gateUp) then LinearForward(out, act, l, h, seed), or,

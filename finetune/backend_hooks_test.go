@@ -161,14 +161,25 @@ func TestEnsureBuffersFreesOnOOM(t *testing.T) {
 	}
 }
 
-// fusedBackend is the CPU backend with the optional fused SwiGLU ops,
+// fusedBackend is the CPU backend with the optional fused SwiGLU ops and
+// the prefetch hint,
 // implemented as their contracts define them (the two ops each), counting
 // calls: it checks the model's use of the hooks (checkpointing's recompute
 // takes the out-nil form, the forward adds the residual after it, d
 // gate_up starts at zero), not the CUDA kernels (cuda's tests do).
 type fusedBackend struct {
 	*CPUBackend
-	fwd, fwdH, bwd int
+	fwd, fwdH, bwd, prefetched int
+}
+
+// PrefetchLinears counts the hints (the CPU has nothing to prefetch).
+func (b *fusedBackend) PrefetchLinears(ls ...*Linear) {
+	for _, l := range ls {
+		if l == nil || l.W == nil {
+			panic("PrefetchLinears: a linear without a weight")
+		}
+	}
+	b.prefetched += len(ls)
 }
 
 func (b *fusedBackend) SwiGLULinearForward(out, act, gateUp Tensor, l *Linear, h Tensor, seed uint64) {
@@ -215,6 +226,17 @@ func TestFusedSwiGLUHooks(t *testing.T) {
 		wantH := 0
 		if ckpt {
 			wantH = 2 * (L - 1)
+		}
+		// Hints: each forward layer's three and the next layer's qkv_proj;
+		// each recompute's three; each backward layer's successor's qkv_proj.
+		wantP := 2 * (3*L + L - 1)
+		if ckpt {
+			wantP += 2 * (3*(L-1) + L - 1)
+		} else {
+			wantP += 2 * (L - 1)
+		}
+		if fb.prefetched != wantP {
+			t.Errorf("checkpointing %v: %d prefetch hints, want %d", ckpt, fb.prefetched, wantP)
 		}
 		if fb.fwd != 2*L || fb.fwdH != wantH || fb.bwd != 2*L {
 			t.Errorf("checkpointing %v: %d forwards, %d recomputes, %d backwards through the hooks, want %d, %d, %d",

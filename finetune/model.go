@@ -499,6 +499,10 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 			m.fc.check(fmt.Sprintf("layer %d %s", li, what), t)
 		}
 	}
+	pf, prefetch := b.(WeightPrefetcher)
+	if prefetch {
+		pf.PrefetchLinears(lin[modO], lin[modGateUp], lin[modDown])
+	}
 	b.RMSNormForward(a.ln1, a.rstd1, x, l.InputNorm, c.RMSNormEps)
 	chk("input_layernorm", a.ln1)
 	b.LinearForward(a.qkv, a.ln1, lin[modQKV], a.h[modQKV], moduleSeed(stepSeed, li, modQKV))
@@ -527,6 +531,7 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 		f.SwiGLULinearForward(o, a.act, a.gateUp, lin[modDown], a.h[modDown], moduleSeed(stepSeed, li, modDown))
 		if out != nil {
 			b.Add(out, a.res1, bf.tmp)
+			m.prefetchQKV(li + 1)
 		}
 		return
 	}
@@ -546,6 +551,15 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 	if out != nil {
 		b.Add(out, a.res1, bf.tmp)
 		chk("output", out)
+		m.prefetchQKV(li + 1)
+	}
+}
+
+// prefetchQKV hints layer li's qkv_proj to a WeightPrefetcher backend (li
+// in range; its slot's old weight, the layer before's, is done with).
+func (m *Model) prefetchQKV(li int) {
+	if pf, ok := m.B.(WeightPrefetcher); ok && li >= 0 && li < len(m.Layers) {
+		pf.PrefetchLinears(m.Layers[li].linears()[modQKV])
 	}
 }
 
@@ -698,6 +712,7 @@ func (m *Model) Backward() error {
 		}
 		b.Zero(bf.dln)
 		b.LinearBackward(bf.dln, bf.dqkv, a.ln1, lin[modQKV], a.h[modQKV], s(modQKV))
+		m.prefetchQKV(li - 1) // the next recompute's first weight
 		b.RMSNormBackward(bf.dres, bf.dln, x, l.InputNorm, a.rstd1)
 	}
 	if m.fc != nil && m.fc.err != nil {
