@@ -93,6 +93,11 @@ func (b *Backend) launch(op, name string, grid [3]int, threads, smem int, args .
 
 // launchAs is launch with the name the profiler records the launch under.
 func (b *Backend) launchAs(op, name, span string, grid [3]int, threads, smem int, args ...uint64) {
+	b.launchOn(b.stream, b.prof != nil, op, name, span, grid, threads, smem, args...)
+}
+
+// launchOn launches kernel name on stream s (profiled when prof).
+func (b *Backend) launchOn(s cu.Stream, prof bool, op, name, span string, grid [3]int, threads, smem int, args ...uint64) {
 	f, ok := b.fns[name]
 	if !ok {
 		panic(&Error{Op: op, Err: fmt.Errorf("kernel %s is not in the embedded PTX (run make ptx)", name)})
@@ -105,14 +110,14 @@ func (b *Backend) launchAs(op, name, span string, grid [3]int, threads, smem int
 		params[k] = unsafe.Pointer(&args[k])
 	}
 	var e0 int
-	if b.prof != nil {
-		e0 = b.prof.mark(b.stream)
+	if prof {
+		e0 = b.prof.mark(s)
 	}
-	if err := f.Launch(grid[0], grid[1], grid[2], threads, 1, 1, smem, b.stream, params); err != nil {
+	if err := f.Launch(grid[0], grid[1], grid[2], threads, 1, 1, smem, s, params); err != nil {
 		panic(&Error{Op: op, Err: oom(fmt.Errorf("launch %s grid %v x %d threads: %w", name, grid, threads, err))})
 	}
-	if b.prof != nil {
-		b.prof.spans = append(b.prof.spans, profSpan{name: span, start: e0, end: b.prof.mark(b.stream)})
+	if prof {
+		b.prof.spans = append(b.prof.spans, profSpan{name: span, start: e0, end: b.prof.mark(s)})
 	}
 }
 

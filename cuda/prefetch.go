@@ -3,9 +3,6 @@
 package cuda
 
 import (
-	"fmt"
-	"unsafe"
-
 	"gorgonia.org/cu"
 
 	"github.com/ollama-tune/ollama-tune/finetune"
@@ -60,20 +57,7 @@ func (b *Backend) releaseSide() {
 
 // launchSide is launch on the side stream (no profiling).
 func (b *Backend) launchSide(op, name string, grid [3]int, threads, smem int, args ...uint64) {
-	f, ok := b.fns[name]
-	if !ok {
-		panic(&Error{Op: op, Err: fmt.Errorf("kernel %s is not in the embedded PTX (run make ptx)", name)})
-	}
-	if grid[0] == 0 || grid[1] == 0 || grid[2] == 0 {
-		return
-	}
-	params := make([]unsafe.Pointer, len(args))
-	for k := range args {
-		params[k] = unsafe.Pointer(&args[k])
-	}
-	if err := f.Launch(grid[0], grid[1], grid[2], threads, 1, 1, smem, b.side.s, params); err != nil {
-		panic(&Error{Op: op, Err: oom(fmt.Errorf("launch %s grid %v x %d threads on the side stream: %w", name, grid, threads, err))})
-	}
+	b.launchOn(b.side.s, false, op, name, name, grid, threads, smem, args...)
 }
 
 var _ finetune.WeightPrefetcher = (*Backend)(nil)
