@@ -249,8 +249,9 @@ type MultiAdamW8bit interface {
 // a backend may start preparing their weights now (the CUDA backend
 // dequantizes NF4 weights on a second stream while the queued work runs;
 // issue 8). It must not change any result. The model gives it each
-// layer's o_proj, gate_up_proj and down_proj when the layer starts, and
-// the next layer's qkv_proj when one ends.
+// layer's o_proj, gate_up_proj and down_proj when the layer's forward (or
+// checkpointing's recompute) starts, the next layer's qkv_proj when a
+// forward layer ends, and the layer below's when a backward layer ends.
 type WeightPrefetcher interface {
 	PrefetchLinears(ls ...*Linear)
 }
