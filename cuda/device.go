@@ -504,6 +504,9 @@ func (b *Backend) rawFree(p cu.DevicePtr, n int64) {
 		return
 	}
 	b.stream.Synchronize()
+	if b.side.ok {
+		b.side.s.Synchronize() // a prefetch may still read a weight or write a slot
+	}
 	cu.MemFree(p)
 	b.live -= n
 }
