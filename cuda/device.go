@@ -881,7 +881,6 @@ const (
 	sNF4Offset                    // NF4Weight's double-quantization offset
 	sBins                         // the exact sum's bins (NF4 double quantization)
 	sLoRAPart                     // fused LoRA backward: per-chunk column sums
-	sRope                         // unused (RoPE's table is Backend.rope, elementwise.go)
 	sLoRAX                        // LoRA under BF16: bfloat16 dropout(x)
 	sLoRAHalf                     // LoRA under BF16: bfloat16 A, B, h, dout . B
 	numScratch
@@ -894,19 +893,26 @@ type buffer struct {
 
 // scratchBuf returns role's buffer with room for n bytes.
 func (b *Backend) scratchBuf(role scratchRole, n int64, op string) cu.DevicePtr {
-	s := &b.scratch[role]
+	p, _ := b.grow(&b.scratch[role], n, 256, "scratch", op)
+	return p
+}
+
+// grow returns s's memory with room for n bytes, replacing it by at least
+// max(n, least) new bytes when it is smaller (fresh says so: the contents
+// are then undefined).
+func (b *Backend) grow(s *buffer, n, least int64, what, op string) (p cu.DevicePtr, fresh bool) {
 	if n <= s.n && s.ptr != 0 {
-		return s.ptr
+		return s.ptr, false
 	}
 	if s.ptr != 0 {
 		b.rawFree(s.ptr, s.n)
 		*s = buffer{}
 	}
-	n = max(n, 256)
-	p, err := b.rawAlloc(n, "scratch")
+	n = max(n, least)
+	p, err := b.rawAlloc(n, what)
 	check(op, err)
 	*s = buffer{ptr: p, n: n}
-	return p
+	return p, true
 }
 
 // FreeScratch releases the scratch buffers and the dequantization cache

@@ -129,17 +129,7 @@ func (b *Backend) ropeTable(op string, pos *Tensor, T, half, rot int, theta floa
 		return c.buf.ptr
 	}
 	c.hasTable = false
-	need := 8 * int64(T) * int64(half)
-	if c.buf.n < need {
-		if c.buf.ptr != 0 {
-			b.rawFree(c.buf.ptr, c.buf.n)
-			c.buf = buffer{}
-		}
-		need = max(need, 256)
-		p, err := b.rawAlloc(need, "RoPE's table")
-		check(op, err)
-		c.buf = buffer{ptr: p, n: need}
-	}
+	b.grow(&c.buf, 8*int64(T)*int64(half), 256, "RoPE's table", op)
 	b.launchN(op, "rope_table", int64(T)*int64(half), ptrArg(c.buf.ptr), ptrArg(pos.ptr), intArg(T), intArg(half), intArg(rot), f32Arg(theta))
 	*c = ropeCache{buf: c.buf, pos: pos.ptr, gen: pos.gen, T: T, half: half, rot: rot, theta: theta, hasTable: true}
 	return c.buf.ptr

@@ -54,20 +54,10 @@ const skinnyWarps = 4
 // per-tile arrival counters (zero between launches: the last block of a
 // tile resets its own), freed with the backend.
 func (b *Backend) skinnyCnt(n int, op string) cu.DevicePtr {
-	s := &b.skinnyCounters
-	need := 4 * int64(n)
-	if s.ptr != 0 && need <= s.n {
-		return s.ptr
+	p, fresh := b.grow(&b.skinnyCounters, 4*int64(n), 4096, "skinny GEMM counters", op)
+	if fresh {
+		check(op, cu.MemsetD32Async(p, 0, b.skinnyCounters.n/4, b.stream))
 	}
-	if s.ptr != 0 {
-		b.rawFree(s.ptr, s.n)
-		*s = buffer{}
-	}
-	need = max(need, 4096)
-	p, err := b.rawAlloc(need, "skinny GEMM counters")
-	check(op, err)
-	check(op, cu.MemsetD32Async(p, 0, need/4, b.stream))
-	*s = buffer{ptr: p, n: need}
 	return p
 }
 
