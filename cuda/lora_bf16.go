@@ -170,39 +170,35 @@ func (b *Backend) loraRowsAct(op string, act, yh cu.DevicePtr, ldyh int, P, p16 
 func (b *Backend) loraRowsLaunch(op, kernel string, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, scale16 float32,
 	Y, W cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob, extra ...uint64) {
 	if yh != 0 && (yh%16 != 0 || ldyh%8 != 0 || ldyh < K) {
-		panic(&Error{Op: op, Err: fmt.Errorf("lora_rows_bf16: bfloat16 copy at row stride %d for %d columns", ldyh, K)})
+		panic(&Error{Op: op, Err: fmt.Errorf("%s: bfloat16 copy at row stride %d for %d columns", kernel, ldyh, K)})
 	}
-	if job.dst != 0 && (job.ld < job.cols || int64(job.rows)*int64(job.ld) >= 1<<31) {
-		panic(&Error{Op: op, Err: fmt.Errorf("lora_rows_bf16: a job of %d rows of %d values, stride %d", job.rows, job.cols, job.ld)})
-	}
-	if job.dst == 0 {
-		job = prepJob{rows: 0, cols: 1, ld: 1, scale: 1}
-	}
-	span := kernel
-	if b.prof != nil {
-		span = fmt.Sprintf("%s %dx%d", kernel, T, K)
-	}
-	args := []uint64{ptrArg(yh), intArg(ldyh), ptrArg(P), ptrArg(p16), intArg(ldp), f32Arg(scale16), ptrArg(Y), ptrArg(W), intArg(T),
-		intArg(K), intArg(r), seed, f32Arg(p), dropThreshold(p), f32Arg(keepScale(p)), ptrArg(job.dst), ptrArg(job.src),
-		intArg(job.rows), intArg(job.cols), intArg(job.ld), f32Arg(job.scale)}
-	b.launchAs(op, kernel, span, grid1((T+loraRowsRows-1)/loraRowsRows), loraRowsThreads, 0, append(args, extra...)...)
+	b.launchRows(op, kernel, T, K, job, []uint64{ptrArg(yh), intArg(ldyh), ptrArg(P), ptrArg(p16), intArg(ldp), f32Arg(scale16), ptrArg(Y),
+		ptrArg(W), intArg(T), intArg(K), intArg(r), seed, f32Arg(p), dropThreshold(p), f32Arg(keepScale(p))}, extra...)
 }
 
 // loraRowsSwiGLU runs lora_rows_swiglu_bf16_t: dh [T,2I] = bf16(d
 // gate_up), g [T,r] = d gate_up . B and g16 = bf16(g), for d gate_up the
 // SwiGLU backward of sw, plus job, in one launch.
 func (b *Backend) loraRowsSwiGLU(op string, dh, g, g16 cu.DevicePtr, sw *swigluSrc, B cu.DevicePtr, T, r int, job prepJob) {
-	if job.ld < job.cols || int64(job.rows)*int64(job.ld) >= 1<<31 {
-		panic(&Error{Op: op, Err: fmt.Errorf("lora_rows_swiglu_bf16_t: a job of %d rows of %d values, stride %d", job.rows, job.cols, job.ld)})
+	b.launchRows(op, "lora_rows_swiglu_bf16_t", T, 2*sw.I, job, []uint64{ptrArg(dh), intArg(2 * sw.I), ptrArg(g), ptrArg(g16), intArg(r),
+		ptrArg(sw.dact), ptrArg(sw.gu), ptrArg(B), intArg(T), intArg(sw.I), intArg(r)})
+}
+
+// launchRows launches a row kernel over T rows of K columns (the
+// profile's name for it) with args, then job's (dst 0: none), then extra:
+// loraRowsThreads threads a block of loraRowsRows rows.
+func (b *Backend) launchRows(op, kernel string, T, K int, job prepJob, args []uint64, extra ...uint64) {
+	if job.dst == 0 {
+		job = prepJob{rows: 0, cols: 1, ld: 1, scale: 1}
+	} else if job.ld < job.cols || int64(job.rows)*int64(job.ld) >= 1<<31 {
+		panic(&Error{Op: op, Err: fmt.Errorf("%s: a job of %d rows of %d values, stride %d", kernel, job.rows, job.cols, job.ld)})
 	}
-	const kernel = "lora_rows_swiglu_bf16_t"
 	span := kernel
 	if b.prof != nil {
-		span = fmt.Sprintf("%s %dx%d", kernel, T, 2*sw.I)
+		span = fmt.Sprintf("%s %dx%d", kernel, T, K)
 	}
-	b.launchAs(op, kernel, span, grid1((T+loraRowsRows-1)/loraRowsRows), loraRowsThreads, 0, ptrArg(dh), intArg(2*sw.I), ptrArg(g),
-		ptrArg(g16), intArg(r), ptrArg(sw.dact), ptrArg(sw.gu), ptrArg(B), intArg(T), intArg(sw.I), intArg(r),
-		ptrArg(job.dst), ptrArg(job.src), intArg(job.rows), intArg(job.cols), intArg(job.ld), f32Arg(job.scale))
+	args = append(args, ptrArg(job.dst), ptrArg(job.src), intArg(job.rows), intArg(job.cols), intArg(job.ld), f32Arg(job.scale))
+	b.launchAs(op, kernel, span, grid1((T+loraRowsRows-1)/loraRowsRows), loraRowsThreads, 0, append(args, extra...)...)
 }
 
 // linearForwardBF16 is LinearForward with LoRA under BF16 compute. Where
