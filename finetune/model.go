@@ -499,10 +499,7 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 			m.fc.check(fmt.Sprintf("layer %d %s", li, what), t)
 		}
 	}
-	pf, prefetch := b.(WeightPrefetcher)
-	if prefetch {
-		pf.PrefetchLinears(lin[modO], lin[modGateUp], lin[modDown])
-	}
+	m.prefetch(lin[modO], lin[modGateUp], lin[modDown])
 	b.RMSNormForward(a.ln1, a.rstd1, x, l.InputNorm, c.RMSNormEps)
 	chk("input_layernorm", a.ln1)
 	b.LinearForward(a.qkv, a.ln1, lin[modQKV], a.h[modQKV], moduleSeed(stepSeed, li, modQKV))
@@ -522,44 +519,42 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 	chk("post_attention_layernorm", a.ln2)
 	b.LinearForward(a.gateUp, a.ln2, lin[modGateUp], a.h[modGateUp], moduleSeed(stepSeed, li, modGateUp))
 	chk("gate_up_proj", a.gateUp)
+	downSeed := moduleSeed(stepSeed, li, modDown)
 	if f, ok := b.(SwiGLULinearForwarder); ok && m.fc == nil && a.h[modDown] != nil {
 		// act and down_proj in one (out nil: only its adapter's h).
 		var o Tensor
 		if out != nil {
 			o = bf.tmp
 		}
-		f.SwiGLULinearForward(o, a.act, a.gateUp, lin[modDown], a.h[modDown], moduleSeed(stepSeed, li, modDown))
-		if out != nil {
-			b.Add(out, a.res1, bf.tmp)
-			m.prefetchQKV(li + 1)
-		}
-		return
-	}
-	b.SwiGLUForward(a.act, a.gateUp)
-	chk("swiglu", a.act)
-	if out == nil {
-		if a.h[modDown] == nil {
-			return
-		}
-		if hf, ok := b.(LoRAHForwarder); ok {
-			hf.LoRAHForward(a.h[modDown], a.act, lin[modDown], moduleSeed(stepSeed, li, modDown))
-			return
+		f.SwiGLULinearForward(o, a.act, a.gateUp, lin[modDown], a.h[modDown], downSeed)
+	} else {
+		b.SwiGLUForward(a.act, a.gateUp)
+		chk("swiglu", a.act)
+		hf, hOnly := b.(LoRAHForwarder)
+		switch {
+		case out == nil && a.h[modDown] == nil:
+		case out == nil && hOnly:
+			hf.LoRAHForward(a.h[modDown], a.act, lin[modDown], downSeed)
+		default:
+			b.LinearForward(bf.tmp, a.act, lin[modDown], a.h[modDown], downSeed)
+			chk("down_proj", bf.tmp)
 		}
 	}
-	b.LinearForward(bf.tmp, a.act, lin[modDown], a.h[modDown], moduleSeed(stepSeed, li, modDown))
-	chk("down_proj", bf.tmp)
 	if out != nil {
 		b.Add(out, a.res1, bf.tmp)
 		chk("output", out)
-		m.prefetchQKV(li + 1)
+		if li+1 < len(m.Layers) {
+			m.prefetch(m.Layers[li+1].linears()[modQKV])
+		}
 	}
 }
 
-// prefetchQKV hints layer li's qkv_proj to a WeightPrefetcher backend (li
-// in range; its slot's old weight, the layer before's, is done with).
-func (m *Model) prefetchQKV(li int) {
-	if pf, ok := m.B.(WeightPrefetcher); ok && li >= 0 && li < len(m.Layers) {
-		pf.PrefetchLinears(m.Layers[li].linears()[modQKV])
+// prefetch hints the linears the model uses next to a WeightPrefetcher
+// backend (the dequantization cache slots they take hold weights already
+// done with).
+func (m *Model) prefetch(ls ...*Linear) {
+	if pf, ok := m.B.(WeightPrefetcher); ok {
+		pf.PrefetchLinears(ls...)
 	}
 }
 
@@ -712,7 +707,7 @@ func (m *Model) Backward() error {
 		}
 		b.Zero(bf.dln)
 		b.LinearBackward(bf.dln, bf.dqkv, a.ln1, lin[modQKV], a.h[modQKV], s(modQKV))
-		m.prefetchQKV(li - 1) // the next recompute's first weight
+		m.prefetch(m.Layers[li-1].linears()[modQKV]) // the next recompute's first weight
 		b.RMSNormBackward(bf.dres, bf.dln, x, l.InputNorm, a.rstd1)
 	}
 	if m.fc != nil && m.fc.err != nil {
