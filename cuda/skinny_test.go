@@ -85,6 +85,15 @@ func (c skinnyCase) dims() (rowsA, rowsB int) {
 	return
 }
 
+// opAt is op(X)[i,j] for X stored row-major with row stride ld (trans:
+// X[j,i]).
+func opAt(x []float32, ld int, trans bool, i, j int) float32 {
+	if trans {
+		return x[j*ld+i]
+	}
+	return x[i*ld+j]
+}
+
 // ref is C = alpha op(A) op(B) + beta C0 in float64 on the bf16 values.
 func (c skinnyCase) ref(a, bm, c0 []float32) []float64 {
 	out := make([]float64, c.M*c.ldc)
@@ -92,20 +101,9 @@ func (c skinnyCase) ref(a, bm, c0 []float32) []float64 {
 	for m := range c.M {
 		clear(acc)
 		for k := range c.K {
-			var av float64
-			if c.transA {
-				av = float64(a[k*c.lda+m])
-			} else {
-				av = float64(a[m*c.lda+k])
-			}
+			av := float64(opAt(a, c.lda, c.transA, m, k))
 			for n := range c.N {
-				var bv float64
-				if c.transB {
-					bv = float64(bm[n*c.ldb+k])
-				} else {
-					bv = float64(bm[k*c.ldb+n])
-				}
-				acc[n] += av * bv
+				acc[n] += av * float64(opAt(bm, c.ldb, c.transB, k, n))
 			}
 		}
 		for n := range c.N {
