@@ -288,6 +288,16 @@ func (b *Backend) foldLD(w *weight, r int) int {
 	return (w.in + r + 63) &^ 63
 }
 
+// linearLD is the row stride LinearForward and LinearBackward (and
+// PrefetchLinears) dequantize l's NF4 weight w at: room for the folded
+// LoRA columns on the bfloat16 tensor-core path (foldLD), else w.in.
+func (b *Backend) linearLD(w *weight, l *finetune.Linear) int {
+	if l.LoRA != nil && b.loraBF16(w) {
+		return max(b.foldLD(w, loraRank(l)), w.in)
+	}
+	return w.in
+}
+
 // matrixLD is matrix with the rows of an NF4 weight's dequantization ld
 // values apart (ld >= w.in; the columns w.in .. ld-1 are left as they
 // are, for the caller); it returns the stride it used (w.in for a dense
@@ -332,7 +342,10 @@ func (b *Backend) dequantInto(op string, w *weight, p cu.DevicePtr, ld int, side
 	if side {
 		launch = b.launchSide
 	}
-	if ld != w.in && b.half == halfBF16 && w.in%8 == 0 && ld%8 == 0 {
+	if !b.dequantLDOK(w, ld) {
+		panic(&Error{Op: op, Err: fmt.Errorf("weight [%d, %d]: no strided dequantization to a row stride of %d", w.out, w.in, ld)})
+	}
+	if ld != w.in {
 		// Rows ld apart: thread x of block (bx, by) expands eight values,
 		// group 128*bx + x of rows by, by + gridDim.y, ...
 		gpr := w.in / 8
@@ -345,9 +358,6 @@ func (b *Backend) dequantInto(op string, w *weight, p cu.DevicePtr, ld int, side
 		launch(op, "nf4_dequant_ld_bf16", [3]int{(gpr + 127) / 128, min(w.out, 65535), 1}, 128, 0,
 			append([]uint64{ptrArg(p), intArg(w.out), intArg(w.in), intArg(ld), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
 		return
-	}
-	if ld != w.in {
-		panic(&Error{Op: op, Err: fmt.Errorf("weight [%d, %d]: no strided dequantization to a row stride of %d", w.out, w.in, ld)})
 	}
 	// The dequantization kernels expand 8 (16-bit) or 4 (f32) values a
 	// thread, then the rest one a thread.

@@ -221,7 +221,7 @@ func (b *Backend) linearForwardBF16(op string, out, x, gu cu.DevicePtr, T int, w
 	lo, r := l.LoRA, loraRank(l)
 	A, B := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op)
 	fold := b.foldLD(w, r)
-	wp, t, ld := b.matrixLD(w, op, max(fold, w.in))
+	wp, t, ld := b.matrixLD(w, op, b.linearLD(w, l))
 	fold = min(fold, ld) // 0 unless folding
 	xh := b.scratchBuf(sAct, 2*int64(T)*int64(ld), op)
 	if gu != 0 || canLoRARows(x, A.ptr, T, w.in, r) {
@@ -311,7 +311,7 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, sw
 	}
 	if d != nil {
 		// The forward's stride, so that the dequantization cache hits.
-		wp, t, ld := b.matrixLD(w, op, max(b.foldLD(w, r), w.in))
+		wp, t, ld := b.matrixLD(w, op, b.linearLD(w, l))
 		b.gemm(op, gemmArgs{M: T, N: w.in, K: w.out, alpha: 1, beta: betaD, A: uintptr(dh), lda: w.out, B: uintptr(wp), ldb: ld,
 			C: uintptr(d.ptr), ldc: w.in, abType: t})
 	}

@@ -80,10 +80,7 @@ func (b *Backend) PrefetchLinears(ls ...*finetune.Linear) {
 		if w.q == nil || w.g != nil {
 			continue
 		}
-		ld := w.in
-		if l.LoRA != nil && b.loraBF16(w) {
-			ld = max(b.foldLD(w, loraRank(l)), w.in)
-		}
+		ld := b.linearLD(w, l)
 		if !b.dequantLDOK(w, ld) {
 			continue
 		}
