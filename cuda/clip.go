@@ -9,6 +9,7 @@ package cuda
 
 import (
 	"fmt"
+	"slices"
 	"unsafe"
 
 	"gorgonia.org/cu"
@@ -29,18 +30,6 @@ type gradTable struct {
 	ptrs, ns, nblk, poff, partials, tsum, norm, coef cu.DevicePtr
 }
 
-func (t *gradTable) same(key []int64) bool {
-	if len(key) != len(t.key) {
-		return false
-	}
-	for k := range key {
-		if key[k] != t.key[k] {
-			return false
-		}
-	}
-	return true
-}
-
 // sumSquaresBlocks is SumSquares' grid for n values.
 func sumSquaresBlocks(n int) int64 { return min((int64(n)+255)/256, 1024) }
 
@@ -50,7 +39,7 @@ func (b *Backend) gradTableFor(op string, grads []*Tensor) *gradTable {
 	for _, g := range grads {
 		key = append(key, int64(g.ptr), int64(g.n))
 	}
-	if t := b.grads; t != nil && t.same(key) {
+	if t := b.grads; t != nil && slices.Equal(t.key, key) {
 		return t
 	}
 	if t := b.grads; t != nil {

@@ -8,6 +8,7 @@ package cuda
 
 import (
 	"fmt"
+	"slices"
 	"unsafe"
 
 	"gorgonia.org/cu"
@@ -41,7 +42,7 @@ func (b *Backend) adam8TableFor(op string, rows [][6]*Tensor) *adam8Table {
 		host[6*k+i] = int64(r[0].n)
 		maxBlocks = max(maxBlocks, int(optim.Blocks8bit(r[0].n)))
 	}
-	if t := b.adam8; t != nil && slicesEqual(t.key, host) {
+	if t := b.adam8; t != nil && slices.Equal(t.key, host) {
 		return t
 	}
 	if t := b.adam8; t != nil {
@@ -55,18 +56,6 @@ func (b *Backend) adam8TableFor(op string, rows [][6]*Tensor) *adam8Table {
 	b.upload(op, p, unsafe.Pointer(&host[0]), t.bytes)
 	b.adam8 = t
 	return t
-}
-
-func slicesEqual(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k := range a {
-		if a[k] != b[k] {
-			return false
-		}
-	}
-	return true
 }
 
 // AdamW8bitMulti is AdamW8bit on each parameter, in one launch: block x of
