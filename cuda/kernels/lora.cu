@@ -27,10 +27,11 @@ __device__ __forceinline__ float lora_drop(float v, u64 seed, i64 idx, float p, 
     return v;
 }
 
-// lora_drop_field is lora_drop given the value's 16-bit field (j = 0..3:
-// the j-th value of its group, whose hash is h).
+// lora_drop_field is lora_drop given its group's hash h (j = 0..3: the
+// j-th value of the group; constant at every call, so dropout_field's
+// shift is too).
 __device__ __forceinline__ float lora_drop_field(float v, u64 h, int j, unsigned int thr, float ks) {
-    return ((unsigned int)(h >> (16 * j)) & 0xFFFFu) >= thr ? __fmul_rn(v, ks) : 0.0f;  // j constant: a shift
+    return dropout_field(h, (u64)j) >= thr ? __fmul_rn(v, ks) : 0.0f;
 }
 
 // lora_rowdot8 / 16: y [T,r], y[t,j] = sum_k xd[t,k] * W(j,k) with
