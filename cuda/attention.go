@@ -37,6 +37,28 @@ func (b *Backend) shortAttn(S, D int) bool {
 	return b.fastAttn && S <= 64 && D <= 128
 }
 
+// attnTC says whether, under BF16 compute, the short rows take the
+// tensor-core kernels (attention_tc.cu: attn_fwd_bf16, attn_bwd_bf16, v8:
+// bfloat16 operands, float32 sums, like the linears);
+// OLLAMA_TUNE_CUDA_REFERENCE=attn-tc keeps v7's float32 tiled ones
+// (attn_fwd_t64, attn_bwd_t64), which float32 and float16 compute take.
+var attnTC = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "attn-tc")
+
+// Shared memory of the tensor-core kernels (attention_tc.cu's ab_ld,
+// AB_LDP): 64-token rows of bfloat16 at a padded stride.
+func abLd(D int) int { return (D+15)&^15 + 8 }
+
+const abLdp = 72
+
+func abFwdSmem(D int) int { return 2*64*(max(abLd(D), abLdp)+2*abLd(D)) + 4*4*64 }
+func abBwdSmem(D int) int { return 2*4*64*abLd(D) + 2*2*64*abLdp + 4*2*64 }
+
+// tcAttn says whether a short row's kernel (fwd or bwd) runs on the tensor
+// cores, with smem bytes of dynamic shared memory.
+func (b *Backend) tcAttn(kernel string, smem int) bool {
+	return attnTC && b.half == halfBF16 && b.allowSmem(kernel, smem) == nil
+}
+
 func (b *Backend) checkAttn(op string, qkv, pos *Tensor, B, S, H, K, D int) {
 	if H <= 0 || K <= 0 || H%K != 0 || D <= 0 {
 		panic(&Error{Op: op, Err: fmt.Errorf("%d query heads, %d KV heads of %d: the query heads must be a multiple of the KV heads", H, K, D)})
@@ -52,6 +74,11 @@ func (b *Backend) AttentionForward(out, lse, qkv, pos finetune.Tensor, B, S, nHe
 	o, ls, x, ps := tensor(out, kindF32, op), tensor(lse, kindF32, op), tensor(qkv, kindF32, op), tensor(pos, kindI32, op)
 	b.checkAttn(op, x, ps, B, S, nHead, nKV, headDim)
 	if b.shortAttn(S, headDim) {
+		if smem := abFwdSmem(headDim); b.tcAttn("attn_fwd_bf16", smem) {
+			b.launch(op, "attn_fwd_bf16", [3]int{nHead, B, 1}, 256, smem, ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr), ptrArg(ps.ptr),
+				intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window), f32Arg(attnScale(headDim)))
+			return
+		}
 		b.launch(op, "attn_fwd_t64", [3]int{nHead, B, 1}, 256, 0, ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr), ptrArg(ps.ptr),
 			intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window), f32Arg(attnScale(headDim)))
 		return
@@ -75,7 +102,11 @@ func (b *Backend) AttentionBackward(dqkv, dout, out, lse, qkv, pos finetune.Tens
 		if dx.n != B*S*(nHead+2*nKV)*headDim {
 			panic(&Error{Op: op, Err: fmt.Errorf("dqkv has %d values, want %d x %d", dx.n, B*S, (nHead+2*nKV)*headDim)})
 		}
-		b.launch(op, "attn_bwd_t64", [3]int{nKV, B, 1}, 256, 0, ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(o.ptr), ptrArg(ls.ptr),
+		kernel, smem := "attn_bwd_t64", 0
+		if s := abBwdSmem(headDim); b.tcAttn("attn_bwd_bf16", s) {
+			kernel, smem = "attn_bwd_bf16", s
+		}
+		b.launch(op, kernel, [3]int{nKV, B, 1}, 256, smem, ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(o.ptr), ptrArg(ls.ptr),
 			ptrArg(x.ptr), ptrArg(ps.ptr), intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window),
 			f32Arg(attnScale(headDim)), boolArg(beta != 0))
 		return

@@ -77,8 +77,10 @@ type Options struct {
 	// ComputeDType is F32 (default), BF16 or F16. With BF16 (F16) the
 	// frozen base weights are stored (dense) or dequantized (NF4) in
 	// bfloat16 (float16) and the base and lm_head matrix products take
-	// bfloat16 (float16) inputs with float32 accumulation and output;
-	// activations, LoRA, gradients and optimizer state stay float32. Under
+	// bfloat16 (float16) inputs with float32 accumulation and output, and
+	// so, under BF16, do attention's products over rows of at most 64
+	// tokens (attention_tc.cu; its softmax stays float32); activations,
+	// LoRA, gradients and optimizer state stay float32. Under
 	// F16 an activation beyond float16's range (65504) becomes infinite in
 	// the product's input, as in bitsandbytes with float16 compute.
 	ComputeDType finetune.DType
@@ -118,6 +120,9 @@ type Backend struct {
 	blas   *cublas
 	mods   []cu.Module
 	fns    map[string]cu.Function
+	// smemOptIn is the dynamic shared memory each kernel has opted in to
+	// above 48 KiB (allowSmem).
+	smemOptIn map[string]int
 
 	info DeviceInfo
 

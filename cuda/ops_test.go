@@ -496,9 +496,22 @@ func TestRoPE(t *testing.T) {
 // of the given lengths (cycled).
 var packedPos = tinymodel.PackedPos
 
+// attnModes are the attention kernels under float32 compute: v7's
+// float32 tiled ones and the reference ones. (BF16 compute's tensor-core
+// kernels: TestAttentionBF16.)
+var attnModes = []string{"t64", "reference"}
+
+// setAttnMode selects mode's kernels; the returned func restores the
+// previous ones.
+func setAttnMode(mode string) func() {
+	fast := gpu.fastAttn
+	gpu.fastAttn = mode != "reference"
+	return func() { gpu.fastAttn = fast }
+}
+
 func TestAttention(t *testing.T) {
-	for _, fast := range []bool{true, false} {
-		gpu.fastAttn = fast
+	for _, mode := range attnModes {
+		restore := setAttnMode(mode)
 		for _, c := range []struct{ B, S, H, K, D, window int }{
 			{3, 37, 6, 2, 24, 0},
 			{2, 29, 4, 4, 16, 5},
@@ -513,11 +526,11 @@ func TestAttention(t *testing.T) {
 			{2, 65, 2, 1, 32, 0}, // one token past the tiled kernels
 		} {
 			for _, layout := range []string{"packed", "wrapped", "mid-start"} {
-				testAttention(t, fast, layout, c.B, c.S, c.H, c.K, c.D, c.window)
+				testAttention(t, mode, layout, c.B, c.S, c.H, c.K, c.D, c.window)
 			}
 		}
+		restore()
 	}
-	gpu.fastAttn = true
 }
 
 // attnPos returns position ids for B rows of S tokens: "packed" restarts
@@ -546,9 +559,9 @@ func attnPos(layout string, B, S int) []int32 {
 	return packedPos(B, S, []int{11, 5, 40, 3})
 }
 
-func testAttention(t *testing.T, fast bool, layout string, B, S, H, K, D, window int) {
+func testAttention(t *testing.T, mode, layout string, B, S, H, K, D, window int) {
 	t.Helper()
-	name := fmt.Sprintf("fast %v %s B%d S%d H%d K%d D%d w%d", fast, layout, B, S, H, K, D, window)
+	name := fmt.Sprintf("%s %s B%d S%d H%d K%d D%d w%d", mode, layout, B, S, H, K, D, window)
 	T, width := B*S, (H+2*K)*D
 	pos := bothInt(gpu, cpu, attnPos(layout, B, S))
 	qkv := both(gpu, cpu, randn(T*width, 11, 1), T, width)
@@ -575,42 +588,51 @@ func testAttention(t *testing.T, fast bool, layout string, B, S, H, K, D, window
 }
 
 // BenchmarkAttention times AttentionForward and AttentionBackward at the
-// Phi-3-mini training shape (16 rows of 64 tokens, 32 heads of 96), the
-// fast (tiled) kernels and the reference ones.
+// Phi-3-mini training shape (16 rows of 64 tokens, 32 heads of 96): BF16
+// compute's tensor-core kernels (into a pending Zero, the model's case),
+// v7's float32 tiled ones and the reference ones.
 func BenchmarkAttention(b *testing.B) {
 	B, S, H, K, D := 16, 64, 32, 32, 96
 	T, width := B*S, (H+2*K)*D
-	up := func(data []float32, shape ...int) finetune.Tensor {
-		x := gpu.Alloc(shape...)
-		gpu.Upload(x, data)
-		return x
-	}
-	pos := gpu.AllocInt32(T)
-	gpu.UploadInt32(pos, packedPos(B, S, []int{64}))
-	qkv := up(randn(T*width, 11, 1), T, width)
-	out := up(nanSlice(T*H*D), T, H*D)
-	lse := up(nanSlice(H*T), H, T)
-	dout := up(randn(T*H*D, 12, 1), T, H*D)
-	dqkv := up(randn(T*width, 13, 1), T, width)
-	defer func() { gpu.fastAttn = true }()
-	for _, fast := range []bool{true, false} {
-		gpu.fastAttn = fast
-		b.Run(fmt.Sprintf("fwd fast=%v", fast), func(b *testing.B) {
+	for _, mode := range []string{"tc", "t64", "reference"} {
+		var g finetune.Backend = gpu
+		if mode == "tc" {
+			g = gpuB16
+		}
+		restore := setAttnMode(mode)
+		up := func(data []float32, shape ...int) finetune.Tensor {
+			x := g.Alloc(shape...)
+			g.Upload(x, data)
+			return x
+		}
+		pos := g.AllocInt32(T)
+		g.UploadInt32(pos, packedPos(B, S, []int{64}))
+		qkv := up(randn(T*width, 11, 1), T, width)
+		out := up(nanSlice(T*H*D), T, H*D)
+		lse := up(nanSlice(H*T), H, T)
+		dout := up(randn(T*H*D, 12, 1), T, H*D)
+		dqkv := up(randn(T*width, 13, 1), T, width)
+		b.Run("fwd "+mode, func(b *testing.B) {
 			for range b.N {
-				gpu.AttentionForward(out, lse, qkv, pos, B, S, H, K, D, 0)
+				g.AttentionForward(out, lse, qkv, pos, B, S, H, K, D, 0)
 			}
-			if err := gpu.Sync(); err != nil {
+			if err := g.Sync(); err != nil {
 				b.Fatal(err)
 			}
 		})
-		b.Run(fmt.Sprintf("bwd fast=%v", fast), func(b *testing.B) {
+		b.Run("bwd "+mode, func(b *testing.B) {
 			for range b.N {
-				gpu.AttentionBackward(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, 0)
+				g.Zero(dqkv)
+				g.AttentionBackward(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, 0)
 			}
-			if err := gpu.Sync(); err != nil {
+			if err := g.Sync(); err != nil {
 				b.Fatal(err)
 			}
 		})
+		restore()
+		for _, x := range []finetune.Tensor{pos, qkv, out, lse, dout, dqkv} {
+			g.Free(x)
+		}
 	}
 }
 

@@ -8,6 +8,7 @@
 // Query i of a row may see key j iff max(i - pos[i], i - window + 1) <= j
 // <= i: causal, within its packed example, inside the sliding window.
 #include "common.cuh"
+#include "attention.cuh"
 
 #define CHUNK 256
 #define MAXD_PER_THREAD 4  // head dims up to 4*blockDim.x
@@ -286,31 +287,7 @@ extern "C" __global__ void attn_bwd_dkdv(float* dqkv, const float* dout, const f
 // buffers of transposed chunks, AT_W floats each, fit in the same space.
 #define AT_SMEM (AT_W + 2 * AT_Y)
 
-// cp.async helpers (sm_80): a 4- or 16-byte copy from global to shared memory
-// that bypasses the registers; commit closes a group, wait<n> waits until at most
-// n groups are in flight (a __syncthreads must follow before other threads
-// read the data).
-__device__ __forceinline__ void cp_async4(float* dst, const float* src) {
-    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async16(float* dst, const float* src) {
-    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int n>
-__device__ __forceinline__ void cp_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory");
-}
-// end of cp.async helpers
 
-// at_lo is the first key query i of a row may see.
-__device__ __forceinline__ int at_lo(int i, const int* pos_row, i64 window) {
-    int lo = max(0, i - pos_row[i]);
-    if (window > 0) lo = max(lo, (int)(i - window + 1));
-    return lo;
-}
 
 // at_issue_t starts copying dst[dd][i] = src[i*stride + d0+dd] for dd < dc,
 // i < 64, and stores 0 where i >= S or d0+dd >= D. A warp reads dc

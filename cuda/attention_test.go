@@ -1,0 +1,228 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"fmt"
+	"math"
+	"testing"
+
+	"github.com/ollama-tune/ollama-tune/finetune"
+)
+
+// Under BF16 compute the short rows' attention runs on the tensor cores
+// with bfloat16 operands (attention_tc.cu). TestAttentionBF16 checks those
+// kernels against attnBF16Ref, which emulates exactly their rounding
+// points in float64 (so only the order of float32 sums and the odd
+// bfloat16 tie differ: a missed or extra rounding would be ~1e-3 off), and
+// against the float32 CPU reference at bfloat16's precision.
+func TestAttentionBF16(t *testing.T) {
+	const tolEmu, tolCPU = 5e-4, 2e-2
+	for _, c := range []struct{ B, S, H, K, D, window int }{
+		{4, 64, 8, 8, 96, 0}, // Phi-3-mini's head shape, a full 64-token row
+		{3, 37, 6, 2, 24, 0},
+		{2, 29, 4, 4, 16, 5},
+		{3, 33, 4, 2, 96, 9},
+		{2, 64, 4, 2, 128, 0}, // the largest head: dynamic shared memory above 48 KiB
+		{2, 1, 2, 1, 8, 0},
+		{2, 64, 6, 2, 100, 17}, // grouped heads, a window, a head dimension not a multiple of 16
+		{2, 40, 4, 2, 30, 3},   // a head dimension not a multiple of 4: 4-byte loads
+		{2, 48, 4, 4, 40, 0},   // three column tiles a warp half (one past the head read, unused)
+	} {
+		for _, layout := range []string{"packed", "wrapped", "mid-start"} {
+			name := fmt.Sprintf("%s B%d S%d H%d K%d D%d w%d", layout, c.B, c.S, c.H, c.K, c.D, c.window)
+			t.Run(name, func(t *testing.T) {
+				testAttentionBF16(t, layout, c.B, c.S, c.H, c.K, c.D, c.window, tolEmu, tolCPU)
+			})
+		}
+	}
+}
+
+func testAttentionBF16(t *testing.T, layout string, B, S, H, K, D, window int, tolEmu, tolCPU float64) {
+	g := gpuB16
+	T, width := B*S, (H+2*K)*D
+	posData := attnPos(layout, B, S)
+	qkvData, doutData, dqkvData := randn(T*width, 11, 1), randn(T*H*D, 12, 1), randn(T*width, 13, 1)
+	pos := bothInt(g, cpu, posData)
+	qkv := both(g, cpu, qkvData, T, width)
+	out := both(g, cpu, nanSlice(T*H*D), T, H*D)
+	lse := both(g, cpu, nanSlice(H*T), H, T)
+	defer func() {
+		for _, p := range []pair{pos, qkv, out, lse} {
+			g.Free(p.g)
+			cpu.Free(p.c)
+		}
+	}()
+	g.AttentionForward(out.g, lse.g, qkv.g, pos.g, B, S, H, K, D, window)
+	cpu.AttentionForward(out.c, lse.c, qkv.c, pos.c, B, S, H, K, D, window)
+	ref := attnBF16Ref{qkv: qkvData, pos: posData, B: B, S: S, H: H, K: K, D: D, window: window}
+	outE, lseE := ref.forward()
+	outG, lseG := g.Download(out.g), g.Download(lse.g)
+	checkRel(t, "out vs emulation", outG, outE, tolEmu)
+	checkRel(t, "lse vs emulation", lseG, lseE, 1e-5)
+	checkRel(t, "out vs float32 CPU", outG, cpu.Download(out.c), tolCPU)
+
+	// The backward reads the forward's out and lse: the emulation takes the
+	// GPU's, the CPU its own.
+	for _, zero := range []bool{false, true} {
+		dout := both(g, cpu, doutData, T, H*D)
+		dqkv := both(g, cpu, dqkvData, T, width)
+		init := dqkvData
+		if zero { // a pending Zero (the model's case): the kernel overwrites
+			g.Zero(dqkv.g)
+			cpu.Zero(dqkv.c)
+			init = make([]float32, len(dqkvData))
+		}
+		g.AttentionBackward(dqkv.g, dout.g, out.g, lse.g, qkv.g, pos.g, B, S, H, K, D, window)
+		cpu.AttentionBackward(dqkv.c, dout.c, out.c, lse.c, qkv.c, pos.c, B, S, H, K, D, window)
+		dqkvE := ref.backward(doutData, outG, lseG, init)
+		dqkvG := g.Download(dqkv.g)
+		// The gradient alone (less the initial values) is what the
+		// tolerance is about.
+		checkRel(t, fmt.Sprintf("dqkv vs emulation (into a zero %v)", zero), sub(dqkvG, init), sub(dqkvE, init), tolEmu)
+		checkRel(t, fmt.Sprintf("dqkv vs float32 CPU (into a zero %v)", zero), sub(dqkvG, init), sub(cpu.Download(dqkv.c), init), tolCPU)
+		for _, p := range []pair{dout, dqkv} {
+			g.Free(p.g)
+			cpu.Free(p.c)
+		}
+	}
+}
+
+func sub(a, b []float32) []float32 {
+	d := make([]float32, len(a))
+	for k := range a {
+		d[k] = a[k] - b[k]
+	}
+	return d
+}
+
+// attnBF16Ref is the tensor-core kernels' arithmetic in float64: products
+// of bfloat16-rounded operands, the softmax, lse, di and dS unrounded
+// (float64 here, float32 there).
+type attnBF16Ref struct {
+	qkv                   []float32
+	pos                   []int32
+	B, S, H, K, D, window int
+}
+
+func bf(x float64) float64 { return float64(finetune.RoundBF16(float32(x))) }
+
+func (r attnBF16Ref) width() int { return (r.H + 2*r.K) * r.D }
+
+// visible says whether query i of row b sees key j.
+func (r attnBF16Ref) visible(b, i, j int) bool {
+	lo, hi := attnRange(i, r.pos[b*r.S+i], r.window)
+	return j >= lo && j <= hi
+}
+
+func attnRange(i int, pos int32, window int) (lo, hi int) {
+	lo = max(0, i-int(pos))
+	if window > 0 {
+		lo = max(lo, i-window+1)
+	}
+	return lo, i
+}
+
+// at returns bf16(x) of row t's column off+d.
+func (r attnBF16Ref) at(x []float32, stride, t, off, d int) float64 {
+	return bf(float64(x[t*stride+off+d]))
+}
+
+// scores returns the scaled scores of query i (head h) of row b over keys
+// 0..S-1 (NaN where not visible).
+func (r attnBF16Ref) scores(b, h, i int) []float64 {
+	w, D := r.width(), r.D
+	kvh := h / (r.H / r.K)
+	scale := float64(attnScale(D))
+	s := make([]float64, r.S)
+	for j := range s {
+		if !r.visible(b, i, j) {
+			s[j] = math.NaN()
+			continue
+		}
+		var dot float64
+		for d := range D {
+			dot += r.at(r.qkv, w, b*r.S+i, h*D, d) * r.at(r.qkv, w, b*r.S+j, (r.H+kvh)*D, d)
+		}
+		s[j] = float64(float32(dot)) * scale
+	}
+	return s
+}
+
+func (r attnBF16Ref) forward() (out, lse []float32) {
+	T, w, D, H := r.B*r.S, r.width(), r.D, r.H
+	out, lse = make([]float32, T*H*D), make([]float32, H*T)
+	for b := range r.B {
+		for h := range H {
+			kvh := h / (H / r.K)
+			for i := range r.S {
+				s := r.scores(b, h, i)
+				m := math.Inf(-1)
+				for _, v := range s {
+					if !math.IsNaN(v) {
+						m = math.Max(m, v)
+					}
+				}
+				var sum float64
+				for _, v := range s {
+					if !math.IsNaN(v) {
+						sum += math.Exp(v - m)
+					}
+				}
+				lse[h*T+b*r.S+i] = float32(m + math.Log(sum))
+				for d := range D {
+					var o float64
+					for j, v := range s {
+						if !math.IsNaN(v) {
+							o += bf(math.Exp(v-m)/sum) * r.at(r.qkv, w, b*r.S+j, (H+r.K+kvh)*D, d)
+						}
+					}
+					out[(b*r.S+i)*H*D+h*D+d] = float32(o)
+				}
+			}
+		}
+	}
+	return out, lse
+}
+
+// backward returns init + the gradient of qkv, from the forward's out and lse.
+func (r attnBF16Ref) backward(dout, out, lse, init []float32) []float32 {
+	T, w, D, H, K := r.B*r.S, r.width(), r.D, r.H, r.K
+	grad := make([]float64, len(init))
+	for b := range r.B {
+		for h := range H {
+			kvh := h / (H / K)
+			for i := range r.S {
+				ti := b*r.S + i
+				var di float64
+				for d := range D {
+					di += float64(dout[ti*H*D+h*D+d]) * float64(out[ti*H*D+h*D+d])
+				}
+				s := r.scores(b, h, i)
+				for j, v := range s {
+					if math.IsNaN(v) {
+						continue
+					}
+					tj := b*r.S + j
+					p := math.Exp(v - float64(lse[h*T+ti]))
+					var dp float64
+					for d := range D {
+						dp += r.at(dout, H*D, ti, h*D, d) * r.at(r.qkv, w, tj, (H+K+kvh)*D, d)
+					}
+					ds := p * (dp - di) * float64(attnScale(D))
+					bp, bds := bf(p), bf(ds)
+					for d := range D {
+						grad[tj*w+(H+K+kvh)*D+d] += bp * r.at(dout, H*D, ti, h*D, d)
+						grad[tj*w+(H+kvh)*D+d] += bds * r.at(r.qkv, w, ti, h*D, d)
+						grad[ti*w+h*D+d] += bds * r.at(r.qkv, w, tj, (H+kvh)*D, d)
+					}
+				}
+			}
+		}
+	}
+	res := make([]float32, len(init))
+	for k := range res {
+		res[k] = float32(float64(init[k]) + grad[k])
+	}
+	return res
+}
