@@ -50,8 +50,8 @@ func abLd(D int) int { return (D+15)&^15 + 8 }
 
 const abLdp = 72
 
-func abFwdSmem(D int) int { return 2*64*(max(abLd(D), abLdp)+2*abLd(D)) + 4*4*64 }
-func abBwdSmem(D int) int { return 2*4*64*abLd(D) + 2*2*64*abLdp + 4*2*64 }
+func abFwdSmem(D int) int       { return 2*64*(max(abLd(D), abLdp)+2*abLd(D)) + 4*4*64 }
+func abBwdSmem(D, half int) int { return 2*4*64*abLd(D) + 2*2*64*abLdp + 4*2*64 + 8*64*half }
 
 // tcAttn says whether a short row's kernel (fwd or bwd) runs on the tensor
 // cores, with smem bytes of dynamic shared memory.
@@ -76,7 +76,7 @@ func (b *Backend) AttentionForward(out, lse, qkv, pos finetune.Tensor, B, S, nHe
 	if b.shortAttn(S, headDim) {
 		if smem := abFwdSmem(headDim); b.tcAttn("attn_fwd_bf16", smem) {
 			b.launch(op, "attn_fwd_bf16", [3]int{nHead, B, 1}, 256, smem, ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr), ptrArg(ps.ptr),
-				intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window), f32Arg(attnScale(headDim)))
+				intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window), f32Arg(attnScale(headDim)), 0, 0)
 			return
 		}
 		b.launch(op, "attn_fwd_t64", [3]int{nHead, B, 1}, 256, 0, ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr), ptrArg(ps.ptr),
@@ -102,13 +102,14 @@ func (b *Backend) AttentionBackward(dqkv, dout, out, lse, qkv, pos finetune.Tens
 		if dx.n != B*S*(nHead+2*nKV)*headDim {
 			panic(&Error{Op: op, Err: fmt.Errorf("dqkv has %d values, want %d x %d", dx.n, B*S, (nHead+2*nKV)*headDim)})
 		}
-		kernel, smem := "attn_bwd_t64", 0
-		if s := abBwdSmem(headDim); b.tcAttn("attn_bwd_bf16", s) {
-			kernel, smem = "attn_bwd_bf16", s
+		args := []uint64{ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr), ptrArg(ps.ptr),
+			intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window), f32Arg(attnScale(headDim)),
+			boolArg(beta != 0)}
+		if smem := abBwdSmem(headDim, 0); b.tcAttn("attn_bwd_bf16", smem) {
+			b.launch(op, "attn_bwd_bf16", [3]int{nKV, B, 1}, 256, smem, append(args, 0, 0)...)
+			return
 		}
-		b.launch(op, kernel, [3]int{nKV, B, 1}, 256, smem, ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(o.ptr), ptrArg(ls.ptr),
-			ptrArg(x.ptr), ptrArg(ps.ptr), intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window),
-			f32Arg(attnScale(headDim)), boolArg(beta != 0))
+		b.launch(op, "attn_bwd_t64", [3]int{nKV, B, 1}, 256, 0, args...)
 		return
 	}
 	dx := tensor(dqkv, kindF32, op)
@@ -137,4 +138,65 @@ func (b *Backend) AttentionCached(out, qkv, kCache, vCache finetune.Tensor, star
 	smem := b.attnSmem(op, start+T, headDim)
 	b.launch(op, "attn_cached", [3]int{T, nHead, 1}, attnThreads, smem, ptrArg(o.ptr), ptrArg(x.ptr), ptrArg(kc.ptr), ptrArg(vc.ptr),
 		intArg(nHead), intArg(nKV), intArg(headDim), intArg(start), intArg(window), f32Arg(attnScale(headDim)))
+}
+
+var _ finetune.RoPEAttentioner = (*Backend)(nil)
+
+// ropeAttn says whether RoPE may be fused into the tensor-core kernels
+// (RoPEAttentioner, v8); OLLAMA_TUNE_CUDA_REFERENCE=rope-attn keeps the
+// separate rope_apply launches (the A/B).
+var ropeAttn = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "rope-attn")
+
+// RoPEAttention says whether AttentionForwardRoPE and AttentionBackwardRoPE
+// take these shapes: rows the tensor-core kernels take (BF16 compute), one
+// KV head a query head (dK is final when the kernel rotates it back), and
+// an even rotary dimension within the head.
+func (b *Backend) RoPEAttention(B, S, nHead, nKV, headDim, rotaryDim int) bool {
+	return ropeAttn && b.shortAttn(S, headDim) && nHead == nKV && rotaryDim > 0 && rotaryDim%2 == 0 &&
+		rotaryDim <= headDim && b.tcAttn("attn_fwd_bf16", abFwdSmem(headDim)) &&
+		b.tcAttn("attn_bwd_bf16", abBwdSmem(headDim, rotaryDim/2))
+}
+
+// ropeAttnArgs checks the shapes and returns RoPE's table (rope_apply's,
+// cached while the positions stay) and half the rotary dimension.
+func (b *Backend) ropeAttnArgs(op string, ps *Tensor, B, S, nHead, nKV, headDim, rotaryDim int, theta float32) (uint64, uint64) {
+	if !b.RoPEAttention(B, S, nHead, nKV, headDim, rotaryDim) {
+		panic(&Error{Op: op, Err: fmt.Errorf("%d x %d tokens, %d/%d heads of %d, rotary %d: not fused here (RoPEAttention is false)", B, S, nHead, nKV, headDim, rotaryDim)})
+	}
+	half := rotaryDim / 2
+	return ptrArg(b.ropeTable(op, ps, B*S, half, rotaryDim, theta)), intArg(half)
+}
+
+// AttentionForwardRoPE is RoPEForward on a copy of qkv then
+// AttentionForward (finetune.RoPEAttentioner): attn_fwd_bf16 rotates q and
+// k as it loads them; qkv is not written.
+func (b *Backend) AttentionForwardRoPE(out, lse, qkv, pos finetune.Tensor, B, S, nHead, nKV, headDim, window, rotaryDim int, theta float32) {
+	const op = "AttentionForwardRoPE"
+	defer b.enter(op)()
+	o, ls, x, ps := tensor(out, kindF32, op), tensor(lse, kindF32, op), tensor(qkv, kindF32, op), tensor(pos, kindI32, op)
+	b.checkAttn(op, x, ps, B, S, nHead, nKV, headDim)
+	cs, half := b.ropeAttnArgs(op, ps, B, S, nHead, nKV, headDim, rotaryDim, theta)
+	b.launch(op, "attn_fwd_bf16", [3]int{nHead, B, 1}, 256, abFwdSmem(headDim), ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr),
+		ptrArg(ps.ptr), intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window),
+		f32Arg(attnScale(headDim)), cs, half)
+}
+
+// AttentionBackwardRoPE is AttentionBackward from the rotated qkv then
+// RoPEBackward on dqkv (finetune.RoPEAttentioner, dqkv zeroed on entry):
+// attn_bwd_bf16 rotates q and k as it loads them and dQ, dK back as it
+// stores them.
+func (b *Backend) AttentionBackwardRoPE(dqkv, dout, out, lse, qkv, pos finetune.Tensor, B, S, nHead, nKV, headDim, window, rotaryDim int, theta float32) {
+	const op = "AttentionBackwardRoPE"
+	defer b.enter(op)()
+	do, o := tensor(dout, kindF32, op), tensor(out, kindF32, op)
+	ls, x, ps := tensor(lse, kindF32, op), tensor(qkv, kindF32, op), tensor(pos, kindI32, op)
+	b.checkAttn(op, x, ps, B, S, nHead, nKV, headDim)
+	dx, beta := b.accTensor(dqkv, kindF32, op)
+	if dx.n != x.n {
+		panic(&Error{Op: op, Err: fmt.Errorf("dqkv has %d values, want %d", dx.n, x.n)})
+	}
+	cs, half := b.ropeAttnArgs(op, ps, B, S, nHead, nKV, headDim, rotaryDim, theta)
+	b.launch(op, "attn_bwd_bf16", [3]int{nKV, B, 1}, 256, abBwdSmem(headDim, rotaryDim/2), ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(o.ptr),
+		ptrArg(ls.ptr), ptrArg(x.ptr), ptrArg(ps.ptr), intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim),
+		intArg(window), f32Arg(attnScale(headDim)), boolArg(beta != 0), cs, half)
 }

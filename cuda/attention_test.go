@@ -226,3 +226,62 @@ func (r attnBF16Ref) backward(dout, out, lse, init []float32) []float32 {
 	}
 	return res
 }
+
+// TestAttentionRoPE: with RoPE fused into the tensor-core kernels
+// (finetune.RoPEAttentioner), attention's outputs and the gradient w.r.t.
+// the unrotated qkv are bit for bit those of RoPEForward + AttentionForward
+// and AttentionBackward + RoPEBackward; the fused ops leave qkv unrotated.
+func TestAttentionRoPE(t *testing.T) {
+	g := gpuB16
+	for _, c := range []struct{ B, S, H, D, rot, window int }{
+		{4, 64, 8, 96, 96, 0}, // Phi-3-mini's heads: RoPE over the whole head
+		{3, 37, 4, 32, 16, 0}, // partial rotary
+		{2, 64, 4, 100, 100, 9},
+		{2, 29, 2, 30, 30, 0}, // half 15: the scalar path
+		{2, 50, 2, 128, 64, 0},
+	} {
+		name := fmt.Sprintf("B%d S%d H%d D%d rot%d w%d", c.B, c.S, c.H, c.D, c.rot, c.window)
+		t.Run(name, func(t *testing.T) {
+			B, S, H, D := c.B, c.S, c.H, c.D
+			if !g.RoPEAttention(B, S, H, H, D, c.rot) {
+				t.Fatal("RoPEAttention is false")
+			}
+			T, width := B*S, 3*H*D
+			const theta = 10000
+			up := func(data []float32, shape ...int) finetune.Tensor {
+				x := g.Alloc(shape...)
+				g.Upload(x, data)
+				return x
+			}
+			qkvData := randn(T*width, 21, 1)
+			pos := g.AllocInt32(T)
+			g.UploadInt32(pos, attnPos("packed", B, S))
+			raw, rot := up(qkvData, T, width), up(qkvData, T, width)
+			out1, lse1 := up(nanSlice(T*H*D), T, H*D), up(nanSlice(H*T), H, T)
+			out2, lse2 := up(nanSlice(T*H*D), T, H*D), up(nanSlice(H*T), H, T)
+			dout := up(randn(T*H*D, 22, 1), T, H*D)
+			dq1, dq2 := g.Alloc(T, width), g.Alloc(T, width)
+			defer func() {
+				for _, x := range []finetune.Tensor{pos, raw, rot, out1, lse1, out2, lse2, dout, dq1, dq2} {
+					g.Free(x)
+				}
+			}()
+			g.RoPEForward(rot, pos, H, H, D, c.rot, theta)
+			g.AttentionForward(out1, lse1, rot, pos, B, S, H, H, D, c.window)
+			g.AttentionForwardRoPE(out2, lse2, raw, pos, B, S, H, H, D, c.window, c.rot, theta)
+			checkBits(t, "out", g.Download(out2), g.Download(out1))
+			checkBits(t, "lse", g.Download(lse2), g.Download(lse1))
+			checkBits(t, "qkv after the fused forward", g.Download(raw), qkvData)
+			g.Zero(dq1)
+			g.AttentionBackward(dq1, dout, out1, lse1, rot, pos, B, S, H, H, D, c.window)
+			g.RoPEBackward(dq1, pos, H, H, D, c.rot, theta)
+			g.Zero(dq2)
+			g.AttentionBackwardRoPE(dq2, dout, out1, lse1, raw, pos, B, S, H, H, D, c.window, c.rot, theta)
+			checkBits(t, "dqkv", g.Download(dq2), g.Download(dq1))
+		})
+	}
+	// Grouped heads are not fused (dK would be rotated per head).
+	if gpuB16.RoPEAttention(2, 64, 8, 2, 96, 96) {
+		t.Error("RoPEAttention takes grouped heads")
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -590,15 +591,17 @@ func testAttention(t *testing.T, mode, layout string, B, S, H, K, D, window int)
 // BenchmarkAttention times AttentionForward and AttentionBackward at the
 // Phi-3-mini training shape (16 rows of 64 tokens, 32 heads of 96): BF16
 // compute's tensor-core kernels (into a pending Zero, the model's case),
+// with RoPE fused (tc-rope),
 // v7's float32 tiled ones and the reference ones.
 func BenchmarkAttention(b *testing.B) {
 	B, S, H, K, D := 16, 64, 32, 32, 96
 	T, width := B*S, (H+2*K)*D
-	for _, mode := range []string{"tc", "t64", "reference"} {
+	for _, mode := range []string{"tc", "tc-rope", "t64", "reference"} {
 		var g finetune.Backend = gpu
-		if mode == "tc" {
+		if strings.HasPrefix(mode, "tc") {
 			g = gpuB16
 		}
+		rope := mode == "tc-rope"
 		restore := setAttnMode(mode)
 		up := func(data []float32, shape ...int) finetune.Tensor {
 			x := g.Alloc(shape...)
@@ -614,7 +617,11 @@ func BenchmarkAttention(b *testing.B) {
 		dqkv := up(randn(T*width, 13, 1), T, width)
 		b.Run("fwd "+mode, func(b *testing.B) {
 			for range b.N {
-				g.AttentionForward(out, lse, qkv, pos, B, S, H, K, D, 0)
+				if rope {
+					gpuB16.AttentionForwardRoPE(out, lse, qkv, pos, B, S, H, K, D, 0, D, 10000)
+				} else {
+					g.AttentionForward(out, lse, qkv, pos, B, S, H, K, D, 0)
+				}
 			}
 			if err := g.Sync(); err != nil {
 				b.Fatal(err)
@@ -623,7 +630,11 @@ func BenchmarkAttention(b *testing.B) {
 		b.Run("bwd "+mode, func(b *testing.B) {
 			for range b.N {
 				g.Zero(dqkv)
-				g.AttentionBackward(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, 0)
+				if rope {
+					gpuB16.AttentionBackwardRoPE(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, 0, D, 10000)
+				} else {
+					g.AttentionBackward(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, 0)
+				}
 			}
 			if err := g.Sync(); err != nil {
 				b.Fatal(err)

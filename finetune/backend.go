@@ -281,6 +281,21 @@ type SwiGLULinearBackwarder interface {
 	SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x Tensor, l *Linear, h Tensor, seed uint64)
 }
 
+// RoPEAttentioner fuses RoPE into attention. With qkv holding q and k
+// before RoPE, AttentionForwardRoPE(out, lse, qkv, pos, ...) gives what
+// RoPEForward on a copy of qkv then AttentionForward on the copy give; with
+// dqkv zeroed (Zero) on entry, AttentionBackwardRoPE(dqkv, dout, out, lse,
+// qkv, pos, ...) leaves in dqkv what AttentionBackward (from the rotated
+// copy) then RoPEBackward leave: the gradient w.r.t. the unrotated qkv.
+// RoPEAttention says whether it takes these shapes. The model uses it when
+// it does and no finiteness check is on (qkv then stays unrotated: nothing
+// else reads it); the CPU backend has not, so its ops stay the reference.
+type RoPEAttentioner interface {
+	RoPEAttention(B, S, nHead, nKV, headDim, rotaryDim int) bool
+	AttentionForwardRoPE(out, lse, qkv, pos Tensor, B, S, nHead, nKV, headDim, window, rotaryDim int, theta float32)
+	AttentionBackwardRoPE(dqkv, dout, out, lse, qkv, pos Tensor, B, S, nHead, nKV, headDim, window, rotaryDim int, theta float32)
+}
+
 // AddRMSNormer fuses the residual add and the RMSNorm after it:
 // AddRMSNormForward(sum, out, rstd, a, b, w, eps) is Add(sum, a, b) then
 // RMSNormForward(out, rstd, sum, w, eps), with the same results (out must

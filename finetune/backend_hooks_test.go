@@ -161,8 +161,8 @@ func TestEnsureBuffersFreesOnOOM(t *testing.T) {
 	}
 }
 
-// fusedBackend is the CPU backend with the optional fused SwiGLU ops and
-// the prefetch hint,
+// fusedBackend is the CPU backend with the optional fused SwiGLU ops,
+// attention with RoPE and the prefetch hint,
 // implemented as their contracts define them (the two ops each), counting
 // calls: it checks the model's use of the hooks (checkpointing's recompute
 // takes the out-nil form, the forward adds the residual after it, d
@@ -170,6 +170,32 @@ func TestEnsureBuffersFreesOnOOM(t *testing.T) {
 type fusedBackend struct {
 	*CPUBackend
 	fwd, fwdH, bwd, prefetched int
+	ropeFwd, ropeBwd           int // attention with RoPE fused
+}
+
+func (b *fusedBackend) RoPEAttention(B, S, nHead, nKV, headDim, rotaryDim int) bool { return true }
+
+// rotated is a copy of qkv after RoPE.
+func (b *fusedBackend) rotated(qkv, pos Tensor, H, K, D, rot int, theta float32) Tensor {
+	r := b.Alloc(qkv.Shape()...)
+	b.Copy(r, qkv)
+	b.RoPEForward(r, pos, H, K, D, rot, theta)
+	return r
+}
+
+func (b *fusedBackend) AttentionForwardRoPE(out, lse, qkv, pos Tensor, B, S, H, K, D, window, rot int, theta float32) {
+	b.ropeFwd++
+	r := b.rotated(qkv, pos, H, K, D, rot, theta)
+	defer b.Free(r)
+	b.AttentionForward(out, lse, r, pos, B, S, H, K, D, window)
+}
+
+func (b *fusedBackend) AttentionBackwardRoPE(dqkv, dout, out, lse, qkv, pos Tensor, B, S, H, K, D, window, rot int, theta float32) {
+	b.ropeBwd++
+	r := b.rotated(qkv, pos, H, K, D, rot, theta)
+	defer b.Free(r)
+	b.AttentionBackward(dqkv, dout, out, lse, r, pos, B, S, H, K, D, window)
+	b.RoPEBackward(dqkv, pos, H, K, D, rot, theta)
 }
 
 // PrefetchLinears counts the hints (the CPU has nothing to prefetch).
@@ -200,7 +226,7 @@ func (b *fusedBackend) SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x Tensor,
 }
 
 // TestFusedSwiGLUHooks: training through a backend with the fused SwiGLU
-// hooks gives the reference adapter byte for byte, with and without
+// and RoPE-attention hooks gives the reference adapter byte for byte, with and without
 // gradient checkpointing, and the hooks ran where the model should call
 // them: every layer's forward, the recompute of every layer but the last,
 // every layer's backward.
@@ -241,6 +267,11 @@ func TestFusedSwiGLUHooks(t *testing.T) {
 		if fb.fwd != 2*L || fb.fwdH != wantH || fb.bwd != 2*L {
 			t.Errorf("checkpointing %v: %d forwards, %d recomputes, %d backwards through the hooks, want %d, %d, %d",
 				ckpt, fb.fwd, fb.fwdH, fb.bwd, 2*L, wantH, 2*L)
+		}
+		// Attention with RoPE: every forward and recompute, every backward.
+		if fb.ropeFwd != 2*L+wantH || fb.ropeBwd != 2*L {
+			t.Errorf("checkpointing %v: %d attention forwards, %d backwards with RoPE fused, want %d, %d",
+				ckpt, fb.ropeFwd, fb.ropeBwd, 2*L+wantH, 2*L)
 		}
 		if !bytes.Equal(readFile(t, filepath.Join(got.OutputDir, peft.WeightsName)), readFile(t, filepath.Join(ref.OutputDir, peft.WeightsName))) {
 			t.Errorf("checkpointing %v: the adapter trained through the hooks differs from the reference", ckpt)

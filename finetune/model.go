@@ -270,7 +270,8 @@ func (m *Model) Free() {
 // buffers.inputs).
 type layerActs struct {
 	ln1, rstd1  Tensor             // [T,C], [T]
-	qkv         Tensor             // [T,(H+2K)*D], after RoPE
+	qkv         Tensor             // [T,(H+2K)*D], after RoPE (before it where ropeFused)
+	ropeFused   bool               // attention ran through RoPEAttentioner: qkv is unrotated
 	att, lse    Tensor             // [T,H*D], [H,T]
 	res1        Tensor             // [T,C] = x + o_proj(att)
 	ln2, rstd2  Tensor             // [T,C], [T]
@@ -504,9 +505,15 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 	chk("input_layernorm", a.ln1)
 	b.LinearForward(a.qkv, a.ln1, lin[modQKV], a.h[modQKV], moduleSeed(stepSeed, li, modQKV))
 	chk("qkv_proj", a.qkv)
-	b.RoPEForward(a.qkv, bf.pos, H, K, D, c.RotaryDim(), c.RopeTheta)
-	chk("rope", a.qkv)
-	b.AttentionForward(a.att, a.lse, a.qkv, bf.pos, bf.B, bf.S, H, K, D, c.SlidingWindow)
+	ra, ok := b.(RoPEAttentioner)
+	a.ropeFused = ok && m.fc == nil && ra.RoPEAttention(bf.B, bf.S, H, K, D, c.RotaryDim())
+	if a.ropeFused {
+		ra.AttentionForwardRoPE(a.att, a.lse, a.qkv, bf.pos, bf.B, bf.S, H, K, D, c.SlidingWindow, c.RotaryDim(), c.RopeTheta)
+	} else {
+		b.RoPEForward(a.qkv, bf.pos, H, K, D, c.RotaryDim(), c.RopeTheta)
+		chk("rope", a.qkv)
+		b.AttentionForward(a.att, a.lse, a.qkv, bf.pos, bf.B, bf.S, H, K, D, c.SlidingWindow)
+	}
 	chk("attention", a.att)
 	b.LinearForward(bf.tmp, a.att, lin[modO], a.h[modO], moduleSeed(stepSeed, li, modO))
 	chk("o_proj", bf.tmp)
@@ -697,9 +704,14 @@ func (m *Model) Backward() error {
 		b.LinearBackward(bf.datt, bf.dres, a.att, lin[modO], a.h[modO], s(modO))
 		chk("d attention", bf.datt)
 		b.Zero(bf.dqkv)
-		b.AttentionBackward(bf.dqkv, bf.datt, a.att, a.lse, a.qkv, bf.pos, bf.B, bf.S, H, K, D, c.SlidingWindow)
-		chk("d qkv_proj (before rope)", bf.dqkv)
-		b.RoPEBackward(bf.dqkv, bf.pos, H, K, D, c.RotaryDim(), c.RopeTheta)
+		if a.ropeFused {
+			b.(RoPEAttentioner).AttentionBackwardRoPE(bf.dqkv, bf.datt, a.att, a.lse, a.qkv, bf.pos, bf.B, bf.S, H, K, D,
+				c.SlidingWindow, c.RotaryDim(), c.RopeTheta)
+		} else {
+			b.AttentionBackward(bf.dqkv, bf.datt, a.att, a.lse, a.qkv, bf.pos, bf.B, bf.S, H, K, D, c.SlidingWindow)
+			chk("d qkv_proj (before rope)", bf.dqkv)
+			b.RoPEBackward(bf.dqkv, bf.pos, H, K, D, c.RotaryDim(), c.RopeTheta)
+		}
 		if li == 0 {
 			// The embeddings are frozen: only the adapter's gradients.
 			b.LinearBackward(nil, bf.dqkv, a.ln1, lin[modQKV], a.h[modQKV], s(modQKV))

@@ -124,6 +124,141 @@ __device__ __forceinline__ void ab_load(bf16_t* dst, int ld, const float* src, i
     }
 }
 
+// RoPE fused into the kernels (v8, finetune.RoPEAttentioner): with half >
+// 0, q and k arrive before RoPE and are rotated as they are loaded, pairs
+// (d, d + half) for d < half by the token's (cos, sin) of cs [T][half]
+// (rope_apply's table and arithmetic, so the same bits), and the backward
+// rotates dQ and dK back before it stores them (rope_apply's inverse).
+// One KV head a query head only (the Go side checks): dK is then final
+// when it is stored.
+__device__ __forceinline__ void ab_rope(float& y1, float& y2, float x1, float x2, float2 cs, bool inverse) {
+    if (inverse) {
+        y1 = __fadd_rn(__fmul_rn(x1, cs.x), __fmul_rn(x2, cs.y));
+        y2 = __fsub_rn(__fmul_rn(x2, cs.x), __fmul_rn(x1, cs.y));
+    } else {
+        y1 = __fsub_rn(__fmul_rn(x1, cs.x), __fmul_rn(x2, cs.y));
+        y2 = __fadd_rn(__fmul_rn(x2, cs.x), __fmul_rn(x1, cs.y));
+    }
+}
+
+// ab_load_rope is ab_load with RoPE on the first 2 half columns; cs is the
+// row's table (its token 0). v4 needs half a multiple of 4 too: a thread
+// then takes 4 pairs (columns c.. and c + half..) or 4 columns past the
+// rotated ones, so that no lane idles.
+__device__ __forceinline__ void ab_load_rope(bf16_t* dst, int ld, const float* src, i64 stride, int S, int D, int D16,
+                                             bool v4, const float2* cs, int half) {
+    if (v4 && (half & 3) == 0) {
+        const int h4 = half >> 2, n4 = h4 + ((D16 - 2 * half) >> 2);
+#pragma unroll 3
+        for (int x = threadIdx.x; x < AB_S * n4; x += AB_THREADS) {
+            const int i = x / n4, k = x - i * n4;
+            if (k < h4) {
+                const int c = 4 * k;
+                float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f), z = y;
+                if (i < S) {
+                    const float4 v = *(const float4*)(src + (i64)i * stride + c);
+                    const float4 u = *(const float4*)(src + (i64)i * stride + c + half);
+                    const float4 ca = *(const float4*)&cs[i * half + c], cb = *(const float4*)&cs[i * half + c + 2];
+                    ab_rope(y.x, z.x, v.x, u.x, make_float2(ca.x, ca.y), false);
+                    ab_rope(y.y, z.y, v.y, u.y, make_float2(ca.z, ca.w), false);
+                    ab_rope(y.z, z.z, v.z, u.z, make_float2(cb.x, cb.y), false);
+                    ab_rope(y.w, z.w, v.w, u.w, make_float2(cb.z, cb.w), false);
+                }
+                *(uint2*)&dst[i * ld + c] = make_uint2(ab_pack(y.x, y.y), ab_pack(y.z, y.w));
+                *(uint2*)&dst[i * ld + c + half] = make_uint2(ab_pack(z.x, z.y), ab_pack(z.z, z.w));
+            } else {
+                const int c = 2 * half + 4 * (k - h4);
+                float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (i < S && c < D) v = *(const float4*)(src + (i64)i * stride + c);
+                *(uint2*)&dst[i * ld + c] = make_uint2(ab_pack(v.x, v.y), ab_pack(v.z, v.w));
+            }
+        }
+        return;
+    }
+    for (int x = threadIdx.x; x < AB_S * D16; x += AB_THREADS) {
+        const int i = x / D16, c = x - i * D16;
+        if (c >= half && c < 2 * half) continue;
+        const bool live = i < S && c < D;
+        const float v = live ? src[(i64)i * stride + c] : 0.0f;
+        if (c < half) {
+            float y = 0.0f, z = 0.0f;
+            if (live) ab_rope(y, z, v, src[(i64)i * stride + c + half], cs[i * half + c], false);
+            dst[i * ld + c] = f32_to_bf16(y);
+            dst[i * ld + c + half] = f32_to_bf16(z);
+        } else {
+            dst[i * ld + c] = f32_to_bf16(v);
+        }
+    }
+}
+
+// ab_copy_cs starts copying the row's table cs [S][half] into csS
+// (16-byte copies where half is even, else 4-byte ones).
+__device__ __forceinline__ void ab_copy_cs(float2* csS, const float2* cs, int S, int half) {
+    if ((half & 1) == 0) {
+        for (int x = threadIdx.x; x < S * half / 2; x += AB_THREADS)
+            cp_async16((float*)&csS[2 * x], (const float*)&cs[2 * x]);
+    } else {
+        for (int x = threadIdx.x; x < 2 * S * half; x += AB_THREADS)
+            cp_async4((float*)csS + x, (const float*)cs + x);
+    }
+    cp_commit();
+}
+
+// ab_put_x writes the warp's accumulators (rows r0 + g (+8), columns
+// 8(n0 + n) + 2t (+1)) into X [64][ldx] float.
+__device__ __forceinline__ void ab_put_x(float* X, int ldx, const float acc[][4], int r0, int n0, int n1, int g, int t) {
+#pragma unroll
+    for (int n = 0; n < 8; n++) {
+        if (n0 + n >= n1) break;
+        const int d = 8 * (n0 + n) + 2 * t;
+        *(float2*)&X[(r0 + g) * ldx + d] = make_float2(acc[n][0], acc[n][1]);
+        *(float2*)&X[(r0 + g + 8) * ldx + d] = make_float2(acc[n][2], acc[n][3]);
+    }
+}
+
+// ab_store_rope: dst[i*stride + d] (add: +=) X[i][d] rotated back (pairs
+// (d, d + half), d < half), i < S, d < D; the whole block, one column a
+// thread in turn (coalesced).
+template <bool add>
+__device__ __forceinline__ void ab_store_rope(float* dst, i64 stride, const float* X, int ldx, int S, int D,
+                                              const float2* cs, int half) {
+    for (int x = threadIdx.x; x < S * D; x += AB_THREADS) {
+        const int i = x / D, d = x - i * D;
+        float y = X[i * ldx + d];
+        if (d < 2 * half) {
+            float y1, y2;
+            const int e = d < half ? d : d - half;
+            ab_rope(y1, y2, X[i * ldx + e], X[i * ldx + e + half], cs[i * half + e], true);
+            y = d < half ? y1 : y2;
+        }
+        float* p = dst + (i64)i * stride + d;
+        *p = add ? __fadd_rn(*p, y) : y;
+    }
+}
+
+// ab_store_pairs_rope: the register form of ab_store_rope where each
+// lane holds both columns of its pairs: a1 the column tiles t0..t0+q-1 (of
+// the first half), a2 the same tiles plus half / 8 (their partners).
+template <bool add>
+__device__ __forceinline__ void ab_store_pairs_rope(float* dst, i64 stride, const float a1[4][4], const float a2[4][4],
+                                                    int r0, int t0, int q, int S, const float2* cs, int half, int g,
+                                                    int t) {
+#pragma unroll
+    for (int n = 0; n < 4; n++) {
+        if (n >= q) break;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int i = r0 + g + 8 * (e >> 1), d = 8 * (t0 + n) + 2 * t + (e & 1);
+            if (i >= S) continue;
+            float y1, y2;
+            ab_rope(y1, y2, a1[n][e], a2[n][e], cs[i * half + d], true);
+            float* p = dst + (i64)i * stride + d;
+            p[0] = add ? __fadd_rn(p[0], y1) : y1;
+            p[half] = add ? __fadd_rn(p[half], y2) : y2;
+        }
+    }
+}
+
 // ab_tiles is how many of the 4 key tiles 32hb + 8n (n < 4) hold a key that
 // a query of rows r0..r0+15 may see: key <= query < S.
 __device__ __forceinline__ int ab_tiles(int r0, int hb, int S) {
@@ -168,15 +303,15 @@ __device__ __forceinline__ void ab_scores(float acc[4][4], const bf16_t* X, cons
 // ab_wsum: acc[n - n0] = sum over k-steps kk in [k0, k1) (16 each) of A . B,
 // A rows r0.. of W (trans: of W^T), B the column tiles n0..n1-1 of Y
 // (B[k][n] = Y[k*ldy + n]).
-template <bool trans>
-__device__ __forceinline__ void ab_wsum(float acc[AB_MAXNT][4], const bf16_t* W, int ldw, const bf16_t* Y, int ldy,
-                                        int r0, int k0, int k1, int n0, int n1, int lane) {
-    ab_zero(acc, AB_MAXNT);
+template <bool trans, int maxnt>
+__device__ __forceinline__ void ab_wsum(float (&acc)[maxnt][4], const bf16_t* W, int ldw, const bf16_t* Y, int ldy, int r0,
+                                        int k0, int k1, int n0, int n1, int lane) {
+    ab_zero(acc, maxnt);
     for (int kk = k0; kk < k1; kk++) {
         unsigned a[4], b[4];
         ab_frag_a<trans>(a, W, ldw, r0, 16 * kk, lane);
 #pragma unroll
-        for (int n = 0; n < AB_MAXNT; n += 2)
+        for (int n = 0; n < maxnt; n += 2)
             if (n0 + n < n1) {
                 ab_frag_b2<false>(b, Y, ldy, 16 * kk, 8 * (n0 + n), lane);
                 ab_mma(acc[n], a, b[0], b[1]);
@@ -221,7 +356,8 @@ __device__ __forceinline__ void ab_put(bf16_t* R, const float v[4][4], int r0, i
 // as attn_fwd_t64 but for the bfloat16 operands.
 extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) attn_fwd_bf16(float* out, float* lse, const float* qkv,
                                                                         const int* pos, i64 B, i64 S_, i64 H, i64 K,
-                                                                        i64 D_, i64 window, double scale_d) {
+                                                                        i64 D_, i64 window, double scale_d,
+                                                                        const float2* cs, i64 half_) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int S = (int)S_, D = (int)D_, D16 = ab_d16(D), ld = ab_ld(D);
     bf16_t* Qs = (bf16_t*)smem_raw;
@@ -234,8 +370,14 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) attn_fwd_bf16(float*
     const float* base = qkv + b * S * width;
     const int* prow = pos + b * S;
     const bool v4 = (D & 3) == 0 && ((size_t)qkv & 15) == 0;
-    ab_load(Qs, ld, base + h * D, width, S, D, D16, v4);
-    ab_load(Ks, ld, base + (H + kvh) * D, width, S, D, D16, v4);
+    const int half = (int)half_;
+    if (half > 0) {
+        ab_load_rope(Qs, ld, base + h * D, width, S, D, D16, v4, cs + b * S * half, half);
+        ab_load_rope(Ks, ld, base + (H + kvh) * D, width, S, D, D16, v4, cs + b * S * half, half);
+    } else {
+        ab_load(Qs, ld, base + h * D, width, S, D, D16, v4);
+        ab_load(Ks, ld, base + (H + kvh) * D, width, S, D, D16, v4);
+    }
     ab_load(Vs, ld, base + (H + K + kvh) * D, width, S, D, D16, v4);
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int hb = w >> 2, a = hb ? 3 - (w & 3) : (w & 3), row0 = 16 * a;
@@ -321,7 +463,7 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) attn_fwd_bf16(float*
 
 // attn_bwd_bf16: grid (K, B), AB_THREADS threads, dynamic shared memory:
 // Q, K, V, dO [64][ld] and P, dS [64][AB_LDP] bfloat16, lse, di [64]
-// float. For each query head h of KV head kvh in turn:
+// float, with RoPE the row's table [S][half] float2. For each query head h of KV head kvh in turn:
 //   di = rowsum(dO * O);  P = exp(q.k*scale - lse) where visible, else 0
 //   dP = dO V^T;  dS = P * (dP - di) * scale
 //   dV += P^T dO;  dK += dS^T Q;  dQ = dS K
@@ -334,7 +476,8 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) attn_bwd_bf16(float*
                                                                         const float* out, const float* lse,
                                                                         const float* qkv, const int* pos, i64 B, i64 S_,
                                                                         i64 H, i64 K, i64 D_, i64 window,
-                                                                        double scale_d, i64 accum) {
+                                                                        double scale_d, i64 accum, const float2* cs,
+                                                                        i64 half_) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int S = (int)S_, D = (int)D_, D16 = ab_d16(D), ld = ab_ld(D);
     bf16_t* Qs = (bf16_t*)smem_raw;
@@ -345,6 +488,7 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) attn_bwd_bf16(float*
     bf16_t* dSs = Ps + AB_S * AB_LDP;
     float* lse_s = (float*)(dSs + AB_S * AB_LDP);
     float* di_s = lse_s + AB_S;
+    float2* csS = (float2*)(di_s + AB_S);  // with RoPE: the row's table [S][half]
     const float scale = (float)scale_d;
     const i64 kvh = blockIdx.x, b = blockIdx.y;
     const i64 T = B * S, width = (H + 2 * K) * D, HD = H * D, group = H / K;
@@ -367,12 +511,22 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) attn_bwd_bf16(float*
     // dQ over the keys up to the band's last query.
     const int qsteps = (S + 15) / 16, ksteps = row0 < S ? min(row0 + 15, S - 1) / 16 + 1 : 0;
 
-    ab_load(Ks, ld, base + koff, width, S, D, D16, v4);
-    ab_load(Vs, ld, base + voff, width, S, D, D16, v4);
+    const int half = (int)half_;
+    const float2* csb = cs + b * S * half;
+    if (half > 0) {
+        ab_copy_cs(csS, csb, S, half);  // for the stores: waited for before the first barrier
+        ab_load_rope(Ks, ld, base + koff, width, S, D, D16, v4, csb, half);
+    }
+    else
+        ab_load(Ks, ld, base + koff, width, S, D, D16, v4);
     for (i64 hh = 0; hh < group; hh++) {
         const i64 h = kvh * group + hh;
-        // The previous head ended with a barrier: Q, dO, P, dS, lse_s, di_s are free.
-        ab_load(Qs, ld, base + h * D, width, S, D, D16, v4);
+        // The previous head ended with a barrier: Q, V, dO, P, dS, lse_s, di_s are free.
+        if (half > 0)
+            ab_load_rope(Qs, ld, base + h * D, width, S, D, D16, v4, csb, half);
+        else
+            ab_load(Qs, ld, base + h * D, width, S, D, D16, v4);
+        ab_load(Vs, ld, base + voff, width, S, D, D16, v4);
         ab_load(dOs, ld, dobase + h * D, HD, S, D, D16, v4);
         // di and lse of rows 8w..8w+7, lanes over d (D <= 128).
         {
@@ -399,6 +553,7 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) attn_bwd_bf16(float*
                 }
             }
         }
+        cp_wait<0>();
         __syncthreads();
 
         // S = Q K^T and dP = dO V^T over the warp's 16 rows and 32 keys,
@@ -431,18 +586,60 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) attn_bwd_bf16(float*
             ab_store<true>(dbase + voff, width, acc, row0, n0, n1, S, D, g, t);
         else
             ab_store<false>(dbase + voff, width, acc, row0, n0, n1, S, D, g, t);
-        // dK = dS^T Q, like dV.
-        ab_wsum<true>(acc, dSs, AB_LDP, Qs, ld, row0, row0 < S ? a : qsteps, qsteps, n0, n1, lane);
-        if (addKV)
-            ab_store<true>(dbase + koff, width, acc, row0, n0, n1, S, D, g, t);
-        else
-            ab_store<false>(dbase + koff, width, acc, row0, n0, n1, S, D, g, t);
-        // dQ = dS K: query rows row0.., keys up to the band's last row.
-        ab_wsum<false>(acc, dSs, AB_LDP, Ks, ld, row0, 0, ksteps, n0, n1, lane);
-        if (accum)
-            ab_store<true>(dbase + h * D, width, acc, row0, n0, n1, S, D, g, t);
-        else
-            ab_store<false>(dbase + h * D, width, acc, row0, n0, n1, S, D, g, t);
+        if (half > 0 && 2 * half == D16 && (half & 15) == 0) {
+            // RoPE over whole heads of a multiple of 32 (Phi-3-mini): warp
+            // half hb takes column tiles hb*q.. of each half of the head,
+            // so that its lanes hold both columns of their pairs and rotate
+            // dK and dQ back in registers.
+            const int h8 = half >> 3, q = h8 >> 1, t0 = hb * q;
+            float a1[4][4], a2[4][4];
+            ab_wsum<true, 4>(a1, dSs, AB_LDP, Qs, ld, row0, row0 < S ? a : qsteps, qsteps, t0, t0 + q, lane);
+            ab_wsum<true, 4>(a2, dSs, AB_LDP, Qs, ld, row0, row0 < S ? a : qsteps, qsteps, t0 + h8, t0 + h8 + q, lane);
+            if (accum)
+                ab_store_pairs_rope<true>(dbase + koff, width, a1, a2, row0, t0, q, S, csS, half, g, t);
+            else
+                ab_store_pairs_rope<false>(dbase + koff, width, a1, a2, row0, t0, q, S, csS, half, g, t);
+            ab_wsum<false, 4>(a1, dSs, AB_LDP, Ks, ld, row0, 0, ksteps, t0, t0 + q, lane);
+            ab_wsum<false, 4>(a2, dSs, AB_LDP, Ks, ld, row0, 0, ksteps, t0 + h8, t0 + h8 + q, lane);
+            if (accum)
+                ab_store_pairs_rope<true>(dbase + h * D, width, a1, a2, row0, t0, q, S, csS, half, g, t);
+            else
+                ab_store_pairs_rope<false>(dbase + h * D, width, a1, a2, row0, t0, q, S, csS, half, g, t);
+        } else if (half > 0) {
+            // dK and dQ go through X [64][D16 + 4] float (V, dO and P's
+            // place, free once dV is done) to be rotated back.
+            float* X = (float*)Vs;
+            const int ldx = D16 + 4;
+            __syncthreads();  // every warp is done with V, dO, P
+            ab_wsum<true>(acc, dSs, AB_LDP, Qs, ld, row0, row0 < S ? a : qsteps, qsteps, n0, n1, lane);
+            ab_put_x(X, ldx, acc, row0, n0, n1, g, t);
+            __syncthreads();
+            if (accum)
+                ab_store_rope<true>(dbase + koff, width, X, ldx, S, D, csS, half);
+            else
+                ab_store_rope<false>(dbase + koff, width, X, ldx, S, D, csS, half);
+            ab_wsum<false>(acc, dSs, AB_LDP, Ks, ld, row0, 0, ksteps, n0, n1, lane);
+            __syncthreads();  // every thread is done reading dK from X
+            ab_put_x(X, ldx, acc, row0, n0, n1, g, t);
+            __syncthreads();
+            if (accum)
+                ab_store_rope<true>(dbase + h * D, width, X, ldx, S, D, csS, half);
+            else
+                ab_store_rope<false>(dbase + h * D, width, X, ldx, S, D, csS, half);
+        } else {
+            // dK = dS^T Q, like dV.
+            ab_wsum<true>(acc, dSs, AB_LDP, Qs, ld, row0, row0 < S ? a : qsteps, qsteps, n0, n1, lane);
+            if (addKV)
+                ab_store<true>(dbase + koff, width, acc, row0, n0, n1, S, D, g, t);
+            else
+                ab_store<false>(dbase + koff, width, acc, row0, n0, n1, S, D, g, t);
+            // dQ = dS K: query rows row0.., keys up to the band's last row.
+            ab_wsum<false>(acc, dSs, AB_LDP, Ks, ld, row0, 0, ksteps, n0, n1, lane);
+            if (accum)
+                ab_store<true>(dbase + h * D, width, acc, row0, n0, n1, S, D, g, t);
+            else
+                ab_store<false>(dbase + h * D, width, acc, row0, n0, n1, S, D, g, t);
+        }
         __syncthreads();  // done with Q, dO, P, dS before the next head's
     }
 }
