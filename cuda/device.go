@@ -123,6 +123,10 @@ type Backend struct {
 	// smemOptIn is the dynamic shared memory each kernel has opted in to
 	// above 48 KiB (allowSmem).
 	smemOptIn map[string]int
+	// Kept LoRA inputs (keep.go).
+	keepLoRA  bool
+	kept      []keptInput
+	keptClock uint64
 
 	info DeviceInfo
 
@@ -926,6 +930,7 @@ func (b *Backend) FreeScratch() {
 	defer b.enter("FreeScratch")()
 	b.freeDequantCache()
 	b.freeRopeCache()
+	b.freeKept()
 	for k := range b.scratch {
 		if b.scratch[k].ptr != 0 {
 			b.rawFree(b.scratch[k].ptr, b.scratch[k].n)

@@ -116,7 +116,8 @@ func (b *Backend) loraHForward(op string, h, x finetune.Tensor, l *finetune.Line
 	n := int64(T) * int64(w.in)
 	switch {
 	case b.loraBF16(w) && canLoRARows(xs.ptr, A.ptr, T, w.in, r):
-		b.loraRows(op, false, 0, 0, hs.ptr, 0, 0, 1, xs.ptr, A.ptr, T, w.in, r, lo.Dropout, seed, prepJob{})
+		b.loraRows(op, false, 0, 0, hs.ptr, 0, 0, 1, xs.ptr, A.ptr, T, w.in, r, lo.Dropout, seed, prepJob{},
+			b.keepSlot(op, l, xs.ptr, seed, T, w.in))
 	case b.loraBF16(w):
 		a16, _, _, _ := b.loraHalfBufs(op, T, w.in, w.out, r)
 		xdh := b.scratchBuf(sLoRAX, 2*n, op)
@@ -251,7 +252,8 @@ func (b *Backend) SwiGLULinearForward(out, act, gateUp finetune.Tensor, l *finet
 		}
 		if out == nil {
 			lo := l.LoRA
-			b.loraRowsAct(op, ac.ptr, 0, 0, hs.ptr, 0, 0, 1, gu.ptr, tensor(lo.A, kindF32, op).ptr, T, I, loraRank(l), lo.Dropout, seed, prepJob{})
+			b.loraRowsAct(op, ac.ptr, 0, 0, hs.ptr, 0, 0, 1, gu.ptr, tensor(lo.A, kindF32, op).ptr, T, I, loraRank(l), lo.Dropout, seed,
+				prepJob{}, b.keepSlot(op, l, ac.ptr, seed, T, I))
 			return
 		}
 		o := outTensor(out, kindF32, op)

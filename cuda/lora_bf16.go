@@ -149,21 +149,26 @@ func canLoRARows(Y, W cu.DevicePtr, T, K, r int) bool {
 // B): from one read of Y [T,K] it writes bf16(Y) to yh (row stride ldyh,
 // a multiple of 8, 16-byte aligned; 0: not written), P [T,r] float32 and
 // bf16(scale16 * P) to p16 (row stride ldp; 0: not written), and does job
-// (dst 0: none) in the same launch. The caller checked canLoRARows.
+// (dst 0: none) in the same launch; lora_rows_bf16 also writes
+// bf16(dropout(Y)) [T,K] to xd16 (0: not written; keepSlot). The caller
+// checked canLoRARows.
 func (b *Backend) loraRows(op string, wt bool, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, scale16 float32,
-	Y, W cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob) {
-	kernel := "lora_rows_bf16"
+	Y, W cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob, xd16 cu.DevicePtr) {
 	if wt {
-		kernel = "lora_rows_bf16_t"
+		if xd16 != 0 {
+			panic(&Error{Op: op, Err: fmt.Errorf("lora_rows_bf16_t keeps no dropout(x)")})
+		}
+		b.loraRowsLaunch(op, "lora_rows_bf16_t", yh, ldyh, P, p16, ldp, scale16, Y, W, T, K, r, p, seed, job)
+		return
 	}
-	b.loraRowsLaunch(op, kernel, yh, ldyh, P, p16, ldp, scale16, Y, W, T, K, r, p, seed, job)
+	b.loraRowsLaunch(op, "lora_rows_bf16", yh, ldyh, P, p16, ldp, scale16, Y, W, T, K, r, p, seed, job, ptrArg(xd16))
 }
 
 // loraRowsAct runs lora_rows_swiglu_bf16: loraRows (A [r,K]) over act =
 // SwiGLU(gu), gu [T,2K], also writing act [T,K] in float32.
 func (b *Backend) loraRowsAct(op string, act, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, scale16 float32,
-	gu, A cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob) {
-	b.loraRowsLaunch(op, "lora_rows_swiglu_bf16", yh, ldyh, P, p16, ldp, scale16, gu, A, T, K, r, p, seed, job, ptrArg(act))
+	gu, A cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob, xd16 cu.DevicePtr) {
+	b.loraRowsLaunch(op, "lora_rows_swiglu_bf16", yh, ldyh, P, p16, ldp, scale16, gu, A, T, K, r, p, seed, job, ptrArg(act), ptrArg(xd16))
 }
 
 // loraRowsLaunch launches a row kernel with LORA_ROWS_PARAMS and extra.
@@ -233,10 +238,11 @@ func (b *Backend) linearForwardBF16(op string, out, x, gu cu.DevicePtr, T int, w
 			job = prepJob{dst: wp + cu.DevicePtr(2*w.in), src: B.ptr, rows: w.out, cols: r, ld: ld, scale: 1}
 			p16 = xh + cu.DevicePtr(2*w.in)
 		}
+		xd16 := b.keepSlot(op, l, x, seed, T, w.in)
 		if gu != 0 {
-			b.loraRowsAct(op, x, xh, ld, hs.ptr, p16, ld, lo.Scale, gu, A.ptr, T, w.in, r, lo.Dropout, seed, job)
+			b.loraRowsAct(op, x, xh, ld, hs.ptr, p16, ld, lo.Scale, gu, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
 		} else {
-			b.loraRows(op, false, xh, ld, hs.ptr, p16, ld, lo.Scale, x, A.ptr, T, w.in, r, lo.Dropout, seed, job)
+			b.loraRows(op, false, xh, ld, hs.ptr, p16, ld, lo.Scale, x, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
 		}
 	} else {
 		n := int64(T) * int64(w.in)
@@ -303,7 +309,7 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, sw
 		// v7: dh, g = dout . B and bf16(g) from one pass over dout; h's
 		// rounding rides along.
 		b.loraRows(op, true, dh, w.out, g, g16, r, 1, dout, B.ptr, T, w.out, r, 0, 0,
-			prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1})
+			prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1}, 0)
 	default:
 		b.loraPrep(op, dh, 0, dout, nout, w.out, w.out, 0, 0,
 			prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1},
@@ -320,10 +326,15 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, sw
 		B: uintptr(h16), ldb: r, C: uintptr(gB.ptr), ldc: r, abType: dataR16BF})
 	// GradA [r,in] += scale * g^T . dropout(x)
 	n := int64(T) * int64(w.in)
-	xdh := b.scratchBuf(sLoRAX, 2*n, op)
+	var xdh cu.DevicePtr
 	if rows {
-		b.loraPrep(op, 0, xdh, xs.ptr, n, w.in, w.in, lo.Dropout, seed)
+		// bf16(dropout(x)): kept by the forward (v8), else one pass.
+		if xdh = b.takeKept(l, xs.ptr, seed, T, w.in); xdh == 0 {
+			xdh = b.scratchBuf(sLoRAX, 2*n, op)
+			b.loraPrep(op, 0, xdh, xs.ptr, n, w.in, w.in, lo.Dropout, seed)
+		}
 	} else {
+		xdh = b.scratchBuf(sLoRAX, 2*n, op)
 		// g [T,r] = dout . B
 		b.gemm(op, gemmArgs{M: T, N: r, K: w.out, alpha: 1, A: uintptr(dh), lda: w.out, B: uintptr(b16), ldb: r,
 			C: uintptr(g), ldc: r, abType: dataR16BF})

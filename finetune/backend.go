@@ -296,6 +296,18 @@ type RoPEAttentioner interface {
 	AttentionBackwardRoPE(dqkv, dout, out, lse, qkv, pos Tensor, B, S, nHead, nKV, headDim, window, rotaryDim int, theta float32)
 }
 
+// LoRAInputKeeper keeps, between KeepLoRAInputs(true) and (false), what a
+// linear's LinearForward (or LoRAHForward, SwiGLULinearForward) computes
+// from its input that the same linear's LinearBackward needs again, for
+// that backward with the same input and seed (the CUDA backend: the
+// rounded dropout(x) of GradA), so that it is not computed twice. The
+// model brackets the forward of a layer whose backward comes next:
+// checkpointing's recompute and the last layer's training forward. The
+// results are the same with or without.
+type LoRAInputKeeper interface {
+	KeepLoRAInputs(on bool)
+}
+
 // AddRMSNormer fuses the residual add and the RMSNorm after it:
 // AddRMSNormForward(sum, out, rstd, a, b, w, eps) is Add(sum, a, b) then
 // RMSNormForward(out, rstd, sum, w, eps), with the same results (out must

@@ -162,7 +162,7 @@ func TestEnsureBuffersFreesOnOOM(t *testing.T) {
 }
 
 // fusedBackend is the CPU backend with the optional fused SwiGLU ops,
-// attention with RoPE and the prefetch hint,
+// attention with RoPE, the prefetch and keep-inputs hints,
 // implemented as their contracts define them (the two ops each), counting
 // calls: it checks the model's use of the hooks (checkpointing's recompute
 // takes the out-nil form, the forward adds the residual after it, d
@@ -171,6 +171,19 @@ type fusedBackend struct {
 	*CPUBackend
 	fwd, fwdH, bwd, prefetched int
 	ropeFwd, ropeBwd           int // attention with RoPE fused
+	keeps                      int // KeepLoRAInputs(true) calls
+	keeping                    bool
+}
+
+// KeepLoRAInputs counts the windows and checks that they nest nowhere.
+func (b *fusedBackend) KeepLoRAInputs(on bool) {
+	if on && b.keeping {
+		panic("KeepLoRAInputs(true) inside a window")
+	}
+	if on {
+		b.keeps++
+	}
+	b.keeping = on
 }
 
 func (b *fusedBackend) RoPEAttention(B, S, nHead, nKV, headDim, rotaryDim int) bool { return true }
@@ -267,6 +280,15 @@ func TestFusedSwiGLUHooks(t *testing.T) {
 		if fb.fwd != 2*L || fb.fwdH != wantH || fb.bwd != 2*L {
 			t.Errorf("checkpointing %v: %d forwards, %d recomputes, %d backwards through the hooks, want %d, %d, %d",
 				ckpt, fb.fwd, fb.fwdH, fb.bwd, 2*L, wantH, 2*L)
+		}
+		// Kept LoRA inputs: the last layer's forward and each recompute
+		// (checkpointing only), each window closed.
+		wantK := 0
+		if ckpt {
+			wantK = 2 * L
+		}
+		if fb.keeps != wantK || fb.keeping {
+			t.Errorf("checkpointing %v: %d windows to keep LoRA inputs (open at the end: %v), want %d", ckpt, fb.keeps, fb.keeping, wantK)
 		}
 		// Attention with RoPE: every forward and recompute, every backward.
 		if fb.ropeFwd != 2*L+wantH || fb.ropeBwd != 2*L {

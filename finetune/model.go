@@ -559,6 +559,14 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 // prefetch hints the linears the model uses next to a WeightPrefetcher
 // backend (the dequantization cache slots they take hold weights already
 // done with).
+// keepLoRAInputs brackets a forward whose layer's backward comes next
+// (LoRAInputKeeper).
+func (m *Model) keepLoRAInputs(on bool) {
+	if k, ok := m.B.(LoRAInputKeeper); ok {
+		k.KeepLoRAInputs(on)
+	}
+}
+
 func (m *Model) prefetch(ls ...*Linear) {
 	if pf, ok := m.B.(WeightPrefetcher); ok {
 		pf.PrefetchLinears(ls...)
@@ -582,7 +590,12 @@ func (m *Model) body(batch *Batch, train bool, stepSeed uint64) *buffers {
 			out = bf.inputs[(li+1)%2]
 		}
 		a := &bf.acts[min(li, len(bf.acts)-1)]
+		// Checkpointing's backward starts with this layer, from these
+		// activations.
+		keep := train && bf.ckpt && li == len(m.Layers)-1
+		m.keepLoRAInputs(keep)
 		m.layerForward(li, a, x, out, bf, train, stepSeed)
+		m.keepLoRAInputs(false)
 		x = out
 	}
 	b.RMSNormForward(bf.lnf, bf.rstd, x, m.FinalNorm, m.Cfg.RMSNormEps)
@@ -668,7 +681,9 @@ func (m *Model) Backward() error {
 			// they are still in acts[0] (issue 8: 1/32 of the recompute).
 			a = &bf.acts[0]
 			if li != L-1 {
+				m.keepLoRAInputs(true)
 				m.layerForward(li, a, x, nil, bf, true, seed)
+				m.keepLoRAInputs(false)
 			}
 		} else {
 			a = &bf.acts[li]

@@ -483,7 +483,7 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
                                                const float* __restrict__ Y, const float* __restrict__ W, i64 T, i64 K,
                                                i64 r, u64 seed, double p_d, u64 thr, double ks_d, bf16_t* jdst,
                                                const float* jsrc, i64 jrows, i64 jcols, i64 jld, double jscale,
-                                               float* __restrict__ act) {
+                                               float* __restrict__ act, bf16_t* __restrict__ xd16) {
     constexpr int BATCH = SW ? 2 : LR_BATCH;
     const float p = (float)p_d, ks = (float)ks_d;
     const unsigned int t32 = (unsigned int)thr;
@@ -544,6 +544,9 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
                     const u64 grp = (u64)((t * K + k) >> 2);
                     a = lora_prep_drop4(a, seed, grp, t32, ks), b = lora_prep_drop4(b, seed, grp + 1, t32, ks);
                 }
+                if (xd16)  // lora_prep_bf16's xdh, kept for the backward's GradA (v8)
+                    *reinterpret_cast<uint4*>(xd16 + t * K + k) = make_uint4(
+                        lora_bf16_pair(a.x, a.y), lora_bf16_pair(a.z, a.w), lora_bf16_pair(b.x, b.y), lora_bf16_pair(b.z, b.w));
             } else {
                 a = b = z;  // rows past T (SW: silu(0) * 0 is 0 anyway)
             }
@@ -564,14 +567,17 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
 #define LORA_ROWS_ARGS \
     yh, ldyh, P, p16, ldp, scale16, Y, W, T, K, r, seed, p_d, thr, ks_d, jdst, jsrc, jrows, jcols, jld, jscale
 
-extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_bf16(LORA_ROWS_PARAMS) {
-    lora_rows_body<false, false>(LORA_ROWS_ARGS, nullptr);
+// xd16 (null: not written) gets bf16(drop(Y)) [T,K], what lora_prep_bf16
+// writes as xdh for the backward's GradA (finetune.LoRAInputKeeper, v8).
+extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_bf16(LORA_ROWS_PARAMS, bf16_t* xd16) {
+    lora_rows_body<false, false>(LORA_ROWS_ARGS, nullptr, xd16);
 }
 extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_bf16_t(LORA_ROWS_PARAMS) {
-    lora_rows_body<true, false>(LORA_ROWS_ARGS, nullptr);
+    lora_rows_body<true, false>(LORA_ROWS_ARGS, nullptr, nullptr);
 }
-extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_swiglu_bf16(LORA_ROWS_PARAMS, float* act) {
-    lora_rows_body<false, true>(LORA_ROWS_ARGS, act);
+extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_swiglu_bf16(LORA_ROWS_PARAMS, float* act,
+                                                                                  bf16_t* xd16) {
+    lora_rows_body<false, true>(LORA_ROWS_ARGS, act, xd16);
 }
 
 // lr_swiglu8 is swiglu_bwd's d gate (dg) and d up (du) of 8 features.

@@ -1,0 +1,115 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"github.com/ollama-tune/ollama-tune/finetune"
+
+	"gorgonia.org/cu"
+)
+
+// Kept LoRA inputs (finetune.LoRAInputKeeper, issue 8 v8). GradA += s g^T .
+// bf16(dropout(x)) needs x's dropped, rounded copy, which the backward
+// otherwise makes in its own pass over x (lora_prep_bf16, 13 us a call at
+// Phi-3's shapes). The forward's row kernel has those very values in
+// registers, so while the model says that a layer's backward comes next
+// (checkpointing's recompute, the last layer's forward) it also writes them
+// into a slot keyed by (linear, x, seed, T), and LinearBackward of the same
+// linear, input and seed takes them instead (the same bits: tested).
+// keptSlots slots cover one layer (4 linears, ~36 MB at Phi-3-mini's
+// training shape); a slot is used once, and KeepLoRAInputs(true) voids
+// those left over.
+type keptInput struct {
+	l     *finetune.Linear
+	x     cu.DevicePtr
+	seed  uint64
+	T, in int
+	buf   buffer
+	ready bool
+	clock uint64 // when filled (the oldest slot is reused first)
+}
+
+const keptSlots = 4
+
+// keepOn says whether KeepLoRAInputs may keep (v8);
+// OLLAMA_TUNE_CUDA_REFERENCE=keep-lora-in turns it off (the A/B).
+var keepOn = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "keep-lora-in")
+
+var _ finetune.LoRAInputKeeper = (*Backend)(nil)
+
+// KeepLoRAInputs (finetune.LoRAInputKeeper) starts (on) or ends keeping.
+func (b *Backend) KeepLoRAInputs(on bool) {
+	b.keepLoRA = on && keepOn
+	if b.keepLoRA {
+		for k := range b.kept {
+			b.kept[k].ready = false
+		}
+	}
+}
+
+// keepSlot returns where the forward's row kernel writes bf16(dropout(x))
+// of l's input x [T,in], or 0 when nothing is kept.
+func (b *Backend) keepSlot(op string, l *finetune.Linear, x cu.DevicePtr, seed uint64, T, in int) cu.DevicePtr {
+	if !b.keepLoRA {
+		return 0
+	}
+	// A spent slot whose buffer fits (the smallest such), else the largest
+	// spent one (it grows), else a new one, else the oldest: the sizes
+	// settle on one layer's (three of Phi-3's in = 3072, one of 8192).
+	need := 2 * int64(T) * int64(in)
+	s := -1
+	for k := range b.kept {
+		c := &b.kept[k]
+		if c.ready {
+			continue
+		}
+		if s < 0 {
+			s = k
+			continue
+		}
+		fits, best := c.buf.n >= need, b.kept[s].buf.n >= need
+		if fits && (!best || c.buf.n < b.kept[s].buf.n) || !fits && !best && c.buf.n > b.kept[s].buf.n {
+			s = k
+		}
+	}
+	if s < 0 && len(b.kept) < keptSlots {
+		b.kept = append(b.kept, keptInput{})
+		s = len(b.kept) - 1
+	}
+	if s < 0 {
+		s = 0
+		for k := range b.kept {
+			if b.kept[k].clock < b.kept[s].clock {
+				s = k
+			}
+		}
+	}
+	k := &b.kept[s]
+	p, _ := b.grow(&k.buf, need, 256, "kept LoRA inputs", op)
+	b.keptClock++
+	*k = keptInput{l: l, x: x, seed: seed, T: T, in: in, buf: k.buf, ready: true, clock: b.keptClock}
+	return p
+}
+
+// takeKept returns the kept bf16(dropout(x)) of l's input x [T,in] for seed,
+// once, or 0.
+func (b *Backend) takeKept(l *finetune.Linear, x cu.DevicePtr, seed uint64, T, in int) cu.DevicePtr {
+	for k := range b.kept {
+		s := &b.kept[k]
+		if s.ready && s.l == l && s.x == x && s.seed == seed && s.T == T && s.in == in {
+			s.ready = false
+			return s.buf.ptr
+		}
+	}
+	return 0
+}
+
+// freeKept releases the slots' buffers.
+func (b *Backend) freeKept() {
+	for k := range b.kept {
+		if b.kept[k].buf.ptr != 0 {
+			b.rawFree(b.kept[k].buf.ptr, b.kept[k].buf.n)
+		}
+	}
+	b.kept = nil
+}
