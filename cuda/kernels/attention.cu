@@ -559,32 +559,8 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS, 4) attn_bwd_t64(float* 
         const float* dO = dobase + h * D;
         // The previous head ended with a barrier: sm, lse_s, di_s are free.
         at_bwd_issue(sm, q, base + koff, dO, base + voff, width, HD, S, D, 0);
-        // di and lse of the warp's rows 8band..8band+7, lanes over d (D <= 128):
-        // every load is issued before the sums need it.
-        {
-            float di[8];
-#pragma unroll
-            for (int rr = 0; rr < 8; rr++) di[rr] = 0.0f;
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                const int d = lane + 32 * k;
-#pragma unroll
-                for (int rr = 0; rr < 8; rr++) {
-                    const int i = 8 * band + rr;
-                    if (i < S && d < D) di[rr] = fmaf(dO[i * HD + d], obase[i * HD + h * D + d], di[rr]);
-                }
-            }
-#pragma unroll
-            for (int rr = 0; rr < 8; rr++) {
-                float x = di[rr];
-                for (int o = 16; o > 0; o >>= 1) x = __fadd_rn(x, __shfl_xor_sync(0xffffffffu, x, o));
-                const int i = 8 * band + rr;
-                if (lane == rr) {
-                    di_s[i] = x;
-                    lse_s[i] = i < S ? lse[h * T + b * S + i] : 0.0f;
-                }
-            }
-        }
+        // di and lse of the warp's rows 8band..8band+7.
+        at_di_lse(di_s, lse_s, dO, obase + h * D, HD, lse + h * T + b * S, 8 * band, S, D, lane);
         // S = Q K^T and dP = dO V^T, chunk c+1 in flight while chunk c is multiplied.
         float sacc[4][4], pacc[4][4];
 #pragma unroll

@@ -28,3 +28,33 @@ __device__ __forceinline__ int at_lo(int i, const int* pos_row, i64 window) {
     if (window > 0) lo = max(lo, (int)(i - window + 1));
     return lo;
 }
+
+// at_di_lse: for the warp's rows i0..i0+7 (< S), di_s[i] = rowsum(dO * O)
+// (float32 fmaf over d, lanes over d: D <= 128, then the warp's sum) and
+// lse_s[i] = lse_row[i] (0 past S). dO and O point at the head's columns
+// of row 0, rows HD apart. Every load is issued before the sums need it.
+__device__ __forceinline__ void at_di_lse(float* di_s, float* lse_s, const float* dO, const float* O, i64 HD,
+                                          const float* lse_row, int i0, int S, int D, int lane) {
+    float di[8];
+#pragma unroll
+    for (int rr = 0; rr < 8; rr++) di[rr] = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const int d = lane + 32 * k;
+#pragma unroll
+        for (int rr = 0; rr < 8; rr++) {
+            const int i = i0 + rr;
+            if (i < S && d < D) di[rr] = fmaf(dO[i * HD + d], O[i * HD + d], di[rr]);
+        }
+    }
+#pragma unroll
+    for (int rr = 0; rr < 8; rr++) {
+        float x = di[rr];
+        for (int o = 16; o > 0; o >>= 1) x = __fadd_rn(x, __shfl_xor_sync(0xffffffffu, x, o));
+        const int i = i0 + rr;
+        if (lane == rr) {
+            di_s[i] = x;
+            lse_s[i] = i < S ? lse_row[i] : 0.0f;
+        }
+    }
+}

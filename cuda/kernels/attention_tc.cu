@@ -528,31 +528,8 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) attn_bwd_bf16(float*
             ab_load(Qs, ld, base + h * D, width, S, D, D16, v4);
         ab_load(Vs, ld, base + voff, width, S, D, D16, v4);
         ab_load(dOs, ld, dobase + h * D, HD, S, D, D16, v4);
-        // di and lse of rows 8w..8w+7, lanes over d (D <= 128).
-        {
-            float di[8];
-#pragma unroll
-            for (int rr = 0; rr < 8; rr++) di[rr] = 0.0f;
-#pragma unroll
-            for (int k4 = 0; k4 < 4; k4++) {
-                const int d = lane + 32 * k4;
-#pragma unroll
-                for (int rr = 0; rr < 8; rr++) {
-                    const int i = 8 * w + rr;
-                    if (i < S && d < D) di[rr] = fmaf(dobase[i * HD + h * D + d], obase[i * HD + h * D + d], di[rr]);
-                }
-            }
-#pragma unroll
-            for (int rr = 0; rr < 8; rr++) {
-                float x = di[rr];
-                for (int o = 16; o > 0; o >>= 1) x = __fadd_rn(x, __shfl_xor_sync(0xffffffffu, x, o));
-                const int i = 8 * w + rr;
-                if (lane == rr) {
-                    di_s[i] = x;
-                    lse_s[i] = i < S ? lse[h * T + b * S + i] : 0.0f;
-                }
-            }
-        }
+        // di and lse of rows 8w..8w+7.
+        at_di_lse(di_s, lse_s, dobase + h * D, obase + h * D, HD, lse + h * T + b * S, 8 * w, S, D, lane);
         cp_wait<0>();
         __syncthreads();
 
