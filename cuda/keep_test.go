@@ -25,13 +25,7 @@ func TestKeptLoRAInputs(t *testing.T) {
 			if fwd == "SwiGLULinearForward" {
 				K = I
 			}
-			w, err := g.NF4Weight(randn(out*K, 60, 0.2), out, K, true)
-			if err != nil {
-				t.Fatal(err)
-			}
-			A, B := g.Alloc(r, K), g.Alloc(out, r)
-			g.Upload(A, randn(r*K, 61, 0.3))
-			g.Upload(B, randn(out*r, 62, 0.3))
+			w, A, B := nf4LoRA(t, g, out, K, r, 60)
 			x, gu, dout, h, y := g.Alloc(T, K), g.Alloc(T, 2*K), g.Alloc(T, out), g.Alloc(T, r), g.Alloc(T, out)
 			g.Upload(x, randn(T*K, 63, 1))
 			g.Upload(gu, randn(T*2*K, 64, 1))

@@ -53,6 +53,20 @@ func TestLoRAHForwardIsLinearForwardsH(t *testing.T) {
 	gpu.fastLoRA, gpuB16.fastLoRA, gpuF16.fastLoRA = true, true, true
 }
 
+// nf4LoRA returns an NF4 weight [out,in] (double quant) and LoRA factors A
+// [r,in], B [out,r] drawn with seeds seed, seed+1, seed+2.
+func nf4LoRA(t *testing.T, g *Backend, out, in, r int, seed uint64) (finetune.Weight, finetune.Tensor, finetune.Tensor) {
+	t.Helper()
+	w, err := g.NF4Weight(randn(out*in, seed, 0.2), out, in, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	A, B := g.Alloc(r, in), g.Alloc(out, r)
+	g.Upload(A, randn(r*in, seed+1, 0.3))
+	g.Upload(B, randn(out*r, seed+2, 0.3))
+	return w, A, B
+}
+
 // LinearBackward into a pending Zero (lazy zeroing: the GEMMs' beta 0)
 // must give the same backward as into uploaded zeros, for dx and both
 // LoRA gradients, on every compute type (to float32 rounding: cuBLAS may
@@ -61,13 +75,7 @@ func TestLinearBackwardIntoPendingZero(t *testing.T) {
 	const T, in, out, r = 33, 64, 72, 8
 	for _, half := range []halfKind{halfNone, halfBF16, halfF16} {
 		g := caseOf(half).g
-		w, err := g.NF4Weight(randn(out*in, 50, 0.2), out, in, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		A, B := g.Alloc(r, in), g.Alloc(out, r)
-		g.Upload(A, randn(r*in, 51, 0.3))
-		g.Upload(B, randn(out*r, 52, 0.3))
+		w, A, B := nf4LoRA(t, g, out, in, r, 50)
 		x, dout, h := g.Alloc(T, in), g.Alloc(T, out), g.Alloc(T, r)
 		g.Upload(x, randn(T*in, 53, 1))
 		g.Upload(dout, randn(T*out, 54, 1))
