@@ -152,6 +152,7 @@ var ropeAttn = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "rope-attn")
 // KV head a query head (dK is final when the kernel rotates it back), and
 // an even rotary dimension within the head.
 func (b *Backend) RoPEAttention(B, S, nHead, nKV, headDim, rotaryDim int) bool {
+	defer b.enter("RoPEAttention")() // allowSmem may set a kernel attribute
 	return ropeAttn && b.shortAttn(S, headDim) && nHead == nKV && rotaryDim > 0 && rotaryDim%2 == 0 &&
 		rotaryDim <= headDim && b.tcAttn("attn_fwd_bf16", abFwdSmem(headDim)) &&
 		b.tcAttn("attn_bwd_bf16", abBwdSmem(headDim, rotaryDim/2))
