@@ -556,17 +556,23 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 	}
 }
 
-// prefetch hints the linears the model uses next to a WeightPrefetcher
-// backend (the dequantization cache slots they take hold weights already
-// done with).
-// keepLoRAInputs brackets a forward whose layer's backward comes next
-// (LoRAInputKeeper).
-func (m *Model) keepLoRAInputs(on bool) {
-	if k, ok := m.B.(LoRAInputKeeper); ok {
-		k.KeepLoRAInputs(on)
+// layerForwardKeeping is layerForward for a layer whose backward comes
+// next (checkpointing's recompute, the last layer's training forward): a
+// LoRAInputKeeper backend keeps what that backward needs again.
+func (m *Model) layerForwardKeeping(li int, a *layerActs, x, out Tensor, bf *buffers, stepSeed uint64) {
+	k, ok := m.B.(LoRAInputKeeper)
+	if ok {
+		k.KeepLoRAInputs(true)
+	}
+	m.layerForward(li, a, x, out, bf, true, stepSeed)
+	if ok {
+		k.KeepLoRAInputs(false)
 	}
 }
 
+// prefetch hints the linears the model uses next to a WeightPrefetcher
+// backend (the dequantization cache slots they take hold weights already
+// done with).
 func (m *Model) prefetch(ls ...*Linear) {
 	if pf, ok := m.B.(WeightPrefetcher); ok {
 		pf.PrefetchLinears(ls...)
@@ -590,12 +596,13 @@ func (m *Model) body(batch *Batch, train bool, stepSeed uint64) *buffers {
 			out = bf.inputs[(li+1)%2]
 		}
 		a := &bf.acts[min(li, len(bf.acts)-1)]
-		// Checkpointing's backward starts with this layer, from these
-		// activations.
-		keep := train && bf.ckpt && li == len(m.Layers)-1
-		m.keepLoRAInputs(keep)
-		m.layerForward(li, a, x, out, bf, train, stepSeed)
-		m.keepLoRAInputs(false)
+		if train && bf.ckpt && li == len(m.Layers)-1 {
+			// Checkpointing's backward starts with this layer, from these
+			// activations.
+			m.layerForwardKeeping(li, a, x, out, bf, stepSeed)
+		} else {
+			m.layerForward(li, a, x, out, bf, train, stepSeed)
+		}
 		x = out
 	}
 	b.RMSNormForward(bf.lnf, bf.rstd, x, m.FinalNorm, m.Cfg.RMSNormEps)
@@ -681,9 +688,7 @@ func (m *Model) Backward() error {
 			// they are still in acts[0] (issue 8: 1/32 of the recompute).
 			a = &bf.acts[0]
 			if li != L-1 {
-				m.keepLoRAInputs(true)
-				m.layerForward(li, a, x, nil, bf, true, seed)
-				m.keepLoRAInputs(false)
+				m.layerForwardKeeping(li, a, x, nil, bf, seed)
 			}
 		} else {
 			a = &bf.acts[li]
