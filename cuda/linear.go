@@ -116,7 +116,7 @@ func (b *Backend) loraHForward(op string, h, x finetune.Tensor, l *finetune.Line
 	n := int64(T) * int64(w.in)
 	switch {
 	case b.loraBF16(w) && canLoRARows(xs.ptr, A.ptr, T, w.in, r):
-		b.loraRows(op, false, 0, 0, hs.ptr, 0, 0, 1, xs.ptr, A.ptr, T, w.in, r, lo.Dropout, seed, prepJob{},
+		b.loraRows(op, 0, 0, hs.ptr, 0, 0, 1, xs.ptr, A.ptr, T, w.in, r, lo.Dropout, seed, prepJob{},
 			b.keepSlot(op, l, xs.ptr, seed, T, w.in))
 	case b.loraBF16(w):
 		a16, _, _, _ := b.loraHalfBufs(op, T, w.in, w.out, r)

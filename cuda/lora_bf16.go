@@ -144,24 +144,22 @@ func canLoRARows(Y, W cu.DevicePtr, T, K, r int) bool {
 	return loraRowsOn && K%8 == 0 && K > 0 && r >= 1 && r <= 8 && Y%16 == 0 && W%16 == 0 && int64(T)*int64(K) < 1<<40
 }
 
-// loraRows runs lora_rows_bf16 (wt false: W is A [r,K], P = h =
-// dropout(Y) . A^T) or lora_rows_bf16_t (wt true: W is B [K,r], P = g = Y .
-// B): from one read of Y [T,K] it writes bf16(Y) to yh (row stride ldyh,
-// a multiple of 8, 16-byte aligned; 0: not written), P [T,r] float32 and
-// bf16(scale16 * P) to p16 (row stride ldp; 0: not written), and does job
-// (dst 0: none) in the same launch; lora_rows_bf16 also writes
-// bf16(dropout(Y)) [T,K] to xd16 (0: not written; keepSlot). The caller
-// checked canLoRARows.
-func (b *Backend) loraRows(op string, wt bool, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, scale16 float32,
-	Y, W cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob, xd16 cu.DevicePtr) {
-	if wt {
-		if xd16 != 0 {
-			panic(&Error{Op: op, Err: fmt.Errorf("lora_rows_bf16_t keeps no dropout(x)")})
-		}
-		b.loraRowsLaunch(op, "lora_rows_bf16_t", yh, ldyh, P, p16, ldp, scale16, Y, W, T, K, r, p, seed, job)
-		return
-	}
-	b.loraRowsLaunch(op, "lora_rows_bf16", yh, ldyh, P, p16, ldp, scale16, Y, W, T, K, r, p, seed, job, ptrArg(xd16))
+// loraRows runs lora_rows_bf16 (W is A [r,K], P = h = dropout(Y) . A^T):
+// from one read of Y [T,K] it writes bf16(Y) to yh (row stride ldyh, a
+// multiple of 8, 16-byte aligned; 0: not written), P [T,r] float32,
+// bf16(scale16 * P) to p16 (row stride ldp; 0: not written) and
+// bf16(dropout(Y)) [T,K] to xd16 (0: not written; keepSlot), and does job
+// (dst 0: none) in the same launch. The caller checked canLoRARows.
+func (b *Backend) loraRows(op string, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, scale16 float32,
+	Y, A cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob, xd16 cu.DevicePtr) {
+	b.loraRowsLaunch(op, "lora_rows_bf16", yh, ldyh, P, p16, ldp, scale16, Y, A, T, K, r, p, seed, job, ptrArg(xd16))
+}
+
+// loraRowsT runs lora_rows_bf16_t, loraRows for W = B [K,r] read as B^T
+// (P = g = Y . B, no dropout, nothing kept).
+func (b *Backend) loraRowsT(op string, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, Y, B cu.DevicePtr, T, K, r int,
+	job prepJob) {
+	b.loraRowsLaunch(op, "lora_rows_bf16_t", yh, ldyh, P, p16, ldp, 1, Y, B, T, K, r, 0, 0, job)
 }
 
 // loraRowsAct runs lora_rows_swiglu_bf16: loraRows (A [r,K]) over act =
@@ -242,7 +240,7 @@ func (b *Backend) linearForwardBF16(op string, out, x, gu cu.DevicePtr, T int, w
 		if gu != 0 {
 			b.loraRowsAct(op, x, xh, ld, hs.ptr, p16, ld, lo.Scale, gu, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
 		} else {
-			b.loraRows(op, false, xh, ld, hs.ptr, p16, ld, lo.Scale, x, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
+			b.loraRows(op, xh, ld, hs.ptr, p16, ld, lo.Scale, x, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
 		}
 	} else {
 		n := int64(T) * int64(w.in)
@@ -308,8 +306,7 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, sw
 	case rows:
 		// v7: dh, g = dout . B and bf16(g) from one pass over dout; h's
 		// rounding rides along.
-		b.loraRows(op, true, dh, w.out, g, g16, r, 1, dout, B.ptr, T, w.out, r, 0, 0,
-			prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1}, 0)
+		b.loraRowsT(op, dh, w.out, g, g16, r, dout, B.ptr, T, w.out, r, prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1})
 	default:
 		b.loraPrep(op, dh, 0, dout, nout, w.out, w.out, 0, 0,
 			prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1},
