@@ -124,9 +124,8 @@ type Backend struct {
 	// above 48 KiB (allowSmem).
 	smemOptIn map[string]int
 	// Kept LoRA inputs (keep.go).
-	keepLoRA  bool
-	kept      []keptInput
-	keptClock uint64
+	keepLoRA bool
+	kept     []keptInput
 
 	info DeviceInfo
 

@@ -26,7 +26,6 @@ type keptInput struct {
 	T, in int
 	buf   buffer
 	ready bool
-	clock uint64 // when filled (the oldest slot is reused first)
 }
 
 const keptSlots = 4
@@ -54,12 +53,16 @@ func (b *Backend) keepSlot(op string, l *finetune.Linear, x cu.DevicePtr, seed u
 		return 0
 	}
 	// A spent slot whose buffer fits (the smallest such), else the largest
-	// spent one (it grows), else a new one, else the oldest: the sizes
-	// settle on one layer's (three of Phi-3's in = 3072, one of 8192).
+	// spent one (it grows), else a new one; none left: nothing is kept (the
+	// backward makes its own). The sizes settle on one layer's (three of
+	// Phi-3's in = 3072, one of 8192). An older copy of l's is spent.
 	need := 2 * int64(T) * int64(in)
 	s := -1
 	for k := range b.kept {
 		c := &b.kept[k]
+		if c.l == l {
+			c.ready = false
+		}
 		if c.ready {
 			continue
 		}
@@ -72,22 +75,16 @@ func (b *Backend) keepSlot(op string, l *finetune.Linear, x cu.DevicePtr, seed u
 			s = k
 		}
 	}
-	if s < 0 && len(b.kept) < keptSlots {
+	if s < 0 {
+		if len(b.kept) == keptSlots {
+			return 0
+		}
 		b.kept = append(b.kept, keptInput{})
 		s = len(b.kept) - 1
 	}
-	if s < 0 {
-		s = 0
-		for k := range b.kept {
-			if b.kept[k].clock < b.kept[s].clock {
-				s = k
-			}
-		}
-	}
 	k := &b.kept[s]
 	p, _ := b.grow(&k.buf, need, 256, "kept LoRA inputs", op)
-	b.keptClock++
-	*k = keptInput{l: l, x: x, seed: seed, T: T, in: in, buf: k.buf, ready: true, clock: b.keptClock}
+	*k = keptInput{l: l, x: x, seed: seed, T: T, in: in, buf: k.buf, ready: true}
 	return p
 }
 
