@@ -17,6 +17,11 @@ import (
 func (b *Backend) RMSNormForward(out, rstd, x, w finetune.Tensor, eps float32) {
 	const op = "RMSNormForward"
 	defer b.enter(op)()
+	b.rmsNormForward(op, out, rstd, x, w, eps)
+}
+
+// rmsNormForward is RMSNormForward's body.
+func (b *Backend) rmsNormForward(op string, out, rstd, x, w finetune.Tensor, eps float32) {
 	xs, ws := tensor(x, kindF32, op), tensor(w, kindF32, op)
 	o, rs := outTensor(out, kindF32, op), outTensor(rstd, kindF32, op)
 	C := ws.n
@@ -33,6 +38,11 @@ func (b *Backend) RMSNormForward(out, rstd, x, w finetune.Tensor, eps float32) {
 func (b *Backend) AddRMSNormForward(sum, out, rstd, a, bt, w finetune.Tensor, eps float32) {
 	const op = "AddRMSNormForward"
 	defer b.enter(op)()
+	b.addRMSNormForward(op, sum, out, rstd, a, bt, w, eps)
+}
+
+// addRMSNormForward is AddRMSNormForward's body.
+func (b *Backend) addRMSNormForward(op string, sum, out, rstd, a, bt, w finetune.Tensor, eps float32) {
 	as, bs, ws := tensor(a, kindF32, op), tensor(bt, kindF32, op), tensor(w, kindF32, op)
 	s, o, rs := outTensor(sum, kindF32, op), outTensor(out, kindF32, op), outTensor(rstd, kindF32, op)
 	C := ws.n

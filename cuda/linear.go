@@ -70,7 +70,7 @@ func (b *Backend) linearForward(op string, out, x finetune.Tensor, l *finetune.L
 		panic(&Error{Op: op, Err: fmt.Errorf("%s: x has %d values and out %d for a [%d, %d] weight", l.Name, xs.n, o.n, w.out, w.in)})
 	}
 	if l.LoRA != nil && b.loraBF16(w) {
-		b.linearForwardBF16(op, o.ptr, xs.ptr, 0, T, w, l, tensor(h, kindF32, op), seed)
+		b.linearForwardBF16(op, o.ptr, xs.ptr, 0, nil, T, w, l, tensor(h, kindF32, op), seed)
 		return
 	}
 	b.xwT(op, o.ptr, xs.ptr, T, w, 1, 0)
@@ -260,7 +260,7 @@ func (b *Backend) SwiGLULinearForward(out, act, gateUp finetune.Tensor, l *finet
 		if o.n != T*w.out {
 			panic(&Error{Op: op, Err: fmt.Errorf("%s: out has %d values, want %d x %d", l.Name, o.n, T, w.out)})
 		}
-		b.linearForwardBF16(op, o.ptr, ac.ptr, gu.ptr, T, w, l, hs, seed)
+		b.linearForwardBF16(op, o.ptr, ac.ptr, gu.ptr, nil, T, w, l, hs, seed)
 		return
 	}
 	b.swigluForward(op, ac, gu)
@@ -269,6 +269,67 @@ func (b *Backend) SwiGLULinearForward(out, act, gateUp finetune.Tensor, l *finet
 		return
 	}
 	b.linearForward(op, out, act, l, h, seed)
+}
+
+var _ finetune.RMSNormLinearForwarder = (*Backend)(nil)
+
+// normRowsOn says whether RMSNormLinearForward fuses the norm into the
+// linear's row kernel (lora_rows_norm_bf16, v9, with the 32-warp row
+// kernels' sums: not under OLLAMA_TUNE_CUDA_ROWS=w16);
+// OLLAMA_TUNE_CUDA_REFERENCE=norm-rows runs the two ops.
+var normRowsOn = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "norm-rows")
+
+// normSrc is the RMSNorm that lora_rows_norm_bf16 computes on the way to
+// a linear's row kernel: xn, rstd = RMSNorm(a + b) with sum = a + b written
+// (b 0: RMSNorm(a), sum unused).
+type normSrc struct {
+	sum, xn, rstd, a, b, w cu.DevicePtr
+	eps                    float32
+}
+
+// RMSNormLinearForward (finetune.RMSNormLinearForwarder): RMSNormForward
+// (b nil) or AddRMSNormForward, then LinearForward of the norm's output.
+// Where the row kernels take the linear (BF16 LoRA, in % 32 == 0, in <=
+// 4096, 16-byte aligned rows; the 32-warp row kernels), one launch
+// (lora_rows_norm_bf16) computes
+// the norm and does the row kernel's work on its output, which stays in
+// registers; else the ops run as they are.
+func (b *Backend) RMSNormLinearForward(out, xn, rstd, sum, a, bt, w finetune.Tensor, eps float32, l *finetune.Linear, h finetune.Tensor, seed uint64) {
+	const op = "RMSNormLinearForward"
+	defer b.enter(op)()
+	wt := cudaW(l.W, op)
+	as, ws := tensor(a, kindF32, op), tensor(w, kindF32, op)
+	C := ws.n
+	if l.LoRA != nil && b.loraBF16(wt) && normRowsOn && loraRowsW32 && wt.in == C && C%32 == 0 && C <= 4096 && as.n%C == 0 &&
+		canLoRARows(as.ptr, tensor(l.LoRA.A, kindF32, op).ptr, as.n/C, C, loraRank(l)) {
+		T := as.n / C
+		xs, rs, o := outTensor(xn, kindF32, op), outTensor(rstd, kindF32, op), outTensor(out, kindF32, op)
+		src := &normSrc{xn: xs.ptr, rstd: rs.ptr, a: as.ptr, w: ws.ptr, eps: eps}
+		aligned := xs.ptr%16 == 0 && ws.ptr%16 == 0
+		var ss, bs *Tensor
+		if bt != nil {
+			bs, ss = tensor(bt, kindF32, op), outTensor(sum, kindF32, op)
+			src.b, src.sum = bs.ptr, ss.ptr
+			aligned = aligned && bs.ptr%16 == 0 && ss.ptr%16 == 0
+		}
+		hs := tensor(h, kindF32, op)
+		switch {
+		case xs.n != as.n || rs.n != T || o.n != T*wt.out || hs.n != T*loraRank(l) || (bs != nil && (bs.n != as.n || ss.n != as.n)):
+			panic(&Error{Op: op, Err: fmt.Errorf("%s: a %v, xn %v, rstd %v, out %v, h %v for a [%d, %d] weight", l.Name, as.shape, xs.shape,
+				rs.shape, o.shape, hs.shape, wt.out, wt.in)})
+		case xs == as || xs == bs || xs == ss:
+			panic(&Error{Op: op, Err: fmt.Errorf("xn must not alias a, b or sum")})
+		case aligned:
+			b.linearForwardBF16(op, o.ptr, xs.ptr, 0, src, T, wt, l, hs, seed)
+			return
+		}
+	}
+	if bt == nil {
+		b.rmsNormForward(op, xn, rstd, a, w, eps)
+	} else {
+		b.addRMSNormForward(op, sum, xn, rstd, a, bt, w, eps)
+	}
+	b.linearForward(op, out, xn, l, h, seed)
 }
 
 var _ finetune.SwiGLULinearBackwarder = (*Backend)(nil)

@@ -129,19 +129,29 @@ func (b *Backend) loraPrep(op string, xh, xdh, x cu.DevicePtr, n int64, cols, ld
 // + fold-column launch.
 var loraRowsOn = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lora-rows")
 
-// loraRowsRows and loraRowsThreads are the row kernels' rows and threads a
-// block (LR_ROWS, LR_WARPS x 32).
-const (
-	loraRowsRows    = 8
-	loraRowsThreads = 16 * 32
-)
+// loraRowsRows is the row kernels' rows a block (LR_ROWS).
+const loraRowsRows = 8
+
+// loraRowsW32 picks the row kernels' 32-warp entry points (the _w32
+// suffix, v9: 1024 threads a block, half the batch, at most 64 registers
+// a thread; -0.2 to -0.3 ms a Phi-3-mini step on an H100) over the
+// 16-warp ones; OLLAMA_TUNE_CUDA_ROWS=w16 takes those (v8's sums).
+var loraRowsW32 = os.Getenv("OLLAMA_TUNE_CUDA_ROWS") != "w16"
+
+// rowsKernel is kernel's entry point and threads a block under loraRowsW32.
+func rowsKernel(kernel string) (string, int) {
+	if loraRowsW32 {
+		return kernel + "_w32", 32 * 32
+	}
+	return kernel, 16 * 32
+}
 
 // canLoRARows says whether the row kernels take Y [T,K] against a rank-r
 // W: K % 8 == 0, r <= 8, 16-byte aligned Y and W (whose rows are then
 // too), and 32-bit friendly sizes. The answer depends on the operands
 // alone, so LoRAHForward and LinearForward agree on it (the same h).
 func canLoRARows(Y, W cu.DevicePtr, T, K, r int) bool {
-	return loraRowsOn && K%8 == 0 && K > 0 && r >= 1 && r <= 8 && Y%16 == 0 && W%16 == 0 && int64(T)*int64(K) < 1<<40
+	return loraRowsOn && K%8 == 0 && K > 0 && K < 1<<30 && r >= 1 && r <= 8 && Y%16 == 0 && W%16 == 0 && int64(T)*int64(K) < 1<<40
 }
 
 // loraRows runs lora_rows_bf16 (W is A [r,K], P = h = dropout(Y) . A^T):
@@ -179,6 +189,26 @@ func (b *Backend) loraRowsLaunch(op, kernel string, yh cu.DevicePtr, ldyh int, P
 		ptrArg(W), intArg(T), intArg(K), intArg(r), seed, f32Arg(p), dropThreshold(p), f32Arg(keepScale(p))}, extra...)
 }
 
+// loraRowsNorm runs lora_rows_norm_bf16: loraRows (A [r,K]) over the
+// output of norm, which it computes and writes (sum, xn, rstd) first, with
+// lora_rows_bf16_w32's sums. The caller checked loraRowsW32, K % 32 == 0
+// and K <= 4096 (the kernel's registers hold a lane's share of its row: 3
+// chunks of 8 values for K <= 3072, else 4).
+func (b *Backend) loraRowsNorm(op string, norm *normSrc, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, scale16 float32,
+	A cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob, xd16 cu.DevicePtr) {
+	kernel := "lora_rows_norm_bf16"
+	if norm.b != 0 {
+		kernel += "_add"
+	}
+	entry := kernel + "_q4"
+	if K <= 3072 {
+		entry = kernel + "_q3"
+	}
+	b.launchRowsEntry(op, kernel, entry, 32*32, T, K, job, []uint64{ptrArg(yh), intArg(ldyh), ptrArg(P), ptrArg(p16), intArg(ldp), f32Arg(scale16),
+		ptrArg(A), intArg(T), intArg(K), intArg(r), seed, f32Arg(p), dropThreshold(p), f32Arg(keepScale(p))},
+		ptrArg(xd16), ptrArg(norm.sum), ptrArg(norm.xn), ptrArg(norm.rstd), ptrArg(norm.a), ptrArg(norm.b), ptrArg(norm.w), f32Arg(norm.eps))
+}
+
 // loraRowsSwiGLU runs lora_rows_swiglu_bf16_t: dh [T,2I] = bf16(d
 // gate_up), g [T,r] = d gate_up . B and g16 = bf16(g), for d gate_up the
 // SwiGLU backward of sw, plus job, in one launch.
@@ -189,8 +219,15 @@ func (b *Backend) loraRowsSwiGLU(op string, dh, g, g16 cu.DevicePtr, sw *swigluS
 
 // launchRows launches a row kernel over T rows of K columns (the
 // profile's name for it) with args, then job's (dst 0: none), then extra:
-// loraRowsThreads threads a block of loraRowsRows rows.
+// blocks of loraRowsRows rows (rowsKernel's threads).
 func (b *Backend) launchRows(op, kernel string, T, K int, job prepJob, args []uint64, extra ...uint64) {
+	entry, threads := rowsKernel(kernel)
+	b.launchRowsEntry(op, kernel, entry, threads, T, K, job, args, extra...)
+}
+
+// launchRowsEntry is launchRows for the entry point entry of kernel
+// (the profile's name) with threads threads a block.
+func (b *Backend) launchRowsEntry(op, kernel, entry string, threads, T, K int, job prepJob, args []uint64, extra ...uint64) {
 	if job.dst == 0 {
 		job = prepJob{rows: 0, cols: 1, ld: 1, scale: 1}
 	} else if job.ld < job.cols || int64(job.rows)*int64(job.ld) >= 1<<31 {
@@ -201,7 +238,7 @@ func (b *Backend) launchRows(op, kernel string, T, K int, job prepJob, args []ui
 		span = fmt.Sprintf("%s %dx%d", kernel, T, K)
 	}
 	args = append(args, ptrArg(job.dst), ptrArg(job.src), intArg(job.rows), intArg(job.cols), intArg(job.ld), f32Arg(job.scale))
-	b.launchAs(op, kernel, span, grid1((T+loraRowsRows-1)/loraRowsRows), loraRowsThreads, 0, append(args, extra...)...)
+	b.launchAs(op, entry, span, grid1((T+loraRowsRows-1)/loraRowsRows), threads, 0, append(args, extra...)...)
 }
 
 // linearForwardBF16 is LinearForward with LoRA under BF16 compute. Where
@@ -218,16 +255,17 @@ func (b *Backend) launchRows(op, kernel string, T, K int, job prepJob, args []ui
 // out += x . W^T (bfloat16 GEMM, beta 1).
 //
 // With gu != 0 (SwiGLULinearForward), x is SwiGLU's output, written here
-// from gu [T,2 in] by lora_rows_swiglu_bf16 (the caller checked that the
-// row kernels take the shapes).
-func (b *Backend) linearForwardBF16(op string, out, x, gu cu.DevicePtr, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
+// from gu [T,2 in] by lora_rows_swiglu_bf16; with norm (RMSNormLinear-
+// Forward), x is norm's output, written by lora_rows_norm_bf16 (the
+// callers checked that the row kernels take the shapes).
+func (b *Backend) linearForwardBF16(op string, out, x, gu cu.DevicePtr, norm *normSrc, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
 	lo, r := l.LoRA, loraRank(l)
 	A, B := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op)
 	fold := b.foldLD(w, r)
 	wp, t, ld := b.matrixLD(w, op, b.linearLD(w, l))
 	fold = min(fold, ld) // 0 unless folding
 	xh := b.scratchBuf(sAct, 2*int64(T)*int64(ld), op)
-	if gu != 0 || canLoRARows(x, A.ptr, T, w.in, r) {
+	if gu != 0 || norm != nil || canLoRARows(x, A.ptr, T, w.in, r) {
 		// v7: xh, h and the fold columns' bf16(s.h) from one pass over x
 		// (bf16(B) into W's fold columns rides along).
 		var job prepJob
@@ -237,9 +275,12 @@ func (b *Backend) linearForwardBF16(op string, out, x, gu cu.DevicePtr, T int, w
 			p16 = xh + cu.DevicePtr(2*w.in)
 		}
 		xd16 := b.keepSlot(op, l, x, seed, T, w.in)
-		if gu != 0 {
+		switch {
+		case norm != nil:
+			b.loraRowsNorm(op, norm, xh, ld, hs.ptr, p16, ld, lo.Scale, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
+		case gu != 0:
 			b.loraRowsAct(op, x, xh, ld, hs.ptr, p16, ld, lo.Scale, gu, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
-		} else {
+		default:
 			b.loraRows(op, xh, ld, hs.ptr, p16, ld, lo.Scale, x, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
 		}
 	} else {

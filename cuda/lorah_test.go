@@ -113,6 +113,10 @@ func TestLinearBackwardIntoPendingZero(t *testing.T) {
 // into pending zeros and accumulating; and the two ops themselves where it
 // does not fuse (float32 compute, I % 8 != 0).
 func TestSwiGLULinearBackward(t *testing.T) {
+	forEachRowsKernel(t, testSwiGLULinearBackward)
+}
+
+func testSwiGLULinearBackward(t *testing.T) {
 	for _, c := range []struct {
 		T, I, in, r int
 		half        halfKind
@@ -179,6 +183,10 @@ func TestSwiGLULinearBackward(t *testing.T) {
 // + LoRAHForward) bit for bit on the GPU, fused (lora_rows_swiglu_bf16,
 // BF16 with I % 8 == 0) or not, and the CPU's to its tolerance.
 func TestSwiGLULinearForward(t *testing.T) {
+	forEachRowsKernel(t, testSwiGLULinearForward)
+}
+
+func testSwiGLULinearForward(t *testing.T) {
 	for _, c := range []struct {
 		T, I, out, r int
 		half         halfKind
@@ -239,5 +247,87 @@ func TestSwiGLULinearForward(t *testing.T) {
 			g.Free(p.g)
 		}
 		g.FreeWeight(gw)
+	}
+}
+
+// forEachRowsKernel runs test with the row kernels' 16-warp and 32-warp
+// entry points (loraRowsW32), as subtests.
+func forEachRowsKernel(t *testing.T, test func(t *testing.T)) {
+	defer func(v bool) { loraRowsW32 = v }(loraRowsW32)
+	for _, w32 := range []bool{false, true} {
+		loraRowsW32 = w32
+		t.Run(fmt.Sprintf("w32 %v", w32), test)
+	}
+}
+
+// RMSNormLinearForward must give RMSNormForward (or AddRMSNormForward) +
+// LinearForward bit for bit on the GPU, fused (lora_rows_norm_bf16: BF16
+// LoRA with C % 32 == 0, C <= 4096, the 32-warp row kernels) or not, and
+// the CPU's to its tolerance: out, the norm's output, rstd, the sum and h.
+func TestRMSNormLinearForward(t *testing.T) {
+	forEachRowsKernel(t, testRMSNormLinearForward)
+}
+
+func testRMSNormLinearForward(t *testing.T) {
+	for _, c := range []struct {
+		T, C, out, r int
+		half         halfKind
+	}{
+		{33, 64, 72, 8, halfBF16},   // fused; fewer chunks than warps, a partial row block
+		{9, 4096, 40, 5, halfBF16},  // fused (4 chunks a lane), rank 5
+		{21, 3072, 24, 8, halfBF16}, // fused at Phi-3's width (3 chunks a lane)
+		{17, 40, 24, 8, halfBF16},   // C % 32 != 0: the two ops
+		{17, 64, 24, 8, halfNone},   // float32: the two ops
+	} {
+		for _, add := range []bool{false, true} {
+			dc := caseOf(c.half)
+			g, cb := dc.g, dc.c
+			name := fmt.Sprintf("%s T%d C%d out%d r%d add %v", dc.name, c.T, c.C, c.out, c.r, add)
+			gw, cw := weights(t, g, cb, randn(c.out*c.C, 80, 0.2), c.out, c.C, true)
+			A := both(g, cb, randn(c.r*c.C, 81, 0.3), c.r, c.C)
+			B := both(g, cb, randn(c.out*c.r, 82, 0.3), c.out, c.r)
+			a := both(g, cb, randn(c.T*c.C, 83, 1), c.T, c.C)
+			bb := both(g, cb, randn(c.T*c.C, 84, 1), c.T, c.C)
+			nw := both(g, cb, randn(c.C, 85, 1), c.C)
+			const seed, eps = 0xabc, 1e-5
+			run := func(be finetune.Backend, W finetune.Weight, A, B, a, bb, nw finetune.Tensor, fused bool) [][]float32 {
+				y, xn, rstd, sum, h := be.Alloc(c.T, c.out), be.Alloc(c.T, c.C), be.Alloc(c.T), be.Alloc(c.T, c.C), be.Alloc(c.T, c.r)
+				l := &finetune.Linear{Name: "qkv_proj", W: W, LoRA: &finetune.LoRA{A: A, B: B, Scale: 2, Dropout: 0.1}}
+				var b2, s2 finetune.Tensor
+				if add {
+					b2, s2 = bb, sum
+				}
+				switch {
+				case fused:
+					be.(finetune.RMSNormLinearForwarder).RMSNormLinearForward(y, xn, rstd, s2, a, b2, nw, eps, l, h, seed)
+				case add:
+					be.Add(sum, a, bb)
+					be.RMSNormForward(xn, rstd, sum, nw, eps)
+					be.LinearForward(y, xn, l, h, seed)
+				default:
+					be.RMSNormForward(xn, rstd, a, nw, eps)
+					be.LinearForward(y, xn, l, h, seed)
+				}
+				res := [][]float32{be.Download(y), be.Download(xn), be.Download(rstd), be.Download(h)}
+				if add {
+					res = append(res, be.Download(sum))
+				}
+				for _, z := range []finetune.Tensor{y, xn, rstd, sum, h} {
+					be.Free(z)
+				}
+				return res
+			}
+			fused := run(g, gw, A.g, B.g, a.g, bb.g, nw.g, true)
+			twoOps := run(g, gw, A.g, B.g, a.g, bb.g, nw.g, false)
+			cpuRef := run(cb, cw, A.c, B.c, a.c, bb.c, nw.c, false)
+			for k, what := range []string{"out", "xn", "rstd", "h", "sum"}[:len(fused)] {
+				checkBits(t, name+" "+what+" fused vs the ops", fused[k], twoOps[k])
+				checkRel(t, name+" "+what+" vs cpu", fused[k], cpuRef[k], dc.tol)
+			}
+			for _, p := range []pair{A, B, a, bb, nw} {
+				g.Free(p.g)
+			}
+			g.FreeWeight(gw)
+		}
 	}
 }

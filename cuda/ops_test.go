@@ -743,6 +743,14 @@ func TestLinear(t *testing.T) {
 		})
 	}
 	gpu.fastLoRA, gpuB16.fastLoRA, gpuF16.fastLoRA = true, true, true
+	// The row kernels' other entry points (32 or 16 warps a block).
+	t.Run(fmt.Sprintf("rows w32 %v", !loraRowsW32), func(t *testing.T) {
+		defer func(v bool) { loraRowsW32 = v }(loraRowsW32)
+		loraRowsW32 = !loraRowsW32
+		for _, sz := range []struct{ T, in, out, r int }{{33, 64, 72, 8}, {9, 4168, 4104, 5}} {
+			testLinear(t, sz.T, sz.in, sz.out, sz.r)
+		}
+	})
 	// v6's prep pass + skinny GEMM (OLLAMA_TUNE_CUDA_REFERENCE=lora-rows).
 	t.Run("no rows", func(t *testing.T) {
 		defer func(v bool) { loraRowsOn = v }(loraRowsOn)

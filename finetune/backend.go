@@ -308,6 +308,21 @@ type LoRAInputKeeper interface {
 	KeepLoRAInputs(on bool)
 }
 
+// RMSNormLinearForwarder fuses an RMSNorm into the linear that consumes
+// its output (qkv_proj after input_layernorm, gate_up_proj after
+// post_attention_layernorm): RMSNormLinearForward(out, xn, rstd, sum, a, b,
+// w, eps, l, h, seed) is, with b nil, RMSNormForward(xn, rstd, a, w, eps)
+// (sum unused), else AddRMSNormForward(sum, xn, rstd, a, b, w, eps); then
+// LinearForward(out, xn, l, h, seed); the same results (the CUDA backend
+// sums the squares in another order, in float64: the same bits unless
+// two float64 sums fall on either side of a float32 rounding boundary).
+// xn must not alias a, b or sum. The model uses it when the backend has it
+// and no finiteness check is on; the CPU backend has not, so its ops stay
+// the reference.
+type RMSNormLinearForwarder interface {
+	RMSNormLinearForward(out, xn, rstd, sum, a, b, w Tensor, eps float32, l *Linear, h Tensor, seed uint64)
+}
+
 // AddRMSNormer fuses the residual add and the RMSNorm after it:
 // AddRMSNormForward(sum, out, rstd, a, b, w, eps) is Add(sum, a, b) then
 // RMSNormForward(out, rstd, sum, w, eps), with the same results (out must

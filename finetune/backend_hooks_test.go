@@ -173,6 +173,19 @@ type fusedBackend struct {
 	ropeFwd, ropeBwd           int // attention with RoPE fused
 	keeps                      int // KeepLoRAInputs(true) calls
 	keeping                    bool
+	normLin, addNormLin        int // RMSNormLinearForward without and with the residual add
+}
+
+func (b *fusedBackend) RMSNormLinearForward(out, xn, rstd, sum, a, bt, w Tensor, eps float32, l *Linear, h Tensor, seed uint64) {
+	if bt == nil {
+		b.normLin++
+		b.RMSNormForward(xn, rstd, a, w, eps)
+	} else {
+		b.addNormLin++
+		b.Add(sum, a, bt)
+		b.RMSNormForward(xn, rstd, sum, w, eps)
+	}
+	b.LinearForward(out, xn, l, h, seed)
 }
 
 // KeepLoRAInputs counts the windows and checks that they nest nowhere.
@@ -238,8 +251,8 @@ func (b *fusedBackend) SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x Tensor,
 	b.LinearBackward(dx, dgateUp, x, l, h, seed)
 }
 
-// TestFusedSwiGLUHooks: training through a backend with the fused SwiGLU
-// and RoPE-attention hooks gives the reference adapter byte for byte, with and without
+// TestFusedSwiGLUHooks: training through a backend with the fused SwiGLU,
+// RoPE-attention and RMSNorm-linear hooks gives the reference adapter byte for byte, with and without
 // gradient checkpointing, and the hooks ran where the model should call
 // them: every layer's forward, the recompute of every layer but the last,
 // every layer's backward.
@@ -289,6 +302,12 @@ func TestFusedSwiGLUHooks(t *testing.T) {
 		}
 		if fb.keeps != wantK || fb.keeping {
 			t.Errorf("checkpointing %v: %d windows to keep LoRA inputs (open at the end: %v), want %d", ckpt, fb.keeps, fb.keeping, wantK)
+		}
+		// The norms fused into qkv_proj and gate_up_proj: every forward and
+		// recompute.
+		if fb.normLin != 2*L+wantH || fb.addNormLin != 2*L+wantH {
+			t.Errorf("checkpointing %v: %d norm + qkv_proj, %d add + norm + gate_up_proj forwards through the hook, want %d each",
+				ckpt, fb.normLin, fb.addNormLin, 2*L+wantH)
 		}
 		// Attention with RoPE: every forward and recompute, every backward.
 		if fb.ropeFwd != 2*L+wantH || fb.ropeBwd != 2*L {

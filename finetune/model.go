@@ -501,9 +501,16 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 		}
 	}
 	m.prefetch(lin[modO], lin[modGateUp], lin[modDown])
-	b.RMSNormForward(a.ln1, a.rstd1, x, l.InputNorm, c.RMSNormEps)
-	chk("input_layernorm", a.ln1)
-	b.LinearForward(a.qkv, a.ln1, lin[modQKV], a.h[modQKV], moduleSeed(stepSeed, li, modQKV))
+	nl, fuseNorm := b.(RMSNormLinearForwarder)
+	fuseNorm = fuseNorm && m.fc == nil
+	if fuseNorm {
+		nl.RMSNormLinearForward(a.qkv, a.ln1, a.rstd1, nil, x, nil, l.InputNorm, c.RMSNormEps, lin[modQKV], a.h[modQKV],
+			moduleSeed(stepSeed, li, modQKV))
+	} else {
+		b.RMSNormForward(a.ln1, a.rstd1, x, l.InputNorm, c.RMSNormEps)
+		chk("input_layernorm", a.ln1)
+		b.LinearForward(a.qkv, a.ln1, lin[modQKV], a.h[modQKV], moduleSeed(stepSeed, li, modQKV))
+	}
 	chk("qkv_proj", a.qkv)
 	ra, ok := b.(RoPEAttentioner)
 	a.ropeFused = ok && m.fc == nil && ra.RoPEAttention(bf.B, bf.S, H, K, D, c.RotaryDim())
@@ -517,14 +524,19 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 	chk("attention", a.att)
 	b.LinearForward(bf.tmp, a.att, lin[modO], a.h[modO], moduleSeed(stepSeed, li, modO))
 	chk("o_proj", bf.tmp)
-	if f, ok := b.(AddRMSNormer); ok {
-		f.AddRMSNormForward(a.res1, a.ln2, a.rstd2, x, bf.tmp, l.PostAttnNorm, c.RMSNormEps)
+	if fuseNorm {
+		nl.RMSNormLinearForward(a.gateUp, a.ln2, a.rstd2, a.res1, x, bf.tmp, l.PostAttnNorm, c.RMSNormEps, lin[modGateUp],
+			a.h[modGateUp], moduleSeed(stepSeed, li, modGateUp))
 	} else {
-		b.Add(a.res1, x, bf.tmp)
-		b.RMSNormForward(a.ln2, a.rstd2, a.res1, l.PostAttnNorm, c.RMSNormEps)
+		if f, ok := b.(AddRMSNormer); ok {
+			f.AddRMSNormForward(a.res1, a.ln2, a.rstd2, x, bf.tmp, l.PostAttnNorm, c.RMSNormEps)
+		} else {
+			b.Add(a.res1, x, bf.tmp)
+			b.RMSNormForward(a.ln2, a.rstd2, a.res1, l.PostAttnNorm, c.RMSNormEps)
+		}
+		chk("post_attention_layernorm", a.ln2)
+		b.LinearForward(a.gateUp, a.ln2, lin[modGateUp], a.h[modGateUp], moduleSeed(stepSeed, li, modGateUp))
 	}
-	chk("post_attention_layernorm", a.ln2)
-	b.LinearForward(a.gateUp, a.ln2, lin[modGateUp], a.h[modGateUp], moduleSeed(stepSeed, li, modGateUp))
 	chk("gate_up_proj", a.gateUp)
 	downSeed := moduleSeed(stepSeed, li, modDown)
 	if f, ok := b.(SwiGLULinearForwarder); ok && m.fc == nil && a.h[modDown] != nil {

@@ -405,7 +405,8 @@ extern "C" __global__ void __launch_bounds__(128) lora_dx_v4(float* __restrict__
 // the fold columns (v6: three launches, ~26 us for a 1024 x 3072 x).
 //
 // Block b takes the 8 rows 8b .. 8b+7 (the MMA's rows 0-7; rows 8-15 are
-// zero), 16 warps; warp w the 32-column chunks w, w+16, w+32, ...; lane
+// zero), WARPS warps (16; 32 for the _w32 entry points, v9); warp w the
+// 32-column chunks w, w+WARPS, w+2*WARPS, ...; lane
 // (g = lane/4, c = lane%4) row 8b+g, columns 8c .. 8c+7 of a chunk: two
 // 16-byte loads, two dropout groups (one hash each), one 16-byte store of
 // bf16(Y), and two mma.sync.m16n8k16 (bf16 in, float32 out) whose k slots
@@ -416,8 +417,6 @@ extern "C" __global__ void __launch_bounds__(128) lora_dx_v4(float* __restrict__
 // same shapes (LoRAHForward gives LinearForward's h exactly). The host
 // checks K % 8 == 0, r <= 8, 16-byte aligned Y, W and yh rows.
 #define LR_ROWS 8
-#define LR_WARPS 16
-#define LR_BATCH 4
 
 __device__ __forceinline__ void lr_mma(float d[4], unsigned a0, unsigned a2, unsigned b0, unsigned b1) {
     const float z = 0.0f;
@@ -448,10 +447,11 @@ __device__ __forceinline__ void lr_wt_frag(unsigned f[4], const float* W, i64 k,
 // lane (g, c) holds (row g, j 2c) and (row g, j 2c+1)) in warp order, and
 // threads 0..63 write P [T,r] and bf16(scale16 * P) to p16 (row stride ldp;
 // null: not written); then the block's share of the conversion job.
+template <int WARPS>
 __device__ __forceinline__ void lr_finish(const float acc[2], float* __restrict__ P, bf16_t* __restrict__ p16, i64 ldp,
                                           float scale16, i64 T, int r, bf16_t* jdst, const float* jsrc, i64 jrows,
                                           i64 jcols, i64 jld, double jscale) {
-    __shared__ float red[LR_WARPS][LR_ROWS * 8];
+    __shared__ float red[WARPS][LR_ROWS * 8];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
     red[w][g * 8 + 2 * c] = acc[0];
     red[w][g * 8 + 2 * c + 1] = acc[1];
@@ -460,7 +460,7 @@ __device__ __forceinline__ void lr_finish(const float acc[2], float* __restrict_
         const int row = threadIdx.x >> 3, j = threadIdx.x & 7;
         float sum = red[0][threadIdx.x];
 #pragma unroll
-        for (int v = 1; v < LR_WARPS; v++) sum += red[v][threadIdx.x];
+        for (int v = 1; v < WARPS; v++) sum += red[v][threadIdx.x];
         const i64 tt = (i64)blockIdx.x * LR_ROWS + row;
         if (tt < T && j < r) {
             P[tt * r + j] = sum;
@@ -473,48 +473,95 @@ __device__ __forceinline__ void lr_finish(const float acc[2], float* __restrict_
     }
 }
 
+// lr_nan8 says whether any of the 8 values is a NaN.
+__device__ __forceinline__ bool lr_nan8(float4 a, float4 b) {
+    return (a.x != a.x) | (a.y != a.y) | (a.z != a.z) | (a.w != a.w) | (b.x != b.x) | (b.y != b.y) | (b.z != b.z) |
+           (b.w != b.w);
+}
+
+// lr_pack8 is bf16 of 8 values, two a word, as lora_bf16_pair rounds them
+// (f32_to_bf16's bits) when nan is false; the caller redoes a group with a
+// NaN through lr_pack8_exact. v9: lora_bf16_pair's per-pair NaN test was a
+// divergent branch a pair (eight a chunk), and the branches kept the
+// compiler from interleaving the chunks' independent work.
+__device__ __forceinline__ uint4 lr_pack8(float4 a, float4 b) {
+    return make_uint4(lr_pair(a.x, a.y), lr_pair(a.z, a.w), lr_pair(b.x, b.y), lr_pair(b.z, b.w));
+}
+__device__ __noinline__ uint4 lr_pack8_exact(float4 a, float4 b) {
+    return make_uint4(lora_bf16_pair(a.x, a.y), lora_bf16_pair(a.z, a.w), lora_bf16_pair(b.x, b.y),
+                      lora_bf16_pair(b.z, b.w));
+}
+
+// lr_drop8 is dropout of 8 values, the groups whose SplitMix64 states are
+// s and s + the golden gamma (dropout_group_hash's argument, precomputed).
+__device__ __forceinline__ void lr_drop8(float4& a, float4& b, u64 s, unsigned int thr, float ks) {
+    const u64 h0 = mix64(s), h1 = mix64(s + 0x9E3779B97F4A7C15ULL);
+    a = make_float4(lora_drop_field(a.x, h0, 0, thr, ks), lora_drop_field(a.y, h0, 1, thr, ks),
+                    lora_drop_field(a.z, h0, 2, thr, ks), lora_drop_field(a.w, h0, 3, thr, ks));
+    b = make_float4(lora_drop_field(b.x, h1, 0, thr, ks), lora_drop_field(b.y, h1, 1, thr, ks),
+                    lora_drop_field(b.z, h1, 2, thr, ks), lora_drop_field(b.w, h1, 3, thr, ks));
+}
+
 // SW (lora_rows_swiglu_bf16, v7): Y is gate_up [T,2K] (gate in columns
 // 0..K-1, up in K..2K-1) and the rows' values are SwiGLU's output, act =
 // up * silu(gate) (swiglu_fwd's math, the same bits), also written to act
 // [T,K] in float32: SwiGLUForward and the down projection's row pass in one.
-template <bool WT, bool SW>
+//
+// v9 (the same sums in the same order as v7, so the same bits): the body
+// has no divergent branch (the NaN test is one a chunk, see lr_pack8), the
+// column and dropout indices are 32-bit offsets from per-row 64-bit bases
+// (the dropout group's SplitMix64 state is the row's plus (k/4) * gamma).
+// ncu at v8 (H100, 1024 x 3072): 13.5 us, 0.97 TB/s, 10 cycles between a
+// warp's instructions at 16 warps an SM: latency-bound on a long
+// instruction stream.
+template <bool WT, bool SW, int WARPS, int BATCH>
 __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh, float* __restrict__ P,
                                                bf16_t* __restrict__ p16, i64 ldp, double scale16_d,
                                                const float* __restrict__ Y, const float* __restrict__ W, i64 T, i64 K,
                                                i64 r, u64 seed, double p_d, u64 thr, double ks_d, bf16_t* jdst,
                                                const float* jsrc, i64 jrows, i64 jcols, i64 jld, double jscale,
                                                float* __restrict__ act, bf16_t* __restrict__ xd16) {
-    constexpr int BATCH = SW ? 2 : LR_BATCH;
-    const float p = (float)p_d, ks = (float)ks_d;
+    const float ks = (float)ks_d;
+    const bool drop = p_d > 0.0;
     const unsigned int t32 = (unsigned int)thr;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
     const i64 t = (i64)blockIdx.x * LR_ROWS + g;
     const bool okt = t < T, okg = g < (int)r;
-    const float* yrow = Y + (okt ? t : 0) * (SW ? 2 * K : K);
+    const i64 tr = okt ? t : 0;
+    const int Ki = (int)K, Ri = (int)r;  // the host checks K < 2^31
+    const float* yrow = Y + tr * (SW ? 2 * K : K);
+    bf16_t* yhrow = yh ? yh + tr * ldyh : nullptr;
+    bf16_t* xdrow = xd16 ? xd16 + tr * K : nullptr;
+    float* actrow = SW ? act + tr * K : nullptr;
+    const float* wcol = W + (okg ? g : 0) * (WT ? 1 : K);
+    // dropout_group_hash's argument for the row's group k/4: srow + (k/4) * gamma
+    const u64 srow = seed + (u64)(tr * (K >> 2)) * 0x9E3779B97F4A7C15ULL;
     float acc[2] = {0.0f, 0.0f};
-    const i64 nch = (K + 31) >> 5;
+    const int nch = (Ki + 31) >> 5;
     const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     // BATCH chunks a round, their loads issued before any is used (the
     // pass is latency-bound otherwise: 128 blocks, one a multiprocessor).
-    for (i64 q0 = w; q0 < nch; q0 += LR_WARPS * BATCH) {
+    for (int q0 = w; q0 < nch; q0 += WARPS * BATCH) {
         float4 ya[BATCH], yb[BATCH], ua[BATCH], ub[BATCH];
         unsigned wf[BATCH][4];
 #pragma unroll
         for (int u = 0; u < BATCH; u++) {
-            const i64 k = ((q0 + u * LR_WARPS) << 5) + 8 * c;
-            const bool okk = q0 + u * LR_WARPS < nch && k < K;  // K % 8 == 0: all 8 values or none
+            const int k = ((q0 + u * WARPS) << 5) + 8 * c;
+            const bool okk = q0 + u * WARPS < nch && k < Ki;  // K % 8 == 0: all 8 values or none
             ya[u] = yb[u] = ua[u] = ub[u] = z;
             if (okt && okk) {
                 ya[u] = reinterpret_cast<const float4*>(yrow + k)[0], yb[u] = reinterpret_cast<const float4*>(yrow + k)[1];
-                if (SW) ua[u] = reinterpret_cast<const float4*>(yrow + K + k)[0], ub[u] = reinterpret_cast<const float4*>(yrow + K + k)[1];
+                if (SW) ua[u] = reinterpret_cast<const float4*>(yrow + Ki + k)[0], ub[u] = reinterpret_cast<const float4*>(yrow + Ki + k)[1];
             }
             // W's 8 values of column g at k .. k+7, rounded to bf16 pairs.
             wf[u][0] = wf[u][1] = wf[u][2] = wf[u][3] = 0;
             if (okg && okk) {
                 if (WT) {
-                    lr_wt_frag(wf[u], W, k, r, g);
+                    const float* wc = wcol + k * Ri;
+                    wf[u][0] = lr_pair(__ldg(wc), __ldg(wc + Ri)), wf[u][1] = lr_pair(__ldg(wc + 2 * Ri), __ldg(wc + 3 * Ri));
+                    wf[u][2] = lr_pair(__ldg(wc + 4 * Ri), __ldg(wc + 5 * Ri)), wf[u][3] = lr_pair(__ldg(wc + 6 * Ri), __ldg(wc + 7 * Ri));
                 } else {
-                    const float4* wr = reinterpret_cast<const float4*>(W + g * K + k);
+                    const float4* wr = reinterpret_cast<const float4*>(wcol + k);
                     const float4 wa = __ldg(wr), wb = __ldg(wr + 1);
                     wf[u][0] = lr_pair(wa.x, wa.y), wf[u][1] = lr_pair(wa.z, wa.w);
                     wf[u][2] = lr_pair(wb.x, wb.y), wf[u][3] = lr_pair(wb.z, wb.w);
@@ -523,7 +570,8 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
         }
 #pragma unroll
         for (int u = 0; u < BATCH; u++) {
-            const i64 k = ((q0 + u * LR_WARPS) << 5) + 8 * c;
+            const int k = ((q0 + u * WARPS) << 5) + 8 * c;
+            const bool ok = okt && q0 + u * WARPS < nch && k < Ki;
             float4 a = ya[u], b = yb[u];
             if (SW) {
                 const float4 ga = ya[u], gb = yb[u], pa = ua[u], pb = ub[u];
@@ -531,25 +579,22 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
                                 __fmul_rn(pa.w, silu_f(ga.w)));
                 b = make_float4(__fmul_rn(pb.x, silu_f(gb.x)), __fmul_rn(pb.y, silu_f(gb.y)), __fmul_rn(pb.z, silu_f(gb.z)),
                                 __fmul_rn(pb.w, silu_f(gb.w)));
-            }
-            if (okt && q0 + u * LR_WARPS < nch && k < K) {
-                if (SW) {
-                    float4* ap = reinterpret_cast<float4*>(act + t * K + k);
+                if (ok) {
+                    float4* ap = reinterpret_cast<float4*>(actrow + k);
                     ap[0] = a, ap[1] = b;
                 }
-                if (yh)
-                    *reinterpret_cast<uint4*>(yh + t * ldyh + k) = make_uint4(
-                        lora_bf16_pair(a.x, a.y), lora_bf16_pair(a.z, a.w), lora_bf16_pair(b.x, b.y), lora_bf16_pair(b.z, b.w));
-                if (p > 0.0f) {
-                    const u64 grp = (u64)((t * K + k) >> 2);
-                    a = lora_prep_drop4(a, seed, grp, t32, ks), b = lora_prep_drop4(b, seed, grp + 1, t32, ks);
-                }
-                if (xd16)  // lora_prep_bf16's xdh, kept for the backward's GradA (v8)
-                    *reinterpret_cast<uint4*>(xd16 + t * K + k) = make_uint4(
-                        lora_bf16_pair(a.x, a.y), lora_bf16_pair(a.z, a.w), lora_bf16_pair(b.x, b.y), lora_bf16_pair(b.z, b.w));
-            } else {
-                a = b = z;  // rows past T (SW: silu(0) * 0 is 0 anyway)
             }
+            const float4 a0 = a, b0 = b;
+            uint4 yo = lr_pack8(a, b);
+            if (drop) lr_drop8(a, b, srow + (u64)(unsigned int)(k >> 2) * 0x9E3779B97F4A7C15ULL, t32, ks);
+            uint4 xo = lr_pack8(a, b);
+            if (lr_nan8(a0, b0)) {  // rare: f32_to_bf16 keeps a NaN's payload
+                yo = lr_pack8_exact(a0, b0);
+                xo = lr_pack8_exact(a, b);
+            }
+            if (ok && yhrow) *reinterpret_cast<uint4*>(yhrow + k) = yo;
+            if (ok && xdrow) *reinterpret_cast<uint4*>(xdrow + k) = xo;  // kept for GradA (v8)
+            if (!ok) a = b = z;  // rows past T (SW: silu(0) * 0 is 0 anyway)
             float d[4];
             lr_mma(d, lr_pair(a.x, a.y), lr_pair(a.z, a.w), wf[u][0], wf[u][1]);
             acc[0] += d[0], acc[1] += d[1];
@@ -557,7 +602,7 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
             acc[0] += d[0], acc[1] += d[1];
         }
     }
-    lr_finish(acc, P, p16, ldp, (float)scale16_d, T, (int)r, jdst, jsrc, jrows, jcols, jld, jscale);
+    lr_finish<WARPS>(acc, P, p16, ldp, (float)scale16_d, T, (int)r, jdst, jsrc, jrows, jcols, jld, jscale);
 }
 
 #define LORA_ROWS_PARAMS                                                                                              \
@@ -569,16 +614,169 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
 
 // xd16 (null: not written) gets bf16(drop(Y)) [T,K], what lora_prep_bf16
 // writes as xdh for the backward's GradA (finetune.LoRAInputKeeper, v8).
-extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_bf16(LORA_ROWS_PARAMS, bf16_t* xd16) {
-    lora_rows_body<false, false>(LORA_ROWS_ARGS, nullptr, xd16);
+// The _w32 entry points (v9) take 32 warps a block (1024 threads, at most
+// 64 registers a thread) and half the batch: twice the warps an SM to hide
+// the latency of each warp's instruction stream with the same bytes in
+// flight; the warps' sums are added in a different order than the 16-warp
+// kernels' (other bits, the same precision).
+#define LORA_ROWS_ENTRY(NAME, TNAME, WARPS, BATCH)                                                                 \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32) NAME(LORA_ROWS_PARAMS, bf16_t* xd16) {           \
+        lora_rows_body<false, false, WARPS, BATCH>(LORA_ROWS_ARGS, nullptr, xd16);                            \
+    }                                                                                                         \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32) TNAME(LORA_ROWS_PARAMS) {                        \
+        lora_rows_body<true, false, WARPS, BATCH>(LORA_ROWS_ARGS, nullptr, nullptr); /* p 0: no dropout */   \
+    }
+#define LORA_ROWS_SWIGLU_ENTRY(NAME, WARPS, BATCH)                                                            \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32) NAME(LORA_ROWS_PARAMS, float* act, bf16_t* xd16) { \
+        lora_rows_body<false, true, WARPS, BATCH>(LORA_ROWS_ARGS, act, xd16);                                 \
+    }
+LORA_ROWS_ENTRY(lora_rows_bf16, lora_rows_bf16_t, 16, 4)
+LORA_ROWS_ENTRY(lora_rows_bf16_w32, lora_rows_bf16_t_w32, 32, 2)
+LORA_ROWS_SWIGLU_ENTRY(lora_rows_swiglu_bf16, 16, 2)
+LORA_ROWS_SWIGLU_ENTRY(lora_rows_swiglu_bf16_w32, 32, 1)
+
+// lora_rows_norm_bf16 (issue 8, v9): RMSNorm, after the residual add with
+// ADD, fused into lora_rows_bf16 for the linear that consumes its output
+// (qkv_proj after input_layernorm, gate_up_proj after
+// post_attention_layernorm: finetune.RMSNormLinearForwarder). From one read
+// of a (and b) [T,K]:
+//   ADD: sum = a + b (written), s = sum; else s = a
+//   rstd[t] = 1/sqrt(float32(mean(s^2)) + eps)   (rmsnorm_fwd's math)
+//   xn = nw * (s * rstd)                          (written when not null)
+// then lora_rows_bf16 over xn: yh = bf16(xn), P = h, p16, xd16 and the job,
+// with lora_rows_bf16's lanes, chunks and sums, so h and the copies are its
+// bits. The row stays in registers between the two phases: lane (g, c) of
+// warp w holds row 8b+g's chunks w, w+WARPS, ... (NQ of them at most: K <=
+// NQ * WARPS * 32). The squares are summed in float64 like rmsnorm_fwd's,
+// in another order (the lanes' chunks, then the four lanes of a row, then
+// the warps in order): rstd is rmsnorm_fwd's unless the float64 sums differ
+// across a float32 rounding boundary. It replaces the norm's launch, its
+// float32 output's read by lora_rows_bf16 and that launch (v8: 13-19 us +
+// 16 us a call, 126 calls a checkpointed Phi-3-mini step).
+template <bool ADD, int WARPS, int NQ>
+__device__ __forceinline__ void lora_rows_norm_body(bf16_t* __restrict__ yh, i64 ldyh, float* __restrict__ P,
+                                                    bf16_t* __restrict__ p16, i64 ldp, double scale16_d,
+                                                    const float* __restrict__ W, i64 T, i64 K, i64 r, u64 seed,
+                                                    double p_d, u64 thr, double ks_d, bf16_t* jdst, const float* jsrc, i64 jrows,
+                                                    i64 jcols, i64 jld, double jscale, bf16_t* __restrict__ xd16,
+                                                    float* __restrict__ sum, float* __restrict__ xn,
+                                                    float* __restrict__ rstd, const float* __restrict__ a,
+                                                    const float* __restrict__ b, const float* __restrict__ nw,
+                                                    double eps_d) {
+    __shared__ double ssw[WARPS][LR_ROWS];
+    const float ks = (float)ks_d, eps = (float)eps_d;
+    const bool drop = p_d > 0.0;
+    const unsigned int t32 = (unsigned int)thr;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+    const i64 t = (i64)blockIdx.x * LR_ROWS + g;
+    const bool okt = t < T, okg = g < (int)r;
+    const i64 tr = okt ? t : 0;
+    const int Ki = (int)K;  // the host checks K <= NQ * WARPS * 32
+    const int nch = Ki >> 5;  // the host checks K % 32 == 0
+    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 va[NQ], vb[NQ];
+    double ss = 0.0;
+    // Phase 1: s, its squares' float64 sum.
+#pragma unroll
+    for (int i = 0; i < NQ; i++) {
+        const int k = ((w + i * WARPS) << 5) + 8 * c;
+        va[i] = vb[i] = z;
+        if (okt && w + i * WARPS < nch) {
+            const float4* ap = reinterpret_cast<const float4*>(a + tr * K + k);
+            va[i] = ap[0], vb[i] = ap[1];
+            if (ADD) {
+                const float4* bp = reinterpret_cast<const float4*>(b + tr * K + k);
+                const float4 ba = bp[0], bb = bp[1];
+                va[i] = make_float4(__fadd_rn(va[i].x, ba.x), __fadd_rn(va[i].y, ba.y), __fadd_rn(va[i].z, ba.z),
+                                    __fadd_rn(va[i].w, ba.w));
+                vb[i] = make_float4(__fadd_rn(vb[i].x, bb.x), __fadd_rn(vb[i].y, bb.y), __fadd_rn(vb[i].z, bb.z),
+                                    __fadd_rn(vb[i].w, bb.w));
+                float4* sp = reinterpret_cast<float4*>(sum + tr * K + k);
+                sp[0] = va[i], sp[1] = vb[i];
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < NQ; i++) {
+        const float4 x = va[i], y = vb[i];
+        ss += (double)x.x * (double)x.x + (double)x.y * (double)x.y + (double)x.z * (double)x.z + (double)x.w * (double)x.w;
+        ss += (double)y.x * (double)y.x + (double)y.y * (double)y.y + (double)y.z * (double)y.z + (double)y.w * (double)y.w;
+    }
+    ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+    ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+    if (c == 0) ssw[w][g] = ss;
+    __syncthreads();
+    double tot = ssw[0][g];
+#pragma unroll
+    for (int v = 1; v < WARPS; v++) tot += ssw[v][g];
+    const float rs = (float)(1.0 / sqrt((double)__fadd_rn((float)(tot / (double)K), eps)));
+    if (okt && w == 0 && c == 0) rstd[t] = rs;
+    // Phase 2: xn, then lora_rows_bf16's work on it.
+    bf16_t* yhrow = yh ? yh + tr * ldyh : nullptr;
+    bf16_t* xdrow = xd16 ? xd16 + tr * K : nullptr;
+    float* xnrow = xn ? xn + tr * K : nullptr;
+    const float* wrow = W + (okg ? g : 0) * K;
+    const u64 srow = seed + (u64)(tr * (K >> 2)) * 0x9E3779B97F4A7C15ULL;
+    float acc[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < NQ; i++) {
+        const int q = w + i * WARPS, k = (q << 5) + 8 * c;
+        if (q >= nch) break;  // warp-uniform
+        unsigned wf[4] = {0, 0, 0, 0};
+        if (okg) {
+            const float4* wr = reinterpret_cast<const float4*>(wrow + k);
+            const float4 wa = __ldg(wr), wb = __ldg(wr + 1);
+            wf[0] = lr_pair(wa.x, wa.y), wf[1] = lr_pair(wa.z, wa.w), wf[2] = lr_pair(wb.x, wb.y), wf[3] = lr_pair(wb.z, wb.w);
+        }
+        const float4* np = reinterpret_cast<const float4*>(nw + k);
+        const float4 na = __ldg(np), nb = __ldg(np + 1);
+        const float4 x = va[i], y = vb[i];
+        float4 a0 = make_float4(__fmul_rn(na.x, __fmul_rn(x.x, rs)), __fmul_rn(na.y, __fmul_rn(x.y, rs)),
+                                __fmul_rn(na.z, __fmul_rn(x.z, rs)), __fmul_rn(na.w, __fmul_rn(x.w, rs)));
+        float4 b0 = make_float4(__fmul_rn(nb.x, __fmul_rn(y.x, rs)), __fmul_rn(nb.y, __fmul_rn(y.y, rs)),
+                                __fmul_rn(nb.z, __fmul_rn(y.z, rs)), __fmul_rn(nb.w, __fmul_rn(y.w, rs)));
+        if (okt && xnrow) {
+            float4* op = reinterpret_cast<float4*>(xnrow + k);
+            op[0] = a0, op[1] = b0;
+        }
+        float4 da = a0, db = b0;
+        uint4 yo = lr_pack8(a0, b0);
+        if (drop) lr_drop8(da, db, srow + (u64)(unsigned int)(k >> 2) * 0x9E3779B97F4A7C15ULL, t32, ks);
+        uint4 xo = lr_pack8(da, db);
+        if (lr_nan8(a0, b0)) {  // rare: f32_to_bf16 keeps a NaN's payload
+            yo = lr_pack8_exact(a0, b0);
+            xo = lr_pack8_exact(da, db);
+        }
+        if (okt && yhrow) *reinterpret_cast<uint4*>(yhrow + k) = yo;
+        if (okt && xdrow) *reinterpret_cast<uint4*>(xdrow + k) = xo;
+        if (!okt) da = db = z;
+        float d[4];
+        lr_mma(d, lr_pair(da.x, da.y), lr_pair(da.z, da.w), wf[0], wf[1]);
+        acc[0] += d[0], acc[1] += d[1];
+        lr_mma(d, lr_pair(db.x, db.y), lr_pair(db.z, db.w), wf[2], wf[3]);
+        acc[0] += d[0], acc[1] += d[1];
+    }
+    lr_finish<WARPS>(acc, P, p16, ldp, (float)scale16_d, T, (int)r, jdst, jsrc, jrows, jcols, jld, jscale);
 }
-extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_bf16_t(LORA_ROWS_PARAMS) {
-    lora_rows_body<true, false>(LORA_ROWS_ARGS, nullptr, nullptr);
-}
-extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_swiglu_bf16(LORA_ROWS_PARAMS, float* act,
-                                                                                  bf16_t* xd16) {
-    lora_rows_body<false, true>(LORA_ROWS_ARGS, act, xd16);
-}
+
+#define LORA_ROWS_NORM_PARAMS                                                                                        \
+    bf16_t *yh, i64 ldyh, float *P, bf16_t *p16, i64 ldp, double scale16, const float *W, i64 T, i64 K, i64 r,      \
+        u64 seed, double p_d, u64 thr, double ks_d, bf16_t *jdst, const float *jsrc, i64 jrows, i64 jcols, i64 jld, \
+        double jscale, bf16_t *xd16, float *sum, float *xn, float *rstd, const float *a, const float *b,            \
+        const float *nw, double eps
+#define LORA_ROWS_NORM_ARGS                                                                                         \
+    yh, ldyh, P, p16, ldp, scale16, W, T, K, r, seed, p_d, thr, ks_d, jdst, jsrc, jrows, jcols, jld, jscale, xd16, sum, xn, \
+        rstd, a, b, nw, eps
+// lora_rows_norm_bf16[_add]_qN: lora_rows_bf16_w32's lanes, chunks and
+// sums (32 warps), N chunks a lane at most: K <= 3072 (q3) or 4096 (q4).
+#define LORA_ROWS_NORM_ENTRY(NAME, ADD, NQ)                                                          \
+    extern "C" __global__ void __launch_bounds__(32 * 32) NAME(LORA_ROWS_NORM_PARAMS) {              \
+        lora_rows_norm_body<ADD, 32, NQ>(LORA_ROWS_NORM_ARGS);                                       \
+    }
+LORA_ROWS_NORM_ENTRY(lora_rows_norm_bf16_q3, false, 3)
+LORA_ROWS_NORM_ENTRY(lora_rows_norm_bf16_q4, false, 4)
+LORA_ROWS_NORM_ENTRY(lora_rows_norm_bf16_add_q3, true, 3)
+LORA_ROWS_NORM_ENTRY(lora_rows_norm_bf16_add_q4, true, 4)
 
 // lr_swiglu8 is swiglu_bwd's d gate (dg) and d up (du) of 8 features.
 __device__ __forceinline__ void lr_swiglu8(float dg[8], float du[8], float4 d0, float4 d1, float4 g0, float4 g1, float4 u0,
@@ -603,7 +801,8 @@ __device__ __forceinline__ void lr_swiglu8(float dg[8], float du[8], float4 d0, 
 // its row: d gate's MMAs pair them with B's rows k .., d up's with rows I+k
 // ... Two chunks a round (six 16-byte loads each). The host checks I % 8
 // == 0 and 16-byte alignment.
-extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_swiglu_bf16_t(
+template <int WARPS, int BATCH>
+__device__ __forceinline__ void lora_rows_swiglu_t_body(
     bf16_t* __restrict__ yh, i64 ldyh, float* __restrict__ P, bf16_t* __restrict__ p16, i64 ldp,
     const float* __restrict__ dact, const float* __restrict__ gu, const float* __restrict__ W, i64 T, i64 I, i64 r,
     bf16_t* jdst, const float* jsrc, i64 jrows, i64 jcols, i64 jld, double jscale) {
@@ -612,16 +811,17 @@ extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_swiglu_bf1
     const bool okt = t < T, okg = g < (int)r;
     const float* drow = dact + (okt ? t : 0) * I;
     const float* grow = gu + (okt ? t : 0) * 2 * I;
+    bf16_t* yhrow = yh + (okt ? t : 0) * ldyh;
     float acc[2] = {0.0f, 0.0f};
-    const i64 nch = (I + 31) >> 5;
+    const int nch = (int)((I + 31) >> 5);  // the host checks I < 2^31
     const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (i64 q0 = w; q0 < nch; q0 += LR_WARPS * 2) {
-        float4 d0[2], d1[2], g0[2], g1[2], u0[2], u1[2];
-        unsigned wg[2][4], wu[2][4];
+    for (int q0 = w; q0 < nch; q0 += WARPS * BATCH) {
+        float4 d0[BATCH], d1[BATCH], g0[BATCH], g1[BATCH], u0[BATCH], u1[BATCH];
+        unsigned wg[BATCH][4], wu[BATCH][4];
 #pragma unroll
-        for (int u = 0; u < 2; u++) {
-            const i64 k = ((q0 + u * LR_WARPS) << 5) + 8 * c;
-            const bool okk = q0 + u * LR_WARPS < nch && k < I;
+        for (int u = 0; u < BATCH; u++) {
+            const int k = ((q0 + u * WARPS) << 5) + 8 * c;
+            const bool okk = q0 + u * WARPS < nch && k < I;
             d0[u] = d1[u] = g0[u] = g1[u] = u0[u] = u1[u] = z;
             if (okt && okk) {
                 const float4 *dp = reinterpret_cast<const float4*>(drow + k), *gp = reinterpret_cast<const float4*>(grow + k),
@@ -633,28 +833,39 @@ extern "C" __global__ void __launch_bounds__(LR_WARPS * 32) lora_rows_swiglu_bf1
             if (okg && okk) lr_wt_frag(wg[u], W, k, r, g), lr_wt_frag(wu[u], W, I + k, r, g);
         }
 #pragma unroll
-        for (int u = 0; u < 2; u++) {
-            const i64 k = ((q0 + u * LR_WARPS) << 5) + 8 * c;
+        for (int u = 0; u < BATCH; u++) {
+            const int k = ((q0 + u * WARPS) << 5) + 8 * c;
             float dg[8], du[8];
             lr_swiglu8(dg, du, d0[u], d1[u], g0[u], g1[u], u0[u], u1[u]);
-            const unsigned a0 = lora_bf16_pair(dg[0], dg[1]), a1 = lora_bf16_pair(dg[2], dg[3]),
-                           a2 = lora_bf16_pair(dg[4], dg[5]), a3 = lora_bf16_pair(dg[6], dg[7]);
-            const unsigned b0 = lora_bf16_pair(du[0], du[1]), b1 = lora_bf16_pair(du[2], du[3]),
-                           b2 = lora_bf16_pair(du[4], du[5]), b3 = lora_bf16_pair(du[6], du[7]);
-            if (okt && q0 + u * LR_WARPS < nch && k < I) {
-                *reinterpret_cast<uint4*>(yh + t * ldyh + k) = make_uint4(a0, a1, a2, a3);
-                *reinterpret_cast<uint4*>(yh + t * ldyh + I + k) = make_uint4(b0, b1, b2, b3);
+            const float4 ga = make_float4(dg[0], dg[1], dg[2], dg[3]), gb = make_float4(dg[4], dg[5], dg[6], dg[7]);
+            const float4 ua = make_float4(du[0], du[1], du[2], du[3]), ub = make_float4(du[4], du[5], du[6], du[7]);
+            uint4 ao = lr_pack8(ga, gb), bo = lr_pack8(ua, ub);
+            if (lr_nan8(ga, gb) | lr_nan8(ua, ub)) ao = lr_pack8_exact(ga, gb), bo = lr_pack8_exact(ua, ub);  // rare
+            if (okt && q0 + u * WARPS < nch && k < I) {
+                *reinterpret_cast<uint4*>(yhrow + k) = ao;
+                *reinterpret_cast<uint4*>(yhrow + I + k) = bo;
             }
             float d[4];
-            lr_mma(d, a0, a1, wg[u][0], wg[u][1]);
+            lr_mma(d, ao.x, ao.y, wg[u][0], wg[u][1]);
             acc[0] += d[0], acc[1] += d[1];
-            lr_mma(d, a2, a3, wg[u][2], wg[u][3]);
+            lr_mma(d, ao.z, ao.w, wg[u][2], wg[u][3]);
             acc[0] += d[0], acc[1] += d[1];
-            lr_mma(d, b0, b1, wu[u][0], wu[u][1]);
+            lr_mma(d, bo.x, bo.y, wu[u][0], wu[u][1]);
             acc[0] += d[0], acc[1] += d[1];
-            lr_mma(d, b2, b3, wu[u][2], wu[u][3]);
+            lr_mma(d, bo.z, bo.w, wu[u][2], wu[u][3]);
             acc[0] += d[0], acc[1] += d[1];
         }
     }
-    lr_finish(acc, P, p16, ldp, 1.0f, T, (int)r, jdst, jsrc, jrows, jcols, jld, jscale);
+    lr_finish<WARPS>(acc, P, p16, ldp, 1.0f, T, (int)r, jdst, jsrc, jrows, jcols, jld, jscale);
+}
+
+#define LORA_ROWS_SWIGLU_T_PARAMS                                                                                   \
+    bf16_t *yh, i64 ldyh, float *P, bf16_t *p16, i64 ldp, const float *dact, const float *gu, const float *W, i64 T, \
+        i64 I, i64 r, bf16_t *jdst, const float *jsrc, i64 jrows, i64 jcols, i64 jld, double jscale
+#define LORA_ROWS_SWIGLU_T_ARGS yh, ldyh, P, p16, ldp, dact, gu, W, T, I, r, jdst, jsrc, jrows, jcols, jld, jscale
+extern "C" __global__ void __launch_bounds__(16 * 32) lora_rows_swiglu_bf16_t(LORA_ROWS_SWIGLU_T_PARAMS) {
+    lora_rows_swiglu_t_body<16, 2>(LORA_ROWS_SWIGLU_T_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_swiglu_bf16_t_w32(LORA_ROWS_SWIGLU_T_PARAMS) {
+    lora_rows_swiglu_t_body<32, 1>(LORA_ROWS_SWIGLU_T_ARGS);
 }
