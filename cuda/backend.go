@@ -565,6 +565,9 @@ func (b *Backend) gemm(op string, g gemmArgs) {
 		return
 	}
 	t := map[int]string{dataR32F: "f32", dataR16BF: "bf16", dataR16F: "f16"}[g.abType]
+	if g.cHalf {
+		t += "->bf16"
+	}
 	b.span(fmt.Sprintf("gemm %s %dx%dx%d", t, g.M, g.N, g.K), func() { check(op, b.blas.run(g)) })
 }
 

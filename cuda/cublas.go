@@ -180,7 +180,8 @@ type gemmArgs struct {
 	alpha, beta    float32
 	A, B, C        uintptr
 	lda, ldb, ldc  int
-	abType         int // dataR32F, dataR16BF or dataR16F for A and B; C is always float32
+	abType         int  // dataR32F, dataR16BF or dataR16F for A and B
+	cHalf          bool // C is bfloat16 (abType dataR16BF; Tensor.half), else float32
 }
 
 // run issues the GEMM. cuBLAS is column-major: a row-major C = A.B is the
@@ -196,13 +197,20 @@ func (b *cublas) run(g gemmArgs) error {
 		return blasOpN
 	}
 	var st C.int
+	cType := dataR32F
+	if g.cHalf {
+		if g.abType != dataR16BF {
+			return fmt.Errorf("cuBLAS GEMM %dx%dx%d: a bfloat16 C needs bfloat16 A and B (types %d)", g.M, g.N, g.K, g.abType)
+		}
+		cType = dataR16BF
+	}
 	if g.abType == dataR32F {
 		st = C.blas_sgemm(b.h, op(g.transB), op(g.transA), C.int(g.N), C.int(g.M), C.int(g.K), C.float(g.alpha),
 			C.uintptr_t(g.B), C.int(g.ldb), C.uintptr_t(g.A), C.int(g.lda), C.float(g.beta), C.uintptr_t(g.C), C.int(g.ldc))
 	} else {
 		st = C.blas_gemm_ex(b.h, op(g.transB), op(g.transA), C.int(g.N), C.int(g.M), C.int(g.K), C.float(g.alpha),
 			C.uintptr_t(g.B), C.int(g.abType), C.int(g.ldb), C.uintptr_t(g.A), C.int(g.abType), C.int(g.lda), C.float(g.beta),
-			C.uintptr_t(g.C), dataR32F, C.int(g.ldc), blasCompute32F, blasGemmDefault)
+			C.uintptr_t(g.C), C.int(cType), C.int(g.ldc), blasCompute32F, blasGemmDefault)
 	}
 	if st == blasStatusAllocFailed {
 		return fmt.Errorf("cuBLAS GEMM %dx%dx%d (types %d): CUBLAS_STATUS_ALLOC_FAILED: %w", g.M, g.N, g.K, g.abType, ErrOutOfMemory)

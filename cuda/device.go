@@ -572,6 +572,18 @@ type Tensor struct {
 	// unchanged (small int32 tensors only), so CrossEntropy can read the
 	// targets without a round trip.
 	host []int32
+	// mayHalf: allocated by AllocHalf (finetune.HalfAllocator), so an op
+	// that writes it whole may store it in bfloat16 instead, for the ops
+	// that read it so (issue 8, v9: gate_up_proj's output under BF16
+	// compute, read by the SwiGLU row kernels). half, when not nil, is the
+	// backend of such a write: the first 2n bytes hold the values in
+	// bfloat16 until tensor() (or Download, Copy, Ptr) widens them in
+	// place to float32, the values the bfloat16 ones stand for, so an op
+	// that knows nothing of it reads them right. Only halfInput reads it
+	// unwidened; unwrap refuses it (its callers accumulate into or
+	// overwrite part of their tensor).
+	mayHalf bool
+	half    *Backend
 }
 
 func (t *Tensor) Shape() []int { return append([]int(nil), t.shape...) }
@@ -580,6 +592,10 @@ func (t *Tensor) Numel() int   { return t.n }
 // Ptr is the tensor's device address (0 for an empty or freed tensor),
 // with a pending Zero materialised (the caller may read it directly).
 func (t *Tensor) Ptr() cu.DevicePtr {
+	if b := t.half; b != nil {
+		defer b.enter("Ptr")()
+		b.widen(t, "Ptr")
+	}
 	if b := t.zero; b != nil {
 		defer b.enter("Ptr")()
 		b.fillZero(t, "Ptr")
@@ -604,8 +620,18 @@ func (b *Backend) fillZero(t *Tensor, op string) {
 	}
 }
 
-// unwrap is tensor without materialising a pending Zero.
+// unwrap is tensor without materialising a pending Zero (nor widening a
+// bfloat16 tensor: it refuses one, see Tensor.half).
 func unwrap(t finetune.Tensor, want elemKind, op string) *Tensor {
+	ct := unwrapRaw(t, want, op)
+	if ct != nil && ct.half != nil {
+		panic(&Error{Op: op, Err: fmt.Errorf("a %v tensor held in bfloat16 reached an op that cannot widen it", ct.shape)})
+	}
+	return ct
+}
+
+// unwrapRaw is unwrap for the accessors that deal with Tensor.half.
+func unwrapRaw(t finetune.Tensor, want elemKind, op string) *Tensor {
 	if t == nil {
 		return nil
 	}
@@ -621,14 +647,41 @@ func unwrap(t finetune.Tensor, want elemKind, op string) *Tensor {
 
 // tensor unwraps a finetune.Tensor of this backend (nil stays nil). It is
 // the universal accessor: a pending Zero is materialised here (a memset
-// queued before the op's own work), so an op that knows nothing of lazy
-// zeroing reads and accumulates into real zeros. Call it within enter.
+// queued before the op's own work), and a tensor held in bfloat16 widened
+// to float32, so an op that knows nothing of lazy zeroing or of Tensor.half
+// reads and accumulates into real values. Call it within enter.
 func tensor(t finetune.Tensor, want elemKind, op string) *Tensor {
-	ct := unwrap(t, want, op)
+	ct := unwrapRaw(t, want, op)
+	if ct != nil && ct.half != nil {
+		ct.half.widen(ct, op)
+	}
 	if ct != nil && ct.zero != nil {
 		ct.zero.fillZero(ct, op)
 	}
 	return ct
+}
+
+// halfInput unwraps an input an op can read in bfloat16: the tensor and
+// whether it holds bfloat16 (Tensor.half). Call it within enter.
+func halfInput(t finetune.Tensor, op string) (*Tensor, bool) {
+	ct := unwrapRaw(t, kindF32, op)
+	if ct == nil || ct.half == nil {
+		return tensor(t, kindF32, op), false
+	}
+	return ct, true
+}
+
+// widen turns t's bfloat16 values into float32 in place (Tensor.half):
+// the 2n bytes go to a scratch buffer, then bf16_to_f32_kernel writes them
+// back widened.
+func (b *Backend) widen(t *Tensor, op string) {
+	t.half = nil
+	if t.n == 0 || t.ptr == 0 {
+		return
+	}
+	tmp := b.scratchBuf(sWiden, 2*int64(t.n), op)
+	b.span("memcpy", func() { check(op, cu.MemcpyDtoDAsync(tmp, t.ptr, 2*int64(t.n), b.stream)) })
+	b.launchN(op, "bf16_to_f32_kernel", int64(t.n), ptrArg(t.ptr), ptrArg(tmp), intArg(t.n))
 }
 
 // Lazy zeroing. The model zeroes a gradient buffer and then accumulates
@@ -666,9 +719,9 @@ func (b *Backend) accTensor(t finetune.Tensor, want elemKind, op string) (*Tenso
 // outTensor unwraps an output the op overwrites entirely (a forward op's
 // out): a pending Zero is dropped unmaterialised. Unwrap the inputs first.
 func outTensor(t finetune.Tensor, want elemKind, op string) *Tensor {
-	ct := unwrap(t, want, op)
+	ct := unwrapRaw(t, want, op)
 	if ct != nil {
-		ct.zero = nil
+		ct.zero, ct.half = nil, nil
 	}
 	return ct
 }
@@ -705,6 +758,17 @@ func (b *Backend) Alloc(shape ...int) finetune.Tensor {
 	return b.alloc(kindF32, shape, "Alloc")
 }
 
+var _ finetune.HalfAllocator = (*Backend)(nil)
+
+// AllocHalf (finetune.HalfAllocator) is Alloc for an activation that an op
+// may store in bfloat16 (Tensor.mayHalf).
+func (b *Backend) AllocHalf(shape ...int) finetune.Tensor {
+	defer b.enter("AllocHalf")()
+	t := b.alloc(kindF32, shape, "AllocHalf")
+	t.mayHalf = true
+	return t
+}
+
 func (b *Backend) AllocInt32(n int) finetune.Tensor {
 	defer b.enter("AllocInt32")()
 	return b.alloc(kindI32, []int{n}, "AllocInt32")
@@ -728,7 +792,7 @@ func (b *Backend) uploadAll(op string, d *Tensor, src unsafe.Pointer, n int) {
 	if n != d.n {
 		panic(&Error{Op: op, Err: fmt.Errorf("%d values into a tensor of %d", n, d.n)})
 	}
-	d.zero = nil // overwritten entirely
+	d.zero, d.half = nil, nil // overwritten entirely
 	b.touch(d)
 	b.upload(op, d.ptr, src, d.bytes())
 }
@@ -767,6 +831,9 @@ func (b *Backend) Download(src finetune.Tensor) []float32 {
 	s, ok := src.(*Tensor)
 	if !ok {
 		panic(&Error{Op: "Download", Err: fmt.Errorf("expected a cuda tensor, got %T", src)})
+	}
+	if s.half != nil {
+		b.widen(s, "Download")
 	}
 	if s.zero != nil {
 		b.fillZero(s, "Download")
@@ -823,6 +890,7 @@ func (b *Backend) Zero(t finetune.Tensor) {
 		panic(&Error{Op: "Zero", Err: fmt.Errorf("expected a cuda tensor, got %T", t)})
 	}
 	b.touch(ct)
+	ct.half = nil
 	if ct.n > 0 && ct.ptr != 0 {
 		ct.zero = b
 	}
@@ -838,6 +906,9 @@ func (b *Backend) Copy(dst, src finetune.Tensor) {
 	if d.n != s.n || d.kind != s.kind {
 		panic(&Error{Op: "Copy", Err: fmt.Errorf("copy of %d %v into %d %v", s.n, s.kind, d.n, d.kind)})
 	}
+	if s.half != nil {
+		b.widen(s, "Copy")
+	}
 	b.touch(d)
 	if s.zero != nil {
 		// A copy of zeros is a pending Zero too (d == s stays pending).
@@ -846,7 +917,7 @@ func (b *Backend) Copy(dst, src finetune.Tensor) {
 		}
 		return
 	}
-	d.zero = nil // overwritten entirely
+	d.zero, d.half = nil, nil // overwritten entirely
 	if d.n > 0 && d != s {
 		b.span("memcpy", func() { check("Copy", cu.MemcpyDtoDAsync(d.ptr, s.ptr, d.bytes(), b.stream)) })
 	}
@@ -860,7 +931,7 @@ func (b *Backend) Free(t finetune.Tensor) {
 	}
 	defer b.enter("Free")()
 	b.rawFree(ct.ptr, ct.bytes())
-	ct.ptr, ct.n, ct.zero = 0, 0, nil
+	ct.ptr, ct.n, ct.zero, ct.half = 0, 0, nil, nil
 	b.touch(ct)
 }
 
@@ -891,6 +962,7 @@ const (
 	sLoRAPart                     // fused LoRA backward: per-chunk column sums
 	sLoRAX                        // LoRA under BF16: bfloat16 dropout(x)
 	sLoRAHalf                     // LoRA under BF16: bfloat16 A, B, h, dout . B
+	sWiden                        // a bfloat16 tensor's values on their way to float32 (Tensor.half)
 	numScratch
 )
 

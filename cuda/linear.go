@@ -64,13 +64,14 @@ func (b *Backend) LinearForward(out, x finetune.Tensor, l *finetune.Linear, h fi
 // linearForward is LinearForward's body.
 func (b *Backend) linearForward(op string, out, x finetune.Tensor, l *finetune.Linear, h finetune.Tensor, seed uint64) {
 	w := cudaW(l.W, op)
-	o, xs := tensor(out, kindF32, op), tensor(x, kindF32, op)
+	xs := tensor(x, kindF32, op)
+	o := outTensor(out, kindF32, op) // every path overwrites all of out
 	T := xs.n / w.in
 	if xs.n != T*w.in || o.n != T*w.out {
 		panic(&Error{Op: op, Err: fmt.Errorf("%s: x has %d values and out %d for a [%d, %d] weight", l.Name, xs.n, o.n, w.out, w.in)})
 	}
 	if l.LoRA != nil && b.loraBF16(w) {
-		b.linearForwardBF16(op, o.ptr, xs.ptr, 0, nil, T, w, l, tensor(h, kindF32, op), seed)
+		b.linearForwardBF16(op, o, xs.ptr, rowsSrc{}, T, w, l, tensor(h, kindF32, op), seed)
 		return
 	}
 	b.xwT(op, o.ptr, xs.ptr, T, w, 1, 0)
@@ -240,7 +241,7 @@ func (b *Backend) SwiGLULinearForward(out, act, gateUp finetune.Tensor, l *finet
 	const op = "SwiGLULinearForward"
 	defer b.enter(op)()
 	w := cudaW(l.W, op)
-	gu := tensor(gateUp, kindF32, op)
+	gu, guHalf := halfInput(gateUp, op)
 	ac := outTensor(act, kindF32, op)
 	I := lastDim(ac)
 	T := ac.n / max(I, 1)
@@ -252,7 +253,7 @@ func (b *Backend) SwiGLULinearForward(out, act, gateUp finetune.Tensor, l *finet
 		}
 		if out == nil {
 			lo := l.LoRA
-			b.loraRowsAct(op, ac.ptr, 0, 0, hs.ptr, 0, 0, 1, gu.ptr, tensor(lo.A, kindF32, op).ptr, T, I, loraRank(l), lo.Dropout, seed,
+			b.loraRowsAct(op, ac.ptr, 0, 0, hs.ptr, 0, 0, 1, gu.ptr, guHalf, tensor(lo.A, kindF32, op).ptr, T, I, loraRank(l), lo.Dropout, seed,
 				prepJob{}, b.keepSlot(op, l, ac.ptr, seed, T, I))
 			return
 		}
@@ -260,8 +261,11 @@ func (b *Backend) SwiGLULinearForward(out, act, gateUp finetune.Tensor, l *finet
 		if o.n != T*w.out {
 			panic(&Error{Op: op, Err: fmt.Errorf("%s: out has %d values, want %d x %d", l.Name, o.n, T, w.out)})
 		}
-		b.linearForwardBF16(op, o.ptr, ac.ptr, gu.ptr, nil, T, w, l, hs, seed)
+		b.linearForwardBF16(op, o, ac.ptr, rowsSrc{gu: gu.ptr, guHalf: guHalf}, T, w, l, hs, seed)
 		return
+	}
+	if guHalf {
+		gu = tensor(gateUp, kindF32, op) // widened for the two ops
 	}
 	b.swigluForward(op, ac, gu)
 	if out == nil {
@@ -320,7 +324,7 @@ func (b *Backend) RMSNormLinearForward(out, xn, rstd, sum, a, bt, w finetune.Ten
 		case xs == as || xs == bs || xs == ss:
 			panic(&Error{Op: op, Err: fmt.Errorf("xn must not alias a, b or sum")})
 		case aligned:
-			b.linearForwardBF16(op, o.ptr, xs.ptr, 0, src, T, wt, l, hs, seed)
+			b.linearForwardBF16(op, o, xs.ptr, rowsSrc{norm: src}, T, wt, l, hs, seed)
 			return
 		}
 	}
@@ -345,15 +349,19 @@ func (b *Backend) SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x finetune.Ten
 	const op = "SwiGLULinearBackward"
 	defer b.enter(op)()
 	w := cudaW(l.W, op)
-	do, gu := tensor(dact, kindF32, op), tensor(gateUp, kindF32, op)
+	do := tensor(dact, kindF32, op)
+	gu, guHalf := halfInput(gateUp, op)
 	I := lastDim(do)
 	T := do.n / max(I, 1)
 	dgu := unwrap(dgateUp, kindF32, op)
 	if dgu != nil && dgu.zero != nil && dgu.n == gu.n && l.LoRA != nil && b.loraBF16(w) && swigluRows && w.out == 2*I && I%8 == 0 &&
 		gu.n == 2*do.n && gu.ptr%16 == 0 && canLoRARows(do.ptr, tensor(l.LoRA.B, kindF32, op).ptr, T, I, loraRank(l)) {
 		xs, hs := tensor(x, kindF32, op), tensor(h, kindF32, op)
-		b.linearBackwardBF16(op, unwrap(dx, kindF32, op), 0, &swigluSrc{dact: do.ptr, gu: gu.ptr, I: I}, xs, T, w, l, hs, seed)
+		b.linearBackwardBF16(op, unwrap(dx, kindF32, op), 0, &swigluSrc{dact: do.ptr, gu: gu.ptr, half: guHalf, I: I}, xs, T, w, l, hs, seed)
 		return
+	}
+	if guHalf {
+		gu = tensor(gateUp, kindF32, op) // widened for the two ops
 	}
 	b.swigluBackward(op, dgateUp, do, gu)
 	b.linearBackward(op, dx, dgateUp, x, l, h, seed)
@@ -365,9 +373,11 @@ func (b *Backend) SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x finetune.Ten
 var swigluRows = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "swiglu-rows")
 
 // swigluSrc is linearBackwardBF16's dout given as SwiGLU's backward of
-// dact [T,I] at gu [T,2I] (lora_rows_swiglu_bf16_t computes it).
+// dact [T,I] at gu [T,2I] (bfloat16 when half; lora_rows_swiglu_bf16_t
+// computes it).
 type swigluSrc struct {
 	dact, gu cu.DevicePtr
+	half     bool
 	I        int
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 
 	"gorgonia.org/cu"
 
@@ -138,12 +139,29 @@ const loraRowsRows = 8
 // 16-warp ones; OLLAMA_TUNE_CUDA_ROWS=w16 takes those (v8's sums).
 var loraRowsW32 = os.Getenv("OLLAMA_TUNE_CUDA_ROWS") != "w16"
 
-// rowsKernel is kernel's entry point and threads a block under loraRowsW32.
+// rowsKernel is kernel's entry point and threads a block under loraRowsW32
+// (the _h kernels, reading a bfloat16 gate_up, have the 32-warp one alone:
+// the model's gate_up is bfloat16 only under loraRowsW32, see halfOutputs).
 func rowsKernel(kernel string) (string, int) {
-	if loraRowsW32 {
+	if loraRowsW32 || strings.HasSuffix(kernel, "_h") {
 		return kernel + "_w32", 32 * 32
 	}
 	return kernel, 16 * 32
+}
+
+// halfOutputs says whether an output allocated by AllocHalf is written in
+// bfloat16 (Tensor.half: gate_up_proj's under BF16 compute, v9), with the
+// 32-warp row kernels (loraRowsW32); OLLAMA_TUNE_CUDA_REFERENCE=gu-half
+// writes float32.
+var halfOutputs = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "gu-half")
+
+// rowsSrc is where linearForwardBF16's row kernel takes x from when x is
+// not yet written: SwiGLU of gu [T,2 in] (bfloat16 when guHalf), or an
+// RMSNorm.
+type rowsSrc struct {
+	gu     cu.DevicePtr
+	guHalf bool
+	norm   *normSrc
 }
 
 // canLoRARows says whether the row kernels take Y [T,K] against a rank-r
@@ -173,10 +191,15 @@ func (b *Backend) loraRowsT(op string, yh cu.DevicePtr, ldyh int, P, p16 cu.Devi
 }
 
 // loraRowsAct runs lora_rows_swiglu_bf16: loraRows (A [r,K]) over act =
-// SwiGLU(gu), gu [T,2K], also writing act [T,K] in float32.
+// SwiGLU(gu), gu [T,2K] (bfloat16 when guHalf: the _w32h entry point),
+// also writing act [T,K] in float32.
 func (b *Backend) loraRowsAct(op string, act, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, scale16 float32,
-	gu, A cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob, xd16 cu.DevicePtr) {
-	b.loraRowsLaunch(op, "lora_rows_swiglu_bf16", yh, ldyh, P, p16, ldp, scale16, gu, A, T, K, r, p, seed, job, ptrArg(act), ptrArg(xd16))
+	gu cu.DevicePtr, guHalf bool, A cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob, xd16 cu.DevicePtr) {
+	kernel := "lora_rows_swiglu_bf16"
+	if guHalf {
+		kernel += "_h"
+	}
+	b.loraRowsLaunch(op, kernel, yh, ldyh, P, p16, ldp, scale16, gu, A, T, K, r, p, seed, job, ptrArg(act), ptrArg(xd16))
 }
 
 // loraRowsLaunch launches a row kernel with LORA_ROWS_PARAMS and extra.
@@ -213,7 +236,11 @@ func (b *Backend) loraRowsNorm(op string, norm *normSrc, yh cu.DevicePtr, ldyh i
 // gate_up), g [T,r] = d gate_up . B and g16 = bf16(g), for d gate_up the
 // SwiGLU backward of sw, plus job, in one launch.
 func (b *Backend) loraRowsSwiGLU(op string, dh, g, g16 cu.DevicePtr, sw *swigluSrc, B cu.DevicePtr, T, r int, job prepJob) {
-	b.launchRows(op, "lora_rows_swiglu_bf16_t", T, 2*sw.I, job, []uint64{ptrArg(dh), intArg(2 * sw.I), ptrArg(g), ptrArg(g16), intArg(r),
+	kernel := "lora_rows_swiglu_bf16_t"
+	if sw.half {
+		kernel += "_h"
+	}
+	b.launchRows(op, kernel, T, 2*sw.I, job, []uint64{ptrArg(dh), intArg(2 * sw.I), ptrArg(g), ptrArg(g16), intArg(r),
 		ptrArg(sw.dact), ptrArg(sw.gu), ptrArg(B), intArg(T), intArg(sw.I), intArg(r)})
 }
 
@@ -254,11 +281,14 @@ func (b *Backend) launchRowsEntry(op, kernel, entry string, threads, T, K int, j
 // no beta-1 read of out. Else (v4): out = scale * h . B^T (float32), then
 // out += x . W^T (bfloat16 GEMM, beta 1).
 //
-// With gu != 0 (SwiGLULinearForward), x is SwiGLU's output, written here
-// from gu [T,2 in] by lora_rows_swiglu_bf16; with norm (RMSNormLinear-
-// Forward), x is norm's output, written by lora_rows_norm_bf16 (the
-// callers checked that the row kernels take the shapes).
-func (b *Backend) linearForwardBF16(op string, out, x, gu cu.DevicePtr, norm *normSrc, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
+// With src.gu != 0 (SwiGLULinearForward), x is SwiGLU's output, written
+// here from gu [T,2 in] by lora_rows_swiglu_bf16; with src.norm
+// (RMSNormLinearForward), x is the norm's output, written by
+// lora_rows_norm_bf16 (the callers checked that the row kernels take the
+// shapes). Folded, an output allocated by AllocHalf gets bfloat16 values
+// (Tensor.half, v9: gate_up_proj's, for the SwiGLU row kernels).
+func (b *Backend) linearForwardBF16(op string, o *Tensor, x cu.DevicePtr, src rowsSrc, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
+	out, gu, norm := o.ptr, src.gu, src.norm
 	lo, r := l.LoRA, loraRank(l)
 	A, B := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op)
 	fold := b.foldLD(w, r)
@@ -279,7 +309,7 @@ func (b *Backend) linearForwardBF16(op string, out, x, gu cu.DevicePtr, norm *no
 		case norm != nil:
 			b.loraRowsNorm(op, norm, xh, ld, hs.ptr, p16, ld, lo.Scale, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
 		case gu != 0:
-			b.loraRowsAct(op, x, xh, ld, hs.ptr, p16, ld, lo.Scale, gu, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
+			b.loraRowsAct(op, x, xh, ld, hs.ptr, p16, ld, lo.Scale, gu, src.guHalf, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
 		default:
 			b.loraRows(op, xh, ld, hs.ptr, p16, ld, lo.Scale, x, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
 		}
@@ -304,8 +334,12 @@ func (b *Backend) linearForwardBF16(op string, out, x, gu cu.DevicePtr, norm *no
 		}
 	}
 	if fold != 0 {
+		half := o.mayHalf && halfOutputs && loraRowsW32 && t == dataR16BF
 		b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in + r, alpha: 1, A: uintptr(xh), lda: ld, B: uintptr(wp), ldb: ld,
-			C: uintptr(out), ldc: w.out, abType: t})
+			C: uintptr(out), ldc: w.out, abType: t, cHalf: half})
+		if half {
+			o.half = b
+		}
 		return
 	}
 	// The up-projection goes first and overwrites out (beta 0: a write,

@@ -331,3 +331,81 @@ func testRMSNormLinearForward(t *testing.T) {
 		}
 	}
 }
+
+// A gate_up output allocated by AllocHalf (finetune.HalfAllocator) is
+// written in bfloat16 by the folded BF16 LinearForward (Tensor.half): read
+// back it is that linear's float32 output rounded to bfloat16 values (to
+// the rounding of a GEMM that may sum in another order); the fused SwiGLU
+// forward and backward read it as bfloat16 and give the same bits as from
+// a float32 tensor holding the same values; an op that cannot read
+// bfloat16 (the unfused SwiGLU) gets the values widened.
+func TestHalfGateUp(t *testing.T) {
+	g := gpuB16
+	if !loraRowsW32 || !halfOutputs {
+		t.Skip("gate_up is written in float32 (OLLAMA_TUNE_CUDA_ROWS=w16 or OLLAMA_TUNE_CUDA_REFERENCE=gu-half)")
+	}
+	const T, C, I, out, r = 37, 64, 40, 24, 8
+	wGU, AGU, BGU := nf4LoRA(t, g, 2*I, C, r, 90)
+	wD, AD, BD := nf4LoRA(t, g, out, I, r, 94)
+	x, hGU := g.Alloc(T, C), g.Alloc(T, r)
+	g.Upload(x, randn(T*C, 98, 1))
+	gateUp := &finetune.Linear{Name: "gate_up_proj", W: wGU, LoRA: &finetune.LoRA{A: AGU, B: BGU, Scale: 2, Dropout: 0.1}}
+	down := &finetune.Linear{Name: "down_proj", W: wD, LoRA: &finetune.LoRA{A: AD, B: BD, Scale: 2, Dropout: 0.1}}
+	half, full := g.AllocHalf(T, 2*I), g.Alloc(T, 2*I)
+	g.LinearForward(half, x, gateUp, hGU, 3)
+	if half.(*Tensor).half == nil {
+		t.Fatal("LinearForward wrote the AllocHalf output in float32")
+	}
+	g.LinearForward(full, x, gateUp, hGU, 3)
+	wide := g.Download(full)
+	got := g.Download(half) // widened: Tensor.half is gone
+	if half.(*Tensor).half != nil {
+		t.Fatal("Download left the tensor in bfloat16")
+	}
+	for i, v := range got {
+		if math.Float32bits(v)&0xffff != 0 {
+			t.Fatalf("gate_up[%d] = %v is not a bfloat16 value", i, v)
+		}
+		if d := math.Abs(float64(v - wide[i])); d > math.Abs(float64(wide[i]))/128+1e-6 {
+			t.Fatalf("gate_up[%d] = %v in bfloat16, %v in float32", i, v, wide[i])
+		}
+	}
+	g.Upload(full, got) // float32, the same values
+	dact := g.Alloc(T, I)
+	g.Upload(dact, randn(T*I, 99, 1))
+	// run: the fused forward (act, h, out) and backward (dx, GradA, GradB) from gu.
+	run := func(gu finetune.Tensor, rewrite bool) [][]float32 {
+		if rewrite {
+			g.LinearForward(gu, x, gateUp, hGU, 3) // bfloat16 again
+		}
+		act, hD, y, dx, dgu := g.Alloc(T, I), g.Alloc(T, r), g.Alloc(T, out), g.Alloc(T, C), g.Alloc(T, 2*I)
+		gA, gB := g.Alloc(r, C), g.Alloc(2*I, r)
+		gateUp.LoRA.GradA, gateUp.LoRA.GradB = gA, gB
+		g.SwiGLULinearForward(y, act, gu, down, hD, 5)
+		for _, z := range []finetune.Tensor{dx, dgu, gA, gB} {
+			g.Zero(z)
+		}
+		g.SwiGLULinearBackward(dx, dgu, dact, gu, x, gateUp, hGU, 3)
+		res := [][]float32{g.Download(act), g.Download(hD), g.Download(y), g.Download(dx), g.Download(gA), g.Download(gB)}
+		for _, z := range []finetune.Tensor{act, hD, y, dx, dgu, gA, gB} {
+			g.Free(z)
+		}
+		return res
+	}
+	fromFull := run(full, false)
+	fromHalf := run(half, true)
+	for k, what := range []string{"act", "h", "out", "dx", "gradA", "gradB"} {
+		checkBits(t, "fused SwiGLU from a bfloat16 gate_up: "+what, fromHalf[k], fromFull[k])
+	}
+	// The unfused SwiGLU widens it first.
+	g.LinearForward(half, x, gateUp, hGU, 3)
+	a1, a2 := g.Alloc(T, I), g.Alloc(T, I)
+	g.SwiGLUForward(a1, half)
+	g.SwiGLUForward(a2, full)
+	checkBits(t, "SwiGLUForward of a bfloat16 gate_up", g.Download(a1), g.Download(a2))
+	for _, z := range []finetune.Tensor{AGU, BGU, AD, BD, x, hGU, half, full, dact, a1, a2} {
+		g.Free(z)
+	}
+	g.FreeWeight(wGU)
+	g.FreeWeight(wD)
+}

@@ -94,7 +94,7 @@ func (b *Backend) skinnySplit(op string, tiles, k, tileFloats int, sizes ...int)
 // trySkinny runs g with a skinny kernel and returns true, or returns false
 // (g is not one of its shapes; cuBLAS runs it).
 func (b *Backend) trySkinny(op string, g gemmArgs) bool {
-	if g.abType != dataR16BF || g.M <= 0 || g.N <= 0 || g.K <= 0 || !aligned16(g.A) || !aligned16(g.B) {
+	if g.abType != dataR16BF || g.cHalf || g.M <= 0 || g.N <= 0 || g.K <= 0 || !aligned16(g.A) || !aligned16(g.B) {
 		return false
 	}
 	switch {

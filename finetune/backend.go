@@ -323,6 +323,18 @@ type RMSNormLinearForwarder interface {
 	RMSNormLinearForward(out, xn, rstd, sum, a, b, w Tensor, eps float32, l *Linear, h Tensor, seed uint64)
 }
 
+// HalfAllocator allocates an activation that the backend may hold in its
+// 16-bit compute type between the op that writes it and the ops that read
+// it: AllocHalf(shape...) is Alloc(shape...) whose values, once an op has
+// written them, may be rounded to the compute type (every op, Download
+// included, then reads the rounded values). The model allocates
+// gate_up_proj's output so: under bfloat16 compute the CUDA backend then
+// stores it in bfloat16 (what PyTorch's autocast does with a linear's
+// output) and its SwiGLU kernels read half the bytes (issue 8).
+type HalfAllocator interface {
+	AllocHalf(shape ...int) Tensor
+}
+
 // AddRMSNormer fuses the residual add and the RMSNorm after it:
 // AddRMSNormForward(sum, out, rstd, a, b, w, eps) is Add(sum, a, b) then
 // RMSNormForward(out, rstd, sum, w, eps), with the same results (out must

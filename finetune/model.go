@@ -352,6 +352,15 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 		allocated = append(allocated, t)
 		return t
 	}
+	// gate_up_proj's output may be held in the backend's 16-bit type.
+	allocHalf := alloc
+	if ha, ok := b.(HalfAllocator); ok {
+		allocHalf = func(shape ...int) Tensor {
+			t := ha.AllocHalf(shape...)
+			allocated = append(allocated, t)
+			return t
+		}
+	}
 	T, C, I, H := B*S, c.HiddenSize, c.IntermediateSize, c.NumHeads
 	bf := &buffers{T: T, B: B, S: S, train: train, ckpt: ckpt}
 	bf.ids, bf.pos, bf.targets = allocInt32(T), allocInt32(T), allocInt32(T)
@@ -372,7 +381,7 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 			att: alloc(T, H*c.HeadDim()), lse: alloc(H, T),
 			res1: alloc(T, C),
 			ln2:  alloc(T, C), rstd2: alloc(T),
-			gateUp: alloc(T, 2*I), act: alloc(T, I),
+			gateUp: allocHalf(T, 2*I), act: alloc(T, I),
 		}
 		// The adapters' ranks come from layer k (every layer has the same
 		// targets, so any layer's shapes serve the shared set).

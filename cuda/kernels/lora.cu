@@ -473,6 +473,25 @@ __device__ __forceinline__ void lr_finish(const float acc[2], float* __restrict_
     }
 }
 
+// lr_widen4 is the four bfloat16 values of q (the first in the low half of
+// q.x) as float32, exactly.
+__device__ __forceinline__ float4 lr_widen4(uint2 q) {
+    return make_float4(__uint_as_float(q.x << 16), __uint_as_float(q.x & 0xffff0000u), __uint_as_float(q.y << 16),
+                       __uint_as_float(q.y & 0xffff0000u));
+}
+
+// lr_load8 loads 8 values at p + k of a float32 row, or (H) of a bfloat16
+// one (p then holds bf16_t), as two float4.
+template <bool H>
+__device__ __forceinline__ void lr_load8(float4& a, float4& b, const float* p, int k) {
+    if (H) {
+        const uint4 q = *reinterpret_cast<const uint4*>(reinterpret_cast<const bf16_t*>(p) + k);
+        a = lr_widen4(make_uint2(q.x, q.y)), b = lr_widen4(make_uint2(q.z, q.w));
+    } else {
+        a = reinterpret_cast<const float4*>(p + k)[0], b = reinterpret_cast<const float4*>(p + k)[1];
+    }
+}
+
 // lr_nan8 says whether any of the 8 values is a NaN.
 __device__ __forceinline__ bool lr_nan8(float4 a, float4 b) {
     return (a.x != a.x) | (a.y != a.y) | (a.z != a.z) | (a.w != a.w) | (b.x != b.x) | (b.y != b.y) | (b.z != b.z) |
@@ -514,7 +533,7 @@ __device__ __forceinline__ void lr_drop8(float4& a, float4& b, u64 s, unsigned i
 // ncu at v8 (H100, 1024 x 3072): 13.5 us, 0.97 TB/s, 10 cycles between a
 // warp's instructions at 16 warps an SM: latency-bound on a long
 // instruction stream.
-template <bool WT, bool SW, int WARPS, int BATCH>
+template <bool WT, bool SW, int WARPS, int BATCH, bool GU16 = false>
 __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh, float* __restrict__ P,
                                                bf16_t* __restrict__ p16, i64 ldp, double scale16_d,
                                                const float* __restrict__ Y, const float* __restrict__ W, i64 T, i64 K,
@@ -529,7 +548,9 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
     const bool okt = t < T, okg = g < (int)r;
     const i64 tr = okt ? t : 0;
     const int Ki = (int)K, Ri = (int)r;  // the host checks K < 2^31
-    const float* yrow = Y + tr * (SW ? 2 * K : K);
+    // GU16 (SW, v9): gate_up held in bfloat16 (Tensor.half), Y its bf16_t rows
+    const float* yrow = GU16 ? reinterpret_cast<const float*>(reinterpret_cast<const bf16_t*>(Y) + tr * 2 * K)
+                             : Y + tr * (SW ? 2 * K : K);
     bf16_t* yhrow = yh ? yh + tr * ldyh : nullptr;
     bf16_t* xdrow = xd16 ? xd16 + tr * K : nullptr;
     float* actrow = SW ? act + tr * K : nullptr;
@@ -550,8 +571,8 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
             const bool okk = q0 + u * WARPS < nch && k < Ki;  // K % 8 == 0: all 8 values or none
             ya[u] = yb[u] = ua[u] = ub[u] = z;
             if (okt && okk) {
-                ya[u] = reinterpret_cast<const float4*>(yrow + k)[0], yb[u] = reinterpret_cast<const float4*>(yrow + k)[1];
-                if (SW) ua[u] = reinterpret_cast<const float4*>(yrow + Ki + k)[0], ub[u] = reinterpret_cast<const float4*>(yrow + Ki + k)[1];
+                lr_load8<GU16>(ya[u], yb[u], yrow, k);
+                if (SW) lr_load8<GU16>(ua[u], ub[u], yrow, Ki + k);
             }
             // W's 8 values of column g at k .. k+7, rounded to bf16 pairs.
             wf[u][0] = wf[u][1] = wf[u][2] = wf[u][3] = 0;
@@ -634,6 +655,10 @@ LORA_ROWS_ENTRY(lora_rows_bf16, lora_rows_bf16_t, 16, 4)
 LORA_ROWS_ENTRY(lora_rows_bf16_w32, lora_rows_bf16_t_w32, 32, 2)
 LORA_ROWS_SWIGLU_ENTRY(lora_rows_swiglu_bf16, 16, 2)
 LORA_ROWS_SWIGLU_ENTRY(lora_rows_swiglu_bf16_w32, 32, 1)
+// _h_w32 (v9): gate_up in bfloat16 (Y holds bf16_t; finetune.HalfAllocator).
+extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_swiglu_bf16_h_w32(LORA_ROWS_PARAMS, float* act, bf16_t* xd16) {
+    lora_rows_body<false, true, 32, 1, true>(LORA_ROWS_ARGS, act, xd16);
+}
 
 // lora_rows_norm_bf16 (issue 8, v9): RMSNorm, after the residual add with
 // ADD, fused into lora_rows_bf16 for the linear that consumes its output
@@ -801,7 +826,7 @@ __device__ __forceinline__ void lr_swiglu8(float dg[8], float du[8], float4 d0, 
 // its row: d gate's MMAs pair them with B's rows k .., d up's with rows I+k
 // ... Two chunks a round (six 16-byte loads each). The host checks I % 8
 // == 0 and 16-byte alignment.
-template <int WARPS, int BATCH>
+template <int WARPS, int BATCH, bool GU16 = false>
 __device__ __forceinline__ void lora_rows_swiglu_t_body(
     bf16_t* __restrict__ yh, i64 ldyh, float* __restrict__ P, bf16_t* __restrict__ p16, i64 ldp,
     const float* __restrict__ dact, const float* __restrict__ gu, const float* __restrict__ W, i64 T, i64 I, i64 r,
@@ -810,7 +835,8 @@ __device__ __forceinline__ void lora_rows_swiglu_t_body(
     const i64 t = (i64)blockIdx.x * LR_ROWS + g;
     const bool okt = t < T, okg = g < (int)r;
     const float* drow = dact + (okt ? t : 0) * I;
-    const float* grow = gu + (okt ? t : 0) * 2 * I;
+    const float* grow = GU16 ? reinterpret_cast<const float*>(reinterpret_cast<const bf16_t*>(gu) + (okt ? t : 0) * 2 * I)
+                             : gu + (okt ? t : 0) * 2 * I;  // GU16: bf16_t rows
     bf16_t* yhrow = yh + (okt ? t : 0) * ldyh;
     float acc[2] = {0.0f, 0.0f};
     const int nch = (int)((I + 31) >> 5);  // the host checks I < 2^31
@@ -824,9 +850,10 @@ __device__ __forceinline__ void lora_rows_swiglu_t_body(
             const bool okk = q0 + u * WARPS < nch && k < I;
             d0[u] = d1[u] = g0[u] = g1[u] = u0[u] = u1[u] = z;
             if (okt && okk) {
-                const float4 *dp = reinterpret_cast<const float4*>(drow + k), *gp = reinterpret_cast<const float4*>(grow + k),
-                             *up = reinterpret_cast<const float4*>(grow + I + k);
-                d0[u] = dp[0], d1[u] = dp[1], g0[u] = gp[0], g1[u] = gp[1], u0[u] = up[0], u1[u] = up[1];
+                const float4* dp = reinterpret_cast<const float4*>(drow + k);
+                d0[u] = dp[0], d1[u] = dp[1];
+                lr_load8<GU16>(g0[u], g1[u], grow, k);
+                lr_load8<GU16>(u0[u], u1[u], grow, (int)I + k);
             }
 #pragma unroll
             for (int i = 0; i < 4; i++) wg[u][i] = wu[u][i] = 0;
@@ -868,4 +895,8 @@ extern "C" __global__ void __launch_bounds__(16 * 32) lora_rows_swiglu_bf16_t(LO
 }
 extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_swiglu_bf16_t_w32(LORA_ROWS_SWIGLU_T_PARAMS) {
     lora_rows_swiglu_t_body<32, 1>(LORA_ROWS_SWIGLU_T_ARGS);
+}
+// _h_w32 (v9): gate_up in bfloat16 (gu holds bf16_t; finetune.HalfAllocator).
+extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_swiglu_bf16_t_h_w32(LORA_ROWS_SWIGLU_T_PARAMS) {
+    lora_rows_swiglu_t_body<32, 1, true>(LORA_ROWS_SWIGLU_T_ARGS);
 }
