@@ -155,7 +155,17 @@ func (b *Backend) RoPEAttention(B, S, nHead, nKV, headDim, rotaryDim int) bool {
 	defer b.enter("RoPEAttention")() // allowSmem may set a kernel attribute
 	return ropeAttn && b.shortAttn(S, headDim) && nHead == nKV && rotaryDim > 0 && rotaryDim%2 == 0 &&
 		rotaryDim <= headDim && b.tcAttn("attn_fwd_bf16", abFwdSmem(headDim)) &&
-		b.tcAttn("attn_bwd_bf16", abBwdSmem(headDim, rotaryDim/2))
+		b.tcAttn("attn_bwd_bf16", abBwdSmem(headDim, rotaryDim/2)) && b.tcAttn("attn_fwd_bf16_h", abFwdSmem(headDim)) &&
+		b.tcAttn("attn_bwd_bf16_h", abBwdSmem(headDim, rotaryDim/2))
+}
+
+// halfKernel is kernel's entry point for a bfloat16 qkv (Tensor.half, v9:
+// the _h kernels read it so).
+func halfKernel(kernel string, half bool) string {
+	if half {
+		return kernel + "_h"
+	}
+	return kernel
 }
 
 // ropeAttnArgs checks the shapes and returns RoPE's table (rope_apply's,
@@ -170,14 +180,16 @@ func (b *Backend) ropeAttnArgs(op string, ps *Tensor, B, S, nHead, nKV, headDim,
 
 // AttentionForwardRoPE is RoPEForward on a copy of qkv then
 // AttentionForward (finetune.RoPEAttentioner): attn_fwd_bf16 rotates q and
-// k as it loads them; qkv is not written.
+// k as it loads them; qkv is not written (and may be held in bfloat16:
+// attn_fwd_bf16_h).
 func (b *Backend) AttentionForwardRoPE(out, lse, qkv, pos finetune.Tensor, B, S, nHead, nKV, headDim, window, rotaryDim int, theta float32) {
 	const op = "AttentionForwardRoPE"
 	defer b.enter(op)()
-	o, ls, x, ps := tensor(out, kindF32, op), tensor(lse, kindF32, op), tensor(qkv, kindF32, op), tensor(pos, kindI32, op)
+	x, xHalf := halfInput(qkv, op)
+	o, ls, ps := tensor(out, kindF32, op), tensor(lse, kindF32, op), tensor(pos, kindI32, op)
 	b.checkAttn(op, x, ps, B, S, nHead, nKV, headDim)
 	cs, half := b.ropeAttnArgs(op, ps, B, S, nHead, nKV, headDim, rotaryDim, theta)
-	b.launch(op, "attn_fwd_bf16", [3]int{nHead, B, 1}, 256, abFwdSmem(headDim), ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr),
+	b.launch(op, halfKernel("attn_fwd_bf16", xHalf), [3]int{nHead, B, 1}, 256, abFwdSmem(headDim), ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr),
 		ptrArg(ps.ptr), intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window),
 		f32Arg(attnScale(headDim)), cs, half)
 }
@@ -189,15 +201,16 @@ func (b *Backend) AttentionForwardRoPE(out, lse, qkv, pos finetune.Tensor, B, S,
 func (b *Backend) AttentionBackwardRoPE(dqkv, dout, out, lse, qkv, pos finetune.Tensor, B, S, nHead, nKV, headDim, window, rotaryDim int, theta float32) {
 	const op = "AttentionBackwardRoPE"
 	defer b.enter(op)()
+	x, xHalf := halfInput(qkv, op)
 	do, o := tensor(dout, kindF32, op), tensor(out, kindF32, op)
-	ls, x, ps := tensor(lse, kindF32, op), tensor(qkv, kindF32, op), tensor(pos, kindI32, op)
+	ls, ps := tensor(lse, kindF32, op), tensor(pos, kindI32, op)
 	b.checkAttn(op, x, ps, B, S, nHead, nKV, headDim)
 	dx, beta := b.accTensor(dqkv, kindF32, op)
-	if dx.n != x.n {
-		panic(&Error{Op: op, Err: fmt.Errorf("dqkv has %d values, want %d", dx.n, x.n)})
+	if dx.n != x.n || dx == x {
+		panic(&Error{Op: op, Err: fmt.Errorf("dqkv has %d values, want %d (and must not be qkv)", dx.n, x.n)})
 	}
 	cs, half := b.ropeAttnArgs(op, ps, B, S, nHead, nKV, headDim, rotaryDim, theta)
-	b.launch(op, "attn_bwd_bf16", [3]int{nKV, B, 1}, 256, abBwdSmem(headDim, rotaryDim/2), ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(o.ptr),
+	b.launch(op, halfKernel("attn_bwd_bf16", xHalf), [3]int{nKV, B, 1}, 256, abBwdSmem(headDim, rotaryDim/2), ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(o.ptr),
 		ptrArg(ls.ptr), ptrArg(x.ptr), ptrArg(ps.ptr), intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim),
 		intArg(window), f32Arg(attnScale(headDim)), boolArg(beta != 0), cs, half)
 }

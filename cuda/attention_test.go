@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"testing"
+	"unsafe"
 
 	"github.com/ollama-tune/ollama-tune/finetune"
 )
@@ -278,10 +279,45 @@ func TestAttentionRoPE(t *testing.T) {
 			g.Zero(dq2)
 			g.AttentionBackwardRoPE(dq2, dout, out1, lse1, raw, pos, B, S, H, H, D, c.window, c.rot, theta)
 			checkBits(t, "dqkv", g.Download(dq2), g.Download(dq1))
+
+			// qkv held in bfloat16 (Tensor.half: the _h kernels) gives the
+			// bits of a float32 qkv holding the same values, and stays so.
+			hq := g.AllocHalf(T, width)
+			vals := uploadHalf(g, hq, qkvData)
+			fq := up(vals, T, width)
+			defer func() { g.Free(hq); g.Free(fq) }()
+			g.AttentionForwardRoPE(out1, lse1, hq, pos, B, S, H, H, D, c.window, c.rot, theta)
+			g.AttentionForwardRoPE(out2, lse2, fq, pos, B, S, H, H, D, c.window, c.rot, theta)
+			checkBits(t, "out from a bfloat16 qkv", g.Download(out1), g.Download(out2))
+			checkBits(t, "lse from a bfloat16 qkv", g.Download(lse1), g.Download(lse2))
+			g.Zero(dq1)
+			g.AttentionBackwardRoPE(dq1, dout, out2, lse2, hq, pos, B, S, H, H, D, c.window, c.rot, theta)
+			g.Zero(dq2)
+			g.AttentionBackwardRoPE(dq2, dout, out2, lse2, fq, pos, B, S, H, H, D, c.window, c.rot, theta)
+			checkBits(t, "dqkv from a bfloat16 qkv", g.Download(dq1), g.Download(dq2))
+			if hq.(*Tensor).half == nil {
+				t.Error("the fused attention widened a bfloat16 qkv")
+			}
+			checkBits(t, "a bfloat16 qkv downloaded", g.Download(hq), vals)
 		})
 	}
 	// Grouped heads are not fused (dK would be rotated per head).
 	if gpuB16.RoPEAttention(2, 64, 8, 2, 96, 96) {
 		t.Error("RoPEAttention takes grouped heads")
 	}
+}
+
+// uploadHalf fills t (from AllocHalf) with vals rounded to bfloat16, held
+// in bfloat16 (Tensor.half), and returns the rounded values.
+func uploadHalf(g *Backend, t finetune.Tensor, vals []float32) []float32 {
+	ct := t.(*Tensor)
+	packed, rounded := make([]uint16, len(vals)), make([]float32, len(vals))
+	for i, v := range vals {
+		rounded[i] = finetune.RoundBF16(v)
+		packed[i] = uint16(math.Float32bits(rounded[i]) >> 16)
+	}
+	defer g.enter("uploadHalf")()
+	g.upload("uploadHalf", ct.ptr, unsafe.Pointer(unsafe.SliceData(packed)), 2*int64(len(packed)))
+	ct.half = g
+	return rounded
 }

@@ -362,6 +362,12 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 		}
 	}
 	T, C, I, H := B*S, c.HiddenSize, c.IntermediateSize, c.NumHeads
+	// So may qkv_proj's where attention takes RoPE fused (then nothing
+	// writes qkv after its linear: a 16-bit qkv is read as it is).
+	allocQKV := alloc
+	if ra, ok := b.(RoPEAttentioner); ok && ra.RoPEAttention(B, S, H, c.NumKVHeads, c.HeadDim(), c.RotaryDim()) {
+		allocQKV = allocHalf
+	}
 	bf := &buffers{T: T, B: B, S: S, train: train, ckpt: ckpt}
 	bf.ids, bf.pos, bf.targets = allocInt32(T), allocInt32(T), allocInt32(T)
 	nIn, nActs := 2, 1
@@ -377,7 +383,7 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 	for k := range nActs {
 		a := layerActs{
 			ln1: alloc(T, C), rstd1: alloc(T),
-			qkv: alloc(T, c.QKVOut()),
+			qkv: allocQKV(T, c.QKVOut()),
 			att: alloc(T, H*c.HeadDim()), lse: alloc(H, T),
 			res1: alloc(T, C),
 			ln2:  alloc(T, C), rstd2: alloc(T),

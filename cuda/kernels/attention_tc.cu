@@ -98,10 +98,23 @@ __device__ __forceinline__ void ab_frag_b2(unsigned b[4], const bf16_t* M, int l
         ab_ldsm<true>(b, M + (k0 + r + 8 * (q & 1)) * ld + n0 + 8 * (q >> 1));
 }
 
+// ab_ld4 / ab_ld1 read 4 values / 1 value of a float32 row or (TS bf16_t,
+// v9: qkv held in bfloat16, Tensor.half) a bfloat16 one, as float32.
+__device__ __forceinline__ float4 ab_ld4(const float* p) { return *(const float4*)p; }
+__device__ __forceinline__ float4 ab_ld4(const bf16_t* p) {
+    const uint2 q = *(const uint2*)p;
+    return make_float4(__uint_as_float(q.x << 16), __uint_as_float(q.x & 0xffff0000u), __uint_as_float(q.y << 16),
+                       __uint_as_float(q.y & 0xffff0000u));
+}
+__device__ __forceinline__ float ab_ld1(const float* p) { return *p; }
+__device__ __forceinline__ float ab_ld1(const bf16_t* p) { return bf16_to_f32(*p); }
+
 // ab_load: dst[i*ld + d] = bf16(src[i*stride + d]) for i < 64, d < D16,
 // zero where i >= S or d >= D (no garbage may meet a zero weight). With v4
-// (D, src and stride multiples of 4 floats) the loads are 16 bytes wide.
-__device__ __forceinline__ void ab_load(bf16_t* dst, int ld, const float* src, i64 stride, int S, int D, int D16,
+// (D, src and stride multiples of 4 values) the loads are 16 bytes wide (8
+// for a bfloat16 src).
+template <typename TS>
+__device__ __forceinline__ void ab_load(bf16_t* dst, int ld, const TS* src, i64 stride, int S, int D, int D16,
                                         bool v4) {
     if (v4) {
         const int n4 = D16 >> 2;
@@ -109,7 +122,7 @@ __device__ __forceinline__ void ab_load(bf16_t* dst, int ld, const float* src, i
         for (int x = threadIdx.x; x < AB_S * n4; x += AB_THREADS) {
             const int i = x / n4, c = 4 * (x - i * n4);
             float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (i < S && c < D) v = *(const float4*)(src + (i64)i * stride + c);
+            if (i < S && c < D) v = ab_ld4(src + (i64)i * stride + c);
             *(uint2*)&dst[i * ld + c] = make_uint2(ab_pack(v.x, v.y), ab_pack(v.z, v.w));
         }
         return;
@@ -118,8 +131,8 @@ __device__ __forceinline__ void ab_load(bf16_t* dst, int ld, const float* src, i
 #pragma unroll 4
     for (int x = threadIdx.x; x < AB_S * n2; x += AB_THREADS) {
         const int i = x / n2, c = 2 * (x - i * n2);
-        const float* s = src + (i64)i * stride + c;
-        const float x0 = i < S && c < D ? s[0] : 0.0f, x1 = i < S && c + 1 < D ? s[1] : 0.0f;
+        const TS* s = src + (i64)i * stride + c;
+        const float x0 = i < S && c < D ? ab_ld1(s) : 0.0f, x1 = i < S && c + 1 < D ? ab_ld1(s + 1) : 0.0f;
         *(unsigned*)&dst[i * ld + c] = ab_pack(x0, x1);
     }
 }
@@ -145,7 +158,8 @@ __device__ __forceinline__ void ab_rope(float& y1, float& y2, float x1, float x2
 // row's table (its token 0). v4 needs half a multiple of 4 too: a thread
 // then takes 4 pairs (columns c.. and c + half..) or 4 columns past the
 // rotated ones, so that no lane idles.
-__device__ __forceinline__ void ab_load_rope(bf16_t* dst, int ld, const float* src, i64 stride, int S, int D, int D16,
+template <typename TS>
+__device__ __forceinline__ void ab_load_rope(bf16_t* dst, int ld, const TS* src, i64 stride, int S, int D, int D16,
                                              bool v4, const float2* cs, int half) {
     if (v4 && (half & 3) == 0) {
         const int h4 = half >> 2, n4 = h4 + ((D16 - 2 * half) >> 2);
@@ -156,8 +170,8 @@ __device__ __forceinline__ void ab_load_rope(bf16_t* dst, int ld, const float* s
                 const int c = 4 * k;
                 float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f), z = y;
                 if (i < S) {
-                    const float4 v = *(const float4*)(src + (i64)i * stride + c);
-                    const float4 u = *(const float4*)(src + (i64)i * stride + c + half);
+                    const float4 v = ab_ld4(src + (i64)i * stride + c);
+                    const float4 u = ab_ld4(src + (i64)i * stride + c + half);
                     const float4 ca = *(const float4*)&cs[i * half + c], cb = *(const float4*)&cs[i * half + c + 2];
                     ab_rope(y.x, z.x, v.x, u.x, make_float2(ca.x, ca.y), false);
                     ab_rope(y.y, z.y, v.y, u.y, make_float2(ca.z, ca.w), false);
@@ -169,7 +183,7 @@ __device__ __forceinline__ void ab_load_rope(bf16_t* dst, int ld, const float* s
             } else {
                 const int c = 2 * half + 4 * (k - h4);
                 float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                if (i < S && c < D) v = *(const float4*)(src + (i64)i * stride + c);
+                if (i < S && c < D) v = ab_ld4(src + (i64)i * stride + c);
                 *(uint2*)&dst[i * ld + c] = make_uint2(ab_pack(v.x, v.y), ab_pack(v.z, v.w));
             }
         }
@@ -179,10 +193,10 @@ __device__ __forceinline__ void ab_load_rope(bf16_t* dst, int ld, const float* s
         const int i = x / D16, c = x - i * D16;
         if (c >= half && c < 2 * half) continue;
         const bool live = i < S && c < D;
-        const float v = live ? src[(i64)i * stride + c] : 0.0f;
+        const float v = live ? ab_ld1(src + (i64)i * stride + c) : 0.0f;
         if (c < half) {
             float y = 0.0f, z = 0.0f;
-            if (live) ab_rope(y, z, v, src[(i64)i * stride + c + half], cs[i * half + c], false);
+            if (live) ab_rope(y, z, v, ab_ld1(src + (i64)i * stride + c + half), cs[i * half + c], false);
             dst[i * ld + c] = f32_to_bf16(y);
             dst[i * ld + c + half] = f32_to_bf16(z);
         } else {
@@ -354,10 +368,10 @@ __device__ __forceinline__ void ab_put(bf16_t* R, const float v[4][4], int r0, i
 // Q [64][max(ld, AB_LDP)] (P [64][AB_LDP] takes Q's place), K, V [64][ld]
 // bfloat16, the halves' row maxima and sums [2][2][64] float. Same outputs
 // as attn_fwd_t64 but for the bfloat16 operands.
-extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) attn_fwd_bf16(float* out, float* lse, const float* qkv,
-                                                                        const int* pos, i64 B, i64 S_, i64 H, i64 K,
-                                                                        i64 D_, i64 window, double scale_d,
-                                                                        const float2* cs, i64 half_) {
+template <typename TS>
+__device__ __forceinline__ void attn_fwd_bf16_body(float* out, float* lse, const TS* qkv, const int* pos, i64 B, i64 S_,
+                                                   i64 H, i64 K, i64 D_, i64 window, double scale_d, const float2* cs,
+                                                   i64 half_) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int S = (int)S_, D = (int)D_, D16 = ab_d16(D), ld = ab_ld(D);
     bf16_t* Qs = (bf16_t*)smem_raw;
@@ -367,9 +381,9 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) attn_fwd_bf16(float*
     const float scale = (float)scale_d;
     const i64 h = blockIdx.x, b = blockIdx.y;
     const i64 T = B * S, width = (H + 2 * K) * D, kvh = h / (H / K);
-    const float* base = qkv + b * S * width;
+    const TS* base = qkv + b * S * width;
     const int* prow = pos + b * S;
-    const bool v4 = (D & 3) == 0 && ((size_t)qkv & 15) == 0;
+    const bool v4 = (D & 3) == 0 && ((size_t)qkv & (4 * sizeof(TS) - 1)) == 0;
     const int half = (int)half_;
     if (half > 0) {
         ab_load_rope(Qs, ld, base + h * D, width, S, D, D16, v4, cs + b * S * half, half);
@@ -461,6 +475,21 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) attn_fwd_bf16(float*
     ab_store<false>(out + b * S * H * D + h * D, H * D, o, row0, n0, n1, S, D, g, t);
 }
 
+// attn_fwd_bf16 reads a float32 qkv, attn_fwd_bf16_h (v9) a bfloat16 one
+// (Tensor.half); q and k are rotated (RoPE) from the values read.
+extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) attn_fwd_bf16(float* out, float* lse, const float* qkv,
+                                                                        const int* pos, i64 B, i64 S, i64 H, i64 K,
+                                                                        i64 D, i64 window, double scale_d,
+                                                                        const float2* cs, i64 half) {
+    attn_fwd_bf16_body(out, lse, qkv, pos, B, S, H, K, D, window, scale_d, cs, half);
+}
+extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) attn_fwd_bf16_h(float* out, float* lse, const bf16_t* qkv,
+                                                                          const int* pos, i64 B, i64 S, i64 H, i64 K,
+                                                                          i64 D, i64 window, double scale_d,
+                                                                          const float2* cs, i64 half) {
+    attn_fwd_bf16_body(out, lse, qkv, pos, B, S, H, K, D, window, scale_d, cs, half);
+}
+
 // attn_bwd_bf16: grid (K, B), AB_THREADS threads, dynamic shared memory:
 // Q, K, V, dO [64][ld] and P, dS [64][AB_LDP] bfloat16, lse, di [64]
 // float, with RoPE the row's table [S][half] float2. For each query head h of KV head kvh in turn:
@@ -472,12 +501,10 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) attn_fwd_bf16(float*
 // the group's other heads add). Two blocks a multiprocessor (111
 // registers): at three (80 registers, spilling) the step's 512 blocks took
 // 97 us against 85.
-extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) attn_bwd_bf16(float* dqkv, const float* dout,
-                                                                        const float* out, const float* lse,
-                                                                        const float* qkv, const int* pos, i64 B, i64 S_,
-                                                                        i64 H, i64 K, i64 D_, i64 window,
-                                                                        double scale_d, i64 accum, const float2* cs,
-                                                                        i64 half_) {
+template <typename TS>
+__device__ __forceinline__ void attn_bwd_bf16_body(float* dqkv, const float* dout, const float* out, const float* lse,
+                                                   const TS* qkv, const int* pos, i64 B, i64 S_, i64 H, i64 K, i64 D_,
+                                                   i64 window, double scale_d, i64 accum, const float2* cs, i64 half_) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int S = (int)S_, D = (int)D_, D16 = ab_d16(D), ld = ab_ld(D);
     bf16_t* Qs = (bf16_t*)smem_raw;
@@ -493,12 +520,12 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) attn_bwd_bf16(float*
     const i64 kvh = blockIdx.x, b = blockIdx.y;
     const i64 T = B * S, width = (H + 2 * K) * D, HD = H * D, group = H / K;
     const i64 koff = (H + kvh) * D, voff = (H + K + kvh) * D;
-    const float* base = qkv + b * S * width;
+    const TS* base = qkv + b * S * width;
     float* dbase = dqkv + b * S * width;
     const float* dobase = dout + b * S * HD;
     const float* obase = out + b * S * HD;
     const int* prow = pos + b * S;
-    const bool v4 = (D & 3) == 0 && (((size_t)qkv | (size_t)dout) & 15) == 0;
+    const bool v4 = (D & 3) == 0 && ((size_t)qkv & (4 * sizeof(TS) - 1)) == 0 && ((size_t)dout & 15) == 0;
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int hb = w >> 2, a = hb ? 3 - (w & 3) : (w & 3), row0 = 16 * a;
     const int nt = row0 < S ? ab_tiles(row0, hb, S) : 0;
@@ -619,4 +646,23 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) attn_bwd_bf16(float*
         }
         __syncthreads();  // done with Q, dO, P, dS before the next head's
     }
+}
+
+// attn_bwd_bf16 reads a float32 qkv, attn_bwd_bf16_h (v9) a bfloat16 one
+// (Tensor.half).
+extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) attn_bwd_bf16(float* dqkv, const float* dout,
+                                                                        const float* out, const float* lse,
+                                                                        const float* qkv, const int* pos, i64 B, i64 S,
+                                                                        i64 H, i64 K, i64 D, i64 window,
+                                                                        double scale_d, i64 accum, const float2* cs,
+                                                                        i64 half) {
+    attn_bwd_bf16_body(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, window, scale_d, accum, cs, half);
+}
+extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) attn_bwd_bf16_h(float* dqkv, const float* dout,
+                                                                          const float* out, const float* lse,
+                                                                          const bf16_t* qkv, const int* pos, i64 B,
+                                                                          i64 S, i64 H, i64 K, i64 D, i64 window,
+                                                                          double scale_d, i64 accum, const float2* cs,
+                                                                          i64 half) {
+    attn_bwd_bf16_body(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, window, scale_d, accum, cs, half);
 }
