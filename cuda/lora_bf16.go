@@ -150,9 +150,9 @@ func rowsKernel(kernel string) (string, int) {
 }
 
 // halfOutputs says whether an output allocated by AllocHalf is written in
-// bfloat16 (Tensor.half: gate_up_proj's under BF16 compute, v9), with the
-// 32-warp row kernels (loraRowsW32); OLLAMA_TUNE_CUDA_REFERENCE=gu-half
-// writes float32.
+// bfloat16 (Tensor.half: gate_up_proj's and qkv_proj's under BF16
+// compute, v9), with the 32-warp row kernels (loraRowsW32);
+// OLLAMA_TUNE_CUDA_REFERENCE=gu-half writes them in float32.
 var halfOutputs = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "gu-half")
 
 // rowsSrc is where linearForwardBF16's row kernel takes x from when x is
