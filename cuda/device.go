@@ -574,8 +574,9 @@ type Tensor struct {
 	host []int32
 	// mayHalf: allocated by AllocHalf (finetune.HalfAllocator), so an op
 	// that writes it whole may store it in bfloat16 instead, for the ops
-	// that read it so (issue 8, v9: gate_up_proj's output under BF16
-	// compute, read by the SwiGLU row kernels). half, when not nil, is the
+	// that read it so (issue 8, v9: under BF16 compute gate_up_proj's
+	// output, read by the SwiGLU row kernels, and qkv_proj's, read by the
+	// RoPE-fused attention kernels). half, when not nil, is the
 	// backend of such a write: the first 2n bytes hold the values in
 	// bfloat16 until tensor() (or Download, Copy, Ptr) widens them in
 	// place to float32, the values the bfloat16 ones stand for, so an op
@@ -590,15 +591,21 @@ func (t *Tensor) Shape() []int { return append([]int(nil), t.shape...) }
 func (t *Tensor) Numel() int   { return t.n }
 
 // Ptr is the tensor's device address (0 for an empty or freed tensor),
-// with a pending Zero materialised (the caller may read it directly).
+// with a pending Zero materialised and bfloat16 values widened (the caller
+// may read it directly).
 func (t *Tensor) Ptr() cu.DevicePtr {
-	if b := t.half; b != nil {
-		defer b.enter("Ptr")()
-		b.widen(t, "Ptr")
+	b := t.half
+	if b == nil {
+		b = t.zero
 	}
-	if b := t.zero; b != nil {
+	if b != nil {
 		defer b.enter("Ptr")()
-		b.fillZero(t, "Ptr")
+		if t.half != nil {
+			b.widen(t, "Ptr")
+		}
+		if t.zero != nil {
+			b.fillZero(t, "Ptr")
+		}
 	}
 	return t.ptr
 }

@@ -295,9 +295,8 @@ type normSrc struct {
 // (b nil) or AddRMSNormForward, then LinearForward of the norm's output.
 // Where the row kernels take the linear (BF16 LoRA, in % 32 == 0, in <=
 // 4096, 16-byte aligned rows; the 32-warp row kernels), one launch
-// (lora_rows_norm_bf16) computes
-// the norm and does the row kernel's work on its output, which stays in
-// registers; else the ops run as they are.
+// (lora_rows_norm_bf16) computes the norm and does the row kernel's work
+// on its output, which stays in registers; else the ops run as they are.
 func (b *Backend) RMSNormLinearForward(out, xn, rstd, sum, a, bt, w finetune.Tensor, eps float32, l *finetune.Linear, h finetune.Tensor, seed uint64) {
 	const op = "RMSNormLinearForward"
 	defer b.enter(op)()
