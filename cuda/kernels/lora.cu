@@ -521,6 +521,31 @@ __device__ __forceinline__ void lr_drop8(float4& a, float4& b, u64 s, unsigned i
                     lora_drop_field(b.z, h1, 2, thr, ks), lora_drop_field(b.w, h1, 3, thr, ks));
 }
 
+// lr_chunk is a lane's row work on its 8 values a, b (columns k .. k+7 of
+// its row; ok: a row below T, else the values count as zeros): bf16(a, b)
+// to yhrow, bf16(dropout) to xdrow (null: not written; the row's dropout
+// state srow as in lr_drop8's caller), and the two MMAs of dropout(a, b)
+// with W's fragment wf added into acc.
+__device__ __forceinline__ void lr_chunk(float acc[2], float4 a, float4 b, bool ok, int k, bf16_t* yhrow, bf16_t* xdrow,
+                                         bool drop, u64 srow, unsigned int t32, float ks, const unsigned wf[4]) {
+    const float4 a0 = a, b0 = b, z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    uint4 yo = lr_pack8(a, b);
+    if (drop) lr_drop8(a, b, srow + (u64)(unsigned int)(k >> 2) * 0x9E3779B97F4A7C15ULL, t32, ks);
+    uint4 xo = lr_pack8(a, b);
+    if (lr_nan8(a0, b0)) {  // rare: f32_to_bf16 keeps a NaN's payload
+        yo = lr_pack8_exact(a0, b0);
+        xo = lr_pack8_exact(a, b);
+    }
+    if (ok && yhrow) *reinterpret_cast<uint4*>(yhrow + k) = yo;
+    if (ok && xdrow) *reinterpret_cast<uint4*>(xdrow + k) = xo;  // kept for GradA (v8)
+    if (!ok) a = b = z;
+    float d[4];
+    lr_mma(d, lr_pair(a.x, a.y), lr_pair(a.z, a.w), wf[0], wf[1]);
+    acc[0] += d[0], acc[1] += d[1];
+    lr_mma(d, lr_pair(b.x, b.y), lr_pair(b.z, b.w), wf[2], wf[3]);
+    acc[0] += d[0], acc[1] += d[1];
+}
+
 // SW (lora_rows_swiglu_bf16, v7): Y is gate_up [T,2K] (gate in columns
 // 0..K-1, up in K..2K-1) and the rows' values are SwiGLU's output, act =
 // up * silu(gate) (swiglu_fwd's math, the same bits), also written to act
@@ -605,22 +630,7 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
                     ap[0] = a, ap[1] = b;
                 }
             }
-            const float4 a0 = a, b0 = b;
-            uint4 yo = lr_pack8(a, b);
-            if (drop) lr_drop8(a, b, srow + (u64)(unsigned int)(k >> 2) * 0x9E3779B97F4A7C15ULL, t32, ks);
-            uint4 xo = lr_pack8(a, b);
-            if (lr_nan8(a0, b0)) {  // rare: f32_to_bf16 keeps a NaN's payload
-                yo = lr_pack8_exact(a0, b0);
-                xo = lr_pack8_exact(a, b);
-            }
-            if (ok && yhrow) *reinterpret_cast<uint4*>(yhrow + k) = yo;
-            if (ok && xdrow) *reinterpret_cast<uint4*>(xdrow + k) = xo;  // kept for GradA (v8)
-            if (!ok) a = b = z;  // rows past T (SW: silu(0) * 0 is 0 anyway)
-            float d[4];
-            lr_mma(d, lr_pair(a.x, a.y), lr_pair(a.z, a.w), wf[u][0], wf[u][1]);
-            acc[0] += d[0], acc[1] += d[1];
-            lr_mma(d, lr_pair(b.x, b.y), lr_pair(b.z, b.w), wf[u][2], wf[u][3]);
-            acc[0] += d[0], acc[1] += d[1];
+            lr_chunk(acc, a, b, ok, k, yhrow, xdrow, drop, srow, t32, ks, wf[u]);
         }
     }
     lr_finish<WARPS>(acc, P, p16, ldp, (float)scale16_d, T, (int)r, jdst, jsrc, jrows, jcols, jld, jscale);
@@ -764,22 +774,7 @@ __device__ __forceinline__ void lora_rows_norm_body(bf16_t* __restrict__ yh, i64
             float4* op = reinterpret_cast<float4*>(xnrow + k);
             op[0] = a0, op[1] = b0;
         }
-        float4 da = a0, db = b0;
-        uint4 yo = lr_pack8(a0, b0);
-        if (drop) lr_drop8(da, db, srow + (u64)(unsigned int)(k >> 2) * 0x9E3779B97F4A7C15ULL, t32, ks);
-        uint4 xo = lr_pack8(da, db);
-        if (lr_nan8(a0, b0)) {  // rare: f32_to_bf16 keeps a NaN's payload
-            yo = lr_pack8_exact(a0, b0);
-            xo = lr_pack8_exact(da, db);
-        }
-        if (okt && yhrow) *reinterpret_cast<uint4*>(yhrow + k) = yo;
-        if (okt && xdrow) *reinterpret_cast<uint4*>(xdrow + k) = xo;
-        if (!okt) da = db = z;
-        float d[4];
-        lr_mma(d, lr_pair(da.x, da.y), lr_pair(da.z, da.w), wf[0], wf[1]);
-        acc[0] += d[0], acc[1] += d[1];
-        lr_mma(d, lr_pair(db.x, db.y), lr_pair(db.z, db.w), wf[2], wf[3]);
-        acc[0] += d[0], acc[1] += d[1];
+        lr_chunk(acc, a0, b0, okt, k, yhrow, xdrow, drop, srow, t32, ks, wf);
     }
     lr_finish<WARPS>(acc, P, p16, ldp, (float)scale16_d, T, (int)r, jdst, jsrc, jrows, jcols, jld, jscale);
 }
