@@ -156,7 +156,7 @@ func (b *Backend) RoPEAttention(B, S, nHead, nKV, headDim, rotaryDim int) bool {
 	return ropeAttn && b.shortAttn(S, headDim) && nHead == nKV && rotaryDim > 0 && rotaryDim%2 == 0 &&
 		rotaryDim <= headDim && b.tcAttn("attn_fwd_bf16", abFwdSmem(headDim)) &&
 		b.tcAttn("attn_bwd_bf16", abBwdSmem(headDim, rotaryDim/2)) && b.tcAttn("attn_fwd_bf16_h", abFwdSmem(headDim)) &&
-		b.tcAttn("attn_bwd_bf16_h", abBwdSmem(headDim, rotaryDim/2))
+		b.tcAttn("attn_bwd_bf16_h", abBwdSmem(headDim, rotaryDim/2)) && b.tcAttn("attn_bwd_bf16_hh", abBwdSmem(headDim, rotaryDim/2))
 }
 
 // halfKernel is kernel's entry point for a bfloat16 qkv (Tensor.half, v9:
@@ -205,12 +205,28 @@ func (b *Backend) AttentionBackwardRoPE(dqkv, dout, out, lse, qkv, pos finetune.
 	do, o := tensor(dout, kindF32, op), tensor(out, kindF32, op)
 	ls, ps := tensor(lse, kindF32, op), tensor(pos, kindI32, op)
 	b.checkAttn(op, x, ps, B, S, nHead, nKV, headDim)
-	dx, beta := b.accTensor(dqkv, kindF32, op)
+	dx := unwrapRaw(dqkv, kindF32, op)
 	if dx.n != x.n || dx == x {
 		panic(&Error{Op: op, Err: fmt.Errorf("dqkv has %d values, want %d (and must not be qkv)", dx.n, x.n)})
 	}
+	if dx.half != nil {
+		dx.half.widen(dx, op)
+	}
+	beta := b.takeZero(dx)
 	cs, half := b.ropeAttnArgs(op, ps, B, S, nHead, nKV, headDim, rotaryDim, theta)
-	b.launch(op, halfKernel("attn_bwd_bf16", xHalf), [3]int{nKV, B, 1}, 256, abBwdSmem(headDim, rotaryDim/2), ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(o.ptr),
+	kernel := halfKernel("attn_bwd_bf16", xHalf)
+	// dqkv from AllocHalf, overwritten: held in bfloat16 (v9), for
+	// qkv_proj's backward, which rounds it to bfloat16 anyway.
+	halfOut := xHalf && dx.mayHalf && beta == 0 && halfOutputs && loraRowsW32
+	if halfOut {
+		kernel = "attn_bwd_bf16_hh"
+	}
+	defer func() {
+		if halfOut {
+			dx.half = b
+		}
+	}()
+	b.launch(op, kernel, [3]int{nKV, B, 1}, 256, abBwdSmem(headDim, rotaryDim/2), ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(o.ptr),
 		ptrArg(ls.ptr), ptrArg(x.ptr), ptrArg(ps.ptr), intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim),
 		intArg(window), f32Arg(attnScale(headDim)), boolArg(beta != 0), cs, half)
 }

@@ -299,6 +299,24 @@ func TestAttentionRoPE(t *testing.T) {
 				t.Error("the fused attention widened a bfloat16 qkv")
 			}
 			checkBits(t, "a bfloat16 qkv downloaded", g.Download(hq), vals)
+			// And a dqkv from AllocHalf gets dq2's values rounded to
+			// bfloat16, held so (attn_bwd_bf16_hh).
+			if !loraRowsW32 || !halfOutputs {
+				return
+			}
+			dqh := g.AllocHalf(T, width)
+			defer g.Free(dqh)
+			uploadHalf(g, hq, vals) // Download widened it: the _hh kernel wants it in bfloat16
+			g.Zero(dqh)
+			g.AttentionBackwardRoPE(dqh, dout, out2, lse2, hq, pos, B, S, H, H, D, c.window, c.rot, theta)
+			if dqh.(*Tensor).half == nil {
+				t.Fatal("dqkv from AllocHalf was written in float32")
+			}
+			want := g.Download(dq2)
+			for i, v := range want {
+				want[i] = finetune.RoundBF16(v)
+			}
+			checkBits(t, "a bfloat16 dqkv", g.Download(dqh), want)
 		})
 	}
 	// Grouped heads are not fused (dK would be rotated per head).

@@ -180,14 +180,18 @@ func (b *Backend) LinearBackward(dx, dout, x finetune.Tensor, l *finetune.Linear
 // linearBackward is LinearBackward's body.
 func (b *Backend) linearBackward(op string, dx, dout, x finetune.Tensor, l *finetune.Linear, h finetune.Tensor, seed uint64) {
 	w := cudaW(l.W, op)
-	do := tensor(dout, kindF32, op)
+	do, doHalf := halfInput(dout, op)
 	T := do.n / w.out
-	if l.LoRA != nil && b.loraBF16(w) {
+	bf16LoRA := l.LoRA != nil && b.loraBF16(w)
+	if doHalf && !(bf16LoRA && canLoRARows(do.ptr, tensor(l.LoRA.B, kindF32, op).ptr, T, w.out, loraRank(l))) {
+		do, doHalf = tensor(dout, kindF32, op), false // widened: only the row kernel reads bfloat16
+	}
+	if bf16LoRA {
 		// dx is unwrapped last and left to linearBackwardBF16's takeZero:
 		// a pending Zero becomes the dx GEMM's beta 0 (lazy zeroing,
 		// device.go).
 		xs, hs := tensor(x, kindF32, op), tensor(h, kindF32, op)
-		b.linearBackwardBF16(op, unwrap(dx, kindF32, op), do.ptr, nil, xs, T, w, l, hs, seed)
+		b.linearBackwardBF16(op, unwrap(dx, kindF32, op), do.ptr, doHalf, nil, xs, T, w, l, hs, seed)
 		return
 	}
 	d := tensor(dx, kindF32, op)
@@ -356,7 +360,7 @@ func (b *Backend) SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x finetune.Ten
 	if dgu != nil && dgu.zero != nil && dgu.n == gu.n && l.LoRA != nil && b.loraBF16(w) && swigluRows && w.out == 2*I && I%8 == 0 &&
 		gu.n == 2*do.n && gu.ptr%16 == 0 && canLoRARows(do.ptr, tensor(l.LoRA.B, kindF32, op).ptr, T, I, loraRank(l)) {
 		xs, hs := tensor(x, kindF32, op), tensor(h, kindF32, op)
-		b.linearBackwardBF16(op, unwrap(dx, kindF32, op), 0, &swigluSrc{dact: do.ptr, gu: gu.ptr, half: guHalf, I: I}, xs, T, w, l, hs, seed)
+		b.linearBackwardBF16(op, unwrap(dx, kindF32, op), 0, false, &swigluSrc{dact: do.ptr, gu: gu.ptr, half: guHalf, I: I}, xs, T, w, l, hs, seed)
 		return
 	}
 	if guHalf {

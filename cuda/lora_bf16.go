@@ -190,6 +190,12 @@ func (b *Backend) loraRowsT(op string, yh cu.DevicePtr, ldyh int, P, p16 cu.Devi
 	b.loraRowsLaunch(op, "lora_rows_bf16_t", yh, ldyh, P, p16, ldp, 1, Y, B, T, K, r, 0, 0, job)
 }
 
+// loraRowsTHalf is loraRowsT for Y held in bfloat16 (lora_rows_bf16_t_h:
+// nothing to round, so no yh).
+func (b *Backend) loraRowsTHalf(op string, P, p16 cu.DevicePtr, ldp int, Y, B cu.DevicePtr, T, K, r int, job prepJob) {
+	b.loraRowsLaunch(op, "lora_rows_bf16_t_h", 0, 0, P, p16, ldp, 1, Y, B, T, K, r, 0, 0, job)
+}
+
 // loraRowsAct runs lora_rows_swiglu_bf16: loraRows (A [r,K]) over act =
 // SwiGLU(gu), gu [T,2K] (bfloat16 when guHalf: the _w32h entry point),
 // also writing act [T,K] in float32.
@@ -361,7 +367,11 @@ func (b *Backend) linearForwardBF16(op string, o *Tensor, x cu.DevicePtr, src ro
 // With sw (SwiGLULinearBackward), dout is SwiGLU's backward, computed by
 // lora_rows_swiglu_bf16_t from sw's dact and gate_up (the caller checked
 // that the row kernels take the shapes); dout is then unused.
-func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, sw *swigluSrc, xs *Tensor, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
+//
+// With doutHalf (the caller checked that the row kernels take the shapes),
+// dout is held in bfloat16 (Tensor.half, v9: d qkv from attn_bwd_bf16_hh):
+// it is then the GEMMs' operand itself, and the row kernel only computes g.
+func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, doutHalf bool, sw *swigluSrc, xs *Tensor, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
 	lo, r := l.LoRA, loraRank(l)
 	A, B := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op)
 	// The outputs last (lazy zeroing, device.go): a pending Zero of a
@@ -378,6 +388,9 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, sw
 	switch {
 	case sw != nil:
 		b.loraRowsSwiGLU(op, dh, g, g16, sw, B.ptr, T, r, prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1})
+	case rows && doutHalf:
+		dh = dout
+		b.loraRowsTHalf(op, g, g16, r, dout, B.ptr, T, w.out, r, prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1})
 	case rows:
 		// v7: dh, g = dout . B and bf16(g) from one pass over dout; h's
 		// rounding rides along.

@@ -409,3 +409,46 @@ func TestHalfGateUp(t *testing.T) {
 	g.FreeWeight(wGU)
 	g.FreeWeight(wD)
 }
+
+// LinearBackward from a dout held in bfloat16 (Tensor.half: d qkv from
+// attn_bwd_bf16_hh; lora_rows_bf16_t_h) gives the bits of a float32 dout
+// holding the same values (dx, GradA, GradB), and leaves dout so; where
+// the row kernels do not take the shapes (r > 8) dout is widened first.
+func TestHalfDout(t *testing.T) {
+	g := gpuB16
+	const T, in, out = 37, 64, 96
+	for _, r := range []int{8, 12} {
+		w, A, B := nf4LoRA(t, g, out, in, r, 110)
+		x, h := g.Alloc(T, in), g.Alloc(T, r)
+		g.Upload(x, randn(T*in, 113, 1))
+		g.Upload(h, randn(T*r, 114, 1))
+		l := &finetune.Linear{Name: "qkv_proj", W: w, LoRA: &finetune.LoRA{A: A, B: B, Scale: 2, Dropout: 0.1}}
+		hd, fd := g.AllocHalf(T, out), g.Alloc(T, out)
+		vals := uploadHalf(g, hd, randn(T*out, 115, 1))
+		g.Upload(fd, vals)
+		run := func(dout finetune.Tensor) [][]float32 {
+			dx, gA, gB := g.Alloc(T, in), g.Alloc(r, in), g.Alloc(out, r)
+			l.LoRA.GradA, l.LoRA.GradB = gA, gB
+			for _, z := range []finetune.Tensor{dx, gA, gB} {
+				g.Zero(z)
+			}
+			g.LinearBackward(dx, dout, x, l, h, 7)
+			res := [][]float32{g.Download(dx), g.Download(gA), g.Download(gB)}
+			for _, z := range []finetune.Tensor{dx, gA, gB} {
+				g.Free(z)
+			}
+			return res
+		}
+		want, got := run(fd), run(hd)
+		for k, what := range []string{"dx", "gradA", "gradB"} {
+			checkBits(t, fmt.Sprintf("r %d %s from a bfloat16 dout", r, what), got[k], want[k])
+		}
+		if held := hd.(*Tensor).half != nil; held != (r <= 8) {
+			t.Errorf("r %d: dout held in bfloat16 after the backward: %v, want %v", r, held, r <= 8)
+		}
+		for _, z := range []finetune.Tensor{A, B, x, h, hd, fd} {
+			g.Free(z)
+		}
+		g.FreeWeight(w)
+	}
+}

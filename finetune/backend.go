@@ -328,10 +328,12 @@ type RMSNormLinearForwarder interface {
 // it: AllocHalf(shape...) is Alloc(shape...) whose values, once an op has
 // written them, may be rounded to the compute type (every op, Download
 // included, then reads the rounded values). The model allocates
-// gate_up_proj's output so, and qkv_proj's where the backend fuses RoPE
-// into attention: under bfloat16 compute the CUDA backend then stores them
-// in bfloat16 (what PyTorch's autocast does with a linear's output) and its
-// SwiGLU and attention kernels read half the bytes (issue 8).
+// gate_up_proj's output so, and where the backend fuses RoPE into
+// attention qkv_proj's output and its gradient: under bfloat16 compute the
+// CUDA backend then stores them in bfloat16 (what PyTorch's autocast does
+// with a linear's output; qkv_proj's backward rounds its gradient to
+// bfloat16 anyway) and its SwiGLU, attention and LoRA kernels read half the
+// bytes (issue 8).
 type HalfAllocator interface {
 	AllocHalf(shape ...int) Tensor
 }

@@ -363,7 +363,8 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 	}
 	T, C, I, H := B*S, c.HiddenSize, c.IntermediateSize, c.NumHeads
 	// So may qkv_proj's where attention takes RoPE fused (then nothing
-	// writes qkv after its linear: a 16-bit qkv is read as it is).
+	// writes qkv after its linear: a 16-bit qkv is read as it is), and the
+	// gradient the fused attention's backward writes for qkv_proj's.
 	allocQKV := alloc
 	if ra, ok := b.(RoPEAttentioner); ok && ra.RoPEAttention(B, S, H, c.NumKVHeads, c.HeadDim(), c.RotaryDim()) {
 		allocQKV = allocHalf
@@ -402,7 +403,7 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 	bf.lnf, bf.rstd = alloc(T, C), alloc(T)
 	if train {
 		bf.dlnf, bf.dres, bf.dln, bf.datt = alloc(T, C), alloc(T, C), alloc(T, C), alloc(T, H*c.HeadDim())
-		bf.dqkv = alloc(T, c.QKVOut())
+		bf.dqkv = allocQKV(T, c.QKVOut())
 		bf.dgu, bf.dact = alloc(T, 2*I), alloc(T, I)
 	}
 	m.bufs[slot] = bf

@@ -230,11 +230,33 @@ __device__ __forceinline__ void ab_put_x(float* X, int ldx, const float acc[][4]
     }
 }
 
+// ab_st stores v at p (add: adds it to *p), into a float32 or (v9: dqkv
+// held in bfloat16, Tensor.half) a bfloat16 element; a bfloat16 element is
+// f32_to_bf16 of the float32 result (the host asks for one only where the
+// kernel overwrites: add is then never true). ab_st2 stores v0, v1 at p,
+// p + 1: one 4-byte store of the pair for bfloat16 (p even).
+__device__ __forceinline__ void ab_st(float* p, float v, bool add) { *p = add ? __fadd_rn(*p, v) : v; }
+__device__ __forceinline__ void ab_st(bf16_t* p, float v, bool add) {
+    *p = f32_to_bf16(add ? __fadd_rn(bf16_to_f32(*p), v) : v);
+}
+__device__ __forceinline__ void ab_st2(float* p, float v0, float v1, bool add) {
+    ab_st(p, v0, add);
+    ab_st(p + 1, v1, add);
+}
+__device__ __forceinline__ void ab_st2(bf16_t* p, float v0, float v1, bool add) {
+    if (add || ((size_t)p & 3) != 0) {
+        ab_st(p, v0, add);
+        ab_st(p + 1, v1, add);
+    } else {
+        *(unsigned*)p = (unsigned)f32_to_bf16(v0) | ((unsigned)f32_to_bf16(v1) << 16);
+    }
+}
+
 // ab_store_rope: dst[i*stride + d] (add: +=) X[i][d] rotated back (pairs
 // (d, d + half), d < half), i < S, d < D; the whole block, one column a
 // thread in turn (coalesced).
-template <bool add>
-__device__ __forceinline__ void ab_store_rope(float* dst, i64 stride, const float* X, int ldx, int S, int D,
+template <bool add, typename TD>
+__device__ __forceinline__ void ab_store_rope(TD* dst, i64 stride, const float* X, int ldx, int S, int D,
                                               const float2* cs, int half) {
     for (int x = threadIdx.x; x < S * D; x += AB_THREADS) {
         const int i = x / D, d = x - i * D;
@@ -245,30 +267,30 @@ __device__ __forceinline__ void ab_store_rope(float* dst, i64 stride, const floa
             ab_rope(y1, y2, X[i * ldx + e], X[i * ldx + e + half], cs[i * half + e], true);
             y = d < half ? y1 : y2;
         }
-        float* p = dst + (i64)i * stride + d;
-        *p = add ? __fadd_rn(*p, y) : y;
+        ab_st(dst + (i64)i * stride + d, y, add);
     }
 }
 
 // ab_store_pairs_rope: the register form of ab_store_rope where each
 // lane holds both columns of its pairs: a1 the column tiles t0..t0+q-1 (of
 // the first half), a2 the same tiles plus half / 8 (their partners).
-template <bool add>
-__device__ __forceinline__ void ab_store_pairs_rope(float* dst, i64 stride, const float a1[4][4], const float a2[4][4],
+template <bool add, typename TD>
+__device__ __forceinline__ void ab_store_pairs_rope(TD* dst, i64 stride, const float a1[4][4], const float a2[4][4],
                                                     int r0, int t0, int q, int S, const float2* cs, int half, int g,
                                                     int t) {
 #pragma unroll
     for (int n = 0; n < 4; n++) {
         if (n >= q) break;
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int i = r0 + g + 8 * (e >> 1), d = 8 * (t0 + n) + 2 * t + (e & 1);
+        for (int e = 0; e < 4; e += 2) {  // columns d and d + 1 of row i
+            const int i = r0 + g + 8 * (e >> 1), d = 8 * (t0 + n) + 2 * t;
             if (i >= S) continue;
-            float y1, y2;
+            float y1, y2, z1, z2;
             ab_rope(y1, y2, a1[n][e], a2[n][e], cs[i * half + d], true);
-            float* p = dst + (i64)i * stride + d;
-            p[0] = add ? __fadd_rn(p[0], y1) : y1;
-            p[half] = add ? __fadd_rn(p[half], y2) : y2;
+            ab_rope(z1, z2, a1[n][e + 1], a2[n][e + 1], cs[i * half + d + 1], true);
+            TD* p = dst + (i64)i * stride + d;
+            ab_st2(p, y1, z1, add);
+            ab_st2(p + half, y2, z2, add);
         }
     }
 }
@@ -336,18 +358,21 @@ __device__ __forceinline__ void ab_wsum(float (&acc)[maxnt][4], const bf16_t* W,
 
 // ab_store writes (add: adds into) dst[i*stride + d] for the warp's
 // accumulators: rows r0 + g (+8), columns 8(n0 + n) + 2t (+1), i < S, d < D.
-template <bool add>
-__device__ __forceinline__ void ab_store(float* dst, i64 stride, const float acc[AB_MAXNT][4], int r0, int n0, int n1,
+template <bool add, typename TD>
+__device__ __forceinline__ void ab_store(TD* dst, i64 stride, const float acc[AB_MAXNT][4], int r0, int n0, int n1,
                                          int S, int D, int g, int t) {
 #pragma unroll
     for (int n = 0; n < AB_MAXNT; n++) {
         if (n0 + n >= n1) break;
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int i = r0 + g + 8 * (e >> 1), d = 8 * (n0 + n) + 2 * t + (e & 1);
+        for (int e = 0; e < 4; e += 2) {  // columns d and d + 1 of row i
+            const int i = r0 + g + 8 * (e >> 1), d = 8 * (n0 + n) + 2 * t;
             if (i < S && d < D) {
-                float* p = dst + (i64)i * stride + d;
-                *p = add ? __fadd_rn(*p, acc[n][e]) : acc[n][e];
+                TD* p = dst + (i64)i * stride + d;
+                if (d + 1 < D)
+                    ab_st2(p, acc[n][e], acc[n][e + 1], add);
+                else
+                    ab_st(p, acc[n][e], add);
             }
         }
     }
@@ -501,8 +526,8 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) attn_fwd_bf16_h(floa
 // the group's other heads add). Two blocks a multiprocessor (111
 // registers): at three (80 registers, spilling) the step's 512 blocks took
 // 97 us against 85.
-template <typename TS>
-__device__ __forceinline__ void attn_bwd_bf16_body(float* dqkv, const float* dout, const float* out, const float* lse,
+template <typename TS, typename TD>
+__device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, const float* out, const float* lse,
                                                    const TS* qkv, const int* pos, i64 B, i64 S_, i64 H, i64 K, i64 D_,
                                                    i64 window, double scale_d, i64 accum, const float2* cs, i64 half_) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -521,7 +546,7 @@ __device__ __forceinline__ void attn_bwd_bf16_body(float* dqkv, const float* dou
     const i64 T = B * S, width = (H + 2 * K) * D, HD = H * D, group = H / K;
     const i64 koff = (H + kvh) * D, voff = (H + K + kvh) * D;
     const TS* base = qkv + b * S * width;
-    float* dbase = dqkv + b * S * width;
+    TD* dbase = dqkv + b * S * width;
     const float* dobase = dout + b * S * HD;
     const float* obase = out + b * S * HD;
     const int* prow = pos + b * S;
@@ -664,5 +689,16 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) attn_bwd_bf16_h(floa
                                                                           i64 S, i64 H, i64 K, i64 D, i64 window,
                                                                           double scale_d, i64 accum, const float2* cs,
                                                                           i64 half) {
+    attn_bwd_bf16_body(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, window, scale_d, accum, cs, half);
+}
+// attn_bwd_bf16_hh (v9) also writes dqkv in bfloat16 (Tensor.half: one KV
+// head a query head and accum 0, so every element is stored once, pairs of
+// columns as one 4-byte word).
+extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) attn_bwd_bf16_hh(bf16_t* dqkv, const float* dout,
+                                                                           const float* out, const float* lse,
+                                                                           const bf16_t* qkv, const int* pos, i64 B,
+                                                                           i64 S, i64 H, i64 K, i64 D, i64 window,
+                                                                           double scale_d, i64 accum, const float2* cs,
+                                                                           i64 half) {
     attn_bwd_bf16_body(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, window, scale_d, accum, cs, half);
 }

@@ -573,8 +573,9 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
     const bool okt = t < T, okg = g < (int)r;
     const i64 tr = okt ? t : 0;
     const int Ki = (int)K, Ri = (int)r;  // the host checks K < 2^31
-    // GU16 (SW, v9): gate_up held in bfloat16 (Tensor.half), Y its bf16_t rows
-    const float* yrow = GU16 ? reinterpret_cast<const float*>(reinterpret_cast<const bf16_t*>(Y) + tr * 2 * K)
+    // GU16 (v9): Y held in bfloat16 (Tensor.half: gate_up, or dout = d qkv),
+    // its bf16_t rows
+    const float* yrow = GU16 ? reinterpret_cast<const float*>(reinterpret_cast<const bf16_t*>(Y) + tr * (SW ? 2 * K : K))
                              : Y + tr * (SW ? 2 * K : K);
     bf16_t* yhrow = yh ? yh + tr * ldyh : nullptr;
     bf16_t* xdrow = xd16 ? xd16 + tr * K : nullptr;
@@ -665,6 +666,12 @@ LORA_ROWS_ENTRY(lora_rows_bf16, lora_rows_bf16_t, 16, 4)
 LORA_ROWS_ENTRY(lora_rows_bf16_w32, lora_rows_bf16_t_w32, 32, 2)
 LORA_ROWS_SWIGLU_ENTRY(lora_rows_swiglu_bf16, 16, 2)
 LORA_ROWS_SWIGLU_ENTRY(lora_rows_swiglu_bf16_w32, 32, 1)
+// lora_rows_bf16_t_h_w32 (v9): dout in bfloat16 (Y holds bf16_t: d qkv from
+// attn_bwd_bf16_hh), which is then the dx and GradB GEMMs' operand itself
+// (yh null): only g = dout . B and its rounding are written.
+extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_bf16_t_h_w32(LORA_ROWS_PARAMS) {
+    lora_rows_body<true, false, 32, 2, true>(LORA_ROWS_ARGS, nullptr, nullptr);
+}
 // _h_w32 (v9): gate_up in bfloat16 (Y holds bf16_t; finetune.HalfAllocator).
 extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_swiglu_bf16_h_w32(LORA_ROWS_PARAMS, float* act, bf16_t* xd16) {
     lora_rows_body<false, true, 32, 1, true>(LORA_ROWS_ARGS, act, xd16);
