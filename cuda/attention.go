@@ -205,28 +205,23 @@ func (b *Backend) AttentionBackwardRoPE(dqkv, dout, out, lse, qkv, pos finetune.
 	do, o := tensor(dout, kindF32, op), tensor(out, kindF32, op)
 	ls, ps := tensor(lse, kindF32, op), tensor(pos, kindI32, op)
 	b.checkAttn(op, x, ps, B, S, nHead, nKV, headDim)
-	dx := unwrapRaw(dqkv, kindF32, op)
-	if dx.n != x.n || dx == x {
-		panic(&Error{Op: op, Err: fmt.Errorf("dqkv has %d values, want %d (and must not be qkv)", dx.n, x.n)})
+	if d := unwrapRaw(dqkv, kindF32, op); d.n != x.n || d == x {
+		panic(&Error{Op: op, Err: fmt.Errorf("dqkv has %d values, want %d (and must not be qkv)", d.n, x.n)})
 	}
-	if dx.half != nil {
-		dx.half.widen(dx, op)
-	}
-	beta := b.takeZero(dx)
+	dx, beta := b.accTensor(dqkv, kindF32, op)
 	cs, half := b.ropeAttnArgs(op, ps, B, S, nHead, nKV, headDim, rotaryDim, theta)
 	kernel := halfKernel("attn_bwd_bf16", xHalf)
 	// dqkv from AllocHalf, overwritten: held in bfloat16 (v9), for
-	// qkv_proj's backward, which rounds it to bfloat16 anyway.
-	halfOut := xHalf && dx.mayHalf && beta == 0 && halfOutputs && loraRowsW32
+	// qkv_proj's backward, which rounds it to bfloat16 anyway (a bfloat16
+	// qkv says that its linear's rank suits the row kernels).
+	halfOut := xHalf && beta == 0 && dx.writeHalf()
 	if halfOut {
 		kernel = "attn_bwd_bf16_hh"
 	}
-	defer func() {
-		if halfOut {
-			dx.half = b
-		}
-	}()
 	b.launch(op, kernel, [3]int{nKV, B, 1}, 256, abBwdSmem(headDim, rotaryDim/2), ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(o.ptr),
 		ptrArg(ls.ptr), ptrArg(x.ptr), ptrArg(ps.ptr), intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim),
 		intArg(window), f32Arg(attnScale(headDim)), boolArg(beta != 0), cs, half)
+	if halfOut {
+		dx.half = b
+	}
 }

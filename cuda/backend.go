@@ -555,7 +555,8 @@ func (b *Backend) freeWeight(w *weight) {
 // ---------------------------------------------------------------------------
 // GEMMs
 
-// gemm runs g (operands of type g.abType, float32 result).
+// gemm runs g (operands of type g.abType; the result float32, or bfloat16
+// with g.cHalf).
 func (b *Backend) gemm(op string, g gemmArgs) {
 	if b.trySkinny(op, g) { // r <= 8 bfloat16 products (skinny.go)
 		return

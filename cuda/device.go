@@ -580,9 +580,10 @@ type Tensor struct {
 	// backend of such a write: the first 2n bytes hold the values in
 	// bfloat16 until tensor() (or Download, Copy, Ptr) widens them in
 	// place to float32, the values the bfloat16 ones stand for, so an op
-	// that knows nothing of it reads them right. Only halfInput reads it
-	// unwidened; unwrap refuses it (its callers accumulate into or
-	// overwrite part of their tensor).
+	// that knows nothing of it reads them right (accTensor widens an
+	// output that is accumulated into). Only halfInput reads it unwidened
+	// (and unwrapRaw for an argument check); unwrap refuses it (its callers
+	// accumulate into or overwrite part of their tensor).
 	mayHalf bool
 	half    *Backend
 }
@@ -672,7 +673,7 @@ func tensor(t finetune.Tensor, want elemKind, op string) *Tensor {
 // whether it holds bfloat16 (Tensor.half). Call it within enter.
 func halfInput(t finetune.Tensor, op string) (*Tensor, bool) {
 	ct := unwrapRaw(t, kindF32, op)
-	if ct == nil || ct.half == nil {
+	if ct == nil || ct.half == nil || ct.zero != nil {
 		return tensor(t, kindF32, op), false
 	}
 	return ct, true
@@ -716,10 +717,14 @@ func (b *Backend) takeZero(t *Tensor) (beta float32) {
 	return 0
 }
 
-// accTensor unwraps an accumulating output: the tensor and takeZero's beta.
-// See the rules above: unwrap the op's inputs first.
+// accTensor unwraps an accumulating output: the tensor and takeZero's beta
+// (values held in bfloat16 widened first: Tensor.half). See the rules
+// above: unwrap the op's inputs first.
 func (b *Backend) accTensor(t finetune.Tensor, want elemKind, op string) (*Tensor, float32) {
-	ct := unwrap(t, want, op)
+	ct := unwrapRaw(t, want, op)
+	if ct != nil && ct.half != nil {
+		ct.half.widen(ct, op)
+	}
 	return ct, b.takeZero(ct)
 }
 
@@ -806,7 +811,7 @@ func (b *Backend) uploadAll(op string, d *Tensor, src unsafe.Pointer, n int) {
 
 func (b *Backend) Upload(dst finetune.Tensor, src []float32) {
 	defer b.enter("Upload")()
-	b.uploadAll("Upload", unwrap(dst, kindF32, "Upload"), unsafe.Pointer(unsafe.SliceData(src)), len(src))
+	b.uploadAll("Upload", unwrapRaw(dst, kindF32, "Upload"), unsafe.Pointer(unsafe.SliceData(src)), len(src))
 }
 
 func (b *Backend) UploadInt32(dst finetune.Tensor, src []int32) {
@@ -919,6 +924,7 @@ func (b *Backend) Copy(dst, src finetune.Tensor) {
 	b.touch(d)
 	if s.zero != nil {
 		// A copy of zeros is a pending Zero too (d == s stays pending).
+		d.half = nil
 		if d.n > 0 {
 			d.zero = b
 		}

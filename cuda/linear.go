@@ -305,28 +305,32 @@ func (b *Backend) RMSNormLinearForward(out, xn, rstd, sum, a, bt, w finetune.Ten
 	const op = "RMSNormLinearForward"
 	defer b.enter(op)()
 	wt := cudaW(l.W, op)
-	as, ws := tensor(a, kindF32, op), tensor(w, kindF32, op)
+	if bt != nil && sum == nil {
+		panic(&Error{Op: op, Err: fmt.Errorf("%s: a residual add (b) needs a sum tensor", l.Name)})
+	}
+	as, bs, ws := tensor(a, kindF32, op), tensor(bt, kindF32, op), tensor(w, kindF32, op) // inputs first
 	C := ws.n
 	if l.LoRA != nil && b.loraBF16(wt) && normRowsOn && loraRowsW32 && wt.in == C && C%32 == 0 && C <= 4096 && as.n%C == 0 &&
 		canLoRARows(as.ptr, tensor(l.LoRA.A, kindF32, op).ptr, as.n/C, C, loraRank(l)) {
 		T := as.n / C
+		hs := tensor(h, kindF32, op)
 		xs, rs, o := outTensor(xn, kindF32, op), outTensor(rstd, kindF32, op), outTensor(out, kindF32, op)
 		src := &normSrc{xn: xs.ptr, rstd: rs.ptr, a: as.ptr, w: ws.ptr, eps: eps}
-		aligned := xs.ptr%16 == 0 && ws.ptr%16 == 0
-		var ss, bs *Tensor
-		if bt != nil {
-			bs, ss = tensor(bt, kindF32, op), outTensor(sum, kindF32, op)
+		ok := xs.ptr%16 == 0 && ws.ptr%16 == 0
+		var ss *Tensor
+		if bs != nil {
+			ss = outTensor(sum, kindF32, op)
 			src.b, src.sum = bs.ptr, ss.ptr
-			aligned = aligned && bs.ptr%16 == 0 && ss.ptr%16 == 0
+			// the kernel reads a and b where it writes sum (restrict)
+			ok = ok && bs.ptr%16 == 0 && ss.ptr%16 == 0 && ss != as && ss != bs
 		}
-		hs := tensor(h, kindF32, op)
 		switch {
 		case xs.n != as.n || rs.n != T || o.n != T*wt.out || hs.n != T*loraRank(l) || (bs != nil && (bs.n != as.n || ss.n != as.n)):
 			panic(&Error{Op: op, Err: fmt.Errorf("%s: a %v, xn %v, rstd %v, out %v, h %v for a [%d, %d] weight", l.Name, as.shape, xs.shape,
 				rs.shape, o.shape, hs.shape, wt.out, wt.in)})
 		case xs == as || xs == bs || xs == ss:
 			panic(&Error{Op: op, Err: fmt.Errorf("xn must not alias a, b or sum")})
-		case aligned:
+		case ok:
 			b.linearForwardBF16(op, o, xs.ptr, rowsSrc{norm: src}, T, wt, l, hs, seed)
 			return
 		}

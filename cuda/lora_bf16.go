@@ -140,8 +140,9 @@ const loraRowsRows = 8
 var loraRowsW32 = os.Getenv("OLLAMA_TUNE_CUDA_ROWS") != "w16"
 
 // rowsKernel is kernel's entry point and threads a block under loraRowsW32
-// (the _h kernels, reading a bfloat16 gate_up, have the 32-warp one alone:
-// the model's gate_up is bfloat16 only under loraRowsW32, see halfOutputs).
+// (the _h kernels, reading a bfloat16 gate_up or d qkv, have the 32-warp
+// one alone: such tensors are bfloat16 only under loraRowsW32, see
+// writeHalf).
 func rowsKernel(kernel string) (string, int) {
 	if loraRowsW32 || strings.HasSuffix(kernel, "_h") {
 		return kernel + "_w32", 32 * 32
@@ -150,10 +151,15 @@ func rowsKernel(kernel string) (string, int) {
 }
 
 // halfOutputs says whether an output allocated by AllocHalf is written in
-// bfloat16 (Tensor.half: gate_up_proj's and qkv_proj's under BF16
-// compute, v9), with the 32-warp row kernels (loraRowsW32);
-// OLLAMA_TUNE_CUDA_REFERENCE=gu-half writes them in float32.
+// bfloat16 (Tensor.half: gate_up_proj's and qkv_proj's outputs and
+// qkv_proj's gradient under BF16 compute, v9), with the 32-warp row
+// kernels (loraRowsW32); OLLAMA_TUNE_CUDA_REFERENCE=gu-half (named for the
+// first of them) writes all of them in float32.
 var halfOutputs = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "gu-half")
+
+// writeHalf says whether an op that overwrites t may store it in bfloat16
+// (Tensor.half): t is from AllocHalf and halfOutputs is on.
+func (t *Tensor) writeHalf() bool { return t.mayHalf && halfOutputs && loraRowsW32 }
 
 // rowsSrc is where linearForwardBF16's row kernel takes x from when x is
 // not yet written: SwiGLU of gu [T,2 in] (bfloat16 when guHalf), or an
@@ -166,10 +172,11 @@ type rowsSrc struct {
 
 // canLoRARows says whether the row kernels take Y [T,K] against a rank-r
 // W: K % 8 == 0, r <= 8, 16-byte aligned Y and W (whose rows are then
-// too), and 32-bit friendly sizes. The answer depends on the operands
+// too), and 32-bit friendly sizes (K * r and 2K fit an int: the kernels'
+// column offsets). The answer depends on the operands
 // alone, so LoRAHForward and LinearForward agree on it (the same h).
 func canLoRARows(Y, W cu.DevicePtr, T, K, r int) bool {
-	return loraRowsOn && K%8 == 0 && K > 0 && K < 1<<30 && r >= 1 && r <= 8 && Y%16 == 0 && W%16 == 0 && int64(T)*int64(K) < 1<<40
+	return loraRowsOn && K%8 == 0 && K > 0 && K < 1<<28 && r >= 1 && r <= 8 && Y%16 == 0 && W%16 == 0 && int64(T)*int64(K) < 1<<40
 }
 
 // loraRows runs lora_rows_bf16 (W is A [r,K], P = h = dropout(Y) . A^T):
@@ -197,7 +204,7 @@ func (b *Backend) loraRowsTHalf(op string, P, p16 cu.DevicePtr, ldp int, Y, B cu
 }
 
 // loraRowsAct runs lora_rows_swiglu_bf16: loraRows (A [r,K]) over act =
-// SwiGLU(gu), gu [T,2K] (bfloat16 when guHalf: the _w32h entry point),
+// SwiGLU(gu), gu [T,2K] (bfloat16 when guHalf: lora_rows_swiglu_bf16_h_w32),
 // also writing act [T,K] in float32.
 func (b *Backend) loraRowsAct(op string, act, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, scale16 float32,
 	gu cu.DevicePtr, guHalf bool, A cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob, xd16 cu.DevicePtr) {
@@ -292,7 +299,8 @@ func (b *Backend) launchRowsEntry(op, kernel, entry string, threads, T, K int, j
 // (RMSNormLinearForward), x is the norm's output, written by
 // lora_rows_norm_bf16 (the callers checked that the row kernels take the
 // shapes). Folded, an output allocated by AllocHalf gets bfloat16 values
-// (Tensor.half, v9: gate_up_proj's, for the SwiGLU row kernels).
+// (Tensor.half, v9: gate_up_proj's, for the SwiGLU row kernels, and
+// qkv_proj's, for the attention _h kernels).
 func (b *Backend) linearForwardBF16(op string, o *Tensor, x cu.DevicePtr, src rowsSrc, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
 	out, gu, norm := o.ptr, src.gu, src.norm
 	lo, r := l.LoRA, loraRank(l)
@@ -340,7 +348,9 @@ func (b *Backend) linearForwardBF16(op string, o *Tensor, x cu.DevicePtr, src ro
 		}
 	}
 	if fold != 0 {
-		half := o.mayHalf && halfOutputs && loraRowsW32 && t == dataR16BF
+		// bfloat16 only where its readers read it so: the row kernels
+		// take r <= 8 (canLoRARows; the model gives its linears one rank).
+		half := o.writeHalf() && r <= 8 && t == dataR16BF
 		b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in + r, alpha: 1, A: uintptr(xh), lda: ld, B: uintptr(wp), ldb: ld,
 			C: uintptr(out), ldc: w.out, abType: t, cHalf: half})
 		if half {
@@ -388,6 +398,8 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, do
 	switch {
 	case sw != nil:
 		b.loraRowsSwiGLU(op, dh, g, g16, sw, B.ptr, T, r, prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1})
+	case doutHalf && !rows:
+		panic(&Error{Op: op, Err: fmt.Errorf("%s: a bfloat16 dout for shapes the row kernels do not take", l.Name)})
 	case rows && doutHalf:
 		dh = dout
 		b.loraRowsTHalf(op, g, g16, r, dout, B.ptr, T, w.out, r, prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1})

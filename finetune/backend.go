@@ -327,13 +327,15 @@ type RMSNormLinearForwarder interface {
 // 16-bit compute type between the op that writes it and the ops that read
 // it: AllocHalf(shape...) is Alloc(shape...) whose values, once an op has
 // written them, may be rounded to the compute type (every op, Download
-// included, then reads the rounded values). The model allocates
-// gate_up_proj's output so, and where the backend fuses RoPE into
-// attention qkv_proj's output and its gradient: under bfloat16 compute the
-// CUDA backend then stores them in bfloat16 (what PyTorch's autocast does
-// with a linear's output; qkv_proj's backward rounds its gradient to
-// bfloat16 anyway) and its SwiGLU, attention and LoRA kernels read half the
-// bytes (issue 8).
+// included, then reads the rounded values): unlike the other optional
+// interfaces it may change results, by that rounding alone. The model
+// allocates so gate_up_proj's output (where down_proj has an adapter) and,
+// where the backend fuses RoPE into attention, qkv_proj's output and its
+// gradient. Under bfloat16 compute the CUDA backend then stores them in
+// bfloat16 (what PyTorch's autocast does with a linear's output;
+// qkv_proj's backward rounds its gradient to bfloat16 anyway) and its
+// SwiGLU, attention and LoRA kernels read half the bytes (issue 8); the
+// CPU backend has not, so its activations stay float32.
 type HalfAllocator interface {
 	AllocHalf(shape ...int) Tensor
 }

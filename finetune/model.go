@@ -352,7 +352,8 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 		allocated = append(allocated, t)
 		return t
 	}
-	// gate_up_proj's output may be held in the backend's 16-bit type.
+	// Some activations may be held in the backend's 16-bit type (the
+	// backend decides, HalfAllocator).
 	allocHalf := alloc
 	if ha, ok := b.(HalfAllocator); ok {
 		allocHalf = func(shape ...int) Tensor {
@@ -362,9 +363,10 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 		}
 	}
 	T, C, I, H := B*S, c.HiddenSize, c.IntermediateSize, c.NumHeads
-	// So may qkv_proj's where attention takes RoPE fused (then nothing
-	// writes qkv after its linear: a 16-bit qkv is read as it is), and the
-	// gradient the fused attention's backward writes for qkv_proj's.
+	// qkv_proj's output where attention takes RoPE fused (no op writes qkv
+	// after its linear then, but RoPEForward under a finiteness check, which
+	// gets it widened), and the gradient the fused attention's backward
+	// writes for qkv_proj's backward.
 	allocQKV := alloc
 	if ra, ok := b.(RoPEAttentioner); ok && ra.RoPEAttention(B, S, H, c.NumKVHeads, c.HeadDim(), c.RotaryDim()) {
 		allocQKV = allocHalf
@@ -382,13 +384,19 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 		bf.inputs = append(bf.inputs, alloc(T, C))
 	}
 	for k := range nActs {
+		// gate_up's readers take a 16-bit gate_up when down_proj has an
+		// adapter (the fused SwiGLU); else it stays in the compute type.
+		allocGateUp := alloc
+		if d := m.Layers[k].Down; d != nil && d.LoRA != nil {
+			allocGateUp = allocHalf
+		}
 		a := layerActs{
 			ln1: alloc(T, C), rstd1: alloc(T),
 			qkv: allocQKV(T, c.QKVOut()),
 			att: alloc(T, H*c.HeadDim()), lse: alloc(H, T),
 			res1: alloc(T, C),
 			ln2:  alloc(T, C), rstd2: alloc(T),
-			gateUp: allocHalf(T, 2*I), act: alloc(T, I),
+			gateUp: allocGateUp(T, 2*I), act: alloc(T, I),
 		}
 		// The adapters' ranks come from layer k (every layer has the same
 		// targets, so any layer's shapes serve the shared set).

@@ -408,7 +408,8 @@ extern "C" __global__ void __launch_bounds__(128) lora_dx_v4(float* __restrict__
 // zero), WARPS warps (16; 32 for the _w32 entry points, v9); warp w the
 // 32-column chunks w, w+WARPS, w+2*WARPS, ...; lane
 // (g = lane/4, c = lane%4) row 8b+g, columns 8c .. 8c+7 of a chunk: two
-// 16-byte loads, two dropout groups (one hash each), one 16-byte store of
+// 16-byte loads (one of a bfloat16 Y, GU16), two dropout groups (one hash
+// each), one 16-byte store of
 // bf16(Y), and two mma.sync.m16n8k16 (bf16 in, float32 out) whose k slots
 // 2c, 2c+1, 2c+8, 2c+9 stand for the values 8c .. 8c+3 and then 8c+4 ..
 // 8c+7, W's fragment loaded in the same order (skinny_rows' pairing). The
@@ -826,8 +827,9 @@ __device__ __forceinline__ void lr_swiglu8(float dg[8], float du[8], float4 d0, 
 // float32 d gate_up is never written (swiglu_bwd wrote 4 bytes a value and
 // the row kernel read them back). Lane (g, c) takes features k .. k+7 of
 // its row: d gate's MMAs pair them with B's rows k .., d up's with rows I+k
-// ... Two chunks a round (six 16-byte loads each). The host checks I % 8
-// == 0 and 16-byte alignment.
+// ... BATCH chunks a round (2 with 16 warps, 1 with 32), each six 16-byte
+// loads (four with a bfloat16 gate_up, GU16). The host checks I % 8 == 0
+// and 16-byte alignment.
 template <int WARPS, int BATCH, bool GU16 = false>
 __device__ __forceinline__ void lora_rows_swiglu_t_body(
     bf16_t* __restrict__ yh, i64 ldyh, float* __restrict__ P, bf16_t* __restrict__ p16, i64 ldp,
