@@ -173,7 +173,17 @@ type fusedBackend struct {
 	ropeFwd, ropeBwd           int // attention with RoPE fused
 	keeps                      int // KeepLoRAInputs(true) calls
 	keeping                    bool
-	normLin, addNormLin        int // RMSNormLinearForward without and with the residual add
+	normLin, addNormLin        int         // RMSNormLinearForward without and with the residual add
+	halfWidths                 map[int]int // AllocHalf calls by the tensor's last dimension
+}
+
+// AllocHalf records the widths the model asks for (the CPU keeps float32).
+func (b *fusedBackend) AllocHalf(shape ...int) Tensor {
+	if b.halfWidths == nil {
+		b.halfWidths = map[int]int{}
+	}
+	b.halfWidths[shape[len(shape)-1]]++
+	return b.Alloc(shape...)
 }
 
 func (b *fusedBackend) RMSNormLinearForward(out, xn, rstd, sum, a, bt, w Tensor, eps float32, l *Linear, h Tensor, seed uint64) {
@@ -308,6 +318,14 @@ func TestFusedSwiGLUHooks(t *testing.T) {
 		if fb.normLin != 2*L+wantH || fb.addNormLin != 2*L+wantH {
 			t.Errorf("checkpointing %v: %d norm + qkv_proj, %d add + norm + gate_up_proj forwards through the hook, want %d each",
 				ckpt, fb.normLin, fb.addNormLin, 2*L+wantH)
+		}
+		// 16-bit activations: gate_up_proj's output ([T, 2I]; down_proj has
+		// an adapter) and, with RoPE fused, qkv_proj's output and gradient
+		// ([T, QKVOut]), nothing else.
+		cfg := smallModel.cfg
+		if w := fb.halfWidths; len(w) != 2 || w[2*cfg.IntermediateSize] == 0 || w[cfg.QKVOut()] == 0 || w[cfg.QKVOut()] <= w[2*cfg.IntermediateSize] {
+			t.Errorf("checkpointing %v: AllocHalf by width %v, want gate_up's %d and qkv's %d (output and gradient)", ckpt, w,
+				2*cfg.IntermediateSize, cfg.QKVOut())
 		}
 		// Attention with RoPE: every forward and recompute, every backward.
 		if fb.ropeFwd != 2*L+wantH || fb.ropeBwd != 2*L {
