@@ -426,20 +426,7 @@ func TestHalfDout(t *testing.T) {
 		hd, fd := g.AllocHalf(T, out), g.Alloc(T, out)
 		vals := uploadHalf(g, hd, randn(T*out, 115, 1))
 		g.Upload(fd, vals)
-		run := func(dout finetune.Tensor) [][]float32 {
-			dx, gA, gB := g.Alloc(T, in), g.Alloc(r, in), g.Alloc(out, r)
-			l.LoRA.GradA, l.LoRA.GradB = gA, gB
-			for _, z := range []finetune.Tensor{dx, gA, gB} {
-				g.Zero(z)
-			}
-			g.LinearBackward(dx, dout, x, l, h, 7)
-			res := [][]float32{g.Download(dx), g.Download(gA), g.Download(gB)}
-			for _, z := range []finetune.Tensor{dx, gA, gB} {
-				g.Free(z)
-			}
-			return res
-		}
-		want, got := run(fd), run(hd)
+		want, got := zeroBackward(g, l, fd, x, h, T, 7), zeroBackward(g, l, hd, x, h, T, 7)
 		for k, what := range []string{"dx", "gradA", "gradB"} {
 			checkBits(t, fmt.Sprintf("r %d %s from a bfloat16 dout", r, what), got[k], want[k])
 		}
@@ -451,4 +438,21 @@ func TestHalfDout(t *testing.T) {
 		}
 		g.FreeWeight(w)
 	}
+}
+
+// zeroBackward runs l's LinearBackward from dout at x, h (T tokens) into
+// zeroed dx, GradA and GradB, and returns them (freed on the device).
+func zeroBackward(g *Backend, l *finetune.Linear, dout, x, h finetune.Tensor, T int, seed uint64) [][]float32 {
+	in, out, r := l.W.In(), l.W.Out(), l.LoRA.A.Shape()[0]
+	dx, gA, gB := g.Alloc(T, in), g.Alloc(r, in), g.Alloc(out, r)
+	l.LoRA.GradA, l.LoRA.GradB = gA, gB
+	for _, z := range []finetune.Tensor{dx, gA, gB} {
+		g.Zero(z)
+	}
+	g.LinearBackward(dx, dout, x, l, h, seed)
+	res := [][]float32{g.Download(dx), g.Download(gA), g.Download(gB)}
+	for _, z := range []finetune.Tensor{dx, gA, gB} {
+		g.Free(z)
+	}
+	return res
 }

@@ -674,31 +674,15 @@ __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, 
 }
 
 // attn_bwd_bf16 reads a float32 qkv, attn_bwd_bf16_h (v9) a bfloat16 one
-// (Tensor.half).
-extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) attn_bwd_bf16(float* dqkv, const float* dout,
-                                                                        const float* out, const float* lse,
-                                                                        const float* qkv, const int* pos, i64 B, i64 S,
-                                                                        i64 H, i64 K, i64 D, i64 window,
-                                                                        double scale_d, i64 accum, const float2* cs,
-                                                                        i64 half) {
-    attn_bwd_bf16_body(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, window, scale_d, accum, cs, half);
-}
-extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) attn_bwd_bf16_h(float* dqkv, const float* dout,
-                                                                          const float* out, const float* lse,
-                                                                          const bf16_t* qkv, const int* pos, i64 B,
-                                                                          i64 S, i64 H, i64 K, i64 D, i64 window,
-                                                                          double scale_d, i64 accum, const float2* cs,
-                                                                          i64 half) {
-    attn_bwd_bf16_body(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, window, scale_d, accum, cs, half);
-}
-// attn_bwd_bf16_hh (v9) also writes dqkv in bfloat16 (Tensor.half: one KV
+// (Tensor.half); attn_bwd_bf16_hh (v9) also writes dqkv in bfloat16 (one KV
 // head a query head and accum 0, so every element is stored once, pairs of
 // columns as one 4-byte word).
-extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) attn_bwd_bf16_hh(bf16_t* dqkv, const float* dout,
-                                                                           const float* out, const float* lse,
-                                                                           const bf16_t* qkv, const int* pos, i64 B,
-                                                                           i64 S, i64 H, i64 K, i64 D, i64 window,
-                                                                           double scale_d, i64 accum, const float2* cs,
-                                                                           i64 half) {
-    attn_bwd_bf16_body(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, window, scale_d, accum, cs, half);
-}
+#define ATTN_BWD_ENTRY(NAME, TD, TS)                                                                                \
+    extern "C" __global__ void __launch_bounds__(AB_THREADS, 2)                                                     \
+        NAME(TD* dqkv, const float* dout, const float* out, const float* lse, const TS* qkv, const int* pos, i64 B, \
+             i64 S, i64 H, i64 K, i64 D, i64 window, double scale_d, i64 accum, const float2* cs, i64 half) {      \
+        attn_bwd_bf16_body(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, window, scale_d, accum, cs, half);        \
+    }
+ATTN_BWD_ENTRY(attn_bwd_bf16, float, float)
+ATTN_BWD_ENTRY(attn_bwd_bf16_h, float, bf16_t)
+ATTN_BWD_ENTRY(attn_bwd_bf16_hh, bf16_t, bf16_t)
