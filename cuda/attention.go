@@ -205,10 +205,10 @@ func (b *Backend) AttentionBackwardRoPE(dqkv, dout, out, lse, qkv, pos finetune.
 	do, o := tensor(dout, kindF32, op), tensor(out, kindF32, op)
 	ls, ps := tensor(lse, kindF32, op), tensor(pos, kindI32, op)
 	b.checkAttn(op, x, ps, B, S, nHead, nKV, headDim)
-	if d := unwrapRaw(dqkv, kindF32, op); d.n != x.n || d == x {
-		panic(&Error{Op: op, Err: fmt.Errorf("dqkv has %d values, want %d (and must not be qkv)", d.n, x.n)})
-	}
 	dx, beta := b.accTensor(dqkv, kindF32, op)
+	if dx.n != x.n || dx == x {
+		panic(&Error{Op: op, Err: fmt.Errorf("dqkv has %d values, want %d (and must not be qkv)", dx.n, x.n)})
+	}
 	cs, half := b.ropeAttnArgs(op, ps, B, S, nHead, nKV, headDim, rotaryDim, theta)
 	kernel := halfKernel("attn_bwd_bf16", xHalf)
 	// dqkv from AllocHalf, overwritten: held in bfloat16 (v9), for

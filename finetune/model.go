@@ -284,6 +284,7 @@ type buffers struct {
 	T, B, S   int
 	train     bool
 	ckpt      bool
+	ropeAttn  bool        // the backend fuses RoPE into attention at these shapes (RoPEAttentioner)
 	ids, pos  Tensor      // int32 [T]
 	targets   Tensor      // int32 [T]
 	inputs    []Tensor    // [L+1][T,C]: each layer's input, then the last layer's output (train); 2 ping-pong buffers (eval)
@@ -367,11 +368,13 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 	// after its linear then, but RoPEForward under a finiteness check, which
 	// gets it widened), and the gradient the fused attention's backward
 	// writes for qkv_proj's backward.
+	ra, ropeAttn := b.(RoPEAttentioner)
+	ropeAttn = ropeAttn && ra.RoPEAttention(B, S, H, c.NumKVHeads, c.HeadDim(), c.RotaryDim())
 	allocQKV := alloc
-	if ra, ok := b.(RoPEAttentioner); ok && ra.RoPEAttention(B, S, H, c.NumKVHeads, c.HeadDim(), c.RotaryDim()) {
+	if ropeAttn {
 		allocQKV = allocHalf
 	}
-	bf := &buffers{T: T, B: B, S: S, train: train, ckpt: ckpt}
+	bf := &buffers{T: T, B: B, S: S, train: train, ckpt: ckpt, ropeAttn: ropeAttn}
 	bf.ids, bf.pos, bf.targets = allocInt32(T), allocInt32(T), allocInt32(T)
 	nIn, nActs := 2, 1
 	if train {
@@ -536,10 +539,9 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 		b.LinearForward(a.qkv, a.ln1, lin[modQKV], a.h[modQKV], moduleSeed(stepSeed, li, modQKV))
 	}
 	chk("qkv_proj", a.qkv)
-	ra, ok := b.(RoPEAttentioner)
-	a.ropeFused = ok && m.fc == nil && ra.RoPEAttention(bf.B, bf.S, H, K, D, c.RotaryDim())
+	a.ropeFused = bf.ropeAttn && m.fc == nil
 	if a.ropeFused {
-		ra.AttentionForwardRoPE(a.att, a.lse, a.qkv, bf.pos, bf.B, bf.S, H, K, D, c.SlidingWindow, c.RotaryDim(), c.RopeTheta)
+		b.(RoPEAttentioner).AttentionForwardRoPE(a.att, a.lse, a.qkv, bf.pos, bf.B, bf.S, H, K, D, c.SlidingWindow, c.RotaryDim(), c.RopeTheta)
 	} else {
 		b.RoPEForward(a.qkv, bf.pos, H, K, D, c.RotaryDim(), c.RopeTheta)
 		chk("rope", a.qkv)
