@@ -436,10 +436,11 @@ __device__ __forceinline__ unsigned int lr_pair(float a, float b) {
     return u;
 }
 
-// lr_wt_frag loads W(., k .. k+7) of column g from B [K,r] (row k holds
-// W(., k)) as four bf16 pairs in the MMA's k order (lora_rows_bf16_t's).
-__device__ __forceinline__ void lr_wt_frag(unsigned f[4], const float* W, i64 k, i64 r, int g) {
-    const float* wc = W + k * r + g;
+// lr_wt_frag loads W(., k .. k+7) of one column from B [K,r] (row k holds
+// W(., k)), wc = &B[k][column], as four bf16 pairs in the MMA's k order
+// (lora_rows_bf16_t's); r's type is the caller's index arithmetic.
+template <typename I>
+__device__ __forceinline__ void lr_wt_frag(unsigned f[4], const float* wc, I r) {
     f[0] = lr_pair(__ldg(wc), __ldg(wc + r)), f[1] = lr_pair(__ldg(wc + 2 * r), __ldg(wc + 3 * r));
     f[2] = lr_pair(__ldg(wc + 4 * r), __ldg(wc + 5 * r)), f[3] = lr_pair(__ldg(wc + 6 * r), __ldg(wc + 7 * r));
 }
@@ -605,9 +606,7 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
             wf[u][0] = wf[u][1] = wf[u][2] = wf[u][3] = 0;
             if (okg && okk) {
                 if (WT) {
-                    const float* wc = wcol + k * Ri;
-                    wf[u][0] = lr_pair(__ldg(wc), __ldg(wc + Ri)), wf[u][1] = lr_pair(__ldg(wc + 2 * Ri), __ldg(wc + 3 * Ri));
-                    wf[u][2] = lr_pair(__ldg(wc + 4 * Ri), __ldg(wc + 5 * Ri)), wf[u][3] = lr_pair(__ldg(wc + 6 * Ri), __ldg(wc + 7 * Ri));
+                    lr_wt_frag(wf[u], wcol + k * Ri, Ri);
                 } else {
                     const float4* wr = reinterpret_cast<const float4*>(wcol + k);
                     const float4 wa = __ldg(wr), wb = __ldg(wr + 1);
@@ -861,7 +860,7 @@ __device__ __forceinline__ void lora_rows_swiglu_t_body(
             }
 #pragma unroll
             for (int i = 0; i < 4; i++) wg[u][i] = wu[u][i] = 0;
-            if (okg && okk) lr_wt_frag(wg[u], W, k, r, g), lr_wt_frag(wu[u], W, I + k, r, g);
+            if (okg && okk) lr_wt_frag(wg[u], W + k * r + g, r), lr_wt_frag(wu[u], W + (I + k) * r + g, r);
         }
 #pragma unroll
         for (int u = 0; u < BATCH; u++) {
