@@ -41,14 +41,6 @@
 __host__ __device__ __forceinline__ int ab_d16(int D) { return (D + 15) & ~15; }
 __host__ __device__ __forceinline__ int ab_ld(int D) { return ab_d16(D) + 8; }
 
-// ab_pack rounds x0, x1 to bfloat16 (nearest even) into one register, x0
-// in the lower half.
-__device__ __forceinline__ unsigned ab_pack(float x0, float x1) {
-    unsigned r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(x1), "f"(x0));
-    return r;
-}
-
 __device__ __forceinline__ void ab_mma(float d[4], const unsigned a[4], unsigned b0, unsigned b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
@@ -101,11 +93,7 @@ __device__ __forceinline__ void ab_frag_b2(unsigned b[4], const bf16_t* M, int l
 // ab_ld4 / ab_ld1 read 4 values / 1 value of a float32 row or (TS bf16_t,
 // v9: qkv held in bfloat16, Tensor.half) a bfloat16 one, as float32.
 __device__ __forceinline__ float4 ab_ld4(const float* p) { return *(const float4*)p; }
-__device__ __forceinline__ float4 ab_ld4(const bf16_t* p) {
-    const uint2 q = *(const uint2*)p;
-    return make_float4(__uint_as_float(q.x << 16), __uint_as_float(q.x & 0xffff0000u), __uint_as_float(q.y << 16),
-                       __uint_as_float(q.y & 0xffff0000u));
-}
+__device__ __forceinline__ float4 ab_ld4(const bf16_t* p) { return bf16x4_to_f32(*(const uint2*)p); }
 __device__ __forceinline__ float ab_ld1(const float* p) { return *p; }
 __device__ __forceinline__ float ab_ld1(const bf16_t* p) { return bf16_to_f32(*p); }
 
@@ -123,7 +111,7 @@ __device__ __forceinline__ void ab_load(bf16_t* dst, int ld, const TS* src, i64 
             const int i = x / n4, c = 4 * (x - i * n4);
             float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             if (i < S && c < D) v = ab_ld4(src + (i64)i * stride + c);
-            *(uint2*)&dst[i * ld + c] = make_uint2(ab_pack(v.x, v.y), ab_pack(v.z, v.w));
+            *(uint2*)&dst[i * ld + c] = make_uint2(bf16x2_rn(v.x, v.y), bf16x2_rn(v.z, v.w));
         }
         return;
     }
@@ -133,7 +121,7 @@ __device__ __forceinline__ void ab_load(bf16_t* dst, int ld, const TS* src, i64 
         const int i = x / n2, c = 2 * (x - i * n2);
         const TS* s = src + (i64)i * stride + c;
         const float x0 = i < S && c < D ? ab_ld1(s) : 0.0f, x1 = i < S && c + 1 < D ? ab_ld1(s + 1) : 0.0f;
-        *(unsigned*)&dst[i * ld + c] = ab_pack(x0, x1);
+        *(unsigned*)&dst[i * ld + c] = bf16x2_rn(x0, x1);
     }
 }
 
@@ -178,13 +166,13 @@ __device__ __forceinline__ void ab_load_rope(bf16_t* dst, int ld, const TS* src,
                     ab_rope(y.z, z.z, v.z, u.z, make_float2(cb.x, cb.y), false);
                     ab_rope(y.w, z.w, v.w, u.w, make_float2(cb.z, cb.w), false);
                 }
-                *(uint2*)&dst[i * ld + c] = make_uint2(ab_pack(y.x, y.y), ab_pack(y.z, y.w));
-                *(uint2*)&dst[i * ld + c + half] = make_uint2(ab_pack(z.x, z.y), ab_pack(z.z, z.w));
+                *(uint2*)&dst[i * ld + c] = make_uint2(bf16x2_rn(y.x, y.y), bf16x2_rn(y.z, y.w));
+                *(uint2*)&dst[i * ld + c + half] = make_uint2(bf16x2_rn(z.x, z.y), bf16x2_rn(z.z, z.w));
             } else {
                 const int c = 2 * half + 4 * (k - h4);
                 float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                 if (i < S && c < D) v = ab_ld4(src + (i64)i * stride + c);
-                *(uint2*)&dst[i * ld + c] = make_uint2(ab_pack(v.x, v.y), ab_pack(v.z, v.w));
+                *(uint2*)&dst[i * ld + c] = make_uint2(bf16x2_rn(v.x, v.y), bf16x2_rn(v.z, v.w));
             }
         }
         return;
@@ -384,8 +372,8 @@ __device__ __forceinline__ void ab_put(bf16_t* R, const float v[4][4], int r0, i
 #pragma unroll
     for (int n = 0; n < 4; n++) {
         const int j = 32 * hb + 8 * n + 2 * t;
-        *(unsigned*)&R[(r0 + g) * AB_LDP + j] = ab_pack(v[n][0], v[n][1]);
-        *(unsigned*)&R[(r0 + g + 8) * AB_LDP + j] = ab_pack(v[n][2], v[n][3]);
+        *(unsigned*)&R[(r0 + g) * AB_LDP + j] = bf16x2_rn(v[n][0], v[n][1]);
+        *(unsigned*)&R[(r0 + g + 8) * AB_LDP + j] = bf16x2_rn(v[n][2], v[n][3]);
     }
 }
 

@@ -23,6 +23,23 @@ __device__ __forceinline__ bf16_t f32_to_bf16(float f) {
 
 __device__ __forceinline__ float bf16_to_f32(bf16_t h) { return __uint_as_float(((unsigned int)h) << 16); }
 
+// bf16x2_rn packs a and b rounded to bfloat16 in one instruction, a in the
+// low half (the lower address): round to nearest even, subnormals kept,
+// overflow to infinity, as f32_to_bf16 does, except that a NaN comes out
+// as the canonical 0x7fff (f32_to_bf16 keeps its quieted payload).
+__device__ __forceinline__ unsigned int bf16x2_rn(float a, float b) {
+    unsigned int r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+    return r;
+}
+
+// bf16x4_to_f32 is the four bfloat16 values of q (the first in the low
+// half of q.x) as float32, exactly.
+__device__ __forceinline__ float4 bf16x4_to_f32(uint2 q) {
+    return make_float4(__uint_as_float(q.x << 16), __uint_as_float(q.x & 0xffff0000u), __uint_as_float(q.y << 16),
+                       __uint_as_float(q.y & 0xffff0000u));
+}
+
 // Block-wide reductions over blockDim.x threads (a multiple of 32, at most
 // 1024). Every thread gets the result. scratch holds 32 values.
 __device__ __forceinline__ double block_sum_double(double v, double* scratch) {

@@ -156,8 +156,7 @@ extern "C" __global__ void lora_coldot_finish(float* G, const float* part, i64 n
 // (v6: the integer rounding was ~7 instructions a value of this
 // memory-bound pass).
 __device__ __forceinline__ unsigned int lora_bf16_pair(float a, float b) {
-    unsigned int r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+    unsigned int r = bf16x2_rn(a, b);
     if (a != a || b != b) r = (unsigned int)f32_to_bf16(a) | ((unsigned int)f32_to_bf16(b) << 16);
     return r;
 }
@@ -428,21 +427,13 @@ __device__ __forceinline__ void lr_mma(float d[4], unsigned a0, unsigned a2, uns
         : "r"(a0), "r"(zero), "r"(a2), "r"(zero), "r"(b0), "r"(b1), "f"(z), "f"(z), "f"(z), "f"(z));
 }
 
-// lr_pair rounds a and b to bfloat16 with one instruction (a in the low
-// half): operands of a product, where a NaN's payload does not matter.
-__device__ __forceinline__ unsigned int lr_pair(float a, float b) {
-    unsigned int u;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(u) : "f"(b), "f"(a));
-    return u;
-}
-
 // lr_wt_frag loads W(., k .. k+7) of one column from B [K,r] (row k holds
 // W(., k)), wc = &B[k][column], as four bf16 pairs in the MMA's k order
 // (lora_rows_bf16_t's); r's type is the caller's index arithmetic.
 template <typename I>
 __device__ __forceinline__ void lr_wt_frag(unsigned f[4], const float* wc, I r) {
-    f[0] = lr_pair(__ldg(wc), __ldg(wc + r)), f[1] = lr_pair(__ldg(wc + 2 * r), __ldg(wc + 3 * r));
-    f[2] = lr_pair(__ldg(wc + 4 * r), __ldg(wc + 5 * r)), f[3] = lr_pair(__ldg(wc + 6 * r), __ldg(wc + 7 * r));
+    f[0] = bf16x2_rn(__ldg(wc), __ldg(wc + r)), f[1] = bf16x2_rn(__ldg(wc + 2 * r), __ldg(wc + 3 * r));
+    f[2] = bf16x2_rn(__ldg(wc + 4 * r), __ldg(wc + 5 * r)), f[3] = bf16x2_rn(__ldg(wc + 6 * r), __ldg(wc + 7 * r));
 }
 
 // lr_finish ends a row kernel: the block's warps add their MMA sums (acc:
@@ -475,20 +466,13 @@ __device__ __forceinline__ void lr_finish(const float acc[2], float* __restrict_
     }
 }
 
-// lr_widen4 is the four bfloat16 values of q (the first in the low half of
-// q.x) as float32, exactly.
-__device__ __forceinline__ float4 lr_widen4(uint2 q) {
-    return make_float4(__uint_as_float(q.x << 16), __uint_as_float(q.x & 0xffff0000u), __uint_as_float(q.y << 16),
-                       __uint_as_float(q.y & 0xffff0000u));
-}
-
 // lr_load8 loads 8 values at p + k of a float32 row, or (H) of a bfloat16
 // one (p then holds bf16_t), as two float4.
 template <bool H>
 __device__ __forceinline__ void lr_load8(float4& a, float4& b, const float* p, int k) {
     if (H) {
         const uint4 q = *reinterpret_cast<const uint4*>(reinterpret_cast<const bf16_t*>(p) + k);
-        a = lr_widen4(make_uint2(q.x, q.y)), b = lr_widen4(make_uint2(q.z, q.w));
+        a = bf16x4_to_f32(make_uint2(q.x, q.y)), b = bf16x4_to_f32(make_uint2(q.z, q.w));
     } else {
         a = reinterpret_cast<const float4*>(p + k)[0], b = reinterpret_cast<const float4*>(p + k)[1];
     }
@@ -506,7 +490,7 @@ __device__ __forceinline__ bool lr_nan8(float4 a, float4 b) {
 // divergent branch a pair (eight a chunk), and the branches kept the
 // compiler from interleaving the chunks' independent work.
 __device__ __forceinline__ uint4 lr_pack8(float4 a, float4 b) {
-    return make_uint4(lr_pair(a.x, a.y), lr_pair(a.z, a.w), lr_pair(b.x, b.y), lr_pair(b.z, b.w));
+    return make_uint4(bf16x2_rn(a.x, a.y), bf16x2_rn(a.z, a.w), bf16x2_rn(b.x, b.y), bf16x2_rn(b.z, b.w));
 }
 __device__ __noinline__ uint4 lr_pack8_exact(float4 a, float4 b) {
     return make_uint4(lora_bf16_pair(a.x, a.y), lora_bf16_pair(a.z, a.w), lora_bf16_pair(b.x, b.y),
@@ -542,9 +526,9 @@ __device__ __forceinline__ void lr_chunk(float acc[2], float4 a, float4 b, bool 
     if (ok && xdrow) *reinterpret_cast<uint4*>(xdrow + k) = xo;  // kept for GradA (v8)
     if (!ok) a = b = z;
     float d[4];
-    lr_mma(d, lr_pair(a.x, a.y), lr_pair(a.z, a.w), wf[0], wf[1]);
+    lr_mma(d, bf16x2_rn(a.x, a.y), bf16x2_rn(a.z, a.w), wf[0], wf[1]);
     acc[0] += d[0], acc[1] += d[1];
-    lr_mma(d, lr_pair(b.x, b.y), lr_pair(b.z, b.w), wf[2], wf[3]);
+    lr_mma(d, bf16x2_rn(b.x, b.y), bf16x2_rn(b.z, b.w), wf[2], wf[3]);
     acc[0] += d[0], acc[1] += d[1];
 }
 
@@ -610,8 +594,8 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
                 } else {
                     const float4* wr = reinterpret_cast<const float4*>(wcol + k);
                     const float4 wa = __ldg(wr), wb = __ldg(wr + 1);
-                    wf[u][0] = lr_pair(wa.x, wa.y), wf[u][1] = lr_pair(wa.z, wa.w);
-                    wf[u][2] = lr_pair(wb.x, wb.y), wf[u][3] = lr_pair(wb.z, wb.w);
+                    wf[u][0] = bf16x2_rn(wa.x, wa.y), wf[u][1] = bf16x2_rn(wa.z, wa.w);
+                    wf[u][2] = bf16x2_rn(wb.x, wb.y), wf[u][3] = bf16x2_rn(wb.z, wb.w);
                 }
             }
         }
@@ -768,7 +752,7 @@ __device__ __forceinline__ void lora_rows_norm_body(bf16_t* __restrict__ yh, i64
         if (okg) {
             const float4* wr = reinterpret_cast<const float4*>(wrow + k);
             const float4 wa = __ldg(wr), wb = __ldg(wr + 1);
-            wf[0] = lr_pair(wa.x, wa.y), wf[1] = lr_pair(wa.z, wa.w), wf[2] = lr_pair(wb.x, wb.y), wf[3] = lr_pair(wb.z, wb.w);
+            wf[0] = bf16x2_rn(wa.x, wa.y), wf[1] = bf16x2_rn(wa.z, wa.w), wf[2] = bf16x2_rn(wb.x, wb.y), wf[3] = bf16x2_rn(wb.z, wb.w);
         }
         const float4* np = reinterpret_cast<const float4*>(nw + k);
         const float4 na = __ldg(np), nb = __ldg(np + 1);

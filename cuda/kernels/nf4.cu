@@ -300,17 +300,6 @@ extern "C" __global__ void nf4_dequant_ld_bf16(bf16_t* __restrict__ out, i64 row
     }
 }
 
-// bf16_pair_rn is bf16_pair for values that are not NaN, in one
-// instruction (cvt.rn.bf16x2.f32: round to nearest even, subnormals kept,
-// overflow to infinity, as f32_to_bf16 does); a NaN would come out as the
-// canonical 0x7fff instead of f32_to_bf16's quieted payload, so callers
-// keep bf16_pair for those.
-__device__ __forceinline__ unsigned int bf16_pair_rn(float a, float b) {
-    unsigned int d;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(b), "f"(a));
-    return d;
-}
-
 // nf4_dequant_ld_bf16_w: nf4_dequant_ld_bf16's values (bit for bit), laid
 // out for bandwidth. The work is rows * ceil(gpr/128) warp items (gpr =
 // cols/8 groups of eight values a row); item j of row r is the groups
@@ -379,10 +368,10 @@ __device__ __forceinline__ void nf4_dequant_ld_warp(bf16_t* __restrict__ out, i6
                     uint4 v;
                     if (fabsf(a) < __int_as_float(0x7f800000)) {
                         // a finite absmax: every product is finite or zero, never NaN.
-                        v.x = bf16_pair_rn(__fmul_rn(cb[(y >> 4) & 15u], a), __fmul_rn(cb[y & 15u], a));
-                        v.y = bf16_pair_rn(__fmul_rn(cb[(y >> 12) & 15u], a), __fmul_rn(cb[(y >> 8) & 15u], a));
-                        v.z = bf16_pair_rn(__fmul_rn(cb[(y >> 20) & 15u], a), __fmul_rn(cb[(y >> 16) & 15u], a));
-                        v.w = bf16_pair_rn(__fmul_rn(cb[(y >> 28) & 15u], a), __fmul_rn(cb[(y >> 24) & 15u], a));
+                        v.x = bf16x2_rn(__fmul_rn(cb[(y >> 4) & 15u], a), __fmul_rn(cb[y & 15u], a));
+                        v.y = bf16x2_rn(__fmul_rn(cb[(y >> 12) & 15u], a), __fmul_rn(cb[(y >> 8) & 15u], a));
+                        v.z = bf16x2_rn(__fmul_rn(cb[(y >> 20) & 15u], a), __fmul_rn(cb[(y >> 16) & 15u], a));
+                        v.w = bf16x2_rn(__fmul_rn(cb[(y >> 28) & 15u], a), __fmul_rn(cb[(y >> 24) & 15u], a));
                     } else {
                         v.x = bf16_pair(__fmul_rn(cb[(y >> 4) & 15u], a), __fmul_rn(cb[y & 15u], a));
                         v.y = bf16_pair(__fmul_rn(cb[(y >> 12) & 15u], a), __fmul_rn(cb[(y >> 8) & 15u], a));
