@@ -23,6 +23,18 @@ __device__ __forceinline__ bf16_t f32_to_bf16(float f) {
 
 __device__ __forceinline__ float bf16_to_f32(bf16_t h) { return __uint_as_float(((unsigned int)h) << 16); }
 
+// rms_rstd is RMSNorm's 1/sqrt(float32(mean(x^2)) + eps) from ss, the
+// float64 sum of the C squares (the CPU reference's math), and rms_scale4
+// its output w * (x * rstd) for four values: rmsnorm_fwd's and the fused
+// lora_rows_norm_bf16's, one definition for the same bits.
+__device__ __forceinline__ float rms_rstd(double ss, i64 C, float eps) {
+    return (float)(1.0 / sqrt((double)__fadd_rn((float)(ss / (double)C), eps)));
+}
+__device__ __forceinline__ float4 rms_scale4(float4 x, float4 w, float r) {
+    return make_float4(__fmul_rn(w.x, __fmul_rn(x.x, r)), __fmul_rn(w.y, __fmul_rn(x.y, r)), __fmul_rn(w.z, __fmul_rn(x.z, r)),
+                       __fmul_rn(w.w, __fmul_rn(x.w, r)));
+}
+
 // bf16x2_rn packs a and b rounded to bfloat16 in one instruction, a in the
 // low half (the lower address): round to nearest even, subnormals kept,
 // overflow to infinity, as f32_to_bf16 does, except that a NaN comes out

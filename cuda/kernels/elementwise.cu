@@ -51,8 +51,7 @@ __device__ __forceinline__ void rmsnorm_row(float* ot, float* rstd_t, float* st,
                   (double)x.w * (double)x.w;
         }
         ss = block_sum_double(ss, red);
-        float ms = (float)(ss / (double)C);
-        float r = (float)(1.0 / sqrt((double)__fadd_rn(ms, eps)));
+        const float r = rms_rstd(ss, C, eps);
         if (threadIdx.x == 0) *rstd_t = r;
         const float4* w4 = (const float4*)w;
         float4* o4 = (float4*)ot;
@@ -60,17 +59,13 @@ __device__ __forceinline__ void rmsnorm_row(float* ot, float* rstd_t, float* st,
         for (int j = 0; j < NC; j++) {
             i64 k = threadIdx.x + (i64)j * blockDim.x;
             if (k < C4) {
-                float4 x = v[j], g = w4[k];
-                o4[k] = make_float4(__fmul_rn(g.x, __fmul_rn(x.x, r)), __fmul_rn(g.y, __fmul_rn(x.y, r)),
-                                    __fmul_rn(g.z, __fmul_rn(x.z, r)), __fmul_rn(g.w, __fmul_rn(x.w, r)));
+                o4[k] = rms_scale4(v[j], w4[k], r);
             }
         }
         // (with ADD, the row's sum was written by this same thread above)
         const float4* x4 = ADD ? (const float4*)st : a4;
         for (i64 k = threadIdx.x + NC * (i64)blockDim.x; k < C4; k += blockDim.x) {
-            float4 x = x4[k], g = w4[k];
-            o4[k] = make_float4(__fmul_rn(g.x, __fmul_rn(x.x, r)), __fmul_rn(g.y, __fmul_rn(x.y, r)),
-                                __fmul_rn(g.z, __fmul_rn(x.z, r)), __fmul_rn(g.w, __fmul_rn(x.w, r)));
+            o4[k] = rms_scale4(x4[k], w4[k], r);
         }
         return;
     }
@@ -83,8 +78,7 @@ __device__ __forceinline__ void rmsnorm_row(float* ot, float* rstd_t, float* st,
         ss += (double)x * (double)x;
     }
     ss = block_sum_double(ss, red);
-    float ms = (float)(ss / (double)C);
-    float r = (float)(1.0 / sqrt((double)__fadd_rn(ms, eps)));
+    const float r = rms_rstd(ss, C, eps);
     if (threadIdx.x == 0) *rstd_t = r;
     const float* xt = ADD ? st : at;
     for (i64 k = threadIdx.x; k < C; k += blockDim.x) ot[k] = __fmul_rn(w[k], __fmul_rn(xt[k], r));

@@ -427,6 +427,13 @@ __device__ __forceinline__ void lr_mma(float d[4], unsigned a0, unsigned a2, uns
         : "r"(a0), "r"(zero), "r"(a2), "r"(zero), "r"(b0), "r"(b1), "f"(z), "f"(z), "f"(z), "f"(z));
 }
 
+// lr_w_frag loads W(j, k .. k+7) from a row of A [r,K], wr = &A[j][k]
+// (16-byte aligned), as four bf16 pairs in the MMA's k order.
+__device__ __forceinline__ void lr_w_frag(unsigned f[4], const float* wr) {
+    const float4 wa = __ldg(reinterpret_cast<const float4*>(wr)), wb = __ldg(reinterpret_cast<const float4*>(wr) + 1);
+    f[0] = bf16x2_rn(wa.x, wa.y), f[1] = bf16x2_rn(wa.z, wa.w), f[2] = bf16x2_rn(wb.x, wb.y), f[3] = bf16x2_rn(wb.z, wb.w);
+}
+
 // lr_wt_frag loads W(., k .. k+7) of one column from B [K,r] (row k holds
 // W(., k)), wc = &B[k][column], as four bf16 pairs in the MMA's k order
 // (lora_rows_bf16_t's); r's type is the caller's index arithmetic.
@@ -592,10 +599,7 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
                 if (WT) {
                     lr_wt_frag(wf[u], wcol + k * Ri, Ri);
                 } else {
-                    const float4* wr = reinterpret_cast<const float4*>(wcol + k);
-                    const float4 wa = __ldg(wr), wb = __ldg(wr + 1);
-                    wf[u][0] = bf16x2_rn(wa.x, wa.y), wf[u][1] = bf16x2_rn(wa.z, wa.w);
-                    wf[u][2] = bf16x2_rn(wb.x, wb.y), wf[u][3] = bf16x2_rn(wb.z, wb.w);
+                    lr_w_frag(wf[u], wcol + k);
                 }
             }
         }
@@ -735,7 +739,7 @@ __device__ __forceinline__ void lora_rows_norm_body(bf16_t* __restrict__ yh, i64
     double tot = ssw[0][g];
 #pragma unroll
     for (int v = 1; v < WARPS; v++) tot += ssw[v][g];
-    const float rs = (float)(1.0 / sqrt((double)__fadd_rn((float)(tot / (double)K), eps)));
+    const float rs = rms_rstd(tot, K, eps);
     if (okt && w == 0 && c == 0) rstd[t] = rs;
     // Phase 2: xn, then lora_rows_bf16's work on it.
     bf16_t* yhrow = yh ? yh + tr * ldyh : nullptr;
@@ -749,18 +753,10 @@ __device__ __forceinline__ void lora_rows_norm_body(bf16_t* __restrict__ yh, i64
         const int q = w + i * WARPS, k = (q << 5) + 8 * c;
         if (q >= nch) break;  // warp-uniform
         unsigned wf[4] = {0, 0, 0, 0};
-        if (okg) {
-            const float4* wr = reinterpret_cast<const float4*>(wrow + k);
-            const float4 wa = __ldg(wr), wb = __ldg(wr + 1);
-            wf[0] = bf16x2_rn(wa.x, wa.y), wf[1] = bf16x2_rn(wa.z, wa.w), wf[2] = bf16x2_rn(wb.x, wb.y), wf[3] = bf16x2_rn(wb.z, wb.w);
-        }
+        if (okg) lr_w_frag(wf, wrow + k);
         const float4* np = reinterpret_cast<const float4*>(nw + k);
         const float4 na = __ldg(np), nb = __ldg(np + 1);
-        const float4 x = va[i], y = vb[i];
-        float4 a0 = make_float4(__fmul_rn(na.x, __fmul_rn(x.x, rs)), __fmul_rn(na.y, __fmul_rn(x.y, rs)),
-                                __fmul_rn(na.z, __fmul_rn(x.z, rs)), __fmul_rn(na.w, __fmul_rn(x.w, rs)));
-        float4 b0 = make_float4(__fmul_rn(nb.x, __fmul_rn(y.x, rs)), __fmul_rn(nb.y, __fmul_rn(y.y, rs)),
-                                __fmul_rn(nb.z, __fmul_rn(y.z, rs)), __fmul_rn(nb.w, __fmul_rn(y.w, rs)));
+        const float4 a0 = rms_scale4(va[i], na, rs), b0 = rms_scale4(vb[i], nb, rs);
         if (okt && xnrow) {
             float4* op = reinterpret_cast<float4*>(xnrow + k);
             op[0] = a0, op[1] = b0;
