@@ -126,6 +126,9 @@ type Backend struct {
 	// Kept LoRA inputs (keep.go).
 	keepLoRA bool
 	kept     []keptInput
+	// keepAsked: the model asked to keep (KeepLoRAInputs), so a backward
+	// follows the forward ops now running (skipByproduct).
+	keepAsked bool
 
 	info DeviceInfo
 
@@ -586,6 +589,12 @@ type Tensor struct {
 	// accumulate into or overwrite part of their tensor).
 	mayHalf bool
 	half    *Backend
+	// skip: marked by finetune.ByproductSkipper, so an op that writes the
+	// tensor only as a by-product of its own work may leave it unwritten
+	// (skipByproduct); unwritten says one did. Reading an unwritten tensor
+	// panics (readable) until an op overwrites it (outTensor) or the host
+	// writes it (touch).
+	skip, unwritten bool
 }
 
 func (t *Tensor) Shape() []int { return append([]int(nil), t.shape...) }
@@ -599,6 +608,7 @@ func (t *Tensor) Ptr() cu.DevicePtr {
 	if b == nil {
 		b = t.zero
 	}
+	t.readable("Ptr")
 	if b != nil {
 		defer b.enter("Ptr")()
 		if t.half != nil {
@@ -618,6 +628,7 @@ func (b *Backend) touch(t *Tensor) {
 	b.gen++
 	t.gen = b.gen
 	t.host = nil
+	t.unwritten = false
 }
 
 // fillZero materialises t's pending Zero: one memset, queued now.
@@ -635,6 +646,7 @@ func unwrap(t finetune.Tensor, want elemKind, op string) *Tensor {
 	if ct != nil && ct.half != nil {
 		panic(&Error{Op: op, Err: fmt.Errorf("a %v tensor held in bfloat16 reached an op that cannot widen it", ct.shape)})
 	}
+	ct.readable(op)
 	return ct
 }
 
@@ -660,6 +672,7 @@ func unwrapRaw(t finetune.Tensor, want elemKind, op string) *Tensor {
 // reads and accumulates into real values. Call it within enter.
 func tensor(t finetune.Tensor, want elemKind, op string) *Tensor {
 	ct := unwrapRaw(t, want, op)
+	ct.readable(op)
 	if ct != nil && ct.half != nil {
 		ct.half.widen(ct, op)
 	}
@@ -676,7 +689,17 @@ func halfInput(t finetune.Tensor, op string) (*Tensor, bool) {
 	if ct == nil || ct.half == nil || ct.zero != nil {
 		return tensor(t, kindF32, op), false
 	}
+	ct.readable(op)
 	return ct, true
+}
+
+// readable panics when t's values were left unwritten (Tensor.unwritten):
+// an op read what no op wrote, which would otherwise be garbage.
+func (t *Tensor) readable(op string) {
+	if t != nil && t.unwritten {
+		panic(&Error{Op: op, Err: fmt.Errorf("read a %v tensor that a fused op left unwritten: it was marked by SkipByproduct, "+
+			"so no op may read it (finetune.ByproductSkipper)", t.shape)})
+	}
 }
 
 // widen turns t's bfloat16 values into float32 in place (Tensor.half):
@@ -722,6 +745,7 @@ func (b *Backend) takeZero(t *Tensor) (beta float32) {
 // above: unwrap the op's inputs first.
 func (b *Backend) accTensor(t finetune.Tensor, want elemKind, op string) (*Tensor, float32) {
 	ct := unwrapRaw(t, want, op)
+	ct.readable(op)
 	if ct != nil && ct.half != nil {
 		ct.half.widen(ct, op)
 	}
@@ -733,7 +757,7 @@ func (b *Backend) accTensor(t finetune.Tensor, want elemKind, op string) (*Tenso
 func outTensor(t finetune.Tensor, want elemKind, op string) *Tensor {
 	ct := unwrapRaw(t, want, op)
 	if ct != nil {
-		ct.zero, ct.half = nil, nil
+		ct.zero, ct.half, ct.unwritten = nil, nil, false
 	}
 	return ct
 }
@@ -844,6 +868,7 @@ func (b *Backend) Download(src finetune.Tensor) []float32 {
 	if !ok {
 		panic(&Error{Op: "Download", Err: fmt.Errorf("expected a cuda tensor, got %T", src)})
 	}
+	s.readable("Download")
 	if s.half != nil {
 		b.widen(s, "Download")
 	}
@@ -918,6 +943,7 @@ func (b *Backend) Copy(dst, src finetune.Tensor) {
 	if d.n != s.n || d.kind != s.kind {
 		panic(&Error{Op: "Copy", Err: fmt.Errorf("copy of %d %v into %d %v", s.n, s.kind, d.n, d.kind)})
 	}
+	s.readable("Copy")
 	if s.half != nil {
 		b.widen(s, "Copy")
 	}

@@ -38,6 +38,7 @@ var _ finetune.LoRAInputKeeper = (*Backend)(nil)
 
 // KeepLoRAInputs (finetune.LoRAInputKeeper) starts (on) or ends keeping.
 func (b *Backend) KeepLoRAInputs(on bool) {
+	b.keepAsked = on
 	b.keepLoRA = on && keepOn
 	if b.keepLoRA {
 		for k := range b.kept {
@@ -101,6 +102,21 @@ func (b *Backend) takeKept(l *finetune.Linear, x cu.DevicePtr, seed uint64, T, i
 	return 0
 }
 
+// loraInput unwraps x [T,in], l's input, for LinearBackward's GradA: as
+// is (unread: it may be a skipped by-product, Tensor.unwritten) when a
+// kept copy for seed waits, else with tensor()'s checks and materialising.
+func (b *Backend) loraInput(x finetune.Tensor, l *finetune.Linear, seed uint64, T, in int, op string) *Tensor {
+	xs := unwrapRaw(x, kindF32, op)
+	if xs != nil && xs.half == nil && xs.zero == nil {
+		for k := range b.kept {
+			if s := &b.kept[k]; s.ready && s.l == l && s.x == xs.ptr && s.seed == seed && s.T == T && s.in == in {
+				return xs
+			}
+		}
+	}
+	return tensor(x, kindF32, op)
+}
+
 // freeKept releases the slots' buffers.
 func (b *Backend) freeKept() {
 	for k := range b.kept {
@@ -109,4 +125,33 @@ func (b *Backend) freeKept() {
 		}
 	}
 	b.kept = nil
+}
+
+var _ finetune.ByproductSkipper = (*Backend)(nil)
+
+// SkipByproduct (finetune.ByproductSkipper) marks t: see Tensor.skip.
+func (b *Backend) SkipByproduct(t finetune.Tensor) {
+	defer b.enter("SkipByproduct")()
+	if ct := unwrapRaw(t, kindF32, "SkipByproduct"); ct != nil && skipOn {
+		ct.skip = true
+	}
+}
+
+// skipOn says whether SkipByproduct marks (v10);
+// OLLAMA_TUNE_CUDA_REFERENCE=skip-byproduct writes every by-product (the
+// A/B).
+var skipOn = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "skip-byproduct")
+
+// skipByproduct says whether an op that writes t only as a by-product of
+// its work may leave it unwritten, given kept, the slot where it keeps
+// t's rounded dropout(t) (keepSlot; 0: none): t is marked and no backward
+// reads t itself, because the model asked for no keeping (a forward that
+// no backward follows: checkpointing drops the layer's activations) or
+// the backward's GradA takes the kept copy. It marks t unwritten when so.
+func (b *Backend) skipByproduct(t *Tensor, kept cu.DevicePtr) bool {
+	if t == nil || !t.skip || b.keepAsked && kept == 0 {
+		return false
+	}
+	t.unwritten = true
+	return true
 }

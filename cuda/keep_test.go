@@ -4,9 +4,12 @@ package cuda
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/ollama-tune/ollama-tune/finetune"
+
+	"gorgonia.org/cu"
 )
 
 // TestKeptLoRAInputs: a LinearBackward that takes the forward's kept
@@ -66,5 +69,95 @@ func TestKeptLoRAInputs(t *testing.T) {
 			}
 			g.FreeWeight(w)
 		}
+	}
+}
+
+// TestSkippedByproducts (finetune.ByproductSkipper, v10): where x is
+// marked, the fused SwiGLULinearForward and RMSNormLinearForward leave it
+// unwritten when a kept copy serves the backward (the same bits as
+// without the mark) and in a forward no backward follows, but write it
+// when the model asked to keep and no copy was kept; a read of the
+// unwritten x (Download, a LinearBackward without the kept copy) fails
+// with an error naming the cause, and a write makes it readable again.
+func TestSkippedByproducts(t *testing.T) {
+	g := gpuB16
+	const T, in, out, r, I = 37, 64, 72, 8, 40
+	panics := func(f func()) (msg string) {
+		defer func() {
+			if p := recover(); p != nil {
+				msg = fmt.Sprint(p)
+			}
+		}()
+		f()
+		return ""
+	}
+	for _, fwd := range []string{"SwiGLULinearForward", "RMSNormLinearForward"} {
+		K := in
+		if fwd == "SwiGLULinearForward" {
+			K = I
+		}
+		w, A, B := nf4LoRA(t, g, out, K, r, 70)
+		x, xm, gu, dout, h, y := g.Alloc(T, K), g.Alloc(T, K), g.Alloc(T, 2*K), g.Alloc(T, out), g.Alloc(T, r), g.Alloc(T, out)
+		src, nw, rstd := g.Alloc(T, K), g.Alloc(K), g.Alloc(T)
+		g.Upload(gu, randn(T*2*K, 71, 1))
+		g.Upload(src, randn(T*K, 72, 1))
+		g.Upload(nw, randn(K, 73, 1))
+		g.Upload(dout, randn(T*out, 74, 1))
+		g.SkipByproduct(xm)
+		l := &finetune.Linear{Name: "test", W: w, LoRA: &finetune.LoRA{A: A, B: B, Scale: 2, Dropout: 0.1}}
+		forward := func(x finetune.Tensor, keep bool) {
+			g.KeepLoRAInputs(keep)
+			if fwd == "SwiGLULinearForward" {
+				g.SwiGLULinearForward(y, x, gu, l, h, 7) // x becomes act
+			} else {
+				g.RMSNormLinearForward(y, x, rstd, nil, src, nil, nw, 1e-5, l, h, 7) // x becomes the norm of src
+			}
+			g.KeepLoRAInputs(false)
+		}
+		unwritten := func(x finetune.Tensor) bool { return x.(*Tensor).unwritten }
+		// Kept: skipped, the same outputs and gradients.
+		forward(x, true)
+		wantY, wantH := g.Download(y), g.Download(h)
+		want := zeroBackward(g, l, dout, x, h, T, 7)
+		forward(xm, true)
+		if !unwritten(xm) {
+			t.Errorf("%s: the marked by-product was written though its LoRA input was kept", fwd)
+		}
+		checkBits(t, fwd+" y", g.Download(y), wantY)
+		checkBits(t, fwd+" h", g.Download(h), wantH)
+		got := zeroBackward(g, l, dout, xm, h, T, 7)
+		for k, what := range []string{"dx", "gradA", "gradB"} {
+			checkBits(t, fwd+" "+what, got[k], want[k])
+		}
+		// No backward follows: skipped; reading it fails.
+		forward(xm, false)
+		if !unwritten(xm) {
+			t.Errorf("%s: the marked by-product was written in a forward no backward follows", fwd)
+		}
+		if msg := panics(func() { g.Download(xm) }); !strings.Contains(msg, "left unwritten") {
+			t.Errorf("%s: Download of an unwritten tensor: %q, want an error", fwd, msg)
+		}
+		if msg := panics(func() { zeroBackward(g, l, dout, xm, h, T, 7) }); !strings.Contains(msg, "left unwritten") {
+			t.Errorf("%s: LinearBackward reading an unwritten input: %q, want an error", fwd, msg)
+		}
+		// Keeping asked but no slot (all spent on other linears): written.
+		g.KeepLoRAInputs(true)
+		for k := range keptSlots {
+			g.keepSlot("test", &finetune.Linear{}, cu.DevicePtr(16*(k+1)), 1, T, K)
+		}
+		if fwd == "SwiGLULinearForward" {
+			g.SwiGLULinearForward(y, xm, gu, l, h, 7)
+		} else {
+			g.RMSNormLinearForward(y, xm, rstd, nil, src, nil, nw, 1e-5, l, h, 7)
+		}
+		g.KeepLoRAInputs(false)
+		if unwritten(xm) {
+			t.Errorf("%s: the by-product was skipped though nothing was kept for the backward", fwd)
+		}
+		checkBits(t, fwd+" written by-product", g.Download(xm), g.Download(x))
+		for _, z := range []finetune.Tensor{A, B, x, xm, gu, dout, h, y, src, nw, rstd} {
+			g.Free(z)
+		}
+		g.FreeWeight(w)
 	}
 }

@@ -190,7 +190,7 @@ func (b *Backend) linearBackward(op string, dx, dout, x finetune.Tensor, l *fine
 		// dx is unwrapped last and left to linearBackwardBF16's takeZero:
 		// a pending Zero becomes the dx GEMM's beta 0 (lazy zeroing,
 		// device.go).
-		xs, hs := tensor(x, kindF32, op), tensor(h, kindF32, op)
+		xs, hs := b.loraInput(x, l, seed, T, w.in, op), tensor(h, kindF32, op)
 		b.linearBackwardBF16(op, unwrap(dx, kindF32, op), do.ptr, doHalf, nil, xs, T, w, l, hs, seed)
 		return
 	}
@@ -257,15 +257,19 @@ func (b *Backend) SwiGLULinearForward(out, act, gateUp finetune.Tensor, l *finet
 		}
 		if out == nil {
 			lo := l.LoRA
-			b.loraRowsAct(op, ac.ptr, 0, 0, hs.ptr, 0, 0, 1, gu.ptr, guHalf, tensor(lo.A, kindF32, op).ptr, T, I, loraRank(l), lo.Dropout, seed,
-				prepJob{}, b.keepSlot(op, l, ac.ptr, seed, T, I))
+			kept, act := b.keepSlot(op, l, ac.ptr, seed, T, I), ac.ptr
+			if b.skipByproduct(ac, kept) {
+				act = 0
+			}
+			b.loraRowsAct(op, act, 0, 0, hs.ptr, 0, 0, 1, gu.ptr, guHalf, tensor(lo.A, kindF32, op).ptr, T, I, loraRank(l), lo.Dropout, seed,
+				prepJob{}, kept)
 			return
 		}
 		o := outTensor(out, kindF32, op)
 		if o.n != T*w.out {
 			panic(&Error{Op: op, Err: fmt.Errorf("%s: out has %d values, want %d x %d", l.Name, o.n, T, w.out)})
 		}
-		b.linearForwardBF16(op, o, ac.ptr, rowsSrc{gu: gu.ptr, guHalf: guHalf}, T, w, l, hs, seed)
+		b.linearForwardBF16(op, o, ac.ptr, rowsSrc{gu: gu.ptr, guHalf: guHalf, by: ac}, T, w, l, hs, seed)
 		return
 	}
 	if guHalf {
@@ -331,7 +335,7 @@ func (b *Backend) RMSNormLinearForward(out, xn, rstd, sum, a, bt, w finetune.Ten
 		case xs == as || xs == bs || xs == ss:
 			panic(&Error{Op: op, Err: fmt.Errorf("xn must not alias a, b or sum")})
 		case ok:
-			b.linearForwardBF16(op, o, xs.ptr, rowsSrc{norm: src}, T, wt, l, hs, seed)
+			b.linearForwardBF16(op, o, xs.ptr, rowsSrc{norm: src, by: xs}, T, wt, l, hs, seed)
 			return
 		}
 	}
@@ -363,7 +367,7 @@ func (b *Backend) SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x finetune.Ten
 	dgu := unwrap(dgateUp, kindF32, op)
 	if dgu != nil && dgu.zero != nil && dgu.n == gu.n && l.LoRA != nil && b.loraBF16(w) && swigluRows && w.out == 2*I && I%8 == 0 &&
 		gu.n == 2*do.n && gu.ptr%16 == 0 && canLoRARows(do.ptr, tensor(l.LoRA.B, kindF32, op).ptr, T, I, loraRank(l)) {
-		xs, hs := tensor(x, kindF32, op), tensor(h, kindF32, op)
+		xs, hs := b.loraInput(x, l, seed, T, w.in, op), tensor(h, kindF32, op)
 		b.linearBackwardBF16(op, unwrap(dx, kindF32, op), 0, false, &swigluSrc{dact: do.ptr, gu: gu.ptr, half: guHalf, I: I}, xs, T, w, l, hs, seed)
 		return
 	}

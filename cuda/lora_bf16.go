@@ -163,11 +163,14 @@ func (t *Tensor) writeHalf() bool { return t.mayHalf && halfOutputs && loraRowsW
 
 // rowsSrc is where linearForwardBF16's row kernel takes x from when x is
 // not yet written: SwiGLU of gu [T,2 in] (bfloat16 when guHalf), or an
-// RMSNorm.
+// RMSNorm. by is x's tensor, which the row kernel then writes as a
+// by-product (SwiGLU's act, the norm's xn) unless skipByproduct lets it
+// leave x unwritten (x stays the keep slot's key).
 type rowsSrc struct {
 	gu     cu.DevicePtr
 	guHalf bool
 	norm   *normSrc
+	by     *Tensor
 }
 
 // canLoRARows says whether the row kernels take Y [T,K] against a rank-r
@@ -205,7 +208,7 @@ func (b *Backend) loraRowsTHalf(op string, P, p16 cu.DevicePtr, ldp int, Y, B cu
 
 // loraRowsAct runs lora_rows_swiglu_bf16: loraRows (A [r,K]) over act =
 // SwiGLU(gu), gu [T,2K] (bfloat16 when guHalf: lora_rows_swiglu_bf16_h_w32),
-// also writing act [T,K] in float32.
+// also writing act [T,K] in float32 (0: not written, skipByproduct).
 func (b *Backend) loraRowsAct(op string, act, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, scale16 float32,
 	gu cu.DevicePtr, guHalf bool, A cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob, xd16 cu.DevicePtr) {
 	kernel := "lora_rows_swiglu_bf16"
@@ -319,11 +322,20 @@ func (b *Backend) linearForwardBF16(op string, o *Tensor, x cu.DevicePtr, src ro
 			p16 = xh + cu.DevicePtr(2*w.in)
 		}
 		xd16 := b.keepSlot(op, l, x, seed, T, w.in)
+		act := x // SwiGLU's output, the row kernel's by-product
+		if (gu != 0 || norm != nil) && b.skipByproduct(src.by, xd16) {
+			act = 0
+			if norm != nil {
+				nn := *norm
+				nn.xn = 0
+				norm = &nn
+			}
+		}
 		switch {
 		case norm != nil:
 			b.loraRowsNorm(op, norm, xh, ld, hs.ptr, p16, ld, lo.Scale, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
 		case gu != 0:
-			b.loraRowsAct(op, x, xh, ld, hs.ptr, p16, ld, lo.Scale, gu, src.guHalf, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
+			b.loraRowsAct(op, act, xh, ld, hs.ptr, p16, ld, lo.Scale, gu, src.guHalf, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
 		default:
 			b.loraRows(op, xh, ld, hs.ptr, p16, ld, lo.Scale, x, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
 		}
@@ -427,10 +439,12 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, do
 	if rows {
 		// bf16(dropout(x)): kept by the forward (v8), else one pass.
 		if xdh = b.takeKept(l, xs.ptr, seed, T, w.in); xdh == 0 {
+			xs.readable(op) // loraInput let it through for a kept copy
 			xdh = b.scratchBuf(sLoRAX, 2*n, op)
 			b.loraPrep(op, 0, xdh, xs.ptr, n, w.in, w.in, lo.Dropout, seed)
 		}
 	} else {
+		xs.readable(op)
 		xdh = b.scratchBuf(sLoRAX, 2*n, op)
 		// g [T,r] = dout . B
 		b.gemm(op, gemmArgs{M: T, N: r, K: w.out, alpha: 1, A: uintptr(dh), lda: w.out, B: uintptr(b16), ldb: r,

@@ -337,10 +337,24 @@ func phi3Steps(t *testing.T, dt finetune.DType) {
 // bit, as without it, with and without checkpointing, over two
 // micro-batches (the second reuses the cache's slots).
 func TestPrefetchIsBitIdentical(t *testing.T) {
-	defer func(v bool) { prefetchOn = v }(prefetchOn)
-	for _, ckpt := range []bool{true, false} {
-		run := func(on bool) []float32 {
-			prefetchOn = on
+	checkSwitchBitIdentical(t, "the prefetch", &prefetchOn, true, false)
+}
+
+// TestSkipByproductIsBitIdentical: leaving the by-products nobody reads
+// unwritten (finetune.ByproductSkipper, v10) changes no loss or gradient,
+// and no op reads one (a read of an unwritten tensor fails the step).
+func TestSkipByproductIsBitIdentical(t *testing.T) {
+	checkSwitchBitIdentical(t, "skipped by-products", &skipOn, true)
+}
+
+// checkSwitchBitIdentical trains two micro-batches of the small model
+// under bf16 compute with *on set true and false, with and without
+// checkpointing, and wants the same losses and gradients to the bit.
+func checkSwitchBitIdentical(t *testing.T, what string, on *bool, ckpts ...bool) {
+	defer func(v bool) { *on = v }(*on)
+	for _, ckpt := range ckpts {
+		run := func(v bool) []float32 {
+			*on = v
 			m := smallModel(t, gpuB16, true, 0.1)
 			defer m.Free()
 			m.GradientCheckpointing = ckpt
@@ -367,7 +381,7 @@ func TestPrefetchIsBitIdentical(t *testing.T) {
 		want, got := run(false), run(true)
 		for k := range want {
 			if math.Float32bits(got[k]) != math.Float32bits(want[k]) {
-				t.Fatalf("checkpointing %v: value %d is %v with the prefetch, %v without", ckpt, k, got[k], want[k])
+				t.Fatalf("checkpointing %v: value %d is %v with %s, %v without", ckpt, k, got[k], what, want[k])
 			}
 		}
 	}

@@ -308,6 +308,23 @@ type LoRAInputKeeper interface {
 	KeepLoRAInputs(on bool)
 }
 
+// ByproductSkipper lets fused ops leave unwritten an activation the model
+// never reads back itself. SkipByproduct(t) marks t (for its life): an op
+// that writes t only as a by-product of its own work may then skip the
+// write where nothing else needs it. In the CUDA backend these are
+// RMSNormLinearForward's xn and SwiGLULinearForward's act, whose linears
+// read the rows from registers. The values are not needed in a forward
+// that no backward follows, nor where a LoRAInputKeeper has kept the
+// rounded dropout(x) that GradA would otherwise read from t. Reading a
+// skipped tensor is an error naming the op, never garbage, until an op or
+// the host writes it again. The model marks the layer activations that
+// gradient checkpointing recomputes (input_layernorm's and
+// post_attention_layernorm's outputs, SwiGLU's output); the results are
+// the same with or without.
+type ByproductSkipper interface {
+	SkipByproduct(t Tensor)
+}
+
 // RMSNormLinearForwarder fuses an RMSNorm into the linear that consumes
 // its output (qkv_proj after input_layernorm, gate_up_proj after
 // post_attention_layernorm): RMSNormLinearForward(out, xn, rstd, sum, a, b,

@@ -175,6 +175,16 @@ type fusedBackend struct {
 	keeping                    bool
 	normLin, addNormLin        int         // RMSNormLinearForward without and with the residual add
 	halfWidths                 map[int]int // AllocHalf calls by the tensor's last dimension
+	skipWidths                 map[int]int // SkipByproduct calls by the tensor's last dimension
+}
+
+// SkipByproduct records the widths of the tensors the model marks (the
+// CPU writes every by-product).
+func (b *fusedBackend) SkipByproduct(t Tensor) {
+	if b.skipWidths == nil {
+		b.skipWidths = map[int]int{}
+	}
+	b.skipWidths[t.Shape()[len(t.Shape())-1]]++
 }
 
 // AllocHalf records the widths the model asks for (the CPU keeps float32).
@@ -326,6 +336,14 @@ func TestFusedSwiGLUHooks(t *testing.T) {
 		if w := fb.halfWidths; len(w) != 2 || w[2*cfg.IntermediateSize] == 0 || w[cfg.QKVOut()] == 0 || w[cfg.QKVOut()] <= w[2*cfg.IntermediateSize] {
 			t.Errorf("checkpointing %v: AllocHalf by width %v, want gate_up's %d and qkv's %d (output and gradient)", ckpt, w,
 				2*cfg.IntermediateSize, cfg.QKVOut())
+		}
+		// By-products nobody reads: with checkpointing, each allocation of
+		// the one set of activations marks its two norm outputs ([T, C])
+		// and SwiGLU's ([T, I]).
+		if w := fb.skipWidths; ckpt && (len(w) != 2 || w[cfg.IntermediateSize] == 0 || w[cfg.HiddenSize] != 2*w[cfg.IntermediateSize]) ||
+			!ckpt && len(w) != 0 {
+			t.Errorf("checkpointing %v: SkipByproduct by width %v, want twice as many of %d as of %d with checkpointing, none without", ckpt, w,
+				cfg.HiddenSize, cfg.IntermediateSize)
 		}
 		// Attention with RoPE: every forward and recompute, every backward.
 		if fb.ropeFwd != 2*L+wantH || fb.ropeBwd != 2*L {

@@ -408,6 +408,14 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 				a.h[mod] = alloc(T, r)
 			}
 		}
+		if sk, ok := b.(ByproductSkipper); ok && ckpt {
+			// No op reads them after their layer's fused ops: a forward's
+			// are dropped, and the backward after a recompute takes the
+			// LoRA inputs the backend kept (issue 8, v10).
+			sk.SkipByproduct(a.ln1)
+			sk.SkipByproduct(a.ln2)
+			sk.SkipByproduct(a.act)
+		}
 		bf.acts = append(bf.acts, a)
 	}
 	bf.tmp = alloc(T, C)

@@ -542,7 +542,8 @@ __device__ __forceinline__ void lr_chunk(float acc[2], float4 a, float4 b, bool 
 // SW (lora_rows_swiglu_bf16, v7): Y is gate_up [T,2K] (gate in columns
 // 0..K-1, up in K..2K-1) and the rows' values are SwiGLU's output, act =
 // up * silu(gate) (swiglu_fwd's math, the same bits), also written to act
-// [T,K] in float32: SwiGLUForward and the down projection's row pass in one.
+// [T,K] in float32 (act null: not; v10, where nothing reads it): SwiGLUForward
+// and the down projection's row pass in one.
 //
 // v9 (the same sums in the same order as v7, so the same bits): the body
 // has no divergent branch (the NaN test is one a chunk, see lr_pack8), the
@@ -572,7 +573,7 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
                              : Y + tr * (SW ? 2 * K : K);
     bf16_t* yhrow = yh ? yh + tr * ldyh : nullptr;
     bf16_t* xdrow = xd16 ? xd16 + tr * K : nullptr;
-    float* actrow = SW ? act + tr * K : nullptr;
+    float* actrow = SW && act ? act + tr * K : nullptr;  // act null: not written (v10, skipByproduct)
     const float* wcol = W + (okg ? g : 0) * (WT ? 1 : K);
     // dropout_group_hash's argument for the row's group k/4: srow + (k/4) * gamma
     const u64 srow = seed + (u64)(tr * (K >> 2)) * 0x9E3779B97F4A7C15ULL;
@@ -614,7 +615,7 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
                                 __fmul_rn(pa.w, silu_f(ga.w)));
                 b = make_float4(__fmul_rn(pb.x, silu_f(gb.x)), __fmul_rn(pb.y, silu_f(gb.y)), __fmul_rn(pb.z, silu_f(gb.z)),
                                 __fmul_rn(pb.w, silu_f(gb.w)));
-                if (ok) {
+                if (ok && actrow) {
                     float4* ap = reinterpret_cast<float4*>(actrow + k);
                     ap[0] = a, ap[1] = b;
                 }
