@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -384,5 +385,52 @@ func checkSwitchBitIdentical(t *testing.T, what string, on *bool, ckpts ...bool)
 				t.Fatalf("checkpointing %v: value %d is %v with %s, %v without", ckpt, k, got[k], what, want[k])
 			}
 		}
+	}
+}
+
+// TestLoadCheckpointModelWithAdapter: the golden tiny checkpoint with its
+// PEFT adapter, loaded on the GPU through the backend's ModelLoader (what
+// the CUDA trainer's Generate does) and on the CPU, gives the same logits
+// to tolF32 and the same greedy continuation.
+func TestLoadCheckpointModelWithAdapter(t *testing.T) {
+	dir, ok := golden.Dir(t, "tiny_fp32")
+	if !ok {
+		t.Fatalf("golden fixture %s is missing", dir)
+	}
+	adapter := filepath.Join(dir, "adapter")
+	gm, err := finetune.LoadCheckpointModel(gpu, dir, finetune.ModelOptions{}, adapter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gm.Free()
+	cm, err := finetune.LoadCheckpointModel(cpu, dir, finetune.ModelOptions{}, adapter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cm.Free()
+	if gm.LoRAParams() == nil || len(gm.LoRAParams()) != len(cm.LoRAParams()) {
+		t.Fatalf("adapter parameters: %d on the GPU, %d on the CPU", len(gm.LoRAParams()), len(cm.LoRAParams()))
+	}
+	batch := smallBatch(gm.Cfg.VocabSize)
+	gl, err := gm.Logits(batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := cm.Logits(batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRel(t, "logits", gl, cl, tolF32)
+	opts := finetune.GenerateOptions{MaxNewTokens: 12, IgnoreEOS: true}
+	gg, err := gm.Generate([]int32{5, 17, 99, 3, 25}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg, err := cm.Generate([]int32{5, 17, 99, 3, 25}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(gg) != fmt.Sprint(cg) {
+		t.Errorf("greedy generation %v, cpu %v", gg, cg)
 	}
 }

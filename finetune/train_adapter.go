@@ -102,16 +102,27 @@ func LoadCheckpointModel(b Backend, dir string, opts ModelOptions, adapterDir st
 	}
 	defer ck.Close()
 	if adapterDir == "" {
-		return LoadModel(b, ck, opts)
+		return loadModelOn(b, ck, opts)
 	}
 	return LoadModelWithAdapter(b, ck, opts, adapterDir)
 }
 
 // LoadModelWithAdapter builds the base model of ck with the PEFT adapter
 // in adapterDir applied (validated against the base: shapes, ranks,
-// modules). opts.LoRA is replaced by the adapter's settings.
+// modules). opts.LoRA is replaced by the adapter's settings. A backend
+// with a ModelLoader builds the base its own way (the CUDA backend: on the
+// GPU).
 func LoadModelWithAdapter(b Backend, ck *Checkpoint, opts ModelOptions, adapterDir string) (*Model, error) {
-	return loadWithAdapter(ck.Config, opts, adapterDir, func(opts ModelOptions) (*Model, error) { return LoadModel(b, ck, opts) })
+	return loadWithAdapter(ck.Config, opts, adapterDir, func(opts ModelOptions) (*Model, error) { return loadModelOn(b, ck, opts) })
+}
+
+// loadModelOn is b's ModelLoader where it has one, else LoadModel (the
+// same model either way: ModelLoader's contract).
+func loadModelOn(b Backend, ck *Checkpoint, opts ModelOptions) (*Model, error) {
+	if ml, ok := b.(ModelLoader); ok {
+		return ml.LoadModel(ck, opts)
+	}
+	return LoadModel(b, ck, opts)
 }
 
 // loadWithAdapter reads the adapter in adapterDir for a base of cfg, builds

@@ -116,10 +116,6 @@ func deviceName() string {
 }
 
 func (w *worker) generate(ctx context.Context, req plugin.GenerateRequest) (resp plugin.GenerateResponse, err error) {
-	if req.AdapterDir != "" {
-		return resp, plugin.Errorf(plugin.CodeUnimplemented,
-			"generate with adapter %s: the CUDA trainer cannot load adapters yet", req.AdapterDir)
-	}
 	// A failed CUDA op panics with a *cuda.Error; Recover (deferred
 	// directly, so that its recover sees the panic) turns it into err, and
 	// the function deferred before it gives that a plugin code.
@@ -132,8 +128,9 @@ func (w *worker) generate(ctx context.Context, req plugin.GenerateRequest) (resp
 	return w.gen.Generate(ctx, req)
 }
 
-// load reads the model in dir onto the GPU (dense fp32 base).
-func (w *worker) load(dir, _ string) (*finetune.Model, error) {
+// load reads the model in dir onto the GPU (dense fp32 base), with the
+// PEFT adapter in adapterDir applied when it is not "".
+func (w *worker) load(dir, adapterDir string) (*finetune.Model, error) {
 	if w.b == nil {
 		b, err := cuda.New(cuda.Options{Device: device})
 		if err != nil {
@@ -141,10 +138,5 @@ func (w *worker) load(dir, _ string) (*finetune.Model, error) {
 		}
 		w.b = b
 	}
-	ck, err := finetune.LoadCheckpoint(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer ck.Close()
-	return w.b.LoadModel(ck, finetune.ModelOptions{})
+	return finetune.LoadCheckpointModel(w.b, dir, finetune.ModelOptions{}, adapterDir)
 }
