@@ -118,30 +118,11 @@ func TestModelMatchesCPU(t *testing.T) {
 				w.adamW(step)
 			}
 			w.checkParams(t, tol)
-			gl, err := gm.Logits(batch)
-			if err != nil {
-				t.Fatal(err)
+			var prompt []int32
+			if c.half == halfNone {
+				prompt = []int32{5, 17, 99, 3, 250}
 			}
-			cl, err := cm.Logits(batch)
-			if err != nil {
-				t.Fatal(err)
-			}
-			checkRel(t, "logits", gl, cl, tol)
-			if c.half != halfNone {
-				return
-			}
-			opts := finetune.GenerateOptions{MaxNewTokens: 12, IgnoreEOS: true}
-			gg, err := gm.Generate([]int32{5, 17, 99, 3, 250}, opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cg, err := cm.Generate([]int32{5, 17, 99, 3, 250}, opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if fmt.Sprint(gg) != fmt.Sprint(cg) {
-				t.Errorf("greedy generation %v, cpu %v", gg, cg)
-			}
+			checkSameOutputs(t, gm, cm, batch, tol, prompt)
 		})
 	}
 }
@@ -411,7 +392,13 @@ func TestLoadCheckpointModelWithAdapter(t *testing.T) {
 	if gm.LoRAParams() == nil || len(gm.LoRAParams()) != len(cm.LoRAParams()) {
 		t.Fatalf("adapter parameters: %d on the GPU, %d on the CPU", len(gm.LoRAParams()), len(cm.LoRAParams()))
 	}
-	batch := smallBatch(gm.Cfg.VocabSize)
+	checkSameOutputs(t, gm, cm, smallBatch(gm.Cfg.VocabSize), tolF32, []int32{5, 17, 99, 3, 25})
+}
+
+// checkSameOutputs wants gm's logits of batch within tol of cm's and, for a
+// prompt, the same 12 greedily generated tokens.
+func checkSameOutputs(t *testing.T, gm, cm *finetune.Model, batch *finetune.Batch, tol float64, prompt []int32) {
+	t.Helper()
 	gl, err := gm.Logits(batch)
 	if err != nil {
 		t.Fatal(err)
@@ -420,13 +407,16 @@ func TestLoadCheckpointModelWithAdapter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkRel(t, "logits", gl, cl, tolF32)
+	checkRel(t, "logits", gl, cl, tol)
+	if prompt == nil {
+		return
+	}
 	opts := finetune.GenerateOptions{MaxNewTokens: 12, IgnoreEOS: true}
-	gg, err := gm.Generate([]int32{5, 17, 99, 3, 25}, opts)
+	gg, err := gm.Generate(prompt, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cg, err := cm.Generate([]int32{5, 17, 99, 3, 25}, opts)
+	cg, err := cm.Generate(prompt, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
