@@ -537,7 +537,6 @@ func ggufTokenizer(f *gguf.File, arch, name string) (*tokenizer.Tokenizer, strin
 			return nil, "", err
 		}
 	}
-	v.ChatTemplate = tmpl
 
 	// The added tokens are llama.cpp's "special" ones: control, unknown and
 	// user-defined pieces. Phi-3's tokenizer.json gives them rstrip (all but

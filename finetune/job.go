@@ -190,10 +190,10 @@ func (j *Job) loadTokenizer() error {
 		return fmt.Errorf("model %s: %w (the model folder must hold the tokenizer files: tokenizer.json or tokenizer.model, tokenizer_config.json)", j.ModelDir, err)
 	}
 	j.Tokenizer = tok
-	if tok.ChatTemplate() == "" {
-		return nil
-	}
 	t, err := chat.FromTokenizerDir(j.ModelDir)
+	if errors.Is(err, chat.ErrNoTemplate) {
+		return nil // a base model's tokenizer: plain-text examples
+	}
 	if err != nil {
 		return fmt.Errorf("model %s: chat template: %w", j.ModelDir, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"regexp"
@@ -111,11 +112,12 @@ func inspectData(ctx context.Context, tc finetune.TrainConfig, tokName string, e
 	if err != nil {
 		return nil, err
 	}
-	var tmpl *chat.Template
-	if tk.ChatTemplate() != "" {
-		if tmpl, err = chat.FromTokenizerDir(dir); err != nil {
-			return nil, fmt.Errorf("tokenizer %s: chat template: %w", dir, err)
-		}
+	tmpl, err := chat.FromTokenizerDir(dir)
+	switch {
+	case errors.Is(err, chat.ErrNoTemplate):
+		tmpl = nil // plain-text examples
+	case err != nil:
+		return nil, fmt.Errorf("tokenizer %s: chat template: %w", dir, err)
 	}
 
 	var resolver data.Resolver

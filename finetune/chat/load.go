@@ -11,8 +11,14 @@ import (
 	"strings"
 )
 
+// ErrNoTemplate is FromTokenizerDir's error for a folder without a chat
+// template (a base model's tokenizer: its examples are plain text).
+var ErrNoTemplate = errors.New("no chat template")
+
 // FromTokenizerDir loads the chat template and special tokens of a tokenizer
-// saved by transformers (the folder holding tokenizer_config.json).
+// saved by transformers (the folder holding tokenizer_config.json). It is
+// the one reader of a folder's chat template; a folder without one gives
+// an error that is ErrNoTemplate.
 //
 // The template comes from chat_template.jinja when that file exists, else
 // from tokenizer_config.json's chat_template (a string, or a list of
@@ -72,7 +78,7 @@ func FromTokenizerDir(dir string) (*Template, error) {
 	case fromConfig != "":
 		source, text = cfgPath+" chat_template", fromConfig
 	default:
-		return nil, fmt.Errorf("%s: no chat template: neither chat_template.jinja nor a chat_template entry in tokenizer_config.json; add one, or train on plain text", dir)
+		return nil, fmt.Errorf("%s: %w: neither chat_template.jinja nor a chat_template entry in tokenizer_config.json; add one, or train on plain text", dir, ErrNoTemplate)
 	}
 	t, err := NewNamed(source, text, special)
 	if err != nil {

@@ -114,8 +114,13 @@ func TestFromTokenizerDirSources(t *testing.T) {
 	}
 
 	write("tokenizer_config.json", `{}`)
-	if _, err := FromTokenizerDir(dir); err == nil || !strings.Contains(err.Error(), "no chat template") {
-		t.Errorf("missing template: err = %v", err)
+	if _, err := FromTokenizerDir(dir); !errors.Is(err, ErrNoTemplate) || !strings.Contains(err.Error(), dir) {
+		t.Errorf("missing template: err = %v, want ErrNoTemplate naming the folder", err)
+	}
+	// A list without a default one is an error, not a missing template.
+	write("tokenizer_config.json", `{"chat_template": [{"name": "tool_use", "template": "T"}]}`)
+	if _, err := FromTokenizerDir(dir); err == nil || errors.Is(err, ErrNoTemplate) || !strings.Contains(err.Error(), "default") {
+		t.Errorf("no default among named templates: err = %v", err)
 	}
 }
 

@@ -33,7 +33,6 @@ type hfConfig struct {
 	UNKToken           tokenName                  `json:"unk_token"`
 	PADToken           tokenName                  `json:"pad_token"`
 	AddedTokensDecoder map[string]addedTokenEntry `json:"added_tokens_decoder"`
-	ChatTemplate       json.RawMessage            `json:"chat_template"`
 	TokenizerClass     string                     `json:"tokenizer_class"`
 }
 
@@ -133,38 +132,4 @@ func addedTokensFromConfig(cfg hfConfig, path string) ([]AddedToken, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
-}
-
-// readChatTemplate prefers chat_template.jinja (what transformers 5 writes
-// and reads first), else tokenizer_config.json's chat_template: a string, or
-// a list of {name, template} from which "default" is taken.
-func readChatTemplate(dir string, cfg hfConfig) (string, error) {
-	path := filepath.Join(dir, "chat_template.jinja")
-	b, err := os.ReadFile(path)
-	if err == nil {
-		return string(b), nil
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return "", err
-	}
-	if isNull(cfg.ChatTemplate) {
-		return "", nil
-	}
-	var s string
-	if json.Unmarshal(cfg.ChatTemplate, &s) == nil {
-		return s, nil
-	}
-	var list []struct {
-		Name     string `json:"name"`
-		Template string `json:"template"`
-	}
-	if err := json.Unmarshal(cfg.ChatTemplate, &list); err != nil {
-		return "", fmt.Errorf("%s: chat_template: want a string or a list of {name, template}", filepath.Join(dir, "tokenizer_config.json"))
-	}
-	for _, t := range list {
-		if t.Name == "default" {
-			return t.Template, nil
-		}
-	}
-	return "", nil
 }

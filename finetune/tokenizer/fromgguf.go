@@ -38,7 +38,6 @@ type SentencePieceVocab struct {
 	// RemoveExtraWhitespaces is SentencePiece's remove_extra_whitespaces
 	// (GGUF: tokenizer.ggml.remove_extra_whitespaces, false unless stated).
 	RemoveExtraWhitespaces bool
-	ChatTemplate           string
 	// Source names where the vocabulary came from, for errors and Source().
 	Source string
 }
@@ -98,7 +97,7 @@ func newSentencePiece(v SentencePieceVocab) (*Tokenizer, error) {
 		}
 	}
 	norm := spNormalizer{addDummyPrefix: sp.addDummyPrefix, removeExtraWhitespaces: sp.removeExtraWhitespaces, escapeWhitespaces: true}
-	t := &Tokenizer{model: m, norm: norm, dec: llamaDecoder(sp.addDummyPrefix), chat: v.ChatTemplate,
+	t := &Tokenizer{model: m, norm: norm, dec: llamaDecoder(sp.addDummyPrefix),
 		legacy: true, source: v.Source, post: &postProcessor{}}
 	t.added = newAddedVocab(added, norm)
 

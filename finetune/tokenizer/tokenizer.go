@@ -19,7 +19,6 @@ type Tokenizer struct {
 	dec     decoder      // nil: tokens joined by spaces, as tokenizers does
 	post    *postProcessor
 	special SpecialTokens
-	chat    string
 	legacy  bool
 	source  string
 }
@@ -101,9 +100,6 @@ func LoadWithOptions(dir string, opt Options) (*Tokenizer, error) {
 	t := &Tokenizer{model: p.model, norm: p.norm, pre: p.pre, dec: p.dec, post: p.post,
 		legacy: opt.Legacy, source: path}
 	t.added = newAddedVocab(p.added, p.norm)
-	if t.chat, err = readChatTemplate(dir, cfg); err != nil {
-		return nil, fmt.Errorf("tokenizer: %w", err)
-	}
 	t.special = SpecialTokens{
 		BOS: cfg.BOSToken.content, EOS: cfg.EOSToken.content,
 		UNK: cfg.UNKToken.content, PAD: cfg.PADToken.content,
@@ -347,10 +343,6 @@ func (t *Tokenizer) Pad() int32 {
 	}
 	return 0
 }
-
-// ChatTemplate is the Jinja chat template (chat_template.jinja, else
-// tokenizer_config.json's chat_template), "" if the folder has none.
-func (t *Tokenizer) ChatTemplate() string { return t.chat }
 
 // AddedTokens lists the added tokens in the order the file gives them.
 func (t *Tokenizer) AddedTokens() []AddedToken {
