@@ -595,6 +595,8 @@ type Tensor struct {
 	// panics (readable) until an op overwrites it (outTensor) or the host
 	// writes it (touch).
 	skip, unwritten bool
+	// view: made by View; its memory belongs to the viewed tensor.
+	view bool
 }
 
 func (t *Tensor) Shape() []int { return append([]int(nil), t.shape...) }
@@ -805,6 +807,35 @@ func (b *Backend) AllocHalf(shape ...int) finetune.Tensor {
 	return t
 }
 
+var _ finetune.Viewer = (*Backend)(nil)
+
+// View (finetune.Viewer) is a Tensor over t's first values: t's address,
+// kind and AllocHalf mark, its own shape and pending states (none: its
+// values are t's memory as it is). Free of a view frees nothing.
+func (b *Backend) View(t finetune.Tensor, shape ...int) finetune.Tensor {
+	defer b.enter("View")()
+	ct, ok := t.(*Tensor)
+	if !ok {
+		panic(&Error{Op: "View", Err: fmt.Errorf("expected a cuda tensor, got %T", t)})
+	}
+	n := 1
+	for _, s := range shape {
+		if s < 0 {
+			panic(&Error{Op: "View", Err: fmt.Errorf("negative dimension in shape %v", shape)})
+		}
+		n *= s
+	}
+	if n > ct.n {
+		panic(&Error{Op: "View", Err: fmt.Errorf("a view of %v (%d values) over a %v tensor of %d", shape, n, ct.kind, ct.n)})
+	}
+	v := &Tensor{ptr: ct.ptr, shape: append([]int(nil), shape...), n: n, kind: ct.kind, mayHalf: ct.mayHalf, view: true}
+	if n == 0 {
+		v.ptr = 0
+	}
+	b.touch(v)
+	return v
+}
+
 func (b *Backend) AllocInt32(n int) finetune.Tensor {
 	defer b.enter("AllocInt32")()
 	return b.alloc(kindI32, []int{n}, "AllocInt32")
@@ -966,6 +997,10 @@ func (b *Backend) Copy(dst, src finetune.Tensor) {
 func (b *Backend) Free(t finetune.Tensor) {
 	ct, ok := t.(*Tensor)
 	if !ok || ct == nil || ct.ptr == 0 || b.closed {
+		return
+	}
+	if ct.view { // its memory is the viewed tensor's
+		ct.ptr, ct.n, ct.zero, ct.half = 0, 0, nil, nil
 		return
 	}
 	defer b.enter("Free")()

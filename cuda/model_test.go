@@ -424,3 +424,33 @@ func checkSameOutputs(t *testing.T, gm, cm *finetune.Model, batch *finetune.Batc
 		t.Errorf("greedy generation %v, cpu %v", gg, cg)
 	}
 }
+
+// TestBufferViews (finetune.Viewer): batches of other shapes on one model
+// give, bit for bit, what a fresh model gives for each, under float32 and
+// bfloat16 compute (tinymodel.CheckShapeChanges); and a smaller batch and
+// the first shape again take no device memory (views of the first's
+// buffers; the scratch buffers only grow).
+func TestBufferViews(t *testing.T) {
+	for _, g := range []*Backend{gpu, gpuB16} {
+		tinymodel.CheckShapeChanges(t, func() *finetune.Model { return smallModel(t, g, true, 0.1) })
+	}
+	m := smallModel(t, gpuB16, true, 0.1)
+	defer m.Free()
+	m.GradientCheckpointing = true
+	V := m.Cfg.VocabSize
+	step := func(batch *finetune.Batch) {
+		if _, _, _, err := m.Forward(batch, true, 5); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Backward(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step(tinymodel.PackedBatch(3, 24, V, []int{7, 13, 30, 4}))
+	live := gpuB16.live
+	step(tinymodel.PackedBatch(2, 20, V, []int{11, 20, 5}))
+	step(tinymodel.PackedBatch(3, 24, V, []int{7, 13, 30, 4}))
+	if gpuB16.live != live {
+		t.Errorf("the backend holds %d bytes more after a smaller batch and the first shape again, want none", gpuB16.live-live)
+	}
+}

@@ -308,6 +308,17 @@ type LoRAInputKeeper interface {
 	KeepLoRAInputs(on bool)
 }
 
+// Viewer gives a tensor of another shape over the first values of t's
+// memory: View(t, shape...) holds prod(shape) <= t.Numel() values of t's
+// element type, t's first ones (a write through either shows in both).
+// Free of a view frees nothing; t must outlive its views. The model keeps
+// one set of activation buffers for the largest micro-batch so far and
+// views it for smaller ones (an epoch's last, partial batch) instead of
+// freeing and allocating the set twice an epoch.
+type Viewer interface {
+	View(t Tensor, shape ...int) Tensor
+}
+
 // ByproductSkipper lets fused ops leave unwritten an activation the model
 // never reads back itself. SkipByproduct(t) marks t (for its life): an op
 // that writes t only as a by-product of its own work may then skip the

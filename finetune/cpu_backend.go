@@ -228,6 +228,27 @@ func (b *CPUBackend) Free(t Tensor) {
 	}
 }
 
+var _ Viewer = (*CPUBackend)(nil)
+
+// View (Viewer) shares t's first values: a slice of t's slice.
+func (b *CPUBackend) View(t Tensor, shape ...int) Tensor {
+	ct := t.(*cpuTensor)
+	n := numel(shape)
+	if n > ct.Numel() {
+		panic(fmt.Sprintf("cpu backend: a view of %v (%d values) over a tensor of %d", shape, n, ct.Numel()))
+	}
+	v := &cpuTensor{shape: append([]int(nil), shape...)}
+	switch {
+	case ct.f != nil:
+		v.f = ct.f[:n:n]
+	case ct.i != nil:
+		v.i = ct.i[:n:n]
+	case ct.u != nil:
+		v.u = ct.u[:n:n]
+	}
+	return v
+}
+
 // ---------------------------------------------------------------------------
 // Frozen weights
 

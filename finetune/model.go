@@ -295,6 +295,10 @@ type buffers struct {
 	dlnf, dres, dln, datt Tensor // [T,C]
 	dqkv                  Tensor // [T,(H+2K)*D]
 	dgu, dact             Tensor // [T,2I], [T,I]
+	// all is every tensor above, in the order newBuffers made them; held
+	// those this set allocated (nil for a view set: base holds them).
+	all, held []Tensor
+	base      *buffers
 }
 
 func (m *Model) freeBuffers(slot int) {
@@ -302,38 +306,60 @@ func (m *Model) freeBuffers(slot int) {
 	if bf == nil {
 		return
 	}
-	b := m.B
-	free := func(ts ...Tensor) {
-		for _, t := range ts {
-			if t != nil {
-				b.Free(t)
-			}
-		}
+	if bf.base != nil {
+		bf = bf.base // a view set holds no memory of its own
 	}
-	free(bf.ids, bf.pos, bf.targets, bf.tmp, bf.lnf, bf.rstd, bf.dlnf, bf.dres, bf.dln, bf.datt, bf.dqkv, bf.dgu, bf.dact)
-	free(bf.inputs...)
-	for _, a := range bf.acts {
-		free(a.ln1, a.rstd1, a.qkv, a.att, a.lse, a.res1, a.ln2, a.rstd2, a.gateUp, a.act)
-		free(a.h[:]...)
+	for _, t := range bf.held {
+		m.B.Free(t)
 	}
 	m.bufs[slot] = nil
 }
 
-// ensureBuffers (re)allocates the buffers for B x S tokens. An allocation
-// that fails (a backend panics with ErrOutOfMemory) frees what this call
-// allocated before the panic goes on, so auto_find_batch_size can retry
-// with a smaller batch on a device that holds nothing of the failed try.
+// ensureBuffers returns the buffers for B x S tokens. The set of the
+// largest T = B x S so far stays allocated: a smaller batch (an epoch's
+// last, partial micro-batch; another row length) gets a set of views of
+// it where the backend is a Viewer, and the next batch of its own shape
+// gets it back, each time with every tensor zeroed as if new (a lazy
+// Zero on the GPU), instead of freeing and allocating the whole set twice
+// an epoch (issue 8: tens of ms on an H100 each time, the driver's frees
+// and allocations). A larger batch (re)allocates. An allocation that fails
+// (a backend panics with ErrOutOfMemory) frees what this call allocated
+// before the panic goes on, so auto_find_batch_size can retry with a
+// smaller batch on a device that holds nothing of the failed try.
 func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 	ckpt := train && m.GradientCheckpointing
 	slot := 0
 	if train {
 		slot = 1
 	}
-	if bf := m.bufs[slot]; bf != nil && bf.B == B && bf.S == S && bf.ckpt == ckpt {
-		return bf
+	if bf := m.bufs[slot]; bf != nil && bf.ckpt == ckpt {
+		if bf.B == B && bf.S == S {
+			return bf
+		}
+		base := bf
+		if bf.base != nil {
+			base = bf.base
+		}
+		vw, views := m.B.(Viewer)
+		switch {
+		case base.B == B && base.S == S:
+			m.zeroBuffers(base)
+			m.bufs[slot] = base
+			return base
+		case views && B*S <= base.T && m.ropeAttention(B, S) == base.ropeAttn:
+			// (the same RoPE fusion: a view of a 16-bit qkv is one too)
+			k := 0
+			next := func() Tensor { k++; return base.held[k-1] }
+			view := func(shape ...int) Tensor { return vw.View(next(), shape...) }
+			vs := m.newBuffers(B, S, train, ckpt, view, func(n int) Tensor { return vw.View(next(), n) }, view)
+			vs.base = base
+			m.zeroBuffers(vs)
+			m.bufs[slot] = vs
+			return vs
+		}
 	}
 	m.freeBuffers(slot)
-	b, c := m.B, m.Cfg
+	b := m.B
 	var allocated []Tensor
 	done := false
 	defer func() {
@@ -363,13 +389,45 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 			return t
 		}
 	}
+	bf := m.newBuffers(B, S, train, ckpt, alloc, allocInt32, allocHalf)
+	bf.held = allocated
+	m.bufs[slot] = bf
+	done = true
+	return bf
+}
+
+// ropeAttention says whether the backend fuses RoPE into attention for
+// B x S tokens (RoPEAttentioner).
+func (m *Model) ropeAttention(B, S int) bool {
+	c := m.Cfg
+	ra, ok := m.B.(RoPEAttentioner)
+	return ok && ra.RoPEAttention(B, S, c.NumHeads, c.NumKVHeads, c.HeadDim(), c.RotaryDim())
+}
+
+// zeroBuffers zeroes every tensor of bf (views included).
+func (m *Model) zeroBuffers(bf *buffers) {
+	for _, t := range bf.all {
+		m.B.Zero(t)
+	}
+}
+
+// newBuffers builds the buffers for B x S tokens from alloc, allocInt32
+// and allocHalf (called in the same order for every shape: a view set
+// takes the tensors of the set it views in that order).
+func (m *Model) newBuffers(B, S int, train, ckpt bool, alloc0 func(...int) Tensor, allocInt320 func(int) Tensor,
+	allocHalf0 func(...int) Tensor) *buffers {
+	b, c := m.B, m.Cfg
+	var all []Tensor
+	keep := func(t Tensor) Tensor { all = append(all, t); return t }
+	alloc := func(shape ...int) Tensor { return keep(alloc0(shape...)) }
+	allocInt32 := func(n int) Tensor { return keep(allocInt320(n)) }
+	allocHalf := func(shape ...int) Tensor { return keep(allocHalf0(shape...)) }
 	T, C, I, H := B*S, c.HiddenSize, c.IntermediateSize, c.NumHeads
 	// qkv_proj's output where attention takes RoPE fused (no op writes qkv
 	// after its linear then, but RoPEForward under a finiteness check, which
 	// gets it widened), and the gradient the fused attention's backward
 	// writes for qkv_proj's backward.
-	ra, ropeAttn := b.(RoPEAttentioner)
-	ropeAttn = ropeAttn && ra.RoPEAttention(B, S, H, c.NumKVHeads, c.HeadDim(), c.RotaryDim())
+	ropeAttn := m.ropeAttention(B, S)
 	allocQKV := alloc
 	if ropeAttn {
 		allocQKV = allocHalf
@@ -425,8 +483,7 @@ func (m *Model) ensureBuffers(B, S int, train bool) *buffers {
 		bf.dqkv = allocQKV(T, c.QKVOut())
 		bf.dgu, bf.dact = alloc(T, 2*I), alloc(T, I)
 	}
-	m.bufs[slot] = bf
-	done = true
+	bf.all = all
 	return bf
 }
 

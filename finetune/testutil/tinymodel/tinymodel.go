@@ -8,6 +8,7 @@
 package tinymodel
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -96,5 +97,55 @@ func RandomLoRAB(t testing.TB, m *finetune.Model) {
 		if err := m.SetLoRA(p.Name, v); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// CheckShapeChanges runs, with and without gradient checkpointing, a
+// training forward and backward of a batch of 3 rows of 24 tokens, then
+// of smaller ones (2 x 20, 1 x 24: the buffers of the first shape viewed
+// where the backend is a finetune.Viewer), then of the first again, and
+// wants for each the loss and LoRA gradients that a fresh model (from
+// newModel) gives for that batch alone, bit for bit: no state of one
+// shape leaks into another.
+func CheckShapeChanges(t *testing.T, newModel func() *finetune.Model) {
+	t.Helper()
+	run := func(m *finetune.Model, batch *finetune.Batch, seed uint64) []float32 {
+		t.Helper()
+		for _, p := range m.LoRAParams() {
+			m.B.Zero(p.Grad)
+		}
+		loss, _, _, err := m.Forward(batch, true, seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Backward(); err != nil {
+			t.Fatal(err)
+		}
+		out := []float32{float32(loss)}
+		for _, p := range m.LoRAParams() {
+			out = append(out, m.B.Download(p.Grad)...)
+		}
+		return out
+	}
+	for _, ckpt := range []bool{true, false} {
+		m := newModel()
+		m.GradientCheckpointing = ckpt
+		V := m.Cfg.VocabSize
+		batches := []*finetune.Batch{PackedBatch(3, 24, V, []int{7, 13, 30, 4}), PackedBatch(2, 20, V, []int{11, 20, 5}),
+			PackedBatch(1, 24, V, []int{24}), PackedBatch(3, 24, V, []int{7, 13, 30, 4})}
+		for k, batch := range batches {
+			got := run(m, batch, uint64(40+k%3))
+			fresh := newModel()
+			fresh.GradientCheckpointing = ckpt
+			want := run(fresh, batch, uint64(40+k%3))
+			fresh.Free()
+			for i := range want {
+				if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+					t.Fatalf("checkpointing %v, batch %d (%d x %d): value %d is %v after the other shapes, %v from a fresh model",
+						ckpt, k, batch.B, batch.S, i, got[i], want[i])
+				}
+			}
+		}
+		m.Free()
 	}
 }
