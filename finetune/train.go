@@ -428,6 +428,9 @@ type trainer struct {
 	started    time.Time
 
 	lastSave int // step of the last checkpoint (-1: none)
+	// fileTimes: what each file of the checkpoint being written took
+	// (stageFile), for its debug log line.
+	fileTimes []string
 }
 
 // logWindow accumulates the steps since the last log.

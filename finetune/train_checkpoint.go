@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ollama-tune/ollama-tune/finetune/peft"
 	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
@@ -172,13 +173,31 @@ func findResume(out, resume string) (string, error) {
 }
 
 // stageFile wraps a file's writer with the job's test hook.
+// The time each write took and the bytes it wrote are added to
+// tr.fileTimes (a debug log line of the checkpoint).
 func (tr *trainer) stageFile(name string, write func(io.Writer) error) peft.File {
 	return peft.NewFile(name, func(w io.Writer) error {
 		if tr.job.wrapWriter != nil {
 			w = tr.job.wrapWriter(name, w)
 		}
-		return write(w)
+		cw := &countingWriter{w: w}
+		t0 := time.Now()
+		err := write(cw)
+		tr.fileTimes = append(tr.fileTimes, fmt.Sprintf("%s %.1f MB %.2f s", name, float64(cw.n)/1e6, time.Since(t0).Seconds()))
+		return err
 	})
+}
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func jsonFile(v any) func(io.Writer) error {
@@ -218,6 +237,8 @@ func (tr *trainer) adapterFiles() ([]peft.File, error) {
 func (tr *trainer) saveCheckpoint() (string, error) {
 	out := tr.job.outputDir()
 	dir := checkpointDir(out, tr.step)
+	t0 := time.Now()
+	tr.fileTimes = nil
 	files, err := tr.adapterFiles()
 	if err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", dir, err)
@@ -270,6 +291,8 @@ func (tr *trainer) saveCheckpoint() (string, error) {
 	}
 	atomicfile.SyncDir(out)
 	tr.lastSave = tr.step
+	tr.emit(LogEvent{Level: "debug", Message: fmt.Sprintf("%s written in %.2f s (each file's encoding and write, before its sync: %s)",
+		dir, time.Since(t0).Seconds(), strings.Join(tr.fileTimes, ", "))})
 	tr.emit(CheckpointEvent{Step: tr.step, Path: dir})
 	if limit := t.SaveTotalLimit; limit > 0 {
 		cks := listCheckpoints(out)

@@ -191,6 +191,11 @@ func TestTrainOutputs(t *testing.T) {
 			evals = append(evals, e.Step)
 		case CheckpointEvent:
 			ckpts = append(ckpts, e.Step)
+			// each checkpoint's debug line, just before it, says what its files took
+			if d, ok := (*evs)[i-1].(LogEvent); !ok || d.Level != "debug" || !strings.Contains(d.Message, e.Path+" written in") ||
+				!strings.Contains(d.Message, "optimizer.safetensors") || !strings.Contains(d.Message, " MB ") {
+				t.Errorf("before checkpoint %d: %+v, want its debug timing line", e.Step, (*evs)[i-1])
+			}
 		}
 	}
 	if fmt.Sprint(steps, logged, evals, ckpts) != "[1 2 3 4 5 6] [2 4 6] [3 6] [1 2 3 4 5 6]" {

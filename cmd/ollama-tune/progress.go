@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/ollama-tune/ollama-tune/plugin"
@@ -109,7 +111,11 @@ func eventLine(ev plugin.Event, clock *runClock) string {
 		case "", "info":
 			return e.Message
 		case "trace", "debug":
-			return ""
+			// shown where $OLLAMA_TUNE_LOG asks for that level (the plugin
+			// logs' level too: plugin/host.go)
+			if want := hclog.LevelFromString(os.Getenv("OLLAMA_TUNE_LOG")); want == hclog.NoLevel || want > hclog.LevelFromString(e.Level) {
+				return ""
+			}
 		}
 		return e.Level + ": " + e.Message
 	case plugin.Finished:

@@ -315,3 +315,20 @@ func TestTrainWithCPUPlugin(t *testing.T) {
 		}
 	}
 }
+
+// A plugin's debug and trace log lines are shown only where
+// $OLLAMA_TUNE_LOG asks for their level.
+func TestDebugLogLines(t *testing.T) {
+	clock := &runClock{}
+	for _, c := range []struct {
+		env, level string
+		shown      bool
+	}{{"", "debug", false}, {"warn", "debug", false}, {"info", "debug", false}, {"debug", "debug", true},
+		{"debug", "trace", false}, {"trace", "trace", true}, {"trace", "debug", true}, {"", "info", true}} {
+		t.Setenv("OLLAMA_TUNE_LOG", c.env)
+		line := eventLine(plugin.Log{Level: c.level, Message: "checkpoint-2 written"}, clock)
+		if shown := strings.Contains(line, "checkpoint-2 written"); shown != c.shown {
+			t.Errorf("OLLAMA_TUNE_LOG=%q, a %s line: %q, want shown %v", c.env, c.level, line, c.shown)
+		}
+	}
+}
