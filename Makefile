@@ -58,9 +58,11 @@ vet-cuda:
 	  $(GO) test -count=1 -tags cuda ./cmd/ollama-tune-trainer-cuda/
 	bash scripts/cuda-compat13-check.sh
 
+# The CUDA plugin, with the kernels' machine code for sm_80 and sm_90
+# (scripts/cuda-sass.sh: no JIT compilation on a machine's first run).
 build-cuda:
 	@mkdir -p $(BIN)
-	$(CUDA_ENV) && $(GO) build -tags cuda -o $(BIN)/ollama-tune-trainer-cuda ./cmd/ollama-tune-trainer-cuda && \
+	$(CUDA_ENV) && bash scripts/cuda-sass.sh && $(GO) build -tags cuda -o $(BIN)/ollama-tune-trainer-cuda ./cmd/ollama-tune-trainer-cuda && \
 	  $(GO) build -tags cuda -o $(BIN)/ollama-tune-cuda-worker ./cmd/ollama-tune-trainer-cuda/worker
 
 # Build bin/cuda.test here; prints the command that runs it on a GPU machine.

@@ -123,6 +123,9 @@ type Backend struct {
 	// smemOptIn is the dynamic shared memory each kernel has opted in to
 	// above 48 KiB (allowSmem).
 	smemOptIn map[string]int
+	// sassArch is the architecture of the cubins loaded (kernels.go:
+	// sassFor; 0: none), jitModules how many modules were loaded as PTX.
+	sassArch, jitModules int
 	// Kept LoRA inputs (keep.go).
 	keepLoRA bool
 	kept     []keptInput
@@ -348,6 +351,19 @@ func (b *Backend) FastPaths() (lora, attention bool) { return b.fastLoRA, b.fast
 
 // Info describes the backend's GPU.
 func (b *Backend) Info() DeviceInfo { return b.info }
+
+// KernelCode says how the kernels were loaded: machine code built for
+// sm_XY (kernels/sass), or PTX the driver JIT-compiled (and how many
+// modules).
+func (b *Backend) KernelCode() string {
+	switch {
+	case b.jitModules == 0 && b.sassArch > 0:
+		return fmt.Sprintf("sm_%d machine code", b.sassArch)
+	case b.sassArch > 0:
+		return fmt.Sprintf("sm_%d machine code, %d modules PTX (JIT)", b.sassArch, b.jitModules)
+	}
+	return "PTX (JIT)"
+}
 
 func (b *Backend) Name() string                 { return "cuda" }
 func (b *Backend) ComputeDType() finetune.DType { return b.dtype }

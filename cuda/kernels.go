@@ -3,10 +3,14 @@
 package cuda
 
 import (
+	"crypto/sha256"
 	"embed"
+	"encoding/hex"
 	"fmt"
 	"math"
+	"os"
 	"path"
+	"strconv"
 	"strings"
 	"unsafe"
 
@@ -20,7 +24,65 @@ import (
 //go:embed kernels/*.ptx
 var ptxFiles embed.FS
 
-// loadKernels loads every embedded module and indexes its kernels by name.
+// The same modules as machine code, where the build made it
+// (scripts/cuda-sass.sh, kernels/sass/README.md): loading a cubin of the
+// GPU's architecture spares the driver's JIT compilation (~20 s on a
+// machine's first run, cached after). -fmad=false's PTX has no contractible
+// multiply-add left, so ptxas's code computes the same bits as the JIT's.
+//
+//go:embed kernels/sass
+var sassFiles embed.FS
+
+// jitOnly loads the PTX even where a cubin fits (OLLAMA_TUNE_CUDA_JIT=1,
+// the A/B).
+var jitOnly = os.Getenv("OLLAMA_TUNE_CUDA_JIT") == "1"
+
+// sassFor returns the embedded cubin of the PTX src for a GPU of compute
+// capability major.minor (pickSASS) and its architecture, or nil.
+func sassFor(module, src string, major, minor int) (cubin []byte, arch int) {
+	if jitOnly {
+		return nil, 0
+	}
+	entries, _ := sassFiles.ReadDir("kernels/sass")
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	name, arch := pickSASS(names, module, src, major, minor)
+	if name == "" {
+		return nil, 0
+	}
+	b, err := sassFiles.ReadFile(path.Join("kernels/sass", name))
+	if err != nil || len(b) == 0 {
+		return nil, 0
+	}
+	return b, arch
+}
+
+// pickSASS picks, of the cubin file names, the one for module built from
+// this very PTX (src's sha256 in the name: <module>.sm_<arch>.<16 hex
+// digits>.cubin) whose architecture is the highest of the GPU's major
+// version not above its minor ("" for none).
+func pickSASS(names []string, module, src string, major, minor int) (name string, arch int) {
+	sum := sha256.Sum256([]byte(src))
+	suffix := "." + hex.EncodeToString(sum[:])[:16] + ".cubin"
+	for _, n := range names {
+		rest, ok := strings.CutPrefix(n, module+".sm_")
+		if !ok {
+			continue
+		}
+		archStr, ok := strings.CutSuffix(rest, suffix)
+		a, err := strconv.Atoi(archStr)
+		if !ok || err != nil || a/10 != major || a%10 > minor || a <= arch {
+			continue
+		}
+		name, arch = n, a
+	}
+	return name, arch
+}
+
+// loadKernels loads every embedded module and indexes its kernels by name:
+// the cubin for this GPU where the build made one (sassFor), else the PTX.
 func (b *Backend) loadKernels() error {
 	entries, err := ptxFiles.ReadDir("kernels")
 	if err != nil {
@@ -32,9 +94,20 @@ func (b *Backend) loadKernels() error {
 		if err != nil {
 			return err
 		}
-		mod, err := cu.LoadData(string(src))
-		if err != nil {
-			return fmt.Errorf("load %s: %w (a driver too old for PTX ISA 7.8 fails here; update the NVIDIA driver)", name, err)
+		var mod cu.Module
+		loaded := false
+		if cubin, arch := sassFor(strings.TrimSuffix(e.Name(), ".ptx"), string(src), b.info.ComputeMajor, b.info.Minor); cubin != nil {
+			// A cubin the driver refuses (it should not) leaves the PTX.
+			if mod, err = cu.LoadData(string(cubin)); err == nil {
+				loaded = true
+				b.sassArch = arch
+			}
+		}
+		if !loaded {
+			if mod, err = cu.LoadData(string(src)); err != nil {
+				return fmt.Errorf("load %s: %w (a driver too old for PTX ISA 7.8 fails here; update the NVIDIA driver)", name, err)
+			}
+			b.jitModules++
 		}
 		b.mods = append(b.mods, mod)
 		for _, fn := range ptxEntries(string(src)) {

@@ -17,6 +17,7 @@ if [ -z "${CGO_CFLAGS:-}" ]; then
   export CGO_CFLAGS CGO_LDFLAGS NVCC
 fi
 mkdir -p bin/gpu
+bash scripts/cuda-sass.sh # the kernels' machine code: no JIT on the GPU machine's first run
 go vet -tags cuda ./cuda/... ./cmd/ollama-tune-bench-gpu/
 go test -c -tags cuda -ldflags '-s -w' -o bin/gpu/cuda.test ./cuda/
 go build -tags cuda -ldflags '-s -w' -o bin/gpu/ollama-tune-bench-gpu ./cmd/ollama-tune-bench-gpu

@@ -15,6 +15,7 @@ if [ -z "${CGO_CFLAGS:-}" ]; then
   export CGO_CFLAGS CGO_LDFLAGS NVCC
 fi
 mkdir -p bin
+bash scripts/cuda-sass.sh # the kernels' machine code (cuda/kernels/sass/README.md)
 go vet -tags cuda ./cuda/... ./cmd/ollama-tune-trainer-cuda/...
 go test -c -tags cuda -o bin/cuda.test ./cuda/
 cat <<MSG

@@ -30,6 +30,7 @@ build() {
   local tmp
   tmp=$(mktemp -d)
   mkdir -p "$tmp/e2e" "$W"
+  bash scripts/cuda-sass.sh # the kernels' machine code (cuda/kernels/sass/README.md)
   go build -tags cuda -ldflags='-s -w' -o "$tmp/e2e/" ./cmd/ollama-tune-trainer-cuda
   go build -tags cuda -ldflags='-s -w' -o "$tmp/e2e/ollama-tune-cuda-worker" ./cmd/ollama-tune-trainer-cuda/worker
   go build -ldflags='-s -w' -o "$tmp/e2e/" ./cmd/ollama-tune
