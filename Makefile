@@ -52,9 +52,10 @@ ptx:
 ptx-check:
 	bash scripts/cuda-ptx.sh --check
 
-# Vet and compile the cuda-tagged packages against the CUDA 11.8 headers.
+# Vet and compile the cuda-tagged packages against the CUDA 11.8 headers
+# (and the kernels' sm_90 machine code: scripts/cuda-sass.sh runs).
 vet-cuda:
-	$(CUDA_ENV) && $(GO) vet -tags cuda ./cuda/... ./cmd/ollama-tune-trainer-cuda/... ./cmd/ollama-tune-bench-gpu/... && \
+	$(CUDA_ENV) && SASS_ARCHS=90 bash scripts/cuda-sass.sh && $(GO) vet -tags cuda ./cuda/... ./cmd/ollama-tune-trainer-cuda/... ./cmd/ollama-tune-bench-gpu/... && \
 	  $(GO) test -count=1 -tags cuda ./cmd/ollama-tune-trainer-cuda/
 	bash scripts/cuda-compat13-check.sh
 
