@@ -437,20 +437,5 @@ func TestBufferViews(t *testing.T) {
 	m := smallModel(t, gpuB16, true, 0.1)
 	defer m.Free()
 	m.GradientCheckpointing = true
-	V := m.Cfg.VocabSize
-	step := func(batch *finetune.Batch) {
-		if _, _, _, err := m.Forward(batch, true, 5); err != nil {
-			t.Fatal(err)
-		}
-		if err := m.Backward(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	step(tinymodel.PackedBatch(3, 24, V, []int{7, 13, 30, 4}))
-	live := gpuB16.live
-	step(tinymodel.PackedBatch(2, 20, V, []int{11, 20, 5}))
-	step(tinymodel.PackedBatch(3, 24, V, []int{7, 13, 30, 4}))
-	if gpuB16.live != live {
-		t.Errorf("the backend holds %d bytes more after a smaller batch and the first shape again, want none", gpuB16.live-live)
-	}
+	tinymodel.CheckNoAllocOnShapeChange(t, m, func() int64 { return gpuB16.live })
 }

@@ -51,23 +51,9 @@ func TestBufferViews(t *testing.T) {
 	b := &countingBackend{CPUBackend: finetune.NewCPUBackend(finetune.CPUOptions{})}
 	m := viewModel(t, b)
 	defer m.Free()
-	V := m.Cfg.VocabSize
-	step := func(batch *finetune.Batch) {
-		if _, _, _, err := m.Forward(batch, true, 5); err != nil {
-			t.Fatal(err)
-		}
-		if err := m.Backward(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	step(tinymodel.PackedBatch(3, 24, V, []int{7, 13, 30, 4}))
+	tinymodel.CheckNoAllocOnShapeChange(t, m, func() int64 { return int64(b.allocs) })
 	n := b.allocs
-	step(tinymodel.PackedBatch(2, 20, V, []int{11, 20, 5}))
-	step(tinymodel.PackedBatch(3, 24, V, []int{7, 13, 30, 4}))
-	if b.allocs != n {
-		t.Errorf("%d allocations after the first batch, want none (views of its buffers)", b.allocs-n)
-	}
-	step(tinymodel.PackedBatch(4, 24, V, []int{7, 13, 30, 4})) // larger: a new set
+	tinymodel.Step(t, m, tinymodel.PackedBatch(4, 24, m.Cfg.VocabSize, []int{7, 13, 30, 4}), 5) // larger: a new set
 	if b.allocs == n {
 		t.Error("a larger batch allocated nothing")
 	}

@@ -111,16 +111,7 @@ func CheckShapeChanges(t *testing.T, newModel func() *finetune.Model) {
 	t.Helper()
 	run := func(m *finetune.Model, batch *finetune.Batch, seed uint64) []float32 {
 		t.Helper()
-		for _, p := range m.LoRAParams() {
-			m.B.Zero(p.Grad)
-		}
-		loss, _, _, err := m.Forward(batch, true, seed)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := m.Backward(); err != nil {
-			t.Fatal(err)
-		}
+		loss := Step(t, m, batch, seed)
 		out := []float32{float32(loss)}
 		for _, p := range m.LoRAParams() {
 			out = append(out, m.B.Download(p.Grad)...)
@@ -147,5 +138,38 @@ func CheckShapeChanges(t *testing.T, newModel func() *finetune.Model) {
 			}
 		}
 		m.Free()
+	}
+}
+
+// Step zeroes m's LoRA gradients and runs a training forward and backward
+// of batch; it returns the loss.
+func Step(t testing.TB, m *finetune.Model, batch *finetune.Batch, seed uint64) float64 {
+	t.Helper()
+	for _, p := range m.LoRAParams() {
+		m.B.Zero(p.Grad)
+	}
+	loss, _, _, err := m.Forward(batch, true, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Backward(); err != nil {
+		t.Fatal(err)
+	}
+	return loss
+}
+
+// CheckNoAllocOnShapeChange runs m on a batch of 3 x 24 tokens, then on a
+// smaller one and on the first shape again, and wants held (what the
+// backend holds, or how many allocations it made) unchanged after the
+// first: the smaller batch views the first's buffers (finetune.Viewer).
+func CheckNoAllocOnShapeChange(t *testing.T, m *finetune.Model, held func() int64) {
+	t.Helper()
+	V := m.Cfg.VocabSize
+	Step(t, m, PackedBatch(3, 24, V, []int{7, 13, 30, 4}), 5)
+	n := held()
+	Step(t, m, PackedBatch(2, 20, V, []int{11, 20, 5}), 5)
+	Step(t, m, PackedBatch(3, 24, V, []int{7, 13, 30, 4}), 5)
+	if got := held(); got != n {
+		t.Errorf("%d more after a smaller batch and the first shape again, want none (views of the first's buffers)", got-n)
 	}
 }
