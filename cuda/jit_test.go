@@ -27,18 +27,21 @@ func BenchmarkPTXLoad(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.Run(e.Name(), func(b *testing.B) {
-			defer gpu.enter("BenchmarkPTXLoad")() // this goroutine's thread
-			for range b.N {
-				mod, err := cu.LoadData(string(src))
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := mod.Unload(); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
+		b.Run(e.Name(), func(b *testing.B) { benchModuleLoad(b, src) })
+	}
+}
+
+// benchModuleLoad times loading and unloading the module image.
+func benchModuleLoad(b *testing.B, image []byte) {
+	defer gpu.enter("benchModuleLoad")() // this goroutine's thread
+	for range b.N {
+		mod, err := cu.LoadData(string(image))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := mod.Unload(); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 
@@ -59,18 +62,7 @@ func BenchmarkSASSLoad(b *testing.B) {
 		if cubin == nil {
 			continue
 		}
-		b.Run(e.Name(), func(b *testing.B) {
-			defer gpu.enter("BenchmarkSASSLoad")()
-			for range b.N {
-				mod, err := cu.LoadData(string(cubin))
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := mod.Unload(); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
+		b.Run(e.Name(), func(b *testing.B) { benchModuleLoad(b, cubin) })
 	}
 }
 
