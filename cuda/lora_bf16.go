@@ -444,12 +444,20 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, do
 			b.loraPrep(op, 0, xdh, xs.ptr, n, w.in, w.in, lo.Dropout, seed)
 		}
 	} else {
-		xs.readable(op)
-		xdh = b.scratchBuf(sLoRAX, 2*n, op)
 		// g [T,r] = dout . B
 		b.gemm(op, gemmArgs{M: T, N: r, K: w.out, alpha: 1, A: uintptr(dh), lda: w.out, B: uintptr(b16), ldb: r,
 			C: uintptr(g), ldc: r, abType: dataR16BF})
-		b.loraPrep(op, 0, xdh, xs.ptr, n, w.in, w.in, lo.Dropout, seed, prepJob{dst: g16, src: g, rows: T, cols: r, ld: r, scale: 1})
+		gj := prepJob{dst: g16, src: g, rows: T, cols: r, ld: r, scale: 1}
+		// The forward's row kernel may have kept bf16(dropout(x)) (and
+		// then left x unwritten, skipByproduct) though dout's shape does
+		// not take this backward's row kernel: use it.
+		if xdh = b.takeKept(l, xs.ptr, seed, T, w.in); xdh != 0 {
+			b.loraPrep(op, 0, 0, 0, 0, 1, 1, 0, 0, gj)
+		} else {
+			xs.readable(op)
+			xdh = b.scratchBuf(sLoRAX, 2*n, op)
+			b.loraPrep(op, 0, xdh, xs.ptr, n, w.in, w.in, lo.Dropout, seed, gj)
+		}
 	}
 	b.gemm(op, gemmArgs{transA: true, M: r, N: w.in, K: T, alpha: lo.Scale, beta: betaA, A: uintptr(g16), lda: r,
 		B: uintptr(xdh), ldb: w.in, C: uintptr(gA.ptr), ldc: w.in, abType: dataR16BF})

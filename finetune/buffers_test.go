@@ -57,4 +57,12 @@ func TestBufferViews(t *testing.T) {
 	if b.allocs == n {
 		t.Error("a larger batch allocated nothing")
 	}
+	// After ReleaseBuffers (a retry after running out of memory), a
+	// smaller batch gets buffers of its own size, not views of the old.
+	m.ReleaseBuffers()
+	n = b.allocs
+	tinymodel.Step(t, m, tinymodel.PackedBatch(2, 24, m.Cfg.VocabSize, []int{7, 13, 30, 4}), 5)
+	if b.allocs == n {
+		t.Error("a batch after ReleaseBuffers allocated nothing")
+	}
 }

@@ -315,6 +315,15 @@ func (m *Model) freeBuffers(slot int) {
 	m.bufs[slot] = nil
 }
 
+// ReleaseBuffers frees the activation buffers (the next Forward allocates
+// them again for its shape): what a retry with a smaller batch after
+// running out of memory needs, since a smaller batch would view them.
+func (m *Model) ReleaseBuffers() {
+	m.pending = nil
+	m.freeBuffers(0)
+	m.freeBuffers(1)
+}
+
 // ensureBuffers returns the buffers for B x S tokens. The set of the
 // largest T = B x S so far stays allocated: a smaller batch (an epoch's
 // last, partial micro-batch; another row length) gets a set of views of
@@ -666,11 +675,9 @@ func (m *Model) layerForwardKeeping(li int, a *layerActs, x, out Tensor, bf *buf
 	k, ok := m.B.(LoRAInputKeeper)
 	if ok {
 		k.KeepLoRAInputs(true)
+		defer k.KeepLoRAInputs(false) // also when an op panics (out of memory)
 	}
 	m.layerForward(li, a, x, out, bf, true, stepSeed)
-	if ok {
-		k.KeepLoRAInputs(false)
-	}
 }
 
 // prefetch hints the linears the model uses next to a WeightPrefetcher

@@ -775,6 +775,9 @@ func (tr *trainer) shrink(cause error) error {
 	}
 	old := tr.microBS
 	tr.microBS = (tr.microBS + 1) / 2
+	// The buffers of the failed size go: a smaller batch would view them
+	// (Viewer) and keep their memory.
+	tr.m.ReleaseBuffers()
 	pieces := (t.PerDeviceTrainBatchSize + tr.microBS - 1) / tr.microBS
 	tr.emit(LogEvent{Level: "warn", Message: fmt.Sprintf("out of memory with micro-batches of %d sequences (auto_find_batch_size): retrying step %d with %d sequences and %d accumulation steps, the same %d sequences per optimizer step",
 		old, tr.step+1, tr.microBS, pieces*t.GradientAccumulationSteps, t.PerDeviceTrainBatchSize*t.GradientAccumulationSteps)})

@@ -66,6 +66,9 @@ func FromTokenizerDir(dir string) (*Template, error) {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("read %s: %w", jinjaPath, err)
 	}
+	if err == nil && len(strings.TrimSpace(string(fromFile))) == 0 {
+		err = fs.ErrNotExist // an empty file is no template (as the tokenizer's reader took it)
+	}
 
 	var warnings []string
 	source, text := "", ""

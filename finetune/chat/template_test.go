@@ -117,6 +117,12 @@ func TestFromTokenizerDirSources(t *testing.T) {
 	if _, err := FromTokenizerDir(dir); !errors.Is(err, ErrNoTemplate) || !strings.Contains(err.Error(), dir) {
 		t.Errorf("missing template: err = %v, want ErrNoTemplate naming the folder", err)
 	}
+	// An empty chat_template.jinja is no template either.
+	write("chat_template.jinja", " \n")
+	if _, err := FromTokenizerDir(dir); !errors.Is(err, ErrNoTemplate) {
+		t.Errorf("empty chat_template.jinja: err = %v, want ErrNoTemplate", err)
+	}
+	os.Remove(filepath.Join(dir, "chat_template.jinja"))
 	// A list without a default one is an error, not a missing template.
 	write("tokenizer_config.json", `{"chat_template": [{"name": "tool_use", "template": "T"}]}`)
 	if _, err := FromTokenizerDir(dir); err == nil || errors.Is(err, ErrNoTemplate) || !strings.Contains(err.Error(), "default") {
