@@ -92,14 +92,22 @@ func (b *Backend) keepSlot(op string, l *finetune.Linear, x cu.DevicePtr, seed u
 // takeKept returns the kept bf16(dropout(x)) of l's input x [T,in] for seed,
 // once, or 0.
 func (b *Backend) takeKept(l *finetune.Linear, x cu.DevicePtr, seed uint64, T, in int) cu.DevicePtr {
+	s := b.keptFor(l, x, seed, T, in)
+	if s == nil {
+		return 0
+	}
+	s.ready = false
+	return s.buf.ptr
+}
+
+// keptFor is the ready slot of l's input x [T,in] for seed, or nil.
+func (b *Backend) keptFor(l *finetune.Linear, x cu.DevicePtr, seed uint64, T, in int) *keptInput {
 	for k := range b.kept {
-		s := &b.kept[k]
-		if s.ready && s.l == l && s.x == x && s.seed == seed && s.T == T && s.in == in {
-			s.ready = false
-			return s.buf.ptr
+		if s := &b.kept[k]; s.ready && s.l == l && s.x == x && s.seed == seed && s.T == T && s.in == in {
+			return s
 		}
 	}
-	return 0
+	return nil
 }
 
 // loraInput unwraps x [T,in], l's input, for LinearBackward's GradA: as
@@ -107,12 +115,8 @@ func (b *Backend) takeKept(l *finetune.Linear, x cu.DevicePtr, seed uint64, T, i
 // kept copy for seed waits, else with tensor()'s checks and materialising.
 func (b *Backend) loraInput(x finetune.Tensor, l *finetune.Linear, seed uint64, T, in int, op string) *Tensor {
 	xs := unwrapRaw(x, kindF32, op)
-	if xs != nil && xs.half == nil && xs.zero == nil {
-		for k := range b.kept {
-			if s := &b.kept[k]; s.ready && s.l == l && s.x == xs.ptr && s.seed == seed && s.T == T && s.in == in {
-				return xs
-			}
-		}
+	if xs != nil && xs.half == nil && xs.zero == nil && b.keptFor(l, xs.ptr, seed, T, in) != nil {
+		return xs
 	}
 	return tensor(x, kindF32, op)
 }

@@ -433,31 +433,25 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, do
 	// GradB [out,r] += scale * dout^T . h
 	b.gemm(op, gemmArgs{transA: true, M: w.out, N: r, K: T, alpha: lo.Scale, beta: betaB, A: uintptr(dh), lda: w.out,
 		B: uintptr(h16), ldb: r, C: uintptr(gB.ptr), ldc: r, abType: dataR16BF})
-	// GradA [r,in] += scale * g^T . dropout(x)
-	n := int64(T) * int64(w.in)
-	var xdh cu.DevicePtr
-	if rows {
-		// bf16(dropout(x)): kept by the forward (v8), else one pass.
-		if xdh = b.takeKept(l, xs.ptr, seed, T, w.in); xdh == 0 {
-			xs.readable(op) // loraInput let it through for a kept copy
-			xdh = b.scratchBuf(sLoRAX, 2*n, op)
-			b.loraPrep(op, 0, xdh, xs.ptr, n, w.in, w.in, lo.Dropout, seed)
-		}
-	} else {
-		// g [T,r] = dout . B
+	// GradA [r,in] += scale * g^T . dropout(x), with bf16(dropout(x)) kept
+	// by the forward's row kernel (v8; it may then have left x unwritten:
+	// skipByproduct), else made here in one pass; without the row kernel,
+	// g = dout . B is a GEMM and its rounding rides along that pass.
+	var jobs []prepJob
+	if !rows {
 		b.gemm(op, gemmArgs{M: T, N: r, K: w.out, alpha: 1, A: uintptr(dh), lda: w.out, B: uintptr(b16), ldb: r,
 			C: uintptr(g), ldc: r, abType: dataR16BF})
-		gj := prepJob{dst: g16, src: g, rows: T, cols: r, ld: r, scale: 1}
-		// The forward's row kernel may have kept bf16(dropout(x)) (and
-		// then left x unwritten, skipByproduct) though dout's shape does
-		// not take this backward's row kernel: use it.
-		if xdh = b.takeKept(l, xs.ptr, seed, T, w.in); xdh != 0 {
-			b.loraPrep(op, 0, 0, 0, 0, 1, 1, 0, 0, gj)
-		} else {
-			xs.readable(op)
-			xdh = b.scratchBuf(sLoRAX, 2*n, op)
-			b.loraPrep(op, 0, xdh, xs.ptr, n, w.in, w.in, lo.Dropout, seed, gj)
-		}
+		jobs = append(jobs, prepJob{dst: g16, src: g, rows: T, cols: r, ld: r, scale: 1})
+	}
+	n := int64(T) * int64(w.in)
+	xdh := b.takeKept(l, xs.ptr, seed, T, w.in)
+	switch {
+	case xdh == 0:
+		xs.readable(op) // loraInput let it through for a kept copy
+		xdh = b.scratchBuf(sLoRAX, 2*n, op)
+		b.loraPrep(op, 0, xdh, xs.ptr, n, w.in, w.in, lo.Dropout, seed, jobs...)
+	case len(jobs) > 0:
+		b.loraPrep(op, 0, 0, 0, 0, 1, 1, 0, 0, jobs...)
 	}
 	b.gemm(op, gemmArgs{transA: true, M: r, N: w.in, K: T, alpha: lo.Scale, beta: betaA, A: uintptr(g16), lda: r,
 		B: uintptr(xdh), ldb: w.in, C: uintptr(gA.ptr), ldc: w.in, abType: dataR16BF})

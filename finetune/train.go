@@ -430,7 +430,7 @@ type trainer struct {
 	lastSave int // step of the last checkpoint (-1: none)
 	// fileTimes: what each file of the checkpoint being written took
 	// (stageFile), for its debug log line.
-	fileTimes []string
+	fileTimes []fileTime
 }
 
 // logWindow accumulates the steps since the last log.

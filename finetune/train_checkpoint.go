@@ -173,31 +173,38 @@ func findResume(out, resume string) (string, error) {
 }
 
 // stageFile wraps a file's writer with the job's test hook.
-// The time each write took and the bytes it wrote are added to
-// tr.fileTimes (a debug log line of the checkpoint).
+// The time each write took is added to tr.fileTimes (a debug log line of
+// the checkpoint).
 func (tr *trainer) stageFile(name string, write func(io.Writer) error) peft.File {
 	return peft.NewFile(name, func(w io.Writer) error {
 		if tr.job.wrapWriter != nil {
 			w = tr.job.wrapWriter(name, w)
 		}
-		cw := &countingWriter{w: w}
 		t0 := time.Now()
-		err := write(cw)
-		tr.fileTimes = append(tr.fileTimes, fmt.Sprintf("%s %.1f MB %.2f s", name, float64(cw.n)/1e6, time.Since(t0).Seconds()))
+		err := write(w)
+		tr.fileTimes = append(tr.fileTimes, fileTime{name, time.Since(t0)})
 		return err
 	})
 }
 
-// countingWriter counts the bytes written through it.
-type countingWriter struct {
-	w io.Writer
-	n int64
+// fileTime is what writing one file of a checkpoint took.
+type fileTime struct {
+	name string
+	took time.Duration
 }
 
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
+// fileTimesLine says, for the checkpoint in dir, each file's size and
+// what its encoding and write took.
+func (tr *trainer) fileTimesLine(dir string) string {
+	var parts []string
+	for _, f := range tr.fileTimes {
+		size := "?"
+		if fi, err := os.Stat(filepath.Join(dir, f.name)); err == nil {
+			size = fmt.Sprintf("%.1f MB", float64(fi.Size())/1e6)
+		}
+		parts = append(parts, fmt.Sprintf("%s %s %.2f s", f.name, size, f.took.Seconds()))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func jsonFile(v any) func(io.Writer) error {
@@ -292,7 +299,7 @@ func (tr *trainer) saveCheckpoint() (string, error) {
 	atomicfile.SyncDir(out)
 	tr.lastSave = tr.step
 	tr.emit(LogEvent{Level: "debug", Message: fmt.Sprintf("%s written in %.2f s (each file's encoding and write, before its sync: %s)",
-		dir, time.Since(t0).Seconds(), strings.Join(tr.fileTimes, ", "))})
+		dir, time.Since(t0).Seconds(), tr.fileTimesLine(dir))})
 	tr.emit(CheckpointEvent{Step: tr.step, Path: dir})
 	if limit := t.SaveTotalLimit; limit > 0 {
 		cks := listCheckpoints(out)
