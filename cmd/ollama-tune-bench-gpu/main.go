@@ -316,6 +316,12 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 		TotalSteps: total, TokensPerStep: batchRows * seqLen, SetupS: setup,
 		Note: "synthetic Phi-3-mini drawn on the GPU, NF4 double quant, LoRA r=8 on 4 modules, paged_adamw_8bit (bitsandbytes 8-bit AdamW), linear lr 3e-4, clip 1.0"}
 	minFree := free0
+	// hostS is the last step's host time up to its final Sync: the
+	// enqueueing (and the loss's download, which waits for the forward).
+	// Near the step's time, the host, not the GPU, sets the pace.
+	// fwdS is the time to the forward's loss (the GPU's forward, as the
+	// loss's download waits for it).
+	var hostS, fwdS float64
 	step := func(g int) (float64, error) {
 		t0 := time.Now()
 		m.ZeroGrads()
@@ -323,6 +329,7 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 		if err != nil {
 			return 0, err
 		}
+		fwdS = time.Since(t0).Seconds()
 		if err := m.Backward(); err != nil {
 			return 0, err
 		}
@@ -341,6 +348,7 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 			}
 		}
 		b.AdamW8bitMulti(ps8, gs8, sts8, hp)
+		hostS = time.Since(t0).Seconds()
 		if err := b.Sync(); err != nil {
 			return 0, err
 		}
@@ -367,7 +375,7 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 		if g >= warmup {
 			res.StepTimes = append(res.StepTimes, secs)
 		}
-		fmt.Printf("ckpt %-5v step %3d: %.4f s, loss %.4f, grad norm %.4f\n", ckpt, g+1, secs, res.Losses[g], res.GradNorms[g])
+		fmt.Printf("ckpt %-5v step %3d: %.4f s (forward %.4f s, host done %.4f s), loss %.4f, grad norm %.4f\n", ckpt, g+1, secs, fwdS, hostS, res.Losses[g], res.GradNorms[g])
 	}
 	var sum float64
 	for _, s := range res.StepTimes {
