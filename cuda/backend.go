@@ -703,6 +703,7 @@ func (b *Backend) Scale(t finetune.Tensor, s float32) {
 	const op = "Scale"
 	defer b.enter(op)()
 	x := tensor(t, kindF32, op)
+	b.packStale(x.ptr)
 	b.launchN(op, "scale_f32", int64(x.n), ptrArg(x.ptr), intArg(x.n), f32Arg(s))
 }
 
@@ -765,6 +766,7 @@ func (b *Backend) AdamW(p, g, m, v finetune.Tensor, hp finetune.AdamParams) {
 	const op = "AdamW"
 	defer b.enter(op)()
 	ps, gs, ms, vs := adamTensors(op, p, g, m, v, hp)
+	b.packStale(ps.ptr)
 	q := hp.OptimParams()
 	t := float64(q.Step)
 	bc1 := 1 - math.Pow(q.Beta1, t)
@@ -790,6 +792,7 @@ func (b *Backend) AdamW8bit(p, g finetune.Tensor, st *finetune.Adam8State, hp fi
 	defer b.enter(op)()
 	t := adam8Tensors(op, p, g, st, hp)
 	ps, gs, mc, vc, am, av := t[0], t[1], t[2], t[3], t[4], t[5]
+	b.packStale(ps.ptr)
 	n := ps.n
 	k := newBnbConsts(hp)
 	b.launch(op, "adamw8bit", grid1(optim.Blocks8bit(n)), 256, 0, ptrArg(ps.ptr), ptrArg(gs.ptr), ptrArg(mc.ptr), ptrArg(vc.ptr),
@@ -804,6 +807,7 @@ func (b *Backend) BnbAdamW32(p, g, m, v finetune.Tensor, hp finetune.AdamParams)
 	const op = "BnbAdamW32"
 	defer b.enter(op)()
 	ps, gs, ms, vs := adamTensors(op, p, g, m, v, hp)
+	b.packStale(ps.ptr)
 	k := newBnbConsts(hp)
 	b.launchN(op, "bnb_adam32", int64(ps.n), ptrArg(ps.ptr), ptrArg(gs.ptr), ptrArg(ms.ptr), ptrArg(vs.ptr), intArg(ps.n),
 		f32Arg(k.b1), f32Arg(k.b2), f32Arg(k.w1), f32Arg(k.w2), f32Arg(k.stepSize), f32Arg(k.epsC2), boolArg(k.decay), f32Arg(k.decayFactor))

@@ -156,6 +156,10 @@ type Backend struct {
 	rmsBwd string    // RMSNormBackward's kernel (elementwise.go: rmsBwdKernel)
 	rmsFwd string    // RMSNormForward's kernel suffix (rmsFwdSuffix)
 	gen    uint64    // the last write generation handed out (Tensor.gen)
+	// packs are the packed bfloat16 LoRA matrices by their float32
+	// matrix's address, packTab the last PackLoRA table (lorapack.go).
+	packs   map[cu.DevicePtr]*loraPack
+	packTab *packTable
 	ropeCS ropeCache // RoPE's cos/sin table of the last positions (elementwise.go)
 
 	live, peak int64 // bytes held by tensors, weights and scratch
@@ -439,6 +443,14 @@ func (b *Backend) release() {
 		cu.MemFree(b.adam8.mem)
 		b.adam8 = nil
 	}
+	for _, p := range b.packs {
+		cu.MemFree(p.ptr)
+	}
+	b.packs = nil
+	if b.packTab != nil {
+		cu.MemFree(b.packTab.mem)
+		b.packTab = nil
+	}
 	if b.skinnyCounters.ptr != 0 {
 		cu.MemFree(b.skinnyCounters.ptr)
 		b.skinnyCounters = buffer{}
@@ -645,6 +657,7 @@ func (t *Tensor) bytes() int64 { return int64(t.n) * t.kind.size() }
 func (b *Backend) touch(t *Tensor) {
 	b.gen++
 	t.gen = b.gen
+	b.packStale(t.ptr)
 	t.host = nil
 	t.unwritten = false
 }
@@ -1020,6 +1033,7 @@ func (b *Backend) Free(t finetune.Tensor) {
 		return
 	}
 	defer b.enter("Free")()
+	b.dropPack(ct.ptr)
 	b.rawFree(ct.ptr, ct.bytes())
 	ct.ptr, ct.n, ct.zero, ct.half = 0, 0, nil, nil
 	b.touch(ct)
@@ -1092,6 +1106,7 @@ func (b *Backend) FreeScratch() {
 	b.freeDequantCache()
 	b.freeRopeCache()
 	b.freeKept()
+	b.freePacks()
 	for k := range b.scratch {
 		if b.scratch[k].ptr != 0 {
 			b.rawFree(b.scratch[k].ptr, b.scratch[k].n)

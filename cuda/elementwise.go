@@ -228,6 +228,7 @@ func (b *Backend) Add(out, a, bt finetune.Tensor) {
 	defer b.enter(op)()
 	as, bs := tensor(a, kindF32, op), tensor(bt, kindF32, op)
 	o := outTensor(out, kindF32, op)
+	b.packStale(o.ptr)
 	if as.n != o.n || bs.n != o.n {
 		panic(&Error{Op: op, Err: fmt.Errorf("shapes %v + %v into %v", as.shape, bs.shape, o.shape)})
 	}

@@ -224,7 +224,7 @@ func (b *Backend) loraRowsLaunch(op, kernel string, yh cu.DevicePtr, ldyh int, P
 	if yh != 0 && (yh%16 != 0 || ldyh%8 != 0 || ldyh < K) {
 		panic(&Error{Op: op, Err: fmt.Errorf("%s: bfloat16 copy at row stride %d for %d columns", kernel, ldyh, K)})
 	}
-	b.launchRows(op, kernel, T, K, job, []uint64{ptrArg(yh), intArg(ldyh), ptrArg(P), ptrArg(p16), intArg(ldp), f32Arg(scale16), ptrArg(Y),
+	b.launchRows(op, kernel, T, K, job, b.packedW(W), []uint64{ptrArg(yh), intArg(ldyh), ptrArg(P), ptrArg(p16), intArg(ldp), f32Arg(scale16), ptrArg(Y),
 		ptrArg(W), intArg(T), intArg(K), intArg(r), seed, f32Arg(p), dropThreshold(p), f32Arg(keepScale(p))}, extra...)
 }
 
@@ -243,7 +243,7 @@ func (b *Backend) loraRowsNorm(op string, norm *normSrc, yh cu.DevicePtr, ldyh i
 	if K <= 3072 {
 		entry = kernel + "_q3"
 	}
-	b.launchRowsEntry(op, kernel, entry, 32*32, T, K, job, []uint64{ptrArg(yh), intArg(ldyh), ptrArg(P), ptrArg(p16), intArg(ldp), f32Arg(scale16),
+	b.launchRowsEntry(op, kernel, entry, 32*32, T, K, job, b.packedW(A), []uint64{ptrArg(yh), intArg(ldyh), ptrArg(P), ptrArg(p16), intArg(ldp), f32Arg(scale16),
 		ptrArg(A), intArg(T), intArg(K), intArg(r), seed, f32Arg(p), dropThreshold(p), f32Arg(keepScale(p))},
 		ptrArg(xd16), ptrArg(norm.sum), ptrArg(norm.xn), ptrArg(norm.rstd), ptrArg(norm.a), ptrArg(norm.b), ptrArg(norm.w), f32Arg(norm.eps))
 }
@@ -256,21 +256,22 @@ func (b *Backend) loraRowsSwiGLU(op string, dh, g, g16 cu.DevicePtr, sw *swigluS
 	if sw.half {
 		kernel += "_h"
 	}
-	b.launchRows(op, kernel, T, 2*sw.I, job, []uint64{ptrArg(dh), intArg(2 * sw.I), ptrArg(g), ptrArg(g16), intArg(r),
+	b.launchRows(op, kernel, T, 2*sw.I, job, b.packedW(B), []uint64{ptrArg(dh), intArg(2 * sw.I), ptrArg(g), ptrArg(g16), intArg(r),
 		ptrArg(sw.dact), ptrArg(sw.gu), ptrArg(B), intArg(T), intArg(sw.I), intArg(r)})
 }
 
 // launchRows launches a row kernel over T rows of K columns (the
-// profile's name for it) with args, then job's (dst 0: none), then extra:
-// blocks of loraRowsRows rows (rowsKernel's threads).
-func (b *Backend) launchRows(op, kernel string, T, K int, job prepJob, args []uint64, extra ...uint64) {
+// profile's name for it) with args, then job's (dst 0: none), then w16
+// (the packed copy of its W, packedW; 0: none), then extra: blocks of
+// loraRowsRows rows (rowsKernel's threads).
+func (b *Backend) launchRows(op, kernel string, T, K int, job prepJob, w16 cu.DevicePtr, args []uint64, extra ...uint64) {
 	entry, threads := rowsKernel(kernel)
-	b.launchRowsEntry(op, kernel, entry, threads, T, K, job, args, extra...)
+	b.launchRowsEntry(op, kernel, entry, threads, T, K, job, w16, args, extra...)
 }
 
 // launchRowsEntry is launchRows for the entry point entry of kernel
 // (the profile's name) with threads threads a block.
-func (b *Backend) launchRowsEntry(op, kernel, entry string, threads, T, K int, job prepJob, args []uint64, extra ...uint64) {
+func (b *Backend) launchRowsEntry(op, kernel, entry string, threads, T, K int, job prepJob, w16 cu.DevicePtr, args []uint64, extra ...uint64) {
 	if job.dst == 0 {
 		job = prepJob{rows: 0, cols: 1, ld: 1, scale: 1}
 	} else if job.ld < job.cols || int64(job.rows)*int64(job.ld) >= 1<<31 {
@@ -280,7 +281,7 @@ func (b *Backend) launchRowsEntry(op, kernel, entry string, threads, T, K int, j
 	if b.prof != nil {
 		span = fmt.Sprintf("%s %dx%d", kernel, T, K)
 	}
-	args = append(args, ptrArg(job.dst), ptrArg(job.src), intArg(job.rows), intArg(job.cols), intArg(job.ld), f32Arg(job.scale))
+	args = append(args, ptrArg(job.dst), ptrArg(job.src), intArg(job.rows), intArg(job.cols), intArg(job.ld), f32Arg(job.scale), ptrArg(w16))
 	b.launchAs(op, entry, span, grid1((T+loraRowsRows-1)/loraRowsRows), threads, 0, append(args, extra...)...)
 }
 

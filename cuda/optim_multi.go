@@ -73,6 +73,7 @@ func (b *Backend) AdamW8bitMulti(ps, gs []finetune.Tensor, sts []*finetune.Adam8
 	rows := make([][6]*Tensor, len(ps))
 	for i := range ps {
 		rows[i] = adam8Tensors(op, ps[i], gs[i], sts[i], hp)
+		b.packStale(rows[i][0].ptr)
 	}
 	t := b.adam8TableFor(op, rows)
 	k := newBnbConsts(hp)

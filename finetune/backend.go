@@ -256,6 +256,16 @@ type WeightPrefetcher interface {
 	PrefetchLinears(ls ...*Linear)
 }
 
+// LoRAPacker takes a promise: the LoRA matrices of these linears stay as
+// they are until the backend's own ops write them (an upload, an
+// optimizer step), so a backend may keep rounded copies for its kernels
+// (the CUDA backend packs bfloat16 A and B^T for its row kernels; issue
+// 8, v11). It must not change any result. The model gives it all its
+// linears when a forward starts.
+type LoRAPacker interface {
+	PackLoRA(ls []*Linear)
+}
+
 // SwiGLULinearForwarder fuses SwiGLU into the linear that consumes its
 // output (down_proj): SwiGLULinearForward(out, act, gateUp, l, h, seed) is
 // SwiGLUForward(act, gateUp) then LinearForward(out, act, l, h, seed), or,

@@ -680,6 +680,17 @@ func (m *Model) layerForwardKeeping(li int, a *layerActs, x, out Tensor, bf *buf
 	m.layerForward(li, a, x, out, bf, true, stepSeed)
 }
 
+// allLinears is every layer's linears, layer by layer, in module order.
+func (m *Model) allLinears() []*Linear {
+	ls := make([]*Linear, 0, numModules*len(m.Layers))
+	for i := range m.Layers {
+		for _, l := range m.Layers[i].linears() {
+			ls = append(ls, l)
+		}
+	}
+	return ls
+}
+
 // prefetch hints the linears the model uses next to a WeightPrefetcher
 // backend (the dequantization cache slots they take hold weights already
 // done with).
@@ -693,6 +704,9 @@ func (m *Model) prefetch(ls ...*Linear) {
 // norm into bf.lnf.
 func (m *Model) body(batch *Batch, train bool, stepSeed uint64) *buffers {
 	b := m.B
+	if pk, ok := b.(LoRAPacker); ok && len(m.loraParams) > 0 {
+		pk.PackLoRA(m.allLinears())
+	}
 	bf := m.ensureBuffers(batch.B, batch.S, train)
 	b.UploadInt32(bf.ids, batch.InputIDs)
 	b.UploadInt32(bf.pos, batch.PositionIDs)

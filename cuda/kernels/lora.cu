@@ -443,6 +443,15 @@ __device__ __forceinline__ void lr_wt_frag(unsigned f[4], const float* wc, I r) 
     f[2] = bf16x2_rn(__ldg(wc + 4 * r), __ldg(wc + 5 * r)), f[3] = bf16x2_rn(__ldg(wc + 6 * r), __ldg(wc + 7 * r));
 }
 
+// lr_w16_frag loads W(j, k .. k+7) from a row of a packed copy W16 [r,K]
+// (lora_pack_bf16: bf16x2_rn of A, or of B^T), w16r = &W16[j][k] (16-byte
+// aligned): one 16-byte load in place of lr_w_frag's two and four
+// conversions, or lr_wt_frag's eight scattered ones (v11).
+__device__ __forceinline__ void lr_w16_frag(unsigned f[4], const bf16_t* w16r) {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(w16r));
+    f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
+}
+
 // lr_finish ends a row kernel: the block's warps add their MMA sums (acc:
 // lane (g, c) holds (row g, j 2c) and (row g, j 2c+1)) in warp order, and
 // threads 0..63 write P [T,r] and bf16(scale16 * P) to p16 (row stride ldp;
@@ -558,7 +567,8 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
                                                const float* __restrict__ Y, const float* __restrict__ W, i64 T, i64 K,
                                                i64 r, u64 seed, double p_d, u64 thr, double ks_d, bf16_t* jdst,
                                                const float* jsrc, i64 jrows, i64 jcols, i64 jld, double jscale,
-                                               float* __restrict__ act, bf16_t* __restrict__ xd16) {
+                                               const bf16_t* __restrict__ w16, float* __restrict__ act,
+                                               bf16_t* __restrict__ xd16) {
     const float ks = (float)ks_d;
     const bool drop = p_d > 0.0;
     const unsigned int t32 = (unsigned int)thr;
@@ -575,6 +585,7 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
     bf16_t* xdrow = xd16 ? xd16 + tr * K : nullptr;
     float* actrow = SW && act ? act + tr * K : nullptr;  // act null: not written (v10, skipByproduct)
     const float* wcol = W + (okg ? g : 0) * (WT ? 1 : K);
+    const bf16_t* w16row = w16 ? w16 + (okg ? g : 0) * K : nullptr;  // packed: W(g, .) whether A or B^T
     // dropout_group_hash's argument for the row's group k/4: srow + (k/4) * gamma
     const u64 srow = seed + (u64)(tr * (K >> 2)) * 0x9E3779B97F4A7C15ULL;
     float acc[2] = {0.0f, 0.0f};
@@ -597,7 +608,9 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
             // W's 8 values of column g at k .. k+7, rounded to bf16 pairs.
             wf[u][0] = wf[u][1] = wf[u][2] = wf[u][3] = 0;
             if (okg && okk) {
-                if (WT) {
+                if (w16row) {
+                    lr_w16_frag(wf[u], w16row + k);
+                } else if (WT) {
                     lr_wt_frag(wf[u], wcol + k * Ri, Ri);
                 } else {
                     lr_w_frag(wf[u], wcol + k);
@@ -626,12 +639,14 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
     lr_finish<WARPS>(acc, P, p16, ldp, (float)scale16_d, T, (int)r, jdst, jsrc, jrows, jcols, jld, jscale);
 }
 
+// w16 (every row kernel's last common parameter; null: none) is W's
+// packed bfloat16 copy [r,K] (lora_pack_bf16, v11), read in W's place.
 #define LORA_ROWS_PARAMS                                                                                              \
     bf16_t *yh, i64 ldyh, float *P, bf16_t *p16, i64 ldp, double scale16, const float *Y, const float *W, i64 T, i64 K, \
         i64 r, u64 seed, double p_d, u64 thr, double ks_d, bf16_t *jdst, const float *jsrc, i64 jrows, i64 jcols,     \
-        i64 jld, double jscale
+        i64 jld, double jscale, const bf16_t *w16
 #define LORA_ROWS_ARGS \
-    yh, ldyh, P, p16, ldp, scale16, Y, W, T, K, r, seed, p_d, thr, ks_d, jdst, jsrc, jrows, jcols, jld, jscale
+    yh, ldyh, P, p16, ldp, scale16, Y, W, T, K, r, seed, p_d, thr, ks_d, jdst, jsrc, jrows, jcols, jld, jscale, w16
 
 // xd16 (null: not written) gets bf16(drop(Y)) [T,K], what lora_prep_bf16
 // writes as xdh for the backward's GradA (finetune.LoRAInputKeeper, v8).
@@ -689,7 +704,8 @@ __device__ __forceinline__ void lora_rows_norm_body(bf16_t* __restrict__ yh, i64
                                                     bf16_t* __restrict__ p16, i64 ldp, double scale16_d,
                                                     const float* __restrict__ W, i64 T, i64 K, i64 r, u64 seed,
                                                     double p_d, u64 thr, double ks_d, bf16_t* jdst, const float* jsrc, i64 jrows,
-                                                    i64 jcols, i64 jld, double jscale, bf16_t* __restrict__ xd16,
+                                                    i64 jcols, i64 jld, double jscale, const bf16_t* __restrict__ w16,
+                                                    bf16_t* __restrict__ xd16,
                                                     float* __restrict__ sum, float* __restrict__ xn,
                                                     float* __restrict__ rstd, const float* __restrict__ a,
                                                     const float* __restrict__ b, const float* __restrict__ nw,
@@ -747,6 +763,7 @@ __device__ __forceinline__ void lora_rows_norm_body(bf16_t* __restrict__ yh, i64
     bf16_t* xdrow = xd16 ? xd16 + tr * K : nullptr;
     float* xnrow = xn ? xn + tr * K : nullptr;
     const float* wrow = W + (okg ? g : 0) * K;
+    const bf16_t* w16row = w16 ? w16 + (okg ? g : 0) * K : nullptr;
     const u64 srow = seed + (u64)(tr * (K >> 2)) * 0x9E3779B97F4A7C15ULL;
     float acc[2] = {0.0f, 0.0f};
 #pragma unroll
@@ -754,7 +771,13 @@ __device__ __forceinline__ void lora_rows_norm_body(bf16_t* __restrict__ yh, i64
         const int q = w + i * WARPS, k = (q << 5) + 8 * c;
         if (q >= nch) break;  // warp-uniform
         unsigned wf[4] = {0, 0, 0, 0};
-        if (okg) lr_w_frag(wf, wrow + k);
+        if (okg) {
+            if (w16row) {
+                lr_w16_frag(wf, w16row + k);
+            } else {
+                lr_w_frag(wf, wrow + k);
+            }
+        }
         const float4* np = reinterpret_cast<const float4*>(nw + k);
         const float4 na = __ldg(np), nb = __ldg(np + 1);
         const float4 a0 = rms_scale4(va[i], na, rs), b0 = rms_scale4(vb[i], nb, rs);
@@ -770,11 +793,11 @@ __device__ __forceinline__ void lora_rows_norm_body(bf16_t* __restrict__ yh, i64
 #define LORA_ROWS_NORM_PARAMS                                                                                        \
     bf16_t *yh, i64 ldyh, float *P, bf16_t *p16, i64 ldp, double scale16, const float *W, i64 T, i64 K, i64 r,      \
         u64 seed, double p_d, u64 thr, double ks_d, bf16_t *jdst, const float *jsrc, i64 jrows, i64 jcols, i64 jld, \
-        double jscale, bf16_t *xd16, float *sum, float *xn, float *rstd, const float *a, const float *b,            \
-        const float *nw, double eps
+        double jscale, const bf16_t *w16, bf16_t *xd16, float *sum, float *xn, float *rstd, const float *a,         \
+        const float *b, const float *nw, double eps
 #define LORA_ROWS_NORM_ARGS                                                                                         \
-    yh, ldyh, P, p16, ldp, scale16, W, T, K, r, seed, p_d, thr, ks_d, jdst, jsrc, jrows, jcols, jld, jscale, xd16, sum, xn, \
-        rstd, a, b, nw, eps
+    yh, ldyh, P, p16, ldp, scale16, W, T, K, r, seed, p_d, thr, ks_d, jdst, jsrc, jrows, jcols, jld, jscale, w16, xd16, \
+        sum, xn, rstd, a, b, nw, eps
 // lora_rows_norm_bf16[_add]_qN: lora_rows_bf16_w32's lanes, chunks and
 // sums (32 warps), N chunks a lane at most: K <= 3072 (q3) or 4096 (q4).
 #define LORA_ROWS_NORM_ENTRY(NAME, ADD, NQ)                                                          \
@@ -814,7 +837,7 @@ template <int WARPS, int BATCH, bool GU16 = false>
 __device__ __forceinline__ void lora_rows_swiglu_t_body(
     bf16_t* __restrict__ yh, i64 ldyh, float* __restrict__ P, bf16_t* __restrict__ p16, i64 ldp,
     const float* __restrict__ dact, const float* __restrict__ gu, const float* __restrict__ W, i64 T, i64 I, i64 r,
-    bf16_t* jdst, const float* jsrc, i64 jrows, i64 jcols, i64 jld, double jscale) {
+    bf16_t* jdst, const float* jsrc, i64 jrows, i64 jcols, i64 jld, double jscale, const bf16_t* __restrict__ w16) {
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
     const i64 t = (i64)blockIdx.x * LR_ROWS + g;
     const bool okt = t < T, okg = g < (int)r;
@@ -841,7 +864,13 @@ __device__ __forceinline__ void lora_rows_swiglu_t_body(
             }
 #pragma unroll
             for (int i = 0; i < 4; i++) wg[u][i] = wu[u][i] = 0;
-            if (okg && okk) lr_wt_frag(wg[u], W + k * r + g, r), lr_wt_frag(wu[u], W + (I + k) * r + g, r);
+            if (okg && okk) {
+                if (w16) {  // packed B^T [r, 2I]
+                    lr_w16_frag(wg[u], w16 + g * 2 * I + k), lr_w16_frag(wu[u], w16 + g * 2 * I + I + k);
+                } else {
+                    lr_wt_frag(wg[u], W + k * r + g, r), lr_wt_frag(wu[u], W + (I + k) * r + g, r);
+                }
+            }
         }
 #pragma unroll
         for (int u = 0; u < BATCH; u++) {
@@ -872,8 +901,8 @@ __device__ __forceinline__ void lora_rows_swiglu_t_body(
 
 #define LORA_ROWS_SWIGLU_T_PARAMS                                                                                   \
     bf16_t *yh, i64 ldyh, float *P, bf16_t *p16, i64 ldp, const float *dact, const float *gu, const float *W, i64 T, \
-        i64 I, i64 r, bf16_t *jdst, const float *jsrc, i64 jrows, i64 jcols, i64 jld, double jscale
-#define LORA_ROWS_SWIGLU_T_ARGS yh, ldyh, P, p16, ldp, dact, gu, W, T, I, r, jdst, jsrc, jrows, jcols, jld, jscale
+        i64 I, i64 r, bf16_t *jdst, const float *jsrc, i64 jrows, i64 jcols, i64 jld, double jscale, const bf16_t *w16
+#define LORA_ROWS_SWIGLU_T_ARGS yh, ldyh, P, p16, ldp, dact, gu, W, T, I, r, jdst, jsrc, jrows, jcols, jld, jscale, w16
 extern "C" __global__ void __launch_bounds__(16 * 32) lora_rows_swiglu_bf16_t(LORA_ROWS_SWIGLU_T_PARAMS) {
     lora_rows_swiglu_t_body<16, 2>(LORA_ROWS_SWIGLU_T_ARGS);
 }
@@ -883,4 +912,27 @@ extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_swiglu_bf16_t_w3
 // _h_w32 (v9): gate_up in bfloat16 (gu holds bf16_t; finetune.HalfAllocator).
 extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_swiglu_bf16_t_h_w32(LORA_ROWS_SWIGLU_T_PARAMS) {
     lora_rows_swiglu_t_body<32, 1, true>(LORA_ROWS_SWIGLU_T_ARGS);
+}
+
+// lora_pack_bf16 (v11): the row kernels' packed weights (their w16), for
+// a table of jobs, 5 values each: src, dst, R, C, trans. dst = bf16(src)
+// for src [R,C] float32 (A [r,K]: dst [r,K]), or with trans dst [C,R] =
+// bf16(src^T) (B [K,r]: dst [r,K]); each value rounded by bf16x2_rn, as
+// lr_w_frag and lr_wt_frag round them, so the row kernels see the same
+// bits. Grid (x, jobs), 256 threads: block (x, q) takes job q's items
+// 256x.., striding by 256 * gridDim.x; an item is a value, or with trans a
+// row of src (its C <= 8 values go to dst's rows at column rr: the lanes'
+// stores are consecutive). The host checks R * C < 2^31.
+extern "C" __global__ void lora_pack_bf16(const i64* __restrict__ table) {
+    const i64* e = table + 5 * blockIdx.y;
+    const float* src = reinterpret_cast<const float*>(e[0]);
+    bf16_t* dst = reinterpret_cast<bf16_t*>(e[1]);
+    const int R = (int)e[2], C = (int)e[3], stride = gridDim.x * blockDim.x;
+    const int i0 = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e[4] == 0) {
+        for (int i = i0; i < R * C; i += stride) dst[i] = (bf16_t)(bf16x2_rn(__ldg(src + i), 0.0f) & 0xffffu);
+        return;
+    }
+    for (int rr = i0; rr < R; rr += stride)
+        for (int c = 0; c < C; c++) dst[c * R + rr] = (bf16_t)(bf16x2_rn(__ldg(src + rr * C + c), 0.0f) & 0xffffu);
 }
