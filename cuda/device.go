@@ -153,14 +153,14 @@ type Backend struct {
 	dequantClock uint64
 	side         sideStream // PrefetchLinears' stream (prefetch.go)
 
-	rmsBwd string    // RMSNormBackward's kernel (elementwise.go: rmsBwdKernel)
-	rmsFwd string    // RMSNormForward's kernel suffix (rmsFwdSuffix)
-	gen    uint64    // the last write generation handed out (Tensor.gen)
+	rmsBwd string // RMSNormBackward's kernel (elementwise.go: rmsBwdKernel)
+	rmsFwd string // RMSNormForward's kernel suffix (rmsFwdSuffix)
+	gen    uint64 // the last write generation handed out (Tensor.gen)
 	// packs are the packed bfloat16 LoRA matrices by their float32
 	// matrix's address, packTab the last PackLoRA table (lorapack.go).
 	packs   map[cu.DevicePtr]*loraPack
 	packTab *packTable
-	ropeCS ropeCache // RoPE's cos/sin table of the last positions (elementwise.go)
+	ropeCS  ropeCache // RoPE's cos/sin table of the last positions (elementwise.go)
 
 	live, peak int64 // bytes held by tensors, weights and scratch
 	closed     bool
