@@ -28,6 +28,8 @@ import (
 	"io"
 	"math"
 	"os"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"sort"
 	"strconv"
@@ -368,7 +370,24 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 		return secs, nil
 	}
 	for g := 0; g < warmup+steps; g++ {
+		// OLLAMA_TUNE_BENCH_PPROF=file: a CPU profile of the first step
+		// (10 kHz), to see where its extra time goes (allocations, first
+		// launches, cuBLAS's first calls).
+		var pf *os.File
+		if path := os.Getenv("OLLAMA_TUNE_BENCH_PPROF"); path != "" && g == 0 {
+			if pf, err = os.Create(path); err != nil {
+				return res, nil, err
+			}
+			runtime.SetCPUProfileRate(10000)
+			if err := pprof.StartCPUProfile(pf); err != nil {
+				return res, nil, err
+			}
+		}
 		secs, err := step(g)
+		if pf != nil {
+			pprof.StopCPUProfile()
+			pf.Close()
+		}
 		if err != nil {
 			return res, nil, err
 		}
