@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 
+	"gorgonia.org/cu"
+
 	"github.com/ollama-tune/ollama-tune/finetune"
 )
 
@@ -156,7 +158,22 @@ func (b *Backend) RoPEAttention(B, S, nHead, nKV, headDim, rotaryDim int) bool {
 	return ropeAttn && b.shortAttn(S, headDim) && nHead == nKV && rotaryDim > 0 && rotaryDim%2 == 0 &&
 		rotaryDim <= headDim && b.tcAttn("attn_fwd_bf16", abFwdSmem(headDim)) &&
 		b.tcAttn("attn_bwd_bf16", abBwdSmem(headDim, rotaryDim/2)) && b.tcAttn("attn_fwd_bf16_h", abFwdSmem(headDim)) &&
-		b.tcAttn("attn_bwd_bf16_h", abBwdSmem(headDim, rotaryDim/2)) && b.tcAttn("attn_bwd_bf16_hh", abBwdSmem(headDim, rotaryDim/2))
+		b.tcAttn("attn_bwd_bf16_h", abBwdSmem(headDim, rotaryDim/2)) && b.tcAttn("attn_bwd_bf16_hh", abBwdSmem(headDim, rotaryDim/2)) &&
+		b.tcAttn("attn_fwd_bf16_h_rp", abFwdSmem(headDim)) && b.tcAttn("attn_bwd_bf16_hh_rp", abBwdSmem(headDim, rotaryDim/2))
+}
+
+// attnSpec says whether the fused RoPE attention takes the _rp entry points
+// (v11) where abSpec holds; OLLAMA_TUNE_CUDA_REFERENCE=attn-spec keeps the
+// generic ones (the same bits).
+var attnSpec = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "attn-spec")
+
+// abSpec says whether the _rp kernels (attention_tc.cu's SPEC) take a head
+// of D values with RoPE over 2 half of them, a bfloat16 qkv at x and, for
+// the backward, dout at do (0 for the forward): RoPE over whole 16-column
+// tiles of each half of the head (Phi-3-mini's 96 = 2 x 48), and 16-byte
+// friendly rows.
+func abSpec(D, half int, x, do cu.DevicePtr) bool {
+	return attnSpec && half > 0 && half%16 == 0 && 2*half == (D+15)/16*16 && D%4 == 0 && x%8 == 0 && do%16 == 0
 }
 
 // halfKernel is kernel's entry point for a bfloat16 qkv (Tensor.half, v9:
@@ -189,7 +206,11 @@ func (b *Backend) AttentionForwardRoPE(out, lse, qkv, pos finetune.Tensor, B, S,
 	o, ls, ps := tensor(out, kindF32, op), tensor(lse, kindF32, op), tensor(pos, kindI32, op)
 	b.checkAttn(op, x, ps, B, S, nHead, nKV, headDim)
 	cs, half := b.ropeAttnArgs(op, ps, B, S, nHead, nKV, headDim, rotaryDim, theta)
-	b.launch(op, halfKernel("attn_fwd_bf16", xHalf), [3]int{nHead, B, 1}, 256, abFwdSmem(headDim), ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr),
+	kernel := halfKernel("attn_fwd_bf16", xHalf)
+	if xHalf && abSpec(headDim, rotaryDim/2, x.ptr, 0) {
+		kernel = "attn_fwd_bf16_h_rp"
+	}
+	b.launch(op, kernel, [3]int{nHead, B, 1}, 256, abFwdSmem(headDim), ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr),
 		ptrArg(ps.ptr), intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window),
 		f32Arg(attnScale(headDim)), cs, half)
 }
@@ -217,6 +238,9 @@ func (b *Backend) AttentionBackwardRoPE(dqkv, dout, out, lse, qkv, pos finetune.
 	halfOut := xHalf && beta == 0 && dx.writeHalf()
 	if halfOut {
 		kernel = "attn_bwd_bf16_hh"
+		if abSpec(headDim, rotaryDim/2, x.ptr, do.ptr) {
+			kernel = "attn_bwd_bf16_hh_rp" // one KV head a query head (RoPEAttention), dqkv overwritten
+		}
 	}
 	b.launch(op, kernel, [3]int{nKV, B, 1}, 256, abBwdSmem(headDim, rotaryDim/2), ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(o.ptr),
 		ptrArg(ls.ptr), ptrArg(x.ptr), ptrArg(ps.ptr), intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim),

@@ -240,6 +240,7 @@ func TestAttentionRoPE(t *testing.T) {
 		{2, 64, 4, 100, 100, 9},
 		{2, 29, 2, 30, 30, 0}, // half 15: the scalar path
 		{2, 50, 2, 128, 64, 0},
+		{2, 45, 2, 32, 32, 7}, // the _rp kernels (abSpec) with a window and a partial tile
 	} {
 		name := fmt.Sprintf("B%d S%d H%d D%d rot%d w%d", c.B, c.S, c.H, c.D, c.rot, c.window)
 		t.Run(name, func(t *testing.T) {

@@ -146,10 +146,10 @@ __device__ __forceinline__ void ab_rope(float& y1, float& y2, float x1, float x2
 // row's table (its token 0). v4 needs half a multiple of 4 too: a thread
 // then takes 4 pairs (columns c.. and c + half..) or 4 columns past the
 // rotated ones, so that no lane idles.
-template <typename TS>
+template <bool SPEC = false, typename TS>
 __device__ __forceinline__ void ab_load_rope(bf16_t* dst, int ld, const TS* src, i64 stride, int S, int D, int D16,
                                              bool v4, const float2* cs, int half) {
-    if (v4 && (half & 3) == 0) {
+    if (SPEC || v4 && (half & 3) == 0) {  // SPEC (v11): the caller checked, and the other path is not compiled
         const int h4 = half >> 2, n4 = h4 + ((D16 - 2 * half) >> 2);
 #pragma unroll 3
         for (int x = threadIdx.x; x < AB_S * n4; x += AB_THREADS) {
@@ -175,20 +175,20 @@ __device__ __forceinline__ void ab_load_rope(bf16_t* dst, int ld, const TS* src,
                 *(uint2*)&dst[i * ld + c] = make_uint2(bf16x2_rn(v.x, v.y), bf16x2_rn(v.z, v.w));
             }
         }
-        return;
-    }
-    for (int x = threadIdx.x; x < AB_S * D16; x += AB_THREADS) {
-        const int i = x / D16, c = x - i * D16;
-        if (c >= half && c < 2 * half) continue;
-        const bool live = i < S && c < D;
-        const float v = live ? ab_ld1(src + (i64)i * stride + c) : 0.0f;
-        if (c < half) {
-            float y = 0.0f, z = 0.0f;
-            if (live) ab_rope(y, z, v, ab_ld1(src + (i64)i * stride + c + half), cs[i * half + c], false);
-            dst[i * ld + c] = f32_to_bf16(y);
-            dst[i * ld + c + half] = f32_to_bf16(z);
-        } else {
-            dst[i * ld + c] = f32_to_bf16(v);
+    } else {
+        for (int x = threadIdx.x; x < AB_S * D16; x += AB_THREADS) {
+            const int i = x / D16, c = x - i * D16;
+            if (c >= half && c < 2 * half) continue;
+            const bool live = i < S && c < D;
+            const float v = live ? ab_ld1(src + (i64)i * stride + c) : 0.0f;
+            if (c < half) {
+                float y = 0.0f, z = 0.0f;
+                if (live) ab_rope(y, z, v, ab_ld1(src + (i64)i * stride + c + half), cs[i * half + c], false);
+                dst[i * ld + c] = f32_to_bf16(y);
+                dst[i * ld + c + half] = f32_to_bf16(z);
+            } else {
+                dst[i * ld + c] = f32_to_bf16(v);
+            }
         }
     }
 }
@@ -381,7 +381,15 @@ __device__ __forceinline__ void ab_put(bf16_t* R, const float v[4][4], int r0, i
 // Q [64][max(ld, AB_LDP)] (P [64][AB_LDP] takes Q's place), K, V [64][ld]
 // bfloat16, the halves' row maxima and sums [2][2][64] float. Same outputs
 // as attn_fwd_t64 but for the bfloat16 operands.
-template <typename TS>
+//
+// SPEC (v11, the _rp entry points): the shapes of Phi-3-mini's step, which
+// the host checked (abSpec): RoPE with whole 16-column tiles in each half
+// of the head (2 half == D16, half % 16 == 0), 16-byte-friendly rows (v4),
+// and in the backward one query head a KV head and dqkv overwritten. The
+// same code path as the generic kernel, so the same bits, with the other
+// paths not compiled: the generic backward's 15 k instructions (243 KB)
+// stalled 17% of the time on instruction fetch (ncu, v10).
+template <typename TS, bool SPEC = false>
 __device__ __forceinline__ void attn_fwd_bf16_body(float* out, float* lse, const TS* qkv, const int* pos, i64 B, i64 S_,
                                                    i64 H, i64 K, i64 D_, i64 window, double scale_d, const float2* cs,
                                                    i64 half_) {
@@ -396,11 +404,11 @@ __device__ __forceinline__ void attn_fwd_bf16_body(float* out, float* lse, const
     const i64 T = B * S, width = (H + 2 * K) * D, kvh = h / (H / K);
     const TS* base = qkv + b * S * width;
     const int* prow = pos + b * S;
-    const bool v4 = (D & 3) == 0 && ((size_t)qkv & (4 * sizeof(TS) - 1)) == 0;
+    const bool v4 = SPEC || (D & 3) == 0 && ((size_t)qkv & (4 * sizeof(TS) - 1)) == 0;
     const int half = (int)half_;
-    if (half > 0) {
-        ab_load_rope(Qs, ld, base + h * D, width, S, D, D16, v4, cs + b * S * half, half);
-        ab_load_rope(Ks, ld, base + (H + kvh) * D, width, S, D, D16, v4, cs + b * S * half, half);
+    if (SPEC || half > 0) {
+        ab_load_rope<SPEC>(Qs, ld, base + h * D, width, S, D, D16, v4, cs + b * S * half, half);
+        ab_load_rope<SPEC>(Ks, ld, base + (H + kvh) * D, width, S, D, D16, v4, cs + b * S * half, half);
     } else {
         ab_load(Qs, ld, base + h * D, width, S, D, D16, v4);
         ab_load(Ks, ld, base + (H + kvh) * D, width, S, D, D16, v4);
@@ -502,6 +510,12 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) attn_fwd_bf16_h(floa
                                                                           const float2* cs, i64 half) {
     attn_fwd_bf16_body(out, lse, qkv, pos, B, S, H, K, D, window, scale_d, cs, half);
 }
+extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) attn_fwd_bf16_h_rp(float* out, float* lse, const bf16_t* qkv,
+                                                                             const int* pos, i64 B, i64 S, i64 H, i64 K,
+                                                                             i64 D, i64 window, double scale_d,
+                                                                             const float2* cs, i64 half) {
+    attn_fwd_bf16_body<bf16_t, true>(out, lse, qkv, pos, B, S, H, K, D, window, scale_d, cs, half);
+}
 
 // attn_bwd_bf16: grid (K, B), AB_THREADS threads, dynamic shared memory:
 // Q, K, V, dO [64][ld] and P, dS [64][AB_LDP] bfloat16, lse, di [64]
@@ -514,10 +528,12 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) attn_fwd_bf16_h(floa
 // the group's other heads add). Two blocks a multiprocessor (111
 // registers): at three (80 registers, spilling) the step's 512 blocks took
 // 97 us against 85.
-template <typename TS, typename TD>
+// SPEC: see attn_fwd_bf16_body.
+template <typename TS, typename TD, bool SPEC = false>
 __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, const float* out, const float* lse,
                                                    const TS* qkv, const int* pos, i64 B, i64 S_, i64 H, i64 K, i64 D_,
-                                                   i64 window, double scale_d, i64 accum, const float2* cs, i64 half_) {
+                                                   i64 window, double scale_d, i64 accum_, const float2* cs, i64 half_) {
+    const bool accum = !SPEC && accum_ != 0;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int S = (int)S_, D = (int)D_, D16 = ab_d16(D), ld = ab_ld(D);
     bf16_t* Qs = (bf16_t*)smem_raw;
@@ -531,14 +547,14 @@ __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, 
     float2* csS = (float2*)(di_s + AB_S);  // with RoPE: the row's table [S][half]
     const float scale = (float)scale_d;
     const i64 kvh = blockIdx.x, b = blockIdx.y;
-    const i64 T = B * S, width = (H + 2 * K) * D, HD = H * D, group = H / K;
+    const i64 T = B * S, width = (H + 2 * K) * D, HD = H * D, group = SPEC ? 1 : H / K;
     const i64 koff = (H + kvh) * D, voff = (H + K + kvh) * D;
     const TS* base = qkv + b * S * width;
     TD* dbase = dqkv + b * S * width;
     const float* dobase = dout + b * S * HD;
     const float* obase = out + b * S * HD;
     const int* prow = pos + b * S;
-    const bool v4 = (D & 3) == 0 && ((size_t)qkv & (4 * sizeof(TS) - 1)) == 0 && ((size_t)dout & 15) == 0;
+    const bool v4 = SPEC || (D & 3) == 0 && ((size_t)qkv & (4 * sizeof(TS) - 1)) == 0 && ((size_t)dout & 15) == 0;
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int hb = w >> 2, a = hb ? 3 - (w & 3) : (w & 3), row0 = 16 * a;
     const int nt = row0 < S ? ab_tiles(row0, hb, S) : 0;
@@ -553,17 +569,17 @@ __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, 
 
     const int half = (int)half_;
     const float2* csb = cs + b * S * half;
-    if (half > 0) {
+    if (SPEC || half > 0) {
         ab_copy_cs(csS, csb, S, half);  // for the stores: waited for before the first barrier
-        ab_load_rope(Ks, ld, base + koff, width, S, D, D16, v4, csb, half);
+        ab_load_rope<SPEC>(Ks, ld, base + koff, width, S, D, D16, v4, csb, half);
     }
     else
         ab_load(Ks, ld, base + koff, width, S, D, D16, v4);
     for (i64 hh = 0; hh < group; hh++) {
         const i64 h = kvh * group + hh;
         // The previous head ended with a barrier: Q, V, dO, P, dS, lse_s, di_s are free.
-        if (half > 0)
-            ab_load_rope(Qs, ld, base + h * D, width, S, D, D16, v4, csb, half);
+        if (SPEC || half > 0)
+            ab_load_rope<SPEC>(Qs, ld, base + h * D, width, S, D, D16, v4, csb, half);
         else
             ab_load(Qs, ld, base + h * D, width, S, D, D16, v4);
         ab_load(Vs, ld, base + voff, width, S, D, D16, v4);
@@ -603,7 +619,7 @@ __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, 
             ab_store<true>(dbase + voff, width, acc, row0, n0, n1, S, D, g, t);
         else
             ab_store<false>(dbase + voff, width, acc, row0, n0, n1, S, D, g, t);
-        if (half > 0 && 2 * half == D16 && (half & 15) == 0) {
+        if (SPEC || half > 0 && 2 * half == D16 && (half & 15) == 0) {
             // RoPE over whole heads of a multiple of 32 (Phi-3-mini): warp
             // half hb takes column tiles hb*q.. of each half of the head,
             // so that its lanes hold both columns of their pairs and rotate
@@ -674,3 +690,11 @@ __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, 
 ATTN_BWD_ENTRY(attn_bwd_bf16, float, float)
 ATTN_BWD_ENTRY(attn_bwd_bf16_h, float, bf16_t)
 ATTN_BWD_ENTRY(attn_bwd_bf16_hh, bf16_t, bf16_t)
+// attn_bwd_bf16_hh_rp (v11): attn_bwd_bf16_hh for the SPEC shapes alone.
+extern "C" __global__ void __launch_bounds__(AB_THREADS, 2)
+    attn_bwd_bf16_hh_rp(bf16_t* dqkv, const float* dout, const float* out, const float* lse, const bf16_t* qkv,
+                        const int* pos, i64 B, i64 S, i64 H, i64 K, i64 D, i64 window, double scale_d, i64 accum,
+                        const float2* cs, i64 half) {
+    attn_bwd_bf16_body<bf16_t, bf16_t, true>(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, window, scale_d, accum, cs,
+                                             half);
+}
