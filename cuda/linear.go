@@ -397,10 +397,18 @@ type swigluSrc struct {
 // the rank, give lora_dx's bits: lora_dx_v4 (four columns, one dropout
 // group, a thread) or lora_dx4; else a float32 GEMM and, with dropout,
 // dropout_bwd_acc.
+// loraDxR8 says whether loraDx takes lora_dx_v4_r8 for rank 8 (v11);
+// OLLAMA_TUNE_CUDA_REFERENCE=dx-r8 keeps lora_dx_v4 (the A/B).
+var loraDxR8 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "dx-r8")
+
 func (b *Backend) loraDx(op string, d *Tensor, g cu.DevicePtr, A *Tensor, T, in int, lo *finetune.LoRA, r int, seed uint64) {
 	switch {
 	case b.fastLoRA && loraDxV4 && r <= 8 && in%4 == 0 && d.ptr%16 == 0 && A.ptr%16 == 0:
-		b.launch(op, "lora_dx_v4", [3]int{(in/4 + 127) / 128, (T + loraDxTT - 1) / loraDxTT, 1}, 128, 0, ptrArg(d.ptr), ptrArg(g),
+		kernel := "lora_dx_v4"
+		if r == 8 && g%32 == 0 && loraDxR8 {
+			kernel = "lora_dx_v4_r8" // v11: g's rows in 16-byte loads (the same bits)
+		}
+		b.launch(op, kernel, [3]int{(in/4 + 127) / 128, (T + loraDxTT - 1) / loraDxTT, 1}, 128, 0, ptrArg(d.ptr), ptrArg(g),
 			ptrArg(A.ptr), intArg(T), intArg(in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), dropThreshold(lo.Dropout),
 			f32Arg(keepScale(lo.Dropout)), intArg(loraDxTT))
 	case b.fastLoRA && r <= loraMaxR:

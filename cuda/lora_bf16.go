@@ -144,7 +144,7 @@ var loraRowsW32 = os.Getenv("OLLAMA_TUNE_CUDA_ROWS") != "w16"
 // one alone: such tensors are bfloat16 only under loraRowsW32, see
 // writeHalf).
 func rowsKernel(kernel string) (string, int) {
-	if loraRowsW32 || strings.HasSuffix(kernel, "_h") {
+	if loraRowsW32 || strings.HasSuffix(kernel, "_h") || strings.HasSuffix(kernel, "_hr") {
 		return kernel + "_w32", 32 * 32
 	}
 	return kernel, 16 * 32
@@ -203,8 +203,16 @@ func (b *Backend) loraRowsT(op string, yh cu.DevicePtr, ldyh int, P, p16 cu.Devi
 // loraRowsTHalf is loraRowsT for Y held in bfloat16 (lora_rows_bf16_t_h:
 // nothing to round, so no yh).
 func (b *Backend) loraRowsTHalf(op string, P, p16 cu.DevicePtr, ldp int, Y, B cu.DevicePtr, T, K, r int, job prepJob) {
-	b.loraRowsLaunch(op, "lora_rows_bf16_t_h", 0, 0, P, p16, ldp, 1, Y, B, T, K, r, 0, 0, job)
+	kernel := "lora_rows_bf16_t_h"
+	if rowsRaw && loraRowsW32 {
+		kernel = "lora_rows_bf16_t_hr" // v11: Y's bfloat16 words straight into the MMAs (the same bits)
+	}
+	b.loraRowsLaunch(op, kernel, 0, 0, P, p16, ldp, 1, Y, B, T, K, r, 0, 0, job)
 }
+
+// rowsRaw says whether loraRowsTHalf takes lora_rows_bf16_t_hr (v11);
+// OLLAMA_TUNE_CUDA_REFERENCE=rows-raw keeps lora_rows_bf16_t_h (the A/B).
+var rowsRaw = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "rows-raw")
 
 // loraRowsAct runs lora_rows_swiglu_bf16: loraRows (A [r,K]) over act =
 // SwiGLU(gu), gu [T,2K] (bfloat16 when guHalf: lora_rows_swiglu_bf16_h_w32),

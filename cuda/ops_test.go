@@ -1024,8 +1024,8 @@ func TestDropThresholdMatchesRNG(t *testing.T) {
 	}
 }
 
-// lora_dx_v4 (four columns, one dropout group, a thread) and lora_dx4 (one
-// column a thread, the fallback) both write dx + scale * (g . A) * mask *
+// lora_dx_v4 (four columns, one dropout group, a thread; _r8 for rank 8)
+// and lora_dx4 (one column a thread, the fallback) all write dx + scale * (g . A) * mask *
 // keep_scale with the mask of finetune.DropoutKeep and the sums in j order,
 // bit for bit the host's float32 arithmetic below.
 func TestDropoutLoRADx(t *testing.T) {
@@ -1056,7 +1056,11 @@ func TestDropoutLoRADx(t *testing.T) {
 				want[i] = float32(dx0[i] + v)
 			}
 		}
-		for _, kernel := range []string{"lora_dx4", "lora_dx_v4"} {
+		kernels := []string{"lora_dx4", "lora_dx_v4"}
+		if c.r == 8 {
+			kernels = append(kernels, "lora_dx_v4_r8") // v11
+		}
+		for _, kernel := range kernels {
 			dxs, gs, as := gpu.Alloc(n), gpu.Alloc(len(g)), gpu.Alloc(len(a))
 			gpu.Upload(dxs, dx0)
 			gpu.Upload(gs, g)
@@ -1067,7 +1071,7 @@ func TestDropoutLoRADx(t *testing.T) {
 				threads := 256
 				args := []uint64{ptrArg(dxs.(*Tensor).ptr), ptrArg(gs.(*Tensor).ptr), ptrArg(as.(*Tensor).ptr), intArg(c.T),
 					intArg(c.K), intArg(c.r), f32Arg(scale), seed, f32Arg(c.p), dropThreshold(c.p), f32Arg(ks)}
-				if kernel == "lora_dx_v4" {
+				if kernel != "lora_dx4" {
 					tt := c.tt
 					grid, threads = [3]int{(c.K/4 + 127) / 128, (c.T + tt - 1) / tt, 1}, 128
 					args = append(args, intArg(tt))

@@ -331,14 +331,17 @@ extern "C" __global__ void lora_dx4(float* __restrict__ dx, const float* __restr
 // values in registers and does tt tokens (a multiple of 4), four at a
 // time with their loads issued before any store. Grid (ceil(K/4/128),
 // ceil(T/tt)), 128 threads.
-extern "C" __global__ void __launch_bounds__(128) lora_dx_v4(float* __restrict__ dx, const float* __restrict__ g,
-                                                             const float* __restrict__ A, i64 T, i64 K, i64 r,
-                                                             double scale_d, u64 seed, double p_d, u64 thr,
-                                                             double ks_d, i64 tt) {
+//
+// R8 (v11, lora_dx_v4_r8: r == 8, g 32-byte aligned): g's row in two
+// 16-byte loads instead of eight, and no rank tests (the same sums).
+template <bool R8>
+__device__ __forceinline__ void lora_dx_v4_body(float* __restrict__ dx, const float* __restrict__ g,
+                                                const float* __restrict__ A, i64 T, i64 K, i64 r, double scale_d,
+                                                u64 seed, double p_d, u64 thr, double ks_d, i64 tt) {
     const float scale = (float)scale_d, p = (float)p_d, ks = (float)ks_d;
     const i64 q = blockIdx.x * (i64)blockDim.x + threadIdx.x, k = 4 * q;
     if (k >= K) return;
-    const int rr = (int)r;
+    const int rr = R8 ? 8 : (int)r;
     float4 a[8];
 #pragma unroll
     for (int j = 0; j < 8; j++)
@@ -360,11 +363,16 @@ extern "C" __global__ void __launch_bounds__(128) lora_dx_v4(float* __restrict__
             const i64 t = t0 + u;
             if (t >= te) break;
             const float* gt = g + t * r;
+            float gv[8];
+            if (R8) {  // g's row: two 16-byte loads (g [T,8] is 32-byte aligned)
+                const float4 g0 = reinterpret_cast<const float4*>(gt)[0], g1 = reinterpret_cast<const float4*>(gt)[1];
+                gv[0] = g0.x, gv[1] = g0.y, gv[2] = g0.z, gv[3] = g0.w, gv[4] = g1.x, gv[5] = g1.y, gv[6] = g1.z, gv[7] = g1.w;
+            }
             float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
 #pragma unroll
             for (int j = 0; j < 8; j++)
-                if (j < rr) {
-                    const float gj = gt[j];
+                if (R8 || j < rr) {
+                    const float gj = R8 ? gv[j] : gt[j];
                     s0 = __fadd_rn(s0, __fmul_rn(gj, a[j].x));
                     s1 = __fadd_rn(s1, __fmul_rn(gj, a[j].y));
                     s2 = __fadd_rn(s2, __fmul_rn(gj, a[j].z));
@@ -387,6 +395,16 @@ extern "C" __global__ void __launch_bounds__(128) lora_dx_v4(float* __restrict__
             *reinterpret_cast<float4*>(dx + t * K + k) = o;
         }
     }
+}
+
+#define LORA_DX_V4_PARAMS                                                                                        \
+    float *__restrict__ dx, const float *__restrict__ g, const float *__restrict__ A, i64 T, i64 K, i64 r,        \
+        double scale_d, u64 seed, double p_d, u64 thr, double ks_d, i64 tt
+extern "C" __global__ void __launch_bounds__(128) lora_dx_v4(LORA_DX_V4_PARAMS) {
+    lora_dx_v4_body<false>(dx, g, A, T, K, r, scale_d, seed, p_d, thr, ks_d, tt);
+}
+extern "C" __global__ void __launch_bounds__(128) lora_dx_v4_r8(LORA_DX_V4_PARAMS) {
+    lora_dx_v4_body<true>(dx, g, A, T, K, r, scale_d, seed, p_d, thr, ks_d, tt);
 }
 
 // lora_rows_bf16 / _t (issue 8, v7): LoRA's skinny product fused into the
@@ -561,7 +579,12 @@ __device__ __forceinline__ void lr_chunk(float acc[2], float4 a, float4 b, bool 
 // ncu at v8 (H100, 1024 x 3072): 13.5 us, 0.97 TB/s, 10 cycles between a
 // warp's instructions at 16 warps an SM: latency-bound on a long
 // instruction stream.
-template <bool WT, bool SW, int WARPS, int BATCH, bool GU16 = false>
+//
+// RAW (v11, lora_rows_bf16_t_hr_w32: WT, GU16, no SwiGLU, no dropout, no
+// copies): the bfloat16 words of Y go into the MMAs as loaded, where the
+// others widen them to float32 and round them back (exact: the same bits
+// but for a NaN's payload).
+template <bool WT, bool SW, int WARPS, int BATCH, bool GU16 = false, bool RAW = false>
 __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh, float* __restrict__ P,
                                                bf16_t* __restrict__ p16, i64 ldp, double scale16_d,
                                                const float* __restrict__ Y, const float* __restrict__ W, i64 T, i64 K,
@@ -595,14 +618,20 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
     // pass is latency-bound otherwise: 128 blocks, one a multiprocessor).
     for (int q0 = w; q0 < nch; q0 += WARPS * BATCH) {
         float4 ya[BATCH], yb[BATCH], ua[BATCH], ub[BATCH];
+        uint4 yr[BATCH];  // RAW
         unsigned wf[BATCH][4];
 #pragma unroll
         for (int u = 0; u < BATCH; u++) {
             const int k = ((q0 + u * WARPS) << 5) + 8 * c;
             const bool okk = q0 + u * WARPS < nch && k < Ki;  // K % 8 == 0: all 8 values or none
             ya[u] = yb[u] = ua[u] = ub[u] = z;
+            yr[u] = make_uint4(0, 0, 0, 0);
             if (okt && okk) {
-                lr_load8<GU16>(ya[u], yb[u], yrow, k);
+                if (RAW) {
+                    yr[u] = *reinterpret_cast<const uint4*>(reinterpret_cast<const bf16_t*>(yrow) + k);
+                } else {
+                    lr_load8<GU16>(ya[u], yb[u], yrow, k);
+                }
                 if (SW) lr_load8<GU16>(ua[u], ub[u], yrow, Ki + k);
             }
             // W's 8 values of column g at k .. k+7, rounded to bf16 pairs.
@@ -621,6 +650,14 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
         for (int u = 0; u < BATCH; u++) {
             const int k = ((q0 + u * WARPS) << 5) + 8 * c;
             const bool ok = okt && q0 + u * WARPS < nch && k < Ki;
+            if (RAW) {
+                float d[4];
+                lr_mma(d, yr[u].x, yr[u].y, wf[u][0], wf[u][1]);
+                acc[0] += d[0], acc[1] += d[1];
+                lr_mma(d, yr[u].z, yr[u].w, wf[u][2], wf[u][3]);
+                acc[0] += d[0], acc[1] += d[1];
+                continue;
+            }
             float4 a = ya[u], b = yb[u];
             if (SW) {
                 const float4 ga = ya[u], gb = yb[u], pa = ua[u], pb = ub[u];
@@ -675,6 +712,10 @@ LORA_ROWS_SWIGLU_ENTRY(lora_rows_swiglu_bf16_w32, 32, 1)
 // (yh null): only g = dout . B and its rounding are written.
 extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_bf16_t_h_w32(LORA_ROWS_PARAMS) {
     lora_rows_body<true, false, 32, 2, true>(LORA_ROWS_ARGS, nullptr, nullptr);
+}
+// lora_rows_bf16_t_hr_w32 (v11): lora_rows_bf16_t_h_w32 with RAW.
+extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_bf16_t_hr_w32(LORA_ROWS_PARAMS) {
+    lora_rows_body<true, false, 32, 2, true, true>(LORA_ROWS_ARGS, nullptr, nullptr);
 }
 // _h_w32 (v9): gate_up in bfloat16 (Y holds bf16_t; finetune.HalfAllocator).
 extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_swiglu_bf16_h_w32(LORA_ROWS_PARAMS, float* act, bf16_t* xd16) {
