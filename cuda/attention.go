@@ -159,7 +159,8 @@ func (b *Backend) RoPEAttention(B, S, nHead, nKV, headDim, rotaryDim int) bool {
 		rotaryDim <= headDim && b.tcAttn("attn_fwd_bf16", abFwdSmem(headDim)) &&
 		b.tcAttn("attn_bwd_bf16", abBwdSmem(headDim, rotaryDim/2)) && b.tcAttn("attn_fwd_bf16_h", abFwdSmem(headDim)) &&
 		b.tcAttn("attn_bwd_bf16_h", abBwdSmem(headDim, rotaryDim/2)) && b.tcAttn("attn_bwd_bf16_hh", abBwdSmem(headDim, rotaryDim/2)) &&
-		b.tcAttn("attn_fwd_bf16_h_rp", abFwdSmem(headDim)) && b.tcAttn("attn_bwd_bf16_hh_rp", abBwdSmem(headDim, rotaryDim/2))
+		b.tcAttn("attn_fwd_bf16_h_rp", abFwdSmem(headDim)) && b.tcAttn("attn_bwd_bf16_hh_rp", abBwdSmem(headDim, rotaryDim/2)) &&
+		b.tcAttn("attn_fwd_bf16_h_rp96", abFwdSmem(headDim)) && b.tcAttn("attn_bwd_bf16_hh_rp96", abBwdSmem(headDim, rotaryDim/2))
 }
 
 // attnSpec says whether the fused RoPE attention takes the _rp entry points
@@ -174,6 +175,19 @@ var attnSpec = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "attn-spec")
 // friendly rows.
 func abSpec(D, half int, x, do cu.DevicePtr) bool {
 	return attnSpec && half > 0 && half%16 == 0 && 2*half == (D+15)/16*16 && D%4 == 0 && x%8 == 0 && do%16 == 0
+}
+
+var attnSpec96 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "attn-96")
+
+// abSpecSize is the suffix of the _rp entry point compiled for this head
+// ("96": Phi-3-mini's heads with RoPE over all of them, attention_tc.cu's
+// DC), or "" (the head's size a kernel argument).
+// OLLAMA_TUNE_CUDA_REFERENCE=attn-96 keeps the generic size (the A/B).
+func abSpecSize(D, rotaryDim int) string {
+	if D == 96 && rotaryDim == 96 && attnSpec96 {
+		return "96"
+	}
+	return ""
 }
 
 // halfKernel is kernel's entry point for a bfloat16 qkv (Tensor.half, v9:
@@ -208,7 +222,7 @@ func (b *Backend) AttentionForwardRoPE(out, lse, qkv, pos finetune.Tensor, B, S,
 	cs, half := b.ropeAttnArgs(op, ps, B, S, nHead, nKV, headDim, rotaryDim, theta)
 	kernel := halfKernel("attn_fwd_bf16", xHalf)
 	if xHalf && abSpec(headDim, rotaryDim/2, x.ptr, 0) {
-		kernel = "attn_fwd_bf16_h_rp"
+		kernel = "attn_fwd_bf16_h_rp" + abSpecSize(headDim, rotaryDim)
 	}
 	b.launch(op, kernel, [3]int{nHead, B, 1}, 256, abFwdSmem(headDim), ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr),
 		ptrArg(ps.ptr), intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window),
@@ -239,7 +253,7 @@ func (b *Backend) AttentionBackwardRoPE(dqkv, dout, out, lse, qkv, pos finetune.
 	if halfOut {
 		kernel = "attn_bwd_bf16_hh"
 		if abSpec(headDim, rotaryDim/2, x.ptr, do.ptr) {
-			kernel = "attn_bwd_bf16_hh_rp" // one KV head a query head (RoPEAttention), dqkv overwritten
+			kernel = "attn_bwd_bf16_hh_rp" + abSpecSize(headDim, rotaryDim) // one KV head a query head (RoPEAttention), dqkv overwritten
 		}
 	}
 	b.launch(op, kernel, [3]int{nKV, B, 1}, 256, abBwdSmem(headDim, rotaryDim/2), ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(o.ptr),

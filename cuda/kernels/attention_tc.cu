@@ -389,12 +389,15 @@ __device__ __forceinline__ void ab_put(bf16_t* R, const float v[4][4], int r0, i
 // same code path as the generic kernel, so the same bits, with the other
 // paths not compiled: the generic backward's 15 k instructions (243 KB)
 // stalled 17% of the time on instruction fetch (ncu, v10).
-template <typename TS, bool SPEC = false>
+// DC (v11, the _rp96 entry points: SPEC with Phi-3-mini's 96-value heads
+// and RoPE over all of them): the head's size a constant, so its loops
+// unroll and its index arithmetic folds (the same code path).
+template <typename TS, bool SPEC = false, int DC = 0>
 __device__ __forceinline__ void attn_fwd_bf16_body(float* out, float* lse, const TS* qkv, const int* pos, i64 B, i64 S_,
                                                    i64 H, i64 K, i64 D_, i64 window, double scale_d, const float2* cs,
                                                    i64 half_) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    const int S = (int)S_, D = (int)D_, D16 = ab_d16(D), ld = ab_ld(D);
+    const int S = (int)S_, D = DC ? DC : (int)D_, D16 = ab_d16(D), ld = ab_ld(D);
     bf16_t* Qs = (bf16_t*)smem_raw;
     bf16_t* Ks = Qs + AB_S * max(ld, AB_LDP);
     bf16_t* Vs = Ks + AB_S * ld;
@@ -405,7 +408,7 @@ __device__ __forceinline__ void attn_fwd_bf16_body(float* out, float* lse, const
     const TS* base = qkv + b * S * width;
     const int* prow = pos + b * S;
     const bool v4 = SPEC || (D & 3) == 0 && ((size_t)qkv & (4 * sizeof(TS) - 1)) == 0;
-    const int half = (int)half_;
+    const int half = DC ? DC / 2 : (int)half_;
     if (SPEC || half > 0) {
         ab_load_rope<SPEC>(Qs, ld, base + h * D, width, S, D, D16, v4, cs + b * S * half, half);
         ab_load_rope<SPEC>(Ks, ld, base + (H + kvh) * D, width, S, D, D16, v4, cs + b * S * half, half);
@@ -516,6 +519,12 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) attn_fwd_bf16_h_rp(f
                                                                              const float2* cs, i64 half) {
     attn_fwd_bf16_body<bf16_t, true>(out, lse, qkv, pos, B, S, H, K, D, window, scale_d, cs, half);
 }
+extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) attn_fwd_bf16_h_rp96(float* out, float* lse, const bf16_t* qkv,
+                                                                               const int* pos, i64 B, i64 S, i64 H, i64 K,
+                                                                               i64 D, i64 window, double scale_d,
+                                                                               const float2* cs, i64 half) {
+    attn_fwd_bf16_body<bf16_t, true, 96>(out, lse, qkv, pos, B, S, H, K, D, window, scale_d, cs, half);
+}
 
 // attn_bwd_bf16: grid (K, B), AB_THREADS threads, dynamic shared memory:
 // Q, K, V, dO [64][ld] and P, dS [64][AB_LDP] bfloat16, lse, di [64]
@@ -528,14 +537,14 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) attn_fwd_bf16_h_rp(f
 // the group's other heads add). Two blocks a multiprocessor (111
 // registers): at three (80 registers, spilling) the step's 512 blocks took
 // 97 us against 85.
-// SPEC: see attn_fwd_bf16_body.
-template <typename TS, typename TD, bool SPEC = false>
+// SPEC, DC: see attn_fwd_bf16_body.
+template <typename TS, typename TD, bool SPEC = false, int DC = 0>
 __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, const float* out, const float* lse,
                                                    const TS* qkv, const int* pos, i64 B, i64 S_, i64 H, i64 K, i64 D_,
                                                    i64 window, double scale_d, i64 accum_, const float2* cs, i64 half_) {
     const bool accum = !SPEC && accum_ != 0;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    const int S = (int)S_, D = (int)D_, D16 = ab_d16(D), ld = ab_ld(D);
+    const int S = (int)S_, D = DC ? DC : (int)D_, D16 = ab_d16(D), ld = ab_ld(D);
     bf16_t* Qs = (bf16_t*)smem_raw;
     bf16_t* Ks = Qs + AB_S * ld;
     bf16_t* Vs = Ks + AB_S * ld;
@@ -567,7 +576,7 @@ __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, 
     // dQ over the keys up to the band's last query.
     const int qsteps = (S + 15) / 16, ksteps = row0 < S ? min(row0 + 15, S - 1) / 16 + 1 : 0;
 
-    const int half = (int)half_;
+    const int half = DC ? DC / 2 : (int)half_;
     const float2* csb = cs + b * S * half;
     if (SPEC || half > 0) {
         ab_copy_cs(csS, csb, S, half);  // for the stores: waited for before the first barrier
@@ -697,4 +706,11 @@ extern "C" __global__ void __launch_bounds__(AB_THREADS, 2)
                         const float2* cs, i64 half) {
     attn_bwd_bf16_body<bf16_t, bf16_t, true>(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, window, scale_d, accum, cs,
                                              half);
+}
+extern "C" __global__ void __launch_bounds__(AB_THREADS, 2)
+    attn_bwd_bf16_hh_rp96(bf16_t* dqkv, const float* dout, const float* out, const float* lse, const bf16_t* qkv,
+                          const int* pos, i64 B, i64 S, i64 H, i64 K, i64 D, i64 window, double scale_d, i64 accum,
+                          const float2* cs, i64 half) {
+    attn_bwd_bf16_body<bf16_t, bf16_t, true, 96>(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, window, scale_d, accum,
+                                                 cs, half);
 }
