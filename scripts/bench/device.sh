@@ -32,7 +32,7 @@ t0=$(date +%s)
 rm -rf "$CKPT"
 timeout 150 python3 scripts/bench/make_ckpt.py "$CKPT" > "$OUT/ckpt.log" 2>&1 &
 ckpt_pid=$!
-(cd cuda && timeout 90 ../bin/gpu/cuda.test -test.v -test.timeout 85s) > "$OUT/tests.log" 2>&1
+(cd cuda && timeout 180 ../bin/gpu/cuda.test -test.v -test.timeout 170s) > "$OUT/tests.log" 2>&1
 echo "cuda tests: exit $? after $(( $(date +%s) - t0 )) s; $(grep -c '^--- FAIL' "$OUT/tests.log") failed, $(grep -c '^--- PASS' "$OUT/tests.log") passed"
 grep -E '^(--- FAIL|FAIL|ok|PASS)' "$OUT/tests.log" | head -20
 wait $ckpt_pid
