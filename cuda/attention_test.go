@@ -235,7 +235,8 @@ func (r attnBF16Ref) backward(dout, out, lse, init []float32) []float32 {
 func TestAttentionRoPE(t *testing.T) {
 	g := gpuB16
 	for _, c := range []struct{ B, S, H, D, rot, window int }{
-		{4, 64, 8, 96, 96, 0}, // Phi-3-mini's heads: RoPE over the whole head
+		{4, 64, 8, 96, 96, 0}, // Phi-3-mini's heads: RoPE over the whole head (the _rp96 kernels)
+		{2, 40, 4, 96, 96, 5}, // the same heads in shorter rows, a window (_rp96)
 		{3, 37, 4, 32, 16, 0}, // partial rotary
 		{2, 64, 4, 100, 100, 9},
 		{2, 29, 2, 30, 30, 0}, // half 15: the scalar path
