@@ -120,23 +120,18 @@ func TestPackedLoRA(t *testing.T) {
 	g.FreeWeight(w)
 
 	// Rank 12 (the row kernels take r <= 8) and float32 compute: nothing.
-	w, A, B = nf4LoRA(t, g, out, in, 12, 90)
-	g.PackLoRA([]*finetune.Linear{{Name: "r12", W: w, LoRA: &finetune.LoRA{A: A, B: B, Scale: 2}}})
-	if g.packs[unwrap(A, kindF32, "test").ptr] != nil || g.packs[unwrap(B, kindF32, "test").ptr] != nil {
-		t.Errorf("rank 12: packed")
+	for _, c := range []struct {
+		name string
+		g    *Backend
+		r    int
+	}{{"rank 12", g, 12}, {"float32 compute", gpu, r}} {
+		w, A, B := nf4LoRA(t, c.g, out, in, c.r, 90)
+		c.g.PackLoRA([]*finetune.Linear{{Name: c.name, W: w, LoRA: &finetune.LoRA{A: A, B: B, Scale: 2}}})
+		if c.g.packs[unwrap(A, kindF32, "test").ptr] != nil || c.g.packs[unwrap(B, kindF32, "test").ptr] != nil {
+			t.Errorf("%s: packed", c.name)
+		}
+		c.g.Free(A)
+		c.g.Free(B)
+		c.g.FreeWeight(w)
 	}
-	for _, z := range []finetune.Tensor{A, B} {
-		g.Free(z)
-	}
-	g.FreeWeight(w)
-	f := gpu
-	w, A, B = nf4LoRA(t, f, out, in, r, 91)
-	f.PackLoRA([]*finetune.Linear{{Name: "f32", W: w, LoRA: &finetune.LoRA{A: A, B: B, Scale: 2}}})
-	if f.packs[unwrap(A, kindF32, "test").ptr] != nil || f.packs[unwrap(B, kindF32, "test").ptr] != nil {
-		t.Errorf("float32 compute: packed")
-	}
-	for _, z := range []finetune.Tensor{A, B} {
-		f.Free(z)
-	}
-	f.FreeWeight(w)
 }
