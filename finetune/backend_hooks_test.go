@@ -170,6 +170,7 @@ func TestEnsureBuffersFreesOnOOM(t *testing.T) {
 type fusedBackend struct {
 	*CPUBackend
 	fwd, fwdH, bwd, prefetched int
+	packs, packed              int // PackLoRA calls, and the linears the last one named
 	ropeFwd, ropeBwd           int // attention with RoPE fused
 	keeps                      int // KeepLoRAInputs(true) calls
 	keeping                    bool
@@ -244,6 +245,20 @@ func (b *fusedBackend) AttentionBackwardRoPE(dqkv, dout, out, lse, qkv, pos Tens
 	b.RoPEBackward(dqkv, pos, H, K, D, rot, theta)
 }
 
+// PackLoRA counts the calls and checks that each names every linear of
+// the model once (the CPU has nothing to pack).
+func (b *fusedBackend) PackLoRA(ls []*Linear) {
+	seen := map[*Linear]bool{}
+	for _, l := range ls {
+		if l == nil || l.LoRA == nil || seen[l] {
+			panic("PackLoRA: a nil, adapterless or repeated linear")
+		}
+		seen[l] = true
+	}
+	b.packs++
+	b.packed = len(ls)
+}
+
 // PrefetchLinears counts the hints (the CPU has nothing to prefetch).
 func (b *fusedBackend) PrefetchLinears(ls ...*Linear) {
 	for _, l := range ls {
@@ -309,6 +324,9 @@ func TestFusedSwiGLUHooks(t *testing.T) {
 		}
 		if fb.prefetched != wantP {
 			t.Errorf("checkpointing %v: %d prefetch hints, want %d", ckpt, fb.prefetched, wantP)
+		}
+		if fb.packs != 2 || fb.packed != 4*L {
+			t.Errorf("checkpointing %v: %d PackLoRA calls (the last with %d linears), want one a forward (2) with %d", ckpt, fb.packs, fb.packed, 4*L)
 		}
 		if fb.fwd != 2*L || fb.fwdH != wantH || fb.bwd != 2*L {
 			t.Errorf("checkpointing %v: %d forwards, %d recomputes, %d backwards through the hooks, want %d, %d, %d",
