@@ -392,15 +392,15 @@ type swigluSrc struct {
 	I        int
 }
 
+// loraDxR8 says whether loraDx takes lora_dx_v4_r8 for rank 8 (v11);
+// OLLAMA_TUNE_CUDA_REFERENCE=dx-r8 keeps lora_dx_v4 (the A/B).
+var loraDxR8 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "dx-r8")
+
 // loraDx adds dx's LoRA term for g = dout . B [T,r]: dx [T,in] += scale *
 // (g . A) * mask / (1-p), in float32. The fused kernels, where they take
 // the rank, give lora_dx's bits: lora_dx_v4 (four columns, one dropout
 // group, a thread) or lora_dx4; else a float32 GEMM and, with dropout,
 // dropout_bwd_acc.
-// loraDxR8 says whether loraDx takes lora_dx_v4_r8 for rank 8 (v11);
-// OLLAMA_TUNE_CUDA_REFERENCE=dx-r8 keeps lora_dx_v4 (the A/B).
-var loraDxR8 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "dx-r8")
-
 func (b *Backend) loraDx(op string, d *Tensor, g cu.DevicePtr, A *Tensor, T, in int, lo *finetune.LoRA, r int, seed uint64) {
 	switch {
 	case b.fastLoRA && loraDxV4 && r <= 8 && in%4 == 0 && d.ptr%16 == 0 && A.ptr%16 == 0:
