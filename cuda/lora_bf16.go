@@ -140,8 +140,8 @@ const loraRowsRows = 8
 var loraRowsW32 = os.Getenv("OLLAMA_TUNE_CUDA_ROWS") != "w16"
 
 // rowsKernel is kernel's entry point and threads a block under loraRowsW32
-// (the _h kernels, reading a bfloat16 gate_up or d qkv, have the 32-warp
-// one alone: such tensors are bfloat16 only under loraRowsW32, see
+// (the _h and _hr kernels, reading a bfloat16 gate_up or d qkv, have the
+// 32-warp one alone: such tensors are bfloat16 only under loraRowsW32, see
 // writeHalf).
 func rowsKernel(kernel string) (string, int) {
 	if loraRowsW32 || strings.HasSuffix(kernel, "_h") || strings.HasSuffix(kernel, "_hr") {
