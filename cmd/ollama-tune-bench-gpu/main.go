@@ -383,10 +383,28 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 				return res, nil, err
 			}
 		}
+		// OLLAMA_TUNE_BENCH_PROFILE_FIRST=1: the per-kernel profile of the
+		// first step (its spans include what a launch waits for: a
+		// kernel's first load, say), printed like the others.
+		firstProf := g == 0 && os.Getenv("OLLAMA_TUNE_BENCH_PROFILE_FIRST") == "1"
+		if firstProf {
+			b.StartProfile()
+		}
 		secs, err := step(g)
 		if pf != nil {
 			pprof.StopCPUProfile()
 			pf.Close()
+		}
+		if firstProf && err == nil {
+			p, perr := b.StopProfile()
+			if perr != nil {
+				return res, nil, perr
+			}
+			fp := result{Impl: "ollama-tune", Kind: "profile-first", Device: deviceName(b), Compute: dt.String(), Kernels: kernelsName(b), Ckpt: ckpt, BusyMs: p.BusyMs, WallMs: p.WallMs}
+			for _, e := range p.Entries {
+				fp.Profile = append(fp.Profile, profRow{Name: e.Name, Calls: e.Calls, Ms: e.Ms})
+			}
+			printProfile(os.Stdout, fp)
 		}
 		if err != nil {
 			return res, nil, err
