@@ -46,7 +46,7 @@ func (b *Backend) shortAttn(S, D int) bool {
 // (attn_fwd_t64, attn_bwd_t64), which float32 and float16 compute take.
 var attnTC = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "attn-tc")
 
-// Shared memory of the tensor-core kernels (attention_tc.cu's ab_ld,
+// Shared memory of the tensor-core kernels (attention_tc.cuh's ab_ld,
 // AB_LDP): 64-token rows of bfloat16 at a padded stride.
 func abLd(D int) int { return (D+15)&^15 + 8 }
 
@@ -168,7 +168,7 @@ func (b *Backend) RoPEAttention(B, S, nHead, nKV, headDim, rotaryDim int) bool {
 // generic ones (the same bits).
 var attnSpec = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "attn-spec")
 
-// abSpec says whether the _rp kernels (attention_tc.cu's SPEC) take a head
+// abSpec says whether the _rp kernels (attention_tc.cuh's SPEC, attention_tc_rp.cu) take a head
 // of D values with RoPE over 2 half of them, a bfloat16 qkv at x and, for
 // the backward, dout at do (0 for the forward): RoPE over whole 16-column
 // tiles of each half of the head (Phi-3-mini's 96 = 2 x 48), and 16-byte
@@ -180,7 +180,7 @@ func abSpec(D, half int, x, do cu.DevicePtr) bool {
 var attnSpec96 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "attn-96")
 
 // abSpecSize is the suffix of the _rp entry point compiled for this head
-// ("96": Phi-3-mini's heads with RoPE over all of them, attention_tc.cu's
+// ("96": Phi-3-mini's heads with RoPE over all of them, attention_tc.cuh's
 // DC), or "" (the head's size a kernel argument).
 // OLLAMA_TUNE_CUDA_REFERENCE=attn-96 keeps the generic size (the A/B).
 func abSpecSize(D, rotaryDim int) string {
