@@ -46,9 +46,11 @@ func (b *Backend) shortAttn(S, D int) bool {
 // (attn_fwd_t64, attn_bwd_t64), which float32 and float16 compute take.
 var attnTC = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "attn-tc")
 
-// Shared memory of the tensor-core kernels (attention_tc.cuh's ab_ld,
-// AB_LDP): 64-token rows of bfloat16 at a padded stride.
-func abLd(D int) int { return (D+15)&^15 + 8 }
+// Shared memory of the tensor-core kernels (attention_tc.cuh's ab_d16,
+// ab_ld, AB_LDP): 64-token rows of bfloat16 at a padded stride, D rounded
+// up to whole 16-column tiles.
+func abD16(D int) int { return (D + 15) &^ 15 }
+func abLd(D int) int  { return abD16(D) + 8 }
 
 const abLdp = 72
 
@@ -174,7 +176,7 @@ var attnSpec = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "attn-spec")
 // tiles of each half of the head (Phi-3-mini's 96 = 2 x 48), and 16-byte
 // friendly rows.
 func abSpec(D, half int, x, do cu.DevicePtr) bool {
-	return attnSpec && half > 0 && half%16 == 0 && 2*half == (D+15)/16*16 && D%4 == 0 && x%8 == 0 && do%16 == 0
+	return attnSpec && half > 0 && half%16 == 0 && 2*half == abD16(D) && D%4 == 0 && x%8 == 0 && do%16 == 0
 }
 
 var attnSpec96 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "attn-96")
