@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
+	"strconv"
 	"unsafe"
 
 	"gorgonia.org/cu"
@@ -315,8 +317,9 @@ func (b *Backend) matrixLD(w *weight, op string, ld int) (p cu.DevicePtr, abType
 	}
 	elem, abType := b.half.elem(), b.half.blasType()
 	bytes := elem * int64(w.out) * int64(ld)
-	if s := b.dequantSlotLD(w, ld, bytes, op); s != nil {
+	if s := b.dequantSlotLD(w, ld, bytes, op, false); s != nil {
 		b.awaitSlot(s, op) // a prefetch of w (or of another weight: before overwriting)
+		s.kept = b.keepAsked
 		if s.w == w {
 			return s.ptr, abType, ld // still there from the last use, or prefetched
 		}
@@ -350,7 +353,7 @@ func (b *Backend) dequantInto(op string, w *weight, p cu.DevicePtr, ld int, side
 		// group 128*bx + x of rows by, by + gridDim.y, ...
 		gpr := w.in / 8
 		if deqWarpItems && int64(w.out)*int64(gpr)+256 < 1<<32 {
-			name, grid := b.deqLDKernel(w.out, gpr)
+			name, grid := b.deqLDKernel(w.out, gpr, side)
 			launch(op, name, grid, 256, 0,
 				append([]uint64{ptrArg(p), intArg(w.out), intArg(w.in), intArg(ld), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
 			return
@@ -389,17 +392,25 @@ var deqLDMaxBlocks = func() int {
 	return -1
 }()
 
+// deqSideBlocks, when > 0, caps the prefetch stream's dequantization grid
+// (OLLAMA_TUNE_CUDA_DEQ_SIDE=N, an experiment: a few persistent blocks
+// that leave the other multiprocessors to the main stream's GEMMs).
+var deqSideBlocks, _ = strconv.Atoi(os.Getenv("OLLAMA_TUNE_CUDA_DEQ_SIDE"))
+
 // deqLDKernel is the strided dequantization kernel and its grid for rows
 // of gpr groups (deqLDMaxBlocks). With a cap the items are spread evenly:
 // each warp strides over the same number of rounds, give or take one, and
 // the grid shrinks instead of leaving a short last round.
-func (b *Backend) deqLDKernel(rows, gpr int) (string, [3]int) {
+func (b *Backend) deqLDKernel(rows, gpr int, side bool) (string, [3]int) {
 	const perSM = 8                             // 32 registers, 256 threads a block: 2048 threads an SM
 	units := int64(rows) * int64((gpr+127)/128) // warp items
 	maxBlocks := perSM * int64(max(b.info.Multiprocessors, 1))
-	if deqLDMaxBlocks > 0 {
+	switch {
+	case side && deqSideBlocks > 0:
+		maxBlocks = int64(deqSideBlocks)
+	case deqLDMaxBlocks > 0:
 		maxBlocks = int64(deqLDMaxBlocks)
-	} else if deqLDMaxBlocks < 0 {
+	case deqLDMaxBlocks < 0:
 		maxBlocks = (units + 7) / 8
 	}
 	rounds := (units + 8*maxBlocks - 1) / (8 * maxBlocks)
@@ -421,6 +432,10 @@ type dequantSlot struct {
 	bytes   int64
 	w       *weight // whose values the slot holds (or will, once ready), or nil
 	used    uint64  // b.dequantClock at the last use
+	// kept: the main stream last read w in a forward whose backward comes
+	// next (KeepLoRAInputs), which reads it again; a prefetch of another
+	// weight of the shape takes a spare slot rather than this one.
+	kept bool
 	// ready is recorded on the side stream after PrefetchLinears queued
 	// w's dequantization there; pending until the main stream has waited
 	// for it (before it reads or overwrites the slot).
@@ -450,36 +465,70 @@ func (b *Backend) dropSlot(s *dequantSlot) {
 	}
 }
 
-// dequantSlot returns the cache slot for w's shape and row stride ld, making one when
-// needed; a new shape beyond the limit replaces the least recently used
-// (which synchronises, but a training step uses the same few shapes over
-// and over). nil when the cache is off.
+// dequantSlot returns the cache slot for w's shape (dequantSlotLD at
+// row stride w.in, not for a prefetch).
 func (b *Backend) dequantSlot(w *weight, bytes int64, op string) *dequantSlot {
-	return b.dequantSlotLD(w, w.in, bytes, op)
+	return b.dequantSlotLD(w, w.in, bytes, op, false)
 }
 
-// dequantSlotLD is dequantSlot for a dequantization with row stride ld.
-func (b *Backend) dequantSlotLD(w *weight, ld int, bytes int64, op string) *dequantSlot {
+// dequantSlotLD returns the cache slot for w at row stride ld: the one
+// that holds w (or will, once its prefetch is ready) if there is one, else
+// one of its shape's to overwrite (one not held for a backward first, then
+// the least recently used), making one when the shape has none. A new
+// shape beyond the limit replaces the least recently used shape's slots
+// (which synchronises, but a training step uses the same few shapes over
+// and over). A prefetch that finds every slot of its shape held for a
+// backward takes a spare slot instead, up to dequantSpares (v12:
+// checkpointing's recompute reads a layer's qkv_proj weight again in the
+// layer's backward, and the layer below's is prefetched in between). nil
+// when the cache is off, or for a prefetch that finds no room.
+func (b *Backend) dequantSlotLD(w *weight, ld int, bytes int64, op string, prefetch bool) *dequantSlot {
 	if b.dequantMax <= 0 {
 		return nil
 	}
 	b.dequantClock++
+	var pick *dequantSlot
 	for _, s := range b.dequant {
-		if s.out == w.out && s.in == w.in && s.ld == ld {
+		if s.out != w.out || s.in != w.in || s.ld != ld {
+			continue
+		}
+		if s.w == w {
 			s.used = b.dequantClock
 			return s
 		}
+		if pick == nil || pick.kept && !s.kept || pick.kept == s.kept && s.used < pick.used {
+			pick = s
+		}
 	}
-	if len(b.dequant) >= b.dequantMax {
-		lru := 0
-		for k, s := range b.dequant {
-			if s.used < b.dequant[lru].used {
-				lru = k
+	shapes := b.dequantShapes()
+	if pick != nil && pick.kept && prefetch {
+		if !deqSpareOn || len(b.dequant)-shapes >= dequantSpares {
+			return nil // no room: the prefetch waits for a later hint
+		}
+		pick = nil // a spare
+	}
+	if pick != nil {
+		pick.used = b.dequantClock
+		return pick
+	}
+	if pick == nil && shapes >= b.dequantMax {
+		lru := b.dequant[0]
+		for _, s := range b.dequant {
+			if s.used < lru.used {
+				lru = s
 			}
 		}
-		b.dropSlot(b.dequant[lru])
-		b.rawFree(b.dequant[lru].ptr, b.dequant[lru].bytes)
-		b.dequant = append(b.dequant[:lru], b.dequant[lru+1:]...)
+		keep := b.dequant[:0]
+		for _, s := range b.dequant {
+			if s.out == lru.out && s.in == lru.in && s.ld == lru.ld {
+				b.dropSlot(s)
+				b.rawFree(s.ptr, s.bytes)
+				continue
+			}
+			keep = append(keep, s)
+		}
+		clear(b.dequant[len(keep):])
+		b.dequant = keep
 	}
 	p, err := b.rawAlloc(bytes, fmt.Sprintf("the dequantization cache's [%d, %d] slot", w.out, w.in))
 	check(op, err)
@@ -487,6 +536,26 @@ func (b *Backend) dequantSlotLD(w *weight, ld int, bytes int64, op string) *dequ
 	b.dequant = append(b.dequant, s)
 	return s
 }
+
+// dequantShapes is how many shapes the cache's slots have.
+func (b *Backend) dequantShapes() int {
+	n := 0
+	for k, s := range b.dequant {
+		if !slices.ContainsFunc(b.dequant[:k], func(o *dequantSlot) bool { return o.out == s.out && o.in == s.in && o.ld == s.ld }) {
+			n++
+		}
+	}
+	return n
+}
+
+// dequantSpares is how many slots beyond one a shape the cache may hold
+// (dequantSlotLD): one qkv_proj weight of Phi-3-mini (58 MB in bf16).
+// deqSpareOn false (OLLAMA_TUNE_CUDA_REFERENCE=deq-spare) takes none: a
+// prefetch that finds its shape's slot held for a backward is skipped,
+// and the backward's later hint queues it (v11's timing).
+const dequantSpares = 1
+
+var deqSpareOn = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "deq-spare")
 
 // freeDequantCache releases the cache's slots.
 func (b *Backend) freeDequantCache() {
@@ -534,7 +603,7 @@ func (b *Backend) freeWeight(w *weight) {
 	n := w.n()
 	for _, s := range b.dequant {
 		if s.w == w {
-			s.w = nil
+			s.w, s.kept = nil, false
 		}
 	}
 	b.freeGGUF(w)

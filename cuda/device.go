@@ -247,7 +247,7 @@ func New(opts Options) (b *Backend, err error) {
 	if err := cu.SetCurrentContext(b.ctx); err != nil {
 		return nil, fmt.Errorf("cuda backend: %s: set context: %w", b.info.Name, err)
 	}
-	if b.stream, err = cu.MakeStream(cu.NonBlocking); err != nil {
+	if b.stream, err = makeStream("main"); err != nil {
 		return nil, fmt.Errorf("cuda backend: %s: create stream: %w", b.info.Name, err)
 	}
 	if b.info.CublasLibrary, err = loadCublas(); err != nil {

@@ -322,6 +322,44 @@ func TestPrefetchIsBitIdentical(t *testing.T) {
 	checkSwitchBitIdentical(t, "the prefetch", &prefetchOn, true, false)
 }
 
+// TestDequantSpareSlot: with checkpointing, the qkv_proj weight of the
+// layer below is prefetched into a spare slot while the layer's own stays
+// for its backward (v12), so after a training forward the cache holds the
+// last layer's four weights plus the next recompute's qkv_proj, each
+// dequantized once; the results are the same bits with the spare and
+// without (then that prefetch waits for the backward's hint).
+func TestDequantSpareSlot(t *testing.T) {
+	if !prefetchOn {
+		t.Skip("the prefetch is off (OLLAMA_TUNE_CUDA_REFERENCE=prefetch)")
+	}
+	defer func(v bool) { deqSpareOn = v }(deqSpareOn)
+	deqSpareOn = true
+	gpuB16.FreeScratch() // no slots of other tests' shapes
+	m := smallModel(t, gpuB16, true, 0.1)
+	defer m.Free()
+	m.GradientCheckpointing = true
+	if _, _, _, err := m.Forward(smallBatch(m.Cfg.VocabSize), true, 11); err != nil {
+		t.Fatal(err)
+	}
+	L := len(m.Layers)
+	want := map[*weight]bool{cudaW(m.Layers[L-2].QKV.W, "test"): true}
+	for _, l := range []*finetune.Linear{m.Layers[L-1].QKV, m.Layers[L-1].O, m.Layers[L-1].GateUp, m.Layers[L-1].Down} {
+		want[cudaW(l.W, "test")] = true
+	}
+	if len(gpuB16.dequant) != len(want) {
+		t.Fatalf("%d dequantization slots after a checkpointed forward, want %d (one a shape and a spare)", len(gpuB16.dequant), len(want))
+	}
+	for k, s := range gpuB16.dequant {
+		if !want[s.w] {
+			t.Errorf("slot %d [%d, %d] holds a weight the backward does not read next", k, s.out, s.in)
+		}
+	}
+	if err := m.Backward(); err != nil {
+		t.Fatal(err)
+	}
+	checkSwitchBitIdentical(t, "the spare dequantization slot", &deqSpareOn, true, false)
+}
+
 // TestSkipByproductIsBitIdentical: leaving the by-products nobody reads
 // unwritten (finetune.ByproductSkipper, v10) changes no loss or gradient,
 // and no op reads one (a read of an unwritten tensor fails the step).

@@ -250,8 +250,12 @@ type MultiAdamW8bit interface {
 // dequantizes NF4 weights on a second stream while the queued work runs;
 // issue 8). It must not change any result. The model gives it each
 // layer's o_proj, gate_up_proj and down_proj when the layer's forward (or
-// checkpointing's recompute) starts, the next layer's qkv_proj when a
-// forward layer ends, and the layer below's when a backward layer ends.
+// checkpointing's recompute) starts; in a forward, each module of the
+// next layer once the layer's use of that module is queued; in a
+// recompute, the qkv_proj of the layer below once the layer's is queued
+// (its backward reads the layer's qkv_proj weight again: the CUDA backend
+// takes a spare slot); and in a backward, each module of the layer below
+// once the layer's backward of that module is queued.
 type WeightPrefetcher interface {
 	PrefetchLinears(ls ...*Linear)
 }

@@ -314,13 +314,13 @@ func TestFusedSwiGLUHooks(t *testing.T) {
 		if ckpt {
 			wantH = 2 * (L - 1)
 		}
-		// Hints: each forward layer's three and the next layer's qkv_proj;
-		// each recompute's three; each backward layer's successor's qkv_proj.
-		wantP := 2 * (3*L + L - 1)
+		// Hints: each forward layer's three and the next layer's four
+		// (with checkpointing the last layer's are the first recompute's);
+		// each recompute's three and the layer below's qkv_proj; each
+		// backward layer's four for the layer below.
+		wantP := 2 * (3*L + 4*(L-1) + 4*(L-1))
 		if ckpt {
-			wantP += 2 * (3*(L-1) + L - 1)
-		} else {
-			wantP += 2 * (L - 1)
+			wantP += 2 * (4 + 3*(L-1) + L - 2)
 		}
 		if fb.prefetched != wantP {
 			t.Errorf("checkpointing %v: %d prefetch hints, want %d", ckpt, fb.prefetched, wantP)

@@ -589,7 +589,14 @@ func noDropout(l *Linear, train bool) *Linear {
 // the saved activations but not the layer's output: down_proj runs only
 // for its adapter's h (LoRAHForward where the backend has it, else
 // LinearForward with its base matmul), and the residual add not at all.
-func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, train bool, stepSeed uint64) {
+// next is the layer whose forward or recompute comes after this one (li+1
+// in a forward, li-1 in checkpointing's backward; -1 none): once this
+// layer's use of a module's weight is queued, next's weight of it is
+// prefetched into its place, so that it has most of a layer's time to get
+// ready (issue 8, v12). A recompute does that for qkv_proj only: the
+// backward reads this layer's other weights again before next needs
+// them (and asks for next's itself).
+func (m *Model) layerForward(li, next int, a *layerActs, x, out Tensor, bf *buffers, train bool, stepSeed uint64) {
 	b, c, l := m.B, m.Cfg, &m.Layers[li]
 	H, K, D := c.NumHeads, c.NumKVHeads, c.HeadDim()
 	lin := l.linears()
@@ -601,7 +608,12 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 			m.fc.check(fmt.Sprintf("layer %d %s", li, what), t)
 		}
 	}
-	m.prefetch(lin[modO], lin[modGateUp], lin[modDown])
+	m.prefetch(lin[modO], lin[modGateUp], lin[modDown]) // no-ops unless the layer before did not ask
+	ahead := func(mod int) {
+		if next >= 0 && next < len(m.Layers) && (out != nil || mod == modQKV) {
+			m.prefetch(m.Layers[next].linears()[mod])
+		}
+	}
 	nl, fuseNorm := b.(RMSNormLinearForwarder)
 	fuseNorm = fuseNorm && m.fc == nil
 	if fuseNorm {
@@ -613,6 +625,7 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 		b.LinearForward(a.qkv, a.ln1, lin[modQKV], a.h[modQKV], moduleSeed(stepSeed, li, modQKV))
 	}
 	chk("qkv_proj", a.qkv)
+	ahead(modQKV)
 	a.ropeFused = bf.ropeAttn && m.fc == nil
 	if a.ropeFused {
 		b.(RoPEAttentioner).AttentionForwardRoPE(a.att, a.lse, a.qkv, bf.pos, bf.B, bf.S, H, K, D, c.SlidingWindow, c.RotaryDim(), c.RopeTheta)
@@ -624,6 +637,7 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 	chk("attention", a.att)
 	b.LinearForward(bf.tmp, a.att, lin[modO], a.h[modO], moduleSeed(stepSeed, li, modO))
 	chk("o_proj", bf.tmp)
+	ahead(modO)
 	if fuseNorm {
 		nl.RMSNormLinearForward(a.gateUp, a.ln2, a.rstd2, a.res1, x, bf.tmp, l.PostAttnNorm, c.RMSNormEps, lin[modGateUp],
 			a.h[modGateUp], moduleSeed(stepSeed, li, modGateUp))
@@ -638,6 +652,7 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 		b.LinearForward(a.gateUp, a.ln2, lin[modGateUp], a.h[modGateUp], moduleSeed(stepSeed, li, modGateUp))
 	}
 	chk("gate_up_proj", a.gateUp)
+	ahead(modGateUp)
 	downSeed := moduleSeed(stepSeed, li, modDown)
 	if f, ok := b.(SwiGLULinearForwarder); ok && m.fc == nil && a.h[modDown] != nil {
 		// act and down_proj in one (out nil: only its adapter's h).
@@ -660,24 +675,23 @@ func (m *Model) layerForward(li int, a *layerActs, x, out Tensor, bf *buffers, t
 		}
 	}
 	if out != nil {
+		ahead(modDown)
 		b.Add(out, a.res1, bf.tmp)
 		chk("output", out)
-		if li+1 < len(m.Layers) {
-			m.prefetch(m.Layers[li+1].linears()[modQKV])
-		}
 	}
 }
 
 // layerForwardKeeping is layerForward for a layer whose backward comes
 // next (checkpointing's recompute, the last layer's training forward): a
 // LoRAInputKeeper backend keeps what that backward needs again.
+// The layer whose qkv_proj comes next is the one below.
 func (m *Model) layerForwardKeeping(li int, a *layerActs, x, out Tensor, bf *buffers, stepSeed uint64) {
 	k, ok := m.B.(LoRAInputKeeper)
 	if ok {
 		k.KeepLoRAInputs(true)
 		defer k.KeepLoRAInputs(false) // also when an op panics (out of memory)
 	}
-	m.layerForward(li, a, x, out, bf, true, stepSeed)
+	m.layerForward(li, li-1, a, x, out, bf, true, stepSeed)
 }
 
 // allLinears is every layer's linears, layer by layer, in module order.
@@ -725,7 +739,7 @@ func (m *Model) body(batch *Batch, train bool, stepSeed uint64) *buffers {
 			// activations.
 			m.layerForwardKeeping(li, a, x, out, bf, stepSeed)
 		} else {
-			m.layerForward(li, a, x, out, bf, train, stepSeed)
+			m.layerForward(li, li+1, a, x, out, bf, train, stepSeed)
 		}
 		x = out
 	}
@@ -819,6 +833,13 @@ func (m *Model) Backward() error {
 		}
 		lin := l.linears()
 		s := func(mod int) uint64 { return moduleSeed(seed, li, mod) }
+		// Once a module's backward is queued, the layer below's weight of
+		// it can take its place (its recompute or backward comes next).
+		pre := func(mod int) {
+			if li > 0 {
+				m.prefetch(m.Layers[li-1].linears()[mod])
+			}
+		}
 		// out = res1 + down(act): the residual passes dres through, so
 		// dres becomes d res1 in place once down_proj's backward has read
 		// it (and d x in place after o_proj's and qkv_proj's).
@@ -830,6 +851,7 @@ func (m *Model) Backward() error {
 		}
 		chk("d output", bf.dres)
 		b.LinearBackward(bf.dact, bf.dres, a.act, lin[modDown], a.h[modDown], s(modDown))
+		pre(modDown)
 		chk("d swiglu", bf.dact)
 		b.Zero(bf.dgu)
 		b.Zero(bf.dln)
@@ -840,12 +862,14 @@ func (m *Model) Backward() error {
 			chk("d gate_up_proj", bf.dgu)
 			b.LinearBackward(bf.dln, bf.dgu, a.ln2, lin[modGateUp], a.h[modGateUp], s(modGateUp))
 		}
+		pre(modGateUp)
 		chk("d post_attention_layernorm", bf.dln)
 		b.RMSNormBackward(bf.dres, bf.dln, a.res1, l.PostAttnNorm, a.rstd2)
 		chk("d residual", bf.dres)
 		// res1 = x + o_proj(att)
 		b.Zero(bf.datt)
 		b.LinearBackward(bf.datt, bf.dres, a.att, lin[modO], a.h[modO], s(modO))
+		pre(modO)
 		chk("d attention", bf.datt)
 		b.Zero(bf.dqkv)
 		if a.ropeFused {
@@ -863,7 +887,7 @@ func (m *Model) Backward() error {
 		}
 		b.Zero(bf.dln)
 		b.LinearBackward(bf.dln, bf.dqkv, a.ln1, lin[modQKV], a.h[modQKV], s(modQKV))
-		m.prefetch(m.Layers[li-1].linears()[modQKV]) // the next recompute's first weight
+		pre(modQKV) // checkpointing's recompute has already asked for it
 		b.RMSNormBackward(bf.dres, bf.dln, x, l.InputNorm, a.rstd1)
 	}
 	if m.fc != nil && m.fc.err != nil {
