@@ -29,6 +29,7 @@ type weight struct {
 	half    halfKind // the 16-bit type dense holds, or halfNone (float32)
 	q       *nf4Weight
 	g       *ggufWeight // GGUF blocks (gguf.go)
+	deq     *keptDeq    // q's dequantization, kept (KeepDequantized)
 }
 
 // halfKind is the 16-bit type of the frozen weights and of the GEMM
@@ -317,6 +318,9 @@ func (b *Backend) matrixLD(w *weight, op string, ld int) (p cu.DevicePtr, abType
 	}
 	elem, abType := b.half.elem(), b.half.blasType()
 	bytes := elem * int64(w.out) * int64(ld)
+	if k := b.keptDequant(w, ld, bytes, op); k != nil {
+		return k.ptr, abType, ld
+	}
 	if s := b.dequantSlotLD(w, ld, bytes, op, false); s != nil {
 		b.awaitSlot(s, op) // a prefetch of w (or of another weight: before overwriting)
 		s.kept = b.keepAsked
@@ -331,6 +335,74 @@ func (b *Backend) matrixLD(w *weight, op string, ld int) (p cu.DevicePtr, abType
 	return p, abType, ld
 }
 
+// Kept dequantizations (finetune.DequantKeeper, issue 8 v12,
+// quantization.keep_dequantized_gb): the base is frozen, so an NF4
+// weight's dequantization at the stride the linears ask for is the same
+// in every step. Up to deqKeepBudget bytes of them stay on the GPU, made
+// by the first use of each weight (the first step; in the order the step
+// uses them), as long as deqKeepReserve stays free; later uses read them
+// with no dequantization, no cache slot and no prefetch. The same bits:
+// the same kernel writes the same values.
+type keptDeq struct {
+	ptr   cu.DevicePtr
+	ld    int
+	bytes int64
+}
+
+// deqKeepReserve is the GPU memory a kept dequantization must leave free
+// (for the scratch buffers that grow after the first step's GEMMs, and
+// cuBLAS's workspace).
+const deqKeepReserve = 1 << 30
+
+var _ finetune.DequantKeeper = (*Backend)(nil)
+
+// KeepDequantized (finetune.DequantKeeper) sets the bytes of kept
+// dequantizations; 0 keeps none from now on (those kept stay until their
+// weights are freed, or FreeScratch).
+func (b *Backend) KeepDequantized(bytes int64) {
+	defer b.enter("KeepDequantized")()
+	b.deqKeepBudget = max(bytes, 0)
+}
+
+// keptDequant returns w's kept dequantization at row stride ld, making it
+// if the budget and the GPU's free memory allow; nil otherwise (the cache
+// slots' path).
+func (b *Backend) keptDequant(w *weight, ld int, bytes int64, op string) *keptDeq {
+	if w.deq != nil {
+		if w.deq.ld == ld {
+			return w.deq
+		}
+		return nil
+	}
+	if b.deqKeepUsed+bytes > b.deqKeepBudget {
+		return nil
+	}
+	if free, _, err := cu.MemInfo(); err != nil || free-bytes < deqKeepReserve {
+		b.deqKeepBudget = b.deqKeepUsed // full: stop asking
+		return nil
+	}
+	p, err := b.rawAlloc(bytes, fmt.Sprintf("the kept dequantization of a [%d, %d] weight", w.out, w.in))
+	if err != nil {
+		b.deqKeepBudget = b.deqKeepUsed // Options.MemoryLimit, or a race for the memory
+		return nil
+	}
+	w.deq = &keptDeq{ptr: p, ld: ld, bytes: bytes}
+	b.deqKeepUsed += bytes
+	b.deqKept = append(b.deqKept, w)
+	b.dequantInto(op, w, p, ld, false)
+	return w.deq
+}
+
+// freeKeptDeq frees w's kept dequantization.
+func (b *Backend) freeKeptDeq(w *weight) {
+	if w.deq != nil {
+		b.rawFree(w.deq.ptr, w.deq.bytes)
+		b.deqKeepUsed -= w.deq.bytes
+		w.deq = nil
+		b.deqKept = slices.DeleteFunc(b.deqKept, func(k *weight) bool { return k == w })
+	}
+}
+
 // dequantLDOK says whether dequantInto can write w at row stride ld.
 func (b *Backend) dequantLDOK(w *weight, ld int) bool {
 	return ld == w.in || b.half == halfBF16 && w.in%8 == 0 && ld%8 == 0
@@ -339,6 +411,7 @@ func (b *Backend) dequantLDOK(w *weight, ld int) bool {
 // dequantInto queues NF4 weight w's dequantization into p at row stride
 // ld, on the main stream, or (side) on the side stream (PrefetchLinears).
 func (b *Backend) dequantInto(op string, w *weight, p cu.DevicePtr, ld int, side bool) {
+	b.dequantRuns++
 	n := w.n()
 	elem, kernel := b.half.elem(), "nf4_dequant_"+b.half.suffix()
 	launch := b.launch
@@ -607,6 +680,7 @@ func (b *Backend) freeWeight(w *weight) {
 		}
 	}
 	b.freeGGUF(w)
+	b.freeKeptDeq(w)
 	if w.dense != 0 {
 		b.rawFree(w.dense, w.Bytes())
 		w.dense = 0

@@ -151,6 +151,11 @@ type Backend struct {
 	dequant      []*dequantSlot // the dequantization cache (backend.go)
 	dequantMax   int
 	dequantClock uint64
+	// deqKeepBudget and deqKeepUsed: bytes of kept dequantizations
+	// allowed and held (KeepDequantized).
+	deqKeepBudget, deqKeepUsed int64
+	deqKept                    []*weight // those with a kept dequantization
+	dequantRuns                int       // dequantizations queued (tests)
 	side         sideStream // PrefetchLinears' stream (prefetch.go)
 
 	rmsBwd string // RMSNormBackward's kernel (elementwise.go: rmsBwdKernel)
@@ -1099,10 +1104,13 @@ func (b *Backend) grow(s *buffer, n, least int64, what, op string) (p cu.DeviceP
 	return p, true
 }
 
-// FreeScratch releases the scratch buffers and the dequantization cache
-// (they grow back on demand).
+// FreeScratch releases the scratch buffers, the dequantization cache and
+// the kept dequantizations (they grow back on demand).
 func (b *Backend) FreeScratch() {
 	defer b.enter("FreeScratch")()
+	for len(b.deqKept) > 0 {
+		b.freeKeptDeq(b.deqKept[len(b.deqKept)-1])
+	}
 	b.freeDequantCache()
 	b.freeRopeCache()
 	b.freeKept()

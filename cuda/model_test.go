@@ -360,6 +360,67 @@ func TestDequantSpareSlot(t *testing.T) {
 	checkSwitchBitIdentical(t, "the spare dequantization slot", &deqSpareOn, true, false)
 }
 
+// TestKeepDequantized (quantization.keep_dequantized_gb): with room for
+// every weight, the first micro-batch dequantizes each NF4 weight once
+// and keeps it, later ones dequantize nothing, and the losses and LoRA
+// gradients are the same bits as without; with room for less, it keeps
+// what fits and dequantizes the rest as before; freeing the model frees
+// them.
+func TestKeepDequantized(t *testing.T) {
+	defer gpuB16.KeepDequantized(0)
+	for _, ckpt := range []bool{false, true} {
+		run := func(keep int64) (out []float32, runs []int, held, left int64) {
+			gpuB16.KeepDequantized(keep)
+			m := smallModel(t, gpuB16, true, 0.1)
+			m.GradientCheckpointing = ckpt
+			batch := smallBatch(m.Cfg.VocabSize)
+			for _, p := range m.LoRAParams() {
+				gpuB16.Zero(p.Grad)
+			}
+			for mb := range 3 {
+				before := gpuB16.dequantRuns
+				loss, _, _, err := m.Forward(batch, true, uint64(11+mb))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := m.Backward(); err != nil {
+					t.Fatal(err)
+				}
+				out = append(out, float32(loss))
+				runs = append(runs, gpuB16.dequantRuns-before)
+			}
+			for _, p := range m.LoRAParams() {
+				out = append(out, gpuB16.Download(p.Grad)...)
+			}
+			held = gpuB16.deqKeepUsed
+			m.Free()
+			return out, runs, held, gpuB16.deqKeepUsed + int64(len(gpuB16.deqKept))
+		}
+		want, runs0, _, _ := run(0)
+		nw := 4 * smallConfig().NumLayers
+		for _, keep := range []int64{1 << 40, 1} {
+			got, runs, held, left := run(keep)
+			for k := range want {
+				if math.Float32bits(got[k]) != math.Float32bits(want[k]) {
+					t.Fatalf("checkpointing %v, keep %d: value %d is %v, %v without", ckpt, keep, k, got[k], want[k])
+				}
+			}
+			switch {
+			case keep == 1 && fmt.Sprint(runs) != fmt.Sprint(runs0):
+				t.Errorf("checkpointing %v: %v dequantizations a micro-batch with room for none, %v without keeping", ckpt, runs, runs0)
+			case keep > 1 && (runs[0] != nw || runs[1] != 0 || runs[2] != 0):
+				t.Errorf("checkpointing %v: %v dequantizations a micro-batch, want %d (each weight once) then none", ckpt, runs, nw)
+			}
+			if (held > 0) != (keep > 1) {
+				t.Errorf("checkpointing %v, keep %d: %d bytes kept", ckpt, keep, held)
+			}
+			if left != 0 {
+				t.Errorf("checkpointing %v: kept dequantizations left after the model was freed", ckpt)
+			}
+		}
+	}
+}
+
 // TestSkipByproductIsBitIdentical: leaving the by-products nobody reads
 // unwritten (finetune.ByproductSkipper, v10) changes no loss or gradient,
 // and no op reads one (a read of an unwritten tensor fails the step).

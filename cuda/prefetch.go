@@ -111,10 +111,11 @@ func (b *Backend) PrefetchLinears(ls ...*finetune.Linear) {
 			continue
 		}
 		ld := b.linearLD(w, l)
-		if !b.dequantLDOK(w, ld) {
-			continue
+		bytes := b.half.elem() * int64(w.out) * int64(ld)
+		if !b.dequantLDOK(w, ld) || w.deq != nil || b.deqKeepUsed+bytes <= b.deqKeepBudget {
+			continue // kept, or to be kept at its first use (keptDequant)
 		}
-		s := b.dequantSlotLD(w, ld, b.half.elem()*int64(w.out)*int64(ld), op, true)
+		s := b.dequantSlotLD(w, ld, bytes, op, true)
 		if s == nil || s.w == w {
 			continue
 		}

@@ -260,6 +260,15 @@ type WeightPrefetcher interface {
 	PrefetchLinears(ls ...*Linear)
 }
 
+// DequantKeeper takes a trade of memory for speed (issue 8,
+// quantization.keep_dequantized_gb): the backend may keep up to bytes of
+// the quantized base weights dequantized for as long as the weights live,
+// so that later steps do not dequantize them again. It must not change
+// any result. The trainer calls it before it loads the model.
+type DequantKeeper interface {
+	KeepDequantized(bytes int64)
+}
+
 // LoRAPacker takes a promise: the LoRA matrices of these linears stay as
 // they are until the backend's own ops write them (an upload, an
 // optimizer step), so a backend may keep rounded copies for its kernels

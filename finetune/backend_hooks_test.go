@@ -177,7 +177,11 @@ type fusedBackend struct {
 	normLin, addNormLin        int         // RMSNormLinearForward without and with the residual add
 	halfWidths                 map[int]int // AllocHalf calls by the tensor's last dimension
 	skipWidths                 map[int]int // SkipByproduct calls by the tensor's last dimension
+	keepDeq                    []int64     // KeepDequantized calls
 }
+
+// KeepDequantized records the trade (the CPU keeps nothing).
+func (b *fusedBackend) KeepDequantized(bytes int64) { b.keepDeq = append(b.keepDeq, bytes) }
 
 // SkipByproduct records the widths of the tensors the model marks (the
 // CPU writes every by-product).
@@ -299,6 +303,7 @@ func TestFusedSwiGLUHooks(t *testing.T) {
 			c := smallJob(t, model, filepath.Join(t.TempDir(), "out"), 10)
 			c.Training.MaxSteps, c.Training.SaveSteps, c.Training.GradientAccumulationSteps = 2, 0, 1
 			c.Training.GradientCheckpointing = ckpt
+			c.Quantization.KeepDequantizedGB = 1.5
 			j := newTestJob(t, c, "")
 			j.NewBackend = func(DType) (Backend, error) { return b, nil }
 			res, err := Train(context.Background(), j, nil)
@@ -321,6 +326,9 @@ func TestFusedSwiGLUHooks(t *testing.T) {
 		wantP := 2 * (3*L + 4*(L-1) + 4*(L-1))
 		if ckpt {
 			wantP += 2 * (4 + 3*(L-1) + L - 2)
+		}
+		if fmt.Sprint(fb.keepDeq) != "[1500000000]" {
+			t.Errorf("checkpointing %v: KeepDequantized calls %v, want one, before the load, with keep_dequantized_gb's 1.5 GB", ckpt, fb.keepDeq)
 		}
 		if fb.prefetched != wantP {
 			t.Errorf("checkpointing %v: %d prefetch hints, want %d", ckpt, fb.prefetched, wantP)

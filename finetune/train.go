@@ -508,6 +508,13 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 		return nil, err
 	}
 	defer tr.b.Close()
+	if gb := job.Config.Quantization.KeepDequantizedGB; gb > 0 {
+		if dk, ok := tr.b.(DequantKeeper); ok {
+			dk.KeepDequantized(int64(gb * 1e9))
+		} else {
+			emit(LogEvent{Level: "info", Message: fmt.Sprintf("quantization.keep_dequantized_gb: backend %s dequantizes nothing it could keep; ignored", tr.b.Name())})
+		}
+	}
 	l := job.Config.LoRA
 	tr.lora = &LoRAConfig{R: l.R, Alpha: float32(l.LoRAAlpha), Dropout: float32(l.LoRADropout), TargetModules: l.TargetModules, Bias: l.Bias, Seed: tr.seed}
 	emit(LogEvent{Level: "info", Message: loadMessage(job)})

@@ -37,6 +37,9 @@ func TestTrainConfigErrorsNameKeyAndAllowedValues(t *testing.T) {
 		{func(c *TrainConfig) { c.Training.NumTrainEpochs = 0; c.Training.MaxSteps = 0 }, []string{"num_train_epochs", "max_steps"}},
 		{func(c *TrainConfig) { c.Training.OutputDir = "" }, []string{`"training.output_dir"`}},
 		{func(c *TrainConfig) { c.LoRA.Bias = "all" }, []string{`"lora.bias"`, `"none"`}},
+		{func(c *TrainConfig) { c.Quantization.KeepDequantizedGB = -1 }, []string{`"quantization.keep_dequantized_gb"`, "-1", "0: none"}},
+		{func(c *TrainConfig) { c.Quantization.KeepDequantizedGB = 8; c.Quantization.LoadIn4bit = false },
+			[]string{`"quantization.keep_dequantized_gb"`, "load_in_4bit: true"}},
 	}
 	for _, tc := range cases {
 		c := DefaultTrainConfig()

@@ -59,6 +59,7 @@ type result struct {
 	Compute       string    `json:"compute,omitempty"`
 	Kernels       string    `json:"kernels,omitempty"` // "fused" or "reference" (cuda.Options.ReferenceKernels)
 	Ckpt          bool      `json:"ckpt"`
+	KeepDeqGB     float64   `json:"keep_deq_gb,omitempty"` // quantization.keep_dequantized_gb
 	Steps         int       `json:"steps,omitempty"`
 	Warmup        int       `json:"warmup,omitempty"`
 	TotalSteps    int       `json:"total_steps,omitempty"`
@@ -97,6 +98,7 @@ func main() {
 	table := flag.String("table", "", "print the comparison table of a results file and exit")
 	seed := flag.Uint64("seed", 42, "seed of the weights, the adapter and the batch")
 	reference := flag.Bool("reference", false, "run the reference kernels (cuda.Options.ReferenceKernels), for A/B comparisons")
+	keepDeq := flag.Float64("keep-deq-gb", 0, "keep up to this many GB of dequantized weights (quantization.keep_dequantized_gb)")
 	flag.Parse()
 	if *table != "" {
 		if err := printTable(os.Stdout, *table, *total); err != nil {
@@ -139,7 +141,7 @@ func main() {
 		default:
 			fatal(fmt.Errorf("-ckpt %q: use on, off or on,off", *ckptFlag))
 		}
-		tr, prof, err := benchTrain(dt, ckpt, *reference, *steps, *warmup, *total, *seed, *profile)
+		tr, prof, err := benchTrain(dt, ckpt, *reference, *steps, *warmup, *total, *seed, *profile, *keepDeq)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "training benchmark (checkpointing %v): %v\n", ckpt, err)
 			continue
@@ -275,13 +277,14 @@ func syntheticBatch(V int, seed uint64) *finetune.Batch {
 }
 
 // benchTrain runs warmup+steps optimizer steps of the tutorial schedule.
-func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total int, seed uint64, profile bool) (res result, prof *result, err error) {
+func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total int, seed uint64, profile bool, keepDeqGB float64) (res result, prof *result, err error) {
 	defer cuda.Recover(&err)
 	b, err := cuda.New(cuda.Options{ComputeDType: dt, ReferenceKernels: reference})
 	if err != nil {
 		return res, nil, err
 	}
 	defer b.Close()
+	b.KeepDequantized(int64(keepDeqGB * 1e9))
 	free0, _, err := b.MemInfo()
 	if err != nil {
 		return res, nil, err
@@ -314,7 +317,7 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 		}
 	}
 	batch := syntheticBatch(cfg.VocabSize, seed)
-	res = result{Impl: "ollama-tune", Kind: "train", Device: deviceName(b), Compute: dt.String(), Kernels: kernelsName(b), Ckpt: ckpt, Steps: steps, Warmup: warmup,
+	res = result{Impl: "ollama-tune", Kind: "train", Device: deviceName(b), Compute: dt.String(), Kernels: kernelsName(b), Ckpt: ckpt, KeepDeqGB: keepDeqGB, Steps: steps, Warmup: warmup,
 		TotalSteps: total, TokensPerStep: batchRows * seqLen, SetupS: setup,
 		Note: "synthetic Phi-3-mini drawn on the GPU, NF4 double quant, LoRA r=8 on 4 modules, paged_adamw_8bit (bitsandbytes 8-bit AdamW), linear lr 3e-4, clip 1.0"}
 	minFree := free0
@@ -572,6 +575,9 @@ func printTable(w io.Writer, path string, total int) error {
 		name := "ollama-tune, NF4 + " + r.Compute
 		if r.Kernels != "" && r.Kernels != "fused" {
 			name += " (" + r.Kernels + " kernels)"
+		}
+		if r.KeepDeqGB > 0 {
+			name += fmt.Sprintf(", keep_dequantized_gb %g", r.KeepDeqGB)
 		}
 		if r.Impl != "ollama-tune" {
 			name = r.Impl + ", " + r.Compute + " base"
