@@ -154,9 +154,9 @@ type Backend struct {
 	// deqKeepBudget and deqKeepUsed: bytes of kept dequantizations
 	// allowed and held (KeepDequantized).
 	deqKeepBudget, deqKeepUsed int64
-	deqKept                    []*weight // those with a kept dequantization
-	dequantRuns                int       // dequantizations queued (tests)
-	side         sideStream // PrefetchLinears' stream (prefetch.go)
+	deqKept                    []*weight  // those with a kept dequantization
+	dequantRuns                int        // dequantizations queued (tests)
+	side                       sideStream // PrefetchLinears' stream (prefetch.go)
 
 	rmsBwd string // RMSNormBackward's kernel (elementwise.go: rmsBwdKernel)
 	rmsFwd string // RMSNormForward's kernel suffix (rmsFwdSuffix)
