@@ -166,8 +166,9 @@ type TrainPlan struct {
 	// it after the kbit preparation (fp32 non-quantized weights, LoRA), the
 	// optimizer state, and the activations of one micro-batch of the
 	// longest sequences the model's buffers hold (with or without
-	// gradient checkpointing).
-	ModelBytes, OptimizerBytes, ActivationBytes, EstimatedBytes int64
+	// gradient checkpointing). KeptBytes: the dequantized weights that
+	// quantization.keep_dequantized_gb keeps (at most all of them).
+	ModelBytes, OptimizerBytes, ActivationBytes, KeptBytes, EstimatedBytes int64
 }
 
 // String formats the plan for people.
@@ -203,6 +204,9 @@ func (p TrainPlan) String() string {
 	fmt.Fprintf(&b, "  model:           %s\n", gib(p.ModelBytes))
 	fmt.Fprintf(&b, "  optimizer state: %s\n", gib(p.OptimizerBytes))
 	fmt.Fprintf(&b, "  activations:     %s\n", gib(p.ActivationBytes))
+	if p.KeptBytes > 0 {
+		fmt.Fprintf(&b, "  kept dequantized weights (keep_dequantized_gb): %s\n", gib(p.KeptBytes))
+	}
 	return b.String()
 }
 
@@ -268,7 +272,19 @@ func makePlan(job *Job, cfg *Config, prep *prepared) (TrainPlan, error) {
 	}
 	tokens := t.PerDeviceTrainBatchSize * longest
 	p.ActivationBytes = activationBytes(cfg, tokens, l.R, t.GradientCheckpointing)
-	p.EstimatedBytes = p.ModelBytes + p.OptimizerBytes + p.ActivationBytes
+	if q := job.Config.Quantization; q.KeepDequantizedGB > 0 && q.LoadIn4bit {
+		elem := int64(2)
+		if q.ComputeDType() == F32 {
+			elem = 4
+		}
+		var all int64
+		for _, m := range LinearModules {
+			out, in := LinearShape(cfg, m)
+			all += elem * int64(out) * int64(in) * int64(cfg.NumLayers)
+		}
+		p.KeptBytes = min(all, int64(q.KeepDequantizedGB*1e9))
+	}
+	p.EstimatedBytes = p.ModelBytes + p.OptimizerBytes + p.ActivationBytes + p.KeptBytes
 	return p, nil
 }
 

@@ -537,6 +537,21 @@ func TestPlanSeed(t *testing.T) {
 	if !strings.Contains(p.String(), "220 in total") {
 		t.Errorf("plan text:\n%s", p)
 	}
+	// keep_dequantized_gb: at most every decoder linear in the compute
+	// dtype (bf16: 2 x 3,623,878,656 bytes), counted in the estimate.
+	est := p.EstimatedBytes
+	c.Quantization.Bnb4bitComputeDType = "bfloat16"
+	for gb, want := range map[float64]int64{8: 7_247_757_312, 1: 1_000_000_000} {
+		c.Quantization.KeepDequantizedGB = gb
+		p, err = Plan(context.Background(), newTestJob(t, c, ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.KeptBytes != want || p.EstimatedBytes != est+want || !strings.Contains(p.String(), "keep_dequantized_gb") {
+			t.Errorf("keep_dequantized_gb %g: kept %d bytes, want %d; estimate %d, want %d", gb, p.KeptBytes, want, p.EstimatedBytes, est+want)
+		}
+	}
+	c.Quantization.KeepDequantizedGB = 0
 	c.Training.PackingStrategy = "bfd"
 	p, err = Plan(context.Background(), newTestJob(t, c, ""))
 	if err != nil {
