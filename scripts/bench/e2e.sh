@@ -13,7 +13,9 @@
 #                                # carried; OUT=dir keeps the logs
 #
 # run: (1) the tutorial's layout, packing_strategy wrapped (220 steps of 16
-# rows x 64); (2) TRL 0.23.1's default bfd packing (230 steps); each prints
+# rows x 64); (2) TRL 0.23.1's default bfd packing (230 steps); (3) and (4)
+# the tutorial's layout with quantization.keep_dequantized_gb 8, with and
+# without gradient checkpointing; each prints
 # its wall time, a few step lines and the adapter folder. BENCHMARKS.md,
 # "The real CLI end to end", records its results. Needs PyTorch and
 # transformers there (for the checkpoint), no Go.
@@ -64,6 +66,10 @@ run() {
   }
   one tutorial-wrapped --set training.packing_strategy=wrapped
   one trl-default-bfd
+  # The memory-for-speed option (v12), with and without checkpointing.
+  one tutorial-keep8 --set training.packing_strategy=wrapped --set quantization.keep_dequantized_gb=8
+  one tutorial-keep8-nockpt --set training.packing_strategy=wrapped --set quantization.keep_dequantized_gb=8 \
+    --set training.gradient_checkpointing=false
 }
 
 case "${1:-}" in
