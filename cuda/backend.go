@@ -357,11 +357,13 @@ const deqKeepReserve = 1 << 30
 var _ finetune.DequantKeeper = (*Backend)(nil)
 
 // KeepDequantized (finetune.DequantKeeper) sets the bytes of kept
-// dequantizations; 0 keeps none from now on (those kept stay until their
-// weights are freed, or FreeScratch).
+// dequantizations, freeing the latest kept ones beyond them (0: all).
 func (b *Backend) KeepDequantized(bytes int64) {
 	defer b.enter("KeepDequantized")()
 	b.deqKeepBudget = max(bytes, 0)
+	for b.deqKeepUsed > b.deqKeepBudget && len(b.deqKept) > 0 {
+		b.freeKeptDeq(b.deqKept[len(b.deqKept)-1])
+	}
 }
 
 // keptDequant returns w's kept dequantization at row stride ld, making it

@@ -419,6 +419,25 @@ func TestKeepDequantized(t *testing.T) {
 			}
 		}
 	}
+	// KeepDequantized(0) (the trainer, out of memory) frees what is kept;
+	// the model goes on with the cache's slots, the same bits.
+	gpuB16.KeepDequantized(1 << 40)
+	m := smallModel(t, gpuB16, true, 0.1)
+	defer m.Free()
+	batch := smallBatch(m.Cfg.VocabSize)
+	l1, _, _, err := m.Forward(batch, false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := gpuB16.deqKeepUsed
+	gpuB16.KeepDequantized(0)
+	l2, _, _, err := m.Forward(batch, false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if held == 0 || gpuB16.deqKeepUsed != 0 || len(gpuB16.deqKept) != 0 || l1 != l2 {
+		t.Errorf("kept %d bytes, %d (%d weights) after KeepDequantized(0); losses %v then %v", held, gpuB16.deqKeepUsed, len(gpuB16.deqKept), l1, l2)
+	}
 }
 
 // TestSkipByproductIsBitIdentical: leaving the by-products nobody reads

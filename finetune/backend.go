@@ -264,7 +264,8 @@ type WeightPrefetcher interface {
 // quantization.keep_dequantized_gb): the backend may keep up to bytes of
 // the quantized base weights dequantized for as long as the weights live,
 // so that later steps do not dequantize them again. It must not change
-// any result. The trainer calls it before it loads the model.
+// any result. The trainer calls it before it loads the model, and with 0
+// (free what is kept, keep no more) when a step runs out of memory.
 type DequantKeeper interface {
 	KeepDequantized(bytes int64)
 }

@@ -429,6 +429,9 @@ type trainer struct {
 
 	step    int // optimizer steps completed
 	microBS int // sequences per physical micro-batch (auto_find_batch_size may lower it)
+	// keepingDeq: the backend was asked to keep dequantized weights
+	// (quantization.keep_dequantized_gb) and has not been told to drop them.
+	keepingDeq bool
 
 	epochCache struct {
 		epoch   int
@@ -527,6 +530,7 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 	if gb := job.Config.Quantization.KeepDequantizedGB; gb > 0 {
 		if dk, ok := tr.b.(DequantKeeper); ok {
 			dk.KeepDequantized(int64(gb * 1e9))
+			tr.keepingDeq = true
 		} else {
 			emit(LogEvent{Level: "info", Message: fmt.Sprintf("quantization.keep_dequantized_gb: backend %s dequantizes nothing it could keep; ignored", tr.b.Name())})
 		}
@@ -779,6 +783,14 @@ func (tr *trainer) trainStep(ctx context.Context) (loss float64, acc accuracy, n
 		loss, acc, norm, tokens, err = tr.tryStep(ctx)
 		if err == nil || !errors.Is(err, ErrOutOfMemory) {
 			return
+		}
+		if tr.keepingDeq {
+			// The kept weights are a speed-up, not a need: they go first.
+			tr.b.(DequantKeeper).KeepDequantized(0)
+			tr.keepingDeq = false
+			tr.emit(LogEvent{Level: "warn", Message: fmt.Sprintf("out of memory with quantization.keep_dequantized_gb %g: retrying step %d without kept dequantized weights (%v)",
+				tr.cfg.Quantization.KeepDequantizedGB, tr.step+1, err)})
+			continue
 		}
 		if err := tr.shrink(err); err != nil {
 			return 0, acc, 0, 0, err

@@ -397,6 +397,63 @@ func TestAutoFindBatchSize(t *testing.T) {
 	}
 }
 
+// keepOOMBackend runs out of memory for the batch's buffers while it keeps
+// dequantized weights (KeepDequantized > 0), as a GPU whose spare memory
+// the kept weights took would.
+type keepOOMBackend struct {
+	*CPUBackend
+	keep  []int64
+	fails int
+}
+
+func (b *keepOOMBackend) KeepDequantized(n int64) { b.keep = append(b.keep, n) }
+
+func (b *keepOOMBackend) AllocInt32(n int) Tensor {
+	if len(b.keep) > 0 && b.keep[len(b.keep)-1] > 0 {
+		b.fails++
+		panic(fmt.Errorf("fake backend: allocating %d ids: %w", n, ErrOutOfMemory))
+	}
+	return b.CPUBackend.AllocInt32(n)
+}
+
+// TestKeepDequantizedDroppedOnOOM: quantization.keep_dequantized_gb is a
+// speed-up, not a need: a step that runs out of memory while the backend
+// keeps dequantized weights is retried, at the same micro-batch size and
+// without auto_find_batch_size, after the trainer told the backend to
+// drop them; the adapter is the one a run without the option makes.
+func TestKeepDequantizedDroppedOnOOM(t *testing.T) {
+	model := tinyModelDir(t, smallModel.cfg, 14)
+	run := func(gb float64, b Backend) (*Result, []string) {
+		c := smallJob(t, model, filepath.Join(t.TempDir(), "out"), 14)
+		c.Training.MaxSteps, c.Training.SaveSteps = 2, 0
+		c.Quantization.KeepDequantizedGB = gb
+		j := newTestJob(t, c, "")
+		j.NewBackend = func(DType) (Backend, error) { return b, nil }
+		var msgs []string
+		res, err := Train(context.Background(), j, func(e TrainEvent) {
+			if l, ok := e.(LogEvent); ok && l.Level == "warn" {
+				msgs = append(msgs, l.Message)
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res, msgs
+	}
+	ref, _ := run(0, NewCPUBackend(CPUOptions{}))
+	fake := &keepOOMBackend{CPUBackend: NewCPUBackend(CPUOptions{})}
+	got, msgs := run(2.5, fake)
+	if fmt.Sprint(fake.keep) != "[2500000000 0]" || fake.fails != 1 {
+		t.Errorf("KeepDequantized calls %v, %d failed allocations; want 2.5 GB, then 0 after one failure", fake.keep, fake.fails)
+	}
+	if len(msgs) != 1 || !strings.Contains(msgs[0], "keep_dequantized_gb 2.5: retrying step 1 without kept dequantized weights") {
+		t.Errorf("warnings %q", msgs)
+	}
+	if !bytes.Equal(readFile(t, filepath.Join(got.OutputDir, peft.WeightsName)), readFile(t, filepath.Join(ref.OutputDir, peft.WeightsName))) {
+		t.Error("the run that dropped its kept weights differs from a run without them")
+	}
+}
+
 // snapshot lists the files of a folder with their contents.
 func snapshot(t testing.TB, dir string) string {
 	t.Helper()
