@@ -575,7 +575,7 @@ func (b *Backend) dequantSlotLD(w *weight, ld int, bytes int64, op string, prefe
 			pick = s
 		}
 	}
-	shapes := b.dequantShapes()
+	shapes, newShape := b.dequantShapes(), pick == nil
 	if pick != nil && pick.kept && prefetch {
 		if !deqSpareOn || len(b.dequant)-shapes >= dequantSpares {
 			return nil // no room: the prefetch waits for a later hint
@@ -586,7 +586,7 @@ func (b *Backend) dequantSlotLD(w *weight, ld int, bytes int64, op string, prefe
 		pick.used = b.dequantClock
 		return pick
 	}
-	if pick == nil && shapes >= b.dequantMax {
+	if newShape && shapes >= b.dequantMax {
 		lru := b.dequant[0]
 		for _, s := range b.dequant {
 			if s.used < lru.used {

@@ -326,8 +326,9 @@ func TestPrefetchIsBitIdentical(t *testing.T) {
 // layer below is prefetched into a spare slot while the layer's own stays
 // for its backward (v12), so after a training forward the cache holds the
 // last layer's four weights plus the next recompute's qkv_proj, each
-// dequantized once; the results are the same bits with the spare and
-// without (then that prefetch waits for the backward's hint).
+// weight dequantized once (the spare evicts no other shape's slot); the
+// results are the same bits with the spare and without (then that
+// prefetch waits for the backward's hint).
 func TestDequantSpareSlot(t *testing.T) {
 	if !prefetchOn {
 		t.Skip("the prefetch is off (OLLAMA_TUNE_CUDA_REFERENCE=prefetch)")
@@ -338,10 +339,14 @@ func TestDequantSpareSlot(t *testing.T) {
 	m := smallModel(t, gpuB16, true, 0.1)
 	defer m.Free()
 	m.GradientCheckpointing = true
+	runs := gpuB16.dequantRuns
 	if _, _, _, err := m.Forward(smallBatch(m.Cfg.VocabSize), true, 11); err != nil {
 		t.Fatal(err)
 	}
 	L := len(m.Layers)
+	if n := gpuB16.dequantRuns - runs; n != 4*L+1 {
+		t.Errorf("%d dequantizations in the forward, want %d: each weight once, and the first recompute's qkv_proj (no slot dropped and made again)", n, 4*L+1)
+	}
 	want := map[*weight]bool{cudaW(m.Layers[L-2].QKV.W, "test"): true}
 	for _, l := range []*finetune.Linear{m.Layers[L-1].QKV, m.Layers[L-1].O, m.Layers[L-1].GateUp, m.Layers[L-1].Down} {
 		want[cudaW(l.W, "test")] = true

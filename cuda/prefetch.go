@@ -35,7 +35,7 @@ type sideStream struct {
 // priority for the one streamPrio names. v12: the main stream first, so
 // that when both streams have blocks waiting the block scheduler serves
 // the step's critical path and the prefetch's dequantization takes the
-// multiprocessors left over (-0.3 to -0.7 ms a step against the same
+// multiprocessors left over (-0.1 to -0.5 ms a step against the same
 // priority for both, H200; the same bits: ordering is by events only).
 func makeStream(which string) (cu.Stream, error) {
 	if streamPrio == which {
