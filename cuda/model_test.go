@@ -378,25 +378,11 @@ func TestKeepDequantized(t *testing.T) {
 			gpuB16.KeepDequantized(keep)
 			m := smallModel(t, gpuB16, true, 0.1)
 			m.GradientCheckpointing = ckpt
-			batch := smallBatch(m.Cfg.VocabSize)
-			for _, p := range m.LoRAParams() {
-				gpuB16.Zero(p.Grad)
-			}
-			for mb := range 3 {
-				before := gpuB16.dequantRuns
-				loss, _, _, err := m.Forward(batch, true, uint64(11+mb))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := m.Backward(); err != nil {
-					t.Fatal(err)
-				}
-				out = append(out, float32(loss))
+			before := gpuB16.dequantRuns
+			out = trainMicroBatches(t, gpuB16, m, 3, func() {
 				runs = append(runs, gpuB16.dequantRuns-before)
-			}
-			for _, p := range m.LoRAParams() {
-				out = append(out, gpuB16.Download(p.Grad)...)
-			}
+				before = gpuB16.dequantRuns
+			})
 			held = gpuB16.deqKeepUsed
 			m.Free()
 			return out, runs, held, gpuB16.deqKeepUsed + int64(len(gpuB16.deqKept))
@@ -452,6 +438,35 @@ func TestSkipByproductIsBitIdentical(t *testing.T) {
 	checkSwitchBitIdentical(t, "skipped by-products", &skipOn, true)
 }
 
+// trainMicroBatches accumulates the LoRA gradients of n training
+// micro-batches of smallBatch (seeds 11, 12, ...; after, when not nil,
+// runs after each) and returns their losses, then every gradient.
+func trainMicroBatches(t *testing.T, b *Backend, m *finetune.Model, n int, after func()) []float32 {
+	t.Helper()
+	batch := smallBatch(m.Cfg.VocabSize)
+	for _, p := range m.LoRAParams() {
+		b.Zero(p.Grad)
+	}
+	var out []float32
+	for mb := range n {
+		loss, _, _, err := m.Forward(batch, true, uint64(11+mb))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Backward(); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, float32(loss))
+		if after != nil {
+			after()
+		}
+	}
+	for _, p := range m.LoRAParams() {
+		out = append(out, b.Download(p.Grad)...)
+	}
+	return out
+}
+
 // checkSwitchBitIdentical trains two micro-batches of the small model
 // under bf16 compute with *on set true and false, with and without
 // checkpointing, and wants the same losses and gradients to the bit.
@@ -463,25 +478,7 @@ func checkSwitchBitIdentical(t *testing.T, what string, on *bool, ckpts ...bool)
 			m := smallModel(t, gpuB16, true, 0.1)
 			defer m.Free()
 			m.GradientCheckpointing = ckpt
-			batch := smallBatch(m.Cfg.VocabSize)
-			var out []float32
-			for _, p := range m.LoRAParams() {
-				gpuB16.Zero(p.Grad)
-			}
-			for mb := range 2 {
-				loss, _, _, err := m.Forward(batch, true, uint64(11+mb))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := m.Backward(); err != nil {
-					t.Fatal(err)
-				}
-				out = append(out, float32(loss))
-			}
-			for _, p := range m.LoRAParams() {
-				out = append(out, gpuB16.Download(p.Grad)...)
-			}
-			return out
+			return trainMicroBatches(t, gpuB16, m, 2, nil)
 		}
 		want, got := run(false), run(true)
 		for k := range want {

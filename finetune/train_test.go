@@ -356,15 +356,7 @@ func TestAutoFindBatchSize(t *testing.T) {
 		c.Training.PerDeviceTrainBatchSize, c.Training.GradientAccumulationSteps = bs, ga
 		c.Training.AutoFindBatchSize = auto
 		c.Training.MaxSteps, c.Training.SaveSteps = 3, 0
-		j := newTestJob(t, c, "")
-		j.NewBackend = func(DType) (Backend, error) { return b, nil }
-		var msgs []string
-		res, err := Train(context.Background(), j, func(e TrainEvent) {
-			if l, ok := e.(LogEvent); ok && l.Level == "warn" {
-				msgs = append(msgs, l.Message)
-			}
-		})
-		return res, msgs, err
+		return trainWarnings(t, c, b)
 	}
 	ref, _, err := run(2, 2, false, NewCPUBackend(CPUOptions{}))
 	if err != nil {
@@ -397,6 +389,21 @@ func TestAutoFindBatchSize(t *testing.T) {
 	}
 }
 
+// trainWarnings trains c on backend b and returns the result, the
+// warnings the run logged and its error.
+func trainWarnings(t *testing.T, c TrainConfig, b Backend) (*Result, []string, error) {
+	t.Helper()
+	j := newTestJob(t, c, "")
+	j.NewBackend = func(DType) (Backend, error) { return b, nil }
+	var msgs []string
+	res, err := Train(context.Background(), j, func(e TrainEvent) {
+		if l, ok := e.(LogEvent); ok && l.Level == "warn" {
+			msgs = append(msgs, l.Message)
+		}
+	})
+	return res, msgs, err
+}
+
 // keepOOMBackend runs out of memory for the batch's buffers while it keeps
 // dequantized weights (KeepDequantized > 0), as a GPU whose spare memory
 // the kept weights took would.
@@ -427,14 +434,7 @@ func TestKeepDequantizedDroppedOnOOM(t *testing.T) {
 		c := smallJob(t, model, filepath.Join(t.TempDir(), "out"), 14)
 		c.Training.MaxSteps, c.Training.SaveSteps = 2, 0
 		c.Quantization.KeepDequantizedGB = gb
-		j := newTestJob(t, c, "")
-		j.NewBackend = func(DType) (Backend, error) { return b, nil }
-		var msgs []string
-		res, err := Train(context.Background(), j, func(e TrainEvent) {
-			if l, ok := e.(LogEvent); ok && l.Level == "warn" {
-				msgs = append(msgs, l.Message)
-			}
-		})
+		res, msgs, err := trainWarnings(t, c, b)
 		if err != nil {
 			t.Fatal(err)
 		}
