@@ -366,6 +366,9 @@ func (b *Backend) KeepDequantized(bytes int64) {
 	}
 }
 
+// KeptDequantized (finetune.DequantKeeper) is the bytes kept.
+func (b *Backend) KeptDequantized() int64 { return b.deqKeepUsed }
+
 // keptDequant returns w's kept dequantization at row stride ld, making it
 // if the budget and the GPU's free memory allow; nil otherwise (the cache
 // slots' path).

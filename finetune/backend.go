@@ -265,9 +265,11 @@ type WeightPrefetcher interface {
 // the quantized base weights dequantized for as long as the weights live,
 // so that later steps do not dequantize them again. It must not change
 // any result. The trainer calls it before it loads the model, and with 0
-// (free what is kept, keep no more) when a step runs out of memory.
+// (free what is kept, keep no more) when a step runs out of memory;
+// after the first step it logs KeptDequantized, the bytes kept.
 type DequantKeeper interface {
 	KeepDequantized(bytes int64)
+	KeptDequantized() int64
 }
 
 // LoRAPacker takes a promise: the LoRA matrices of these linears stay as

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/ollama-tune/ollama-tune/finetune/optim"
@@ -183,6 +184,8 @@ type fusedBackend struct {
 // KeepDequantized records the trade (the CPU keeps nothing).
 func (b *fusedBackend) KeepDequantized(bytes int64) { b.keepDeq = append(b.keepDeq, bytes) }
 
+func (b *fusedBackend) KeptDequantized() int64 { return 1_250_000_000 }
+
 // SkipByproduct records the widths of the tensors the model marks (the
 // CPU writes every by-product).
 func (b *fusedBackend) SkipByproduct(t Tensor) {
@@ -299,6 +302,7 @@ func TestFusedSwiGLUHooks(t *testing.T) {
 	model := tinyModelDir(t, smallModel.cfg, 22)
 	L := smallModel.cfg.NumLayers
 	for _, ckpt := range []bool{false, true} {
+		var logs []string
 		run := func(b Backend) *Result {
 			c := smallJob(t, model, filepath.Join(t.TempDir(), "out"), 10)
 			c.Training.MaxSteps, c.Training.SaveSteps, c.Training.GradientAccumulationSteps = 2, 0, 1
@@ -306,15 +310,26 @@ func TestFusedSwiGLUHooks(t *testing.T) {
 			c.Quantization.KeepDequantizedGB = 1.5
 			j := newTestJob(t, c, "")
 			j.NewBackend = func(DType) (Backend, error) { return b, nil }
-			res, err := Train(context.Background(), j, nil)
+			logs = nil
+			res, err := Train(context.Background(), j, func(e TrainEvent) {
+				if l, ok := e.(LogEvent); ok && strings.Contains(l.Message, "keep_dequantized_gb") {
+					logs = append(logs, l.Message)
+				}
+			})
 			if err != nil {
 				t.Fatal(err)
 			}
 			return res
 		}
 		ref := run(NewCPUBackend(CPUOptions{}))
+		if len(logs) != 1 || !strings.Contains(logs[0], "ignored") {
+			t.Errorf("the CPU backend's keep_dequantized_gb messages: %q", logs)
+		}
 		fb := &fusedBackend{CPUBackend: NewCPUBackend(CPUOptions{})}
 		got := run(fb)
+		if len(logs) != 1 || !strings.Contains(logs[0], "1.25 GB of dequantized weights kept") {
+			t.Errorf("keep_dequantized_gb messages: %q, want one after the first step", logs)
+		}
 		wantH := 0
 		if ckpt {
 			wantH = 2 * (L - 1)

@@ -593,6 +593,12 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 			}
 			return nil, err
 		}
+		if tr.keepingDeq && tr.runSteps == 0 {
+			// The first step of this process made what the backend keeps.
+			q := tr.cfg.Quantization
+			tr.emit(LogEvent{Level: "info", Message: fmt.Sprintf("quantization.keep_dequantized_gb %g: %.2f GB of dequantized weights kept on the device (at most the budget, leaving 1 GiB free)",
+				q.KeepDequantizedGB, float64(tr.b.(DequantKeeper).KeptDequantized())/1e9)})
+		}
 		tr.step++
 		tr.tokens += tokens
 		tr.runLossSum += loss

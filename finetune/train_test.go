@@ -415,6 +415,8 @@ type keepOOMBackend struct {
 
 func (b *keepOOMBackend) KeepDequantized(n int64) { b.keep = append(b.keep, n) }
 
+func (b *keepOOMBackend) KeptDequantized() int64 { return 0 }
+
 func (b *keepOOMBackend) AllocInt32(n int) Tensor {
 	if len(b.keep) > 0 && b.keep[len(b.keep)-1] > 0 {
 		b.fails++
