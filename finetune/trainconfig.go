@@ -37,7 +37,7 @@ type QuantizationConfig struct {
 	// (1e9 bytes) of the NF4 weights stay dequantized to the compute dtype
 	// on the GPU for the whole run, so that the steps do not dequantize
 	// them again (the same results: the values are those each step would
-	// compute). 0, the default, keeps none; Phi-3-mini's decoder takes 7.3
+	// compute). 0, the default, keeps none; Phi-3-mini's decoder takes 7.4
 	// GB in bfloat16. The CUDA backend keeps what fits, leaving 1 GiB of
 	// the GPU free; the CPU backend has nothing to keep. Not a
 	// BitsAndBytesConfig key; it needs load_in_4bit.

@@ -48,7 +48,7 @@ B=bin/gpu/ollama-tune-bench-gpu
   timeout 20 $B -ckpt on -reference -steps 8 -warmup 2 -profile -out "$OUT/results.jsonl"
   echo "ours, reference kernels: exit $? after $(( $(date +%s) - t0 )) s"
   # The memory-for-speed option: every dequantized weight kept
-  # (quantization.keep_dequantized_gb, 7.3 GB for Phi-3-mini).
+  # (quantization.keep_dequantized_gb: 7.4 GB for Phi-3-mini).
   timeout 40 $B -keep-deq-gb 8 -steps "$STEPS" -warmup "$WARMUP" -out "$OUT/results.jsonl"
   echo "ours, keep_dequantized_gb 8: exit $? after $(( $(date +%s) - t0 )) s"
   # lora-tc: the fused float32 LoRA kernels instead of the tensor-core
