@@ -7,7 +7,6 @@ import (
 	"math"
 	"os"
 	"slices"
-	"strconv"
 	"unsafe"
 
 	"gorgonia.org/cu"
@@ -361,10 +360,11 @@ var _ finetune.DequantKeeper = (*Backend)(nil)
 func (b *Backend) KeepDequantized(bytes int64) {
 	defer b.enter("KeepDequantized")()
 	b.deqKeepBudget = max(bytes, 0)
-	for b.deqKeepUsed > b.deqKeepBudget && len(b.deqKept) > 0 {
-		b.freeKeptDeq(b.deqKept[len(b.deqKept)-1])
-	}
+	b.freeKeptBeyond(b.deqKeepBudget)
 }
+
+// keepRoom says whether bytes more of kept dequantizations fit the budget.
+func (b *Backend) keepRoom(bytes int64) bool { return b.deqKeepUsed+bytes <= b.deqKeepBudget }
 
 // KeptDequantized (finetune.DequantKeeper) is the bytes kept.
 func (b *Backend) KeptDequantized() int64 { return b.deqKeepUsed }
@@ -379,7 +379,7 @@ func (b *Backend) keptDequant(w *weight, ld int, bytes int64, op string) *keptDe
 		}
 		return nil
 	}
-	if b.deqKeepUsed+bytes > b.deqKeepBudget {
+	if !b.keepRoom(bytes) {
 		return nil
 	}
 	if free, _, err := cu.MemInfo(); err != nil || free-bytes < deqKeepReserve {
@@ -396,6 +396,14 @@ func (b *Backend) keptDequant(w *weight, ld int, bytes int64, op string) *keptDe
 	b.deqKept = append(b.deqKept, w)
 	b.dequantInto(op, w, p, ld, false)
 	return w.deq
+}
+
+// freeKeptBeyond frees the latest kept dequantizations until at most
+// bytes are kept.
+func (b *Backend) freeKeptBeyond(bytes int64) {
+	for b.deqKeepUsed > bytes && len(b.deqKept) > 0 {
+		b.freeKeptDeq(b.deqKept[len(b.deqKept)-1])
+	}
 }
 
 // freeKeptDeq frees w's kept dequantization.
@@ -431,7 +439,7 @@ func (b *Backend) dequantInto(op string, w *weight, p cu.DevicePtr, ld int, side
 		// group 128*bx + x of rows by, by + gridDim.y, ...
 		gpr := w.in / 8
 		if deqWarpItems && int64(w.out)*int64(gpr)+256 < 1<<32 {
-			name, grid := b.deqLDKernel(w.out, gpr, side)
+			name, grid := b.deqLDKernel(w.out, gpr)
 			launch(op, name, grid, 256, 0,
 				append([]uint64{ptrArg(p), intArg(w.out), intArg(w.in), intArg(ld), ptrArg(w.q.codes)}, b.nf4Args(w.q)...)...)
 			return
@@ -470,25 +478,17 @@ var deqLDMaxBlocks = func() int {
 	return -1
 }()
 
-// deqSideBlocks, when > 0, caps the prefetch stream's dequantization grid
-// (OLLAMA_TUNE_CUDA_DEQ_SIDE=N, an experiment: a few persistent blocks
-// that leave the other multiprocessors to the main stream's GEMMs).
-var deqSideBlocks, _ = strconv.Atoi(os.Getenv("OLLAMA_TUNE_CUDA_DEQ_SIDE"))
-
 // deqLDKernel is the strided dequantization kernel and its grid for rows
 // of gpr groups (deqLDMaxBlocks). With a cap the items are spread evenly:
 // each warp strides over the same number of rounds, give or take one, and
 // the grid shrinks instead of leaving a short last round.
-func (b *Backend) deqLDKernel(rows, gpr int, side bool) (string, [3]int) {
+func (b *Backend) deqLDKernel(rows, gpr int) (string, [3]int) {
 	const perSM = 8                             // 32 registers, 256 threads a block: 2048 threads an SM
 	units := int64(rows) * int64((gpr+127)/128) // warp items
 	maxBlocks := perSM * int64(max(b.info.Multiprocessors, 1))
-	switch {
-	case side && deqSideBlocks > 0:
-		maxBlocks = int64(deqSideBlocks)
-	case deqLDMaxBlocks > 0:
+	if deqLDMaxBlocks > 0 {
 		maxBlocks = int64(deqLDMaxBlocks)
-	case deqLDMaxBlocks < 0:
+	} else if deqLDMaxBlocks < 0 {
 		maxBlocks = (units + 7) / 8
 	}
 	rounds := (units + 8*maxBlocks - 1) / (8 * maxBlocks)
@@ -578,18 +578,18 @@ func (b *Backend) dequantSlotLD(w *weight, ld int, bytes int64, op string, prefe
 			pick = s
 		}
 	}
-	shapes, newShape := b.dequantShapes(), pick == nil
+	spare := false
 	if pick != nil && pick.kept && prefetch {
-		if !deqSpareOn || len(b.dequant)-shapes >= dequantSpares {
+		if !deqSpareOn || len(b.dequant)-b.dequantShapes() >= dequantSpares {
 			return nil // no room: the prefetch waits for a later hint
 		}
-		pick = nil // a spare
+		pick, spare = nil, true
 	}
 	if pick != nil {
 		pick.used = b.dequantClock
 		return pick
 	}
-	if newShape && shapes >= b.dequantMax {
+	if !spare && b.dequantShapes() >= b.dequantMax {
 		lru := b.dequant[0]
 		for _, s := range b.dequant {
 			if s.used < lru.used {

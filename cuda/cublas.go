@@ -21,7 +21,6 @@ typedef int (*cublasDestroy_t)(void*);
 typedef int (*cublasSetStream_t)(void*, void*);
 typedef int (*cublasSetMathMode_t)(void*, int);
 typedef int (*cublasGetVersion_t)(void*, int*);
-typedef int (*cublasSetSmCountTarget_t)(void*, int);
 typedef int (*cublasSgemm_t)(void*, int, int, int, int, int, const float*, const float*, int, const float*, int,
                              const float*, float*, int);
 typedef int (*cublasGemmEx_t)(void*, int, int, int, int, int, const void*, const void*, int, int, const void*, int,
@@ -33,7 +32,6 @@ static cublasDestroy_t p_destroy;
 static cublasSetStream_t p_set_stream;
 static cublasSetMathMode_t p_set_math_mode;
 static cublasGetVersion_t p_get_version;
-static cublasSetSmCountTarget_t p_set_sm_count; // optional (cuBLAS 11.3+)
 static cublasSgemm_t p_sgemm;
 static cublasGemmEx_t p_gemm_ex;
 
@@ -49,7 +47,6 @@ static const char* blas_open(const char* path) {
 	p_get_version = (cublasGetVersion_t)dlsym(lib, "cublasGetVersion_v2");
 	p_sgemm = (cublasSgemm_t)dlsym(lib, "cublasSgemm_v2");
 	p_gemm_ex = (cublasGemmEx_t)dlsym(lib, "cublasGemmEx");
-	p_set_sm_count = (cublasSetSmCountTarget_t)dlsym(lib, "cublasSetSmCountTarget");
 	if (!p_create || !p_destroy || !p_set_stream || !p_set_math_mode || !p_get_version || !p_sgemm || !p_gemm_ex) {
 		dlclose(lib);
 		return "a cuBLAS function (cublasCreate_v2, cublasSetStream_v2, cublasSgemm_v2, cublasGemmEx, ...) is missing";
@@ -68,7 +65,6 @@ static int blas_destroy(uintptr_t h) { return p_destroy((void*)h); }
 static int blas_set_stream(uintptr_t h, uintptr_t s) { return p_set_stream((void*)h, (void*)s); }
 static int blas_set_math_mode(uintptr_t h, int m) { return p_set_math_mode((void*)h, m); }
 static int blas_version(uintptr_t h, int* v) { return p_get_version((void*)h, v); }
-static int blas_set_sm_count(uintptr_t h, int n) { return p_set_sm_count ? p_set_sm_count((void*)h, n) : -1; }
 
 static int blas_sgemm(uintptr_t h, int ta, int tb, int m, int n, int k, float alpha, uintptr_t A, int lda,
                       uintptr_t B, int ldb, float beta, uintptr_t C, int ldc) {
@@ -87,7 +83,6 @@ import "C"
 import (
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"unsafe"
@@ -165,14 +160,6 @@ func newCublas(stream uintptr) (*cublas, error) {
 	var v C.int
 	if C.blas_version(h, &v) == 0 {
 		b.version = int(v)
-	}
-	if n, err := strconv.Atoi(os.Getenv("OLLAMA_TUNE_CUDA_GEMM_SMS")); err == nil && n > 0 {
-		// An experiment (issue 8): cuBLAS's kernels sized for n
-		// multiprocessors, leaving the others to the prefetch stream.
-		if st := C.blas_set_sm_count(h, C.int(n)); st != 0 {
-			C.blas_destroy(h)
-			return nil, fmt.Errorf("cublasSetSmCountTarget(%d): status %d", n, int(st))
-		}
 	}
 	return b, nil
 }

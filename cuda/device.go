@@ -1108,9 +1108,7 @@ func (b *Backend) grow(s *buffer, n, least int64, what, op string) (p cu.DeviceP
 // the kept dequantizations (they grow back on demand).
 func (b *Backend) FreeScratch() {
 	defer b.enter("FreeScratch")()
-	for len(b.deqKept) > 0 {
-		b.freeKeptDeq(b.deqKept[len(b.deqKept)-1])
-	}
+	b.freeKeptBeyond(0)
 	b.freeDequantCache()
 	b.freeRopeCache()
 	b.freeKept()

@@ -112,7 +112,7 @@ func (b *Backend) PrefetchLinears(ls ...*finetune.Linear) {
 		}
 		ld := b.linearLD(w, l)
 		bytes := b.half.elem() * int64(w.out) * int64(ld)
-		if !b.dequantLDOK(w, ld) || w.deq != nil || b.deqKeepUsed+bytes <= b.deqKeepBudget {
+		if !b.dequantLDOK(w, ld) || w.deq != nil || b.keepRoom(bytes) {
 			continue // kept, or to be kept at its first use (keptDequant)
 		}
 		s := b.dequantSlotLD(w, ld, bytes, op, true)
