@@ -27,6 +27,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"time"
 	"unsafe"
 
 	"gorgonia.org/cu"
@@ -169,6 +170,7 @@ type Backend struct {
 
 	live, peak int64 // bytes held by tensors, weights and scratch
 	closed     bool
+	openTimes  string // OpenTimes
 }
 
 var (
@@ -241,14 +243,17 @@ func New(opts Options) (b *Backend, err error) {
 		return nil, fmt.Errorf("cuda backend: %s has compute capability %d.%d; ollama-tune's kernels need 8.0 or newer (Ampere, Ada, Hopper); use device: cpu",
 			b.info.Name, b.info.ComputeMajor, b.info.Minor)
 	}
+	t0 := time.Now()
 	if b.ctx, err = b.dev.RetainPrimaryCtx(); err != nil {
 		return nil, fmt.Errorf("cuda backend: %s: create context: %w", b.info.Name, err)
 	}
+	handOffPreload(opts.Device)
 	defer func() {
 		if err != nil {
 			b.release()
 		}
 	}()
+	t1 := time.Now()
 	if err := cu.SetCurrentContext(b.ctx); err != nil {
 		return nil, fmt.Errorf("cuda backend: %s: set context: %w", b.info.Name, err)
 	}
@@ -258,18 +263,27 @@ func New(opts Options) (b *Backend, err error) {
 	if b.info.CublasLibrary, err = loadCublas(); err != nil {
 		return nil, fmt.Errorf("cuda backend: %w", err)
 	}
+	t2 := time.Now()
 	if b.blas, err = newCublas(uintptr(unsafe.Pointer(b.stream.C()))); err != nil {
 		return nil, fmt.Errorf("cuda backend: %w", err)
 	}
 	b.info.CublasVersion = b.blas.version
+	t3 := time.Now()
 	if err := b.loadKernels(); err != nil {
 		return nil, fmt.Errorf("cuda backend: %s: %w", b.info.Name, err)
 	}
 	if err := b.uploadTables(); err != nil {
 		return nil, fmt.Errorf("cuda backend: %s: %w", b.info.Name, err)
 	}
+	b.openTimes = fmt.Sprintf("context %.3f s, cuBLAS library %.3f s, cuBLAS handle %.3f s, kernels %.3f s",
+		t1.Sub(t0).Seconds(), t2.Sub(t1).Seconds(), t3.Sub(t2).Seconds(), time.Since(t3).Seconds())
 	return b, nil
 }
+
+// OpenTimes says what New's steps took: the context (retained, or made
+// when no one held it), the cuBLAS library's dlopen, its handle, and the
+// kernels' modules.
+func (b *Backend) OpenTimes() string { return b.openTimes }
 
 func (b *Backend) readInfo() error {
 	var err error

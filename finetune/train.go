@@ -487,10 +487,12 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 			return nil, fmt.Errorf("output_dir %s already holds checkpoints of an earlier run (%s); continue it with --resume, or choose another output_dir", outDir, filepath.Base(ck[len(ck)-1].dir))
 		}
 	}
+	t0 := time.Now()
 	prep, err := prepareData(ctx, job)
 	if err != nil {
 		return nil, err
 	}
+	tData := time.Now()
 	// The base: a checkpoint folder, or a GGUF blob (kept open while the
 	// model lives: keep_gguf weights read its blocks).
 	var ck *Checkpoint
@@ -523,10 +525,12 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 	if tr.sched, err = optim.ParseScheduler(tr.cfg.Training.LRSchedulerType); err != nil {
 		return nil, &ConfigError{Key: "training.lr_scheduler_type", Problem: err.Error()}
 	}
+	tPlan := time.Now()
 	if tr.b, err = job.backend(); err != nil {
 		return nil, err
 	}
 	defer tr.b.Close()
+	tBackend := time.Now()
 	if gb := job.Config.Quantization.KeepDequantizedGB; gb > 0 {
 		if dk, ok := tr.b.(DequantKeeper); ok {
 			dk.KeepDequantized(int64(gb * 1e9))
@@ -577,6 +581,8 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 	if dev == "" {
 		dev = tr.b.Name()
 	}
+	emit(LogEvent{Level: "debug", Message: fmt.Sprintf("ready to train after %.2f s: data %.2f s, checkpoint headers and plan %.2f s, backend %.2f s, model load %.2f s",
+		time.Since(t0).Seconds(), tData.Sub(t0).Seconds(), tPlan.Sub(tData).Seconds(), tBackend.Sub(tPlan).Seconds(), time.Since(tBackend).Seconds())})
 	emit(StartedEvent{Plan: plan, StartStep: tr.step, ResumedFrom: resumeDir, Device: dev})
 
 	tr.started = time.Now()

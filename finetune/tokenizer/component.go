@@ -1,9 +1,9 @@
 package tokenizer
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
-	"strings"
 )
 
 // component is one stage of tokenizer.json's pipeline (a normalizer,
@@ -108,6 +108,6 @@ func parseMetaspace(c *component) (replacement string, scheme prependScheme, spl
 }
 
 func isNull(raw json.RawMessage) bool {
-	s := strings.TrimSpace(string(raw))
-	return s == "" || s == "null"
+	s := bytes.TrimSpace(raw) // not string(raw): the model's is most of the file
+	return len(s) == 0 || string(s) == "null"
 }

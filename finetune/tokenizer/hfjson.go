@@ -57,22 +57,26 @@ func parseTokenizerJSON(b []byte, path string) (*parsed, error) {
 	if isNull(f.Model) {
 		return nil, fmt.Errorf("%s: no \"model\"", path)
 	}
-	var head struct {
-		Type   string          `json:"type"`
-		Merges json.RawMessage `json:"merges"`
-	}
-	if err := json.Unmarshal(f.Model, &head); err != nil {
-		return nil, fmt.Errorf("%s: model: %w", path, err)
-	}
-	if head.Type == "" && head.Merges != nil {
-		head.Type = "BPE" // files from before the "type" tag
-	}
-	if head.Type != "BPE" {
-		return nil, fmt.Errorf("%s: model.type %q is not implemented (only BPE; WordPiece, WordLevel and Unigram are not)", path, head.Type)
-	}
+	// One pass over the model (it is most of the file: vocab and merges).
 	var mb hfBPE
-	if err := json.Unmarshal(f.Model, &mb); err != nil {
-		return nil, fmt.Errorf("%s: model: %w", path, err)
+	mbErr := json.Unmarshal(f.Model, &mb)
+	if mbErr != nil {
+		// A model of another type (Unigram's vocab is a list) says so first.
+		var head struct {
+			Type string `json:"type"`
+		}
+		if json.Unmarshal(f.Model, &head) == nil && head.Type != "" {
+			mb.Type = head.Type
+		}
+	}
+	if mb.Type == "" && mb.Merges != nil {
+		mb.Type = "BPE" // files from before the "type" tag
+	}
+	if mb.Type != "BPE" {
+		return nil, fmt.Errorf("%s: model.type %q is not implemented (only BPE; WordPiece, WordLevel and Unigram are not)", path, mb.Type)
+	}
+	if mbErr != nil {
+		return nil, fmt.Errorf("%s: model: %w", path, mbErr)
 	}
 	if mb.Dropout != nil && *mb.Dropout > 0 {
 		return nil, fmt.Errorf("%s: model.dropout %g: BPE dropout is not implemented (tokenization here is deterministic)", path, *mb.Dropout)
@@ -121,9 +125,13 @@ func parseMerges(raw json.RawMessage) ([][2]string, error) {
 	if isNull(raw) {
 		return nil, nil
 	}
+	// tokenizers writes [a, b] pairs since 0.20, "a b" strings before:
+	// the first element says which (one pass over the list, not two).
 	var pairs [][2]string
-	if err := json.Unmarshal(raw, &pairs); err == nil {
-		return pairs, nil
+	if first := strings.TrimLeft(strings.TrimPrefix(strings.TrimLeft(string(raw[:min(len(raw), 64)]), " \t\r\n"), "["), " \t\r\n"); !strings.HasPrefix(first, "\"") {
+		if err := json.Unmarshal(raw, &pairs); err == nil {
+			return pairs, nil
+		}
 	}
 	var lines []string
 	if err := json.Unmarshal(raw, &lines); err != nil {

@@ -47,7 +47,9 @@ func DecodeConfig(raw []byte) (finetune.TrainConfig, error) {
 	return cfg, nil
 }
 
-// Run decodes the request, resolves the job and trains it.
+// Run decodes the request, resolves the job and trains it. A valid
+// config's backend is opened from the start on another goroutine
+// (aheadBackend), beside the job's preparation on this one.
 func (r SFTRunner) Run(ctx context.Context, req plugin.TrainRequest, emit func(plugin.Event)) error {
 	cfg, err := DecodeConfig(req.Config)
 	if err != nil {
@@ -56,8 +58,21 @@ func (r SFTRunner) Run(ctx context.Context, req plugin.TrainRequest, emit func(p
 	if req.OutputDir != "" {
 		cfg.Training.OutputDir = req.OutputDir
 	}
+	newBackend := r.NewBackend
+	if cfg.Validate() == nil { // else NewJob reports it, with nothing opened
+		ahead := openAhead(r.NewBackend, cfg.Quantization.ComputeDType())
+		defer ahead.release()
+		newBackend = func(dtype finetune.DType) (finetune.Backend, error) {
+			first := !ahead.taken
+			b, err := ahead.factory(dtype)
+			if msg := ahead.describe(); first && msg != "" && err == nil {
+				emit(plugin.Log{Level: "debug", Message: msg})
+			}
+			return b, err
+		}
+	}
 	job, err := finetune.NewJob(ctx, cfg, finetune.JobOptions{
-		NewBackend:   r.NewBackend,
+		NewBackend:   newBackend,
 		Resume:       req.Resume,
 		SaveOnCancel: plugin.SaveCheckpointOnCancel,
 		DeviceName:   r.Device,

@@ -28,6 +28,9 @@ var version = "dev"
 const device = 0
 
 func main() {
+	// The GPU's context and cuBLAS, made while the host and this process
+	// shake hands and the job reads its data (a few tenths of a second).
+	cuda.Preload(device)
 	w := &worker{}
 	w.gen.Load = w.load
 	trainerplugin.Serve(capabilities, plugin.RunnerFunc(w.train), w.generate)
