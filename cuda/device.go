@@ -171,6 +171,10 @@ type Backend struct {
 	live, peak int64 // bytes held by tensors, weights and scratch
 	closed     bool
 	openTimes  string // OpenTimes
+	loadTimes  string // LoadTimes
+	// stagerAhead: the first load's pinned buffers, made from New on
+	// (pinned.go)
+	stagerAhead *stagerAhead
 }
 
 var (
@@ -275,6 +279,7 @@ func New(opts Options) (b *Backend, err error) {
 	if err := b.uploadTables(); err != nil {
 		return nil, fmt.Errorf("cuda backend: %s: %w", b.info.Name, err)
 	}
+	b.startStager()
 	b.openTimes = fmt.Sprintf("context %.3f s, cuBLAS library %.3f s, cuBLAS handle %.3f s, kernels %.3f s",
 		t1.Sub(t0).Seconds(), t2.Sub(t1).Seconds(), t3.Sub(t2).Seconds(), time.Since(t3).Seconds())
 	return b, nil
@@ -454,6 +459,7 @@ func (b *Backend) Close() error {
 
 // release frees what New created (with the context current).
 func (b *Backend) release() {
+	b.freeStagerAhead()
 	if b.grads != nil {
 		cu.MemFree(b.grads.mem)
 		b.grads = nil

@@ -24,6 +24,7 @@ import (
 	"hash/fnv"
 	"math"
 	"strings"
+	"time"
 	"unsafe"
 
 	"gorgonia.org/cu"
@@ -158,6 +159,7 @@ func (d *deviceWeights) build(what string, cfg *finetune.Config, get func(string
 	// Never touched: the pages stay unmapped.
 	d.placeholder = make([]float32, maxN)
 	d.slots = 4*cfg.NumLayers + 2
+	b.loadTimes = ""
 	err = func() (err error) {
 		defer Recover(&err)
 		defer b.enter("load")()
@@ -167,26 +169,37 @@ func (d *deviceWeights) build(what string, cfg *finetune.Config, get func(string
 		if err := cu.MemsetD8Async(d.state, 0, int64(8*d.slots), b.stream); err != nil {
 			return err
 		}
-		if s, err := newHostStager(); err == nil {
-			d.stager = s
-		}
+		d.stager = b.takeStager()
 		return nil
 	}()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	defer d.release()
+	t0 := time.Now()
 	m, err = finetune.NewModel(d, cfg, get, opts)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	m.B = b
+	t1 := time.Now()
 	if err := d.finish(); err != nil {
 		m.Free()
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
+	if s := d.stager; s != nil {
+		b.loadTimes = fmt.Sprintf("%.2f GB through %d x %d MiB of pinned memory: host copies %.3f s (%.1f GB/s), waits for the GPU %.3f s, the rest of the build %.3f s, then the GPU's last work %.3f s",
+			float64(s.bytes)/1e9, len(s.bufs), stagerChunk>>20, s.copied.Seconds(), float64(s.bytes)/1e9/max(s.copied.Seconds(), 1e-9), s.waited.Seconds(),
+			(t1.Sub(t0) - s.copied - s.waited).Seconds(), time.Since(t1).Seconds())
+		if a := b.stagerAhead; a != nil && a.s == s {
+			b.loadTimes += fmt.Sprintf("; the pinned memory made beside the job's preparation in %.3f s (the load waited %.3f s for it)", a.took.Seconds(), a.waited.Seconds())
+		}
+	}
 	return m, nil
 }
+
+// LoadTimes says where the last LoadModel's time went ("" before one).
+func (b *Backend) LoadTimes() string { return b.loadTimes }
 
 // finish downloads the offsets and flags of the quantized weights.
 func (d *deviceWeights) finish() (err error) {
@@ -213,8 +226,12 @@ func (d *deviceWeights) release() {
 	b := d.Backend
 	defer b.enter("load")()
 	if d.stager != nil {
+		t0 := time.Now()
 		d.stager.free()
 		d.stager = nil
+		if b.loadTimes != "" {
+			b.loadTimes += fmt.Sprintf("; the pinned memory freed in %.3f s", time.Since(t0).Seconds())
+		}
 	}
 	if d.state != 0 {
 		b.rawFree(d.state, int64(8*d.slots))

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"time"
 	"unsafe"
 
 	"gorgonia.org/cu"
@@ -48,6 +49,10 @@ type hostStager struct {
 	events [2]cu.Event
 	used   [2]bool
 	next   int
+	// what the uploads took (LoadTimes): bytes, the host's copies into
+	// the pinned buffers, and its waits for a buffer the GPU still reads
+	bytes          int64
+	copied, waited time.Duration
 }
 
 // newHostStager allocates the pinned buffers (with the context current).
@@ -77,13 +82,18 @@ func (s *hostStager) upload(stream cu.Stream, dst cu.DevicePtr, src []byte) erro
 	for off := 0; off < len(src); off += stagerChunk {
 		k := s.next
 		s.next ^= 1
+		t0 := time.Now()
 		if s.used[k] {
 			if err := s.events[k].Synchronize(); err != nil {
 				return fmt.Errorf("wait for a staging buffer: %w", err)
 			}
 		}
+		t1 := time.Now()
 		n := min(stagerChunk, len(src)-off)
 		parallelCopy(unsafe.Slice((*byte)(s.bufs[k]), n), src[off:off+n])
+		s.waited += t1.Sub(t0)
+		s.copied += time.Since(t1)
+		s.bytes += int64(n)
 		if err := cu.MemcpyHtoDAsync(dst+cu.DevicePtr(off), s.bufs[k], int64(n), stream); err != nil {
 			return fmt.Errorf("copy %d bytes to the GPU: %w", n, err)
 		}
@@ -131,4 +141,64 @@ func parallelCopy(dst, src []byte) {
 		}()
 	}
 	wg.Wait()
+}
+
+// stagerAhead is the hostStager New starts making on another goroutine:
+// pinning its 128 MiB of host memory (0.05-0.06 s on an H100 machine) then
+// overlaps what comes before a load (the job's preparation) instead of
+// the load.
+type stagerAhead struct {
+	done   chan struct{}
+	s      *hostStager // nil: failed (the load goes through pageable memory)
+	took   time.Duration
+	taken  bool
+	waited time.Duration
+}
+
+// startStager starts making the stager of the backend's first load.
+func (b *Backend) startStager() {
+	a := &stagerAhead{done: make(chan struct{})}
+	b.stagerAhead = a
+	ctx := b.ctx
+	go func() {
+		defer close(a.done)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if cu.SetCurrentContext(ctx) != nil {
+			return
+		}
+		t0 := time.Now()
+		if s, err := newHostStager(); err == nil {
+			a.s = s
+		}
+		a.took = time.Since(t0)
+	}()
+}
+
+// takeStager is the stager made ahead for the first load (waiting for it),
+// a new one for a later load; nil when there is none (pageable uploads).
+func (b *Backend) takeStager() *hostStager {
+	if a := b.stagerAhead; a != nil && !a.taken {
+		t0 := time.Now()
+		<-a.done
+		a.taken, a.waited = true, time.Since(t0)
+		return a.s
+	}
+	s, err := newHostStager()
+	if err != nil {
+		return nil
+	}
+	return s
+}
+
+// freeStagerAhead frees a stager made ahead that no load took (with the
+// context current).
+func (b *Backend) freeStagerAhead() {
+	if a := b.stagerAhead; a != nil && !a.taken {
+		<-a.done
+		a.taken = true
+		if a.s != nil {
+			a.s.free()
+		}
+	}
 }

@@ -14,7 +14,7 @@ import (
 // TestPreload: Preload holds GPU 0's primary context until a New has its
 // own reference, then lets it go (the context's life is the backends'
 // again); the backend New made after it works and says what its opening
-// took.
+// took, and its first load uses the pinned buffers New started making.
 func TestPreload(t *testing.T) {
 	preload.mu.Lock()
 	preload.handed, preload.retained = false, false
@@ -50,6 +50,28 @@ func TestPreload(t *testing.T) {
 	}
 	if !strings.Contains(b.OpenTimes(), "context") || !strings.Contains(b.OpenTimes(), "kernels") {
 		t.Errorf("OpenTimes %q", b.OpenTimes())
+	}
+	// The first load takes the pinned buffers New started making; a
+	// later one makes its own.
+	dir := t.TempDir()
+	if err := finetune.WriteRandomCheckpoint(dir, smallConfig(), 3, finetune.BF16); err != nil {
+		t.Fatal(err)
+	}
+	ck, err := finetune.LoadCheckpoint(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ck.Close()
+	for k, want := range []bool{true, false} {
+		m, err := b.LoadModel(ck, finetune.ModelOptions{Quantize: true, DoubleQuant: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Free()
+		lt := b.LoadTimes()
+		if !strings.Contains(lt, "pinned memory") || strings.Contains(lt, "made beside") != want {
+			t.Errorf("load %d: LoadTimes %q; want the pinned memory made ahead: %v", k+1, lt, want)
+		}
 	}
 	x := b.Alloc(3)
 	b.Upload(x, []float32{1, 2, 3})

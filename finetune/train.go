@@ -543,6 +543,7 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 	tr.lora = &LoRAConfig{R: l.R, Alpha: float32(l.LoRAAlpha), Dropout: float32(l.LoRADropout), TargetModules: l.TargetModules, Bias: l.Bias, Seed: tr.seed}
 	emit(LogEvent{Level: "info", Message: loadMessage(job)})
 	q := job.Config.Quantization
+	tModel := tBackend
 	err = guard(tr.b, func() (err error) {
 		mo := ModelOptions{Quantize: q.LoadIn4bit, DoubleQuant: q.Bnb4bitUseDoubleQuant, LoRA: tr.lora, GradientCheckpointing: job.Config.Training.GradientCheckpointing}
 		switch ml, own := tr.b.(ModelLoader); {
@@ -556,6 +557,7 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 		if err != nil {
 			return err
 		}
+		tModel = time.Now()
 		tr.opt, err = newOptimizer(tr.b, tr.m.LoRAParams(), job.Config.Training.Optim)
 		return err
 	})
@@ -581,8 +583,12 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 	if dev == "" {
 		dev = tr.b.Name()
 	}
-	emit(LogEvent{Level: "debug", Message: fmt.Sprintf("ready to train after %.2f s: data %.2f s, checkpoint headers and plan %.2f s, backend %.2f s, model load %.2f s",
-		time.Since(t0).Seconds(), tData.Sub(t0).Seconds(), tPlan.Sub(tData).Seconds(), tBackend.Sub(tPlan).Seconds(), time.Since(tBackend).Seconds())})
+	ready := fmt.Sprintf("ready to train after %.2f s: data %.2f s, checkpoint headers and plan %.2f s, backend %.2f s, model load %.2f s, optimizer %.2f s",
+		time.Since(t0).Seconds(), tData.Sub(t0).Seconds(), tPlan.Sub(tData).Seconds(), tBackend.Sub(tPlan).Seconds(), tModel.Sub(tBackend).Seconds(), time.Since(tModel).Seconds())
+	if lt, ok := tr.b.(interface{ LoadTimes() string }); ok && lt.LoadTimes() != "" {
+		ready += " (" + lt.LoadTimes() + ")"
+	}
+	emit(LogEvent{Level: "debug", Message: ready})
 	emit(StartedEvent{Plan: plan, StartStep: tr.step, ResumedFrom: resumeDir, Device: dev})
 
 	tr.started = time.Now()

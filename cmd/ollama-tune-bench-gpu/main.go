@@ -90,7 +90,7 @@ func main() {
 	steps := flag.Int("steps", 20, "timed training steps per run")
 	warmup := flag.Int("warmup", 3, "untimed steps before them")
 	total := flag.Int("total", 220, "steps of the tutorial run (the schedule's length; totals are extrapolated to it)")
-	ckptFlag := flag.String("ckpt", "on,off", "gradient checkpointing settings to run: on, off or on,off")
+	ckptFlag := flag.String("ckpt", "on,off", "gradient checkpointing settings to run: on, off or on,off (none: no training, with -load)")
 	compute := flag.String("compute", "bf16", "compute dtype: bf16 or f32")
 	load := flag.String("load", "", "also time loading this checkpoint directory (bf16 safetensors) with NF4 quantization")
 	profile := flag.Bool("profile", false, "profile one extra step of each run, kernel by kernel")
@@ -133,6 +133,9 @@ func main() {
 		}
 	}
 	for _, c := range strings.Split(*ckptFlag, ",") {
+		if c == "none" { // -load alone
+			break
+		}
 		var ckpt bool
 		switch strings.TrimSpace(c) {
 		case "on":
@@ -228,7 +231,7 @@ func benchLoad(dir string, dt finetune.DType, reference bool) (result, error) {
 	m.Free()
 	r := result{Impl: "ollama-tune", Kind: "load", Device: deviceName(b), Compute: dt.String(), LoadS: secs, LoadGB: float64(bytes) / 1e9,
 		PeakGiB: gib(peak), Note: fmt.Sprintf("LoadCheckpoint + cuda LoadModel (bf16 bytes uploaded, NF4 double quant on the GPU) of %s, %.2f GB, page cache", dir, float64(bytes)/1e9)}
-	fmt.Printf("load: %.2f GB in %.2f s (%.1f GB/s), backend peak %.2f GiB\n", float64(bytes)/1e9, secs, float64(bytes)/1e9/secs, gib(peak))
+	fmt.Printf("load: %.2f GB in %.2f s (%.1f GB/s), backend peak %.2f GiB; %s\n", float64(bytes)/1e9, secs, float64(bytes)/1e9/secs, gib(peak), b.LoadTimes())
 	return r, nil
 }
 
