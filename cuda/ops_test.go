@@ -158,6 +158,13 @@ func TestDeviceMemoryOps(t *testing.T) {
 	by := gpu.AllocBytes(3)
 	gpu.UploadBytes(by, []byte{0, 128, 255})
 	checkBits(t, "uint8", gpu.Download(by), []float32{0, 128, 255})
+	if got := gpu.DownloadBytes(by); string(got) != "\x00\x80\xff" {
+		t.Errorf("DownloadBytes: %v, want [0 128 255]", got)
+	}
+	gpu.Zero(by) // pending until read
+	if got := gpu.DownloadBytes(by); string(got) != "\x00\x00\x00" {
+		t.Errorf("DownloadBytes of a zeroed tensor: %v", got)
+	}
 	if s := a.Shape(); len(s) != 2 || s[0] != 7 || s[1] != 143 || a.Numel() != 1001 {
 		t.Errorf("shape %v numel %d", s, a.Numel())
 	}

@@ -830,3 +830,18 @@ func TestScaleSumSquares(t *testing.T) {
 		}
 	}
 }
+
+// TestCPUDownloadBytes: a uint8 tensor's bytes, as a copy.
+func TestCPUDownloadBytes(t *testing.T) {
+	b := NewCPUBackend(CPUOptions{})
+	by := b.AllocBytes(3)
+	b.UploadBytes(by, []uint8{0, 128, 255})
+	got := b.DownloadBytes(by)
+	if string(got) != "\x00\x80\xff" {
+		t.Fatalf("DownloadBytes: %v", got)
+	}
+	got[0] = 9
+	if again := b.DownloadBytes(by); again[0] != 0 {
+		t.Error("DownloadBytes returned the tensor's own storage")
+	}
+}

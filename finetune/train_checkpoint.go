@@ -333,10 +333,15 @@ func (tr *trainer) encodeOptimizer(w io.Writer) error {
 				suffix string
 				t      Tensor
 			}{{".state1", st.M}, {".state2", st.V}} {
-				v := o.b.Download(s.t)
-				bs := make([]byte, len(v))
-				for k, x := range v {
-					bs[k] = byte(x)
+				var bs []byte
+				if d, ok := o.b.(ByteDownloader); ok {
+					bs = d.DownloadBytes(s.t)
+				} else {
+					v := o.b.Download(s.t)
+					bs = make([]byte, len(v))
+					for k, x := range v {
+						bs[k] = byte(x)
+					}
 				}
 				ts = append(ts, safetensors.TensorInfo{Name: p.Name + s.suffix, DType: safetensors.U8, Shape: []int{len(bs)}, Data: bs})
 			}

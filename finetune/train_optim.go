@@ -1,6 +1,7 @@
 package finetune
 
 import (
+	"bytes"
 	"fmt"
 
 	"github.com/ollama-tune/ollama-tune/finetune/optim"
@@ -25,6 +26,9 @@ func (b *CPUBackend) UploadBytes(dst Tensor, src []uint8) {
 	}
 	copy(d, src)
 }
+
+// DownloadBytes returns a copy of a uint8 tensor's bytes.
+func (b *CPUBackend) DownloadBytes(src Tensor) []uint8 { return bytes.Clone(u8(src)) }
 
 // optimizer holds the state of every LoRA matrix.
 type optimizer struct {
