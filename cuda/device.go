@@ -101,6 +101,9 @@ type Options struct {
 	// fails with ErrOutOfMemory as if the GPU were full, to share a GPU or
 	// to test the out-of-memory path (auto_find_batch_size) on a large one.
 	MemoryLimit int64
+	// noStagerAhead: New does not start making the first load's pinned
+	// buffers (a backend that loads nothing: RehearseStep's).
+	noStagerAhead bool
 }
 
 // minDriver is the oldest driver API version that JIT-compiles our PTX
@@ -279,7 +282,9 @@ func New(opts Options) (b *Backend, err error) {
 	if err := b.uploadTables(); err != nil {
 		return nil, fmt.Errorf("cuda backend: %s: %w", b.info.Name, err)
 	}
-	b.startStager()
+	if !opts.noStagerAhead {
+		b.startStager()
+	}
 	b.openTimes = fmt.Sprintf("context %.3f s, cuBLAS library %.3f s, cuBLAS handle %.3f s, kernels %.3f s",
 		t1.Sub(t0).Seconds(), t2.Sub(t1).Seconds(), t3.Sub(t2).Seconds(), time.Since(t3).Seconds())
 	return b, nil

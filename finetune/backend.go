@@ -272,6 +272,18 @@ type DequantKeeper interface {
 	KeptDequantized() int64
 }
 
+// StepRehearser rehearses a training step beside the model's load: the
+// CUDA backend runs one layer of cfg (random weights, opts) on a batch of
+// rows x seq tokens on a backend of its own, so that the first real step
+// does not pay cuBLAS's first calls. It must not change any result, and
+// must leave the job the memory it needs (need: the plan's estimate). The
+// trainer calls it before the load and the returned function after it,
+// before the first step: that waits for the rehearsal to end (and free its
+// memory) and says how it went ("" when it did nothing).
+type StepRehearser interface {
+	RehearseStep(cfg *Config, opts ModelOptions, rows, seq int, need int64) (wait func() string)
+}
+
 // ByteDownloader downloads a uint8 tensor as its bytes (the 8-bit
 // optimizer state a checkpoint saves), instead of Download's float32 per
 // byte: a quarter of the copy and no conversion either way.

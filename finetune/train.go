@@ -544,8 +544,12 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 	emit(LogEvent{Level: "info", Message: loadMessage(job)})
 	q := job.Config.Quantization
 	tModel := tBackend
+	mo := ModelOptions{Quantize: q.LoadIn4bit, DoubleQuant: q.Bnb4bitUseDoubleQuant, LoRA: tr.lora, GradientCheckpointing: job.Config.Training.GradientCheckpointing}
+	rehearsed := func() string { return "" }
+	if r, ok := tr.b.(StepRehearser); ok {
+		rehearsed = r.RehearseStep(baseCfg, mo, tr.microBS, job.Config.Training.MaxSeqLength, plan.EstimatedBytes)
+	}
 	err = guard(tr.b, func() (err error) {
-		mo := ModelOptions{Quantize: q.LoadIn4bit, DoubleQuant: q.Bnb4bitUseDoubleQuant, LoRA: tr.lora, GradientCheckpointing: job.Config.Training.GradientCheckpointing}
 		switch ml, own := tr.b.(ModelLoader); {
 		case gb != nil:
 			tr.m, err = LoadGGUFModel(tr.b, gb, mo, q.KeepGGUF)
@@ -561,6 +565,7 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 		tr.opt, err = newOptimizer(tr.b, tr.m.LoRAParams(), job.Config.Training.Optim)
 		return err
 	})
+	rehearsal := rehearsed() // ended, its memory freed, before the first step
 	if tr.m != nil {
 		defer tr.m.Free()
 	}
@@ -587,6 +592,9 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 		time.Since(t0).Seconds(), tData.Sub(t0).Seconds(), tPlan.Sub(tData).Seconds(), tBackend.Sub(tPlan).Seconds(), tModel.Sub(tBackend).Seconds(), time.Since(tModel).Seconds())
 	if lt, ok := tr.b.(interface{ LoadTimes() string }); ok && lt.LoadTimes() != "" {
 		ready += " (" + lt.LoadTimes() + ")"
+	}
+	if rehearsal != "" {
+		ready += "; " + rehearsal
 	}
 	emit(LogEvent{Level: "debug", Message: ready})
 	emit(StartedEvent{Plan: plan, StartStep: tr.step, ResumedFrom: resumeDir, Device: dev})

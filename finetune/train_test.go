@@ -621,3 +621,74 @@ func TestPlanSeed(t *testing.T) {
 	}
 	t.Logf("bfd: %d sequences, %d steps", p.Data.Sequences, p.TotalSteps)
 }
+
+// rehearsingBackend is the CPU backend with a StepRehearser that records
+// when it is called, when its wait is, and the model's weights and the
+// first step's token ids between them.
+type rehearsingBackend struct {
+	*CPUBackend
+	events    []string
+	rows, seq int
+	need      int64
+	cfgLayers int
+}
+
+func (b *rehearsingBackend) RehearseStep(cfg *Config, opts ModelOptions, rows, seq int, need int64) func() string {
+	b.events = append(b.events, "rehearse")
+	b.rows, b.seq, b.need, b.cfgLayers = rows, seq, need, cfg.NumLayers
+	return func() string { b.events = append(b.events, "wait"); return "rehearsed (fake)" }
+}
+
+func (b *rehearsingBackend) DenseWeight(data []float32, out, in int) (Weight, error) {
+	if n := len(b.events); n == 0 || b.events[n-1] != "weight" {
+		b.events = append(b.events, "weight")
+	}
+	return b.CPUBackend.DenseWeight(data, out, in)
+}
+
+func (b *rehearsingBackend) AllocInt32(n int) Tensor {
+	if n := len(b.events); n == 0 || b.events[n-1] != "ids" {
+		b.events = append(b.events, "ids")
+	}
+	return b.CPUBackend.AllocInt32(n)
+}
+
+// TestStepRehearsal: the trainer asks a StepRehearser for one rehearsal
+// of its micro-batch's shape before the model's weights are made, waits
+// for it after them and before the first step, and logs what it said; the
+// run's results are a plain backend's.
+func TestStepRehearsal(t *testing.T) {
+	model := tinyModelDir(t, smallModel.cfg, 14)
+	c := smallJob(t, model, filepath.Join(t.TempDir(), "out"), 14)
+	c.Training.MaxSteps, c.Training.SaveSteps = 1, 0
+	c.Quantization.LoadIn4bit = false
+	ref, _, err := trainWarnings(t, c, NewCPUBackend(CPUOptions{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Training.OutputDir = filepath.Join(t.TempDir(), "out2")
+	b := &rehearsingBackend{CPUBackend: NewCPUBackend(CPUOptions{})}
+	j := newTestJob(t, c, "")
+	j.NewBackend = func(DType) (Backend, error) { return b, nil }
+	var debug []string
+	got, err := Train(context.Background(), j, func(e TrainEvent) {
+		if l, ok := e.(LogEvent); ok && l.Level == "debug" {
+			debug = append(debug, l.Message)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := strings.Join(b.events, " "); !strings.HasPrefix(s, "rehearse weight wait ids") {
+		t.Errorf("calls %q, want the rehearsal, the weights, its wait, then the step", s)
+	}
+	if b.rows != c.Training.PerDeviceTrainBatchSize || b.seq != c.Training.MaxSeqLength || b.need <= 0 || b.cfgLayers != smallModel.cfg.NumLayers {
+		t.Errorf("rehearsal of %d x %d tokens, need %d, %d layers", b.rows, b.seq, b.need, b.cfgLayers)
+	}
+	if !strings.Contains(strings.Join(debug, "\n"), "; rehearsed (fake)") {
+		t.Errorf("debug lines %q", debug)
+	}
+	if !bytes.Equal(readFile(t, filepath.Join(got.OutputDir, peft.WeightsName)), readFile(t, filepath.Join(ref.OutputDir, peft.WeightsName))) {
+		t.Error("the rehearsed run's adapter differs from a plain run's")
+	}
+}

@@ -98,6 +98,7 @@ func main() {
 	table := flag.String("table", "", "print the comparison table of a results file and exit")
 	seed := flag.Uint64("seed", 42, "seed of the weights, the adapter and the batch")
 	reference := flag.Bool("reference", false, "run the reference kernels (cuda.Options.ReferenceKernels), for A/B comparisons")
+	firstSteps := flag.Bool("first-steps", false, "with -load: time the loaded model's first three steps (forward and backward), with a step rehearsed beside the load unless OLLAMA_TUNE_CUDA_REFERENCE=rehearse")
 	keepDeq := flag.Float64("keep-deq-gb", 0, "keep up to this many GB of dequantized weights (quantization.keep_dequantized_gb)")
 	flag.Parse()
 	if *table != "" {
@@ -125,7 +126,7 @@ func main() {
 		}
 	}
 	if *load != "" {
-		r, err := benchLoad(*load, dt, *reference)
+		r, err := benchLoad(*load, dt, *reference, *firstSteps)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "load benchmark:", err)
 		} else {
@@ -194,7 +195,7 @@ func tutorialLoRA(seed uint64) *finetune.LoRAConfig {
 
 // benchLoad times LoadCheckpoint + LoadModel (NF4, double quantization)
 // of dir, from the page cache.
-func benchLoad(dir string, dt finetune.DType, reference bool) (result, error) {
+func benchLoad(dir string, dt finetune.DType, reference, firstSteps bool) (result, error) {
 	var bytes int64
 	if ents, err := os.ReadDir(dir); err == nil {
 		for _, e := range ents {
@@ -219,7 +220,13 @@ func benchLoad(dir string, dt finetune.DType, reference bool) (result, error) {
 		return result{}, err
 	}
 	defer ck.Close()
-	m, err := b.LoadModel(ck, finetune.ModelOptions{Quantize: true, DoubleQuant: true, LoRA: tutorialLoRA(1)})
+	mo := finetune.ModelOptions{Quantize: true, DoubleQuant: true, LoRA: tutorialLoRA(1), GradientCheckpointing: true}
+	rehearsed := func() string { return "" }
+	if firstSteps {
+		// As the trainer does: a step rehearsed beside the load.
+		rehearsed = b.RehearseStep(ck.Config, mo, batchRows, seqLen, 4<<30)
+	}
+	m, err := b.LoadModel(ck, mo)
 	if err != nil {
 		return result{}, err
 	}
@@ -228,7 +235,31 @@ func benchLoad(dir string, dt finetune.DType, reference bool) (result, error) {
 	}
 	secs := time.Since(start).Seconds()
 	_, peak := b.Allocated()
-	m.Free()
+	defer m.Free()
+	if firstSteps {
+		// The first steps' times (forward and backward, synchronised):
+		// the first pays cuBLAS's first calls unless a rehearsal did.
+		t0 := time.Now()
+		msg := rehearsed()
+		waited := time.Since(t0).Seconds()
+		batch := syntheticBatch(ck.Config.VocabSize, 1)
+		var times []string
+		for k := range 3 {
+			t0 := time.Now()
+			m.ZeroGrads()
+			if _, _, _, err := m.Forward(batch, true, uint64(k)); err != nil {
+				return result{}, err
+			}
+			if err := m.Backward(); err != nil {
+				return result{}, err
+			}
+			if err := b.Sync(); err != nil {
+				return result{}, err
+			}
+			times = append(times, fmt.Sprintf("%.3f", time.Since(t0).Seconds()))
+		}
+		fmt.Printf("first steps: %s s (forward + backward); waited %.3f s for the rehearsal: %s\n", strings.Join(times, ", "), waited, msg)
+	}
 	r := result{Impl: "ollama-tune", Kind: "load", Device: deviceName(b), Compute: dt.String(), LoadS: secs, LoadGB: float64(bytes) / 1e9,
 		PeakGiB: gib(peak), Note: fmt.Sprintf("LoadCheckpoint + cuda LoadModel (bf16 bytes uploaded, NF4 double quant on the GPU) of %s, %.2f GB, page cache", dir, float64(bytes)/1e9)}
 	fmt.Printf("load: %.2f GB in %.2f s (%.1f GB/s), backend peak %.2f GiB; %s\n", float64(bytes)/1e9, secs, float64(bytes)/1e9/secs, gib(peak), b.LoadTimes())

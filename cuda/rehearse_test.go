@@ -1,0 +1,60 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/ollama-tune/ollama-tune/finetune"
+)
+
+// TestRehearseStep: a step rehearsed beside a load leaves the loaded
+// model's results as they are (the same logits, bit for bit, as a model
+// loaded without one), ends before the wait returns, and does nothing when
+// the GPU has not the room beside what the job needs.
+func TestRehearseStep(t *testing.T) {
+	cfg := smallConfig()
+	lc := &finetune.LoRAConfig{R: 4, Alpha: 8, Dropout: 0.1, TargetModules: []string{"all-linear"}, Bias: "none", Seed: 7}
+	dir := t.TempDir()
+	if err := finetune.WriteRandomCheckpoint(dir, cfg, 11, finetune.BF16); err != nil {
+		t.Fatal(err)
+	}
+	ck, err := finetune.LoadCheckpoint(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ck.Close()
+	opts := finetune.ModelOptions{Quantize: true, DoubleQuant: true, LoRA: lc, GradientCheckpointing: true}
+	batch := smallBatch(cfg.VocabSize)
+	logits := func(rehearse bool) ([]float32, string) {
+		wait := func() string { return "" }
+		if rehearse {
+			wait = gpuB16.RehearseStep(cfg, opts, 3, 24, 0)
+		}
+		m, err := gpuB16.LoadModel(ck, opts)
+		msg := wait()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Free()
+		l, err := m.Logits(batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l, msg
+	}
+	want, _ := logits(false)
+	got, msg := logits(true)
+	checkBits(t, "logits after a rehearsal", got, want)
+	if !strings.Contains(msg, "rehearsed (3 x 24 tokens)") {
+		t.Errorf("the rehearsal says %q", msg)
+	}
+	_, total, err := gpuB16.MemInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg := gpuB16.RehearseStep(cfg, opts, 3, 24, total)(); msg != "" {
+		t.Errorf("no room beside the job's need, yet: %q", msg)
+	}
+}
