@@ -59,7 +59,7 @@ func handOffPreload(device int) {
 		return
 	}
 	preload.handed = true
-	if preload.retained && preload.device == device {
+	if preload.retained {
 		preload.dev.ReleasePrimaryCtx() //nolint:errcheck // New holds its own reference
 		preload.retained = false
 	}

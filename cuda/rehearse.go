@@ -30,19 +30,22 @@ var rehearsalOn = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "rehearse")
 // (the kernels it loads are the context's, shared with this backend).
 // Then it frees everything. The returned function waits for it to end and
 // reports what it took. Nothing runs unless the GPU has rehearsalRoom
-// free beside need; an error only ends the rehearsal.
+// free beside need, nor on a backend with a MemoryLimit (a shared GPU); an
+// error only ends the rehearsal.
 func (b *Backend) RehearseStep(cfg *finetune.Config, opts finetune.ModelOptions, rows, seq int, need int64) (wait func() string) {
 	free, _, err := b.MemInfo()
-	if !rehearsalOn || err != nil || free < need+rehearsalRoom || cfg == nil || rows <= 0 || seq <= 0 {
+	if !rehearsalOn || err != nil || free < need+rehearsalRoom || b.opts.MemoryLimit > 0 || cfg == nil || rows <= 0 || seq <= 0 {
 		return func() string { return "" }
 	}
-	done := make(chan string, 1)
+	done := make(chan struct{})
+	var msg string
 	o := b.opts
 	go func() {
+		defer close(done)
 		t0 := time.Now()
-		done <- rehearse(o, cfg, opts, rows, seq) + fmt.Sprintf(" in %.2f s", time.Since(t0).Seconds())
+		msg = rehearse(o, cfg, opts, rows, seq) + fmt.Sprintf(" in %.2f s", time.Since(t0).Seconds())
 	}()
-	return func() string { return <-done }
+	return func() string { <-done; return msg }
 }
 
 // rehearse is RehearseStep's work; it says how it went.
