@@ -108,6 +108,22 @@ func TestLoadModelUploadsRawBytes(t *testing.T) {
 	}
 }
 
+// randomCheckpoint writes a random checkpoint of cfg (weights in dt) and
+// opens it; the test closes it.
+func randomCheckpoint(t *testing.T, cfg *finetune.Config, seed uint64, dt finetune.DType) *finetune.Checkpoint {
+	t.Helper()
+	dir := t.TempDir()
+	if err := finetune.WriteRandomCheckpoint(dir, cfg, seed, dt); err != nil {
+		t.Fatal(err)
+	}
+	ck, err := finetune.LoadCheckpoint(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ck.Close() })
+	return ck
+}
+
 func TestLoadModelRejectsNonFinite(t *testing.T) {
 	cfg := smallConfig()
 	dir := t.TempDir()

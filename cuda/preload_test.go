@@ -53,15 +53,7 @@ func TestPreload(t *testing.T) {
 	}
 	// The first load takes the pinned buffers New started making; a
 	// later one makes its own.
-	dir := t.TempDir()
-	if err := finetune.WriteRandomCheckpoint(dir, smallConfig(), 3, finetune.BF16); err != nil {
-		t.Fatal(err)
-	}
-	ck, err := finetune.LoadCheckpoint(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ck.Close()
+	ck := randomCheckpoint(t, smallConfig(), 3, finetune.BF16)
 	for k, want := range []bool{true, false} {
 		m, err := b.LoadModel(ck, finetune.ModelOptions{Quantize: true, DoubleQuant: true})
 		if err != nil {

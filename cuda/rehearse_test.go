@@ -16,15 +16,7 @@ import (
 func TestRehearseStep(t *testing.T) {
 	cfg := smallConfig()
 	lc := &finetune.LoRAConfig{R: 4, Alpha: 8, Dropout: 0.1, TargetModules: []string{"all-linear"}, Bias: "none", Seed: 7}
-	dir := t.TempDir()
-	if err := finetune.WriteRandomCheckpoint(dir, cfg, 11, finetune.BF16); err != nil {
-		t.Fatal(err)
-	}
-	ck, err := finetune.LoadCheckpoint(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ck.Close()
+	ck := randomCheckpoint(t, cfg, 11, finetune.BF16)
 	opts := finetune.ModelOptions{Quantize: true, DoubleQuant: true, LoRA: lc, GradientCheckpointing: true}
 	batch := smallBatch(cfg.VocabSize)
 	logits := func(rehearse bool) ([]float32, string) {

@@ -392,12 +392,18 @@ func TestAutoFindBatchSize(t *testing.T) {
 // trainWarnings trains c on backend b and returns the result, the
 // warnings the run logged and its error.
 func trainWarnings(t *testing.T, c TrainConfig, b Backend) (*Result, []string, error) {
+	return trainLogs(t, c, b, "warn")
+}
+
+// trainLogs trains c on backend b and returns the result, the messages
+// the run logged at level and its error.
+func trainLogs(t *testing.T, c TrainConfig, b Backend, level string) (*Result, []string, error) {
 	t.Helper()
 	j := newTestJob(t, c, "")
 	j.NewBackend = func(DType) (Backend, error) { return b, nil }
 	var msgs []string
 	res, err := Train(context.Background(), j, func(e TrainEvent) {
-		if l, ok := e.(LogEvent); ok && l.Level == "warn" {
+		if l, ok := e.(LogEvent); ok && l.Level == level {
 			msgs = append(msgs, l.Message)
 		}
 	})
@@ -668,14 +674,7 @@ func TestStepRehearsal(t *testing.T) {
 	}
 	c.Training.OutputDir = filepath.Join(t.TempDir(), "out2")
 	b := &rehearsingBackend{CPUBackend: NewCPUBackend(CPUOptions{})}
-	j := newTestJob(t, c, "")
-	j.NewBackend = func(DType) (Backend, error) { return b, nil }
-	var debug []string
-	got, err := Train(context.Background(), j, func(e TrainEvent) {
-		if l, ok := e.(LogEvent); ok && l.Level == "debug" {
-			debug = append(debug, l.Message)
-		}
-	})
+	got, debug, err := trainLogs(t, c, b, "debug")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package trainerplugin
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,8 +10,6 @@ import (
 	"testing"
 
 	"github.com/ollama-tune/ollama-tune/finetune"
-	"github.com/ollama-tune/ollama-tune/finetune/testutil"
-	"github.com/ollama-tune/ollama-tune/finetune/testutil/tinymodel"
 	"github.com/ollama-tune/ollama-tune/plugin"
 )
 
@@ -66,18 +63,7 @@ var errDevice = errors.New("device lost (simulated)")
 // failure is CodeDevice, an out-of-memory (the GPU's sentinel) is
 // CodeOutOfMemory, and a *plugin.TrainError keeps its code.
 func TestSFTRunnerErrorCodes(t *testing.T) {
-	cfg := finetune.Phi3Mini4k()
-	cfg.HiddenSize, cfg.IntermediateSize, cfg.NumLayers, cfg.NumHeads, cfg.NumKVHeads = 32, 64, 1, 4, 4
-	cfg.SlidingWindow = 0
-	tc := finetune.DefaultTrainConfig()
-	tc.Model = tinymodel.Dir(t, cfg, 3, finetune.F32)
-	tc.Dataset.Path = testutil.YodaCSV(t, 4)
-	tc.Training.MaxSteps, tc.Training.NumTrainEpochs = 1, 0
-	tc.Quantization.Bnb4bitComputeDType = "float16"
-	raw, err := json.Marshal(tc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := tinyJob(t, func(tc *finetune.TrainConfig) { tc.Quantization.Bnb4bitComputeDType = "float16" })
 	isDevice := func(err error) bool { return errors.Is(err, errDevice) }
 	for _, c := range []struct {
 		fail error
