@@ -12,7 +12,6 @@ import (
 	"slices"
 	"sort"
 	"strconv"
-	"sync"
 
 	"github.com/ollama-tune/ollama-tune/finetune/safetensors"
 	"github.com/ollama-tune/ollama-tune/internal/atomicfile"
@@ -335,15 +334,10 @@ func WriteFiles(dir string, files []File) (err error) {
 		if err := os.Chmod(tmp, 0o755); err != nil {
 			return err
 		}
-		var sy syncer
 		for _, f := range files {
-			if err := writeSynced(filepath.Join(tmp, f.name), f.write, &sy); err != nil {
-				sy.wait() //nolint:errcheck // the write's error comes first
+			if err := writeSynced(filepath.Join(tmp, f.name), f.write); err != nil {
 				return err
 			}
-		}
-		if err := sy.wait(); err != nil {
-			return err
 		}
 		atomicfile.SyncDir(tmp)
 		if err := os.Rename(tmp, dir); err != nil {
@@ -362,23 +356,17 @@ func WriteFiles(dir string, files []File) (err error) {
 			}
 		}
 	}()
-	var sy syncer
 	for _, f := range files {
 		t, err := os.CreateTemp(dir, "."+f.name+atomicfile.TempMarker+"*")
 		if err != nil {
-			sy.wait() //nolint:errcheck // this error comes first
 			return err
 		}
 		name := t.Name()
 		t.Close()
 		temps = append(temps, name)
-		if err := writeSynced(name, f.write, &sy); err != nil {
-			sy.wait() //nolint:errcheck // the write's error comes first
+		if err := writeSynced(name, f.write); err != nil {
 			return err
 		}
-	}
-	if err := sy.wait(); err != nil {
-		return err
 	}
 	for i, f := range files {
 		if err := os.Rename(temps[i], filepath.Join(dir, f.name)); err != nil {
@@ -389,12 +377,10 @@ func WriteFiles(dir string, files []File) (err error) {
 	return nil
 }
 
-// writeSynced writes path (created or truncated) with write and makes it
-// 0644 as atomicfile.Write does (os.CreateTemp made WriteFiles' temporary
-// files 0600, which the rename would have kept); its sync and close go to
-// s, so that the next file's encoding (a download from the GPU, for an
-// adapter or optimizer state) overlaps this one's sync.
-func writeSynced(path string, write func(io.Writer) error, s *syncer) error {
+// writeSynced writes path (created or truncated) with write, makes it 0644
+// as atomicfile.Write does (os.CreateTemp made WriteFiles' temporary files
+// 0600, which the rename would have kept), then syncs it.
+func writeSynced(path string, write func(io.Writer) error) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
@@ -407,41 +393,14 @@ func writeSynced(path string, write func(io.Writer) error, s *syncer) error {
 	if err == nil {
 		err = f.Chmod(0o644)
 	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
-		f.Close()
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	s.syncClose(f, path)
 	return nil
-}
-
-// syncer syncs and closes written files on goroutines of their own; wait
-// returns once all are done, with the first error.
-type syncer struct {
-	wg  sync.WaitGroup
-	mu  sync.Mutex
-	err error
-}
-
-func (s *syncer) syncClose(f *os.File, path string) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		err := f.Sync()
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			s.mu.Lock()
-			if s.err == nil {
-				s.err = fmt.Errorf("write %s: %w", path, err)
-			}
-			s.mu.Unlock()
-		}
-	}()
-}
-
-func (s *syncer) wait() error {
-	s.wg.Wait()
-	return s.err
 }
