@@ -270,8 +270,16 @@ func runYodaDemo(cmd *cobra.Command, f *yodaFlags) error {
 		fmt.Fprintf(w, "2/4 training skipped: using the adapter in %s\n", adapterDir)
 	} else {
 		tc := demo.TrainConfig(modelDir, data, adapterDir)
-		fmt.Fprintf(w, "2/4 training LoRA r=%d on the CPU, %g epochs\n", tc.LoRA.R, tc.Training.NumTrainEpochs)
-		job, err := finetune.NewJob(ctx, tc, finetune.JobOptions{})
+		// A second run of the demo continues the first (the trainer keeps
+		// a folder's checkpoints): a finished one trains no more steps.
+		var resume string
+		if cks, _ := filepath.Glob(filepath.Join(adapterDir, "checkpoint-*")); len(cks) > 0 {
+			resume = finetune.ResumeLatest
+			fmt.Fprintf(w, "2/4 continuing the demo's earlier training in %s (delete it to train from the start)\n", adapterDir)
+		} else {
+			fmt.Fprintf(w, "2/4 training LoRA r=%d on the CPU, %g epochs\n", tc.LoRA.R, tc.Training.NumTrainEpochs)
+		}
+		job, err := finetune.NewJob(ctx, tc, finetune.JobOptions{Resume: resume})
 		if err != nil {
 			return err
 		}
