@@ -1000,8 +1000,6 @@ func (b *Backend) DownloadBytes(src finetune.Tensor) []byte {
 	return out
 }
 
-var _ finetune.ByteDownloader = (*Backend)(nil)
-
 // UploadBytes fills a uint8 tensor.
 func (b *Backend) UploadBytes(dst finetune.Tensor, src []byte) {
 	defer b.enter("UploadBytes")()

@@ -108,6 +108,9 @@ type Backend interface {
 	// UploadBytes fills a uint8 tensor (resuming 8-bit optimizer state).
 	UploadBytes(dst Tensor, src []uint8)
 	Download(src Tensor) []float32 // synchronises
+	// DownloadBytes returns a uint8 tensor's bytes (a checkpoint's 8-bit
+	// optimizer state); it synchronises.
+	DownloadBytes(src Tensor) []uint8
 	Zero(t Tensor)
 	Copy(dst, src Tensor)
 	Free(t Tensor)
@@ -282,13 +285,6 @@ type DequantKeeper interface {
 // memory) and says how it went ("" when it did nothing).
 type StepRehearser interface {
 	RehearseStep(cfg *Config, opts ModelOptions, rows, seq int, need int64) (wait func() string)
-}
-
-// ByteDownloader downloads a uint8 tensor as its bytes (the 8-bit
-// optimizer state a checkpoint saves), instead of Download's float32 per
-// byte: a quarter of the copy and no conversion either way.
-type ByteDownloader interface {
-	DownloadBytes(src Tensor) []uint8 // synchronises
 }
 
 // LoRAPacker takes a promise: the LoRA matrices of these linears stay as

@@ -333,16 +333,7 @@ func (tr *trainer) encodeOptimizer(w io.Writer) error {
 				suffix string
 				t      Tensor
 			}{{".state1", st.M}, {".state2", st.V}} {
-				var bs []byte
-				if d, ok := o.b.(ByteDownloader); ok {
-					bs = d.DownloadBytes(s.t)
-				} else {
-					v := o.b.Download(s.t)
-					bs = make([]byte, len(v))
-					for k, x := range v {
-						bs[k] = byte(x)
-					}
-				}
+				bs := o.b.DownloadBytes(s.t)
 				ts = append(ts, safetensors.TensorInfo{Name: p.Name + s.suffix, DType: safetensors.U8, Shape: []int{len(bs)}, Data: bs})
 			}
 			if err := addF(p.Name+".absmax1", st.AbsmaxM); err != nil {
