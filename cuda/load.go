@@ -53,7 +53,10 @@ type deviceWeights struct {
 	*Backend
 	next        *weightSource
 	placeholder []float32
-	stager      *hostStager // nil: uploads go through pageable memory
+	// stager: the pinned buffers, taken at the first checkpoint bytes to
+	// upload (random weights need none); nil after that: pageable uploads.
+	stager      *hostStager
+	stagerTaken bool
 
 	// Per quantized weight k: its double-quantization offset (float32 at
 	// state + 4k) and non-finite flag (int32 at state + 4*slots + 4k),
@@ -100,6 +103,9 @@ func (d *deviceWeights) stage(op string, src *weightSource) (cu.DevicePtr, srcKi
 		panic(&Error{Op: op, Err: fmt.Errorf("weight %q: %d bytes for [%d, %d] %v", src.name, len(src.raw), src.out, src.in, src.dtype)})
 	}
 	p := b.scratchBuf(sUpload, int64(len(src.raw)), op)
+	if !d.stagerTaken {
+		d.stager, d.stagerTaken = b.takeStager(), true
+	}
 	if d.stager != nil {
 		if err := d.stager.upload(b.stream, p, src.raw); err != nil {
 			panic(&Error{Op: op, Err: fmt.Errorf("weight %q: %w", src.name, err)})
@@ -169,7 +175,6 @@ func (d *deviceWeights) build(what string, cfg *finetune.Config, get func(string
 		if err := cu.MemsetD8Async(d.state, 0, int64(8*d.slots), b.stream); err != nil {
 			return err
 		}
-		d.stager = b.takeStager()
 		return nil
 	}()
 	if err != nil {
@@ -226,12 +231,8 @@ func (d *deviceWeights) release() {
 	b := d.Backend
 	defer b.enter("load")()
 	if d.stager != nil {
-		t0 := time.Now()
 		d.stager.free()
 		d.stager = nil
-		if b.loadTimes != "" {
-			b.loadTimes += fmt.Sprintf("; the pinned memory freed in %.3f s", time.Since(t0).Seconds())
-		}
 	}
 	if d.state != 0 {
 		b.rawFree(d.state, int64(8*d.slots))
