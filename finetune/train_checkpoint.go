@@ -145,17 +145,27 @@ func listCheckpoints(out string) []ckptInfo {
 	return cks
 }
 
+// LatestCheckpoint is the newest complete checkpoint-N folder in outDir
+// ("" when there is none): what Resume = ResumeLatest continues from.
+func LatestCheckpoint(outDir string) string {
+	cks := listCheckpoints(outDir)
+	if len(cks) == 0 {
+		return ""
+	}
+	return cks[len(cks)-1].dir
+}
+
 // findResume resolves Job.Resume to a checkpoint folder ("" for none).
 func findResume(out, resume string) (string, error) {
 	switch resume {
 	case "":
 		return "", nil
 	case ResumeLatest:
-		cks := listCheckpoints(out)
-		if len(cks) == 0 {
+		dir := LatestCheckpoint(out)
+		if dir == "" {
 			return "", fmt.Errorf("resume: %s holds no checkpoint-N folder to continue from; start without --resume", out)
 		}
-		return cks[len(cks)-1].dir, nil
+		return dir, nil
 	}
 	isDir := func(p string) bool { st, err := os.Stat(p); return err == nil && st.IsDir() }
 	dir := resume

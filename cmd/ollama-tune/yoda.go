@@ -273,7 +273,7 @@ func runYodaDemo(cmd *cobra.Command, f *yodaFlags) error {
 		// A second run of the demo continues the first (the trainer keeps
 		// a folder's checkpoints): a finished one trains no more steps.
 		var resume string
-		if cks, _ := filepath.Glob(filepath.Join(adapterDir, "checkpoint-*")); len(cks) > 0 {
+		if finetune.LatestCheckpoint(adapterDir) != "" {
 			resume = finetune.ResumeLatest
 			fmt.Fprintf(w, "2/4 continuing the demo's earlier training in %s (delete it to train from the start)\n", adapterDir)
 		} else {
