@@ -15,6 +15,7 @@ import (
 type aheadBackend struct {
 	open  finetune.BackendFactory
 	dtype finetune.DType
+	debug func(string) // says what the opening took, when the job takes it
 	done  chan struct{}
 	// set by the opening goroutine before done is closed
 	b    finetune.Backend
@@ -27,12 +28,13 @@ type aheadBackend struct {
 }
 
 // openAhead starts opening open(dtype) (finetune.CPUBackendFactory when
-// open is nil).
-func openAhead(open finetune.BackendFactory, dtype finetune.DType) *aheadBackend {
+// open is nil); debug, when not nil, gets a line about it once the job
+// takes it.
+func openAhead(open finetune.BackendFactory, dtype finetune.DType, debug func(string)) *aheadBackend {
 	if open == nil {
 		open = finetune.CPUBackendFactory
 	}
-	a := &aheadBackend{open: open, dtype: dtype, done: make(chan struct{})}
+	a := &aheadBackend{open: open, dtype: dtype, debug: debug, done: make(chan struct{})}
 	go func() {
 		defer close(a.done)
 		defer func() {
@@ -56,6 +58,9 @@ func (a *aheadBackend) factory(dtype finetune.DType) (finetune.Backend, error) {
 	t0 := time.Now()
 	<-a.done
 	a.waited, a.taken = time.Since(t0), true
+	if a.debug != nil && a.err == nil && a.b != nil {
+		a.debug(a.describe())
+	}
 	return a.b, a.err
 }
 
@@ -77,9 +82,6 @@ type openTimer interface{ OpenTimes() string }
 
 // describe is the debug line about the backend the job took.
 func (a *aheadBackend) describe() string {
-	if !a.taken || a.b == nil {
-		return ""
-	}
 	s := fmt.Sprintf("backend %s opened in %.2f s, beside the job's preparation (the job waited %.2f s for it)", a.b.Name(), a.took.Seconds(), a.waited.Seconds())
 	if t, ok := a.b.(openTimer); ok {
 		s += ": " + t.OpenTimes()

@@ -92,7 +92,7 @@ func TestOpenAhead(t *testing.T) {
 // opened anew; a panic while opening is an error, not the process's end.
 func TestOpenAheadFactory(t *testing.T) {
 	var opens, closes atomic.Int32
-	a := openAhead(countingFactory(&opens, &closes), finetune.BF16)
+	a := openAhead(countingFactory(&opens, &closes), finetune.BF16, nil)
 	if _, err := a.factory(finetune.F32); err != nil {
 		t.Fatalf("another dtype: %v", err)
 	}
@@ -107,7 +107,7 @@ func TestOpenAheadFactory(t *testing.T) {
 	if closes.Load() != 0 {
 		t.Errorf("release closed a backend the job took")
 	}
-	p := openAhead(func(finetune.DType) (finetune.Backend, error) { panic("driver exploded") }, finetune.BF16)
+	p := openAhead(func(finetune.DType) (finetune.Backend, error) { panic("driver exploded") }, finetune.BF16, nil)
 	if _, err := p.factory(finetune.BF16); err == nil || !strings.Contains(err.Error(), "driver exploded") {
 		t.Errorf("a panicking factory: %v", err)
 	}

@@ -60,16 +60,9 @@ func (r SFTRunner) Run(ctx context.Context, req plugin.TrainRequest, emit func(p
 	}
 	newBackend := r.NewBackend
 	if cfg.Validate() == nil { // else NewJob reports it, with nothing opened
-		ahead := openAhead(r.NewBackend, cfg.Quantization.ComputeDType())
+		ahead := openAhead(r.NewBackend, cfg.Quantization.ComputeDType(), func(msg string) { emit(plugin.Log{Level: "debug", Message: msg}) })
 		defer ahead.release()
-		newBackend = func(dtype finetune.DType) (finetune.Backend, error) {
-			first := !ahead.taken
-			b, err := ahead.factory(dtype)
-			if msg := ahead.describe(); first && msg != "" && err == nil {
-				emit(plugin.Log{Level: "debug", Message: msg})
-			}
-			return b, err
-		}
+		newBackend = ahead.factory
 	}
 	job, err := finetune.NewJob(ctx, cfg, finetune.JobOptions{
 		NewBackend:   newBackend,
