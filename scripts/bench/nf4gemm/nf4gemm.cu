@@ -25,11 +25,11 @@
 //
 // Result (BENCHMARKS.md, "v14"; raw in
 // scripts/bench/results/2026-11-28-nf4gemm.txt): the same bits as
-// dequantization + cuBLAS at all four shapes, but 1.76-2.17x cuBLAS's time
-// on the H100, and still 1.35-1.84x with the dequantization and the X loads
-// switched off: the pipeline itself is slow (ptxas serializes PIPE = 1's
-// wgmmas, C7513; no persistent tiles, no epilogue overlap), more than the
-// dequantization in registers (+6-19%).
+// dequantization + cuBLAS at all four shapes, but 1.44-1.83x cuBLAS's time
+// on the H100; without the dequantization 1.15x for gate_up and cuBLAS's
+// rate per multiprocessor for down. The dequantization in the same warps
+// as the register-A wgmmas does not overlap them (+25-38%). VAR_* macros
+// build the diagnostic variants of the raw file (compile with -DVAR_...).
 //
 // Build and run on the GPU machine (CUDA 12 or later): run.sh, or
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -fmad=false \
@@ -182,9 +182,27 @@ __device__ __forceinline__ void nf4_expand2(unsigned s, const unsigned L[4], con
 // A row's 64-block for this k-tile: the 8 bfloat16 pairs this lane feeds
 // the tensor cores, R[j] = elements 8j + 2c, 8j + 2c + 1 (c = lane % 4):
 // byte c of each of the block's eight 4-byte words.
-__device__ __forceinline__ void nf4_row_frag(uint4 q0, uint4 q1, unsigned sel, float a, unsigned R[8]) {
+// nf4_table_quad: nf4_table split over the four lanes of a quad, which
+// share the row: lane c makes entries 4c..4c+3 (cq: their code values)
+// and the quad exchanges the byte tables (4x fewer conversions).
+__device__ __forceinline__ void nf4_table_quad(float a, const float cq[4], unsigned L[4], unsigned H[4]) {
+    const unsigned e0 = bf16x2_rn(__fmul_rn(cq[0], a), __fmul_rn(cq[1], a));
+    const unsigned e1 = bf16x2_rn(__fmul_rn(cq[2], a), __fmul_rn(cq[3], a));
+    const unsigned l = __byte_perm(e0, e1, 0x6420), h = __byte_perm(e0, e1, 0x7531);
+    const int base = (threadIdx.x & 31) & ~3;
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        L[q] = __shfl_sync(0xffffffffu, l, base + q);
+        H[q] = __shfl_sync(0xffffffffu, h, base + q);
+    }
+}
+__device__ __forceinline__ void nf4_row_frag(uint4 q0, uint4 q1, unsigned sel, float a, const float cq[4], unsigned R[8]) {
     unsigned L[4], H[4];
+#ifdef VAR_FULLTABLE
     nf4_table(a, L, H);
+#else
+    nf4_table_quad(a, cq, L, H);
+#endif
     const unsigned g0 = __byte_perm(__byte_perm(q0.x, q0.y, sel), __byte_perm(q0.z, q0.w, sel), 0x5410);
     const unsigned g1 = __byte_perm(__byte_perm(q1.x, q1.y, sel), __byte_perm(q1.z, q1.w, sel), 0x5410);
     nf4_expand2(g0, L, H, R[0], R[1]);
@@ -265,6 +283,7 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
     const int r = lane >> 2, c = lane & 3;
     const int na = n0 + (wg - 1) * 64 + warp * 16 + r, nb = na + 8;
     const unsigned sel = (unsigned)c | ((unsigned)(c + 4) << 4);
+    const float cq[4] = {NF4_CODE[4 * c], NF4_CODE[4 * c + 1], NF4_CODE[4 * c + 2], NF4_CODE[4 * c + 3]};
     const int KNF = p.K / BK;
     const uint4* qa = reinterpret_cast<const uint4*>(p.codes + (size_t)na * (p.K / 2));
     const uint4* qb = reinterpret_cast<const uint4*>(p.codes + (size_t)nb * (p.K / 2));
@@ -293,12 +312,24 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
     auto step = [&](int kt, unsigned* Af) {
         {
             unsigned Ra[8], Rb[8];
+#ifdef VAR_NODEQ
+            if (true) {
+#else
             if (p.mode == 1 || p.mode == 4) {
-                Ra[0] = ca0.x, Ra[1] = ca0.y, Ra[2] = ca0.z, Ra[3] = ca0.w, Ra[4] = ca1.x, Ra[5] = ca1.y, Ra[6] = ca1.z, Ra[7] = ca1.w;
-                Rb[0] = cb0.x, Rb[1] = cb0.y, Rb[2] = cb0.z, Rb[3] = cb0.w, Rb[4] = cb1.x, Rb[5] = cb1.y, Rb[6] = cb1.z, Rb[7] = cb1.w;
+#endif
+                // Copies (asm movs), not the code registers themselves:
+                // a wgmma operand that is also the next tile's load target
+                // makes ptxas serialize every wgmma (C7513).
+                const unsigned qa8[8] = {ca0.x, ca0.y, ca0.z, ca0.w, ca1.x, ca1.y, ca1.z, ca1.w};
+                const unsigned qb8[8] = {cb0.x, cb0.y, cb0.z, cb0.w, cb1.x, cb1.y, cb1.z, cb1.w};
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    asm volatile("mov.b32 %0, %1;" : "=r"(Ra[j]) : "r"(qa8[j]));
+                    asm volatile("mov.b32 %0, %1;" : "=r"(Rb[j]) : "r"(qb8[j]));
+                }
             } else {
-                nf4_row_frag(ca0, ca1, sel, p.mode == 2 ? 0.01f : aa, Ra);
-                nf4_row_frag(cb0, cb1, sel, p.mode == 2 ? 0.01f : ab, Rb);
+                nf4_row_frag(ca0, ca1, sel, p.mode == 2 ? 0.01f : aa, cq, Ra);
+                nf4_row_frag(cb0, cb1, sel, p.mode == 2 ? 0.01f : ab, cq, Rb);
             }
 #pragma unroll
             for (int s = 0; s < 4; s++) {
@@ -309,6 +340,7 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
             }
         }
         const int kn = kt + 1 < KNF ? kt + 1 : kt;  // the last tile reloads itself (unused)
+#ifndef VAR_NOLOAD
         ca0 = __ldg(qa + 2 * kn);
         ca1 = __ldg(qa + 2 * kn + 1);
         cb0 = __ldg(qb + 2 * kn);
@@ -318,6 +350,7 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
         const int k2 = kt + 2 < KNF ? kt + 2 : kn;
         ua = __ldg(p.acodes + ba + k2);
         ub = __ldg(p.acodes + bb + k2);
+#endif
         const int s = kt % STAGES;
         if (p.mode < 3) mbar_wait(&full[s], (kt / STAGES) & 1);
         const uint32_t xs = smem_u32(smem + s * XBYTES);
@@ -331,21 +364,31 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
         for (int k = 0; k < 4; k++) {
             dk[k] = desc_sw128(xs) + 2 * k;  // + 32 bytes a k-step (the address field is bytes / 16)
             sc[k] = kt > 0 || k > 0;
+#ifndef VAR_NOPIN
             asm volatile("" : "+l"(dk[k]), "+r"(sc[k])::"memory");
+#endif
         }
+#ifndef VAR_NOPIN
         fence_regs<16>(Af);
+#endif
         wgmma_fence();
 #pragma unroll
         for (int k = 0; k < 4; k++) {
+#ifdef VAR_NOMMA
+            asm volatile("" ::"r"(Af[4 * k]), "r"(Af[4 * k + 1]), "r"(Af[4 * k + 2]), "r"(Af[4 * k + 3]), "l"(dk[k]), "r"(sc[k]));
+#else
             if constexpr (BT == 256) wgmma_rs_n256(d, Af + 4 * k, dk[k], sc[k]);
             if constexpr (BT == 128) wgmma_rs_n128(d, Af + 4 * k, dk[k], sc[k]);
+#endif
         }
         wgmma_commit();
         if constexpr (PIPE == 1) {
             wgmma_wait<1>();
+#ifndef VAR_NOKEEP
             keep_regs<16>(A[0]);  // both buffers live: the one just issued is still read
             keep_regs<16>(A[1]);
             keep_regs<8>(reinterpret_cast<const unsigned*>(dk));
+#endif
         } else {
             wgmma_wait<0>();
         }
@@ -386,27 +429,23 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
     // Epilogue. Accumulator d[4j + 2i + e] is feature na + 8i, token
     // t0 + 8j + 2c + e.
     if constexpr (OUT_BF16) {
-        asm volatile("bar.sync 1, 256;\n" ::: "memory");  // both consumers done reading the ring
-        constexpr int LDS = 72;                           // 64 features + 8: 144-byte rows
-        unsigned short* ys = reinterpret_cast<unsigned short*>(smem) + (wg - 1) * BT * LDS;
-        const int fl = warp * 16 + r;
+        // Straight from the registers: lanes r and r^1 (l and l^4) hold
+        // neighbouring features of the same tokens; one shuffle gives the
+        // even lane the pair (n, n+1) of token 2c and the odd lane that of
+        // token 2c+1, each one 4-byte store.
+        unsigned short* y = reinterpret_cast<unsigned short*>(p.y);
+        const bool odd = r & 1;
 #pragma unroll
         for (int j = 0; j < BT / 8; j++)
 #pragma unroll
-            for (int i = 0; i < 2; i++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const unsigned h = bf16x2_rn(d[4 * j + 2 * i + e], 0.0f) & 0xffffu;
-                    ys[(8 * j + 2 * c + e) * LDS + fl + 8 * i] = (unsigned short)h;
-                }
-        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
-        unsigned short* y = reinterpret_cast<unsigned short*>(p.y);
-        for (int q = tid; q < BT * 8; q += 128) {
-            const int t = q >> 3, ch = q & 7;
-            if (t0 + t < p.T)
-                *reinterpret_cast<uint4*>(y + (size_t)(t0 + t) * p.ldy + n0 + (wg - 1) * 64 + ch * 8) =
-                    *reinterpret_cast<const uint4*>(ys + t * LDS + ch * 8);
-        }
+            for (int i = 0; i < 2; i++) {
+                const float v0 = d[4 * j + 2 * i], v1 = d[4 * j + 2 * i + 1];
+                const float got = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
+                const int t = t0 + 8 * j + 2 * c + (odd ? 1 : 0);
+                const int n = na + 8 * i - (odd ? 1 : 0);
+                const unsigned pr = odd ? bf16x2_rn(got, v1) : bf16x2_rn(v0, got);
+                if (t < p.T) *reinterpret_cast<unsigned*>(y + (size_t)t * p.ldy + n) = pr;
+            }
     } else {
         float* y = reinterpret_cast<float*>(p.y);
 #pragma unroll
