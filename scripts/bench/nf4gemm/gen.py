@@ -17,4 +17,18 @@ for N in (256, 192, 128):
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
 }}
 ''')
+# The same with A from shared memory (a descriptor), both operands K-major.
+for N in (256,):
+    nreg = N // 2
+    regs = ", ".join("%%%d" % i for i in range(nreg))
+    da, db, sc = "%%%d" % nreg, "%%%d" % (nreg + 1), "%%%d" % (nreg + 2)
+    cons = ", ".join('"+f"(d[%d])' % i for i in range(nreg))
+    out.append(f'''__device__ __forceinline__ void wgmma_ss_n{N}(float* d, unsigned long long da, unsigned long long db, int scale_d) {{
+    asm volatile(
+        "{{\\n.reg .pred p;\\nsetp.ne.b32 p, {sc}, 0;\\n"
+        "wgmma.mma_async.sync.aligned.m64n{N}k16.f32.bf16.bf16 {{{regs}}}, {da}, {db}, p, 1, 1, 0, 0;\\n}}\\n"
+        : {cons}
+        : "l"(da), "l"(db), "r"(scale_d));
+}}
+''')
 open("wgmma_rs.inc", "w").write("\n".join(out))

@@ -28,8 +28,10 @@
 // dequantization + cuBLAS at all four shapes, but 1.44-1.83x cuBLAS's time
 // on the H100; without the dequantization 1.15x for gate_up and cuBLAS's
 // rate per multiprocessor for down. The dequantization in the same warps
-// as the register-A wgmmas does not overlap them (+25-38%). VAR_* macros
-// build the diagnostic variants of the raw file (compile with -DVAR_...).
+// as the register-A wgmmas does not overlap them (+25-38%); neither A
+// through shared memory (VAR_SS) nor a warpgroup of its own for the
+// dequantization (VAR_WS, nf4_gemm_ws) did better. VAR_* macros build the
+// diagnostic variants of the raw file (compile with -DVAR_...).
 //
 // Build and run on the GPU machine (CUDA 12 or later): run.sh, or
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -fmad=false \
@@ -239,7 +241,14 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
     constexpr int XBYTES = BT * BK * 2;  // one stage of X
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+#ifdef VAR_SS
+    // The consumers' dequantized A tiles: [warpgroup][buffer][64 rows x 64
+    // k] bfloat16, K-major with the 128-byte swizzle (8 KB each).
+    unsigned char* abuf = smem + STAGES * XBYTES;
+    uint64_t* full = (uint64_t*)(abuf + 4 * 8192);
+#else
     uint64_t* full = (uint64_t*)(smem + STAGES * XBYTES);
+#endif
     uint64_t* empty = full + STAGES;
 
     const int ntiles_t = (p.T + BT - 1) / BT;
@@ -309,7 +318,7 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
     // k-tile ahead, the next k-tile's loads, then four wgmmas. The wait
     // leaves this tile's group in flight and retires the previous one,
     // whose stage goes back to the producer.
-    auto step = [&](int kt, unsigned* Af) {
+    auto step = [&](int kt, unsigned* Af, int bi) {
         {
             unsigned Ra[8], Rb[8];
 #ifdef VAR_NODEQ
@@ -368,13 +377,39 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
             asm volatile("" : "+l"(dk[k]), "+r"(sc[k])::"memory");
 #endif
         }
-#ifndef VAR_NOPIN
+#ifdef VAR_SS
+        // A through shared memory: this thread's fragment values (rows r and
+        // r + 8 of the warp's 16, 4 bytes at k = 8j + 2c) into the swizzled
+        // tile, then the proxy fence and the warpgroup's barrier; buffer bi
+        // was last read by the wgmmas of k-tile kt - 2, retired by now.
+        unsigned char* at = abuf + ((wg - 1) * 2 + bi) * 8192;
+        {
+            const int ra = warp * 16 + r;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const unsigned va = Af[4 * (j >> 1) + 2 * (j & 1)], vb = Af[4 * (j >> 1) + 2 * (j & 1) + 1];
+                *reinterpret_cast<unsigned*>(at + ra * 128 + ((j ^ (ra & 7)) << 4) + 4 * c) = va;
+                *reinterpret_cast<unsigned*>(at + (ra + 8) * 128 + ((j ^ (ra & 7)) << 4) + 4 * c) = vb;
+            }
+        }
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        asm volatile("bar.sync %0, 128;\n" ::"r"(4 + wg) : "memory");
+        unsigned long long ak[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            ak[k] = desc_sw128(smem_u32(at)) + 2 * k;
+            asm volatile("" : "+l"(ak[k])::"memory");
+        }
+#endif
+#if !defined(VAR_NOPIN) && !defined(VAR_SS)
         fence_regs<16>(Af);
 #endif
         wgmma_fence();
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-#ifdef VAR_NOMMA
+#ifdef VAR_SS
+            wgmma_ss_n256(d, ak[k], dk[k], sc[k]);
+#elif defined(VAR_NOMMA)
             asm volatile("" ::"r"(Af[4 * k]), "r"(Af[4 * k + 1]), "r"(Af[4 * k + 2]), "r"(Af[4 * k + 3]), "l"(dk[k]), "r"(sc[k]));
 #else
             if constexpr (BT == 256) wgmma_rs_n256(d, Af + 4 * k, dk[k], sc[k]);
@@ -384,7 +419,7 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
         wgmma_commit();
         if constexpr (PIPE == 1) {
             wgmma_wait<1>();
-#ifndef VAR_NOKEEP
+#if !defined(VAR_NOKEEP) && !defined(VAR_SS)
             keep_regs<16>(A[0]);  // both buffers live: the one just issued is still read
             keep_regs<16>(A[1]);
             keep_regs<8>(reinterpret_cast<const unsigned*>(dk));
@@ -399,10 +434,10 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
     };
     int kt = 0;
     for (; kt + 1 < KNF; kt += 2) {
-        step(kt, A[0]);
-        step(kt + 1, A[1]);
+        step(kt, A[0], 0);
+        step(kt + 1, A[1], 1);
     }
-    if (kt < KNF) step(kt++, A[0]);
+    if (kt < KNF) step(kt++, A[0], 0);
     if (p.R > 0) {
         // The folded LoRA columns: k = 2c, 2c+1 (a0, a1) and 2c+8, 2c+9 (a2, a3).
         auto f2 = [&](int n, int k) -> unsigned {
@@ -465,6 +500,156 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
     if constexpr (CL > 1) cluster_sync();  // no CTA leaves while its peer may still signal its barriers
 }
 
+// nf4_gemm_ws: the same product with the dequantization on its own warps
+// (warp-specialized). WG0 dequantizes: thread t owns weight row n0 + t and
+// writes its 64-block of each k-tile, eight 16-byte chunks, into an A ring
+// in shared memory (K-major, 128-byte swizzle; 4 stages of 128 rows x 64),
+// and thread 0 also issues the X tile's TMA. WG1 and WG2 only wait and
+// issue wgmmas with both operands from shared memory. The fold's columns
+// are a last k-tile whose A holds bf16(F) in its first R columns. Built
+// with -DVAR_WS (the harness then times it as "fused"). Measured slower
+// than nf4_gemm_fwd (calls 18-19): one warpgroup does not keep up.
+template <bool OUT_BF16>
+__global__ void __launch_bounds__(384, 1) nf4_gemm_ws(const __grid_constant__ CUtensorMap xmap, NF4Args p) {
+    constexpr int BT = 256, XBYTES = BT * BK * 2, ABYTES = WROWS * BK * 2;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+    unsigned char* xring = smem;
+    unsigned char* aring = smem + STAGES * XBYTES;
+    uint64_t* full = (uint64_t*)(aring + STAGES * ABYTES);
+    uint64_t* empty = full + STAGES;
+    float* smap = reinterpret_cast<float*>(empty + STAGES);
+
+    const int ntiles_t = (p.T + BT - 1) / BT;
+    const int tt = blockIdx.x % ntiles_t, ft = blockIdx.x / ntiles_t;
+    const int t0 = tt * BT, n0 = ft * WROWS;
+    const int KNF = p.K / BK, KT = KNF + (p.R > 0 ? 1 : 0);
+    const int wg = threadIdx.x / 128, tid = threadIdx.x & 127;
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(&full[s], 1 + 128);  // the TMA's expect_tx + each dequantizing thread
+            mbar_init(&empty[s], 8);       // each consumer warp
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    for (int i = threadIdx.x; i < 256; i += 384) smap[i] = p.smap[i];
+    __syncthreads();
+
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 96;\n");
+        const int row = tid;
+        const uint4* q = reinterpret_cast<const uint4*>(p.codes + (size_t)(n0 + row) * (p.K / 2));
+        const long long b0 = (long long)(n0 + row) * KNF;
+        uint4 c0 = __ldg(q), c1 = __ldg(q + 1);
+        unsigned ac = __ldg(p.acodes + b0);
+        for (int kt = 0; kt < KT; kt++) {
+            const int s = kt % STAGES;
+            if (kt >= STAGES) mbar_wait(&empty[s], ((kt / STAGES) - 1) & 1);
+            if (tid == 0 && p.mode < 3) {
+                mbar_expect_tx(&full[s], XBYTES);
+                tma_load_2d(xring + s * XBYTES, &xmap, &full[s], kt * BK, t0);
+            } else if (tid == 0) {
+                mbar_arrive(&full[s]);
+            }
+            unsigned char* at = aring + s * ABYTES + row * 128;
+            if (kt < KNF) {
+                const float a = __fadd_rn(__fmul_rn(smap[ac], __ldg(p.ascales + ((b0 + kt) >> 8))), p.offset);
+                const unsigned w[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+                if (kt + 1 < KNF) {
+                    c0 = __ldg(q + 2 * (kt + 1));
+                    c1 = __ldg(q + 2 * (kt + 1) + 1);
+                    ac = __ldg(p.acodes + b0 + kt + 1);
+                }
+                if (p.mode == 1 || p.mode == 4) {
+#pragma unroll
+                    for (int j = 0; j < 8; j++)
+                        *reinterpret_cast<uint4*>(at + ((j ^ (row & 7)) << 4)) = make_uint4(w[j], w[j], w[j], w[j]);
+                } else {
+                    unsigned L[4], H[4];
+                    nf4_table(a, L, H);
+#pragma unroll
+                    for (int j = 0; j < 8; j++) {
+                        uint4 o;
+                        nf4_expand2(w[j], L, H, o.x, o.y);
+                        nf4_expand2(w[j] >> 16, L, H, o.z, o.w);
+                        *reinterpret_cast<uint4*>(at + ((j ^ (row & 7)) << 4)) = o;
+                    }
+                }
+            } else {
+                const float* f = p.fold + (size_t)(n0 + row) * p.R;
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    float v[8];
+#pragma unroll
+                    for (int e = 0; e < 8; e++) v[e] = 8 * j + e < p.R ? f[8 * j + e] : 0.0f;
+                    *reinterpret_cast<uint4*>(at + ((j ^ (row & 7)) << 4)) =
+                        make_uint4(bf16x2_rn(v[0], v[1]), bf16x2_rn(v[2], v[3]), bf16x2_rn(v[4], v[5]), bf16x2_rn(v[6], v[7]));
+                }
+            }
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+            mbar_arrive(&full[s]);
+        }
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 200;\n");  // (200 - 168) x 256 <= (168 - 96) x 128 registers freed
+    const int warp = tid >> 5, lane = tid & 31, r = lane >> 2, c = lane & 3;
+    const int na = n0 + (wg - 1) * 64 + warp * 16 + r;
+    float d[BT / 2];
+    fence_acc<BT / 2>(d);
+    for (int kt = 0; kt < KT; kt++) {
+        const int s = kt % STAGES;
+        mbar_wait(&full[s], (kt / STAGES) & 1);
+        const uint32_t xs = smem_u32(xring + s * XBYTES), as = smem_u32(aring + s * ABYTES + (wg - 1) * 64 * 128);
+        unsigned long long da[4], db[4];
+        int sc[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            da[k] = desc_sw128(as) + 2 * k;
+            db[k] = desc_sw128(xs) + 2 * k;
+            sc[k] = kt > 0 || k > 0;
+            asm volatile("" : "+l"(da[k]), "+l"(db[k]), "+r"(sc[k])::"memory");
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int k = 0; k < 4; k++) wgmma_ss_n256(d, da[k], db[k], sc[k]);
+        wgmma_commit();
+        wgmma_wait<1>();
+        if (kt > 0 && lane == 0) mbar_arrive(&empty[(kt - 1) % STAGES]);
+    }
+    wgmma_wait<0>();
+    fence_acc<BT / 2>(d);
+    if constexpr (OUT_BF16) {
+        unsigned short* y = reinterpret_cast<unsigned short*>(p.y);
+        const bool odd = r & 1;
+#pragma unroll
+        for (int j = 0; j < BT / 8; j++)
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const float v0 = d[4 * j + 2 * i], v1 = d[4 * j + 2 * i + 1];
+                const float got = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
+                const int t = t0 + 8 * j + 2 * c + (odd ? 1 : 0);
+                const int n = na + 8 * i - (odd ? 1 : 0);
+                const unsigned pr = odd ? bf16x2_rn(got, v1) : bf16x2_rn(v0, got);
+                if (t < p.T) *reinterpret_cast<unsigned*>(y + (size_t)t * p.ldy + n) = pr;
+            }
+    } else {
+        float* y = reinterpret_cast<float*>(p.y);
+#pragma unroll
+        for (int j = 0; j < BT / 8; j++)
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int t = t0 + 8 * j + 2 * c + e;
+                    if (t < p.T) {
+                        float* o = y + (size_t)t * p.ldy + na + 8 * i;
+                        *o = p.beta ? __fadd_rn(*o, d[4 * j + 2 * i + e]) : d[4 * j + 2 * i + e];
+                    }
+                }
+    }
+}
+
 // ---------------------------------------------------------------- host
 static CUtensorMap xmap_of(const void* x, int T, int cols, int ldx, int BT) {
     CUtensorMap m;
@@ -484,7 +669,7 @@ static CUtensorMap xmap_of(const void* x, int T, int cols, int ldx, int BT) {
 template <int BT, bool OUT_BF16, int CL, int PIPE = 1>
 static void launch_fused(const NF4Args& p, const void* x, int ldx, cudaStream_t st) {
     CUtensorMap m = xmap_of(x, p.T, p.K + p.R, ldx, BT / CL);
-    const size_t smem = STAGES * BT * BK * 2 + 2 * STAGES * 8 + 1024 + 1024;
+    const size_t smem = STAGES * BT * BK * 2 + 2 * STAGES * 8 + 1024 + 1024 + 4 * 8192;
     static bool init = false;
     if (!init) {
         CK(cudaFuncSetAttribute(nf4_gemm_fwd<BT, OUT_BF16, CL, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -503,6 +688,19 @@ static void launch_fused(const NF4Args& p, const void* x, int ldx, cudaStream_t 
     cfg.attrs = at;
     cfg.numAttrs = 1;
     CK(cudaLaunchKernelEx(&cfg, nf4_gemm_fwd<BT, OUT_BF16, CL, PIPE>, m, p));
+    CK(cudaGetLastError());
+}
+
+template <bool OUT_BF16>
+static void launch_ws(const NF4Args& p, const void* x, int ldx, cudaStream_t st) {
+    CUtensorMap m = xmap_of(x, p.T, p.K + p.R, ldx, 256);
+    const size_t smem = STAGES * (256 + WROWS) * BK * 2 + 2 * STAGES * 8 + 1024 + 1024;
+    static bool init = false;
+    if (!init) {
+        CK(cudaFuncSetAttribute(nf4_gemm_ws<OUT_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        init = true;
+    }
+    nf4_gemm_ws<OUT_BF16><<<(p.N / WROWS) * ((p.T + 255) / 256), 384, smem, st>>>(m, p);
     CK(cudaGetLastError());
 }
 
@@ -622,10 +820,17 @@ int main(int argc, char** argv) {
         };
         NF4Args p{codes, ac, sc, map, offset, fold, R, T, N, K, yf, N, 0};
         auto fused = [&]() {
+#ifdef VAR_WS
+            if (sh.bf16out)
+                launch_ws<true>(p, x, ldx, st);
+            else
+                launch_ws<false>(p, x, ldx, st);
+#else
             if (sh.bf16out)
                 launch_fused<256, true, 1, 1>(p, x, ldx, st);
             else
                 launch_fused<256, false, 1, 1>(p, x, ldx, st);
+#endif
         };
         // correctness: poison, run both, compare
         const size_t ny = (size_t)T * N * (sh.bf16out ? 1 : 2) / 2 + 1;
