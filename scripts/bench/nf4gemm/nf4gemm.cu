@@ -233,6 +233,45 @@ struct NF4Args {
     int mode;
 };
 
+// store_acc writes a consumer's accumulators: d[4j + 2i + e] is feature
+// na + 8i, token t0 + 8j + 2c + e (r = lane / 4, c = lane % 4).
+template <int BT, bool OUT_BF16>
+__device__ __forceinline__ void store_acc(const NF4Args& p, const float* d, int na, int t0, int r, int c) {
+    if constexpr (OUT_BF16) {
+        // Straight from the registers: lanes r and r^1 (l and l^4) hold
+        // neighbouring features of the same tokens; one shuffle gives the
+        // even lane the pair (n, n+1) of token 2c and the odd lane that of
+        // token 2c+1, each one 4-byte store.
+        unsigned short* y = reinterpret_cast<unsigned short*>(p.y);
+        const bool odd = r & 1;
+#pragma unroll
+        for (int j = 0; j < BT / 8; j++)
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const float v0 = d[4 * j + 2 * i], v1 = d[4 * j + 2 * i + 1];
+                const float got = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
+                const int t = t0 + 8 * j + 2 * c + (odd ? 1 : 0);
+                const int n = na + 8 * i - (odd ? 1 : 0);
+                const unsigned pr = odd ? bf16x2_rn(got, v1) : bf16x2_rn(v0, got);
+                if (t < p.T) *reinterpret_cast<unsigned*>(y + (size_t)t * p.ldy + n) = pr;
+            }
+    } else {
+        float* y = reinterpret_cast<float*>(p.y);
+#pragma unroll
+        for (int j = 0; j < BT / 8; j++)
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int t = t0 + 8 * j + 2 * c + e;
+                    if (t < p.T) {
+                        float* o = y + (size_t)t * p.ldy + na + 8 * i;
+                        *o = p.beta ? __fadd_rn(*o, d[4 * j + 2 * i + e]) : d[4 * j + 2 * i + e];
+                    }
+                }
+    }
+}
+
 // CL = 2: CTA pairs (a cluster) on neighbouring feature tiles share each X
 // tile: each loads half of it and multicasts it to both, halving the X
 // bytes read from L2; a stage is refilled once both CTAs' consumers are done.
@@ -461,41 +500,7 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
     wgmma_wait<0>();
     fence_acc<BT / 2>(d);
 
-    // Epilogue. Accumulator d[4j + 2i + e] is feature na + 8i, token
-    // t0 + 8j + 2c + e.
-    if constexpr (OUT_BF16) {
-        // Straight from the registers: lanes r and r^1 (l and l^4) hold
-        // neighbouring features of the same tokens; one shuffle gives the
-        // even lane the pair (n, n+1) of token 2c and the odd lane that of
-        // token 2c+1, each one 4-byte store.
-        unsigned short* y = reinterpret_cast<unsigned short*>(p.y);
-        const bool odd = r & 1;
-#pragma unroll
-        for (int j = 0; j < BT / 8; j++)
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const float v0 = d[4 * j + 2 * i], v1 = d[4 * j + 2 * i + 1];
-                const float got = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
-                const int t = t0 + 8 * j + 2 * c + (odd ? 1 : 0);
-                const int n = na + 8 * i - (odd ? 1 : 0);
-                const unsigned pr = odd ? bf16x2_rn(got, v1) : bf16x2_rn(v0, got);
-                if (t < p.T) *reinterpret_cast<unsigned*>(y + (size_t)t * p.ldy + n) = pr;
-            }
-    } else {
-        float* y = reinterpret_cast<float*>(p.y);
-#pragma unroll
-        for (int j = 0; j < BT / 8; j++)
-#pragma unroll
-            for (int i = 0; i < 2; i++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int t = t0 + 8 * j + 2 * c + e;
-                    if (t < p.T) {
-                        float* o = y + (size_t)t * p.ldy + na + 8 * i;
-                        *o = p.beta ? __fadd_rn(*o, d[4 * j + 2 * i + e]) : d[4 * j + 2 * i + e];
-                    }
-                }
-    }
+    store_acc<BT, OUT_BF16>(p, d, na, t0, r, c);
     }  // consumers
     if constexpr (CL > 1) cluster_sync();  // no CTA leaves while its peer may still signal its barriers
 }
@@ -619,35 +624,7 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_ws(const __grid_constant__ CU
     }
     wgmma_wait<0>();
     fence_acc<BT / 2>(d);
-    if constexpr (OUT_BF16) {
-        unsigned short* y = reinterpret_cast<unsigned short*>(p.y);
-        const bool odd = r & 1;
-#pragma unroll
-        for (int j = 0; j < BT / 8; j++)
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const float v0 = d[4 * j + 2 * i], v1 = d[4 * j + 2 * i + 1];
-                const float got = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
-                const int t = t0 + 8 * j + 2 * c + (odd ? 1 : 0);
-                const int n = na + 8 * i - (odd ? 1 : 0);
-                const unsigned pr = odd ? bf16x2_rn(got, v1) : bf16x2_rn(v0, got);
-                if (t < p.T) *reinterpret_cast<unsigned*>(y + (size_t)t * p.ldy + n) = pr;
-            }
-    } else {
-        float* y = reinterpret_cast<float*>(p.y);
-#pragma unroll
-        for (int j = 0; j < BT / 8; j++)
-#pragma unroll
-            for (int i = 0; i < 2; i++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int t = t0 + 8 * j + 2 * c + e;
-                    if (t < p.T) {
-                        float* o = y + (size_t)t * p.ldy + na + 8 * i;
-                        *o = p.beta ? __fadd_rn(*o, d[4 * j + 2 * i + e]) : d[4 * j + 2 * i + e];
-                    }
-                }
-    }
+    store_acc<BT, OUT_BF16>(p, d, na, t0, r, c);
 }
 
 // ---------------------------------------------------------------- host
