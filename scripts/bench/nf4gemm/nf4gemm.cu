@@ -29,8 +29,9 @@
 // on the H100; without the dequantization 1.15x for gate_up and cuBLAS's
 // rate per multiprocessor for down. The dequantization in the same warps
 // as the register-A wgmmas does not overlap them (+25-38%); neither A
-// through shared memory (VAR_SS) nor a warpgroup of its own for the
-// dequantization (VAR_WS, nf4_gemm_ws) did better. VAR_* macros build the
+// through shared memory (VAR_SS), a warpgroup of its own for the
+// dequantization (VAR_WS, nf4_gemm_ws) nor the next tile's dequantization
+// between this tile's wgmma issues (VAR_IL) did better. VAR_* macros build the
 // diagnostic variants of the raw file (compile with -DVAR_...).
 //
 // Build and run on the GPU machine (CUDA 12 or later): run.sh, or
@@ -272,6 +273,20 @@ __device__ __forceinline__ void store_acc(const NF4Args& p, const float* d, int 
     }
 }
 
+// x_descs: the descriptors of an X stage's four k16 steps and their
+// scale-d flags (0 only for a tile's very first product), made and pinned
+// before the wgmma fence: ptxas serializes the wgmmas (C7513) when an
+// instruction between the fence and a wgmma defines one of its inputs,
+// such as a descriptor computed in place.
+__device__ __forceinline__ void x_descs(uint32_t xs, int kt, unsigned long long dk[4], int sc[4]) {
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        dk[k] = desc_sw128(xs) + 2 * k;  // + 32 bytes a k-step (the address field is bytes / 16)
+        sc[k] = kt > 0 || k > 0;
+        asm volatile("" : "+l"(dk[k]), "+r"(sc[k])::"memory");
+    }
+}
+
 // CL = 2: CTA pairs (a cluster) on neighbouring feature tiles share each X
 // tile: each loads half of it and multicasts it to both, halving the X
 // bytes read from L2; a stage is refilled once both CTAs' consumers are done.
@@ -353,6 +368,26 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
     float aa = absmax(__ldg(p.acodes + ba), ba), ab = absmax(__ldg(p.acodes + bb), bb);
     unsigned ua = __ldg(p.acodes + ba + (KNF > 1)), ub = __ldg(p.acodes + bb + (KNF > 1));
 
+    // load_next loads the codes and absmax of k-tile k (clamped to the
+    // last) and the absmax code of k-tile k + 1.
+    auto load_next = [&](int k) {
+        const int kn = min(k, KNF - 1), k2 = min(k + 1, KNF - 1);
+        ca0 = __ldg(qa + 2 * kn);
+        ca1 = __ldg(qa + 2 * kn + 1);
+        cb0 = __ldg(qb + 2 * kn);
+        cb1 = __ldg(qb + 2 * kn + 1);
+        aa = absmax(ua, ba + kn);
+        ab = absmax(ub, bb + kn);
+        ua = __ldg(p.acodes + ba + k2);
+        ub = __ldg(p.acodes + bb + k2);
+    };
+    // wait_x waits for k-tile kt's X stage and returns its address.
+    auto wait_x = [&](int kt) {
+        const int s = kt % STAGES;
+        if (p.mode < 3) mbar_wait(&full[s], (kt / STAGES) & 1);
+        return smem_u32(smem + s * XBYTES);
+    };
+
     // One k-tile: its A fragments (registers Af) from the codes loaded one
     // k-tile ahead, the next k-tile's loads, then four wgmmas. The wait
     // leaves this tile's group in flight and retires the previous one,
@@ -387,35 +422,13 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
                 Af[4 * s + 3] = Rb[2 * s + 1];
             }
         }
-        const int kn = kt + 1 < KNF ? kt + 1 : kt;  // the last tile reloads itself (unused)
 #ifndef VAR_NOLOAD
-        ca0 = __ldg(qa + 2 * kn);
-        ca1 = __ldg(qa + 2 * kn + 1);
-        cb0 = __ldg(qb + 2 * kn);
-        cb1 = __ldg(qb + 2 * kn + 1);
-        aa = absmax(ua, ba + kn);
-        ab = absmax(ub, bb + kn);
-        const int k2 = kt + 2 < KNF ? kt + 2 : kn;
-        ua = __ldg(p.acodes + ba + k2);
-        ub = __ldg(p.acodes + bb + k2);
+        load_next(kt + 1);  // the last tile reloads itself (unused)
 #endif
-        const int s = kt % STAGES;
-        if (p.mode < 3) mbar_wait(&full[s], (kt / STAGES) & 1);
-        const uint32_t xs = smem_u32(smem + s * XBYTES);
-        // Every wgmma input is made before the fence and pinned: ptxas
-        // serializes the wgmmas (C7513) when an instruction between the
-        // fence and a wgmma defines one of its inputs, such as the next
-        // descriptor computed in place.
+        const uint32_t xs = wait_x(kt);
         unsigned long long dk[4];
         int sc[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            dk[k] = desc_sw128(xs) + 2 * k;  // + 32 bytes a k-step (the address field is bytes / 16)
-            sc[k] = kt > 0 || k > 0;
-#ifndef VAR_NOPIN
-            asm volatile("" : "+l"(dk[k]), "+r"(sc[k])::"memory");
-#endif
-        }
+        x_descs(xs, kt, dk, sc);
 #ifdef VAR_SS
         // A through shared memory: this thread's fragment values (rows r and
         // r + 8 of the warp's 16, 4 bytes at k = 8j + 2c) into the swizzled
@@ -440,7 +453,7 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
             asm volatile("" : "+l"(ak[k])::"memory");
         }
 #endif
-#if !defined(VAR_NOPIN) && !defined(VAR_SS)
+#ifndef VAR_SS
         fence_regs<16>(Af);
 #endif
         wgmma_fence();
@@ -471,12 +484,77 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
             if constexpr (CL > 1) mbar_arrive_peer(&empty[(kt - 1) % STAGES], rank ^ 1);
         }
     };
+#ifdef VAR_IL
+    // The next tile's dequantization interleaved with this tile's wgmma
+    // issue (a k16 step's fragments after each wgmma), into a third buffer:
+    // B3[(u+1)%3], last read by the group of tile kt-2, retired already.
+    // Tests whether the wgmma issue, not the tensor cores, is what the
+    // dequantization waits behind. (Diagnostic modes 1 and 4 do not apply.)
+    unsigned B3[3][16];
+    auto expand_step = [&](unsigned* Af, int s, const unsigned La[4], const unsigned Ha[4], const unsigned Lb[4],
+                           const unsigned Hb[4], unsigned g0a, unsigned g1a, unsigned g0b, unsigned g1b) {
+        const unsigned ga = (s < 2 ? g0a : g1a) >> (16 * (s & 1)), gb = (s < 2 ? g0b : g1b) >> (16 * (s & 1));
+        nf4_expand2(ga, La, Ha, Af[4 * s + 0], Af[4 * s + 2]);
+        nf4_expand2(gb, Lb, Hb, Af[4 * s + 1], Af[4 * s + 3]);
+    };
+    auto gather = [&](uint4 q0, uint4 q1, unsigned& g0, unsigned& g1) {
+        g0 = __byte_perm(__byte_perm(q0.x, q0.y, sel), __byte_perm(q0.z, q0.w, sel), 0x5410);
+        g1 = __byte_perm(__byte_perm(q1.x, q1.y, sel), __byte_perm(q1.z, q1.w, sel), 0x5410);
+    };
+    {
+        unsigned La[4], Ha[4], Lb[4], Hb[4], g0a, g1a, g0b, g1b;
+        nf4_table_quad(aa, cq, La, Ha);
+        nf4_table_quad(ab, cq, Lb, Hb);
+        gather(ca0, ca1, g0a, g1a);
+        gather(cb0, cb1, g0b, g1b);
+#pragma unroll
+        for (int s = 0; s < 4; s++) expand_step(B3[0], s, La, Ha, Lb, Hb, g0a, g1a, g0b, g1b);
+        load_next(1);
+    }
+    auto istep = [&](int kt, int u) {
+        unsigned* cur = B3[u];
+        unsigned* nxt = B3[(u + 1) % 3];
+        unsigned La[4], Ha[4], Lb[4], Hb[4], g0a, g1a, g0b, g1b;
+        nf4_table_quad(aa, cq, La, Ha);  // tile kt + 1
+        nf4_table_quad(ab, cq, Lb, Hb);
+        gather(ca0, ca1, g0a, g1a);
+        gather(cb0, cb1, g0b, g1b);
+        load_next(kt + 2);
+        const uint32_t xs = wait_x(kt);
+        unsigned long long dk[4];
+        int sc[4];
+        x_descs(xs, kt, dk, sc);
+        fence_regs<16>(cur);
+        wgmma_fence();
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            wgmma_rs_n256(d, cur + 4 * k, dk[k], sc[k]);
+            expand_step(nxt, k, La, Ha, Lb, Hb, g0a, g1a, g0b, g1b);
+        }
+        wgmma_commit();
+        wgmma_wait<1>();
+        keep_regs<16>(B3[0]);
+        keep_regs<16>(B3[1]);
+        keep_regs<16>(B3[2]);
+        keep_regs<8>(reinterpret_cast<const unsigned*>(dk));
+        if (kt > 0 && lane == 0) mbar_arrive(&empty[(kt - 1) % STAGES]);
+    };
+    int kt = 0;
+    for (; kt + 3 <= KNF; kt += 3) {
+        istep(kt, 0);
+        istep(kt + 1, 1);
+        istep(kt + 2, 2);
+    }
+    if (kt < KNF) istep(kt++, 0);
+    if (kt < KNF) istep(kt++, 1);
+#else
     int kt = 0;
     for (; kt + 1 < KNF; kt += 2) {
         step(kt, A[0], 0);
         step(kt + 1, A[1], 1);
     }
     if (kt < KNF) step(kt++, A[0], 0);
+#endif
     if (p.R > 0) {
         // The folded LoRA columns: k = 2c, 2c+1 (a0, a1) and 2c+8, 2c+9 (a2, a3).
         auto f2 = [&](int n, int k) -> unsigned {
@@ -490,11 +568,10 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
         Af[1] = f2(nb, 2 * c);
         Af[2] = f2(na, 2 * c + 8);
         Af[3] = f2(nb, 2 * c + 8);
-        const int s = kt % STAGES;
-        if (p.mode < 3) mbar_wait(&full[s], (kt / STAGES) & 1);
+        const uint32_t xs = wait_x(kt);
         wgmma_fence();
-        if constexpr (BT == 256) wgmma_rs_n256(d, Af, desc_sw128(smem_u32(smem + s * XBYTES)), 1);
-        if constexpr (BT == 128) wgmma_rs_n128(d, Af, desc_sw128(smem_u32(smem + s * XBYTES)), 1);
+        if constexpr (BT == 256) wgmma_rs_n256(d, Af, desc_sw128(xs), 1);
+        if constexpr (BT == 128) wgmma_rs_n128(d, Af, desc_sw128(xs), 1);
         wgmma_commit();
     }
     wgmma_wait<0>();
