@@ -20,8 +20,9 @@
 //
 // PIPE = 1 keeps one wgmma group in flight while the next k-tile is
 // dequantized; PIPE = 0 waits for each group (the other consumer
-// warpgroup's group fills the tensor cores meanwhile). CL = 2 pairs CTAs in
-// a cluster that share X tiles by multicast.
+// warpgroup's group fills the tensor cores meanwhile). (CTA pairs sharing
+// X by multicast, and 128-token tiles, were measured and removed: git
+// history at 428ff1f.)
 //
 // Result (BENCHMARKS.md, "v14"; raw in
 // scripts/bench/results/2026-11-28-nf4gemm.txt): the same bits as
@@ -97,27 +98,6 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, u
             smem_u32(dst)),
         "l"((uint64_t)map), "r"(smem_u32(bar)), "r"(c0), "r"(c1)
         : "memory");
-}
-__device__ __forceinline__ void tma_load_2d_mc(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1,
-                                               unsigned short mask) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, "
-        "%4}], [%2], %5;" ::"r"(smem_u32(dst)),
-        "l"((uint64_t)map), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "h"(mask)
-        : "memory");
-}
-__device__ __forceinline__ void mbar_arrive_peer(uint64_t* bar, unsigned peer) {
-    uint32_t ra;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(smem_u32(bar)), "r"(peer));
-    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(ra) : "memory");
-}
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ unsigned cluster_rank() {
-    unsigned r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
 }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
@@ -287,10 +267,7 @@ __device__ __forceinline__ void x_descs(uint32_t xs, int kt, unsigned long long 
     }
 }
 
-// CL = 2: CTA pairs (a cluster) on neighbouring feature tiles share each X
-// tile: each loads half of it and multicasts it to both, halving the X
-// bytes read from L2; a stage is refilled once both CTAs' consumers are done.
-template <int BT, bool OUT_BF16, int CL, int PIPE>
+template <int BT, bool OUT_BF16, int PIPE>
 __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ CUtensorMap xmap, NF4Args p) {
     constexpr int XBYTES = BT * BK * 2;  // one stage of X
     extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -306,9 +283,7 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
     uint64_t* empty = full + STAGES;
 
     const int ntiles_t = (p.T + BT - 1) / BT;
-    const unsigned rank = CL > 1 ? cluster_rank() : 0;
-    const int pair = blockIdx.x / CL;
-    const int tt = pair % ntiles_t, ft = (pair / ntiles_t) * CL + rank;
+    const int tt = blockIdx.x % ntiles_t, ft = blockIdx.x / ntiles_t;
     const int t0 = tt * BT, n0 = ft * WROWS;
     const int KT = p.K / BK + (p.R > 0 ? 1 : 0);
     const int wg = threadIdx.x / 128;
@@ -316,14 +291,11 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) {
             mbar_init(&full[s], 1);
-            mbar_init(&empty[s], 8 * CL);  // one arrival per consumer warp of the cluster
+            mbar_init(&empty[s], 8);  // one arrival per consumer warp
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-    if constexpr (CL > 1)
-        cluster_sync();
-    else
-        __syncthreads();
+    __syncthreads();
 
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
@@ -332,11 +304,7 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
                 const int s = kt % STAGES;
                 if (kt >= STAGES) mbar_wait(&empty[s], ((kt / STAGES) - 1) & 1);
                 mbar_expect_tx(&full[s], XBYTES);
-                if constexpr (CL > 1)
-                    tma_load_2d_mc(smem + s * XBYTES + rank * (XBYTES / CL), &xmap, &full[s], kt * BK,
-                                   t0 + rank * (BT / CL), (unsigned short)((1 << CL) - 1));
-                else
-                    tma_load_2d(smem + s * XBYTES, &xmap, &full[s], kt * BK, t0);
+                tma_load_2d(smem + s * XBYTES, &xmap, &full[s], kt * BK, t0);
             }
         }
     } else {
@@ -464,14 +432,13 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
 #elif defined(VAR_NOMMA)
             asm volatile("" ::"r"(Af[4 * k]), "r"(Af[4 * k + 1]), "r"(Af[4 * k + 2]), "r"(Af[4 * k + 3]), "l"(dk[k]), "r"(sc[k]));
 #else
-            if constexpr (BT == 256) wgmma_rs_n256(d, Af + 4 * k, dk[k], sc[k]);
-            if constexpr (BT == 128) wgmma_rs_n128(d, Af + 4 * k, dk[k], sc[k]);
+            wgmma_rs_n256(d, Af + 4 * k, dk[k], sc[k]);
 #endif
         }
         wgmma_commit();
         if constexpr (PIPE == 1) {
             wgmma_wait<1>();
-#if !defined(VAR_NOKEEP) && !defined(VAR_SS)
+#ifndef VAR_SS
             keep_regs<16>(A[0]);  // both buffers live: the one just issued is still read
             keep_regs<16>(A[1]);
             keep_regs<8>(reinterpret_cast<const unsigned*>(dk));
@@ -481,7 +448,6 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
         }
         if (kt > 0 && lane == 0) {
             mbar_arrive(&empty[(kt - 1) % STAGES]);
-            if constexpr (CL > 1) mbar_arrive_peer(&empty[(kt - 1) % STAGES], rank ^ 1);
         }
     };
 #ifdef VAR_IL
@@ -570,8 +536,7 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
         Af[3] = f2(nb, 2 * c + 8);
         const uint32_t xs = wait_x(kt);
         wgmma_fence();
-        if constexpr (BT == 256) wgmma_rs_n256(d, Af, desc_sw128(xs), 1);
-        if constexpr (BT == 128) wgmma_rs_n128(d, Af, desc_sw128(xs), 1);
+        wgmma_rs_n256(d, Af, desc_sw128(xs), 1);
         wgmma_commit();
     }
     wgmma_wait<0>();
@@ -579,7 +544,6 @@ __global__ void __launch_bounds__(384, 1) nf4_gemm_fwd(const __grid_constant__ C
 
     store_acc<BT, OUT_BF16>(p, d, na, t0, r, c);
     }  // consumers
-    if constexpr (CL > 1) cluster_sync();  // no CTA leaves while its peer may still signal its barriers
 }
 
 // nf4_gemm_ws: the same product with the dequantization on its own warps
@@ -720,28 +684,17 @@ static CUtensorMap xmap_of(const void* x, int T, int cols, int ldx, int BT) {
     }
     return m;
 }
-template <int BT, bool OUT_BF16, int CL, int PIPE = 1>
+template <bool OUT_BF16, int PIPE>
 static void launch_fused(const NF4Args& p, const void* x, int ldx, cudaStream_t st) {
-    CUtensorMap m = xmap_of(x, p.T, p.K + p.R, ldx, BT / CL);
+    constexpr int BT = 256;
+    CUtensorMap m = xmap_of(x, p.T, p.K + p.R, ldx, BT);
     const size_t smem = STAGES * BT * BK * 2 + 2 * STAGES * 8 + 1024 + 1024 + 4 * 8192;
     static bool init = false;
     if (!init) {
-        CK(cudaFuncSetAttribute(nf4_gemm_fwd<BT, OUT_BF16, CL, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CK(cudaFuncSetAttribute(nf4_gemm_fwd<BT, OUT_BF16, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         init = true;
     }
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((p.N / WROWS) * ((p.T + BT - 1) / BT));
-    cfg.blockDim = dim3(384);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = CL;
-    at[0].val.clusterDim.y = 1;
-    at[0].val.clusterDim.z = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = 1;
-    CK(cudaLaunchKernelEx(&cfg, nf4_gemm_fwd<BT, OUT_BF16, CL, PIPE>, m, p));
+    nf4_gemm_fwd<BT, OUT_BF16, PIPE><<<(p.N / WROWS) * ((p.T + BT - 1) / BT), 384, smem, st>>>(m, p);
     CK(cudaGetLastError());
 }
 
@@ -881,9 +834,9 @@ int main(int argc, char** argv) {
                 launch_ws<false>(p, x, ldx, st);
 #else
             if (sh.bf16out)
-                launch_fused<256, true, 1, 1>(p, x, ldx, st);
+                launch_fused<true, 1>(p, x, ldx, st);
             else
-                launch_fused<256, false, 1, 1>(p, x, ldx, st);
+                launch_fused<false, 1>(p, x, ldx, st);
 #endif
         };
         // correctness: poison, run both, compare
@@ -940,12 +893,13 @@ int main(int argc, char** argv) {
         double tf = timeit([&]() { fused(); });
         double tc2 = timeit([&]() { gemm(yr); });
         double tf2 = timeit([&]() { fused(); });
-        double t128 = timeit([&]() {
+        auto fused0 = [&]() {  // waiting for each wgmma group (PIPE 0)
             if (sh.bf16out)
-                launch_fused<256, true, 1, 0>(p, x, ldx, st);
+                launch_fused<true, 0>(p, x, ldx, st);
             else
-                launch_fused<256, false, 1, 0>(p, x, ldx, st);
-        });
+                launch_fused<false, 0>(p, x, ldx, st);
+        };
+        double tw0 = timeit([&]() { fused0(); });
         const double flop = 2.0 * T * N * KX;
         printf("%-8s %6d %6d | %9.1f %9.1f %9.1f %9.1f | %8.0f %8.0f %8.2f | %.3g %.3g%s\n", sh.name, N, K,
                fmin(tc, tc2), td, tdc, fmin(tf, tf2), flop / fmin(tc, tc2) / 1e6, flop / fmin(tf, tf2) / 1e6,
@@ -954,12 +908,6 @@ int main(int argc, char** argv) {
         double tm1 = timeit([&]() { fused(); });
         p.mode = 2;
         double tm2 = timeit([&]() { fused(); });
-        auto fused0 = [&]() {
-            if (sh.bf16out)
-                launch_fused<256, true, 1, 0>(p, x, ldx, st);
-            else
-                launch_fused<256, false, 1, 0>(p, x, ldx, st);
-        };
         p.mode = 3;
         double tm3 = timeit([&]() { fused(); }), tm3w = timeit([&]() { fused0(); });
         p.mode = 4;
@@ -968,7 +916,7 @@ int main(int argc, char** argv) {
         double tm1w = timeit([&]() { fused0(); });
         p.mode = 0;
         printf("   (repeat: cublas %.1f / %.1f us, fused %.1f / %.1f us; wait<0> each tile %.1f us; no dequant %.1f us (wait<0> %.1f); constant absmax %.1f us)\n",
-               tc, tc2, tf, tf2, t128, tm1, tm1w, tm2);
+               tc, tc2, tf, tf2, tw0, tm1, tm1w, tm2);
         printf("   (no X loads: %.1f us, wait<0> %.1f; no X loads, no dequant: %.1f us, wait<0> %.1f)\n", tm3, tm3w, tm4, tm4w);
         cudaFree(codes), cudaFree(ac), cudaFree(sc), cudaFree(map), cudaFree(fold), cudaFree(x), cudaFree(w),
             cudaFree(yf), cudaFree(yr);
