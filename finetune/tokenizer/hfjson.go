@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -119,6 +120,13 @@ func parseTokenizerJSON(b []byte, path string) (*parsed, error) {
 	return p, nil
 }
 
+// firstIsString says whether the JSON array raw starts with a string.
+func firstIsString(raw []byte) bool {
+	const space = " \t\r\n"
+	rest := bytes.TrimLeft(bytes.TrimPrefix(bytes.TrimLeft(raw, space), []byte("[")), space)
+	return len(rest) > 0 && rest[0] == '"'
+}
+
 // parseMerges accepts both spellings: ["a b", ...] (tokenizers < 0.20) and
 // [["a", "b"], ...].
 func parseMerges(raw json.RawMessage) ([][2]string, error) {
@@ -128,7 +136,7 @@ func parseMerges(raw json.RawMessage) ([][2]string, error) {
 	// tokenizers writes [a, b] pairs since 0.20, "a b" strings before:
 	// the first element says which (one pass over the list, not two).
 	var pairs [][2]string
-	if first := strings.TrimLeft(strings.TrimPrefix(strings.TrimLeft(string(raw[:min(len(raw), 64)]), " \t\r\n"), "["), " \t\r\n"); !strings.HasPrefix(first, "\"") {
+	if !firstIsString(raw) {
 		if err := json.Unmarshal(raw, &pairs); err == nil {
 			return pairs, nil
 		}
