@@ -134,7 +134,7 @@ func main() {
 		}
 	}
 	for _, c := range strings.Split(*ckptFlag, ",") {
-		if c == "none" { // -load alone
+		if strings.TrimSpace(c) == "none" { // -load alone
 			break
 		}
 		var ckpt bool
