@@ -161,6 +161,7 @@ type Backend struct {
 	deqKept                    []*weight  // those with a kept dequantization
 	dequantRuns                int        // dequantizations queued (tests)
 	side                       sideStream // PrefetchLinears' stream (prefetch.go)
+	stash                      stash      // ActivationStasher (stash.go)
 
 	rmsBwd string // RMSNormBackward's kernel (elementwise.go: rmsBwdKernel)
 	rmsFwd string // RMSNormForward's kernel suffix (rmsFwdSuffix)
@@ -171,7 +172,8 @@ type Backend struct {
 	packTab *packTable
 	ropeCS  ropeCache // RoPE's cos/sin table of the last positions (elementwise.go)
 
-	live, peak int64 // bytes held by tensors, weights and scratch
+	live, peak int64   // bytes held by tensors, weights and scratch
+	mem        *memMap // OLLAMA_TUNE_CUDA_MEMMAP (memmap.go), nil without
 	closed     bool
 	openTimes  string // OpenTimes
 	loadTimes  string // LoadTimes
@@ -234,6 +236,9 @@ func New(opts Options) (b *Backend, err error) {
 	b.fastLoRA, b.fastAttn = fastPaths(opts)
 	b.tcLoRA = b.fastLoRA && !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lora-tc")
 	b.rmsBwd, b.rmsFwd = rmsBwdKernel(), rmsFwdSuffix()
+	if os.Getenv("OLLAMA_TUNE_CUDA_MEMMAP") != "" {
+		b.mem = newMemMap()
+	}
 	switch {
 	case opts.DequantCache == 0:
 		b.dequantMax = 4
@@ -497,6 +502,7 @@ func (b *Backend) release() {
 	}
 	b.dequant = nil
 	b.releaseSide()
+	b.releaseStash()
 	if b.ropeCS.buf.ptr != 0 {
 		cu.MemFree(b.ropeCS.buf.ptr)
 		b.ropeCS = ropeCache{}
@@ -544,7 +550,12 @@ func (b *Backend) Allocated() (now, peak int64) { return b.live, b.peak }
 
 // ResetPeak starts Allocated's peak again from what is held now (a
 // benchmark measures training apart from loading).
-func (b *Backend) ResetPeak() { b.peak = b.live }
+func (b *Backend) ResetPeak() {
+	b.peak = b.live
+	if b.mem != nil {
+		b.mem.snapshot()
+	}
+}
 
 // rawAlloc allocates n bytes (n > 0), mapping out-of-memory to
 // ErrOutOfMemory with the sizes that explain it.
@@ -563,6 +574,9 @@ func (b *Backend) rawAlloc(n int64, what string) (cu.DevicePtr, error) {
 		return 0, fmt.Errorf("allocate %s for %s: %w", fmtBytes(n), what, err)
 	}
 	b.live += n
+	if b.mem != nil {
+		b.mem.alloc(p, n, what, b.live > b.peak)
+	}
 	b.peak = max(b.peak, b.live)
 	return p, nil
 }
@@ -576,8 +590,14 @@ func (b *Backend) rawFree(p cu.DevicePtr, n int64) {
 	if b.side.ok {
 		b.side.s.Synchronize() // a prefetch may still read a weight or write a slot
 	}
+	if b.stash.ok {
+		b.stash.s.Synchronize() // a stash copy may still read or write it
+	}
 	cu.MemFree(p)
 	b.live -= n
+	if b.mem != nil {
+		b.mem.free(p)
+	}
 }
 
 func fmtBytes(n int64) string {
@@ -655,6 +675,10 @@ type Tensor struct {
 	skip, unwritten bool
 	// view: made by View; its memory belongs to the viewed tensor.
 	view bool
+	// busy: the stash's copy from (Stash) or into (Unstash) the tensor may
+	// still run on the stash stream; the tensor's next use on the main
+	// stream waits for it first (unwrapRaw, Ptr; stash.go).
+	busy *stashEntry
 }
 
 func (t *Tensor) Shape() []int { return append([]int(nil), t.shape...) }
@@ -669,6 +693,10 @@ func (t *Tensor) Ptr() cu.DevicePtr {
 		b = t.zero
 	}
 	t.readable("Ptr")
+	if t.busy != nil {
+		defer t.busy.b.enter("Ptr")()
+		t.waitStash("Ptr")
+	}
 	if b != nil {
 		defer b.enter("Ptr")()
 		if t.half != nil {
@@ -723,7 +751,17 @@ func unwrapRaw(t finetune.Tensor, want elemKind, op string) *Tensor {
 	if ct.kind != want {
 		panic(&Error{Op: op, Err: fmt.Errorf("expected a %v tensor, got %v %v", want, ct.kind, ct.shape)})
 	}
+	ct.waitStash(op)
 	return ct
+}
+
+// waitStash makes the main stream wait for a stash copy that may still
+// read or write t (Tensor.busy).
+func (t *Tensor) waitStash(op string) {
+	if t.busy != nil {
+		t.busy.wait(op)
+		t.busy = nil
+	}
 }
 
 // tensor unwraps a finetune.Tensor of this backend (nil stays nil). It is
@@ -877,6 +915,7 @@ func (b *Backend) View(t finetune.Tensor, shape ...int) finetune.Tensor {
 	if !ok {
 		panic(&Error{Op: "View", Err: fmt.Errorf("expected a cuda tensor, got %T", t)})
 	}
+	ct.waitStash("View")
 	n := 1
 	for _, s := range shape {
 		if s < 0 {
@@ -959,6 +998,7 @@ func (b *Backend) Download(src finetune.Tensor) []float32 {
 		panic(&Error{Op: "Download", Err: fmt.Errorf("expected a cuda tensor, got %T", src)})
 	}
 	s.readable("Download")
+	s.waitStash("Download")
 	if s.half != nil {
 		b.widen(s, "Download")
 	}
@@ -1016,6 +1056,7 @@ func (b *Backend) Zero(t finetune.Tensor) {
 	if !ok {
 		panic(&Error{Op: "Zero", Err: fmt.Errorf("expected a cuda tensor, got %T", t)})
 	}
+	ct.waitStash("Zero")
 	b.touch(ct)
 	ct.half = nil
 	if ct.n > 0 && ct.ptr != 0 {
@@ -1034,6 +1075,8 @@ func (b *Backend) Copy(dst, src finetune.Tensor) {
 		panic(&Error{Op: "Copy", Err: fmt.Errorf("copy of %d %v into %d %v", s.n, s.kind, d.n, d.kind)})
 	}
 	s.readable("Copy")
+	s.waitStash("Copy")
+	d.waitStash("Copy")
 	if s.half != nil {
 		b.widen(s, "Copy")
 	}
@@ -1064,8 +1107,8 @@ func (b *Backend) Free(t finetune.Tensor) {
 	}
 	defer b.enter("Free")()
 	b.dropPack(ct.ptr)
-	b.rawFree(ct.ptr, ct.bytes())
-	ct.ptr, ct.n, ct.zero, ct.half = 0, 0, nil, nil
+	b.rawFree(ct.ptr, ct.bytes()) // after the stash's copies too
+	ct.ptr, ct.n, ct.zero, ct.half, ct.busy = 0, 0, nil, nil, nil
 	b.touch(ct)
 }
 

@@ -299,6 +299,14 @@ type normSrc struct {
 	eps                    float32
 }
 
+// shapeOf is t's shape, nil for no tensor (error messages).
+func shapeOf(t *Tensor) []int {
+	if t == nil {
+		return nil
+	}
+	return t.shape
+}
+
 // RMSNormLinearForward (finetune.RMSNormLinearForwarder): RMSNormForward
 // (b nil) or AddRMSNormForward, then LinearForward of the norm's output.
 // Where the row kernels take the linear (BF16 LoRA, in % 32 == 0, in <=
@@ -329,9 +337,9 @@ func (b *Backend) RMSNormLinearForward(out, xn, rstd, sum, a, bt, w finetune.Ten
 			ok = ok && bs.ptr%16 == 0 && ss.ptr%16 == 0 && ss != as && ss != bs
 		}
 		switch {
-		case xs.n != as.n || rs.n != T || o.n != T*wt.out || hs.n != T*loraRank(l) || (bs != nil && (bs.n != as.n || ss.n != as.n)):
+		case xs.n != as.n || rs.n != T || (o != nil && o.n != T*wt.out) || hs.n != T*loraRank(l) || (bs != nil && (bs.n != as.n || ss.n != as.n)):
 			panic(&Error{Op: op, Err: fmt.Errorf("%s: a %v, xn %v, rstd %v, out %v, h %v for a [%d, %d] weight", l.Name, as.shape, xs.shape,
-				rs.shape, o.shape, hs.shape, wt.out, wt.in)})
+				rs.shape, shapeOf(o), hs.shape, wt.out, wt.in)})
 		case xs == as || xs == bs || xs == ss:
 			panic(&Error{Op: op, Err: fmt.Errorf("xn must not alias a, b or sum")})
 		case ok:
@@ -343,6 +351,12 @@ func (b *Backend) RMSNormLinearForward(out, xn, rstd, sum, a, bt, w finetune.Ten
 		b.rmsNormForward(op, xn, rstd, a, w, eps)
 	} else {
 		b.addRMSNormForward(op, sum, xn, rstd, a, bt, w, eps)
+	}
+	if out == nil { // an output the stash holds: only the adapter's h
+		if l.LoRA != nil {
+			b.loraHForward(op, h, xn, l, seed)
+		}
+		return
 	}
 	b.linearForward(op, out, xn, l, h, seed)
 }

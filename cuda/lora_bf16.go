@@ -314,12 +314,21 @@ func (b *Backend) launchRowsEntry(op, kernel, entry string, threads, T, K int, j
 // (Tensor.half, v9: gate_up_proj's, for the SwiGLU row kernels, and
 // qkv_proj's, for the attention _h kernels).
 func (b *Backend) linearForwardBF16(op string, o *Tensor, x cu.DevicePtr, src rowsSrc, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
-	out, gu, norm := o.ptr, src.gu, src.norm
+	gu, norm := src.gu, src.norm
 	lo, r := l.LoRA, loraRank(l)
 	A, B := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op)
-	fold := b.foldLD(w, r)
-	wp, t, ld := b.matrixLD(w, op, b.linearLD(w, l))
-	fold = min(fold, ld) // 0 unless folding
+	// A nil o: h and the by-products alone (RMSNormLinearForward for an
+	// output the stash holds, finetune.ActivationStasher): no weight, no
+	// bf16(x) where the row kernel computes h, no fold, no GEMM.
+	var out, wp cu.DevicePtr
+	var t, fold int
+	ld := w.in
+	if o != nil {
+		out = o.ptr
+		fold = b.foldLD(w, r)
+		wp, t, ld = b.matrixLD(w, op, b.linearLD(w, l))
+		fold = min(fold, ld) // 0 unless folding
+	}
 	xh := b.scratchBuf(sAct, 2*int64(T)*int64(ld), op)
 	if gu != 0 || norm != nil || canLoRARows(x, A.ptr, T, w.in, r) {
 		// v7: xh, h and the fold columns' bf16(s.h) from one pass over x
@@ -331,6 +340,10 @@ func (b *Backend) linearForwardBF16(op string, o *Tensor, x cu.DevicePtr, src ro
 			p16 = xh + cu.DevicePtr(2*w.in)
 		}
 		xd16 := b.keepSlot(op, l, x, seed, T, w.in)
+		yh := xh
+		if o == nil {
+			yh = 0
+		}
 		act := x // SwiGLU's output, the row kernel's by-product
 		if (gu != 0 || norm != nil) && b.skipByproduct(src.by, xd16) {
 			act = 0
@@ -342,11 +355,11 @@ func (b *Backend) linearForwardBF16(op string, o *Tensor, x cu.DevicePtr, src ro
 		}
 		switch {
 		case norm != nil:
-			b.loraRowsNorm(op, norm, xh, ld, hs.ptr, p16, ld, lo.Scale, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
+			b.loraRowsNorm(op, norm, yh, ld, hs.ptr, p16, ld, lo.Scale, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
 		case gu != 0:
-			b.loraRowsAct(op, act, xh, ld, hs.ptr, p16, ld, lo.Scale, gu, src.guHalf, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
+			b.loraRowsAct(op, act, yh, ld, hs.ptr, p16, ld, lo.Scale, gu, src.guHalf, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
 		default:
-			b.loraRows(op, xh, ld, hs.ptr, p16, ld, lo.Scale, x, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
+			b.loraRows(op, yh, ld, hs.ptr, p16, ld, lo.Scale, x, A.ptr, T, w.in, r, lo.Dropout, seed, job, xd16)
 		}
 	} else {
 		n := int64(T) * int64(w.in)
@@ -367,6 +380,9 @@ func (b *Backend) linearForwardBF16(op string, o *Tensor, x cu.DevicePtr, src ro
 		if fold != 0 {
 			b.loraPrep(op, 0, 0, 0, 0, 1, 1, 0, 0, prepJob{dst: xh + cu.DevicePtr(2*w.in), src: hs.ptr, rows: T, cols: r, ld: ld, scale: lo.Scale})
 		}
+	}
+	if o == nil {
+		return
 	}
 	if fold != 0 {
 		// bfloat16 only where its readers read it so: the row kernels

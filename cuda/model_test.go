@@ -559,3 +559,50 @@ func TestBufferViews(t *testing.T) {
 	m.GradientCheckpointing = true
 	tinymodel.CheckNoAllocOnShapeChange(t, m, func() int64 { return gpuB16.live })
 }
+
+// TestActivationStash (finetune.ActivationStasher, v16): checkpointing
+// that keeps qkv_proj's and gate_up_proj's outputs gives the losses and
+// gradients of recomputing them to the bit, with room for all of them or
+// for one, under float32 and bfloat16 compute; the stash holds at most
+// its budget (less under bfloat16: the outputs stay 16-bit) and
+// SetStashBudget(0) frees it.
+func TestActivationStash(t *testing.T) {
+	cfg := smallConfig()
+	T := 3 * 24 // smallBatch
+	one := int64(4 * T * cfg.QKVOut())
+	all := int64(cfg.NumLayers-1) * int64(4*T*(cfg.QKVOut()+2*cfg.IntermediateSize))
+	for _, g := range []*Backend{gpu, gpuB16} {
+		run := func(keep int64) ([]float32, int64, int) {
+			m := smallModel(t, g, true, 0.1)
+			defer m.Free()
+			m.GradientCheckpointing = true
+			m.CheckpointKeepBytes = keep
+			out := trainMicroBatches(t, g, m, 2, nil)
+			return out, g.stash.used, len(g.stash.entries)
+		}
+		want, _, _ := run(0)
+		for _, keep := range []int64{1 << 40, one} {
+			got, used, n := run(keep)
+			for k := range want {
+				if math.Float32bits(got[k]) != math.Float32bits(want[k]) {
+					t.Fatalf("%v compute, keep %d: value %d is %v, %v recomputing", g.dtype, keep, k, got[k], want[k])
+				}
+			}
+			// Every output with room for all (float32: all's bytes); with
+			// room for layer 0's float32 qkv_proj output, that one, and
+			// under bfloat16 perhaps another (layer 1's qkv_proj).
+			ok := n == 2*(cfg.NumLayers-1) && used <= all && (g != gpu || used == all)
+			if keep == one {
+				ok = n >= 1 && n <= 2 && used <= one && (g != gpu || n == 1)
+			}
+			if !ok || used <= 0 {
+				t.Errorf("%v compute, keep %d: the stash holds %d bytes in %d entries (room for all: %d bytes)", g.dtype, keep, used, n, all)
+			}
+			t.Logf("%v compute, keep %d: %d bytes in %d entries", g.dtype, keep, used, n)
+		}
+		g.SetStashBudget(0)
+		if g.stash.used != 0 || len(g.stash.entries) != 0 {
+			t.Errorf("%v compute: %d bytes in %d entries after SetStashBudget(0)", g.dtype, g.stash.used, len(g.stash.entries))
+		}
+	}
+}

@@ -382,7 +382,9 @@ type ByproductSkipper interface {
 // post_attention_layernorm): RMSNormLinearForward(out, xn, rstd, sum, a, b,
 // w, eps, l, h, seed) is, with b nil, RMSNormForward(xn, rstd, a, w, eps)
 // (sum unused), else AddRMSNormForward(sum, xn, rstd, a, b, w, eps); then
-// LinearForward(out, xn, l, h, seed); the same results (the CUDA backend
+// LinearForward(out, xn, l, h, seed) (with out nil, LoRAHForward(h, xn,
+// l, seed): checkpointing's recompute of a linear whose output was
+// stashed, ActivationStasher); the same results (the CUDA backend
 // sums the squares in another order, in float64: the same bits unless
 // two float64 sums fall on either side of a float32 rounding boundary).
 // xn must not alias a, b or sum. The model uses it when the backend has it
@@ -390,6 +392,23 @@ type ByproductSkipper interface {
 // the reference.
 type RMSNormLinearForwarder interface {
 	RMSNormLinearForward(out, xn, rstd, sum, a, b, w Tensor, eps float32, l *Linear, h Tensor, seed uint64)
+}
+
+// ActivationStasher sets activations aside and puts them back, so that
+// gradient checkpointing's backward takes them back instead of recomputing
+// them (issue 8, v16; Model.CheckpointKeepBytes). Stash(key, t) copies
+// t's values (as they are held: a HalfAllocator tensor's 16-bit values
+// stay 16-bit) to the stash under key, unless they do not fit in the
+// budget (false: nothing is stashed); Unstash(key, t) copies them back
+// into t (the same number of values). The copies may run beside the
+// queued work: t's next writer after a Stash, and its next reader after
+// an Unstash, wait for them. SetStashBudget bounds the bytes the stash
+// holds (0 frees them all). The values come back exactly as they were
+// stashed, so the results are the same with or without.
+type ActivationStasher interface {
+	SetStashBudget(bytes int64)
+	Stash(key int, t Tensor) bool
+	Unstash(key int, t Tensor)
 }
 
 // HalfAllocator allocates an activation that the backend may hold in its

@@ -213,6 +213,10 @@ func (b *fusedBackend) RMSNormLinearForward(out, xn, rstd, sum, a, bt, w Tensor,
 		b.Add(sum, a, bt)
 		b.RMSNormForward(xn, rstd, sum, w, eps)
 	}
+	if out == nil { // a stashed output: only the adapter's h
+		b.LoRAHForward(h, xn, l, seed)
+		return
+	}
 	b.LinearForward(out, xn, l, h, seed)
 }
 

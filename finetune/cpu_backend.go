@@ -50,6 +50,7 @@ type CPUBackend struct {
 	dtype   DType
 	threads int
 	round   func(float32) float32 // nil for F32
+	stash   cpuStash              // ActivationStasher (cpu_stash.go)
 }
 
 var _ Backend = (*CPUBackend)(nil)

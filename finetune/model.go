@@ -60,6 +60,15 @@ type Model struct {
 
 	// GradientCheckpointing: see ModelOptions; may be changed between steps.
 	GradientCheckpointing bool
+	// CheckpointKeepBytes trades memory for speed under gradient
+	// checkpointing (training.gradient_checkpointing_keep_gb): an
+	// ActivationStasher backend keeps up to this many bytes of the
+	// training forward's qkv_proj and gate_up_proj outputs, layer 0 up
+	// while they fit, and the backward's recompute of a layer takes them
+	// back instead of running those two matmuls again (issue 8, v16). The
+	// same results. 0: everything is recomputed. May be changed between
+	// steps.
+	CheckpointKeepBytes int64
 	// CheckFinite makes Forward and Backward stop at the first non-finite
 	// activation or gradient (finite.go; OLLAMA_TUNE_CHECK_FINITE=1 too).
 	CheckFinite bool
@@ -75,6 +84,28 @@ type Model struct {
 	fc         *finiteCheck // the pass's finite checks, when on
 	bufs       [2]*buffers  // [0] inference, [1] training: an eval between steps keeps the training buffers
 	pending    *pendingBackward
+	// stashed says, by layer, which outputs the last checkpointed training
+	// forward stashed (CheckpointKeepBytes): the backward takes them back.
+	stashed []stashedOutputs
+}
+
+// stashedOutputs are the outputs of a layer that checkpointing's backward
+// takes back from an ActivationStasher instead of recomputing.
+type stashedOutputs struct{ qkv, gateUp bool }
+
+// stashKey is the ActivationStasher key of layer li's output of module mod.
+func stashKey(li, mod int) int { return li*numModules + mod }
+
+// stasher is the backend's ActivationStasher when checkpointing keeps
+// outputs (CheckpointKeepBytes > 0): the backend must also compute a
+// skipped linear's h alone (LoRAHForwarder). Else nil.
+func (m *Model) stasher() ActivationStasher {
+	st, ok := m.B.(ActivationStasher)
+	_, hOnly := m.B.(LoRAHForwarder)
+	if !ok || !hOnly || m.CheckpointKeepBytes <= 0 {
+		return nil
+	}
+	return st
 }
 
 // Batch is a micro-batch of B rows of S tokens; each field is [B*S].
@@ -614,15 +645,34 @@ func (m *Model) layerForward(li, next int, a *layerActs, x, out Tensor, bf *buff
 			m.prefetch(m.Layers[next].linears()[mod])
 		}
 	}
+	// A checkpointed training forward stashes qkv_proj's and gate_up_proj's
+	// outputs while they fit (not the last layer's: its backward reads
+	// them where they are); the recompute of a layer whose outputs were
+	// stashed finds them put back (Backward unstashes them once the layer
+	// above is done with the buffers) and computes only the adapters' h
+	// of those linears, and the norms before them.
+	var st ActivationStasher
+	if out != nil && train && bf.ckpt && li < len(m.Layers)-1 {
+		st = m.stasher()
+	}
+	var kept stashedOutputs
+	if out == nil && li < len(m.stashed) {
+		kept = m.stashed[li]
+	}
+	stash := func(mod int, t Tensor) bool { return st != nil && st.Stash(stashKey(li, mod), t) }
 	nl, fuseNorm := b.(RMSNormLinearForwarder)
 	fuseNorm = fuseNorm && m.fc == nil
+	qkvOut := a.qkv
+	if kept.qkv {
+		qkvOut = nil
+	}
 	if fuseNorm {
-		nl.RMSNormLinearForward(a.qkv, a.ln1, a.rstd1, nil, x, nil, l.InputNorm, c.RMSNormEps, lin[modQKV], a.h[modQKV],
+		nl.RMSNormLinearForward(qkvOut, a.ln1, a.rstd1, nil, x, nil, l.InputNorm, c.RMSNormEps, lin[modQKV], a.h[modQKV],
 			moduleSeed(stepSeed, li, modQKV))
 	} else {
 		b.RMSNormForward(a.ln1, a.rstd1, x, l.InputNorm, c.RMSNormEps)
 		chk("input_layernorm", a.ln1)
-		b.LinearForward(a.qkv, a.ln1, lin[modQKV], a.h[modQKV], moduleSeed(stepSeed, li, modQKV))
+		m.linearOrH(qkvOut, a.ln1, lin[modQKV], a.h[modQKV], moduleSeed(stepSeed, li, modQKV))
 	}
 	chk("qkv_proj", a.qkv)
 	ahead(modQKV)
@@ -630,16 +680,25 @@ func (m *Model) layerForward(li, next int, a *layerActs, x, out Tensor, bf *buff
 	if a.ropeFused {
 		b.(RoPEAttentioner).AttentionForwardRoPE(a.att, a.lse, a.qkv, bf.pos, bf.B, bf.S, H, K, D, c.SlidingWindow, c.RotaryDim(), c.RopeTheta)
 	} else {
-		b.RoPEForward(a.qkv, bf.pos, H, K, D, c.RotaryDim(), c.RopeTheta)
+		if !kept.qkv { // a stashed qkv was stashed rotated
+			b.RoPEForward(a.qkv, bf.pos, H, K, D, c.RotaryDim(), c.RopeTheta)
+		}
 		chk("rope", a.qkv)
 		b.AttentionForward(a.att, a.lse, a.qkv, bf.pos, bf.B, bf.S, H, K, D, c.SlidingWindow)
 	}
 	chk("attention", a.att)
+	if st != nil {
+		m.stashed[li].qkv = stash(modQKV, a.qkv)
+	}
 	b.LinearForward(bf.tmp, a.att, lin[modO], a.h[modO], moduleSeed(stepSeed, li, modO))
 	chk("o_proj", bf.tmp)
 	ahead(modO)
+	guOut := a.gateUp
+	if kept.gateUp {
+		guOut = nil
+	}
 	if fuseNorm {
-		nl.RMSNormLinearForward(a.gateUp, a.ln2, a.rstd2, a.res1, x, bf.tmp, l.PostAttnNorm, c.RMSNormEps, lin[modGateUp],
+		nl.RMSNormLinearForward(guOut, a.ln2, a.rstd2, a.res1, x, bf.tmp, l.PostAttnNorm, c.RMSNormEps, lin[modGateUp],
 			a.h[modGateUp], moduleSeed(stepSeed, li, modGateUp))
 	} else {
 		if f, ok := b.(AddRMSNormer); ok {
@@ -649,9 +708,12 @@ func (m *Model) layerForward(li, next int, a *layerActs, x, out Tensor, bf *buff
 			b.RMSNormForward(a.ln2, a.rstd2, a.res1, l.PostAttnNorm, c.RMSNormEps)
 		}
 		chk("post_attention_layernorm", a.ln2)
-		b.LinearForward(a.gateUp, a.ln2, lin[modGateUp], a.h[modGateUp], moduleSeed(stepSeed, li, modGateUp))
+		m.linearOrH(guOut, a.ln2, lin[modGateUp], a.h[modGateUp], moduleSeed(stepSeed, li, modGateUp))
 	}
 	chk("gate_up_proj", a.gateUp)
+	if st != nil {
+		m.stashed[li].gateUp = stash(modGateUp, a.gateUp)
+	}
 	ahead(modGateUp)
 	downSeed := moduleSeed(stepSeed, li, modDown)
 	if f, ok := b.(SwiGLULinearForwarder); ok && m.fc == nil && a.h[modDown] != nil {
@@ -678,6 +740,17 @@ func (m *Model) layerForward(li, next int, a *layerActs, x, out Tensor, bf *buff
 		ahead(modDown)
 		b.Add(out, a.res1, bf.tmp)
 		chk("output", out)
+	}
+}
+
+// linearOrH is LinearForward(out, x, l, h, seed), or with out nil (a
+// stashed output) only the adapter's h, where l has an adapter.
+func (m *Model) linearOrH(out, x Tensor, l *Linear, h Tensor, seed uint64) {
+	switch {
+	case out != nil:
+		m.B.LinearForward(out, x, l, h, seed)
+	case h != nil:
+		m.B.(LoRAHForwarder).LoRAHForward(h, x, l, seed)
 	}
 }
 
@@ -722,6 +795,11 @@ func (m *Model) body(batch *Batch, train bool, stepSeed uint64) *buffers {
 		pk.PackLoRA(m.allLinears())
 	}
 	bf := m.ensureBuffers(batch.B, batch.S, train)
+	m.stashed = m.stashed[:0]
+	if st, ok := b.(ActivationStasher); ok && train && bf.ckpt {
+		m.stashed = make([]stashedOutputs, len(m.Layers))
+		st.SetStashBudget(max(m.CheckpointKeepBytes, 0))
+	}
 	b.UploadInt32(bf.ids, batch.InputIDs)
 	b.UploadInt32(bf.pos, batch.PositionIDs)
 	b.EmbeddingForward(bf.inputs[0], bf.ids, m.Embed)
@@ -840,6 +918,17 @@ func (m *Model) Backward() error {
 				m.prefetch(m.Layers[li-1].linears()[mod])
 			}
 		}
+		// The recompute of the layer below takes a stashed output back into
+		// the same buffer (acts[0]) once this layer's backward no longer
+		// reads it.
+		unstash := func(mod int, t Tensor) {
+			if !bf.ckpt || li == 0 || li-1 >= len(m.stashed) {
+				return
+			}
+			if k := m.stashed[li-1]; (mod == modQKV && k.qkv) || (mod == modGateUp && k.gateUp) {
+				m.B.(ActivationStasher).Unstash(stashKey(li-1, mod), t)
+			}
+		}
 		// out = res1 + down(act): the residual passes dres through, so
 		// dres becomes d res1 in place once down_proj's backward has read
 		// it (and d x in place after o_proj's and qkv_proj's).
@@ -863,6 +952,7 @@ func (m *Model) Backward() error {
 			b.LinearBackward(bf.dln, bf.dgu, a.ln2, lin[modGateUp], a.h[modGateUp], s(modGateUp))
 		}
 		pre(modGateUp)
+		unstash(modGateUp, a.gateUp) // its last reader in this layer is queued
 		chk("d post_attention_layernorm", bf.dln)
 		b.RMSNormBackward(bf.dres, bf.dln, a.res1, l.PostAttnNorm, a.rstd2)
 		chk("d residual", bf.dres)
@@ -880,6 +970,7 @@ func (m *Model) Backward() error {
 			chk("d qkv_proj (before rope)", bf.dqkv)
 			b.RoPEBackward(bf.dqkv, bf.pos, H, K, D, c.RotaryDim(), c.RopeTheta)
 		}
+		unstash(modQKV, a.qkv)
 		if li == 0 {
 			// The embeddings are frozen: only the adapter's gradients.
 			b.LinearBackward(nil, bf.dqkv, a.ln1, lin[modQKV], a.h[modQKV], s(modQKV))

@@ -496,3 +496,104 @@ func TestEmulatedComputeDType(t *testing.T) {
 		t.Fatalf("relative logit change from fp32: bf16 %.3g, f16 %.3g", errs[BF16], errs[F16])
 	}
 }
+
+// stashCounter is the CPU backend counting its accepted Stash, Unstash and
+// LinearForward calls.
+type stashCounter struct {
+	*CPUBackend
+	stashed, unstashed, linears int
+}
+
+func (b *stashCounter) Stash(key int, t Tensor) bool {
+	ok := b.CPUBackend.Stash(key, t)
+	if ok {
+		b.stashed++
+	}
+	return ok
+}
+
+func (b *stashCounter) Unstash(key int, t Tensor) {
+	b.unstashed++
+	b.CPUBackend.Unstash(key, t)
+}
+
+func (b *stashCounter) LinearForward(out, x Tensor, l *Linear, h Tensor, seed uint64) {
+	b.linears++
+	b.CPUBackend.LinearForward(out, x, l, h, seed)
+}
+
+// TestCheckpointKeepIsBitwiseEqual: checkpointing that keeps qkv_proj's and
+// gate_up_proj's outputs (CheckpointKeepBytes) gives the full recompute's
+// loss and gradients bit for bit, over two steps, whether it keeps every
+// output, some or none, through the plain ops and the fused ones; the
+// outputs are kept layer 0 up while they fit, each comes back once, and
+// the recompute skips one linear's matmul for each.
+func TestCheckpointKeepIsBitwiseEqual(t *testing.T) {
+	cfg := testConfig()
+	cfg.NumLayers = 4
+	batch := testBatch()
+	T := batch.B * batch.S
+	qkvB, guB := int64(4*T*cfg.QKVOut()), int64(4*T*2*cfg.IntermediateSize)
+	build := func(b Backend) *Model {
+		m, err := NewModel(b, cfg, weightGetter(cfg, randomWeights(cfg, 1)), ModelOptions{Quantize: true, DoubleQuant: true,
+			LoRA: allLinear(4, 8, 0.2), GradientCheckpointing: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, p := range m.LoRAParams() {
+			if strings.Contains(p.Name, "lora_B") {
+				if err := m.SetLoRA(p.Name, randn(p.Numel(), uint64(100+k), 0.3)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		return m
+	}
+	type step struct {
+		loss  float64
+		grads map[string][]float32
+	}
+	run := func(m *Model) []step {
+		var out []step
+		for _, seed := range []uint64{7, 8} {
+			l, g := lossAndGrads(t, m, batch, seed)
+			out = append(out, step{l, g})
+		}
+		return out
+	}
+	same := func(what string, got, want []step) {
+		t.Helper()
+		for s := range want {
+			if got[s].loss != want[s].loss {
+				t.Fatalf("%s, step %d: loss %v, want %v", what, s, got[s].loss, want[s].loss)
+			}
+			for name, a := range want[s].grads {
+				for k := range a {
+					if math.Float32bits(a[k]) != math.Float32bits(got[s].grads[name][k]) {
+						t.Fatalf("%s, step %d: %s[%d] = %v, want %v", what, s, name, k, got[s].grads[name][k], a[k])
+					}
+				}
+			}
+		}
+	}
+	ref := &stashCounter{CPUBackend: testBackend()}
+	want := run(build(ref))
+	// Layers 0-2 (not the last) in forward order: qkv0, gu0, qkv1, gu1, ...
+	for _, c := range []struct {
+		budget int64
+		kept   int
+	}{{0, 0}, {qkvB, 1}, {qkvB + guB + qkvB, 3}, {1 << 40, 6}} {
+		sc := &stashCounter{CPUBackend: testBackend()}
+		m := build(sc)
+		m.CheckpointKeepBytes = c.budget
+		same(fmt.Sprintf("budget %d", c.budget), run(m), want)
+		if sc.stashed != 2*c.kept || sc.unstashed != 2*c.kept || sc.linears != ref.linears-2*c.kept {
+			t.Errorf("budget %d: %d stashed, %d unstashed, %d linear forwards over two steps, want %d, %d, %d",
+				c.budget, sc.stashed, sc.unstashed, sc.linears, 2*c.kept, 2*c.kept, ref.linears-2*c.kept)
+		}
+		fb := &fusedBackend{CPUBackend: testBackend()}
+		m = build(fb)
+		m.CheckpointKeepBytes = c.budget
+		same(fmt.Sprintf("budget %d, fused ops", c.budget), run(m), want)
+	}
+}

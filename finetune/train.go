@@ -168,7 +168,9 @@ type TrainPlan struct {
 	// longest sequences the model's buffers hold (with or without
 	// gradient checkpointing). KeptBytes: the dequantized weights that
 	// quantization.keep_dequantized_gb keeps (at most all of them).
-	ModelBytes, OptimizerBytes, ActivationBytes, KeptBytes, EstimatedBytes int64
+	// KeptActivationBytes: the outputs training.gradient_checkpointing_keep_gb
+	// keeps from recomputation (at most all it can keep).
+	ModelBytes, OptimizerBytes, ActivationBytes, KeptBytes, KeptActivationBytes, EstimatedBytes int64
 }
 
 // String formats the plan for people.
@@ -206,6 +208,9 @@ func (p TrainPlan) String() string {
 	fmt.Fprintf(&b, "  activations:     %s\n", gib(p.ActivationBytes))
 	if p.KeptBytes > 0 {
 		fmt.Fprintf(&b, "  kept dequantized weights (keep_dequantized_gb): %s\n", gib(p.KeptBytes))
+	}
+	if p.KeptActivationBytes > 0 {
+		fmt.Fprintf(&b, "  kept activations (gradient_checkpointing_keep_gb): %s\n", gib(p.KeptActivationBytes))
 	}
 	return b.String()
 }
@@ -284,7 +289,14 @@ func makePlan(job *Job, cfg *Config, prep *prepared) (TrainPlan, error) {
 		}
 		p.KeptBytes = min(all, int64(q.KeepDequantizedGB*1e9))
 	}
-	p.EstimatedBytes = p.ModelBytes + p.OptimizerBytes + p.ActivationBytes + p.KeptBytes
+	if t.GradientCheckpointing && t.GradientCheckpointingKeepGB > 0 {
+		elem := int64(2) // the outputs are held in the 16-bit compute type
+		if job.Config.Quantization.ComputeDType() == F32 {
+			elem = 4
+		}
+		p.KeptActivationBytes = min(int64(t.GradientCheckpointingKeepGB*1e9), keepableActivationBytes(cfg, tokens, elem))
+	}
+	p.EstimatedBytes = p.ModelBytes + p.OptimizerBytes + p.ActivationBytes + p.KeptBytes + p.KeptActivationBytes
 	return p, nil
 }
 
@@ -317,6 +329,13 @@ func optimizerStateBytes(kind optim.Kind, n int) int64 {
 // activationBytes is what Model.ensureBuffers allocates for T tokens in
 // training (float32 and int32 values), plus the gradients, plus one
 // cross-entropy chunk of logits.
+// keepableActivationBytes is what Model.CheckpointKeepBytes can keep: the
+// qkv_proj and gate_up_proj outputs of T tokens of every layer but the
+// last, elem bytes a value.
+func keepableActivationBytes(c *Config, T int, elem int64) int64 {
+	return int64(c.NumLayers-1) * int64(T) * int64(c.QKVOut()+2*c.IntermediateSize) * elem
+}
+
 func activationBytes(c *Config, T, r int, ckpt bool) int64 {
 	C, I, H, D, L := int64(c.HiddenSize), int64(c.IntermediateSize), int64(c.NumHeads), int64(c.HeadDim()), int64(c.NumLayers)
 	t := int64(T)
@@ -562,6 +581,7 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 			return err
 		}
 		tModel = time.Now()
+		tr.m.CheckpointKeepBytes = int64(job.Config.Training.GradientCheckpointingKeepGB * 1e9)
 		tr.opt, err = newOptimizer(tr.b, tr.m.LoRAParams(), job.Config.Training.Optim)
 		return err
 	})
@@ -816,6 +836,13 @@ func (tr *trainer) trainStep(ctx context.Context) (loss float64, acc accuracy, n
 			tr.keepingDeq = false
 			tr.emit(LogEvent{Level: "warn", Message: fmt.Sprintf("out of memory with quantization.keep_dequantized_gb %g: retrying step %d without kept dequantized weights (%v)",
 				tr.cfg.Quantization.KeepDequantizedGB, tr.step+1, err)})
+			continue
+		}
+		if tr.m.CheckpointKeepBytes > 0 {
+			// So are the kept activations (the next forward frees them).
+			tr.m.CheckpointKeepBytes = 0
+			tr.emit(LogEvent{Level: "warn", Message: fmt.Sprintf("out of memory with training.gradient_checkpointing_keep_gb %g: retrying step %d recomputing every layer (%v)",
+				tr.cfg.Training.GradientCheckpointingKeepGB, tr.step+1, err)})
 			continue
 		}
 		if err := tr.shrink(err); err != nil {

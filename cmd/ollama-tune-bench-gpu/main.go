@@ -59,7 +59,8 @@ type result struct {
 	Compute       string    `json:"compute,omitempty"`
 	Kernels       string    `json:"kernels,omitempty"` // "fused" or "reference" (cuda.Options.ReferenceKernels)
 	Ckpt          bool      `json:"ckpt"`
-	KeepDeqGB     float64   `json:"keep_deq_gb,omitempty"` // quantization.keep_dequantized_gb
+	KeepDeqGB     float64   `json:"keep_deq_gb,omitempty"`  // quantization.keep_dequantized_gb
+	CkptKeepGB    float64   `json:"ckpt_keep_gb,omitempty"` // training.gradient_checkpointing_keep_gb
 	Steps         int       `json:"steps,omitempty"`
 	Warmup        int       `json:"warmup,omitempty"`
 	TotalSteps    int       `json:"total_steps,omitempty"`
@@ -100,6 +101,7 @@ func main() {
 	reference := flag.Bool("reference", false, "run the reference kernels (cuda.Options.ReferenceKernels), for A/B comparisons")
 	firstSteps := flag.Bool("first-steps", false, "with -load: time the loaded model's first three steps (forward and backward), with a step rehearsed beside the load unless OLLAMA_TUNE_CUDA_REFERENCE=rehearse")
 	keepDeq := flag.Float64("keep-deq-gb", 0, "keep up to this many GB of dequantized weights (quantization.keep_dequantized_gb)")
+	keepAct := flag.Float64("ckpt-keep-gb", 0, "with checkpointing, keep up to this many GB of activations instead of recomputing them (training.gradient_checkpointing_keep_gb)")
 	flag.Parse()
 	if *table != "" {
 		if err := printTable(os.Stdout, *table, *total); err != nil {
@@ -145,7 +147,7 @@ func main() {
 		default:
 			fatal(fmt.Errorf("-ckpt %q: use on, off or on,off", *ckptFlag))
 		}
-		tr, prof, err := benchTrain(dt, ckpt, *reference, *steps, *warmup, *total, *seed, *profile, *keepDeq)
+		tr, prof, err := benchTrain(dt, ckpt, *reference, *steps, *warmup, *total, *seed, *profile, *keepDeq, *keepAct)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "training benchmark (checkpointing %v): %v\n", ckpt, err)
 			continue
@@ -311,7 +313,7 @@ func syntheticBatch(V int, seed uint64) *finetune.Batch {
 }
 
 // benchTrain runs warmup+steps optimizer steps of the tutorial schedule.
-func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total int, seed uint64, profile bool, keepDeqGB float64) (res result, prof *result, err error) {
+func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total int, seed uint64, profile bool, keepDeqGB, keepActGB float64) (res result, prof *result, err error) {
 	defer cuda.Recover(&err)
 	b, err := cuda.New(cuda.Options{ComputeDType: dt, ReferenceKernels: reference})
 	if err != nil {
@@ -330,6 +332,9 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 		return res, nil, err
 	}
 	defer m.Free()
+	if ckpt {
+		m.CheckpointKeepBytes = int64(keepActGB * 1e9)
+	}
 	if err := b.Sync(); err != nil {
 		return res, nil, err
 	}
@@ -351,7 +356,7 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 		}
 	}
 	batch := syntheticBatch(cfg.VocabSize, seed)
-	res = result{Impl: "ollama-tune", Kind: "train", Device: deviceName(b), Compute: dt.String(), Kernels: kernelsName(b), Ckpt: ckpt, KeepDeqGB: keepDeqGB, Steps: steps, Warmup: warmup,
+	res = result{Impl: "ollama-tune", Kind: "train", Device: deviceName(b), Compute: dt.String(), Kernels: kernelsName(b), Ckpt: ckpt, KeepDeqGB: keepDeqGB, CkptKeepGB: keepActGB, Steps: steps, Warmup: warmup,
 		TotalSteps: total, TokensPerStep: batchRows * seqLen, SetupS: setup,
 		Note: "synthetic Phi-3-mini drawn on the GPU, NF4 double quant, LoRA r=8 on 4 modules, paged_adamw_8bit (bitsandbytes 8-bit AdamW), linear lr 3e-4, clip 1.0"}
 	minFree := free0
@@ -464,6 +469,9 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 	res.DeviceGiB = gib(free0 - minFree)
 	fmt.Printf("ckpt %v: %s %s kernels: %.4f s/step (median %.4f), %.0f tokens/s, setup %.1f s, backend peak %.2f GiB, device in use %.2f GiB\n",
 		ckpt, res.Compute, res.Kernels, res.SPerStep, res.SPerStepMed, float64(res.TokensPerStep)/res.SPerStep, setup, res.PeakGiB, res.DeviceGiB)
+	if mm := b.MemoryAtPeak(); mm != "" {
+		fmt.Fprint(os.Stderr, mm) // OLLAMA_TUNE_CUDA_MEMMAP
+	}
 	if !profile {
 		return res, nil, nil
 	}
@@ -609,6 +617,9 @@ func printTable(w io.Writer, path string, total int) error {
 		name := "ollama-tune, NF4 + " + r.Compute
 		if r.Kernels != "" && r.Kernels != "fused" {
 			name += " (" + r.Kernels + " kernels)"
+		}
+		if r.CkptKeepGB > 0 && r.Ckpt {
+			name += fmt.Sprintf(", gradient_checkpointing_keep_gb %g", r.CkptKeepGB)
 		}
 		if r.KeepDeqGB > 0 {
 			name += fmt.Sprintf(", keep_dequantized_gb %g", r.KeepDeqGB)
