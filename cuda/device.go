@@ -590,9 +590,7 @@ func (b *Backend) rawFree(p cu.DevicePtr, n int64) {
 	if b.side.ok {
 		b.side.s.Synchronize() // a prefetch may still read a weight or write a slot
 	}
-	if b.stash.ok {
-		b.stash.s.Synchronize() // a stash copy may still read or write it
-	}
+	b.syncStash() // a stash copy may still read or write it
 	cu.MemFree(p)
 	b.live -= n
 	if b.mem != nil {

@@ -560,13 +560,47 @@ func TestBufferViews(t *testing.T) {
 	tinymodel.CheckNoAllocOnShapeChange(t, m, func() int64 { return gpuB16.live })
 }
 
+// TestEmbeddingOnHost (finetune.HostWeighter): token embeddings moved to
+// host memory give the same losses and gradients to the bit, the same
+// values back, and the device memory they held.
+func TestEmbeddingOnHost(t *testing.T) {
+	for _, g := range []*Backend{gpu, gpuB16} {
+		m := smallModel(t, g, true, 0.1)
+		want := trainMicroBatches(t, g, m, 2, nil)
+		vals := g.DequantizeWeight(m.Embed)
+		before := g.live
+		if err := g.MoveToHost(m.Embed); err != nil {
+			t.Fatal(err)
+		}
+		if freed := before - g.live; freed != cudaW(m.Embed, "test").Bytes() {
+			t.Errorf("%v compute: %d bytes freed, want the embeddings' %d", g.dtype, freed, cudaW(m.Embed, "test").Bytes())
+		}
+		got := trainMicroBatches(t, g, m, 2, nil)
+		for k := range want {
+			if math.Float32bits(got[k]) != math.Float32bits(want[k]) {
+				t.Fatalf("%v compute: value %d is %v with the embeddings in host memory, %v without", g.dtype, k, got[k], want[k])
+			}
+		}
+		if v := g.DequantizeWeight(m.Embed); fmt.Sprint(v[:50]) != fmt.Sprint(vals[:50]) || len(v) != len(vals) {
+			t.Errorf("%v compute: the embeddings read back %v..., want %v...", g.dtype, v[:4], vals[:4])
+		}
+		if err := g.MoveToHost(m.Layers[0].QKV.W); err == nil {
+			t.Errorf("%v compute: MoveToHost took an NF4 weight", g.dtype)
+		}
+		m.Free()
+	}
+}
+
 // TestActivationStash (finetune.ActivationStasher, v16): checkpointing
 // that keeps qkv_proj's and gate_up_proj's outputs gives the losses and
 // gradients of recomputing them to the bit, with room for all of them or
 // for one, under float32 and bfloat16 compute; the stash holds at most
 // its budget (less under bfloat16: the outputs stay 16-bit) and
-// SetStashBudget(0) frees it.
+// SetStashBudget(0) frees it. Then the same with the outputs in host
+// memory (through the staging buffers and PrefetchStash), every one or
+// every other.
 func TestActivationStash(t *testing.T) {
+	defer func(v int) { stashHostEvery, stashHostOnly = v, false }(stashHostEvery)
 	cfg := smallConfig()
 	T := 3 * 24 // smallBatch
 	one := int64(4 * T * cfg.QKVOut())
@@ -578,7 +612,13 @@ func TestActivationStash(t *testing.T) {
 			m.GradientCheckpointing = true
 			m.CheckpointKeepBytes = keep
 			out := trainMicroBatches(t, g, m, 2, nil)
-			return out, g.stash.used, len(g.stash.entries)
+			n := 0
+			for _, e := range g.stash.entries {
+				if !e.refused {
+					n++
+				}
+			}
+			return out, g.stash.used, n
 		}
 		want, _, _ := run(0)
 		for _, keep := range []int64{1 << 40, one} {
@@ -600,9 +640,33 @@ func TestActivationStash(t *testing.T) {
 			}
 			t.Logf("%v compute, keep %d: %d bytes in %d entries", g.dtype, keep, used, n)
 		}
+		for _, every := range []int{1, 2} {
+			g.SetStashBudget(0) // new entries and buffers
+			stashHostEvery, stashHostOnly = every, true
+			got, _, n := run(1 << 40)
+			stashHostOnly = false
+			for k := range want {
+				if math.Float32bits(got[k]) != math.Float32bits(want[k]) {
+					t.Fatalf("%v compute, host entries (every %d): value %d is %v, %v recomputing", g.dtype, every, k, got[k], want[k])
+				}
+			}
+			host := 0
+			for _, e := range g.stash.entries {
+				if !e.refused && e.host != nil && e.ptr == 0 && !e.staged {
+					host++
+				}
+			}
+			// Layer 0's qkv_proj and gate_up_proj, then layer 1's (every
+			// one) or none (every other).
+			if want := 2 * (cfg.NumLayers - 1) / every; n != want || host != n || len(g.stash.staging) != 2 {
+				t.Errorf("%v compute, every %d: %d entries, %d in host memory, %d staging buffers; want %d, all, 2", g.dtype, every, n, host,
+					len(g.stash.staging), want)
+			}
+		}
 		g.SetStashBudget(0)
-		if g.stash.used != 0 || len(g.stash.entries) != 0 {
-			t.Errorf("%v compute: %d bytes in %d entries after SetStashBudget(0)", g.dtype, g.stash.used, len(g.stash.entries))
+		if g.stash.used != 0 || len(g.stash.entries) != 0 || len(g.stash.staging) != 0 || g.stash.hostBytes != 0 {
+			t.Errorf("%v compute: %d bytes in %d entries and %d staging buffers, %d host bytes after SetStashBudget(0)", g.dtype, g.stash.used,
+				len(g.stash.entries), len(g.stash.staging), g.stash.hostBytes)
 		}
 	}
 }

@@ -4,6 +4,9 @@ package cuda
 
 import (
 	"fmt"
+	"os"
+	"strconv"
+	"unsafe"
 
 	"gorgonia.org/cu"
 
@@ -15,32 +18,84 @@ import (
 // outputs of the layers whose outputs fit in Model.CheckpointKeepBytes,
 // and the backward's recompute of those layers takes them back instead of
 // running the two largest GEMMs again (~220 us a Phi-3-mini layer on an
-// H100 for 52 MB in bfloat16). The copies run on a stream of their own,
-// beside the step: a Stash is queued after the work that wrote the tensor
-// and the tensor's next use on the main stream waits for the copy (so
-// the next layer's GEMM does not overwrite it early); an Unstash is
-// queued after the work queued so far (the layer above's last read of
-// the buffer) and the tensor's next use waits for it.
+// H100 for 52 MB in bfloat16).
+//
+// Where the values go: device memory while the budget lasts (device
+// entries), then, for every stashHostEvery-th output of a size, page-
+// locked host memory (host entries), which costs the budget only a
+// staging buffer a size. The step's forward produces ~52 MB of those
+// outputs a Phi-3-mini layer every ~0.53 ms and PCIe moves ~55 GB/s a
+// direction, so every other layer's fit through it; the others are
+// recomputed. Every decision is made when the op is queued, never from
+// timing: the results are the same bits whatever was stashed where.
+//
+// Streams: device copies and the staging copies run on s, host transfers
+// on pcie; both are ordered against the main stream by events only. A
+// Stash is queued after the work that wrote the tensor, and the tensor's
+// next use on the main stream waits for the copy out of it (so the next
+// layer's GEMM does not overwrite it early: a host entry's tensor is
+// copied to its staging buffer first, which the next such Stash waits
+// for). An Unstash is queued after the work queued so far (the layer
+// above's last read of the buffer), and the tensor's next use waits for
+// it. PrefetchStash moves a host entry's values to its staging buffer
+// ahead of the Unstash (the model asks two layers ahead), so that an
+// Unstash is a device copy.
 
 // stash is the backend's ActivationStasher state.
 type stash struct {
-	s       cu.Stream
-	ok      bool // s made
-	budget  int64
-	used    int64 // bytes of entries
-	entries map[int]*stashEntry
+	s, pcie cu.Stream
+	ok      bool     // streams made
 	fence   cu.Event // the main stream's point a copy waits for
+	budget  int64
+	used    int64 // device bytes: device entries and staging buffers
+	entries map[int]*stashEntry
+	staging map[int64]*stagingBuf // by size in bytes
+	// hostBytes: page-locked bytes of host entries.
+	hostBytes int64
 }
 
-// stashEntry is one key's stashed values.
+// stashEntry is one key's stashed values, in device memory (ptr) or
+// page-locked host memory (host), or neither (refused: the key's outputs
+// are recomputed, decided at its first Stash so that every step stashes
+// the same keys where it did: the host entries' pattern holds).
 type stashEntry struct {
-	b     *Backend
+	b       *Backend
+	refused bool
 	ptr   cu.DevicePtr
+	host  unsafe.Pointer
 	bytes int64 // allocated
 	n     int   // values stashed
 	half  bool  // held in bfloat16 (Tensor.half): 2n bytes, else 4n
 	done  cu.Event
+	// staged: a host entry's values are in its staging buffer (queued by
+	// PrefetchStash), for the next Unstash.
+	staged bool
 }
+
+// stagingBuf is the device buffer host entries of one size pass through.
+type stagingBuf struct {
+	ptr    cu.DevicePtr
+	bytes  int64
+	free   cu.Event    // after the last copy that reads it
+	loaded cu.Event    // after a prefetch's transfer into it
+	used   bool        // free has been recorded
+	owner  *stashEntry // whose prefetched values it holds, nil
+	turn   int         // outputs of its size seen (stashHostEvery)
+	phase  int         // buffers made before it: sizes take turns apart
+}
+
+// stashHostEvery: a size's host entries are every stashHostEvery-th of
+// the outputs past the device budget (0: none). OLLAMA_TUNE_CUDA_STASH_HOST
+// sets it (a development switch).
+var stashHostEvery = func() int {
+	if v, err := strconv.Atoi(os.Getenv("OLLAMA_TUNE_CUDA_STASH_HOST")); err == nil && v >= 0 {
+		return v
+	}
+	return 2
+}()
+
+// stashHostOnly leaves out the device entries (tests).
+var stashHostOnly = false
 
 // wait makes the main stream wait for e's last copy (Tensor.busy).
 func (e *stashEntry) wait(op string) {
@@ -49,20 +104,21 @@ func (e *stashEntry) wait(op string) {
 
 var _ finetune.ActivationStasher = (*Backend)(nil)
 
-// SetStashBudget (finetune.ActivationStasher) bounds the stash's bytes; a
-// smaller budget than it holds frees it all (0 too).
+// SetStashBudget (finetune.ActivationStasher) bounds the stash's device
+// bytes; another budget than before frees it all, to decide anew.
 func (b *Backend) SetStashBudget(bytes int64) {
 	const op = "SetStashBudget"
 	defer b.enter(op)()
-	if bytes < b.stash.used {
+	bytes = max(bytes, 0)
+	if bytes != b.stash.budget {
 		b.freeStash()
 	}
-	b.stash.budget = max(bytes, 0)
+	b.stash.budget = bytes
 }
 
 // Stash (finetune.ActivationStasher) copies t's values (bfloat16 ones as
-// they are) to key's entry, which grows within the budget; false when
-// they do not fit or the memory is not there.
+// they are) to key's entry: in device memory while the budget lasts, else
+// perhaps through a staging buffer to host memory; false when neither.
 func (b *Backend) Stash(key int, t finetune.Tensor) bool {
 	const op = "Stash"
 	defer b.enter(op)()
@@ -78,42 +134,171 @@ func (b *Backend) Stash(key int, t finetune.Tensor) bool {
 	}
 	st := &b.stash
 	e := st.entries[key]
-	if e == nil || e.bytes < size {
-		var old int64
-		if e != nil {
-			old = e.bytes
+	if e != nil && (e.bytes != size || e.staged) {
+		b.dropEntry(key) // another size; or staged values nobody took back
+		e = nil
+	}
+	if e == nil {
+		e = b.newEntry(op, size)
+		if st.entries == nil {
+			st.entries = map[int]*stashEntry{}
 		}
-		if st.used-old+size > st.budget {
-			return false
-		}
-		if e != nil {
-			b.rawFree(e.ptr, e.bytes)
-			st.used -= e.bytes
-			e.ptr, e.bytes = 0, 0
-		}
-		p, err := b.rawAlloc(size, "the activation stash")
-		if err != nil {
-			return false // a speed-up, not a need: recompute instead
-		}
-		if e == nil {
-			ev, err := cu.MakeEvent(cu.DisableTiming)
-			if err != nil {
-				b.rawFree(p, size)
-				return false
-			}
-			e = &stashEntry{b: b, done: ev}
-			if st.entries == nil {
-				st.entries = map[int]*stashEntry{}
-			}
-			st.entries[key] = e
-		}
-		e.ptr, e.bytes = p, size
-		st.used += size
+		st.entries[key] = e
+	}
+	if e.refused {
+		return false
 	}
 	e.n, e.half = ct.n, half
-	b.stashCopy(op, e.ptr, ct.ptr, size, e)
-	ct.busy = e // its next writer waits for the copy
+	b.stashStart(op)
+	if e.host == nil {
+		b.copyOn(op, st.s, e.ptr, ct.ptr, size)
+		check(op, e.done.Record(st.s))
+	} else {
+		// tensor -> staging (s), staging -> host (pcie)
+		sb := st.staging[size]
+		if o := sb.owner; o != nil { // staged values nobody took back
+			o.staged, sb.owner = false, nil
+		}
+		if sb.used {
+			check(op, st.s.Wait(sb.free, 0))
+		}
+		b.copyOn(op, st.s, sb.ptr, ct.ptr, size)
+		check(op, e.done.Record(st.s))
+		check(op, st.pcie.Wait(e.done, 0))
+		check(op, cu.MemcpyDtoHAsync(e.host, sb.ptr, size, st.pcie))
+		check(op, sb.free.Record(st.pcie))
+		sb.used = true
+	}
+	ct.busy = e // its next writer waits for the copy out of it
 	return true
+}
+
+// newEntry makes an entry for size bytes: device memory within the
+// budget, else a host entry where its size's staging buffer fits (or is
+// there) and it is this size's turn; else a refused one.
+func (b *Backend) newEntry(op string, size int64) *stashEntry {
+	e := b.newEntryMem(op, size)
+	if e == nil {
+		return &stashEntry{b: b, bytes: size, refused: true}
+	}
+	return e
+}
+
+// newEntryMem is newEntry's entry with memory, or nil. A size's staging
+// buffer comes first (while the budget has room for it), then every
+// stashHostEvery-th output of the size goes to host memory and the others
+// to device memory while the budget lasts: PCIe carries its share from
+// the first layer on, and the budget's outputs fill the turns between.
+// The sizes take their turns in different layers (phase: qkv_proj's
+// outputs of layers 0, 2, 4, ... and gate_up_proj's of 1, 3, 5, ... with
+// every other), so that each layer's transfer is about the same.
+func (b *Backend) newEntryMem(op string, size int64) *stashEntry {
+	st := &b.stash
+	e := &stashEntry{b: b, bytes: size}
+	sb := st.staging[size]
+	if sb == nil && stashHostEvery > 0 && st.used+size <= st.budget {
+		sb = b.newStaging(size)
+	}
+	host := false
+	if sb != nil {
+		sb.turn++
+		host = (sb.turn-1+sb.phase)%stashHostEvery == 0
+	}
+	switch {
+	case host:
+		h, err := memAllocHost(size)
+		if err != nil {
+			return nil
+		}
+		e.host = h
+		st.hostBytes += size
+	case !stashHostOnly && st.used+size <= st.budget:
+		p, err := b.rawAlloc(size, "the activation stash")
+		if err != nil {
+			return nil // a speed-up, not a need: recompute instead
+		}
+		e.ptr = p
+		st.used += size
+	default:
+		return nil
+	}
+	ev, err := cu.MakeEvent(cu.DisableTiming)
+	if err != nil {
+		b.freeEntryMem(e)
+		return nil
+	}
+	e.done = ev
+	return e
+}
+
+// newStaging makes size's staging buffer (nil when the memory is not
+// there).
+func (b *Backend) newStaging(size int64) *stagingBuf {
+	st := &b.stash
+	p, err := b.rawAlloc(size, "the activation stash's staging buffer")
+	if err != nil {
+		return nil
+	}
+	sb := &stagingBuf{ptr: p, bytes: size, phase: len(st.staging)}
+	if sb.free, err = cu.MakeEvent(cu.DisableTiming); err == nil {
+		if sb.loaded, err = cu.MakeEvent(cu.DisableTiming); err != nil {
+			cu.DestroyEvent(&sb.free)
+		}
+	}
+	if err != nil {
+		b.rawFree(p, size)
+		return nil
+	}
+	st.used += size
+	if st.staging == nil {
+		st.staging = map[int64]*stagingBuf{}
+	}
+	st.staging[size] = sb
+	return sb
+}
+
+// StashReport says what the stash holds (the trainer logs it after the
+// first step).
+func (b *Backend) StashReport() string {
+	st := &b.stash
+	var dev, host int64
+	kept := 0
+	for _, e := range st.entries {
+		switch {
+		case e.refused:
+			continue
+		case e.host != nil:
+			host += e.bytes
+		default:
+			dev += e.bytes
+		}
+		kept++
+	}
+	return fmt.Sprintf("%.2f GB of activations kept on the device and %.2f GB in host memory, through %.2f GB of staging buffers (%d of %d outputs; the others are recomputed)",
+		float64(dev)/1e9, float64(host)/1e9, float64(st.used-dev)/1e9, kept, len(st.entries))
+}
+
+// PrefetchStash (finetune.ActivationStasher) queues the transfer of a host
+// entry's values to its staging buffer (a no-op for a device entry, an
+// entry already staged, or while the buffer holds another entry's).
+func (b *Backend) PrefetchStash(key int) {
+	const op = "PrefetchStash"
+	defer b.enter(op)()
+	st := &b.stash
+	e := st.entries[key]
+	if e == nil || e.host == nil || e.staged {
+		return
+	}
+	sb := st.staging[e.bytes]
+	if sb.owner != nil {
+		return
+	}
+	if sb.used {
+		check(op, st.pcie.Wait(sb.free, 0))
+	}
+	check(op, cu.MemcpyHtoDAsync(sb.ptr, e.host, e.bytes, st.pcie))
+	check(op, sb.loaded.Record(st.pcie))
+	e.staged, sb.owner = true, e
 }
 
 // Unstash (finetune.ActivationStasher) copies key's values back into t,
@@ -122,9 +307,10 @@ func (b *Backend) Unstash(key int, t finetune.Tensor) {
 	const op = "Unstash"
 	defer b.enter(op)()
 	ct := unwrapRaw(t, kindF32, op)
-	e := b.stash.entries[key]
+	st := &b.stash
+	e := st.entries[key]
 	switch {
-	case e == nil:
+	case e == nil || e.refused:
 		panic(&Error{Op: op, Err: fmt.Errorf("nothing is stashed under key %d", key)})
 	case e.n != ct.n:
 		panic(&Error{Op: op, Err: fmt.Errorf("key %d holds %d values, the tensor %v %d", key, e.n, ct.shape, ct.n)})
@@ -135,46 +321,117 @@ func (b *Backend) Unstash(key int, t finetune.Tensor) {
 		size, ct.half = 2*int64(ct.n), b
 	}
 	b.touch(ct)
-	b.stashCopy(op, ct.ptr, e.ptr, size, e)
-	ct.busy = e // its next reader waits for the copy
+	b.stashStart(op)
+	switch {
+	case e.host == nil:
+		b.copyOn(op, st.s, ct.ptr, e.ptr, size)
+		check(op, e.done.Record(st.s))
+	case e.staged:
+		sb := st.staging[e.bytes]
+		check(op, st.s.Wait(sb.loaded, 0))
+		b.copyOn(op, st.s, ct.ptr, sb.ptr, size)
+		check(op, e.done.Record(st.s))
+		check(op, sb.free.Record(st.s))
+		e.staged, sb.owner = false, nil
+	default: // not prefetched: straight from host memory
+		check(op, st.pcie.Wait(st.fence, 0))
+		check(op, cu.MemcpyHtoDAsync(ct.ptr, e.host, size, st.pcie))
+		check(op, e.done.Record(st.pcie))
+	}
+	ct.busy = e // its next reader waits for the copy into it
 }
 
-// stashCopy queues dst <- src (n bytes) on the stash stream after the
-// work queued on the main stream so far, and records e.done after it.
-func (b *Backend) stashCopy(op string, dst, src cu.DevicePtr, n int64, e *stashEntry) {
+// stashStart makes the streams on first use and has s wait for the work
+// queued on the main stream so far.
+func (b *Backend) stashStart(op string) {
 	st := &b.stash
 	if !st.ok {
 		s, err := makeStream("stash")
 		check(op, err)
-		ev, err := cu.MakeEvent(cu.DisableTiming)
+		pcie, err := makeStream("stash")
 		if err != nil {
 			s.Destroy()
 			check(op, err)
 		}
-		st.s, st.fence, st.ok = s, ev, true
+		ev, err := cu.MakeEvent(cu.DisableTiming)
+		if err != nil {
+			s.Destroy()
+			pcie.Destroy()
+			check(op, err)
+		}
+		st.s, st.pcie, st.fence, st.ok = s, pcie, ev, true
 	}
 	check(op, st.fence.Record(b.stream))
 	check(op, st.s.Wait(st.fence, 0))
-	check(op, cu.MemcpyDtoDAsync(dst, src, n, st.s))
-	check(op, e.done.Record(st.s))
 }
 
-// freeStash frees every entry (after the copies in flight).
+// copyOn queues dst <- src (n bytes, device memory) on stream s.
+func (b *Backend) copyOn(op string, s cu.Stream, dst, src cu.DevicePtr, n int64) {
+	check(op, cu.MemcpyDtoDAsync(dst, src, n, s))
+}
+
+// syncStash waits for the stash's copies (rawFree: they may read or write
+// what is freed).
+func (b *Backend) syncStash() {
+	if b.stash.ok {
+		b.stash.s.Synchronize()
+		b.stash.pcie.Synchronize()
+	}
+}
+
+// dropEntry frees key's entry.
+func (b *Backend) dropEntry(key int) {
+	e := b.stash.entries[key]
+	if e == nil {
+		return
+	}
+	if e.staged {
+		b.stash.staging[e.bytes].owner = nil
+	}
+	b.freeEntryMem(e)
+	if !e.refused {
+		cu.DestroyEvent(&e.done)
+	}
+	delete(b.stash.entries, key)
+}
+
+// freeEntryMem frees e's memory (after the copies in flight).
+func (b *Backend) freeEntryMem(e *stashEntry) {
+	st := &b.stash
+	if e.ptr != 0 {
+		b.rawFree(e.ptr, e.bytes) // waits for the streams
+		st.used -= e.bytes
+		e.ptr = 0
+	}
+	if e.host != nil {
+		b.syncStash()
+		cu.MemFreeHost(e.host)
+		st.hostBytes -= e.bytes
+		e.host = nil
+	}
+}
+
+// freeStash frees every entry and staging buffer.
 func (b *Backend) freeStash() {
 	st := &b.stash
-	for k, e := range st.entries {
-		b.rawFree(e.ptr, e.bytes) // waits for the streams
-		cu.DestroyEvent(&e.done)
-		delete(st.entries, k)
+	for k := range st.entries {
+		b.dropEntry(k)
 	}
-	st.used = 0
+	for k, sb := range st.staging {
+		b.rawFree(sb.ptr, sb.bytes)
+		st.used -= sb.bytes
+		cu.DestroyEvent(&sb.free)
+		cu.DestroyEvent(&sb.loaded)
+		delete(st.staging, k)
+	}
 }
 
-// releaseStash frees the stash and its stream (Close).
+// releaseStash frees the stash and its streams (Close).
 func (b *Backend) releaseStash() {
 	b.freeStash()
 	if b.stash.ok {
 		b.stash.s.Destroy()
+		b.stash.pcie.Destroy()
 		cu.DestroyEvent(&b.stash.fence)
 	}
 	b.stash = stash{}

@@ -402,13 +402,27 @@ type RMSNormLinearForwarder interface {
 // budget (false: nothing is stashed); Unstash(key, t) copies them back
 // into t (the same number of values). The copies may run beside the
 // queued work: t's next writer after a Stash, and its next reader after
-// an Unstash, wait for them. SetStashBudget bounds the bytes the stash
+// an Unstash, wait for them. PrefetchStash(key) is a hint: key's Unstash
+// comes soon (the CUDA backend moves values it holds in host memory back
+// to the device ahead). SetStashBudget bounds the device bytes the stash
 // holds (0 frees them all). The values come back exactly as they were
 // stashed, so the results are the same with or without.
 type ActivationStasher interface {
 	SetStashBudget(bytes int64)
 	Stash(key int, t Tensor) bool
+	PrefetchStash(key int)
 	Unstash(key int, t Tensor)
+}
+
+// HostWeighter keeps a frozen dense weight's values in host memory instead
+// of the device's: MoveToHost(w) moves them there, and the ops that read
+// w read them there (the CUDA backend: the embedding gather reads the
+// step's rows over PCIe; a weight a GEMM reads must stay). The same
+// results. The trainer moves the token embeddings with
+// training.gradient_checkpointing_keep_gb, so that the kept activations
+// have their room (issue 8, v16).
+type HostWeighter interface {
+	MoveToHost(w Weight) error
 }
 
 // HalfAllocator allocates an activation that the backend may hold in its

@@ -40,6 +40,14 @@ func (b *CPUBackend) Stash(key int, t Tensor) bool {
 	return true
 }
 
+// StashReport says what the stash holds (the trainer logs it).
+func (b *CPUBackend) StashReport() string {
+	return fmt.Sprintf("%.2f GB of activations kept (%d outputs; the others are recomputed)", float64(b.stash.used)/1e9, len(b.stash.vals))
+}
+
+// PrefetchStash (ActivationStasher) has nothing to move.
+func (b *CPUBackend) PrefetchStash(key int) {}
+
 // Unstash (ActivationStasher) copies key's values back into t.
 func (b *CPUBackend) Unstash(key int, t Tensor) {
 	dst := f32(t)

@@ -920,7 +920,18 @@ func (m *Model) Backward() error {
 		}
 		// The recompute of the layer below takes a stashed output back into
 		// the same buffer (acts[0]) once this layer's backward no longer
-		// reads it.
+		// reads it; the stash hears two layers ahead which outputs come
+		// back next.
+		if bf.ckpt && len(m.stashed) == L {
+			for _, k := range []int{li - 1, li - 2} {
+				if k >= 0 && m.stashed[k].qkv {
+					m.B.(ActivationStasher).PrefetchStash(stashKey(k, modQKV))
+				}
+				if k >= 0 && m.stashed[k].gateUp {
+					m.B.(ActivationStasher).PrefetchStash(stashKey(k, modGateUp))
+				}
+			}
+		}
 		unstash := func(mod int, t Tensor) {
 			if !bf.ckpt || li == 0 || li-1 >= len(m.stashed) {
 				return

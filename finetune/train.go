@@ -582,6 +582,13 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 		}
 		tModel = time.Now()
 		tr.m.CheckpointKeepBytes = int64(job.Config.Training.GradientCheckpointingKeepGB * 1e9)
+		if hw, ok := tr.b.(HostWeighter); ok && tr.m.CheckpointKeepBytes > 0 && tr.m.LMHead != tr.m.Embed {
+			// Room for the kept activations: the frozen token embeddings
+			// go to host memory (the step reads its rows of them).
+			if err := hw.MoveToHost(tr.m.Embed); err != nil {
+				emit(LogEvent{Level: "warn", Message: fmt.Sprintf("training.gradient_checkpointing_keep_gb: the token embeddings stay on the device: %v", err)})
+			}
+		}
 		tr.opt, err = newOptimizer(tr.b, tr.m.LoRAParams(), job.Config.Training.Optim)
 		return err
 	})
@@ -632,6 +639,12 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 				return nil, tr.cancelled(ctx)
 			}
 			return nil, err
+		}
+		if tr.runSteps == 0 && tr.m.CheckpointKeepBytes > 0 {
+			if r, ok := tr.b.(interface{ StashReport() string }); ok {
+				tr.emit(LogEvent{Level: "info", Message: fmt.Sprintf("training.gradient_checkpointing_keep_gb %g: %s",
+					tr.cfg.Training.GradientCheckpointingKeepGB, r.StashReport())})
+			}
 		}
 		if tr.keepingDeq && tr.runSteps == 0 {
 			// The first step of this process made what the backend keeps.

@@ -462,6 +462,58 @@ func TestKeepDequantizedDroppedOnOOM(t *testing.T) {
 	}
 }
 
+// stashOOMBackend runs out of memory in its first Stash, as a GPU whose
+// memory the kept activations took would later in the step.
+type stashOOMBackend struct {
+	*CPUBackend
+	stashes, fails int
+	hosted         []Weight // MoveToHost calls
+}
+
+func (b *stashOOMBackend) MoveToHost(w Weight) error { b.hosted = append(b.hosted, w); return nil }
+
+func (b *stashOOMBackend) Stash(key int, t Tensor) bool {
+	b.stashes++
+	if b.fails == 0 {
+		b.fails++
+		panic(fmt.Errorf("fake backend: stashing: %w", ErrOutOfMemory))
+	}
+	return b.CPUBackend.Stash(key, t)
+}
+
+// TestCheckpointKeepDroppedOnOOM: training.gradient_checkpointing_keep_gb
+// is a speed-up too: a step that runs out of memory while activations are
+// kept is retried recomputing every layer (no more Stash calls), with a
+// warning; the adapter is the one a run without the option makes.
+func TestCheckpointKeepDroppedOnOOM(t *testing.T) {
+	model := tinyModelDir(t, smallModel.cfg, 15)
+	run := func(gb float64, b Backend) (*Result, []string) {
+		c := smallJob(t, model, filepath.Join(t.TempDir(), "out"), 15)
+		c.Training.MaxSteps, c.Training.SaveSteps, c.Training.GradientCheckpointing = 2, 0, true
+		c.Training.GradientCheckpointingKeepGB = gb
+		res, msgs, err := trainWarnings(t, c, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res, msgs
+	}
+	ref, _ := run(0, NewCPUBackend(CPUOptions{}))
+	fake := &stashOOMBackend{CPUBackend: NewCPUBackend(CPUOptions{})}
+	got, msgs := run(1.5, fake)
+	if fake.stashes != 1 || fake.fails != 1 {
+		t.Errorf("%d Stash calls, %d failed; want the one that failed", fake.stashes, fake.fails)
+	}
+	if len(fake.hosted) != 1 || fake.hosted[0].Out() != smallModel.cfg.VocabSize {
+		t.Errorf("MoveToHost calls %v, want one, for the token embeddings", fake.hosted)
+	}
+	if len(msgs) != 1 || !strings.Contains(msgs[0], "gradient_checkpointing_keep_gb 1.5: retrying step 1 recomputing every layer") {
+		t.Errorf("warnings %q", msgs)
+	}
+	if !bytes.Equal(readFile(t, filepath.Join(got.OutputDir, peft.WeightsName)), readFile(t, filepath.Join(ref.OutputDir, peft.WeightsName))) {
+		t.Error("the run that dropped its kept activations differs from a run without them")
+	}
+}
+
 // snapshot lists the files of a folder with their contents.
 func snapshot(t testing.TB, dir string) string {
 	t.Helper()
@@ -617,6 +669,20 @@ func TestPlanSeed(t *testing.T) {
 		}
 	}
 	c.Quantization.KeepDequantizedGB = 0
+	// gradient_checkpointing_keep_gb: at most qkv_proj's and gate_up_proj's
+	// bf16 outputs of 16 x 64 tokens of 31 layers (31 x 1024 x 25600 x 2).
+	for gb, want := range map[float64]int64{8: 1_625_292_800, 0.08: 80_000_000} {
+		c.Training.GradientCheckpointingKeepGB = gb
+		p, err = Plan(context.Background(), newTestJob(t, c, ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.KeptActivationBytes != want || p.EstimatedBytes != est+want || !strings.Contains(p.String(), "gradient_checkpointing_keep_gb") {
+			t.Errorf("gradient_checkpointing_keep_gb %g: kept %d bytes, want %d; estimate %d, want %d", gb, p.KeptActivationBytes, want,
+				p.EstimatedBytes, est+want)
+		}
+	}
+	c.Training.GradientCheckpointingKeepGB = 0
 	c.Training.PackingStrategy = "bfd"
 	p, err = Plan(context.Background(), newTestJob(t, c, ""))
 	if err != nil {

@@ -40,6 +40,10 @@ func TestTrainConfigErrorsNameKeyAndAllowedValues(t *testing.T) {
 		{func(c *TrainConfig) { c.Quantization.KeepDequantizedGB = -1 }, []string{`"quantization.keep_dequantized_gb"`, "-1", "0: none"}},
 		{func(c *TrainConfig) { c.Quantization.KeepDequantizedGB = 8; c.Quantization.LoadIn4bit = false },
 			[]string{`"quantization.keep_dequantized_gb"`, "load_in_4bit: true"}},
+		{func(c *TrainConfig) { c.Training.GradientCheckpointingKeepGB = -0.5 },
+			[]string{`"training.gradient_checkpointing_keep_gb"`, "-0.5", "0: recompute everything"}},
+		{func(c *TrainConfig) { c.Training.GradientCheckpointingKeepGB = 1; c.Training.GradientCheckpointing = false },
+			[]string{`"training.gradient_checkpointing_keep_gb"`, "gradient_checkpointing: true"}},
 	}
 	for _, tc := range cases {
 		c := DefaultTrainConfig()

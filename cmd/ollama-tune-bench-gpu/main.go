@@ -332,8 +332,14 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 		return res, nil, err
 	}
 	defer m.Free()
-	if ckpt {
+	if ckpt && keepActGB > 0 {
+		// As the trainer does (training.gradient_checkpointing_keep_gb).
 		m.CheckpointKeepBytes = int64(keepActGB * 1e9)
+		if os.Getenv("OLLAMA_TUNE_BENCH_EMBED") != "device" {
+			if err := b.MoveToHost(m.Embed); err != nil {
+				return res, nil, err
+			}
+		}
 	}
 	if err := b.Sync(); err != nil {
 		return res, nil, err

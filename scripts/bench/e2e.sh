@@ -15,7 +15,10 @@
 # run: (1) the tutorial's layout, packing_strategy wrapped (220 steps of 16
 # rows x 64); (2) TRL 0.23.1's default bfd packing (230 steps); (3) and (4)
 # the tutorial's layout with quantization.keep_dequantized_gb 8, with and
-# without gradient checkpointing; each prints
+# without gradient checkpointing; (5) the tutorial's layout with
+# training.gradient_checkpointing_keep_gb 0.08 (v16); RUNS="name ..."
+# picks some (tutorial-wrapped trl-default-bfd tutorial-keep8
+# tutorial-keep8-nockpt tutorial-keepact); each prints
 # its wall time, a few step lines and the adapter folder. BENCHMARKS.md,
 # "The real CLI end to end", records its results. Needs PyTorch and
 # transformers there (for the checkpoint), no Go.
@@ -55,6 +58,7 @@ run() {
   one() { # name, extra flags
     local name=$1
     shift
+    case " ${RUNS:-$name} " in *" $name "*) ;; *) return ;; esac
     local t0
     t0=$(date +%s.%N)
     OLLAMA_TUNE_PLUGINS=$H timeout 200 "$H/ollama-tune" train -c examples/yoda.yaml --model "$ck" \
@@ -62,7 +66,7 @@ run() {
       --set training.logging_steps=20 --output-dir "$T/out-$name" "$@" > "$O/$name.log" 2>&1
     local rc=$?
     echo "== $name: exit $rc after $(python3 -c "import time; print(round(time.time() - $t0, 2))") s wall"
-    grep -E '^step (1|20|100|200|220|230)/|finished|steps of|training on|not finite' "$O/$name.log" | cut -c1-200
+    grep -E '^step (1|20|100|200|220|230)/|finished|steps of|training on|not finite|_gb' "$O/$name.log" | cut -c1-300
   }
   one tutorial-wrapped --set training.packing_strategy=wrapped
   one trl-default-bfd
@@ -70,6 +74,8 @@ run() {
   one tutorial-keep8 --set training.packing_strategy=wrapped --set quantization.keep_dequantized_gb=8
   one tutorial-keep8-nockpt --set training.packing_strategy=wrapped --set quantization.keep_dequantized_gb=8 \
     --set training.gradient_checkpointing=false
+  # Activations kept instead of recomputed within 3.5 GiB (v16).
+  one tutorial-keepact --set training.packing_strategy=wrapped --set training.gradient_checkpointing_keep_gb=0.08
 }
 
 case "${1:-}" in
