@@ -1138,6 +1138,7 @@ const (
 	sLoRAX                        // LoRA under BF16: bfloat16 dropout(x)
 	sLoRAHalf                     // LoRA under BF16: bfloat16 A, B, h, dout . B
 	sWiden                        // a bfloat16 tensor's values on their way to float32 (Tensor.half)
+	sDGateUp                      // SwiGLULinearBackward's d gate_up where the model gives none
 	numScratch
 )
 
@@ -1148,7 +1149,11 @@ type buffer struct {
 
 // scratchBuf returns role's buffer with room for n bytes.
 func (b *Backend) scratchBuf(role scratchRole, n int64, op string) cu.DevicePtr {
-	p, _ := b.grow(&b.scratch[role], n, 256, "scratch", op)
+	what := "scratch"
+	if b.mem != nil {
+		what = fmt.Sprintf("scratch role %d (device.go)", role)
+	}
+	p, _ := b.grow(&b.scratch[role], n, 256, what, op)
 	return p
 }
 

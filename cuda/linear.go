@@ -364,7 +364,7 @@ func (b *Backend) RMSNormLinearForward(out, xn, rstd, sum, a, bt, w finetune.Ten
 var _ finetune.SwiGLULinearBackwarder = (*Backend)(nil)
 
 // SwiGLULinearBackward (finetune.SwiGLULinearBackwarder): SwiGLUBackward
-// then LinearBackward of gate_up_proj. Where dgateUp is a pending Zero and
+// then LinearBackward of gate_up_proj. Where dgateUp is nil or a pending Zero and
 // the row kernels take the shapes (BF16 LoRA, in the fast path),
 // lora_rows_swiglu_bf16_t computes d gate_up in registers from dact and
 // gateUp and writes only its bf16 copy (the dx and GradB GEMMs' operand)
@@ -379,7 +379,7 @@ func (b *Backend) SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x finetune.Ten
 	I := lastDim(do)
 	T := do.n / max(I, 1)
 	dgu := unwrap(dgateUp, kindF32, op)
-	if dgu != nil && dgu.zero != nil && dgu.n == gu.n && l.LoRA != nil && b.loraBF16(w) && swigluRows && w.out == 2*I && I%8 == 0 &&
+	if (dgu == nil || (dgu.zero != nil && dgu.n == gu.n)) && l.LoRA != nil && b.loraBF16(w) && swigluRows && w.out == 2*I && I%8 == 0 &&
 		gu.n == 2*do.n && gu.ptr%16 == 0 && canLoRARows(do.ptr, tensor(l.LoRA.B, kindF32, op).ptr, T, I, loraRank(l)) {
 		xs, hs := b.loraInput(x, l, seed, T, w.in, op), tensor(h, kindF32, op)
 		b.linearBackwardBF16(op, unwrap(dx, kindF32, op), 0, false, &swigluSrc{dact: do.ptr, gu: gu.ptr, half: guHalf, I: I}, xs, T, w, l, hs, seed)
@@ -387,6 +387,9 @@ func (b *Backend) SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x finetune.Ten
 	}
 	if guHalf {
 		gu = tensor(gateUp, kindF32, op) // widened for the two ops
+	}
+	if dgateUp == nil { // the model holds none: scratch, zeroed
+		dgateUp = &Tensor{ptr: b.scratchBuf(sDGateUp, 4*int64(gu.n), op), shape: []int{T, 2 * I}, n: gu.n, kind: kindF32, zero: b, view: true}
 	}
 	b.swigluBackward(op, dgateUp, do, gu)
 	b.linearBackward(op, dx, dgateUp, x, l, h, seed)

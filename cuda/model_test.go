@@ -663,6 +663,44 @@ func TestActivationStash(t *testing.T) {
 					len(g.stash.staging), want)
 			}
 		}
+		// An epoch's last, smaller batch between full ones: the same bits
+		// as recomputing, in the entries and staging buffers the full
+		// batches made (nothing dropped and made again).
+		shapes := func(keep int64) ([]float32, int64, int) {
+			m := smallModel(t, g, true, 0.1)
+			defer m.Free()
+			m.GradientCheckpointing, m.CheckpointKeepBytes = true, keep
+			var out []float32
+			var used int64
+			for k, batch := range []*finetune.Batch{smallBatch(cfg.VocabSize), tinymodel.PackedBatch(2, 24, cfg.VocabSize, []int{9, 20}), smallBatch(cfg.VocabSize)} {
+				loss, _, _, err := m.Forward(batch, true, uint64(30+k))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := m.Backward(); err != nil {
+					t.Fatal(err)
+				}
+				out = append(out, float32(loss))
+				if k == 0 {
+					used = g.stash.used
+				}
+			}
+			for _, p := range m.LoRAParams() {
+				out = append(out, g.Download(p.Grad)...)
+			}
+			return out, used - g.stash.used, len(g.stash.staging)
+		}
+		g.SetStashBudget(0)
+		want, _, _ = shapes(0)
+		got, grew, nsb := shapes(1 << 40)
+		for k := range want {
+			if math.Float32bits(got[k]) != math.Float32bits(want[k]) {
+				t.Fatalf("%v compute, batches of other shapes: value %d is %v, %v recomputing", g.dtype, k, got[k], want[k])
+			}
+		}
+		if grew != 0 || nsb != 2 {
+			t.Errorf("%v compute, batches of other shapes: the stash's device bytes changed by %d, %d staging buffers (want 2)", g.dtype, -grew, nsb)
+		}
 		g.SetStashBudget(0)
 		if g.stash.used != 0 || len(g.stash.entries) != 0 || len(g.stash.staging) != 0 || g.stash.hostBytes != 0 {
 			t.Errorf("%v compute: %d bytes in %d entries and %d staging buffers, %d host bytes after SetStashBudget(0)", g.dtype, g.stash.used,

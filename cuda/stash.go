@@ -61,12 +61,14 @@ type stash struct {
 type stashEntry struct {
 	b       *Backend
 	refused bool
-	ptr   cu.DevicePtr
-	host  unsafe.Pointer
-	bytes int64 // allocated
-	n     int   // values stashed
-	half  bool  // held in bfloat16 (Tensor.half): 2n bytes, else 4n
-	done  cu.Event
+	ptr     cu.DevicePtr
+	host    unsafe.Pointer
+	bytes   int64       // allocated
+	size    int64       // stashed: an epoch's last, smaller batch takes less
+	sb      *stagingBuf // a host entry's staging buffer
+	n       int         // values stashed
+	half    bool        // held in bfloat16 (Tensor.half): 2n bytes, else 4n
+	done    cu.Event
 	// staged: a host entry's values are in its staging buffer (queued by
 	// PrefetchStash), for the next Unstash.
 	staged bool
@@ -134,8 +136,10 @@ func (b *Backend) Stash(key int, t finetune.Tensor) bool {
 	}
 	st := &b.stash
 	e := st.entries[key]
-	if e != nil && (e.bytes != size || e.staged) {
-		b.dropEntry(key) // another size; or staged values nobody took back
+	if e != nil && (e.bytes < size || e.staged) {
+		// a larger batch than the entry's; or staged values nobody took
+		// back (a smaller one, an epoch's last, takes the entry as it is)
+		b.dropEntry(key)
 		e = nil
 	}
 	if e == nil {
@@ -148,14 +152,14 @@ func (b *Backend) Stash(key int, t finetune.Tensor) bool {
 	if e.refused {
 		return false
 	}
-	e.n, e.half = ct.n, half
+	e.n, e.half, e.size = ct.n, half, size
 	b.stashStart(op)
 	if e.host == nil {
 		b.copyOn(op, st.s, e.ptr, ct.ptr, size)
 		check(op, e.done.Record(st.s))
 	} else {
 		// tensor -> staging (s), staging -> host (pcie)
-		sb := st.staging[size]
+		sb := e.sb
 		if o := sb.owner; o != nil { // staged values nobody took back
 			o.staged, sb.owner = false, nil
 		}
@@ -210,7 +214,7 @@ func (b *Backend) newEntryMem(op string, size int64) *stashEntry {
 		if err != nil {
 			return nil
 		}
-		e.host = h
+		e.host, e.sb = h, sb
 		st.hostBytes += size
 	case !stashHostOnly && st.used+size <= st.budget:
 		p, err := b.rawAlloc(size, "the activation stash")
@@ -289,14 +293,14 @@ func (b *Backend) PrefetchStash(key int) {
 	if e == nil || e.host == nil || e.staged {
 		return
 	}
-	sb := st.staging[e.bytes]
+	sb := e.sb
 	if sb.owner != nil {
 		return
 	}
 	if sb.used {
 		check(op, st.pcie.Wait(sb.free, 0))
 	}
-	check(op, cu.MemcpyHtoDAsync(sb.ptr, e.host, e.bytes, st.pcie))
+	check(op, cu.MemcpyHtoDAsync(sb.ptr, e.host, e.size, st.pcie))
 	check(op, sb.loaded.Record(st.pcie))
 	e.staged, sb.owner = true, e
 }
@@ -327,7 +331,7 @@ func (b *Backend) Unstash(key int, t finetune.Tensor) {
 		b.copyOn(op, st.s, ct.ptr, e.ptr, size)
 		check(op, e.done.Record(st.s))
 	case e.staged:
-		sb := st.staging[e.bytes]
+		sb := e.sb
 		check(op, st.s.Wait(sb.loaded, 0))
 		b.copyOn(op, st.s, ct.ptr, sb.ptr, size)
 		check(op, e.done.Record(st.s))
@@ -386,7 +390,7 @@ func (b *Backend) dropEntry(key int) {
 		return
 	}
 	if e.staged {
-		b.stash.staging[e.bytes].owner = nil
+		e.sb.owner = nil
 	}
 	b.freeEntryMem(e)
 	if !e.refused {

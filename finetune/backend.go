@@ -315,8 +315,10 @@ type SwiGLULinearForwarder interface {
 // dgateUp, x, l, h, seed), with the same dx and LoRA gradients up to
 // float32 rounding; dgateUp is scratch: afterwards it holds d gate_up or
 // still its zeros (the CUDA backend then never materialises d gate_up in
-// float32; issue 8). The model uses it when the backend has it and no
-// finiteness check needs d gate_up; the CPU backend has not, so its two
+// float32; issue 8). The model passes a nil dgateUp (v16: it holds none,
+// 64 MiB for Phi-3-mini's 1,024 tokens): a backend that needs one then
+// uses scratch of its own. The model uses it when the backend has it and
+// no finiteness check needs d gate_up; the CPU backend has not, so its two
 // ops stay the reference.
 type SwiGLULinearBackwarder interface {
 	SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x Tensor, l *Linear, h Tensor, seed uint64)

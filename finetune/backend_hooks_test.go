@@ -293,6 +293,9 @@ func (b *fusedBackend) SwiGLULinearForward(out, act, gateUp Tensor, l *Linear, h
 
 func (b *fusedBackend) SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x Tensor, l *Linear, h Tensor, seed uint64) {
 	b.bwd++
+	if dgateUp == nil {
+		dgateUp = b.Alloc(gateUp.Shape()...)
+	}
 	b.SwiGLUBackward(dgateUp, dact, gateUp)
 	b.LinearBackward(dx, dgateUp, x, l, h, seed)
 }

@@ -325,7 +325,7 @@ type buffers struct {
 	// gradients (train only)
 	dlnf, dres, dln, datt Tensor // [T,C]
 	dqkv                  Tensor // [T,(H+2K)*D]
-	dgu, dact             Tensor // [T,2I], [T,I]
+	dgu, dact             Tensor // [T,2I] (nil where the backend fuses SwiGLU's backward), [T,I]
 	// all is every tensor above, in the order newBuffers made them; held
 	// those this set allocated (nil for a view set: base holds them).
 	all, held []Tensor
@@ -521,7 +521,11 @@ func (m *Model) newBuffers(B, S int, train, ckpt bool, alloc0 func(...int) Tenso
 	if train {
 		bf.dlnf, bf.dres, bf.dln, bf.datt = alloc(T, C), alloc(T, C), alloc(T, C), alloc(T, H*c.HeadDim())
 		bf.dqkv = allocQKV(T, c.QKVOut())
-		bf.dgu, bf.dact = alloc(T, 2*I), alloc(T, I)
+		if _, fused := b.(SwiGLULinearBackwarder); !fused {
+			// (a fused backward takes no d gate_up: issue 8, v16)
+			bf.dgu = alloc(T, 2*I)
+		}
+		bf.dact = alloc(T, I)
 	}
 	bf.all = all
 	return bf
@@ -953,14 +957,21 @@ func (m *Model) Backward() error {
 		b.LinearBackward(bf.dact, bf.dres, a.act, lin[modDown], a.h[modDown], s(modDown))
 		pre(modDown)
 		chk("d swiglu", bf.dact)
-		b.Zero(bf.dgu)
 		b.Zero(bf.dln)
 		if f, ok := b.(SwiGLULinearBackwarder); ok && m.fc == nil {
-			f.SwiGLULinearBackward(bf.dln, bf.dgu, bf.dact, a.gateUp, a.ln2, lin[modGateUp], a.h[modGateUp], s(modGateUp))
+			f.SwiGLULinearBackward(bf.dln, nil, bf.dact, a.gateUp, a.ln2, lin[modGateUp], a.h[modGateUp], s(modGateUp))
 		} else {
-			b.SwiGLUBackward(bf.dgu, bf.dact, a.gateUp)
-			chk("d gate_up_proj", bf.dgu)
-			b.LinearBackward(bf.dln, bf.dgu, a.ln2, lin[modGateUp], a.h[modGateUp], s(modGateUp))
+			dgu := bf.dgu
+			if dgu == nil { // a finiteness check reads it: the fused backward's buffers have none
+				dgu = b.Alloc(bf.T, 2*c.IntermediateSize)
+			}
+			b.Zero(dgu)
+			b.SwiGLUBackward(dgu, bf.dact, a.gateUp)
+			chk("d gate_up_proj", dgu)
+			b.LinearBackward(bf.dln, dgu, a.ln2, lin[modGateUp], a.h[modGateUp], s(modGateUp))
+			if dgu != bf.dgu {
+				b.Free(dgu)
+			}
 		}
 		pre(modGateUp)
 		unstash(modGateUp, a.gateUp) // its last reader in this layer is queued

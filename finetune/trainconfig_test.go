@@ -42,7 +42,10 @@ func TestTrainConfigErrorsNameKeyAndAllowedValues(t *testing.T) {
 			[]string{`"quantization.keep_dequantized_gb"`, "load_in_4bit: true"}},
 		{func(c *TrainConfig) { c.Training.GradientCheckpointingKeepGB = -0.5 },
 			[]string{`"training.gradient_checkpointing_keep_gb"`, "-0.5", "0: recompute everything"}},
-		{func(c *TrainConfig) { c.Training.GradientCheckpointingKeepGB = 1; c.Training.GradientCheckpointing = false },
+		{func(c *TrainConfig) {
+			c.Training.GradientCheckpointingKeepGB = 1
+			c.Training.GradientCheckpointing = false
+		},
 			[]string{`"training.gradient_checkpointing_keep_gb"`, "gradient_checkpointing: true"}},
 	}
 	for _, tc := range cases {

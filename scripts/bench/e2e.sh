@@ -16,7 +16,7 @@
 # rows x 64); (2) TRL 0.23.1's default bfd packing (230 steps); (3) and (4)
 # the tutorial's layout with quantization.keep_dequantized_gb 8, with and
 # without gradient checkpointing; (5) the tutorial's layout with
-# training.gradient_checkpointing_keep_gb 0.08 (v16); RUNS="name ..."
+# training.gradient_checkpointing_keep_gb 0.34 (v16); RUNS="name ..."
 # picks some (tutorial-wrapped trl-default-bfd tutorial-keep8
 # tutorial-keep8-nockpt tutorial-keepact); each prints
 # its wall time, a few step lines and the adapter folder. BENCHMARKS.md,
@@ -75,7 +75,7 @@ run() {
   one tutorial-keep8-nockpt --set training.packing_strategy=wrapped --set quantization.keep_dequantized_gb=8 \
     --set training.gradient_checkpointing=false
   # Activations kept instead of recomputed within 3.5 GiB (v16).
-  one tutorial-keepact --set training.packing_strategy=wrapped --set training.gradient_checkpointing_keep_gb=0.08
+  one tutorial-keepact --set training.packing_strategy=wrapped --set training.gradient_checkpointing_keep_gb=0.34
 }
 
 case "${1:-}" in
