@@ -85,7 +85,12 @@ func allLinear(r int, alpha, dropout float32) *LoRAConfig {
 // so that every gradient is non-zero.
 func testModel(t testing.TB, b Backend, opts ModelOptions) *Model {
 	t.Helper()
-	cfg := testConfig()
+	return testModelOf(t, b, testConfig(), opts)
+}
+
+// testModelOf is testModel for another config.
+func testModelOf(t testing.TB, b Backend, cfg *Config, opts ModelOptions) *Model {
+	t.Helper()
 	m, err := NewModel(b, cfg, weightGetter(cfg, randomWeights(cfg, 1)), opts)
 	if err != nil {
 		t.Fatal(err)
@@ -535,19 +540,7 @@ func TestCheckpointKeepIsBitwiseEqual(t *testing.T) {
 	T := batch.B * batch.S
 	qkvB, guB := int64(4*T*cfg.QKVOut()), int64(4*T*2*cfg.IntermediateSize)
 	build := func(b Backend) *Model {
-		m, err := NewModel(b, cfg, weightGetter(cfg, randomWeights(cfg, 1)), ModelOptions{Quantize: true, DoubleQuant: true,
-			LoRA: allLinear(4, 8, 0.2), GradientCheckpointing: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for k, p := range m.LoRAParams() {
-			if strings.Contains(p.Name, "lora_B") {
-				if err := m.SetLoRA(p.Name, randn(p.Numel(), uint64(100+k), 0.3)); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-		return m
+		return testModelOf(t, b, cfg, ModelOptions{Quantize: true, DoubleQuant: true, LoRA: allLinear(4, 8, 0.2), GradientCheckpointing: true})
 	}
 	type step struct {
 		loss  float64
