@@ -11,13 +11,13 @@ type cpuStash struct {
 	vals         map[int][]float32
 }
 
-// SetStashBudget (ActivationStasher) bounds the stash; 0 drops it.
+// SetStashBudget (ActivationStasher) bounds the stash; another budget than
+// before drops what it holds (0 too).
 func (b *CPUBackend) SetStashBudget(bytes int64) {
-	if bytes <= 0 {
-		b.stash = cpuStash{}
-		return
+	bytes = max(bytes, 0)
+	if bytes != b.stash.budget {
+		b.stash = cpuStash{budget: bytes}
 	}
-	b.stash.budget = bytes
 }
 
 // Stash (ActivationStasher) copies t's values under key unless they do
