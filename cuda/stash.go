@@ -20,14 +20,17 @@ import (
 // running the two largest GEMMs again (~220 us a Phi-3-mini layer on an
 // H100 for 52 MB in bfloat16).
 //
-// Where the values go: device memory while the budget lasts (device
-// entries), then, for every stashHostEvery-th output of a size, page-
-// locked host memory (host entries), which costs the budget only a
-// staging buffer a size. The step's forward produces ~52 MB of those
-// outputs a Phi-3-mini layer every ~0.53 ms and PCIe moves ~55 GB/s a
-// direction, so every other layer's fit through it; the others are
-// recomputed. Every decision is made when the op is queued, never from
-// timing: the results are the same bits whatever was stashed where.
+// Where the values go: every stashHostEvery-th output of a size to page-
+// locked host memory (host entries, which cost the budget only a staging
+// buffer a size, made first), the others to device memory while the
+// budget lasts (device entries), the rest nowhere (recomputed). The
+// step's forward produces ~52 MB of those outputs a Phi-3-mini layer
+// every ~0.53 ms and PCIe moves ~55 GB/s a direction, so about every
+// other one fits through it. Every decision is made at a key's first
+// Stash, never from timing: the results are the same bits whatever was
+// stashed where. Measured (BENCHMARKS.md, v16): -2.3 to -3.0 ms a step
+// at 0.34 GB, 3.48 GiB in all; but ~2.5 s a run for the page-locked
+// memory.
 //
 // Streams: device copies and the staging copies run on s, host transfers
 // on pcie; both are ordered against the main stream by events only. A
