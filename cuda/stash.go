@@ -29,8 +29,8 @@ import (
 // other one fits through it. Every decision is made at a key's first
 // Stash, never from timing: the results are the same bits whatever was
 // stashed where. Measured (BENCHMARKS.md, v16): -2.3 to -3.0 ms a step
-// at 0.34 GB, 3.48 GiB in all; but ~2.5 s a run for the page-locked
-// memory.
+// at 0.34 GB, 3.48 GiB in all; the first step pays ~0.4 s for the
+// page-locked memory.
 //
 // Streams: device copies and the staging copies run on s, host transfers
 // on pcie; both are ordered against the main stream by events only. A
