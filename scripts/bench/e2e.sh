@@ -65,6 +65,10 @@ run() {
       --set dataset.path="$T/yoda_sentences.csv" --set quantization.bnb_4bit_compute_dtype=bfloat16 \
       --set training.logging_steps=20 --output-dir "$T/out-$name" "$@" > "$O/$name.log" 2>&1
     local rc=$?
+    # The command's start and end in UTC, beside the log's own timestamps
+    # (OLLAMA_TUNE_LOG=debug): where a run's wall time goes outside the
+    # plugin's life (v16's open question).
+    echo "command started $(date -u -d "@$t0" +%H:%M:%S.%3N), ended $(date -u +%H:%M:%S.%3N)" >> "$O/$name.log"
     echo "== $name: exit $rc after $(python3 -c "import time; print(round(time.time() - $t0, 2))") s wall"
     grep -E '^step (1|20|100|200|220|230)/|finished|steps of|training on|not finite|_gb' "$O/$name.log" | cut -c1-300
   }
