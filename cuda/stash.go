@@ -158,7 +158,7 @@ func (b *Backend) Stash(key int, t finetune.Tensor) bool {
 	e.n, e.half, e.size = ct.n, half, size
 	b.stashStart(op)
 	if e.host == nil {
-		b.copyOn(op, st.s, e.ptr, ct.ptr, size)
+		check(op, cu.MemcpyDtoDAsync(e.ptr, ct.ptr, size, st.s))
 		check(op, e.done.Record(st.s))
 	} else {
 		// tensor -> staging (s), staging -> host (pcie)
@@ -169,7 +169,7 @@ func (b *Backend) Stash(key int, t finetune.Tensor) bool {
 		if sb.used {
 			check(op, st.s.Wait(sb.free, 0))
 		}
-		b.copyOn(op, st.s, sb.ptr, ct.ptr, size)
+		check(op, cu.MemcpyDtoDAsync(sb.ptr, ct.ptr, size, st.s))
 		check(op, e.done.Record(st.s))
 		check(op, st.pcie.Wait(e.done, 0))
 		check(op, cu.MemcpyDtoHAsync(e.host, sb.ptr, size, st.pcie))
@@ -331,12 +331,12 @@ func (b *Backend) Unstash(key int, t finetune.Tensor) {
 	b.stashStart(op)
 	switch {
 	case e.host == nil:
-		b.copyOn(op, st.s, ct.ptr, e.ptr, size)
+		check(op, cu.MemcpyDtoDAsync(ct.ptr, e.ptr, size, st.s))
 		check(op, e.done.Record(st.s))
 	case e.staged:
 		sb := e.sb
 		check(op, st.s.Wait(sb.loaded, 0))
-		b.copyOn(op, st.s, ct.ptr, sb.ptr, size)
+		check(op, cu.MemcpyDtoDAsync(ct.ptr, sb.ptr, size, st.s))
 		check(op, e.done.Record(st.s))
 		check(op, sb.free.Record(st.s))
 		e.staged, sb.owner = false, nil
@@ -370,11 +370,6 @@ func (b *Backend) stashStart(op string) {
 	}
 	check(op, st.fence.Record(b.stream))
 	check(op, st.s.Wait(st.fence, 0))
-}
-
-// copyOn queues dst <- src (n bytes, device memory) on stream s.
-func (b *Backend) copyOn(op string, s cu.Stream, dst, src cu.DevicePtr, n int64) {
-	check(op, cu.MemcpyDtoDAsync(dst, src, n, s))
 }
 
 // syncStash waits for the stash's copies (rawFree: they may read or write

@@ -801,7 +801,7 @@ func (m *Model) body(batch *Batch, train bool, stepSeed uint64) *buffers {
 	bf := m.ensureBuffers(batch.B, batch.S, train)
 	m.stashed = m.stashed[:0]
 	if st, ok := b.(ActivationStasher); ok && train && bf.ckpt {
-		m.stashed = make([]stashedOutputs, len(m.Layers))
+		m.stashed = append(m.stashed, make([]stashedOutputs, len(m.Layers))...) // (after the first step: no allocation)
 		st.SetStashBudget(max(m.CheckpointKeepBytes, 0))
 	}
 	b.UploadInt32(bf.ids, batch.InputIDs)
@@ -927,11 +927,11 @@ func (m *Model) Backward() error {
 		// reads it; the stash hears two layers ahead which outputs come
 		// back next.
 		if bf.ckpt && len(m.stashed) == L {
-			for _, k := range []int{li - 1, li - 2} {
-				if k >= 0 && m.stashed[k].qkv {
+			for k := li - 1; k >= max(li-2, 0); k-- {
+				if m.stashed[k].qkv {
 					m.B.(ActivationStasher).PrefetchStash(stashKey(k, modQKV))
 				}
-				if k >= 0 && m.stashed[k].gateUp {
+				if m.stashed[k].gateUp {
 					m.B.(ActivationStasher).PrefetchStash(stashKey(k, modGateUp))
 				}
 			}
