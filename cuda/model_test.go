@@ -11,6 +11,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -662,6 +663,40 @@ func TestActivationStash(t *testing.T) {
 			if want := 2 * (cfg.NumLayers - 1) / every; n != want || host != n || len(g.stash.staging) != 2 {
 				t.Errorf("%v compute, every %d: %d entries, %d in host memory, %d staging buffers; want %d, all, 2", g.dtype, every, n, host,
 					len(g.stash.staging), want)
+			}
+			// The same host entries from buffers made ahead (PrepareStash,
+			// as the trainer does beside the load): none made in the step,
+			// none left over, the same bits; then sizes no step offers:
+			// the step makes its own, the buffers made ahead are freed.
+			var keys []int
+			for k := range g.stash.entries {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys)
+			var sizes []int64
+			for _, k := range keys {
+				sizes = append(sizes, g.stash.entries[k].bytes)
+			}
+			for _, wrong := range []bool{false, true} {
+				g.SetStashBudget(0)
+				stashHostEvery, stashHostOnly = every, true
+				prep := sizes
+				if wrong {
+					prep = []int64{12345, 678}
+				}
+				g.PrepareStash(1<<40, prep)
+				g.stash.hostAllocs = 0
+				got, _, _ := run(1 << 40)
+				stashHostOnly = false
+				for k := range want {
+					if math.Float32bits(got[k]) != math.Float32bits(want[k]) {
+						t.Fatalf("%v compute, host entries made ahead (wrong sizes %v): value %d is %v, %v recomputing", g.dtype, wrong, k, got[k], want[k])
+					}
+				}
+				if made := g.stash.hostAllocs; g.stash.pool != nil || (made == 0) == wrong {
+					t.Errorf("%v compute, every %d, wrong sizes %v: %d host buffers made in the step (%d made ahead for %v), pool left: %v",
+						g.dtype, every, wrong, made, len(sizes), prep, g.stash.pool != nil)
+				}
 			}
 		}
 		// An epoch's last, smaller batch between full ones: the same bits

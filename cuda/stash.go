@@ -5,7 +5,9 @@ package cuda
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
+	"time"
 	"unsafe"
 
 	"gorgonia.org/cu"
@@ -29,8 +31,9 @@ import (
 // other one fits through it. Every decision is made at a key's first
 // Stash, never from timing: the results are the same bits whatever was
 // stashed where. Measured (BENCHMARKS.md, v16): -2.3 to -3.0 ms a step
-// at 0.34 GB, 3.48 GiB in all; the first step pays ~0.4 s for the
-// page-locked memory.
+// at 0.34 GB, 3.48 GiB in all. The page-locked memory (~0.4 s for a
+// Phi-3-mini step) is made beside the model's load where the trainer says
+// what a step will stash (PrepareStash).
 //
 // Streams: device copies and the staging copies run on s, host transfers
 // on pcie; both are ordered against the main stream by events only. A
@@ -55,6 +58,20 @@ type stash struct {
 	staging map[int64]*stagingBuf // by size in bytes
 	// hostBytes: page-locked bytes of host entries.
 	hostBytes int64
+	// pool: page-locked buffers made ahead (PrepareStash) for the first
+	// step's host entries; hostAllocs counts those made in a step instead.
+	pool       *hostPool
+	hostAllocs int
+	poolTook   time.Duration // making pool's buffers (the trainer's log)
+}
+
+// hostPool is page-locked memory made on a goroutine of its own, beside
+// the model's load (PrepareStash): bufs[size] are free buffers of size
+// bytes, ready once done is closed.
+type hostPool struct {
+	done chan struct{}
+	bufs map[int64][]unsafe.Pointer
+	took time.Duration
 }
 
 // stashEntry is one key's stashed values, in device memory (ptr) or
@@ -213,7 +230,7 @@ func (b *Backend) newEntryMem(op string, size int64) *stashEntry {
 	}
 	switch {
 	case host:
-		h, err := memAllocHost(size)
+		h, err := b.hostAlloc(size)
 		if err != nil {
 			return nil
 		}
@@ -236,6 +253,89 @@ func (b *Backend) newEntryMem(op string, size int64) *stashEntry {
 	}
 	e.done = ev
 	return e
+}
+
+var _ finetune.StashPreparer = (*Backend)(nil)
+
+// PrepareStash (finetune.StashPreparer) starts making the page-locked
+// buffers of the host entries the first step will make: by newEntryMem's
+// turns (every stashHostEvery-th output of each size, the sizes' phases
+// in the order they first come), assuming the staging buffers fit the
+// budget. Made on a goroutine of its own, beside the model's load: made
+// in the first step instead, the ~0.8 GB of a Phi-3-mini step took 0.44
+// s of it (H200, v17). A buffer no entry takes is freed at the first
+// Unstash, once the forward has decided every entry.
+func (b *Backend) PrepareStash(budget int64, sizes []int64) {
+	const op = "PrepareStash"
+	defer b.enter(op)()
+	st := &b.stash
+	if stashHostEvery <= 0 || budget <= 0 || st.pool != nil || len(st.entries) > 0 {
+		return
+	}
+	phase, turn, counts := map[int64]int{}, map[int64]int{}, map[int64]int{}
+	var order []int64
+	for _, size := range sizes {
+		if _, ok := phase[size]; !ok {
+			phase[size] = len(order)
+			order = append(order, size)
+		}
+		turn[size]++
+		if (turn[size]-1+phase[size])%stashHostEvery == 0 {
+			counts[size]++
+		}
+	}
+	p := &hostPool{done: make(chan struct{}), bufs: map[int64][]unsafe.Pointer{}}
+	st.pool = p
+	ctx := b.ctx
+	go func() {
+		defer close(p.done)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if cu.SetCurrentContext(ctx) != nil {
+			return
+		}
+		t0 := time.Now()
+		for _, size := range order {
+			for range counts[size] {
+				h, err := memAllocHost(size)
+				if err != nil {
+					return // the step makes what is missing, or does without
+				}
+				p.bufs[size] = append(p.bufs[size], h)
+			}
+		}
+		p.took = time.Since(t0)
+	}()
+}
+
+// hostAlloc is a page-locked buffer of size bytes for a host entry: one
+// PrepareStash made (waiting for it), else a new one.
+func (b *Backend) hostAlloc(size int64) (unsafe.Pointer, error) {
+	st := &b.stash
+	if p := st.pool; p != nil {
+		<-p.done
+		if l := p.bufs[size]; len(l) > 0 {
+			p.bufs[size] = l[:len(l)-1]
+			return l[len(l)-1], nil
+		}
+	}
+	st.hostAllocs++
+	return memAllocHost(size)
+}
+
+// freePool frees the buffers PrepareStash made that no entry took.
+func (b *Backend) freePool() {
+	p := b.stash.pool
+	if p == nil {
+		return
+	}
+	<-p.done
+	for _, l := range p.bufs {
+		for _, h := range l {
+			cu.MemFreeHost(h)
+		}
+	}
+	b.stash.pool, b.stash.poolTook = nil, p.took
 }
 
 // newStaging makes size's staging buffer (nil when the memory is not
@@ -281,8 +381,12 @@ func (b *Backend) StashReport() string {
 		}
 		kept++
 	}
-	return fmt.Sprintf("%.2f GB of activations kept on the device and %.2f GB in host memory, through %.2f GB of staging buffers (%d of %d outputs; the others are recomputed)",
+	r := fmt.Sprintf("%.2f GB of activations kept on the device and %.2f GB in host memory, through %.2f GB of staging buffers (%d of %d outputs; the others are recomputed)",
 		float64(dev)/1e9, float64(host)/1e9, float64(st.used-dev)/1e9, kept, len(st.entries))
+	if st.poolTook > 0 {
+		r += fmt.Sprintf("; the host memory was made beside the load in %.2f s", st.poolTook.Seconds())
+	}
+	return r
 }
 
 // PrefetchStash (finetune.ActivationStasher) queues the transfer of a host
@@ -321,6 +425,9 @@ func (b *Backend) Unstash(key int, t finetune.Tensor) {
 		panic(&Error{Op: op, Err: fmt.Errorf("nothing is stashed under key %d", key)})
 	case e.n != ct.n:
 		panic(&Error{Op: op, Err: fmt.Errorf("key %d holds %d values, the tensor %v %d", key, e.n, ct.shape, ct.n)})
+	}
+	if st.pool != nil { // the forward has decided every entry
+		b.freePool()
 	}
 	size := ct.bytes()
 	ct.zero, ct.half = nil, nil
@@ -431,6 +538,7 @@ func (b *Backend) freeStash() {
 // releaseStash frees the stash and its streams (Close).
 func (b *Backend) releaseStash() {
 	b.freeStash()
+	b.freePool()
 	if b.stash.ok {
 		b.stash.s.Destroy()
 		b.stash.pcie.Destroy()

@@ -416,6 +416,17 @@ type ActivationStasher interface {
 	Unstash(key int, t Tensor)
 }
 
+// StashPreparer is an ActivationStasher that can make the memory of the
+// outputs a step will stash before the first step, beside the model's load
+// (the CUDA backend: the page-locked host memory, ~0.4 s of the first step
+// otherwise; issue 8, v17). PrepareStash(budget, sizes) gives the budget
+// SetStashBudget will get and the byte sizes of the outputs a training
+// step offers Stash, in that order. A wrong guess costs memory for a
+// while, never results: the step makes what is missing.
+type StashPreparer interface {
+	PrepareStash(budget int64, sizes []int64)
+}
+
 // HostWeighter keeps a frozen dense weight's values in host memory instead
 // of the device's: MoveToHost(w) moves them there, and the ops that read
 // w read them there (the CUDA backend: the embedding gather reads the

@@ -507,9 +507,11 @@ func TestEmulatedComputeDType(t *testing.T) {
 type stashCounter struct {
 	*CPUBackend
 	stashed, unstashed, linears int
+	offered                     []int64 // the bytes of every tensor offered to Stash
 }
 
 func (b *stashCounter) Stash(key int, t Tensor) bool {
+	b.offered = append(b.offered, 4*int64(len(f32(t))))
 	ok := b.CPUBackend.Stash(key, t)
 	if ok {
 		b.stashed++
@@ -583,6 +585,11 @@ func TestCheckpointKeepIsBitwiseEqual(t *testing.T) {
 		if sc.stashed != 2*c.kept || sc.unstashed != 2*c.kept || sc.linears != ref.linears-2*c.kept {
 			t.Errorf("budget %d: %d stashed, %d unstashed, %d linear forwards over two steps, want %d, %d, %d",
 				c.budget, sc.stashed, sc.unstashed, sc.linears, 2*c.kept, 2*c.kept, ref.linears-2*c.kept)
+		}
+		// What the trainer tells a StashPreparer is what a step offers.
+		if want := stashSizes(sc, cfg, allLinear(4, 8, 0.2), batch.B, batch.S); c.budget > 0 &&
+			fmt.Sprint(sc.offered) != fmt.Sprint(append(want, want...)) {
+			t.Errorf("budget %d: two steps offered the stash %v, stashSizes says %v a step", c.budget, sc.offered, want)
 		}
 		fb := &fusedBackend{CPUBackend: testBackend()}
 		m = build(fb)

@@ -336,6 +336,36 @@ func keepableActivationBytes(c *Config, T int, elem int64) int64 {
 	return int64(c.NumLayers-1) * int64(T) * int64(c.QKVOut()+2*c.IntermediateSize) * elem
 }
 
+// stashSizes are the byte sizes of the outputs a checkpointed training
+// step of B x S tokens offers b's ActivationStasher, in the order the
+// model offers them (Model.layerForward: each layer's qkv_proj output, then
+// its gate_up_proj output; not the last layer's), as Model.newBuffers
+// allocates them: 16-bit where b holds them so (HalfAllocator under a
+// 16-bit compute type: qkv where attention takes RoPE fused, gate_up where
+// down_proj has an adapter), else float32. For StashPreparer.
+func stashSizes(b Backend, c *Config, lora *LoRAConfig, B, S int) []int64 {
+	targets, err := lora.Validate()
+	if err != nil || c.NumLayers < 2 {
+		return nil
+	}
+	_, ha := b.(HalfAllocator)
+	elem := func(half bool) int64 {
+		if half && ha && b.ComputeDType() != F32 {
+			return 2
+		}
+		return 4
+	}
+	ra, ok := b.(RoPEAttentioner)
+	rope := ok && ra.RoPEAttention(B, S, c.NumHeads, c.NumKVHeads, c.HeadDim(), c.RotaryDim())
+	T := int64(B * S)
+	qkv, gateUp := T*int64(c.QKVOut())*elem(rope), T*int64(2*c.IntermediateSize)*elem(targets[modDown])
+	sizes := make([]int64, 0, 2*(c.NumLayers-1))
+	for range c.NumLayers - 1 {
+		sizes = append(sizes, qkv, gateUp)
+	}
+	return sizes
+}
+
 func activationBytes(c *Config, T, r int, ckpt bool) int64 {
 	C, I, H, D, L := int64(c.HiddenSize), int64(c.IntermediateSize), int64(c.NumHeads), int64(c.HeadDim()), int64(c.NumLayers)
 	t := int64(T)
@@ -564,6 +594,11 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 	q := job.Config.Quantization
 	tModel := tBackend
 	mo := ModelOptions{Quantize: q.LoadIn4bit, DoubleQuant: q.Bnb4bitUseDoubleQuant, LoRA: tr.lora, GradientCheckpointing: job.Config.Training.GradientCheckpointing}
+	if sp, ok := tr.b.(StashPreparer); ok && mo.GradientCheckpointing && job.Config.Training.GradientCheckpointingKeepGB > 0 {
+		// The stash's memory (page-locked host memory) made beside the load.
+		sp.PrepareStash(int64(job.Config.Training.GradientCheckpointingKeepGB*1e9),
+			stashSizes(tr.b, baseCfg, tr.lora, tr.microBS, job.Config.Training.MaxSeqLength))
+	}
 	rehearsed := func() string { return "" }
 	if r, ok := tr.b.(StepRehearser); ok {
 		rehearsed = r.RehearseStep(baseCfg, mo, tr.microBS, job.Config.Training.MaxSeqLength, plan.EstimatedBytes)
