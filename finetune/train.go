@@ -499,6 +499,33 @@ type trainer struct {
 	// fileTimes: what each file of the checkpoint being written took
 	// (stageFile), for its debug log line.
 	fileTimes []fileTime
+	// hostTimes: where the host's time of the steps went (the debug line
+	// at the end of the run).
+	hostTimes stepTimes
+}
+
+// stepTimes sums, over a run's steps after its first, the host's time in
+// each part of a step: making the micro-batches, the forwards (each waits
+// for its loss), queueing the backwards, the gradient norm's clipping and
+// download (a wait for the whole backward), queueing the optimizer, and
+// the rest between two steps (metrics, events, evaluation, checkpoints).
+// The GPU sets
+// the pace where the waits hold the time; the host where the rest does
+// (issue 8: the CLI's steps took ~1-2 ms longer than the bench's, v17).
+type stepTimes struct {
+	n                                              int
+	batches, forward, backward, norm, optim, other time.Duration
+	stepEnd                                        time.Time
+}
+
+// String is the debug line's breakdown, in ms a step.
+func (s stepTimes) String() string {
+	if s.n == 0 {
+		return ""
+	}
+	ms := func(d time.Duration) float64 { return d.Seconds() * 1e3 / float64(s.n) }
+	return fmt.Sprintf("the host's time a step (mean of %d after the first): batches %.2f ms, forwards to their loss %.2f ms, queueing the backwards %.2f ms, clipping and the gradient norm %.2f ms, queueing the optimizer %.2f ms, between steps %.2f ms",
+		s.n, ms(s.batches), ms(s.forward), ms(s.backward), ms(s.norm), ms(s.optim), ms(s.other))
 }
 
 // logWindow accumulates the steps since the last log.
@@ -732,6 +759,9 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 	}
 	tr.history = append(tr.history, LogEntry{Step: tr.step, Epoch: tr.epochAt(tr.step), TrainLoss: ptr(res.TrainLoss), TrainRuntime: ptr(res.Runtime.Seconds())})
 	res.History = tr.history
+	if ht := tr.hostTimes.String(); ht != "" {
+		emit(LogEvent{Level: "debug", Message: ht})
+	}
 	if err := tr.writeOutputs(res); err != nil {
 		return nil, err
 	}
@@ -940,6 +970,12 @@ func guard(b Backend, f func() error) (err error) {
 
 func (tr *trainer) tryStep(ctx context.Context) (loss float64, acc accuracy, norm float64, tokens int64, err error) {
 	g := tr.step
+	var st stepTimes
+	t0 := time.Now()
+	if !tr.hostTimes.stepEnd.IsZero() {
+		st.other = t0.Sub(tr.hostTimes.stepEnd)
+	}
+	mark := func(d *time.Duration) { t := time.Now(); *d += t.Sub(t0); t0 = t }
 	micro := tr.stepBatches(g)
 	batches := make([]*Batch, len(micro))
 	numItems := 0
@@ -948,6 +984,7 @@ func (tr *trainer) tryStep(ctx context.Context) (loss float64, acc accuracy, nor
 		numItems += countTargets(batches[i])
 		tokens += countTokens(idx, tr.prep.train)
 	}
+	mark(&st.batches)
 	m := tr.m
 	var lossSum float64
 	err = guard(tr.b, func() error {
@@ -961,9 +998,11 @@ func (tr *trainer) tryStep(ctx context.Context) (loss float64, acc accuracy, nor
 			if err != nil {
 				return fmt.Errorf("step %d: %w", g+1, err)
 			}
+			mark(&st.forward)
 			if err := m.Backward(); err != nil {
 				return fmt.Errorf("step %d: %w", g+1, err)
 			}
+			mark(&st.backward)
 			lossSum += l * float64(n)
 			if n > 0 {
 				acc.sum += float64(correct) / float64(n)
@@ -982,6 +1021,7 @@ func (tr *trainer) tryStep(ctx context.Context) (loss float64, acc accuracy, nor
 	if norm, err = tr.clipGradients(); err != nil {
 		return 0, accuracy{}, 0, 0, fmt.Errorf("step %d: clipping the gradients: %w", g+1, err)
 	}
+	mark(&st.norm)
 	if math.IsNaN(loss) || math.IsInf(loss, 0) || math.IsNaN(norm) || math.IsInf(norm, 0) {
 		return 0, accuracy{}, 0, 0, fmt.Errorf("step %d: the loss (%g) or the gradient norm (%g) is not finite%s; lower training.learning_rate or check the data (OLLAMA_TUNE_CHECK_FINITE=1 names the first non-finite activation)", g+1, loss, norm, tr.nonFiniteGrads())
 	}
@@ -993,6 +1033,13 @@ func (tr *trainer) tryStep(ctx context.Context) (loss float64, acc accuracy, nor
 	if err := guard(tr.b, func() error { tr.opt.update(hp); return nil }); err != nil {
 		return 0, accuracy{}, 0, 0, err
 	}
+	mark(&st.optim)
+	if h := &tr.hostTimes; !h.stepEnd.IsZero() { // (the first step is apart)
+		h.n++
+		h.batches, h.forward, h.backward = h.batches+st.batches, h.forward+st.forward, h.backward+st.backward
+		h.norm, h.optim, h.other = h.norm+st.norm, h.optim+st.optim, h.other+st.other
+	}
+	tr.hostTimes.stepEnd = t0
 	return loss, acc, norm, tokens, nil
 }
 

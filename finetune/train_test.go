@@ -201,6 +201,16 @@ func TestTrainOutputs(t *testing.T) {
 	if fmt.Sprint(steps, logged, evals, ckpts) != "[1 2 3 4 5 6] [2 4 6] [3 6] [1 2 3 4 5 6]" {
 		t.Errorf("steps %v, logged %v, evals %v, checkpoints %v", steps, logged, evals, ckpts)
 	}
+	// The debug line of the steps' host times, over the 5 steps after the first.
+	hostLine := 0
+	for _, e := range *evs {
+		if d, ok := e.(LogEvent); ok && d.Level == "debug" && strings.HasPrefix(d.Message, "the host's time a step (mean of 5 after the first): batches ") {
+			hostLine++
+		}
+	}
+	if hostLine != 1 {
+		t.Errorf("%d debug lines of the steps' host times, want 1", hostLine)
+	}
 	// save_total_limit 2 keeps the newest two.
 	entries, _ := os.ReadDir(out)
 	var names []string
