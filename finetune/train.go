@@ -509,9 +509,9 @@ type trainer struct {
 // for its loss), queueing the backwards, the gradient norm's clipping and
 // download (a wait for the whole backward), queueing the optimizer, and
 // the rest between two steps (metrics, events, evaluation, checkpoints).
-// The GPU sets
-// the pace where the waits hold the time; the host where the rest does
-// (issue 8: the CLI's steps took ~1-2 ms longer than the bench's, v17).
+// The GPU sets the pace where the waits hold the time; the host where the
+// rest does (issue 8: the CLI's steps took ~1-2 ms longer than the
+// bench's, v17).
 type stepTimes struct {
 	n                                              int
 	batches, forward, backward, norm, optim, other time.Duration
