@@ -162,17 +162,25 @@ func (b *Backend) startStager() {
 	ctx := b.ctx
 	go func() {
 		defer close(a.done)
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if cu.SetCurrentContext(ctx) != nil {
-			return
-		}
-		t0 := time.Now()
-		if s, err := newHostStager(); err == nil {
-			a.s = s
-		}
-		a.took = time.Since(t0)
+		inContext(ctx, func() {
+			t0 := time.Now()
+			if s, err := newHostStager(); err == nil {
+				a.s = s
+			}
+			a.took = time.Since(t0)
+		})
 	}()
+}
+
+// inContext runs f locked to this goroutine's thread with ctx current (a
+// goroutine's CUDA work beside the backend's); nothing where ctx cannot be
+// made current.
+func inContext(ctx cu.CUContext, f func()) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if cu.SetCurrentContext(ctx) == nil {
+		f()
+	}
 }
 
 // takeStager is the stager made ahead for the first load (waiting for it),

@@ -5,7 +5,6 @@ package cuda
 import (
 	"fmt"
 	"os"
-	"runtime"
 	"strconv"
 	"time"
 	"unsafe"
@@ -289,22 +288,19 @@ func (b *Backend) PrepareStash(budget int64, sizes []int64) {
 	ctx := b.ctx
 	go func() {
 		defer close(p.done)
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if cu.SetCurrentContext(ctx) != nil {
-			return
-		}
-		t0 := time.Now()
-		for _, size := range order {
-			for range counts[size] {
-				h, err := memAllocHost(size)
-				if err != nil {
-					return // the step makes what is missing, or does without
+		inContext(ctx, func() {
+			t0 := time.Now()
+			defer func() { p.took = time.Since(t0) }()
+			for _, size := range order {
+				for range counts[size] {
+					h, err := memAllocHost(size)
+					if err != nil {
+						return // the step makes what is missing, or does without
+					}
+					p.bufs[size] = append(p.bufs[size], h)
 				}
-				p.bufs[size] = append(p.bufs[size], h)
 			}
-		}
-		p.took = time.Since(t0)
+		})
 	}()
 }
 
