@@ -10,8 +10,6 @@ package cuda
 #include <cuda.h>
 
 static int pinned_alloc(void** p, size_t n) { return (int)cuMemAllocHost(p, n); }
-static int pinned_register(void* p, size_t n) { return (int)cuMemHostRegister(p, n, 0); }
-static int pinned_unregister(void* p) { return (int)cuMemHostUnregister(p); }
 */
 import "C"
 
@@ -19,7 +17,6 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
-	"syscall"
 	"time"
 	"unsafe"
 
@@ -34,43 +31,6 @@ func memAllocHost(n int64) (unsafe.Pointer, error) {
 		return nil, fmt.Errorf("cuMemAllocHost(%d bytes): CUresult %d", n, int(r))
 	}
 	return p, nil
-}
-
-// hostMem is page-locked host memory: from cuMemAllocHost (mm nil), or
-// anonymous pages registered with the driver (mm: their mapping,
-// memRegisterHost).
-type hostMem struct {
-	p  unsafe.Pointer
-	mm []byte
-}
-
-// memRegisterHost makes n bytes of page-locked host memory in two steps:
-// anonymous pages the kernel populates (MAP_POPULATE), then their
-// registration with the driver (the context must be current). In a VM
-// the population is most of the cost (v17: ~0.3 s for 0.8 GB through
-// cuMemAllocHost, which holds the driver's lock throughout and so stalled
-// a model load beside it); here it holds no lock.
-func memRegisterHost(n int64) (hostMem, error) {
-	mm, err := syscall.Mmap(-1, 0, int(n), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS|syscall.MAP_POPULATE)
-	if err != nil {
-		return hostMem{}, fmt.Errorf("map %d bytes: %w", n, err)
-	}
-	p := unsafe.Pointer(&mm[0])
-	if r := C.pinned_register(p, C.size_t(n)); r != 0 {
-		syscall.Munmap(mm)
-		return hostMem{}, fmt.Errorf("cuMemHostRegister(%d bytes): CUresult %d", n, int(r))
-	}
-	return hostMem{p: p, mm: mm}, nil
-}
-
-// free frees h (the context must be current).
-func (h hostMem) free() {
-	if h.mm == nil {
-		cu.MemFreeHost(h.p)
-		return
-	}
-	C.pinned_unregister(h.p)
-	syscall.Munmap(h.mm)
 }
 
 // stagerChunk is the size of each pinned buffer: large enough that one

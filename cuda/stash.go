@@ -69,7 +69,7 @@ type stash struct {
 // bytes, ready once done is closed.
 type hostPool struct {
 	done chan struct{}
-	bufs map[int64][]hostMem
+	bufs map[int64][]unsafe.Pointer
 	took time.Duration
 }
 
@@ -81,8 +81,7 @@ type stashEntry struct {
 	b       *Backend
 	refused bool
 	ptr     cu.DevicePtr
-	host    unsafe.Pointer // hm.p
-	hm      hostMem
+	host    unsafe.Pointer
 	bytes   int64       // allocated
 	size    int64       // stashed: an epoch's last, smaller batch takes less
 	sb      *stagingBuf // a host entry's staging buffer
@@ -234,7 +233,7 @@ func (b *Backend) newEntryMem(op string, size int64) *stashEntry {
 		if err != nil {
 			return nil
 		}
-		e.host, e.hm, e.sb = h.p, h, sb
+		e.host, e.sb = h, sb
 		st.hostBytes += size
 	case !stashHostOnly && st.used+size <= st.budget:
 		p, err := b.rawAlloc(size, "the activation stash")
@@ -261,12 +260,10 @@ var _ finetune.StashPreparer = (*Backend)(nil)
 // buffers of the host entries the first step will make: by newEntryMem's
 // turns (every stashHostEvery-th output of each size, the sizes' phases
 // in the order they first come), assuming the staging buffers fit the
-// budget. Made on a goroutine of its own, beside the model's load, as
-// populated anonymous pages registered with the driver (memRegisterHost):
-// made in the first step instead, the ~0.8 GB of a Phi-3-mini step took
-// 0.44 s of it, and through cuMemAllocHost beside the load they slowed
-// the load by 0.07-0.18 s (H200, v17). A buffer no entry takes is freed at
-// the first Unstash, once the forward has decided every entry.
+// budget. Made on a goroutine of its own, beside the model's load: made
+// in the first step instead, the ~0.8 GB of a Phi-3-mini step took 0.44
+// s of it (H200, v17). A buffer no entry takes is freed at the first
+// Unstash, once the forward has decided every entry.
 func (b *Backend) PrepareStash(budget int64, sizes []int64) {
 	const op = "PrepareStash"
 	defer b.enter(op)()
@@ -286,7 +283,7 @@ func (b *Backend) PrepareStash(budget int64, sizes []int64) {
 			counts[size]++
 		}
 	}
-	p := &hostPool{done: make(chan struct{}), bufs: map[int64][]hostMem{}}
+	p := &hostPool{done: make(chan struct{}), bufs: map[int64][]unsafe.Pointer{}}
 	st.pool = p
 	ctx := b.ctx
 	go func() {
@@ -296,7 +293,7 @@ func (b *Backend) PrepareStash(budget int64, sizes []int64) {
 			defer func() { p.took = time.Since(t0) }()
 			for _, size := range order {
 				for range counts[size] {
-					h, err := memRegisterHost(size)
+					h, err := memAllocHost(size)
 					if err != nil {
 						return // the step makes what is missing, or does without
 					}
@@ -309,7 +306,7 @@ func (b *Backend) PrepareStash(budget int64, sizes []int64) {
 
 // hostAlloc is a page-locked buffer of size bytes for a host entry: one
 // PrepareStash made (waiting for it), else a new one.
-func (b *Backend) hostAlloc(size int64) (hostMem, error) {
+func (b *Backend) hostAlloc(size int64) (unsafe.Pointer, error) {
 	st := &b.stash
 	if p := st.pool; p != nil {
 		<-p.done
@@ -319,8 +316,7 @@ func (b *Backend) hostAlloc(size int64) (hostMem, error) {
 		}
 	}
 	st.hostAllocs++
-	h, err := memAllocHost(size)
-	return hostMem{p: h}, err
+	return memAllocHost(size)
 }
 
 // freePool frees the buffers PrepareStash made that no entry took.
@@ -332,7 +328,7 @@ func (b *Backend) freePool() {
 	<-p.done
 	for _, l := range p.bufs {
 		for _, h := range l {
-			h.free()
+			cu.MemFreeHost(h)
 		}
 	}
 	b.stash.pool, b.stash.poolTook = nil, p.took
@@ -514,9 +510,9 @@ func (b *Backend) freeEntryMem(e *stashEntry) {
 	}
 	if e.host != nil {
 		b.syncStash()
-		e.hm.free()
+		cu.MemFreeHost(e.host)
 		st.hostBytes -= e.bytes
-		e.host, e.hm = nil, hostMem{}
+		e.host = nil
 	}
 }
 
