@@ -698,6 +698,19 @@ func TestActivationStash(t *testing.T) {
 						g.dtype, every, wrong, made, len(sizes), prep, g.stash.pool != nil)
 				}
 			}
+			// A budget without room for a staging buffer: no host entries,
+			// so nothing made ahead.
+			g.SetStashBudget(0)
+			g.PrepareStash(slices.Min(sizes)-1, sizes)
+			if p := g.stash.pool; p != nil {
+				<-p.done
+				for size, l := range p.bufs {
+					if len(l) > 0 {
+						t.Errorf("%v compute: %d buffers of %d bytes made ahead for a budget of %d", g.dtype, len(l), size, slices.Min(sizes)-1)
+					}
+				}
+				g.freePool()
+			}
 		}
 		// An epoch's last, smaller batch between full ones: the same bits
 		// as recomputing, in the entries and staging buffers the full

@@ -259,11 +259,11 @@ var _ finetune.StashPreparer = (*Backend)(nil)
 // PrepareStash (finetune.StashPreparer) starts making the page-locked
 // buffers of the host entries the first step will make: by newEntryMem's
 // turns (every stashHostEvery-th output of each size, the sizes' phases
-// in the order they first come), assuming the staging buffers fit the
-// budget. Made on a goroutine of its own, beside the model's load: made
-// in the first step instead, the ~0.8 GB of a Phi-3-mini step took 0.44
-// s of it (H200, v17). A buffer no entry takes is freed at the first
-// Unstash, once the forward has decided every entry.
+// in the order they first come; none for a size whose staging buffer
+// would not fit the budget). Made on a goroutine of its own, beside the
+// model's load: made in the first step instead, the ~0.8 GB of a
+// Phi-3-mini step took 0.44 s of it (H200, v17). A buffer no entry takes
+// is freed at the first Unstash, once the forward has decided every entry.
 func (b *Backend) PrepareStash(budget int64, sizes []int64) {
 	const op = "PrepareStash"
 	defer b.enter(op)()
@@ -273,10 +273,18 @@ func (b *Backend) PrepareStash(budget int64, sizes []int64) {
 	}
 	phase, turn, counts := map[int64]int{}, map[int64]int{}, map[int64]int{}
 	var order []int64
+	var staging int64
 	for _, size := range sizes {
 		if _, ok := phase[size]; !ok {
-			phase[size] = len(order)
-			order = append(order, size)
+			if staging+size > budget {
+				phase[size] = -1 // no staging buffer: no host entries of this size
+			} else {
+				phase[size], staging = len(order), staging+size
+				order = append(order, size)
+			}
+		}
+		if phase[size] < 0 {
+			continue
 		}
 		turn[size]++
 		if (turn[size]-1+phase[size])%stashHostEvery == 0 {
