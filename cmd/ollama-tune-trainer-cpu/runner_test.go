@@ -57,8 +57,9 @@ func TestRunnerTrainsAndGenerates(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := strings.Join(kinds, " ")
-	// (each checkpoint's debug Log before it)
-	if !strings.HasSuffix(got, "Log Started Step Log CheckpointSaved Step Log CheckpointSaved Log Finished") {
+	// (each checkpoint's debug Log before it; the steps' host times, a
+	// debug Log, before the adapter's)
+	if !strings.HasSuffix(got, "Log Started Step Log CheckpointSaved Step Log CheckpointSaved Log Log Finished") {
 		t.Errorf("events: %s", got)
 	}
 	if len(steps) != 2 || steps[1].Step != 2 || !(steps[1].Loss > 0) || !(steps[1].LearningRate >= 0) || steps[1].Epoch <= 0 {
