@@ -159,28 +159,27 @@ type stagerAhead struct {
 func (b *Backend) startStager() {
 	a := &stagerAhead{done: make(chan struct{})}
 	b.stagerAhead = a
-	ctx := b.ctx
-	go func() {
-		defer close(a.done)
-		inContext(ctx, func() {
-			t0 := time.Now()
-			if s, err := newHostStager(); err == nil {
-				a.s = s
-			}
-			a.took = time.Since(t0)
-		})
-	}()
+	goInContext(b.ctx, a.done, func() {
+		t0 := time.Now()
+		if s, err := newHostStager(); err == nil {
+			a.s = s
+		}
+		a.took = time.Since(t0)
+	})
 }
 
-// inContext runs f locked to this goroutine's thread with ctx current (a
-// goroutine's CUDA work beside the backend's); nothing where ctx cannot be
-// made current.
-func inContext(ctx cu.CUContext, f func()) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	if cu.SetCurrentContext(ctx) == nil {
-		f()
-	}
+// goInContext runs f on a goroutine of its own, locked to its thread with
+// ctx current (CUDA work beside the backend's), and closes done after it;
+// f does not run where ctx cannot be made current.
+func goInContext(ctx cu.CUContext, done chan struct{}, f func()) {
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if cu.SetCurrentContext(ctx) == nil {
+			f()
+		}
+	}()
 }
 
 // takeStager is the stager made ahead for the first load (waiting for it),

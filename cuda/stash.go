@@ -225,7 +225,7 @@ func (b *Backend) newEntryMem(op string, size int64) *stashEntry {
 	host := false
 	if sb != nil {
 		sb.turn++
-		host = (sb.turn-1+sb.phase)%stashHostEvery == 0
+		host = hostTurn(sb.turn, sb.phase)
 	}
 	switch {
 	case host:
@@ -253,6 +253,11 @@ func (b *Backend) newEntryMem(op string, size int64) *stashEntry {
 	e.done = ev
 	return e
 }
+
+// hostTurn says whether a size's turn-th output (from 1) goes to host
+// memory, its staging buffer made phase-th (newEntryMem's rule, which
+// PrepareStash follows ahead).
+func hostTurn(turn, phase int) bool { return (turn-1+phase)%stashHostEvery == 0 }
 
 var _ finetune.StashPreparer = (*Backend)(nil)
 
@@ -287,29 +292,25 @@ func (b *Backend) PrepareStash(budget int64, sizes []int64) {
 			continue
 		}
 		turn[size]++
-		if (turn[size]-1+phase[size])%stashHostEvery == 0 {
+		if hostTurn(turn[size], phase[size]) {
 			counts[size]++
 		}
 	}
 	p := &hostPool{done: make(chan struct{}), bufs: map[int64][]unsafe.Pointer{}}
 	st.pool = p
-	ctx := b.ctx
-	go func() {
-		defer close(p.done)
-		inContext(ctx, func() {
-			t0 := time.Now()
-			defer func() { p.took = time.Since(t0) }()
-			for _, size := range order {
-				for range counts[size] {
-					h, err := memAllocHost(size)
-					if err != nil {
-						return // the step makes what is missing, or does without
-					}
-					p.bufs[size] = append(p.bufs[size], h)
+	goInContext(b.ctx, p.done, func() {
+		t0 := time.Now()
+		defer func() { p.took = time.Since(t0) }()
+		for _, size := range order {
+			for range counts[size] {
+				h, err := memAllocHost(size)
+				if err != nil {
+					return // the step makes what is missing, or does without
 				}
+				p.bufs[size] = append(p.bufs[size], h)
 			}
-		})
-	}()
+		}
+	})
 }
 
 // hostAlloc is a page-locked buffer of size bytes for a host entry: one

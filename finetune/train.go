@@ -326,26 +326,41 @@ func optimizerStateBytes(kind optim.Kind, n int) int64 {
 	return 8 * int64(n)
 }
 
-// activationBytes is what Model.ensureBuffers allocates for T tokens in
-// training (float32 and int32 values), plus the gradients, plus one
-// cross-entropy chunk of logits.
 // keepableActivationBytes is what Model.CheckpointKeepBytes can keep: the
-// qkv_proj and gate_up_proj outputs of T tokens of every layer but the
-// last, elem bytes a value.
+// outputs a checkpointed step of T tokens offers the stash, elem bytes a
+// value.
 func keepableActivationBytes(c *Config, T int, elem int64) int64 {
-	return int64(c.NumLayers-1) * int64(T) * int64(c.QKVOut()+2*c.IntermediateSize) * elem
+	var n int64
+	for _, size := range stashOutputSizes(c, T, elem, elem) {
+		n += size
+	}
+	return n
 }
 
-// stashSizes are the byte sizes of the outputs a checkpointed training
-// step of B x S tokens offers b's ActivationStasher, in the order the
+// stashOutputSizes are the byte sizes of the outputs a checkpointed
+// training step of T tokens offers the ActivationStasher, in the order the
 // model offers them (Model.layerForward: each layer's qkv_proj output, then
-// its gate_up_proj output; not the last layer's), as Model.newBuffers
-// allocates them: 16-bit where b holds them so (HalfAllocator under a
-// 16-bit compute type: qkv where attention takes RoPE fused, gate_up where
+// its gate_up_proj output; not the last layer's), qkvElem and guElem bytes
+// a value.
+func stashOutputSizes(c *Config, T int, qkvElem, guElem int64) []int64 {
+	if c.NumLayers < 2 {
+		return nil
+	}
+	qkv, gateUp := int64(T)*int64(c.QKVOut())*qkvElem, int64(T)*int64(2*c.IntermediateSize)*guElem
+	sizes := make([]int64, 0, 2*(c.NumLayers-1))
+	for range c.NumLayers - 1 {
+		sizes = append(sizes, qkv, gateUp)
+	}
+	return sizes
+}
+
+// stashSizes are stashOutputSizes as Model.newBuffers allocates the
+// outputs on b: 16-bit where b holds them so (HalfAllocator under a 16-bit
+// compute type: qkv where attention takes RoPE fused, gate_up where
 // down_proj has an adapter), else float32. For StashPreparer.
 func stashSizes(b Backend, c *Config, lora *LoRAConfig, B, S int) []int64 {
 	targets, err := lora.Validate()
-	if err != nil || c.NumLayers < 2 {
+	if err != nil {
 		return nil
 	}
 	_, ha := b.(HalfAllocator)
@@ -357,15 +372,12 @@ func stashSizes(b Backend, c *Config, lora *LoRAConfig, B, S int) []int64 {
 	}
 	ra, ok := b.(RoPEAttentioner)
 	rope := ok && ra.RoPEAttention(B, S, c.NumHeads, c.NumKVHeads, c.HeadDim(), c.RotaryDim())
-	T := int64(B * S)
-	qkv, gateUp := T*int64(c.QKVOut())*elem(rope), T*int64(2*c.IntermediateSize)*elem(targets[modDown])
-	sizes := make([]int64, 0, 2*(c.NumLayers-1))
-	for range c.NumLayers - 1 {
-		sizes = append(sizes, qkv, gateUp)
-	}
-	return sizes
+	return stashOutputSizes(c, B*S, elem(rope), elem(targets[modDown]))
 }
 
+// activationBytes is what Model.ensureBuffers allocates for T tokens in
+// training (float32 and int32 values), plus the gradients, plus one
+// cross-entropy chunk of logits.
 func activationBytes(c *Config, T, r int, ckpt bool) int64 {
 	C, I, H, D, L := int64(c.HiddenSize), int64(c.IntermediateSize), int64(c.NumHeads), int64(c.HeadDim()), int64(c.NumLayers)
 	t := int64(T)
