@@ -445,13 +445,28 @@ func TestSkipByproductIsBitIdentical(t *testing.T) {
 // runs after each) and returns their losses, then every gradient.
 func trainMicroBatches(t *testing.T, b *Backend, m *finetune.Model, n int, after func()) []float32 {
 	t.Helper()
-	batch := smallBatch(m.Cfg.VocabSize)
+	batches := make([]*finetune.Batch, n)
+	for k := range batches {
+		batches[k] = smallBatch(m.Cfg.VocabSize)
+	}
+	return trainBatches(t, b, m, batches, 11, func(int) {
+		if after != nil {
+			after()
+		}
+	})
+}
+
+// trainBatches accumulates the LoRA gradients of batches (seeds seed0,
+// seed0+1, ...; after(k) runs after the k-th) and returns their losses,
+// then every gradient.
+func trainBatches(t *testing.T, b *Backend, m *finetune.Model, batches []*finetune.Batch, seed0 uint64, after func(k int)) []float32 {
+	t.Helper()
 	for _, p := range m.LoRAParams() {
 		b.Zero(p.Grad)
 	}
 	var out []float32
-	for mb := range n {
-		loss, _, _, err := m.Forward(batch, true, uint64(11+mb))
+	for k, batch := range batches {
+		loss, _, _, err := m.Forward(batch, true, seed0+uint64(k))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -459,9 +474,7 @@ func trainMicroBatches(t *testing.T, b *Backend, m *finetune.Model, n int, after
 			t.Fatal(err)
 		}
 		out = append(out, float32(loss))
-		if after != nil {
-			after()
-		}
+		after(k)
 	}
 	for _, p := range m.LoRAParams() {
 		out = append(out, b.Download(p.Grad)...)
@@ -719,24 +732,13 @@ func TestActivationStash(t *testing.T) {
 			m := smallModel(t, g, true, 0.1)
 			defer m.Free()
 			m.GradientCheckpointing, m.CheckpointKeepBytes = true, keep
-			var out []float32
 			var used int64
-			for k, batch := range []*finetune.Batch{smallBatch(cfg.VocabSize), tinymodel.PackedBatch(2, 24, cfg.VocabSize, []int{9, 20}), smallBatch(cfg.VocabSize)} {
-				loss, _, _, err := m.Forward(batch, true, uint64(30+k))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := m.Backward(); err != nil {
-					t.Fatal(err)
-				}
-				out = append(out, float32(loss))
+			batches := []*finetune.Batch{smallBatch(cfg.VocabSize), tinymodel.PackedBatch(2, 24, cfg.VocabSize, []int{9, 20}), smallBatch(cfg.VocabSize)}
+			out := trainBatches(t, g, m, batches, 30, func(k int) {
 				if k == 0 {
 					used = g.stash.used
 				}
-			}
-			for _, p := range m.LoRAParams() {
-				out = append(out, g.Download(p.Grad)...)
-			}
+			})
 			return out, used - g.stash.used, len(g.stash.staging)
 		}
 		g.SetStashBudget(0)

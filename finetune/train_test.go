@@ -420,6 +420,32 @@ func trainLogs(t *testing.T, c TrainConfig, b Backend, level string) (*Result, [
 	return res, msgs, err
 }
 
+// twoStepRun trains two steps (no checkpoints) of the small model drawn
+// from seed n, on n rows, on backend b, with edit's changes to the config
+// (nil: none), and returns the result and the warnings the run logged.
+func twoStepRun(t *testing.T, n int, b Backend, edit func(*TrainConfig)) (*Result, []string) {
+	t.Helper()
+	c := smallJob(t, tinyModelDir(t, smallModel.cfg, uint64(n)), filepath.Join(t.TempDir(), "out"), n)
+	c.Training.MaxSteps, c.Training.SaveSteps = 2, 0
+	if edit != nil {
+		edit(&c)
+	}
+	res, msgs, err := trainWarnings(t, c, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, msgs
+}
+
+// sameAdapter checks that run got wrote ref's adapter weights, byte for
+// byte.
+func sameAdapter(t *testing.T, got, ref *Result, what string) {
+	t.Helper()
+	if !bytes.Equal(readFile(t, filepath.Join(got.OutputDir, peft.WeightsName)), readFile(t, filepath.Join(ref.OutputDir, peft.WeightsName))) {
+		t.Errorf("%s differs from a run without them", what)
+	}
+}
+
 // keepOOMBackend runs out of memory for the batch's buffers while it keeps
 // dequantized weights (KeepDequantized > 0), as a GPU whose spare memory
 // the kept weights took would.
@@ -447,29 +473,16 @@ func (b *keepOOMBackend) AllocInt32(n int) Tensor {
 // without auto_find_batch_size, after the trainer told the backend to
 // drop them; the adapter is the one a run without the option makes.
 func TestKeepDequantizedDroppedOnOOM(t *testing.T) {
-	model := tinyModelDir(t, smallModel.cfg, 14)
-	run := func(gb float64, b Backend) (*Result, []string) {
-		c := smallJob(t, model, filepath.Join(t.TempDir(), "out"), 14)
-		c.Training.MaxSteps, c.Training.SaveSteps = 2, 0
-		c.Quantization.KeepDequantizedGB = gb
-		res, msgs, err := trainWarnings(t, c, b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return res, msgs
-	}
-	ref, _ := run(0, NewCPUBackend(CPUOptions{}))
+	ref, _ := twoStepRun(t, 14, NewCPUBackend(CPUOptions{}), nil)
 	fake := &keepOOMBackend{CPUBackend: NewCPUBackend(CPUOptions{})}
-	got, msgs := run(2.5, fake)
+	got, msgs := twoStepRun(t, 14, fake, func(c *TrainConfig) { c.Quantization.KeepDequantizedGB = 2.5 })
 	if fmt.Sprint(fake.keep) != "[2500000000 0]" || fake.fails != 1 {
 		t.Errorf("KeepDequantized calls %v, %d failed allocations; want 2.5 GB, then 0 after one failure", fake.keep, fake.fails)
 	}
 	if len(msgs) != 1 || !strings.Contains(msgs[0], "keep_dequantized_gb 2.5: retrying step 1 without kept dequantized weights") {
 		t.Errorf("warnings %q", msgs)
 	}
-	if !bytes.Equal(readFile(t, filepath.Join(got.OutputDir, peft.WeightsName)), readFile(t, filepath.Join(ref.OutputDir, peft.WeightsName))) {
-		t.Error("the run that dropped its kept weights differs from a run without them")
-	}
+	sameAdapter(t, got, ref, "the run that dropped its kept weights")
 }
 
 // stashOOMBackend runs out of memory in its first Stash, as a GPU whose
@@ -496,20 +509,10 @@ func (b *stashOOMBackend) Stash(key int, t Tensor) bool {
 // kept is retried recomputing every layer (no more Stash calls), with a
 // warning; the adapter is the one a run without the option makes.
 func TestCheckpointKeepDroppedOnOOM(t *testing.T) {
-	model := tinyModelDir(t, smallModel.cfg, 15)
-	run := func(gb float64, b Backend) (*Result, []string) {
-		c := smallJob(t, model, filepath.Join(t.TempDir(), "out"), 15)
-		c.Training.MaxSteps, c.Training.SaveSteps, c.Training.GradientCheckpointing = 2, 0, true
-		c.Training.GradientCheckpointingKeepGB = gb
-		res, msgs, err := trainWarnings(t, c, b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return res, msgs
-	}
-	ref, _ := run(0, NewCPUBackend(CPUOptions{}))
+	ckpt := func(c *TrainConfig) { c.Training.GradientCheckpointing = true }
+	ref, _ := twoStepRun(t, 15, NewCPUBackend(CPUOptions{}), ckpt)
 	fake := &stashOOMBackend{CPUBackend: NewCPUBackend(CPUOptions{})}
-	got, msgs := run(1.5, fake)
+	got, msgs := twoStepRun(t, 15, fake, func(c *TrainConfig) { ckpt(c); c.Training.GradientCheckpointingKeepGB = 1.5 })
 	if fake.stashes != 1 || fake.fails != 1 {
 		t.Errorf("%d Stash calls, %d failed; want the one that failed", fake.stashes, fake.fails)
 	}
@@ -519,9 +522,7 @@ func TestCheckpointKeepDroppedOnOOM(t *testing.T) {
 	if len(msgs) != 1 || !strings.Contains(msgs[0], "gradient_checkpointing_keep_gb 1.5: retrying step 1 recomputing every layer") {
 		t.Errorf("warnings %q", msgs)
 	}
-	if !bytes.Equal(readFile(t, filepath.Join(got.OutputDir, peft.WeightsName)), readFile(t, filepath.Join(ref.OutputDir, peft.WeightsName))) {
-		t.Error("the run that dropped its kept activations differs from a run without them")
-	}
+	sameAdapter(t, got, ref, "the run that dropped its kept activations")
 }
 
 // snapshot lists the files of a folder with their contents.
