@@ -1165,12 +1165,12 @@ func TestDropoutLoRAPrep(t *testing.T) {
 	}
 }
 
-// nf4_dequant_ld_bf16 and nf4_dequant_ld_bf16_w (the folded LoRA's
-// dequantization, rows ld apart; the second with each grid deqLDKernel
-// makes) write what nf4_dequant_bf16 writes, bit for bit, with and without
-// double quantization.
+// nf4_dequant_ld_bf16, nf4_dequant_ld_bf16_w and its streaming twin _wcs
+// (the folded LoRA's dequantization, rows ld apart; the last two with each
+// grid deqLDKernel makes) write what nf4_dequant_bf16 writes, bit for bit,
+// with and without double quantization.
 func TestNF4DequantStrided(t *testing.T) {
-	defer func(v bool, m int) { deqWarpItems, deqLDMaxBlocks = v, m }(deqWarpItems, deqLDMaxBlocks)
+	defer func(v bool, m int, s bool) { deqWarpItems, deqLDMaxBlocks, deqStream = v, m, s }(deqWarpItems, deqLDMaxBlocks, deqStream)
 	type strided struct {
 		out, in, ld, maxBlocks int
 		warpItems, dq          bool
@@ -1186,8 +1186,12 @@ func TestNF4DequantStrided(t *testing.T) {
 		{37, 1032, 1088, 3, true, true}, {200, 3072, 3136, 3, true, true},
 		{96, 520, 576, 2, true, false}, {33, 8192, 8256, 2, true, true},
 	}
-	for _, c := range cases {
-		deqWarpItems, deqLDMaxBlocks = c.warpItems, c.maxBlocks
+	for i := range 2 * len(cases) { // the warp-item cases twice: with the streaming stores (_wcs) too
+		c, stream := cases[i%len(cases)], i >= len(cases)
+		if stream && !c.warpItems {
+			continue
+		}
+		deqWarpItems, deqLDMaxBlocks, deqStream = c.warpItems, c.maxBlocks, stream
 		out, in, ld, dq := c.out, c.in, c.ld, c.dq
 		w, err := gpuB16.NF4Weight(randn(out*in, 97, 0.2), out, in, dq)
 		if err != nil {
@@ -1211,7 +1215,7 @@ func TestNF4DequantStrided(t *testing.T) {
 		for r := 0; r < out; r++ {
 			for j := 0; j < in; j++ {
 				if plain[r*in+j] != strided[r*ld+j] {
-					t.Fatalf("%+v: [%d,%d] = %#x strided, %#x plain", c, r, j, strided[r*ld+j], plain[r*in+j])
+					t.Fatalf("%+v (streaming stores %v): [%d,%d] = %#x strided, %#x plain", c, stream, r, j, strided[r*ld+j], plain[r*in+j])
 				}
 			}
 		}

@@ -314,7 +314,7 @@ extern "C" __global__ void nf4_dequant_ld_bf16(bf16_t* __restrict__ out, i64 row
 // each warp one item by default: deqLDKernel); the flat group index
 // rows*gpr must fit in 32 bits (the host checks). Item -> row is one
 // 32-bit division a warp item.
-template <int ITEMS>
+template <int ITEMS, bool STREAM = false>
 __device__ __forceinline__ void nf4_dequant_ld_warp(bf16_t* __restrict__ out, i64 rows_, i64 cols, i64 ld,
                                                     const unsigned char* __restrict__ codes,
                                                     const float* __restrict__ absmax,
@@ -344,7 +344,9 @@ __device__ __forceinline__ void nf4_dequant_ld_warp(bf16_t* __restrict__ out, i6
 #pragma unroll
             for (int k = 0; k < 4; k++) {
                 const unsigned c = c0[it] + lane + 32u * k;
-                x[it][k] = c < gpr ? __ldg(code32 + g0[it] + lane + 32u * k) : 0u;
+                x[it][k] = c < gpr ? (STREAM ? __ldcs(code32 + g0[it] + lane + 32u * k)
+                                             : __ldg(code32 + g0[it] + lane + 32u * k))
+                                   : 0u;
             }
             const unsigned bl = (g0[it] >> 3) + lane;
             am[it] = 0.0f;
@@ -378,7 +380,10 @@ __device__ __forceinline__ void nf4_dequant_ld_warp(bf16_t* __restrict__ out, i6
                         v.z = bf16_pair(__fmul_rn(cb[(y >> 20) & 15u], a), __fmul_rn(cb[(y >> 16) & 15u], a));
                         v.w = bf16_pair(__fmul_rn(cb[(y >> 28) & 15u], a), __fmul_rn(cb[(y >> 24) & 15u], a));
                     }
-                    *reinterpret_cast<uint4*>(orow + ((size_t)c << 3)) = v;
+                    if (STREAM)
+                        __stcs(reinterpret_cast<uint4*>(orow + ((size_t)c << 3)), v);
+                    else
+                        *reinterpret_cast<uint4*>(orow + ((size_t)c << 3)) = v;
                 }
             }
         }
@@ -391,6 +396,14 @@ __device__ __forceinline__ void nf4_dequant_ld_warp(bf16_t* __restrict__ out, i6
         const float *__restrict__ ascales, const float *__restrict__ smap, double offset_d
 extern "C" __global__ void __launch_bounds__(256) nf4_dequant_ld_bf16_w(NF4_LD_ARGS) {
     nf4_dequant_ld_warp<1>(out, rows, cols, ld, codes, absmax, acodes, ascales, smap, offset_d);
+}
+
+// nf4_dequant_ld_bf16_wcs (v18): nf4_dequant_ld_bf16_w with streaming
+// (evict-first) code loads and stores, ld/st.global.cs, so that the side
+// stream's ~126 MB a weight does not push the main stream's activations
+// out of the L2 cache; the same values.
+extern "C" __global__ void __launch_bounds__(256) nf4_dequant_ld_bf16_wcs(NF4_LD_ARGS) {
+    nf4_dequant_ld_warp<1, true>(out, rows, cols, ld, codes, absmax, acodes, ascales, smap, offset_d);
 }
 
 extern "C" __global__ void nf4_dequant_f16(__half* out, i64 n, const unsigned char* codes, const float* absmax,
