@@ -71,7 +71,7 @@ func (b *Backend) linearForward(op string, out, x finetune.Tensor, l *finetune.L
 		panic(&Error{Op: op, Err: fmt.Errorf("%s: x has %d values and out %d for a [%d, %d] weight", l.Name, xs.n, o.n, w.out, w.in)})
 	}
 	if l.LoRA != nil && b.loraBF16(w) {
-		b.linearForwardBF16(op, o, xs.ptr, rowsSrc{}, T, w, l, tensor(h, kindF32, op), seed)
+		b.linearForwardBF16(op, o, xs.ptr, rowsSrc{}, T, w, l, tensor(h, kindF32, op), seed, 0)
 		return
 	}
 	b.xwT(op, o.ptr, xs.ptr, T, w, 1, 0)
@@ -249,8 +249,7 @@ func (b *Backend) SwiGLULinearForward(out, act, gateUp finetune.Tensor, l *finet
 	ac := outTensor(act, kindF32, op)
 	I := lastDim(ac)
 	T := ac.n / max(I, 1)
-	if l.LoRA != nil && b.loraBF16(w) && swigluRows && w.in == I && I%8 == 0 && gu.n == 2*ac.n && gu.ptr%16 == 0 &&
-		ac.ptr%16 == 0 && canLoRARows(gu.ptr, tensor(l.LoRA.A, kindF32, op).ptr, T, I, loraRank(l)) {
+	if b.swigluRowsOK(l, w, gu, ac, op) {
 		hs := tensor(h, kindF32, op)
 		if hs.n != T*loraRank(l) {
 			panic(&Error{Op: op, Err: fmt.Errorf("%s: h has %d values, want %d x %d", l.Name, hs.n, T, loraRank(l))})
@@ -269,7 +268,7 @@ func (b *Backend) SwiGLULinearForward(out, act, gateUp finetune.Tensor, l *finet
 		if o.n != T*w.out {
 			panic(&Error{Op: op, Err: fmt.Errorf("%s: out has %d values, want %d x %d", l.Name, o.n, T, w.out)})
 		}
-		b.linearForwardBF16(op, o, ac.ptr, rowsSrc{gu: gu.ptr, guHalf: guHalf, by: ac}, T, w, l, hs, seed)
+		b.linearForwardBF16(op, o, ac.ptr, rowsSrc{gu: gu.ptr, guHalf: guHalf, by: ac}, T, w, l, hs, seed, 0)
 		return
 	}
 	if guHalf {
@@ -281,6 +280,54 @@ func (b *Backend) SwiGLULinearForward(out, act, gateUp finetune.Tensor, l *finet
 		return
 	}
 	b.linearForward(op, out, act, l, h, seed)
+}
+
+// swigluRowsOK says whether SwiGLULinearForward takes down_proj l through
+// lora_rows_swiglu_bf16 for gate_up gu and act ac: BF16 LoRA in the fast
+// path and shapes the row kernels take.
+func (b *Backend) swigluRowsOK(l *finetune.Linear, w *weight, gu, ac *Tensor, op string) bool {
+	I := lastDim(ac)
+	T := ac.n / max(I, 1)
+	return l.LoRA != nil && b.loraBF16(w) && swigluRows && w.in == I && I%8 == 0 && gu.n == 2*ac.n && gu.ptr%16 == 0 &&
+		ac.ptr%16 == 0 && canLoRARows(gu.ptr, tensor(l.LoRA.A, kindF32, op).ptr, T, I, loraRank(l))
+}
+
+var _ finetune.SwiGLULinearAdder = (*Backend)(nil)
+
+// residualInGEMM turns SwiGLULinearAddForward on;
+// OLLAMA_TUNE_CUDA_REFERENCE=residual-add makes it decline every call (the
+// model then runs SwiGLULinearForward and Add).
+var residualInGEMM = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "residual-add")
+
+// SwiGLULinearAddForward (finetune.SwiGLULinearAdder): out += down_proj's
+// SwiGLULinearForward, with the add in the epilogue of the GEMM that folds
+// the LoRA's up-projection in (beta 1: D = acc + C, which is Add's
+// float32 sum of out and the product, so the same bits), on the fused row
+// kernel's path; elsewhere it declines (false). Saves the add_f32_v4 pass
+// over three [T, C] float32 tensors a layer (v18).
+func (b *Backend) SwiGLULinearAddForward(out, act, gateUp finetune.Tensor, l *finetune.Linear, h finetune.Tensor, seed uint64) bool {
+	const op = "SwiGLULinearAddForward"
+	defer b.enter(op)()
+	if !residualInGEMM || out == nil {
+		return false
+	}
+	w := cudaW(l.W, op)
+	if !b.swigluRowsOK(l, w, unwrapRaw(gateUp, kindF32, op), unwrapRaw(act, kindF32, op), op) || b.foldLD(w, loraRank(l)) == 0 {
+		return false
+	}
+	gu, guHalf := halfInput(gateUp, op)
+	ac := outTensor(act, kindF32, op)
+	T := ac.n / max(w.in, 1)
+	hs := tensor(h, kindF32, op)
+	if hs.n != T*loraRank(l) {
+		panic(&Error{Op: op, Err: fmt.Errorf("%s: h has %d values, want %d x %d", l.Name, hs.n, T, loraRank(l))})
+	}
+	o, beta := b.accTensor(out, kindF32, op)
+	if o.n != T*w.out {
+		panic(&Error{Op: op, Err: fmt.Errorf("%s: out has %d values, want %d x %d", l.Name, o.n, T, w.out)})
+	}
+	b.linearForwardBF16(op, o, ac.ptr, rowsSrc{gu: gu.ptr, guHalf: guHalf, by: ac}, T, w, l, hs, seed, beta)
+	return true
 }
 
 var _ finetune.RMSNormLinearForwarder = (*Backend)(nil)
@@ -343,7 +390,7 @@ func (b *Backend) RMSNormLinearForward(out, xn, rstd, sum, a, bt, w finetune.Ten
 		case xs == as || xs == bs || xs == ss:
 			panic(&Error{Op: op, Err: fmt.Errorf("xn must not alias a, b or sum")})
 		case ok:
-			b.linearForwardBF16(op, o, xs.ptr, rowsSrc{norm: src, by: xs}, T, wt, l, hs, seed)
+			b.linearForwardBF16(op, o, xs.ptr, rowsSrc{norm: src, by: xs}, T, wt, l, hs, seed, 0)
 			return
 		}
 	}

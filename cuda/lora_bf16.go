@@ -313,7 +313,9 @@ func (b *Backend) launchRowsEntry(op, kernel, entry string, threads, T, K int, j
 // shapes). Folded, an output allocated by AllocHalf gets bfloat16 values
 // (Tensor.half, v9: gate_up_proj's, for the SwiGLU row kernels, and
 // qkv_proj's, for the attention _h kernels).
-func (b *Backend) linearForwardBF16(op string, o *Tensor, x cu.DevicePtr, src rowsSrc, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64) {
+// beta 1 adds the product into o (SwiGLULinearAddForward; only where the
+// LoRA's up-projection folds into the GEMM, fold != 0), 0 overwrites it.
+func (b *Backend) linearForwardBF16(op string, o *Tensor, x cu.DevicePtr, src rowsSrc, T int, w *weight, l *finetune.Linear, hs *Tensor, seed uint64, beta float32) {
 	gu, norm := src.gu, src.norm
 	lo, r := l.LoRA, loraRank(l)
 	A, B := tensor(lo.A, kindF32, op), tensor(lo.B, kindF32, op)
@@ -387,13 +389,16 @@ func (b *Backend) linearForwardBF16(op string, o *Tensor, x cu.DevicePtr, src ro
 	if fold != 0 {
 		// bfloat16 only where its readers read it so: the row kernels
 		// take r <= 8 (canLoRARows; the model gives its linears one rank).
-		half := o.writeHalf() && r <= 8 && t == dataR16BF
-		b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in + r, alpha: 1, A: uintptr(xh), lda: ld, B: uintptr(wp), ldb: ld,
+		half := beta == 0 && o.writeHalf() && r <= 8 && t == dataR16BF
+		b.gemm(op, gemmArgs{transB: true, M: T, N: w.out, K: w.in + r, alpha: 1, beta: beta, A: uintptr(xh), lda: ld, B: uintptr(wp), ldb: ld,
 			C: uintptr(out), ldc: w.out, abType: t, cHalf: half})
 		if half {
 			o.half = b
 		}
 		return
+	}
+	if beta != 0 {
+		panic(&Error{Op: op, Err: fmt.Errorf("%s: an adding linear forward without the folded up-projection", l.Name)})
 	}
 	// The up-projection goes first and overwrites out (beta 0: a write,
 	// no read); the base GEMM then adds into it (beta 1), where reading

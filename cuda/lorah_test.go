@@ -250,6 +250,76 @@ func testSwiGLULinearForward(t *testing.T) {
 	}
 }
 
+// SwiGLULinearAddForward must give SwiGLULinearForward then Add(out, out,
+// product) bit for bit where it adds (the fused BF16 path with the LoRA's
+// up-projection folded into the GEMM, whose epilogue then adds: beta 1),
+// also at Phi-3-mini's down_proj shape (cuBLAS's beta-1 algorithm must sum
+// as its beta-0 one does), and decline elsewhere, leaving out as it was.
+func TestSwiGLULinearAddForward(t *testing.T) {
+	for _, c := range []struct {
+		T, I, out, r int
+		half         halfKind
+		adds         bool
+	}{
+		{33, 40, 24, 8, halfBF16, true},
+		{9, 2056, 16, 5, halfBF16, true},
+		{1024, 8192, 3072, 8, halfBF16, true}, // Phi-3-mini's down_proj, 1,024 tokens
+		{21, 30, 24, 8, halfBF16, false},      // I % 8 != 0: the row kernels do not take it
+		{17, 40, 24, 8, halfNone, false},      // float32 compute
+	} {
+		g := caseOf(c.half).g
+		name := fmt.Sprintf("%s T%d I%d out%d r%d", caseOf(c.half).name, c.T, c.I, c.out, c.r)
+		W, err := g.NF4Weight(randn(c.out*c.I, 80, 0.2), c.out, c.I, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		up := func(data []float32, shape ...int) finetune.Tensor {
+			x := g.Alloc(shape...)
+			g.Upload(x, data)
+			return x
+		}
+		A, B := up(randn(c.r*c.I, 81, 0.3), c.r, c.I), up(randn(c.out*c.r, 82, 0.3), c.out, c.r)
+		gu, res := up(randn(c.T*2*c.I, 83, 2), c.T, 2*c.I), randn(c.T*c.out, 84, 1)
+		l := &finetune.Linear{Name: "down_proj", W: W, LoRA: &finetune.LoRA{A: A, B: B, Scale: 2, Dropout: 0.1}}
+		const seed = 0xbeef
+		run := func(add bool) (out, h []float32, added bool) {
+			act, hh, y := g.Alloc(c.T, c.I), g.Alloc(c.T, c.r), up(res, c.T, c.out)
+			defer func() { g.Free(act); g.Free(hh); g.Free(y) }()
+			if add {
+				added = g.SwiGLULinearAddForward(y, act, gu, l, hh, seed)
+			} else {
+				p := g.Alloc(c.T, c.out)
+				g.SwiGLULinearForward(p, act, gu, l, hh, seed)
+				g.Add(y, y, p)
+				g.Free(p)
+			}
+			return g.Download(y), g.Download(hh), added
+		}
+		got, gotH, added := run(true)
+		want, wantH, _ := run(false)
+		if added != c.adds {
+			t.Fatalf("%s: SwiGLULinearAddForward added %v, want %v", name, added, c.adds)
+		}
+		if !added {
+			want, wantH = res, make([]float32, c.T*c.r) // untouched
+		}
+		for i := range want {
+			if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+				t.Fatalf("%s: out[%d] = %v, want %v", name, i, got[i], want[i])
+			}
+		}
+		for i := range wantH {
+			if math.Float32bits(gotH[i]) != math.Float32bits(wantH[i]) {
+				t.Fatalf("%s: h[%d] = %v, want %v", name, i, gotH[i], wantH[i])
+			}
+		}
+		for _, x := range []finetune.Tensor{A, B, gu} {
+			g.Free(x)
+		}
+		g.FreeWeight(W)
+	}
+}
+
 // forEachRowsKernel runs test with the row kernels' 16-warp and 32-warp
 // entry points (loraRowsW32), as subtests.
 func forEachRowsKernel(t *testing.T, test func(t *testing.T)) {

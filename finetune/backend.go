@@ -308,6 +308,20 @@ type SwiGLULinearForwarder interface {
 	SwiGLULinearForward(out, act, gateUp Tensor, l *Linear, h Tensor, seed uint64)
 }
 
+// SwiGLULinearAdder is a SwiGLULinearForwarder that can add into its
+// output: SwiGLULinearAddForward(out, act, gateUp, l, h, seed) is
+// SwiGLULinearForward(tmp, act, gateUp, l, h, seed) then Add(out, out,
+// tmp), bit for bit, and returns true; or it does nothing and returns false
+// (the caller then runs those two ops). The model uses it for the residual
+// add after down_proj where the layer's res1 (x + o_proj) is not read again
+// (a checkpointed training forward below the last layer, an evaluation
+// forward): the norm before gate_up_proj writes res1 into the layer's output
+// itself, and the CUDA backend adds the product to it in the GEMM's
+// epilogue (beta 1) instead of a pass of its own (issue 8, v18).
+type SwiGLULinearAdder interface {
+	SwiGLULinearAddForward(out, act, gateUp Tensor, l *Linear, h Tensor, seed uint64) bool
+}
+
 // SwiGLULinearBackwarder fuses SwiGLU's backward into the backward of the
 // linear that produced its input (gate_up_proj): with dgateUp zeroed (Zero)
 // on entry, SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x, l, h, seed)

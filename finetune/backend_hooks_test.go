@@ -162,7 +162,8 @@ func TestEnsureBuffersFreesOnOOM(t *testing.T) {
 	}
 }
 
-// fusedBackend is the CPU backend with the optional fused SwiGLU ops,
+// fusedBackend is the CPU backend with the optional fused SwiGLU ops (the
+// residual add in down_proj's product too),
 // attention with RoPE, the prefetch and keep-inputs hints,
 // implemented as their contracts define them (the two ops each), counting
 // calls: it checks the model's use of the hooks (checkpointing's recompute
@@ -171,6 +172,7 @@ func TestEnsureBuffersFreesOnOOM(t *testing.T) {
 type fusedBackend struct {
 	*CPUBackend
 	fwd, fwdH, bwd, prefetched int
+	adds, added                int // SwiGLULinearAddForward calls, and those that added (every other one refuses)
 	packs, packed              int // PackLoRA calls, and the linears the last one named
 	ropeFwd, ropeBwd           int // attention with RoPE fused
 	keeps                      int // KeepLoRAInputs(true) calls
@@ -291,6 +293,22 @@ func (b *fusedBackend) SwiGLULinearForward(out, act, gateUp Tensor, l *Linear, h
 	b.LinearForward(out, act, l, h, seed)
 }
 
+// SwiGLULinearAddForward adds on every other call (the contract's two
+// ops) and refuses on the others, so that the model's fallback runs too.
+func (b *fusedBackend) SwiGLULinearAddForward(out, act, gateUp Tensor, l *Linear, h Tensor, seed uint64) bool {
+	b.adds++
+	if b.adds%2 == 0 {
+		return false
+	}
+	b.added++
+	tmp := b.Alloc(out.Shape()...)
+	defer b.Free(tmp)
+	b.SwiGLUForward(act, gateUp)
+	b.LinearForward(tmp, act, l, h, seed)
+	b.Add(out, out, tmp)
+	return true
+}
+
 func (b *fusedBackend) SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x Tensor, l *Linear, h Tensor, seed uint64) {
 	b.bwd++
 	if dgateUp == nil {
@@ -358,9 +376,19 @@ func TestFusedSwiGLUHooks(t *testing.T) {
 		if fb.packs != 2 || fb.packed != 4*L {
 			t.Errorf("checkpointing %v: %d PackLoRA calls (the last with %d linears), want one a forward (2) with %d", ckpt, fb.packs, fb.packed, 4*L)
 		}
-		if fb.fwd != 2*L || fb.fwdH != wantH || fb.bwd != 2*L {
-			t.Errorf("checkpointing %v: %d forwards, %d recomputes, %d backwards through the hooks, want %d, %d, %d",
-				ckpt, fb.fwd, fb.fwdH, fb.bwd, 2*L, wantH, 2*L)
+		// The residual add in down_proj's product: each checkpointed
+		// forward's layers but the last (their res1 is recomputed), none
+		// without checkpointing (the backward reads every layer's res1).
+		wantAdds := 0
+		if ckpt {
+			wantAdds = 2 * (L - 1)
+		}
+		if fb.adds != wantAdds || fb.added != (wantAdds+1)/2 {
+			t.Errorf("checkpointing %v: %d SwiGLULinearAddForward calls (%d added), want %d (%d)", ckpt, fb.adds, fb.added, wantAdds, (wantAdds+1)/2)
+		}
+		if fb.fwd+fb.added != 2*L || fb.fwdH != wantH || fb.bwd != 2*L {
+			t.Errorf("checkpointing %v: %d forwards (and %d adding), %d recomputes, %d backwards through the hooks, want %d, %d, %d",
+				ckpt, fb.fwd, fb.added, fb.fwdH, fb.bwd, 2*L, wantH, 2*L)
 		}
 		// Kept LoRA inputs: the last layer's forward and each recompute
 		// (checkpointing only), each window closed.

@@ -666,6 +666,19 @@ func (m *Model) layerForward(li, next int, a *layerActs, x, out Tensor, bf *buff
 	stash := func(mod int, t Tensor) bool { return st != nil && st.Stash(stashKey(li, mod), t) }
 	nl, fuseNorm := b.(RMSNormLinearForwarder)
 	fuseNorm = fuseNorm && m.fc == nil
+	// Where no backward reads this layer's res1 (a checkpointed training
+	// forward below the last layer recomputes it; an evaluation forward has
+	// no backward), res1 is written into out and down_proj's product is
+	// added to it there (SwiGLULinearAdder): no pass of its own for the
+	// residual add.
+	adder, addInto := b.(SwiGLULinearAdder)
+	_, swigluLinear := b.(SwiGLULinearForwarder)
+	addInto = addInto && swigluLinear && out != nil && m.fc == nil && a.h[modDown] != nil &&
+		(!train || bf.ckpt && li < len(m.Layers)-1)
+	res1 := a.res1
+	if addInto {
+		res1 = out
+	}
 	qkvOut := a.qkv
 	if kept.qkv {
 		qkvOut = nil
@@ -702,14 +715,14 @@ func (m *Model) layerForward(li, next int, a *layerActs, x, out Tensor, bf *buff
 		guOut = nil
 	}
 	if fuseNorm {
-		nl.RMSNormLinearForward(guOut, a.ln2, a.rstd2, a.res1, x, bf.tmp, l.PostAttnNorm, c.RMSNormEps, lin[modGateUp],
+		nl.RMSNormLinearForward(guOut, a.ln2, a.rstd2, res1, x, bf.tmp, l.PostAttnNorm, c.RMSNormEps, lin[modGateUp],
 			a.h[modGateUp], moduleSeed(stepSeed, li, modGateUp))
 	} else {
 		if f, ok := b.(AddRMSNormer); ok {
-			f.AddRMSNormForward(a.res1, a.ln2, a.rstd2, x, bf.tmp, l.PostAttnNorm, c.RMSNormEps)
+			f.AddRMSNormForward(res1, a.ln2, a.rstd2, x, bf.tmp, l.PostAttnNorm, c.RMSNormEps)
 		} else {
-			b.Add(a.res1, x, bf.tmp)
-			b.RMSNormForward(a.ln2, a.rstd2, a.res1, l.PostAttnNorm, c.RMSNormEps)
+			b.Add(res1, x, bf.tmp)
+			b.RMSNormForward(a.ln2, a.rstd2, res1, l.PostAttnNorm, c.RMSNormEps)
 		}
 		chk("post_attention_layernorm", a.ln2)
 		m.linearOrH(guOut, a.ln2, lin[modGateUp], a.h[modGateUp], moduleSeed(stepSeed, li, modGateUp))
@@ -720,6 +733,15 @@ func (m *Model) layerForward(li, next int, a *layerActs, x, out Tensor, bf *buff
 	}
 	ahead(modGateUp)
 	downSeed := moduleSeed(stepSeed, li, modDown)
+	if addInto {
+		// out holds res1: out += down_proj(act).
+		if !adder.SwiGLULinearAddForward(out, a.act, a.gateUp, lin[modDown], a.h[modDown], downSeed) {
+			b.(SwiGLULinearForwarder).SwiGLULinearForward(bf.tmp, a.act, a.gateUp, lin[modDown], a.h[modDown], downSeed)
+			b.Add(out, out, bf.tmp)
+		}
+		ahead(modDown)
+		return
+	}
 	if f, ok := b.(SwiGLULinearForwarder); ok && m.fc == nil && a.h[modDown] != nil {
 		// act and down_proj in one (out nil: only its adapter's h).
 		var o Tensor
