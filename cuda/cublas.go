@@ -6,7 +6,7 @@ package cuda
 // control and no mixed-precision GEMM, and linking libcublas would tie the
 // binary to one CUDA major version. We open libcublas.so.13, .12 or .11
 // (whichever the machine has; $OLLAMA_TUNE_CUBLAS names another) and call
-// five functions through pointers. The types are declared here, not taken
+// its functions through pointers. The types are declared here, not taken
 // from cublas_v2.h, so the build needs no cuBLAS headers.
 
 /*
@@ -25,6 +25,8 @@ typedef int (*cublasSgemm_t)(void*, int, int, int, int, int, const float*, const
                              const float*, float*, int);
 typedef int (*cublasGemmEx_t)(void*, int, int, int, int, int, const void*, const void*, int, int, const void*, int,
                               int, const void*, void*, int, int, int, int);
+typedef int (*cublasGemmBatchedEx_t)(void*, int, int, int, int, int, const void*, const void* const*, int, int,
+                                     const void* const*, int, int, const void*, void* const*, int, int, int, int, int);
 
 static void* blas_lib;
 static cublasCreate_t p_create;
@@ -34,6 +36,7 @@ static cublasSetMathMode_t p_set_math_mode;
 static cublasGetVersion_t p_get_version;
 static cublasSgemm_t p_sgemm;
 static cublasGemmEx_t p_gemm_ex;
+static cublasGemmBatchedEx_t p_gemm_batched_ex; // optional: NULL runs the products one by one
 
 // blas_open loads the library at path and its functions; it returns NULL
 // or a message (static storage or dlerror's).
@@ -47,6 +50,7 @@ static const char* blas_open(const char* path) {
 	p_get_version = (cublasGetVersion_t)dlsym(lib, "cublasGetVersion_v2");
 	p_sgemm = (cublasSgemm_t)dlsym(lib, "cublasSgemm_v2");
 	p_gemm_ex = (cublasGemmEx_t)dlsym(lib, "cublasGemmEx");
+	p_gemm_batched_ex = (cublasGemmBatchedEx_t)dlsym(lib, "cublasGemmBatchedEx");
 	if (!p_create || !p_destroy || !p_set_stream || !p_set_math_mode || !p_get_version || !p_sgemm || !p_gemm_ex) {
 		dlclose(lib);
 		return "a cuBLAS function (cublasCreate_v2, cublasSetStream_v2, cublasSgemm_v2, cublasGemmEx, ...) is missing";
@@ -76,6 +80,16 @@ static int blas_gemm_ex(uintptr_t h, int ta, int tb, int m, int n, int k, float 
                         int algo) {
 	return p_gemm_ex((void*)h, ta, tb, m, n, k, &alpha, (const void*)A, atype, lda, (const void*)B, btype, ldb, &beta,
 	                 (void*)C, ctype, ldc, compute, algo);
+}
+
+static int blas_has_batched(void) { return p_gemm_batched_ex != 0; }
+
+// blas_gemm_batched_ex: A, B and C are device arrays of count pointers.
+static int blas_gemm_batched_ex(uintptr_t h, int ta, int tb, int m, int n, int k, float alpha, uintptr_t A, int atype,
+                                int lda, uintptr_t B, int btype, int ldb, float beta, uintptr_t C, int ctype, int ldc,
+                                int count, int compute, int algo) {
+	return p_gemm_batched_ex((void*)h, ta, tb, m, n, k, &alpha, (const void* const*)A, atype, lda,
+	                         (const void* const*)B, btype, ldb, &beta, (void* const*)C, ctype, ldc, count, compute, algo);
 }
 */
 import "C"
@@ -217,6 +231,38 @@ func (b *cublas) run(g gemmArgs) error {
 	}
 	if st != 0 {
 		return fmt.Errorf("cuBLAS GEMM %dx%dx%d (types %d): status %d%s", g.M, g.N, g.K, g.abType, int(st), blasStatusHint(int(st)))
+	}
+	return nil
+}
+
+// batched says whether the library has cublasGemmBatchedEx.
+func (b *cublas) batched() bool { return C.blas_has_batched() != 0 }
+
+// runBatched runs count GEMMs of g's shape, types and scalars (16-bit A
+// and B) whose A, B and C pointers are the device arrays As, Bs and Cs
+// (row-major, as run: cuBLAS gets them swapped).
+func (b *cublas) runBatched(g gemmArgs, As, Bs, Cs uintptr, count int) error {
+	if g.abType == dataR32F || !b.batched() {
+		return fmt.Errorf("cuBLAS batched GEMM %dx%dx%d (types %d): not available", g.M, g.N, g.K, g.abType)
+	}
+	op := func(t bool) C.int {
+		if t {
+			return blasOpT
+		}
+		return blasOpN
+	}
+	cType := dataR32F
+	if g.cHalf {
+		cType = dataR16BF
+	}
+	st := C.blas_gemm_batched_ex(b.h, op(g.transB), op(g.transA), C.int(g.N), C.int(g.M), C.int(g.K), C.float(g.alpha),
+		C.uintptr_t(Bs), C.int(g.abType), C.int(g.ldb), C.uintptr_t(As), C.int(g.abType), C.int(g.lda), C.float(g.beta),
+		C.uintptr_t(Cs), C.int(cType), C.int(g.ldc), C.int(count), blasCompute32F, blasGemmDefault)
+	if st == blasStatusAllocFailed {
+		return fmt.Errorf("cuBLAS batched GEMM %dx%dx%d x%d: CUBLAS_STATUS_ALLOC_FAILED: %w", g.M, g.N, g.K, count, ErrOutOfMemory)
+	}
+	if st != 0 {
+		return fmt.Errorf("cuBLAS batched GEMM %dx%dx%d x%d (types %d): status %d%s", g.M, g.N, g.K, count, g.abType, int(st), blasStatusHint(int(st)))
 	}
 	return nil
 }

@@ -136,6 +136,9 @@ type Backend struct {
 	// keepAsked: the model asked to keep (KeepLoRAInputs), so a backward
 	// follows the forward ops now running (skipByproduct).
 	keepAsked bool
+	// loraGrads: the LoRA weight-gradient products a layer's backward holds
+	// back (finetune.LoRAGradBatcher, loragrads.go).
+	loraGrads loraGradBatch
 
 	info DeviceInfo
 
@@ -503,6 +506,7 @@ func (b *Backend) release() {
 	b.dequant = nil
 	b.releaseSide()
 	b.releaseStash()
+	b.freeLoRAGrads(func(p cu.DevicePtr, _ int64) { cu.MemFree(p) })
 	if b.ropeCS.buf.ptr != 0 {
 		cu.MemFree(b.ropeCS.buf.ptr)
 		b.ropeCS = ropeCache{}
@@ -1184,6 +1188,7 @@ func (b *Backend) FreeScratch() {
 	b.freeRopeCache()
 	b.freeKept()
 	b.freePacks()
+	b.freeLoRAGrads(b.rawFree)
 	for k := range b.scratch {
 		if b.scratch[k].ptr != 0 {
 			b.rawFree(b.scratch[k].ptr, b.scratch[k].n)

@@ -40,6 +40,9 @@ var _ finetune.LoRAInputKeeper = (*Backend)(nil)
 func (b *Backend) KeepLoRAInputs(on bool) {
 	b.keepAsked = on
 	b.keepLoRA = on && keepOn
+	if b.keepLoRA && len(b.loraGrads.held) > 0 {
+		b.flushLoRAGrads("KeepLoRAInputs") // held GradA products read the slots this window refills
+	}
 	if b.keepLoRA {
 		for k := range b.kept {
 			b.kept[k].ready = false

@@ -437,6 +437,19 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, do
 	dh := b.scratchBuf(sAct, 2*nout, op)
 	g := b.scratchBuf(sLoRAG, 4*int64(T)*int64(r), op)
 	rows := sw != nil || canLoRARows(dout, B.ptr, T, w.out, r)
+	// Inside the model's window the two weight-gradient products may wait
+	// for FlushLoRAGrads (loragrads.go), their small operands (and dout's
+	// bfloat16 copy) in held buffers the kernels below write instead.
+	holdA, holdB := b.loraGradHolds(l, xs, seed, T, w, sw != nil, rows, doutHalf)
+	if holdA {
+		g16 = b.holdRoom(op, 2*int64(T)*int64(r))
+	}
+	if holdB {
+		h16 = b.holdRoom(op, 2*int64(T)*int64(r))
+		if !doutHalf {
+			dh = b.holdRoom(op, 2*nout)
+		}
+	}
 	switch {
 	case sw != nil:
 		b.loraRowsSwiGLU(op, dh, g, g16, sw, B.ptr, T, r, prepJob{dst: h16, src: hs.ptr, rows: T, cols: r, ld: r, scale: 1})
@@ -461,8 +474,8 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, do
 			C: uintptr(d.ptr), ldc: w.in, abType: t})
 	}
 	// GradB [out,r] += scale * dout^T . h
-	b.gemm(op, gemmArgs{transA: true, M: w.out, N: r, K: T, alpha: lo.Scale, beta: betaB, A: uintptr(dh), lda: w.out,
-		B: uintptr(h16), ldb: r, C: uintptr(gB.ptr), ldc: r, abType: dataR16BF})
+	b.gradGEMM(op, gemmArgs{transA: true, M: w.out, N: r, K: T, alpha: lo.Scale, beta: betaB, A: uintptr(dh), lda: w.out,
+		B: uintptr(h16), ldb: r, C: uintptr(gB.ptr), ldc: r, abType: dataR16BF}, holdB)
 	// GradA [r,in] += scale * g^T . dropout(x), with bf16(dropout(x)) kept
 	// by the forward's row kernel (v8; it may then have left x unwritten:
 	// skipByproduct), else made here in one pass; without the row kernel,
@@ -483,8 +496,8 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, do
 	case len(jobs) > 0:
 		b.loraPrep(op, 0, 0, 0, 0, 1, 1, 0, 0, jobs...)
 	}
-	b.gemm(op, gemmArgs{transA: true, M: r, N: w.in, K: T, alpha: lo.Scale, beta: betaA, A: uintptr(g16), lda: r,
-		B: uintptr(xdh), ldb: w.in, C: uintptr(gA.ptr), ldc: w.in, abType: dataR16BF})
+	b.gradGEMM(op, gemmArgs{transA: true, M: r, N: w.in, K: T, alpha: lo.Scale, beta: betaA, A: uintptr(g16), lda: r,
+		B: uintptr(xdh), ldb: w.in, C: uintptr(gA.ptr), ldc: w.in, abType: dataR16BF}, holdA)
 	if d == nil {
 		return
 	}

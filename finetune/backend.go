@@ -322,6 +322,20 @@ type SwiGLULinearAdder interface {
 	SwiGLULinearAddForward(out, act, gateUp Tensor, l *Linear, h Tensor, seed uint64) bool
 }
 
+// LoRAGradBatcher lets a backend hold back the LoRA weight gradients of
+// one layer's backward and compute them together: between BeginLoRAGrads
+// and FlushLoRAGrads, LinearBackward may leave its GradA and GradB
+// unwritten; FlushLoRAGrads writes them, with the values they would have
+// had. The model opens a window for each layer's backward. The CUDA backend
+// runs the products that share a shape as one batched GEMM (Phi-3-mini: the
+// GradA of qkv_proj, o_proj and gate_up_proj, the GradB of o_proj and
+// down_proj), where cuBLAS takes as long for three of these small products
+// as for one (issue 8, v18).
+type LoRAGradBatcher interface {
+	BeginLoRAGrads()
+	FlushLoRAGrads()
+}
+
 // SwiGLULinearBackwarder fuses SwiGLU's backward into the backward of the
 // linear that produced its input (gate_up_proj): with dgateUp zeroed (Zero)
 // on entry, SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x, l, h, seed)

@@ -173,6 +173,8 @@ type fusedBackend struct {
 	*CPUBackend
 	fwd, fwdH, bwd, prefetched int
 	adds, added                int // SwiGLULinearAddForward calls, and those that added (every other one refuses)
+	gradWindows                int // BeginLoRAGrads calls
+	gradWindow                 bool
 	packs, packed              int // PackLoRA calls, and the linears the last one named
 	ropeFwd, ropeBwd           int // attention with RoPE fused
 	keeps                      int // KeepLoRAInputs(true) calls
@@ -293,6 +295,23 @@ func (b *fusedBackend) SwiGLULinearForward(out, act, gateUp Tensor, l *Linear, h
 	b.LinearForward(out, act, l, h, seed)
 }
 
+// BeginLoRAGrads and FlushLoRAGrads count the model's windows and check
+// that they pair (the CPU computes every gradient at once).
+func (b *fusedBackend) BeginLoRAGrads() {
+	if b.gradWindow {
+		panic("BeginLoRAGrads inside a window")
+	}
+	b.gradWindow = true
+	b.gradWindows++
+}
+
+func (b *fusedBackend) FlushLoRAGrads() {
+	if !b.gradWindow {
+		panic("FlushLoRAGrads without a window")
+	}
+	b.gradWindow = false
+}
+
 // SwiGLULinearAddForward adds on every other call (the contract's two
 // ops) and refuses on the others, so that the model's fallback runs too.
 func (b *fusedBackend) SwiGLULinearAddForward(out, act, gateUp Tensor, l *Linear, h Tensor, seed uint64) bool {
@@ -310,6 +329,9 @@ func (b *fusedBackend) SwiGLULinearAddForward(out, act, gateUp Tensor, l *Linear
 }
 
 func (b *fusedBackend) SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x Tensor, l *Linear, h Tensor, seed uint64) {
+	if !b.gradWindow {
+		panic("a layer's backward outside a LoRAGradBatcher window")
+	}
 	b.bwd++
 	if dgateUp == nil {
 		dgateUp = b.Alloc(gateUp.Shape()...)
@@ -385,6 +407,10 @@ func TestFusedSwiGLUHooks(t *testing.T) {
 		}
 		if fb.adds != wantAdds || fb.added != (wantAdds+1)/2 {
 			t.Errorf("checkpointing %v: %d SwiGLULinearAddForward calls (%d added), want %d (%d)", ckpt, fb.adds, fb.added, wantAdds, (wantAdds+1)/2)
+		}
+		// A LoRAGradBatcher window for each layer's backward, all closed.
+		if fb.gradWindows != 2*L || fb.gradWindow {
+			t.Errorf("checkpointing %v: %d LoRA gradient windows (one open at the end: %v), want %d", ckpt, fb.gradWindows, fb.gradWindow, 2*L)
 		}
 		if fb.fwd+fb.added != 2*L || fb.fwdH != wantH || fb.bwd != 2*L {
 			t.Errorf("checkpointing %v: %d forwards (and %d adding), %d recomputes, %d backwards through the hooks, want %d, %d, %d",

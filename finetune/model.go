@@ -976,6 +976,12 @@ func (m *Model) Backward() error {
 			}
 		}
 		chk("d output", bf.dres)
+		// The layer's LoRA weight gradients may wait for the window's end
+		// (LoRAGradBatcher: computed together there).
+		grads, batchGrads := b.(LoRAGradBatcher)
+		if batchGrads {
+			grads.BeginLoRAGrads()
+		}
 		b.LinearBackward(bf.dact, bf.dres, a.act, lin[modDown], a.h[modDown], s(modDown))
 		pre(modDown)
 		chk("d swiglu", bf.dact)
@@ -1018,10 +1024,16 @@ func (m *Model) Backward() error {
 		if li == 0 {
 			// The embeddings are frozen: only the adapter's gradients.
 			b.LinearBackward(nil, bf.dqkv, a.ln1, lin[modQKV], a.h[modQKV], s(modQKV))
+			if batchGrads {
+				grads.FlushLoRAGrads()
+			}
 			break
 		}
 		b.Zero(bf.dln)
 		b.LinearBackward(bf.dln, bf.dqkv, a.ln1, lin[modQKV], a.h[modQKV], s(modQKV))
+		if batchGrads {
+			grads.FlushLoRAGrads()
+		}
 		pre(modQKV) // checkpointing's recompute has already asked for it
 		b.RMSNormBackward(bf.dres, bf.dln, x, l.InputNorm, a.rstd1)
 	}
