@@ -3,7 +3,10 @@
 // calls, cuda/lora_bf16.go's linearBackwardBF16: GradB [out,r] += s dh^T . h
 // then GradA [r,in] += s g^T . x for each of qkv, o, gate_up, down) against
 // cublasGemmGroupedBatchedEx (cuBLAS >= 12.5): one call a module (its two
-// products as two groups) and one call for the layer's eight. bfloat16
+// products as two groups) and one call for the layer's eight; and
+// cublasGemmBatchedEx over the products that share a shape (GradA of qkv,
+// o and gate_up; GradB of o and down), which the backend adopted
+// (cuda/loragrads.go). bfloat16
 // operands, float32 gradients (beta 1), T = 1024 tokens, r = 8.
 // "warm": the same operands every time (they stay in the L2 cache, as dh
 // does in the step); "cold": three operand sets in turn (~0.35 GB).
@@ -109,7 +112,7 @@ int main() {
             sets[s].g[m] = fill<__nv_bfloat16>((size_t)T * R);
         }
     for (int m = 0; m < 4; m++) gB[m] = fill<float>((size_t)mods[m].out * R), gA[m] = fill<float>((size_t)R * mods[m].in);
-    CK(cudaMalloc(&dptrs, 64 * 24 * sizeof(void*)));
+    CK(cudaMalloc(&dptrs, 64 * 24 * sizeof(void*)));  // slots 0..39 grouped, 40 batched
     // slots: set s, module m pairs at 8s + m; set s all eight at 8s + 4
     for (int s = 0; s < SETS; s++) {
         std::vector<G> all;
@@ -140,6 +143,67 @@ int main() {
         for (int s = 0; s < SETS; s++) for (int m = 0; m < 4; m++) all[s].push_back(gradB(sets[s], m)), all[s].push_back(gradA(sets[s], m));
         float g1 = timeit([&](int i) { return grouped(all[slot(i)], 8 * slot(i) + 4, false); }, 30);
         printf("layer: 8 calls %.2f us (pairs summed %.2f), 4 grouped pairs %.2f us, 1 grouped call %.2f us\n", l8, sum, g4, g1);
+    }
+    // cublasGemmBatchedEx over the products that share a shape (v18, call 8):
+    // GradA of qkv, o and gate_up ([8, 3072] over 1,024 tokens), GradB of o
+    // and down ([3072, 8]); warm operands. Same bits as the single calls?
+    {
+        const float alpha = 0.5f, beta = 1.0f;
+        void** P = dptrs + 40 * 24;
+        const int am[3] = {0, 1, 2}, bm[2] = {1, 3};
+        std::vector<const void*> h(15);
+        for (int i = 0; i < 3; i++) h[i] = sets[0].x[am[i]], h[3 + i] = sets[0].g[am[i]], h[6 + i] = gA[am[i]];
+        for (int i = 0; i < 2; i++) h[9 + i] = sets[0].h[bm[i]], h[11 + i] = sets[0].dh[bm[i]], h[13 + i] = gB[bm[i]];
+        CK(cudaMemcpy(P, h.data(), 15 * sizeof(void*), cudaMemcpyHostToDevice));
+        auto batA = [&](int) {
+            return (int)cublasGemmBatchedEx(H, CUBLAS_OP_N, CUBLAS_OP_T, 3072, R, T, &alpha, (const void* const*)P, CUDA_R_16BF, 3072,
+                                            (const void* const*)(P + 3), CUDA_R_16BF, R, &beta, (void* const*)(P + 6), CUDA_R_32F,
+                                            3072, 3, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        };
+        auto batB = [&](int) {
+            return (int)cublasGemmBatchedEx(H, CUBLAS_OP_N, CUBLAS_OP_T, R, 3072, T, &alpha, (const void* const*)(P + 9), CUDA_R_16BF, R,
+                                            (const void* const*)(P + 11), CUDA_R_16BF, 3072, &beta, (void* const*)(P + 13), CUDA_R_32F,
+                                            R, 2, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        };
+        float a3 = timeit([&](int) { return single(gradA(sets[0], 0)) | single(gradA(sets[0], 1)) | single(gradA(sets[0], 2)); }, 50);
+        float ab = timeit(batA, 50);
+        float b2 = timeit([&](int) { return single(gradB(sets[0], 1)) | single(gradB(sets[0], 3)); }, 50);
+        float bb = timeit(batB, 50);
+        printf("batched: GradA x3 %.2f us as 3 calls, %.2f us as 1 (status %d); GradB x2 %.2f us as 2 calls, %.2f us as 1 (status %d)\n",
+               a3, ab, batA(0), b2, bb, batB(0));
+        // bits: zero, run singles, download; zero, run batched, download
+        auto zero = [&]() {
+            for (int m = 0; m < 4; m++) {
+                CK(cudaMemset(gA[m], 0, (size_t)R * mods[m].in * 4));
+                CK(cudaMemset(gB[m], 0, (size_t)mods[m].out * R * 4));
+            }
+        };
+        auto grab = [&]() {
+            std::vector<float> v;
+            for (int i = 0; i < 3; i++) {
+                std::vector<float> a((size_t)R * 3072);
+                CK(cudaMemcpy(a.data(), gA[am[i]], a.size() * 4, cudaMemcpyDeviceToHost));
+                v.insert(v.end(), a.begin(), a.end());
+            }
+            for (int i = 0; i < 2; i++) {
+                std::vector<float> b((size_t)R * 3072);
+                CK(cudaMemcpy(b.data(), gB[bm[i]], b.size() * 4, cudaMemcpyDeviceToHost));
+                v.insert(v.end(), b.begin(), b.end());
+            }
+            return v;
+        };
+        zero();
+        for (int i = 0; i < 3; i++) single(gradA(sets[0], am[i]));
+        for (int i = 0; i < 2; i++) single(gradB(sets[0], bm[i]));
+        CK(cudaDeviceSynchronize());
+        std::vector<float> s1 = grab();
+        zero();
+        batA(0), batB(0);
+        CK(cudaDeviceSynchronize());
+        std::vector<float> s2 = grab();
+        size_t nd = 0;
+        for (size_t i = 0; i < s1.size(); i++) nd += s1[i] != s2[i];
+        printf("batched vs single calls: %zu of %zu values differ\n", nd, s1.size());
     }
     // Same results? GradB/GradA after one single pass vs one grouped pass from the same start.
     std::vector<float> ref, got;
