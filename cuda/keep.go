@@ -3,6 +3,8 @@
 package cuda
 
 import (
+	"errors"
+
 	"github.com/ollama-tune/ollama-tune/finetune"
 
 	"gorgonia.org/cu"
@@ -16,9 +18,12 @@ import (
 // (checkpointing's recompute, the last layer's forward) it also writes them
 // into a slot keyed by (linear, x, seed, T), and LinearBackward of the same
 // linear, input and seed takes them instead (the same bits: tested).
-// keptSlots slots cover one layer (4 linears, ~36 MB at Phi-3-mini's
-// training shape); a slot is used once, and KeepLoRAInputs(true) voids
-// those left over.
+// A window of KeepLoRAInputs covers one layer (4 linears, ~36 MB at
+// Phi-3-mini's training shape) and voids the slots left over, so its slots
+// are reused; KeepLoRAInputsForward's covers every layer of a forward
+// without checkpointing (v18: 128 slots, ~1.1 GB, kept between steps). A
+// slot is used once; at keptSlots, or when its memory is not there, nothing
+// more is kept (the backward makes its own copy).
 type keptInput struct {
 	l     *finetune.Linear
 	x     cu.DevicePtr
@@ -28,7 +33,11 @@ type keptInput struct {
 	ready bool
 }
 
-const keptSlots = 4
+const keptSlots = 4 * 128
+
+// keepReserve is the device memory a new slot leaves free for the rest of
+// the step (its scratch grows in the first step too).
+const keepReserve = 1 << 30
 
 // keepOn says whether KeepLoRAInputs may keep (v8);
 // OLLAMA_TUNE_CUDA_REFERENCE=keep-lora-in turns it off (the A/B).
@@ -39,6 +48,23 @@ var _ finetune.LoRAInputKeeper = (*Backend)(nil)
 // KeepLoRAInputs (finetune.LoRAInputKeeper) starts (on) or ends keeping.
 func (b *Backend) KeepLoRAInputs(on bool) {
 	b.keepAsked = on
+	b.keepWindow(on)
+}
+
+var _ finetune.LoRAInputForwardKeeper = (*Backend)(nil)
+
+// KeepLoRAInputsForward (finetune.LoRAInputForwardKeeper) starts (on) or
+// ends keeping through a whole forward: the same slots, without
+// KeepLoRAInputs' word on the weights (keepAsked: the dequantization
+// cache's slots stay free for the next layer's weights).
+// OLLAMA_TUNE_CUDA_REFERENCE=keep-lora-fwd turns it off (the A/B).
+func (b *Backend) KeepLoRAInputsForward(on bool) { b.keepWindow(on && keepFwdOn) }
+
+var keepFwdOn = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "keep-lora-fwd")
+
+// keepWindow opens (on: voiding the slots left over) or closes a window
+// of keeping.
+func (b *Backend) keepWindow(on bool) {
 	b.keepLoRA = on && keepOn
 	if b.keepLoRA && len(b.loraGrads.held) > 0 {
 		b.flushLoRAGrads("KeepLoRAInputs") // held GradA products read the slots this window refills
@@ -87,9 +113,28 @@ func (b *Backend) keepSlot(op string, l *finetune.Linear, x cu.DevicePtr, seed u
 		s = len(b.kept) - 1
 	}
 	k := &b.kept[s]
-	p, _ := b.grow(&k.buf, need, 256, "kept LoRA inputs", op)
+	if k.buf.n < need {
+		// Grown here rather than by grow, so that memory that is not there
+		// keeps nothing instead of failing the step.
+		if k.buf.ptr != 0 {
+			b.rawFree(k.buf.ptr, k.buf.n)
+			k.buf = buffer{}
+		}
+		n := max(need, 256)
+		if free, _, err := cu.MemInfo(); err == nil && free < n+keepReserve {
+			*k = keptInput{}
+			return 0
+		}
+		p, err := b.rawAlloc(n, "kept LoRA inputs")
+		if errors.Is(err, ErrOutOfMemory) {
+			*k = keptInput{}
+			return 0
+		}
+		check(op, err)
+		k.buf = buffer{ptr: p, n: n}
+	}
 	*k = keptInput{l: l, x: x, seed: seed, T: T, in: in, buf: k.buf, ready: true}
-	return p
+	return k.buf.ptr
 }
 
 // takeKept returns the kept bf16(dropout(x)) of l's input x [T,in] for seed,

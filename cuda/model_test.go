@@ -472,6 +472,56 @@ func TestLoRAGradBatch(t *testing.T) {
 	}
 }
 
+// TestKeptLoRAInputsForward: a training forward without checkpointing
+// keeps every layer's LoRA inputs (finetune.LoRAInputForwardKeeper, v18)
+// for its backward, which takes them all, with the same losses and
+// gradients to the bit as without keeping. (The weight gradients run one
+// by one here: kept inputs let GradA wait for a batched call, whose sums
+// TestLoRAGradBatch compares.)
+func TestKeptLoRAInputsForward(t *testing.T) {
+	defer func(v, g bool) { keepOn, loraGradsOn = v, g }(keepOn, loraGradsOn)
+	loraGradsOn = false
+	keepable := 0 // the model's linears whose input the row kernels take (K % 8 == 0: not down_proj's 70)
+	run := func(on bool) ([]float32, int) {
+		keepOn = on
+		m := smallModel(t, gpuB16, true, 0.1)
+		defer m.Free()
+		m.GradientCheckpointing = false
+		mine := map[*finetune.Linear]bool{}
+		keepable = 0
+		for i := range m.Layers {
+			for _, l := range []*finetune.Linear{m.Layers[i].QKV, m.Layers[i].O, m.Layers[i].GateUp, m.Layers[i].Down} {
+				mine[l] = true
+				if l.LoRA != nil && l.W.In()%8 == 0 {
+					keepable++
+				}
+			}
+		}
+		kept := 0
+		got := trainMicroBatches(t, gpuB16, m, 2, func() {
+			for _, k := range gpuB16.kept {
+				if mine[k.l] {
+					kept++
+					if k.ready {
+						t.Errorf("a kept LoRA input of %s was not taken by its backward", k.l.Name)
+					}
+				}
+			}
+		})
+		return got, kept
+	}
+	want, _ := run(false)
+	got, kept := run(true)
+	for k := range want {
+		if math.Float32bits(got[k]) != math.Float32bits(want[k]) {
+			t.Fatalf("value %d is %v with the LoRA inputs kept through the forward, %v without", k, got[k], want[k])
+		}
+	}
+	if kept != 2*keepable || keepable == 0 {
+		t.Errorf("%d slots held a layer's LoRA input after the two backwards, want %d (every keepable linear of every layer, each step)", kept, 2*keepable)
+	}
+}
+
 // trainMicroBatches accumulates the LoRA gradients of n training
 // micro-batches of smallBatch (seeds 11, 12, ...; after, when not nil,
 // runs after each) and returns their losses, then every gradient.

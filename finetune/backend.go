@@ -379,6 +379,20 @@ type LoRAInputKeeper interface {
 	KeepLoRAInputs(on bool)
 }
 
+// LoRAInputForwardKeeper keeps what LoRAInputKeeper keeps for every layer
+// of a training forward without gradient checkpointing, whose backward
+// then takes each layer's: the model brackets the whole forward with
+// KeepLoRAInputsForward(true) and (false). Unlike KeepLoRAInputs it says
+// nothing of the weights (the backward of layer 0 comes last). The CUDA
+// backend keeps the rounded dropout(x) of each linear (~36 MB a Phi-3-mini
+// layer at 1,024 tokens, within what activationBytes counts in float32),
+// so that the backward makes no pass of its own for them and batches the
+// layer's GradA (LoRAGradBatcher); what does not fit is not kept (issue 8,
+// v18). The results are the same with or without.
+type LoRAInputForwardKeeper interface {
+	KeepLoRAInputsForward(on bool)
+}
+
 // Viewer gives a tensor of another shape over the first values of t's
 // memory: View(t, shape...) holds prod(shape) <= t.Numel() values of t's
 // element type, t's first ones (a write through either shows in both).

@@ -179,6 +179,8 @@ type fusedBackend struct {
 	ropeFwd, ropeBwd           int // attention with RoPE fused
 	keeps                      int // KeepLoRAInputs(true) calls
 	keeping                    bool
+	keepsFwd                   int // KeepLoRAInputsForward(true) calls
+	keepingFwd                 bool
 	normLin, addNormLin        int         // RMSNormLinearForward without and with the residual add
 	halfWidths                 map[int]int // AllocHalf calls by the tensor's last dimension
 	skipWidths                 map[int]int // SkipByproduct calls by the tensor's last dimension
@@ -226,13 +228,24 @@ func (b *fusedBackend) RMSNormLinearForward(out, xn, rstd, sum, a, bt, w Tensor,
 
 // KeepLoRAInputs counts the windows and checks that they nest nowhere.
 func (b *fusedBackend) KeepLoRAInputs(on bool) {
-	if on && b.keeping {
+	if on && (b.keeping || b.keepingFwd) {
 		panic("KeepLoRAInputs(true) inside a window")
 	}
 	if on {
 		b.keeps++
 	}
 	b.keeping = on
+}
+
+// KeepLoRAInputsForward counts the whole-forward windows likewise.
+func (b *fusedBackend) KeepLoRAInputsForward(on bool) {
+	if on && (b.keeping || b.keepingFwd) {
+		panic("KeepLoRAInputsForward(true) inside a window")
+	}
+	if on {
+		b.keepsFwd++
+	}
+	b.keepingFwd = on
 }
 
 func (b *fusedBackend) RoPEAttention(B, S, nHead, nKV, headDim, rotaryDim int) bool { return true }
@@ -417,13 +430,21 @@ func TestFusedSwiGLUHooks(t *testing.T) {
 				ckpt, fb.fwd, fb.added, fb.fwdH, fb.bwd, 2*L, wantH, 2*L)
 		}
 		// Kept LoRA inputs: the last layer's forward and each recompute
-		// (checkpointing only), each window closed.
+		// (checkpointing), each window closed.
 		wantK := 0
 		if ckpt {
 			wantK = 2 * L
 		}
 		if fb.keeps != wantK || fb.keeping {
 			t.Errorf("checkpointing %v: %d windows to keep LoRA inputs (open at the end: %v), want %d", ckpt, fb.keeps, fb.keeping, wantK)
+		}
+		// Without checkpointing, a window over each training forward.
+		wantKF := 2
+		if ckpt {
+			wantKF = 0
+		}
+		if fb.keepsFwd != wantKF || fb.keepingFwd {
+			t.Errorf("checkpointing %v: %d whole-forward windows to keep LoRA inputs (open at the end: %v), want %d", ckpt, fb.keepsFwd, fb.keepingFwd, wantKF)
 		}
 		// The norms fused into qkv_proj and gate_up_proj: every forward and
 		// recompute.

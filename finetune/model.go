@@ -829,6 +829,12 @@ func (m *Model) body(batch *Batch, train bool, stepSeed uint64) *buffers {
 	b.UploadInt32(bf.ids, batch.InputIDs)
 	b.UploadInt32(bf.pos, batch.PositionIDs)
 	b.EmbeddingForward(bf.inputs[0], bf.ids, m.Embed)
+	if k, ok := b.(LoRAInputForwardKeeper); ok && train && !bf.ckpt {
+		// Every layer's backward follows this forward: keep their LoRA
+		// inputs' rounded copies (checkpointing keeps each recompute's).
+		k.KeepLoRAInputsForward(true)
+		defer k.KeepLoRAInputsForward(false) // also when an op panics (out of memory)
+	}
 	x := bf.inputs[0]
 	for li := range m.Layers {
 		var out Tensor

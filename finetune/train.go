@@ -166,7 +166,8 @@ type TrainPlan struct {
 	// it after the kbit preparation (fp32 non-quantized weights, LoRA), the
 	// optimizer state, and the activations of one micro-batch of the
 	// longest sequences the model's buffers hold (with or without
-	// gradient checkpointing). KeptBytes: the dequantized weights that
+	// gradient checkpointing; without it under a 16-bit compute type, also
+	// every layer's 16-bit LoRA inputs, which the CUDA backend keeps). KeptBytes: the dequantized weights that
 	// quantization.keep_dequantized_gb keeps (at most all of them).
 	// KeptActivationBytes: the outputs training.gradient_checkpointing_keep_gb
 	// keeps from recomputation (at most all it can keep).
@@ -277,6 +278,14 @@ func makePlan(job *Job, cfg *Config, prep *prepared) (TrainPlan, error) {
 	}
 	tokens := t.PerDeviceTrainBatchSize * longest
 	p.ActivationBytes = activationBytes(cfg, tokens, l.R, t.GradientCheckpointing)
+	if !t.GradientCheckpointing && job.Config.Quantization.ComputeDType() != F32 {
+		// A LoRAInputForwardKeeper keeps every layer's rounded LoRA inputs
+		// through the forward (16-bit: the CUDA backend, v18).
+		for _, m := range expandedTargets(l.TargetModules) {
+			_, in := LinearShape(cfg, m)
+			p.ActivationBytes += 2 * int64(tokens) * int64(in) * int64(cfg.NumLayers)
+		}
+	}
 	if q := job.Config.Quantization; q.KeepDequantizedGB > 0 && q.LoadIn4bit {
 		elem := int64(2)
 		if q.ComputeDType() == F32 {

@@ -694,6 +694,21 @@ func TestPlanSeed(t *testing.T) {
 		}
 	}
 	c.Training.GradientCheckpointingKeepGB = 0
+	// Without checkpointing under bf16, also every layer's 16-bit LoRA
+	// inputs (kept through the forward by the CUDA backend): 32 layers x
+	// 1,024 tokens x (3 x 3,072 + 8,192) inputs x 2 bytes.
+	ckpt := c.Training.GradientCheckpointing
+	c.Training.GradientCheckpointing = false
+	pb, errB := Plan(context.Background(), newTestJob(t, c, ""))
+	c.Quantization.Bnb4bitComputeDType = "float32"
+	pf, errF := Plan(context.Background(), newTestJob(t, c, ""))
+	if errB != nil || errF != nil {
+		t.Fatal(errB, errF)
+	}
+	if d := pb.ActivationBytes - pf.ActivationBytes; d != 1_140_850_688 {
+		t.Errorf("without checkpointing, bf16's activation estimate exceeds float32's by %d bytes, want 1,140,850,688 (the kept LoRA inputs)", d)
+	}
+	c.Training.GradientCheckpointing, c.Quantization.Bnb4bitComputeDType = ckpt, "bfloat16"
 	c.Training.PackingStrategy = "bfd"
 	p, err = Plan(context.Background(), newTestJob(t, c, ""))
 	if err != nil {
