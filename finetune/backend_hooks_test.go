@@ -226,26 +226,20 @@ func (b *fusedBackend) RMSNormLinearForward(out, xn, rstd, sum, a, bt, w Tensor,
 	b.LinearForward(out, xn, l, h, seed)
 }
 
-// KeepLoRAInputs counts the windows and checks that they nest nowhere.
-func (b *fusedBackend) KeepLoRAInputs(on bool) {
-	if on && (b.keeping || b.keepingFwd) {
-		panic("KeepLoRAInputs(true) inside a window")
-	}
-	if on {
-		b.keeps++
-	}
-	b.keeping = on
-}
+// KeepLoRAInputs and KeepLoRAInputsForward count their windows and check
+// that no window opens inside another.
+func (b *fusedBackend) KeepLoRAInputs(on bool) { b.keepWindow(on, &b.keeping, &b.keeps) }
 
-// KeepLoRAInputsForward counts the whole-forward windows likewise.
-func (b *fusedBackend) KeepLoRAInputsForward(on bool) {
+func (b *fusedBackend) KeepLoRAInputsForward(on bool) { b.keepWindow(on, &b.keepingFwd, &b.keepsFwd) }
+
+func (b *fusedBackend) keepWindow(on bool, open *bool, count *int) {
 	if on && (b.keeping || b.keepingFwd) {
-		panic("KeepLoRAInputsForward(true) inside a window")
+		panic("a window to keep LoRA inputs opened inside another")
 	}
 	if on {
-		b.keepsFwd++
+		*count++
 	}
-	b.keepingFwd = on
+	*open = on
 }
 
 func (b *fusedBackend) RoPEAttention(B, S, nHead, nKV, headDim, rotaryDim int) bool { return true }
