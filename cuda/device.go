@@ -136,6 +136,9 @@ type Backend struct {
 	// keepAsked: the model asked to keep (KeepLoRAInputs), so a backward
 	// follows the forward ops now running (skipByproduct).
 	keepAsked bool
+	// keepFwd: the model asked to keep through a whole forward
+	// (KeepLoRAInputsForward; skipByproduct).
+	keepFwd bool
 	// loraGrads: the LoRA weight-gradient products a layer's backward holds
 	// back (finetune.LoRAGradBatcher, loragrads.go).
 	loraGrads loraGradBatch

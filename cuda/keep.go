@@ -58,7 +58,10 @@ var _ finetune.LoRAInputForwardKeeper = (*Backend)(nil)
 // KeepLoRAInputs' word on the weights (keepAsked: the dequantization
 // cache's slots stay free for the next layer's weights).
 // OLLAMA_TUNE_CUDA_REFERENCE=keep-lora-fwd turns it off (the A/B).
-func (b *Backend) KeepLoRAInputsForward(on bool) { b.keepWindow(on && keepFwdOn) }
+func (b *Backend) KeepLoRAInputsForward(on bool) {
+	b.keepFwd = on // whether kept or not: a by-product is then skipped only where kept (skipByproduct)
+	b.keepWindow(on && keepFwdOn)
+}
 
 var keepFwdOn = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "keep-lora-fwd")
 
@@ -199,9 +202,10 @@ var skipOn = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "skip-byproduct")
 // t's rounded dropout(t) (keepSlot; 0: none): t is marked and no backward
 // reads t itself, because the model asked for no keeping (a forward that
 // no backward follows: checkpointing drops the layer's activations) or
-// the backward's GradA takes the kept copy. It marks t unwritten when so.
+// the backward's GradA takes the kept copy (a window of KeepLoRAInputs or
+// KeepLoRAInputsForward). It marks t unwritten when so.
 func (b *Backend) skipByproduct(t *Tensor, kept cu.DevicePtr) bool {
-	if t == nil || !t.skip || b.keepAsked && kept == 0 {
+	if t == nil || !t.skip || (b.keepAsked || b.keepFwd) && kept == 0 {
 		return false
 	}
 	t.unwritten = true

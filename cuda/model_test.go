@@ -434,10 +434,16 @@ func TestKeepDequantized(t *testing.T) {
 }
 
 // TestSkipByproductIsBitIdentical: leaving the by-products nobody reads
-// unwritten (finetune.ByproductSkipper, v10) changes no loss or gradient,
-// and no op reads one (a read of an unwritten tensor fails the step).
+// unwritten (finetune.ByproductSkipper, v10; without checkpointing where
+// the LoRA inputs are kept through the forward, v18) changes no loss or
+// gradient, and no op reads one (a read of an unwritten tensor fails the
+// step); nor when the forward keeps nothing (keep-lora-fwd: every
+// by-product written).
 func TestSkipByproductIsBitIdentical(t *testing.T) {
-	checkSwitchBitIdentical(t, "skipped by-products", &skipOn, true)
+	checkSwitchBitIdentical(t, "skipped by-products", &skipOn, true, false)
+	defer func(v bool) { keepFwdOn = v }(keepFwdOn)
+	keepFwdOn = false
+	checkSwitchBitIdentical(t, "skipped by-products, nothing kept through the forward", &skipOn, false)
 }
 
 // TestLoRAGradBatch: the LoRA weight gradients held back for a layer's

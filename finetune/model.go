@@ -506,10 +506,13 @@ func (m *Model) newBuffers(B, S int, train, ckpt bool, alloc0 func(...int) Tenso
 				a.h[mod] = alloc(T, r)
 			}
 		}
-		if sk, ok := b.(ByproductSkipper); ok && ckpt {
+		_, keepsForward := b.(LoRAInputForwardKeeper)
+		if sk, ok := b.(ByproductSkipper); ok && (ckpt || train && keepsForward) {
 			// No op reads them after their layer's fused ops: a forward's
 			// are dropped, and the backward after a recompute takes the
-			// LoRA inputs the backend kept (issue 8, v10).
+			// LoRA inputs the backend kept (issue 8, v10); without
+			// checkpointing, the backward takes those kept through the
+			// forward (v18), and the backend writes any it did not keep.
 			sk.SkipByproduct(a.ln1)
 			sk.SkipByproduct(a.ln2)
 			sk.SkipByproduct(a.act)
