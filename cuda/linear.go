@@ -247,28 +247,8 @@ func (b *Backend) SwiGLULinearForward(out, act, gateUp finetune.Tensor, l *finet
 	w := cudaW(l.W, op)
 	gu, guHalf := halfInput(gateUp, op)
 	ac := outTensor(act, kindF32, op)
-	I := lastDim(ac)
-	T := ac.n / max(I, 1)
 	if b.swigluRowsOK(l, w, gu, ac, op) {
-		hs := tensor(h, kindF32, op)
-		if hs.n != T*loraRank(l) {
-			panic(&Error{Op: op, Err: fmt.Errorf("%s: h has %d values, want %d x %d", l.Name, hs.n, T, loraRank(l))})
-		}
-		if out == nil {
-			lo := l.LoRA
-			kept, act := b.keepSlot(op, l, ac.ptr, seed, T, I), ac.ptr
-			if b.skipByproduct(ac, kept) {
-				act = 0
-			}
-			b.loraRowsAct(op, act, 0, 0, hs.ptr, 0, 0, 1, gu.ptr, guHalf, tensor(lo.A, kindF32, op).ptr, T, I, loraRank(l), lo.Dropout, seed,
-				prepJob{}, kept)
-			return
-		}
-		o := outTensor(out, kindF32, op)
-		if o.n != T*w.out {
-			panic(&Error{Op: op, Err: fmt.Errorf("%s: out has %d values, want %d x %d", l.Name, o.n, T, w.out)})
-		}
-		b.linearForwardBF16(op, o, ac.ptr, rowsSrc{gu: gu.ptr, guHalf: guHalf, by: ac}, T, w, l, hs, seed, 0)
+		b.swigluRowsForward(op, out, false, ac, gu, guHalf, w, l, h, seed)
 		return
 	}
 	if guHalf {
@@ -290,6 +270,39 @@ func (b *Backend) swigluRowsOK(l *finetune.Linear, w *weight, gu, ac *Tensor, op
 	T := ac.n / max(I, 1)
 	return l.LoRA != nil && b.loraBF16(w) && swigluRows && w.in == I && I%8 == 0 && gu.n == 2*ac.n && gu.ptr%16 == 0 &&
 		ac.ptr%16 == 0 && canLoRARows(gu.ptr, tensor(l.LoRA.A, kindF32, op).ptr, T, I, loraRank(l))
+}
+
+// swigluRowsForward is SwiGLULinearForward on the row kernels' path
+// (swigluRowsOK): out nil, only h (and act, kept copy); else the folded
+// GEMM into out, or with add into it (beta 1, SwiGLULinearAddForward).
+func (b *Backend) swigluRowsForward(op string, out finetune.Tensor, add bool, ac, gu *Tensor, guHalf bool, w *weight, l *finetune.Linear, h finetune.Tensor, seed uint64) {
+	I, r := lastDim(ac), loraRank(l)
+	T := ac.n / max(I, 1)
+	hs := tensor(h, kindF32, op)
+	if hs.n != T*r {
+		panic(&Error{Op: op, Err: fmt.Errorf("%s: h has %d values, want %d x %d", l.Name, hs.n, T, r)})
+	}
+	if out == nil {
+		lo := l.LoRA
+		kept, act := b.keepSlot(op, l, ac.ptr, seed, T, I), ac.ptr
+		if b.skipByproduct(ac, kept) {
+			act = 0
+		}
+		b.loraRowsAct(op, act, 0, 0, hs.ptr, 0, 0, 1, gu.ptr, guHalf, tensor(lo.A, kindF32, op).ptr, T, I, r, lo.Dropout, seed,
+			prepJob{}, kept)
+		return
+	}
+	var o *Tensor
+	var beta float32
+	if add {
+		o, beta = b.accTensor(out, kindF32, op)
+	} else {
+		o = outTensor(out, kindF32, op)
+	}
+	if o.n != T*w.out {
+		panic(&Error{Op: op, Err: fmt.Errorf("%s: out has %d values, want %d x %d", l.Name, o.n, T, w.out)})
+	}
+	b.linearForwardBF16(op, o, ac.ptr, rowsSrc{gu: gu.ptr, guHalf: guHalf, by: ac}, T, w, l, hs, seed, beta)
 }
 
 var _ finetune.SwiGLULinearAdder = (*Backend)(nil)
@@ -316,17 +329,7 @@ func (b *Backend) SwiGLULinearAddForward(out, act, gateUp finetune.Tensor, l *fi
 		return false
 	}
 	gu, guHalf := halfInput(gateUp, op)
-	ac := outTensor(act, kindF32, op)
-	T := ac.n / max(w.in, 1)
-	hs := tensor(h, kindF32, op)
-	if hs.n != T*loraRank(l) {
-		panic(&Error{Op: op, Err: fmt.Errorf("%s: h has %d values, want %d x %d", l.Name, hs.n, T, loraRank(l))})
-	}
-	o, beta := b.accTensor(out, kindF32, op)
-	if o.n != T*w.out {
-		panic(&Error{Op: op, Err: fmt.Errorf("%s: out has %d values, want %d x %d", l.Name, o.n, T, w.out)})
-	}
-	b.linearForwardBF16(op, o, ac.ptr, rowsSrc{gu: gu.ptr, guHalf: guHalf, by: ac}, T, w, l, hs, seed, beta)
+	b.swigluRowsForward(op, out, true, outTensor(act, kindF32, op), gu, guHalf, w, l, h, seed)
 	return true
 }
 

@@ -319,6 +319,7 @@ type SwiGLULinearForwarder interface {
 // itself, and the CUDA backend adds the product to it in the GEMM's
 // epilogue (beta 1) instead of a pass of its own (issue 8, v18).
 type SwiGLULinearAdder interface {
+	SwiGLULinearForwarder
 	SwiGLULinearAddForward(out, act, gateUp Tensor, l *Linear, h Tensor, seed uint64) bool
 }
 

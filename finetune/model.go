@@ -484,6 +484,9 @@ func (m *Model) newBuffers(B, S int, train, ckpt bool, alloc0 func(...int) Tenso
 	for range nIn {
 		bf.inputs = append(bf.inputs, alloc(T, C))
 	}
+	_, keepsForward := b.(LoRAInputForwardKeeper)
+	sk, skips := b.(ByproductSkipper)
+	skips = skips && (ckpt || train && keepsForward)
 	for k := range nActs {
 		// gate_up's readers take a 16-bit gate_up when down_proj has an
 		// adapter (the fused SwiGLU); else it stays in the compute type.
@@ -506,8 +509,7 @@ func (m *Model) newBuffers(B, S int, train, ckpt bool, alloc0 func(...int) Tenso
 				a.h[mod] = alloc(T, r)
 			}
 		}
-		_, keepsForward := b.(LoRAInputForwardKeeper)
-		if sk, ok := b.(ByproductSkipper); ok && (ckpt || train && keepsForward) {
+		if skips {
 			// No op reads them after their layer's fused ops: a forward's
 			// are dropped, and the backward after a recompute takes the
 			// LoRA inputs the backend kept (issue 8, v10); without
@@ -675,8 +677,7 @@ func (m *Model) layerForward(li, next int, a *layerActs, x, out Tensor, bf *buff
 	// added to it there (SwiGLULinearAdder): no pass of its own for the
 	// residual add.
 	adder, addInto := b.(SwiGLULinearAdder)
-	_, swigluLinear := b.(SwiGLULinearForwarder)
-	addInto = addInto && swigluLinear && out != nil && m.fc == nil && a.h[modDown] != nil &&
+	addInto = addInto && out != nil && m.fc == nil && a.h[modDown] != nil &&
 		(!train || bf.ckpt && li < len(m.Layers)-1)
 	res1 := a.res1
 	if addInto {
@@ -739,7 +740,7 @@ func (m *Model) layerForward(li, next int, a *layerActs, x, out Tensor, bf *buff
 	if addInto {
 		// out holds res1: out += down_proj(act).
 		if !adder.SwiGLULinearAddForward(out, a.act, a.gateUp, lin[modDown], a.h[modDown], downSeed) {
-			b.(SwiGLULinearForwarder).SwiGLULinearForward(bf.tmp, a.act, a.gateUp, lin[modDown], a.h[modDown], downSeed)
+			adder.SwiGLULinearForward(bf.tmp, a.act, a.gateUp, lin[modDown], a.h[modDown], downSeed)
 			b.Add(out, out, bf.tmp)
 		}
 		ahead(modDown)
@@ -929,6 +930,7 @@ func (m *Model) Backward() error {
 	// Through the final norm: dres = d loss / d(last layer's output).
 	b.Zero(bf.dres)
 	b.RMSNormBackward(bf.dres, bf.dlnf, bf.inputs[L], m.FinalNorm, bf.rstd)
+	grads, batchGrads := b.(LoRAGradBatcher)
 	for li := L - 1; li >= 0; li-- {
 		l := &m.Layers[li]
 		x := bf.inputs[li]
@@ -987,7 +989,6 @@ func (m *Model) Backward() error {
 		chk("d output", bf.dres)
 		// The layer's LoRA weight gradients may wait for the window's end
 		// (LoRAGradBatcher: computed together there).
-		grads, batchGrads := b.(LoRAGradBatcher)
 		if batchGrads {
 			grads.BeginLoRAGrads()
 		}

@@ -668,13 +668,18 @@ func TestPlanSeed(t *testing.T) {
 	// keep_dequantized_gb: at most every decoder linear in the compute
 	// dtype (bf16: 2 x 3,623,878,656 bytes), counted in the estimate.
 	est := p.EstimatedBytes
-	c.Quantization.Bnb4bitComputeDType = "bfloat16"
-	for gb, want := range map[float64]int64{8: 7_247_757_312, 1: 1_000_000_000} {
-		c.Quantization.KeepDequantizedGB = gb
-		p, err = Plan(context.Background(), newTestJob(t, c, ""))
+	plan := func() TrainPlan {
+		t.Helper()
+		p, err := Plan(context.Background(), newTestJob(t, c, ""))
 		if err != nil {
 			t.Fatal(err)
 		}
+		return p
+	}
+	c.Quantization.Bnb4bitComputeDType = "bfloat16"
+	for gb, want := range map[float64]int64{8: 7_247_757_312, 1: 1_000_000_000} {
+		c.Quantization.KeepDequantizedGB = gb
+		p = plan()
 		if p.KeptBytes != want || p.EstimatedBytes != est+want || !strings.Contains(p.String(), "keep_dequantized_gb") {
 			t.Errorf("keep_dequantized_gb %g: kept %d bytes, want %d; estimate %d, want %d", gb, p.KeptBytes, want, p.EstimatedBytes, est+want)
 		}
@@ -684,10 +689,7 @@ func TestPlanSeed(t *testing.T) {
 	// bf16 outputs of 16 x 64 tokens of 31 layers (31 x 1024 x 25600 x 2).
 	for gb, want := range map[float64]int64{8: 1_625_292_800, 0.08: 80_000_000} {
 		c.Training.GradientCheckpointingKeepGB = gb
-		p, err = Plan(context.Background(), newTestJob(t, c, ""))
-		if err != nil {
-			t.Fatal(err)
-		}
+		p = plan()
 		if p.KeptActivationBytes != want || p.EstimatedBytes != est+want || !strings.Contains(p.String(), "gradient_checkpointing_keep_gb") {
 			t.Errorf("gradient_checkpointing_keep_gb %g: kept %d bytes, want %d; estimate %d, want %d", gb, p.KeptActivationBytes, want,
 				p.EstimatedBytes, est+want)
@@ -699,21 +701,15 @@ func TestPlanSeed(t *testing.T) {
 	// 1,024 tokens x (3 x 3,072 + 8,192) inputs x 2 bytes.
 	ckpt := c.Training.GradientCheckpointing
 	c.Training.GradientCheckpointing = false
-	pb, errB := Plan(context.Background(), newTestJob(t, c, ""))
+	pb := plan()
 	c.Quantization.Bnb4bitComputeDType = "float32"
-	pf, errF := Plan(context.Background(), newTestJob(t, c, ""))
-	if errB != nil || errF != nil {
-		t.Fatal(errB, errF)
-	}
+	pf := plan()
 	if d := pb.ActivationBytes - pf.ActivationBytes; d != 1_140_850_688 {
 		t.Errorf("without checkpointing, bf16's activation estimate exceeds float32's by %d bytes, want 1,140,850,688 (the kept LoRA inputs)", d)
 	}
 	c.Training.GradientCheckpointing, c.Quantization.Bnb4bitComputeDType = ckpt, "bfloat16"
 	c.Training.PackingStrategy = "bfd"
-	p, err = Plan(context.Background(), newTestJob(t, c, ""))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p = plan()
 	if p.Data.Tokens != 21801 || p.Data.SequenceTokens != 21801 || p.Data.Sequences < 341 || p.TotalSteps != 10*p.Data.StepsPerEpoch {
 		t.Errorf("bfd plan: %+v", p)
 	}
