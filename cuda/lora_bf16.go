@@ -144,7 +144,7 @@ var loraRowsW32 = os.Getenv("OLLAMA_TUNE_CUDA_ROWS") != "w16"
 // 32-warp one alone: such tensors are bfloat16 only under loraRowsW32, see
 // writeHalf).
 func rowsKernel(kernel string) (string, int) {
-	if loraRowsW32 || strings.HasSuffix(kernel, "_h") || strings.HasSuffix(kernel, "_hr") {
+	if loraRowsW32 || strings.HasSuffix(kernel, "_h") || strings.HasSuffix(kernel, "_hr") || strings.HasSuffix(kernel, "_hl") {
 		return kernel + "_w32", 32 * 32
 	}
 	return kernel, 16 * 32
@@ -214,14 +214,25 @@ func (b *Backend) loraRowsTHalf(op string, P, p16 cu.DevicePtr, ldp int, Y, B cu
 // OLLAMA_TUNE_CUDA_REFERENCE=rows-raw keeps lora_rows_bf16_t_h (the A/B).
 var rowsRaw = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "rows-raw")
 
+// swigluLean says whether loraRowsAct takes lora_rows_swiglu_bf16_hl_w32
+// for a bfloat16 gate_up (v19: lora_rows_swiglu_bf16_h_w32's bits in a
+// leaner loop, kernels/lora.cu); OLLAMA_TUNE_CUDA_REFERENCE=swiglu-lean
+// keeps lora_rows_swiglu_bf16_h_w32 (the A/B).
+var swigluLean = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "swiglu-lean")
+
 // loraRowsAct runs lora_rows_swiglu_bf16: loraRows (A [r,K]) over act =
-// SwiGLU(gu), gu [T,2K] (bfloat16 when guHalf: lora_rows_swiglu_bf16_h_w32),
-// also writing act [T,K] in float32 (0: not written, skipByproduct).
+// SwiGLU(gu), gu [T,2K] (bfloat16 when guHalf: lora_rows_swiglu_bf16_h_w32,
+// or _hl_w32 under swigluLean where its 32-bit offsets reach: T * 2K and
+// T * ldyh below 2^31), also writing act [T,K] in float32 (0: not
+// written, skipByproduct).
 func (b *Backend) loraRowsAct(op string, act, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, scale16 float32,
 	gu cu.DevicePtr, guHalf bool, A cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob, xd16 cu.DevicePtr) {
 	kernel := "lora_rows_swiglu_bf16"
 	if guHalf {
 		kernel += "_h"
+		if swigluLean && int64(T)*int64(2*K) < 1<<31 && int64(T)*int64(ldyh) < 1<<31 {
+			kernel += "l"
+		}
 	}
 	b.loraRowsLaunch(op, kernel, yh, ldyh, P, p16, ldp, scale16, gu, A, T, K, r, p, seed, job, ptrArg(act), ptrArg(xd16))
 }
