@@ -144,7 +144,8 @@ var loraRowsW32 = os.Getenv("OLLAMA_TUNE_CUDA_ROWS") != "w16"
 // 32-warp one alone: such tensors are bfloat16 only under loraRowsW32, see
 // writeHalf).
 func rowsKernel(kernel string) (string, int) {
-	if loraRowsW32 || strings.HasSuffix(kernel, "_h") || strings.HasSuffix(kernel, "_hr") || strings.HasSuffix(kernel, "_hl") {
+	if loraRowsW32 || strings.HasSuffix(kernel, "_h") || strings.HasSuffix(kernel, "_hr") || strings.HasSuffix(kernel, "_hl") ||
+		strings.HasSuffix(kernel, "_l") {
 		return kernel + "_w32", 32 * 32
 	}
 	return kernel, 16 * 32
@@ -187,17 +188,26 @@ func canLoRARows(Y, W cu.DevicePtr, T, K, r int) bool {
 // multiple of 8, 16-byte aligned; 0: not written), P [T,r] float32,
 // bf16(scale16 * P) to p16 (row stride ldp; 0: not written) and
 // bf16(dropout(Y)) [T,K] to xd16 (0: not written; keepSlot), and does job
-// (dst 0: none) in the same launch. The caller checked canLoRARows.
+// (dst 0: none) in the same launch; the lean lora_rows_bf16_l where
+// leanFits. The caller checked canLoRARows.
 func (b *Backend) loraRows(op string, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, scale16 float32,
 	Y, A cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob, xd16 cu.DevicePtr) {
-	b.loraRowsLaunch(op, "lora_rows_bf16", yh, ldyh, P, p16, ldp, scale16, Y, A, T, K, r, p, seed, job, ptrArg(xd16))
+	kernel := "lora_rows_bf16"
+	if leanFits(T, K, ldyh) {
+		kernel = "lora_rows_bf16_l"
+	}
+	b.loraRowsLaunch(op, kernel, yh, ldyh, P, p16, ldp, scale16, Y, A, T, K, r, p, seed, job, ptrArg(xd16))
 }
 
 // loraRowsT runs lora_rows_bf16_t, loraRows for W = B [K,r] read as B^T
-// (P = g = Y . B, no dropout, nothing kept).
+// (P = g = Y . B, no dropout, nothing kept); the lean _l where leanFits.
 func (b *Backend) loraRowsT(op string, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, Y, B cu.DevicePtr, T, K, r int,
 	job prepJob) {
-	b.loraRowsLaunch(op, "lora_rows_bf16_t", yh, ldyh, P, p16, ldp, 1, Y, B, T, K, r, 0, 0, job)
+	kernel := "lora_rows_bf16_t"
+	if leanFits(T, K, ldyh) {
+		kernel = "lora_rows_bf16_t_l"
+	}
+	b.loraRowsLaunch(op, kernel, yh, ldyh, P, p16, ldp, 1, Y, B, T, K, r, 0, 0, job)
 }
 
 // loraRowsTHalf is loraRowsT for Y held in bfloat16 (lora_rows_bf16_t_h:
@@ -214,23 +224,30 @@ func (b *Backend) loraRowsTHalf(op string, P, p16 cu.DevicePtr, ldp int, Y, B cu
 // OLLAMA_TUNE_CUDA_REFERENCE=rows-raw keeps lora_rows_bf16_t_h (the A/B).
 var rowsRaw = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "rows-raw")
 
-// swigluLean says whether loraRowsAct takes lora_rows_swiglu_bf16_hl_w32
-// for a bfloat16 gate_up (v19: lora_rows_swiglu_bf16_h_w32's bits in a
-// leaner loop, kernels/lora.cu); OLLAMA_TUNE_CUDA_REFERENCE=swiglu-lean
-// keeps lora_rows_swiglu_bf16_h_w32 (the A/B).
-var swigluLean = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "swiglu-lean")
+// rowsLean says whether loraRows, loraRowsT and loraRowsAct (for a
+// bfloat16 gate_up) take the lean 32-warp row kernels (v19: the _l and _hl
+// entry points, lora_rows_lean in kernels/lora.cu: the same bits in a
+// leaner loop) where their 32-bit element offsets reach (leanFits);
+// OLLAMA_TUNE_CUDA_REFERENCE=rows-lean keeps the others (the A/B).
+var rowsLean = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "rows-lean")
+
+// leanFits says whether a lean row kernel takes rows of width values (K,
+// or 2K for a gate_up) and a copy of row stride ldyh for T rows: its
+// element offsets are 32-bit. It needs the 32-warp kernels too.
+func leanFits(T, width, ldyh int) bool {
+	return rowsLean && loraRowsW32 && int64(T)*int64(width) < 1<<31 && int64(T)*int64(ldyh) < 1<<31
+}
 
 // loraRowsAct runs lora_rows_swiglu_bf16: loraRows (A [r,K]) over act =
 // SwiGLU(gu), gu [T,2K] (bfloat16 when guHalf: lora_rows_swiglu_bf16_h_w32,
-// or _hl_w32 under swigluLean where its 32-bit offsets reach: T * 2K and
-// T * ldyh below 2^31), also writing act [T,K] in float32 (0: not
-// written, skipByproduct).
+// or the lean _hl_w32 where leanFits), also writing act [T,K] in float32
+// (0: not written, skipByproduct).
 func (b *Backend) loraRowsAct(op string, act, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, scale16 float32,
 	gu cu.DevicePtr, guHalf bool, A cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob, xd16 cu.DevicePtr) {
 	kernel := "lora_rows_swiglu_bf16"
 	if guHalf {
 		kernel += "_h"
-		if swigluLean && int64(T)*int64(2*K) < 1<<31 && int64(T)*int64(ldyh) < 1<<31 {
+		if leanFits(T, 2*K, ldyh) {
 			kernel += "l"
 		}
 	}

@@ -722,31 +722,37 @@ extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_swiglu_bf16_h_w3
     lora_rows_body<false, true, 32, 1, true>(LORA_ROWS_ARGS, act, xd16);
 }
 
-// lora_rows_swiglu_bf16_hl_w32 (issue 8, v19): lora_rows_swiglu_bf16_h_w32
-// (lora_rows_body<false, true, 32, 1, true>) with a packed W (w16), the
-// same operations in the same order, so the same bits, in a leaner loop.
-// That kernel is bound by instruction issue (ncu, v17: 73% issue-active,
-// ~63 instructions a value a lane), and its SASS spent ~17 of them a value
-// on per-chunk 64-bit address arithmetic, null tests of its output
-// pointers and reloading keep_scale from the constant bank (the 64
-// registers a thread of a 1024-thread block leave ptxas rematerialising
-// loop invariants). Here the outputs that are written are template
-// parameters (ACT: act, YH: yh, XD: xd16; the entry point picks one of
-// eight instantiations), the addresses are 32-bit offsets from per-row
-// bases, the dropout group's SplitMix64 state steps by a constant, and the
-// MMAs take the dropout copy's rounded words (xo before its NaN fix-up:
-// what bf16x2_rn of the dropped values gave there). Without w16 (the
-// lora-pack switch) the entry point runs lora_rows_body.
-template <bool ACT, bool YH, bool XD>
-__device__ __forceinline__ void lora_rows_swiglu_lean(bf16_t* __restrict__ yh, i64 ldyh, float* __restrict__ P,
-                                                      bf16_t* __restrict__ p16, i64 ldp, double scale16_d,
-                                                      const bf16_t* __restrict__ gu, i64 T, i64 K, i64 r, u64 seed,
-                                                      double p_d, u64 thr, double ks_d, bf16_t* jdst, const float* jsrc,
-                                                      i64 jrows, i64 jcols, i64 jld, double jscale,
-                                                      const bf16_t* __restrict__ w16, float* __restrict__ act,
-                                                      bf16_t* __restrict__ xd16) {
+// The lean row kernels (issue 8, v19): lora_rows_body's 32-warp kernels
+// with a packed W (w16), the same operations in the same order, so the same
+// bits, in a leaner loop. lora_rows_swiglu_bf16_h_w32 is bound by
+// instruction issue (ncu, v17: 73% issue-active, ~63 instructions a value
+// a lane) and the plain ones by latency on a long instruction stream
+// (~32 a value); their SASS spent ~17 and ~14 instructions a value on
+// per-chunk 64-bit address arithmetic, null tests of the output pointers
+// and reloading keep_scale from the constant bank (the 64 registers a
+// thread of a 1024-thread block leave ptxas rematerialising loop
+// invariants). Here the outputs that are written are template parameters
+// (ACT: act, YH: yh, XD: xd16; an entry point picks the instantiation),
+// the addresses are 32-bit element offsets from the kernel's arguments (the
+// host checks that they fit), the dropout group's SplitMix64 state steps
+// by a constant, and the MMAs take the dropout copy's rounded words (before
+// its NaN fix-up: what lr_chunk's bf16x2_rn of the dropped values gives).
+// SW: Y is a bfloat16 gate_up [T,2K] and the values are SwiGLU's output
+// (lora_rows_swiglu_bf16_h_w32); else Y is float32 [T,K] (lora_rows_bf16_w32,
+// and with P = g and no dropout lora_rows_bf16_t_w32: a packed B^T is read
+// as a packed A is). BATCH chunks a round, their loads first, as there.
+// Without w16 (the lora-pack switch) the entry points run lora_rows_body.
+template <bool SW, int BATCH, bool ACT, bool YH, bool XD>
+__device__ __forceinline__ void lora_rows_lean(bf16_t* __restrict__ yh, i64 ldyh, float* __restrict__ P,
+                                               bf16_t* __restrict__ p16, i64 ldp, double scale16_d,
+                                               const void* __restrict__ Yv, i64 T, i64 K, i64 r, u64 seed, double p_d,
+                                               u64 thr, double ks_d, bf16_t* jdst, const float* jsrc, i64 jrows,
+                                               i64 jcols, i64 jld, double jscale, const bf16_t* __restrict__ w16,
+                                               float* __restrict__ act, bf16_t* __restrict__ xd16) {
     constexpr int WARPS = 32;
     constexpr u64 GAMMA = 0x9E3779B97F4A7C15ULL;
+    const bf16_t* __restrict__ Yh = reinterpret_cast<const bf16_t*>(Yv);  // SW
+    const float* __restrict__ Yf = reinterpret_cast<const float*>(Yv);    // !SW
     const bool drop = p_d > 0.0;
     float ks = (float)ks_d;
     asm("" : "+f"(ks));  // held in a register, not reloaded and converted a use
@@ -756,81 +762,135 @@ __device__ __forceinline__ void lora_rows_swiglu_lean(bf16_t* __restrict__ yh, i
     const bool okt = t < T, okg = g < (int)r;
     const i64 tr = okt ? t : 0;
     const int Ki = (int)K;
-    // Element offsets in 32 bits (the host checks T * 2K, T * ldyh < 2^31):
-    // one register a row base instead of a 64-bit pointer, which ptxas
-    // recomputed from tr every chunk.
-    const unsigned gofs = (unsigned)tr * (unsigned)(2 * Ki), kofs = (unsigned)tr * (unsigned)Ki;
-    const unsigned yofs = YH ? (unsigned)tr * (unsigned)ldyh : 0u, wofs = (unsigned)(okg ? g : 0) * (unsigned)Ki;
+    // Element offsets in 32 bits (the host checks T * 2K and T * ldyh <
+    // 2^31): one register a row base instead of a 64-bit pointer, which
+    // ptxas recomputed from tr every chunk.
+    const unsigned yofs = (unsigned)tr * (unsigned)(SW ? 2 * Ki : Ki), kofs = (unsigned)tr * (unsigned)Ki;
+    const unsigned hofs = YH ? (unsigned)tr * (unsigned)ldyh : 0u, wofs = (unsigned)(okg ? g : 0) * (unsigned)Ki;
     // dropout_group_hash's argument for group k/4 of the row, k = 32q + 8c:
-    // seed + (row * K/4 + 8q + 2c) * gamma, stepping 8 * WARPS groups a round.
+    // seed + (row * K/4 + 8q + 2c) * gamma, stepping 8 * WARPS groups a chunk.
     u64 s = seed + (u64)(tr * (K >> 2)) * GAMMA + (u64)(8 * w + 2 * c) * GAMMA;
     float acc[2] = {0.0f, 0.0f};
     const int nch = (Ki + 31) >> 5;
     const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (int q = w; q < nch; q += WARPS, s += (u64)(8 * WARPS) * GAMMA) {
-        const int k = (q << 5) + 8 * c;
-        const bool ok = okt && k < Ki;  // K % 8 == 0: all 8 values or none
-        float4 ga = z, gb = z, ua = z, ub = z;
-        unsigned wf[4] = {0u, 0u, 0u, 0u};
-        if (ok) {
-            const uint4 gq = *reinterpret_cast<const uint4*>(gu + (gofs + k)),
-                        uq = *reinterpret_cast<const uint4*>(gu + (gofs + Ki + k));
-            ga = bf16x4_to_f32(make_uint2(gq.x, gq.y)), gb = bf16x4_to_f32(make_uint2(gq.z, gq.w));
-            ua = bf16x4_to_f32(make_uint2(uq.x, uq.y)), ub = bf16x4_to_f32(make_uint2(uq.z, uq.w));
+    for (int q0 = w; q0 < nch; q0 += WARPS * BATCH) {
+        float4 ya[BATCH], yb[BATCH], ua[BATCH], ub[BATCH];
+        unsigned wf[BATCH][4];
+#pragma unroll
+        for (int u = 0; u < BATCH; u++) {
+            const int q = q0 + u * WARPS, k = (q << 5) + 8 * c;
+            const bool okk = q < nch && k < Ki;  // K % 8 == 0: all 8 values or none
+            ya[u] = yb[u] = ua[u] = ub[u] = z;
+            if (okt && okk) {
+                if (SW) {
+                    const uint4 gq = *reinterpret_cast<const uint4*>(Yh + (yofs + k)),
+                                uq = *reinterpret_cast<const uint4*>(Yh + (yofs + Ki + k));
+                    ya[u] = bf16x4_to_f32(make_uint2(gq.x, gq.y)), yb[u] = bf16x4_to_f32(make_uint2(gq.z, gq.w));
+                    ua[u] = bf16x4_to_f32(make_uint2(uq.x, uq.y)), ub[u] = bf16x4_to_f32(make_uint2(uq.z, uq.w));
+                } else {
+                    const float4* yp = reinterpret_cast<const float4*>(Yf + (yofs + k));
+                    ya[u] = yp[0], yb[u] = yp[1];
+                }
+            }
+            wf[u][0] = wf[u][1] = wf[u][2] = wf[u][3] = 0u;
+            if (okg && okk) lr_w16_frag(wf[u], w16 + (wofs + k));
         }
-        if (okg && k < Ki) lr_w16_frag(wf, w16 + (wofs + k));
-        float4 a = make_float4(__fmul_rn(ua.x, silu_f(ga.x)), __fmul_rn(ua.y, silu_f(ga.y)), __fmul_rn(ua.z, silu_f(ga.z)),
-                               __fmul_rn(ua.w, silu_f(ga.w)));
-        float4 b = make_float4(__fmul_rn(ub.x, silu_f(gb.x)), __fmul_rn(ub.y, silu_f(gb.y)), __fmul_rn(ub.z, silu_f(gb.z)),
-                               __fmul_rn(ub.w, silu_f(gb.w)));
-        if (ACT && ok) {
-            float4* ap = reinterpret_cast<float4*>(act + (kofs + k));
-            ap[0] = a, ap[1] = b;
+#pragma unroll
+        for (int u = 0; u < BATCH; u++) {
+            const int q = q0 + u * WARPS, k = (q << 5) + 8 * c;
+            const bool ok = okt && q < nch && k < Ki;
+            float4 a = ya[u], b = yb[u];
+            if (SW) {
+                const float4 ga = ya[u], gb = yb[u], pa = ua[u], pb = ub[u];
+                a = make_float4(__fmul_rn(pa.x, silu_f(ga.x)), __fmul_rn(pa.y, silu_f(ga.y)), __fmul_rn(pa.z, silu_f(ga.z)),
+                                __fmul_rn(pa.w, silu_f(ga.w)));
+                b = make_float4(__fmul_rn(pb.x, silu_f(gb.x)), __fmul_rn(pb.y, silu_f(gb.y)), __fmul_rn(pb.z, silu_f(gb.z)),
+                                __fmul_rn(pb.w, silu_f(gb.w)));
+                if (ACT && ok) {
+                    float4* ap = reinterpret_cast<float4*>(act + (kofs + k));
+                    ap[0] = a, ap[1] = b;
+                }
+            }
+            const float4 a0 = a, b0 = b;
+            uint4 yo = YH ? lr_pack8(a, b) : make_uint4(0u, 0u, 0u, 0u);
+            if (drop) lr_drop8(a, b, s + (u64)(8 * WARPS * u) * GAMMA, t32, ks);
+            const uint4 mm = lr_pack8(a, b);  // the MMAs' operands
+            uint4 xo = mm;
+            if (lr_nan8(a0, b0)) {  // rare: f32_to_bf16 keeps a NaN's payload
+                if (YH) yo = lr_pack8_exact(a0, b0);
+                if (XD) xo = lr_pack8_exact(a, b);
+            }
+            if (YH && ok) *reinterpret_cast<uint4*>(yh + (hofs + k)) = yo;
+            if (XD && ok) *reinterpret_cast<uint4*>(xd16 + (kofs + k)) = xo;  // kept for GradA (v8)
+            float d[4];
+            lr_mma(d, ok ? mm.x : 0u, ok ? mm.y : 0u, wf[u][0], wf[u][1]);
+            acc[0] += d[0], acc[1] += d[1];
+            lr_mma(d, ok ? mm.z : 0u, ok ? mm.w : 0u, wf[u][2], wf[u][3]);
+            acc[0] += d[0], acc[1] += d[1];
         }
-        const float4 a0 = a, b0 = b;
-        uint4 yo = YH ? lr_pack8(a, b) : make_uint4(0u, 0u, 0u, 0u);
-        if (drop) lr_drop8(a, b, s, t32, ks);
-        const uint4 mm = lr_pack8(a, b);  // the MMAs' operands (lr_chunk's bf16x2_rn of the dropped values)
-        uint4 xo = mm;
-        if (lr_nan8(a0, b0)) {  // rare: f32_to_bf16 keeps a NaN's payload
-            if (YH) yo = lr_pack8_exact(a0, b0);
-            if (XD) xo = lr_pack8_exact(a, b);
-        }
-        if (YH && ok) *reinterpret_cast<uint4*>(yh + (yofs + k)) = yo;
-        if (XD && ok) *reinterpret_cast<uint4*>(xd16 + (kofs + k)) = xo;  // kept for GradA (v8)
-        float d[4];
-        lr_mma(d, ok ? mm.x : 0u, ok ? mm.y : 0u, wf[0], wf[1]);
-        acc[0] += d[0], acc[1] += d[1];
-        lr_mma(d, ok ? mm.z : 0u, ok ? mm.w : 0u, wf[2], wf[3]);
-        acc[0] += d[0], acc[1] += d[1];
+        s += (u64)(8 * WARPS * BATCH) * GAMMA;
     }
     lr_finish<WARPS>(acc, P, p16, ldp, (float)scale16_d, T, (int)r, jdst, jsrc, jrows, jcols, jld, jscale);
 }
 
-#define LORA_ROWS_SWIGLU_LEAN(A, Y, X)                                                                            \
-    lora_rows_swiglu_lean<A, Y, X>(yh, ldyh, P, p16, ldp, scale16, reinterpret_cast<const bf16_t*>(Y_), T, K, r, seed, \
-                                   p_d, thr, ks_d, jdst, jsrc, jrows, jcols, jld, jscale, w16, act, xd16)
+#define LORA_ROWS_LEAN(SW, BATCH, A, Y, X)                                                                       \
+    lora_rows_lean<SW, BATCH, A, Y, X>(yh, ldyh, P, p16, ldp, scale16, Y_, T, K, r, seed, p_d, thr, ks_d, jdst, jsrc, \
+                                       jrows, jcols, jld, jscale, w16, act, xd16)
+#define LORA_ROWS_LEAN_PARAMS                                                                                 \
+    bf16_t *yh, i64 ldyh, float *P, bf16_t *p16, i64 ldp, double scale16, const float *Y_, const float *W, i64 T, \
+        i64 K, i64 r, u64 seed, double p_d, u64 thr, double ks_d, bf16_t *jdst, const float *jsrc, i64 jrows,     \
+        i64 jcols, i64 jld, double jscale, const bf16_t *w16
+
+// lora_rows_swiglu_bf16_hl_w32: lora_rows_swiglu_bf16_h_w32, lean.
 extern "C" __global__ void __launch_bounds__(32 * 32)
-    lora_rows_swiglu_bf16_hl_w32(bf16_t* yh, i64 ldyh, float* P, bf16_t* p16, i64 ldp, double scale16, const float* Y_,
-                                 const float* W, i64 T, i64 K, i64 r, u64 seed, double p_d, u64 thr, double ks_d,
-                                 bf16_t* jdst, const float* jsrc, i64 jrows, i64 jcols, i64 jld, double jscale,
-                                 const bf16_t* w16, float* act, bf16_t* xd16) {
+    lora_rows_swiglu_bf16_hl_w32(LORA_ROWS_LEAN_PARAMS, float* act, bf16_t* xd16) {
     if (!w16) {
         const float* Y = Y_;
         lora_rows_body<false, true, 32, 1, true>(LORA_ROWS_ARGS, act, xd16);
         return;
     }
-    const int sel = (act ? 4 : 0) | (yh ? 2 : 0) | (xd16 ? 1 : 0);
-    switch (sel) {
-        case 0: LORA_ROWS_SWIGLU_LEAN(false, false, false); break;
-        case 1: LORA_ROWS_SWIGLU_LEAN(false, false, true); break;
-        case 2: LORA_ROWS_SWIGLU_LEAN(false, true, false); break;
-        case 3: LORA_ROWS_SWIGLU_LEAN(false, true, true); break;
-        case 4: LORA_ROWS_SWIGLU_LEAN(true, false, false); break;
-        case 5: LORA_ROWS_SWIGLU_LEAN(true, false, true); break;
-        case 6: LORA_ROWS_SWIGLU_LEAN(true, true, false); break;
-        default: LORA_ROWS_SWIGLU_LEAN(true, true, true); break;
+    switch ((act ? 4 : 0) | (yh ? 2 : 0) | (xd16 ? 1 : 0)) {
+        case 0: LORA_ROWS_LEAN(true, 1, false, false, false); break;
+        case 1: LORA_ROWS_LEAN(true, 1, false, false, true); break;
+        case 2: LORA_ROWS_LEAN(true, 1, false, true, false); break;
+        case 3: LORA_ROWS_LEAN(true, 1, false, true, true); break;
+        case 4: LORA_ROWS_LEAN(true, 1, true, false, false); break;
+        case 5: LORA_ROWS_LEAN(true, 1, true, false, true); break;
+        case 6: LORA_ROWS_LEAN(true, 1, true, true, false); break;
+        default: LORA_ROWS_LEAN(true, 1, true, true, true); break;
     }
+}
+
+// lora_rows_bf16_l_w32: lora_rows_bf16_w32 (float32 Y, A [r,K]), lean.
+extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_bf16_l_w32(LORA_ROWS_LEAN_PARAMS, bf16_t* xd16) {
+    float* act = nullptr;
+    if (!w16) {
+        const float* Y = Y_;
+        lora_rows_body<false, false, 32, 2>(LORA_ROWS_ARGS, nullptr, xd16);
+        return;
+    }
+    switch ((yh ? 2 : 0) | (xd16 ? 1 : 0)) {
+        case 0: LORA_ROWS_LEAN(false, 2, false, false, false); break;
+        case 1: LORA_ROWS_LEAN(false, 2, false, false, true); break;
+        case 2: LORA_ROWS_LEAN(false, 2, false, true, false); break;
+        default: LORA_ROWS_LEAN(false, 2, false, true, true); break;
+    }
+}
+
+// lora_rows_bf16_t_l_w32: lora_rows_bf16_t_w32 (float32 Y = dout, B^T, P
+// = g, no dropout, nothing kept), lean.
+extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_bf16_t_l_w32(LORA_ROWS_LEAN_PARAMS) {
+    float* act = nullptr;
+    bf16_t* xd16 = nullptr;
+    if (!w16) {
+        const float* Y = Y_;
+        lora_rows_body<true, false, 32, 2>(LORA_ROWS_ARGS, nullptr, nullptr);
+        return;
+    }
+    if (yh)
+        LORA_ROWS_LEAN(false, 2, false, true, false);
+    else
+        LORA_ROWS_LEAN(false, 2, false, false, false);
 }
 
 // lora_rows_norm_bf16 (issue 8, v9): RMSNorm, after the residual add with
