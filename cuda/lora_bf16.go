@@ -193,7 +193,7 @@ func canLoRARows(Y, W cu.DevicePtr, T, K, r int) bool {
 func (b *Backend) loraRows(op string, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, scale16 float32,
 	Y, A cu.DevicePtr, T, K, r int, p float32, seed uint64, job prepJob, xd16 cu.DevicePtr) {
 	kernel := "lora_rows_bf16"
-	if leanFits(T, K, ldyh) {
+	if b.leanFits(T, K, ldyh, A) {
 		kernel = "lora_rows_bf16_l"
 	}
 	b.loraRowsLaunch(op, kernel, yh, ldyh, P, p16, ldp, scale16, Y, A, T, K, r, p, seed, job, ptrArg(xd16))
@@ -204,7 +204,7 @@ func (b *Backend) loraRows(op string, yh cu.DevicePtr, ldyh int, P, p16 cu.Devic
 func (b *Backend) loraRowsT(op string, yh cu.DevicePtr, ldyh int, P, p16 cu.DevicePtr, ldp int, Y, B cu.DevicePtr, T, K, r int,
 	job prepJob) {
 	kernel := "lora_rows_bf16_t"
-	if leanFits(T, K, ldyh) {
+	if b.leanFits(T, K, ldyh, B) {
 		kernel = "lora_rows_bf16_t_l"
 	}
 	b.loraRowsLaunch(op, kernel, yh, ldyh, P, p16, ldp, 1, Y, B, T, K, r, 0, 0, job)
@@ -224,18 +224,19 @@ func (b *Backend) loraRowsTHalf(op string, P, p16 cu.DevicePtr, ldp int, Y, B cu
 // OLLAMA_TUNE_CUDA_REFERENCE=rows-raw keeps lora_rows_bf16_t_h (the A/B).
 var rowsRaw = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "rows-raw")
 
-// rowsLean says whether loraRows, loraRowsT and loraRowsAct (for a
-// bfloat16 gate_up) take the lean 32-warp row kernels (v19: the _l and _hl
-// entry points, lora_rows_lean in kernels/lora.cu: the same bits in a
-// leaner loop) where their 32-bit element offsets reach (leanFits);
+// rowsLean says whether loraRows, loraRowsT, loraRowsAct (for a bfloat16
+// gate_up) and loraRowsNorm (K <= 3072) take the lean 32-warp row kernels
+// (v19: the _l and _hl entry points, lora_rows_lean and lora_rows_norm_lean
+// in kernels/lora.cu: the same bits in a leaner loop) where leanFits;
 // OLLAMA_TUNE_CUDA_REFERENCE=rows-lean keeps the others (the A/B).
 var rowsLean = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "rows-lean")
 
 // leanFits says whether a lean row kernel takes rows of width values (K,
-// or 2K for a gate_up) and a copy of row stride ldyh for T rows: its
-// element offsets are 32-bit. It needs the 32-warp kernels too.
-func leanFits(T, width, ldyh int) bool {
-	return rowsLean && loraRowsW32 && int64(T)*int64(width) < 1<<31 && int64(T)*int64(ldyh) < 1<<31
+// or 2K for a gate_up) and a copy of row stride ldyh for T rows against
+// the matrix at W: its element offsets are 32-bit, it reads only a packed
+// W (packedW), and it is a 32-warp kernel.
+func (b *Backend) leanFits(T, width, ldyh int, W cu.DevicePtr) bool {
+	return rowsLean && loraRowsW32 && int64(T)*int64(width) < 1<<31 && int64(T)*int64(ldyh) < 1<<31 && b.packedW(W) != 0
 }
 
 // loraRowsAct runs lora_rows_swiglu_bf16: loraRows (A [r,K]) over act =
@@ -247,7 +248,7 @@ func (b *Backend) loraRowsAct(op string, act, yh cu.DevicePtr, ldyh int, P, p16 
 	kernel := "lora_rows_swiglu_bf16"
 	if guHalf {
 		kernel += "_h"
-		if leanFits(T, 2*K, ldyh) {
+		if b.leanFits(T, 2*K, ldyh, A) {
 			kernel += "l"
 		}
 	}
@@ -274,6 +275,9 @@ func (b *Backend) loraRowsNorm(op string, norm *normSrc, yh cu.DevicePtr, ldyh i
 	kernel := "lora_rows_norm_bf16"
 	if norm.b != 0 {
 		kernel += "_add"
+	}
+	if K <= 3072 && b.leanFits(T, K, ldyh, A) {
+		kernel += "_l" // v19: lean, the same bits (q3 only)
 	}
 	entry := kernel + "_q4"
 	if K <= 3072 {

@@ -18,8 +18,8 @@ import (
 // lora_rows_bf16_l, lora_rows_bf16_t_l, 32 warps) write the bytes the
 // kernels they replace write (h or g, its rounding, the bfloat16 copy, act,
 // the dropout copy), for each set of outputs their entry points pick an
-// instantiation for, with a packed W and without one (their fallback),
-// with and without dropout, at a partial row block and chunk, rank 5, a
+// instantiation for (the host takes them with a packed W only), with and
+// without dropout, at a partial row block and chunk, rank 5, a
 // NaN, infinities and an overflowing exp in the input, and at Phi-3-mini's
 // shapes.
 func TestRowsLean(t *testing.T) {
@@ -136,6 +136,15 @@ func TestRowsLean(t *testing.T) {
 				}
 			}
 			for mask := 0; mask < 1<<len(c.outs); mask++ {
+				if !packed { // the host takes the lean kernels only with a packed W
+					if g.leanFits(c.T, width, ldyh, W) {
+						t.Fatalf("%s: leanFits without a packed W", name)
+					}
+					continue
+				}
+				if !g.leanFits(c.T, width, ldyh, W) {
+					t.Fatalf("%s: leanFits refuses", name)
+				}
 				want, got := run(c.kernel, mask), run(c.lean, mask)
 				for _, k := range all {
 					if !bytes.Equal(got[k], want[k]) {
@@ -153,5 +162,107 @@ func TestRowsLean(t *testing.T) {
 			g.Free(z)
 		}
 		g.FreeWeight(w)
+	}
+}
+
+// TestRowsLeanNorm: the lean norm row kernels (v19,
+// lora_rows_norm_bf16[_add]_l_q3) write the bytes lora_rows_norm_bf16[_add]_q3
+// write (h, its rounding, the bfloat16 copy, the dropout copy, xn, rstd,
+// the sum), for each set of optional outputs, with and without the
+// residual add, with a NaN and infinities in the input, and at
+// Phi-3-mini's width.
+func TestRowsLeanNorm(t *testing.T) {
+	g := gpuB16
+	if !loraRowsW32 {
+		t.Skip("the lean row kernels are 32-warp ones (OLLAMA_TUNE_CUDA_ROWS=w16)")
+	}
+	defer func(v bool) { rowsLean = v }(rowsLean)
+	for _, c := range []struct {
+		T, K, r int
+		p       float32
+		special bool
+	}{
+		{33, 64, 8, 0.1, true},
+		{9, 3072, 5, 0, false},
+		{1024, 3072, 8, 0.05, false},
+	} {
+		for _, add := range []bool{false, true} {
+			name := fmt.Sprintf("T%d K%d r%d p%g add %v", c.T, c.K, c.r, c.p, add)
+			w, A, B := nf4LoRA(t, g, 16, c.K, c.r, 130)
+			l := &finetune.Linear{Name: "rows", W: w, LoRA: &finetune.LoRA{A: A, B: B, Scale: 2, Dropout: c.p}}
+			g.PackLoRA([]*finetune.Linear{l})
+			Ap := unwrap(A, kindF32, "test").ptr
+			a, bb, nw := g.Alloc(c.T, c.K), g.Alloc(c.T, c.K), g.Alloc(c.K)
+			va := randn(c.T*c.K, 131, 1)
+			if c.special {
+				va[3*c.K+5] = float32(math.NaN())
+				va[5*c.K+7] = float32(math.Inf(1))
+			}
+			g.Upload(a, va)
+			g.Upload(bb, randn(c.T*c.K, 132, 1))
+			g.Upload(nw, randn(c.K, 133, 1))
+			ldyh, ldp := c.K+8, 8
+			sizes := map[string]int64{"yh": 2 * int64(c.T*ldyh), "P": 4 * int64(c.T*c.r), "p16": 2 * int64(c.T*ldp),
+				"xd16": 2 * int64(c.T*c.K), "xn": 4 * int64(c.T*c.K), "rstd": 4 * int64(c.T), "sum": 4 * int64(c.T*c.K)}
+			all := []string{"yh", "P", "p16", "xd16", "xn", "rstd", "sum"}
+			run := func(lean bool, mask int) map[string][]byte {
+				rowsLean = lean
+				ptrs := map[string]cu.DevicePtr{}
+				for _, k := range all {
+					p, err := g.rawAlloc(sizes[k], "test")
+					if err != nil {
+						t.Fatal(err)
+					}
+					check("test", cu.MemsetD8Async(p, 0xa5, sizes[k], g.stream))
+					ptrs[k] = p
+				}
+				on := func(bit int, k string) cu.DevicePtr {
+					if mask&bit != 0 {
+						return ptrs[k]
+					}
+					return 0
+				}
+				src := &normSrc{xn: on(4, "xn"), rstd: ptrs["rstd"], a: a.(*Tensor).ptr, w: nw.(*Tensor).ptr, eps: 1e-5}
+				if add {
+					src.b, src.sum = bb.(*Tensor).ptr, ptrs["sum"]
+				}
+				func() {
+					defer g.enter("test")()
+					g.loraRowsNorm("test", src, on(2, "yh"), ldyh, ptrs["P"], ptrs["p16"], ldp, 2, Ap, c.T, c.K, c.r, c.p, 0x5eed,
+						prepJob{}, on(1, "xd16"))
+				}()
+				res := map[string][]byte{}
+				for _, k := range all {
+					buf := make([]byte, sizes[k])
+					func() {
+						defer g.enter("test")()
+						g.download("test", unsafe.Pointer(&buf[0]), ptrs[k], sizes[k])
+					}()
+					res[k] = buf
+					g.rawFree(ptrs[k], sizes[k])
+				}
+				return res
+			}
+			if !g.leanFits(c.T, c.K, ldyh, Ap) {
+				t.Fatalf("%s: leanFits refuses", name)
+			}
+			for mask := 0; mask < 8; mask++ {
+				want, got := run(false, mask), run(true, mask)
+				for _, k := range all {
+					if !bytes.Equal(got[k], want[k]) {
+						i := 0
+						for i < len(got[k]) && got[k][i] == want[k][i] {
+							i++
+						}
+						t.Fatalf("%s outputs %03b (xn, yh, xd16): %s differs from lora_rows_norm_bf16's at byte %d of %d",
+							name, mask, k, i, len(got[k]))
+					}
+				}
+			}
+			for _, z := range []finetune.Tensor{A, B, a, bb, nw} {
+				g.Free(z)
+			}
+			g.FreeWeight(w)
+		}
 	}
 }

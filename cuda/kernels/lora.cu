@@ -741,7 +741,8 @@ extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_swiglu_bf16_h_w3
 // (lora_rows_swiglu_bf16_h_w32); else Y is float32 [T,K] (lora_rows_bf16_w32,
 // and with P = g and no dropout lora_rows_bf16_t_w32: a packed B^T is read
 // as a packed A is). BATCH chunks a round, their loads first, as there.
-// Without w16 (the lora-pack switch) the entry points run lora_rows_body.
+// The host takes them only with a packed W (w16 not null: not under the
+// lora-pack switch).
 template <bool SW, int BATCH, bool ACT, bool YH, bool XD>
 __device__ __forceinline__ void lora_rows_lean(bf16_t* __restrict__ yh, i64 ldyh, float* __restrict__ P,
                                                bf16_t* __restrict__ p16, i64 ldp, double scale16_d,
@@ -844,11 +845,6 @@ __device__ __forceinline__ void lora_rows_lean(bf16_t* __restrict__ yh, i64 ldyh
 // lora_rows_swiglu_bf16_hl_w32: lora_rows_swiglu_bf16_h_w32, lean.
 extern "C" __global__ void __launch_bounds__(32 * 32)
     lora_rows_swiglu_bf16_hl_w32(LORA_ROWS_LEAN_PARAMS, float* act, bf16_t* xd16) {
-    if (!w16) {
-        const float* Y = Y_;
-        lora_rows_body<false, true, 32, 1, true>(LORA_ROWS_ARGS, act, xd16);
-        return;
-    }
     switch ((act ? 4 : 0) | (yh ? 2 : 0) | (xd16 ? 1 : 0)) {
         case 0: LORA_ROWS_LEAN(true, 1, false, false, false); break;
         case 1: LORA_ROWS_LEAN(true, 1, false, false, true); break;
@@ -864,11 +860,6 @@ extern "C" __global__ void __launch_bounds__(32 * 32)
 // lora_rows_bf16_l_w32: lora_rows_bf16_w32 (float32 Y, A [r,K]), lean.
 extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_bf16_l_w32(LORA_ROWS_LEAN_PARAMS, bf16_t* xd16) {
     float* act = nullptr;
-    if (!w16) {
-        const float* Y = Y_;
-        lora_rows_body<false, false, 32, 2>(LORA_ROWS_ARGS, nullptr, xd16);
-        return;
-    }
     switch ((yh ? 2 : 0) | (xd16 ? 1 : 0)) {
         case 0: LORA_ROWS_LEAN(false, 2, false, false, false); break;
         case 1: LORA_ROWS_LEAN(false, 2, false, false, true); break;
@@ -882,11 +873,6 @@ extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_bf16_l_w32(LORA_
 extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_bf16_t_l_w32(LORA_ROWS_LEAN_PARAMS) {
     float* act = nullptr;
     bf16_t* xd16 = nullptr;
-    if (!w16) {
-        const float* Y = Y_;
-        lora_rows_body<true, false, 32, 2>(LORA_ROWS_ARGS, nullptr, nullptr);
-        return;
-    }
     if (yh)
         LORA_ROWS_LEAN(false, 2, false, true, false);
     else
@@ -1020,6 +1006,128 @@ LORA_ROWS_NORM_ENTRY(lora_rows_norm_bf16_q3, false, 3)
 LORA_ROWS_NORM_ENTRY(lora_rows_norm_bf16_q4, false, 4)
 LORA_ROWS_NORM_ENTRY(lora_rows_norm_bf16_add_q3, true, 3)
 LORA_ROWS_NORM_ENTRY(lora_rows_norm_bf16_add_q4, true, 4)
+
+// lora_rows_norm_bf16[_add]_l_q3 (issue 8, v19): lora_rows_norm_bf16[_add]_q3
+// for a packed A (w16), lean as lora_rows_lean is (the same operations in
+// the same order, so the same bits): the outputs yh and xd16 template
+// parameters (xn, rarely written, a test), 32-bit element offsets (the
+// host checks T * K and T * ldyh < 2^31), keep_scale held in a register,
+// the dropout state stepped by a constant, the MMAs fed the dropout copy's
+// rounded words.
+template <bool ADD, int NQ, bool YH, bool XD>
+__device__ __forceinline__ void lora_rows_norm_lean(bf16_t* __restrict__ yh, i64 ldyh, float* __restrict__ P,
+                                                    bf16_t* __restrict__ p16, i64 ldp, double scale16_d, i64 T, i64 K,
+                                                    i64 r, u64 seed, double p_d, u64 thr, double ks_d, bf16_t* jdst,
+                                                    const float* jsrc, i64 jrows, i64 jcols, i64 jld, double jscale,
+                                                    const bf16_t* __restrict__ w16, bf16_t* __restrict__ xd16,
+                                                    float* __restrict__ sum, float* __restrict__ xn,
+                                                    float* __restrict__ rstd, const float* __restrict__ a,
+                                                    const float* __restrict__ b, const float* __restrict__ nw,
+                                                    double eps_d) {
+    constexpr int WARPS = 32;
+    constexpr u64 GAMMA = 0x9E3779B97F4A7C15ULL;
+    __shared__ double ssw[WARPS][LR_ROWS];
+    const float eps = (float)eps_d;
+    float ks = (float)ks_d;
+    asm("" : "+f"(ks));  // held in a register
+    const bool drop = p_d > 0.0;
+    const unsigned int t32 = (unsigned int)thr;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+    const i64 t = (i64)blockIdx.x * LR_ROWS + g;
+    const bool okt = t < T, okg = g < (int)r;
+    const i64 tr = okt ? t : 0;
+    const int Ki = (int)K;    // the host checks K <= NQ * WARPS * 32
+    const int nch = Ki >> 5;  // the host checks K % 32 == 0
+    const unsigned kofs = (unsigned)tr * (unsigned)Ki, hofs = YH ? (unsigned)tr * (unsigned)ldyh : 0u,
+                   wofs = (unsigned)(okg ? g : 0) * (unsigned)Ki;
+    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 va[NQ], vb[NQ];
+    double ss = 0.0;
+    // Phase 1: s, its squares' float64 sum (lora_rows_norm_body's order).
+#pragma unroll
+    for (int i = 0; i < NQ; i++) {
+        const int k = ((w + i * WARPS) << 5) + 8 * c;
+        va[i] = vb[i] = z;
+        if (okt && w + i * WARPS < nch) {
+            const float4* ap = reinterpret_cast<const float4*>(a + (kofs + k));
+            va[i] = ap[0], vb[i] = ap[1];
+            if (ADD) {
+                const float4* bp = reinterpret_cast<const float4*>(b + (kofs + k));
+                const float4 ba = bp[0], bb = bp[1];
+                va[i] = make_float4(__fadd_rn(va[i].x, ba.x), __fadd_rn(va[i].y, ba.y), __fadd_rn(va[i].z, ba.z),
+                                    __fadd_rn(va[i].w, ba.w));
+                vb[i] = make_float4(__fadd_rn(vb[i].x, bb.x), __fadd_rn(vb[i].y, bb.y), __fadd_rn(vb[i].z, bb.z),
+                                    __fadd_rn(vb[i].w, bb.w));
+                float4* sp = reinterpret_cast<float4*>(sum + (kofs + k));
+                sp[0] = va[i], sp[1] = vb[i];
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < NQ; i++) {
+        const float4 x = va[i], y = vb[i];
+        ss += (double)x.x * (double)x.x + (double)x.y * (double)x.y + (double)x.z * (double)x.z + (double)x.w * (double)x.w;
+        ss += (double)y.x * (double)y.x + (double)y.y * (double)y.y + (double)y.z * (double)y.z + (double)y.w * (double)y.w;
+    }
+    ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+    ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+    if (c == 0) ssw[w][g] = ss;
+    __syncthreads();
+    double tot = ssw[0][g];
+#pragma unroll
+    for (int v = 1; v < WARPS; v++) tot += ssw[v][g];
+    const float rs = rms_rstd(tot, K, eps);
+    if (okt && w == 0 && c == 0) rstd[t] = rs;
+    // Phase 2: xn, then the row kernel's work on it.
+    u64 s = seed + (u64)(tr * (K >> 2)) * GAMMA + (u64)(8 * w + 2 * c) * GAMMA;
+    float acc[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < NQ; i++) {
+        const int q = w + i * WARPS, k = (q << 5) + 8 * c;
+        if (q >= nch) break;  // warp-uniform
+        unsigned wf[4] = {0u, 0u, 0u, 0u};
+        if (okg) lr_w16_frag(wf, w16 + (wofs + k));
+        const float4* np = reinterpret_cast<const float4*>(nw + k);
+        const float4 na = __ldg(np), nb = __ldg(np + 1);
+        float4 x0 = rms_scale4(va[i], na, rs), x1 = rms_scale4(vb[i], nb, rs);
+        if (okt && xn) {
+            float4* op = reinterpret_cast<float4*>(xn + (kofs + k));
+            op[0] = x0, op[1] = x1;
+        }
+        const float4 a0 = x0, b0 = x1;
+        uint4 yo = YH ? lr_pack8(x0, x1) : make_uint4(0u, 0u, 0u, 0u);
+        if (drop) lr_drop8(x0, x1, s + (u64)(8 * WARPS * i) * GAMMA, t32, ks);
+        const uint4 mm = lr_pack8(x0, x1);  // the MMAs' operands
+        uint4 xo = mm;
+        if (lr_nan8(a0, b0)) {  // rare: f32_to_bf16 keeps a NaN's payload
+            if (YH) yo = lr_pack8_exact(a0, b0);
+            if (XD) xo = lr_pack8_exact(x0, x1);
+        }
+        if (YH && okt) *reinterpret_cast<uint4*>(yh + (hofs + k)) = yo;
+        if (XD && okt) *reinterpret_cast<uint4*>(xd16 + (kofs + k)) = xo;  // kept for GradA (v8)
+        float d[4];
+        lr_mma(d, okt ? mm.x : 0u, okt ? mm.y : 0u, wf[0], wf[1]);
+        acc[0] += d[0], acc[1] += d[1];
+        lr_mma(d, okt ? mm.z : 0u, okt ? mm.w : 0u, wf[2], wf[3]);
+        acc[0] += d[0], acc[1] += d[1];
+    }
+    lr_finish<WARPS>(acc, P, p16, ldp, (float)scale16_d, T, (int)r, jdst, jsrc, jrows, jcols, jld, jscale);
+}
+
+#define LORA_ROWS_NORM_LEAN(ADD, Y, X)                                                                          \
+    lora_rows_norm_lean<ADD, 3, Y, X>(yh, ldyh, P, p16, ldp, scale16, T, K, r, seed, p_d, thr, ks_d, jdst, jsrc, \
+                                      jrows, jcols, jld, jscale, w16, xd16, sum, xn, rstd, a, b, nw, eps)
+#define LORA_ROWS_NORM_LEAN_ENTRY(NAME, ADD)                                                         \
+    extern "C" __global__ void __launch_bounds__(32 * 32) NAME(LORA_ROWS_NORM_PARAMS) {              \
+        switch ((yh ? 2 : 0) | (xd16 ? 1 : 0)) {                                                     \
+            case 0: LORA_ROWS_NORM_LEAN(ADD, false, false); break;                                   \
+            case 1: LORA_ROWS_NORM_LEAN(ADD, false, true); break;                                    \
+            case 2: LORA_ROWS_NORM_LEAN(ADD, true, false); break;                                    \
+            default: LORA_ROWS_NORM_LEAN(ADD, true, true); break;                                    \
+        }                                                                                            \
+    }
+LORA_ROWS_NORM_LEAN_ENTRY(lora_rows_norm_bf16_l_q3, false)
+LORA_ROWS_NORM_LEAN_ENTRY(lora_rows_norm_bf16_add_l_q3, true)
 
 // lr_swiglu8 is swiglu_bwd's d gate (dg) and d up (du) of 8 features.
 __device__ __forceinline__ void lr_swiglu8(float dg[8], float du[8], float4 d0, float4 d1, float4 g0, float4 g1, float4 u0,
