@@ -224,10 +224,11 @@ func (b *Backend) loraRowsTHalf(op string, P, p16 cu.DevicePtr, ldp int, Y, B cu
 // OLLAMA_TUNE_CUDA_REFERENCE=rows-raw keeps lora_rows_bf16_t_h (the A/B).
 var rowsRaw = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "rows-raw")
 
-// rowsLean says whether loraRows, loraRowsT, loraRowsAct (for a bfloat16
-// gate_up) and loraRowsNorm (K <= 3072) take the lean 32-warp row kernels
-// (v19: the _l and _hl entry points, lora_rows_lean and lora_rows_norm_lean
-// in kernels/lora.cu: the same bits in a leaner loop) where leanFits;
+// rowsLean says whether loraRows, loraRowsT, loraRowsAct and loraRowsSwiGLU
+// (for a bfloat16 gate_up) and loraRowsNorm (K <= 3072) take the lean
+// 32-warp row kernels (v19: the _l and _hl entry points, lora_rows_lean,
+// lora_rows_norm_lean and lora_rows_swiglu_t_lean in kernels/lora.cu: the
+// same bits in a leaner loop) where leanFits;
 // OLLAMA_TUNE_CUDA_REFERENCE=rows-lean keeps the others (the A/B).
 var rowsLean = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "rows-lean")
 
@@ -295,6 +296,9 @@ func (b *Backend) loraRowsSwiGLU(op string, dh, g, g16 cu.DevicePtr, sw *swigluS
 	kernel := "lora_rows_swiglu_bf16_t"
 	if sw.half {
 		kernel += "_h"
+		if b.leanFits(T, 2*sw.I, 2*sw.I, B) {
+			kernel += "l" // v19: lean, the same bits
+		}
 	}
 	b.launchRows(op, kernel, T, 2*sw.I, job, b.packedW(B), []uint64{ptrArg(dh), intArg(2 * sw.I), ptrArg(g), ptrArg(g16), intArg(r),
 		ptrArg(sw.dact), ptrArg(sw.gu), ptrArg(B), intArg(T), intArg(sw.I), intArg(r)})

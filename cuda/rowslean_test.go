@@ -266,3 +266,87 @@ func TestRowsLeanNorm(t *testing.T) {
 		}
 	}
 }
+
+// TestRowsLeanSwiGLUBackward: the lean backward SwiGLU row kernel (v19,
+// lora_rows_swiglu_bf16_t_hl) writes the bytes lora_rows_swiglu_bf16_t_h
+// writes (bf16(d gate_up), g and its rounding), with a NaN, infinities and
+// an overflowing exp in gate_up, rank 5, and at Phi-3-mini's gate_up.
+func TestRowsLeanSwiGLUBackward(t *testing.T) {
+	g := gpuB16
+	if !loraRowsW32 {
+		t.Skip("the lean row kernels are 32-warp ones (OLLAMA_TUNE_CUDA_ROWS=w16)")
+	}
+	defer func(v bool) { rowsLean = v }(rowsLean)
+	for _, c := range []struct {
+		T, I, r int
+		special bool
+	}{
+		{33, 40, 8, true},
+		{9, 2056, 5, false},
+		{1024, 8192, 8, false},
+	} {
+		name := fmt.Sprintf("T%d I%d r%d", c.T, c.I, c.r)
+		w, A, B := nf4LoRA(t, g, 2*c.I, 16, c.r, 140)
+		l := &finetune.Linear{Name: "gate_up_proj", W: w, LoRA: &finetune.LoRA{A: A, B: B, Scale: 2, Dropout: 0.1}}
+		g.PackLoRA([]*finetune.Linear{l})
+		Bp := unwrap(B, kindF32, "test").ptr
+		dact, gu := g.Alloc(c.T, c.I), g.AllocHalf(c.T, 2*c.I)
+		vals := randn(c.T*2*c.I, 141, 2)
+		if c.special {
+			row := 2 * c.I
+			vals[3*row+5] = float32(math.NaN())
+			vals[4*row+c.I+9] = float32(math.Inf(1))
+			vals[7*row+11] = -100
+			vals[8*row+12] = float32(math.Inf(-1))
+		}
+		uploadHalf(g, gu, vals)
+		g.Upload(dact, randn(c.T*c.I, 142, 1))
+		sizes := map[string]int64{"dh": 2 * int64(c.T*2*c.I), "g": 4 * int64(c.T*c.r), "g16": 2 * int64(c.T*c.r)}
+		all := []string{"dh", "g", "g16"}
+		run := func(lean bool) map[string][]byte {
+			rowsLean = lean
+			ptrs := map[string]cu.DevicePtr{}
+			for _, k := range all {
+				p, err := g.rawAlloc(sizes[k], "test")
+				if err != nil {
+					t.Fatal(err)
+				}
+				check("test", cu.MemsetD8Async(p, 0xa5, sizes[k], g.stream))
+				ptrs[k] = p
+			}
+			sw := &swigluSrc{dact: dact.(*Tensor).ptr, gu: gu.(*Tensor).ptr, half: true, I: c.I}
+			func() {
+				defer g.enter("test")()
+				g.loraRowsSwiGLU("test", ptrs["dh"], ptrs["g"], ptrs["g16"], sw, Bp, c.T, c.r, prepJob{})
+			}()
+			res := map[string][]byte{}
+			for _, k := range all {
+				buf := make([]byte, sizes[k])
+				func() {
+					defer g.enter("test")()
+					g.download("test", unsafe.Pointer(&buf[0]), ptrs[k], sizes[k])
+				}()
+				res[k] = buf
+				g.rawFree(ptrs[k], sizes[k])
+			}
+			return res
+		}
+		if !g.leanFits(c.T, 2*c.I, 2*c.I, Bp) {
+			t.Fatalf("%s: leanFits refuses", name)
+		}
+		want, got := run(false), run(true)
+		for _, k := range all {
+			if !bytes.Equal(got[k], want[k]) {
+				i := 0
+				for i < len(got[k]) && got[k][i] == want[k][i] {
+					i++
+				}
+				t.Fatalf("%s: %s differs from lora_rows_swiglu_bf16_t_h's at byte %d of %d", name, k, i, len(got[k]))
+			}
+		}
+		for _, z := range []finetune.Tensor{A, B, dact, gu} {
+			g.Free(z)
+		}
+		g.FreeWeight(w)
+	}
+}

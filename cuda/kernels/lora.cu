@@ -1234,6 +1234,66 @@ extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_swiglu_bf16_t_h_
     lora_rows_swiglu_t_body<32, 1, true>(LORA_ROWS_SWIGLU_T_ARGS);
 }
 
+// lora_rows_swiglu_bf16_t_hl_w32 (issue 8, v19): lora_rows_swiglu_bf16_t_h_w32
+// for a packed B^T (w16), lean as lora_rows_lean is (the same operations in
+// the same order, so the same bits): 32-bit element offsets (the host
+// checks T * 2I and T * ldyh < 2^31) instead of the seven 64-bit row
+// addresses ptxas rebuilt every chunk.
+__device__ __forceinline__ void lora_rows_swiglu_t_lean(bf16_t* __restrict__ yh, i64 ldyh, float* __restrict__ P,
+                                                        bf16_t* __restrict__ p16, i64 ldp, const float* __restrict__ dact,
+                                                        const bf16_t* __restrict__ gu, i64 T, i64 I, i64 r,
+                                                        bf16_t* jdst, const float* jsrc, i64 jrows, i64 jcols, i64 jld,
+                                                        double jscale, const bf16_t* __restrict__ w16) {
+    constexpr int WARPS = 32;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+    const i64 t = (i64)blockIdx.x * LR_ROWS + g;
+    const bool okt = t < T, okg = g < (int)r;
+    const unsigned tr = okt ? (unsigned)t : 0u, Ii = (unsigned)I;
+    const unsigned dofs = tr * Ii, gofs = tr * 2u * Ii, hofs = tr * (unsigned)ldyh, wofs = (unsigned)(okg ? g : 0) * 2u * Ii;
+    float acc[2] = {0.0f, 0.0f};
+    const int nch = (int)((I + 31) >> 5);
+    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int q = w; q < nch; q += WARPS) {
+        const unsigned k = ((unsigned)q << 5) + 8u * (unsigned)c;
+        const bool ok = okt && k < Ii;
+        float4 d0 = z, d1 = z, g0 = z, g1 = z, u0 = z, u1 = z;
+        if (ok) {
+            const float4* dp = reinterpret_cast<const float4*>(dact + (dofs + k));
+            d0 = dp[0], d1 = dp[1];
+            const uint4 gq = *reinterpret_cast<const uint4*>(gu + (gofs + k)),
+                        uq = *reinterpret_cast<const uint4*>(gu + (gofs + Ii + k));
+            g0 = bf16x4_to_f32(make_uint2(gq.x, gq.y)), g1 = bf16x4_to_f32(make_uint2(gq.z, gq.w));
+            u0 = bf16x4_to_f32(make_uint2(uq.x, uq.y)), u1 = bf16x4_to_f32(make_uint2(uq.z, uq.w));
+        }
+        unsigned wg[4] = {0u, 0u, 0u, 0u}, wu[4] = {0u, 0u, 0u, 0u};
+        if (okg && k < Ii) lr_w16_frag(wg, w16 + (wofs + k)), lr_w16_frag(wu, w16 + (wofs + Ii + k));
+        float dg[8], du[8];
+        lr_swiglu8(dg, du, d0, d1, g0, g1, u0, u1);
+        const float4 ga = make_float4(dg[0], dg[1], dg[2], dg[3]), gb = make_float4(dg[4], dg[5], dg[6], dg[7]);
+        const float4 ua = make_float4(du[0], du[1], du[2], du[3]), ub = make_float4(du[4], du[5], du[6], du[7]);
+        uint4 ao = lr_pack8(ga, gb), bo = lr_pack8(ua, ub);
+        if (lr_nan8(ga, gb) | lr_nan8(ua, ub)) ao = lr_pack8_exact(ga, gb), bo = lr_pack8_exact(ua, ub);  // rare
+        if (ok) {
+            *reinterpret_cast<uint4*>(yh + (hofs + k)) = ao;
+            *reinterpret_cast<uint4*>(yh + (hofs + Ii + k)) = bo;
+        }
+        float d[4];
+        lr_mma(d, ao.x, ao.y, wg[0], wg[1]);
+        acc[0] += d[0], acc[1] += d[1];
+        lr_mma(d, ao.z, ao.w, wg[2], wg[3]);
+        acc[0] += d[0], acc[1] += d[1];
+        lr_mma(d, bo.x, bo.y, wu[0], wu[1]);
+        acc[0] += d[0], acc[1] += d[1];
+        lr_mma(d, bo.z, bo.w, wu[2], wu[3]);
+        acc[0] += d[0], acc[1] += d[1];
+    }
+    lr_finish<WARPS>(acc, P, p16, ldp, 1.0f, T, (int)r, jdst, jsrc, jrows, jcols, jld, jscale);
+}
+extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_swiglu_bf16_t_hl_w32(LORA_ROWS_SWIGLU_T_PARAMS) {
+    lora_rows_swiglu_t_lean(yh, ldyh, P, p16, ldp, dact, reinterpret_cast<const bf16_t*>(gu), T, I, r, jdst, jsrc, jrows,
+                            jcols, jld, jscale, w16);
+}
+
 // lora_pack_bf16 (v11): the row kernels' packed weights (their w16), for
 // a table of jobs, 5 values each: src, dst, R, C, trans. dst = bf16(src)
 // for src [R,C] float32 (A [r,K]: dst [r,K]), or with trans dst [C,R] =
