@@ -463,6 +463,11 @@ type swigluSrc struct {
 // OLLAMA_TUNE_CUDA_REFERENCE=dx-r8 keeps lora_dx_v4 (the A/B).
 var loraDxR8 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "dx-r8")
 
+// loraDxLean says whether loraDx takes lora_dx_v4_r8l for lora_dx_v4_r8
+// (v19, kernels/lora.cu: 32-bit offsets, the same bits);
+// OLLAMA_TUNE_CUDA_REFERENCE=dx-lean keeps lora_dx_v4_r8 (the A/B).
+var loraDxLean = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "dx-lean")
+
 // loraDx adds dx's LoRA term for g = dout . B [T,r]: dx [T,in] += scale *
 // (g . A) * mask / (1-p), in float32. The fused kernels, where they take
 // the rank, give lora_dx's bits: lora_dx_v4 (four columns, one dropout
@@ -474,6 +479,9 @@ func (b *Backend) loraDx(op string, d *Tensor, g cu.DevicePtr, A *Tensor, T, in 
 		kernel := "lora_dx_v4"
 		if r == 8 && g%32 == 0 && loraDxR8 {
 			kernel = "lora_dx_v4_r8" // v11: g's rows in 16-byte loads (the same bits)
+			if loraDxLean && int64(T)*int64(in) < 1<<31 {
+				kernel = "lora_dx_v4_r8l" // v19: 32-bit offsets (the same bits)
+			}
 		}
 		b.launch(op, kernel, [3]int{(in/4 + 127) / 128, (T + loraDxTT - 1) / loraDxTT, 1}, 128, 0, ptrArg(d.ptr), ptrArg(g),
 			ptrArg(A.ptr), intArg(T), intArg(in), intArg(r), f32Arg(lo.Scale), seed, f32Arg(lo.Dropout), dropThreshold(lo.Dropout),

@@ -1031,8 +1031,8 @@ func TestDropThresholdMatchesRNG(t *testing.T) {
 	}
 }
 
-// lora_dx_v4 (four columns, one dropout group, a thread; _r8 for rank 8)
-// and lora_dx4 (one column a thread, the fallback) all write dx + scale * (g . A) * mask *
+// lora_dx_v4 (four columns, one dropout group, a thread; _r8 for rank 8,
+// _r8l its lean form) and lora_dx4 (one column a thread, the fallback) all write dx + scale * (g . A) * mask *
 // keep_scale with the mask of finetune.DropoutKeep and the sums in j order,
 // bit for bit the host's float32 arithmetic below.
 func TestDropoutLoRADx(t *testing.T) {
@@ -1065,7 +1065,7 @@ func TestDropoutLoRADx(t *testing.T) {
 		}
 		kernels := []string{"lora_dx4", "lora_dx_v4"}
 		if c.r == 8 {
-			kernels = append(kernels, "lora_dx_v4_r8") // v11
+			kernels = append(kernels, "lora_dx_v4_r8", "lora_dx_v4_r8l") // v11, v19
 		}
 		for _, kernel := range kernels {
 			dxs, gs, as := gpu.Alloc(n), gpu.Alloc(len(g)), gpu.Alloc(len(a))
