@@ -92,13 +92,23 @@ func (b *Backend) ClipGradNorm(grads []finetune.Tensor, maxNorm float64) {
 	}
 	t := b.gradTableFor(op, gs)
 	k := len(gs)
-	b.launch(op, "sumsq_multi", [3]int{t.maxBlocks, k, 1}, 256, 0,
-		ptrArg(t.ptrs), ptrArg(t.ns), ptrArg(t.nblk), ptrArg(t.poff), ptrArg(t.partials))
+	sumsq, sgrid := "sumsq_multi", [3]int{t.maxBlocks, k, 1}
+	scale, cgrid := "scale_multi", [3]int{int(min((t.maxN+255)/256, 1024)), k, 1}
+	if optimWarp {
+		sumsq, sgrid = "sumsq_multi_w", [3]int{(t.maxBlocks + 7) / 8, k, 1}
+		scale, cgrid = "scale_multi_w", [3]int{int(min((t.maxN+2047)/2048, 1024)), k, 1}
+	}
+	b.launch(op, sumsq, sgrid, 256, 0, ptrArg(t.ptrs), ptrArg(t.ns), ptrArg(t.nblk), ptrArg(t.poff), ptrArg(t.partials))
 	b.launch(op, "clip_finish", grid1(1), 256, 0, ptrArg(t.partials), ptrArg(t.nblk), ptrArg(t.poff), intArg(k),
 		ptrArg(t.tsum), f64Arg(maxNorm), ptrArg(t.norm), ptrArg(t.coef))
-	blocks := int(min((t.maxN+255)/256, 1024))
-	b.launch(op, "scale_multi", [3]int{blocks, k, 1}, 256, 0, ptrArg(t.ptrs), ptrArg(t.ns), ptrArg(t.coef))
+	b.launch(op, scale, cgrid, 256, 0, ptrArg(t.ptrs), ptrArg(t.ns), ptrArg(t.coef))
 }
+
+// optimWarp says whether ClipGradNorm and AdamW8bitMulti launch the warp
+// forms of their kernels (v19, kernels/optim.cu: a warp does a 256-thread
+// block's work, eight a block, no barriers; the same bits);
+// OLLAMA_TUNE_CUDA_REFERENCE=optim-warp keeps the block forms (the A/B).
+var optimWarp = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "optim-warp")
 
 // GradNorm returns the norm the last ClipGradNorm computed (it
 // synchronises).

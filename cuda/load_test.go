@@ -210,7 +210,18 @@ func TestRandomModelMatchesHostWeights(t *testing.T) {
 	}
 }
 
+// ClipGradNorm gives the host path's norm and scaled gradients bit for
+// bit (SumSquares per tensor, summed in order, Scale), with the warp
+// kernels (v19) and the block ones.
 func TestClipGradNormMatchesHost(t *testing.T) {
+	defer func(v bool) { optimWarp = v }(optimWarp)
+	for _, w := range []bool{true, false} {
+		optimWarp = w
+		testClipGradNormMatchesHost(t)
+	}
+}
+
+func testClipGradNormMatchesHost(t *testing.T) {
 	sizes := []int{3, 256, 1000, 300*1024 + 7, 24576, 9216 * 8}
 	for _, c := range []struct {
 		scale, maxNorm float64
@@ -244,10 +255,10 @@ func TestClipGradNormMatchesHost(t *testing.T) {
 			t.Fatal(err)
 		}
 		if got != norm {
-			t.Errorf("scale %g max %g: norm %v, host %v", c.scale, c.maxNorm, got, norm)
+			t.Errorf("warp %v scale %g max %g: norm %v, host %v", optimWarp, c.scale, c.maxNorm, got, norm)
 		}
 		for k := range gs {
-			checkBits(t, fmt.Sprintf("scale %g max %g grad %d (coef %v)", c.scale, c.maxNorm, k, coef), gpu.Download(gs[k]), gpu.Download(hs[k]))
+			checkBits(t, fmt.Sprintf("warp %v scale %g max %g grad %d (coef %v)", optimWarp, c.scale, c.maxNorm, k, coef), gpu.Download(gs[k]), gpu.Download(hs[k]))
 			gpu.Free(gs[k])
 			gpu.Free(hs[k])
 		}

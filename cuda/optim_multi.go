@@ -59,7 +59,8 @@ func (b *Backend) adam8TableFor(op string, rows [][6]*Tensor) *adam8Table {
 }
 
 // AdamW8bitMulti is AdamW8bit on each parameter, in one launch: block x of
-// parameter y runs adamw8bit's block x, so the results are the same bits.
+// parameter y runs adamw8bit's block x, so the results are the same bits
+// (under optimWarp warp w of block x runs block 8x + w).
 func (b *Backend) AdamW8bitMulti(ps, gs []finetune.Tensor, sts []*finetune.Adam8State, hp finetune.AdamParams) {
 	const op = "AdamW8bitMulti"
 	defer b.enter(op)()
@@ -77,7 +78,11 @@ func (b *Backend) AdamW8bitMulti(ps, gs []finetune.Tensor, sts []*finetune.Adam8
 	}
 	t := b.adam8TableFor(op, rows)
 	k := newBnbConsts(hp)
-	b.launch(op, "adamw8bit_multi", [3]int{t.maxBlocks, len(ps), 1}, 256, 0, ptrArg(t.mem), intArg(len(ps)),
+	kernel, grid := "adamw8bit_multi", [3]int{t.maxBlocks, len(ps), 1}
+	if optimWarp {
+		kernel, grid = "adamw8bit_multi_w", [3]int{(t.maxBlocks + 7) / 8, len(ps), 1} // v19: a warp a block (the same bits)
+	}
+	b.launch(op, kernel, grid, 256, 0, ptrArg(t.mem), intArg(len(ps)),
 		ptrArg(b.smap), ptrArg(b.umap), f32Arg(k.b1), f32Arg(k.b2), f32Arg(k.w1), f32Arg(k.w2),
 		f32Arg(k.stepSize), f32Arg(k.epsC2), boolArg(k.decay), f32Arg(k.decayFactor))
 }

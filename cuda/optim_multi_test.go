@@ -14,7 +14,8 @@ import (
 // AdamW8bitMulti over parameters of several sizes (partial last blocks,
 // one block, more blocks than another's grid) must give the CPU's
 // AdamW8bit bits for each, step after step, also when the table is
-// rebuilt for another set of parameters in between.
+// rebuilt for another set of parameters in between, with the warp form
+// (v19) and the block form in turn.
 func TestAdamW8bitMulti(t *testing.T) {
 	sizes := []int{3*256 + 77, 256, 5000, 1, 40 * 256}
 	type param struct {
@@ -28,7 +29,9 @@ func TestAdamW8bitMulti(t *testing.T) {
 			gs: &finetune.Adam8State{M: gpu.AllocBytes(n), V: gpu.AllocBytes(n), AbsmaxM: gpu.Alloc(nb), AbsmaxV: gpu.Alloc(nb)},
 			cs: &finetune.Adam8State{M: cpu.AllocBytes(n), V: cpu.AllocBytes(n), AbsmaxM: cpu.Alloc(nb), AbsmaxV: cpu.Alloc(nb)}}
 	}
+	defer func(v bool) { optimWarp = v }(optimWarp)
 	for step := 1; step <= 4; step++ {
+		optimWarp = step%2 == 1 // the warp form (v19) and the block form in turn
 		hp := finetune.AdamParams{LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01, Step: step}
 		var ps, gs []finetune.Tensor
 		var sts []*finetune.Adam8State

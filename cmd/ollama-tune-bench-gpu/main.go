@@ -518,7 +518,7 @@ func category(name string) string {
 		return "LoRA (fused kernels)"
 	case strings.HasPrefix(name, "f32_to_bf16"):
 		return "fp32 -> bf16 casts of GEMM inputs"
-	case name == "adamw8bit" || name == "adamw8bit_multi" || name == "adamw" || name == "sumsq_multi" || name == "clip_finish" || name == "scale_multi":
+	case strings.HasPrefix(name, "adamw") || strings.HasPrefix(name, "sumsq_multi") || name == "clip_finish" || strings.HasPrefix(name, "scale_multi"):
 		return "optimizer and clipping"
 	case name == "memset" || name == "memcpy":
 		return "memset / memcpy"

@@ -166,6 +166,151 @@ extern "C" __global__ void scale_multi(const u64* ptrs, const i64* ns, const flo
         x[i] = __fmul_rn(x[i], c);
 }
 
+// The warp forms (issue 8, v19): one warp does what one 256-thread block
+// did, so a block does eight blocks' work and needs no barrier. For
+// Phi-3-mini's 256 LoRA matrices the block forms ran ~49,000 blocks of one
+// value a thread, each two or three barriers long: sumsq_multi 111 us,
+// scale_multi 83, adamw8bit_multi 242 (H200). Lane l of a warp stands for
+// the block's threads l, l + 32, ..., l + 224 ("virtual warps" 0..7), and
+// every sum is block_sum_double's tree replayed: each virtual warp's
+// shuffle-down tree, then the tree over the eight warp sums in lanes 0..7
+// and zeros above. Maxima need no order. The same bits.
+
+// warp_block_sum_double: block_sum_double of the 256 values v[w] (thread
+// 32w + lane's), in its order, for a whole warp; every lane gets it.
+__device__ __forceinline__ double warp_block_sum_double(double v[8]) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int w = 0; w < 8; w++) v[w] += __shfl_down_sync(0xffffffffu, v[w], o);
+    // lane 0 holds the eight warp sums; lane w < 8 takes warp sum w.
+    double x = 0.0;
+#pragma unroll
+    for (int w = 0; w < 8; w++) {
+        const double sw = __shfl_sync(0xffffffffu, v[w], 0);
+        if (lane == w) x = sw;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_down_sync(0xffffffffu, x, o);
+    return __shfl_sync(0xffffffffu, x, 0);
+}
+
+// sumsq_multi_w: sumsq_multi with a warp a partial: grid (ceil(max nblk /
+// 8), tensors), 256 threads; warp w of block x computes partial 8x + w.
+extern "C" __global__ void sumsq_multi_w(const u64* ptrs, const i64* ns, const i64* nblk, const i64* poff,
+                                         double* partials) {
+    const i64 t = blockIdx.y, nb = nblk[t];
+    const int lane = threadIdx.x & 31;
+    const i64 x = 8 * (i64)blockIdx.x + (threadIdx.x >> 5);
+    if (x >= nb) return;  // the whole warp leaves
+    const float* g = (const float*)ptrs[t];
+    const i64 n = ns[t];
+    double s[8];
+#pragma unroll
+    for (int w = 0; w < 8; w++) {
+        s[w] = 0.0;
+        for (i64 i = x * 256 + 32 * w + lane; i < n; i += nb * 256) s[w] += (double)g[i] * (double)g[i];
+    }
+    const double r = warp_block_sum_double(s);
+    if (lane == 0) partials[poff[t] + x] = r;
+}
+
+// scale_multi_w: scale_multi with up to eight values a thread (any
+// mapping gives each value x * coef): grid (ceil(max n / 2048), tensors).
+extern "C" __global__ void scale_multi_w(const u64* ptrs, const i64* ns, const float* coef) {
+    const float c = *coef;
+    if (!(c < 1.0f)) return;
+    float* x = (float*)ptrs[blockIdx.y];
+    const i64 n = ns[blockIdx.y], stride = (i64)gridDim.x * blockDim.x;
+    i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x;
+    for (; i + 3 * stride < n; i += 4 * stride) {
+        float v[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) v[j] = x[i + j * stride];
+#pragma unroll
+        for (int j = 0; j < 4; j++) x[i + j * stride] = __fmul_rn(v[j], c);
+    }
+    for (; i < n; i += stride) x[i] = __fmul_rn(x[i], c);
+}
+
+// warp_max_float: the maximum of a warp's values (all lanes get it).
+__device__ __forceinline__ float warp_max_float(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// adamw8bit_multi_w: adamw8bit_multi with a warp a 256-value block (lane l
+// takes values l, l + 32, ..., l + 224 of it): adam8_block's arithmetic
+// value for value, its two block maxima as warp maxima (exact in any
+// order). Grid (ceil(max blocks / 8), k), 256 threads.
+extern "C" __global__ void adamw8bit_multi_w(const u64* table, i64 k, const float* smap, const float* umap,
+                                             double b1_d, double b2_d, double w1_d, double w2_d, double step_size_d,
+                                             double eps_c2_d, i64 decay_, double decay_factor_d) {
+    const i64 t = blockIdx.y;
+    const i64 n = (i64)table[6 * k + t];
+    const i64 b = 8 * (i64)blockIdx.x + (threadIdx.x >> 5);
+    if (b * 256 >= n) return;  // the whole warp leaves
+    float* p = (float*)table[t];
+    const float* g = (const float*)table[k + t];
+    unsigned char* mc = (unsigned char*)table[2 * k + t];
+    unsigned char* vc = (unsigned char*)table[3 * k + t];
+    float* absm = (float*)table[4 * k + t];
+    float* absv = (float*)table[5 * k + t];
+    const float b1 = (float)b1_d, b2 = (float)b2_d, w1 = (float)w1_d, w2 = (float)w2_d;
+    const float step_size = (float)step_size_d, eps_c2 = (float)eps_c2_d, decay_factor = (float)decay_factor_d;
+    const bool decay = decay_ != 0;
+    const int lane = threadIdx.x & 31;
+    const float am1 = absm[b], am2 = absv[b];
+    float gj[8], s1[8], s2[8];
+    unsigned char c1[8], c2[8];
+    float m1 = 0.0f, m2 = 0.0f;  // the maxima of fabsf(s1), fabsf(s2) over the lane's values (fmaxf, as block_max_float)
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const i64 i = b * 256 + 32 * j + lane;
+        gj[j] = 0.0f, c1[j] = 128, c2[j] = 0;
+        if (i < n) gj[j] = g[i], c1[j] = mc[i], c2[j] = vc[i];
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        s1[j] = 0.0f, s2[j] = 0.0f;
+        if (finite32(gj[j])) {
+            const float x2 = __fmul_rn(umap[c2[j]], am2);
+            s2[j] = __fadd_rn(__fmul_rn(x2, b2), __fmul_rn(__fmul_rn(w2, gj[j]), gj[j]));
+            const float x1 = __fmul_rn(smap[c1[j]], am1);
+            s1[j] = __fadd_rn(__fmul_rn(x1, b1), __fmul_rn(w1, gj[j]));
+        }
+        m1 = j ? fmaxf(m1, fabsf(s1[j])) : fabsf(s1[j]);
+        m2 = j ? fmaxf(m2, fabsf(s2[j])) : fabsf(s2[j]);
+    }
+    const float max1 = warp_max_float(m1), max2 = warp_max_float(m2);
+    if (lane == 0) {
+        absm[b] = max1;
+        absv[b] = max2;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const i64 i = b * 256 + 32 * j + lane;
+        if (i >= n) break;
+        if (finite32(gj[j])) {
+            float pi = __fadd_rn(p[i], __fmul_rn(step_size, __fdiv_rn(s1[j], __fadd_rn(__fsqrt_rn(s2[j]), eps_c2))));
+            if (decay) pi = __fmul_rn(pi, decay_factor);
+            p[i] = pi;
+        }
+        unsigned char q1 = quantize_dynamic(smap, __fdiv_rn(s1[j], max1));
+        const bool code_neg = __float_as_uint(smap[q1]) >> 31, val_neg = __float_as_uint(s1[j]) >> 31;
+        if (code_neg != val_neg) {
+            if (s1[j] > 0.0f)
+                q1++;
+            else
+                q1--;
+        }
+        mc[i] = q1;
+        vc[i] = quantize_dynamic(umap, __fdiv_rn(s2[j], max2));
+    }
+}
+
 // bnb_adam32: bitsandbytes' 32-bit Adam (kOptimizer32bit2State, ADAM),
 // which its 8-bit optimizers apply to parameters under 4096 values
 // (finetune/optim.BnbAdam32); p, g, m, v [n], weight decay after the
