@@ -23,10 +23,7 @@ import (
 // NaN, infinities and an overflowing exp in the input, and at Phi-3-mini's
 // shapes.
 func TestRowsLean(t *testing.T) {
-	g := gpuB16
-	if !loraRowsW32 {
-		t.Skip("the lean row kernels are 32-warp ones (OLLAMA_TUNE_CUDA_ROWS=w16)")
-	}
+	g := leanBackend(t)
 	type rowsCase struct {
 		kernel   string // the replaced kernel; the lean one is lean
 		lean     string
@@ -86,15 +83,7 @@ func TestRowsLean(t *testing.T) {
 			"p16": 2 * int64(c.T*ldp), "xd16": 2 * int64(c.T*c.K)}
 		all := append([]string{"P", "p16"}, c.outs...)
 		run := func(kernel string, mask int) map[string][]byte {
-			ptrs := map[string]cu.DevicePtr{}
-			for _, k := range all {
-				p, err := g.rawAlloc(sizes[k], "test")
-				if err != nil {
-					t.Fatal(err)
-				}
-				check("test", cu.MemsetD8Async(p, 0xa5, sizes[k], g.stream)) // poison: what is not written stays so
-				ptrs[k] = p
-			}
+			ptrs := leanOutputs(t, g, sizes, all)
 			on := func(k string) cu.DevicePtr { // output k of c.outs, when mask has its bit
 				for i, o := range c.outs {
 					if o == k && mask&(1<<i) != 0 {
@@ -111,22 +100,11 @@ func TestRowsLean(t *testing.T) {
 			if c.transpos {
 				scale = 1
 			}
-			func() {
-				defer g.enter("test")()
+			leanLaunch(g, func() {
 				g.loraRowsLaunch("test", kernel, on("yh"), ldyh, ptrs["P"], ptrs["p16"], ldp, scale,
 					Y.(*Tensor).ptr, W, c.T, c.K, c.r, c.p, 0x5eed, prepJob{}, extra...)
-			}()
-			res := map[string][]byte{}
-			for _, k := range all {
-				buf := make([]byte, sizes[k])
-				func() {
-					defer g.enter("test")()
-					g.download("test", unsafe.Pointer(&buf[0]), ptrs[k], sizes[k])
-				}()
-				res[k] = buf
-				g.rawFree(ptrs[k], sizes[k])
-			}
-			return res
+			})
+			return leanCollect(g, ptrs, sizes)
 		}
 		for _, packed := range []bool{false, true} {
 			if packed {
@@ -146,22 +124,10 @@ func TestRowsLean(t *testing.T) {
 					t.Fatalf("%s: leanFits refuses", name)
 				}
 				want, got := run(c.kernel, mask), run(c.lean, mask)
-				for _, k := range all {
-					if !bytes.Equal(got[k], want[k]) {
-						i := 0
-						for i < len(got[k]) && got[k][i] == want[k][i] {
-							i++
-						}
-						t.Fatalf("%s packed %v outputs %b of %v: %s differs from %s's at byte %d of %d",
-							name, packed, mask, c.outs, k, c.kernel, i, len(got[k]))
-					}
-				}
+				leanCompare(t, fmt.Sprintf("%s outputs %b of %v", name, mask, c.outs), c.kernel, got, want, all)
 			}
 		}
-		for _, z := range []finetune.Tensor{A, B, Y} {
-			g.Free(z)
-		}
-		g.FreeWeight(w)
+		leanFree(g, w, A, B, Y)
 	}
 }
 
@@ -172,11 +138,7 @@ func TestRowsLean(t *testing.T) {
 // residual add, with a NaN and infinities in the input, and at
 // Phi-3-mini's width.
 func TestRowsLeanNorm(t *testing.T) {
-	g := gpuB16
-	if !loraRowsW32 {
-		t.Skip("the lean row kernels are 32-warp ones (OLLAMA_TUNE_CUDA_ROWS=w16)")
-	}
-	defer func(v bool) { rowsLean = v }(rowsLean)
+	g := leanBackend(t)
 	for _, c := range []struct {
 		T, K, r int
 		p       float32
@@ -207,15 +169,7 @@ func TestRowsLeanNorm(t *testing.T) {
 			all := []string{"yh", "P", "p16", "xd16", "xn", "rstd", "sum"}
 			run := func(lean bool, mask int) map[string][]byte {
 				rowsLean = lean
-				ptrs := map[string]cu.DevicePtr{}
-				for _, k := range all {
-					p, err := g.rawAlloc(sizes[k], "test")
-					if err != nil {
-						t.Fatal(err)
-					}
-					check("test", cu.MemsetD8Async(p, 0xa5, sizes[k], g.stream))
-					ptrs[k] = p
-				}
+				ptrs := leanOutputs(t, g, sizes, all)
 				on := func(bit int, k string) cu.DevicePtr {
 					if mask&bit != 0 {
 						return ptrs[k]
@@ -226,43 +180,20 @@ func TestRowsLeanNorm(t *testing.T) {
 				if add {
 					src.b, src.sum = bb.(*Tensor).ptr, ptrs["sum"]
 				}
-				func() {
-					defer g.enter("test")()
+				leanLaunch(g, func() {
 					g.loraRowsNorm("test", src, on(2, "yh"), ldyh, ptrs["P"], ptrs["p16"], ldp, 2, Ap, c.T, c.K, c.r, c.p, 0x5eed,
 						prepJob{}, on(1, "xd16"))
-				}()
-				res := map[string][]byte{}
-				for _, k := range all {
-					buf := make([]byte, sizes[k])
-					func() {
-						defer g.enter("test")()
-						g.download("test", unsafe.Pointer(&buf[0]), ptrs[k], sizes[k])
-					}()
-					res[k] = buf
-					g.rawFree(ptrs[k], sizes[k])
-				}
-				return res
+				})
+				return leanCollect(g, ptrs, sizes)
 			}
 			if !g.leanFits(c.T, c.K, ldyh, Ap) {
 				t.Fatalf("%s: leanFits refuses", name)
 			}
 			for mask := 0; mask < 8; mask++ {
 				want, got := run(false, mask), run(true, mask)
-				for _, k := range all {
-					if !bytes.Equal(got[k], want[k]) {
-						i := 0
-						for i < len(got[k]) && got[k][i] == want[k][i] {
-							i++
-						}
-						t.Fatalf("%s outputs %03b (xn, yh, xd16): %s differs from lora_rows_norm_bf16's at byte %d of %d",
-							name, mask, k, i, len(got[k]))
-					}
-				}
+				leanCompare(t, fmt.Sprintf("%s outputs %03b (xn, yh, xd16)", name, mask), "lora_rows_norm_bf16", got, want, all)
 			}
-			for _, z := range []finetune.Tensor{A, B, a, bb, nw} {
-				g.Free(z)
-			}
-			g.FreeWeight(w)
+			leanFree(g, w, A, B, a, bb, nw)
 		}
 	}
 }
@@ -272,11 +203,7 @@ func TestRowsLeanNorm(t *testing.T) {
 // writes (bf16(d gate_up), g and its rounding), with a NaN, infinities and
 // an overflowing exp in gate_up, rank 5, and at Phi-3-mini's gate_up.
 func TestRowsLeanSwiGLUBackward(t *testing.T) {
-	g := gpuB16
-	if !loraRowsW32 {
-		t.Skip("the lean row kernels are 32-warp ones (OLLAMA_TUNE_CUDA_ROWS=w16)")
-	}
-	defer func(v bool) { rowsLean = v }(rowsLean)
+	g := leanBackend(t)
 	for _, c := range []struct {
 		T, I, r int
 		special bool
@@ -305,48 +232,87 @@ func TestRowsLeanSwiGLUBackward(t *testing.T) {
 		all := []string{"dh", "g", "g16"}
 		run := func(lean bool) map[string][]byte {
 			rowsLean = lean
-			ptrs := map[string]cu.DevicePtr{}
-			for _, k := range all {
-				p, err := g.rawAlloc(sizes[k], "test")
-				if err != nil {
-					t.Fatal(err)
-				}
-				check("test", cu.MemsetD8Async(p, 0xa5, sizes[k], g.stream))
-				ptrs[k] = p
-			}
+			ptrs := leanOutputs(t, g, sizes, all)
 			sw := &swigluSrc{dact: dact.(*Tensor).ptr, gu: gu.(*Tensor).ptr, half: true, I: c.I}
-			func() {
-				defer g.enter("test")()
-				g.loraRowsSwiGLU("test", ptrs["dh"], ptrs["g"], ptrs["g16"], sw, Bp, c.T, c.r, prepJob{})
-			}()
-			res := map[string][]byte{}
-			for _, k := range all {
-				buf := make([]byte, sizes[k])
-				func() {
-					defer g.enter("test")()
-					g.download("test", unsafe.Pointer(&buf[0]), ptrs[k], sizes[k])
-				}()
-				res[k] = buf
-				g.rawFree(ptrs[k], sizes[k])
-			}
-			return res
+			leanLaunch(g, func() { g.loraRowsSwiGLU("test", ptrs["dh"], ptrs["g"], ptrs["g16"], sw, Bp, c.T, c.r, prepJob{}) })
+			return leanCollect(g, ptrs, sizes)
 		}
 		if !g.leanFits(c.T, 2*c.I, 2*c.I, Bp) {
 			t.Fatalf("%s: leanFits refuses", name)
 		}
 		want, got := run(false), run(true)
-		for _, k := range all {
-			if !bytes.Equal(got[k], want[k]) {
-				i := 0
-				for i < len(got[k]) && got[k][i] == want[k][i] {
-					i++
-				}
-				t.Fatalf("%s: %s differs from lora_rows_swiglu_bf16_t_h's at byte %d of %d", name, k, i, len(got[k]))
-			}
-		}
-		for _, z := range []finetune.Tensor{A, B, dact, gu} {
-			g.Free(z)
-		}
-		g.FreeWeight(w)
+		leanCompare(t, name, "lora_rows_swiglu_bf16_t_h", got, want, all)
+		leanFree(g, w, A, B, dact, gu)
 	}
+}
+
+// leanOutputs allocates each named output of sizes, poisoned (0xa5 bytes:
+// what a kernel does not write stays so).
+func leanOutputs(t *testing.T, g *Backend, sizes map[string]int64, names []string) map[string]cu.DevicePtr {
+	t.Helper()
+	ptrs := map[string]cu.DevicePtr{}
+	for _, k := range names {
+		p, err := g.rawAlloc(sizes[k], "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		check("test", cu.MemsetD8Async(p, 0xa5, sizes[k], g.stream))
+		ptrs[k] = p
+	}
+	return ptrs
+}
+
+// leanCollect downloads the outputs' bytes and frees them.
+func leanCollect(g *Backend, ptrs map[string]cu.DevicePtr, sizes map[string]int64) map[string][]byte {
+	res := map[string][]byte{}
+	for k, p := range ptrs {
+		buf := make([]byte, sizes[k])
+		func() {
+			defer g.enter("test")()
+			g.download("test", unsafe.Pointer(&buf[0]), p, sizes[k])
+		}()
+		res[k] = buf
+		g.rawFree(p, sizes[k])
+	}
+	return res
+}
+
+// leanCompare fails at the first named output whose bytes differ.
+func leanCompare(t *testing.T, what, ref string, got, want map[string][]byte, names []string) {
+	t.Helper()
+	for _, k := range names {
+		if !bytes.Equal(got[k], want[k]) {
+			i := 0
+			for i < len(got[k]) && got[k][i] == want[k][i] {
+				i++
+			}
+			t.Fatalf("%s: %s differs from %s's at byte %d of %d", what, k, ref, i, len(got[k]))
+		}
+	}
+}
+
+// leanLaunch runs launch inside the backend's op bracket.
+func leanLaunch(g *Backend, launch func()) {
+	defer g.enter("test")()
+	launch()
+}
+
+// leanBackend is the bfloat16 backend for the lean kernels' tests, which
+// need the 32-warp row kernels; rowsLean is restored after the test.
+func leanBackend(t *testing.T) *Backend {
+	t.Helper()
+	if !loraRowsW32 {
+		t.Skip("the lean row kernels are 32-warp ones (OLLAMA_TUNE_CUDA_ROWS=w16)")
+	}
+	v := rowsLean
+	t.Cleanup(func() { rowsLean = v })
+	return gpuB16
+}
+
+// leanFree frees a test's weight and tensors.
+func leanFree(g *Backend, w finetune.Weight, ts ...finetune.Tensor) {
+	for _, z := range ts {
+		g.Free(z)
+	}
+	g.FreeWeight(w)
 }

@@ -632,6 +632,15 @@ __device__ __forceinline__ void lr_chunk(float acc[2], float4 a, float4 b, bool 
     acc[0] += d[0], acc[1] += d[1];
 }
 
+// lr_swiglu_fwd8 is SwiGLU's output up * silu(gate) of 8 values (gate
+// ga, gb; up pa, pb): swiglu_fwd's math, so its bits.
+__device__ __forceinline__ void lr_swiglu_fwd8(float4& a, float4& b, float4 ga, float4 gb, float4 pa, float4 pb) {
+    a = make_float4(__fmul_rn(pa.x, silu_f(ga.x)), __fmul_rn(pa.y, silu_f(ga.y)), __fmul_rn(pa.z, silu_f(ga.z)),
+                    __fmul_rn(pa.w, silu_f(ga.w)));
+    b = make_float4(__fmul_rn(pb.x, silu_f(gb.x)), __fmul_rn(pb.y, silu_f(gb.y)), __fmul_rn(pb.z, silu_f(gb.z)),
+                    __fmul_rn(pb.w, silu_f(gb.w)));
+}
+
 // SW (lora_rows_swiglu_bf16, v7): Y is gate_up [T,2K] (gate in columns
 // 0..K-1, up in K..2K-1) and the rows' values are SwiGLU's output, act =
 // up * silu(gate) (swiglu_fwd's math, the same bits), also written to act
@@ -726,11 +735,7 @@ __device__ __forceinline__ void lora_rows_body(bf16_t* __restrict__ yh, i64 ldyh
             }
             float4 a = ya[u], b = yb[u];
             if (SW) {
-                const float4 ga = ya[u], gb = yb[u], pa = ua[u], pb = ub[u];
-                a = make_float4(__fmul_rn(pa.x, silu_f(ga.x)), __fmul_rn(pa.y, silu_f(ga.y)), __fmul_rn(pa.z, silu_f(ga.z)),
-                                __fmul_rn(pa.w, silu_f(ga.w)));
-                b = make_float4(__fmul_rn(pb.x, silu_f(gb.x)), __fmul_rn(pb.y, silu_f(gb.y)), __fmul_rn(pb.z, silu_f(gb.z)),
-                                __fmul_rn(pb.w, silu_f(gb.w)));
+                lr_swiglu_fwd8(a, b, ya[u], yb[u], ua[u], ub[u]);
                 if (ok && actrow) {
                     float4* ap = reinterpret_cast<float4*>(actrow + k);
                     ap[0] = a, ap[1] = b;
@@ -786,6 +791,32 @@ extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_bf16_t_hr_w32(LO
 // _h_w32 (v9): gate_up in bfloat16 (Y holds bf16_t; finetune.HalfAllocator).
 extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_swiglu_bf16_h_w32(LORA_ROWS_PARAMS, float* act, bf16_t* xd16) {
     lora_rows_body<false, true, 32, 1, true>(LORA_ROWS_ARGS, act, xd16);
+}
+
+// lr_chunk_lean is lr_chunk for the lean kernels (v19): bf16 of a, b to
+// yh + (hofs + k) (YH), the dropout copy (group state sk) to xd16 + (kofs +
+// k) (XD), where ok, and the MMAs of the copy's rounded words (zeros where
+// not ok) with W's fragment wf added into acc.
+template <bool YH, bool XD>
+__device__ __forceinline__ void lr_chunk_lean(float acc[2], float4 a, float4 b, bool ok, int k, bf16_t* __restrict__ yh,
+                                              unsigned hofs, bf16_t* __restrict__ xd16, unsigned kofs, bool drop,
+                                              u64 sk, unsigned int t32, float ks, const unsigned wf[4]) {
+    const float4 a0 = a, b0 = b;
+    uint4 yo = YH ? lr_pack8(a, b) : make_uint4(0u, 0u, 0u, 0u);
+    if (drop) lr_drop8(a, b, sk, t32, ks);
+    const uint4 mm = lr_pack8(a, b);  // the MMAs' operands
+    uint4 xo = mm;
+    if (lr_nan8(a0, b0)) {  // rare: f32_to_bf16 keeps a NaN's payload
+        if (YH) yo = lr_pack8_exact(a0, b0);
+        if (XD) xo = lr_pack8_exact(a, b);
+    }
+    if (YH && ok) *reinterpret_cast<uint4*>(yh + (hofs + k)) = yo;
+    if (XD && ok) *reinterpret_cast<uint4*>(xd16 + (kofs + k)) = xo;  // kept for GradA (v8)
+    float d[4];
+    lr_mma(d, ok ? mm.x : 0u, ok ? mm.y : 0u, wf[0], wf[1]);
+    acc[0] += d[0], acc[1] += d[1];
+    lr_mma(d, ok ? mm.z : 0u, ok ? mm.w : 0u, wf[2], wf[3]);
+    acc[0] += d[0], acc[1] += d[1];
 }
 
 // The lean row kernels (issue 8, v19): lora_rows_body's 32-warp kernels
@@ -868,32 +899,14 @@ __device__ __forceinline__ void lora_rows_lean(bf16_t* __restrict__ yh, i64 ldyh
             const bool ok = okt && q < nch && k < Ki;
             float4 a = ya[u], b = yb[u];
             if (SW) {
-                const float4 ga = ya[u], gb = yb[u], pa = ua[u], pb = ub[u];
-                a = make_float4(__fmul_rn(pa.x, silu_f(ga.x)), __fmul_rn(pa.y, silu_f(ga.y)), __fmul_rn(pa.z, silu_f(ga.z)),
-                                __fmul_rn(pa.w, silu_f(ga.w)));
-                b = make_float4(__fmul_rn(pb.x, silu_f(gb.x)), __fmul_rn(pb.y, silu_f(gb.y)), __fmul_rn(pb.z, silu_f(gb.z)),
-                                __fmul_rn(pb.w, silu_f(gb.w)));
+                lr_swiglu_fwd8(a, b, ya[u], yb[u], ua[u], ub[u]);
                 if (ACT && ok) {
                     float4* ap = reinterpret_cast<float4*>(act + (kofs + k));
                     ap[0] = a, ap[1] = b;
                 }
             }
-            const float4 a0 = a, b0 = b;
-            uint4 yo = YH ? lr_pack8(a, b) : make_uint4(0u, 0u, 0u, 0u);
-            if (drop) lr_drop8(a, b, s + (u64)(8 * WARPS * u) * GAMMA, t32, ks);
-            const uint4 mm = lr_pack8(a, b);  // the MMAs' operands
-            uint4 xo = mm;
-            if (lr_nan8(a0, b0)) {  // rare: f32_to_bf16 keeps a NaN's payload
-                if (YH) yo = lr_pack8_exact(a0, b0);
-                if (XD) xo = lr_pack8_exact(a, b);
-            }
-            if (YH && ok) *reinterpret_cast<uint4*>(yh + (hofs + k)) = yo;
-            if (XD && ok) *reinterpret_cast<uint4*>(xd16 + (kofs + k)) = xo;  // kept for GradA (v8)
-            float d[4];
-            lr_mma(d, ok ? mm.x : 0u, ok ? mm.y : 0u, wf[u][0], wf[u][1]);
-            acc[0] += d[0], acc[1] += d[1];
-            lr_mma(d, ok ? mm.z : 0u, ok ? mm.w : 0u, wf[u][2], wf[u][3]);
-            acc[0] += d[0], acc[1] += d[1];
+            lr_chunk_lean<YH, XD>(acc, a, b, ok, k, yh, hofs, xd16, kofs, drop, s + (u64)(8 * WARPS * u) * GAMMA, t32, ks,
+                                  wf[u]);
         }
         s += (u64)(8 * WARPS * BATCH) * GAMMA;
     }
@@ -945,6 +958,57 @@ extern "C" __global__ void __launch_bounds__(32 * 32) lora_rows_bf16_t_l_w32(LOR
         LORA_ROWS_LEAN(false, 2, false, false, false);
 }
 
+// lr_norm_rows is the norm row kernels' phase 1 for a lane's NQ chunks
+// (w, w + WARPS, ...) of its row: s = a (+ b, then written to sum) into
+// va, vb, its squares' float64 sum over the block's warps (in the lanes'
+// chunks, the row's four lanes, then the warps in order), and rstd (one
+// lane writes rstd[t]). ro is the row's element offset in a, b and sum,
+// an i64 or (the lean kernel, v19) a 32-bit unsigned.
+template <bool ADD, int WARPS, int NQ, typename O>
+__device__ __forceinline__ float lr_norm_rows(float4 (&va)[NQ], float4 (&vb)[NQ], const float* __restrict__ a,
+                                              const float* __restrict__ b, float* __restrict__ sum, O ro, bool okt,
+                                              i64 t, int nch, i64 K, float eps, float* __restrict__ rstd,
+                                              double (&ssw)[WARPS][LR_ROWS]) {
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    double ss = 0.0;
+#pragma unroll
+    for (int i = 0; i < NQ; i++) {
+        const int k = ((w + i * WARPS) << 5) + 8 * c;
+        va[i] = vb[i] = z;
+        if (okt && w + i * WARPS < nch) {
+            const float4* ap = reinterpret_cast<const float4*>(a + (ro + k));
+            va[i] = ap[0], vb[i] = ap[1];
+            if (ADD) {
+                const float4* bp = reinterpret_cast<const float4*>(b + (ro + k));
+                const float4 ba = bp[0], bb = bp[1];
+                va[i] = make_float4(__fadd_rn(va[i].x, ba.x), __fadd_rn(va[i].y, ba.y), __fadd_rn(va[i].z, ba.z),
+                                    __fadd_rn(va[i].w, ba.w));
+                vb[i] = make_float4(__fadd_rn(vb[i].x, bb.x), __fadd_rn(vb[i].y, bb.y), __fadd_rn(vb[i].z, bb.z),
+                                    __fadd_rn(vb[i].w, bb.w));
+                float4* sp = reinterpret_cast<float4*>(sum + (ro + k));
+                sp[0] = va[i], sp[1] = vb[i];
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < NQ; i++) {
+        const float4 x = va[i], y = vb[i];
+        ss += (double)x.x * (double)x.x + (double)x.y * (double)x.y + (double)x.z * (double)x.z + (double)x.w * (double)x.w;
+        ss += (double)y.x * (double)y.x + (double)y.y * (double)y.y + (double)y.z * (double)y.z + (double)y.w * (double)y.w;
+    }
+    ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+    ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+    if (c == 0) ssw[w][g] = ss;
+    __syncthreads();
+    double tot = ssw[0][g];
+#pragma unroll
+    for (int v = 1; v < WARPS; v++) tot += ssw[v][g];
+    const float rs = rms_rstd(tot, K, eps);
+    if (okt && w == 0 && c == 0) rstd[t] = rs;
+    return rs;
+}
+
 // lora_rows_norm_bf16 (issue 8, v9): RMSNorm, after the residual add with
 // ADD, fused into lora_rows_bf16 for the linear that consumes its output
 // (qkv_proj after input_layernorm, gate_up_proj after
@@ -984,44 +1048,9 @@ __device__ __forceinline__ void lora_rows_norm_body(bf16_t* __restrict__ yh, i64
     const i64 tr = okt ? t : 0;
     const int Ki = (int)K;  // the host checks K <= NQ * WARPS * 32
     const int nch = Ki >> 5;  // the host checks K % 32 == 0
-    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 va[NQ], vb[NQ];
-    double ss = 0.0;
-    // Phase 1: s, its squares' float64 sum.
-#pragma unroll
-    for (int i = 0; i < NQ; i++) {
-        const int k = ((w + i * WARPS) << 5) + 8 * c;
-        va[i] = vb[i] = z;
-        if (okt && w + i * WARPS < nch) {
-            const float4* ap = reinterpret_cast<const float4*>(a + tr * K + k);
-            va[i] = ap[0], vb[i] = ap[1];
-            if (ADD) {
-                const float4* bp = reinterpret_cast<const float4*>(b + tr * K + k);
-                const float4 ba = bp[0], bb = bp[1];
-                va[i] = make_float4(__fadd_rn(va[i].x, ba.x), __fadd_rn(va[i].y, ba.y), __fadd_rn(va[i].z, ba.z),
-                                    __fadd_rn(va[i].w, ba.w));
-                vb[i] = make_float4(__fadd_rn(vb[i].x, bb.x), __fadd_rn(vb[i].y, bb.y), __fadd_rn(vb[i].z, bb.z),
-                                    __fadd_rn(vb[i].w, bb.w));
-                float4* sp = reinterpret_cast<float4*>(sum + tr * K + k);
-                sp[0] = va[i], sp[1] = vb[i];
-            }
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < NQ; i++) {
-        const float4 x = va[i], y = vb[i];
-        ss += (double)x.x * (double)x.x + (double)x.y * (double)x.y + (double)x.z * (double)x.z + (double)x.w * (double)x.w;
-        ss += (double)y.x * (double)y.x + (double)y.y * (double)y.y + (double)y.z * (double)y.z + (double)y.w * (double)y.w;
-    }
-    ss += __shfl_xor_sync(0xffffffffu, ss, 1);
-    ss += __shfl_xor_sync(0xffffffffu, ss, 2);
-    if (c == 0) ssw[w][g] = ss;
-    __syncthreads();
-    double tot = ssw[0][g];
-#pragma unroll
-    for (int v = 1; v < WARPS; v++) tot += ssw[v][g];
-    const float rs = rms_rstd(tot, K, eps);
-    if (okt && w == 0 && c == 0) rstd[t] = rs;
+    // Phase 1: s, its squares' float64 sum, rstd.
+    const float rs = lr_norm_rows<ADD, WARPS, NQ>(va, vb, a, b, sum, tr * K, okt, t, nch, K, eps, rstd, ssw);
     // Phase 2: xn, then lora_rows_bf16's work on it.
     bf16_t* yhrow = yh ? yh + tr * ldyh : nullptr;
     bf16_t* xdrow = xd16 ? xd16 + tr * K : nullptr;
@@ -1106,44 +1135,9 @@ __device__ __forceinline__ void lora_rows_norm_lean(bf16_t* __restrict__ yh, i64
     const int nch = Ki >> 5;  // the host checks K % 32 == 0
     const unsigned kofs = (unsigned)tr * (unsigned)Ki, hofs = YH ? (unsigned)tr * (unsigned)ldyh : 0u,
                    wofs = (unsigned)(okg ? g : 0) * (unsigned)Ki;
-    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 va[NQ], vb[NQ];
-    double ss = 0.0;
-    // Phase 1: s, its squares' float64 sum (lora_rows_norm_body's order).
-#pragma unroll
-    for (int i = 0; i < NQ; i++) {
-        const int k = ((w + i * WARPS) << 5) + 8 * c;
-        va[i] = vb[i] = z;
-        if (okt && w + i * WARPS < nch) {
-            const float4* ap = reinterpret_cast<const float4*>(a + (kofs + k));
-            va[i] = ap[0], vb[i] = ap[1];
-            if (ADD) {
-                const float4* bp = reinterpret_cast<const float4*>(b + (kofs + k));
-                const float4 ba = bp[0], bb = bp[1];
-                va[i] = make_float4(__fadd_rn(va[i].x, ba.x), __fadd_rn(va[i].y, ba.y), __fadd_rn(va[i].z, ba.z),
-                                    __fadd_rn(va[i].w, ba.w));
-                vb[i] = make_float4(__fadd_rn(vb[i].x, bb.x), __fadd_rn(vb[i].y, bb.y), __fadd_rn(vb[i].z, bb.z),
-                                    __fadd_rn(vb[i].w, bb.w));
-                float4* sp = reinterpret_cast<float4*>(sum + (kofs + k));
-                sp[0] = va[i], sp[1] = vb[i];
-            }
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < NQ; i++) {
-        const float4 x = va[i], y = vb[i];
-        ss += (double)x.x * (double)x.x + (double)x.y * (double)x.y + (double)x.z * (double)x.z + (double)x.w * (double)x.w;
-        ss += (double)y.x * (double)y.x + (double)y.y * (double)y.y + (double)y.z * (double)y.z + (double)y.w * (double)y.w;
-    }
-    ss += __shfl_xor_sync(0xffffffffu, ss, 1);
-    ss += __shfl_xor_sync(0xffffffffu, ss, 2);
-    if (c == 0) ssw[w][g] = ss;
-    __syncthreads();
-    double tot = ssw[0][g];
-#pragma unroll
-    for (int v = 1; v < WARPS; v++) tot += ssw[v][g];
-    const float rs = rms_rstd(tot, K, eps);
-    if (okt && w == 0 && c == 0) rstd[t] = rs;
+    // Phase 1: s, its squares' float64 sum, rstd (lora_rows_norm_body's).
+    const float rs = lr_norm_rows<ADD, WARPS, NQ>(va, vb, a, b, sum, kofs, okt, t, nch, K, eps, rstd, ssw);
     // Phase 2: xn, then the row kernel's work on it.
     u64 s = seed + (u64)(tr * (K >> 2)) * GAMMA + (u64)(8 * w + 2 * c) * GAMMA;
     float acc[2] = {0.0f, 0.0f};
@@ -1160,22 +1154,7 @@ __device__ __forceinline__ void lora_rows_norm_lean(bf16_t* __restrict__ yh, i64
             float4* op = reinterpret_cast<float4*>(xn + (kofs + k));
             op[0] = x0, op[1] = x1;
         }
-        const float4 a0 = x0, b0 = x1;
-        uint4 yo = YH ? lr_pack8(x0, x1) : make_uint4(0u, 0u, 0u, 0u);
-        if (drop) lr_drop8(x0, x1, s + (u64)(8 * WARPS * i) * GAMMA, t32, ks);
-        const uint4 mm = lr_pack8(x0, x1);  // the MMAs' operands
-        uint4 xo = mm;
-        if (lr_nan8(a0, b0)) {  // rare: f32_to_bf16 keeps a NaN's payload
-            if (YH) yo = lr_pack8_exact(a0, b0);
-            if (XD) xo = lr_pack8_exact(x0, x1);
-        }
-        if (YH && okt) *reinterpret_cast<uint4*>(yh + (hofs + k)) = yo;
-        if (XD && okt) *reinterpret_cast<uint4*>(xd16 + (kofs + k)) = xo;  // kept for GradA (v8)
-        float d[4];
-        lr_mma(d, okt ? mm.x : 0u, okt ? mm.y : 0u, wf[0], wf[1]);
-        acc[0] += d[0], acc[1] += d[1];
-        lr_mma(d, okt ? mm.z : 0u, okt ? mm.w : 0u, wf[2], wf[3]);
-        acc[0] += d[0], acc[1] += d[1];
+        lr_chunk_lean<YH, XD>(acc, x0, x1, okt, k, yh, hofs, xd16, kofs, drop, s + (u64)(8 * WARPS * i) * GAMMA, t32, ks, wf);
     }
     lr_finish<WARPS>(acc, P, p16, ldp, (float)scale16_d, T, (int)r, jdst, jsrc, jrows, jcols, jld, jscale);
 }
