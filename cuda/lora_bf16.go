@@ -144,8 +144,7 @@ var loraRowsW32 = os.Getenv("OLLAMA_TUNE_CUDA_ROWS") != "w16"
 // 32-warp one alone: such tensors are bfloat16 only under loraRowsW32, see
 // writeHalf).
 func rowsKernel(kernel string) (string, int) {
-	if loraRowsW32 || strings.HasSuffix(kernel, "_h") || strings.HasSuffix(kernel, "_hr") || strings.HasSuffix(kernel, "_hl") ||
-		strings.HasSuffix(kernel, "_l") {
+	if loraRowsW32 || strings.HasSuffix(kernel, "_h") || strings.HasSuffix(kernel, "_hr") {
 		return kernel + "_w32", 32 * 32
 	}
 	return kernel, 16 * 32

@@ -106,26 +106,17 @@ func TestRowsLean(t *testing.T) {
 			})
 			return leanCollect(g, ptrs, sizes)
 		}
-		for _, packed := range []bool{false, true} {
-			if packed {
-				g.PackLoRA([]*finetune.Linear{l})
-				if g.packedW(W) == 0 {
-					t.Fatalf("%s: PackLoRA packed nothing", name)
-				}
-			}
-			for mask := 0; mask < 1<<len(c.outs); mask++ {
-				if !packed { // the host takes the lean kernels only with a packed W
-					if g.leanFits(c.T, width, ldyh, W) {
-						t.Fatalf("%s: leanFits without a packed W", name)
-					}
-					continue
-				}
-				if !g.leanFits(c.T, width, ldyh, W) {
-					t.Fatalf("%s: leanFits refuses", name)
-				}
-				want, got := run(c.kernel, mask), run(c.lean, mask)
-				leanCompare(t, fmt.Sprintf("%s outputs %b of %v", name, mask, c.outs), c.kernel, got, want, all)
-			}
+		// The host takes the lean kernels only with a packed W.
+		if g.leanFits(c.T, width, ldyh, W) {
+			t.Fatalf("%s: leanFits without a packed W", name)
+		}
+		g.PackLoRA([]*finetune.Linear{l})
+		if g.packedW(W) == 0 || !g.leanFits(c.T, width, ldyh, W) {
+			t.Fatalf("%s: no packed W after PackLoRA, or leanFits refuses", name)
+		}
+		for mask := 0; mask < 1<<len(c.outs); mask++ {
+			want, got := run(c.kernel, mask), run(c.lean, mask)
+			leanCompare(t, fmt.Sprintf("%s outputs %b of %v", name, mask, c.outs), c.kernel, got, want, all)
 		}
 		leanFree(g, w, A, B, Y)
 	}

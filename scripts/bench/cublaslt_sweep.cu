@@ -17,11 +17,15 @@
 #define CK(x) do { auto e = (x); if (e != 0) { printf("%s:%d %s = %d\n", __FILE__, __LINE__, #x, (int)e); exit(1);} } while (0)
 struct Shape { const char* name; bool tn; int M, N, K; int calls; bool half; };
 
-static int attr(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoConfigAttributes_t w) {
-  int v = 0; size_t n = 0;
-  uint64_t big = 0;
-  if (cublasLtMatmulAlgoConfigGetAttribute(&a, w, &big, sizeof(big), &n) != 0) return -1;
-  memcpy(&v, &big, sizeof(v));
+// attr reads one configuration attribute (-1: unreadable). Each has its
+// own width (4 or 8 bytes), which a first call with no buffer reports.
+static long long attr(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoConfigAttributes_t w) {
+  size_t n = 0;
+  if (cublasLtMatmulAlgoConfigGetAttribute(&a, w, nullptr, 0, &n) != 0 || n == 0 || n > 8) return -1;
+  unsigned char buf[8] = {0};
+  if (cublasLtMatmulAlgoConfigGetAttribute(&a, w, buf, n, &n) != 0) return -1;
+  long long v = 0;
+  memcpy(&v, buf, n);  // little-endian: the low bytes
   return v;
 }
 
@@ -42,7 +46,9 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < maxe; i++) h[i] = __float2bfloat16((float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f);
   CK(cudaMemcpy(A, h.data(), maxe * 2, cudaMemcpyHostToDevice)); CK(cudaMemcpy(B, h.data(), maxe * 2, cudaMemcpyHostToDevice));
   cublasHandle_t hb; CK(cublasCreate(&hb)); cublasLtHandle_t lt; CK(cublasLtCreate(&lt));
-  printf("cuBLAS %d, cuBLASLt %zu\n", 0, cublasLtGetVersion());
+  int blasVersion = 0;
+  CK(cublasGetVersion(hb, &blasVersion));
+  printf("cuBLAS %d, cuBLASLt %zu\n", blasVersion, cublasLtGetVersion());
   cudaStream_t st; CK(cudaStreamCreate(&st)); CK(cublasSetStream(hb, st));
   cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
   const int reps = 30; float alpha = 1, beta = 0;
@@ -85,7 +91,7 @@ int main(int argc, char** argv) {
       if (t < best) best = t;
       if (same && t < bestSame) bestSame = t;
       if (i < 12 || t < tdef * 0.97)
-        printf("  lt[%2d] %6.1f us (%3.0f TF) %s%s id %d tile %d stages %d splitK %d red %d swz %d custom %d inner %d cluster %d ws %zu\n",
+        printf("  lt[%2d] %6.1f us (%3.0f TF) %s%s id %lld tile %lld stages %lld splitK %lld red %lld swz %lld custom %lld inner %lld cluster %lld ws %zu\n",
                i, t, fl / t / 1e6, same ? "same-bits " : "other-bits", det ? "" : " NONDETERMINISTIC",
                attr(a, CUBLASLT_ALGO_CONFIG_ID), attr(a, CUBLASLT_ALGO_CONFIG_TILE_ID), attr(a, CUBLASLT_ALGO_CONFIG_STAGES_ID),
                attr(a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM), attr(a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME),
