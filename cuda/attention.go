@@ -5,6 +5,7 @@ package cuda
 import (
 	"fmt"
 	"math"
+	"strings"
 
 	"gorgonia.org/cu"
 
@@ -162,7 +163,25 @@ func (b *Backend) RoPEAttention(B, S, nHead, nKV, headDim, rotaryDim int) bool {
 		b.tcAttn("attn_bwd_bf16", abBwdSmem(headDim, rotaryDim/2)) && b.tcAttn("attn_fwd_bf16_h", abFwdSmem(headDim)) &&
 		b.tcAttn("attn_bwd_bf16_h", abBwdSmem(headDim, rotaryDim/2)) && b.tcAttn("attn_bwd_bf16_hh", abBwdSmem(headDim, rotaryDim/2)) &&
 		b.tcAttn("attn_fwd_bf16_h_rp", abFwdSmem(headDim)) && b.tcAttn("attn_bwd_bf16_hh_rp", abBwdSmem(headDim, rotaryDim/2)) &&
-		b.tcAttn("attn_fwd_bf16_h_rp96", abFwdSmem(headDim)) && b.tcAttn("attn_bwd_bf16_hh_rp96", abBwdSmem(headDim, rotaryDim/2))
+		b.tcAttn("attn_fwd_bf16_h_rp96", abFwdSmem(headDim)) && b.tcAttn("attn_bwd_bf16_hh_rp96", abBwdSmem(headDim, rotaryDim/2)) &&
+		b.tcAttn("attn_fwd_bf16_h_rp96v", abFwdSmem(headDim)) && b.tcAttn("attn_bwd_bf16_hh_rp96v", abBwdSmem(headDim, rotaryDim/2))
+}
+
+// attnV20 says whether the _rp96 kernels give way to their v20 forms
+// (attention_tc.cuh's V20, the _rp96v entry points: the loaders issue all
+// their loads before they wait, V is copied with cp.async, dO is read once
+// for both its bfloat16 copy and di, and the softmax divides through one
+// reciprocal a row with Markstein's correction; the same bits).
+// OLLAMA_TUNE_CUDA_REFERENCE=attn-v20 keeps the _rp96 ones (the A/B).
+var attnV20 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "attn-v20")
+
+// v20Kernel is kernel's v20 form where there is one (a _rp96 kernel, V20
+// on, qkv 16-byte aligned for V's 16-byte copies), else kernel.
+func v20Kernel(kernel string, x cu.DevicePtr) string {
+	if attnV20 && strings.HasSuffix(kernel, "_rp96") && x%16 == 0 {
+		return kernel + "v"
+	}
+	return kernel
 }
 
 // attnSpec says whether the fused RoPE attention takes the _rp entry points
@@ -224,7 +243,7 @@ func (b *Backend) AttentionForwardRoPE(out, lse, qkv, pos finetune.Tensor, B, S,
 	cs, half := b.ropeAttnArgs(op, ps, B, S, nHead, nKV, headDim, rotaryDim, theta)
 	kernel := halfKernel("attn_fwd_bf16", xHalf)
 	if xHalf && abSpec(headDim, rotaryDim/2, x.ptr, 0) {
-		kernel = "attn_fwd_bf16_h_rp" + abSpecSize(headDim, rotaryDim)
+		kernel = v20Kernel("attn_fwd_bf16_h_rp"+abSpecSize(headDim, rotaryDim), x.ptr)
 	}
 	b.launch(op, kernel, [3]int{nHead, B, 1}, 256, abFwdSmem(headDim), ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr),
 		ptrArg(ps.ptr), intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window),
@@ -255,7 +274,8 @@ func (b *Backend) AttentionBackwardRoPE(dqkv, dout, out, lse, qkv, pos finetune.
 	if halfOut {
 		kernel = "attn_bwd_bf16_hh"
 		if abSpec(headDim, rotaryDim/2, x.ptr, do.ptr) {
-			kernel = "attn_bwd_bf16_hh_rp" + abSpecSize(headDim, rotaryDim) // one KV head a query head (RoPEAttention), dqkv overwritten
+			// one KV head a query head (RoPEAttention), dqkv overwritten
+			kernel = v20Kernel("attn_bwd_bf16_hh_rp"+abSpecSize(headDim, rotaryDim), x.ptr)
 		}
 	}
 	b.launch(op, kernel, [3]int{nKV, B, 1}, 256, abBwdSmem(headDim, rotaryDim/2), ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(o.ptr),

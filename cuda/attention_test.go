@@ -341,3 +341,67 @@ func uploadHalf(g *Backend, t finetune.Tensor, vals []float32) []float32 {
 	ct.half = g
 	return rounded
 }
+
+// TestAttentionV20: the v20 forms of the _rp96 kernels (attn_fwd_bf16_h_rp96v,
+// attn_bwd_bf16_hh_rp96v: one pass of loads, V by cp.async, dO read once
+// for di, the softmax's division through a row's reciprocal) give the
+// _rp96 kernels' bits, in Phi-3-mini's step shapes too, with scores spread
+// wide enough that probabilities underflow (ab_div_mk's __fdiv_rn path)
+// and rows shorter than 64 with a window.
+func TestAttentionV20(t *testing.T) {
+	g := gpuB16
+	if !loraRowsW32 || !halfOutputs {
+		t.Skip("the bfloat16 dqkv kernels are switched off")
+	}
+	defer func(v bool) { attnV20 = v }(attnV20)
+	for _, c := range []struct{ B, S, H, window int }{{16, 64, 32, 0}, {2, 40, 4, 5}, {3, 64, 2, 0}} {
+		name := fmt.Sprintf("B%d S%d H%d w%d", c.B, c.S, c.H, c.window)
+		t.Run(name, func(t *testing.T) {
+			const D, theta = 96, 10000
+			B, S, H := c.B, c.S, c.H
+			if !g.RoPEAttention(B, S, H, H, D, D) {
+				t.Fatal("RoPEAttention is false")
+			}
+			T, width := B*S, 3*H*D
+			vals := randn(T*width, 31, 1)
+			for i := 0; i < T; i += 7 { // wide scores: exp underflows in these rows
+				for d := 0; d < H*D; d++ {
+					vals[i*width+d] *= 40
+				}
+			}
+			pos := g.AllocInt32(T)
+			g.UploadInt32(pos, attnPos("packed", B, S))
+			hq := g.AllocHalf(T, width)
+			uploadHalf(g, hq, vals)
+			dout := g.Alloc(T, H*D)
+			g.Upload(dout, randn(T*H*D, 32, 1))
+			var outs, lses, dqs [2]finetune.Tensor
+			for k := range outs {
+				outs[k], lses[k], dqs[k] = g.Alloc(T, H*D), g.Alloc(H, T), g.AllocHalf(T, width)
+			}
+			defer func() {
+				for _, x := range append([]finetune.Tensor{pos, hq, dout}, append(outs[:], append(lses[:], dqs[:]...)...)...) {
+					g.Free(x)
+				}
+			}()
+			for k, v20 := range []bool{false, true} {
+				attnV20 = v20
+				g.AttentionForwardRoPE(outs[k], lses[k], hq, pos, B, S, H, H, D, c.window, D, theta)
+				g.Zero(dqs[k])
+				g.AttentionBackwardRoPE(dqs[k], dout, outs[0], lses[0], hq, pos, B, S, H, H, D, c.window, D, theta)
+				if dqs[k].(*Tensor).half == nil {
+					t.Fatal("dqkv from AllocHalf was written in float32")
+				}
+			}
+			checkBits(t, "out", g.Download(outs[1]), g.Download(outs[0]))
+			checkBits(t, "lse", g.Download(lses[1]), g.Download(lses[0]))
+			checkBits(t, "dqkv", g.Download(dqs[1]), g.Download(dqs[0]))
+			if got := v20Kernel("attn_fwd_bf16_h_rp96", 16); got != "attn_fwd_bf16_h_rp96v" {
+				t.Errorf("v20Kernel gives %s", got)
+			}
+			if got := v20Kernel("attn_fwd_bf16_h_rp96", 8); got != "attn_fwd_bf16_h_rp96" {
+				t.Errorf("v20Kernel takes an 8-byte aligned qkv: %s", got)
+			}
+		})
+	}
+}

@@ -381,6 +381,111 @@ __device__ __forceinline__ void ab_put(bf16_t* R, const float v[4][4], int r0, i
     }
 }
 
+// The v20 loaders (issue 8; the _rp96v entry points: DC 96, a bfloat16
+// qkv). attnfloor (scripts/bench/attnfloor) timed the forward's loads
+// alone at 14.1 of its 24.7 us and the backward's loads and di at 25 of
+// 50 us on an H200: each loader's loop waited for its own loads before the
+// next loader issued any. The same values land in the same places, so the
+// same bits (a NaN's payload aside: V's raw copy keeps it where rounding
+// made it the canonical 0x7fff).
+//
+// ab_copy_v96 starts copying V's 64 rows of 96 bfloat16 into Vs with
+// 16-byte cp.async (a bfloat16 source needs no rounding), zeros past S
+// rows. The caller commits and waits. src and the row stride: 16-byte
+// multiples (the host checks qkv's alignment; 96 values a head).
+__device__ __forceinline__ void ab_copy_v96(bf16_t* Vs, int ld, const bf16_t* src, i64 stride, int S) {
+#pragma unroll
+    for (int x = threadIdx.x; x < AB_S * 12; x += AB_THREADS) {
+        const int i = x / 12, c = 8 * (x - i * 12);
+        if (i < S)
+            cp_async16((float*)&Vs[i * ld + c], (const float*)(src + (i64)i * stride + c));
+        else
+            *(uint4*)&Vs[i * ld + c] = make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
+// ab_load_qk_rope96 is ab_load_rope<SPEC> of Q (rows of q) and K (rows of
+// k) of 96-value heads rotated over all 96 in one loop: each item reads
+// its 4 pairs of the cos/sin table once for both (the same arithmetic).
+__device__ __forceinline__ void ab_load_qk_rope96(bf16_t* Qs, bf16_t* Ks, int ld, const bf16_t* q, const bf16_t* k,
+                                                  i64 stride, int S, const float2* cs) {
+    constexpr int half = 48;
+#pragma unroll
+    for (int x = threadIdx.x; x < AB_S * 12; x += AB_THREADS) {
+        const int i = x / 12, c = 4 * (x - i * 12);
+        float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f), z = y, y2 = y, z2 = y;
+        if (i < S) {
+            const float4 v = ab_ld4(q + (i64)i * stride + c), u = ab_ld4(q + (i64)i * stride + c + half);
+            const float4 v2 = ab_ld4(k + (i64)i * stride + c), u2 = ab_ld4(k + (i64)i * stride + c + half);
+            const float4 ca = *(const float4*)&cs[i * half + c], cb = *(const float4*)&cs[i * half + c + 2];
+            ab_rope(y.x, z.x, v.x, u.x, make_float2(ca.x, ca.y), false);
+            ab_rope(y.y, z.y, v.y, u.y, make_float2(ca.z, ca.w), false);
+            ab_rope(y.z, z.z, v.z, u.z, make_float2(cb.x, cb.y), false);
+            ab_rope(y.w, z.w, v.w, u.w, make_float2(cb.z, cb.w), false);
+            ab_rope(y2.x, z2.x, v2.x, u2.x, make_float2(ca.x, ca.y), false);
+            ab_rope(y2.y, z2.y, v2.y, u2.y, make_float2(ca.z, ca.w), false);
+            ab_rope(y2.z, z2.z, v2.z, u2.z, make_float2(cb.x, cb.y), false);
+            ab_rope(y2.w, z2.w, v2.w, u2.w, make_float2(cb.z, cb.w), false);
+        }
+        *(uint2*)&Qs[i * ld + c] = make_uint2(bf16x2_rn(y.x, y.y), bf16x2_rn(y.z, y.w));
+        *(uint2*)&Qs[i * ld + c + half] = make_uint2(bf16x2_rn(z.x, z.y), bf16x2_rn(z.z, z.w));
+        *(uint2*)&Ks[i * ld + c] = make_uint2(bf16x2_rn(y2.x, y2.y), bf16x2_rn(y2.z, y2.w));
+        *(uint2*)&Ks[i * ld + c + half] = make_uint2(bf16x2_rn(z2.x, z2.y), bf16x2_rn(z2.z, z2.w));
+    }
+}
+
+// ab_div_mk is __fdiv_rn(x, s) for the softmax's p / sum, r = __frcp_rn(s)
+// computed once a row: Markstein's correction q + (x - s q) r of q =
+// RN(x r), which is the correctly rounded quotient when r is the correctly
+// rounded reciprocal and nothing underflows; fast says 1 <= s <= 2^100 (a
+// row's sum is at least exp(0) = 1), and x must be 0 or at least 2^-100,
+// else (and for NaN) __fdiv_rn itself. attnfloor and TestAttentionRoPE
+// compare it with __fdiv_rn's bits.
+__device__ __forceinline__ float ab_div_mk(float x, float s, float r, bool fast) {
+    if (fast && (x == 0.0f || x >= 0x1p-100f)) {
+        const float q = __fmul_rn(x, r);
+        return __fmaf_rn(__fmaf_rn(-s, q, x), r, q);
+    }
+    return __fdiv_rn(x, s);
+}
+
+// at_di_lse_do96 is ab_load of dO (96-value heads) and at_di_lse in one
+// pass: lane d of warp w's rows 8w.. reads dO and O once, as at_di_lse
+// does (the same fmaf order, so di's bits), and writes bf16(dO) into dOs
+// (zeros past S rows).
+__device__ __forceinline__ void at_di_lse_do96(bf16_t* dOs, int ld, float* di_s, float* lse_s, const float* dO,
+                                               const float* O, i64 HD, const float* lse_row, int i0, int S,
+                                               int lane) {
+    float di[8];
+#pragma unroll
+    for (int rr = 0; rr < 8; rr++) di[rr] = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 3; k++) {
+        const int d = lane + 32 * k;
+#pragma unroll
+        for (int rr = 0; rr < 8; rr++) {
+            const int i = i0 + rr;
+            unsigned short hb = 0;
+            if (i < S) {
+                const float x = dO[i * HD + d];
+                di[rr] = fmaf(x, O[i * HD + d], di[rr]);
+                asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(hb) : "f"(x));
+            }
+            dOs[i * ld + d] = hb;
+        }
+    }
+#pragma unroll
+    for (int rr = 0; rr < 8; rr++) {
+        float x = di[rr];
+        for (int o = 16; o > 0; o >>= 1) x = __fadd_rn(x, __shfl_xor_sync(0xffffffffu, x, o));
+        const int i = i0 + rr;
+        if (lane == rr) {
+            di_s[i] = x;
+            lse_s[i] = i < S ? lse_row[i] : 0.0f;
+        }
+    }
+}
+
 // attn_fwd_bf16: grid (H, B), AB_THREADS threads, dynamic shared memory:
 // Q [64][max(ld, AB_LDP)] (P [64][AB_LDP] takes Q's place), K, V [64][ld]
 // bfloat16, the halves' row maxima and sums [2][2][64] float. Same outputs
@@ -396,7 +501,9 @@ __device__ __forceinline__ void ab_put(bf16_t* R, const float v[4][4], int r0, i
 // DC (v11, the _rp96 entry points: SPEC with Phi-3-mini's 96-value heads
 // and RoPE over all of them): the head's size a constant, so its loops
 // unroll and its index arithmetic folds (the same code path).
-template <typename TS, bool SPEC = false, int DC = 0>
+// V20 (the _rp96v entry points, DC 96 and a bfloat16 qkv): the v20
+// loaders and ab_div_mk (the same bits).
+template <typename TS, bool SPEC = false, int DC = 0, bool V20 = false>
 __device__ __forceinline__ void attn_fwd_bf16_body(float* out, float* lse, const TS* qkv, const int* pos, i64 B, i64 S_,
                                                    i64 H, i64 K, i64 D_, i64 window, double scale_d, const float2* cs,
                                                    i64 half_) {
@@ -413,14 +520,21 @@ __device__ __forceinline__ void attn_fwd_bf16_body(float* out, float* lse, const
     const int* prow = pos + b * S;
     const bool v4 = SPEC || (D & 3) == 0 && ((size_t)qkv & (4 * sizeof(TS) - 1)) == 0;
     const int half = DC ? DC / 2 : (int)half_;
-    if (SPEC || half > 0) {
+    if constexpr (V20) {
+        static_assert(SPEC && DC == 96, "V20: Phi-3-mini's heads, a bfloat16 qkv");
+        ab_copy_v96(Vs, ld, (const bf16_t*)base + (H + K + kvh) * D, width, S);
+        cp_commit();
+        ab_load_qk_rope96(Qs, Ks, ld, (const bf16_t*)base + h * D, (const bf16_t*)base + (H + kvh) * D, width, S,
+                          cs + b * S * half);
+        cp_wait<0>();
+    } else if (SPEC || half > 0) {
         ab_load_rope<SPEC>(Qs, ld, base + h * D, width, S, D, D16, v4, cs + b * S * half, half);
         ab_load_rope<SPEC>(Ks, ld, base + (H + kvh) * D, width, S, D, D16, v4, cs + b * S * half, half);
     } else {
         ab_load(Qs, ld, base + h * D, width, S, D, D16, v4);
         ab_load(Ks, ld, base + (H + kvh) * D, width, S, D, D16, v4);
     }
-    ab_load(Vs, ld, base + (H + K + kvh) * D, width, S, D, D16, v4);
+    if constexpr (!V20) ab_load(Vs, ld, base + (H + K + kvh) * D, width, S, D, D16, v4);
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int hb = w >> 2, a = hb ? 3 - (w & 3) : (w & 3), row0 = 16 * a;
     const int nt = row0 < S ? ab_tiles(row0, hb, S) : 0;
@@ -483,13 +597,30 @@ __device__ __forceinline__ void attn_fwd_bf16_body(float* out, float* lse, const
         sum[rr] = __fadd_rn(red[2 * AB_S + i], red[3 * AB_S + i]);
         if (live[rr] && hb == 0 && t == 0) lse[h * T + b * S + i] = __fadd_rn(m[rr], logf(sum[rr]));
     }
+    if constexpr (V20) {
+        float rcp[2];
+        bool fast[2];
 #pragma unroll
-    for (int n = 0; n < 4; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int rr = e >> 1;
-            acc[n][e] = live[rr] ? __fdiv_rn(acc[n][e], sum[rr]) : 0.0f;
+        for (int rr = 0; rr < 2; rr++) {
+            fast[rr] = sum[rr] >= 1.0f && sum[rr] <= 0x1p100f;
+            rcp[rr] = __frcp_rn(sum[rr]);
         }
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int rr = e >> 1;
+                acc[n][e] = live[rr] ? ab_div_mk(acc[n][e], sum[rr], rcp[rr], fast[rr]) : 0.0f;
+            }
+    } else {
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int rr = e >> 1;
+                acc[n][e] = live[rr] ? __fdiv_rn(acc[n][e], sum[rr]) : 0.0f;
+            }
+    }
     // P takes Q's place (every warp passed a barrier after its last Q read).
     bf16_t* Ps = Qs;
     ab_put(Ps, acc, row0, hb, g, t);
@@ -514,8 +645,8 @@ __device__ __forceinline__ void attn_fwd_bf16_body(float* out, float* lse, const
 // the group's other heads add). Two blocks a multiprocessor (111
 // registers): at three (80 registers, spilling) the step's 512 blocks took
 // 97 us against 85.
-// SPEC, DC: see attn_fwd_bf16_body.
-template <typename TS, typename TD, bool SPEC = false, int DC = 0>
+// SPEC, DC, V20: see attn_fwd_bf16_body (V20: at_di_lse_do96 too).
+template <typename TS, typename TD, bool SPEC = false, int DC = 0, bool V20 = false>
 __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, const float* out, const float* lse,
                                                    const TS* qkv, const int* pos, i64 B, i64 S_, i64 H, i64 K, i64 D_,
                                                    i64 window, double scale_d, i64 accum_, const float2* cs, i64 half_) {
@@ -555,23 +686,36 @@ __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, 
 
     const int half = DC ? DC / 2 : (int)half_;
     const float2* csb = cs + b * S * half;
+    if constexpr (V20) {
+        static_assert(SPEC && DC == 96, "V20: Phi-3-mini's heads, a bfloat16 qkv");
+        ab_copy_cs(csS, csb, S, half);
+        ab_copy_v96(Vs, ld, (const bf16_t*)base + voff, width, S);  // one head a KV head: loaded once
+        cp_commit();
+    } else {
     if (SPEC || half > 0) {
         ab_copy_cs(csS, csb, S, half);  // for the stores: waited for before the first barrier
         ab_load_rope<SPEC>(Ks, ld, base + koff, width, S, D, D16, v4, csb, half);
     }
     else
         ab_load(Ks, ld, base + koff, width, S, D, D16, v4);
+    }
     for (i64 hh = 0; hh < group; hh++) {
         const i64 h = kvh * group + hh;
         // The previous head ended with a barrier: Q, V, dO, P, dS, lse_s, di_s are free.
-        if (SPEC || half > 0)
-            ab_load_rope<SPEC>(Qs, ld, base + h * D, width, S, D, D16, v4, csb, half);
-        else
-            ab_load(Qs, ld, base + h * D, width, S, D, D16, v4);
-        ab_load(Vs, ld, base + voff, width, S, D, D16, v4);
-        ab_load(dOs, ld, dobase + h * D, HD, S, D, D16, v4);
-        // di and lse of rows 8w..8w+7.
-        at_di_lse(di_s, lse_s, dobase + h * D, obase + h * D, HD, lse + h * T + b * S, 8 * w, S, D, lane);
+        if constexpr (V20) {
+            ab_load_qk_rope96(Qs, Ks, ld, (const bf16_t*)base + h * D, (const bf16_t*)base + koff, width, S, csb);
+            at_di_lse_do96(dOs, ld, di_s, lse_s, dobase + h * D, obase + h * D, HD, lse + h * T + b * S, 8 * w, S,
+                           lane);
+        } else {
+            if (SPEC || half > 0)
+                ab_load_rope<SPEC>(Qs, ld, base + h * D, width, S, D, D16, v4, csb, half);
+            else
+                ab_load(Qs, ld, base + h * D, width, S, D, D16, v4);
+            ab_load(Vs, ld, base + voff, width, S, D, D16, v4);
+            ab_load(dOs, ld, dobase + h * D, HD, S, D, D16, v4);
+            // di and lse of rows 8w..8w+7.
+            at_di_lse(di_s, lse_s, dobase + h * D, obase + h * D, HD, lse + h * T + b * S, 8 * w, S, D, lane);
+        }
         cp_wait<0>();
         __syncthreads();
 

@@ -1,0 +1,146 @@
+// attnfloor's backward copies: attn_bwd_bf16_body for SPEC and DC 96 (one
+// query head a KV head, dqkv overwritten) with phases cut off (PH 1: the
+// operands into shared memory, di and lse; 2: and P, dS; 3: and dV; 4: the
+// whole kernel), and the candidate changes as switches:
+//   NOCS  the stores read the cos/sin table from global memory (L2), not a
+//         shared copy: 24 KB less shared memory a block
+//   QK1, VCP  as in the forward
+template <int PH, bool NOCS = false, bool QK1 = false, bool VCP = false>
+__device__ __forceinline__ void bwd_body(bf16_t* dqkv, const float* dout, const float* out, const float* lse,
+                                         const bf16_t* qkv, const int* pos, i64 B, i64 S_, i64 H, i64 K,
+                                         double scale_d, const float2* cs) {
+    constexpr int D = 96, D16 = 96, ld = 104, half = 48;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int S = (int)S_;
+    bf16_t* Qs = (bf16_t*)smem_raw;
+    bf16_t* Ks = Qs + AB_S * ld;
+    bf16_t* Vs = Ks + AB_S * ld;
+    bf16_t* dOs = Vs + AB_S * ld;
+    bf16_t* Ps = dOs + AB_S * ld;
+    bf16_t* dSs = Ps + AB_S * AB_LDP;
+    float* lse_s = (float*)(dSs + AB_S * AB_LDP);
+    float* di_s = lse_s + AB_S;
+    float2* csS = (float2*)(di_s + AB_S);
+    const float scale = (float)scale_d;
+    const i64 kvh = blockIdx.x, b = blockIdx.y, h = kvh;
+    const i64 T = B * S, width = (H + 2 * K) * D, HD = H * D;
+    const i64 koff = (H + kvh) * D, voff = (H + K + kvh) * D;
+    const bf16_t* base = qkv + b * S * width;
+    bf16_t* dbase = dqkv + b * S * width;
+    const float* dobase = dout + b * S * HD;
+    const float* obase = out + b * S * HD;
+    const int* prow = pos + b * S;
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int hb = w >> 2, a = hb ? 3 - (w & 3) : (w & 3), row0 = 16 * a;
+    const int nt = row0 < S ? ab_tiles(row0, hb, S) : 0;
+    int n0, n1;
+    ab_half(D16, hb, n0, n1);
+    int lo[2];
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) lo[rr] = row0 + g + 8 * rr < S ? at_lo(row0 + g + 8 * rr, prow, 0) : 0;
+    const int qsteps = (S + 15) / 16, ksteps = row0 < S ? min(row0 + 15, S - 1) / 16 + 1 : 0;
+    const float2* csb = cs + b * S * half;
+    const float2* cst = NOCS ? csb : csS;
+    if (!NOCS) ab_copy_cs(csS, csb, S, half);
+    if (VCP) {
+        const bf16_t* v = base + voff;
+#pragma unroll
+        for (int x = threadIdx.x; x < AB_S * 12; x += AB_THREADS) {
+            const int i = x / 12, c = 8 * (x - i * 12);
+            if (i < S)
+                cp_async16((float*)&Vs[i * ld + c], (const float*)(v + (i64)i * width + c));
+            else
+                *(uint4*)&Vs[i * ld + c] = make_uint4(0u, 0u, 0u, 0u);
+        }
+        cp_commit();
+    }
+    if (QK1) {
+        const bf16_t* q = base + h * D;
+        const bf16_t* k = base + koff;
+#pragma unroll
+        for (int x = threadIdx.x; x < AB_S * 12; x += AB_THREADS) {
+            const int i = x / 12, c = 4 * (x - i * 12);
+            float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f), z = y, y2 = y, z2 = y;
+            if (i < S) {
+                const float4 v = ab_ld4(q + (i64)i * width + c), u = ab_ld4(q + (i64)i * width + c + half);
+                const float4 v2 = ab_ld4(k + (i64)i * width + c), u2 = ab_ld4(k + (i64)i * width + c + half);
+                const float4 ca = *(const float4*)&csb[i * half + c], cb = *(const float4*)&csb[i * half + c + 2];
+                ab_rope(y.x, z.x, v.x, u.x, make_float2(ca.x, ca.y), false);
+                ab_rope(y.y, z.y, v.y, u.y, make_float2(ca.z, ca.w), false);
+                ab_rope(y.z, z.z, v.z, u.z, make_float2(cb.x, cb.y), false);
+                ab_rope(y.w, z.w, v.w, u.w, make_float2(cb.z, cb.w), false);
+                ab_rope(y2.x, z2.x, v2.x, u2.x, make_float2(ca.x, ca.y), false);
+                ab_rope(y2.y, z2.y, v2.y, u2.y, make_float2(ca.z, ca.w), false);
+                ab_rope(y2.z, z2.z, v2.z, u2.z, make_float2(cb.x, cb.y), false);
+                ab_rope(y2.w, z2.w, v2.w, u2.w, make_float2(cb.z, cb.w), false);
+            }
+            *(uint2*)&Qs[i * ld + c] = make_uint2(bf16x2_rn(y.x, y.y), bf16x2_rn(y.z, y.w));
+            *(uint2*)&Qs[i * ld + c + half] = make_uint2(bf16x2_rn(z.x, z.y), bf16x2_rn(z.z, z.w));
+            *(uint2*)&Ks[i * ld + c] = make_uint2(bf16x2_rn(y2.x, y2.y), bf16x2_rn(y2.z, y2.w));
+            *(uint2*)&Ks[i * ld + c + half] = make_uint2(bf16x2_rn(z2.x, z2.y), bf16x2_rn(z2.z, z2.w));
+        }
+    } else {
+        ab_load_rope<true>(Ks, ld, base + koff, width, S, D, D16, true, csb, half);
+        ab_load_rope<true>(Qs, ld, base + h * D, width, S, D, D16, true, csb, half);
+    }
+    if (!VCP) ab_load(Vs, ld, base + voff, width, S, D, D16, true);
+    ab_load(dOs, ld, dobase + h * D, HD, S, D, D16, true);
+    at_di_lse(di_s, lse_s, dobase + h * D, obase + h * D, HD, lse + h * T + b * S, 8 * w, S, D, lane);
+    cp_wait<0>();
+    __syncthreads();
+    if (PH == 1) {
+        if (threadIdx.x == 0) dbase[0] = Qs[3] + Ks[5] + Vs[7] + dOs[9] + (bf16_t)di_s[3] + (bf16_t)cst[4].x;
+        return;
+    }
+    float sacc[4][4], pacc[4][4];
+    ab_scores(sacc, Qs, Ks, ld, D16, row0, hb, nt, lane);
+    ab_scores(pacc, dOs, Vs, ld, D16, row0, hb, nt, lane);
+#pragma unroll
+    for (int n = 0; n < 4; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int rr = e >> 1, i = row0 + g + 8 * rr, j = 32 * hb + 8 * n + 2 * t + (e & 1);
+            float p = 0.0f, ds = 0.0f;
+            if (i < S && j >= lo[rr] && j <= i) {
+                p = expf(__fsub_rn(__fmul_rn(sacc[n][e], scale), lse_s[i]));
+                ds = __fmul_rn(__fmul_rn(p, __fsub_rn(pacc[n][e], di_s[i])), scale);
+            }
+            sacc[n][e] = p;
+            pacc[n][e] = ds;
+        }
+    ab_put(Ps, sacc, row0, hb, g, t);
+    ab_put(dSs, pacc, row0, hb, g, t);
+    __syncthreads();
+    if (PH == 2) {
+        if (threadIdx.x == 0) dbase[0] = Ps[7] + dSs[9];
+        return;
+    }
+    float acc[AB_MAXNT][4];
+    ab_wsum<true>(acc, Ps, AB_LDP, dOs, ld, row0, row0 < S ? a : qsteps, qsteps, n0, n1, lane);
+    ab_store<false>(dbase + voff, width, acc, row0, n0, n1, S, D, g, t);
+    if (PH == 3) return;
+    const int h8 = half >> 3, q = h8 >> 1, t0 = hb * q;
+    float a1[4][4], a2[4][4];
+    ab_wsum<true, 4>(a1, dSs, AB_LDP, Qs, ld, row0, row0 < S ? a : qsteps, qsteps, t0, t0 + q, lane);
+    ab_wsum<true, 4>(a2, dSs, AB_LDP, Qs, ld, row0, row0 < S ? a : qsteps, qsteps, t0 + h8, t0 + h8 + q, lane);
+    ab_store_pairs_rope<false>(dbase + koff, width, a1, a2, row0, t0, q, S, cst, half, g, t);
+    ab_wsum<false, 4>(a1, dSs, AB_LDP, Ks, ld, row0, 0, ksteps, t0, t0 + q, lane);
+    ab_wsum<false, 4>(a2, dSs, AB_LDP, Ks, ld, row0, 0, ksteps, t0 + h8, t0 + h8 + q, lane);
+    ab_store_pairs_rope<false>(dbase + h * D, width, a1, a2, row0, t0, q, S, cst, half, g, t);
+}
+
+#define BWD_VARIANT(NAME, MINB, ...)                                                                              \
+    extern "C" __global__ void __launch_bounds__(AB_THREADS, MINB) NAME(bf16_t* dqkv, const float* dout,             \
+            const float* out, const float* lse, const bf16_t* qkv, const int* pos, i64 B, i64 S, i64 H, i64 K,     \
+            i64 D, i64 window, double scale_d, i64 accum, const float2* cs, i64 half) {                             \
+        bwd_body<__VA_ARGS__>(dqkv, dout, out, lse, qkv, pos, B, S, H, K, scale_d, cs);                                      \
+    }
+BWD_VARIANT(bwd_copy, 2, 4)
+BWD_VARIANT(bwd_ph1, 2, 1)
+BWD_VARIANT(bwd_ph2, 2, 2)
+BWD_VARIANT(bwd_ph3, 2, 3)
+BWD_VARIANT(bwd_nocs, 2, 4, true)
+BWD_VARIANT(bwd_nocs3, 3, 4, true)
+BWD_VARIANT(bwd_all, 2, 4, true, true, true)
+BWD_VARIANT(bwd_all3, 3, 4, true, true, true)
+BWD_VARIANT(bwd_all_ph1, 2, 1, true, true, true)

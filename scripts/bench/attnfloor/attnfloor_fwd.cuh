@@ -1,0 +1,194 @@
+// attnfloor's forward copies: attn_fwd_bf16_body for SPEC and DC 96 (the
+// step's shapes) with phases cut off (PH 1: operands into shared memory;
+// 2: and the scores and softmax, lse written; 3: the whole kernel) and the
+// candidate changes as switches:
+//   QK1  Q and K rotated in one loop (one read of the cos/sin table a pair)
+//   VCP  V copied with cp.async (a bfloat16 qkv needs no rounding)
+//   DIV  p / sum as Markstein's correction of p * RN(1 / sum) (the same
+//        bits as __fdiv_rn where sum >= 1 and p is 0 or >= 2^-100; else
+//        __fdiv_rn)
+__device__ __forceinline__ float div_mk(float x, float s, float r, bool fast) {
+    if (fast && (x == 0.0f || x >= 0x1p-100f)) {
+        const float q = __fmul_rn(x, r);
+        const float e = __fmaf_rn(-s, q, x);
+        return __fmaf_rn(e, r, q);
+    }
+    return __fdiv_rn(x, s);
+}
+
+template <int PH, bool QK1, bool VCP, bool DIV>
+__device__ __forceinline__ void fwd_body(float* out, float* lse, const bf16_t* qkv, const int* pos, i64 B, i64 S_,
+                                         i64 H, i64 K, double scale_d, const float2* cs) {
+    constexpr int D = 96, D16 = 96, ld = 104, half = 48;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int S = (int)S_;
+    bf16_t* Qs = (bf16_t*)smem_raw;
+    bf16_t* Ks = Qs + AB_S * ld;
+    bf16_t* Vs = Ks + AB_S * ld;
+    float* red = (float*)(Vs + AB_S * ld);
+    const float scale = (float)scale_d;
+    const i64 h = blockIdx.x, b = blockIdx.y;
+    const i64 T = B * S, width = (H + 2 * K) * D, kvh = h;
+    const bf16_t* base = qkv + b * S * width;
+    const int* prow = pos + b * S;
+    const float2* csb = cs + b * S * half;
+    if (VCP) {
+        const bf16_t* v = base + (H + K + kvh) * D;
+#pragma unroll
+        for (int x = threadIdx.x; x < AB_S * 12; x += AB_THREADS) {
+            const int i = x / 12, c = 8 * (x - i * 12);
+            if (i < S)
+                cp_async16((float*)&Vs[i * ld + c], (const float*)(v + (i64)i * width + c));
+            else
+                *(uint4*)&Vs[i * ld + c] = make_uint4(0u, 0u, 0u, 0u);
+        }
+        cp_commit();
+    }
+    if (QK1) {
+        const bf16_t* q = base + h * D;
+        const bf16_t* k = base + (H + kvh) * D;
+#pragma unroll
+        for (int x = threadIdx.x; x < AB_S * 12; x += AB_THREADS) {
+            const int i = x / 12, c = 4 * (x - i * 12);
+            float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f), z = y, y2 = y, z2 = y;
+            if (i < S) {
+                const float4 v = ab_ld4(q + (i64)i * width + c), u = ab_ld4(q + (i64)i * width + c + half);
+                const float4 v2 = ab_ld4(k + (i64)i * width + c), u2 = ab_ld4(k + (i64)i * width + c + half);
+                const float4 ca = *(const float4*)&csb[i * half + c], cb = *(const float4*)&csb[i * half + c + 2];
+                ab_rope(y.x, z.x, v.x, u.x, make_float2(ca.x, ca.y), false);
+                ab_rope(y.y, z.y, v.y, u.y, make_float2(ca.z, ca.w), false);
+                ab_rope(y.z, z.z, v.z, u.z, make_float2(cb.x, cb.y), false);
+                ab_rope(y.w, z.w, v.w, u.w, make_float2(cb.z, cb.w), false);
+                ab_rope(y2.x, z2.x, v2.x, u2.x, make_float2(ca.x, ca.y), false);
+                ab_rope(y2.y, z2.y, v2.y, u2.y, make_float2(ca.z, ca.w), false);
+                ab_rope(y2.z, z2.z, v2.z, u2.z, make_float2(cb.x, cb.y), false);
+                ab_rope(y2.w, z2.w, v2.w, u2.w, make_float2(cb.z, cb.w), false);
+            }
+            *(uint2*)&Qs[i * ld + c] = make_uint2(bf16x2_rn(y.x, y.y), bf16x2_rn(y.z, y.w));
+            *(uint2*)&Qs[i * ld + c + half] = make_uint2(bf16x2_rn(z.x, z.y), bf16x2_rn(z.z, z.w));
+            *(uint2*)&Ks[i * ld + c] = make_uint2(bf16x2_rn(y2.x, y2.y), bf16x2_rn(y2.z, y2.w));
+            *(uint2*)&Ks[i * ld + c + half] = make_uint2(bf16x2_rn(z2.x, z2.y), bf16x2_rn(z2.z, z2.w));
+        }
+    } else {
+        ab_load_rope<true>(Qs, ld, base + h * D, width, S, D, D16, true, csb, half);
+        ab_load_rope<true>(Ks, ld, base + (H + kvh) * D, width, S, D, D16, true, csb, half);
+    }
+    if (!VCP) ab_load(Vs, ld, base + (H + K + kvh) * D, width, S, D, D16, true);
+    else cp_wait<0>();
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int hb = w >> 2, a = hb ? 3 - (w & 3) : (w & 3), row0 = 16 * a;
+    const int nt = row0 < S ? ab_tiles(row0, hb, S) : 0;
+    __syncthreads();
+    if (PH == 1) {
+        if (threadIdx.x == 0) out[(b * S) * H * D + h * D] = bf16_to_f32(Qs[5]) + bf16_to_f32(Ks[7]) + bf16_to_f32(Vs[9]);
+        return;
+    }
+
+    float acc[4][4];
+    ab_scores(acc, Qs, Ks, ld, D16, row0, hb, nt, lane);
+    const float ninf = -__int_as_float(0x7f800000);
+    int lo[2];
+    bool live[2];
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+        const int i = row0 + g + 8 * rr;
+        live[rr] = i < S;
+        lo[rr] = live[rr] ? at_lo(i, prow, 0) : 0;
+    }
+    float m[2] = {ninf, ninf};
+#pragma unroll
+    for (int n = 0; n < 4; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int rr = e >> 1, i = row0 + g + 8 * rr, j = 32 * hb + 8 * n + 2 * t + (e & 1);
+            const bool vis = live[rr] && j >= lo[rr] && j <= i;
+            acc[n][e] = vis ? __fmul_rn(acc[n][e], scale) : ninf;
+            m[rr] = fmaxf(m[rr], acc[n][e]);
+        }
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+        m[rr] = fmaxf(m[rr], __shfl_xor_sync(0xffffffffu, m[rr], 1));
+        m[rr] = fmaxf(m[rr], __shfl_xor_sync(0xffffffffu, m[rr], 2));
+        if (t == 0) red[hb * AB_S + row0 + g + 8 * rr] = m[rr];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+        const int i = row0 + g + 8 * rr;
+        m[rr] = fmaxf(red[i], red[AB_S + i]);
+    }
+    float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int n = 0; n < 4; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int rr = e >> 1;
+            acc[n][e] = acc[n][e] != ninf ? expf(__fsub_rn(acc[n][e], m[rr])) : 0.0f;
+            sum[rr] = __fadd_rn(sum[rr], acc[n][e]);
+        }
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+        sum[rr] = __fadd_rn(sum[rr], __shfl_xor_sync(0xffffffffu, sum[rr], 1));
+        sum[rr] = __fadd_rn(sum[rr], __shfl_xor_sync(0xffffffffu, sum[rr], 2));
+        if (t == 0) red[2 * AB_S + hb * AB_S + row0 + g + 8 * rr] = sum[rr];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+        const int i = row0 + g + 8 * rr;
+        sum[rr] = __fadd_rn(red[2 * AB_S + i], red[3 * AB_S + i]);
+        if (live[rr] && hb == 0 && t == 0) lse[h * T + b * S + i] = __fadd_rn(m[rr], logf(sum[rr]));
+    }
+    if (PH == 2) {
+        if (acc[0][0] == 12345.0f) out[0] = acc[1][1] + acc[2][2] + acc[3][3];
+        return;
+    }
+    if (DIV) {
+        float r[2];
+        bool fast[2];
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++) {
+            fast[rr] = sum[rr] >= 1.0f && sum[rr] <= 0x1p100f;
+            r[rr] = __frcp_rn(sum[rr]);
+        }
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int rr = e >> 1;
+                acc[n][e] = live[rr] ? div_mk(acc[n][e], sum[rr], r[rr], fast[rr]) : 0.0f;
+            }
+    } else {
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int rr = e >> 1;
+                acc[n][e] = live[rr] ? __fdiv_rn(acc[n][e], sum[rr]) : 0.0f;
+            }
+    }
+    bf16_t* Ps = Qs;
+    ab_put(Ps, acc, row0, hb, g, t);
+    __syncthreads();
+    int n0, n1;
+    ab_half(D16, hb, n0, n1);
+    float o[AB_MAXNT][4];
+    ab_wsum<false>(o, Ps, AB_LDP, Vs, ld, row0, 0, row0 < S ? min(row0 + 15, S - 1) / 16 + 1 : 0, n0, n1, lane);
+    ab_store<false>(out + b * S * H * D + h * D, H * D, o, row0, n0, n1, S, D, g, t);
+}
+
+#define FWD_VARIANT(NAME, PH, QK1, VCP, DIV)                                                                     \
+    extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) NAME(float* out, float* lse, const bf16_t* qkv,  \
+            const int* pos, i64 B, i64 S, i64 H, i64 K, i64 D, i64 window, double scale_d, const float2* cs,        \
+            i64 half) {                                                                                              \
+        fwd_body<PH, QK1, VCP, DIV>(out, lse, qkv, pos, B, S, H, K, scale_d, cs);                                     \
+    }
+FWD_VARIANT(fwd_copy, 3, false, false, false)
+FWD_VARIANT(fwd_ph1, 1, false, false, false)
+FWD_VARIANT(fwd_ph2, 2, false, false, false)
+FWD_VARIANT(fwd_qk1, 3, true, false, false)
+FWD_VARIANT(fwd_vcp, 3, false, true, false)
+FWD_VARIANT(fwd_div, 3, false, false, true)
+FWD_VARIANT(fwd_all, 3, true, true, true)
+FWD_VARIANT(fwd_all_ph1, 1, true, true, true)
+FWD_VARIANT(fwd_all_ph2, 2, true, true, true)
