@@ -449,6 +449,69 @@ __device__ __forceinline__ float ab_div_mk(float x, float s, float r, bool fast)
     return __fdiv_rn(x, s);
 }
 
+// ab_store_f2_96 is ab_store<false> of a float32 O for 96-value heads,
+// each pair of columns in one 8-byte store (ab_store's two 4-byte stores
+// took the forward 20.0 -> 16.8 us at Phi-3-mini's step, attnfloor).
+__device__ __forceinline__ void ab_store_f2_96(float* dst, i64 stride, const float acc[AB_MAXNT][4], int r0, int n0,
+                                               int S, int g, int t) {
+#pragma unroll
+    for (int n = 0; n < 6; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+            const int i = r0 + g + 8 * (e >> 1), d = 8 * (n0 + n) + 2 * t;
+            if (i < S) *(float2*)&dst[(i64)i * stride + d] = make_float2(acc[n][e], acc[n][e + 1]);
+        }
+}
+
+// ab_stage_bf16 is ab_store<false> of a bfloat16 destination (ab_st2's
+// rounding) into a shared tile X [64][ld] instead, rows past S included
+// (never copied out); ab_stage_pairs_rope likewise for
+// ab_store_pairs_rope<false>. ab_copy_out96 then stores the tile's
+// 96-value rows 16 bytes a lane: the backward's dV, dK and dQ so took
+// 42.3 -> 39.1 us against ab_st2's 4-byte stores (attnfloor).
+__device__ __forceinline__ void ab_stage_bf16(bf16_t* X, int ld, const float acc[AB_MAXNT][4], int r0, int n0, int n1,
+                                              int g, int t) {
+#pragma unroll
+    for (int n = 0; n < AB_MAXNT; n++) {
+        if (n0 + n >= n1) break;
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+            const int i = r0 + g + 8 * (e >> 1), d = 8 * (n0 + n) + 2 * t;
+            *(unsigned*)&X[i * ld + d] = (unsigned)f32_to_bf16(acc[n][e]) | ((unsigned)f32_to_bf16(acc[n][e + 1]) << 16);
+        }
+    }
+}
+__device__ __forceinline__ void ab_stage_pairs_rope(bf16_t* X, int ld, const float a1[4][4], const float a2[4][4],
+                                                    int r0, int t0, int q, int S, const float2* cs, int half, int g,
+                                                    int t) {
+#pragma unroll
+    for (int n = 0; n < 4; n++) {
+        if (n >= q) break;
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+            const int i = r0 + g + 8 * (e >> 1), d = 8 * (t0 + n) + 2 * t;
+            if (i >= S) continue;
+            float y1, y2, z1, z2;
+            ab_rope(y1, y2, a1[n][e], a2[n][e], cs[i * half + d], true);
+            ab_rope(z1, z2, a1[n][e + 1], a2[n][e + 1], cs[i * half + d + 1], true);
+            *(unsigned*)&X[i * ld + d] = (unsigned)f32_to_bf16(y1) | ((unsigned)f32_to_bf16(z1) << 16);
+            *(unsigned*)&X[i * ld + d + half] = (unsigned)f32_to_bf16(y2) | ((unsigned)f32_to_bf16(z2) << 16);
+        }
+    }
+}
+// ab_copy_out96: dst[i*stride + offs[m] + c] = X_m[i*ld + c] for the three
+// tiles X_m, rows i < S, 96 bfloat16 a row.
+__device__ __forceinline__ void ab_copy_out96(bf16_t* dst, i64 stride, const bf16_t* X0, const bf16_t* X1,
+                                              const bf16_t* X2, int ld, i64 off0, i64 off1, i64 off2, int S) {
+#pragma unroll
+    for (int x = threadIdx.x; x < 3 * AB_S * 12; x += AB_THREADS) {
+        const int m = x / (AB_S * 12), y = x - m * (AB_S * 12), i = y / 12, c = 8 * (y - i * 12);
+        const bf16_t* src = m == 0 ? X0 : m == 1 ? X1 : X2;
+        const i64 off = m == 0 ? off0 : m == 1 ? off1 : off2;
+        if (i < S) *(uint4*)&dst[(i64)i * stride + off + c] = *(const uint4*)&src[i * ld + c];
+    }
+}
+
 // at_di_lse_do96 is ab_load of dO (96-value heads) and at_di_lse in one
 // pass: lane d of warp w's rows 8w.. reads dO and O once, as at_di_lse
 // does (the same fmaf order, so di's bits), and writes bf16(dO) into dOs
@@ -502,7 +565,7 @@ __device__ __forceinline__ void at_di_lse_do96(bf16_t* dOs, int ld, float* di_s,
 // and RoPE over all of them): the head's size a constant, so its loops
 // unroll and its index arithmetic folds (the same code path).
 // V20 (the _rp96v entry points, DC 96 and a bfloat16 qkv): the v20
-// loaders and ab_div_mk (the same bits).
+// loaders, ab_div_mk and ab_store_f2_96 (the same bits).
 template <typename TS, bool SPEC = false, int DC = 0, bool V20 = false>
 __device__ __forceinline__ void attn_fwd_bf16_body(float* out, float* lse, const TS* qkv, const int* pos, i64 B, i64 S_,
                                                    i64 H, i64 K, i64 D_, i64 window, double scale_d, const float2* cs,
@@ -631,7 +694,10 @@ __device__ __forceinline__ void attn_fwd_bf16_body(float* out, float* lse, const
     ab_half(D16, hb, n0, n1);
     float o[AB_MAXNT][4];
     ab_wsum<false>(o, Ps, AB_LDP, Vs, ld, row0, 0, row0 < S ? min(row0 + 15, S - 1) / 16 + 1 : 0, n0, n1, lane);
-    ab_store<false>(out + b * S * H * D + h * D, H * D, o, row0, n0, n1, S, D, g, t);
+    if constexpr (V20)
+        ab_store_f2_96(out + b * S * H * D + h * D, H * D, o, row0, n0, S, g, t);
+    else
+        ab_store<false>(out + b * S * H * D + h * D, H * D, o, row0, n0, n1, S, D, g, t);
 }
 
 // attn_bwd_bf16: grid (K, B), AB_THREADS threads, dynamic shared memory:
@@ -645,7 +711,9 @@ __device__ __forceinline__ void attn_fwd_bf16_body(float* out, float* lse, const
 // the group's other heads add). Two blocks a multiprocessor (111
 // registers): at three (80 registers, spilling) the step's 512 blocks took
 // 97 us against 85.
-// SPEC, DC, V20: see attn_fwd_bf16_body (V20: at_di_lse_do96 too).
+// SPEC, DC, V20: see attn_fwd_bf16_body (V20: at_di_lse_do96, and dV,
+// dK, dQ staged in shared memory: ab_stage_bf16, ab_copy_out96; TD must
+// then be bf16_t and dqkv overwritten, which SPEC implies).
 template <typename TS, typename TD, bool SPEC = false, int DC = 0, bool V20 = false>
 __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, const float* out, const float* lse,
                                                    const TS* qkv, const int* pos, i64 B, i64 S_, i64 H, i64 K, i64 D_,
@@ -743,6 +811,27 @@ __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, 
 
         const bool addKV = accum || hh > 0;
         float acc[AB_MAXNT][4];
+        if constexpr (V20) {
+            // dV, dK, dQ staged in V's, dO's and Q's places (each free after
+            // a barrier: V's last read came before the P, dS barrier), then
+            // stored 16 bytes a lane.
+            const int h8 = half >> 3, q = h8 >> 1, t0 = hb * q;
+            ab_wsum<true>(acc, Ps, AB_LDP, dOs, ld, row0, row0 < S ? a : qsteps, qsteps, n0, n1, lane);
+            ab_stage_bf16(Vs, ld, acc, row0, n0, n1, g, t);
+            float a1[4][4], a2[4][4];
+            ab_wsum<true, 4>(a1, dSs, AB_LDP, Qs, ld, row0, row0 < S ? a : qsteps, qsteps, t0, t0 + q, lane);
+            ab_wsum<true, 4>(a2, dSs, AB_LDP, Qs, ld, row0, row0 < S ? a : qsteps, qsteps, t0 + h8, t0 + h8 + q, lane);
+            __syncthreads();  // every warp is done with dO
+            ab_stage_pairs_rope(dOs, ld, a1, a2, row0, t0, q, S, csS, half, g, t);
+            ab_wsum<false, 4>(a1, dSs, AB_LDP, Ks, ld, row0, 0, ksteps, t0, t0 + q, lane);
+            ab_wsum<false, 4>(a2, dSs, AB_LDP, Ks, ld, row0, 0, ksteps, t0 + h8, t0 + h8 + q, lane);
+            __syncthreads();  // every warp is done with Q
+            ab_stage_pairs_rope(Qs, ld, a1, a2, row0, t0, q, S, csS, half, g, t);
+            __syncthreads();
+            ab_copy_out96((bf16_t*)dbase, width, Vs, dOs, Qs, ld, voff, koff, h * D, S);
+            __syncthreads();
+            continue;
+        }
         // dV = P^T dO: key rows row0.., queries from the band's first key on.
         ab_wsum<true>(acc, Ps, AB_LDP, dOs, ld, row0, row0 < S ? a : qsteps, qsteps, n0, n1, lane);
         if (addKV)

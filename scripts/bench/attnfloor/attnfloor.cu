@@ -133,6 +133,8 @@ void fwd_variants(dim3 grid) {
     fwd_one("QK1+VCP+DIV", fwd_all, grid, true);
     fwd_one("QK1+VCP loads only", fwd_all_ph1, grid, false);
     fwd_one("QK1+VCP+DIV loads+softmax", fwd_all_ph2, grid, false);
+    fwd_one("QK1+VCP+DIV, 8-byte stores", fwd_all_st1, grid, true);
+    fwd_one("QK1+VCP+DIV, staged stores", fwd_all_st2, grid, true);
     for (int s = 0; s < SETS; s++) ref_fwd<<<grid, 256, fwd_smem>>>(FWD_ARGS(sets[s]));
     CK(cudaDeviceSynchronize());
 }
@@ -163,6 +165,11 @@ void bwd_variants(dim3 grid) {
     bwd_one("NOCS+QK1+VCP", bwd_all, grid, true, nocs);
     bwd_one("NOCS+QK1+VCP 3 blocks", bwd_all3, grid, true, nocs);
     bwd_one("NOCS+QK1+VCP loads+di", bwd_all_ph1, grid, false, nocs);
+    bwd_one("v20 copy", bwd_v20, grid, true);
+    bwd_one("v20 loads+di", bwd_v20_ph1, grid, false);
+    bwd_one("v20 +P,dS", bwd_v20_ph2, grid, false);
+    bwd_one("v20 +dV", bwd_v20_ph3, grid, false);
+    bwd_one("v20, staged stores", bwd_v20_st2, grid, true);
 }
 
 int main(int argc, char** argv) {

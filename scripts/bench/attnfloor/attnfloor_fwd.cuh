@@ -16,7 +16,9 @@ __device__ __forceinline__ float div_mk(float x, float s, float r, bool fast) {
     return __fdiv_rn(x, s);
 }
 
-template <int PH, bool QK1, bool VCP, bool DIV>
+//   ST   how O is stored: 0 ab_store (two 4-byte stores a pair), 1 one
+//        8-byte store a pair, 2 through shared memory, 16 bytes a lane
+template <int PH, bool QK1, bool VCP, bool DIV, int ST = 0>
 __device__ __forceinline__ void fwd_body(float* out, float* lse, const bf16_t* qkv, const int* pos, i64 B, i64 S_,
                                          i64 H, i64 K, double scale_d, const float2* cs) {
     constexpr int D = 96, D16 = 96, ld = 104, half = 48;
@@ -174,14 +176,42 @@ __device__ __forceinline__ void fwd_body(float* out, float* lse, const bf16_t* q
     ab_half(D16, hb, n0, n1);
     float o[AB_MAXNT][4];
     ab_wsum<false>(o, Ps, AB_LDP, Vs, ld, row0, 0, row0 < S ? min(row0 + 15, S - 1) / 16 + 1 : 0, n0, n1, lane);
-    ab_store<false>(out + b * S * H * D + h * D, H * D, o, row0, n0, n1, S, D, g, t);
+    float* dst = out + b * S * H * D + h * D;
+    if (ST == 0) {
+        ab_store<false>(dst, H * D, o, row0, n0, n1, S, D, g, t);
+    } else if (ST == 1) {
+#pragma unroll
+        for (int n = 0; n < 6; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int i = row0 + g + 8 * (e >> 1), d = 8 * (n0 + n) + 2 * t;
+                if (i < S) *(float2*)&dst[(i64)i * H * D + d] = make_float2(o[n][e], o[n][e + 1]);
+            }
+    } else {
+        constexpr int ldx = 100;
+        float* X = (float*)smem_raw;
+        __syncthreads();  // every warp is done reading P
+#pragma unroll
+        for (int n = 0; n < 6; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int i = row0 + g + 8 * (e >> 1), d = 8 * (n0 + n) + 2 * t;
+                *(float2*)&X[i * ldx + d] = make_float2(o[n][e], o[n][e + 1]);
+            }
+        __syncthreads();
+#pragma unroll
+        for (int x = threadIdx.x; x < AB_S * 24; x += AB_THREADS) {
+            const int i = x / 24, c = 4 * (x - i * 24);
+            if (i < S) *(float4*)&dst[(i64)i * H * D + c] = *(const float4*)&X[i * ldx + c];
+        }
+    }
 }
 
-#define FWD_VARIANT(NAME, PH, QK1, VCP, DIV)                                                                     \
+#define FWD_VARIANT(NAME, PH, QK1, VCP, DIV, ...)                                                                     \
     extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) NAME(float* out, float* lse, const bf16_t* qkv,  \
             const int* pos, i64 B, i64 S, i64 H, i64 K, i64 D, i64 window, double scale_d, const float2* cs,        \
             i64 half) {                                                                                              \
-        fwd_body<PH, QK1, VCP, DIV>(out, lse, qkv, pos, B, S, H, K, scale_d, cs);                                     \
+        fwd_body<PH, QK1, VCP, DIV, ##__VA_ARGS__>(out, lse, qkv, pos, B, S, H, K, scale_d, cs);                                     \
     }
 FWD_VARIANT(fwd_copy, 3, false, false, false)
 FWD_VARIANT(fwd_ph1, 1, false, false, false)
@@ -192,3 +222,5 @@ FWD_VARIANT(fwd_div, 3, false, false, true)
 FWD_VARIANT(fwd_all, 3, true, true, true)
 FWD_VARIANT(fwd_all_ph1, 1, true, true, true)
 FWD_VARIANT(fwd_all_ph2, 2, true, true, true)
+FWD_VARIANT(fwd_all_st1, 3, true, true, true, 1)
+FWD_VARIANT(fwd_all_st2, 3, true, true, true, 2)
