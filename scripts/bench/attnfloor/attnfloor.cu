@@ -5,7 +5,11 @@
 // backend launches them, then in cut-down copies that stop after a phase
 // (timing only: "loads" reads the operands into shared memory and stops,
 // and so on), and candidate rewrites, whose outputs are compared with the
-// kernels' bit for bit.
+// kernels' bit for bit: the v20 kernels (attention_tc.cuh's V20, the
+// backend's _rp96v entry points) and the tried variants of
+// attnfloor_fwd.cuh and attnfloor_bwd.cuh (BENCHMARKS.md, v20). Last,
+// ab_div_mk against __fdiv_rn for every float in [2^-100, 1] and 1,024
+// divisors.
 //
 //   nvcc -O3 -std=c++17 -arch=sm_90 -fmad=false -I../../../cuda/kernels -o /tmp/attnfloor attnfloor.cu && /tmp/attnfloor
 // (on the GPU machine; -fmad=false as the backend's PTX).
