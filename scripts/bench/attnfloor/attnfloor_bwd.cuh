@@ -1,36 +1,3 @@
-// stage_bf16: ab_store's bfloat16 pairs (ab_st2's rounding) into a shared
-// tile X [64][ld] (every row: rows past S hold what they hold, unread).
-__device__ __forceinline__ void stage_bf16(bf16_t* X, int ld, const float acc[AB_MAXNT][4], int r0, int n0, int n1,
-                                           int g, int t) {
-#pragma unroll
-    for (int n = 0; n < AB_MAXNT; n++) {
-        if (n0 + n >= n1) break;
-#pragma unroll
-        for (int e = 0; e < 4; e += 2) {
-            const int i = r0 + g + 8 * (e >> 1), d = 8 * (n0 + n) + 2 * t;
-            *(unsigned*)&X[i * ld + d] = (unsigned)f32_to_bf16(acc[n][e]) | ((unsigned)f32_to_bf16(acc[n][e + 1]) << 16);
-        }
-    }
-}
-// stage_pairs_rope: ab_store_pairs_rope<false> into a shared tile.
-__device__ __forceinline__ void stage_pairs_rope(bf16_t* X, int ld, const float a1[4][4], const float a2[4][4], int r0,
-                                                 int t0, int q, int S, const float2* cs, int half, int g, int t) {
-#pragma unroll
-    for (int n = 0; n < 4; n++) {
-        if (n >= q) break;
-#pragma unroll
-        for (int e = 0; e < 4; e += 2) {
-            const int i = r0 + g + 8 * (e >> 1), d = 8 * (t0 + n) + 2 * t;
-            if (i >= S) continue;
-            float y1, y2, z1, z2;
-            ab_rope(y1, y2, a1[n][e], a2[n][e], cs[i * half + d], true);
-            ab_rope(z1, z2, a1[n][e + 1], a2[n][e + 1], cs[i * half + d + 1], true);
-            *(unsigned*)&X[i * ld + d] = (unsigned)f32_to_bf16(y1) | ((unsigned)f32_to_bf16(z1) << 16);
-            *(unsigned*)&X[i * ld + d + half] = (unsigned)f32_to_bf16(y2) | ((unsigned)f32_to_bf16(z2) << 16);
-        }
-    }
-}
-
 // attnfloor's backward copies: attn_bwd_bf16_body for SPEC and DC 96 (one
 // query head a KV head, dqkv overwritten) with phases cut off (PH 1: the
 // operands into shared memory, di and lse; 2: and P, dS; 3: and dV; 4: the
@@ -41,7 +8,8 @@ __device__ __forceinline__ void stage_pairs_rope(bf16_t* X, int ld, const float 
 //   V20L  the production v20 loaders (ab_copy_v96, ab_load_qk_rope96,
 //         at_di_lse_do96), for the v20 kernel's phases
 //   ST2   dV, dK, dQ staged in shared memory (V's, dO's, Q's places, each
-//         free after a barrier) and stored 16 bytes a lane
+//         free after a barrier) and stored 16 bytes a lane (ab_stage_bf16,
+//         ab_stage_pairs_rope, ab_copy_out96)
 template <int PH, bool NOCS = false, bool QK1 = false, bool VCP = false, bool V20L = false, bool ST2 = false>
 __device__ __forceinline__ void bwd_body(bf16_t* dqkv, const float* dout, const float* out, const float* lse,
                                          const bf16_t* qkv, const int* pos, i64 B, i64 S_, i64 H, i64 K,
@@ -86,42 +54,11 @@ __device__ __forceinline__ void bwd_body(bf16_t* dqkv, const float* dout, const 
         at_di_lse_do96(dOs, ld, di_s, lse_s, dobase + h * D, obase + h * D, HD, lse + h * T + b * S, 8 * w, S, lane);
     } else {
     if (VCP) {
-        const bf16_t* v = base + voff;
-#pragma unroll
-        for (int x = threadIdx.x; x < AB_S * 12; x += AB_THREADS) {
-            const int i = x / 12, c = 8 * (x - i * 12);
-            if (i < S)
-                cp_async16((float*)&Vs[i * ld + c], (const float*)(v + (i64)i * width + c));
-            else
-                *(uint4*)&Vs[i * ld + c] = make_uint4(0u, 0u, 0u, 0u);
-        }
+        ab_copy_v96(Vs, ld, base + voff, width, S);
         cp_commit();
     }
     if (QK1) {
-        const bf16_t* q = base + h * D;
-        const bf16_t* k = base + koff;
-#pragma unroll
-        for (int x = threadIdx.x; x < AB_S * 12; x += AB_THREADS) {
-            const int i = x / 12, c = 4 * (x - i * 12);
-            float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f), z = y, y2 = y, z2 = y;
-            if (i < S) {
-                const float4 v = ab_ld4(q + (i64)i * width + c), u = ab_ld4(q + (i64)i * width + c + half);
-                const float4 v2 = ab_ld4(k + (i64)i * width + c), u2 = ab_ld4(k + (i64)i * width + c + half);
-                const float4 ca = *(const float4*)&csb[i * half + c], cb = *(const float4*)&csb[i * half + c + 2];
-                ab_rope(y.x, z.x, v.x, u.x, make_float2(ca.x, ca.y), false);
-                ab_rope(y.y, z.y, v.y, u.y, make_float2(ca.z, ca.w), false);
-                ab_rope(y.z, z.z, v.z, u.z, make_float2(cb.x, cb.y), false);
-                ab_rope(y.w, z.w, v.w, u.w, make_float2(cb.z, cb.w), false);
-                ab_rope(y2.x, z2.x, v2.x, u2.x, make_float2(ca.x, ca.y), false);
-                ab_rope(y2.y, z2.y, v2.y, u2.y, make_float2(ca.z, ca.w), false);
-                ab_rope(y2.z, z2.z, v2.z, u2.z, make_float2(cb.x, cb.y), false);
-                ab_rope(y2.w, z2.w, v2.w, u2.w, make_float2(cb.z, cb.w), false);
-            }
-            *(uint2*)&Qs[i * ld + c] = make_uint2(bf16x2_rn(y.x, y.y), bf16x2_rn(y.z, y.w));
-            *(uint2*)&Qs[i * ld + c + half] = make_uint2(bf16x2_rn(z.x, z.y), bf16x2_rn(z.z, z.w));
-            *(uint2*)&Ks[i * ld + c] = make_uint2(bf16x2_rn(y2.x, y2.y), bf16x2_rn(y2.z, y2.w));
-            *(uint2*)&Ks[i * ld + c + half] = make_uint2(bf16x2_rn(z2.x, z2.y), bf16x2_rn(z2.z, z2.w));
-        }
+        ab_load_qk_rope96(Qs, Ks, ld, base + h * D, base + koff, width, S, csb);
     } else {
         ab_load_rope<true>(Ks, ld, base + koff, width, S, D, D16, true, csb, half);
         ab_load_rope<true>(Qs, ld, base + h * D, width, S, D, D16, true, csb, half);
@@ -162,25 +99,19 @@ __device__ __forceinline__ void bwd_body(bf16_t* dqkv, const float* dout, const 
     float acc[AB_MAXNT][4];
     ab_wsum<true>(acc, Ps, AB_LDP, dOs, ld, row0, row0 < S ? a : qsteps, qsteps, n0, n1, lane);
     if (ST2) {
-        stage_bf16(Vs, ld, acc, row0, n0, n1, g, t);  // V: last read before the P, dS barrier
+        ab_stage_bf16(Vs, ld, acc, row0, n0, n1, g, t);  // V: last read before the P, dS barrier
         const int h8 = half >> 3, q = h8 >> 1, t0 = hb * q;
         float a1[4][4], a2[4][4];
         ab_wsum<true, 4>(a1, dSs, AB_LDP, Qs, ld, row0, row0 < S ? a : qsteps, qsteps, t0, t0 + q, lane);
         ab_wsum<true, 4>(a2, dSs, AB_LDP, Qs, ld, row0, row0 < S ? a : qsteps, qsteps, t0 + h8, t0 + h8 + q, lane);
         __syncthreads();  // every warp is done with dO
-        stage_pairs_rope(dOs, ld, a1, a2, row0, t0, q, S, cst, half, g, t);
+        ab_stage_pairs_rope(dOs, ld, a1, a2, row0, t0, q, S, cst, half, g, t);
         ab_wsum<false, 4>(a1, dSs, AB_LDP, Ks, ld, row0, 0, ksteps, t0, t0 + q, lane);
         ab_wsum<false, 4>(a2, dSs, AB_LDP, Ks, ld, row0, 0, ksteps, t0 + h8, t0 + h8 + q, lane);
         __syncthreads();  // every warp is done with Q
-        stage_pairs_rope(Qs, ld, a1, a2, row0, t0, q, S, cst, half, g, t);
+        ab_stage_pairs_rope(Qs, ld, a1, a2, row0, t0, q, S, cst, half, g, t);
         __syncthreads();
-#pragma unroll
-        for (int x = threadIdx.x; x < 3 * AB_S * 12; x += AB_THREADS) {
-            const int m = x / (AB_S * 12), y = x - m * (AB_S * 12), i = y / 12, c = 8 * (y - i * 12);
-            const bf16_t* src = m == 0 ? Vs : m == 1 ? dOs : Qs;
-            const i64 off = m == 0 ? voff : m == 1 ? koff : h * D;
-            if (i < S) *(uint4*)&dbase[(i64)i * width + off + c] = *(const uint4*)&src[i * ld + c];
-        }
+        ab_copy_out96(dbase, width, Vs, dOs, Qs, ld, voff, koff, h * D, S);
         return;
     }
     ab_store<false>(dbase + voff, width, acc, row0, n0, n1, S, D, g, t);

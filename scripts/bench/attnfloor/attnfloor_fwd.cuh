@@ -2,22 +2,12 @@
 // step's shapes) with phases cut off (PH 1: operands into shared memory;
 // 2: and the scores and softmax, lse written; 3: the whole kernel) and the
 // candidate changes as switches:
-//   QK1  Q and K rotated in one loop (one read of the cos/sin table a pair)
-//   VCP  V copied with cp.async (a bfloat16 qkv needs no rounding)
-//   DIV  p / sum as Markstein's correction of p * RN(1 / sum) (the same
-//        bits as __fdiv_rn where sum >= 1 and p is 0 or >= 2^-100; else
-//        __fdiv_rn)
-__device__ __forceinline__ float div_mk(float x, float s, float r, bool fast) {
-    if (fast && (x == 0.0f || x >= 0x1p-100f)) {
-        const float q = __fmul_rn(x, r);
-        const float e = __fmaf_rn(-s, q, x);
-        return __fmaf_rn(e, r, q);
-    }
-    return __fdiv_rn(x, s);
-}
-
+//   QK1  Q and K rotated in one loop (ab_load_qk_rope96)
+//   VCP  V copied with cp.async (ab_copy_v96)
+//   DIV  p / sum through one reciprocal a row (ab_div_mk)
 //   ST   how O is stored: 0 ab_store (two 4-byte stores a pair), 1 one
-//        8-byte store a pair, 2 through shared memory, 16 bytes a lane
+//        8-byte store a pair (ab_store_f2_96), 2 through shared memory,
+//        16 bytes a lane
 template <int PH, bool QK1, bool VCP, bool DIV, int ST = 0>
 __device__ __forceinline__ void fwd_body(float* out, float* lse, const bf16_t* qkv, const int* pos, i64 B, i64 S_,
                                          i64 H, i64 K, double scale_d, const float2* cs) {
@@ -35,42 +25,11 @@ __device__ __forceinline__ void fwd_body(float* out, float* lse, const bf16_t* q
     const int* prow = pos + b * S;
     const float2* csb = cs + b * S * half;
     if (VCP) {
-        const bf16_t* v = base + (H + K + kvh) * D;
-#pragma unroll
-        for (int x = threadIdx.x; x < AB_S * 12; x += AB_THREADS) {
-            const int i = x / 12, c = 8 * (x - i * 12);
-            if (i < S)
-                cp_async16((float*)&Vs[i * ld + c], (const float*)(v + (i64)i * width + c));
-            else
-                *(uint4*)&Vs[i * ld + c] = make_uint4(0u, 0u, 0u, 0u);
-        }
+        ab_copy_v96(Vs, ld, base + (H + K + kvh) * D, width, S);
         cp_commit();
     }
     if (QK1) {
-        const bf16_t* q = base + h * D;
-        const bf16_t* k = base + (H + kvh) * D;
-#pragma unroll
-        for (int x = threadIdx.x; x < AB_S * 12; x += AB_THREADS) {
-            const int i = x / 12, c = 4 * (x - i * 12);
-            float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f), z = y, y2 = y, z2 = y;
-            if (i < S) {
-                const float4 v = ab_ld4(q + (i64)i * width + c), u = ab_ld4(q + (i64)i * width + c + half);
-                const float4 v2 = ab_ld4(k + (i64)i * width + c), u2 = ab_ld4(k + (i64)i * width + c + half);
-                const float4 ca = *(const float4*)&csb[i * half + c], cb = *(const float4*)&csb[i * half + c + 2];
-                ab_rope(y.x, z.x, v.x, u.x, make_float2(ca.x, ca.y), false);
-                ab_rope(y.y, z.y, v.y, u.y, make_float2(ca.z, ca.w), false);
-                ab_rope(y.z, z.z, v.z, u.z, make_float2(cb.x, cb.y), false);
-                ab_rope(y.w, z.w, v.w, u.w, make_float2(cb.z, cb.w), false);
-                ab_rope(y2.x, z2.x, v2.x, u2.x, make_float2(ca.x, ca.y), false);
-                ab_rope(y2.y, z2.y, v2.y, u2.y, make_float2(ca.z, ca.w), false);
-                ab_rope(y2.z, z2.z, v2.z, u2.z, make_float2(cb.x, cb.y), false);
-                ab_rope(y2.w, z2.w, v2.w, u2.w, make_float2(cb.z, cb.w), false);
-            }
-            *(uint2*)&Qs[i * ld + c] = make_uint2(bf16x2_rn(y.x, y.y), bf16x2_rn(y.z, y.w));
-            *(uint2*)&Qs[i * ld + c + half] = make_uint2(bf16x2_rn(z.x, z.y), bf16x2_rn(z.z, z.w));
-            *(uint2*)&Ks[i * ld + c] = make_uint2(bf16x2_rn(y2.x, y2.y), bf16x2_rn(y2.z, y2.w));
-            *(uint2*)&Ks[i * ld + c + half] = make_uint2(bf16x2_rn(z2.x, z2.y), bf16x2_rn(z2.z, z2.w));
-        }
+        ab_load_qk_rope96(Qs, Ks, ld, base + h * D, base + (H + kvh) * D, width, S, csb);
     } else {
         ab_load_rope<true>(Qs, ld, base + h * D, width, S, D, D16, true, csb, half);
         ab_load_rope<true>(Ks, ld, base + (H + kvh) * D, width, S, D, D16, true, csb, half);
@@ -158,7 +117,7 @@ __device__ __forceinline__ void fwd_body(float* out, float* lse, const bf16_t* q
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int rr = e >> 1;
-                acc[n][e] = live[rr] ? div_mk(acc[n][e], sum[rr], r[rr], fast[rr]) : 0.0f;
+                acc[n][e] = live[rr] ? ab_div_mk(acc[n][e], sum[rr], r[rr], fast[rr]) : 0.0f;
             }
     } else {
 #pragma unroll
@@ -180,13 +139,7 @@ __device__ __forceinline__ void fwd_body(float* out, float* lse, const bf16_t* q
     if (ST == 0) {
         ab_store<false>(dst, H * D, o, row0, n0, n1, S, D, g, t);
     } else if (ST == 1) {
-#pragma unroll
-        for (int n = 0; n < 6; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e += 2) {
-                const int i = row0 + g + 8 * (e >> 1), d = 8 * (n0 + n) + 2 * t;
-                if (i < S) *(float2*)&dst[(i64)i * H * D + d] = make_float2(o[n][e], o[n][e + 1]);
-            }
+        ab_store_f2_96(dst, H * D, o, row0, n0, S, g, t);
     } else {
         constexpr int ldx = 100;
         float* X = (float*)smem_raw;
