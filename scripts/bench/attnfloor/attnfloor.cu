@@ -174,6 +174,10 @@ void bwd_variants(dim3 grid) {
     bwd_one("v20 +P,dS", bwd_v20_ph2, grid, false);
     bwd_one("v20 +dV", bwd_v20_ph3, grid, false);
     bwd_one("v20, staged stores", bwd_v20_st2, grid, true);
+    bwd_one("v20, dO and di first", bwd_v20_o1, grid, true);
+    bwd_one("v20, dO, O loads first", bwd_v20_o2, grid, true);
+    bwd_one("v20, dO and di first: loads", bwd_v20_o1_ph1, grid, false);
+    bwd_one("v20, dO, O loads first: loads", bwd_v20_o2_ph1, grid, false);
 }
 
 int main(int argc, char** argv) {

@@ -10,7 +10,10 @@
 //   ST2   dV, dK, dQ staged in shared memory (V's, dO's, Q's places, each
 //         free after a barrier) and stored 16 bytes a lane (ab_stage_bf16,
 //         ab_stage_pairs_rope, ab_copy_out96)
-template <int PH, bool NOCS = false, bool QK1 = false, bool VCP = false, bool V20L = false, bool ST2 = false>
+//   ORD   with V20L: 1 dO and di before Q and K; 2 dO's and O's loads
+//         issued first, Q and K loaded and rotated, then di and dO's copy
+template <int PH, bool NOCS = false, bool QK1 = false, bool VCP = false, bool V20L = false, bool ST2 = false,
+          int ORD = 0>
 __device__ __forceinline__ void bwd_body(bf16_t* dqkv, const float* dout, const float* out, const float* lse,
                                          const bf16_t* qkv, const int* pos, i64 B, i64 S_, i64 H, i64 K,
                                          double scale_d, const float2* cs) {
@@ -50,8 +53,55 @@ __device__ __forceinline__ void bwd_body(bf16_t* dqkv, const float* dout, const 
     if (V20L) {
         ab_copy_v96(Vs, ld, base + voff, width, S);
         cp_commit();
-        ab_load_qk_rope96(Qs, Ks, ld, base + h * D, base + koff, width, S, csb);
-        at_di_lse_do96(dOs, ld, di_s, lse_s, dobase + h * D, obase + h * D, HD, lse + h * T + b * S, 8 * w, S, lane);
+        if (ORD == 0) {
+            ab_load_qk_rope96(Qs, Ks, ld, base + h * D, base + koff, width, S, csb);
+            at_di_lse_do96(dOs, ld, di_s, lse_s, dobase + h * D, obase + h * D, HD, lse + h * T + b * S, 8 * w, S, lane);
+        } else if (ORD == 1) {
+            at_di_lse_do96(dOs, ld, di_s, lse_s, dobase + h * D, obase + h * D, HD, lse + h * T + b * S, 8 * w, S, lane);
+            ab_load_qk_rope96(Qs, Ks, ld, base + h * D, base + koff, width, S, csb);
+        } else {
+            const float* dO = dobase + h * D;
+            const float* O = obase + h * D;
+            const int i0 = 8 * w;
+            float xv[3][8], ov[3][8];
+#pragma unroll
+            for (int k = 0; k < 3; k++)
+#pragma unroll
+                for (int rr = 0; rr < 8; rr++) {
+                    const int i = i0 + rr, d = lane + 32 * k;
+                    xv[k][rr] = i < S ? dO[i * HD + d] : 0.0f;
+                    ov[k][rr] = i < S ? O[i * HD + d] : 0.0f;
+                }
+            ab_load_qk_rope96(Qs, Ks, ld, base + h * D, base + koff, width, S, csb);
+            float di[8];
+#pragma unroll
+            for (int rr = 0; rr < 8; rr++) di[rr] = 0.0f;
+#pragma unroll
+            for (int k = 0; k < 3; k++) {
+                const int d = lane + 32 * k;
+#pragma unroll
+                for (int rr = 0; rr < 8; rr++) {
+                    const int i = i0 + rr;
+                    unsigned short hb16 = 0;
+                    if (i < S) {
+                        di[rr] = fmaf(xv[k][rr], ov[k][rr], di[rr]);
+                        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(hb16) : "f"(xv[k][rr]));
+                    }
+                    dOs[i * ld + d] = hb16;
+                }
+            }
+            const float* lse_row = lse + h * T + b * S;
+#pragma unroll
+            for (int rr = 0; rr < 8; rr++) {
+                float x = di[rr];
+                for (int o = 16; o > 0; o >>= 1) x = __fadd_rn(x, __shfl_xor_sync(0xffffffffu, x, o));
+                const int i = i0 + rr;
+                if (lane == rr) {
+                    di_s[i] = x;
+                    lse_s[i] = i < S ? lse_row[i] : 0.0f;
+                }
+            }
+        }
     } else {
     if (VCP) {
         ab_copy_v96(Vs, ld, base + voff, width, S);
@@ -146,3 +196,7 @@ BWD_VARIANT(bwd_v20_ph1, 2, 1, false, false, false, true)
 BWD_VARIANT(bwd_v20_ph2, 2, 2, false, false, false, true)
 BWD_VARIANT(bwd_v20_ph3, 2, 3, false, false, false, true)
 BWD_VARIANT(bwd_v20_st2, 2, 4, false, false, false, true, true)
+BWD_VARIANT(bwd_v20_o1, 2, 4, false, false, false, true, true, 1)
+BWD_VARIANT(bwd_v20_o2, 2, 4, false, false, false, true, true, 2)
+BWD_VARIANT(bwd_v20_o1_ph1, 2, 1, false, false, false, true, false, 1)
+BWD_VARIANT(bwd_v20_o2_ph1, 2, 1, false, false, false, true, false, 2)
