@@ -176,12 +176,19 @@ func (b *Backend) RoPEAttention(B, S, nHead, nKV, headDim, rotaryDim int) bool {
 var attnV20 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "attn-v20")
 
 // v20Kernel is kernel's v20 form where there is one (a _rp96 kernel, V20
-// on, qkv 16-byte aligned for V's 16-byte copies), else kernel.
-func v20Kernel(kernel string, x cu.DevicePtr) string {
-	if attnV20 && strings.HasSuffix(kernel, "_rp96") && x%16 == 0 {
-		return kernel + "v"
+// on) and every pointer in ptrs is 16-byte aligned (qkv for V's 16-byte
+// copies, the forward's O for its 8-byte stores, the backward's dqkv for
+// its 16-byte stores), else kernel.
+func v20Kernel(kernel string, ptrs ...cu.DevicePtr) string {
+	if !attnV20 || !strings.HasSuffix(kernel, "_rp96") {
+		return kernel
 	}
-	return kernel
+	for _, p := range ptrs {
+		if p%16 != 0 {
+			return kernel
+		}
+	}
+	return kernel + "v"
 }
 
 // attnSpec says whether the fused RoPE attention takes the _rp entry points
@@ -243,7 +250,7 @@ func (b *Backend) AttentionForwardRoPE(out, lse, qkv, pos finetune.Tensor, B, S,
 	cs, half := b.ropeAttnArgs(op, ps, B, S, nHead, nKV, headDim, rotaryDim, theta)
 	kernel := halfKernel("attn_fwd_bf16", xHalf)
 	if xHalf && abSpec(headDim, rotaryDim/2, x.ptr, 0) {
-		kernel = v20Kernel("attn_fwd_bf16_h_rp"+abSpecSize(headDim, rotaryDim), x.ptr)
+		kernel = v20Kernel("attn_fwd_bf16_h_rp"+abSpecSize(headDim, rotaryDim), x.ptr, o.ptr)
 	}
 	b.launch(op, kernel, [3]int{nHead, B, 1}, 256, abFwdSmem(headDim), ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr),
 		ptrArg(ps.ptr), intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window),
@@ -275,7 +282,7 @@ func (b *Backend) AttentionBackwardRoPE(dqkv, dout, out, lse, qkv, pos finetune.
 		kernel = "attn_bwd_bf16_hh"
 		if abSpec(headDim, rotaryDim/2, x.ptr, do.ptr) {
 			// one KV head a query head (RoPEAttention), dqkv overwritten
-			kernel = v20Kernel("attn_bwd_bf16_hh_rp"+abSpecSize(headDim, rotaryDim), x.ptr)
+			kernel = v20Kernel("attn_bwd_bf16_hh_rp"+abSpecSize(headDim, rotaryDim), x.ptr, dx.ptr)
 		}
 	}
 	b.launch(op, kernel, [3]int{nKV, B, 1}, 256, abBwdSmem(headDim, rotaryDim/2), ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(o.ptr),

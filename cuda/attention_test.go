@@ -8,6 +8,8 @@ import (
 	"testing"
 	"unsafe"
 
+	"gorgonia.org/cu"
+
 	"github.com/ollama-tune/ollama-tune/finetune"
 )
 
@@ -354,6 +356,21 @@ func TestAttentionV20(t *testing.T) {
 		t.Skip("the bfloat16 dqkv kernels are switched off")
 	}
 	defer func(v bool) { attnV20 = v }(attnV20)
+	attnV20 = true
+	for _, c := range []struct {
+		kernel string
+		ptrs   []cu.DevicePtr
+		want   string
+	}{
+		{"attn_fwd_bf16_h_rp96", []cu.DevicePtr{16, 32}, "attn_fwd_bf16_h_rp96v"},
+		{"attn_fwd_bf16_h_rp96", []cu.DevicePtr{8, 32}, "attn_fwd_bf16_h_rp96"},    // qkv 8-byte aligned
+		{"attn_bwd_bf16_hh_rp96", []cu.DevicePtr{16, 40}, "attn_bwd_bf16_hh_rp96"}, // dqkv 8-byte aligned
+		{"attn_bwd_bf16_hh_rp", []cu.DevicePtr{16, 16}, "attn_bwd_bf16_hh_rp"},     // no v20 form
+	} {
+		if got := v20Kernel(c.kernel, c.ptrs...); got != c.want {
+			t.Errorf("v20Kernel(%s, %v) = %s, want %s", c.kernel, c.ptrs, got, c.want)
+		}
+	}
 	for _, c := range []struct{ B, S, H, window int }{{16, 64, 32, 0}, {2, 40, 4, 5}, {3, 64, 2, 0}} {
 		name := fmt.Sprintf("B%d S%d H%d w%d", c.B, c.S, c.H, c.window)
 		t.Run(name, func(t *testing.T) {
@@ -384,6 +401,11 @@ func TestAttentionV20(t *testing.T) {
 					g.Free(x)
 				}
 			}()
+			for _, x := range []finetune.Tensor{hq, outs[1], dqs[1]} {
+				if x.(*Tensor).ptr%16 != 0 { // v20Kernel would pick the _rp96 kernels: the test would compare them with themselves
+					t.Fatalf("a %v tensor at %#x: not 16-byte aligned", x.(*Tensor).shape, x.(*Tensor).ptr)
+				}
+			}
 			for k, v20 := range []bool{false, true} {
 				attnV20 = v20
 				g.AttentionForwardRoPE(outs[k], lses[k], hq, pos, B, S, H, H, D, c.window, D, theta)
@@ -396,12 +418,7 @@ func TestAttentionV20(t *testing.T) {
 			checkBits(t, "out", g.Download(outs[1]), g.Download(outs[0]))
 			checkBits(t, "lse", g.Download(lses[1]), g.Download(lses[0]))
 			checkBits(t, "dqkv", g.Download(dqs[1]), g.Download(dqs[0]))
-			if got := v20Kernel("attn_fwd_bf16_h_rp96", 16); got != "attn_fwd_bf16_h_rp96v" {
-				t.Errorf("v20Kernel gives %s", got)
-			}
-			if got := v20Kernel("attn_fwd_bf16_h_rp96", 8); got != "attn_fwd_bf16_h_rp96" {
-				t.Errorf("v20Kernel takes an 8-byte aligned qkv: %s", got)
-			}
+
 		})
 	}
 }
