@@ -29,6 +29,22 @@ __device__ __forceinline__ int at_lo(int i, const int* pos_row, i64 window) {
     return lo;
 }
 
+// at_di_put ends at_di_lse: the warp's sums of its lanes' partial di of
+// rows i0..i0+7 (a butterfly), written with lse_row's by lane rr.
+__device__ __forceinline__ void at_di_put(float* di_s, float* lse_s, const float di[8], const float* lse_row, int i0,
+                                          int S, int lane) {
+#pragma unroll
+    for (int rr = 0; rr < 8; rr++) {
+        float x = di[rr];
+        for (int o = 16; o > 0; o >>= 1) x = __fadd_rn(x, __shfl_xor_sync(0xffffffffu, x, o));
+        const int i = i0 + rr;
+        if (lane == rr) {
+            di_s[i] = x;
+            lse_s[i] = i < S ? lse_row[i] : 0.0f;
+        }
+    }
+}
+
 // at_di_lse: for the warp's rows i0..i0+7 (< S), di_s[i] = rowsum(dO * O)
 // (float32 fmaf over d, lanes over d: D <= 128, then the warp's sum) and
 // lse_s[i] = lse_row[i] (0 past S). dO and O point at the head's columns
@@ -47,14 +63,5 @@ __device__ __forceinline__ void at_di_lse(float* di_s, float* lse_s, const float
             if (i < S && d < D) di[rr] = fmaf(dO[i * HD + d], O[i * HD + d], di[rr]);
         }
     }
-#pragma unroll
-    for (int rr = 0; rr < 8; rr++) {
-        float x = di[rr];
-        for (int o = 16; o > 0; o >>= 1) x = __fadd_rn(x, __shfl_xor_sync(0xffffffffu, x, o));
-        const int i = i0 + rr;
-        if (lane == rr) {
-            di_s[i] = x;
-            lse_s[i] = i < S ? lse_row[i] : 0.0f;
-        }
-    }
+    at_di_put(di_s, lse_s, di, lse_row, i0, S, lane);
 }

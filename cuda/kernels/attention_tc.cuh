@@ -468,7 +468,9 @@ __device__ __forceinline__ void ab_store_f2_96(float* dst, i64 stride, const flo
 // (never copied out); ab_stage_pairs_rope likewise for
 // ab_store_pairs_rope<false>. ab_copy_out96 then stores the tile's
 // 96-value rows 16 bytes a lane: the backward's dV, dK and dQ so took
-// 42.3 -> 39.1 us against ab_st2's 4-byte stores (attnfloor).
+// 42.3 -> 39.1 us against ab_st2's 4-byte stores (attnfloor). (ab_store
+// and ab_store_pairs_rope themselves into the tiles, with their 64-bit
+// strides and alignment tests, took 42.0: call 8.)
 __device__ __forceinline__ void ab_stage_bf16(bf16_t* X, int ld, const float acc[AB_MAXNT][4], int r0, int n0, int n1,
                                               int g, int t) {
 #pragma unroll
@@ -537,16 +539,7 @@ __device__ __forceinline__ void at_di_lse_do96(bf16_t* dOs, int ld, float* di_s,
             dOs[i * ld + d] = hb;
         }
     }
-#pragma unroll
-    for (int rr = 0; rr < 8; rr++) {
-        float x = di[rr];
-        for (int o = 16; o > 0; o >>= 1) x = __fadd_rn(x, __shfl_xor_sync(0xffffffffu, x, o));
-        const int i = i0 + rr;
-        if (lane == rr) {
-            di_s[i] = x;
-            lse_s[i] = i < S ? lse_row[i] : 0.0f;
-        }
-    }
+    at_di_put(di_s, lse_s, di, lse_row, i0, S, lane);
 }
 
 // attn_fwd_bf16: grid (H, B), AB_THREADS threads, dynamic shared memory:

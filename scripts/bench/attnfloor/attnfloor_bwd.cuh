@@ -90,17 +90,7 @@ __device__ __forceinline__ void bwd_body(bf16_t* dqkv, const float* dout, const 
                     dOs[i * ld + d] = hb16;
                 }
             }
-            const float* lse_row = lse + h * T + b * S;
-#pragma unroll
-            for (int rr = 0; rr < 8; rr++) {
-                float x = di[rr];
-                for (int o = 16; o > 0; o >>= 1) x = __fadd_rn(x, __shfl_xor_sync(0xffffffffu, x, o));
-                const int i = i0 + rr;
-                if (lane == rr) {
-                    di_s[i] = x;
-                    lse_s[i] = i < S ? lse_row[i] : 0.0f;
-                }
-            }
+            at_di_put(di_s, lse_s, di, lse + h * T + b * S, i0, S, lane);
         }
     } else {
     if (VCP) {
