@@ -1,12 +1,16 @@
 // cuBLASLt's whole configuration space for the N = 3072 base GEMMs of the
 // checkpointed step (issue 8, v20): cublaslt_sweep.cu times the
 // heuristic's 8 answers, within 2% of cublasGemmEx's pick at every shape;
-// this one enumerates every algorithm id cuBLASLt has for bf16 in, fp32
-// compute, and every tile (and cluster shape) it allows for each, without
-// split-K, and times those cublasLtMatmulAlgoCheck accepts, against
-// cublasGemmEx: the o_proj GEMMs (96 tiles of 128 x 256 on 132 SMs) run at
-// ~555 TFLOP/s in the step against 730 for gate_up's. Bits compared with
-// cublasGemmEx's. On a GPU machine:
+// this one enumerates the Hopper algorithm ids cuBLASLt has for bf16 in,
+// fp32 compute (58, 66, 67; the others ran at most 390 TFLOP/s, calls
+// 10-11), every tile, stage count and custom option each lists and six
+// cluster shapes, without split-K, plus the heuristic's answers with their
+// tile and cluster varied, and times those cublasLtMatmulAlgoCheck accepts
+// against cublasGemmEx: the o_proj GEMMs (96 tiles of 128 x 256 on 132
+// SMs) run at ~555 TFLOP/s in the step against 730 for gate_up's. Bits
+// compared with cublasGemmEx's. Attributes are set at their own width
+// (setattr): at 4 bytes the Hopper kernels refuse every configuration.
+// On a GPU machine:
 //   nvcc -O2 -std=c++17 -arch=sm_90 scripts/bench/cublaslt_enum.cu -o /tmp/enum -lcublasLt -lcublas && /tmp/enum
 #include <cstdio>
 #include <cstdlib>
@@ -27,6 +31,16 @@ static std::vector<unsigned> caps(const cublasLtMatmulAlgo_t& a, cublasLtMatmulA
   std::vector<unsigned> v(n / 4);
   if (cublasLtMatmulAlgoCapGetAttribute(&a, w, v.data(), n, &n) != 0) return {};
   return v;
+}
+
+// setattr sets a configuration attribute at its own width (4 or 2 bytes:
+// a first get with no buffer reports it); false when refused.
+static bool setattr(cublasLtMatmulAlgo_t* a, cublasLtMatmulAlgoConfigAttributes_t w, long long v) {
+  size_t n = 0;
+  if (cublasLtMatmulAlgoConfigGetAttribute(a, w, nullptr, 0, &n) != 0 || n == 0 || n > 8) return false;
+  unsigned char buf[8];
+  memcpy(buf, &v, 8);  // little-endian: the low bytes
+  return cublasLtMatmulAlgoConfigSetAttribute(a, w, buf, n) == 0;
 }
 
 int main() {
@@ -67,33 +81,67 @@ int main() {
     CK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, n, ldb));
     CK(cublasLtMatrixLayoutCreate(&lc, ct, m, n, ldc));
     double fl = 2.0 * s.M * s.N * s.K;
+    // The heuristic's answers: their tiles and stage counts join the
+    // enumeration (attributes read at their own width).
+    std::vector<unsigned> htiles, hstages;
+    {
+      cublasLtMatmulPreference_t pref; CK(cublasLtMatmulPreferenceCreate(&pref));
+      CK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz, sizeof(wsz)));
+      cublasLtMatmulHeuristicResult_t hr[32]; int nh = 0;
+      CK(cublasLtMatmulAlgoGetHeuristic(lt, d, la, lb, lc, lc, pref, 32, hr, &nh));
+      for (int i = 0; i < nh; i++) {
+        unsigned v = 0; size_t n = 0;
+        if (cublasLtMatmulAlgoConfigGetAttribute(&hr[i].algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &v, sizeof(v), &n) == 0) htiles.push_back(v);
+        v = 0;
+        if (cublasLtMatmulAlgoConfigGetAttribute(&hr[i].algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &v, sizeof(v), &n) == 0) hstages.push_back(v);
+      }
+    }
+    // The heuristic's algo structs, each with its tile (over every tile
+    // id 66 and 67 list) and cluster shape varied: Hopper kernels may need
+    // opaque state cublasLtMatmulAlgoInit does not give.
+    std::vector<cublasLtMatmulAlgo_t> hal;
+    {
+      cublasLtMatmulPreference_t pref; CK(cublasLtMatmulPreferenceCreate(&pref));
+      CK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz, sizeof(wsz)));
+      cublasLtMatmulHeuristicResult_t hr[32]; int nh = 0;
+      CK(cublasLtMatmulAlgoGetHeuristic(lt, d, la, lb, lc, lc, pref, 32, hr, &nh));
+      for (int i = 0; i < nh; i++) hal.push_back(hr[i].algo);
+    }
     int ids[256], nids = 0;
     CK(cublasLtMatmulAlgoGetIds(lt, CUBLAS_COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, ct, ct, 256, ids, &nids));
     printf("%-9s %5dx%5dx%5d calls %2d: gemmEx %6.1f us (%3.0f TF); %d algorithm ids\n", s.name, s.M, s.N, s.K, s.calls, tdef, fl / tdef / 1e6, nids);
-    struct R { float t; bool same; int id; unsigned tile, stage, cluster; cublasLtMatmulAlgo_t algo; };
+    struct R { float t; bool same; int id; unsigned tile, stage; int custom; unsigned cluster; cublasLtMatmulAlgo_t algo; };
     std::vector<R> rs;
     int tried = 0, ok = 0;
     for (int a = 0; a < nids; a++) {
       cublasLtMatmulAlgo_t algo;
+      if (ids[a] < 58) continue;  // ids 5-42: calls 10-11 (pre-Hopper; at most 390 TFLOP/s)
       if (cublasLtMatmulAlgoInit(lt, CUBLAS_COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, ct, ct, ids[a], &algo) != 0) continue;
       auto tiles = caps(algo, CUBLASLT_ALGO_CAP_TILE_IDS);
       if (tiles.empty()) tiles.push_back(0);
-      // cublasLtClusterShape_t: auto, 1x1x1, 2x1x1, 1x2x1 (no capability
-      // attribute lists them; cublasLtMatmulAlgoCheck refuses the others).
-      const std::vector<unsigned> clusters{0, 2, 3, 5};
+      // cublasLtClusterShape_t: auto, 1x1x1, 2x1x1, 1x2x1, 4x2x1, 2x4x1
+      // (no capability attribute lists them; cublasLtMatmulAlgoCheck
+      // refuses what an algorithm cannot take).
+      const std::vector<unsigned> clusters{0, 2, 3, 5, 7, 9};
       auto stages = caps(algo, CUBLASLT_ALGO_CAP_STAGES_IDS);
       if (stages.empty()) stages.push_back(0);
+      // The heuristic's Hopper answers (v19: id 66) carry tile ids past the
+      // capability list, stages 35 and a custom option: add theirs.
+      for (auto& t : htiles) if (std::find(tiles.begin(), tiles.end(), t) == tiles.end()) tiles.push_back(t);
+      for (auto& t : hstages) if (std::find(stages.begin(), stages.end(), t) == stages.end()) stages.push_back(t);
+      int cmax = 0;
+      { size_t n = 0; cublasLtMatmulAlgoCapGetAttribute(&algo, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX, &cmax, sizeof(cmax), &n); }
+      cmax = std::min(cmax, 15);
+      printf("  id %d: %zu tiles, %zu stage counts, custom options 0..%d\n", ids[a], tiles.size(), stages.size(), cmax);
       for (unsigned tile : tiles)
         for (unsigned stage : stages)
+        for (int custom = 0; custom <= cmax; custom++)
         for (unsigned cluster : clusters) {
           cublasLtMatmulAlgo_t x = algo;
-          int splitk = 1;
-          cublasLtMatmulAlgoConfigSetAttribute(&x, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof(tile));
-          cublasLtMatmulAlgoConfigSetAttribute(&x, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stage, sizeof(stage));
-          cublasLtMatmulAlgoConfigSetAttribute(&x, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof(splitk));
-#if CUBLAS_VER_MAJOR >= 12
-          cublasLtMatmulAlgoConfigSetAttribute(&x, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster, sizeof(cluster));
-#endif
+          if (!setattr(&x, CUBLASLT_ALGO_CONFIG_TILE_ID, tile) || !setattr(&x, CUBLASLT_ALGO_CONFIG_STAGES_ID, stage) ||
+              !setattr(&x, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, custom) || !setattr(&x, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, 1) ||
+              !setattr(&x, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, cluster))
+            continue;
           cublasLtMatmulHeuristicResult_t chk;
           tried++;
           if (cublasLtMatmulAlgoCheck(lt, d, la, lb, lc, lc, &x, &chk) != 0 || chk.workspaceSize > wsz) continue;
@@ -102,10 +150,39 @@ int main() {
           ok++;
           float t = timeit([&] { run(C); });
           run(C); CK(cudaStreamSynchronize(st)); CK(cudaMemcpy(hc1.data(), C, outb, cudaMemcpyDeviceToHost));
-          rs.push_back({t, memcmp(hc0.data(), hc1.data(), outb) == 0, ids[a], tile, stage, cluster, x});
+          rs.push_back({t, memcmp(hc0.data(), hc1.data(), outb) == 0, ids[a], tile, stage, custom, cluster, x});
         }
     }
     // A quick pass (3 runs each), then the 16 fastest again (20 runs).
+    {
+      std::vector<unsigned> alltiles;
+      for (int id : {66, 67}) {
+        cublasLtMatmulAlgo_t algo;
+        if (cublasLtMatmulAlgoInit(lt, CUBLAS_COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, ct, ct, id, &algo) != 0) continue;
+        for (auto t : caps(algo, CUBLASLT_ALGO_CAP_TILE_IDS))
+          if (std::find(alltiles.begin(), alltiles.end(), t) == alltiles.end()) alltiles.push_back(t);
+      }
+      int htried = 0, hran = 0;
+      for (size_t hi = 0; hi < hal.size(); hi++)
+        for (unsigned tile : alltiles)
+          for (unsigned cluster : {0u, 2u, 3u, 5u, 7u, 9u}) {
+            cublasLtMatmulAlgo_t x = hal[hi];
+            if (!setattr(&x, CUBLASLT_ALGO_CONFIG_TILE_ID, tile) || !setattr(&x, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, cluster)) continue;
+            cublasLtMatmulHeuristicResult_t chk;
+            htried++;
+            if (cublasLtMatmulAlgoCheck(lt, d, la, lb, lc, lc, &x, &chk) != 0 || chk.workspaceSize > wsz) continue;
+            auto run = [&](void* out) { return cublasLtMatmul(lt, d, &alpha, B, la, A, lb, &beta, out, lc, out, lc, &x, ws, wsz, st); };
+            if (run(C) != 0) continue;
+            hran++;
+            float t = timeit([&] { run(C); });
+            run(C); CK(cudaStreamSynchronize(st)); CK(cudaMemcpy(hc1.data(), C, outb, cudaMemcpyDeviceToHost));
+            int custom = -1; size_t n = 0;
+            cublasLtMatmulAlgoConfigGetAttribute(&x, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, &custom, sizeof(custom), &n);
+            rs.push_back({t, memcmp(hc0.data(), hc1.data(), outb) == 0, 1000 + (int)hi, tile, 0, custom, cluster, x});
+          }
+      printf("  the heuristic's %zu answers x %zu tiles x 6 cluster shapes: %d tried, %d ran (ids 1000 + the answer's rank)\n",
+             hal.size(), alltiles.size(), htried, hran);
+    }
     {
       std::vector<int> ran;
       for (auto& r : rs) if (std::find(ran.begin(), ran.end(), r.id) == ran.end()) ran.push_back(r.id);
@@ -120,8 +197,8 @@ int main() {
     std::sort(rs.begin(), rs.begin() + std::min<size_t>(rs.size(), 16), [](const R& a, const R& b) { return a.t < b.t; });
     printf("  %d configurations tried, %d ran; the fastest:\n", tried, ok);
     for (size_t i = 0; i < rs.size() && i < 8; i++)
-      printf("  %6.1f us (%3.0f TF, %3.0f%% of gemmEx) %s id %d tile %u stages %u cluster %u\n", rs[i].t, fl / rs[i].t / 1e6, 100 * rs[i].t / tdef,
-             rs[i].same ? "same-bits " : "other-bits", rs[i].id, rs[i].tile, rs[i].stage, rs[i].cluster);
+      printf("  %6.1f us (%3.0f TF, %3.0f%% of gemmEx) %s id %d tile %u stages %u custom %d cluster %u\n", rs[i].t, fl / rs[i].t / 1e6, 100 * rs[i].t / tdef,
+             rs[i].same ? "same-bits " : "other-bits", rs[i].id, rs[i].tile, rs[i].stage, rs[i].custom, rs[i].cluster);
     for (auto& r : rs)
       if (r.same) { printf("  fastest with gemmEx's bits (timed 3 times unless among the 16): %6.1f us (%.0f%% of gemmEx) id %d tile %u cluster %u\n", r.t, 100 * r.t / tdef, r.id, r.tile, r.cluster); break; }
   }
