@@ -5,7 +5,6 @@ package cuda
 import (
 	"fmt"
 	"math"
-	"strings"
 
 	"gorgonia.org/cu"
 
@@ -175,22 +174,6 @@ func (b *Backend) RoPEAttention(B, S, nHead, nKV, headDim, rotaryDim int) bool {
 // OLLAMA_TUNE_CUDA_REFERENCE=attn-v20 keeps the _rp96 ones (the A/B).
 var attnV20 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "attn-v20")
 
-// v20Kernel is kernel's v20 form where there is one (a _rp96 kernel, V20
-// on) and every pointer in ptrs is 16-byte aligned (qkv for V's 16-byte
-// copies, the forward's O for its 8-byte stores, the backward's dqkv for
-// its 16-byte stores), else kernel.
-func v20Kernel(kernel string, ptrs ...cu.DevicePtr) string {
-	if !attnV20 || !strings.HasSuffix(kernel, "_rp96") {
-		return kernel
-	}
-	for _, p := range ptrs {
-		if p%16 != 0 {
-			return kernel
-		}
-	}
-	return kernel + "v"
-}
-
 // attnSpec says whether the fused RoPE attention takes the _rp entry points
 // (v11) where abSpec holds; OLLAMA_TUNE_CUDA_REFERENCE=attn-spec keeps the
 // generic ones (the same bits).
@@ -209,13 +192,24 @@ var attnSpec96 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "attn-96")
 
 // abSpecSize is the suffix of the _rp entry point compiled for this head
 // ("96": Phi-3-mini's heads with RoPE over all of them, attention_tc.cuh's
-// DC), or "" (the head's size a kernel argument).
+// DC; "96v": their v20 form, attnV20, where every pointer in ptrs is
+// 16-byte aligned: qkv for V's 16-byte copies, the forward's O for its
+// 8-byte stores, the backward's dqkv for its 16-byte stores), or "" (the
+// head's size a kernel argument).
 // OLLAMA_TUNE_CUDA_REFERENCE=attn-96 keeps the generic size (the A/B).
-func abSpecSize(D, rotaryDim int) string {
-	if D == 96 && rotaryDim == 96 && attnSpec96 {
+func abSpecSize(D, rotaryDim int, ptrs ...cu.DevicePtr) string {
+	if D != 96 || rotaryDim != 96 || !attnSpec96 {
+		return ""
+	}
+	if !attnV20 {
 		return "96"
 	}
-	return ""
+	for _, p := range ptrs {
+		if p%16 != 0 {
+			return "96"
+		}
+	}
+	return "96v"
 }
 
 // halfKernel is kernel's entry point for a bfloat16 qkv (Tensor.half, v9:
@@ -250,7 +244,7 @@ func (b *Backend) AttentionForwardRoPE(out, lse, qkv, pos finetune.Tensor, B, S,
 	cs, half := b.ropeAttnArgs(op, ps, B, S, nHead, nKV, headDim, rotaryDim, theta)
 	kernel := halfKernel("attn_fwd_bf16", xHalf)
 	if xHalf && abSpec(headDim, rotaryDim/2, x.ptr, 0) {
-		kernel = v20Kernel("attn_fwd_bf16_h_rp"+abSpecSize(headDim, rotaryDim), x.ptr, o.ptr)
+		kernel = "attn_fwd_bf16_h_rp" + abSpecSize(headDim, rotaryDim, x.ptr, o.ptr)
 	}
 	b.launch(op, kernel, [3]int{nHead, B, 1}, 256, abFwdSmem(headDim), ptrArg(o.ptr), ptrArg(ls.ptr), ptrArg(x.ptr),
 		ptrArg(ps.ptr), intArg(B), intArg(S), intArg(nHead), intArg(nKV), intArg(headDim), intArg(window),
@@ -282,7 +276,7 @@ func (b *Backend) AttentionBackwardRoPE(dqkv, dout, out, lse, qkv, pos finetune.
 		kernel = "attn_bwd_bf16_hh"
 		if abSpec(headDim, rotaryDim/2, x.ptr, do.ptr) {
 			// one KV head a query head (RoPEAttention), dqkv overwritten
-			kernel = v20Kernel("attn_bwd_bf16_hh_rp"+abSpecSize(headDim, rotaryDim), x.ptr, dx.ptr)
+			kernel = "attn_bwd_bf16_hh_rp" + abSpecSize(headDim, rotaryDim, x.ptr, dx.ptr)
 		}
 	}
 	b.launch(op, kernel, [3]int{nKV, B, 1}, 256, abBwdSmem(headDim, rotaryDim/2), ptrArg(dx.ptr), ptrArg(do.ptr), ptrArg(o.ptr),

@@ -358,17 +358,17 @@ func TestAttentionV20(t *testing.T) {
 	defer func(v bool) { attnV20 = v }(attnV20)
 	attnV20 = true
 	for _, c := range []struct {
-		kernel string
-		ptrs   []cu.DevicePtr
-		want   string
+		D    int
+		ptrs []cu.DevicePtr
+		want string
 	}{
-		{"attn_fwd_bf16_h_rp96", []cu.DevicePtr{16, 32}, "attn_fwd_bf16_h_rp96v"},
-		{"attn_fwd_bf16_h_rp96", []cu.DevicePtr{8, 32}, "attn_fwd_bf16_h_rp96"},    // qkv 8-byte aligned
-		{"attn_bwd_bf16_hh_rp96", []cu.DevicePtr{16, 40}, "attn_bwd_bf16_hh_rp96"}, // dqkv 8-byte aligned
-		{"attn_bwd_bf16_hh_rp", []cu.DevicePtr{16, 16}, "attn_bwd_bf16_hh_rp"},     // no v20 form
+		{96, []cu.DevicePtr{16, 32}, "96v"},
+		{96, []cu.DevicePtr{8, 32}, "96"},  // qkv 8-byte aligned
+		{96, []cu.DevicePtr{16, 40}, "96"}, // dqkv 8-byte aligned
+		{32, []cu.DevicePtr{16, 16}, ""},   // no v20 form
 	} {
-		if got := v20Kernel(c.kernel, c.ptrs...); got != c.want {
-			t.Errorf("v20Kernel(%s, %v) = %s, want %s", c.kernel, c.ptrs, got, c.want)
+		if got := abSpecSize(c.D, c.D, c.ptrs...); got != c.want {
+			t.Errorf("abSpecSize(%d, %d, %v) = %q, want %q", c.D, c.D, c.ptrs, got, c.want)
 		}
 	}
 	for _, c := range []struct{ B, S, H, window int }{{16, 64, 32, 0}, {2, 40, 4, 5}, {3, 64, 2, 0}} {
@@ -402,7 +402,7 @@ func TestAttentionV20(t *testing.T) {
 				}
 			}()
 			for _, x := range []finetune.Tensor{hq, outs[1], dqs[1]} {
-				if x.(*Tensor).ptr%16 != 0 { // v20Kernel would pick the _rp96 kernels: the test would compare them with themselves
+				if x.(*Tensor).ptr%16 != 0 { // abSpecSize would pick the _rp96 kernels: the test would compare them with themselves
 					t.Fatalf("a %v tensor at %#x: not 16-byte aligned", x.(*Tensor).shape, x.(*Tensor).ptr)
 				}
 			}
