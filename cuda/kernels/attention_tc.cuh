@@ -752,12 +752,10 @@ __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, 
         ab_copy_cs(csS, csb, S, half);
         ab_copy_v96(Vs, ld, (const bf16_t*)base + voff, width, S);  // one head a KV head: loaded once
         cp_commit();
-    } else {
-    if (SPEC || half > 0) {
+    } else if (SPEC || half > 0) {
         ab_copy_cs(csS, csb, S, half);  // for the stores: waited for before the first barrier
         ab_load_rope<SPEC>(Ks, ld, base + koff, width, S, D, D16, v4, csb, half);
-    }
-    else
+    } else {
         ab_load(Ks, ld, base + koff, width, S, D, D16, v4);
     }
     for (i64 hh = 0; hh < group; hh++) {
