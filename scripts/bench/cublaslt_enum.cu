@@ -81,8 +81,12 @@ int main() {
     CK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, n, ldb));
     CK(cublasLtMatrixLayoutCreate(&lc, ct, m, n, ldc));
     double fl = 2.0 * s.M * s.N * s.K;
-    // The heuristic's answers: their tiles and stage counts join the
-    // enumeration (attributes read at their own width).
+    // The heuristic's answers, read once: their tiles and stage counts join
+    // the enumeration (the Hopper answers, v19's id 66, carry tile ids past
+    // the capability list and stages 35), and their algo structs are
+    // varied too (Hopper kernels may need opaque state that
+    // cublasLtMatmulAlgoInit does not give).
+    std::vector<cublasLtMatmulAlgo_t> hal;
     std::vector<unsigned> htiles, hstages;
     {
       cublasLtMatmulPreference_t pref; CK(cublasLtMatmulPreferenceCreate(&pref));
@@ -90,43 +94,49 @@ int main() {
       cublasLtMatmulHeuristicResult_t hr[32]; int nh = 0;
       CK(cublasLtMatmulAlgoGetHeuristic(lt, d, la, lb, lc, lc, pref, 32, hr, &nh));
       for (int i = 0; i < nh; i++) {
+        hal.push_back(hr[i].algo);
         unsigned v = 0; size_t n = 0;
         if (cublasLtMatmulAlgoConfigGetAttribute(&hr[i].algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &v, sizeof(v), &n) == 0) htiles.push_back(v);
         v = 0;
         if (cublasLtMatmulAlgoConfigGetAttribute(&hr[i].algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &v, sizeof(v), &n) == 0) hstages.push_back(v);
       }
-    }
-    // The heuristic's algo structs, each with its tile (over every tile
-    // id 66 and 67 list) and cluster shape varied: Hopper kernels may need
-    // opaque state cublasLtMatmulAlgoInit does not give.
-    std::vector<cublasLtMatmulAlgo_t> hal;
-    {
-      cublasLtMatmulPreference_t pref; CK(cublasLtMatmulPreferenceCreate(&pref));
-      CK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz, sizeof(wsz)));
-      cublasLtMatmulHeuristicResult_t hr[32]; int nh = 0;
-      CK(cublasLtMatmulAlgoGetHeuristic(lt, d, la, lb, lc, lc, pref, 32, hr, &nh));
-      for (int i = 0; i < nh; i++) hal.push_back(hr[i].algo);
+      cublasLtMatmulPreferenceDestroy(pref);
     }
     int ids[256], nids = 0;
     CK(cublasLtMatmulAlgoGetIds(lt, CUBLAS_COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, ct, ct, 256, ids, &nids));
     printf("%-9s %5dx%5dx%5d calls %2d: gemmEx %6.1f us (%3.0f TF); %d algorithm ids\n", s.name, s.M, s.N, s.K, s.calls, tdef, fl / tdef / 1e6, nids);
     struct R { float t; bool same; int id; unsigned tile, stage; int custom; unsigned cluster; cublasLtMatmulAlgo_t algo; };
     std::vector<R> rs;
+    // tryConfig checks configuration x, and if cuBLASLt takes it, times it
+    // (a quick pass: 3 runs) and compares its output with gemmEx's.
+    auto tryConfig = [&](const cublasLtMatmulAlgo_t& x, int id, unsigned tile, unsigned stage, int custom, unsigned cluster,
+                         int& tried, int& ran) {
+      cublasLtMatmulHeuristicResult_t chk;
+      tried++;
+      if (cublasLtMatmulAlgoCheck(lt, d, la, lb, lc, lc, &x, &chk) != 0 || chk.workspaceSize > wsz) return;
+      auto run = [&](void* out) { return cublasLtMatmul(lt, d, &alpha, B, la, A, lb, &beta, out, lc, out, lc, &x, ws, wsz, st); };
+      if (run(C) != 0) return;
+      ran++;
+      float t = timeit([&] { run(C); });
+      run(C); CK(cudaStreamSynchronize(st)); CK(cudaMemcpy(hc1.data(), C, outb, cudaMemcpyDeviceToHost));
+      rs.push_back({t, memcmp(hc0.data(), hc1.data(), outb) == 0, id, tile, stage, custom, cluster, x});
+    };
+    // cublasLtClusterShape_t: auto, 1x1x1, 2x1x1, 1x2x1, 4x2x1, 2x4x1 (no
+    // capability attribute lists them; cublasLtMatmulAlgoCheck refuses
+    // what an algorithm cannot take).
+    const std::vector<unsigned> clusters{0, 2, 3, 5, 7, 9};
+    std::vector<unsigned> alltiles;  // ids 66's and 67's, for the heuristic's structs
     int tried = 0, ok = 0;
     for (int a = 0; a < nids; a++) {
       cublasLtMatmulAlgo_t algo;
       if (ids[a] < 58) continue;  // ids 5-42: calls 10-11 (pre-Hopper; at most 390 TFLOP/s)
       if (cublasLtMatmulAlgoInit(lt, CUBLAS_COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, ct, ct, ids[a], &algo) != 0) continue;
       auto tiles = caps(algo, CUBLASLT_ALGO_CAP_TILE_IDS);
+      if (ids[a] == 66 || ids[a] == 67)
+        for (auto t : tiles) if (std::find(alltiles.begin(), alltiles.end(), t) == alltiles.end()) alltiles.push_back(t);
       if (tiles.empty()) tiles.push_back(0);
-      // cublasLtClusterShape_t: auto, 1x1x1, 2x1x1, 1x2x1, 4x2x1, 2x4x1
-      // (no capability attribute lists them; cublasLtMatmulAlgoCheck
-      // refuses what an algorithm cannot take).
-      const std::vector<unsigned> clusters{0, 2, 3, 5, 7, 9};
       auto stages = caps(algo, CUBLASLT_ALGO_CAP_STAGES_IDS);
       if (stages.empty()) stages.push_back(0);
-      // The heuristic's Hopper answers (v19: id 66) carry tile ids past the
-      // capability list, stages 35 and a custom option: add theirs.
       for (auto& t : htiles) if (std::find(tiles.begin(), tiles.end(), t) == tiles.end()) tiles.push_back(t);
       for (auto& t : hstages) if (std::find(stages.begin(), stages.end(), t) == stages.end()) stages.push_back(t);
       int cmax = 0;
@@ -135,54 +145,28 @@ int main() {
       printf("  id %d: %zu tiles, %zu stage counts, custom options 0..%d\n", ids[a], tiles.size(), stages.size(), cmax);
       for (unsigned tile : tiles)
         for (unsigned stage : stages)
-        for (int custom = 0; custom <= cmax; custom++)
+          for (int custom = 0; custom <= cmax; custom++)
+            for (unsigned cluster : clusters) {
+              cublasLtMatmulAlgo_t x = algo;
+              if (setattr(&x, CUBLASLT_ALGO_CONFIG_TILE_ID, tile) && setattr(&x, CUBLASLT_ALGO_CONFIG_STAGES_ID, stage) &&
+                  setattr(&x, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, custom) && setattr(&x, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, 1) &&
+                  setattr(&x, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, cluster))
+                tryConfig(x, ids[a], tile, stage, custom, cluster, tried, ok);
+            }
+    }
+    // The heuristic's structs, each with its tile and cluster shape varied.
+    int htried = 0, hran = 0;
+    for (size_t hi = 0; hi < hal.size(); hi++)
+      for (unsigned tile : alltiles)
         for (unsigned cluster : clusters) {
-          cublasLtMatmulAlgo_t x = algo;
-          if (!setattr(&x, CUBLASLT_ALGO_CONFIG_TILE_ID, tile) || !setattr(&x, CUBLASLT_ALGO_CONFIG_STAGES_ID, stage) ||
-              !setattr(&x, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, custom) || !setattr(&x, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, 1) ||
-              !setattr(&x, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, cluster))
-            continue;
-          cublasLtMatmulHeuristicResult_t chk;
-          tried++;
-          if (cublasLtMatmulAlgoCheck(lt, d, la, lb, lc, lc, &x, &chk) != 0 || chk.workspaceSize > wsz) continue;
-          auto run = [&](void* out) { return cublasLtMatmul(lt, d, &alpha, B, la, A, lb, &beta, out, lc, out, lc, &x, ws, wsz, st); };
-          if (run(C) != 0) continue;
-          ok++;
-          float t = timeit([&] { run(C); });
-          run(C); CK(cudaStreamSynchronize(st)); CK(cudaMemcpy(hc1.data(), C, outb, cudaMemcpyDeviceToHost));
-          rs.push_back({t, memcmp(hc0.data(), hc1.data(), outb) == 0, ids[a], tile, stage, custom, cluster, x});
+          cublasLtMatmulAlgo_t x = hal[hi];
+          if (!setattr(&x, CUBLASLT_ALGO_CONFIG_TILE_ID, tile) || !setattr(&x, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, cluster)) continue;
+          int custom = -1; size_t n = 0;
+          cublasLtMatmulAlgoConfigGetAttribute(&x, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, &custom, sizeof(custom), &n);
+          tryConfig(x, 1000 + (int)hi, tile, 0, custom, cluster, htried, hran);
         }
-    }
-    // A quick pass (3 runs each), then the 16 fastest again (20 runs).
-    {
-      std::vector<unsigned> alltiles;
-      for (int id : {66, 67}) {
-        cublasLtMatmulAlgo_t algo;
-        if (cublasLtMatmulAlgoInit(lt, CUBLAS_COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, ct, ct, id, &algo) != 0) continue;
-        for (auto t : caps(algo, CUBLASLT_ALGO_CAP_TILE_IDS))
-          if (std::find(alltiles.begin(), alltiles.end(), t) == alltiles.end()) alltiles.push_back(t);
-      }
-      int htried = 0, hran = 0;
-      for (size_t hi = 0; hi < hal.size(); hi++)
-        for (unsigned tile : alltiles)
-          for (unsigned cluster : {0u, 2u, 3u, 5u, 7u, 9u}) {
-            cublasLtMatmulAlgo_t x = hal[hi];
-            if (!setattr(&x, CUBLASLT_ALGO_CONFIG_TILE_ID, tile) || !setattr(&x, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, cluster)) continue;
-            cublasLtMatmulHeuristicResult_t chk;
-            htried++;
-            if (cublasLtMatmulAlgoCheck(lt, d, la, lb, lc, lc, &x, &chk) != 0 || chk.workspaceSize > wsz) continue;
-            auto run = [&](void* out) { return cublasLtMatmul(lt, d, &alpha, B, la, A, lb, &beta, out, lc, out, lc, &x, ws, wsz, st); };
-            if (run(C) != 0) continue;
-            hran++;
-            float t = timeit([&] { run(C); });
-            run(C); CK(cudaStreamSynchronize(st)); CK(cudaMemcpy(hc1.data(), C, outb, cudaMemcpyDeviceToHost));
-            int custom = -1; size_t n = 0;
-            cublasLtMatmulAlgoConfigGetAttribute(&x, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, &custom, sizeof(custom), &n);
-            rs.push_back({t, memcmp(hc0.data(), hc1.data(), outb) == 0, 1000 + (int)hi, tile, 0, custom, cluster, x});
-          }
-      printf("  the heuristic's %zu answers x %zu tiles x 6 cluster shapes: %d tried, %d ran (ids 1000 + the answer's rank)\n",
-             hal.size(), alltiles.size(), htried, hran);
-    }
+    printf("  the heuristic's %zu answers x %zu tiles x 6 cluster shapes: %d tried, %d ran (ids 1000 + the answer's rank)\n",
+           hal.size(), alltiles.size(), htried, hran);
     {
       std::vector<int> ran;
       for (auto& r : rs) if (std::find(ran.begin(), ran.end(), r.id) == ran.end()) ran.push_back(r.id);
@@ -190,6 +174,7 @@ int main() {
       for (int a = 0; a < nids; a++) printf(" %d%s", ids[a], std::find(ran.begin(), ran.end(), ids[a]) != ran.end() ? "*" : "");
       printf("  (* ran)\n");
     }
+    // The 16 fastest of the quick pass again, 20 runs each.
     std::sort(rs.begin(), rs.end(), [](const R& a, const R& b) { return a.t < b.t; });
     reps = 20;
     for (size_t i = 0; i < rs.size() && i < 16; i++)
