@@ -559,7 +559,10 @@ __device__ __forceinline__ void at_di_lse_do96(bf16_t* dOs, int ld, float* di_s,
 // unroll and its index arithmetic folds (the same code path).
 // V20 (the _rp96v entry points, DC 96 and a bfloat16 qkv): the v20
 // loaders, ab_div_mk and ab_store_f2_96 (the same bits).
-template <typename TS, bool SPEC = false, int DC = 0, bool V20 = false>
+// STOP (scripts/bench/attnfloor's timing cuts; 0 in the backend): return
+// after the loads (1) or after the softmax (2), keeping what was computed
+// alive through a store that no reader trusts.
+template <typename TS, bool SPEC = false, int DC = 0, bool V20 = false, int STOP = 0>
 __device__ __forceinline__ void attn_fwd_bf16_body(float* out, float* lse, const TS* qkv, const int* pos, i64 B, i64 S_,
                                                    i64 H, i64 K, i64 D_, i64 window, double scale_d, const float2* cs,
                                                    i64 half_) {
@@ -595,6 +598,10 @@ __device__ __forceinline__ void attn_fwd_bf16_body(float* out, float* lse, const
     const int hb = w >> 2, a = hb ? 3 - (w & 3) : (w & 3), row0 = 16 * a;
     const int nt = row0 < S ? ab_tiles(row0, hb, S) : 0;
     __syncthreads();
+    if constexpr (STOP == 1) {
+        if (threadIdx.x == 0) out[b * S * H * D + h * D] = bf16_to_f32(Qs[5]) + bf16_to_f32(Ks[7]) + bf16_to_f32(Vs[9]);
+        return;
+    }
 
     float acc[4][4];
     ab_scores(acc, Qs, Ks, ld, D16, row0, hb, nt, lane);
@@ -653,6 +660,10 @@ __device__ __forceinline__ void attn_fwd_bf16_body(float* out, float* lse, const
         sum[rr] = __fadd_rn(red[2 * AB_S + i], red[3 * AB_S + i]);
         if (live[rr] && hb == 0 && t == 0) lse[h * T + b * S + i] = __fadd_rn(m[rr], logf(sum[rr]));
     }
+    if constexpr (STOP == 2) {
+        if (acc[0][0] == 12345.0f) out[0] = acc[1][1] + acc[2][2] + acc[3][3];
+        return;
+    }
     if constexpr (V20) {
         float rcp[2];
         bool fast[2];
@@ -706,8 +717,10 @@ __device__ __forceinline__ void attn_fwd_bf16_body(float* out, float* lse, const
 // 97 us against 85.
 // SPEC, DC, V20: see attn_fwd_bf16_body (V20: at_di_lse_do96, and dV,
 // dK, dQ staged in shared memory: ab_stage_bf16, ab_copy_out96; TD must
-// then be bf16_t and dqkv overwritten, which SPEC implies).
-template <typename TS, typename TD, bool SPEC = false, int DC = 0, bool V20 = false>
+// then be bf16_t and dqkv overwritten, which SPEC implies). STOP (as the
+// forward's): return after the loads and di (1), after P and dS (2), or
+// after dV (3).
+template <typename TS, typename TD, bool SPEC = false, int DC = 0, bool V20 = false, int STOP = 0>
 __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, const float* out, const float* lse,
                                                    const TS* qkv, const int* pos, i64 B, i64 S_, i64 H, i64 K, i64 D_,
                                                    i64 window, double scale_d, i64 accum_, const float2* cs, i64 half_) {
@@ -777,6 +790,12 @@ __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, 
         }
         cp_wait<0>();
         __syncthreads();
+        if constexpr (STOP == 1) {
+            if (threadIdx.x == 0)
+                ab_st(dbase, bf16_to_f32(Qs[3]) + bf16_to_f32(Ks[5]) + bf16_to_f32(Vs[7]) + bf16_to_f32(dOs[9]) + di_s[3] + csS[4].x,
+                      false);
+            return;
+        }
 
         // S = Q K^T and dP = dO V^T over the warp's 16 rows and 32 keys,
         // then P and dS in their place, rounded into the shared tiles.
@@ -799,6 +818,10 @@ __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, 
         ab_put(Ps, sacc, row0, hb, g, t);
         ab_put(dSs, pacc, row0, hb, g, t);
         __syncthreads();
+        if constexpr (STOP == 2) {
+            if (threadIdx.x == 0) ab_st(dbase, bf16_to_f32(Ps[7]) + bf16_to_f32(dSs[9]), false);
+            return;
+        }
 
         const bool addKV = accum || hh > 0;
         float acc[AB_MAXNT][4];
@@ -809,6 +832,11 @@ __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, 
             const int h8 = half >> 3, q = h8 >> 1, t0 = hb * q;
             ab_wsum<true>(acc, Ps, AB_LDP, dOs, ld, row0, row0 < S ? a : qsteps, qsteps, n0, n1, lane);
             ab_stage_bf16(Vs, ld, acc, row0, n0, n1, g, t);
+            if constexpr (STOP == 3) {
+                __syncthreads();
+                if (threadIdx.x == 0) ab_st(dbase, bf16_to_f32(Vs[11]), false);
+                return;
+            }
             float a1[4][4], a2[4][4];
             ab_wsum<true, 4>(a1, dSs, AB_LDP, Qs, ld, row0, row0 < S ? a : qsteps, qsteps, t0, t0 + q, lane);
             ab_wsum<true, 4>(a2, dSs, AB_LDP, Qs, ld, row0, row0 < S ? a : qsteps, qsteps, t0 + h8, t0 + h8 + q, lane);
@@ -829,6 +857,7 @@ __device__ __forceinline__ void attn_bwd_bf16_body(TD* dqkv, const float* dout, 
             ab_store<true>(dbase + voff, width, acc, row0, n0, n1, S, D, g, t);
         else
             ab_store<false>(dbase + voff, width, acc, row0, n0, n1, S, D, g, t);
+        if constexpr (STOP == 3) return;
         if (SPEC || half > 0 && 2 * half == D16 && (half & 15) == 0) {
             // RoPE over whole heads of a multiple of 32 (Phi-3-mini): warp
             // half hb takes column tiles hb*q.. of each half of the head,

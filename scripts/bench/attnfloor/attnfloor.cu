@@ -1,15 +1,14 @@
 // attnfloor: where the time of Phi-3-mini's attention kernels goes (issue 8,
 // v20). attn_fwd_bf16_h_rp96 and attn_bwd_bf16_hh_rp96 (attention_tc.cuh,
 // the step's attention: B 16 rows of S 64 tokens, 32 heads of 96 values,
-// RoPE over the whole head, qkv and dqkv in bfloat16) are timed as the
-// backend launches them, then in cut-down copies that stop after a phase
-// (timing only: "loads" reads the operands into shared memory and stops,
-// and so on), and candidate rewrites, whose outputs are compared with the
-// kernels' bit for bit: the v20 kernels (attention_tc.cuh's V20, the
-// backend's _rp96v entry points) and the tried variants of
-// attnfloor_fwd.cuh and attnfloor_bwd.cuh (BENCHMARKS.md, v20). Last,
-// ab_div_mk against __fdiv_rn for every float in [2^-100, 1] and 1,024
-// divisors.
+// RoPE over the whole head, qkv and dqkv in bfloat16) and their v20 forms
+// (the backend's _rp96v entry points) are timed as the backend launches
+// them, the v20 forms' outputs compared with the others' bit for bit; then
+// each cut after a phase (the bodies' STOP: timing only; "loads" reads the
+// operands into shared memory and stops, and so on). Last, ab_div_mk
+// against __fdiv_rn for every float in [2^-100, 1] and 1,024 divisors.
+// (The variants tried in v20, BENCHMARKS.md, were copies of the bodies in
+// attnfloor_fwd.cuh and attnfloor_bwd.cuh: in git history at b0f4b29.)
 //
 //   nvcc -O3 -std=c++17 -arch=sm_90 -fmad=false -I../../../cuda/kernels -o /tmp/attnfloor attnfloor.cu && /tmp/attnfloor
 // (on the GPU machine; -fmad=false as the backend's PTX).
@@ -24,14 +23,19 @@
 
 const int B = 16, S = 64, H = 32, D = 96, HALF = 48, T = B * S, W = 3 * H * D;
 
-extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) ref_fwd(float* out, float* lse, const bf16_t* qkv,
-        const int* pos, i64 B, i64 S, i64 H, i64 K, i64 D, i64 window, double scale_d, const float2* cs, i64 half) {
-    attn_fwd_bf16_body<bf16_t, true, 96>(out, lse, qkv, pos, B, S, H, K, D, window, scale_d, cs, half);
+// fwd<V20, STOP>, bwd<V20, STOP>: the backend's bodies at the step's
+// shapes (SPEC, DC 96); V20 false is the _rp96 kernel, true the _rp96v.
+template <bool V20, int STOP>
+__global__ void __launch_bounds__(AB_THREADS, 4) fwd(float* out, float* lse, const bf16_t* qkv, const int* pos, i64 B,
+        i64 S, i64 H, i64 K, i64 D, i64 window, double scale_d, const float2* cs, i64 half) {
+    attn_fwd_bf16_body<bf16_t, true, 96, V20, STOP>(out, lse, qkv, pos, B, S, H, K, D, window, scale_d, cs, half);
 }
-extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) ref_bwd(bf16_t* dqkv, const float* dout, const float* out,
+template <bool V20, int STOP>
+__global__ void __launch_bounds__(AB_THREADS, 2) bwd(bf16_t* dqkv, const float* dout, const float* out,
         const float* lse, const bf16_t* qkv, const int* pos, i64 B, i64 S, i64 H, i64 K, i64 D, i64 window,
         double scale_d, i64 accum, const float2* cs, i64 half) {
-    attn_bwd_bf16_body<bf16_t, bf16_t, true, 96>(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, window, scale_d, accum, cs, half);
+    attn_bwd_bf16_body<bf16_t, bf16_t, true, 96, V20, STOP>(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, window,
+                                                            scale_d, accum, cs, half);
 }
 
 // ---------------------------------------------------------------------------
@@ -81,16 +85,6 @@ int bwd_smem = 2 * 4 * 64 * 104 + 2 * 2 * 64 * 72 + 4 * 2 * 64 + 8 * 64 * 48;
 #define FWD_ARGS(s) s.out, s.lse, s.qkv, pos, (i64)B, (i64)S, (i64)H, (i64)H, (i64)D, (i64)0, scale, cs, (i64)HALF
 #define BWD_ARGS(s) s.dqkv, s.dout, s.out, s.lse, s.qkv, pos, (i64)B, (i64)S, (i64)H, (i64)H, (i64)D, (i64)0, scale, (i64)0, cs, (i64)HALF
 
-extern "C" __global__ void __launch_bounds__(AB_THREADS, 4) v20_fwd(float* out, float* lse, const bf16_t* qkv,
-        const int* pos, i64 B, i64 S, i64 H, i64 K, i64 D, i64 window, double scale_d, const float2* cs, i64 half) {
-    attn_fwd_bf16_body<bf16_t, true, 96, true>(out, lse, qkv, pos, B, S, H, K, D, window, scale_d, cs, half);
-}
-extern "C" __global__ void __launch_bounds__(AB_THREADS, 2) v20_bwd(bf16_t* dqkv, const float* dout, const float* out,
-        const float* lse, const bf16_t* qkv, const int* pos, i64 B, i64 S, i64 H, i64 K, i64 D, i64 window,
-        double scale_d, i64 accum, const float2* cs, i64 half) {
-    attn_bwd_bf16_body<bf16_t, bf16_t, true, 96, true>(dqkv, dout, out, lse, qkv, pos, B, S, H, K, D, window, scale_d, accum, cs, half);
-}
-
 // div_check: ab_div_mk against __fdiv_rn for every float x in [2^-100, 1]
 // (and 0) and the divisors s[blockIdx.y]; bad counts the differences.
 extern "C" __global__ void div_check(const float* sv, unsigned long long* bad) {
@@ -106,78 +100,30 @@ extern "C" __global__ void div_check(const float* sv, unsigned long long* bad) {
     if (n) atomicAdd(bad, n);
 }
 
-#include "attnfloor_fwd.cuh"
-#include "attnfloor_bwd.cuh"
+bool (*check_outputs)();
 
 template <typename K>
 void attr(K k, int smem) { CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)); }
 
-template <typename Kern>
-void fwd_one(const char* name, Kern k, dim3 grid, bool check) {
-    attr(k, fwd_smem);
-    if (check) {
-        Set s = sets[0];
-        s.out = out2, s.lse = lse2;
-        CK(cudaMemset(out2, 0xff, (size_t)T * H * D * 4));
-        k<<<grid, 256, fwd_smem>>>(FWD_ARGS(s));
-        CK(cudaDeviceSynchronize());
-    }
-    const float us = timeit([&](Set& s) { k<<<grid, 256, fwd_smem>>>(FWD_ARGS(s)); });
-    bool ok = !check || (same("out", out2, sets[0].out, (size_t)T * H * D) & same("lse", lse2, sets[0].lse, (size_t)H * T));
-    printf("  %-28s %7.2f%s\n", name, us, check ? (ok ? "  same bits" : "  DIFFERENT") : "  (timing only)");
-}
-void fwd_variants(dim3 grid) {
-    fwd_one("v20 (attn_fwd_bf16_h_rp96v)", v20_fwd, grid, true);
-    fwd_one("copy", fwd_copy, grid, true);
-    fwd_one("loads only", fwd_ph1, grid, false);
-    fwd_one("loads+softmax", fwd_ph2, grid, false);
-    fwd_one("QK1", fwd_qk1, grid, true);
-    fwd_one("VCP", fwd_vcp, grid, true);
-    fwd_one("DIV", fwd_div, grid, true);
-    fwd_one("QK1+VCP+DIV", fwd_all, grid, true);
-    fwd_one("QK1+VCP loads only", fwd_all_ph1, grid, false);
-    fwd_one("QK1+VCP+DIV loads+softmax", fwd_all_ph2, grid, false);
-    fwd_one("QK1+VCP+DIV, 8-byte stores", fwd_all_st1, grid, true);
-    fwd_one("QK1+VCP+DIV, staged stores", fwd_all_st2, grid, true);
-    for (int s = 0; s < SETS; s++) ref_fwd<<<grid, 256, fwd_smem>>>(FWD_ARGS(sets[s]));
-    CK(cudaDeviceSynchronize());
-}
-template <typename Kern>
-void bwd_one(const char* name, Kern k, dim3 grid, bool check, int smem = 0) {
-    if (!smem) smem = bwd_smem;
+// one times kernel k (launched by launch(k, set)). With check (set 0 with
+// the spare outputs of the kind it compares), it first runs into those
+// and compares them with set 0's, the _rp96 kernels' outputs, before the
+// timing runs overwrite set 0's (attnfloor's first form compared after
+// them: a kernel with itself).
+template <typename Kern, typename L>
+void one(const char* name, Kern k, int smem, L launch, const Set* check = nullptr) {
     attr(k, smem);
+    bool ok = true;
     if (check) {
-        Set s = sets[0];
-        s.dqkv = dqkv2;
-        CK(cudaMemset(dqkv2, 0xff, (size_t)T * W * 2));
-        k<<<grid, 256, smem>>>(BWD_ARGS(s));
+        Set s = *check;
+        if (s.out == out2) CK(cudaMemset(out2, 0xff, (size_t)T * H * D * 4));
+        if (s.dqkv == dqkv2) CK(cudaMemset(dqkv2, 0xff, (size_t)T * W * 2));
+        launch(k, s);
         CK(cudaDeviceSynchronize());
+        ok = check_outputs();
     }
-    const float us = timeit([&](Set& s) { k<<<grid, 256, smem>>>(BWD_ARGS(s)); });
-    bool ok = !check || same("dqkv", dqkv2, sets[0].dqkv, (size_t)T * W);
-    printf("  %-28s %7.2f%s\n", name, us, check ? (ok ? "  same bits" : "  DIFFERENT") : "  (timing only)");
-}
-void bwd_variants(dim3 grid) {
-    bwd_one("v20 (attn_bwd_bf16_hh_rp96v)", v20_bwd, grid, true);
-    bwd_one("copy", bwd_copy, grid, true);
-    bwd_one("loads+di", bwd_ph1, grid, false);
-    bwd_one("+P,dS", bwd_ph2, grid, false);
-    bwd_one("+dV", bwd_ph3, grid, false);
-    const int nocs = bwd_smem - 8 * 64 * 48;
-    bwd_one("NOCS", bwd_nocs, grid, true, nocs);
-    bwd_one("NOCS 3 blocks", bwd_nocs3, grid, true, nocs);
-    bwd_one("NOCS+QK1+VCP", bwd_all, grid, true, nocs);
-    bwd_one("NOCS+QK1+VCP 3 blocks", bwd_all3, grid, true, nocs);
-    bwd_one("NOCS+QK1+VCP loads+di", bwd_all_ph1, grid, false, nocs);
-    bwd_one("v20 copy", bwd_v20, grid, true);
-    bwd_one("v20 loads+di", bwd_v20_ph1, grid, false);
-    bwd_one("v20 +P,dS", bwd_v20_ph2, grid, false);
-    bwd_one("v20 +dV", bwd_v20_ph3, grid, false);
-    bwd_one("v20, staged stores", bwd_v20_st2, grid, true);
-    bwd_one("v20, dO and di first", bwd_v20_o1, grid, true);
-    bwd_one("v20, dO, O loads first", bwd_v20_o2, grid, true);
-    bwd_one("v20, dO and di first: loads", bwd_v20_o1_ph1, grid, false);
-    bwd_one("v20, dO, O loads first: loads", bwd_v20_o2_ph1, grid, false);
+    const float us = timeit([&](Set& s) { launch(k, s); });
+    printf("  %-32s %7.2f%s\n", name, us, !check ? "" : ok ? "  same bits" : "  DIFFERENT");
 }
 
 int main(int argc, char** argv) {
@@ -218,19 +164,43 @@ int main(int argc, char** argv) {
     CK(cudaMalloc(&dqkv2, hq.size() * 2));
 
     dim3 grid(H, B);
-    attr(ref_fwd, fwd_smem);
-    attr(ref_bwd, bwd_smem);
-    // Reference outputs on set 0 (and every set's out, lse for the backward).
-    for (int s = 0; s < SETS; s++) ref_fwd<<<grid, 256, fwd_smem>>>(FWD_ARGS(sets[s]));
-    ref_bwd<<<grid, 256, bwd_smem>>>(BWD_ARGS(sets[0]));
+    auto lf = [&](auto k, Set& s) { k<<<grid, 256, fwd_smem>>>(FWD_ARGS(s)); };
+    auto lb = [&](auto k, Set& s) { k<<<grid, 256, bwd_smem>>>(BWD_ARGS(s)); };
+    attr(fwd<false, 0>, fwd_smem);
+    attr(bwd<false, 0>, bwd_smem);
+    // Reference outputs: every set's out and lse (the backward's inputs),
+    // set 0's dqkv.
+    for (int s = 0; s < SETS; s++) lf(fwd<false, 0>, sets[s]);
+    lb(bwd<false, 0>, sets[0]);
     CK(cudaDeviceSynchronize());
 
     printf("forward (us a launch, 4 sets of operands in turn)\n");
-    printf("  %-28s %7.2f\n", "attn_fwd_bf16_h_rp96", timeit([&](Set& s) { ref_fwd<<<grid, 256, fwd_smem>>>(FWD_ARGS(s)); }));
-    fwd_variants(grid);
+    check_outputs = []() -> bool { return same("out", out2, sets[0].out, (size_t)T * H * D) & same("lse", lse2, sets[0].lse, (size_t)H * T); };
+    Set fcheck = sets[0];
+    fcheck.out = out2, fcheck.lse = lse2;
+    one("attn_fwd_bf16_h_rp96", fwd<false, 0>, fwd_smem, lf);
+    one("attn_fwd_bf16_h_rp96v (v20)", fwd<true, 0>, fwd_smem, lf, &fcheck);
+    one("_rp96: loads only", fwd<false, 1>, fwd_smem, lf);
+    one("_rp96: + scores, softmax", fwd<false, 2>, fwd_smem, lf);
+    one("_rp96v: loads only", fwd<true, 1>, fwd_smem, lf);
+    one("_rp96v: + scores, softmax", fwd<true, 2>, fwd_smem, lf);
+    // The timing cuts wrote over the sets' outputs: the backward's inputs
+    // and set 0's reference dqkv again.
+    for (int s = 0; s < SETS; s++) lf(fwd<false, 0>, sets[s]);
+    lb(bwd<false, 0>, sets[0]);
+    CK(cudaDeviceSynchronize());
     printf("backward\n");
-    printf("  %-28s %7.2f\n", "attn_bwd_bf16_hh_rp96", timeit([&](Set& s) { ref_bwd<<<grid, 256, bwd_smem>>>(BWD_ARGS(s)); }));
-    bwd_variants(grid);
+    check_outputs = []() -> bool { return same("dqkv", dqkv2, sets[0].dqkv, (size_t)T * W); };
+    Set bcheck = sets[0];
+    bcheck.dqkv = dqkv2;
+    one("attn_bwd_bf16_hh_rp96", bwd<false, 0>, bwd_smem, lb);
+    one("attn_bwd_bf16_hh_rp96v (v20)", bwd<true, 0>, bwd_smem, lb, &bcheck);
+    one("_rp96: loads, di", bwd<false, 1>, bwd_smem, lb);
+    one("_rp96: + P, dS", bwd<false, 2>, bwd_smem, lb);
+    one("_rp96: + dV", bwd<false, 3>, bwd_smem, lb);
+    one("_rp96v: loads, di", bwd<true, 1>, bwd_smem, lb);
+    one("_rp96v: + P, dS", bwd<true, 2>, bwd_smem, lb);
+    one("_rp96v: + dV (staged)", bwd<true, 3>, bwd_smem, lb);
 
     // ab_div_mk: every x in [2^-100, 1] against 1024 divisors in [1, 64]:
     // 1, 64, each power of two and its neighbours, the rest drawn.
