@@ -769,15 +769,19 @@ func (b *Backend) gemm(op string, g gemmArgs) {
 	if b.trySkinny(op, g) { // r <= 8 bfloat16 products (skinny.go)
 		return
 	}
+	run, pinned := b.blas.run, ""
+	if p := b.lt.plan(g); p != nil { // a pinned cuBLASLt configuration (cublaslt.go)
+		run, pinned = func(g gemmArgs) error { return b.lt.run(p, g) }, " pinned"
+	}
 	if b.prof == nil {
-		check(op, b.blas.run(g))
+		check(op, run(g))
 		return
 	}
 	t := map[int]string{dataR32F: "f32", dataR16BF: "bf16", dataR16F: "f16"}[g.abType]
 	if g.cHalf {
 		t += "->bf16"
 	}
-	b.span(fmt.Sprintf("gemm %s %dx%dx%d", t, g.M, g.N, g.K), func() { check(op, b.blas.run(g)) })
+	b.span(fmt.Sprintf("gemm %s %dx%dx%d%s", t, g.M, g.N, g.K, pinned), func() { check(op, run(g)) })
 }
 
 // toHalf converts n float32 values at p to the GEMM input type t (a 16-bit

@@ -122,6 +122,7 @@ type Backend struct {
 	ctx    cu.CUContext
 	stream cu.Stream
 	blas   *cublas
+	lt     *cublasLt // nil: every GEMM through gemmEx (cublaslt.go)
 	mods   []cu.Module
 	fns    map[string]cu.Function
 	// smemOptIn is the dynamic shared memory each kernel has opted in to
@@ -203,6 +204,7 @@ type DeviceInfo struct {
 	DriverVersion        int // e.g. 13000 for CUDA 13.0
 	CublasVersion        int
 	CublasLibrary        string
+	CublasLtPins         string // whether the pinned cuBLASLt configurations are on, and why not (cublaslt.go)
 	Multiprocessors      int
 	MaxSharedMemPerBlock int
 }
@@ -286,6 +288,7 @@ func New(opts Options) (b *Backend, err error) {
 		return nil, fmt.Errorf("cuda backend: %w", err)
 	}
 	b.info.CublasVersion = b.blas.version
+	b.lt, b.info.CublasLtPins = newCublasLt(uintptr(unsafe.Pointer(b.stream.C())), b.info.ComputeMajor, b.info.Minor)
 	t3 := time.Now()
 	if err := b.loadKernels(); err != nil {
 		return nil, fmt.Errorf("cuda backend: %s: %w", b.info.Name, err)
@@ -526,6 +529,8 @@ func (b *Backend) release() {
 			*p = 0
 		}
 	}
+	b.lt.destroy()
+	b.lt = nil
 	b.blas.destroy()
 	b.blas = nil
 	for _, m := range b.mods {

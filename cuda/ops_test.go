@@ -77,8 +77,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	info := gpu.Info()
-	fmt.Printf("cuda tests on %s (%s, %s, cuBLAS %d from %s, kernels: %s)\n", info.Name, fmtBytes(info.TotalMemory), info.Detail(), info.CublasVersion,
-		info.CublasLibrary, gpu.KernelCode())
+	fmt.Printf("cuda tests on %s (%s, %s, cuBLAS %d from %s, kernels: %s, cuBLASLt pins: %s)\n", info.Name, fmtBytes(info.TotalMemory), info.Detail(), info.CublasVersion,
+		info.CublasLibrary, gpu.KernelCode(), info.CublasLtPins)
 	code := m.Run()
 	gpuF16.Close()
 	gpuB16.Close()

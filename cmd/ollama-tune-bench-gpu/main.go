@@ -284,7 +284,7 @@ func kernelsName(b *cuda.Backend) string {
 
 func deviceName(b *cuda.Backend) string {
 	i := b.Info()
-	return fmt.Sprintf("%s (%s; kernels: %s)", i.Name, i.Detail(), b.KernelCode())
+	return fmt.Sprintf("%s (%s; kernels: %s; cuBLASLt pins: %s)", i.Name, i.Detail(), b.KernelCode(), i.CublasLtPins)
 }
 
 // syntheticBatch is 16 rows of 64 tokens packing examples of varied
