@@ -410,3 +410,110 @@ extern "C" __global__ void rope_apply_v4(float* qkv, const float2* cs, i64 T, i6
         *(float4*)(p + half) = make_float4(y2[0], y2[1], y2[2], y2[3]);
     }
 }
+
+// lora8_add is lora_dx_r8_lean's update of one dx vector (kernels/lora.cu,
+// v19): o + scale * (g . A)[t, k .. k+3] * mask / (1-p), with g's row gv,
+// A [8,C], the same products and sums in the same order and the same
+// dropout group, so the same float32 values.
+__device__ __forceinline__ float4 lora8_add(float4 o, const float* gv, const float* __restrict__ A, unsigned C,
+                                            unsigned k, unsigned t, float scale, bool drop, u64 seed, unsigned t32,
+                                            float ks) {
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const float4 a = __ldg(reinterpret_cast<const float4*>(A + (j * C + k)));
+        s0 = __fadd_rn(s0, __fmul_rn(gv[j], a.x));
+        s1 = __fadd_rn(s1, __fmul_rn(gv[j], a.y));
+        s2 = __fadd_rn(s2, __fmul_rn(gv[j], a.z));
+        s3 = __fadd_rn(s3, __fmul_rn(gv[j], a.w));
+    }
+    const float v0 = __fmul_rn(scale, s0), v1 = __fmul_rn(scale, s1), v2 = __fmul_rn(scale, s2),
+                v3 = __fmul_rn(scale, s3);
+    if (drop) {
+        // dropped: the value unchanged
+        const u64 hu = dropout_group_hash(seed, (u64)((t * C + k) >> 2));
+        const unsigned lo = (unsigned)hu, hi = (unsigned)(hu >> 32);
+        if ((lo & 0xFFFFu) >= t32) o.x = __fadd_rn(o.x, __fmul_rn(v0, ks));
+        if ((lo >> 16) >= t32) o.y = __fadd_rn(o.y, __fmul_rn(v1, ks));
+        if ((hi & 0xFFFFu) >= t32) o.z = __fadd_rn(o.z, __fmul_rn(v2, ks));
+        if ((hi >> 16) >= t32) o.w = __fadd_rn(o.w, __fmul_rn(v3, ks));
+    } else {
+        o.x = __fadd_rn(o.x, v0), o.y = __fadd_rn(o.y, v1), o.z = __fadd_rn(o.z, v2), o.w = __fadd_rn(o.w, v3);
+    }
+    return o;
+}
+
+// rmsnorm_bwd_lora8 (issue 8, v21): lora_dx_v4_r8l, then rmsnorm_bwd_nc,
+// in one launch. dout holds a linear's dx without its LoRA term (the rank
+// 8 term lora_dx_v4_r8l would add: g [T,8], A [8,C]); each dout vector
+// gets the term added as it is read (lora8_add: lora_dx's float32 values),
+// and the norm's backward runs on the sums as rmsnorm_bwd_nc does (the same
+// thread per vector, the same double sums in the same order, 256 threads a
+// block): the same dx bits as the two launches, without writing the sums
+// to dout and reading them back (2 x 12.6 MB a call at Phi-3-mini's 1,024
+// tokens). dout keeps the values it had. A thread keeps its first four
+// sums in registers for the second pass, and recomputes any further ones.
+// C % 4 == 0, 16-byte aligned rows and A, g's rows 32-byte aligned, T * C
+// < 2^31: the host checks.
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_bwd_lora8(float* dx, const float* dout, const float* x,
+                                                                    const float* w, const float* rstd, i64 C_, i64 acc,
+                                                                    const float* g, const float* A, double scale_d,
+                                                                    u64 seed, double p_d, u64 thr, double ks_d) {
+    __shared__ double red[32];
+    const unsigned t = blockIdx.x, C = (unsigned)C_;
+    const float scale = (float)scale_d, ks = (float)ks_d;
+    const bool drop = p_d > 0.0;
+    const unsigned t32 = (unsigned)thr;
+    const float4 g0 = reinterpret_cast<const float4*>(g + 8u * t)[0], g1 = reinterpret_cast<const float4*>(g + 8u * t)[1];
+    const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+    const i64 C4 = C_ >> 2;
+    const float4 *x4 = (const float4*)(x + (i64)t * C_), *d4 = (const float4*)(dout + (i64)t * C_), *w4 = (const float4*)w;
+    float4* o4 = (float4*)(dx + (i64)t * C_);
+    const float r = rstd[t];
+#define RMS_LORA_SUM(a, gg, ww)                                                                                     \
+    ((double)ww.x * (double)gg.x * (double)a.x + (double)ww.y * (double)gg.y * (double)a.y +                        \
+     (double)ww.z * (double)gg.z * (double)a.z + (double)ww.w * (double)gg.w * (double)a.w)
+#define RMS_LORA_DOUT(k) lora8_add(d4[k], gv, A, C, 4u * (unsigned)(k), t, scale, drop, seed, t32, ks)
+    float4 dv[4];
+    double s = 0.0;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        i64 k = threadIdx.x + (i64)j * blockDim.x;
+        if (k < C4) {
+            float4 a = x4[k], ww = w4[k];
+            dv[j] = RMS_LORA_DOUT(k);
+            s += RMS_LORA_SUM(a, dv[j], ww);
+        }
+    }
+    for (i64 k = threadIdx.x + 4 * (i64)blockDim.x; k < C4; k += blockDim.x) {
+        float4 a = x4[k], ww = w4[k], gg = RMS_LORA_DOUT(k);
+        s += RMS_LORA_SUM(a, gg, ww);
+    }
+    s = block_sum_double(s, red);
+    float c = (float)(-(double)r * (double)r * (double)r * s / (double)C_);
+#define RMS_LORA_ONE(a, gg, ww) __fadd_rn(__fmul_rn(__fmul_rn(r, ww), gg), __fmul_rn(c, a))
+#define RMS_LORA_V4(k, gg)                                                                                          \
+    do {                                                                                                            \
+        float4 a = x4[k], ww = w4[k];                                                                               \
+        float4 y = make_float4(RMS_LORA_ONE(a.x, gg.x, ww.x), RMS_LORA_ONE(a.y, gg.y, ww.y),                       \
+                               RMS_LORA_ONE(a.z, gg.z, ww.z), RMS_LORA_ONE(a.w, gg.w, ww.w));                      \
+        if (acc) {                                                                                                  \
+            float4 o = o4[k];                                                                                       \
+            y = make_float4(__fadd_rn(o.x, y.x), __fadd_rn(o.y, y.y), __fadd_rn(o.z, y.z), __fadd_rn(o.w, y.w));   \
+        }                                                                                                           \
+        o4[k] = y;                                                                                                  \
+    } while (0)
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        i64 k = threadIdx.x + (i64)j * blockDim.x;
+        if (k < C4) RMS_LORA_V4(k, dv[j]);
+    }
+    for (i64 k = threadIdx.x + 4 * (i64)blockDim.x; k < C4; k += blockDim.x) {
+        float4 gg = RMS_LORA_DOUT(k);
+        RMS_LORA_V4(k, gg);
+    }
+#undef RMS_LORA_V4
+#undef RMS_LORA_ONE
+#undef RMS_LORA_DOUT
+#undef RMS_LORA_SUM
+}
