@@ -123,7 +123,6 @@ type Backend struct {
 	stream cu.Stream
 	blas   *cublas
 	lt     *cublasLt // nil: every GEMM through gemmEx (cublaslt.go)
-	pendDx pendingDx // the LoRA input-gradient term left for an RMSNorm backward (normdx.go)
 	mods   []cu.Module
 	fns    map[string]cu.Function
 	// smemOptIn is the dynamic shared memory each kernel has opted in to
@@ -690,12 +689,6 @@ type Tensor struct {
 	// still run on the stash stream; the tensor's next use on the main
 	// stream waits for it first (unwrapRaw, Ptr; stash.go).
 	busy *stashEntry
-	// deferDx: marked by DeferLoRADx, so the next bfloat16 LoRA linear
-	// backward into the tensor may leave its LoRA term pending; loraDx,
-	// when not nil, is the backend holding that term (Backend.pendDx),
-	// added by the first read (settleDx) or by rmsnorm_bwd_lora8 (normdx.go).
-	deferDx bool
-	loraDx  *Backend
 }
 
 func (t *Tensor) Shape() []int { return append([]int(nil), t.shape...) }
@@ -713,10 +706,6 @@ func (t *Tensor) Ptr() cu.DevicePtr {
 	if t.busy != nil {
 		defer t.busy.b.enter("Ptr")()
 		t.waitStash("Ptr")
-	}
-	if t.loraDx != nil {
-		defer t.loraDx.enter("Ptr")()
-		t.settleDx("Ptr")
 	}
 	if b != nil {
 		defer b.enter("Ptr")()
@@ -773,7 +762,6 @@ func unwrapRaw(t finetune.Tensor, want elemKind, op string) *Tensor {
 		panic(&Error{Op: op, Err: fmt.Errorf("expected a %v tensor, got %v %v", want, ct.kind, ct.shape)})
 	}
 	ct.waitStash(op)
-	ct.settleDx(op)
 	return ct
 }
 
@@ -819,8 +807,7 @@ func halfInput(t finetune.Tensor, op string) (*Tensor, bool) {
 func (t *Tensor) readable(op string) {
 	if t != nil && t.unwritten {
 		panic(&Error{Op: op, Err: fmt.Errorf("read a %v tensor that a fused op left unwritten: it was marked by SkipByproduct, "+
-			"so no op may read it (finetune.ByproductSkipper), or RMSNormBackward read it with its LoRA term deferred, "+
-			"so it lacks that term until written again (finetune.LoRADxDeferrer)", t.shape)})
+			"so no op may read it (finetune.ByproductSkipper)", t.shape)})
 	}
 }
 
@@ -939,7 +926,6 @@ func (b *Backend) View(t finetune.Tensor, shape ...int) finetune.Tensor {
 		panic(&Error{Op: "View", Err: fmt.Errorf("expected a cuda tensor, got %T", t)})
 	}
 	ct.waitStash("View")
-	ct.settleDx("View")
 	n := 1
 	for _, s := range shape {
 		if s < 0 {
@@ -1023,7 +1009,6 @@ func (b *Backend) Download(src finetune.Tensor) []float32 {
 	}
 	s.readable("Download")
 	s.waitStash("Download")
-	s.settleDx("Download")
 	if s.half != nil {
 		b.widen(s, "Download")
 	}
@@ -1082,8 +1067,6 @@ func (b *Backend) Zero(t finetune.Tensor) {
 		panic(&Error{Op: "Zero", Err: fmt.Errorf("expected a cuda tensor, got %T", t)})
 	}
 	ct.waitStash("Zero")
-	b.dropLoRADx(ct) // overwritten
-	ct.deferDx = false
 	b.touch(ct)
 	ct.half = nil
 	if ct.n > 0 && ct.ptr != 0 {
@@ -1104,10 +1087,6 @@ func (b *Backend) Copy(dst, src finetune.Tensor) {
 	s.readable("Copy")
 	s.waitStash("Copy")
 	d.waitStash("Copy")
-	s.settleDx("Copy")
-	if d != s {
-		b.dropLoRADx(d) // overwritten
-	}
 	if s.half != nil {
 		b.widen(s, "Copy")
 	}
@@ -1133,12 +1112,10 @@ func (b *Backend) Free(t finetune.Tensor) {
 		return
 	}
 	if ct.view { // its memory is the viewed tensor's
-		b.dropLoRADx(ct)
 		ct.ptr, ct.n, ct.zero, ct.half = 0, 0, nil, nil
 		return
 	}
 	defer b.enter("Free")()
-	b.dropLoRADx(ct)
 	b.dropPack(ct.ptr)
 	b.rawFree(ct.ptr, ct.bytes()) // after the stash's copies too
 	ct.ptr, ct.n, ct.zero, ct.half, ct.busy = 0, 0, nil, nil, nil
@@ -1174,7 +1151,6 @@ const (
 	sLoRAHalf                     // LoRA under BF16: bfloat16 A, B, h, dout . B
 	sWiden                        // a bfloat16 tensor's values on their way to float32 (Tensor.half)
 	sDGateUp                      // SwiGLULinearBackward's d gate_up where the model gives none
-	sLoRADxG                      // a deferred LoRA input-gradient term's dout . B (normdx.go)
 	numScratch
 )
 

@@ -59,7 +59,6 @@ func (b *Backend) addRMSNormForward(op string, sum, out, rstd, a, bt, w finetune
 func (b *Backend) RMSNormBackward(dx, dout, x, w, rstd finetune.Tensor) {
 	const op = "RMSNormBackward"
 	defer b.enter(op)()
-	pd := b.takeLoRADx(dout) // dout's deferred LoRA term (normdx.go), before tensor() would add it
 	do, xs := tensor(dout, kindF32, op), tensor(x, kindF32, op)
 	ws, rs := tensor(w, kindF32, op), tensor(rstd, kindF32, op)
 	d := unwrap(dx, kindF32, op) // last: see lazy zeroing (device.go)
@@ -67,9 +66,6 @@ func (b *Backend) RMSNormBackward(dx, dout, x, w, rstd finetune.Tensor) {
 		panic(&Error{Op: op, Err: fmt.Errorf("dx %v, dout %v, x %v, w %v, rstd %v do not agree", d.shape, do.shape, xs.shape, ws.shape, rs.shape)})
 	}
 	acc := b.takeZero(d) != 0 // every row and column of dx is written
-	if pd != nil && b.rmsNormBackwardLoRADx(op, pd, d, do, xs, ws, rs, acc) {
-		return
-	}
 	b.launch(op, b.rmsBwd, grid1(rs.n), 256, 0, ptrArg(d.ptr), ptrArg(do.ptr), ptrArg(xs.ptr), ptrArg(ws.ptr), ptrArg(rs.ptr), intArg(ws.n),
 		boolArg(acc))
 }

@@ -470,17 +470,7 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, do
 	_, b16, h16, g16 := b.loraHalfBufs(op, T, w.in, w.out, r)
 	nout := int64(T) * int64(w.out)
 	dh := b.scratchBuf(sAct, 2*nout, op)
-	// dx's LoRA term may wait for the RMSNorm backward that reads dx
-	// (DeferLoRADx, normdx.go): g then goes to a scratch buffer of its own.
-	deferDx := d != nil && d.deferDx && b.canDeferDx(d, A, T, w.in, r)
-	if d != nil {
-		d.deferDx = false
-	}
-	gRole := sLoRAG
-	if deferDx {
-		gRole = sLoRADxG
-	}
-	g := b.scratchBuf(gRole, 4*int64(T)*int64(r), op)
+	g := b.scratchBuf(sLoRAG, 4*int64(T)*int64(r), op)
 	rows := sw != nil || canLoRARows(dout, B.ptr, T, w.out, r)
 	// Inside the model's window the two weight-gradient products may wait
 	// for FlushLoRAGrads (loragrads.go), their small operands (and dout's
@@ -544,11 +534,6 @@ func (b *Backend) linearBackwardBF16(op string, d *Tensor, dout cu.DevicePtr, do
 	b.gradGEMM(op, gemmArgs{transA: true, M: r, N: w.in, K: T, alpha: lo.Scale, beta: betaA, A: uintptr(g16), lda: r,
 		B: uintptr(xdh), ldb: w.in, C: uintptr(gA.ptr), ldc: w.in, abType: dataR16BF}, holdA)
 	if d == nil {
-		return
-	}
-	if deferDx {
-		b.pendDx = pendingDx{t: d, g: g, A: A, T: T, in: w.in, lo: lo, seed: seed}
-		d.loraDx = b
 		return
 	}
 	// dx += scale * (g . A) * mask / (1-p), in float32.

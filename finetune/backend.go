@@ -353,22 +353,6 @@ type SwiGLULinearBackwarder interface {
 	SwiGLULinearBackward(dx, dgateUp, dact, gateUp, x Tensor, l *Linear, h Tensor, seed uint64)
 }
 
-// LoRADxDeferrer lets the LoRA term of a linear's input gradient ride in
-// the RMSNorm backward that reads that gradient (issue 8, v21: the CUDA
-// backend then never writes the sum and reads it back). DeferLoRADx(dx)
-// marks dx: the next LinearBackward or SwiGLULinearBackward that writes
-// dx may leave dx's LoRA term pending, and RMSNormBackward(dres, dx, ...)
-// adds it on the fly, with the same results as the two ops. Any other
-// read of dx before that sees the whole gradient. After that
-// RMSNormBackward, dx's memory holds the gradient without its LoRA term:
-// the caller must not read dx (nor another tensor over its memory) until
-// it writes dx again (Zero, a write); the CUDA backend panics on a read of
-// dx itself. The model marks the gradients of the two normed linears'
-// inputs (qkv_proj's, gate_up_proj's) where no finiteness check reads them.
-type LoRADxDeferrer interface {
-	DeferLoRADx(dx Tensor)
-}
-
 // RoPEAttentioner fuses RoPE into attention. With qkv holding q and k
 // before RoPE, AttentionForwardRoPE(out, lse, qkv, pos, ...) gives what
 // RoPEForward on a copy of qkv then AttentionForward on the copy give; with

@@ -931,14 +931,6 @@ func (m *Model) Backward() error {
 	b.Zero(bf.dres)
 	b.RMSNormBackward(bf.dres, bf.dlnf, bf.inputs[L], m.FinalNorm, bf.rstd)
 	grads, batchGrads := b.(LoRAGradBatcher)
-	// deferDx lets a normed linear's LoRA input-gradient term wait for the
-	// norm's backward (LoRADxDeferrer); not where a finiteness check reads
-	// the gradient between the two.
-	deferDx := func(dx Tensor) {
-		if d, ok := b.(LoRADxDeferrer); ok && m.fc == nil {
-			d.DeferLoRADx(dx)
-		}
-	}
 	for li := L - 1; li >= 0; li-- {
 		l := &m.Layers[li]
 		x := bf.inputs[li]
@@ -1005,7 +997,6 @@ func (m *Model) Backward() error {
 		chk("d swiglu", bf.dact)
 		b.Zero(bf.dln)
 		if f, ok := b.(SwiGLULinearBackwarder); ok && m.fc == nil {
-			deferDx(bf.dln) // read next by post_attention_layernorm's backward
 			f.SwiGLULinearBackward(bf.dln, nil, bf.dact, a.gateUp, a.ln2, lin[modGateUp], a.h[modGateUp], s(modGateUp))
 		} else {
 			dgu := bf.dgu
@@ -1049,7 +1040,6 @@ func (m *Model) Backward() error {
 			break
 		}
 		b.Zero(bf.dln)
-		deferDx(bf.dln) // read next by input_layernorm's backward
 		b.LinearBackward(bf.dln, bf.dqkv, a.ln1, lin[modQKV], a.h[modQKV], s(modQKV))
 		if batchGrads {
 			grads.FlushLoRAGrads()
