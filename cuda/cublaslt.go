@@ -173,6 +173,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"unsafe"
 )
 
@@ -252,6 +253,36 @@ type cublasLt struct {
 var ltLibraries = []string{"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so.11",
 	"/usr/local/cuda/lib64/libcublasLt.so.13", "/usr/local/cuda/lib64/libcublasLt.so.12", "/usr/local/cuda/lib64/libcublasLt.so.11"}
 
+var ltLoad struct {
+	once    sync.Once
+	version int
+	err     string
+}
+
+// loadCublasLt opens the cuBLASLt library once per process and returns
+// its version, or why it could not.
+func loadCublasLt() (version int, err string) {
+	ltLoad.once.Do(func() {
+		names := ltLibraries
+		if p := os.Getenv("OLLAMA_TUNE_CUBLASLT"); p != "" {
+			names = []string{p}
+		}
+		var msgs []string
+		for _, n := range names {
+			cn := C.CString(n)
+			msg := C.lt_open(cn)
+			C.free(unsafe.Pointer(cn))
+			if msg == nil {
+				ltLoad.version = int(C.lt_version())
+				return
+			}
+			msgs = append(msgs, C.GoString(msg))
+		}
+		ltLoad.err = "no cuBLASLt: " + strings.Join(msgs, "; ")
+	})
+	return ltLoad.version, ltLoad.err
+}
+
 // newCublasLt opens cuBLASLt for the pins on stream, or returns nil and
 // the reason they are off: switched off, another GPU than sm_90, another
 // library version than the one measured, or no library. None of these is
@@ -263,26 +294,10 @@ func newCublasLt(stream uintptr, major, minor int) (*cublasLt, string) {
 	if major != 9 || minor != 0 {
 		return nil, fmt.Sprintf("off (measured on sm_90, this GPU is sm_%d%d)", major, minor)
 	}
-	names := ltLibraries
-	if p := os.Getenv("OLLAMA_TUNE_CUBLASLT"); p != "" {
-		names = []string{p}
+	v, err := loadCublasLt()
+	if err != "" {
+		return nil, "off (" + err + ")"
 	}
-	var msgs []string
-	opened := false
-	for _, n := range names {
-		cn := C.CString(n)
-		msg := C.lt_open(cn)
-		C.free(unsafe.Pointer(cn))
-		if msg == nil {
-			opened = true
-			break
-		}
-		msgs = append(msgs, C.GoString(msg))
-	}
-	if !opened {
-		return nil, fmt.Sprintf("off (no cuBLASLt: %s)", strings.Join(msgs, "; "))
-	}
-	v := int(C.lt_version())
 	if v < ltVersionMin || v >= ltVersionEnd {
 		return nil, fmt.Sprintf("off (measured with cuBLASLt %d, this is %d)", ltVersionMin, v)
 	}
