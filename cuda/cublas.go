@@ -128,24 +128,32 @@ func loadCublas() (string, error) {
 	blasLoad.once.Do(func() {
 		names := []string{"libcublas.so.13", "libcublas.so.12", "libcublas.so.11",
 			"/usr/local/cuda/lib64/libcublas.so.13", "/usr/local/cuda/lib64/libcublas.so.12", "/usr/local/cuda/lib64/libcublas.so.11"}
-		if p := os.Getenv("OLLAMA_TUNE_CUBLAS"); p != "" {
-			names = []string{p}
-		}
 		var msgs []string
-		for _, n := range names {
-			cn := C.CString(n)
-			msg := C.blas_open(cn)
-			C.free(unsafe.Pointer(cn))
-			if msg == nil {
-				blasLoad.path = n
-				return
-			}
-			msgs = append(msgs, C.GoString(msg))
+		if blasLoad.path, names, msgs = openFirst(names, "OLLAMA_TUNE_CUBLAS", func(p *C.char) *C.char { return C.blas_open(p) }); blasLoad.path == "" {
+			blasLoad.err = fmt.Errorf("cannot load cuBLAS (tried %s): %s; install the CUDA toolkit's cuBLAS (libcublas) or set OLLAMA_TUNE_CUBLAS to its path",
+				strings.Join(names, ", "), strings.Join(msgs, "; "))
 		}
-		blasLoad.err = fmt.Errorf("cannot load cuBLAS (tried %s): %s; install the CUDA toolkit's cuBLAS (libcublas) or set OLLAMA_TUNE_CUBLAS to its path",
-			strings.Join(names, ", "), strings.Join(msgs, "; "))
 	})
 	return blasLoad.path, blasLoad.err
+}
+
+// openFirst tries open on each of names in turn ($env, when set, names the
+// one to try instead) and returns the name it opened, or "" with the names
+// tried and open's messages (nil: opened; else a C string).
+func openFirst(names []string, env string, open func(path *C.char) *C.char) (opened string, tried, msgs []string) {
+	if p := os.Getenv(env); p != "" {
+		names = []string{p}
+	}
+	for _, n := range names {
+		cn := C.CString(n)
+		msg := open(cn)
+		C.free(unsafe.Pointer(cn))
+		if msg == nil {
+			return n, names, nil
+		}
+		msgs = append(msgs, C.GoString(msg))
+	}
+	return "", names, msgs
 }
 
 // cublas is one handle bound to the backend's stream.

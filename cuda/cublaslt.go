@@ -171,10 +171,8 @@ import "C"
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"sync"
-	"unsafe"
 )
 
 // ltConfig is one cuBLASLt configuration: algorithm id, tile id, stages
@@ -263,22 +261,12 @@ var ltLoad struct {
 // its version, or why it could not.
 func loadCublasLt() (version int, err string) {
 	ltLoad.once.Do(func() {
-		names := ltLibraries
-		if p := os.Getenv("OLLAMA_TUNE_CUBLASLT"); p != "" {
-			names = []string{p}
+		opened, _, msgs := openFirst(ltLibraries, "OLLAMA_TUNE_CUBLASLT", func(p *C.char) *C.char { return C.lt_open(p) })
+		if opened == "" {
+			ltLoad.err = "no cuBLASLt: " + strings.Join(msgs, "; ")
+			return
 		}
-		var msgs []string
-		for _, n := range names {
-			cn := C.CString(n)
-			msg := C.lt_open(cn)
-			C.free(unsafe.Pointer(cn))
-			if msg == nil {
-				ltLoad.version = int(C.lt_version())
-				return
-			}
-			msgs = append(msgs, C.GoString(msg))
-		}
-		ltLoad.err = "no cuBLASLt: " + strings.Join(msgs, "; ")
+		ltLoad.version = int(C.lt_version())
 	})
 	return ltLoad.version, ltLoad.err
 }
