@@ -540,7 +540,14 @@ type dequantSlot struct {
 // awaitSlot makes the main stream wait for s's prefetch, if one is pending.
 func (b *Backend) awaitSlot(s *dequantSlot, op string) {
 	if s.pending {
+		if b.waits != nil {
+			b.waits.mark(b.stream)
+			b.waits.shapes = append(b.waits.shapes, fmt.Sprintf("%dx%d", s.out, s.in))
+		}
 		check(op, b.stream.Wait(s.ready, 0))
+		if b.waits != nil {
+			b.waits.mark(b.stream)
+		}
 		s.pending = false
 	}
 }

@@ -122,7 +122,8 @@ type Backend struct {
 	ctx    cu.CUContext
 	stream cu.Stream
 	blas   *cublas
-	lt     *cublasLt // nil: every GEMM through gemmEx (cublaslt.go)
+	lt     *cublasLt  // nil: every GEMM through gemmEx (cublaslt.go)
+	waits  *waitTimer // OLLAMA_TUNE_CUDA_WAITS=1: the main stream's stalls on the prefetch stream (waits.go)
 	mods   []cu.Module
 	fns    map[string]cu.Function
 	// smemOptIn is the dynamic shared memory each kernel has opted in to
@@ -289,6 +290,7 @@ func New(opts Options) (b *Backend, err error) {
 	}
 	b.info.CublasVersion = b.blas.version
 	b.lt, b.info.CublasLtPins = newCublasLt(uintptr(unsafe.Pointer(b.stream.C())), b.info.ComputeMajor, b.info.Minor)
+	b.waits = newWaitTimer()
 	t3 := time.Now()
 	if err := b.loadKernels(); err != nil {
 		return nil, fmt.Errorf("cuda backend: %s: %w", b.info.Name, err)
@@ -531,6 +533,10 @@ func (b *Backend) release() {
 	}
 	b.lt.destroy()
 	b.lt = nil
+	if b.waits != nil {
+		b.waits.destroy()
+		b.waits = nil
+	}
 	b.blas.destroy()
 	b.blas = nil
 	for _, m := range b.mods {

@@ -26,6 +26,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"runtime"
@@ -418,6 +419,11 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 		return secs, nil
 	}
 	for g := 0; g < warmup+steps; g++ {
+		if g == warmup {
+			if _, _, _, err := b.MainStreamWaits(); err != nil { // from the timed steps on (OLLAMA_TUNE_CUDA_WAITS=1)
+				return res, nil, err
+			}
+		}
 		// OLLAMA_TUNE_BENCH_PPROF=file: a CPU profile of the first step
 		// (10 kHz), to see where its extra time goes (allocations, first
 		// launches, cuBLAS's first calls).
@@ -475,6 +481,17 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 	res.DeviceGiB = gib(free0 - minFree)
 	fmt.Printf("ckpt %v: %s %s kernels: %.4f s/step (median %.4f), %.0f tokens/s, setup %.1f s, backend peak %.2f GiB, device in use %.2f GiB\n",
 		ckpt, res.Compute, res.Kernels, res.SPerStep, res.SPerStepMed, float64(res.TokensPerStep)/res.SPerStep, setup, res.PeakGiB, res.DeviceGiB)
+	if n, ms, byShape, err := b.MainStreamWaits(); err != nil {
+		return res, nil, err
+	} else if n > 0 {
+		steps := float64(len(res.StepTimes))
+		var parts []string
+		for _, k := range slices.Sorted(maps.Keys(byShape)) {
+			parts = append(parts, fmt.Sprintf("%s %.3f", k, byShape[k]/steps))
+		}
+		fmt.Printf("ckpt %v: the main stream waited for the prefetch stream's dequantizations %.3f ms a step (%d waits a step; by weight, ms: %s)\n",
+			ckpt, ms/steps, n/len(res.StepTimes), strings.Join(parts, ", "))
+	}
 	if mm := b.MemoryAtPeak(); mm != "" {
 		fmt.Fprint(os.Stderr, mm) // OLLAMA_TUNE_CUDA_MEMMAP
 	}
