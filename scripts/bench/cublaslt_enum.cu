@@ -1,17 +1,20 @@
-// cuBLASLt's whole configuration space for the N = 3072 base GEMMs of the
-// checkpointed step (issue 8, v20): cublaslt_sweep.cu times the
+// cuBLASLt's whole configuration space for the base GEMMs of the
+// checkpointed step (issue 8, v20-v21): cublaslt_sweep.cu times the
 // heuristic's 8 answers, within 2% of cublasGemmEx's pick at every shape;
 // this one enumerates the Hopper algorithm ids cuBLASLt has for bf16 in,
-// fp32 compute (58, 66, 67; the others ran at most 390 TFLOP/s, calls
-// 10-11), every tile, stage count and custom option each lists and six
-// cluster shapes, without split-K, plus the heuristic's answers with their
-// tile and cluster varied, and times those cublasLtMatmulAlgoCheck accepts
-// against cublasGemmEx: the o_proj GEMMs (96 tiles of 128 x 256 on 132
-// SMs) run at ~555 TFLOP/s in the step against 730 for gate_up's. Bits
-// compared with cublasGemmEx's. Attributes are set at their own width
+// fp32 compute (58, 66, 67; the others ran at most 390 TFLOP/s, v20's
+// calls 10-11), every tile, stage count and custom option each lists and
+// six cluster shapes, without split-K, plus the heuristic's answers with
+// their tile and cluster varied, and times those cublasLtMatmulAlgoCheck
+// accepts against cublasGemmEx (warm: the same operands every run). Bits
+// compared with cublasGemmEx's. The 16 fastest with gemmEx's bits are then
+// timed again with the operands rotating through four copies past the L2
+// cache (cold), as the step reads weights just dequantized: the warm
+// ranking's gains did not reach the step (v21), the cold ranking gave
+// cuda/cublaslt.go's ltPins. Attributes are set at their own width
 // (setattr): at 4 bytes the Hopper kernels refuse every configuration.
-// On a GPU machine:
-//   nvcc -O2 -std=c++17 -arch=sm_90 scripts/bench/cublaslt_enum.cu -o /tmp/enum -lcublasLt -lcublas && /tmp/enum
+// On a GPU machine (shapes by name, below; default the four N = 3072 ones):
+//   nvcc -O2 -std=c++17 -arch=sm_90 scripts/bench/cublaslt_enum.cu -o /tmp/enum -lcublasLt -lcublas && /tmp/enum fwd_qkv dx_down
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
