@@ -37,26 +37,33 @@ type profSpan struct {
 }
 
 type profiler struct {
-	events []cu.Event // pool, reused
-	used   int
-	spans  []profSpan
+	eventPool
+	spans []profSpan
 }
 
-// mark records an event on the stream and returns its index.
-func (p *profiler) mark(s cu.Stream) int {
+// eventPool is a reusable set of timing events (the profile's; the
+// stall probe's, waits.go).
+type eventPool struct {
+	op     string // named in errors
+	events []cu.Event
+	used   int
+}
+
+// mark records the pool's next event on the stream and returns its index.
+func (p *eventPool) mark(s cu.Stream) int {
 	if p.used == len(p.events) {
 		ev, err := cu.MakeEvent(cu.DefaultEvent)
 		if err != nil {
-			panic(&Error{Op: "profile", Err: fmt.Errorf("create event: %w", err)})
+			panic(&Error{Op: p.op, Err: fmt.Errorf("create event: %w", err)})
 		}
 		p.events = append(p.events, ev)
 	}
-	check("profile", p.events[p.used].Record(s))
+	check(p.op, p.events[p.used].Record(s))
 	p.used++
 	return p.used - 1
 }
 
-func (p *profiler) destroy() {
+func (p *eventPool) destroy() {
 	for k := range p.events {
 		cu.DestroyEvent(&p.events[k])
 	}
@@ -81,7 +88,7 @@ func (b *Backend) StartProfile() {
 		b.prof, b.profPool = b.profPool, nil
 	}
 	if b.prof == nil {
-		b.prof = &profiler{}
+		b.prof = &profiler{eventPool: eventPool{op: "profile"}}
 	}
 	b.prof.used, b.prof.spans = 0, b.prof.spans[:0]
 }

@@ -5,8 +5,6 @@ package cuda
 import (
 	"fmt"
 	"os"
-
-	"gorgonia.org/cu"
 )
 
 // waitTimer measures how long the main stream stalls on the prefetch
@@ -16,9 +14,8 @@ import (
 // stall beyond the main stream's own work. The probe's events cost ~2 us a
 // wait; no step's numbers change.
 type waitTimer struct {
-	events []cu.Event // pool, in pairs
-	used   int
-	shapes []string // each pair's weight shape ("out x in")
+	eventPool          // in pairs: before and after a wait
+	shapes    []string // each pair's weight shape ("out x in")
 }
 
 // newWaitTimer returns the probe where OLLAMA_TUNE_CUDA_WAITS=1, else nil.
@@ -26,19 +23,7 @@ func newWaitTimer() *waitTimer {
 	if os.Getenv("OLLAMA_TUNE_CUDA_WAITS") != "1" {
 		return nil
 	}
-	return &waitTimer{}
-}
-
-func (w *waitTimer) mark(s cu.Stream) {
-	if w.used == len(w.events) {
-		ev, err := cu.MakeEvent(cu.DefaultEvent)
-		if err != nil {
-			panic(&Error{Op: "waits", Err: fmt.Errorf("create event: %w", err)})
-		}
-		w.events = append(w.events, ev)
-	}
-	check("waits", w.events[w.used].Record(s))
-	w.used++
+	return &waitTimer{eventPool: eventPool{op: "waits"}}
 }
 
 // MainStreamWaits returns the main stream's stalls on the prefetch stream
@@ -65,11 +50,4 @@ func (b *Backend) MainStreamWaits() (n int, ms float64, byShape map[string]float
 	}
 	w.used, w.shapes = 0, w.shapes[:0]
 	return n, ms, byShape, nil
-}
-
-func (w *waitTimer) destroy() {
-	for k := range w.events {
-		cu.DestroyEvent(&w.events[k])
-	}
-	w.events = nil
 }
