@@ -776,19 +776,29 @@ func (b *Backend) gemm(op string, g gemmArgs) {
 	if b.trySkinny(op, g) { // r <= 8 bfloat16 products (skinny.go)
 		return
 	}
-	run, pinned := b.blas.run, ""
-	if p := b.lt.plan(g); p != nil { // a pinned cuBLASLt configuration (cublaslt.go)
-		run, pinned = func(g gemmArgs) error { return b.lt.run(p, g) }, " pinned"
-	}
+	p := b.lt.plan(g) // a pinned cuBLASLt configuration, or nil (cublaslt.go)
 	if b.prof == nil {
-		check(op, run(g))
+		check(op, b.runGEMM(p, g))
 		return
 	}
 	t := map[int]string{dataR32F: "f32", dataR16BF: "bf16", dataR16F: "f16"}[g.abType]
 	if g.cHalf {
 		t += "->bf16"
 	}
-	b.span(fmt.Sprintf("gemm %s %dx%dx%d%s", t, g.M, g.N, g.K, pinned), func() { check(op, run(g)) })
+	name := fmt.Sprintf("gemm %s %dx%dx%d", t, g.M, g.N, g.K)
+	if p != nil {
+		name += " pinned"
+	}
+	b.span(name, func() { check(op, b.runGEMM(p, g)) })
+}
+
+// runGEMM issues g through its pinned plan p, or through gemmEx where p
+// is nil.
+func (b *Backend) runGEMM(p *ltPlan, g gemmArgs) error {
+	if p != nil {
+		return b.lt.run(p, g)
+	}
+	return b.blas.run(g)
 }
 
 // toHalf converts n float32 values at p to the GEMM input type t (a 16-bit

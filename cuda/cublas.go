@@ -206,17 +206,19 @@ type gemmArgs struct {
 	cHalf          bool // C is bfloat16 (abType dataR16BF; Tensor.half), else float32
 }
 
+// blasOp is cuBLAS's operation for a transposed (or not) operand.
+func blasOp(t bool) C.int {
+	if t {
+		return blasOpT
+	}
+	return blasOpN
+}
+
 // run issues the GEMM. cuBLAS is column-major: a row-major C = A.B is the
 // column-major C^T = B^T.A^T, so the operands swap places.
 func (b *cublas) run(g gemmArgs) error {
 	if g.M == 0 || g.N == 0 {
 		return nil
-	}
-	op := func(t bool) C.int {
-		if t {
-			return blasOpT
-		}
-		return blasOpN
 	}
 	var st C.int
 	cType := dataR32F
@@ -227,10 +229,10 @@ func (b *cublas) run(g gemmArgs) error {
 		cType = dataR16BF
 	}
 	if g.abType == dataR32F {
-		st = C.blas_sgemm(b.h, op(g.transB), op(g.transA), C.int(g.N), C.int(g.M), C.int(g.K), C.float(g.alpha),
+		st = C.blas_sgemm(b.h, blasOp(g.transB), blasOp(g.transA), C.int(g.N), C.int(g.M), C.int(g.K), C.float(g.alpha),
 			C.uintptr_t(g.B), C.int(g.ldb), C.uintptr_t(g.A), C.int(g.lda), C.float(g.beta), C.uintptr_t(g.C), C.int(g.ldc))
 	} else {
-		st = C.blas_gemm_ex(b.h, op(g.transB), op(g.transA), C.int(g.N), C.int(g.M), C.int(g.K), C.float(g.alpha),
+		st = C.blas_gemm_ex(b.h, blasOp(g.transB), blasOp(g.transA), C.int(g.N), C.int(g.M), C.int(g.K), C.float(g.alpha),
 			C.uintptr_t(g.B), C.int(g.abType), C.int(g.ldb), C.uintptr_t(g.A), C.int(g.abType), C.int(g.lda), C.float(g.beta),
 			C.uintptr_t(g.C), C.int(cType), C.int(g.ldc), blasCompute32F, blasGemmDefault)
 	}
@@ -253,17 +255,11 @@ func (b *cublas) runBatched(g gemmArgs, As, Bs, Cs uintptr, count int) error {
 	if g.abType == dataR32F || !b.batched() {
 		return fmt.Errorf("cuBLAS batched GEMM %dx%dx%d (types %d): not available", g.M, g.N, g.K, g.abType)
 	}
-	op := func(t bool) C.int {
-		if t {
-			return blasOpT
-		}
-		return blasOpN
-	}
 	cType := dataR32F
 	if g.cHalf {
 		cType = dataR16BF
 	}
-	st := C.blas_gemm_batched_ex(b.h, op(g.transB), op(g.transA), C.int(g.N), C.int(g.M), C.int(g.K), C.float(g.alpha),
+	st := C.blas_gemm_batched_ex(b.h, blasOp(g.transB), blasOp(g.transA), C.int(g.N), C.int(g.M), C.int(g.K), C.float(g.alpha),
 		C.uintptr_t(Bs), C.int(g.abType), C.int(g.ldb), C.uintptr_t(As), C.int(g.abType), C.int(g.lda), C.float(g.beta),
 		C.uintptr_t(Cs), C.int(cType), C.int(g.ldc), C.int(count), blasCompute32F, blasGemmDefault)
 	if st == blasStatusAllocFailed {

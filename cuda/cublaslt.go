@@ -220,6 +220,8 @@ var ltPinned = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lt-pin")
 const ltVersionMin, ltVersionEnd = 130100, 130200
 
 // ltKey is a GEMM's whole layout: a plan's descriptors hold the strides.
+// plans keeps every layout seen, a nil plan where no pin matches, so each
+// GEMM costs one map lookup.
 type ltKey struct {
 	transA, transB bool
 	M, N, K        int
@@ -301,19 +303,13 @@ func (l *cublasLt) destroy() {
 		return
 	}
 	for _, p := range l.plans {
-		C.lt_plan_free(&p.p)
+		if p != nil {
+			C.lt_plan_free(&p.p)
+		}
 	}
 	l.plans = nil
 	C.lt_destroy(l.h)
 	l.h = 0
-}
-
-// blasOp is cuBLAS's operation for a transposed (or not) operand.
-func blasOp(t bool) C.int {
-	if t {
-		return blasOpT
-	}
-	return blasOpN
 }
 
 // pinFor returns g's pin, or nil.
@@ -338,14 +334,12 @@ func (l *cublasLt) plan(g gemmArgs) *ltPlan {
 	k := ltKey{g.transA, g.transB, g.M, g.N, g.K, g.lda, g.ldb, g.ldc, g.abType, g.cHalf}
 	p, seen := l.plans[k]
 	if !seen {
-		pin := pinFor(g)
-		if pin == nil {
-			return nil // not kept: one map lookup less than a miss each time costs
+		if pin := pinFor(g); pin != nil {
+			p = l.makePlan(g, pin)
 		}
-		p = l.makePlan(g, pin)
-		l.plans[k] = p
+		l.plans[k] = p // nil: no pin for this layout
 	}
-	if !p.ok {
+	if p == nil || !p.ok {
 		return nil
 	}
 	return p
@@ -396,7 +390,7 @@ func (l *cublasLt) refused() []string {
 	}
 	var out []string
 	for _, p := range l.plans {
-		if !p.ok {
+		if p != nil && !p.ok {
 			out = append(out, p.why)
 		}
 	}
