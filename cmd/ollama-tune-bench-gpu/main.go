@@ -77,6 +77,9 @@ type result struct {
 	Losses        []float64 `json:"losses,omitempty"`
 	GradNorms     []float64 `json:"grad_norms,omitempty"`
 	Profile       []profRow `json:"profile,omitempty"`
+	SMClockMHz    float64   `json:"sm_clock_mhz,omitempty"`  // the timed steps' mean SM clock (NVML)
+	PowerW        float64   `json:"power_w,omitempty"`       // their mean board power
+	PowerCapPct   float64   `json:"power_cap_pct,omitempty"` // the share of samples at the software power cap
 	BusyMs        float64   `json:"busy_ms,omitempty"`
 	WallMs        float64   `json:"wall_ms,omitempty"`
 	Note          string    `json:"note,omitempty"`
@@ -418,10 +421,17 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 		}
 		return secs, nil
 	}
+	var power *cuda.PowerSampler
 	for g := 0; g < warmup+steps; g++ {
 		if g == warmup {
 			if _, _, _, err := b.MainStreamWaits(); err != nil { // from the timed steps on (OLLAMA_TUNE_CUDA_WAITS=1)
 				return res, nil, err
+			}
+			// The clock and power of the timed steps (v22: the board
+			// reaches its power cap within a second and the clock
+			// follows). Without NVML the rows say nothing of it.
+			if power, err = b.StartPowerSampling(20 * time.Millisecond); err != nil {
+				fmt.Fprintf(os.Stderr, "no clock samples: %v\n", err)
 			}
 		}
 		// OLLAMA_TUNE_BENCH_PPROF=file: a CPU profile of the first step
@@ -468,6 +478,12 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 		}
 		fmt.Printf("ckpt %-5v step %3d: %.4f s (forward %.4f s, host done %.4f s), loss %.4f, grad norm %.4f\n", ckpt, g+1, secs, fwdS, hostS, res.Losses[g], res.GradNorms[g])
 	}
+	var clocks string
+	if power != nil {
+		ps := power.Stop()
+		res.SMClockMHz, res.PowerW, res.PowerCapPct = ps.MeanSMMHz, ps.MeanPowerW, 100*ps.CappedFrac
+		clocks = "; " + ps.String()
+	}
 	var sum float64
 	for _, s := range res.StepTimes {
 		sum += s
@@ -479,8 +495,8 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 	_, peak := b.Allocated()
 	res.PeakGiB = gib(peak)
 	res.DeviceGiB = gib(free0 - minFree)
-	fmt.Printf("ckpt %v: %s %s kernels: %.4f s/step (median %.4f), %.0f tokens/s, setup %.1f s, backend peak %.2f GiB, device in use %.2f GiB\n",
-		ckpt, res.Compute, res.Kernels, res.SPerStep, res.SPerStepMed, float64(res.TokensPerStep)/res.SPerStep, setup, res.PeakGiB, res.DeviceGiB)
+	fmt.Printf("ckpt %v: %s %s kernels: %.4f s/step (median %.4f), %.0f tokens/s, setup %.1f s, backend peak %.2f GiB, device in use %.2f GiB%s\n",
+		ckpt, res.Compute, res.Kernels, res.SPerStep, res.SPerStepMed, float64(res.TokensPerStep)/res.SPerStep, setup, res.PeakGiB, res.DeviceGiB, clocks)
 	if n, ms, byShape, err := b.MainStreamWaits(); err != nil {
 		return res, nil, err
 	} else if n > 0 {
@@ -631,8 +647,8 @@ func printTable(w io.Writer, path string, total int) error {
 	}
 	fmt.Fprintf(w, "Phi-3-mini shapes, batch 16 x 64 tokens, LoRA r=8 on qkv/o/gate_up/down; %s. s/step: mean of the timed steps after warm-up; total: s/step x %d (extrapolated); MFU: 4 x %.2fe9 FLOPs per token at %.0f TFLOP/s.\n\n",
 		device, total, nParams/1e9, peakTFLOPS)
-	fmt.Fprintln(w, "| run | s/step | total s (220 steps, extrapolated) | tokens/s | MFU | peak GiB | load+quantize s | speed-up vs baseline |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| run | s/step | total s (220 steps, extrapolated) | tokens/s | MFU | peak GiB | load+quantize s | speed-up vs baseline | SM clock MHz, W (power-capped) |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rs {
 		if r.Kind != "train" || r.SPerStep <= 0 {
 			continue
@@ -665,7 +681,11 @@ func printTable(w io.Writer, path string, total int) error {
 		if bl, ok := base[r.Ckpt]; ok && bl.SPerStep > 0 {
 			ratio = fmt.Sprintf("%.2fx", bl.SPerStep/r.SPerStep)
 		}
-		fmt.Fprintf(w, "| %s | %.4f | %.1f | %.0f | %.1f%% | %.2f | %s | %s |\n", name, r.SPerStep, r.SPerStep*float64(total), tps, 100*mfu, r.PeakGiB, ld, ratio)
+		clock := "-"
+		if r.SMClockMHz > 0 {
+			clock = fmt.Sprintf("%.0f, %.0f (%.0f%%)", r.SMClockMHz, r.PowerW, r.PowerCapPct)
+		}
+		fmt.Fprintf(w, "| %s | %.4f | %.1f | %.0f | %.1f%% | %.2f | %s | %s | %s |\n", name, r.SPerStep, r.SPerStep*float64(total), tps, 100*mfu, r.PeakGiB, ld, ratio, clock)
 	}
 	for _, r := range rs {
 		if r.Kind == "load" {

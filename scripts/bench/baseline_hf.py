@@ -56,6 +56,53 @@ def batch(seed, V, B=16, S=64):
     return ids.cuda(), ids.clone().cuda()
 
 
+class PowerSampler:
+    """The SM clock and board power every 20 ms through NVML (ctypes, as
+    cmd/ollama-tune-bench-gpu does with cuda.StartPowerSampling), for the
+    rows' clock column; nothing where NVML cannot be opened."""
+
+    def __init__(self):
+        import ctypes
+        import threading
+
+        self.samples, self.stop = [], threading.Event()
+        try:
+            nv = ctypes.CDLL("libnvidia-ml.so.1")
+            if nv.nvmlInit_v2() != 0:
+                raise OSError("nvmlInit_v2")
+            p = torch.cuda.get_device_properties(torch.cuda.current_device())
+            bus = f"{p.pci_domain_id:08x}:{p.pci_bus_id:02x}:{p.pci_device_id:02x}.0".encode()
+            h = ctypes.c_void_p()
+            if nv.nvmlDeviceGetHandleByPciBusId_v2(bus, ctypes.byref(h)) != 0:
+                raise OSError(f"no NVML handle for {bus}")
+        except (OSError, AttributeError) as e:
+            log(f"no clock samples: {e}")
+            self.thread = None
+            return
+
+        def run():
+            mhz, mw, why = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_ulonglong()
+            while not self.stop.wait(0.02):
+                if (nv.nvmlDeviceGetClockInfo(h, 1, ctypes.byref(mhz)) == 0 and nv.nvmlDeviceGetPowerUsage(h, ctypes.byref(mw)) == 0
+                        and nv.nvmlDeviceGetCurrentClocksThrottleReasons(h, ctypes.byref(why)) == 0):
+                    self.samples.append((mhz.value, mw.value / 1000, why.value & 0x4 != 0))
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def finish(self):
+        """Stops sampling; the result fields (empty without samples)."""
+        if self.thread is None:
+            return {}
+        self.stop.set()
+        self.thread.join()
+        n = len(self.samples)
+        if n == 0:
+            return {}
+        return {"sm_clock_mhz": sum(s[0] for s in self.samples) / n, "power_w": sum(s[1] for s in self.samples) / n,
+                "power_cap_pct": 100 * sum(s[2] for s in self.samples) / n}
+
+
 def train(model, ckpt, steps, warmup, total, ids, labels, device_name):
     if ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -71,7 +118,10 @@ def train(model, ckpt, steps, warmup, total, ids, labels, device_name):
     free0, _ = torch.cuda.mem_get_info()
     min_free = free0
     times, losses, norms = [], [], []
+    power = None
     for g in range(warmup + steps):
+        if g == warmup:
+            power = PowerSampler()
         t0 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = model(input_ids=ids, labels=labels)
@@ -88,11 +138,15 @@ def train(model, ckpt, steps, warmup, total, ids, labels, device_name):
         if g >= warmup:
             times.append(dt)
         log(f"hf ckpt {ckpt} step {g + 1}: {dt:.4f} s, loss {losses[-1]:.4f}, grad norm {norms[-1]:.4f}")
+    clocks = power.finish() if power else {}
     peak = torch.cuda.max_memory_allocated() / 2**30
     del opt, sched
     s = sum(times) / len(times)
-    log(f"hf ckpt {ckpt}: {s:.4f} s/step (median {statistics.median(times):.4f}), {1024 / s:.0f} tokens/s, peak allocated {peak:.2f} GiB")
-    return {
+    cl = ""
+    if clocks:
+        cl = f"; SM clock {clocks['sm_clock_mhz']:.0f} MHz, {clocks['power_w']:.0f} W, power-capped in {clocks['power_cap_pct']:.0f}% of samples"
+    log(f"hf ckpt {ckpt}: {s:.4f} s/step (median {statistics.median(times):.4f}), {1024 / s:.0f} tokens/s, peak allocated {peak:.2f} GiB{cl}")
+    return clocks | {
         "impl": "transformers+peft", "kind": "train", "device": device_name, "compute": "bfloat16", "ckpt": ckpt,
         "steps": steps, "warmup": warmup, "total_steps": total, "tokens_per_step": ids.numel(),
         "s_per_step": s, "s_per_step_median": statistics.median(times), "step_times": times,

@@ -1,0 +1,28 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"testing"
+	"time"
+)
+
+// TestPowerSampling: NVML gives the GPU's SM clock, power and limit while
+// the sampler runs (the benchmark's clock column, v22); a machine without
+// NVML skips, saying why.
+func TestPowerSampling(t *testing.T) {
+	s, err := gpu.StartPowerSampling(5 * time.Millisecond)
+	if err != nil {
+		t.Skip(err)
+	}
+	time.Sleep(60 * time.Millisecond)
+	st := s.Stop()
+	t.Log(st)
+	if st.Samples < 2 || st.MeanSMMHz <= 0 || st.MinSMMHz <= 0 || st.MinSMMHz > st.MeanSMMHz || st.MeanPowerW <= 0 || st.LimitW <= 0 ||
+		st.CappedFrac < 0 || st.CappedFrac > 1 {
+		t.Errorf("implausible samples: %+v", st)
+	}
+	if st.MeanPowerW > 1.5*st.LimitW {
+		t.Errorf("power %.0f W far above the limit %.0f W: the units are wrong", st.MeanPowerW, st.LimitW)
+	}
+}
