@@ -28,7 +28,7 @@ static nvml_init_t nvml_p_init;
 static nvml_by_bus_t nvml_p_by_bus;
 static nvml_clock_t nvml_p_clock;
 static nvml_uint_t nvml_p_power, nvml_p_limit;
-static nvml_ull_t nvml_p_reasons;
+static nvml_ull_t nvml_p_reasons, nvml_p_energy;
 
 static const char* nvml_open(const char* path) {
 	void* lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -40,7 +40,8 @@ static const char* nvml_open(const char* path) {
 	nvml_p_limit = (nvml_uint_t)dlsym(lib, "nvmlDeviceGetEnforcedPowerLimit");
 	nvml_p_reasons = (nvml_ull_t)dlsym(lib, "nvmlDeviceGetCurrentClocksEventReasons");
 	if (!nvml_p_reasons) nvml_p_reasons = (nvml_ull_t)dlsym(lib, "nvmlDeviceGetCurrentClocksThrottleReasons");
-	if (!nvml_p_init || !nvml_p_by_bus || !nvml_p_clock || !nvml_p_power || !nvml_p_limit || !nvml_p_reasons) {
+	nvml_p_energy = (nvml_ull_t)dlsym(lib, "nvmlDeviceGetTotalEnergyConsumption");
+	if (!nvml_p_init || !nvml_p_by_bus || !nvml_p_clock || !nvml_p_power || !nvml_p_limit || !nvml_p_reasons || !nvml_p_energy) {
 		dlclose(lib);
 		return "an NVML function (nvmlInit_v2, nvmlDeviceGetClockInfo, nvmlDeviceGetPowerUsage, ...) is missing";
 	}
@@ -66,6 +67,8 @@ static int nvml_sample(void* h, unsigned* mhz, unsigned* mw, unsigned long long*
 	return st;
 }
 static int nvml_limit(void* h, unsigned* mw) { return nvml_p_limit(h, mw); }
+// nvml_energy: the board's energy since the driver loaded (mJ).
+static int nvml_energy(void* h, unsigned long long* mj) { return nvml_p_energy(h, mj); }
 */
 import "C"
 
@@ -84,6 +87,8 @@ type PowerStats struct {
 	MeanPowerW float64 // the board's power draw's mean
 	LimitW     float64 // the enforced power limit
 	CappedFrac float64 // the share of samples with the software power cap in force
+	EnergyJ    float64 // the board's energy between start and Stop (its counter, not the samples)
+	Seconds    float64 // the time between start and Stop
 }
 
 // String is one line for the benchmark's output.
@@ -91,8 +96,8 @@ func (s PowerStats) String() string {
 	if s.Samples == 0 {
 		return "no clock samples"
 	}
-	return fmt.Sprintf("SM clock %.0f MHz (min %.0f), %.0f W of %.0f W, power-capped in %.0f%% of %d samples",
-		s.MeanSMMHz, s.MinSMMHz, s.MeanPowerW, s.LimitW, 100*s.CappedFrac, s.Samples)
+	return fmt.Sprintf("SM clock %.0f MHz (min %.0f), %.0f W of %.0f W, power-capped in %.0f%% of %d samples, %.1f J in %.2f s (%.0f W)",
+		s.MeanSMMHz, s.MinSMMHz, s.MeanPowerW, s.LimitW, 100*s.CappedFrac, s.Samples, s.EnergyJ, s.Seconds, s.EnergyJ/max(s.Seconds, 1e-9))
 }
 
 // nvmlPowerCap is NVML's clock event reason "SW power cap".
@@ -110,6 +115,8 @@ type PowerSampler struct {
 	limitW float64
 	stop   chan struct{}
 	done   chan PowerStats
+	mj0    C.ulonglong // the energy counter at the start
+	t0     time.Time
 }
 
 // StartPowerSampling starts sampling the backend's GPU every interval. It
@@ -134,6 +141,10 @@ func (b *Backend) StartPowerSampling(interval time.Duration) (*PowerSampler, err
 		return nil, fmt.Errorf("NVML: power limit (status %d)", int(st))
 	}
 	s := &PowerSampler{h: h, limitW: float64(mw) / 1000, stop: make(chan struct{}), done: make(chan PowerStats, 1)}
+	if st := C.nvml_energy(h, &s.mj0); st != 0 {
+		return nil, fmt.Errorf("NVML: energy counter (status %d)", int(st))
+	}
+	s.t0 = time.Now()
 	go s.run(interval)
 	return s, nil
 }
@@ -172,8 +183,18 @@ func (s *PowerSampler) run(interval time.Duration) {
 	}
 }
 
-// Stop ends the sampling and returns its summary.
+// Stop ends the sampling and returns its summary. The energy is the
+// counter's difference (the driver updates it every few ms): call Stop
+// right after the GPU's last work of the window.
 func (s *PowerSampler) Stop() PowerStats {
+	var mj C.ulonglong
+	ok := C.nvml_energy(s.h, &mj) == 0
+	secs := time.Since(s.t0).Seconds()
 	close(s.stop)
-	return <-s.done
+	st := <-s.done
+	if ok {
+		st.EnergyJ = float64(mj-s.mj0) / 1000
+	}
+	st.Seconds = secs
+	return st
 }

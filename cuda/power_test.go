@@ -22,6 +22,9 @@ func TestPowerSampling(t *testing.T) {
 		st.CappedFrac < 0 || st.CappedFrac > 1 {
 		t.Errorf("implausible samples: %+v", st)
 	}
+	if st.Seconds < 0.05 || st.EnergyJ <= 0 || st.EnergyJ/st.Seconds > 1.5*st.LimitW {
+		t.Errorf("energy %.3f J in %.3f s: implausible", st.EnergyJ, st.Seconds)
+	}
 	if st.MeanPowerW > 1.5*st.LimitW {
 		t.Errorf("power %.0f W far above the limit %.0f W: the units are wrong", st.MeanPowerW, st.LimitW)
 	}

@@ -80,6 +80,7 @@ type result struct {
 	SMClockMHz    float64   `json:"sm_clock_mhz,omitempty"`  // the timed steps' mean SM clock (NVML)
 	PowerW        float64   `json:"power_w,omitempty"`       // their mean board power
 	PowerCapPct   float64   `json:"power_cap_pct,omitempty"` // the share of samples at the software power cap
+	JPerStep      float64   `json:"j_per_step,omitempty"`    // the board's energy a timed step (NVML's counter)
 	BusyMs        float64   `json:"busy_ms,omitempty"`
 	WallMs        float64   `json:"wall_ms,omitempty"`
 	Note          string    `json:"note,omitempty"`
@@ -482,7 +483,8 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 	if power != nil {
 		ps := power.Stop()
 		res.SMClockMHz, res.PowerW, res.PowerCapPct = ps.MeanSMMHz, ps.MeanPowerW, 100*ps.CappedFrac
-		clocks = "; " + ps.String()
+		res.JPerStep = ps.EnergyJ / float64(steps)
+		clocks = fmt.Sprintf("; %s, %.2f J a step", ps, res.JPerStep)
 	}
 	var sum float64
 	for _, s := range res.StepTimes {
@@ -647,7 +649,7 @@ func printTable(w io.Writer, path string, total int) error {
 	}
 	fmt.Fprintf(w, "Phi-3-mini shapes, batch 16 x 64 tokens, LoRA r=8 on qkv/o/gate_up/down; %s. s/step: mean of the timed steps after warm-up; total: s/step x %d (extrapolated); MFU: 4 x %.2fe9 FLOPs per token at %.0f TFLOP/s.\n\n",
 		device, total, nParams/1e9, peakTFLOPS)
-	fmt.Fprintln(w, "| run | s/step | total s (220 steps, extrapolated) | tokens/s | MFU | peak GiB | load+quantize s | speed-up vs baseline | SM clock MHz, W (power-capped) |")
+	fmt.Fprintln(w, "| run | s/step | total s (220 steps, extrapolated) | tokens/s | MFU | peak GiB | load+quantize s | speed-up vs baseline | SM clock MHz (at the power cap) |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rs {
 		if r.Kind != "train" || r.SPerStep <= 0 {
@@ -683,7 +685,7 @@ func printTable(w io.Writer, path string, total int) error {
 		}
 		clock := "-"
 		if r.SMClockMHz > 0 {
-			clock = fmt.Sprintf("%.0f, %.0f (%.0f%%)", r.SMClockMHz, r.PowerW, r.PowerCapPct)
+			clock = fmt.Sprintf("%.0f (%.0f%%)", r.SMClockMHz, r.PowerCapPct)
 		}
 		fmt.Fprintf(w, "| %s | %.4f | %.1f | %.0f | %.1f%% | %.2f | %s | %s | %s |\n", name, r.SPerStep, r.SPerStep*float64(total), tps, 100*mfu, r.PeakGiB, ld, ratio, clock)
 	}

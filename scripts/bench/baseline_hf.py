@@ -80,6 +80,9 @@ class PowerSampler:
             self.thread = None
             return
 
+        self.nv, self.h = nv, h
+        self.mj0 = self.energy()
+
         def run():
             mhz, mw, why = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_ulonglong()
             while not self.stop.wait(0.02):
@@ -90,17 +93,28 @@ class PowerSampler:
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
 
-    def finish(self):
+    def energy(self):
+        """The board's energy counter (mJ), or None."""
+        import ctypes
+
+        mj = ctypes.c_ulonglong()
+        return mj.value if self.nv.nvmlDeviceGetTotalEnergyConsumption(self.h, ctypes.byref(mj)) == 0 else None
+
+    def finish(self, steps):
         """Stops sampling; the result fields (empty without samples)."""
         if self.thread is None:
             return {}
+        mj = self.energy()
         self.stop.set()
         self.thread.join()
         n = len(self.samples)
         if n == 0:
             return {}
-        return {"sm_clock_mhz": sum(s[0] for s in self.samples) / n, "power_w": sum(s[1] for s in self.samples) / n,
-                "power_cap_pct": 100 * sum(s[2] for s in self.samples) / n}
+        r = {"sm_clock_mhz": sum(s[0] for s in self.samples) / n, "power_w": sum(s[1] for s in self.samples) / n,
+             "power_cap_pct": 100 * sum(s[2] for s in self.samples) / n}
+        if mj is not None and self.mj0 is not None:
+            r["j_per_step"] = (mj - self.mj0) / 1000 / steps
+        return r
 
 
 def train(model, ckpt, steps, warmup, total, ids, labels, device_name):
@@ -138,13 +152,15 @@ def train(model, ckpt, steps, warmup, total, ids, labels, device_name):
         if g >= warmup:
             times.append(dt)
         log(f"hf ckpt {ckpt} step {g + 1}: {dt:.4f} s, loss {losses[-1]:.4f}, grad norm {norms[-1]:.4f}")
-    clocks = power.finish() if power else {}
+    clocks = power.finish(steps) if power else {}
     peak = torch.cuda.max_memory_allocated() / 2**30
     del opt, sched
     s = sum(times) / len(times)
     cl = ""
     if clocks:
         cl = f"; SM clock {clocks['sm_clock_mhz']:.0f} MHz, {clocks['power_w']:.0f} W, power-capped in {clocks['power_cap_pct']:.0f}% of samples"
+        if "j_per_step" in clocks:
+            cl += f", {clocks['j_per_step']:.2f} J a step"
     log(f"hf ckpt {ckpt}: {s:.4f} s/step (median {statistics.median(times):.4f}), {1024 / s:.0f} tokens/s, peak allocated {peak:.2f} GiB{cl}")
     return clocks | {
         "impl": "transformers+peft", "kind": "train", "device": device_name, "compute": "bfloat16", "ckpt": ckpt,
