@@ -22,7 +22,9 @@ import (
 
 // The outputs of a finished run, in output_dir:
 //
-//	adapter_model.safetensors, adapter_config.json   the adapter (PEFT 0.21 format)
+//	adapter_model.safetensors, adapter_config.json   the adapter (PEFT 0.21 format;
+//	                     the bytes of the checkpoint saved at the last step,
+//	                     where there is one: finalAdapterFiles)
 //	tokenizer files      copied from the model folder (what the Trainer saves
 //	                     with its processing_class)
 //	README.md            model card: base, data, settings, final losses
@@ -48,7 +50,7 @@ var TokenizerFiles = []string{
 // writeOutputs writes the final files of a run.
 func (tr *trainer) writeOutputs(res *Result) error {
 	out := tr.job.outputDir()
-	files, err := tr.adapterFiles()
+	files, err := tr.finalAdapterFiles()
 	if err != nil {
 		return fmt.Errorf("write outputs to %s: %w", out, err)
 	}

@@ -517,6 +517,10 @@ type trainer struct {
 	started    time.Time
 
 	lastSave int // step of the last checkpoint (-1: none)
+	// savedDir: the checkpoint this process wrote last (at lastSave unless
+	// a resume set lastSave since), whose adapter files the outputs copy
+	// (finalAdapterFiles).
+	savedDir string
 	// fileTimes: what each file of the checkpoint being written took
 	// (stageFile), for its debug log line.
 	fileTimes []fileTime

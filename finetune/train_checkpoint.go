@@ -249,6 +249,39 @@ func (tr *trainer) adapterFiles() ([]peft.File, error) {
 	}, nil
 }
 
+// finalAdapterFiles are the adapter's files for output_dir. Where this
+// process saved a checkpoint at the step training ended on (the tutorial's
+// save_steps do), their bytes are that checkpoint's, copied from its files
+// (from the page cache: ~10 ms for Phi-3-mini's 50 MB) rather than fetched
+// from the backend and encoded a second time (0.05-0.10 s). Copies, not
+// hard links: a tool that rewrites the output's adapter in place (a
+// safetensors save into the folder) must not change the checkpoint's.
+// Where a checkpoint file cannot be opened the file is encoded as
+// adapterFiles' are.
+func (tr *trainer) finalAdapterFiles() ([]peft.File, error) {
+	if tr.savedDir == "" || tr.lastSave != tr.step {
+		return tr.adapterFiles()
+	}
+	var encoded []peft.File
+	file := func(i int, name string) peft.File {
+		return tr.stageFile(name, func(w io.Writer) error {
+			if f, err := os.Open(filepath.Join(tr.savedDir, name)); err == nil {
+				defer f.Close()
+				_, err = io.Copy(w, f)
+				return err
+			}
+			if encoded == nil {
+				var err error
+				if encoded, err = tr.adapterFiles(); err != nil {
+					return err
+				}
+			}
+			return encoded[i].Write(w)
+		})
+	}
+	return []peft.File{file(0, peft.WeightsName), file(1, peft.ConfigName)}, nil
+}
+
 // saveCheckpoint writes checkpoint-<step> and removes the oldest beyond
 // save_total_limit.
 func (tr *trainer) saveCheckpoint() (string, error) {
@@ -307,7 +340,7 @@ func (tr *trainer) saveCheckpoint() (string, error) {
 		return "", fmt.Errorf("checkpoint %s: %w", dir, err)
 	}
 	atomicfile.SyncDir(out)
-	tr.lastSave = tr.step
+	tr.lastSave, tr.savedDir = tr.step, dir
 	tr.emit(LogEvent{Level: "debug", Message: fmt.Sprintf("%s written in %.2f s (each file's encoding and write, before its sync: %s)",
 		dir, time.Since(t0).Seconds(), tr.fileTimesLine(dir))})
 	tr.emit(CheckpointEvent{Step: tr.step, Path: dir})

@@ -71,6 +71,20 @@ func TestTrainResumeBitwise(t *testing.T) {
 	}
 	want := readFile(t, filepath.Join(full.Training.OutputDir, peft.WeightsName))
 	wantOpt := readFile(t, filepath.Join(full.Training.OutputDir, "checkpoint-6", optimizerFile))
+	// The run ended on a save step: the output's adapter files are
+	// checkpoint-6's bytes (finalAdapterFiles copies them), in files of
+	// their own.
+	for _, name := range []string{peft.WeightsName, peft.ConfigName} {
+		a, b := filepath.Join(full.Training.OutputDir, name), filepath.Join(full.Training.OutputDir, "checkpoint-6", name)
+		if !bytes.Equal(readFile(t, a), readFile(t, b)) {
+			t.Errorf("%s differs from checkpoint-6's", name)
+		}
+		if fa, err := os.Stat(a); err != nil {
+			t.Error(err)
+		} else if fb, err := os.Stat(b); err != nil || os.SameFile(fa, fb) {
+			t.Errorf("%s is checkpoint-6's very file (%v)", name, err)
+		}
+	}
 
 	// Cancel after step 3 (the emit callback runs on the training goroutine,
 	// so the cancel lands before step 4 starts).
