@@ -97,7 +97,7 @@ func main() {
 	warmup := flag.Int("warmup", 3, "untimed steps before them")
 	total := flag.Int("total", 220, "steps of the tutorial run (the schedule's length; totals are extrapolated to it)")
 	ckptFlag := flag.String("ckpt", "on,off", "gradient checkpointing settings to run: on, off or on,off (none: no training, with -load)")
-	compute := flag.String("compute", "bf16", "compute dtype: bf16 or f32")
+	compute := flag.String("compute", "bf16", "compute dtype: bf16, f16 or f32")
 	load := flag.String("load", "", "also time loading this checkpoint directory (bf16 safetensors) with NF4 quantization")
 	profile := flag.Bool("profile", false, "profile one extra step of each run, kernel by kernel")
 	out := flag.String("out", "", "append the results as JSON lines to this file")
@@ -119,8 +119,10 @@ func main() {
 	case "bf16":
 	case "f32", "float32":
 		dt = finetune.F32
+	case "f16", "float16":
+		dt = finetune.F16
 	default:
-		fatal(fmt.Errorf("-compute %q: use bf16 or f32", *compute))
+		fatal(fmt.Errorf("-compute %q: use bf16, f16 or f32", *compute))
 	}
 	var results []result
 	emit := func(r result) {
@@ -535,14 +537,12 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 // category groups the profile's names for the notes.
 func category(name string) string {
 	switch {
-	case strings.HasPrefix(name, "gemm bf16") && loraShape(name):
-		return "LoRA GEMMs (bf16, cuBLAS)"
-	case strings.HasPrefix(name, "gemm bf16"):
-		return "base GEMMs (bf16, cuBLAS)"
+	case strings.HasPrefix(name, "gemm ") && loraShape(name):
+		return "LoRA GEMMs (" + gemmType(name) + ", cuBLAS)"
+	case strings.HasPrefix(name, "gemm "):
+		return "base GEMMs (" + gemmType(name) + ", cuBLAS)"
 	case strings.HasPrefix(name, "skinny bf16"):
 		return "LoRA GEMMs (bf16, skinny kernels)"
-	case strings.HasPrefix(name, "gemm f32"):
-		return "LoRA GEMMs (fp32, cuBLAS)"
 	case strings.HasPrefix(name, "nf4_dequant"):
 		return "NF4 dequantization"
 	case strings.HasPrefix(name, "attn_"):
@@ -553,6 +553,8 @@ func category(name string) string {
 		return "LoRA (fused kernels)"
 	case strings.HasPrefix(name, "f32_to_bf16"):
 		return "fp32 -> bf16 casts of GEMM inputs"
+	case strings.HasPrefix(name, "f32_to_f16"):
+		return "fp32 -> f16 casts of GEMM inputs"
 	case strings.HasPrefix(name, "adamw") || strings.HasPrefix(name, "sumsq_multi") || name == "clip_finish" || strings.HasPrefix(name, "scale_multi"):
 		return "optimizer and clipping"
 	case name == "memset" || name == "memcpy":
@@ -563,12 +565,27 @@ func category(name string) string {
 	return "norms, RoPE, SwiGLU, adds, embedding"
 }
 
-// loraShape says whether a "gemm T MxNxK" span is a LoRA product: one of
-// its dimensions is a rank (at most 16), where the base GEMMs' are all
-// model widths or token counts.
+// gemmType is a "gemm T MxNxK ..." span's operand type, as the categories
+// name it (fp32 for f32).
+func gemmType(name string) string {
+	f := strings.Fields(name)
+	if len(f) < 2 {
+		return "?"
+	}
+	t, _, _ := strings.Cut(f[1], "->")
+	if t == "f32" {
+		return "fp32"
+	}
+	return t
+}
+
+// loraShape says whether a "gemm T MxNxK ..." span (a batched one ends in
+// " xN", a pinned one in " pinned") is a LoRA product: one of its
+// dimensions is a rank (at most 16), where the base GEMMs' are all model
+// widths or token counts.
 func loraShape(name string) bool {
 	f := strings.Fields(name)
-	if len(f) != 3 {
+	if len(f) < 3 {
 		return false
 	}
 	for _, d := range strings.Split(f[2], "x") {
