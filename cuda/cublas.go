@@ -108,6 +108,7 @@ const (
 	blasOpT = 1
 
 	blasDefaultMath = 0 // no TF32: fp32 GEMMs stay IEEE fp32
+	blasTF32Math    = 3 // CUBLAS_TF32_TENSOR_OP_MATH: fp32 GEMMs on TF32 tensor cores (training.tf32)
 
 	dataR32F  = 0  // CUDA_R_32F
 	dataR16BF = 14 // CUDA_R_16BF
@@ -184,6 +185,19 @@ func newCublas(stream uintptr) (*cublas, error) {
 		b.version = int(v)
 	}
 	return b, nil
+}
+
+// setTF32 sets the handle's math mode: TF32 tensor cores for the float32
+// GEMMs (on), or IEEE float32 (off).
+func (b *cublas) setTF32(on bool) error {
+	mode := C.int(blasDefaultMath)
+	if on {
+		mode = blasTF32Math
+	}
+	if st := C.blas_set_math_mode(b.h, mode); st != 0 {
+		return fmt.Errorf("cublasSetMathMode(%d): status %d", int(mode), int(st))
+	}
+	return nil
 }
 
 func (b *cublas) destroy() {

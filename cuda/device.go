@@ -101,6 +101,10 @@ type Options struct {
 	// fails with ErrOutOfMemory as if the GPU were full, to share a GPU or
 	// to test the out-of-memory path (auto_find_batch_size) on a large one.
 	MemoryLimit int64
+	// TF32 runs the float32 GEMMs on TF32 tensor cores (cuBLAS's
+	// CUBLAS_TF32_TENSOR_OP_MATH; training.tf32, SetTF32): inputs rounded
+	// to TF32, float32 sums. Off, the default, keeps them IEEE float32.
+	TF32 bool
 	// noStagerAhead: New does not start making the first load's pinned
 	// buffers (a backend that loads nothing: RehearseStep's).
 	noStagerAhead bool
@@ -289,6 +293,11 @@ func New(opts Options) (b *Backend, err error) {
 		return nil, fmt.Errorf("cuda backend: %w", err)
 	}
 	b.info.CublasVersion = b.blas.version
+	if opts.TF32 {
+		if err := b.blas.setTF32(true); err != nil {
+			return nil, fmt.Errorf("cuda backend: %w", err)
+		}
+	}
 	b.lt, b.info.CublasLtPins = newCublasLt(uintptr(unsafe.Pointer(b.stream.C())), b.info.ComputeMajor, b.info.Minor)
 	b.waits = newWaitTimer()
 	t3 := time.Now()
@@ -554,6 +563,22 @@ func (b *Backend) release() {
 
 // ---------------------------------------------------------------------------
 // Memory
+
+var _ finetune.TF32Setter = (*Backend)(nil)
+
+// SetTF32 (finetune.TF32Setter, training.tf32) switches the float32 GEMMs
+// to TF32 tensor cores or back to IEEE float32 (cuBLAS's math mode on the
+// backend's handle; the step rehearsal's backend takes the setting too).
+// The bfloat16 and float16 GEMMs, and the pinned cuBLASLt ones (bfloat16),
+// are the same either way.
+func (b *Backend) SetTF32(on bool) error {
+	defer b.enter("SetTF32")()
+	if err := b.blas.setTF32(on); err != nil {
+		return &Error{Op: "SetTF32", Err: err}
+	}
+	b.opts.TF32 = on
+	return nil
+}
 
 // MemInfo returns the GPU's free and total memory (cuMemGetInfo).
 func (b *Backend) MemInfo() (free, total int64, err error) {

@@ -275,6 +275,19 @@ type DequantKeeper interface {
 	KeptDequantized() int64
 }
 
+// TF32Setter runs the float32 matrix products on TF32 tensor cores
+// (training.tf32, TrainingArguments' tf32: what
+// torch.backends.cuda.matmul.allow_tf32 = True does): their inputs rounded
+// to TF32's 10-bit mantissa, float32 accumulation and output. It changes
+// results at the 1e-5 level (relative to sum |a b|) and only the float32
+// products: bfloat16 and float16 compute take no TF32. The trainer calls
+// it once, before it loads the model; a backend without it computes in
+// IEEE float32 (the CPU backend: training.tf32 is then ignored, with a
+// log line).
+type TF32Setter interface {
+	SetTF32(on bool) error
+}
+
 // StepRehearser rehearses a training step beside the model's load: the
 // CUDA backend runs one layer of cfg (random weights, opts) on a batch of
 // rows x seq tokens on a backend of its own, so that the first real step

@@ -473,3 +473,56 @@ func TestFusedSwiGLUHooks(t *testing.T) {
 		}
 	}
 }
+
+// tf32Backend is the CPU backend with a TF32Setter that records its calls
+// (the CPU's products stay IEEE float32: the setting changes nothing here).
+type tf32Backend struct {
+	*CPUBackend
+	calls []bool
+}
+
+func (b *tf32Backend) SetTF32(on bool) error { b.calls = append(b.calls, on); return nil }
+
+// TestTF32Setting: training.tf32 true reaches a backend's TF32Setter once,
+// before training, and says so; a backend without one logs that it is
+// ignored; nil or false asks nothing.
+func TestTF32Setting(t *testing.T) {
+	model := tinyModelDir(t, smallModel.cfg, 23)
+	yes, no := true, false
+	for _, tc := range []struct {
+		tf32    *bool
+		setter  bool
+		calls   string
+		logWant string
+	}{
+		{&yes, true, "[true]", "run on TF32 tensor cores"},
+		{&yes, false, "[]", "has no TF32 and computes in IEEE float32; ignored"},
+		{&no, true, "[]", ""},
+		{nil, true, "[]", ""},
+	} {
+		c := smallJob(t, model, filepath.Join(t.TempDir(), "out"), 10)
+		c.Training.MaxSteps, c.Training.SaveSteps = 1, 0
+		c.Training.TF32 = tc.tf32
+		j := newTestJob(t, c, "")
+		tb := &tf32Backend{CPUBackend: NewCPUBackend(CPUOptions{})}
+		if tc.setter {
+			j.NewBackend = func(DType) (Backend, error) { return tb, nil }
+		} else {
+			j.NewBackend = func(DType) (Backend, error) { return tb.CPUBackend, nil }
+		}
+		var logs []string
+		if _, err := Train(context.Background(), j, func(e TrainEvent) {
+			if l, ok := e.(LogEvent); ok && strings.Contains(l.Message, "training.tf32") {
+				logs = append(logs, l.Message)
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprint(tb.calls); got != tc.calls {
+			t.Errorf("tf32 %v, setter %v: SetTF32 calls %s, want %s", tc.tf32, tc.setter, got, tc.calls)
+		}
+		if tc.logWant == "" && len(logs) != 0 || tc.logWant != "" && (len(logs) != 1 || !strings.Contains(logs[0], tc.logWant)) {
+			t.Errorf("tf32 %v, setter %v: logs %q, want one with %q", tc.tf32, tc.setter, logs, tc.logWant)
+		}
+	}
+}

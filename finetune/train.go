@@ -632,6 +632,18 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 	}
 	defer tr.b.Close()
 	tBackend := time.Now()
+	if tf := job.Config.Training.TF32; tf != nil && *tf {
+		if ts, ok := tr.b.(TF32Setter); ok {
+			if err := ts.SetTF32(true); err != nil {
+				return nil, fmt.Errorf("training.tf32: %w", err)
+			}
+			if job.Config.Quantization.ComputeDType() == F32 {
+				emit(LogEvent{Level: "info", Message: "training.tf32: the float32 matrix products run on TF32 tensor cores (inputs rounded to a 10-bit mantissa, float32 sums)"})
+			}
+		} else {
+			emit(LogEvent{Level: "info", Message: fmt.Sprintf("training.tf32: backend %s has no TF32 and computes in IEEE float32; ignored", tr.b.Name())})
+		}
+	}
 	if gb := job.Config.Quantization.KeepDequantizedGB; gb > 0 {
 		if dk, ok := tr.b.(DequantKeeper); ok {
 			dk.KeepDequantized(int64(gb * 1e9))

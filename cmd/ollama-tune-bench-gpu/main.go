@@ -106,6 +106,7 @@ func main() {
 	reference := flag.Bool("reference", false, "run the reference kernels (cuda.Options.ReferenceKernels), for A/B comparisons")
 	firstSteps := flag.Bool("first-steps", false, "with -load: time the loaded model's first three steps (forward and backward), with a step rehearsed beside the load unless OLLAMA_TUNE_CUDA_REFERENCE=rehearse")
 	keepDeq := flag.Float64("keep-deq-gb", 0, "keep up to this many GB of dequantized weights (quantization.keep_dequantized_gb)")
+	flag.BoolVar(&useTF32, "tf32", false, "float32 GEMMs on TF32 tensor cores (training.tf32; matters under -compute f32)")
 	keepAct := flag.Float64("ckpt-keep-gb", 0, "with checkpointing, keep up to this many GB of activations instead of recomputing them (training.gradient_checkpointing_keep_gb)")
 	flag.Parse()
 	if *table != "" {
@@ -319,6 +320,17 @@ func syntheticBatch(V int, seed uint64) *finetune.Batch {
 	return b
 }
 
+// useTF32 is -tf32: the training runs' float32 GEMMs on TF32 tensor cores.
+var useTF32 bool
+
+// computeName names a run's compute: the dtype, and TF32 where -tf32 is on.
+func computeName(dt finetune.DType) string {
+	if useTF32 {
+		return dt.String() + " (TF32)"
+	}
+	return dt.String()
+}
+
 // benchTrain runs warmup+steps optimizer steps of the tutorial schedule.
 func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total int, seed uint64, profile bool, keepDeqGB, keepActGB float64) (res result, prof *result, err error) {
 	defer cuda.Recover(&err)
@@ -327,6 +339,9 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 		return res, nil, err
 	}
 	defer b.Close()
+	if err := b.SetTF32(useTF32); err != nil {
+		return res, nil, err
+	}
 	b.KeepDequantized(int64(keepDeqGB * 1e9))
 	free0, _, err := b.MemInfo()
 	if err != nil {
@@ -369,7 +384,7 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 		}
 	}
 	batch := syntheticBatch(cfg.VocabSize, seed)
-	res = result{Impl: "ollama-tune", Kind: "train", Device: deviceName(b), Compute: dt.String(), Kernels: kernelsName(b), Ckpt: ckpt, KeepDeqGB: keepDeqGB, CkptKeepGB: keepActGB, Steps: steps, Warmup: warmup,
+	res = result{Impl: "ollama-tune", Kind: "train", Device: deviceName(b), Compute: computeName(dt), Kernels: kernelsName(b), Ckpt: ckpt, KeepDeqGB: keepDeqGB, CkptKeepGB: keepActGB, Steps: steps, Warmup: warmup,
 		TotalSteps: total, TokensPerStep: batchRows * seqLen, SetupS: setup,
 		Note: "synthetic Phi-3-mini drawn on the GPU, NF4 double quant, LoRA r=8 on 4 modules, paged_adamw_8bit (bitsandbytes 8-bit AdamW), linear lr 3e-4, clip 1.0"}
 	minFree := free0
@@ -467,7 +482,7 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 			if perr != nil {
 				return res, nil, perr
 			}
-			fp := result{Impl: "ollama-tune", Kind: "profile-first", Device: deviceName(b), Compute: dt.String(), Kernels: kernelsName(b), Ckpt: ckpt, BusyMs: p.BusyMs, WallMs: p.WallMs}
+			fp := result{Impl: "ollama-tune", Kind: "profile-first", Device: deviceName(b), Compute: computeName(dt), Kernels: kernelsName(b), Ckpt: ckpt, BusyMs: p.BusyMs, WallMs: p.WallMs}
 			for _, e := range p.Entries {
 				fp.Profile = append(fp.Profile, profRow{Name: e.Name, Calls: e.Calls, Ms: e.Ms})
 			}

@@ -80,6 +80,7 @@ dataset:
 training:
   learning_rate: 2.0e-4
   completion_only_loss: false
+  tf32: true
 `)
 	cfg, err := load(t, configSources{File: p})
 	if err != nil {
@@ -98,6 +99,9 @@ training:
 	}
 	if c := cfg.Training.CompletionOnlyLoss; c == nil || *c {
 		t.Errorf("completion_only_loss %v, want false", c)
+	}
+	if c := cfg.Training.TF32; c == nil || !*c {
+		t.Errorf("tf32 %v, want true", c)
 	}
 	// Keys the file does not name keep their defaults.
 	def := finetune.DefaultTrainConfig()
