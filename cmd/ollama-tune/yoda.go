@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -35,6 +36,7 @@ type yodaFlags struct {
 	checkPrompts  int
 	maxNewTokens  int
 	trainingSteps int
+	sets          []string // --set key=value over the seed's defaults (the real run)
 }
 
 func newYodaCmd() *cobra.Command {
@@ -65,6 +67,9 @@ finish.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.demo {
+				if len(f.sets) > 0 {
+					return errors.New("yoda --demo: --set is for the real run (the demo's tiny model and data have settings of their own); drop --set, or drop --demo")
+				}
 				return runYodaDemo(cmd, f)
 			}
 			return runYoda(cmd, f)
@@ -82,6 +87,7 @@ finish.`,
 	fl.BoolVar(&f.skipTraining, "skip-training", false, "reuse the adapter already in the output folder")
 	fl.IntVar(&f.checkPrompts, "check-prompts", 3, "training prompts to run through the served-output check")
 	fl.IntVar(&f.maxNewTokens, "max-tokens", 32, "tokens per answer in the served-output check")
+	fl.StringArrayVar(&f.sets, "set", nil, "set a config key over the seed's defaults, as train's --set: e.g. --set quantization.bnb_4bit_compute_dtype=bfloat16 or --set training.tf32=true (repeatable; --model, --data and --out win)")
 	return cmd
 }
 
@@ -95,6 +101,14 @@ func runYoda(cmd *cobra.Command, f *yodaFlags) error {
 	}
 	w, errw := cmd.OutOrStdout(), cmd.ErrOrStderr()
 	tc := finetune.DefaultTrainConfig()
+	if len(f.sets) > 0 {
+		// The seed's defaults with the --set keys over them (no config
+		// file, no OLLAMA_TUNE_* variables: this command is the seed's).
+		var err error
+		if tc, err = loadTrainConfig(configSources{Sets: f.sets}); err != nil {
+			return fmt.Errorf("yoda --set: %w", err)
+		}
+	}
 	if f.model != "" {
 		tc.Model = f.model
 	}

@@ -28,3 +28,28 @@ func TestYodaDemoRunsAgain(t *testing.T) {
 		}
 	}
 }
+
+// TestYodaSet: yoda's --set takes train's keys over the seed's defaults
+// (a bad key or value fails before anything is fetched, naming the key),
+// and is refused with --demo.
+func TestYodaSet(t *testing.T) {
+	ollamaEnv(t)
+	_, _, err := runCmd(t, newYodaCmd(), "--demo", "--set", "training.tf32=true")
+	if err == nil || !strings.Contains(err.Error(), "--set is for the real run") {
+		t.Errorf("--demo --set: %v", err)
+	}
+	_, _, err = runCmd(t, newYodaCmd(), "--set", "training.optim=adamw_8bits")
+	if err == nil || !strings.Contains(err.Error(), "training.optim") || !strings.Contains(err.Error(), "adamw_8bits") {
+		t.Errorf("a bad --set value: %v", err)
+	}
+	_, _, err = runCmd(t, newYodaCmd(), "--set", "training.no_such_key=1")
+	if err == nil || !strings.Contains(err.Error(), "no_such_key") {
+		t.Errorf("an unknown --set key: %v", err)
+	}
+	// Good keys pass on to the run, which here stops at the model folder.
+	missing := filepath.Join(t.TempDir(), "no-model")
+	_, _, err = runCmd(t, newYodaCmd(), "--set", "training.tf32=true", "--set", "quantization.bnb_4bit_compute_dtype=bfloat16", "--model", missing)
+	if err == nil || strings.Contains(err.Error(), "--set") || !strings.Contains(err.Error(), "no-model") {
+		t.Errorf("good --set keys with a missing model: %v", err)
+	}
+}
