@@ -37,10 +37,10 @@ def phi3_config():
         return Phi3Config()
 
 
-def build_model(cfg):
+def build_model(cfg, dtype=torch.bfloat16):
     from transformers import Phi3ForCausalLM
 
-    torch.set_default_dtype(torch.bfloat16)
+    torch.set_default_dtype(dtype)
     try:
         with torch.device("cuda"):
             model = Phi3ForCausalLM(cfg)
@@ -117,7 +117,7 @@ class PowerSampler:
         return r
 
 
-def train(model, ckpt, steps, warmup, total, ids, labels, device_name):
+def train(model, ckpt, steps, warmup, total, ids, labels, device_name, compute="bfloat16"):
     if ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
@@ -137,7 +137,7 @@ def train(model, ckpt, steps, warmup, total, ids, labels, device_name):
         if g == warmup:
             power = PowerSampler()
         t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=compute.startswith("bfloat16")):
             out = model(input_ids=ids, labels=labels)
         out.loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -163,7 +163,7 @@ def train(model, ckpt, steps, warmup, total, ids, labels, device_name):
             cl += f", {clocks['j_per_step']:.2f} J a step"
     log(f"hf ckpt {ckpt}: {s:.4f} s/step (median {statistics.median(times):.4f}), {1024 / s:.0f} tokens/s, peak allocated {peak:.2f} GiB{cl}")
     return clocks | {
-        "impl": "transformers+peft", "kind": "train", "device": device_name, "compute": "bfloat16", "ckpt": ckpt,
+        "impl": "transformers+peft", "kind": "train", "device": device_name, "compute": compute, "ckpt": ckpt,
         "steps": steps, "warmup": warmup, "total_steps": total, "tokens_per_step": ids.numel(),
         "s_per_step": s, "s_per_step_median": statistics.median(times), "step_times": times,
         "peak_gib": peak, "device_gib": (free0 - min_free) / 2**30 + torch.cuda.memory_allocated() / 2**30,
@@ -179,7 +179,13 @@ def main():
     ap.add_argument("--ckpt", default="on,off")
     ap.add_argument("--load", default="")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--compute", default="bfloat16", choices=["bfloat16", "float32"],
+                    help="bfloat16: a bf16 base under bf16 autocast (the table's rows); float32: an fp32 base, no autocast "
+                         "(the seed's bnb_4bit_compute_dtype, weights unquantized)")
+    ap.add_argument("--tf32", action="store_true", help="torch.backends.cuda.matmul.allow_tf32 = True (TrainingArguments' tf32)")
     args = ap.parse_args()
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
 
     import peft
     import transformers
@@ -195,7 +201,7 @@ def main():
             f.write(json.dumps(r) + "\n")
 
     t0 = time.perf_counter()
-    model = build_model(phi3_config())
+    model = build_model(phi3_config(), torch.float32 if args.compute == "float32" else torch.bfloat16)
     log(f"model built on the GPU in {time.perf_counter() - t0:.1f} s, attention {getattr(model.config, '_attn_implementation', '?')}")
     lc = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM",
                     target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])
@@ -209,7 +215,8 @@ def main():
         ckpt = c.strip() == "on"
         model.load_state_dict(init, strict=False)
         try:
-            emit(train(model, ckpt, args.steps, args.warmup, args.total, ids, labels, device_name))
+            emit(train(model, ckpt, args.steps, args.warmup, args.total, ids, labels, device_name,
+                       args.compute + (" (TF32)" if args.tf32 else "")))
         except Exception as e:  # keep going: the other runs still count
             log(f"hf ckpt {ckpt} failed: {e!r}")
     del model
