@@ -141,7 +141,7 @@ func runTrain(ctx context.Context, w io.Writer, cfgFile string, tc finetune.Trai
 		return err
 	}
 	bins := plugin.Discover()
-	proc, _, why, err := plugin.Select(ctx, tc.Device, bins, plugin.Options{})
+	proc, caps, why, err := plugin.Select(ctx, tc.Device, bins, plugin.Options{})
 	if err != nil {
 		return err
 	}
@@ -150,11 +150,27 @@ func runTrain(ctx context.Context, w io.Writer, cfgFile string, tc finetune.Trai
 	view := newProgressView(w)
 	defer view.Close()
 	view.Note(why)
+	if hint := speedHint(caps, tc); hint != "" {
+		view.Note(hint)
+	}
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt)
 	defer signal.Stop(sigs)
 	return runTraining(ctx, proc, req, sigs, view, resumeHint(cfgFile))
+}
+
+// speedHint says, for a job on the GPU in float32 compute (the seed's
+// bnb_4bit_compute_dtype) that has not chosen about TF32, what the faster
+// settings are: its matrix products run on the CUDA cores, ~10x bfloat16's
+// step time and ~4x TF32's (BENCHMARKS.md v22). "" otherwise.
+func speedHint(caps plugin.Capabilities, tc finetune.TrainConfig) string {
+	if caps.Backend != "cuda" || tc.Quantization.ComputeDType() != finetune.F32 || tc.Training.TF32 != nil {
+		return ""
+	}
+	return "note: float32 compute (quantization.bnb_4bit_compute_dtype, as the seed) runs the matrix products on the GPU's CUDA cores; " +
+		"--set training.tf32=true puts them on TF32 tensor cores (about 4x faster steps, at TF32's precision), " +
+		"--set quantization.bnb_4bit_compute_dtype=bfloat16 about 10x"
 }
 
 // resumeHint is the command that continues this job.

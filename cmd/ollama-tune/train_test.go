@@ -332,3 +332,30 @@ func TestDebugLogLines(t *testing.T) {
 		}
 	}
 }
+
+// TestSpeedHint: the float32-on-the-GPU note appears for the seed's
+// settings on the CUDA plugin only, and not once the job says anything
+// about TF32 or computes in bfloat16.
+func TestSpeedHint(t *testing.T) {
+	yes, no := true, false
+	cuda, cpu := plugin.Capabilities{Backend: "cuda"}, plugin.Capabilities{Backend: "cpu"}
+	seed := finetune.DefaultTrainConfig()
+	bf16 := seed
+	bf16.Quantization.Bnb4bitComputeDType = "bfloat16"
+	on, off := seed, seed
+	on.Training.TF32, off.Training.TF32 = &yes, &no
+	for _, c := range []struct {
+		name string
+		caps plugin.Capabilities
+		tc   finetune.TrainConfig
+		want bool
+	}{
+		{"seed on cuda", cuda, seed, true}, {"seed on cpu", cpu, seed, false}, {"bfloat16", cuda, bf16, false},
+		{"tf32 true", cuda, on, false}, {"tf32 false", cuda, off, false},
+	} {
+		h := speedHint(c.caps, c.tc)
+		if (h != "") != c.want || c.want && (!strings.Contains(h, "--set training.tf32=true") || !strings.Contains(h, "bnb_4bit_compute_dtype=bfloat16")) {
+			t.Errorf("%s: hint %q", c.name, h)
+		}
+	}
+}
