@@ -661,7 +661,14 @@ func printTable(w io.Writer, path string, total int) error {
 		return err
 	}
 	loads := map[string]result{}
-	base := map[bool]result{}
+	// The baseline rows, by checkpointing and compute ("bfloat16",
+	// "float32", "float32 (TF32)"): each of ours is compared with the
+	// baseline of its own compute.
+	type baseKey struct {
+		ckpt    bool
+		compute string
+	}
+	base := map[baseKey]result{}
 	var device string
 	for _, r := range rs {
 		switch r.Kind {
@@ -669,7 +676,7 @@ func printTable(w io.Writer, path string, total int) error {
 			loads[r.Impl] = r
 		case "train":
 			if r.Impl != "ollama-tune" {
-				base[r.Ckpt] = r
+				base[baseKey{r.Ckpt, r.Compute}] = r
 			}
 			if device == "" && r.Impl == "ollama-tune" {
 				device = r.Device
@@ -699,6 +706,9 @@ func printTable(w io.Writer, path string, total int) error {
 		}
 		if r.Impl != "ollama-tune" {
 			name = r.Impl + ", " + r.Compute + " base"
+			if strings.HasPrefix(r.Compute, "float32") {
+				name = r.Impl + ", float32 base and compute" + strings.TrimPrefix(r.Compute, "float32")
+			}
 		}
 		if r.Ckpt {
 			name += ", grad. checkpointing"
@@ -712,7 +722,7 @@ func printTable(w io.Writer, path string, total int) error {
 			ld = fmt.Sprintf("%.2f", l.LoadS)
 		}
 		ratio := "-"
-		if bl, ok := base[r.Ckpt]; ok && bl.SPerStep > 0 {
+		if bl, ok := base[baseKey{r.Ckpt, r.Compute}]; ok && bl.SPerStep > 0 {
 			ratio = fmt.Sprintf("%.2fx", bl.SPerStep/r.SPerStep)
 		}
 		clock := "-"

@@ -11,7 +11,7 @@
 # 2. our trainer: load+quantize of that checkpoint, then training with and
 #    without gradient checkpointing, one profiled step each; then A/B runs
 #    with the reference kernels (all, or one fused path at a time), and with
-#    F32=1 also float32 compute;
+#    float32 compute, IEEE and with TF32 (F32=0 skips them);
 # 3. the transformers + peft baseline (scripts/bench/baseline_hf.py) and
 #    transformers' own load of the checkpoint;
 # 4. the table (also in $OUT/table.md).
@@ -62,15 +62,27 @@ B=bin/gpu/ollama-tune-bench-gpu
     OLLAMA_TUNE_CUDA_REFERENCE=$k timeout 15 $B -ckpt on -steps 6 -warmup 2 -out "$OUT/results.jsonl"
     echo "ours, reference $k: exit $? after $(( $(date +%s) - t0 )) s"
   done
-  if [ -n "${F32:-}" ]; then
+  # The seed's float32 compute, IEEE and with training.tf32 (v22); F32=0
+  # skips these and the baseline's float32 rows.
+  if [ "${F32:-1}" != 0 ]; then
     timeout 25 $B -ckpt on -compute f32 -steps 4 -warmup 1 -out "$OUT/results.jsonl"
     echo "ours, float32: exit $? after $(( $(date +%s) - t0 )) s"
+    timeout 25 $B -ckpt on -compute f32 -tf32 -steps 8 -warmup 2 -out "$OUT/results.jsonl"
+    echo "ours, float32 with TF32: exit $? after $(( $(date +%s) - t0 )) s"
   fi
 } > "$OUT/ours.log" 2>&1
 grep -E '^(load|ckpt (true|false):|ours)|training benchmark|load benchmark|panic' "$OUT/ours.log"
 
 timeout 90 python3 scripts/bench/baseline_hf.py --steps "$STEPS" --warmup "$WARMUP" --load "$CKPT" --out "$OUT/results.jsonl" > "$OUT/hf.log" 2>&1
 echo "baseline: exit $? after $(( $(date +%s) - t0 )) s"
+if [ "${F32:-1}" != 0 ]; then
+  # An unquantized float32 base without autocast (the seed's compute), IEEE
+  # and with allow_tf32: ~40 s together (v22: 0.578 and 0.247 s/step).
+  for tf in "" --tf32; do
+    timeout 100 python3 scripts/bench/baseline_hf.py --compute float32 $tf --ckpt on --steps 4 --warmup 2 --out "$OUT/results.jsonl" >> "$OUT/hf.log" 2>&1
+    echo "baseline, float32 ${tf:-IEEE}: exit $? after $(( $(date +%s) - t0 )) s"
+  done
+fi
 grep -E 's/step|from_pretrained|failed|Error' "$OUT/hf.log" | tail -6
 
 bin/gpu/ollama-tune-bench-gpu -table "$OUT/results.jsonl" > "$OUT/table.md" 2>&1
