@@ -160,17 +160,30 @@ func runTrain(ctx context.Context, w io.Writer, cfgFile string, tc finetune.Trai
 	return runTraining(ctx, proc, req, sigs, view, resumeHint(cfgFile))
 }
 
-// speedHint says, for a job on the GPU in float32 compute (the seed's
-// bnb_4bit_compute_dtype) that has not chosen about TF32, what the faster
-// settings are: its matrix products run on the CUDA cores, ~10x bfloat16's
-// step time and ~4x TF32's (BENCHMARKS.md v22). "" otherwise.
+// speedHint says, for a job on the GPU, what faster settings there are
+// (BENCHMARKS.md v22): under float32 compute (the seed's
+// bnb_4bit_compute_dtype) that has not chosen about TF32, the matrix
+// products run on the CUDA cores, ~10x bfloat16's step time and ~4x
+// TF32's; under float16 the step is ~1.9x bfloat16's, as only bfloat16
+// has the fused kernels (and every GPU the CUDA plugin runs on, compute
+// capability 8.0 or later, has bfloat16). "" otherwise.
 func speedHint(caps plugin.Capabilities, tc finetune.TrainConfig) string {
-	if caps.Backend != "cuda" || tc.Quantization.ComputeDType() != finetune.F32 || tc.Training.TF32 != nil {
+	if caps.Backend != "cuda" {
 		return ""
 	}
-	return "note: float32 compute (quantization.bnb_4bit_compute_dtype, as the seed) runs the matrix products on the GPU's CUDA cores; " +
-		"--set training.tf32=true puts them on TF32 tensor cores (about 4x faster steps, at TF32's precision), " +
-		"--set quantization.bnb_4bit_compute_dtype=bfloat16 about 10x"
+	switch tc.Quantization.ComputeDType() {
+	case finetune.F32:
+		if tc.Training.TF32 != nil {
+			return ""
+		}
+		return "note: float32 compute (quantization.bnb_4bit_compute_dtype, as the seed) runs the matrix products on the GPU's CUDA cores; " +
+			"--set training.tf32=true puts them on TF32 tensor cores (about 4x faster steps, at TF32's precision), " +
+			"--set quantization.bnb_4bit_compute_dtype=bfloat16 about 10x"
+	case finetune.F16:
+		return "note: float16 compute takes about 1.9x bfloat16's time a step here (the fused kernels are bfloat16's); " +
+			"--set quantization.bnb_4bit_compute_dtype=bfloat16 for them"
+	}
+	return ""
 }
 
 // resumeHint is the command that continues this job.

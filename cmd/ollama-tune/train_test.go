@@ -335,13 +335,14 @@ func TestDebugLogLines(t *testing.T) {
 
 // TestSpeedHint: the float32-on-the-GPU note appears for the seed's
 // settings on the CUDA plugin only, and not once the job says anything
-// about TF32 or computes in bfloat16.
+// about TF32 or computes in bfloat16; float16 on the GPU gets its own.
 func TestSpeedHint(t *testing.T) {
 	yes, no := true, false
 	cuda, cpu := plugin.Capabilities{Backend: "cuda"}, plugin.Capabilities{Backend: "cpu"}
 	seed := finetune.DefaultTrainConfig()
-	bf16 := seed
+	bf16, f16 := seed, seed
 	bf16.Quantization.Bnb4bitComputeDType = "bfloat16"
+	f16.Quantization.Bnb4bitComputeDType = "float16"
 	on, off := seed, seed
 	on.Training.TF32, off.Training.TF32 = &yes, &no
 	for _, c := range []struct {
@@ -351,10 +352,11 @@ func TestSpeedHint(t *testing.T) {
 		want bool
 	}{
 		{"seed on cuda", cuda, seed, true}, {"seed on cpu", cpu, seed, false}, {"bfloat16", cuda, bf16, false},
-		{"tf32 true", cuda, on, false}, {"tf32 false", cuda, off, false},
+		{"tf32 true", cuda, on, false}, {"tf32 false", cuda, off, false}, {"float16", cuda, f16, true}, {"float16 on cpu", cpu, f16, false},
 	} {
 		h := speedHint(c.caps, c.tc)
-		if (h != "") != c.want || c.want && (!strings.Contains(h, "--set training.tf32=true") || !strings.Contains(h, "bnb_4bit_compute_dtype=bfloat16")) {
+		tf32 := c.tc.Quantization.Bnb4bitComputeDType == "float32"
+		if (h != "") != c.want || c.want && (tf32 != strings.Contains(h, "--set training.tf32=true") || !strings.Contains(h, "bnb_4bit_compute_dtype=bfloat16")) {
 			t.Errorf("%s: hint %q", c.name, h)
 		}
 	}
