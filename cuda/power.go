@@ -58,14 +58,16 @@ static int nvml_device(int dev, void** h) {
 	return nvml_p_by_bus(bus, h);
 }
 
-// nvml_sample: the SM clock (MHz, NVML_CLOCK_SM = 1), the board's power
-// (mW) and the clock event reasons (bit 0x4: software power cap).
-static int nvml_sample(void* h, unsigned* mhz, unsigned* mw, unsigned long long* reasons) {
+// nvml_sample: the SM clock (MHz, NVML_CLOCK_SM = 1) and the board's
+// power (mW).
+static int nvml_sample(void* h, unsigned* mhz, unsigned* mw) {
 	int st = nvml_p_clock(h, 1, mhz);
 	if (st == 0) st = nvml_p_power(h, mw);
-	if (st == 0) st = nvml_p_reasons(h, reasons);
 	return st;
 }
+// nvml_reasons: the clock event reasons (bit 0x4: software power cap);
+// not every board reports them.
+static int nvml_reasons(void* h, unsigned long long* reasons) { return nvml_p_reasons(h, reasons); }
 static int nvml_limit(void* h, unsigned* mw) { return nvml_p_limit(h, mw); }
 // nvml_energy: the board's energy since the driver loaded (mJ).
 static int nvml_energy(void* h, unsigned long long* mj) { return nvml_p_energy(h, mj); }
@@ -86,7 +88,7 @@ type PowerStats struct {
 	MinSMMHz   float64
 	MeanPowerW float64 // the board's power draw's mean
 	LimitW     float64 // the enforced power limit
-	CappedFrac float64 // the share of samples with the software power cap in force
+	CappedFrac float64 // the share of samples with the software power cap in force (of those whose reasons the board reported)
 	EnergyJ    float64 // the board's energy between start and Stop (its counter, not the samples)
 	Seconds    float64 // the time between start and Stop
 }
@@ -152,13 +154,13 @@ func (b *Backend) StartPowerSampling(interval time.Duration) (*PowerSampler, err
 func (s *PowerSampler) run(interval time.Duration) {
 	st := PowerStats{LimitW: s.limitW}
 	var mhzSum, wSum float64
-	capped := 0
+	capped, reported := 0, 0
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		var mhz, mw C.uint
 		var reasons C.ulonglong
-		if C.nvml_sample(s.h, &mhz, &mw, &reasons) == 0 {
+		if C.nvml_sample(s.h, &mhz, &mw) == 0 {
 			f := float64(mhz)
 			if st.Samples == 0 || f < st.MinSMMHz {
 				st.MinSMMHz = f
@@ -166,15 +168,21 @@ func (s *PowerSampler) run(interval time.Duration) {
 			st.Samples++
 			mhzSum += f
 			wSum += float64(mw) / 1000
-			if reasons&nvmlPowerCap != 0 {
-				capped++
+			if C.nvml_reasons(s.h, &reasons) == 0 {
+				reported++
+				if reasons&nvmlPowerCap != 0 {
+					capped++
+				}
 			}
 		}
 		select {
 		case <-s.stop:
 			if st.Samples > 0 {
 				n := float64(st.Samples)
-				st.MeanSMMHz, st.MeanPowerW, st.CappedFrac = mhzSum/n, wSum/n, float64(capped)/n
+				st.MeanSMMHz, st.MeanPowerW = mhzSum/n, wSum/n
+			}
+			if reported > 0 {
+				st.CappedFrac = float64(capped) / float64(reported)
 			}
 			s.done <- st
 			return

@@ -86,9 +86,10 @@ class PowerSampler:
         def run():
             mhz, mw, why = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_ulonglong()
             while not self.stop.wait(0.02):
-                if (nv.nvmlDeviceGetClockInfo(h, 1, ctypes.byref(mhz)) == 0 and nv.nvmlDeviceGetPowerUsage(h, ctypes.byref(mw)) == 0
-                        and nv.nvmlDeviceGetCurrentClocksThrottleReasons(h, ctypes.byref(why)) == 0):
-                    self.samples.append((mhz.value, mw.value / 1000, why.value & 0x4 != 0))
+                if nv.nvmlDeviceGetClockInfo(h, 1, ctypes.byref(mhz)) == 0 and nv.nvmlDeviceGetPowerUsage(h, ctypes.byref(mw)) == 0:
+                    # The reasons (0x4: software power cap) where the board reports them.
+                    capped = why.value & 0x4 != 0 if nv.nvmlDeviceGetCurrentClocksThrottleReasons(h, ctypes.byref(why)) == 0 else None
+                    self.samples.append((mhz.value, mw.value / 1000, capped))
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
@@ -110,8 +111,10 @@ class PowerSampler:
         n = len(self.samples)
         if n == 0:
             return {}
-        r = {"sm_clock_mhz": sum(s[0] for s in self.samples) / n, "power_w": sum(s[1] for s in self.samples) / n,
-             "power_cap_pct": 100 * sum(s[2] for s in self.samples) / n}
+        r = {"sm_clock_mhz": sum(s[0] for s in self.samples) / n, "power_w": sum(s[1] for s in self.samples) / n}
+        known = [s[2] for s in self.samples if s[2] is not None]
+        if known:
+            r["power_cap_pct"] = 100 * sum(known) / len(known)
         if mj is not None and self.mj0 is not None:
             r["j_per_step"] = (mj - self.mj0) / 1000 / steps
         return r
@@ -158,7 +161,9 @@ def train(model, ckpt, steps, warmup, total, ids, labels, device_name, compute="
     s = sum(times) / len(times)
     cl = ""
     if clocks:
-        cl = f"; SM clock {clocks['sm_clock_mhz']:.0f} MHz, {clocks['power_w']:.0f} W, power-capped in {clocks['power_cap_pct']:.0f}% of samples"
+        cl = f"; SM clock {clocks['sm_clock_mhz']:.0f} MHz, {clocks['power_w']:.0f} W"
+        if "power_cap_pct" in clocks:
+            cl += f", power-capped in {clocks['power_cap_pct']:.0f}% of samples"
         if "j_per_step" in clocks:
             cl += f", {clocks['j_per_step']:.2f} J a step"
     log(f"hf ckpt {ckpt}: {s:.4f} s/step (median {statistics.median(times):.4f}), {1024 / s:.0f} tokens/s, peak allocated {peak:.2f} GiB{cl}")
