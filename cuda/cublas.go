@@ -163,7 +163,9 @@ type cublas struct {
 	version int
 }
 
-func newCublas(stream uintptr) (*cublas, error) {
+// newCublas makes a handle on stream, its float32 GEMMs IEEE or, with
+// tf32, on TF32 tensor cores (setTF32).
+func newCublas(stream uintptr, tf32 bool) (*cublas, error) {
 	if _, err := loadCublas(); err != nil {
 		return nil, err
 	}
@@ -176,9 +178,9 @@ func newCublas(stream uintptr) (*cublas, error) {
 		C.blas_destroy(h)
 		return nil, fmt.Errorf("cublasSetStream: status %d", int(st))
 	}
-	if st := C.blas_set_math_mode(h, blasDefaultMath); st != 0 {
+	if err := b.setTF32(tf32); err != nil {
 		C.blas_destroy(h)
-		return nil, fmt.Errorf("cublasSetMathMode: status %d", int(st))
+		return nil, err
 	}
 	var v C.int
 	if C.blas_version(h, &v) == 0 {

@@ -289,15 +289,10 @@ func New(opts Options) (b *Backend, err error) {
 		return nil, fmt.Errorf("cuda backend: %w", err)
 	}
 	t2 := time.Now()
-	if b.blas, err = newCublas(uintptr(unsafe.Pointer(b.stream.C()))); err != nil {
+	if b.blas, err = newCublas(uintptr(unsafe.Pointer(b.stream.C())), opts.TF32); err != nil {
 		return nil, fmt.Errorf("cuda backend: %w", err)
 	}
 	b.info.CublasVersion = b.blas.version
-	if opts.TF32 {
-		if err := b.blas.setTF32(true); err != nil {
-			return nil, fmt.Errorf("cuda backend: %w", err)
-		}
-	}
 	b.lt, b.info.CublasLtPins = newCublasLt(uintptr(unsafe.Pointer(b.stream.C())), b.info.ComputeMajor, b.info.Minor)
 	b.waits = newWaitTimer()
 	t3 := time.Now()

@@ -334,14 +334,11 @@ func computeName(dt finetune.DType) string {
 // benchTrain runs warmup+steps optimizer steps of the tutorial schedule.
 func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total int, seed uint64, profile bool, keepDeqGB, keepActGB float64) (res result, prof *result, err error) {
 	defer cuda.Recover(&err)
-	b, err := cuda.New(cuda.Options{ComputeDType: dt, ReferenceKernels: reference})
+	b, err := cuda.New(cuda.Options{ComputeDType: dt, ReferenceKernels: reference, TF32: useTF32})
 	if err != nil {
 		return res, nil, err
 	}
 	defer b.Close()
-	if err := b.SetTF32(useTF32); err != nil {
-		return res, nil, err
-	}
 	b.KeepDequantized(int64(keepDeqGB * 1e9))
 	free0, _, err := b.MemInfo()
 	if err != nil {
