@@ -256,30 +256,29 @@ func (tr *trainer) adapterFiles() ([]peft.File, error) {
 // from the backend and encoded a second time (0.05-0.10 s). Copies, not
 // hard links: a tool that rewrites the output's adapter in place (a
 // safetensors save into the folder) must not change the checkpoint's.
-// Where a checkpoint file cannot be opened the file is encoded as
+// Where the checkpoint's files are not there, they are encoded as
 // adapterFiles' are.
 func (tr *trainer) finalAdapterFiles() ([]peft.File, error) {
 	if tr.savedDir == "" || tr.lastSave != tr.step {
 		return tr.adapterFiles()
 	}
-	var encoded []peft.File
-	file := func(i int, name string) peft.File {
-		return tr.stageFile(name, func(w io.Writer) error {
-			if f, err := os.Open(filepath.Join(tr.savedDir, name)); err == nil {
-				defer f.Close()
-				_, err = io.Copy(w, f)
+	var files []peft.File
+	for _, name := range []string{peft.WeightsName, peft.ConfigName} {
+		src := filepath.Join(tr.savedDir, name)
+		if _, err := os.Stat(src); err != nil {
+			return tr.adapterFiles()
+		}
+		files = append(files, tr.stageFile(name, func(w io.Writer) error {
+			f, err := os.Open(src)
+			if err != nil {
 				return err
 			}
-			if encoded == nil {
-				var err error
-				if encoded, err = tr.adapterFiles(); err != nil {
-					return err
-				}
-			}
-			return encoded[i].Write(w)
-		})
+			defer f.Close()
+			_, err = io.Copy(w, f)
+			return err
+		}))
 	}
-	return []peft.File{file(0, peft.WeightsName), file(1, peft.ConfigName)}, nil
+	return files, nil
 }
 
 // saveCheckpoint writes checkpoint-<step> and removes the oldest beyond

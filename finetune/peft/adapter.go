@@ -312,9 +312,6 @@ type File struct {
 // NewFile describes a file for WriteFiles.
 func NewFile(name string, write func(io.Writer) error) File { return File{name: name, write: write} }
 
-// Write writes the file's bytes to w.
-func (f File) Write(w io.Writer) error { return f.write(w) }
-
 // WriteFiles writes a set of files into dir all or nothing (see Write):
 // into a fresh sibling folder renamed to dir when dir does not exist, else
 // as complete, synced temporary files inside dir renamed over their final
