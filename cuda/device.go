@@ -575,7 +575,10 @@ func (b *Backend) SetTF32(on bool) error {
 	return nil
 }
 
-// MemInfo returns the GPU's free and total memory (cuMemGetInfo).
+var _ finetune.MemoryReporter = (*Backend)(nil)
+
+// MemInfo (finetune.MemoryReporter) returns the GPU's free and total
+// memory (cuMemGetInfo).
 func (b *Backend) MemInfo() (free, total int64, err error) {
 	defer Recover(&err)
 	defer b.enter("MemInfo")()

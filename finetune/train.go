@@ -287,16 +287,7 @@ func makePlan(job *Job, cfg *Config, prep *prepared) (TrainPlan, error) {
 		}
 	}
 	if q := job.Config.Quantization; q.KeepDequantizedGB > 0 && q.LoadIn4bit {
-		elem := int64(2)
-		if q.ComputeDType() == F32 {
-			elem = 4
-		}
-		var all int64
-		for _, m := range LinearModules {
-			out, in := LinearShape(cfg, m)
-			all += elem * int64(out) * int64(in) * int64(cfg.NumLayers)
-		}
-		p.KeptBytes = min(all, int64(q.KeepDequantizedGB*1e9))
+		p.KeptBytes = min(dequantizedBytes(cfg, q.ComputeDType()), int64(q.KeepDequantizedGB*1e9))
 	}
 	if t.GradientCheckpointing && t.GradientCheckpointingKeepGB > 0 {
 		elem := int64(2) // the outputs are held in the 16-bit compute type
@@ -632,6 +623,13 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 	}
 	defer tr.b.Close()
 	tBackend := time.Now()
+	if mr, ok := tr.b.(MemoryReporter); ok && resumeDir == "" {
+		if free, _, err := mr.MemInfo(); err == nil {
+			if note := memoryForSpeedNote(job, baseCfg, prep, plan, free); note != "" {
+				emit(LogEvent{Level: "info", Message: note})
+			}
+		}
+	}
 	if tf := job.Config.Training.TF32; tf != nil && *tf {
 		if ts, ok := tr.b.(TF32Setter); ok {
 			if err := ts.SetTF32(true); err != nil {
