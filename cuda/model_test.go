@@ -813,6 +813,41 @@ func TestActivationStash(t *testing.T) {
 				g.freePool()
 			}
 		}
+		// A budget that holds every output a step offers (PrepareStash's
+		// sizes): all of them on the device, no staging buffers, no host
+		// entries, no page-locked memory made ahead; the same bits.
+		{
+			g.SetStashBudget(0)
+			_, _, _ = run(1 << 40) // the step's sizes, from its entries
+			var sizes []int64
+			var total int64
+			for _, e := range g.stash.entries {
+				sizes, total = append(sizes, e.size), total+e.size
+			}
+			g.SetStashBudget(0)
+			g.PrepareStash(total, sizes)
+			if g.stash.pool != nil {
+				t.Errorf("%v compute: page-locked memory made ahead for a budget that holds every output", g.dtype)
+			}
+			got, used, n := run(total)
+			for k := range want {
+				if math.Float32bits(got[k]) != math.Float32bits(want[k]) {
+					t.Fatalf("%v compute, every output on the device: value %d is %v, %v recomputing", g.dtype, k, got[k], want[k])
+				}
+			}
+			host := 0
+			for _, e := range g.stash.entries {
+				if e.host != nil {
+					host++
+				}
+			}
+			if n != len(sizes) || host != 0 || len(g.stash.staging) != 0 || used != total {
+				t.Errorf("%v compute, a budget of %d for %d outputs: %d kept, %d in host memory, %d staging buffers, %d bytes used",
+					g.dtype, total, len(sizes), n, host, len(g.stash.staging), used)
+			}
+			g.SetStashBudget(0)
+			g.stash.stepBytes = 0
+		}
 		// An epoch's last, smaller batch between full ones: the same bits
 		// as recomputing, in the entries and staging buffers the full
 		// batches made (nothing dropped and made again).

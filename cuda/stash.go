@@ -24,7 +24,9 @@ import (
 // Where the values go: every stashHostEvery-th output of a size to page-
 // locked host memory (host entries, which cost the budget only a staging
 // buffer a size, made first), the others to device memory while the
-// budget lasts (device entries), the rest nowhere (recomputed). The
+// budget lasts (device entries), the rest nowhere (recomputed); where
+// the budget holds every output of a step (PrepareStash says what a step
+// offers), all of them on the device and none in host memory. The
 // step's forward produces ~52 MB of those outputs a Phi-3-mini layer
 // every ~0.53 ms and PCIe moves ~55 GB/s a direction, so about every
 // other one fits through it. Every decision is made at a key's first
@@ -62,7 +64,16 @@ type stash struct {
 	pool       *hostPool
 	hostAllocs int
 	poolTook   time.Duration // making pool's buffers (the trainer's log)
+	// stepBytes: the bytes of every output a step offers, as PrepareStash
+	// was told (0: not told). A budget that holds them all keeps them all
+	// on the device (hostless): no staging buffers, no host turns, no
+	// page-locked memory, no PCIe.
+	stepBytes int64
 }
+
+// hostless says whether the budget holds every output a step offers
+// (PrepareStash's sizes), so that host entries would only cost PCIe.
+func (st *stash) hostless() bool { return st.stepBytes > 0 && st.stepBytes <= st.budget }
 
 // hostPool is page-locked memory made on a goroutine of its own, beside
 // the model's load (PrepareStash): bufs[size] are free buffers of size
@@ -219,7 +230,7 @@ func (b *Backend) newEntryMem(op string, size int64) *stashEntry {
 	st := &b.stash
 	e := &stashEntry{b: b, bytes: size}
 	sb := st.staging[size]
-	if sb == nil && stashHostEvery > 0 && st.used+size <= st.budget {
+	if sb == nil && stashHostEvery > 0 && !st.hostless() && st.used+size <= st.budget {
 		sb = b.newStaging(size)
 	}
 	host := false
@@ -269,11 +280,20 @@ var _ finetune.StashPreparer = (*Backend)(nil)
 // model's load: made in the first step instead, the ~0.8 GB of a
 // Phi-3-mini step took 0.44 s of it (H200, v17). A buffer no entry takes
 // is freed at the first Unstash, once the forward has decided every entry.
+// A budget that holds every one of sizes makes no host entries at all
+// (hostless): every output is kept on the device.
 func (b *Backend) PrepareStash(budget int64, sizes []int64) {
 	const op = "PrepareStash"
 	defer b.enter(op)()
 	st := &b.stash
-	if stashHostEvery <= 0 || budget <= 0 || st.pool != nil || len(st.entries) > 0 {
+	if st.pool != nil || len(st.entries) > 0 {
+		return
+	}
+	st.stepBytes = 0
+	for _, size := range sizes {
+		st.stepBytes += size
+	}
+	if stashHostEvery <= 0 || budget <= 0 || st.stepBytes <= budget {
 		return
 	}
 	phase, turn, counts := map[int64]int{}, map[int64]int{}, map[int64]int{}

@@ -272,11 +272,7 @@ func makePlan(job *Job, cfg *Config, prep *prepared) (TrainPlan, error) {
 			p.OptimizerBytes += int64(cfg.NumLayers) * optimizerStateBytes(kind, n)
 		}
 	}
-	longest := 0
-	for _, s := range prep.train {
-		longest = max(longest, len(s.InputIDs))
-	}
-	tokens := t.PerDeviceTrainBatchSize * longest
+	tokens := t.PerDeviceTrainBatchSize * longestSequence(prep)
 	p.ActivationBytes = activationBytes(cfg, tokens, l.R, t.GradientCheckpointing)
 	if !t.GradientCheckpointing && job.Config.Quantization.ComputeDType() != F32 {
 		// A LoRAInputForwardKeeper keeps every layer's rounded LoRA inputs

@@ -81,7 +81,7 @@ run() {
     # plugin's life (v16's open question).
     echo "command started $(date -u -d "@$t0" +%H:%M:%S.%3N), ended $(date -u +%H:%M:%S.%3N)" >> "$O/$name.log"
     echo "== $name: exit $rc after $(python3 -c "import time; print(round(time.time() - $t0, 2))") s wall"
-    grep -E '^step (1|20|100|200|220|230)/|finished|steps of|training on|not finite|_gb' "$O/$name.log" | cut -c1-300
+    grep -E '^step (1|20|100|200|220|230)/|finished|steps of|training on|not finite|_gb|note:' "$O/$name.log" | cut -c1-400
   }
   # RUNS gives the runs and their order (default: all, in this order).
   local name
@@ -98,6 +98,11 @@ run() {
     # Activations kept instead of recomputed within 3.5 GiB (v16).
     tutorial-keepact)
       one "$name" --set training.packing_strategy=wrapped --set training.gradient_checkpointing_keep_gb=0.34
+      ;;
+    # Every output checkpointing would recompute kept on the device (v23:
+    # what the trainer's note offers a GPU of ~7-11 GiB free).
+    tutorial-keepact-all)
+      one "$name" --set training.packing_strategy=wrapped --set training.gradient_checkpointing_keep_gb=1.7
       ;;
     *) echo "unknown run $name" >&2 ;;
     esac
