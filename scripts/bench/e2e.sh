@@ -18,7 +18,8 @@
 # without gradient checkpointing; (5) the tutorial's layout with
 # training.gradient_checkpointing_keep_gb 0.34 (v16); RUNS="name ..."
 # picks some (tutorial-wrapped trl-default-bfd tutorial-keep8
-# tutorial-keep8-nockpt tutorial-keepact); each prints
+# tutorial-keep8-nockpt tutorial-keepact, and tutorial-keepact-all:
+# 1.7 GB, every output on the device, v23); each prints
 # its wall time, a few step lines and the adapter folder; a name given twice
 # runs twice (its second log is NAME-2.log). BENCHMARKS.md,
 # "The real CLI end to end", records its results. Needs PyTorch and
