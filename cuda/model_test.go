@@ -775,19 +775,24 @@ func TestActivationStash(t *testing.T) {
 			}
 			slices.Sort(keys)
 			var sizes []int64
+			var total int64
 			for _, k := range keys {
 				sizes = append(sizes, g.stash.entries[k].bytes)
+				total += g.stash.entries[k].bytes
 			}
+			// A budget short of every output by a byte: a budget that held
+			// them all would keep them all on the device (hostless, below).
+			// The wrong sizes add up to more than it too.
 			for _, wrong := range []bool{false, true} {
 				g.SetStashBudget(0)
 				stashHostEvery, stashHostOnly = every, true
 				prep := sizes
 				if wrong {
-					prep = []int64{12345, 678}
+					prep = []int64{total, 12345}
 				}
-				g.PrepareStash(1<<40, prep)
+				g.PrepareStash(total-1, prep)
 				g.stash.hostAllocs = 0
-				got, _, _ := run(1 << 40)
+				got, _, _ := run(total - 1)
 				stashHostOnly = false
 				for k := range want {
 					if math.Float32bits(got[k]) != math.Float32bits(want[k]) {
@@ -845,8 +850,10 @@ func TestActivationStash(t *testing.T) {
 				t.Errorf("%v compute, a budget of %d for %d outputs: %d kept, %d in host memory, %d staging buffers, %d bytes used",
 					g.dtype, total, len(sizes), n, host, len(g.stash.staging), used)
 			}
-			g.SetStashBudget(0)
-			g.stash.stepBytes = 0
+			g.SetStashBudget(0) // and forget the sizes
+			if g.stash.stepBytes != 0 {
+				t.Errorf("%v compute: SetStashBudget(0) kept PrepareStash's %d bytes", g.dtype, g.stash.stepBytes)
+			}
 		}
 		// An epoch's last, smaller batch between full ones: the same bits
 		// as recomputing, in the entries and staging buffers the full

@@ -137,7 +137,8 @@ func (e *stashEntry) wait(op string) {
 var _ finetune.ActivationStasher = (*Backend)(nil)
 
 // SetStashBudget (finetune.ActivationStasher) bounds the stash's device
-// bytes; another budget than before frees it all, to decide anew.
+// bytes; another budget than before frees it all, to decide anew, and 0
+// also forgets what PrepareStash said a step offers.
 func (b *Backend) SetStashBudget(bytes int64) {
 	const op = "SetStashBudget"
 	defer b.enter(op)()
@@ -146,6 +147,9 @@ func (b *Backend) SetStashBudget(bytes int64) {
 		b.freeStash()
 	}
 	b.stash.budget = bytes
+	if bytes == 0 {
+		b.stash.stepBytes = 0 // the stash is off: PrepareStash's sizes are forgotten too
+	}
 }
 
 // Stash (finetune.ActivationStasher) copies t's values (bfloat16 ones as
