@@ -15,14 +15,16 @@ func TestPowerSampling(t *testing.T) {
 	if err != nil {
 		t.Skip(err)
 	}
-	time.Sleep(60 * time.Millisecond)
+	// NVML's energy counter moves in steps (one run of 60 ms, v23, saw it
+	// stand still on an idle board): a window several of them long.
+	time.Sleep(300 * time.Millisecond)
 	st := s.Stop()
 	t.Log(st)
 	if st.Samples < 2 || st.MeanSMMHz <= 0 || st.MinSMMHz <= 0 || st.MinSMMHz > st.MeanSMMHz || st.MeanPowerW <= 0 || st.LimitW <= 0 ||
 		st.CappedFrac < 0 || st.CappedFrac > 1 {
 		t.Errorf("implausible samples: %+v", st)
 	}
-	if st.Seconds < 0.05 || st.EnergyJ <= 0 || st.EnergyJ/st.Seconds > 1.5*st.LimitW {
+	if st.Seconds < 0.25 || st.EnergyJ <= 0 || st.EnergyJ/st.Seconds > 1.5*st.LimitW {
 		t.Errorf("energy %.3f J in %.3f s: implausible", st.EnergyJ, st.Seconds)
 	}
 	if st.MeanPowerW > 1.5*st.LimitW {
