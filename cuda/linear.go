@@ -149,29 +149,12 @@ func dropThreshold(p float32) uint64 { return finetune.DropoutThreshold(p) }
 // W(j,k) at W + 4*(j*wsj + k*wsi).
 func (b *Backend) loraRowdot(op string, y, x, W cu.DevicePtr, T, K, r, wsj, wsi int, p float32, seed uint64) {
 	kernel, rows := "lora_rowdot8", 4
-	switch {
-	case r > 8:
+	if r > 8 {
 		kernel, rows = "lora_rowdot16", 2
-	case rowdotAhead && p == 0:
-		kernel, rows = rowdotAheadKernel, rowdotAheadRows
 	}
 	b.launch(op, kernel, grid1((T+rows-1)/rows), 256, 0, ptrArg(y), ptrArg(x), ptrArg(W), intArg(T), intArg(K), intArg(r),
 		intArg(wsj), intArg(wsi), seed, f32Arg(p), dropThreshold(p), f32Arg(keepScale(p)))
 }
-
-// rowdotAhead says whether loraRowdot takes lora_rowdot8u for rank <= 8
-// without dropout (v23: lora_rowdot8's bits with two of a thread's steps
-// loaded at once; the backward's g = dout . B, 1.2-1.7x faster; with
-// dropout the hashes set the pace, not the loads);
-// OLLAMA_TUNE_CUDA_REFERENCE=rowdot keeps lora_rowdot8 (the A/B).
-var rowdotAhead = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "rowdot")
-
-// rowdotAheadKernel and rowdotAheadRows: the kernel rowdotAhead takes and
-// its rows a block (kernels/lora.cu).
-const (
-	rowdotAheadKernel = "lora_rowdot8u"
-	rowdotAheadRows   = 4
-)
 
 // loraColdot accumulates G(j,k) += scale * sum_t a[t,j] * xd[t,k] for a
 // [T,r] and x [T,K] (xd its dropout with p, seed; p = 0: x itself), G(j,k)

@@ -37,58 +37,42 @@ __device__ __forceinline__ float lora_drop_field(float v, u64 h, int j, unsigned
 // lora_rowdot8 / 16: y [T,r], y[t,j] = sum_k xd[t,k] * W(j,k) with
 // W(j,k) = W[j*wsj + k*wsi] (A [r,K]: wsj = K, wsi = 1; B [K,r] read as
 // B^T: wsj = 1, wsi = r), for r <= 8 / 16. One block of 256 threads per
-// ROWS rows, so each W value loaded serves ROWS rows; thread i sums its k
-// = i, i + 256, ... in order, then the warps' lanes (shuffles) and the 8
-// warps in order. U (lora_rowdot_u): how many of a thread's k steps are
-// loaded before any of them is added, the same sums (1: lora_rowdot8/16).
-
-// lora_rowdot_steps adds a thread's steps k, k + step, ... to acc in that
-// order, U steps' loads at a time, while U whole steps remain (k then
-// points past them).
-template <int R, int ROWS, int U>
-__device__ __forceinline__ void lora_rowdot_steps(float (&acc)[ROWS][R], i64& k, i64 step, const float* x, const float* W,
-                                                  i64 t0, i64 T, i64 K, i64 r, i64 wsj, i64 wsi, u64 seed, float p, u64 thr,
-                                                  float ks) {
-    for (; k + (U - 1) * step < K; k += U * step) {
-        float w[U][R], v[U][ROWS];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const i64 kk = k + u * step;
-#pragma unroll
-            for (int j = 0; j < R; j++) w[u][j] = j < r ? W[j * wsj + kk * wsi] : 0.0f;
-#pragma unroll
-            for (int q = 0; q < ROWS; q++) {
-                const i64 t = t0 + q;
-                v[u][q] = t < T ? lora_drop(x[t * K + kk], seed, t * K + kk, p, thr, ks) : 0.0f;
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < U; u++)
-#pragma unroll
-            for (int q = 0; q < ROWS; q++)
-                if (t0 + q < T) {
-#pragma unroll
-                    for (int j = 0; j < R; j++) acc[q][j] = __fadd_rn(acc[q][j], __fmul_rn(v[u][q], w[u][j]));
-                }
-    }
-}
-
-template <int R, int ROWS, int U>
-__device__ __forceinline__ void lora_rowdot_u(float* y, const float* x, const float* W, i64 T, i64 K, i64 r, i64 wsj,
+// ROWS rows, so each W value loaded serves ROWS rows; thread i adds its k
+// = i, i + 256, ... in order, then lane 0 of each warp sums the lanes
+// (shuffles down by 16, 8, 4, 2, 1) and the 8 warps' sums are added in
+// order (TestRowdot repeats these sums on the host, bit for bit).
+// Each step's loads (its W values and its ROWS values of x) are all
+// issued before any of its adds (v23): adding each row's value as it came
+// made every step wait for one load after another, which held the
+// backward's g = dout . B (no dropout) at 0.5-0.8 TB/s on an H200
+// (K = 16,384: 122 us, now 62); with dropout the hashes set the pace.
+template <int R, int ROWS>
+__device__ __forceinline__ void lora_rowdot_t(float* y, const float* x, const float* W, i64 T, i64 K, i64 r, i64 wsj,
                                               i64 wsi, u64 seed, double p_d, u64 thr, double ks_d) {
     __shared__ float red[ROWS * R][8];
     const float p = (float)p_d, ks = (float)ks_d;
     const i64 t0 = blockIdx.x * (i64)ROWS;
-    const i64 step = blockDim.x;
     float acc[ROWS][R];
 #pragma unroll
     for (int q = 0; q < ROWS; q++)
 #pragma unroll
         for (int j = 0; j < R; j++) acc[q][j] = 0.0f;
-    i64 k = threadIdx.x;
-    lora_rowdot_steps<R, ROWS, U>(acc, k, step, x, W, t0, T, K, r, wsj, wsi, seed, p, thr, ks);
-    if (U > 1) // the last K % (step U) values, one step at a time
-        lora_rowdot_steps<R, ROWS, 1>(acc, k, step, x, W, t0, T, K, r, wsj, wsi, seed, p, thr, ks);
+    for (i64 k = threadIdx.x; k < K; k += blockDim.x) {
+        float w[R], v[ROWS];
+#pragma unroll
+        for (int j = 0; j < R; j++) w[j] = j < r ? W[j * wsj + k * wsi] : 0.0f;
+#pragma unroll
+        for (int q = 0; q < ROWS; q++) {
+            const i64 t = t0 + q;
+            v[q] = t < T ? lora_drop(x[t * K + k], seed, t * K + k, p, thr, ks) : 0.0f;
+        }
+#pragma unroll
+        for (int q = 0; q < ROWS; q++)
+            if (t0 + q < T) {
+#pragma unroll
+                for (int j = 0; j < R; j++) acc[q][j] = __fadd_rn(acc[q][j], __fmul_rn(v[q], w[j]));
+            }
+    }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
     for (int q = 0; q < ROWS; q++)
@@ -112,31 +96,12 @@ __device__ __forceinline__ void lora_rowdot_u(float* y, const float* x, const fl
 
 extern "C" __global__ void lora_rowdot8(float* y, const float* x, const float* W, i64 T, i64 K, i64 r, i64 wsj, i64 wsi,
                                         u64 seed, double p, u64 thr, double ks) {
-    lora_rowdot_u<8, 4, 1>(y, x, W, T, K, r, wsj, wsi, seed, p, thr, ks);
+    lora_rowdot_t<8, 4>(y, x, W, T, K, r, wsj, wsi, seed, p, thr, ks);
 }
 
 extern "C" __global__ void lora_rowdot16(float* y, const float* x, const float* W, i64 T, i64 K, i64 r, i64 wsj, i64 wsi,
                                          u64 seed, double p, u64 thr, double ks) {
-    lora_rowdot_u<16, 2, 1>(y, x, W, T, K, r, wsj, wsi, seed, p, thr, ks);
-}
-
-// lora_rowdot8u (v23): lora_rowdot8's sums, the same bits (each thread's k
-// in the same order, the same reductions), with U of a thread's k steps
-// loaded before any of them is added: lora_rowdot8 waits for each step's
-// loads before it issues the next step's, and with 256 blocks of 256
-// threads for T = 1,024 (a quarter of an H200's threads) that left it at
-// 0.5-0.8 TB/s (float32 and float16 compute's LoRA products, ~19 ms a
-// step). Measured on an H200: g = dout . B 1.2-1.7x faster (K = 16,384:
-// 122 -> 71 us); h = dropout(x) . A^T, whose dropout hashes set its pace,
-// not faster (24 -> 25 us), so the host takes it for p = 0 only.
-//
-// lora_rowdot8u: 4 rows a block, 2 steps loaded at once, at most 128
-// registers (92), so that two blocks fit an SM and T = 1,024's 256 blocks
-// run in one wave on 132 SMs. (4 steps at once needed 140 registers, or
-// spilled under the bound: slower, v23.)
-extern "C" __global__ void __launch_bounds__(256, 2) lora_rowdot8u(float* y, const float* x, const float* W, i64 T, i64 K, i64 r,
-                                                                     i64 wsj, i64 wsi, u64 seed, double p, u64 thr, double ks) {
-    lora_rowdot_u<8, 4, 2>(y, x, W, T, K, r, wsj, wsi, seed, p, thr, ks);
+    lora_rowdot_t<16, 2>(y, x, W, T, K, r, wsj, wsi, seed, p, thr, ks);
 }
 
 // lora_coldot_partial: part [nchunks,r,K], part[c,j,k] = sum over the
