@@ -55,8 +55,10 @@ func rowdotHost(x, W []float32, t, j, K, wsj, wsi int, p float32, seed uint64) f
 
 // TestRowdot: lora_rowdot8, the float32 LoRA products of float32 and
 // float16 compute (h = dropout(x) . A^T, g = dout . B read as B^T), writes
-// the bits rowdotHost computes: with and without dropout, A and B^T, rank
-// 5 and 8, T not a multiple of the rows a block, K not a multiple of 256,
+// the bits rowdotHost computes: with and without dropout (its hashes
+// shared by four lanes where K % 4 == 0, else one a value), A and B^T,
+// rank 5 and 8, T not a multiple of the rows a block, K not a multiple of
+// 256,
 // a NaN and infinities in x, and Phi-3-mini's shapes (some rows), where it
 // logs its time a call (the profile's events; v23: each step's loads
 // issued before its adds, the backward's g ~1.7x faster).
@@ -70,6 +72,7 @@ func TestRowdot(t *testing.T) {
 	}{
 		{33, 40, 8, 0.1, false, true},
 		{9, 2056, 5, 0.1, false, false},
+		{7, 1030, 8, 0.1, false, true}, // K % 4 != 0: a hash a value
 		{7, 1024 + 300, 8, 0, true, true},
 		{1024, 3072, 8, 0.05, false, false},
 		{1024, 8192, 8, 0.05, false, false},

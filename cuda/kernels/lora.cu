@@ -57,23 +57,53 @@ __device__ __forceinline__ void lora_rowdot_t(float* y, const float* x, const fl
     for (int q = 0; q < ROWS; q++)
 #pragma unroll
         for (int j = 0; j < R; j++) acc[q][j] = 0.0f;
-    for (i64 k = threadIdx.x; k < K; k += blockDim.x) {
-        float w[R], v[ROWS];
-#pragma unroll
-        for (int j = 0; j < R; j++) w[j] = j < r ? W[j * wsj + k * wsi] : 0.0f;
-#pragma unroll
-        for (int q = 0; q < ROWS; q++) {
-            const i64 t = t0 + q;
-            v[q] = t < T ? lora_drop(x[t * K + k], seed, t * K + k, p, thr, ks) : 0.0f;
-        }
-#pragma unroll
-        for (int q = 0; q < ROWS; q++)
-            if (t0 + q < T) {
-#pragma unroll
-                for (int j = 0; j < R; j++) acc[q][j] = __fadd_rn(acc[q][j], __fmul_rn(v[q], w[j]));
-            }
-    }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (p > 0.0f && (K & 3) == 0) {
+        // Dropout with K % 4 == 0: lanes 4m .. 4m+3 hold the four k of one
+        // dropout group in every row, so lane 4m+q hashes row q's group
+        // and the four lanes share the ROWS hashes by shuffles (a quarter
+        // of the hashes, which set this loop's pace: v23). The loop runs
+        // while any lane of the warp has a k (the shuffles need all 32);
+        // a lane past K loads and adds nothing, as if it had left.
+        for (i64 k = threadIdx.x; k - lane < K; k += blockDim.x) {
+            const bool in = k < K;
+            const u64 hm = dropout_hash(seed, (u64)((t0 + (lane & 3) % ROWS) * K + k));
+            float w[R], v[ROWS];
+#pragma unroll
+            for (int j = 0; j < R; j++) w[j] = in && j < r ? W[j * wsj + k * wsi] : 0.0f;
+#pragma unroll
+            for (int q = 0; q < ROWS; q++) {
+                const u64 h = __shfl_sync(0xffffffffu, hm, (lane & ~3) | q);
+                const i64 t = t0 + q;
+                v[q] = in && t < T ? (dropout_field(h, (u64)k) >= thr ? __fmul_rn(x[t * K + k], ks) : 0.0f) : 0.0f;
+            }
+            if (in) {
+#pragma unroll
+                for (int q = 0; q < ROWS; q++)
+                    if (t0 + q < T) {
+#pragma unroll
+                        for (int j = 0; j < R; j++) acc[q][j] = __fadd_rn(acc[q][j], __fmul_rn(v[q], w[j]));
+                    }
+            }
+        }
+    } else {
+        for (i64 k = threadIdx.x; k < K; k += blockDim.x) {
+            float w[R], v[ROWS];
+#pragma unroll
+            for (int j = 0; j < R; j++) w[j] = j < r ? W[j * wsj + k * wsi] : 0.0f;
+#pragma unroll
+            for (int q = 0; q < ROWS; q++) {
+                const i64 t = t0 + q;
+                v[q] = t < T ? lora_drop(x[t * K + k], seed, t * K + k, p, thr, ks) : 0.0f;
+            }
+#pragma unroll
+            for (int q = 0; q < ROWS; q++)
+                if (t0 + q < T) {
+#pragma unroll
+                    for (int j = 0; j < R; j++) acc[q][j] = __fadd_rn(acc[q][j], __fmul_rn(v[q], w[j]));
+                }
+        }
+    }
 #pragma unroll
     for (int q = 0; q < ROWS; q++)
 #pragma unroll
