@@ -58,10 +58,8 @@ func rowdotHost(x, W []float32, t, j, K, wsj, wsi int, p float32, seed uint64) f
 // the bits rowdotHost computes: with and without dropout (its hashes
 // shared by four lanes where K % 4 == 0, else one a value), A and B^T,
 // rank 5 and 8, T not a multiple of the rows a block, K not a multiple of
-// 256,
-// a NaN and infinities in x, and Phi-3-mini's shapes (some rows), where it
-// logs its time a call (the profile's events; v23: each step's loads
-// issued before its adds, the backward's g ~1.7x faster).
+// 256, a NaN and infinities in x, and Phi-3-mini's shapes (some rows),
+// where it logs its time a call (the profile's events; v23).
 func TestRowdot(t *testing.T) {
 	g := gpu
 	cases := []struct {
