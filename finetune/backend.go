@@ -29,6 +29,18 @@ const (
 	I32
 )
 
+// Bytes is the size of one value of type d (the memory estimates: kept
+// weights and activations are held in the compute type).
+func (d DType) Bytes() int64 {
+	switch d {
+	case F16, BF16:
+		return 2
+	case U8:
+		return 1
+	}
+	return 4
+}
+
 func (d DType) String() string {
 	switch d {
 	case F32:

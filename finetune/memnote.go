@@ -45,11 +45,8 @@ func memoryForSpeedNote(job *Job, cfg *Config, prep *prepared, plan TrainPlan, f
 	// rounded up to a tenth, where it keeps less now.
 	actGB := 0.0
 	if t.GradientCheckpointing {
-		elem := int64(2)
-		if q.ComputeDType() == F32 {
-			elem = 4
-		}
-		if all := keepableActivationBytes(cfg, t.PerDeviceTrainBatchSize*longestSequence(prep), elem); all > int64(t.GradientCheckpointingKeepGB*1e9) {
+		all := keepableActivationBytes(cfg, t.PerDeviceTrainBatchSize*longestSequence(prep), q.ComputeDType().Bytes())
+		if all > int64(t.GradientCheckpointingKeepGB*1e9) {
 			actGB = math.Ceil(float64(all)/1e8) / 10
 		}
 	}
@@ -112,17 +109,12 @@ func longestSequence(prep *prepared) int {
 }
 
 // dequantizedBytes is what keeping every decoder linear's dequantized
-// weight takes in compute type dt (float32: 4 bytes a value, else 2), the
-// plan's KeptBytes at most.
+// weight takes in compute type dt, the plan's KeptBytes at most.
 func dequantizedBytes(cfg *Config, dt DType) int64 {
-	elem := int64(2)
-	if dt == F32 {
-		elem = 4
-	}
 	var all int64
 	for _, m := range LinearModules {
 		out, in := LinearShape(cfg, m)
-		all += elem * int64(out) * int64(in) * int64(cfg.NumLayers)
+		all += dt.Bytes() * int64(out) * int64(in) * int64(cfg.NumLayers)
 	}
 	return all
 }

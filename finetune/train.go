@@ -286,10 +286,8 @@ func makePlan(job *Job, cfg *Config, prep *prepared) (TrainPlan, error) {
 		p.KeptBytes = min(dequantizedBytes(cfg, q.ComputeDType()), int64(q.KeepDequantizedGB*1e9))
 	}
 	if t.GradientCheckpointing && t.GradientCheckpointingKeepGB > 0 {
-		elem := int64(2) // the outputs are held in the 16-bit compute type
-		if job.Config.Quantization.ComputeDType() == F32 {
-			elem = 4
-		}
+		// The outputs are held in the compute type.
+		elem := job.Config.Quantization.ComputeDType().Bytes()
 		p.KeptActivationBytes = min(int64(t.GradientCheckpointingKeepGB*1e9), keepableActivationBytes(cfg, tokens, elem))
 	}
 	p.EstimatedBytes = p.ModelBytes + p.OptimizerBytes + p.ActivationBytes + p.KeptBytes + p.KeptActivationBytes
