@@ -587,9 +587,9 @@ func TestCheckpointKeepIsBitwiseEqual(t *testing.T) {
 				c.budget, sc.stashed, sc.unstashed, sc.linears, 2*c.kept, 2*c.kept, ref.linears-2*c.kept)
 		}
 		// What the trainer tells a StashPreparer is what a step offers.
-		if want := stashSizes(sc, cfg, allLinear(4, 8, 0.2), batch.B, batch.S); c.budget > 0 &&
+		if want := StashSizes(sc, cfg, allLinear(4, 8, 0.2), batch.B, batch.S); c.budget > 0 &&
 			fmt.Sprint(sc.offered) != fmt.Sprint(append(want, want...)) {
-			t.Errorf("budget %d: two steps offered the stash %v, stashSizes says %v a step", c.budget, sc.offered, want)
+			t.Errorf("budget %d: two steps offered the stash %v, StashSizes says %v a step", c.budget, sc.offered, want)
 		}
 		fb := &fusedBackend{CPUBackend: testBackend()}
 		m = build(fb)

@@ -348,11 +348,12 @@ func stashOutputSizes(c *Config, T int, qkvElem, guElem int64) []int64 {
 	return sizes
 }
 
-// stashSizes are stashOutputSizes as Model.newBuffers allocates the
+// StashSizes are stashOutputSizes as Model.newBuffers allocates the
 // outputs on b: 16-bit where b holds them so (HalfAllocator under a 16-bit
 // compute type: qkv where attention takes RoPE fused, gate_up where
-// down_proj has an adapter), else float32. For StashPreparer.
-func stashSizes(b Backend, c *Config, lora *LoRAConfig, B, S int) []int64 {
+// down_proj has an adapter), else float32. For StashPreparer (the trainer,
+// and the GPU benchmark, which prepares the stash as the trainer does).
+func StashSizes(b Backend, c *Config, lora *LoRAConfig, B, S int) []int64 {
 	targets, err := lora.Validate()
 	if err != nil {
 		return nil
@@ -653,7 +654,7 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 	if sp, ok := tr.b.(StashPreparer); ok && mo.GradientCheckpointing && job.Config.Training.GradientCheckpointingKeepGB > 0 {
 		// The stash's memory (page-locked host memory) made beside the load.
 		sp.PrepareStash(int64(job.Config.Training.GradientCheckpointingKeepGB*1e9),
-			stashSizes(tr.b, baseCfg, tr.lora, tr.microBS, job.Config.Training.MaxSeqLength))
+			StashSizes(tr.b, baseCfg, tr.lora, tr.microBS, job.Config.Training.MaxSeqLength))
 	}
 	rehearsed := func() string { return "" }
 	if r, ok := tr.b.(StepRehearser); ok {

@@ -352,22 +352,11 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 	}
 	defer m.Free()
 	if ckpt && keepActGB > 0 {
-		// As the trainer does (training.gradient_checkpointing_keep_gb):
-		// the stash told what a step offers (each layer's qkv_proj and
-		// gate_up_proj outputs but the last's, bfloat16 under 16-bit
-		// compute), so that a budget for all of them keeps them all on the
-		// device.
+		// As the trainer does (training.gradient_checkpointing_keep_gb),
+		// the stash told what a step offers, so that a budget for all of
+		// it keeps it all on the device.
 		m.CheckpointKeepBytes = int64(keepActGB * 1e9)
-		elem := int64(2)
-		if dt == finetune.F32 {
-			elem = 4
-		}
-		var sizes []int64
-		for range cfg.NumLayers - 1 {
-			T := int64(batchRows * seqLen)
-			sizes = append(sizes, elem*T*int64(cfg.QKVOut()), elem*T*int64(2*cfg.IntermediateSize))
-		}
-		b.PrepareStash(m.CheckpointKeepBytes, sizes)
+		b.PrepareStash(m.CheckpointKeepBytes, finetune.StashSizes(b, cfg, tutorialLoRA(seed), batchRows, seqLen))
 		if os.Getenv("OLLAMA_TUNE_BENCH_EMBED") != "device" {
 			if err := b.MoveToHost(m.Embed); err != nil {
 				return res, nil, err
