@@ -47,6 +47,19 @@ var TokenizerFiles = []string{
 	"added_tokens.json", "chat_template.jinja",
 }
 
+// copyFrom writes the bytes of the file at src (a stageFile body).
+func copyFrom(src string) func(w io.Writer) error {
+	return func(w io.Writer) error {
+		f, err := os.Open(src)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = io.Copy(w, f)
+		return err
+	}
+}
+
 // writeOutputs writes the final files of a run.
 func (tr *trainer) writeOutputs(res *Result) error {
 	out := tr.job.outputDir()
@@ -64,15 +77,7 @@ func (tr *trainer) writeOutputs(res *Result) error {
 		} else if err != nil {
 			return fmt.Errorf("write outputs: %w", err)
 		}
-		files = append(files, tr.stageFile(name, func(w io.Writer) error {
-			f, err := os.Open(src)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			_, err = io.Copy(w, f)
-			return err
-		}))
+		files = append(files, tr.stageFile(name, copyFrom(src)))
 	}
 	card := ModelCard(tr.job, res)
 	files = append(files,

@@ -268,15 +268,7 @@ func (tr *trainer) finalAdapterFiles() ([]peft.File, error) {
 		if _, err := os.Stat(src); err != nil {
 			return tr.adapterFiles()
 		}
-		files = append(files, tr.stageFile(name, func(w io.Writer) error {
-			f, err := os.Open(src)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			_, err = io.Copy(w, f)
-			return err
-		}))
+		files = append(files, tr.stageFile(name, copyFrom(src)))
 	}
 	return files, nil
 }
