@@ -152,6 +152,9 @@ func (b *Backend) loraRowdot(op string, y, x, W cu.DevicePtr, T, K, r, wsj, wsi 
 	if r > 8 {
 		kernel, rows = "lora_rowdot16", 2
 	}
+	if int64(max(rows, r))*int64(K) >= 1<<31 {
+		panic(&Error{Op: op, Err: fmt.Errorf("LoRA product over %d columns: the fused kernels take fewer than 2^31 / %d", K, max(rows, r))})
+	}
 	b.launch(op, kernel, grid1((T+rows-1)/rows), 256, 0, ptrArg(y), ptrArg(x), ptrArg(W), intArg(T), intArg(K), intArg(r),
 		intArg(wsj), intArg(wsi), seed, f32Arg(p), dropThreshold(p), f32Arg(keepScale(p)))
 }
@@ -163,7 +166,17 @@ func (b *Backend) loraColdot(op string, G, a, x cu.DevicePtr, T, K, r, gsj, gsk 
 	nc := (T + loraChunk - 1) / loraChunk
 	part := b.scratchBuf(sLoRAPart, 4*int64(nc)*int64(r)*int64(K), op)
 	gx := (K + 255) / 256
-	b.launch(op, "lora_coldot_partial", [3]int{gx, nc, 1}, 256, 0, ptrArg(part), ptrArg(a), ptrArg(x), intArg(T), intArg(K), intArg(r),
+	if int64(loraChunk)*int64(K) >= 1<<31 {
+		panic(&Error{Op: op, Err: fmt.Errorf("LoRA product over %d columns: the fused kernels take fewer than 2^31 / %d", K, loraChunk)})
+	}
+	kernel := "lora_coldot_partial8"
+	if r > 8 {
+		kernel = "lora_coldot_partial16"
+	}
+	if p > 0 && K%4 == 0 {
+		kernel += "s" // dropout hashes shared by the four lanes of a group
+	}
+	b.launch(op, kernel, [3]int{gx, nc, 1}, 256, 0, ptrArg(part), ptrArg(a), ptrArg(x), intArg(T), intArg(K), intArg(r),
 		intArg(loraChunk), seed, f32Arg(p), dropThreshold(p), f32Arg(keepScale(p)))
 	b.launch(op, "lora_coldot_finish", [3]int{gx, r, 1}, 256, 0, ptrArg(G), ptrArg(part), intArg(nc), intArg(K), intArg(r),
 		intArg(gsj), intArg(gsk), f32Arg(scale))

@@ -19,7 +19,8 @@
 # training.gradient_checkpointing_keep_gb 0.34 (v16); RUNS="name ..."
 # picks some (tutorial-wrapped trl-default-bfd tutorial-keep8
 # tutorial-keep8-nockpt tutorial-keepact, and tutorial-keepact-all:
-# 1.7 GB, every output on the device, v23); each prints
+# 1.7 GB, every output on the device, v23; seed-tf32: float32 compute with
+# training.tf32, v24); each prints
 # its wall time, a few step lines and the adapter folder; a name given twice
 # runs twice (its second log is NAME-2.log). BENCHMARKS.md,
 # "The real CLI end to end", records its results. Needs PyTorch and
@@ -104,6 +105,13 @@ run() {
     # what the trainer's note offers a GPU of ~7-11 GiB free).
     tutorial-keepact-all)
       one "$name" --set training.packing_strategy=wrapped --set training.gradient_checkpointing_keep_gb=1.7
+      ;;
+    # The seed's float32 compute with TF32 matrix products (v22's
+    # training.tf32; what `ollama-tune yoda --set training.tf32=true`
+    # trains with), the tutorial's layout.
+    seed-tf32)
+      one "$name" --set training.packing_strategy=wrapped --set quantization.bnb_4bit_compute_dtype=float32 \
+        --set training.tf32=true
       ;;
     *) echo "unknown run $name" >&2 ;;
     esac
