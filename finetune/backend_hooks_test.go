@@ -512,8 +512,7 @@ func TestTF32Setting(t *testing.T) {
 		}
 		var logs []string
 		if _, err := Train(context.Background(), j, func(e TrainEvent) {
-			// (computeNote's note names the key too: TestComputeNote.)
-			if l, ok := e.(LogEvent); ok && strings.Contains(l.Message, "training.tf32") && !strings.HasPrefix(l.Message, "note:") {
+			if l, ok := e.(LogEvent); ok && strings.Contains(l.Message, "training.tf32") {
 				logs = append(logs, l.Message)
 			}
 		}); err != nil {

@@ -625,9 +625,6 @@ func Train(ctx context.Context, job *Job, emit func(TrainEvent)) (*Result, error
 			}
 		}
 	}
-	if note := computeNote(job, tr.b); note != "" && resumeDir == "" {
-		emit(LogEvent{Level: "info", Message: note})
-	}
 	if tf := job.Config.Training.TF32; tf != nil && *tf {
 		if ts, ok := tr.b.(TF32Setter); ok {
 			if err := ts.SetTF32(true); err != nil {

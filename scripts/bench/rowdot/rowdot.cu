@@ -7,7 +7,9 @@
 // checkpointing's recompute), and g = dout . B for the four (K 9,216,
 // 3,072, 16,384, 3,072), once. Every variant's y is compared with the
 // trainer's (ROWS 4, AHEAD 1) bit for bit: a thread's k order, the
-// shuffles and the warps' order do not depend on ROWS or AHEAD. Inputs
+// shuffles and the warps' order do not depend on ROWS or AHEAD. The
+// cp.async variants (lora_rowdot_pipe_t, below) copy the steps ahead into
+// shared memory instead of registers. Inputs
 // rotate over enough buffers to leave the L2 cache.
 //
 //   nvcc -O3 -std=c++17 -arch=sm_90 -fmad=false -o /tmp/rowdot rowdot.cu && /tmp/rowdot
@@ -25,6 +27,123 @@ template <int ROWS, int AHEAD, int MINB>
 __global__ void __launch_bounds__(256, MINB) rowdot(float* y, const float* x, const float* W, i64 T, i64 K, i64 r, i64 wsj,
                                                     i64 wsi, u64 seed, double p, u64 thr, double ks) {
     lora_rowdot_t<8, ROWS, AHEAD>(y, x, W, T, K, r, wsj, wsi, seed, p, thr, ks);
+}
+
+// lora_cp4 copies one float from global to shared memory without the
+// registers (cp.async, sm_80), or writes a zero where !ok (the copy's
+// source size 0: src is then not read); lora_cp_commit closes a group,
+// lora_cp_wait<n> waits until at most n of the thread's groups are in
+// flight. A thread that reads only what it copied needs no barrier.
+__device__ __forceinline__ void lora_cp4(float* dst, const float* src, bool ok) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 4 : 0) : "memory");
+}
+__device__ __forceinline__ void lora_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int n>
+__device__ __forceinline__ void lora_cp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory");
+}
+
+// lora_rowdot_pipe_t (tried in v24, not kept: 9.43-14.4 ms a step against
+// AHEAD 2's 9.15; faster only for g, by 0.4 ms a step) is lora_rowdot_t (AHEAD 1) with each step's values
+// of x (and of W, WPIPE) copied STAGES - 1 steps ahead into shared memory
+// by cp.async instead of loaded into registers (blockDim.x must be 256;
+// without WPIPE, W, which stays in L2, is loaded as it is needed): each thread copies
+// exactly the x and W values it adds later, so the copies need no
+// barrier, and the steps in flight cost shared memory, not registers.
+// The same sums in the same order as lora_rowdot_t's, so the same bits.
+template <int R, int ROWS, int STAGES, bool WPIPE>
+__device__ __forceinline__ void lora_rowdot_pipe_t(float* y, const float* x, const float* W, i64 T, i64 K, i64 r,
+                                                   i64 wsj, i64 wsi, u64 seed, double p_d, u64 thr, double ks_d) {
+    static_assert(ROWS <= 4, "lora_rowdot_pipe_t: at most four rows a block");
+    constexpr int NT = 256;
+    __shared__ float red[ROWS * R][8];
+    __shared__ float xs[STAGES][ROWS][NT];
+    __shared__ float ws[WPIPE ? STAGES : 1][WPIPE ? R : 1][NT];
+    const float p = (float)p_d, ks = (float)ks_d;
+    const i64 t0 = blockIdx.x * (i64)ROWS;
+    const int i = threadIdx.x, lane = i & 31, warp = i >> 5;
+    const bool shared = p > 0.0f && (K & 3) == 0;
+    const unsigned int Ku = (unsigned int)K, wsju = (unsigned int)wsj;
+    const float* xt = x + t0 * K;
+    // The warp's steps: while any of its lanes has a k (the shuffles need
+    // all 32 lanes); a lane's k past K copies zeros and adds nothing.
+    const i64 nsteps = (K - warp * 32 + NT - 1) / NT;
+    auto issue = [&](i64 m) {
+        const int st = (int)(m % STAGES);
+        const i64 k = m * NT + i;
+        const bool in = m < nsteps && k < K;
+#pragma unroll
+        for (int q = 0; q < ROWS; q++) lora_cp4(&xs[st][q][i], in && t0 + q < T ? xt + q * Ku + k : x, in && t0 + q < T);
+        if (WPIPE) {
+#pragma unroll
+            for (int j = 0; j < R; j++) lora_cp4(&ws[st][j][i], in && j < r ? W + j * wsju + k * wsi : W, in && j < r);
+        }
+        lora_cp_commit();
+    };
+    float acc[ROWS][R];
+#pragma unroll
+    for (int q = 0; q < ROWS; q++)
+#pragma unroll
+        for (int j = 0; j < R; j++) acc[q][j] = 0.0f;
+#pragma unroll
+    for (int m = 0; m < STAGES - 1; m++) issue(m);
+    for (i64 m = 0; m < nsteps; m++) {
+        issue(m + STAGES - 1);  // (empty groups past the end keep the count)
+        lora_cp_wait<STAGES - 1>();
+        const int st = (int)(m % STAGES);
+        const i64 k = m * NT + i;
+        const bool in = k < K;
+        float v[ROWS], w[R];
+#pragma unroll
+        for (int q = 0; q < ROWS; q++) v[q] = xs[st][q][i];
+#pragma unroll
+        for (int j = 0; j < R; j++) w[j] = WPIPE ? ws[st][j][i] : (in && j < r ? W[j * wsju + k * wsi] : 0.0f);
+        if (shared) {
+            const u64 hm = dropout_hash(seed, (u64)(t0 * K + k) + ((lane & 3) % ROWS) * Ku);
+#pragma unroll
+            for (int q = 0; q < ROWS; q++) {
+                const u64 h = __shfl_sync(0xffffffffu, hm, (lane & ~3) | q);
+                v[q] = dropout_field(h, (u64)k) >= thr ? __fmul_rn(v[q], ks) : 0.0f;
+            }
+        } else if (p > 0.0f) {
+#pragma unroll
+            for (int q = 0; q < ROWS; q++) v[q] = lora_drop(v[q], seed, t0 * K + k + q * Ku, p, thr, ks);
+        }
+        if (in) {
+#pragma unroll
+            for (int q = 0; q < ROWS; q++)
+                if (t0 + q < T) {
+#pragma unroll
+                    for (int j = 0; j < R; j++) acc[q][j] = __fadd_rn(acc[q][j], __fmul_rn(v[q], w[j]));
+                }
+        }
+    }
+    lora_cp_wait<0>();
+#pragma unroll
+    for (int q = 0; q < ROWS; q++)
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            float v = acc[q][j];
+            for (int o = 16; o > 0; o >>= 1) v = __fadd_rn(v, __shfl_down_sync(0xffffffffu, v, o));
+            if (lane == 0) red[q * R + j][warp] = v;
+        }
+    __syncthreads();
+    if (threadIdx.x < ROWS * R) {
+        int q = threadIdx.x / R, j = threadIdx.x % R;
+        i64 t = t0 + q;
+        if (t < T && j < r) {
+            float s = 0.0f;
+            for (int w = 0; w < 8; w++) s = __fadd_rn(s, red[threadIdx.x][w]);
+            y[t * r + j] = s;
+        }
+    }
+}
+
+template <int ROWS, int STAGES, bool WPIPE>
+__global__ void __launch_bounds__(256) rowdot_pipe(float* y, const float* x, const float* W, i64 T, i64 K, i64 r,
+                                                   i64 wsj, i64 wsi, u64 seed, double p, u64 thr, double ks) {
+    lora_rowdot_pipe_t<8, ROWS, STAGES, WPIPE>(y, x, W, T, K, r, wsj, wsi, seed, p, thr, ks);
 }
 
 typedef void (*rowdotFn)(float*, const float*, const float*, i64, i64, i64, i64, i64, u64, double, u64, double);
@@ -45,17 +164,17 @@ int main() {
         {"g gate_up_proj", 16384, false, 1}, {"g down_proj", 3072, false, 1},
     };
     Variant vs[] = {
-        {"ROWS 4, AHEAD 1 (v23)", rowdot<4, 1, 1>, 4},
+        {"ROWS 4, AHEAD 1", rowdot<4, 1, 1>, 4},
+        {"ROWS 4, AHEAD 2 (the trainer's)", rowdot<4, 2, 1>, 4},
         {"ROWS 4, AHEAD 1, 3 blocks", rowdot<4, 1, 3>, 4},
-        {"ROWS 4, AHEAD 2", rowdot<4, 2, 1>, 4},
-        {"ROWS 2, AHEAD 1", rowdot<2, 1, 1>, 2},
         {"ROWS 2, AHEAD 2", rowdot<2, 2, 1>, 2},
         {"ROWS 2, AHEAD 2, 4 blocks", rowdot<2, 2, 4>, 2},
-        {"ROWS 2, AHEAD 4", rowdot<2, 4, 1>, 2},
-        {"ROWS 1, AHEAD 4", rowdot<1, 4, 1>, 1},
-        {"ROWS 4, AHEAD 1, 4 blocks", rowdot<4, 1, 4>, 4},
-        {"ROWS 2, AHEAD 1, 4 blocks", rowdot<2, 1, 4>, 2},
-        {"ROWS 8, AHEAD 1", rowdot<8, 1, 1>, 8},
+        {"cp.async x+W, ROWS 4, 2 stages", rowdot_pipe<4, 2, true>, 4},
+        {"cp.async x+W, ROWS 4, 3 stages", rowdot_pipe<4, 3, true>, 4},
+        {"cp.async x+W, ROWS 2, 4 stages", rowdot_pipe<2, 4, true>, 2},
+        {"cp.async x, ROWS 4, 4 stages", rowdot_pipe<4, 4, false>, 4},
+        {"cp.async x, ROWS 4, 8 stages", rowdot_pipe<4, 8, false>, 4},
+        {"cp.async x, ROWS 2, 8 stages", rowdot_pipe<2, 8, false>, 2},
     };
     const int nv = sizeof(vs) / sizeof(vs[0]);
     for (int vi = 0; vi < nv; vi++) {
@@ -85,7 +204,7 @@ int main() {
     cudaEventCreate(&e0);
     cudaEventCreate(&e1);
     std::vector<double> step(nv, 0);
-    printf("us a call (T %d, r %d), bits against ROWS 4, AHEAD 1\n", T, r);
+    printf("us a call (T %d, r %d), bits against ROWS 4, AHEAD 1 (v24: cp.async stages added)\n", T, r);
     for (auto& sh : shapes) {
         const int K = sh.K;
         const double pp = sh.h ? p : 0.0;
