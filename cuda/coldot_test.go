@@ -4,7 +4,6 @@ package cuda
 
 import (
 	"fmt"
-	"math"
 	"testing"
 
 	"github.com/ollama-tune/ollama-tune/finetune"
@@ -70,9 +69,7 @@ func TestColdot(t *testing.T) {
 		name := fmt.Sprintf("T%d K%d r%d p%g GradB %v", c.T, c.K, c.r, c.p, c.gradB)
 		xv, av, gv := randn(c.T*c.K, 41, 2), randn(c.T*c.r, 42, 0.5), randn(c.K*c.r, 43, 0.1)
 		if c.special {
-			xv[3*c.K+5] = float32(math.NaN())
-			xv[4*c.K+9] = float32(math.Inf(1))
-			xv[5*c.K+1] = float32(math.Inf(-1))
+			putSpecials(xv, c.K)
 		}
 		x, a, G := g.Alloc(c.T, c.K), g.Alloc(c.T, c.r), g.Alloc(c.K, c.r)
 		g.Upload(x, xv)
@@ -98,20 +95,13 @@ func TestColdot(t *testing.T) {
 			for j := range c.r {
 				i := j*gsj + k*gsk
 				want := coldotHost(gv[i], av, xv, j, k, c.T, c.K, c.r, scale, c.p, seed)
-				// (A NaN's payload is the GPU's own: any NaN matches one.)
-				if v := got[i]; math.Float32bits(v) != math.Float32bits(want) && !(v != v && want != want) {
+				if v := got[i]; !sameBits(v, want) {
 					t.Fatalf("%s: G(%d,%d) = %v, the kernels' order on the host gives %v", name, j, k, v, want)
 				}
 			}
 		}
 		if c.T == 1024 {
-			launch(3)
-			g.StartProfile()
-			launch(reps)
-			p, err := g.StopProfile()
-			if err != nil {
-				t.Fatal(err)
-			}
+			p := profileCalls(t, g, launch, reps)
 			var split string
 			for _, e := range p.Entries {
 				split += fmt.Sprintf(" %s %.2f", e.Name, 1000*e.Ms/reps)

@@ -95,6 +95,34 @@ func randn(n int, seed uint64, scale float32) []float32 {
 	return x
 }
 
+// profileCalls runs run(3) to warm up, then profiles run(reps): the
+// kernels' times (Profile.BusyMs / reps is one call's).
+func profileCalls(t *testing.T, b *Backend, run func(n int), reps int) Profile {
+	t.Helper()
+	run(3)
+	b.StartProfile()
+	run(reps)
+	p, err := b.StopProfile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// putSpecials writes a NaN and both infinities into rows 3-5 of x [T,K]
+// (T >= 6, K >= 10).
+func putSpecials(x []float32, K int) {
+	x[3*K+5] = float32(math.NaN())
+	x[4*K+9] = float32(math.Inf(1))
+	x[5*K+1] = float32(math.Inf(-1))
+}
+
+// sameBits: the same float32 bits, or both NaN (a NaN's payload is the
+// GPU's own).
+func sameBits(a, b float32) bool {
+	return math.Float32bits(a) == math.Float32bits(b) || a != a && b != b
+}
+
 func nanSlice(n int) []float32 {
 	x := make([]float32, n)
 	for k := range x {
@@ -1261,13 +1289,7 @@ func TestNF4DequantLDSpeed(t *testing.T) {
 					gpuB16.matrixLD(w.(*weight), "test", ld)
 				}
 			}
-			run(3)
-			gpuB16.StartProfile()
-			run(reps)
-			p, err := gpuB16.StopProfile()
-			if err != nil {
-				t.Fatal(err)
-			}
+			p := profileCalls(t, gpuB16, run, reps)
 			us := 1000 * p.BusyMs / reps
 			totals[vi] += 2 * us
 			t.Logf("[%5d,%5d] %-24s %7.2f us/call (events), wall %7.2f us/call, %.2f TB/s", out, in, v.name, us, 1000*p.WallMs/reps, bytes/us/1e6)

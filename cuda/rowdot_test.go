@@ -4,7 +4,6 @@ package cuda
 
 import (
 	"fmt"
-	"math"
 	"testing"
 
 	"github.com/ollama-tune/ollama-tune/finetune"
@@ -83,9 +82,7 @@ func TestRowdot(t *testing.T) {
 		name := fmt.Sprintf("T%d K%d r%d p%g B^T %v", c.T, c.K, c.r, c.p, c.bt)
 		xv, wv := randn(c.T*c.K, 31, 2), randn(c.K*c.r, 32, 0.05)
 		if c.special {
-			xv[3*c.K+5] = float32(math.NaN())
-			xv[4*c.K+9] = float32(math.Inf(1))
-			xv[5*c.K+1] = float32(math.Inf(-1))
+			putSpecials(xv, c.K)
 		}
 		x, W, y := g.Alloc(c.T, c.K), g.Alloc(c.K, c.r), g.Alloc(c.T, c.r)
 		g.Upload(x, xv)
@@ -112,22 +109,13 @@ func TestRowdot(t *testing.T) {
 		for _, row := range rows {
 			for j := range c.r {
 				want := rowdotHost(xv, wv, row, j, c.K, wsj, wsi, c.p, seed)
-				// (A NaN's payload is the GPU's own: any NaN matches one.)
-				v := got[row*c.r+j]
-				if math.Float32bits(v) != math.Float32bits(want) && !(v != v && want != want) {
+				if v := got[row*c.r+j]; !sameBits(v, want) {
 					t.Fatalf("%s: y[%d,%d] = %v, the kernel's order on the host gives %v", name, row, j, v, want)
 				}
 			}
 		}
 		if c.T == 1024 {
-			launch(3)
-			g.StartProfile()
-			launch(reps)
-			p, err := g.StopProfile()
-			if err != nil {
-				t.Fatal(err)
-			}
-			us := 1000 * p.BusyMs / reps
+			us := 1000 * profileCalls(t, g, launch, reps).BusyMs / reps
 			t.Logf("%s lora_rowdot8 %7.2f us/call, %.2f TB/s of x", name, us, float64(4*c.T*c.K)/us/1e6)
 		}
 		g.Free(x)

@@ -5,6 +5,33 @@
 #pragma once
 #include "lora_drop.cuh"
 
+// lora_rowdot_sum ends a row product of a block of 256 threads: each
+// warp sums its lanes' acc (shuffles down by 16, 8, 4, 2, 1), and the 8
+// warps' sums are added in order into y[t0 + q, j].
+template <int R, int ROWS>
+__device__ __forceinline__ void lora_rowdot_sum(const float (&acc)[ROWS][R], float* y, i64 t0, i64 T, i64 r) {
+    __shared__ float red[ROWS * R][8];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int q = 0; q < ROWS; q++)
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            float v = acc[q][j];
+            for (int o = 16; o > 0; o >>= 1) v = __fadd_rn(v, __shfl_down_sync(0xffffffffu, v, o));
+            if (lane == 0) red[q * R + j][warp] = v;
+        }
+    __syncthreads();
+    if (threadIdx.x < ROWS * R) {
+        int q = threadIdx.x / R, j = threadIdx.x % R;
+        i64 t = t0 + q;
+        if (t < T && j < r) {
+            float s = 0.0f;
+            for (int w = 0; w < 8; w++) s = __fadd_rn(s, red[threadIdx.x][w]);
+            y[t * r + j] = s;
+        }
+    }
+}
+
 // lora_rowdot8 / 16: y [T,r], y[t,j] = sum_k xd[t,k] * W(j,k) with
 // W(j,k) = W[j*wsj + k*wsi] (A [r,K]: wsj = K, wsi = 1; B [K,r] read as
 // B^T: wsj = 1, wsi = r), for r <= 8 / 16. One block of 256 threads per
@@ -30,7 +57,6 @@ __device__ __forceinline__ void lora_rowdot_t(float* y, const float* x, const fl
     // The shared hashes give lane 4m+q row q % ROWS's: more than four rows
     // would need more lanes (scripts/bench/rowdot's ROWS 8 changed bits).
     static_assert(ROWS <= 4, "lora_rowdot_t: at most four rows a block");
-    __shared__ float red[ROWS * R][8];
     const float p = (float)p_d, ks = (float)ks_d;
     const i64 t0 = blockIdx.x * (i64)ROWS;
     const i64 step = blockDim.x;
@@ -39,7 +65,7 @@ __device__ __forceinline__ void lora_rowdot_t(float* y, const float* x, const fl
     for (int q = 0; q < ROWS; q++)
 #pragma unroll
         for (int j = 0; j < R; j++) acc[q][j] = 0.0f;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
     const bool shared = p > 0.0f && (K & 3) == 0;
     // Offsets from the rows' and the step's bases are 32-bit (the host
     // checks ROWS * K and r * K < 2^31): 64-bit index arithmetic a load
@@ -93,24 +119,7 @@ __device__ __forceinline__ void lora_rowdot_t(float* y, const float* x, const fl
                 }
         }
     }
-#pragma unroll
-    for (int q = 0; q < ROWS; q++)
-#pragma unroll
-        for (int j = 0; j < R; j++) {
-            float v = acc[q][j];
-            for (int o = 16; o > 0; o >>= 1) v = __fadd_rn(v, __shfl_down_sync(0xffffffffu, v, o));
-            if (lane == 0) red[q * R + j][warp] = v;
-        }
-    __syncthreads();
-    if (threadIdx.x < ROWS * R) {
-        int q = threadIdx.x / R, j = threadIdx.x % R;
-        i64 t = t0 + q;
-        if (t < T && j < r) {
-            float s = 0.0f;
-            for (int w = 0; w < 8; w++) s = __fadd_rn(s, red[threadIdx.x][w]);
-            y[t * r + j] = s;
-        }
-    }
+    lora_rowdot_sum<R, ROWS>(acc, y, t0, T, r);
 }
 
 // lora_coldot_nb: the tokens whose loads a thread issues together

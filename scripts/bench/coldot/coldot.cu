@@ -124,6 +124,16 @@ int main() {
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0);
     cudaEventCreate(&e1);
+    // usPerCall times reps calls of launch(i) (i picks the input buffer).
+    auto usPerCall = [&](auto launch) {
+        cudaEventRecord(e0);
+        for (int i = 0; i < reps; i++) launch(i);
+        cudaEventRecord(e1);
+        cudaEventSynchronize(e1);
+        float ms;
+        cudaEventElapsedTime(&ms, e0, e1);
+        return 1000.0 * ms / reps;
+    };
     std::vector<double> stepPartial(nv, 0), stepFinish(2, 0);
     printf("us a call (T %d, r %d, %d-token chunks; partial, then finish v23 / new), bits against v23\n", T, r, tc);
     for (auto& sh : shapes) {
@@ -140,13 +150,9 @@ int main() {
             CK(cudaGetLastError());
             CK(cudaMemcpy(vi == 0 ? ref.data() : got.data(), part, 4 * ref.size(), cudaMemcpyDeviceToHost));
             bool same = vi == 0 || memcmp(ref.data(), got.data(), 4 * ref.size()) == 0;
-            cudaEventRecord(e0);
-            for (int i = 0; i < reps; i++) f<<<grid, v.threads>>>(part, a, x[i % nbuf], T, K, r, tc, seed, pp, thr, ks);
-            cudaEventRecord(e1);
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            cudaEventElapsedTime(&ms, e0, e1);
-            const double us = 1000.0 * ms / reps;
+            const double us = usPerCall([&](int i) {
+                f<<<grid, v.threads>>>(part, a, x[i % nbuf], T, K, r, tc, seed, pp, thr, ks);
+            });
             stepPartial[vi] += 32 * us;
             printf("  %-30s %7.2f us  %5.2f TB/s  %s\n", v.name, us, 4.0 * T * K / us / 1e6, same ? "same bits" : "DIFFERENT BITS");
         }
@@ -159,16 +165,10 @@ int main() {
             else new_finish<<<grid, 256>>>(G, part, nc, K, r, K, 1, 2.0);
             CK(cudaGetLastError());
             CK(cudaMemcpy(fi == 0 ? refG.data() : gotG.data(), G, 4 * r * K, cudaMemcpyDeviceToHost));
-            cudaEventRecord(e0);
-            for (int i = 0; i < reps; i++) {
+            const double us = usPerCall([&](int) {
                 if (fi == 0) old_finish<<<grid, 256>>>(G, part, nc, K, r, K, 1, 2.0);
                 else new_finish<<<grid, 256>>>(G, part, nc, K, r, K, 1, 2.0);
-            }
-            cudaEventRecord(e1);
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            cudaEventElapsedTime(&ms, e0, e1);
-            const double us = 1000.0 * ms / reps;
+            });
             stepFinish[fi] += 32 * us;
             printf("  finish %-23s %7.2f us  %s\n", fi == 0 ? "v23" : "new", us,
                    fi == 0 || memcmp(refG.data(), gotG.data(), 4 * refG.size()) == 0 ? "same bits" : "DIFFERENT BITS");

@@ -57,7 +57,6 @@ __device__ __forceinline__ void lora_rowdot_pipe_t(float* y, const float* x, con
                                                    i64 wsj, i64 wsi, u64 seed, double p_d, u64 thr, double ks_d) {
     static_assert(ROWS <= 4, "lora_rowdot_pipe_t: at most four rows a block");
     constexpr int NT = 256;
-    __shared__ float red[ROWS * R][8];
     __shared__ float xs[STAGES][ROWS][NT];
     __shared__ float ws[WPIPE ? STAGES : 1][WPIPE ? R : 1][NT];
     const float p = (float)p_d, ks = (float)ks_d;
@@ -120,24 +119,7 @@ __device__ __forceinline__ void lora_rowdot_pipe_t(float* y, const float* x, con
         }
     }
     lora_cp_wait<0>();
-#pragma unroll
-    for (int q = 0; q < ROWS; q++)
-#pragma unroll
-        for (int j = 0; j < R; j++) {
-            float v = acc[q][j];
-            for (int o = 16; o > 0; o >>= 1) v = __fadd_rn(v, __shfl_down_sync(0xffffffffu, v, o));
-            if (lane == 0) red[q * R + j][warp] = v;
-        }
-    __syncthreads();
-    if (threadIdx.x < ROWS * R) {
-        int q = threadIdx.x / R, j = threadIdx.x % R;
-        i64 t = t0 + q;
-        if (t < T && j < r) {
-            float s = 0.0f;
-            for (int w = 0; w < 8; w++) s = __fadd_rn(s, red[threadIdx.x][w]);
-            y[t * r + j] = s;
-        }
-    }
+    lora_rowdot_sum<R, ROWS>(acc, y, t0, T, r);
 }
 
 template <int ROWS, int STAGES, bool WPIPE>
