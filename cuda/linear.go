@@ -133,11 +133,12 @@ func (b *Backend) loraHForward(op string, h, x finetune.Tensor, l *finetune.Line
 	}
 }
 
-// loraMaxR is the largest rank the fused LoRA kernels take (kernels/lora.cu).
+// loraMaxR is the largest rank the fused LoRA kernels take (kernels/lora.cu,
+// kernels/lora_dot.cu).
 const loraMaxR = 16
 
 // loraChunk is the tokens per partial sum of the fused LoRA backward (at
-// most 64, kernels/lora.cu).
+// most 64, kernels/lora_dot.cuh).
 const loraChunk = 32
 
 // dropThreshold is finetune.DropoutThreshold(p), ceil(p * 2^16):
