@@ -826,11 +826,12 @@ func (b *Backend) xwT(op string, out, x cu.DevicePtr, T int, w *weight, alpha, b
 		A: uintptr(x), lda: w.in, B: uintptr(wp), ldb: w.in, C: uintptr(out), ldc: w.out, abType: t})
 }
 
-// dW accumulates dx[T,I] += alpha * dout[T,O] . W[O,I].
-func (b *Backend) dW(op string, dx, dout cu.DevicePtr, T int, w *weight, alpha float32) {
+// dW computes dx[T,I] = alpha * dout[T,O] . W[O,I] + beta * dx (beta 1:
+// accumulate; 0: takeZero's overwrite).
+func (b *Backend) dW(op string, dx, dout cu.DevicePtr, T int, w *weight, alpha, beta float32) {
 	wp, t := b.matrix(w, op)
 	dout = b.toHalf(op, dout, int64(T)*int64(w.out), t)
-	b.gemm(op, gemmArgs{M: T, N: w.in, K: w.out, alpha: alpha, beta: 1,
+	b.gemm(op, gemmArgs{M: T, N: w.in, K: w.out, alpha: alpha, beta: beta,
 		A: uintptr(dout), lda: w.out, B: uintptr(wp), ldb: w.in, C: uintptr(dx), ldc: w.in, abType: t})
 }
 
@@ -913,7 +914,7 @@ func (b *Backend) CrossEntropy(dx, x finetune.Tensor, lmHead finetune.Weight, ta
 			continue
 		}
 		check(op, cu.MemsetD8Async(dxc, 0, 4*int64(n)*int64(C), b.stream))
-		b.dW(op, dxc, logits, n, w, 1)
+		b.dW(op, dxc, logits, n, w, 1, 1)
 		b.launchN(op, "scatter_add_rows", int64(n)*int64(C), ptrArg(d.ptr), ptrArg(dxc), ptrArg(ic), intArg(n), intArg(C))
 	}
 	losses := make([]float64, N)

@@ -12,8 +12,9 @@ import (
 // coldotHost is loraColdot's G(j,k) computed on the host in the kernels'
 // order: lora_coldot_partial sums a[t,j] * xd[t,k] over each chunk of
 // loraChunk tokens in token order, lora_coldot_finish adds the chunks'
-// sums in chunk order and then g + scale * s; every product and sum
-// rounded to float32 (the conversions keep Go from fusing them).
+// sums in chunk order and then g0 + scale * s (g0 0 for beta 0); every
+// product and sum rounded to float32 (the conversions keep Go from fusing
+// them).
 func coldotHost(g0 float32, a, x []float32, j, k, T, K, r int, scale, p float32, seed uint64) float32 {
 	ks := keepScale(p)
 	var s float32
@@ -40,7 +41,8 @@ func coldotHost(g0 float32, a, x []float32, j, k, T, K, r int, scale, p float32,
 // dout^T . h), writes the bits coldotHost computes: with dropout where K %
 // 4 == 0 (the _s kernels: hashes shared by four lanes) and where not (a
 // hash a value), without dropout, ranks 5, 8, 12 and 16, GradA's and
-// GradB's layouts, T not a multiple of the chunk, K not a multiple of the
+// GradB's layouts, accumulating and overwriting (beta 0: G, full of NaNs,
+// is not read), T not a multiple of the chunk, K not a multiple of the
 // block, a NaN and infinities in x, and Phi-3-mini's shapes (sampled
 // columns), where it logs its time a call (v24).
 func TestColdot(t *testing.T) {
@@ -50,23 +52,24 @@ func TestColdot(t *testing.T) {
 		p       float32
 		gradB   bool // G is [K,r] (gsj 1, gsk r), else [r,K]
 		special bool
+		zero    bool // beta 0: G a pending Zero, overwritten
 	}{
-		{33, 40, 8, 0.1, false, true},
-		{70, 1030, 8, 0.1, false, true}, // K % 4 != 0: a hash a value
-		{9, 2056, 5, 0.1, false, false},
-		{40, 300, 16, 0.1, false, true},
-		{40, 302, 12, 0.1, false, false},
-		{7, 1324, 8, 0, true, true},
-		{65, 520, 16, 0, true, false},
-		{1024, 3072, 8, 0.05, false, false},
-		{1024, 8192, 8, 0.05, false, false},
-		{1024, 9216, 8, 0, true, false},
-		{1024, 16384, 8, 0, true, false},
-		{1024, 3072, 8, 0, true, false},
+		{33, 40, 8, 0.1, false, true, false},
+		{70, 1030, 8, 0.1, false, true, false}, // K % 4 != 0: a hash a value
+		{9, 2056, 5, 0.1, false, false, true},
+		{40, 300, 16, 0.1, false, true, false},
+		{40, 302, 12, 0.1, false, false, true},
+		{7, 1324, 8, 0, true, true, true},
+		{65, 520, 16, 0, true, false, false},
+		{1024, 3072, 8, 0.05, false, false, false},
+		{1024, 8192, 8, 0.05, false, false, false},
+		{1024, 9216, 8, 0, true, false, false},
+		{1024, 16384, 8, 0, true, false, false},
+		{1024, 3072, 8, 0, true, false, true},
 	}
 	const reps, seed, scale = 20, 0x5eed, float32(2)
 	for _, c := range cases {
-		name := fmt.Sprintf("T%d K%d r%d p%g GradB %v", c.T, c.K, c.r, c.p, c.gradB)
+		name := fmt.Sprintf("T%d K%d r%d p%g GradB %v beta0 %v", c.T, c.K, c.r, c.p, c.gradB, c.zero)
 		xv, av, gv := randn(c.T*c.K, 41, 2), randn(c.T*c.r, 42, 0.5), randn(c.K*c.r, 43, 0.1)
 		if c.special {
 			putSpecials(xv, c.K)
@@ -74,7 +77,14 @@ func TestColdot(t *testing.T) {
 		x, a, G := g.Alloc(c.T, c.K), g.Alloc(c.T, c.r), g.Alloc(c.K, c.r)
 		g.Upload(x, xv)
 		g.Upload(a, av)
-		g.Upload(G, gv)
+		beta := float32(1)
+		if c.zero {
+			beta = 0
+			g.Upload(G, nanSlice(c.K*c.r))
+			gv = make([]float32, c.K*c.r) // what the kernels must add to
+		} else {
+			g.Upload(G, gv)
+		}
 		gsj, gsk := c.K, 1
 		if c.gradB {
 			gsj, gsk = 1, c.r
@@ -82,7 +92,7 @@ func TestColdot(t *testing.T) {
 		launch := func(n int) {
 			defer g.enter("test")()
 			for range n {
-				g.loraColdot("test", G.(*Tensor).ptr, a.(*Tensor).ptr, x.(*Tensor).ptr, c.T, c.K, c.r, gsj, gsk, scale, c.p, seed)
+				g.loraColdot("test", G.(*Tensor).ptr, a.(*Tensor).ptr, x.(*Tensor).ptr, c.T, c.K, c.r, gsj, gsk, scale, beta, c.p, seed)
 			}
 		}
 		launch(1)

@@ -35,6 +35,6 @@ extern "C" __global__ void lora_coldot_partial16s(float* part, const float* a, c
 }
 
 extern "C" __global__ void lora_coldot_finish(float* G, const float* part, i64 nchunks, i64 K, i64 r, i64 gsj, i64 gsk,
-                                              double scale) {
-    lora_coldot_finish_t(G, part, nchunks, K, r, gsj, gsk, scale);
+                                              double scale, i64 acc) {
+    lora_coldot_finish_t(G, part, nchunks, K, r, gsj, gsk, scale, acc);
 }

@@ -207,9 +207,10 @@ __device__ __forceinline__ void lora_coldot_t(float* part, const float* a, const
 
 // lora_coldot_finish: G(j,k) += scale * sum_c part[c,j,k] (chunks in
 // order) with G(j,k) = G[j*gsj + k*gsk] (GradA [r,K]: gsj = K, gsk = 1;
-// GradB [K,r]: gsj = 1, gsk = r). Grid (ceil(K/256), r).
+// GradB [K,r]: gsj = 1, gsk = r), or with acc 0, G(j,k) = 0 + scale *
+// sum. Grid (ceil(K/256), r).
 __device__ __forceinline__ void lora_coldot_finish_t(float* G, const float* part, i64 nchunks, i64 K, i64 r, i64 gsj,
-                                                     i64 gsk, double scale_d) {
+                                                     i64 gsk, double scale_d, i64 acc) {
     float scale = (float)scale_d;
     i64 k = blockIdx.x * (i64)blockDim.x + threadIdx.x;
     i64 j = blockIdx.y;
@@ -229,5 +230,7 @@ __device__ __forceinline__ void lora_coldot_finish_t(float* G, const float* part
     }
     for (; c < nchunks; c++) s = __fadd_rn(s, pk[c * cs]);
     float* g = G + j * gsj + k * gsk;
-    *g = __fadd_rn(*g, __fmul_rn(scale, s));
+    // acc 0 (G a pending Zero, lazy zeroing): G is not read; adding to a
+    // literal 0 keeps the bits of adding to the zeros (-0 becomes +0).
+    *g = __fadd_rn(acc ? *g : 0.0f, __fmul_rn(scale, s));
 }

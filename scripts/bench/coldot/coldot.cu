@@ -73,7 +73,7 @@ __global__ void new_partial(float* part, const float* a, const float* x, i64 T, 
 }
 
 __global__ void new_finish(float* G, const float* part, i64 nchunks, i64 K, i64 r, i64 gsj, i64 gsk, double scale) {
-    lora_coldot_finish_t(G, part, nchunks, K, r, gsj, gsk, scale);
+    lora_coldot_finish_t(G, part, nchunks, K, r, gsj, gsk, scale, 1);
 }
 
 typedef void (*partialFn)(float*, const float*, const float*, i64, i64, i64, i64, u64, double, u64, double);
