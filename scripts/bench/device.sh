@@ -10,8 +10,9 @@
 #    bf16, into $CKPT, default /tmp/phi3-random);
 # 2. our trainer: load+quantize of that checkpoint, then training with and
 #    without gradient checkpointing, one profiled step each; then A/B runs
-#    with the reference kernels (all, or one fused path at a time), and with
-#    float32 compute, IEEE and with TF32 (F32=0 skips them);
+#    with the reference kernels (all, or one fused path at a time), with
+#    float16 compute, and with float32 compute, IEEE and with TF32 (F32=0
+#    skips those two);
 # 3. the transformers + peft baseline (scripts/bench/baseline_hf.py) and
 #    transformers' own load of the checkpoint;
 # 4. the table (also in $OUT/table.md).
@@ -62,6 +63,9 @@ B=bin/gpu/ollama-tune-bench-gpu
     OLLAMA_TUNE_CUDA_REFERENCE=$k timeout 15 $B -ckpt on -steps 6 -warmup 2 -out "$OUT/results.jsonl"
     echo "ours, reference $k: exit $? after $(( $(date +%s) - t0 )) s"
   done
+  # float16 compute (v24; no baseline row of its own: its ratio is "-").
+  timeout 20 $B -ckpt on -compute f16 -steps 8 -warmup 2 -out "$OUT/results.jsonl"
+  echo "ours, float16: exit $? after $(( $(date +%s) - t0 )) s"
   # The seed's float32 compute, IEEE and with training.tf32 (v22); F32=0
   # skips these and the baseline's float32 rows.
   if [ "${F32:-1}" != 0 ]; then
