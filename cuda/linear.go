@@ -149,12 +149,15 @@ func dropThreshold(p float32) uint64 { return finetune.DropoutThreshold(p) }
 // loraRowdot computes y [T,r] = dropout(x) . W(j,k)^T over x [T,K], with
 // W(j,k) at W + 4*(j*wsj + k*wsi).
 func (b *Backend) loraRowdot(op string, y, x, W cu.DevicePtr, T, K, r, wsj, wsi int, p float32, seed uint64) {
-	kernel, rows := "lora_rowdot8", 4
+	kernel, rows, R := "lora_rowdot8", 4, 8
 	if r > 8 {
-		kernel, rows = "lora_rowdot16", 2
+		kernel, rows, R = "lora_rowdot16", 2, 16
 	}
 	if int64(max(rows, r))*int64(K) >= 1<<31 {
 		panic(&Error{Op: op, Err: fmt.Errorf("LoRA product over %d columns: the fused kernels take fewer than 2^31 / %d", K, max(rows, r))})
+	}
+	if r == R && wsj == 1 && wsi == r && W%16 == 0 {
+		kernel += "v" // B^T at full rank: each k's values as float4s
 	}
 	b.launch(op, kernel, grid1((T+rows-1)/rows), 256, 0, ptrArg(y), ptrArg(x), ptrArg(W), intArg(T), intArg(K), intArg(r),
 		intArg(wsj), intArg(wsi), seed, f32Arg(p), dropThreshold(p), f32Arg(keepScale(p)))

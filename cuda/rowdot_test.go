@@ -56,7 +56,8 @@ func rowdotHost(x, W []float32, t, j, K, wsj, wsi int, p float32, seed uint64) f
 // float16 compute (h = dropout(x) . A^T, g = dout . B read as B^T), writes
 // the bits rowdotHost computes: with and without dropout (its hashes
 // shared by four lanes where K % 4 == 0, else one a value), A and B^T,
-// rank 5 and 8, T not a multiple of the rows a block, K not a multiple of
+// rank 5 and 8 (and 12 and 16: lora_rowdot16; B^T at full rank loads W
+// as float4s), T not a multiple of the rows a block, K not a multiple of
 // 256, a NaN and infinities in x, and Phi-3-mini's shapes (some rows),
 // where it logs its time a call (the profile's events; v23).
 func TestRowdot(t *testing.T) {
@@ -71,6 +72,9 @@ func TestRowdot(t *testing.T) {
 		{9, 2056, 5, 0.1, false, false},
 		{7, 1030, 8, 0.1, false, true}, // K % 4 != 0: a hash a value
 		{7, 1024 + 300, 8, 0, true, true},
+		{9, 1030, 16, 0.1, false, true}, // lora_rowdot16
+		{5, 2056, 12, 0, true, false},
+		{11, 1300, 16, 0, true, true}, // B^T at full rank 16: float4 loads of W
 		{1024, 3072, 8, 0.05, false, false},
 		{1024, 8192, 8, 0.05, false, false},
 		{1024, 9216, 8, 0, true, false},

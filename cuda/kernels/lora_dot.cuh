@@ -51,7 +51,7 @@ __device__ __forceinline__ void lora_rowdot_sum(const float (&acc)[ROWS][R], flo
 // (more blocks, each W value serving fewer rows: 12.7-14.0 ms) nor capped
 // registers (3 or 4 blocks an SM: 9.9-10.2 ms) did better; the order of a
 // row's sums depends on neither ROWS nor AHEAD.
-template <int R, int ROWS, int AHEAD>
+template <int R, int ROWS, int AHEAD, bool VECW>
 __device__ __forceinline__ void lora_rowdot_t(float* y, const float* x, const float* W, i64 T, i64 K, i64 r, i64 wsj,
                                               i64 wsi, u64 seed, double p_d, u64 thr, double ks_d) {
     // The shared hashes give lane 4m+q row q % ROWS's: more than four rows
@@ -72,6 +72,13 @@ __device__ __forceinline__ void lora_rowdot_t(float* y, const float* x, const fl
     // cost registers, hence warps.
     const unsigned int Ku = (unsigned int)K, wsju = (unsigned int)wsj, sw = (unsigned int)(step * wsi);
     const float* xt = x + t0 * K;
+    // VECW (the _v entry points): B read as B^T at full rank (wsj 1, wsi
+    // R, 16-byte aligned, the host's choice), a k's R values contiguous, so
+    // a thread loads them as R/4 float4s. As scalars they were R loads a
+    // step, each touching R/4 as many L1 lines as a coalesced load (v24: g
+    // = dout . B at rank 16 ran at 0.2 TB/s). A template parameter, not a
+    // run-time test: the test's registers slowed h by a fifth.
+    static_assert(!VECW || R % 4 == 0, "lora_rowdot_t: float4 loads of W need R % 4 == 0");
     // The loop runs while any lane of the warp has a k (the shuffles need
     // all 32); a lane past K loads and adds nothing, as if it had left.
     for (i64 k = threadIdx.x; k - lane < K; k += AHEAD * step) {
@@ -81,8 +88,16 @@ __device__ __forceinline__ void lora_rowdot_t(float* y, const float* x, const fl
 #pragma unroll
         for (int s = 0; s < AHEAD; s++) {
             const bool in = k + s * step < K;
+            if (VECW) {
 #pragma unroll
-            for (int j = 0; j < R; j++) w[s][j] = in && j < r ? wk[j * wsju + s * sw] : 0.0f;
+                for (int j = 0; j < R; j += 4) {
+                    const float4 w4 = in ? *reinterpret_cast<const float4*>(wk + s * sw + j) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    w[s][j] = w4.x, w[s][j + 1] = w4.y, w[s][j + 2] = w4.z, w[s][j + 3] = w4.w;
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < R; j++) w[s][j] = in && j < r ? wk[j * wsju + s * sw] : 0.0f;
+            }
 #pragma unroll
             for (int q = 0; q < ROWS; q++) v[s][q] = in && t0 + q < T ? xk[q * Ku + s * (unsigned int)step] : 0.0f;
         }

@@ -1,18 +1,19 @@
 // rowdot: the float32 LoRA row products alone (issue 8, v24).
-// cuda/kernels/lora_dot.cuh's lora_rowdot_t<R, ROWS, AHEAD> (a block of 256
+// cuda/kernels/lora_dot.cuh's lora_rowdot_t<R, ROWS, AHEAD, VECW> (a block of 256
 // threads for ROWS rows; each thread's loads of AHEAD steps of k issued
-// together) at the shapes of a Phi-3-mini step (T 1,024 tokens, rank 8):
+// together) at the shapes of a Phi-3-mini step (T 1,024 tokens, rank 8, and
+// rank 16 for lora_rowdot16; the argument 8 or 16 picks one):
 // h = dropout(x) . A^T for qkv_proj, o_proj, gate_up_proj (K 3,072) and
 // down_proj (K 8,192), dropout 0.05, twice a layer (the forward and
 // checkpointing's recompute), and g = dout . B for the four (K 9,216,
 // 3,072, 16,384, 3,072), once. Every variant's y is compared with the
-// trainer's (ROWS 4, AHEAD 1) bit for bit: a thread's k order, the
+// first variant (ROWS 4, AHEAD 1; rank 16: v23's) bit for bit: a thread's k order, the
 // shuffles and the warps' order do not depend on ROWS or AHEAD. The
 // cp.async variants (lora_rowdot_pipe_t, below) copy the steps ahead into
 // shared memory instead of registers. Inputs
 // rotate over enough buffers to leave the L2 cache.
 //
-//   nvcc -O3 -std=c++17 -arch=sm_90 -fmad=false -o /tmp/rowdot rowdot.cu && /tmp/rowdot
+//   nvcc -O3 -std=c++17 -arch=sm_90 -fmad=false -o /tmp/rowdot rowdot.cu && /tmp/rowdot [8|16]
 // (on the GPU machine: this repository's CUDA 11.8 toolchain has no host
 // compiler here).
 #include <cstdio>
@@ -23,10 +24,15 @@
 
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e)); return 1; } } while (0)
 
-template <int ROWS, int AHEAD, int MINB>
+// rowdot runs lora_rowdot_t with float4 loads of W where the shape allows
+// them (B^T at full rank), as the trainer's host code picks the _v kernels.
+template <int ROWS, int AHEAD, int MINB, int R = 8>
 __global__ void __launch_bounds__(256, MINB) rowdot(float* y, const float* x, const float* W, i64 T, i64 K, i64 r, i64 wsj,
                                                     i64 wsi, u64 seed, double p, u64 thr, double ks) {
-    lora_rowdot_t<8, ROWS, AHEAD>(y, x, W, T, K, r, wsj, wsi, seed, p, thr, ks);
+    if (wsj == 1 && wsi == R && r == R)
+        lora_rowdot_t<R, ROWS, AHEAD, true>(y, x, W, T, K, r, wsj, wsi, seed, p, thr, ks);
+    else
+        lora_rowdot_t<R, ROWS, AHEAD, false>(y, x, W, T, K, r, wsj, wsi, seed, p, thr, ks);
 }
 
 // lora_cp4 copies one float from global to shared memory without the
@@ -136,8 +142,9 @@ struct Variant {
     int rows;
 };
 
-int main() {
-    const int T = 1024, r = 8, reps = 50;
+// bench times the variants vs[0..nv) at rank r, bits against vs[0].
+static int bench(int r, const Variant* vs, int nv) {
+    const int T = 1024, reps = 50;
     const double p = 0.05, ks = 1.0 / (1.0 - 0.05f);
     const u64 thr = 3277, seed = 0x5eed;  // ceil(0.05 * 2^16)
     struct Shape { const char* name; int K; bool h; int calls; } shapes[] = {
@@ -145,20 +152,6 @@ int main() {
         {"h down_proj", 8192, true, 2}, {"g qkv_proj", 9216, false, 1}, {"g o_proj", 3072, false, 1},
         {"g gate_up_proj", 16384, false, 1}, {"g down_proj", 3072, false, 1},
     };
-    Variant vs[] = {
-        {"ROWS 4, AHEAD 1", rowdot<4, 1, 1>, 4},
-        {"ROWS 4, AHEAD 2 (the trainer's)", rowdot<4, 2, 1>, 4},
-        {"ROWS 4, AHEAD 1, 3 blocks", rowdot<4, 1, 3>, 4},
-        {"ROWS 2, AHEAD 2", rowdot<2, 2, 1>, 2},
-        {"ROWS 2, AHEAD 2, 4 blocks", rowdot<2, 2, 4>, 2},
-        {"cp.async x+W, ROWS 4, 2 stages", rowdot_pipe<4, 2, true>, 4},
-        {"cp.async x+W, ROWS 4, 3 stages", rowdot_pipe<4, 3, true>, 4},
-        {"cp.async x+W, ROWS 2, 4 stages", rowdot_pipe<2, 4, true>, 2},
-        {"cp.async x, ROWS 4, 4 stages", rowdot_pipe<4, 4, false>, 4},
-        {"cp.async x, ROWS 4, 8 stages", rowdot_pipe<4, 8, false>, 4},
-        {"cp.async x, ROWS 2, 8 stages", rowdot_pipe<2, 8, false>, 2},
-    };
-    const int nv = sizeof(vs) / sizeof(vs[0]);
     for (int vi = 0; vi < nv; vi++) {
         cudaFuncAttributes fa;
         cudaFuncGetAttributes(&fa, vs[vi].f);
@@ -186,7 +179,7 @@ int main() {
     cudaEventCreate(&e0);
     cudaEventCreate(&e1);
     std::vector<double> step(nv, 0);
-    printf("us a call (T %d, r %d), bits against ROWS 4, AHEAD 1 (v24: cp.async stages added)\n", T, r);
+    printf("us a call (T %d, r %d), bits against %s\n", T, r, vs[0].name);
     for (auto& sh : shapes) {
         const int K = sh.K;
         const double pp = sh.h ? p : 0.0;
@@ -211,7 +204,40 @@ int main() {
             printf("  %-28s %7.2f us  %5.2f TB/s  %s\n", v.name, us, 4.0 * T * K / us / 1e6, same ? "same bits" : "DIFFERENT BITS");
         }
     }
-    printf("a step's 384 calls (32 layers x the 8 above, h twice):\n");
+    printf("a step's 384 calls at rank %d (32 layers x the 8 above, h twice):\n", r);
     for (int vi = 0; vi < nv; vi++) printf("  %-28s %6.2f ms\n", vs[vi].name, step[vi] / 1000);
+    for (size_t i = 0; i < nbuf; i++) cudaFree(x[i]);
+    cudaFree(W);
+    cudaFree(y);
     return 0;
+}
+
+// rowdot [8|16|all]: rank 8's variants (lora_rowdot8's), rank 16's
+// (lora_rowdot16's, v24), or both (the default).
+int main(int argc, char** argv) {
+    const char* which = argc > 1 ? argv[1] : "all";
+    Variant v8[] = {
+        {"ROWS 4, AHEAD 1", rowdot<4, 1, 1>, 4},
+        {"ROWS 4, AHEAD 2 (the trainer's)", rowdot<4, 2, 1>, 4},
+        {"ROWS 4, AHEAD 1, 3 blocks", rowdot<4, 1, 3>, 4},
+        {"ROWS 2, AHEAD 2", rowdot<2, 2, 1>, 2},
+        {"ROWS 2, AHEAD 2, 4 blocks", rowdot<2, 2, 4>, 2},
+        {"ROWS 4, AHEAD 4", rowdot<4, 4, 1>, 4},
+        {"cp.async x+W, ROWS 4, 2 stages", rowdot_pipe<4, 2, true>, 4},
+        {"cp.async x+W, ROWS 4, 3 stages", rowdot_pipe<4, 3, true>, 4},
+        {"cp.async x+W, ROWS 2, 4 stages", rowdot_pipe<2, 4, true>, 2},
+        {"cp.async x, ROWS 4, 4 stages", rowdot_pipe<4, 4, false>, 4},
+        {"cp.async x, ROWS 4, 8 stages", rowdot_pipe<4, 8, false>, 4},
+        {"cp.async x, ROWS 2, 8 stages", rowdot_pipe<2, 8, false>, 2},
+    };
+    Variant v16[] = {
+        {"R 16, ROWS 2, AHEAD 1 (v23's)", rowdot<2, 1, 1, 16>, 2},
+        {"R 16, ROWS 2, AHEAD 2", rowdot<2, 2, 1, 16>, 2},
+        {"R 16, ROWS 4, AHEAD 1", rowdot<4, 1, 1, 16>, 4},
+        {"R 16, ROWS 4, AHEAD 2", rowdot<4, 2, 1, 16>, 4},
+    };
+    int rc = 0;
+    if (strcmp(which, "16") != 0) rc |= bench(8, v8, sizeof(v8) / sizeof(v8[0]));
+    if (strcmp(which, "8") != 0) rc |= bench(16, v16, sizeof(v16) / sizeof(v16[0]));
+    return rc;
 }
