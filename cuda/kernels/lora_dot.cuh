@@ -47,10 +47,11 @@ __device__ __forceinline__ void lora_rowdot_sum(const float (&acc)[ROWS][R], flo
 // v24 (scripts/bench/rowdot, H200, a Phi-3-mini step's 384 calls): the
 // offsets from each step's bases 32-bit and one loop for all three cases
 // (h with dropout at K 3,072: 22.4 -> 16.5 us), and AHEAD steps' loads
-// issued together (lora_rowdot8: 2, 9.8 -> 9.1 ms a step). Neither ROWS 2
-// (more blocks, each W value serving fewer rows: 12.7-14.0 ms) nor capped
-// registers (3 or 4 blocks an SM: 9.9-10.2 ms) did better; the order of a
-// row's sums depends on neither ROWS nor AHEAD.
+// issued together (lora_rowdot8: 2, 9.8 -> 9.1 ms a step), then B^T's W
+// as float4s (VECW, below: 8.5 ms; rank 16's step 30.5 -> 17.6 ms).
+// Neither ROWS 2 (more blocks, each W value serving fewer rows: 12.7-14.0
+// ms) nor capped registers (3 or 4 blocks an SM: 9.9-10.2 ms) did better;
+// the order of a row's sums depends on none of ROWS, AHEAD and VECW.
 template <int R, int ROWS, int AHEAD, bool VECW>
 __device__ __forceinline__ void lora_rowdot_t(float* y, const float* x, const float* W, i64 T, i64 K, i64 r, i64 wsj,
                                               i64 wsi, u64 seed, double p_d, u64 thr, double ks_d) {
