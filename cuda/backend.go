@@ -776,9 +776,9 @@ func (b *Backend) gemm(op string, g gemmArgs) {
 	if b.trySkinny(op, g) { // r <= 8 bfloat16 products (skinny.go)
 		return
 	}
-	p := b.lt.plan(g) // a pinned cuBLASLt configuration, or nil (cublaslt.go)
+	p := b.lt.plan(g, b.blas.tf32) // a pinned cuBLASLt configuration, or nil (cublaslt.go)
 	if b.prof == nil {
-		check(op, b.runGEMM(p, g))
+		check(op, b.runGEMM(op, p, g))
 		return
 	}
 	t := map[int]string{dataR32F: "f32", dataR16BF: "bf16", dataR16F: "f16"}[g.abType]
@@ -789,14 +789,18 @@ func (b *Backend) gemm(op string, g gemmArgs) {
 	if p != nil {
 		name += " pinned"
 	}
-	b.span(name, func() { check(op, b.runGEMM(p, g)) })
+	b.span(name, func() { check(op, b.runGEMM(op, p, g)) })
 }
 
-// runGEMM issues g through its pinned plan p, or through gemmEx where p
-// is nil.
-func (b *Backend) runGEMM(p *ltPlan, g gemmArgs) error {
+// runGEMM issues g through its pinned plan p (with the workspace it asks
+// for), or through gemmEx where p is nil.
+func (b *Backend) runGEMM(op string, p *ltPlan, g gemmArgs) error {
 	if p != nil {
-		return b.lt.run(p, g)
+		var ws cu.DevicePtr
+		if p.ws > 0 {
+			ws = b.scratchBuf(sLtWork, p.ws, op)
+		}
+		return b.lt.run(p, g, uintptr(ws))
 	}
 	return b.blas.run(g)
 }

@@ -161,6 +161,7 @@ func openFirst(names []string, env string, open func(path *C.char) *C.char) (ope
 type cublas struct {
 	h       C.uintptr_t
 	version int
+	tf32    bool // the math mode setTF32 set (the float32 pins stay off with it: cublaslt.go)
 }
 
 // newCublas makes a handle on stream, its float32 GEMMs IEEE or, with
@@ -199,6 +200,7 @@ func (b *cublas) setTF32(on bool) error {
 	if st := C.blas_set_math_mode(b.h, mode); st != 0 {
 		return fmt.Errorf("cublasSetMathMode(%d): status %d", int(mode), int(st))
 	}
+	b.tf32 = on
 	return nil
 }
 

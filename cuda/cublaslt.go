@@ -125,15 +125,16 @@ static void lt_plan_free(lt_plan* p) {
 // lt_plan_make fills p for D = C = alpha op(A) op(B) + beta C, column-major
 // m x n x k, A of type ab with leading dimension lda (op T: stored k x m),
 // B likewise (op T: stored n x k), C of type ct: float32 compute and
-// scale, no split-K, cfg = {algorithm id, tile, stages, custom option,
-// cluster shape}. It returns 0, or the step that failed (1 descriptor, 2
-// its transposes, 3 a layout, 4 the algorithm, 5 an attribute, 6 the
-// check) with cuBLAS's status in *st, and the workspace the check asks for
-// in *ws.
+// scale, cfg = {algorithm id, tile, stages, custom option, cluster shape,
+// split-K, reduction scheme, CTA swizzling} (a custom option or cluster
+// shape of 0 is left as cublasLtMatmulAlgoInit set it). It returns 0, or
+// the step that failed (1 descriptor, 2 its transposes, 3 a layout, 4 the
+// algorithm, 5 an attribute, 6 the check) with cuBLAS's status in *st, and
+// the workspace the check asks for in *ws.
 static int lt_plan_make(uintptr_t h, lt_plan* p, int opA, int opB, uint64_t m, uint64_t n, uint64_t k, int ab,
                         int64_t lda, int64_t ldb, int ct, int64_t ldc, const int* cfg, size_t* ws, int* st) {
 	enum { compute32F = 68, r32F = 0, transA = 3, transB = 4 };
-	enum { tileID = 1, splitK = 2, custom = 5, stagesID = 6, clusterID = 8 };
+	enum { tileID = 1, splitK = 2, reduction = 3, swizzle = 4, custom = 5, stagesID = 6, clusterID = 8 };
 	memset(p, 0, sizeof *p);
 	*ws = 0;
 	void* o = 0;
@@ -150,10 +151,11 @@ static int lt_plan_make(uintptr_t h, lt_plan* p, int opA, int opB, uint64_t m, u
 	if ((*st = lt_p_layout_create(&o, ct, m, n, ldc))) return 3;
 	p->c = (uintptr_t)o;
 	if ((*st = lt_p_algo_init((void*)h, compute32F, r32F, ab, ab, ct, ct, cfg[0], &p->algo))) return 4;
-	const int attrs[4] = {tileID, stagesID, custom, clusterID};
-	for (int i = 0; i < 4; i++)
+	const int attrs[7] = {tileID, stagesID, custom, clusterID, splitK, reduction, swizzle};
+	for (int i = 0; i < 7; i++) {
+		if ((attrs[i] == custom || attrs[i] == clusterID) && cfg[i + 1] == 0) continue;
 		if ((*st = lt_setattr(&p->algo, attrs[i], cfg[i + 1]))) return 5;
-	if ((*st = lt_setattr(&p->algo, splitK, 1))) return 5;
+	}
 	lt_heur r;
 	memset(&r, 0, sizeof r);
 	if ((*st = lt_p_check((void*)h, (void*)p->desc, (void*)p->a, (void*)p->b, (void*)p->c, (void*)p->c, &p->algo, &r))) return 6;
@@ -161,10 +163,12 @@ static int lt_plan_make(uintptr_t h, lt_plan* p, int opA, int opB, uint64_t m, u
 	return 0;
 }
 
-// lt_matmul runs p in place (D = C) on stream s without a workspace.
-static int lt_matmul(uintptr_t h, const lt_plan* p, float alpha, uintptr_t A, uintptr_t B, float beta, uintptr_t C, uintptr_t s) {
+// lt_matmul runs p in place (D = C) on stream s with the workspace ws of
+// wsz bytes (0 and NULL: none).
+static int lt_matmul(uintptr_t h, const lt_plan* p, float alpha, uintptr_t A, uintptr_t B, float beta, uintptr_t C, uintptr_t ws,
+                     size_t wsz, uintptr_t s) {
 	return lt_p_matmul((void*)h, (void*)p->desc, &alpha, (const void*)A, (void*)p->a, (const void*)B, (void*)p->b, &beta,
-	                   (const void*)C, (void*)p->c, (void*)C, (void*)p->c, &p->algo, NULL, 0, (void*)s);
+	                   (const void*)C, (void*)p->c, (void*)C, (void*)p->c, &p->algo, (void*)ws, wsz, (void*)s);
 }
 */
 import "C"
@@ -176,18 +180,22 @@ import (
 )
 
 // ltConfig is one cuBLASLt configuration: algorithm id, tile id, stages
-// id, custom option and cluster shape id (cublasLt.h's enums; cluster 5 is
-// CUBLASLT_CLUSTER_SHAPE_1x2x1), without split-K.
-type ltConfig struct{ algo, tile, stages, custom, cluster int }
+// id, custom option, cluster shape id (cublasLt.h's enums; cluster 5 is
+// CUBLASLT_CLUSTER_SHAPE_1x2x1), split-K (1: none), reduction scheme (2:
+// CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE, in a workspace) and CTA
+// swizzling.
+type ltConfig struct{ algo, tile, stages, custom, cluster, splitK, red, swizzle int }
 
 // ltPin is one row-major GEMM shape of the step as the profile names it
 // ("gemm bf16 MxNxK"; transB: the forwards' x . W^T, else the dx products'
-// dout . W), bfloat16 A and B, C bfloat16 (cHalf) or float32, and its
+// dout . W), its A and B type (ab: bfloat16, or float32 under IEEE float32
+// compute: not with training.tf32), C bfloat16 (cHalf) or float32, and its
 // configuration.
 type ltPin struct {
 	name    string
 	transB  bool
 	M, N, K int
+	ab      int
 	cHalf   bool
 	cfg     ltConfig
 }
@@ -201,19 +209,41 @@ type ltPin struct {
 // the step. The folded linears' forwards have K = in + 8 (the LoRA
 // up-projection's columns, lora_bf16.go). gate_up_proj's forward is not
 // here: gemmEx's pick was the fastest (156.6 us cold).
+//
+// The float32 pins (v25): scripts/bench/sgemm/sgemm_enum.cu's fastest
+// configuration with cublasSgemm's bits for the base GEMMs under IEEE
+// float32 compute (the seed's bnb_4bit_compute_dtype), which run on the
+// CUDA cores at full clock (no power cap, so warm and cold rank alike);
+// us a GEMM, cublasSgemm -> pinned. The forwards of o_proj and down_proj
+// have none (nothing faster with cublasSgemm's bits). Three take split-K 4
+// with its reduction in a workspace, as cublasSgemm itself evidently does
+// (the same bits).
 var ltPins = []ltPin{
-	{"qkv_proj forward", true, 1024, 9216, 3080, true, ltConfig{66, 186, 35, 4, 3}},  // 85.6 -> 84.6
-	{"o_proj forward", true, 1024, 3072, 3080, false, ltConfig{66, 31, 35, 4, 5}},    // 30.6 -> 30.0
-	{"down_proj forward", true, 1024, 3072, 8200, false, ltConfig{66, 31, 35, 6, 5}}, // 73.3 -> 72.0
-	{"qkv_proj dx", false, 1024, 3072, 9216, false, ltConfig{66, 31, 35, 6, 5}},      // 80.1 -> 78.0
-	{"o_proj dx", false, 1024, 3072, 3072, false, ltConfig{66, 31, 35, 6, 5}},        // 29.4 -> 28.8
-	{"gate_up_proj dx", false, 1024, 3072, 16384, false, ltConfig{66, 31, 35, 6, 5}}, // 136.2 -> 133.9
-	{"down_proj dx", false, 1024, 8192, 3072, false, ltConfig{66, 23, 35, 5, 5}},     // 73.2 -> 71.6
+	{"qkv_proj forward", true, 1024, 9216, 3080, dataR16BF, true, ltConfig{66, 186, 35, 4, 3, 1, 0, 0}},  // 85.6 -> 84.6
+	{"o_proj forward", true, 1024, 3072, 3080, dataR16BF, false, ltConfig{66, 31, 35, 4, 5, 1, 0, 0}},    // 30.6 -> 30.0
+	{"down_proj forward", true, 1024, 3072, 8200, dataR16BF, false, ltConfig{66, 31, 35, 6, 5, 1, 0, 0}}, // 73.3 -> 72.0
+	{"qkv_proj dx", false, 1024, 3072, 9216, dataR16BF, false, ltConfig{66, 31, 35, 6, 5, 1, 0, 0}},      // 80.1 -> 78.0
+	{"o_proj dx", false, 1024, 3072, 3072, dataR16BF, false, ltConfig{66, 31, 35, 6, 5, 1, 0, 0}},        // 29.4 -> 28.8
+	{"gate_up_proj dx", false, 1024, 3072, 16384, dataR16BF, false, ltConfig{66, 31, 35, 6, 5, 1, 0, 0}}, // 136.2 -> 133.9
+	{"down_proj dx", false, 1024, 8192, 3072, dataR16BF, false, ltConfig{66, 23, 35, 5, 5, 1, 0, 0}},     // 73.2 -> 71.6
+
+	{"qkv_proj forward f32", true, 1024, 9216, 3072, dataR32F, false, ltConfig{55, 19, 31, 0, 0, 1, 0, 0}},      // 1468.5 -> 1318.9
+	{"gate_up_proj forward f32", true, 1024, 16384, 3072, dataR32F, false, ltConfig{55, 20, 31, 0, 0, 1, 0, 1}}, // 2040.3 -> 2007.3
+	{"qkv_proj dx f32", false, 1024, 3072, 9216, dataR32F, false, ltConfig{55, 24, 31, 0, 0, 4, 2, 1}},          // 1239.9 -> 1119.6
+	{"o_proj dx f32", false, 1024, 3072, 3072, dataR32F, false, ltConfig{55, 20, 31, 0, 0, 4, 2, 0}},            // 430.4 -> 401.0
+	{"gate_up_proj dx f32", false, 1024, 3072, 16384, dataR32F, false, ltConfig{55, 24, 31, 0, 0, 4, 2, 1}},     // 2163.3 -> 1938.3
+	{"down_proj dx f32", false, 1024, 8192, 3072, dataR32F, false, ltConfig{55, 24, 31, 0, 0, 1, 0, 0}},         // 1008.9 -> 971.0
 }
 
+// ltWorkMax bounds the workspace a pin may ask for (a split-K reduction's
+// partial products: splitK x M x N floats, 48 MiB for the dx products'
+// 1024 x 3072 at split-K 4); a pin asking for more runs through gemmEx.
+const ltWorkMax = 64 << 20
+
 // ltPinned is whether the pins are on: OLLAMA_TUNE_CUDA_REFERENCE=lt-pin
-// turns them off.
+// turns them off; lt-pin-f32 only the float32 ones (v25's A/B).
 var ltPinned = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lt-pin")
+var ltPinnedF32 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lt-pin-f32")
 
 // ltVersionMin and ltVersionEnd bound the cuBLASLt versions the pins were
 // measured with (cublasLtGetVersion: 130100 is 13.1.0).
@@ -228,6 +258,7 @@ type ltKey struct {
 	lda, ldb, ldc  int
 	abType         int
 	cHalf          bool
+	tf32           bool // the handle's float32 GEMMs on TF32 (no float32 pin then)
 }
 
 // ltPlan is one key's descriptors, or why it runs through gemmEx (ok
@@ -235,6 +266,7 @@ type ltKey struct {
 type ltPlan struct {
 	p   C.lt_plan
 	pin *ltPin
+	ws  int64 // the workspace it needs (split-K), at most ltWorkMax
 	ok  bool
 	why string
 }
@@ -295,7 +327,13 @@ func newCublasLt(stream uintptr, major, minor int) (*cublasLt, string) {
 	if st := C.lt_create(&l.h); st != 0 {
 		return nil, fmt.Sprintf("off (cublasLtCreate: status %d)", int(st))
 	}
-	return l, fmt.Sprintf("on (%d pinned shapes, cuBLASLt %d)", len(ltPins), v)
+	n32 := 0
+	for _, p := range ltPins {
+		if p.ab == dataR32F {
+			n32++
+		}
+	}
+	return l, fmt.Sprintf("on (%d pinned shapes: %d bfloat16, %d float32 (IEEE); cuBLASLt %d)", len(ltPins), len(ltPins)-n32, n32, v)
 }
 
 func (l *cublasLt) destroy() {
@@ -312,29 +350,31 @@ func (l *cublasLt) destroy() {
 	l.h = 0
 }
 
-// pinFor returns g's pin, or nil.
-func pinFor(g gemmArgs) *ltPin {
-	if g.transA || g.abType != dataR16BF {
+// pinFor returns g's pin, or nil (tf32: the float32 GEMMs run on TF32,
+// which the float32 pins were not measured for).
+func pinFor(g gemmArgs, tf32 bool) *ltPin {
+	if g.transA || g.abType == dataR32F && (tf32 || !ltPinnedF32) {
 		return nil
 	}
 	for i := range ltPins {
 		p := &ltPins[i]
-		if p.transB == g.transB && p.M == g.M && p.N == g.N && p.K == g.K && p.cHalf == g.cHalf {
+		if p.ab == g.abType && p.transB == g.transB && p.M == g.M && p.N == g.N && p.K == g.K && p.cHalf == g.cHalf {
 			return p
 		}
 	}
 	return nil
 }
 
-// plan returns g's ready plan, or nil where g runs through gemmEx.
-func (l *cublasLt) plan(g gemmArgs) *ltPlan {
+// plan returns g's ready plan, or nil where g runs through gemmEx (tf32:
+// the handle's math mode, cublas.tf32).
+func (l *cublasLt) plan(g gemmArgs, tf32 bool) *ltPlan {
 	if l == nil || (g.A|g.B|g.C)%256 != 0 {
 		return nil
 	}
-	k := ltKey{g.transA, g.transB, g.M, g.N, g.K, g.lda, g.ldb, g.ldc, g.abType, g.cHalf}
+	k := ltKey{g.transA, g.transB, g.M, g.N, g.K, g.lda, g.ldb, g.ldc, g.abType, g.cHalf, tf32}
 	p, seen := l.plans[k]
 	if !seen {
-		if pin := pinFor(g); pin != nil {
+		if pin := pinFor(g, tf32); pin != nil {
 			p = l.makePlan(g, pin)
 		}
 		l.plans[k] = p // nil: no pin for this layout
@@ -351,7 +391,8 @@ func (l *cublasLt) makePlan(g gemmArgs, pin *ltPin) *ltPlan {
 	if g.cHalf {
 		cType = dataR16BF
 	}
-	cfg := [5]C.int{C.int(pin.cfg.algo), C.int(pin.cfg.tile), C.int(pin.cfg.stages), C.int(pin.cfg.custom), C.int(pin.cfg.cluster)}
+	c := pin.cfg
+	cfg := [8]C.int{C.int(c.algo), C.int(c.tile), C.int(c.stages), C.int(c.custom), C.int(c.cluster), C.int(c.splitK), C.int(c.red), C.int(c.swizzle)}
 	var ws C.size_t
 	var st C.int
 	step := C.lt_plan_make(l.h, &p.p, blasOp(g.transB), blasOp(g.transA), C.uint64_t(g.N), C.uint64_t(g.M), C.uint64_t(g.K),
@@ -361,18 +402,20 @@ func (l *cublasLt) makePlan(g gemmArgs, pin *ltPin) *ltPlan {
 		steps := map[C.int]string{1: "descriptor", 2: "transposes", 3: "layout", 4: "algorithm", 5: "attribute", 6: "check"}
 		p.why = fmt.Sprintf("%s: cuBLASLt refused the %s (status %d)", pin.name, steps[step], int(st))
 		C.lt_plan_free(&p.p)
-	case ws != 0:
+	case ws > ltWorkMax || ws != 0 && c.splitK <= 1:
 		p.why = fmt.Sprintf("%s: the configuration asks for a %d-byte workspace", pin.name, int(ws))
 		C.lt_plan_free(&p.p)
 	default:
-		p.ok = true
+		p.ok, p.ws = true, int64(ws)
 	}
 	return p
 }
 
-// run issues g through its plan on the backend's stream.
-func (l *cublasLt) run(p *ltPlan, g gemmArgs) error {
-	st := C.lt_matmul(l.h, &p.p, C.float(g.alpha), C.uintptr_t(g.B), C.uintptr_t(g.A), C.float(g.beta), C.uintptr_t(g.C), l.stream)
+// run issues g through its plan on the backend's stream, with ws (p.ws
+// bytes) as its workspace.
+func (l *cublasLt) run(p *ltPlan, g gemmArgs, ws uintptr) error {
+	st := C.lt_matmul(l.h, &p.p, C.float(g.alpha), C.uintptr_t(g.B), C.uintptr_t(g.A), C.float(g.beta), C.uintptr_t(g.C),
+		C.uintptr_t(ws), C.size_t(p.ws), l.stream)
 	if st == blasStatusAllocFailed {
 		return fmt.Errorf("cuBLASLt GEMM %dx%dx%d (%s): CUBLAS_STATUS_ALLOC_FAILED: %w", g.M, g.N, g.K, p.pin.name, ErrOutOfMemory)
 	}

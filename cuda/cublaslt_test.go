@@ -7,17 +7,22 @@ import (
 	"math"
 	"testing"
 
+	"gorgonia.org/cu"
+
 	"github.com/ollama-tune/ollama-tune/finetune"
 )
 
 // pinArgs is p's GEMM at the step's layout: the forwards x[M,K] . W[N,K]^T,
-// the dx products dout[M,K] . W[K,N] with W's rows N + 8 wide (the folded
-// linears' stride, linearLD).
+// the dx products dout[M,K] . W[K,N] with W's rows N + 8 wide under
+// bfloat16 (the folded linears' stride, linearLD), N wide under float32.
 func pinArgs(p ltPin) (g gemmArgs, rowsB int) {
-	g = gemmArgs{transB: p.transB, M: p.M, N: p.N, K: p.K, alpha: 1, lda: p.K, ldc: p.N, abType: dataR16BF, cHalf: p.cHalf}
-	if p.transB {
+	g = gemmArgs{transB: p.transB, M: p.M, N: p.N, K: p.K, alpha: 1, lda: p.K, ldc: p.N, abType: p.ab, cHalf: p.cHalf}
+	switch {
+	case p.transB:
 		g.ldb, rowsB = p.K, p.N
-	} else {
+	case p.ab == dataR32F:
+		g.ldb, rowsB = p.N, p.K
+	default:
 		g.ldb, rowsB = p.N+8, p.K
 	}
 	return g, rowsB
@@ -38,23 +43,38 @@ func TestGemmPinned(t *testing.T) {
 	// One set of operands, as large as the largest pin's: each pin reads
 	// prefixes of it (drawing ~77M values once rather than ~230M keeps the
 	// test quick; the values only have to be arbitrary).
-	var maxA, maxB, maxC int
+	// The float32 pins' operands are float32 (v25), the others' bfloat16.
+	var maxA, maxB, maxC, maxA32, maxB32 int
 	for _, p := range ltPins {
 		args, rowsB := pinArgs(p)
-		maxA, maxB, maxC = max(maxA, args.M*args.lda), max(maxB, rowsB*args.ldb), max(maxC, args.M*args.ldc)
+		if p.ab == dataR32F {
+			maxA32, maxB32 = max(maxA32, args.M*args.lda), max(maxB32, rowsB*args.ldb)
+		} else {
+			maxA, maxB = max(maxA, args.M*args.lda), max(maxB, rowsB*args.ldb)
+		}
+		maxC = max(maxC, args.M*args.ldc)
 	}
-	a := bf16Round(randn(maxA, 700, 1))
-	bm := bf16Round(randn(maxB, 800, 0.05))
+	a16 := bf16Round(randn(maxA, 700, 1))
+	b16 := bf16Round(randn(maxB, 800, 0.05))
+	a32, b32 := randn(maxA32, 701, 1), randn(maxB32, 801, 0.05)
 	c0All := randn(maxC, 900, 1)
 	ta, tb := g.AllocBytes(2*maxA), g.AllocBytes(2*maxB)
+	ta32, tb32 := g.Alloc(maxA32), g.Alloc(maxB32)
 	defer func() {
-		g.Free(ta)
-		g.Free(tb)
+		for _, x := range []finetune.Tensor{ta, tb, ta32, tb32} {
+			g.Free(x)
+		}
 	}()
-	g.UploadBytes(ta, bf16Bytes(a))
-	g.UploadBytes(tb, bf16Bytes(bm))
+	g.UploadBytes(ta, bf16Bytes(a16))
+	g.UploadBytes(tb, bf16Bytes(b16))
+	g.Upload(ta32, a32)
+	g.Upload(tb32, b32)
 	for _, p := range ltPins {
 		args, _ := pinArgs(p)
+		a, bm, tA, tB, tol := a16, b16, ta, tb, 4e-3 // a bfloat16 C's rounding is 2^-9 of |ref| <= sum |a w|
+		if p.ab == dataR32F {
+			a, bm, tA, tB, tol = a32, b32, ta32, tb32, 1e-5 // float32 sums' rounding: ~K 2^-24 of sum |a w| at worst
+		}
 		c0 := c0All[:args.M*args.ldc]
 		var tc finetune.Tensor
 		c0b := bf16Bytes(c0)
@@ -63,7 +83,7 @@ func TestGemmPinned(t *testing.T) {
 		} else {
 			tc = g.Alloc(len(c0))
 		}
-		args.A, args.B, args.C = uintptr(ta.(*Tensor).ptr), uintptr(tb.(*Tensor).ptr), uintptr(tc.(*Tensor).ptr)
+		args.A, args.B, args.C = uintptr(tA.(*Tensor).ptr), uintptr(tB.(*Tensor).ptr), uintptr(tc.(*Tensor).ptr)
 		betas := []float32{0, 1}
 		if p.cHalf {
 			betas = betas[:1] // the row kernels read a bfloat16 C written with beta 0 only
@@ -119,8 +139,8 @@ func TestGemmPinned(t *testing.T) {
 				}
 				worst = max(worst, math.Abs(got-ref)/scale)
 			}
-			t.Logf("%-18s %5dx%5dx%5d beta %v: the same bits as gemmEx; sampled error against float64 %.2g of sum |a w|", p.name, p.M, p.N, p.K, beta, worst)
-			if !(worst < 4e-3) { // a bfloat16 C's rounding is 2^-9 of |ref| <= sum |a w|
+			t.Logf("%-24s %5dx%5dx%5d beta %v: the same bits as gemmEx; sampled error against float64 %.2g of sum |a w|", p.name, p.M, p.N, p.K, beta, worst)
+			if !(worst < tol) {
 				t.Errorf("%s beta %v: sampled error against float64 %.3g of sum |a w|", p.name, beta, worst)
 			}
 		}
@@ -137,14 +157,18 @@ func pinRun(g *Backend, args gemmArgs, pinned bool) (err error) {
 	defer Recover(&err)
 	defer g.enter("pinned GEMM test")()
 	if pinned {
-		p := g.lt.plan(args)
+		p := g.lt.plan(args, false)
 		if p == nil {
 			if r := g.lt.refused(); len(r) > 0 {
 				return &Error{Op: "pinned GEMM test", Err: errString(r[len(r)-1])}
 			}
 			return &Error{Op: "pinned GEMM test", Err: errString("the pin did not take the GEMM")}
 		}
-		check("pinned GEMM test", g.lt.run(p, args))
+		var ws cu.DevicePtr
+		if p.ws > 0 {
+			ws = g.scratchBuf(sLtWork, p.ws, "pinned GEMM test")
+		}
+		check("pinned GEMM test", g.lt.run(p, args, uintptr(ws)))
 	} else {
 		check("pinned GEMM test", g.blas.run(args))
 	}
@@ -180,8 +204,27 @@ func TestGemmPinDeclines(t *testing.T) {
 	}
 	base, _ := pinArgs(ltPins[1]) // o_proj forward
 	base.A, base.B, base.C = 1<<20, 2<<20, 3<<20
-	if g.lt.plan(base) == nil {
+	if g.lt.plan(base, false) == nil {
 		t.Fatalf("o_proj forward's pin did not take its own shape: %v", g.lt.refused())
+	}
+	// A float32 pin takes its shape under IEEE float32, not under TF32
+	// (v25), and a bfloat16 pin takes its shape either way.
+	for _, p := range ltPins {
+		if p.ab != dataR32F {
+			continue
+		}
+		a, _ := pinArgs(p)
+		a.A, a.B, a.C = 1<<20, 2<<20, 3<<20
+		if g.lt.plan(a, false) == nil {
+			t.Errorf("%s: its pin did not take its own shape: %v", p.name, g.lt.refused())
+		}
+		if g.lt.plan(a, true) != nil {
+			t.Errorf("%s: the float32 pin took the GEMM under TF32", p.name)
+		}
+		break
+	}
+	if g.lt.plan(base, true) == nil {
+		t.Errorf("o_proj forward's pin did not take its shape with the handle on TF32")
 	}
 	for _, tc := range []struct {
 		name string
@@ -197,7 +240,7 @@ func TestGemmPinDeclines(t *testing.T) {
 	} {
 		a := base
 		tc.edit(&a)
-		if g.lt.plan(a) != nil {
+		if g.lt.plan(a, false) != nil {
 			t.Errorf("%s: the pinned path took it", tc.name)
 		}
 	}

@@ -1180,6 +1180,7 @@ const (
 	sLoRAHalf                     // LoRA under BF16: bfloat16 A, B, h, dout . B
 	sWiden                        // a bfloat16 tensor's values on their way to float32 (Tensor.half)
 	sDGateUp                      // SwiGLULinearBackward's d gate_up where the model gives none
+	sLtWork                       // a pinned cuBLASLt GEMM's split-K workspace (cublaslt.go)
 	numScratch
 )
 
