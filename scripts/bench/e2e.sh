@@ -20,7 +20,7 @@
 # picks some (tutorial-wrapped trl-default-bfd tutorial-keep8
 # tutorial-keep8-nockpt tutorial-keepact, and tutorial-keepact-all:
 # 1.7 GB, every output on the device, v23; seed-tf32: float32 compute with
-# training.tf32, v24); each prints
+# training.tf32, v24; seed: float32 compute as the seed has it, v25); each prints
 # its wall time, a few step lines and the adapter folder; a name given twice
 # runs twice (its second log is NAME-2.log). BENCHMARKS.md,
 # "The real CLI end to end", records its results. Needs PyTorch and
@@ -112,6 +112,11 @@ run() {
     seed-tf32)
       one "$name" --set training.packing_strategy=wrapped --set quantization.bnb_4bit_compute_dtype=float32 \
         --set training.tf32=true
+      ;;
+    # The seed's settings as they are: float32 compute, IEEE (v25: the
+    # README's own command; ~105 s of training on an H200).
+    seed)
+      one "$name" --set training.packing_strategy=wrapped --set quantization.bnb_4bit_compute_dtype=float32
       ;;
     *) echo "unknown run $name" >&2 ;;
     esac
