@@ -161,9 +161,9 @@ func runTrain(ctx context.Context, w io.Writer, cfgFile string, tc finetune.Trai
 }
 
 // speedHint says, for a job on the GPU, what faster settings there are
-// (BENCHMARKS.md v24, H200): under float32 compute (the seed's
+// (BENCHMARKS.md v25, H200): under float32 compute (the seed's
 // bnb_4bit_compute_dtype) that has not chosen about TF32, the matrix
-// products run on the CUDA cores, ~10x bfloat16's step time and ~4.5x
+// products run on the CUDA cores, ~9.5x bfloat16's step time and ~4.4x
 // TF32's; under float16 the step is ~1.5x bfloat16's, as only bfloat16
 // has the fused kernels (and every GPU the CUDA plugin runs on, compute
 // capability 8.0 or later, has bfloat16). "" otherwise.
@@ -178,7 +178,7 @@ func speedHint(caps plugin.Capabilities, tc finetune.TrainConfig) string {
 		}
 		return "note: float32 compute (quantization.bnb_4bit_compute_dtype, as the seed) runs the matrix products on the GPU's CUDA cores; " +
 			"--set training.tf32=true puts them on TF32 tensor cores (about 4.5x faster steps, at TF32's precision), " +
-			"--set quantization.bnb_4bit_compute_dtype=bfloat16 about 10x"
+			"--set quantization.bnb_4bit_compute_dtype=bfloat16 about 9.5x"
 	case finetune.F16:
 		return "note: float16 compute takes about 1.5x bfloat16's time a step here (the fused kernels are bfloat16's); " +
 			"--set quantization.bnb_4bit_compute_dtype=bfloat16 for them"
