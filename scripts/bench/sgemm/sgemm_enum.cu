@@ -12,19 +12,8 @@
 // cublasSgemm's bits and their error against a float64 dot product
 // relative to sum |a w| (64 entries). On a GPU machine:
 //   nvcc -O2 -std=c++17 -arch=sm_90 scripts/bench/sgemm/sgemm_enum.cu -o /tmp/senum -lcublasLt -lcublas && /tmp/senum [--tf32] [shape ...]
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <cmath>
-#include <string>
-#include <vector>
-#include <algorithm>
 #include <chrono>
-#include <cuda_runtime.h>
-#include <cublas_v2.h>
-#include <cublasLt.h>
-#define CK(x) do { auto e = (x); if (e != 0) { printf("%s:%d %s = %d\n", __FILE__, __LINE__, #x, (int)e); exit(1);} } while (0)
-struct Shape { const char* name; bool tn; int M, N, K; int calls; };
+#include "sgemm_common.cuh"
 
 static std::vector<unsigned> caps(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoCapAttributes_t w) {
   size_t n = 0;
@@ -51,19 +40,15 @@ static bool setattr(cublasLtMatmulAlgo_t* a, cublasLtMatmulAlgoConfigAttributes_
 }
 
 int main(int argc, char** argv) {
-  Shape all[] = {
-    {"fwd qkv", true, 1024, 9216, 3072, 63}, {"fwd o", true, 1024, 3072, 3072, 63},
-    {"fwd gate_up", true, 1024, 16384, 3072, 63}, {"fwd down", true, 1024, 3072, 8192, 32},
-    {"dx qkv", false, 1024, 3072, 9216, 31}, {"dx o", false, 1024, 3072, 3072, 32},
-    {"dx gate_up", false, 1024, 3072, 16384, 32}, {"dx down", false, 1024, 8192, 3072, 32},
-  };
+  const Shape* all = kShapes;
   bool tf32 = false;
   std::vector<Shape> shapes;
   for (int i = 1; i < argc; i++) {
     std::string a(argv[i]);
     if (a == "--tf32") { tf32 = true; continue; }
     bool found = false;
-    for (auto& s : all) {
+    for (int j = 0; j < 8; j++) {
+      const Shape& s = all[j];
       std::string name(s.name);
       std::replace(name.begin(), name.end(), ' ', '_');
       if (name == a) shapes.push_back(s), found = true;
@@ -71,15 +56,10 @@ int main(int argc, char** argv) {
     if (!found) { printf("unknown shape %s\n", argv[i]); return 2; }
   }
   if (shapes.empty()) shapes.assign(all, all + 8);
-  size_t maxe = (size_t)16384 * 8192, cbytes = (size_t)1024 * 16384 * 4;
-  float *A, *W, *C, *C0; void* ws; size_t wsz = 64 << 20;
-  CK(cudaMalloc(&A, (size_t)1024 * 16384 * 4)); CK(cudaMalloc(&W, maxe * 4)); CK(cudaMalloc(&C, cbytes));
-  CK(cudaMalloc(&C0, cbytes)); CK(cudaMalloc(&ws, wsz));
-  std::vector<float> ha((size_t)1024 * 16384), hw(maxe);
-  for (size_t i = 0; i < ha.size(); i++) ha[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
-  for (size_t i = 0; i < hw.size(); i++) hw[i] = ((float)((i * 40503u + 7) % 2001) / 1000.0f - 1.0f) * 0.02f;
-  CK(cudaMemcpy(A, ha.data(), ha.size() * 4, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(W, hw.data(), hw.size() * 4, cudaMemcpyHostToDevice));
+  size_t cbytes = (size_t)1024 * 16384 * 4;
+  Operands op;
+  float *A = op.A, *W = op.W, *C, *C0; void* ws; size_t wsz = 64 << 20;
+  CK(cudaMalloc(&C, cbytes)); CK(cudaMalloc(&C0, cbytes)); CK(cudaMalloc(&ws, wsz));
   cublasHandle_t hb; CK(cublasCreate(&hb)); cublasLtHandle_t lt; CK(cublasLtCreate(&lt));
   CK(cublasSetMathMode(hb, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
   printf("cuBLASLt %zu, %s compute\n", cublasLtGetVersion(), tf32 ? "TF32" : "IEEE float32");
@@ -90,9 +70,9 @@ int main(int argc, char** argv) {
   std::vector<float> hc0(cbytes / 4), hc1(cbytes / 4);
   double tot_def = 0, tot_best = 0, tot_same = 0;
   for (auto& s : shapes) {
-    int m = s.N, n = s.M, k = s.K;
-    cublasOperation_t opA = s.tn ? CUBLAS_OP_T : CUBLAS_OP_N;
-    int lda = s.tn ? k : m, ldb = k, ldc = m;
+    const Gemm gm(s);
+    const int m = gm.m, n = gm.n, k = gm.k, lda = gm.lda, ldb = gm.ldb, ldc = gm.ldc;
+    const cublasOperation_t opA = gm.opA;
     size_t outn = (size_t)m * n;
     auto timeit = [&](auto fn) { fn(); cudaEventRecord(e0, st); for (int i = 0; i < reps; i++) fn(); cudaEventRecord(e1, st); cudaEventSynchronize(e1); float ms; cudaEventElapsedTime(&ms, e0, e1); return ms * 1000 / reps; };
     auto sgemm = [&](float* out) { CK(cublasSgemm(hb, opA, CUBLAS_OP_N, m, n, k, &alpha, W, lda, A, ldb, &beta, out, ldc)); };
@@ -100,24 +80,8 @@ int main(int argc, char** argv) {
     float tdef = timeit([&] { sgemm(C); });
     reps = 3;
     sgemm(C0); CK(cudaStreamSynchronize(st)); CK(cudaMemcpy(hc0.data(), C0, outn * 4, cudaMemcpyDeviceToHost));
-    std::vector<double> mag(64), ex(64);
-    for (int q = 0; q < 64; q++) {
-      size_t row = (q * 977) % s.M, col = (q * 4099) % s.N;
-      double sa = 0, sx = 0;
-      for (int kk = 0; kk < s.K; kk++) {
-        double a = ha[row * s.K + kk], w = s.tn ? hw[col * s.K + kk] : hw[(size_t)kk * s.N + col];
-        sa += fabs(a * w), sx += a * w;
-      }
-      mag[q] = sa, ex[q] = sx;
-    }
-    auto err = [&](const std::vector<float>& c) {
-      double e = 0;
-      for (int q = 0; q < 64; q++) {
-        size_t row = (q * 977) % s.M, col = (q * 4099) % s.N;
-        e = std::max(e, fabs((double)c[row * s.N + col] - ex[q]) / mag[q]);
-      }
-      return e;
-    };
+    const Reference ref(s, op);
+    auto err = [&](const std::vector<float>& c) { return ref.err(c); };
     double edef = err(hc0);
     cublasLtMatmulDesc_t d; CK(cublasLtMatmulDescCreate(&d, ctype, CUDA_R_32F));
     CK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof(opA)));

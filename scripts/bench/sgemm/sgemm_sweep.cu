@@ -9,30 +9,7 @@
 // same for cublasSgemm). Like cublaslt_sweep.cu (the bfloat16 one, v8/v19/v21).
 // On a GPU machine:
 //   nvcc -O2 -std=c++17 -arch=sm_90 scripts/bench/sgemm/sgemm_sweep.cu -o /tmp/sgemm -lcublasLt -lcublas && /tmp/sgemm [--tf32] [N]
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <cmath>
-#include <string>
-#include <vector>
-#include <algorithm>
-#include <cuda_runtime.h>
-#include <cublas_v2.h>
-#include <cublasLt.h>
-#define CK(x) do { auto e = (x); if (e != 0) { printf("%s:%d %s = %d\n", __FILE__, __LINE__, #x, (int)e); exit(1);} } while (0)
-// Row-major C[M,N] = A[M,K] . W^T (tn: W stored [N,K], the forwards) or
-// A[M,K] . W (nn: W stored [K,N], the dx products); calls a step.
-struct Shape { const char* name; bool tn; int M, N, K; int calls; };
-
-static long long attr(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoConfigAttributes_t w) {
-  size_t n = 0;
-  if (cublasLtMatmulAlgoConfigGetAttribute(&a, w, nullptr, 0, &n) != 0 || n == 0 || n > 8) return -1;
-  unsigned char buf[8] = {0};
-  if (cublasLtMatmulAlgoConfigGetAttribute(&a, w, buf, n, &n) != 0) return -1;
-  long long v = 0;
-  memcpy(&v, buf, n);
-  return v;
-}
+#include "sgemm_common.cuh"
 
 int main(int argc, char** argv) {
   bool tf32 = false;
@@ -40,21 +17,10 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; i++) {
     if (std::string(argv[i]) == "--tf32") tf32 = true; else want = atoi(argv[i]);
   }
-  Shape shapes[] = {
-    {"fwd qkv", true, 1024, 9216, 3072, 63}, {"fwd o", true, 1024, 3072, 3072, 63},
-    {"fwd gate_up", true, 1024, 16384, 3072, 63}, {"fwd down", true, 1024, 3072, 8192, 32},
-    {"dx qkv", false, 1024, 3072, 9216, 31}, {"dx o", false, 1024, 3072, 3072, 32},
-    {"dx gate_up", false, 1024, 3072, 16384, 32}, {"dx down", false, 1024, 8192, 3072, 32},
-  };
-  size_t maxe = (size_t)16384 * 8192, cbytes = (size_t)1024 * 16384 * 4;
-  float *A, *W, *C, *C0, *C1; void* ws; size_t wsz = 32 << 20;
-  CK(cudaMalloc(&A, (size_t)1024 * 16384 * 4)); CK(cudaMalloc(&W, maxe * 4)); CK(cudaMalloc(&C, cbytes));
-  CK(cudaMalloc(&C0, cbytes)); CK(cudaMalloc(&C1, cbytes)); CK(cudaMalloc(&ws, wsz));
-  std::vector<float> ha((size_t)1024 * 16384), hw(maxe);
-  for (size_t i = 0; i < ha.size(); i++) ha[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
-  for (size_t i = 0; i < hw.size(); i++) hw[i] = ((float)((i * 40503u + 7) % 2001) / 1000.0f - 1.0f) * 0.02f;
-  CK(cudaMemcpy(A, ha.data(), ha.size() * 4, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(W, hw.data(), hw.size() * 4, cudaMemcpyHostToDevice));
+  size_t cbytes = (size_t)1024 * 16384 * 4;
+  Operands op;
+  float *A = op.A, *W = op.W, *C, *C0, *C1; void* ws; size_t wsz = 32 << 20;
+  CK(cudaMalloc(&C, cbytes)); CK(cudaMalloc(&C0, cbytes)); CK(cudaMalloc(&C1, cbytes)); CK(cudaMalloc(&ws, wsz));
   cublasHandle_t hb; CK(cublasCreate(&hb)); cublasLtHandle_t lt; CK(cublasLtCreate(&lt));
   CK(cublasSetMathMode(hb, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
   int blasVersion = 0; CK(cublasGetVersion(hb, &blasVersion));
@@ -65,35 +31,18 @@ int main(int argc, char** argv) {
   cublasComputeType_t ctype = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   double tot_def = 0, tot_best = 0, tot_best_same = 0;
   std::vector<float> hc0(cbytes / 4), hc1(cbytes / 4), hc2(cbytes / 4);
-  for (auto& s : shapes) {
-    int m = s.N, n = s.M, k = s.K;  // column-major C^T[N,M] = op(W) . A^T
-    cublasOperation_t opA = s.tn ? CUBLAS_OP_T : CUBLAS_OP_N;
-    int lda = s.tn ? k : m, ldb = k, ldc = m;
+  for (auto& s : kShapes) {
+    const Gemm gm(s);
+    const int m = gm.m, n = gm.n, k = gm.k, lda = gm.lda, ldb = gm.ldb, ldc = gm.ldc;
+    const cublasOperation_t opA = gm.opA;
     size_t outn = (size_t)m * n;
     auto timeit = [&](auto fn) { for (int i = 0; i < 2; i++) fn(); cudaEventRecord(e0, st); for (int i = 0; i < reps; i++) fn(); cudaEventRecord(e1, st); cudaEventSynchronize(e1); float ms; cudaEventElapsedTime(&ms, e0, e1); return ms * 1000 / reps; };
     // the backend's call (cuda/cublas.go): cublasSgemm, TF32 through the handle's math mode
     auto gemmex = [&](float* out) { CK(cublasSgemm(hb, opA, CUBLAS_OP_N, m, n, k, &alpha, W, lda, A, ldb, &beta, out, ldc)); };
     float tdef = timeit([&] { gemmex(C); });
     gemmex(C0); CK(cudaStreamSynchronize(st)); CK(cudaMemcpy(hc0.data(), C0, outn * 4, cudaMemcpyDeviceToHost));
-    // sum |a w| of 64 entries for the error scale
-    std::vector<double> mag(64), ex(64);
-    for (int q = 0; q < 64; q++) {
-      size_t row = (q * 977) % s.M, col = (q * 4099) % s.N;
-      double sa = 0, sx = 0;
-      for (int kk = 0; kk < s.K; kk++) {
-        double a = ha[row * s.K + kk], w = s.tn ? hw[col * s.K + kk] : hw[(size_t)kk * s.N + col];
-        sa += fabs(a * w), sx += a * w;
-      }
-      mag[q] = sa, ex[q] = sx;
-    }
-    auto err = [&](const std::vector<float>& c) {
-      double e = 0;
-      for (int q = 0; q < 64; q++) {
-        size_t row = (q * 977) % s.M, col = (q * 4099) % s.N, i = row * s.N + col;
-        e = std::max(e, fabs((double)c[i] - ex[q]) / mag[q]);
-      }
-      return e;
-    };
+    const Reference ref(s, op);
+    auto err = [&](const std::vector<float>& c) { return ref.err(c); };
     cublasLtMatmulDesc_t d; CK(cublasLtMatmulDescCreate(&d, ctype, CUDA_R_32F));
     CK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof(opA)));
     cublasLtMatrixLayout_t la, lb, lc;
