@@ -73,14 +73,37 @@ struct Reference {
   }
 };
 
-// attr reads one configuration attribute (-1: unreadable); each has its
-// own width, which a first call with no buffer reports.
-static long long attr(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoConfigAttributes_t w) {
+// scalar reads one attribute of an algorithm through get (-1: unreadable);
+// each has its own width, which a first call with no buffer reports.
+template <typename Attr, typename Get>
+static long long scalar(const cublasLtMatmulAlgo_t& a, Attr w, Get get) {
   size_t n = 0;
-  if (cublasLtMatmulAlgoConfigGetAttribute(&a, w, nullptr, 0, &n) != 0 || n == 0 || n > 8) return -1;
+  if (get(&a, w, nullptr, 0, &n) != 0 || n == 0 || n > 8) return -1;
   unsigned char buf[8] = {0};
-  if (cublasLtMatmulAlgoConfigGetAttribute(&a, w, buf, n, &n) != 0) return -1;
+  if (get(&a, w, buf, n, &n) != 0) return -1;
   long long v = 0;
   memcpy(&v, buf, n);  // little-endian: the low bytes
   return v;
 }
+// attr: a configuration attribute; capv: a capability.
+static long long attr(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoConfigAttributes_t w) {
+  return scalar(a, w, cublasLtMatmulAlgoConfigGetAttribute);
+}
+static long long capv(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoCapAttributes_t w) {
+  return scalar(a, w, cublasLtMatmulAlgoCapGetAttribute);
+}
+
+// LtShape is a Gemm's cuBLASLt descriptor (compute type ctype, float32
+// scale) and float32 layouts.
+struct LtShape {
+  cublasLtMatmulDesc_t d;
+  cublasLtMatrixLayout_t la, lb, lc;
+  LtShape(const Gemm& g, cublasComputeType_t ctype) {
+    CK(cublasLtMatmulDescCreate(&d, ctype, CUDA_R_32F));
+    CK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &g.opA, sizeof(g.opA)));
+    const bool tn = g.opA == CUBLAS_OP_T;
+    CK(cublasLtMatrixLayoutCreate(&la, CUDA_R_32F, tn ? g.k : g.m, tn ? g.m : g.k, g.lda));
+    CK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_32F, g.k, g.n, g.ldb));
+    CK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, g.m, g.n, g.ldc));
+  }
+};

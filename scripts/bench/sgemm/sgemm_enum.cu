@@ -22,15 +22,6 @@ static std::vector<unsigned> caps(const cublasLtMatmulAlgo_t& a, cublasLtMatmulA
   if (cublasLtMatmulAlgoCapGetAttribute(&a, w, v.data(), n, &n) != 0) return {};
   return v;
 }
-static long long capv(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoCapAttributes_t w) {
-  size_t n = 0;
-  if (cublasLtMatmulAlgoCapGetAttribute(&a, w, nullptr, 0, &n) != 0 || n == 0 || n > 8) return -1;
-  unsigned char buf[8] = {0};
-  if (cublasLtMatmulAlgoCapGetAttribute(&a, w, buf, n, &n) != 0) return -1;
-  long long v = 0;
-  memcpy(&v, buf, n);
-  return v;
-}
 static bool setattr(cublasLtMatmulAlgo_t* a, cublasLtMatmulAlgoConfigAttributes_t w, long long v) {
   size_t n = 0;
   if (cublasLtMatmulAlgoConfigGetAttribute(a, w, nullptr, 0, &n) != 0 || n == 0 || n > 8) return false;
@@ -83,12 +74,8 @@ int main(int argc, char** argv) {
     const Reference ref(s, op);
     auto err = [&](const std::vector<float>& c) { return ref.err(c); };
     double edef = err(hc0);
-    cublasLtMatmulDesc_t d; CK(cublasLtMatmulDescCreate(&d, ctype, CUDA_R_32F));
-    CK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof(opA)));
-    cublasLtMatrixLayout_t la, lb, lc;
-    CK(cublasLtMatrixLayoutCreate(&la, CUDA_R_32F, s.tn ? k : m, s.tn ? m : k, lda));
-    CK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_32F, k, n, ldb));
-    CK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, m, n, ldc));
+    const LtShape ls(gm, ctype);
+    const auto d = ls.d; const auto la = ls.la, lb = ls.lb, lc = ls.lc;
     int ids[256], nids = 0;
     CK(cublasLtMatmulAlgoGetIds(lt, ctype, CUDA_R_32F, CUDA_R_32F, CUDA_R_32F, CUDA_R_32F, CUDA_R_32F, 256, ids, &nids));
     double fl = 2.0 * s.M * s.N * s.K;

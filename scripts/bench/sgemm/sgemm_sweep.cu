@@ -43,12 +43,8 @@ int main(int argc, char** argv) {
     gemmex(C0); CK(cudaStreamSynchronize(st)); CK(cudaMemcpy(hc0.data(), C0, outn * 4, cudaMemcpyDeviceToHost));
     const Reference ref(s, op);
     auto err = [&](const std::vector<float>& c) { return ref.err(c); };
-    cublasLtMatmulDesc_t d; CK(cublasLtMatmulDescCreate(&d, ctype, CUDA_R_32F));
-    CK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof(opA)));
-    cublasLtMatrixLayout_t la, lb, lc;
-    CK(cublasLtMatrixLayoutCreate(&la, CUDA_R_32F, s.tn ? k : m, s.tn ? m : k, lda));
-    CK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_32F, k, n, ldb));
-    CK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, m, n, ldc));
+    const LtShape ls(gm, ctype);
+    const auto d = ls.d; const auto la = ls.la, lb = ls.lb, lc = ls.lc;
     cublasLtMatmulPreference_t pref; CK(cublasLtMatmulPreferenceCreate(&pref));
     CK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz, sizeof(wsz)));
     std::vector<cublasLtMatmulHeuristicResult_t> res(want); int nres = 0;
