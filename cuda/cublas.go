@@ -114,8 +114,11 @@ const (
 	dataR16BF = 14 // CUDA_R_16BF
 	dataR16F  = 2  // CUDA_R_16F
 
-	blasCompute32F  = 68 // CUBLAS_COMPUTE_32F
-	blasGemmDefault = -1 // CUBLAS_GEMM_DEFAULT
+	blasCompute32F = 68 // CUBLAS_COMPUTE_32F
+	// CUBLAS_COMPUTE_32F_FAST_TF32: cuBLASLt's name for the TF32 math mode
+	// (the TF32 pins, cublaslt.go)
+	blasCompute32FFastTF32 = 77
+	blasGemmDefault        = -1 // CUBLAS_GEMM_DEFAULT
 )
 
 var blasLoad struct {

@@ -124,21 +124,21 @@ static void lt_plan_free(lt_plan* p) {
 
 // lt_plan_make fills p for D = C = alpha op(A) op(B) + beta C, column-major
 // m x n x k, A of type ab with leading dimension lda (op T: stored k x m),
-// B likewise (op T: stored n x k), C of type ct: float32 compute and
-// scale, cfg = {algorithm id, tile, stages, custom option, cluster shape,
+// B likewise (op T: stored n x k), C of type ct: compute type compute
+// (CUBLAS_COMPUTE_32F, or _FAST_TF32), float32 scale, cfg = {algorithm id, tile, stages, custom option, cluster shape,
 // split-K, reduction scheme, CTA swizzling} (a custom option or cluster
 // shape of 0 is left as cublasLtMatmulAlgoInit set it). It returns 0, or
 // the step that failed (1 descriptor, 2 its transposes, 3 a layout, 4 the
 // algorithm, 5 an attribute, 6 the check) with cuBLAS's status in *st, and
 // the workspace the check asks for in *ws.
-static int lt_plan_make(uintptr_t h, lt_plan* p, int opA, int opB, uint64_t m, uint64_t n, uint64_t k, int ab,
+static int lt_plan_make(uintptr_t h, lt_plan* p, int compute, int opA, int opB, uint64_t m, uint64_t n, uint64_t k, int ab,
                         int64_t lda, int64_t ldb, int ct, int64_t ldc, const int* cfg, size_t* ws, int* st) {
-	enum { compute32F = 68, r32F = 0, transA = 3, transB = 4 };
+	enum { r32F = 0, transA = 3, transB = 4 };
 	enum { tileID = 1, splitK = 2, reduction = 3, swizzle = 4, custom = 5, stagesID = 6, clusterID = 8 };
 	memset(p, 0, sizeof *p);
 	*ws = 0;
 	void* o = 0;
-	if ((*st = lt_p_desc_create(&o, compute32F, r32F))) return 1;
+	if ((*st = lt_p_desc_create(&o, compute, r32F))) return 1;
 	p->desc = (uintptr_t)o;
 	if ((*st = lt_p_desc_set(o, transA, &opA, sizeof opA)) || (*st = lt_p_desc_set(o, transB, &opB, sizeof opB))) return 2;
 	o = 0;
@@ -150,7 +150,7 @@ static int lt_plan_make(uintptr_t h, lt_plan* p, int opA, int opB, uint64_t m, u
 	o = 0;
 	if ((*st = lt_p_layout_create(&o, ct, m, n, ldc))) return 3;
 	p->c = (uintptr_t)o;
-	if ((*st = lt_p_algo_init((void*)h, compute32F, r32F, ab, ab, ct, ct, cfg[0], &p->algo))) return 4;
+	if ((*st = lt_p_algo_init((void*)h, compute, r32F, ab, ab, ct, ct, cfg[0], &p->algo))) return 4;
 	const int attrs[7] = {tileID, stagesID, custom, clusterID, splitK, reduction, swizzle};
 	for (int i = 0; i < 7; i++) {
 		if ((attrs[i] == custom || attrs[i] == clusterID) && cfg[i + 1] == 0) continue;
@@ -188,14 +188,15 @@ type ltConfig struct{ algo, tile, stages, custom, cluster, splitK, red, swizzle 
 
 // ltPin is one row-major GEMM shape of the step as the profile names it
 // ("gemm bf16 MxNxK"; transB: the forwards' x . W^T, else the dx products'
-// dout . W), its A and B type (ab: bfloat16, or float32 under IEEE float32
-// compute: not with training.tf32), C bfloat16 (cHalf) or float32, and its
-// configuration.
+// dout . W), its A and B type (ab: bfloat16, or float32: under IEEE
+// float32 compute, or with tf32 under training.tf32's TF32 compute), C
+// bfloat16 (cHalf) or float32, and its configuration.
 type ltPin struct {
 	name    string
 	transB  bool
 	M, N, K int
 	ab      int
+	tf32    bool
 	cHalf   bool
 	cfg     ltConfig
 }
@@ -218,30 +219,43 @@ type ltPin struct {
 // have none (nothing faster with cublasSgemm's bits). Three take split-K 4
 // with its reduction in a workspace, as cublasSgemm itself evidently does
 // (the same bits).
+//
+// The TF32 pins (v25, training.tf32): sgemm_sweep.cu's fastest of the
+// heuristic's answers with cublasSgemm's bits (under TF32 math), warm
+// (TF32 steps run at the power cap, where v21 found warm gains shrink: the
+// step's A/B decides); split-K -1 is the value the heuristic's answer
+// carries for those kernels (set as it was read).
 var ltPins = []ltPin{
-	{"qkv_proj forward", true, 1024, 9216, 3080, dataR16BF, true, ltConfig{66, 186, 35, 4, 3, 1, 0, 0}},  // 85.6 -> 84.6
-	{"o_proj forward", true, 1024, 3072, 3080, dataR16BF, false, ltConfig{66, 31, 35, 4, 5, 1, 0, 0}},    // 30.6 -> 30.0
-	{"down_proj forward", true, 1024, 3072, 8200, dataR16BF, false, ltConfig{66, 31, 35, 6, 5, 1, 0, 0}}, // 73.3 -> 72.0
-	{"qkv_proj dx", false, 1024, 3072, 9216, dataR16BF, false, ltConfig{66, 31, 35, 6, 5, 1, 0, 0}},      // 80.1 -> 78.0
-	{"o_proj dx", false, 1024, 3072, 3072, dataR16BF, false, ltConfig{66, 31, 35, 6, 5, 1, 0, 0}},        // 29.4 -> 28.8
-	{"gate_up_proj dx", false, 1024, 3072, 16384, dataR16BF, false, ltConfig{66, 31, 35, 6, 5, 1, 0, 0}}, // 136.2 -> 133.9
-	{"down_proj dx", false, 1024, 8192, 3072, dataR16BF, false, ltConfig{66, 23, 35, 5, 5, 1, 0, 0}},     // 73.2 -> 71.6
+	{"qkv_proj forward", true, 1024, 9216, 3080, dataR16BF, false, true, ltConfig{66, 186, 35, 4, 3, 1, 0, 0}},  // 85.6 -> 84.6
+	{"o_proj forward", true, 1024, 3072, 3080, dataR16BF, false, false, ltConfig{66, 31, 35, 4, 5, 1, 0, 0}},    // 30.6 -> 30.0
+	{"down_proj forward", true, 1024, 3072, 8200, dataR16BF, false, false, ltConfig{66, 31, 35, 6, 5, 1, 0, 0}}, // 73.3 -> 72.0
+	{"qkv_proj dx", false, 1024, 3072, 9216, dataR16BF, false, false, ltConfig{66, 31, 35, 6, 5, 1, 0, 0}},      // 80.1 -> 78.0
+	{"o_proj dx", false, 1024, 3072, 3072, dataR16BF, false, false, ltConfig{66, 31, 35, 6, 5, 1, 0, 0}},        // 29.4 -> 28.8
+	{"gate_up_proj dx", false, 1024, 3072, 16384, dataR16BF, false, false, ltConfig{66, 31, 35, 6, 5, 1, 0, 0}}, // 136.2 -> 133.9
+	{"down_proj dx", false, 1024, 8192, 3072, dataR16BF, false, false, ltConfig{66, 23, 35, 5, 5, 1, 0, 0}},     // 73.2 -> 71.6
 
-	{"qkv_proj forward f32", true, 1024, 9216, 3072, dataR32F, false, ltConfig{55, 19, 31, 0, 0, 1, 0, 0}},      // 1468.5 -> 1318.9
-	{"gate_up_proj forward f32", true, 1024, 16384, 3072, dataR32F, false, ltConfig{55, 20, 31, 0, 0, 1, 0, 1}}, // 2040.3 -> 2007.3
-	{"qkv_proj dx f32", false, 1024, 3072, 9216, dataR32F, false, ltConfig{55, 24, 31, 0, 0, 4, 2, 1}},          // 1239.9 -> 1119.6
-	{"o_proj dx f32", false, 1024, 3072, 3072, dataR32F, false, ltConfig{55, 20, 31, 0, 0, 4, 2, 0}},            // 430.4 -> 401.0
-	{"gate_up_proj dx f32", false, 1024, 3072, 16384, dataR32F, false, ltConfig{55, 24, 31, 0, 0, 4, 2, 1}},     // 2163.3 -> 1938.3
-	{"down_proj dx f32", false, 1024, 8192, 3072, dataR32F, false, ltConfig{55, 24, 31, 0, 0, 1, 0, 0}},         // 1008.9 -> 971.0
+	{"qkv_proj forward f32", true, 1024, 9216, 3072, dataR32F, false, false, ltConfig{55, 19, 31, 0, 0, 1, 0, 0}},      // 1468.5 -> 1318.9
+	{"gate_up_proj forward f32", true, 1024, 16384, 3072, dataR32F, false, false, ltConfig{55, 20, 31, 0, 0, 1, 0, 1}}, // 2040.3 -> 2007.3
+	{"qkv_proj dx f32", false, 1024, 3072, 9216, dataR32F, false, false, ltConfig{55, 24, 31, 0, 0, 4, 2, 1}},          // 1239.9 -> 1119.6
+	{"o_proj dx f32", false, 1024, 3072, 3072, dataR32F, false, false, ltConfig{55, 20, 31, 0, 0, 4, 2, 0}},            // 430.4 -> 401.0
+	{"gate_up_proj dx f32", false, 1024, 3072, 16384, dataR32F, false, false, ltConfig{55, 24, 31, 0, 0, 4, 2, 1}},     // 2163.3 -> 1938.3
+	{"down_proj dx f32", false, 1024, 8192, 3072, dataR32F, false, false, ltConfig{55, 24, 31, 0, 0, 1, 0, 0}},         // 1008.9 -> 971.0
+
+	{"gate_up_proj forward tf32", true, 1024, 16384, 3072, dataR32F, true, false, ltConfig{43, 20, 34, 0, 5, 1, 0, 1}}, // 271.3 -> 262.2
+	{"qkv_proj dx tf32", false, 1024, 3072, 9216, dataR32F, true, false, ltConfig{43, 24, 34, 0, 2, 1, 0, 1}},          // 178.7 -> 174.9
+	{"o_proj dx tf32", false, 1024, 3072, 3072, dataR32F, true, false, ltConfig{43, 24, 34, 0, 5, -1, 2, 0}},           // 73.1 -> 66.2
+	{"down_proj dx tf32", false, 1024, 8192, 3072, dataR32F, true, false, ltConfig{43, 24, 34, 0, 5, -1, 2, 1}},        // 148.5 -> 129.5
 }
 
 // ltWorkMax bounds the workspace a pin may ask for (a split-K reduction's
 // partial products: splitK x M x N floats, 48 MiB for the dx products'
-// 1024 x 3072 at split-K 4); a pin asking for more runs through gemmEx.
+// 1024 x 3072 at split-K 4; a TF32 kernel's 131 bytes); a pin asking for
+// more runs through gemmEx.
 const ltWorkMax = 64 << 20
 
 // ltPinned is whether the pins are on: OLLAMA_TUNE_CUDA_REFERENCE=lt-pin
-// turns them off; lt-pin-f32 only the float32 ones (v25's A/B).
+// turns them off; lt-pin-f32 only the float32 ones, IEEE and TF32 (v25's
+// A/B).
 var ltPinned = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lt-pin")
 var ltPinnedF32 = !envHas("OLLAMA_TUNE_CUDA_REFERENCE", "lt-pin-f32")
 
@@ -327,13 +341,16 @@ func newCublasLt(stream uintptr, major, minor int) (*cublasLt, string) {
 	if st := C.lt_create(&l.h); st != 0 {
 		return nil, fmt.Sprintf("off (cublasLtCreate: status %d)", int(st))
 	}
-	n32 := 0
+	var n32, ntf int
 	for _, p := range ltPins {
-		if p.ab == dataR32F {
+		switch {
+		case p.ab == dataR32F && p.tf32:
+			ntf++
+		case p.ab == dataR32F:
 			n32++
 		}
 	}
-	return l, fmt.Sprintf("on (%d pinned shapes: %d bfloat16, %d float32 (IEEE); cuBLASLt %d)", len(ltPins), len(ltPins)-n32, n32, v)
+	return l, fmt.Sprintf("on (%d pinned shapes: %d bfloat16, %d float32, %d TF32; cuBLASLt %d)", len(ltPins), len(ltPins)-n32-ntf, n32, ntf, v)
 }
 
 func (l *cublasLt) destroy() {
@@ -351,14 +368,15 @@ func (l *cublasLt) destroy() {
 }
 
 // pinFor returns g's pin, or nil (tf32: the float32 GEMMs run on TF32,
-// which the float32 pins were not measured for).
+// and take the TF32 pins, else the IEEE ones).
 func pinFor(g gemmArgs, tf32 bool) *ltPin {
-	if g.transA || g.abType == dataR32F && (tf32 || !ltPinnedF32) {
+	if g.transA || g.abType == dataR32F && !ltPinnedF32 {
 		return nil
 	}
 	for i := range ltPins {
 		p := &ltPins[i]
-		if p.ab == g.abType && p.transB == g.transB && p.M == g.M && p.N == g.N && p.K == g.K && p.cHalf == g.cHalf {
+		if p.ab == g.abType && (p.ab != dataR32F || p.tf32 == tf32) && p.transB == g.transB && p.M == g.M && p.N == g.N &&
+			p.K == g.K && p.cHalf == g.cHalf {
 			return p
 		}
 	}
@@ -395,14 +413,18 @@ func (l *cublasLt) makePlan(g gemmArgs, pin *ltPin) *ltPlan {
 	cfg := [8]C.int{C.int(c.algo), C.int(c.tile), C.int(c.stages), C.int(c.custom), C.int(c.cluster), C.int(c.splitK), C.int(c.red), C.int(c.swizzle)}
 	var ws C.size_t
 	var st C.int
-	step := C.lt_plan_make(l.h, &p.p, blasOp(g.transB), blasOp(g.transA), C.uint64_t(g.N), C.uint64_t(g.M), C.uint64_t(g.K),
+	compute := C.int(blasCompute32F)
+	if pin.tf32 {
+		compute = blasCompute32FFastTF32
+	}
+	step := C.lt_plan_make(l.h, &p.p, compute, blasOp(g.transB), blasOp(g.transA), C.uint64_t(g.N), C.uint64_t(g.M), C.uint64_t(g.K),
 		C.int(g.abType), C.int64_t(g.ldb), C.int64_t(g.lda), C.int(cType), C.int64_t(g.ldc), &cfg[0], &ws, &st)
 	switch {
 	case step != 0:
 		steps := map[C.int]string{1: "descriptor", 2: "transposes", 3: "layout", 4: "algorithm", 5: "attribute", 6: "check"}
 		p.why = fmt.Sprintf("%s: cuBLASLt refused the %s (status %d)", pin.name, steps[step], int(st))
 		C.lt_plan_free(&p.p)
-	case ws > ltWorkMax || ws != 0 && c.splitK <= 1:
+	case ws > ltWorkMax:
 		p.why = fmt.Sprintf("%s: the configuration asks for a %d-byte workspace", pin.name, int(ws))
 		C.lt_plan_free(&p.p)
 	default:

@@ -40,6 +40,7 @@ func TestGemmPinned(t *testing.T) {
 		t.Skipf("pinned cuBLASLt configurations: %s", g.info.CublasLtPins)
 	}
 	t.Logf("pinned cuBLASLt configurations: %s", g.info.CublasLtPins)
+	defer func() { _ = g.SetTF32(false) }() // the TF32 pins' runs switch the handle
 	// One set of operands, as large as the largest pin's: each pin reads
 	// prefixes of it (drawing ~77M values once rather than ~230M keeps the
 	// test quick; the values only have to be arbitrary).
@@ -74,6 +75,14 @@ func TestGemmPinned(t *testing.T) {
 		a, bm, tA, tB, tol := a16, b16, ta, tb, 4e-3 // a bfloat16 C's rounding is 2^-9 of |ref| <= sum |a w|
 		if p.ab == dataR32F {
 			a, bm, tA, tB, tol = a32, b32, ta32, tb32, 1e-5 // float32 sums' rounding: ~K 2^-24 of sum |a w| at worst
+		}
+		// The TF32 pins run with the handle on TF32, as cublasSgemm then
+		// does (training.tf32); its operands' rounding is 2^-11 of each |a w|.
+		if err := g.SetTF32(p.tf32); err != nil {
+			t.Fatal(err)
+		}
+		if p.tf32 {
+			tol = 2e-3
 		}
 		c0 := c0All[:args.M*args.ldc]
 		var tc finetune.Tensor
@@ -157,7 +166,7 @@ func pinRun(g *Backend, args gemmArgs, pinned bool) (err error) {
 	defer Recover(&err)
 	defer g.enter("pinned GEMM test")()
 	if pinned {
-		p := g.lt.plan(args, false)
+		p := g.lt.plan(args, g.blas.tf32)
 		if p == nil {
 			if r := g.lt.refused(); len(r) > 0 {
 				return &Error{Op: "pinned GEMM test", Err: errString(r[len(r)-1])}
@@ -207,21 +216,21 @@ func TestGemmPinDeclines(t *testing.T) {
 	if g.lt.plan(base, false) == nil {
 		t.Fatalf("o_proj forward's pin did not take its own shape: %v", g.lt.refused())
 	}
-	// A float32 pin takes its shape under IEEE float32, not under TF32
-	// (v25), and a bfloat16 pin takes its shape either way.
+	// A float32 pin takes its shape only under its own math (IEEE, or
+	// TF32 for a TF32 pin), unless another pin has the shape under the
+	// other (v25); a bfloat16 pin takes its shape either way.
 	for _, p := range ltPins {
 		if p.ab != dataR32F {
 			continue
 		}
 		a, _ := pinArgs(p)
 		a.A, a.B, a.C = 1<<20, 2<<20, 3<<20
-		if g.lt.plan(a, false) == nil {
+		if pl := g.lt.plan(a, p.tf32); pl == nil || pl.pin.name != p.name {
 			t.Errorf("%s: its pin did not take its own shape: %v", p.name, g.lt.refused())
 		}
-		if g.lt.plan(a, true) != nil {
-			t.Errorf("%s: the float32 pin took the GEMM under TF32", p.name)
+		if pl := g.lt.plan(a, !p.tf32); pl != nil && pl.pin.tf32 == p.tf32 {
+			t.Errorf("%s: the pin took the GEMM under the other math", p.name)
 		}
-		break
 	}
 	if g.lt.plan(base, true) == nil {
 		t.Errorf("o_proj forward's pin did not take its shape with the handle on TF32")
