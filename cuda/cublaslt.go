@@ -7,15 +7,19 @@ package cuda
 // every configuration cuBLASLt 13.1 offers for the base GEMMs at
 // Phi-3-mini's step shapes (1,024 tokens) on an H200: for seven of them a
 // fixed configuration runs 1-3% faster than gemmEx's pick and gives its
-// bits. ltPins lists them.
+// bits. v25 added the float32 base GEMMs under IEEE float32 compute (six,
+// 2-10% faster than cublasSgemm's pick, its bits: scripts/bench/sgemm)
+// and under TF32 (four). ltPins lists them.
 //
 // A GEMM runs through cublasLtMatmul with its pin only where all of this
 // holds, and through gemmEx as before everywhere else:
-//   - its shape and types are a pin's;
+//   - its shape and types are a pin's, and for float32 operands the
+//     handle's math mode (IEEE or TF32) too;
 //   - the GPU is sm_90 and the library cuBLASLt 13.1, where the pins were
 //     measured and their bits compared;
-//   - cublasLtMatmulAlgoCheck accepts the configuration without a
-//     workspace;
+//   - cublasLtMatmulAlgoCheck accepts the configuration with a workspace
+//     of at most ltWorkMax (the bfloat16 pins take none; a scratch buffer
+//     of its own, sLtWork, serves the others);
 //   - A, B and C are 256-byte aligned (what the heuristic assumes).
 // The library is opened with dlopen, as cuBLAS is (cublas.go).
 // OLLAMA_TUNE_CUDA_REFERENCE=lt-pin turns the pins off (the A/B).
