@@ -25,6 +25,7 @@
 #include <cublas_v2.h>
 #include <cublasLt.h>
 #include <cuda_bf16.h>
+#include "cublaslt_attrs.cuh"
 #define CK(x) do { auto e = (x); if (e != 0) { printf("%s:%d %s = %d\n", __FILE__, __LINE__, #x, (int)e); exit(1);} } while (0)
 // Shape: the row-major step GEMM C[M,N] = A[M,K] . op(B) (tn: B stored
 // [N,K], the forwards; else [K,N], the dx products), ldw the weight's row
@@ -32,24 +33,6 @@
 // bfloat16 C.
 struct Shape { const char* name; bool tn; int M, N, K; int calls; bool half; int ldw; };
 
-// caps reads a capability array of uint32 (empty: none or unreadable).
-static std::vector<unsigned> caps(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoCapAttributes_t w) {
-  size_t n = 0;
-  if (cublasLtMatmulAlgoCapGetAttribute(&a, w, nullptr, 0, &n) != 0 || n == 0) return {};
-  std::vector<unsigned> v(n / 4);
-  if (cublasLtMatmulAlgoCapGetAttribute(&a, w, v.data(), n, &n) != 0) return {};
-  return v;
-}
-
-// setattr sets a configuration attribute at its own width (4 or 2 bytes:
-// a first get with no buffer reports it); false when refused.
-static bool setattr(cublasLtMatmulAlgo_t* a, cublasLtMatmulAlgoConfigAttributes_t w, long long v) {
-  size_t n = 0;
-  if (cublasLtMatmulAlgoConfigGetAttribute(a, w, nullptr, 0, &n) != 0 || n == 0 || n > 8) return false;
-  unsigned char buf[8];
-  memcpy(buf, &v, 8);  // little-endian: the low bytes
-  return cublasLtMatmulAlgoConfigSetAttribute(a, w, buf, n) == 0;
-}
 
 // Usage: enum [shape ...] with shape one of the names below, spaces
 // written "_" (fwd_gate_up) (default: the four N = 3072 shapes of call 14).

@@ -14,20 +14,10 @@
 #include <cublas_v2.h>
 #include <cublasLt.h>
 #include <cuda_bf16.h>
+#include "cublaslt_attrs.cuh"
 #define CK(x) do { auto e = (x); if (e != 0) { printf("%s:%d %s = %d\n", __FILE__, __LINE__, #x, (int)e); exit(1);} } while (0)
 struct Shape { const char* name; bool tn; int M, N, K; int calls; bool half; };
 
-// attr reads one configuration attribute (-1: unreadable). Each has its
-// own width (4 or 8 bytes), which a first call with no buffer reports.
-static long long attr(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoConfigAttributes_t w) {
-  size_t n = 0;
-  if (cublasLtMatmulAlgoConfigGetAttribute(&a, w, nullptr, 0, &n) != 0 || n == 0 || n > 8) return -1;
-  unsigned char buf[8] = {0};
-  if (cublasLtMatmulAlgoConfigGetAttribute(&a, w, buf, n, &n) != 0) return -1;
-  long long v = 0;
-  memcpy(&v, buf, n);  // little-endian: the low bytes
-  return v;
-}
 
 int main(int argc, char** argv) {
   int want = argc > 1 ? atoi(argv[1]) : 32;

@@ -1,7 +1,8 @@
 // What sgemm_sweep.cu and sgemm_enum.cu share (issue 8, v25): the float32
 // base GEMMs of the checkpointed Phi-3-mini step, their operands (drawn
 // once, the same in both programs), the float64 reference of 64 entries
-// and the error against it, and a configuration attribute's reader.
+// and the error against it, and the cuBLASLt descriptors (the attribute
+// helpers are ../cublaslt_attrs.cuh, shared with the bfloat16 programs).
 #pragma once
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +14,7 @@
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
 #include <cublasLt.h>
+#include "../cublaslt_attrs.cuh"
 #define CK(x) do { auto e = (x); if (e != 0) { printf("%s:%d %s = %d\n", __FILE__, __LINE__, #x, (int)e); exit(1);} } while (0)
 
 // Row-major C[M,N] = A[M,K] . W^T (tn: W stored [N,K], the forwards) or
@@ -72,26 +74,6 @@ struct Reference {
     return e;
   }
 };
-
-// scalar reads one attribute of an algorithm through get (-1: unreadable);
-// each has its own width, which a first call with no buffer reports.
-template <typename Attr, typename Get>
-static long long scalar(const cublasLtMatmulAlgo_t& a, Attr w, Get get) {
-  size_t n = 0;
-  if (get(&a, w, nullptr, 0, &n) != 0 || n == 0 || n > 8) return -1;
-  unsigned char buf[8] = {0};
-  if (get(&a, w, buf, n, &n) != 0) return -1;
-  long long v = 0;
-  memcpy(&v, buf, n);  // little-endian: the low bytes
-  return v;
-}
-// attr: a configuration attribute; capv: a capability.
-static long long attr(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoConfigAttributes_t w) {
-  return scalar(a, w, cublasLtMatmulAlgoConfigGetAttribute);
-}
-static long long capv(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoCapAttributes_t w) {
-  return scalar(a, w, cublasLtMatmulAlgoCapGetAttribute);
-}
 
 // LtShape is a Gemm's cuBLASLt descriptor (compute type ctype, float32
 // scale) and float32 layouts.

@@ -15,20 +15,6 @@
 #include <chrono>
 #include "sgemm_common.cuh"
 
-static std::vector<unsigned> caps(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoCapAttributes_t w) {
-  size_t n = 0;
-  if (cublasLtMatmulAlgoCapGetAttribute(&a, w, nullptr, 0, &n) != 0 || n == 0) return {};
-  std::vector<unsigned> v(n / 4);
-  if (cublasLtMatmulAlgoCapGetAttribute(&a, w, v.data(), n, &n) != 0) return {};
-  return v;
-}
-static bool setattr(cublasLtMatmulAlgo_t* a, cublasLtMatmulAlgoConfigAttributes_t w, long long v) {
-  size_t n = 0;
-  if (cublasLtMatmulAlgoConfigGetAttribute(a, w, nullptr, 0, &n) != 0 || n == 0 || n > 8) return false;
-  unsigned char buf[8];
-  memcpy(buf, &v, 8);
-  return cublasLtMatmulAlgoConfigSetAttribute(a, w, buf, n) == 0;
-}
 
 int main(int argc, char** argv) {
   const Shape* all = kShapes;
