@@ -39,13 +39,14 @@ func memoryForSpeedNote(job *Job, cfg *Config, prep *prepared, plan TrainPlan, f
 	t, q := job.Config.Training, job.Config.Quantization
 	keepGB := 0.0
 	if q.LoadIn4bit && q.KeepDequantizedGB <= 0 {
-		keepGB = math.Ceil(float64(dequantizedBytes(cfg, q.ComputeDType())) / 1e9)
+		all, _ := dequantizedLinearBytes(cfg, q.ComputeDType(), job.Config.LoRA.R, expandedTargets(job.Config.LoRA.TargetModules))
+		keepGB = math.Ceil(float64(all) / 1e9)
 	}
 	// All the outputs gradient_checkpointing_keep_gb can keep, in GB
 	// rounded up to a tenth, where it keeps less now.
 	actGB := 0.0
 	if t.GradientCheckpointing {
-		all := keepableActivationBytes(cfg, t.PerDeviceTrainBatchSize*longestSequence(prep), q.ComputeDType().Bytes())
+		all := keepableActivationBytes(cfg, t.PerDeviceTrainBatchSize*longestSequence(prep), stashElemBytes(q.ComputeDType()))
 		if all > int64(t.GradientCheckpointingKeepGB*1e9) {
 			actGB = math.Ceil(float64(all)/1e8) / 10
 		}
@@ -106,15 +107,4 @@ func longestSequence(prep *prepared) int {
 		n = max(n, len(s.InputIDs))
 	}
 	return n
-}
-
-// dequantizedBytes is what keeping every decoder linear's dequantized
-// weight takes in compute type dt, the plan's KeptBytes at most.
-func dequantizedBytes(cfg *Config, dt DType) int64 {
-	var all int64
-	for _, m := range LinearModules {
-		out, in := LinearShape(cfg, m)
-		all += dt.Bytes() * int64(out) * int64(in) * int64(cfg.NumLayers)
-	}
-	return all
 }

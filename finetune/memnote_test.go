@@ -56,6 +56,12 @@ func TestMemoryForSpeedNote(t *testing.T) {
 		{plan(true, 1, 0).EstimatedBytes, "--set quantization.keep_dequantized_gb=1 would use"},
 	}
 	const spare = 2 << 30
+	// (Keeping activations moves the token embeddings to host memory: in
+	// the tiny model that frees more than the kept outputs take.)
+	lowest := ckpt
+	for _, o := range options {
+		lowest = min(lowest, o.est)
+	}
 	type tcase struct {
 		name       string
 		ckpt       bool
@@ -68,7 +74,7 @@ func TestMemoryForSpeedNote(t *testing.T) {
 	cases := []tcase{
 		{name: "room for all", ckpt: true, free: 64 << 30,
 			want: []string{"note: the device has 64.0 GiB free; " + options[0].sets, "with the same results", "instead of recomputing", "instead of dequantizing"}},
-		{name: "no room", ckpt: true, free: spare + ckpt, wantNoNote: true},
+		{name: "no room", ckpt: true, free: spare + lowest - 1, wantNoNote: true},
 		{name: "already without checkpointing, weights kept", ckpt: false, keep: 1, free: 64 << 30, wantNoNote: true},
 		{name: "without checkpointing: the weights", ckpt: false, free: 64 << 30, want: []string{options[3].sets}},
 		{name: "a backend that cannot tell", ckpt: true, free: 64 << 30, noBackend: true, wantNoNote: true},

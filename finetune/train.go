@@ -162,16 +162,24 @@ type TrainPlan struct {
 	Optimizer                   string
 	TrainableParams             int64
 	TotalParams                 int64
-	// Memory estimates in bytes: the model as get_memory_footprint counts
-	// it after the kbit preparation (fp32 non-quantized weights, LoRA), the
-	// optimizer state, and the activations of one micro-batch of the
-	// longest sequences the model's buffers hold (with or without
-	// gradient checkpointing; without it under a 16-bit compute type, also
-	// every layer's 16-bit LoRA inputs, which the CUDA backend keeps). KeptBytes: the dequantized weights that
-	// quantization.keep_dequantized_gb keeps (at most all of them).
-	// KeptActivationBytes: the outputs training.gradient_checkpointing_keep_gb
-	// keeps from recomputation (at most all it can keep).
-	ModelBytes, OptimizerBytes, ActivationBytes, KeptBytes, KeptActivationBytes, EstimatedBytes int64
+	// ModelBytes: the model as transformers' get_memory_footprint counts
+	// it after the k-bit preparation (float32 non-quantized weights, LoRA),
+	// for comparison with the Hugging Face stack.
+	ModelBytes int64
+	// The estimate of the GPU memory the CUDA backend holds at a step's
+	// peak (devicemem.go), EstimatedBytes in all: the weights as it holds
+	// them (NF4, embeddings and lm_head in the compute type, LoRA with
+	// gradients), the optimizer state, the activations of one micro-batch
+	// of the longest sequences the model's buffers hold (with or without
+	// gradient checkpointing; without it under bfloat16, also every
+	// layer's 16-bit LoRA inputs, which the backend keeps), its working
+	// memory (the dequantization slots and scratch). KeptBytes: the
+	// dequantized weights quantization.keep_dequantized_gb keeps (at most
+	// all of them). KeptActivationBytes: the device memory of the outputs
+	// training.gradient_checkpointing_keep_gb keeps from recomputation (at
+	// most all it can keep; past what a step offers on the device, every
+	// other output through host memory).
+	WeightBytes, OptimizerBytes, ActivationBytes, WorkingBytes, KeptBytes, KeptActivationBytes, EstimatedBytes int64
 }
 
 // String formats the plan for people.
@@ -203,16 +211,18 @@ func (p TrainPlan) String() string {
 		pct = 100 * float64(p.TrainableParams) / float64(p.TotalParams)
 	}
 	fmt.Fprintf(&b, "parameters:        %d trainable of %d (%.4f%%)\n", p.TrainableParams, p.TotalParams, pct)
-	fmt.Fprintf(&b, "memory (estimate): %s\n", gib(p.EstimatedBytes))
-	fmt.Fprintf(&b, "  model:           %s\n", gib(p.ModelBytes))
+	fmt.Fprintf(&b, "memory (estimate): %s of GPU memory at the step's peak (the CUDA backend's, besides the CUDA context)\n", gib(p.EstimatedBytes))
+	fmt.Fprintf(&b, "  weights:         %s\n", gib(p.WeightBytes))
 	fmt.Fprintf(&b, "  optimizer state: %s\n", gib(p.OptimizerBytes))
 	fmt.Fprintf(&b, "  activations:     %s\n", gib(p.ActivationBytes))
+	fmt.Fprintf(&b, "  dequantization slots and scratch: %s\n", gib(p.WorkingBytes))
 	if p.KeptBytes > 0 {
 		fmt.Fprintf(&b, "  kept dequantized weights (keep_dequantized_gb): %s\n", gib(p.KeptBytes))
 	}
 	if p.KeptActivationBytes > 0 {
-		fmt.Fprintf(&b, "  kept activations (gradient_checkpointing_keep_gb): %s\n", gib(p.KeptActivationBytes))
+		fmt.Fprintf(&b, "  kept activations (gradient_checkpointing_keep_gb): %s on the device\n", gib(p.KeptActivationBytes))
 	}
+	fmt.Fprintf(&b, "model (transformers' get_memory_footprint): %s\n", gib(p.ModelBytes))
 	return b.String()
 }
 
@@ -252,8 +262,12 @@ func makePlan(job *Job, cfg *Config, prep *prepared) (TrainPlan, error) {
 	l := job.Config.LoRA
 	p.TrainableParams = TrainableParams(cfg, l.R, l.TargetModules)
 	p.TotalParams = totalParams(cfg) + p.TrainableParams
-	p.ModelBytes = MemoryFootprint(cfg, job.Config.Quantization.LoadIn4bit, 4, &LoRAShape{Rank: l.R, Modules: l.TargetModules})
-	if job.Config.Quantization.KeepGGUF && job.GGUF != "" {
+	q := job.Config.Quantization
+	dt := q.ComputeDType()
+	p.ModelBytes = MemoryFootprint(cfg, q.LoadIn4bit, 4, &LoRAShape{Rank: l.R, Modules: l.TargetModules})
+	var ggufLinear int64
+	if q.KeepGGUF && job.GGUF != "" {
+		ggufLinear = job.ggufLinearBytes
 		// The decoder linears stay as the file's blocks instead of float32.
 		var dense int64
 		for _, m := range LinearModules {
@@ -273,24 +287,40 @@ func makePlan(job *Job, cfg *Config, prep *prepared) (TrainPlan, error) {
 		}
 	}
 	tokens := t.PerDeviceTrainBatchSize * longestSequence(prep)
+	targets := expandedTargets(l.TargetModules)
 	p.ActivationBytes = activationBytes(cfg, tokens, l.R, t.GradientCheckpointing)
-	if !t.GradientCheckpointing && job.Config.Quantization.ComputeDType() != F32 {
-		// A LoRAInputForwardKeeper keeps every layer's rounded LoRA inputs
-		// through the forward (16-bit: the CUDA backend, v18).
-		for _, m := range expandedTargets(l.TargetModules) {
+	if dt == BF16 {
+		// The CUDA backend keeps a layer's rounded LoRA inputs from its
+		// forward for its backward (a LoRAInputKeeper, v8); without
+		// checkpointing every layer's, through the forward (a
+		// LoRAInputForwardKeeper, v18).
+		layers := int64(cfg.NumLayers)
+		if t.GradientCheckpointing {
+			layers = 1
+		}
+		for _, m := range targets {
 			_, in := LinearShape(cfg, m)
-			p.ActivationBytes += 2 * int64(tokens) * int64(in) * int64(cfg.NumLayers)
+			p.ActivationBytes += 2 * int64(tokens) * int64(in) * layers
 		}
 	}
-	if q := job.Config.Quantization; q.KeepDequantizedGB > 0 && q.LoadIn4bit {
-		p.KeptBytes = min(dequantizedBytes(cfg, q.ComputeDType()), int64(q.KeepDequantizedGB*1e9))
+	p.WorkingBytes = scratchBytes(cfg, dt, t.TF32 != nil && *t.TF32, tokens, l.R)
+	slots := q.LoadIn4bit && ggufLinear == 0
+	if q.KeepDequantizedGB > 0 && q.LoadIn4bit {
+		all, _ := dequantizedLinearBytes(cfg, dt, l.R, targets)
+		p.KeptBytes = min(all, int64(q.KeepDequantizedGB*1e9))
+		slots = slots && p.KeptBytes < all // every weight kept: no slots
 	}
+	if slots {
+		p.WorkingBytes += dequantSlotBytes(cfg, dt, l.R, targets, t.GradientCheckpointing)
+	}
+	embedOnHost := false
 	if t.GradientCheckpointing && t.GradientCheckpointingKeepGB > 0 {
-		// The outputs are held in the compute type.
-		elem := job.Config.Quantization.ComputeDType().Bytes()
-		p.KeptActivationBytes = min(int64(t.GradientCheckpointingKeepGB*1e9), keepableActivationBytes(cfg, tokens, elem))
+		sizes := stashOutputSizes(cfg, tokens, stashElemBytes(dt), stashElemBytes(dt))
+		p.KeptActivationBytes = stashDeviceBytes(sizes, int64(t.GradientCheckpointingKeepGB*1e9))
+		embedOnHost = true // the trainer moves the token embeddings to host memory for them
 	}
-	p.EstimatedBytes = p.ModelBytes + p.OptimizerBytes + p.ActivationBytes + p.KeptBytes + p.KeptActivationBytes
+	p.WeightBytes = deviceWeightBytes(cfg, q, p.TrainableParams, ggufLinear, embedOnHost)
+	p.EstimatedBytes = p.WeightBytes + p.OptimizerBytes + p.ActivationBytes + p.WorkingBytes + p.KeptBytes + p.KeptActivationBytes
 	return p, nil
 }
 
@@ -370,9 +400,8 @@ func StashSizes(b Backend, c *Config, lora *LoRAConfig, B, S int) []int64 {
 	return stashOutputSizes(c, B*S, elem(rope), elem(targets[modDown]))
 }
 
-// activationBytes is what Model.ensureBuffers allocates for T tokens in
-// training (float32 and int32 values), plus the gradients, plus one
-// cross-entropy chunk of logits.
+// activationBytes is what Model.newBuffers allocates for T tokens in
+// training (float32 and int32 values), the gradients included.
 func activationBytes(c *Config, T, r int, ckpt bool) int64 {
 	C, I, H, D, L := int64(c.HiddenSize), int64(c.IntermediateSize), int64(c.NumHeads), int64(c.HeadDim()), int64(c.NumLayers)
 	t := int64(T)
@@ -383,12 +412,12 @@ func activationBytes(c *Config, T, r int, ckpt bool) int64 {
 		layers = 1
 	}
 	n := 3*t + (L+1)*t*C + layers*perLayer + t*C + t*C + t
-	n += 4*t*C + t*H*D + t*qkv + t*2*I + t*I
-	if ckpt {
-		n += t * C
-	}
-	n += min(t, 1024) * int64(c.VocabSize) // a chunk of logits
-	return 4 * n
+	// The gradients: dlnf, dres, dln, datt, dqkv, dact; no d gate_up, which
+	// a backend that fuses SwiGLU's backward never takes (the CUDA
+	// backend's float16 and float32 paths hold one as scratch:
+	// scratchBytes).
+	n += 3*t*C + t*H*D + t*qkv + t*I
+	return 4 * n // (the cross-entropy's chunk of logits: scratchBytes)
 }
 
 // ---------------------------------------------------------------------------
