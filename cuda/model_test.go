@@ -694,6 +694,34 @@ func TestEmbeddingOnHost(t *testing.T) {
 	}
 }
 
+// TestStashHostShare: the host entries' share by compute type (every
+// other output; every third under float16, whose stashed outputs are
+// float32), and the development switch over it.
+func TestStashHostShare(t *testing.T) {
+	defer func(v int) { stashHostEvery = v }(stashHostEvery)
+	stashHostEvery = -1
+	for _, c := range []struct {
+		g    *Backend
+		want int
+	}{{gpu, 2}, {gpuB16, 2}, {gpuF16, 3}} {
+		if got := c.g.hostEvery(); got != c.want {
+			t.Errorf("%v compute: host entries every %d outputs, want %d", c.g.dtype, got, c.want)
+		}
+	}
+	stashHostEvery = 4
+	if got := gpuF16.hostEvery(); got != 4 {
+		t.Errorf("OLLAMA_TUNE_CUDA_STASH_HOST=4: every %d", got)
+	}
+	// Every third output of a size, the sizes' phases apart.
+	var turns []bool
+	for turn := 1; turn <= 6; turn++ {
+		turns = append(turns, hostTurn(turn, 1, 3))
+	}
+	if want := []bool{false, false, true, false, false, true}; !slices.Equal(turns, want) {
+		t.Errorf("every third, phase 1: host turns %v, want %v", turns, want)
+	}
+}
+
 // TestActivationStash (finetune.ActivationStasher, v16): checkpointing
 // that keeps qkv_proj's and gate_up_proj's outputs gives the losses and
 // gradients of recomputing them to the bit, with room for all of them or

@@ -21,7 +21,7 @@ import (
 // running the two largest GEMMs again (~220 us a Phi-3-mini layer on an
 // H100 for 52 MB in bfloat16).
 //
-// Where the values go: every stashHostEvery-th output of a size to page-
+// Where the values go: every hostEvery-th output of a size to page-
 // locked host memory (host entries, which cost the budget only a staging
 // buffer a size, made first), the others to device memory while the
 // budget lasts (device entries), the rest nowhere (recomputed); where
@@ -112,19 +112,37 @@ type stagingBuf struct {
 	loaded cu.Event    // after a prefetch's transfer into it
 	used   bool        // free has been recorded
 	owner  *stashEntry // whose prefetched values it holds, nil
-	turn   int         // outputs of its size seen (stashHostEvery)
+	turn   int         // outputs of its size seen (hostEvery)
 	phase  int         // buffers made before it: sizes take turns apart
 }
 
 // stashHostEvery: a size's host entries are every stashHostEvery-th of
-// the outputs past the device budget (0: none). OLLAMA_TUNE_CUDA_STASH_HOST
-// sets it (a development switch).
+// the outputs past the device budget (0: none); -1: by compute type
+// (Backend.hostEvery). OLLAMA_TUNE_CUDA_STASH_HOST sets it (a development
+// switch; the tests set it too).
 var stashHostEvery = func() int {
 	if v, err := strconv.Atoi(os.Getenv("OLLAMA_TUNE_CUDA_STASH_HOST")); err == nil && v >= 0 {
 		return v
 	}
-	return 2
+	return -1
 }()
+
+// hostEvery is the host entries' share: every other output where PCIe
+// carries it in time; every third under float16 compute, whose stashed
+// outputs are float32 (twice bfloat16's bytes) at about bfloat16's layer
+// time, so that every other one kept the main stream waiting on PCIe
+// (v26, H200: 0.0755 s a step at 0.34 GB against 0.0725 with nothing
+// kept; every third 0.0706, every fourth 0.0708). Float32 compute's
+// layers take ~10x longer, and every other one fits.
+func (b *Backend) hostEvery() int {
+	switch {
+	case stashHostEvery >= 0:
+		return stashHostEvery
+	case b.half == halfF16:
+		return 3
+	}
+	return 2
+}
 
 // stashHostOnly leaves out the device entries (tests).
 var stashHostOnly = false
@@ -224,7 +242,7 @@ func (b *Backend) newEntry(op string, size int64) *stashEntry {
 
 // newEntryMem is newEntry's entry with memory, or nil. A size's staging
 // buffer comes first (while the budget has room for it), then every
-// stashHostEvery-th output of the size goes to host memory and the others
+// hostEvery-th output of the size goes to host memory and the others
 // to device memory while the budget lasts: PCIe carries its share from
 // the first layer on, and the budget's outputs fill the turns between.
 // The sizes take their turns in different layers (phase: qkv_proj's
@@ -234,13 +252,14 @@ func (b *Backend) newEntryMem(op string, size int64) *stashEntry {
 	st := &b.stash
 	e := &stashEntry{b: b, bytes: size}
 	sb := st.staging[size]
-	if sb == nil && stashHostEvery > 0 && !st.hostless() && st.used+size <= st.budget {
+	every := b.hostEvery()
+	if sb == nil && every > 0 && !st.hostless() && st.used+size <= st.budget {
 		sb = b.newStaging(size)
 	}
 	host := false
 	if sb != nil {
 		sb.turn++
-		host = hostTurn(sb.turn, sb.phase)
+		host = hostTurn(sb.turn, sb.phase, every)
 	}
 	switch {
 	case host:
@@ -272,13 +291,13 @@ func (b *Backend) newEntryMem(op string, size int64) *stashEntry {
 // hostTurn says whether a size's turn-th output (from 1) goes to host
 // memory, its staging buffer made phase-th (newEntryMem's rule, which
 // PrepareStash follows ahead).
-func hostTurn(turn, phase int) bool { return (turn-1+phase)%stashHostEvery == 0 }
+func hostTurn(turn, phase, every int) bool { return (turn-1+phase)%every == 0 }
 
 var _ finetune.StashPreparer = (*Backend)(nil)
 
 // PrepareStash (finetune.StashPreparer) starts making the page-locked
 // buffers of the host entries the first step will make: by newEntryMem's
-// turns (every stashHostEvery-th output of each size, the sizes' phases
+// turns (every hostEvery-th output of each size, the sizes' phases
 // in the order they first come; none for a size whose staging buffer
 // would not fit the budget). Made on a goroutine of its own, beside the
 // model's load: made in the first step instead, the ~0.8 GB of a
@@ -297,7 +316,8 @@ func (b *Backend) PrepareStash(budget int64, sizes []int64) {
 	for _, size := range sizes {
 		st.stepBytes += size
 	}
-	if stashHostEvery <= 0 || budget <= 0 || st.stepBytes <= budget {
+	every := b.hostEvery()
+	if every <= 0 || budget <= 0 || st.stepBytes <= budget {
 		return
 	}
 	phase, turn, counts := map[int64]int{}, map[int64]int{}, map[int64]int{}
@@ -316,7 +336,7 @@ func (b *Backend) PrepareStash(budget int64, sizes []int64) {
 			continue
 		}
 		turn[size]++
-		if hostTurn(turn[size], phase[size]) {
+		if hostTurn(turn[size], phase[size], every) {
 			counts[size]++
 		}
 	}

@@ -137,9 +137,9 @@ func scratchBytes(cfg *Config, dt DType, tf32 bool, T, r int) int64 {
 // stashDeviceBytes is the device memory of the activations
 // gradient_checkpointing_keep_gb keeps (budget bytes) of sizes (what a
 // step offers): all of them where the budget holds them all; else every
-// other output goes to host memory through a staging buffer a size, and
-// the others take the budget while it lasts.
-func stashDeviceBytes(sizes []int64, budget int64) int64 {
+// hostEvery-th output of a size goes to host memory through a staging
+// buffer a size, and the others take the budget while it lasts.
+func stashDeviceBytes(sizes []int64, budget int64, hostEvery int) int64 {
 	var all int64
 	for _, s := range sizes {
 		all += s
@@ -156,12 +156,22 @@ func stashDeviceBytes(sizes []int64, budget int64) int64 {
 		if turns[s] == 0 {
 			dev += s // its staging buffer
 		}
-		if turns[s]%2 == 0 {
+		if turns[s]%hostEvery != 0 {
 			dev += s
 		}
 		turns[s]++
 	}
 	return min(budget, dev)
+}
+
+// stashHostEvery is the CUDA backend's share of the stashed outputs it
+// sends to host memory where the budget does not hold them all: every
+// other, every third under float16 (its outputs are float32).
+func stashHostEvery(dt DType) int {
+	if dt == F16 {
+		return 3
+	}
+	return 2
 }
 
 // stashElemBytes is the bytes a value of the stashed outputs takes: the
