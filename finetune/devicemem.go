@@ -63,11 +63,11 @@ func linearWeightBytes(n int64, q QuantizationConfig, cb int64) int64 {
 }
 
 // dequantStride is the row stride a decoder linear's dequantized weight
-// takes: under bfloat16 an adapted weight leaves room for the LoRA
-// up-projection's r columns (folded into the base GEMM), rounded to 64
-// values.
-func dequantStride(in, r int, adapted bool, dt DType) int64 {
-	if dt == BF16 && adapted && r > 0 && in%8 == 0 {
+// takes: under bfloat16 an adapted NF4 weight (fold) leaves room for the
+// LoRA up-projection's r columns (folded into the base GEMM), rounded to
+// 64 values.
+func dequantStride(in, r int, adapted, fold bool, dt DType) int64 {
+	if fold && dt == BF16 && adapted && r > 0 && in%8 == 0 {
 		return int64((in + r + 63) &^ 63)
 	}
 	return int64(in)
@@ -75,11 +75,12 @@ func dequantStride(in, r int, adapted bool, dt DType) int64 {
 
 // dequantizedLinearBytes is every decoder linear dequantized in dt at the
 // backend's strides (what keep_dequantized_gb keeps, at most), and one of
-// each shape (the dequantization cache's slots).
-func dequantizedLinearBytes(cfg *Config, dt DType, r int, targets []string) (all, oneEach int64) {
+// each shape (the dequantization cache's slots); fold: NF4 weights (a
+// GGUF base's blocks dequantize at their own width).
+func dequantizedLinearBytes(cfg *Config, dt DType, r int, targets []string, fold bool) (all, oneEach int64) {
 	for _, m := range LinearModules {
 		out, in := LinearShape(cfg, m)
-		one := int64(out) * dequantStride(in, r, targetsHave(targets, m), dt) * dt.Bytes()
+		one := int64(out) * dequantStride(in, r, targetsHave(targets, m), fold, dt) * dt.Bytes()
 		all += int64(cfg.NumLayers) * one
 		oneEach += one
 	}
@@ -96,14 +97,14 @@ func targetsHave(targets []string, m string) bool {
 }
 
 // dequantSlotBytes is the dequantization cache: a slot for each decoder
-// linear's shape, plus a spare qkv_proj slot under checkpointing (the
-// recompute reads a layer's qkv_proj again in its backward while the layer
-// below's is prefetched).
-func dequantSlotBytes(cfg *Config, dt DType, r int, targets []string, ckpt bool) int64 {
-	_, n := dequantizedLinearBytes(cfg, dt, r, targets)
-	if ckpt {
+// linear's shape, plus, for NF4 weights (nf4: they are prefetched) under
+// checkpointing, a spare qkv_proj slot (the recompute reads a layer's
+// qkv_proj again in its backward while the layer below's is prefetched).
+func dequantSlotBytes(cfg *Config, dt DType, r int, targets []string, ckpt, nf4 bool) int64 {
+	_, n := dequantizedLinearBytes(cfg, dt, r, targets, nf4)
+	if ckpt && nf4 {
 		out, in := LinearShape(cfg, "self_attn.qkv_proj")
-		n += int64(out) * dequantStride(in, r, targetsHave(targets, "self_attn.qkv_proj"), dt) * dt.Bytes()
+		n += int64(out) * dequantStride(in, r, targetsHave(targets, "self_attn.qkv_proj"), nf4, dt) * dt.Bytes()
 	}
 	return n
 }

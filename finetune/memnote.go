@@ -39,7 +39,7 @@ func memoryForSpeedNote(job *Job, cfg *Config, prep *prepared, plan TrainPlan, f
 	t, q := job.Config.Training, job.Config.Quantization
 	keepGB := 0.0
 	if q.LoadIn4bit && q.KeepDequantizedGB <= 0 {
-		all, _ := dequantizedLinearBytes(cfg, q.ComputeDType(), job.Config.LoRA.R, expandedTargets(job.Config.LoRA.TargetModules))
+		all, _ := dequantizedLinearBytes(cfg, q.ComputeDType(), job.Config.LoRA.R, expandedTargets(job.Config.LoRA.TargetModules), true)
 		keepGB = math.Ceil(float64(all) / 1e9)
 	}
 	// All the outputs gradient_checkpointing_keep_gb can keep, in GB

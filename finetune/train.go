@@ -304,14 +304,16 @@ func makePlan(job *Job, cfg *Config, prep *prepared) (TrainPlan, error) {
 		}
 	}
 	p.WorkingBytes = scratchBytes(cfg, dt, t.TF32 != nil && *t.TF32, tokens, l.R)
-	slots := q.LoadIn4bit && ggufLinear == 0
+	// Dequantized weights: NF4 ones, or a kept GGUF base's blocks (into
+	// the same slots, without the spare); a dense base has none.
+	slots := q.LoadIn4bit || ggufLinear > 0
 	if q.KeepDequantizedGB > 0 && q.LoadIn4bit {
-		all, _ := dequantizedLinearBytes(cfg, dt, l.R, targets)
+		all, _ := dequantizedLinearBytes(cfg, dt, l.R, targets, true)
 		p.KeptBytes = min(all, int64(q.KeepDequantizedGB*1e9))
-		slots = slots && p.KeptBytes < all // every weight kept: no slots
+		slots = p.KeptBytes < all // every weight kept: no slots
 	}
 	if slots {
-		p.WorkingBytes += dequantSlotBytes(cfg, dt, l.R, targets, t.GradientCheckpointing)
+		p.WorkingBytes += dequantSlotBytes(cfg, dt, l.R, targets, t.GradientCheckpointing, q.LoadIn4bit)
 	}
 	embedOnHost := false
 	if t.GradientCheckpointing && t.GradientCheckpointingKeepGB > 0 {
