@@ -177,8 +177,8 @@ type TrainPlan struct {
 	// dequantized weights quantization.keep_dequantized_gb keeps (at most
 	// all of them). KeptActivationBytes: the device memory of the outputs
 	// training.gradient_checkpointing_keep_gb keeps from recomputation (at
-	// most all it can keep; past what a step offers on the device, every
-	// other output through host memory).
+	// most all it can keep; where the budget holds less than a step
+	// offers, a share of them goes through host memory instead).
 	WeightBytes, OptimizerBytes, ActivationBytes, WorkingBytes, KeptBytes, KeptActivationBytes, EstimatedBytes int64
 }
 
