@@ -1,5 +1,7 @@
 package finetune
 
+import "github.com/ollama-tune/ollama-tune/finetune/data"
+
 // The plan's memory estimate is what the CUDA backend, the product path,
 // holds on the GPU at a training step's peak: its weights, tensors and
 // scratch, as its Allocated peak counts them (not the CUDA context, ~0.1-0.5
@@ -183,4 +185,16 @@ func stashElemBytes(dt DType) int64 {
 		return 2
 	}
 	return 4
+}
+
+// EstimateGPUMemory is the plan's GPU memory estimate
+// (TrainPlan.EstimatedBytes) for a job of tc's settings on a model of cfg,
+// micro-batches of B sequences of S tokens, without its data: what the
+// GPU benchmark prints beside the peak it measures, so that a change to
+// the backend's memory shows there as a gap.
+func EstimateGPUMemory(cfg *Config, tc TrainConfig, B, S int) (int64, error) {
+	tc.Training.PerDeviceTrainBatchSize = B
+	prep := &prepared{train: []data.Sequence{{InputIDs: make([]int32, S)}}, plan: data.Plan{Sequences: B, StepsPerEpoch: 1}}
+	p, err := makePlan(&Job{Config: tc}, cfg, prep)
+	return p.EstimatedBytes, err
 }

@@ -57,6 +57,9 @@ func TestDeviceMemoryEstimate(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
+		if e, err := EstimateGPUMemory(cfg, tc, 16, 64); err != nil || e != p.EstimatedBytes {
+			t.Errorf("%s: EstimateGPUMemory %d, %v; the plan's %d", c.name, e, err, p.EstimatedBytes)
+		}
 		est := float64(p.EstimatedBytes) / (1 << 30)
 		t.Logf("%-48s estimate %5.2f GiB, measured %5.2f (weights %.2f, optimizer %.2f, activations %.2f, slots and scratch %.2f, kept weights %.2f, kept activations %.2f)",
 			c.name, est, c.peakGiB, gib(p.WeightBytes), gib(p.OptimizerBytes), gib(p.ActivationBytes), gib(p.WorkingBytes), gib(p.KeptBytes), gib(p.KeptActivationBytes))

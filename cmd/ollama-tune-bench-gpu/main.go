@@ -70,7 +70,8 @@ type result struct {
 	SPerStepMed   float64   `json:"s_per_step_median,omitempty"`
 	StepTimes     []float64 `json:"step_times,omitempty"`
 	PeakGiB       float64   `json:"peak_gib,omitempty"`
-	DeviceGiB     float64   `json:"device_gib,omitempty"` // in use on the GPU (cuMemGetInfo / mem_get_info), context included
+	EstimateGiB   float64   `json:"estimate_gib,omitempty"` // the plan's estimate of the peak (finetune.EstimateGPUMemory)
+	DeviceGiB     float64   `json:"device_gib,omitempty"`   // in use on the GPU (cuMemGetInfo / mem_get_info), context included
 	LoadS         float64   `json:"load_s,omitempty"`
 	LoadGB        float64   `json:"load_gb,omitempty"`
 	SetupS        float64   `json:"setup_s,omitempty"` // building the synthetic model
@@ -331,6 +332,21 @@ func computeName(dt finetune.DType) string {
 	return dt.String()
 }
 
+// benchJob is the trainer's configuration of a run: the seed's job
+// (NF4 with double quantization, LoRA r=8 on the four modules,
+// paged_adamw_8bit) with the run's compute type, TF32, checkpointing and
+// keep options.
+func benchJob(dt finetune.DType, ckpt bool, keepDeqGB, keepActGB float64) finetune.TrainConfig {
+	tc := finetune.DefaultTrainConfig()
+	tc.Quantization.Bnb4bitComputeDType = dt.String()
+	tc.Quantization.KeepDequantizedGB = keepDeqGB
+	tc.Training.GradientCheckpointing = ckpt
+	tc.Training.GradientCheckpointingKeepGB = keepActGB
+	tf32 := useTF32
+	tc.Training.TF32 = &tf32
+	return tc
+}
+
 // benchTrain runs warmup+steps optimizer steps of the tutorial schedule.
 func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total int, seed uint64, profile bool, keepDeqGB, keepActGB float64) (res result, prof *result, err error) {
 	defer cuda.Recover(&err)
@@ -514,8 +530,11 @@ func benchTrain(dt finetune.DType, ckpt, reference bool, steps, warmup, total in
 	_, peak := b.Allocated()
 	res.PeakGiB = gib(peak)
 	res.DeviceGiB = gib(free0 - minFree)
-	fmt.Printf("ckpt %v: %s %s kernels: %.4f s/step (median %.4f), %.0f tokens/s, setup %.1f s, backend peak %.2f GiB, device in use %.2f GiB%s\n",
-		ckpt, res.Compute, res.Kernels, res.SPerStep, res.SPerStepMed, float64(res.TokensPerStep)/res.SPerStep, setup, res.PeakGiB, res.DeviceGiB, clocks)
+	if est, err := finetune.EstimateGPUMemory(cfg, benchJob(dt, ckpt, keepDeqGB, keepActGB), batchRows, seqLen); err == nil {
+		res.EstimateGiB = gib(est)
+	}
+	fmt.Printf("ckpt %v: %s %s kernels: %.4f s/step (median %.4f), %.0f tokens/s, setup %.1f s, backend peak %.2f GiB (the plan's estimate %.2f), device in use %.2f GiB%s\n",
+		ckpt, res.Compute, res.Kernels, res.SPerStep, res.SPerStepMed, float64(res.TokensPerStep)/res.SPerStep, setup, res.PeakGiB, res.EstimateGiB, res.DeviceGiB, clocks)
 	if n, ms, byShape, err := b.MainStreamWaits(); err != nil {
 		return res, nil, err
 	} else if n > 0 {
@@ -688,7 +707,7 @@ func printTable(w io.Writer, path string, total int) error {
 	}
 	fmt.Fprintf(w, "Phi-3-mini shapes, batch 16 x 64 tokens, LoRA r=8 on qkv/o/gate_up/down; %s. s/step: mean of the timed steps after warm-up; total: s/step x %d (extrapolated); MFU: 4 x %.2fe9 FLOPs per token at %.0f TFLOP/s.\n\n",
 		device, total, nParams/1e9, peakTFLOPS)
-	fmt.Fprintln(w, "| run | s/step | total s (220 steps, extrapolated) | tokens/s | MFU | peak GiB | load+quantize s | speed-up vs baseline | SM clock MHz (at the power cap) |")
+	fmt.Fprintln(w, "| run | s/step | total s (220 steps, extrapolated) | tokens/s | MFU | peak GiB (the plan's estimate) | load+quantize s | speed-up vs baseline | SM clock MHz (at the power cap) |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rs {
 		if r.Kind != "train" || r.SPerStep <= 0 {
@@ -729,7 +748,11 @@ func printTable(w io.Writer, path string, total int) error {
 		if r.SMClockMHz > 0 {
 			clock = fmt.Sprintf("%.0f (%.0f%%)", r.SMClockMHz, r.PowerCapPct)
 		}
-		fmt.Fprintf(w, "| %s | %.4f | %.1f | %.0f | %.1f%% | %.2f | %s | %s | %s |\n", name, r.SPerStep, r.SPerStep*float64(total), tps, 100*mfu, r.PeakGiB, ld, ratio, clock)
+		peak := fmt.Sprintf("%.2f", r.PeakGiB)
+		if r.EstimateGiB > 0 {
+			peak += fmt.Sprintf(" (plan %.2f)", r.EstimateGiB) // finetune.EstimateGPUMemory: a gap means the estimate needs its terms again
+		}
+		fmt.Fprintf(w, "| %s | %.4f | %.1f | %.0f | %.1f%% | %s | %s | %s | %s |\n", name, r.SPerStep, r.SPerStep*float64(total), tps, 100*mfu, peak, ld, ratio, clock)
 	}
 	for _, r := range rs {
 		if r.Kind == "load" {
