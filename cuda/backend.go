@@ -291,7 +291,7 @@ func (b *Backend) foldLD(w *weight, r int) int {
 	}
 	// A multiple of 64 values (128-byte rows): a stride of in + r rounded
 	// to 8 made cuBLAS's K = in + r GEMMs ~1.5 ms a step slower (v5).
-	return (w.in + r + 63) &^ 63
+	return finetune.FoldStride(w.in, r)
 }
 
 // linearLD is the row stride LinearForward and LinearBackward (and
@@ -854,7 +854,7 @@ func (b *Backend) sgemm(op string, transA, transB bool, M, N, K int, alpha float
 // GEMMs). v16 tried 16 MiB (130 of Phi-3-mini's rows, 58 MiB less at the
 // step's peak): the lm_head GEMMs took 0.7 ms a step more, more than the
 // memory buys as kept activations.
-const ceChunkBytes = 64 << 20
+const ceChunkBytes = finetune.CrossEntropyChunkBytes // (the plan's estimate counts it)
 
 // CrossEntropy: see finetune.Backend. The targets are taken from their
 // last UploadInt32 (Tensor.host) or read back, to pick the predicted

@@ -127,21 +127,18 @@ var stashHostEvery = func() int {
 	return -1
 }()
 
-// hostEvery is the host entries' share: every other output where PCIe
-// carries it in time; every third under float16 compute, whose stashed
-// outputs are float32 (twice bfloat16's bytes) at about bfloat16's layer
-// time, so that every other one kept the main stream waiting on PCIe
-// (v26, H200: 0.0755 s a step at 0.34 GB against 0.0725 with nothing
-// kept; every third 0.0706, every fourth 0.0708). Float32 compute's
-// layers take ~10x longer, and every other one fits.
+// hostEvery is the host entries' share: finetune.StashHostEvery's for the
+// compute type (the plan's estimate counts the same), unless
+// stashHostEvery says otherwise. Every other output fits through PCIe in
+// time; under float16 every other one kept the main stream waiting (v26,
+// H200: 0.0755 s a step at 0.34 GB against 0.0725 with nothing kept;
+// every third 0.0706, every fourth 0.0708). Float32 compute's layers take
+// ~10x longer, and every other one fits.
 func (b *Backend) hostEvery() int {
-	switch {
-	case stashHostEvery >= 0:
+	if stashHostEvery >= 0 {
 		return stashHostEvery
-	case b.half == halfF16:
-		return 3
 	}
-	return 2
+	return finetune.StashHostEvery(b.dtype)
 }
 
 // stashHostOnly leaves out the device entries (tests).

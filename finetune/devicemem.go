@@ -1,6 +1,10 @@
 package finetune
 
-import "github.com/ollama-tune/ollama-tune/finetune/data"
+import (
+	"slices"
+
+	"github.com/ollama-tune/ollama-tune/finetune/data"
+)
 
 // The plan's memory estimate is what the CUDA backend, the product path,
 // holds on the GPU at a training step's peak: its weights, tensors and
@@ -64,13 +68,17 @@ func linearWeightBytes(n int64, q QuantizationConfig, cb int64) int64 {
 	return (n+1)/2 + 4*blocks
 }
 
+// FoldStride is the row stride of an NF4 weight's bfloat16 dequantization
+// that leaves room for r more columns: the LoRA up-projection's B, folded
+// into the base GEMM (the CUDA backend's foldLD), rounded to 64 values
+// (128-byte rows: in + r rounded to 8 made the GEMMs slower, v5).
+func FoldStride(in, r int) int { return (in + r + 63) &^ 63 }
+
 // dequantStride is the row stride a decoder linear's dequantized weight
-// takes: under bfloat16 an adapted NF4 weight (fold) leaves room for the
-// LoRA up-projection's r columns (folded into the base GEMM), rounded to
-// 64 values.
+// takes: FoldStride for an adapted NF4 weight (fold) under bfloat16.
 func dequantStride(in, r int, adapted, fold bool, dt DType) int64 {
 	if fold && dt == BF16 && adapted && r > 0 && in%8 == 0 {
-		return int64((in + r + 63) &^ 63)
+		return int64(FoldStride(in, r))
 	}
 	return int64(in)
 }
@@ -82,20 +90,11 @@ func dequantStride(in, r int, adapted, fold bool, dt DType) int64 {
 func dequantizedLinearBytes(cfg *Config, dt DType, r int, targets []string, fold bool) (all, oneEach int64) {
 	for _, m := range LinearModules {
 		out, in := LinearShape(cfg, m)
-		one := int64(out) * dequantStride(in, r, targetsHave(targets, m), fold, dt) * dt.Bytes()
+		one := int64(out) * dequantStride(in, r, slices.Contains(targets, m), fold, dt) * dt.Bytes()
 		all += int64(cfg.NumLayers) * one
 		oneEach += one
 	}
 	return all, oneEach
-}
-
-func targetsHave(targets []string, m string) bool {
-	for _, t := range targets {
-		if t == m {
-			return true
-		}
-	}
-	return false
 }
 
 // dequantSlotBytes is the dequantization cache: a slot for each decoder
@@ -106,13 +105,14 @@ func dequantSlotBytes(cfg *Config, dt DType, r int, targets []string, ckpt, nf4 
 	_, n := dequantizedLinearBytes(cfg, dt, r, targets, nf4)
 	if ckpt && nf4 {
 		out, in := LinearShape(cfg, "self_attn.qkv_proj")
-		n += int64(out) * dequantStride(in, r, targetsHave(targets, "self_attn.qkv_proj"), nf4, dt) * dt.Bytes()
+		n += int64(out) * dequantStride(in, r, slices.Contains(targets, "self_attn.qkv_proj"), nf4, dt) * dt.Bytes()
 	}
 	return n
 }
 
-// ceChunkBytes is the most logits one cross-entropy chunk holds (float32).
-const ceChunkBytes = 64 << 20
+// CrossEntropyChunkBytes bounds one chunk of the CUDA backend's
+// cross-entropy logits (float32; why this size: cuda.ceChunkBytes).
+const CrossEntropyChunkBytes = 64 << 20
 
 // scratchBytes is the backend's scratch a step of T tokens grows: the
 // cross-entropy's chunk of logits and its rows of x and dx; under 16-bit
@@ -123,7 +123,7 @@ const ceChunkBytes = 64 << 20
 func scratchBytes(cfg *Config, dt DType, tf32 bool, T, r int) int64 {
 	V, C, I := int64(cfg.VocabSize), int64(cfg.HiddenSize), int64(cfg.IntermediateSize)
 	t := int64(T)
-	rows := max(1, min(t, ceChunkBytes/(4*V)))
+	rows := max(1, min(t, CrossEntropyChunkBytes/(4*V)))
 	n := rows*V*4 + 2*rows*C*4
 	if dt != F32 {
 		n += t * 2 * I * 2
@@ -167,10 +167,11 @@ func stashDeviceBytes(sizes []int64, budget int64, hostEvery int) int64 {
 	return min(budget, dev)
 }
 
-// stashHostEvery is the CUDA backend's share of the stashed outputs it
-// sends to host memory where the budget does not hold them all: every
-// other, every third under float16 (its outputs are float32).
-func stashHostEvery(dt DType) int {
+// StashHostEvery is the share of the stashed outputs the CUDA backend
+// sends to host memory where the budget does not hold them all, by compute
+// type: every other; every third under float16, whose stashed outputs are
+// float32 at about bfloat16's layer time (cuda.Backend.hostEvery).
+func StashHostEvery(dt DType) int {
 	if dt == F16 {
 		return 3
 	}

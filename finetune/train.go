@@ -318,7 +318,7 @@ func makePlan(job *Job, cfg *Config, prep *prepared) (TrainPlan, error) {
 	embedOnHost := false
 	if t.GradientCheckpointing && t.GradientCheckpointingKeepGB > 0 {
 		sizes := stashOutputSizes(cfg, tokens, stashElemBytes(dt), stashElemBytes(dt))
-		p.KeptActivationBytes = stashDeviceBytes(sizes, int64(t.GradientCheckpointingKeepGB*1e9), stashHostEvery(dt))
+		p.KeptActivationBytes = stashDeviceBytes(sizes, int64(t.GradientCheckpointingKeepGB*1e9), StashHostEvery(dt))
 		embedOnHost = true // the trainer moves the token embeddings to host memory for them
 	}
 	p.WeightBytes = deviceWeightBytes(cfg, q, p.TrainableParams, ggufLinear, embedOnHost)
