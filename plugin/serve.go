@@ -220,25 +220,33 @@ func (t *RunnerTrainer) Train(ctx context.Context, req TrainRequest) (EventStrea
 	t.mu.Unlock()
 
 	events := make(chan Event, 64)
-	var ended bool // a Finished or Failed was emitted; later events are dropped
 	send := func(ev Event) {
-		if ended {
-			return
-		}
 		logEvent(logger, ev)
-		switch ev.(type) {
-		case Finished, Failed:
-			ended = true
-		}
 		select {
 		case events <- ev:
 		case <-ctx.Done(): // the host is gone; the run is being cancelled
 		}
 	}
+	// The run's end (Finished or Failed), the Runner's own or the one made
+	// from its error below, is held until the Runner has returned and the
+	// plugin is free: a host that starts the next run as soon as it sees
+	// the end must not find this one still running: a Runner emits
+	// Finished before it returns (and before its deferred clean-up), and
+	// TestTrainEventsArriveInOrder's second run once came in between. The
+	// first end wins; events after it are dropped.
+	var end Event
 	var emitMu sync.Mutex // a Runner may emit from several goroutines
 	emit := func(ev Event) {
 		emitMu.Lock()
 		defer emitMu.Unlock()
+		if end != nil {
+			return
+		}
+		switch ev.(type) {
+		case Finished, Failed:
+			end = ev
+			return
+		}
 		send(ev)
 	}
 
@@ -247,8 +255,11 @@ func (t *RunnerTrainer) Train(ctx context.Context, req TrainRequest) (EventStrea
 		defer cancel()
 		err := runRecovered(runCtx, t.Runner, req, emit, logger)
 
-		var final Event
+		emitMu.Lock()
+		defer emitMu.Unlock()
+		final := end
 		switch {
+		case final != nil:
 		case err == nil:
 			final = Finished{AdapterDir: req.OutputDir}
 		default:
@@ -266,7 +277,8 @@ func (t *RunnerTrainer) Train(ctx context.Context, req TrainRequest) (EventStrea
 		t.mu.Lock()
 		t.run = nil
 		t.mu.Unlock()
-		emit(final)
+		end = final // a Runner goroutine still emitting is dropped
+		send(final)
 	}()
 	return chanStream(events), nil
 }
