@@ -228,12 +228,11 @@ func (t *RunnerTrainer) Train(ctx context.Context, req TrainRequest) (EventStrea
 		}
 	}
 	// The run's end (Finished or Failed), the Runner's own or the one made
-	// from its error below, is held until the Runner has returned and the
-	// plugin is free: a host that starts the next run as soon as it sees
-	// the end must not find this one still running: a Runner emits
-	// Finished before it returns (and before its deferred clean-up), and
-	// TestTrainEventsArriveInOrder's second run once came in between. The
-	// first end wins; events after it are dropped.
+	// from its error below, is sent only after the Runner has returned and
+	// the plugin is free, so that a host starting its next run as soon as
+	// it sees the end does not find this one still running (a Runner emits
+	// Finished before it returns; TestTrainEventsArriveInOrder's second run
+	// once came in between). The first end wins; later events are dropped.
 	var end Event
 	var emitMu sync.Mutex // a Runner may emit from several goroutines
 	emit := func(ev Event) {
@@ -256,7 +255,6 @@ func (t *RunnerTrainer) Train(ctx context.Context, req TrainRequest) (EventStrea
 		err := runRecovered(runCtx, t.Runner, req, emit, logger)
 
 		emitMu.Lock()
-		defer emitMu.Unlock()
 		final := end
 		switch {
 		case final != nil:
@@ -273,11 +271,12 @@ func (t *RunnerTrainer) Train(ctx context.Context, req TrainRequest) (EventStrea
 			}
 			final = Failed{Code: code, Message: msg}
 		}
+		end = final // a Runner goroutine still emitting is dropped from here on
+		emitMu.Unlock()
 		// Free the plugin for the next run before the host sees the end.
 		t.mu.Lock()
 		t.run = nil
 		t.mu.Unlock()
-		end = final // a Runner goroutine still emitting is dropped
 		send(final)
 	}()
 	return chanStream(events), nil
